@@ -1,0 +1,72 @@
+"""Audio decoding for training and inference: soundfile in, float32 mono at the model's rate out.
+
+`torchaudio.load` needs torchcodec, so decoding goes through soundfile; resampling uses the
+band-limited sinc interpolation of `torchaudio.functional.resample` (Hann window, width 6),
+with the kernel built once per (source rate, target rate) pair.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+__all__ = ["AudioDecodeError", "load_audio", "to_mono", "resample"]
+
+
+class AudioDecodeError(ValueError):
+    """An audio file or array cannot be turned into a finite mono waveform."""
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """Down-mix to one channel by averaging the channels.
+
+    x_mono[n] = (1/C) Σ_c x[n, c].   (N,) or (N, C) → (N,) float32.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim != 2:
+        raise AudioDecodeError(f"expected audio of shape (samples,) or (samples, channels), got {wave.shape}")
+    return wave.mean(axis=1, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_sr: int, target_sr: int) -> torchaudio.transforms.Resample:
+    """The cached sinc kernel of `torchaudio.functional.resample` for one rate pair."""
+    return torchaudio.transforms.Resample(orig_sr, target_sr)
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited resampling of a mono waveform, (N,) at orig_sr → (ceil(N·target/orig),) at target_sr.
+
+    Same result as `torchaudio.functional.resample(x, orig_sr, target_sr)`.
+    """
+    if orig_sr <= 0 or target_sr <= 0:
+        raise AudioDecodeError(f"sample rates must be positive, got {orig_sr} → {target_sr}")
+    if orig_sr == target_sr:
+        return np.asarray(wave, dtype=np.float32)
+    with torch.inference_mode():
+        out = _resampler(int(orig_sr), int(target_sr))(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
+    return out.numpy()
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
+    """Decode an audio file to a float32 mono waveform at `target_sr`, shape (N,).
+
+    Any channel count (averaged) and any sample rate (resampled). Raises `AudioDecodeError`
+    naming the file when it is missing, undecodable, empty or not finite.
+    """
+    try:
+        data, sr = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioDecodeError(f"{path}: the file holds no samples; expected at least one")
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{path}: the audio holds NaN or infinite samples")
+    return resample(to_mono(data), sr, target_sr)

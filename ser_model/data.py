@@ -1,0 +1,251 @@
+"""Utterances from a manifest as padded batches: dataset, collate, length-bucketed sampler.
+
+The dataset reads the manifest contract (docs/ARCHITECTURE.md): `path` relative to the audio
+root, `label` among the configured class names, `duration_s` for bucketing. Small corpora are
+decoded once into memory (RAVDESS, 1200 files at 16 kHz float32: about 270 MB) so that data
+loading does not dominate a training step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ser_model.audio import load_audio
+
+__all__ = [
+    "DataSplitError",
+    "Batch",
+    "UtteranceDataset",
+    "collate_padded",
+    "encode_labels",
+    "LengthBucketSampler",
+    "shard_for_eval",
+]
+
+log = logging.getLogger(__name__)
+
+#: decoded audio is kept in memory when the split's float32 samples fit in this many bytes
+PRELOAD_LIMIT_BYTES = 6 * 1024**3
+
+
+class DataSplitError(ValueError):
+    """A split of the manifest cannot be trained or evaluated on (empty, unknown labels, ...)."""
+
+
+class Batch(NamedTuple):
+    """A padded batch: waves (B, L) zero-padded, lengths (B,) valid samples, labels (B,), indices (B,)."""
+
+    waves: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+def encode_labels(manifest: pd.DataFrame, label_names: Sequence[str]) -> np.ndarray:
+    """Class indices of the manifest's `label` column in the order of `label_names`, shape (N,) int64."""
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(manifest["label"]) - index.keys())
+    if unknown:
+        first = manifest.loc[manifest["label"].isin(unknown), "utt_id"].iloc[0]
+        raise DataSplitError(
+            f"labels {unknown} (e.g. utterance {first}) are not among the configured classes {list(label_names)}"
+        )
+    return manifest["label"].map(index).to_numpy(dtype=np.int64)
+
+
+class UtteranceDataset(torch.utils.data.Dataset):
+    """Manifest rows → (wave (L,) float32, label, row index).
+
+    Training (`random_crop=True`): utterances longer than `crop_seconds` are cut to a random
+    window whose start depends only on (seed, epoch, index), so a resumed run sees the same crops.
+    Evaluation (`random_crop=False`): the full utterance, centre-cropped to `crop_seconds` if longer.
+    Call `set_epoch` before each epoch.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        audio_root: str | os.PathLike,
+        label_names: Sequence[str],
+        *,
+        sample_rate: int,
+        crop_seconds: float | None,
+        random_crop: bool,
+        seed: int = 0,
+        preload: bool | None = None,
+    ):
+        if len(manifest) == 0:
+            raise DataSplitError("the split holds no utterances; expected at least one manifest row")
+        if crop_seconds is not None and crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive or None, got {crop_seconds}")
+        self.audio_root = Path(audio_root)
+        self.paths = manifest["path"].astype(str).tolist()
+        self.utt_ids = manifest["utt_id"].astype(str).tolist()
+        self.labels = encode_labels(manifest, label_names)
+        self.sample_rate = sample_rate
+        self.crop_samples = None if crop_seconds is None else max(1, int(round(crop_seconds * sample_rate)))
+        self.random_crop = random_crop
+        self.seed = seed
+        self.epoch = 0
+        full = np.ceil(manifest["duration_s"].to_numpy(dtype=np.float64) * sample_rate).astype(np.int64)
+        self.lengths = full if self.crop_samples is None else np.minimum(full, self.crop_samples)
+        if preload is None:
+            preload = int(full.sum()) * 4 <= PRELOAD_LIMIT_BYTES
+        self._cache: list[np.ndarray] | None = None
+        if preload:
+            self._cache = [
+                self._decode(i) for i in tqdm(range(len(self.paths)), desc="decoding audio", unit="file", leave=False)
+            ]
+
+    def _decode(self, i: int) -> np.ndarray:
+        return load_audio(self.audio_root / self.paths[i], self.sample_rate)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def crop_start(self, index: int, length: int) -> int:
+        """Start sample of the window kept from an utterance of `length` samples."""
+        if self.crop_samples is None or length <= self.crop_samples:
+            return 0
+        if not self.random_crop:
+            return (length - self.crop_samples) // 2
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return int(rng.integers(0, length - self.crop_samples + 1))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        wave = self._cache[index] if self._cache is not None else self._decode(index)
+        start = self.crop_start(index, len(wave))
+        if self.crop_samples is not None:
+            wave = wave[start : start + self.crop_samples]
+        return torch.from_numpy(np.ascontiguousarray(wave)), int(self.labels[index]), index
+
+
+def collate_padded(items: Sequence[tuple[torch.Tensor, int, int]]) -> Batch:
+    """Zero-pad waves to the longest of the batch: [(L_i,)] → waves (B, max L_i), lengths (B,)."""
+    lengths = torch.tensor([len(wave) for wave, _, _ in items], dtype=torch.long)
+    waves = torch.zeros(len(items), int(lengths.max()), dtype=torch.float32)
+    for row, (wave, _, _) in enumerate(items):
+        waves[row, : len(wave)] = wave
+    labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
+    indices = torch.tensor([index for _, _, index in items], dtype=torch.long)
+    return Batch(waves, lengths, labels, indices)
+
+
+class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of utterances of similar length, reshuffled every epoch, sharded across DDP ranks.
+
+    Each epoch (rng seeded by (seed, epoch)):
+    1. permute all N indices; pad the permutation with its first items to a multiple of
+       `world_size` (as `DistributedSampler` does: at most world_size − 1 repeats, none when
+       N is a multiple);
+    2. cut it into pools of `pool_batches` global batches (a global batch holds
+       batch_size · world_size indices), sort each pool by length and cut it into global batches;
+    3. shuffle the order of the global batches;
+    4. rank r takes the r-th contiguous slice of every global batch, so all ranks run the same
+       number of steps on batches of similar length.
+    `state_dict()` holds (epoch, position): the number of batches of the epoch already yielded,
+    so a run resumed from it continues with the same batches in the same order.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pool_batches: int = 50,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if pool_batches < 1:
+            raise ValueError(f"pool_batches must be at least 1, got {pool_batches}")
+        if len(lengths) == 0:
+            raise DataSplitError("cannot sample batches from an empty split")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pool_batches = pool_batches
+        self.epoch = 0
+        self.position = 0
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """All global batches of one epoch, in the order they are served (the same on every rank)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        pad = -len(order) % self.world_size
+        order = np.concatenate([order, np.resize(order, pad)])
+        global_size = self.batch_size * self.world_size
+        pool_size = global_size * self.pool_batches
+        batches = []
+        for start in range(0, len(order), pool_size):
+            pool = order[start : start + pool_size]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches.extend(pool[i : i + global_size] for i in range(0, len(pool), global_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of one epoch."""
+        out = []
+        for global_batch in self.global_batches(epoch):
+            per_rank = len(global_batch) // self.world_size
+            out.append(global_batch[self.rank * per_rank : (self.rank + 1) * per_rank].tolist())
+        return out
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch (a no-op when resuming inside that same epoch)."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.position = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches(self.epoch)
+        while self.position < len(batches):
+            batch = batches[self.position]
+            self.position += 1
+            yield batch
+
+    def __len__(self) -> int:
+        padded = math.ceil(len(self.lengths) / self.world_size) * self.world_size
+        global_size = self.batch_size * self.world_size
+        full_pools, rest = divmod(padded, global_size * self.pool_batches)
+        return full_pools * self.pool_batches + math.ceil(rest / global_size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler uses seed {self.seed}")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+
+def shard_for_eval(lengths: Sequence[int], batch_size: int, *, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """Evaluation batches of one rank: indices rank, rank + W, ... sorted by length, cut in batches.
+
+    Ranks hold disjoint shards whose union is every index exactly once (no padding), so the
+    gathered predictions count each utterance once.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    mine = np.arange(rank, len(lengths), world_size)
+    mine = mine[np.argsort(-lengths[mine], kind="stable")]
+    return [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
