@@ -1,0 +1,341 @@
+"""Backbones: waveforms (B, L) + lengths (B,) → frames (B, T, D) + frame mask (B, T) (True = valid).
+
+* ``FbankBackbone``: 80-d log-mel (25 ms window, 10 ms hop, no centre padding, so every frame lies
+  inside the signal), per-utterance mean/variance normalisation over valid frames, SpecAugment-style
+  time/frequency masks in training mode, conv blocks (stride ``fbank_strides``; 2×2 → 25 frames/s)
+  and a small transformer encoder, all trained from scratch. Padded frames are zeroed before every
+  convolution and masked in attention, so padding never changes the valid frames.
+* ``HFBackbone``: any Hugging Face audio SSL model (WavLM, HuBERT, wav2vec 2.0, data2vec) from a
+  hub id or a local folder (offline), in mode "finetune" (CNN feature encoder frozen),
+  "frozen" (last layer, no gradient) or "weighted_sum" (softmax-weighted sum of all hidden layers
+  of a frozen backbone); ``use_layer_weights`` also gives "finetune" the weighted sum.
+
+``tiny_wavlm_config()`` and ``save_random_hf_backbone()`` build small random WavLMs locally for
+tests and demos (no hub access).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchaudio
+from torch import nn
+
+from ser_model.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+WIN_SECONDS = 0.025
+HOP_SECONDS = 0.010
+LOG_MEL_FLOOR = 1e-6
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Valid-position mask: mask[b, t] = t < lengths[b].  lengths (B,) long → (B, max_len) bool."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Backbone(nn.Module):
+    """Interface: ``forward(waves (B, L), lengths (B,)) -> (frames (B, T, D), frame_mask (B, T))``.
+
+    ``out_dim`` is D, ``frame_rate`` the frames per second, ``frame_lengths(lengths)`` the number
+    of valid frames per utterance (>= 1).
+    """
+
+    out_dim: int
+    frame_rate: float
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _check_batch(waves: torch.Tensor, lengths: torch.Tensor) -> None:
+    if waves.dim() != 2:
+        raise ValueError(f"waves: got shape {tuple(waves.shape)}, expected (B, L) mono waveforms")
+    if lengths.shape != (waves.shape[0],):
+        raise ValueError(f"lengths: got shape {tuple(lengths.shape)}, expected ({waves.shape[0]},) one length per waveform")
+    if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > waves.shape[1]):
+        raise ValueError(
+            f"lengths: got values in [{int(lengths.min())}, {int(lengths.max())}], expected 1 <= length <= L={waves.shape[1]}"
+        )
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of x over the valid positions along ``dim``.
+
+    x (B, T, …) with mask (B, T) broadcast over trailing dims; mean = Σ m x / Σ m,
+    std = sqrt(Σ m (x − mean)² / Σ m + eps). Returns tensors with ``dim`` kept (size 1).
+    """
+    m = mask.to(x.dtype).reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
+    count = m.sum(dim=dim, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim=dim, keepdim=True) / count
+    var = (((x - mean) * m) ** 2).sum(dim=dim, keepdim=True) / count
+    return mean, torch.sqrt(var + eps)
+
+
+def spec_augment_masks(
+    n_frames: torch.Tensor, n_bins: int, max_frames: int, *, time_masks: int, time_width: int,
+    freq_masks: int, freq_width: int, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SpecAugment-style keep-mask (B, max_frames, n_bins) bool, False where masked.
+
+    Each utterance b gets ``time_masks`` bands of width w ~ U{0..time_width} starting in its valid
+    frames [0, n_frames[b]), and ``freq_masks`` bands of width U{0..freq_width} over the bins.
+    """
+    device = n_frames.device
+    b = n_frames.shape[0]
+    keep = torch.ones(b, max_frames, n_bins, dtype=torch.bool, device=device)
+    t_idx = torch.arange(max_frames, device=device)[None, :]
+    f_idx = torch.arange(n_bins, device=device)[None, :]
+    for _ in range(time_masks):
+        width = torch.randint(0, time_width + 1, (b,), generator=generator).to(device)
+        start = (torch.rand(b, generator=generator).to(device) * n_frames.clamp_min(1)).long()
+        band = (t_idx >= start[:, None]) & (t_idx < (start + width)[:, None])  # (B, T)
+        keep &= ~band[:, :, None]
+    for _ in range(freq_masks):
+        width = torch.randint(0, freq_width + 1, (b,), generator=generator).to(device)
+        start = (torch.rand(b, generator=generator).to(device) * (n_bins - width + 1)).long()
+        band = (f_idx >= start[:, None]) & (f_idx < (start + width)[:, None])  # (B, F)
+        keep &= ~band[:, None, :]
+    return keep
+
+
+class _ConvBlock(nn.Module):
+    """Conv1d (same padding, stride s) → LayerNorm over channels → GELU → dropout; x (B, C, T)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
+        self.norm = nn.LayerNorm(c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.stride = stride
+        self.kernel = kernel
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """T_out = floor((T + 2·(k//2) − k) / s) + 1 (= ceil(T / s) for odd k)."""
+        return torch.div(lengths + 2 * (self.kernel // 2) - self.kernel, self.stride, rounding_mode="floor") + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)  # (B, C, T')
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.dropout(nn.functional.gelu(x))
+
+
+class FbankBackbone(Backbone):
+    """Log-mel filterbank + conv blocks + transformer encoder, trained from scratch (see module docstring)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.win_length = round(WIN_SECONDS * cfg.sample_rate)
+        self.hop_length = round(HOP_SECONDS * cfg.sample_rate)
+        n_fft = 1 << (self.win_length - 1).bit_length()
+        self.melspec = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate, n_fft=n_fft, win_length=self.win_length,
+            hop_length=self.hop_length, n_mels=cfg.n_mels, center=False, power=2.0,
+        )
+        blocks = []
+        c_in = cfg.n_mels
+        for stride in cfg.fbank_strides:
+            blocks.append(_ConvBlock(c_in, cfg.fbank_dim, cfg.fbank_kernel, stride, cfg.fbank_dropout))
+            c_in = cfg.fbank_dim
+        self.blocks = nn.ModuleList(blocks)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                cfg.fbank_dim, cfg.fbank_heads, dim_feedforward=cfg.fbank_ff_mult * cfg.fbank_dim,
+                dropout=cfg.fbank_dropout, activation="gelu", batch_first=True, norm_first=True,
+            )
+            for _ in range(cfg.fbank_layers)
+        )
+        self.final_norm = nn.LayerNorm(cfg.fbank_dim) if cfg.fbank_layers else nn.Identity()
+        self.out_dim = cfg.fbank_dim
+        self.frame_rate = cfg.sample_rate / self.hop_length / math.prod(cfg.fbank_strides)
+
+    def mel_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Log-mel frames fully inside the signal: max(1, 1 + (L − win) // hop)."""
+        return (torch.div(lengths - self.win_length, self.hop_length, rounding_mode="floor") + 1).clamp_min(1)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        n = self.mel_lengths(lengths)
+        for block in self.blocks:
+            n = block.out_lengths(n)
+        return n
+
+    def log_mel(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised log-mel (B, T, n_mels) with its valid-frame mask (B, T).
+
+        log(mel + 1e-6), then per utterance and per bin (x − mean) / std over the valid frames;
+        padded frames are zero.
+        """
+        samples = lengths_to_mask(lengths, waves.shape[1])
+        waves = waves * samples.to(waves.dtype)
+        if waves.shape[1] < self.win_length:
+            waves = nn.functional.pad(waves, (0, self.win_length - waves.shape[1]))
+        with torch.autocast(device_type=waves.device.type, enabled=False):
+            mel = self.melspec(waves.float())  # (B, n_mels, T)
+        feats = torch.log(mel + LOG_MEL_FLOOR).transpose(1, 2)  # (B, T, n_mels)
+        n_frames = self.mel_lengths(lengths)
+        mask = lengths_to_mask(n_frames, feats.shape[1])
+        mean, std = masked_mean_std(feats, mask, dim=1)
+        feats = (feats - mean) / std * mask[:, :, None].to(feats.dtype)
+        return feats, mask
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_batch(waves, lengths)
+        feats, mask = self.log_mel(waves, lengths)  # (B, T, n_mels), (B, T)
+        if self.training:
+            cfg = self.cfg
+            keep = spec_augment_masks(
+                mask.sum(1), feats.shape[2], feats.shape[1], time_masks=cfg.spec_time_masks,
+                time_width=cfg.spec_time_width, freq_masks=cfg.spec_freq_masks, freq_width=cfg.spec_freq_width,
+            )
+            feats = feats * keep.to(feats.dtype)
+        x = feats.transpose(1, 2)  # (B, n_mels, T)
+        n = mask.sum(1)
+        for block in self.blocks:
+            x = block(x)  # (B, D, T')
+            n = block.out_lengths(n)
+            mask = lengths_to_mask(n, x.shape[2])
+            x = x * mask[:, None, :].to(x.dtype)
+        h = x.transpose(1, 2)  # (B, T, D)
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=~mask)
+        h = self.final_norm(h) * mask[:, :, None].to(h.dtype)
+        return h, mask
+
+
+class LayerWeightedSum(nn.Module):
+    """SUPERB-style learnable layer mix: h = Σ_k softmax(w)_k · h_k.  layers (K, B, T, D) → (B, T, D)."""
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(n_layers))
+
+    def forward(self, layers: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.weights, dim=0).to(layers.dtype)
+        return torch.einsum("k,kbtd->btd", w, layers)
+
+
+def normalize_waveform(waves: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-utterance zero mean, unit variance over valid samples; padding set to 0.  (B, L) → (B, L)."""
+    mask = lengths_to_mask(lengths, waves.shape[1])
+    mean, std = masked_mean_std(waves, mask, dim=1, eps=eps)
+    return (waves - mean) / std * mask.to(waves.dtype)
+
+
+class HFBackbone(Backbone):
+    """A Hugging Face audio SSL model as a backbone (see module docstring for the modes)."""
+
+    def __init__(self, model: nn.Module, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> None:
+        super().__init__()
+        if mode not in ("finetune", "frozen", "weighted_sum"):
+            raise ValueError(f"HFBackbone mode: got {mode!r}, expected 'finetune', 'frozen' or 'weighted_sum'")
+        if not hasattr(model, "_get_feat_extract_output_lengths"):
+            raise ValueError(
+                f"HFBackbone: {type(model).__name__} has no _get_feat_extract_output_lengths; expected a "
+                "wav2vec 2.0-style audio model (WavLM, HuBERT, wav2vec 2.0, data2vec-audio)"
+            )
+        self.model = model
+        self.mode = mode
+        self.wave_norm = wave_norm
+        config = model.config
+        use_layer_weights = mode != "frozen" if use_layer_weights is None else use_layer_weights
+        if mode == "frozen" and use_layer_weights:
+            raise ValueError("HFBackbone: mode 'frozen' uses the last layer only; use mode 'weighted_sum' for layer weights")
+        self.layer_weights = LayerWeightedSum(config.num_hidden_layers + 1) if use_layer_weights else None
+        self.out_dim = config.hidden_size
+        self.frame_rate = 16000 / math.prod(config.conv_stride)
+        self.pass_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
+        if mode == "finetune":
+            model.freeze_feature_encoder()
+        else:
+            model.requires_grad_(False)
+            model.eval()
+
+    @classmethod
+    def from_pretrained(cls, source: str, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> HFBackbone:
+        """Load weights from a hub id or a local folder (a local folder needs no network)."""
+        from transformers import AutoModel
+
+        local = Path(source).expanduser()
+        if local.is_dir():
+            source = str(local)
+        logger.info("loading hf backbone %s (mode %s)", source, mode)
+        model = AutoModel.from_pretrained(source, local_files_only=local.is_dir())
+        return cls(model, mode, use_layer_weights, wave_norm)
+
+    @classmethod
+    def from_config(cls, config: Any, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> HFBackbone:
+        """Randomly initialised model from a transformers config object or its ``to_dict()``."""
+        from transformers import AutoConfig, AutoModel
+
+        if isinstance(config, dict):
+            data = dict(config)
+            config = AutoConfig.for_model(data.pop("model_type"), **data)
+        return cls(AutoModel.from_config(config), mode, use_layer_weights, wave_norm)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The transformers config as a JSON-able dict (stored beside checkpoints)."""
+        return self.model.config.to_dict()
+
+    def train(self, mode: bool = True) -> HFBackbone:
+        """Frozen modes keep the wrapped model in eval mode (no dropout, no SpecAugment) while the rest trains."""
+        super().train(mode)
+        if self.mode != "finetune":
+            self.model.eval()
+        return self
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(lengths).to(torch.long).clamp_min(1)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_batch(waves, lengths)
+        samples = lengths_to_mask(lengths, waves.shape[1])
+        waves = normalize_waveform(waves, lengths) if self.wave_norm else waves * samples.to(waves.dtype)
+        attention_mask = samples.long() if self.pass_attention_mask else None
+        want_layers = self.layer_weights is not None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "finetune"):
+            out = self.model(waves, attention_mask=attention_mask, output_hidden_states=want_layers)
+        if want_layers:
+            h = self.layer_weights(torch.stack(out.hidden_states))  # (K, B, T, D) → (B, T, D)
+        else:
+            h = out.last_hidden_state  # (B, T, D)
+        mask = lengths_to_mask(self.frame_lengths(lengths).clamp_max(h.shape[1]), h.shape[1])
+        return h * mask[:, :, None].to(h.dtype), mask
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """The backbone named by ``cfg.backbone`` ("fbank" or "hf:<hub id or local folder>")."""
+    if cfg.is_hf:
+        return HFBackbone.from_pretrained(cfg.hf_source, cfg.backbone_mode, cfg.layer_weights, cfg.wave_norm)
+    return FbankBackbone(cfg)
+
+
+def tiny_wavlm_config(**overrides: Any) -> Any:
+    """A small WavLMConfig (hidden 32, 2 layers, 2 heads, 3 conv layers, stride 320 → 50 frames/s) for tests."""
+    from transformers import WavLMConfig
+
+    values: dict[str, Any] = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16, 16), conv_stride=(5, 8, 8), conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=16,
+        max_bucket_distance=50, feat_extract_norm="layer", do_stable_layer_norm=True,
+        mask_time_prob=0.0, layerdrop=0.0,
+    )
+    values.update(overrides)
+    return WavLMConfig(**values)
+
+
+def save_random_hf_backbone(folder: str | Path, config: Any | None = None, seed: int = 0) -> Path:
+    """Write a randomly initialised model (default ``tiny_wavlm_config()``) to ``folder`` for ``hf:<folder>``."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config if config is not None else tiny_wavlm_config())
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,440 @@
+"""Configuration of a SER experiment: one frozen dataclass per concern.
+
+``SERConfig`` bundles ``ModelConfig`` (backbone, FLAM, head), ``EAMConfig`` (energy-adaptive
+mixup), ``LossConfig`` (the multi-loss) and ``TrainConfig`` (optimiser and loop), plus the class
+labels. Every dataclass validates itself at construction and raises ``ConfigError`` naming the
+field, the value and what is expected. ``SERConfig.to_json`` / ``from_json`` round-trip exactly;
+``with_overrides({"train.epochs": 3})`` returns a new, validated config.
+
+Defaults follow PAPER.md; the choices the paper leaves open ("ours") are fields here, named in
+their docstrings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BACKBONE_MODES = ("finetune", "frozen", "weighted_sum")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SELECT_METRICS = ("ua", "wa", "macro_f1")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is expected."""
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{where}: {message}")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` fits a simple annotation (int, float, bool, str, None, unions, tuple[X, ...])."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, tuple) and all(_type_ok(v, item) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(annotation):
+        return isinstance(value, annotation)
+    return isinstance(value, annotation)
+
+
+def _check_types(obj: Any) -> None:
+    """Reject values whose type does not match the dataclass annotation; ints become floats where a float is expected."""
+    hints = typing.get_type_hints(type(obj))
+    name = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        annotation = hints[f.name]
+        if isinstance(value, list) and typing.get_origin(annotation) in (tuple, typing.Union, types.UnionType):
+            value = tuple(value)
+            object.__setattr__(obj, f.name, value)
+        _require(
+            _type_ok(value, annotation),
+            f"{name}.{f.name}",
+            f"got {value!r} ({type(value).__name__}), expected {_type_name(annotation)}",
+        )
+        if annotation is float and isinstance(value, int):
+            object.__setattr__(obj, f.name, float(value))
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+@dataclass(frozen=True)
+class EAMConfig:
+    """Energy-adaptive mixup (PAPER.md "EAM").
+
+    ``mix_prob`` (ours): probability that a sample of the batch is mixed with its partner.
+    ``snr_db_low``/``snr_db_high``: the SNR of the added partner segment is drawn from U[low, high] dB.
+    ``eps``: segment energies at or below it count as degenerate (no mix, λ = 0).
+    """
+
+    enabled: bool = True
+    mix_prob: float = 1.0
+    snr_db_low: float = -5.0
+    snr_db_high: float = 10.0
+    eps: float = 1e-10
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(0.0 <= self.mix_prob <= 1.0, "EAMConfig.mix_prob", f"got {self.mix_prob}, expected a probability in [0, 1]")
+        _require(
+            self.snr_db_low <= self.snr_db_high,
+            "EAMConfig.snr_db_low",
+            f"got snr_db_low={self.snr_db_low} > snr_db_high={self.snr_db_high}, expected low <= high",
+        )
+        _require(self.eps >= 0.0, "EAMConfig.eps", f"got {self.eps}, expected eps >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone → (layer weights) → FLAM (or mean pooling) → head.
+
+    ``backbone``: ``"fbank"`` (80-d log-mel + a small encoder trained from scratch) or
+    ``"hf:<hub id or local folder>"`` (any Hugging Face audio SSL model, e.g.
+    ``hf:microsoft/wavlm-large``).
+    ``backbone_mode`` (hf only; the paper does not say): ``"finetune"`` (CNN feature encoder
+    frozen, transformer trained), ``"frozen"`` (last layer, no gradient) or ``"weighted_sum"``
+    (softmax-weighted sum of all hidden layers of a frozen backbone, SUPERB-style).
+    ``use_layer_weights`` (ours, SUPERB-style): feed FLAM a learnable softmax-weighted sum of all
+    hidden layers. ``None`` means True for "weighted_sum" and "finetune", False for "frozen"
+    and for the fbank backbone (resolved by the ``layer_weights`` property).
+    ``wave_norm``: normalise each waveform to zero mean, unit variance over its valid samples
+    before an hf backbone (what the WavLM-Large feature extractor does).
+    ``flam``: False replaces FLAM by mean pooling over valid frames (ablation).
+    ``flam_heads``: heads of the FLAM self-attention; ``None`` means 16 for hf backbones
+    (PAPER.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
+    ``flam_dropout`` (ours): dropout on the attention output before the residual.
+    ``embed_dim``: size of the embedding e (center loss acts on it); ``head_dropout`` (ours) after it.
+    ``n_mels`` … ``spec_*``: the fbank backbone (25 ms window, 10 ms hop, log-mel, per-utterance
+    mean/variance normalisation, SpecAugment-style masks in training, conv blocks with strides
+    ``fbank_strides`` then ``fbank_layers`` transformer layers of width ``fbank_dim``).
+    """
+
+    backbone: str = "fbank"
+    backbone_mode: str = "finetune"
+    use_layer_weights: bool | None = None
+    wave_norm: bool = True
+    flam: bool = True
+    flam_heads: int | None = None
+    flam_dropout: float = 0.1
+    embed_dim: int = 64
+    head_dropout: float = 0.1
+    sample_rate: int = 16000
+    n_mels: int = 80
+    fbank_dim: int = 256
+    fbank_kernel: int = 5
+    fbank_strides: tuple[int, ...] = (2, 2)
+    fbank_layers: int = 2
+    fbank_heads: int = 4
+    fbank_ff_mult: int = 2
+    fbank_dropout: float = 0.1
+    spec_time_masks: int = 2
+    spec_time_width: int = 20
+    spec_freq_masks: int = 2
+    spec_freq_width: int = 10
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        w = "ModelConfig"
+        is_hf = self.backbone.startswith("hf:")
+        _require(
+            self.backbone == "fbank" or (is_hf and len(self.backbone) > 3),
+            f"{w}.backbone",
+            f"got {self.backbone!r}, expected 'fbank' or 'hf:<hub id or local folder>'",
+        )
+        _require(self.backbone_mode in BACKBONE_MODES, f"{w}.backbone_mode", f"got {self.backbone_mode!r}, expected one of {BACKBONE_MODES}")
+        if not is_hf:
+            _require(
+                self.backbone_mode == "finetune",
+                f"{w}.backbone_mode",
+                f"got {self.backbone_mode!r} with the fbank backbone, which is trained from scratch; expected 'finetune'",
+            )
+            _require(
+                not self.use_layer_weights,
+                f"{w}.use_layer_weights",
+                "the fbank backbone exposes no hidden layers to weight; expected None or False",
+            )
+        if self.backbone_mode == "frozen":
+            _require(
+                not self.use_layer_weights,
+                f"{w}.use_layer_weights",
+                "got True with backbone_mode='frozen' (last layer only); use backbone_mode='weighted_sum' for a weighted sum over a frozen backbone",
+            )
+        if self.backbone_mode == "weighted_sum":
+            _require(
+                self.use_layer_weights is not False,
+                f"{w}.use_layer_weights",
+                "got False with backbone_mode='weighted_sum', which is the weighted layer sum; expected None or True",
+            )
+        _require(
+            self.flam_heads is None or self.flam_heads >= 1,
+            f"{w}.flam_heads",
+            f"got {self.flam_heads}, expected None or a positive integer",
+        )
+        for name in ("embed_dim", "sample_rate", "n_mels", "fbank_dim", "fbank_kernel", "fbank_heads", "fbank_ff_mult"):
+            value = getattr(self, name)
+            _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
+        for name in ("flam_dropout", "head_dropout", "fbank_dropout"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"{w}.{name}", f"got {value}, expected a dropout probability in [0, 1)")
+        for name in ("fbank_layers", "spec_time_masks", "spec_time_width", "spec_freq_masks", "spec_freq_width"):
+            value = getattr(self, name)
+            _require(value >= 0, f"{w}.{name}", f"got {value}, expected an integer >= 0")
+        _require(
+            len(self.fbank_strides) >= 1 and all(s >= 1 for s in self.fbank_strides),
+            f"{w}.fbank_strides",
+            f"got {self.fbank_strides}, expected at least one conv block, each with stride >= 1",
+        )
+        _require(self.fbank_kernel % 2 == 1, f"{w}.fbank_kernel", f"got {self.fbank_kernel}, expected an odd kernel (same padding)")
+        _require(
+            self.fbank_dim % self.fbank_heads == 0,
+            f"{w}.fbank_heads",
+            f"fbank_dim={self.fbank_dim} is not divisible by fbank_heads={self.fbank_heads}",
+        )
+        if not is_hf and self.flam:
+            _require(
+                self.fbank_dim % self.n_flam_heads == 0,
+                f"{w}.flam_heads",
+                f"fbank_dim={self.fbank_dim} is not divisible by flam_heads={self.n_flam_heads}",
+            )
+        _require(
+            self.spec_freq_width <= self.n_mels,
+            f"{w}.spec_freq_width",
+            f"got {self.spec_freq_width}, expected at most n_mels={self.n_mels}",
+        )
+
+    @property
+    def is_hf(self) -> bool:
+        """Whether the backbone is a Hugging Face model (``hf:<id or folder>``)."""
+        return self.backbone.startswith("hf:")
+
+    @property
+    def layer_weights(self) -> bool:
+        """``use_layer_weights`` resolved: None means True for hf "finetune"/"weighted_sum", False otherwise."""
+        if self.use_layer_weights is None:
+            return self.is_hf and self.backbone_mode != "frozen"
+        return self.use_layer_weights
+
+    @property
+    def n_flam_heads(self) -> int:
+        """``flam_heads`` resolved: None means 16 for hf backbones (PAPER.md), 4 for fbank."""
+        if self.flam_heads is None:
+            return 16 if self.is_hf else 4
+        return self.flam_heads
+
+    @property
+    def hf_source(self) -> str:
+        """The hub id or local folder after ``hf:``."""
+        _require(self.is_hf, "ModelConfig.backbone", f"{self.backbone!r} is not an hf backbone")
+        return self.backbone[3:]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The multi-loss L = w_kl·KL + w_focal·Focal + w_center·Center + w_supcon·SupCon (PAPER.md "MLL").
+
+    The weights are not published; the defaults are ours. Each term has an on/off switch for
+    ablations; a switched-off term is not computed. ``supcon_views`` (ours): frame views sampled
+    per utterance; ``supcon_proj_dim``: output size of the SupCon projection head.
+    """
+
+    w_kl: float = 1.0
+    w_focal: float = 1.0
+    w_center: float = 0.01
+    w_supcon: float = 0.1
+    focal_gamma: float = 2.0
+    supcon_tau: float = 0.07
+    supcon_views: int = 4
+    supcon_proj_dim: int = 128
+    kl: bool = True
+    focal: bool = True
+    center: bool = True
+    supcon: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        w = "LossConfig"
+        for name in ("w_kl", "w_focal", "w_center", "w_supcon", "focal_gamma"):
+            value = getattr(self, name)
+            _require(value >= 0.0, f"{w}.{name}", f"got {value}, expected a value >= 0")
+        _require(self.supcon_tau > 0.0, f"{w}.supcon_tau", f"got {self.supcon_tau}, expected a temperature > 0")
+        _require(self.supcon_views >= 1, f"{w}.supcon_views", f"got {self.supcon_views}, expected >= 1")
+        _require(self.supcon_proj_dim >= 1, f"{w}.supcon_proj_dim", f"got {self.supcon_proj_dim}, expected >= 1")
+        _require(
+            self.kl or self.focal or self.center or self.supcon,
+            w,
+            "every loss term is switched off (kl, focal, center, supcon); expected at least one on",
+        )
+        _require(
+            self.kl or self.focal,
+            w,
+            "kl and focal are both off, so nothing trains the classifier; expected at least one of them on",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the training loop (PAPER.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
+
+    ``max_seconds``: training utterances longer than this are randomly cropped to it (None: whole).
+    ``precision``: "auto" picks bf16 on a CUDA device that supports it, fp32 otherwise.
+    ``select_metric``: validation metric that chooses the checkpoint (validation speakers only).
+    ``grad_clip``: max global gradient norm (None: no clipping). ``device``: "auto", "cpu", "cuda", "cuda:N".
+    """
+
+    epochs: int = 20
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    lr: float = 1e-4
+    center_lr: float = 5e-3
+    lr_decay: float = 7 / 8
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    max_seconds: float | None = 10.0
+    precision: str = "auto"
+    num_workers: int = 0
+    valid_every: int = 1
+    select_metric: str = "ua"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        w = "TrainConfig"
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "valid_every"):
+            value = getattr(self, name)
+            _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
+        for name in ("lr", "center_lr"):
+            value = getattr(self, name)
+            _require(value > 0.0, f"{w}.{name}", f"got {value}, expected a learning rate > 0")
+        _require(0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]")
+        _require(self.weight_decay >= 0.0, f"{w}.weight_decay", f"got {self.weight_decay}, expected >= 0")
+        _require(self.grad_clip is None or self.grad_clip > 0.0, f"{w}.grad_clip", f"got {self.grad_clip}, expected None or > 0")
+        _require(self.max_seconds is None or self.max_seconds > 0.0, f"{w}.max_seconds", f"got {self.max_seconds}, expected None or > 0")
+        _require(self.precision in PRECISIONS, f"{w}.precision", f"got {self.precision!r}, expected one of {PRECISIONS}")
+        _require(self.num_workers >= 0, f"{w}.num_workers", f"got {self.num_workers}, expected >= 0")
+        _require(self.select_metric in SELECT_METRICS, f"{w}.select_metric", f"got {self.select_metric!r}, expected one of {SELECT_METRICS}")
+        _require(
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+            f"{w}.device",
+            f"got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+
+
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "eam": EAMConfig, "loss": LossConfig, "train": TrainConfig}
+
+
+def _section_from_dict(cls: type, data: Any, where: str) -> Any:
+    _require(isinstance(data, dict), where, f"got {type(data).__name__}, expected an object of {cls.__name__} fields")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    _require(not unknown, where, f"unknown key(s) {unknown}; valid keys: {valid}")
+    return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SERConfig:
+    """Everything a run needs: model, EAM, loss, training, and the class labels (order = logit index).
+
+    ``corpus``: the corpus the labels come from (``ravdess``, ``iemocap`` …), or None.
+    """
+
+    labels: tuple[str, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eam: EAMConfig = field(default_factory=EAMConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    corpus: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(len(self.labels) >= 2, "SERConfig.labels", f"got {self.labels}, expected at least two class names")
+        _require(
+            len(set(self.labels)) == len(self.labels),
+            "SERConfig.labels",
+            f"got duplicates in {self.labels}, expected distinct class names",
+        )
+        _require(all(self.labels), "SERConfig.labels", f"got an empty class name in {self.labels}")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SERConfig:
+        """Inverse of ``to_dict``; unknown keys raise ``ConfigError`` naming them and the valid ones."""
+        _require(isinstance(data, dict), "SERConfig", f"got {type(data).__name__}, expected an object")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        _require(not unknown, "SERConfig", f"unknown key(s) {unknown}; valid keys: {valid}")
+        _require("labels" in data, "SERConfig.labels", "missing; expected a list of class names")
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
+        for name, section in _SECTIONS.items():
+            if name in data:
+                kwargs[name] = _section_from_dict(section, data[name], f"SERConfig.{name}")
+        return cls(**kwargs)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to JSON text; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> SERConfig:
+        """Read from a JSON file path or from JSON text (a string starting with '{')."""
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            text, where = source, "<json text>"
+        else:
+            text, where = Path(source).read_text(encoding="utf-8"), str(source)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where}: not valid JSON ({err})") from err
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> SERConfig:
+        """New validated config with dotted keys replaced: ``{"train.epochs": 3, "loss.w_center": 0.0, "corpus": "ravdess"}``."""
+        data = self.to_dict()
+        valid = self.override_keys()
+        for key, value in overrides.items():
+            _require(key in valid, "SERConfig.with_overrides", f"unknown key {key!r}; valid keys: {valid}")
+            if "." in key:
+                section, name = key.split(".", 1)
+                data[section][name] = list(value) if isinstance(value, tuple) else value
+            else:
+                data[key] = list(value) if isinstance(value, tuple) else value
+        return SERConfig.from_dict(data)
+
+    @staticmethod
+    def override_keys() -> list[str]:
+        """All keys ``with_overrides`` accepts."""
+        keys = [f.name for f in dataclasses.fields(SERConfig) if f.name not in _SECTIONS]
+        for name, section in _SECTIONS.items():
+            keys += [f"{name}.{f.name}" for f in dataclasses.fields(section)]
+        return keys
