@@ -1,0 +1,168 @@
+"""Where the stack is: one frozen settings object read from the environment.
+
+The same environment variables drive `infra/` (which starts the local stack) and every client
+(flows, the CLI, tests), so both sides always agree on hosts, ports, buckets and the state folder.
+
+| variable | default | meaning |
+|---|---|---|
+| SER_HOST | 127.0.0.1 | interface every local server binds and clients connect to |
+| SER_S3_PORT | 8333 | SeaweedFS S3 API |
+| SER_WEED_MASTER_PORT / _VOLUME_PORT / _FILER_PORT / _ADMIN_PORT | 9333 / 8080 / 8888 / 23646 | SeaweedFS internals (gRPC on each + 10000) |
+| SER_MLFLOW_PORT | 5000 | MLflow tracking server |
+| SER_PREFECT_PORT | 4200 | Prefect server |
+| SER_STATE_DIR | <repo>/.ser-state | logs, pid files, SQLite databases, S3 data, generated credentials |
+| SER_DATA_BUCKET / SER_MLFLOW_BUCKET | ser-data / ser-mlflow | S3 buckets |
+| SER_WORK_POOL | ser-process | Prefect work pool the worker polls |
+| MLFLOW_TRACKING_URI, PREFECT_API_URL, AWS_ENDPOINT_URL_S3 | derived | set them to point at remote services instead |
+| AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY | generated once into <state>/s3-credentials.json | S3 credentials |
+
+Secrets never appear in `repr`, logs or `client_env` previews: they are held in fields with
+`repr=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CREDENTIALS_FILE = "s3-credentials.json"
+DEFAULT_REGION = "us-east-1"
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a TCP port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{name}={port}: expected a TCP port number (1-65535)")
+    return port
+
+
+def read_credentials_file(state_dir: Path) -> tuple[str, str] | None:
+    """(access key, secret key) stored by `infra/up` in the state folder, or None if absent."""
+    path = state_dir / CREDENTIALS_FILE
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    try:
+        return stored["access_key_id"], stored["secret_access_key"]
+    except KeyError as missing:
+        raise ValueError(f"{path}: missing key {missing}; expected access_key_id and secret_access_key") from None
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Addresses and names of the SER stack (S3, MLflow, Prefect) as a client sees them."""
+
+    host: str
+    s3_port: int
+    weed_master_port: int
+    weed_volume_port: int
+    weed_filer_port: int
+    weed_admin_port: int
+    mlflow_port: int
+    prefect_port: int
+    state_dir: Path
+    data_bucket: str
+    mlflow_bucket: str
+    work_pool: str
+    tracking_uri: str
+    prefect_api_url: str
+    s3_endpoint: str
+    region: str = DEFAULT_REGION
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        ports = {
+            "SER_S3_PORT": self.s3_port,
+            "SER_WEED_MASTER_PORT": self.weed_master_port,
+            "SER_WEED_VOLUME_PORT": self.weed_volume_port,
+            "SER_WEED_FILER_PORT": self.weed_filer_port,
+            "SER_WEED_ADMIN_PORT": self.weed_admin_port,
+            "SER_MLFLOW_PORT": self.mlflow_port,
+            "SER_PREFECT_PORT": self.prefect_port,
+        }
+        by_port: dict[int, list[str]] = {}
+        for name, port in ports.items():
+            by_port.setdefault(port, []).append(name)
+        clashes = [names for names in by_port.values() if len(names) > 1]
+        if clashes:
+            raise ValueError(f"ports must differ, but these share one: {clashes}")
+        for name, bucket in (("SER_DATA_BUCKET", self.data_bucket), ("SER_MLFLOW_BUCKET", self.mlflow_bucket)):
+            if not (3 <= len(bucket) <= 63) or bucket != bucket.lower() or "_" in bucket:
+                raise ValueError(f"{name}={bucket!r}: expected an S3 bucket name (3-63 lowercase letters, digits, '-', '.')")
+        if not self.state_dir.is_absolute():
+            raise ValueError(f"state_dir={self.state_dir}: expected an absolute path")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "StackSettings":
+        """Build the settings from `env` (default: `os.environ`), falling back to the local defaults."""
+        env = os.environ if env is None else env
+        host = env.get("SER_HOST", "127.0.0.1")
+        state_dir = Path(env.get("SER_STATE_DIR", REPO_ROOT / ".ser-state")).expanduser().resolve()
+        s3_port = _port(env, "SER_S3_PORT", 8333)
+        mlflow_port = _port(env, "SER_MLFLOW_PORT", 5000)
+        prefect_port = _port(env, "SER_PREFECT_PORT", 4200)
+        access_key_id = env.get("AWS_ACCESS_KEY_ID")
+        secret_access_key = env.get("AWS_SECRET_ACCESS_KEY")
+        if not (access_key_id and secret_access_key):
+            access_key_id, secret_access_key = read_credentials_file(state_dir) or (None, None)
+        return cls(
+            host=host,
+            s3_port=s3_port,
+            weed_master_port=_port(env, "SER_WEED_MASTER_PORT", 9333),
+            weed_volume_port=_port(env, "SER_WEED_VOLUME_PORT", 8080),
+            weed_filer_port=_port(env, "SER_WEED_FILER_PORT", 8888),
+            weed_admin_port=_port(env, "SER_WEED_ADMIN_PORT", 23646),
+            mlflow_port=mlflow_port,
+            prefect_port=prefect_port,
+            state_dir=state_dir,
+            data_bucket=env.get("SER_DATA_BUCKET", "ser-data"),
+            mlflow_bucket=env.get("SER_MLFLOW_BUCKET", "ser-mlflow"),
+            work_pool=env.get("SER_WORK_POOL", "ser-process"),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
+            prefect_api_url=env.get("PREFECT_API_URL", f"http://{host}:{prefect_port}/api"),
+            s3_endpoint=env.get("AWS_ENDPOINT_URL_S3", env.get("AWS_ENDPOINT_URL", f"http://{host}:{s3_port}")),
+            region=env.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+        )
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment variables a client process needs to reach this stack (includes the secrets)."""
+        env = {
+            "SER_HOST": self.host,
+            "SER_S3_PORT": str(self.s3_port),
+            "SER_WEED_MASTER_PORT": str(self.weed_master_port),
+            "SER_WEED_VOLUME_PORT": str(self.weed_volume_port),
+            "SER_WEED_FILER_PORT": str(self.weed_filer_port),
+            "SER_WEED_ADMIN_PORT": str(self.weed_admin_port),
+            "SER_MLFLOW_PORT": str(self.mlflow_port),
+            "SER_PREFECT_PORT": str(self.prefect_port),
+            "SER_STATE_DIR": str(self.state_dir),
+            "SER_DATA_BUCKET": self.data_bucket,
+            "SER_MLFLOW_BUCKET": self.mlflow_bucket,
+            "SER_WORK_POOL": self.work_pool,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_HOME": str(self.prefect_home),
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+        if self.access_key_id and self.secret_access_key:
+            env["AWS_ACCESS_KEY_ID"] = self.access_key_id
+            env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
+        return env

@@ -1,0 +1,503 @@
+"""Start, check and stop the local SER stack, all bound to SER_HOST (127.0.0.1 by default).
+
+Components, in start order:
+  s3       SeaweedFS `weed mini` (S3 API with access-key auth), buckets created with boto3
+  mlflow   MLflow tracking server (SQLite backend, artifacts proxied to s3://<mlflow bucket>/artifacts)
+  prefect  Prefect server (SQLite under PREFECT_HOME)
+  worker   one Prefect process worker polling the work pool (created if missing)
+
+Every process is started in its own session (process group); its pid and start time go to
+`<state>/pids/<name>.json`, its output to `<state>/logs/<name>.log`. `down` signals exactly
+those process groups, so it never touches a process this script did not start.
+
+Usage (through the bash wrappers in infra/):
+  python infra/stack.py up | down [--purge] | health | env
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from flows.settings import CREDENTIALS_FILE, StackSettings  # noqa: E402
+
+log = logging.getLogger("ser.infra")
+
+BIN = Path(sys.executable).parent
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+WORKER_NAME = "ser-worker"
+HTTP_TIMEOUT_S = 3.0
+STOP_GRACE_S = 15.0
+
+
+class StackError(RuntimeError):
+    """A component failed to start or answer; the message says which and shows its log tail."""
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+def ensure_credentials(settings: StackSettings) -> StackSettings:
+    """Return settings with S3 credentials: from the environment, else generated once into the state folder (0600)."""
+    if settings.access_key_id and settings.secret_access_key:
+        return settings
+    path = settings.state_dir / CREDENTIALS_FILE
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    stored = {"access_key_id": "SER" + secrets.token_hex(8).upper(), "secret_access_key": secrets.token_urlsafe(30)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(stored, handle)
+    log.info("generated S3 credentials in %s", path)
+    return StackSettings.from_env({**os.environ, **settings.client_env()})
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only (0600), replacing any previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def seaweed_s3_config(settings: StackSettings) -> str:
+    """SeaweedFS S3 identity file: one identity with full rights for the stack's access key."""
+    identity = {
+        "name": "ser",
+        "credentials": [{"accessKey": settings.access_key_id, "secretKey": settings.secret_access_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    return json.dumps({"identities": [identity]}, indent=2)
+
+
+# ----------------------------------------------------------------------------- pid bookkeeping
+
+
+def pid_dir(state_dir: Path) -> Path:
+    return state_dir / "pids"
+
+
+def log_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "logs" / f"{name}.log"
+
+
+def process_start_time(pid: int) -> float | None:
+    """Start time of `pid` (seconds since the epoch) from psutil, or None if no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def start_process(state_dir: Path, name: str, argv: list[str], env: Mapping[str, str], cwd: Path) -> int:
+    """Start `argv` as the leader of a new process group, output to its log; record pid + start time."""
+    logfile = log_path(state_dir, name)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    pid_dir(state_dir).mkdir(parents=True, exist_ok=True)
+    with open(logfile, "ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    record = {"pid": proc.pid, "create_time": process_start_time(proc.pid), "argv": argv}
+    (pid_dir(state_dir) / f"{name}.json").write_text(json.dumps(record))
+    return proc.pid
+
+
+def recorded_pid(state_dir: Path, name: str) -> int | None:
+    """The pid recorded for `name` if that very process (same start time) is still alive, else None."""
+    path = pid_dir(state_dir) / f"{name}.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    started = process_start_time(record["pid"])
+    if started is None or record["create_time"] is None or abs(started - record["create_time"]) > 1.0:
+        return None
+    import psutil
+
+    if psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE:
+        return None
+    return record["pid"]
+
+
+def recorded_names(state_dir: Path) -> list[str]:
+    return sorted(path.stem for path in pid_dir(state_dir).glob("*.json"))
+
+
+def stop_process_group(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the process group led by `pid`, wait up to `grace_s`, then SIGKILL what is left of it."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        members = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    members += [p for p in psutil.process_iter() if _pgid(p.pid) == pid and p not in members]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    if alive:
+        log.warning("pid %d: %d process(es) ignored SIGTERM for %.0f s, sending SIGKILL", pid, len(alive), grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def stop_recorded(state_dir: Path, names: list[str], grace_s: float = STOP_GRACE_S) -> list[str]:
+    """Stop the recorded process groups of `names` (in the given order), remove their pid files.
+
+    Returns the names that were actually running.
+    """
+    stopped = []
+    for name in names:
+        pid = recorded_pid(state_dir, name)
+        if pid is not None:
+            stop_process_group(pid, grace_s)
+            stopped.append(name)
+        (pid_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
+    return stopped
+
+
+# ----------------------------------------------------------------------------- health checks
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        return response.status, response.read()
+
+
+def http_post_json(url: str, body: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        return response.status, response.read()
+
+
+def s3_client(settings: StackSettings):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        region_name=settings.region,
+        config=Config(connect_timeout=HTTP_TIMEOUT_S, read_timeout=10, retries={"max_attempts": 1}),
+    )
+
+
+def check_s3(settings: StackSettings) -> str | None:
+    """None when the S3 API lists buckets with the stack's credentials, else the reason."""
+    try:
+        s3_client(settings).list_buckets()
+    except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported with its reason
+        return f"S3 list_buckets at {settings.s3_endpoint}: {exc}"
+    return None
+
+
+def check_http(url: str) -> str | None:
+    """None when GET `url` answers 200, else the reason."""
+    try:
+        status, _ = http_get(url)
+    except (urllib.error.URLError, OSError) as exc:
+        return f"GET {url}: {exc}"
+    return None if status == 200 else f"GET {url}: HTTP {status}"
+
+
+def check_mlflow(settings: StackSettings) -> str | None:
+    return check_http(f"{settings.tracking_uri}/health")
+
+
+def check_prefect(settings: StackSettings) -> str | None:
+    return check_http(f"{settings.prefect_api_url}/health")
+
+
+def pool_workers(settings: StackSettings) -> list[dict]:
+    """Workers registered in the work pool, as the Prefect API reports them."""
+    _, body = http_post_json(f"{settings.prefect_api_url}/work_pools/{settings.work_pool}/workers/filter", {})
+    return json.loads(body)
+
+
+def check_worker(settings: StackSettings) -> str | None:
+    """None when the stack's worker is registered ONLINE in the work pool, else the reason."""
+    try:
+        workers = pool_workers(settings)
+    except (urllib.error.URLError, OSError) as exc:
+        return f"work pool {settings.work_pool!r}: {exc}"
+    online = [w for w in workers if w["name"] == WORKER_NAME and w.get("status", "ONLINE") == "ONLINE"]
+    if not online:
+        return f"no ONLINE worker named {WORKER_NAME!r} in work pool {settings.work_pool!r} (found {[w['name'] for w in workers]})"
+    return None
+
+
+# ----------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class Component:
+    """One long-running process of the stack: how to start it and how to know it is healthy."""
+
+    name: str
+    port: int | None
+    argv: list[str]
+    check: Callable[[StackSettings], str | None]
+    url: str
+
+
+def components(settings: StackSettings) -> list[Component]:
+    state = settings.state_dir
+    weed = [
+        str(BIN / "weed"), "mini",
+        f"-dir={state / 'seaweedfs'}",
+        f"-ip={settings.host}", f"-ip.bind={settings.host}",
+        f"-master.port={settings.weed_master_port}",
+        f"-volume.port={settings.weed_volume_port}",
+        f"-filer.port={settings.weed_filer_port}",
+        f"-s3.port={settings.s3_port}",
+        f"-admin.port={settings.weed_admin_port}",
+        f"-s3.config={state / 'seaweedfs-s3.json'}",
+        "-master.telemetry=false",
+        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]
+    mlflow = [
+        str(BIN / "mlflow"), "server",
+        "--host", settings.host, "--port", str(settings.mlflow_port),
+        "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+        "--artifacts-destination", f"s3://{settings.mlflow_bucket}/artifacts",
+        "--serve-artifacts",
+        "--workers", "2",
+    ]
+    prefect = [
+        str(BIN / "prefect"), "server", "start",
+        "--host", settings.host, "--port", str(settings.prefect_port),
+        "--analytics-off", "--no-background",
+    ]
+    worker = [
+        str(BIN / "prefect"), "worker", "start",
+        "--pool", settings.work_pool, "--type", "process", "--name", WORKER_NAME,
+        "--install-policy", "never",
+    ]
+    return [
+        Component("s3", settings.s3_port, weed, check_s3, settings.s3_endpoint),
+        Component("mlflow", settings.mlflow_port, mlflow, check_mlflow, settings.tracking_uri),
+        Component("prefect", settings.prefect_port, prefect, check_prefect, settings.prefect_api_url.removesuffix("/api")),
+        Component("worker", None, worker, check_worker, f"work pool {settings.work_pool}"),
+    ]
+
+
+def stack_env(settings: StackSettings) -> dict[str, str]:
+    """Environment for every stack process: the caller's, plus the client settings, telemetry off."""
+    return {
+        **os.environ,
+        **settings.client_env(),
+        **TELEMETRY_OFF,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return f"(no log at {path})"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_healthy(settings: StackSettings, component: Component, timeout_s: float) -> None:
+    """Poll the component's health check until it passes; raise StackError with the log tail otherwise."""
+    deadline = time.monotonic() + timeout_s
+    reason = "not checked"
+    while time.monotonic() < deadline:
+        if recorded_pid(settings.state_dir, component.name) is None:
+            raise StackError(
+                f"{component.name} exited during start-up; last lines of {log_path(settings.state_dir, component.name)}:\n"
+                + tail(log_path(settings.state_dir, component.name))
+            )
+        reason = component.check(settings)
+        if reason is None:
+            return
+        time.sleep(0.5)
+    raise StackError(
+        f"{component.name} not healthy after {timeout_s:.0f} s ({reason}); last lines of "
+        f"{log_path(settings.state_dir, component.name)}:\n" + tail(log_path(settings.state_dir, component.name))
+    )
+
+
+def create_buckets(settings: StackSettings) -> None:
+    client = s3_client(settings)
+    existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
+    for bucket in (settings.data_bucket, settings.mlflow_bucket):
+        if bucket not in existing:
+            client.create_bucket(Bucket=bucket)
+            log.info("created bucket s3://%s", bucket)
+
+
+def ensure_work_pool(settings: StackSettings, env: Mapping[str, str]) -> None:
+    try:
+        http_get(f"{settings.prefect_api_url}/work_pools/{settings.work_pool}")
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+    subprocess.run(
+        [str(BIN / "prefect"), "work-pool", "create", "--type", "process", settings.work_pool],
+        cwd=REPO_ROOT, env=dict(env), check=True, capture_output=True, timeout=120,
+    )
+    log.info("created work pool %s", settings.work_pool)
+
+
+def launch(settings: StackSettings, component: Component, env: Mapping[str, str]) -> bool:
+    """Start `component` unless our recorded process is already running; True when started now."""
+    if recorded_pid(settings.state_dir, component.name) is not None:
+        return False
+    if component.port is not None and port_in_use(settings.host, component.port):
+        raise StackError(
+            f"{component.name}: port {settings.host}:{component.port} is already taken by a process this stack "
+            f"did not start; stop it or choose another port (SER_*_PORT, see infra/README.md)"
+        )
+    start_process(settings.state_dir, component.name, component.argv, env, REPO_ROOT)
+    return True
+
+
+def up(settings: StackSettings, timeout_s: float) -> list[str]:
+    """Start every component not already running and wait until all are healthy. Returns those started."""
+    settings = ensure_credentials(settings)
+    write_private(settings.state_dir / "seaweedfs-s3.json", seaweed_s3_config(settings))
+    (settings.state_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    env = stack_env(settings)
+    s3, mlflow, prefect, worker = components(settings)
+    started = []
+    if launch(settings, s3, env):
+        started.append(s3.name)
+    wait_healthy(settings, s3, timeout_s)
+    create_buckets(settings)
+    for component in (mlflow, prefect):
+        if launch(settings, component, env):
+            started.append(component.name)
+    for component in (mlflow, prefect):
+        wait_healthy(settings, component, timeout_s)
+    ensure_work_pool(settings, env)
+    if launch(settings, worker, env):
+        started.append(worker.name)
+    wait_healthy(settings, worker, timeout_s)
+    return started
+
+
+def down(settings: StackSettings, purge: bool) -> list[str]:
+    """Stop what `up` started (worker first, S3 last); with `purge`, also delete the state folder."""
+    order = ["worker", "prefect", "mlflow", "s3"]
+    names = [n for n in order if n in recorded_names(settings.state_dir)]
+    names += [n for n in recorded_names(settings.state_dir) if n not in order]
+    stopped = stop_recorded(settings.state_dir, names)
+    if purge and settings.state_dir.exists():
+        shutil.rmtree(settings.state_dir)
+    return stopped
+
+
+def health(settings: StackSettings, local: bool = True) -> dict[str, str | None]:
+    """Reason each component is unhealthy (None when healthy), by component name.
+
+    `local` also requires the process recorded by `up` in the state folder to be alive; without it
+    only the services are asked (a stack started elsewhere, e.g. remote servers).
+    """
+    result = {}
+    for component in components(settings):
+        if local and recorded_pid(settings.state_dir, component.name) is None:
+            result[component.name] = "not running (no live process recorded; run infra/up)"
+        else:
+            result[component.name] = component.check(settings)
+    return result
+
+
+def env_lines(settings: StackSettings) -> list[str]:
+    return [f"export {key}={shlex.quote(value)}" for key, value in {**settings.client_env(), **TELEMETRY_OFF}.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_parser = sub.add_parser("up", help="start what is not running, wait until all is healthy")
+    up_parser.add_argument("--timeout", type=float, default=float(os.environ.get("SER_UP_TIMEOUT", 180)))
+    down_parser = sub.add_parser("down", help="stop exactly what up started")
+    down_parser.add_argument("--purge", action="store_true", help="also delete the state folder (all data)")
+    sub.add_parser("health", help="print a table; exit 0 only when every component is healthy")
+    sub.add_parser("env", help="print export lines for clients")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = StackSettings.from_env()
+
+    if args.command == "env":
+        print("\n".join(env_lines(settings)))
+        return 0
+    if args.command == "down":
+        stopped = down(settings, args.purge)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}" + (f"; deleted {settings.state_dir}" if args.purge else ""))
+        return 0
+    if args.command == "health":
+        table = health(settings)
+        by_name = {c.name: c for c in components(settings)}
+        for name, reason in table.items():
+            print(f"{name:8} {'ok' if reason is None else 'DOWN':5} {by_name[name].url:32} {reason or ''}")
+        return 0 if all(reason is None for reason in table.values()) else 1
+    try:
+        started = up(settings, args.timeout)
+    except (StackError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        print(f"infra/up failed: {exc}\n{detail.decode(errors='replace') if isinstance(detail, bytes) else detail}", file=sys.stderr)
+        return 1
+    print(f"stack up (state: {settings.state_dir}); started: {', '.join(started) or 'nothing, all were running'}")
+    for component in components(settings):
+        print(f"  {component.name:8} {component.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Shared fixtures: the repository, the shared RAVDESS copy, and the live local stack.
+
+`stack` checks the stack's health once per session. When it is down, integration tests skip
+with "run infra/up", unless SER_REQUIRE_STACK=1 (set by infra/test and CI), where they fail;
+and a run with SER_REQUIRE_STACK=1 in which every integration test was skipped fails too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def stack_required() -> bool:
+    return os.environ.get("SER_REQUIRE_STACK") == "1"
+
+
+def load_infra_stack() -> ModuleType:
+    """Import infra/stack.py (a script folder, not a package) as module `ser_infra_stack`."""
+    if "ser_infra_stack" in sys.modules:
+        return sys.modules["ser_infra_stack"]
+    spec = importlib.util.spec_from_file_location("ser_infra_stack", REPO_ROOT / "infra" / "stack.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ser_infra_stack"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_ravdess(repo_root: Path) -> Path:
+    """RAVDESS (16 kHz mono FLAC, actors 01-20), read-only, beside the repository."""
+    path = (repo_root.parent / "shared" / "data" / "ravdess").resolve()
+    if not path.is_dir():
+        pytest.skip(f"RAVDESS not found at {path} (expected ../shared/data/ravdess relative to the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def infra_stack() -> ModuleType:
+    return load_infra_stack()
+
+
+@pytest.fixture(scope="session")
+def stack(infra_stack: ModuleType):
+    """`flows.settings.StackSettings` of a healthy stack (S3, MLflow, Prefect, worker), from the environment."""
+    from flows.settings import StackSettings
+
+    settings = StackSettings.from_env()
+    unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False).items() if reason}
+    if unhealthy:
+        message = "stack not healthy: " + "; ".join(f"{name}: {reason}" for name, reason in unhealthy.items())
+        if stack_required():
+            pytest.fail(message + " (SER_REQUIRE_STACK=1)", pytrace=False)
+        pytest.skip(f"run infra/up ({message})")
+    return settings
+
+
+_integration_outcomes: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration"):
+            _integration_outcomes[item.nodeid] = "skipped"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Record what each integration test did: its call's outcome, or "failed" when its setup failed."""
+    if report.nodeid in _integration_outcomes and (report.when == "call" or (report.when == "setup" and report.failed)):
+        _integration_outcomes[report.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if stack_required() and _integration_outcomes and all(o == "skipped" for o in _integration_outcomes.values()):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (
+            f"SER_REQUIRE_STACK=1 but all {len(_integration_outcomes)} integration tests were skipped: "
+            "the stack was not reachable or every integration test skipped itself"
+        )
+        if reporter is not None:
+            reporter.write_line(message, red=True, bold=True)
