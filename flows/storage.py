@@ -1,0 +1,413 @@
+"""S3 storage of manifest versions and training checkpoints (the data bucket).
+
+Layout of the data bucket (``SER_DATA_BUCKET``, default ``ser-data``)::
+
+    manifests/<corpus>/<fingerprint>/manifest.parquet
+    manifests/<corpus>/<fingerprint>/quarantine.parquet
+    manifests/<corpus>/<fingerprint>/folds.parquet
+    manifests/<corpus>/<fingerprint>/report.json
+    manifests/<corpus>/latest.json    {"fingerprint", "written_at", "root", "report_key"}
+    manifests/<corpus>/source.json    last source fingerprint seen by scheduled retraining
+    checkpoints/<corpus>/<run id>/fold-<k>/<name>    (fold -1, the release model: fold-release)
+
+Every key is built by :func:`object_key` from validated ids only, so no caller can write
+outside this layout. A manifest version is *complete* when its four files exist; ``latest``
+moves to a version only after all four were written and read back (:func:`publish_manifest`),
+so an S3 outage in the middle of a publication leaves ``latest`` where it was.
+
+Connection failures (endpoint down, timeouts) surface as :class:`StorageUnavailableError`,
+the only error worth retrying; everything else (missing version, invalid manifest) has its
+own message and is not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import boto3
+import pandas as pd
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from data_contracts.labels import CORPORA
+from data_contracts.schemas import validate_folds, validate_manifest, validate_quarantine
+from flows.settings import StackSettings
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILES = {
+    "manifest": "manifest.parquet",
+    "quarantine": "quarantine.parquet",
+    "folds": "folds.parquet",
+    "report": "report.json",
+}
+CORPUS_FILES = {"latest": "latest.json", "source": "source.json"}
+KINDS = (*MANIFEST_FILES, *CORPUS_FILES, "checkpoint")
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_CONNECTION_ERRORS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+)
+
+
+class StorageUnavailableError(ConnectionError):
+    """The S3 endpoint could not be reached; retrying later may succeed."""
+
+
+class ManifestVersionNotFoundError(LookupError):
+    """The requested manifest version of a corpus does not exist (or is incomplete)."""
+
+
+class InvalidKeyPartError(ValueError):
+    """A corpus, fingerprint, run id, fold or file name that would leave the bucket layout."""
+
+
+def check_corpus(corpus: str) -> str:
+    if corpus not in CORPORA:
+        raise InvalidKeyPartError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
+    return corpus
+
+
+def check_fingerprint(fingerprint: str) -> str:
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise InvalidKeyPartError(
+            f"invalid manifest fingerprint {fingerprint!r}; expected 64 lowercase hex characters"
+        )
+    return fingerprint
+
+
+def _check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise InvalidKeyPartError(
+            f"invalid run id {run_id!r}; expected 1-64 characters from [A-Za-z0-9_-], "
+            "starting with a letter or digit"
+        )
+    return run_id
+
+
+def _fold_folder(fold: int) -> str:
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < -1:
+        raise InvalidKeyPartError(f"invalid fold {fold!r}; expected an int >= 0, or -1 for the release model")
+    return "fold-release" if fold == -1 else f"fold-{fold}"
+
+
+def _check_name(name: str) -> str:
+    parts = name.split("/") if isinstance(name, str) else [None]
+    if not all(isinstance(p, str) and _NAME_PART.fullmatch(p) for p in parts):
+        raise InvalidKeyPartError(
+            f"invalid checkpoint file name {name!r}; expected a relative path of parts made of "
+            "[A-Za-z0-9._-] that do not start with '.' or '-'"
+        )
+    return name
+
+
+def object_key(
+    kind: str,
+    corpus: str,
+    fingerprint: str | None = None,
+    *,
+    run_id: str | None = None,
+    fold: int | None = None,
+    name: str | None = None,
+) -> str:
+    """Key of one object in the data bucket, built only from validated ids.
+
+    kind: one of ``manifest``, ``quarantine``, ``folds``, ``report`` (need ``fingerprint``),
+    ``latest``, ``source`` (per corpus), ``checkpoint`` (needs ``run_id`` and ``fold``; without
+    ``name`` the key is the folder prefix ending in ``/``).
+    """
+    check_corpus(corpus)
+    if kind in MANIFEST_FILES:
+        if fingerprint is None:
+            raise InvalidKeyPartError(f"object kind {kind!r} needs a fingerprint")
+        return f"manifests/{corpus}/{check_fingerprint(fingerprint)}/{MANIFEST_FILES[kind]}"
+    if kind in CORPUS_FILES:
+        return f"manifests/{corpus}/{CORPUS_FILES[kind]}"
+    if kind == "checkpoint":
+        if run_id is None or fold is None:
+            raise InvalidKeyPartError("object kind 'checkpoint' needs run_id and fold")
+        prefix = f"checkpoints/{corpus}/{_check_run_id(run_id)}/{_fold_folder(fold)}/"
+        return prefix if name is None else prefix + _check_name(name)
+    raise InvalidKeyPartError(f"unknown object kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+@dataclass(frozen=True)
+class DataBucket:
+    """A boto3 S3 client bound to the data bucket.
+
+    ``from_env`` takes endpoint, bucket and credentials from ``StackSettings.from_env()`` (the
+    AWS environment, or the key file ``infra/up`` wrote; boto3's profile chain when neither is
+    set), never from flow parameters, so credentials never reach logs or Prefect.
+    """
+
+    client: Any
+    name: str
+
+    @classmethod
+    def from_settings(
+        cls, settings: StackSettings, connect_timeout_s: float = 5.0, max_attempts: int = 2
+    ) -> "DataBucket":
+        config = Config(
+            connect_timeout=connect_timeout_s,
+            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            s3={"addressing_style": "path"},
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint,
+            region_name=settings.region,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            config=config,
+        )
+        return cls(client=client, name=settings.data_bucket)
+
+    @classmethod
+    def from_env(cls) -> "DataBucket":
+        return cls.from_settings(StackSettings.from_env())
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
+    def _call(self, operation: str, key: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, operation)(Bucket=self.name, Key=key, **kwargs)
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailableError(
+                f"S3 endpoint {self.endpoint} unreachable during {operation} of "
+                f"s3://{self.name}/{key}: {exc}"
+            ) from exc
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._call("put_object", key, Body=data, ContentType=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._call("get_object", key)["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("head_object", key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """Immediate sub-folders (common prefixes) under ``prefix``."""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.name, Prefix=prefix, Delimiter="/"
+            )
+            return [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailableError(
+                f"S3 endpoint {self.endpoint} unreachable while listing s3://{self.name}/{prefix}: {exc}"
+            ) from exc
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+def put_parquet(bucket: DataBucket, key: str, df: pd.DataFrame) -> bytes:
+    """Write ``df`` as Parquet; returns the bytes written (for read-back checks)."""
+    data = parquet_bytes(df)
+    bucket.put_bytes(key, data, "application/vnd.apache.parquet")
+    return data
+
+
+def get_parquet(bucket: DataBucket, key: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(bucket.get_bytes(key)))
+
+
+def put_json(bucket: DataBucket, key: str, obj: Any) -> bytes:
+    data = json_bytes(obj)
+    bucket.put_bytes(key, data, "application/json")
+    return data
+
+
+def get_json(bucket: DataBucket, key: str) -> Any:
+    return json.loads(bucket.get_bytes(key))
+
+
+def _get_json_or_none(bucket: DataBucket, key: str) -> Any | None:
+    try:
+        return get_json(bucket, key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def read_latest(corpus: str, bucket: DataBucket | None = None) -> dict | None:
+    """The ``latest`` pointer of ``corpus``, or None when no version was ever published."""
+    bucket = bucket or DataBucket.from_env()
+    return _get_json_or_none(bucket, object_key("latest", corpus))
+
+
+def write_latest(corpus: str, pointer: dict, bucket: DataBucket | None = None) -> None:
+    """Move ``latest``; the pointer must name a complete version of ``corpus``."""
+    bucket = bucket or DataBucket.from_env()
+    fingerprint = check_fingerprint(pointer.get("fingerprint"))
+    if not manifest_exists(corpus, fingerprint, bucket):
+        raise ManifestVersionNotFoundError(
+            f"refusing to move latest of {corpus} to {fingerprint}: its files are not all in "
+            f"s3://{bucket.name}/manifests/{corpus}/{fingerprint}/"
+        )
+    put_json(bucket, object_key("latest", corpus), pointer)
+
+
+def read_source_state(corpus: str, bucket: DataBucket | None = None) -> dict | None:
+    """What scheduled retraining last saw of the corpus source, or None."""
+    bucket = bucket or DataBucket.from_env()
+    return _get_json_or_none(bucket, object_key("source", corpus))
+
+
+def write_source_state(corpus: str, state: dict, bucket: DataBucket | None = None) -> None:
+    bucket = bucket or DataBucket.from_env()
+    put_json(bucket, object_key("source", corpus), state)
+
+
+def manifest_exists(corpus: str, fingerprint: str, bucket: DataBucket | None = None) -> bool:
+    """True when all four files of the version exist (a complete publication)."""
+    bucket = bucket or DataBucket.from_env()
+    return all(bucket.exists(object_key(kind, corpus, fingerprint)) for kind in MANIFEST_FILES)
+
+
+def list_manifest_versions(corpus: str, bucket: DataBucket | None = None) -> list[str]:
+    """Fingerprints of the complete versions of ``corpus``, sorted."""
+    bucket = bucket or DataBucket.from_env()
+    prefixes = bucket.list_prefixes(f"manifests/{check_corpus(corpus)}/")
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in prefixes]
+    return sorted(n for n in names if _FINGERPRINT.fullmatch(n) and manifest_exists(corpus, n, bucket))
+
+
+def resolve_version(corpus: str, version: str = "latest", bucket: DataBucket | None = None) -> str:
+    """Fingerprint of ``version`` (``latest`` or a fingerprint) of ``corpus``, checked complete."""
+    bucket = bucket or DataBucket.from_env()
+    if version == "latest":
+        pointer = read_latest(corpus, bucket)
+        if pointer is None:
+            raise ManifestVersionNotFoundError(
+                f"no manifest of {corpus} in s3://{bucket.name}/manifests/{corpus}/: "
+                f"run the ingest-{corpus} deployment first"
+            )
+        version = pointer["fingerprint"]
+    check_fingerprint(version)
+    if not manifest_exists(corpus, version, bucket):
+        available = list_manifest_versions(corpus, bucket)
+        raise ManifestVersionNotFoundError(
+            f"manifest version {version} of {corpus} is missing or incomplete in "
+            f"s3://{bucket.name}/manifests/{corpus}/; available: {', '.join(available) or 'none'}"
+        )
+    return version
+
+
+def load_manifest_version(
+    corpus: str, version: str = "latest", bucket: DataBucket | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``(manifest, folds, report)`` of one version, validated through data_contracts.schemas."""
+    bucket = bucket or DataBucket.from_env()
+    fingerprint = resolve_version(corpus, version, bucket)
+    manifest = validate_manifest(get_parquet(bucket, object_key("manifest", corpus, fingerprint)))
+    folds = validate_folds(get_parquet(bucket, object_key("folds", corpus, fingerprint)))
+    report = get_json(bucket, object_key("report", corpus, fingerprint))
+    log.info("loaded manifest %s of %s: %d utterances", fingerprint, corpus, len(manifest))
+    return manifest, folds, report
+
+
+def load_quarantine(corpus: str, version: str = "latest", bucket: DataBucket | None = None) -> pd.DataFrame:
+    bucket = bucket or DataBucket.from_env()
+    fingerprint = resolve_version(corpus, version, bucket)
+    return validate_quarantine(get_parquet(bucket, object_key("quarantine", corpus, fingerprint)))
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Outcome of :func:`publish_manifest`: ``status`` is ``unchanged`` or ``published``."""
+
+    status: str
+    corpus: str
+    fingerprint: str
+    previous: str | None
+    keys: tuple[str, ...]
+
+
+def publish_manifest(
+    corpus: str,
+    fingerprint: str,
+    manifest: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    folds: pd.DataFrame,
+    report: dict,
+    root: str,
+    bucket: DataBucket | None = None,
+) -> Publication:
+    """Write one manifest version and move ``latest`` to it, or do nothing when it is current.
+
+    Order: the four files under the fingerprint → each read back and compared (sha256 of
+    bytes) → only then ``latest``. A failure at any step leaves ``latest`` unchanged, and a
+    rerun rewrites the version from the start.
+    """
+    bucket = bucket or DataBucket.from_env()
+    check_corpus(corpus)
+    check_fingerprint(fingerprint)
+    pointer = read_latest(corpus, bucket)
+    previous = pointer["fingerprint"] if pointer else None
+    keys = tuple(object_key(kind, corpus, fingerprint) for kind in MANIFEST_FILES)
+    if previous == fingerprint and manifest_exists(corpus, fingerprint, bucket):
+        log.info("manifest %s of %s is already complete and latest: nothing written", fingerprint, corpus)
+        return Publication("unchanged", corpus, fingerprint, previous, keys)
+
+    written = {
+        keys[0]: put_parquet(bucket, keys[0], manifest),
+        keys[1]: put_parquet(bucket, keys[1], quarantine),
+        keys[2]: put_parquet(bucket, keys[2], folds),
+        keys[3]: put_json(bucket, keys[3], report),
+    }
+    for key, data in written.items():
+        if hashlib.sha256(bucket.get_bytes(key)).digest() != hashlib.sha256(data).digest():
+            raise StorageUnavailableError(
+                f"read-back of s3://{bucket.name}/{key} differs from what was written; latest of "
+                f"{corpus} left at {previous}"
+            )
+        log.info("wrote and verified s3://%s/%s (%d bytes)", bucket.name, key, len(data))
+    write_latest(
+        corpus,
+        {
+            "fingerprint": fingerprint,
+            "written_at": datetime.now(timezone.utc).isoformat(),
+            "root": root,
+            "report_key": keys[3],
+        },
+        bucket,
+    )
+    log.info("latest of %s moved from %s to %s", corpus, previous, fingerprint)
+    return Publication("published", corpus, fingerprint, previous, keys)
