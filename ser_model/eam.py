@@ -1,0 +1,123 @@
+"""Energy-adaptive mixup on waveforms (PAPER.md "EAM"), vectorised over the batch.
+
+For primary x_i (length l_i, label y_i) and partner x_j = x_{partner[i]}:
+1. l_mix ~ U{1, …, floor(l_i/2) − 1} (strictly less than half of x_i); l_mix = min(l_mix, l_j);
+2. starts s_i ~ U{0, …, l_i − l_mix}, s_j ~ U{0, …, l_j − l_mix}; a_i, a_j the segments;
+3. SNR ~ U[snr_db_low, snr_db_high] dB;
+4. P'_i = mean(a_i²), P'_j = mean(a_j²), g = sqrt(P'_i / (10^(SNR/10) P'_j)), P''_j = g² P'_j;
+5. x_mix = x_i with x_mix[s_i : s_i + l_mix] += g a_j;
+6. λ = (l_mix / l_i) · P''_j / (P'_i + P''_j);  y_mix = (1 − λ) y_i + λ y_j.
+Not mixed (λ = 0, waveform bit-identical, label unchanged): EAM disabled, the sample not drawn
+(mix_prob, ours), floor(l_i/2) <= 1, partner = itself (batch of one), or P'_i <= eps or
+P'_j <= eps (degenerate energy). Ours: the partner is drawn by a random cyclic permutation of
+the batch (never the sample itself when B >= 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ser_model.config import EAMConfig
+
+
+@dataclass
+class EAMResult:
+    """waves (B, L) mixed; targets (B, C) soft labels; lam (B,) λ (0 where not mixed); partner (B,)
+    long; snr_db (B,) drawn SNR (meaningful where mixed); segment (B, 2) long (s_i, l_mix) with
+    l_mix = 0 where not mixed; partner_start (B,) long s_j; mixed (B,) bool.
+    """
+
+    waves: torch.Tensor
+    targets: torch.Tensor
+    lam: torch.Tensor
+    partner: torch.Tensor
+    snr_db: torch.Tensor
+    segment: torch.Tensor
+    partner_start: torch.Tensor
+    mixed: torch.Tensor
+
+
+def random_partner(batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Partner index per sample: a random permutation π, then partner[π_k] = π_{k+1 mod B} (a single cycle, no fixed point for B >= 2).  → (B,) long."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    order = torch.randperm(batch_size, generator=generator, device=device)
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-1)
+    return partner
+
+
+def energy_adaptive_mixup(
+    waves: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    config: EAMConfig = EAMConfig(),
+) -> EAMResult:
+    """EAM over a padded batch (module docstring has the algorithm).
+
+    waves (B, L) float (padding beyond lengths is ignored), lengths (B,) long, targets (B, C)
+    one-hot or soft rows → EAMResult. Deterministic given ``generator``; all random draws are made
+    for every sample, so the draws do not depend on which samples end up mixed.
+    """
+    b, max_len = waves.shape
+    if lengths.shape != (b,) or targets.shape[0] != b or targets.dim() != 2:
+        raise ValueError(
+            f"energy_adaptive_mixup: got waves {tuple(waves.shape)}, lengths {tuple(lengths.shape)}, "
+            f"targets {tuple(targets.shape)}; expected (B, L), (B,), (B, C)"
+        )
+    device = waves.device
+    lengths = lengths.to(device=device, dtype=torch.long)
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    if not config.enabled or b == 0:
+        zeros = torch.zeros(b, dtype=torch.long, device=device)
+        return EAMResult(
+            waves, targets, torch.zeros(b, dtype=waves.dtype, device=device), torch.arange(b, device=device),
+            torch.zeros(b, dtype=waves.dtype, device=device), torch.stack([zeros, zeros], dim=1), zeros,
+            torch.zeros(b, dtype=torch.bool, device=device),
+        )
+
+    partner = random_partner(b, generator).to(device)
+    u = torch.rand(5, b, generator=generator, device=gdev, dtype=torch.float64).to(device)  # (5, B)
+    l_i = lengths
+    l_j = lengths[partner]
+    half = torch.div(l_i, 2, rounding_mode="floor")
+    eligible = (half > 1) & (partner != torch.arange(b, device=device)) & (u[0] < config.mix_prob)
+
+    # 1. l_mix ∈ [1, half − 1], then truncated to the partner's length
+    l_mix = 1 + (u[1] * (half - 1).clamp_min(1)).long().clamp_max((half - 2).clamp_min(0))
+    l_mix = torch.minimum(l_mix, l_j)
+    # 2. starts, uniform over the positions where the segment fits
+    s_i = (u[2] * (l_i - l_mix + 1)).long().clamp_max(l_i - l_mix)
+    s_j = (u[3] * (l_j - l_mix + 1)).long().clamp_max(l_j - l_mix)
+    # 3. SNR in dB
+    snr_db = config.snr_db_low + u[4] * (config.snr_db_high - config.snr_db_low)  # (B,) float64
+
+    # segment of x_i as a mask over positions t, and the partner sample aligned to it: t − s_i + s_j
+    t = torch.arange(max_len, device=device)[None, :]  # (1, L)
+    seg = (t >= s_i[:, None]) & (t < (s_i + l_mix)[:, None])  # (B, L)
+    x = waves.double()
+    src = (t - s_i[:, None] + s_j[:, None]).clamp(0, max_len - 1)  # (B, L)
+    a_j = torch.gather(x[partner], 1, src) * seg  # (B, L), zero outside the segment
+    a_i = x * seg
+    # 4. segment powers and gain
+    p_i = (a_i * a_i).sum(1) / l_mix
+    p_j = (a_j * a_j).sum(1) / l_mix
+    mixed = eligible & (p_i > config.eps) & (p_j > config.eps)
+    snr_lin = torch.pow(10.0, snr_db / 10.0)
+    gain = torch.where(mixed, torch.sqrt(p_i / (snr_lin * p_j.clamp_min(torch.finfo(torch.float64).tiny))), 0.0)
+    p_j_scaled = p_i / snr_lin
+    # 5. add g·a_j inside x_i's segment only (torch.where keeps every other sample bit-identical)
+    seg &= mixed[:, None]
+    out = torch.where(seg, (x + gain[:, None] * a_j).to(waves.dtype), waves)
+    # 6. λ and the soft label
+    lam = torch.where(mixed, (l_mix / l_i) * p_j_scaled / (p_i + p_j_scaled), 0.0)
+    lam_t = lam.to(targets.dtype)[:, None]
+    soft = torch.where(mixed[:, None], (1 - lam_t) * targets + lam_t * targets[partner], targets)
+    seg_len = torch.where(mixed, l_mix, 0)
+    return EAMResult(
+        out, soft, lam.to(waves.dtype), partner, snr_db.to(waves.dtype),
+        torch.stack([s_i, seg_len], dim=1), s_j, mixed,
+    )

@@ -1,0 +1,66 @@
+"""Classification metrics over a whole fold (numpy only; aggregate predictions first, never average per batch).
+
+WA (weighted accuracy) = accuracy = Σ_c n_cc / N.
+UA (unweighted accuracy) = mean over classes present in y_true of recall_c = n_cc / Σ_k n_ck.
+macro-F1 = mean over classes present in y_true or y_pred of F1_c = 2 n_cc / (Σ_k n_ck + Σ_k n_kc).
+confusion[t][p] = number of utterances of true class t predicted as p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) int64 counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    n_classes: int,
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """WA, UA, macro-F1, per-class recall and the confusion matrix (module docstring has the formulas).
+
+    y_true, y_pred (N,) class indices in [0, n_classes). Returns a JSON-able dict:
+    ``n``, ``wa``, ``ua``, ``macro_f1`` (floats in [0, 1]), ``per_class_recall`` (label → recall,
+    None for a class absent from y_true), ``confusion`` (C × C nested list), ``labels``.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"classification_metrics: y_true has {y_true.size} items but y_pred has {y_pred.size}; expected equal")
+    if y_true.size == 0:
+        raise ValueError("classification_metrics: no predictions; expected at least one")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"classification_metrics: {name} has values in [{y.min()}, {y.max()}], expected [0, {n_classes})")
+    if labels is None:
+        labels = [str(c) for c in range(n_classes)]
+    if len(labels) != n_classes:
+        raise ValueError(f"classification_metrics: {len(labels)} labels for n_classes={n_classes}")
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    support = cm.sum(axis=1)  # (C,) true count per class
+    predicted = cm.sum(axis=0)  # (C,) predicted count per class
+    hits = np.diag(cm)
+    present = support > 0
+    recall = np.divide(hits, support, out=np.zeros(n_classes), where=present)
+    f1_support = support + predicted
+    f1_classes = f1_support > 0
+    f1 = np.divide(2 * hits, f1_support, out=np.zeros(n_classes), where=f1_classes)
+    return {
+        "n": int(y_true.size),
+        "wa": float(hits.sum() / y_true.size),
+        "ua": float(recall[present].mean()),
+        "macro_f1": float(f1[f1_classes].mean()),
+        "per_class_recall": {label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)},
+        "confusion": cm.tolist(),
+        "labels": list(labels),
+    }
