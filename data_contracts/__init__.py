@@ -1,0 +1,6 @@
+"""Data contracts: corpus parsers, audio checks, pandera schemas, fold protocols, fingerprints.
+
+Imports no torch, torchaudio, transformers, prefect or mlflow. Entry points:
+`data_contracts.ingest.run_ingest`, `data_contracts.schemas.validate_manifest`,
+`data_contracts.folds.make_folds` / `fold_split`, `data_contracts.fingerprint`.
+"""

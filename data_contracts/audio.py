@@ -1,0 +1,161 @@
+"""Decode an audio file's bytes and check it before it enters a manifest.
+
+`probe_audio` decodes with soundfile (libsndfile) and raises `AudioCheckError(reason_code,
+message)` on the first failed check, in this order:
+
+| reason_code | when |
+|---|---|
+| empty | zero bytes, or a header that declares no audio frames |
+| unreadable | libsndfile cannot open or decode the bytes |
+| sample_rate | native rate not in the corpus's allowed set |
+| channels | more channels than the corpus's policy allows |
+| duration | declared or decoded duration outside [min_duration_s, max_duration_s] (checked on the header first, so a huge declared length is refused before decoding) |
+| truncated | the header declares more audio data than the file holds |
+| non_finite | NaN or infinite samples (float formats) |
+| silence | peak amplitude <= silence_peak (all-zero audio) |
+| clipped | more than max_clipped_fraction of samples at or above clip_level full scale |
+
+Channel policy: RAVDESS originals include a few stereo files, so RAVDESS accepts up to two channels
+and records ``channels = 2`` (training down-mixes); the other corpora ship mono and quarantine
+anything else. Thresholds are `AudioChecks` values, one set per corpus in `AUDIO_CHECKS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+
+from data_contracts.errors import AudioCheckError
+
+_TRUNCATED_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class AudioChecks:
+    """Thresholds of the audio checks (see the module docstring for what each one rejects)."""
+
+    sample_rates: frozenset[int] = field(default_factory=lambda: frozenset({16000}))
+    max_channels: int = 1
+    min_duration_s: float = 0.25
+    max_duration_s: float = 120.0
+    silence_peak: float = 1e-4
+    clip_level: float = 0.999
+    max_clipped_fraction: float = 0.01
+
+    def __post_init__(self):
+        object.__setattr__(self, "sample_rates", frozenset(self.sample_rates))
+        if not self.sample_rates or any(not isinstance(r, int) or r <= 0 for r in self.sample_rates):
+            raise ValueError(f"AudioChecks.sample_rates must be non-empty positive ints, got {sorted(self.sample_rates)}")
+        if self.max_channels < 1:
+            raise ValueError(f"AudioChecks.max_channels must be >= 1, got {self.max_channels}")
+        if not 0 <= self.min_duration_s < self.max_duration_s:
+            raise ValueError(
+                f"AudioChecks needs 0 <= min_duration_s < max_duration_s, got {self.min_duration_s}, {self.max_duration_s}"
+            )
+        if not 0 <= self.silence_peak < 1:
+            raise ValueError(f"AudioChecks.silence_peak must be in [0, 1), got {self.silence_peak}")
+        if not 0 < self.clip_level <= 1:
+            raise ValueError(f"AudioChecks.clip_level must be in (0, 1], got {self.clip_level}")
+        if not 0 <= self.max_clipped_fraction <= 1:
+            raise ValueError(f"AudioChecks.max_clipped_fraction must be in [0, 1], got {self.max_clipped_fraction}")
+
+
+AUDIO_CHECKS: dict[str, AudioChecks] = {
+    "iemocap": AudioChecks(sample_rates=frozenset({16000})),
+    "msp-improv": AudioChecks(sample_rates=frozenset({16000, 44100, 48000})),
+    "ravdess": AudioChecks(sample_rates=frozenset({16000, 48000}), max_channels=2),
+    "savee": AudioChecks(sample_rates=frozenset({16000, 44100})),
+}
+
+
+@dataclass(frozen=True)
+class AudioProbe:
+    """Decoded facts of one file: native rate, channel count, frames, duration, sha256 of the bytes."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+    sha256: str
+
+
+def _open(data: bytes, name: str) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(io.BytesIO(data))
+    except Exception as err:  # libsndfile reports bad bytes through several exception types
+        raise AudioCheckError("unreadable", f"{name}: cannot decode audio: {err}") from err
+
+
+def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
+    rate, channels, frames = handle.samplerate, handle.channels, handle.frames
+    if rate <= 0 or channels <= 0:
+        raise AudioCheckError("unreadable", f"{name}: header declares {rate} Hz, {channels} channels")
+    if rate not in checks.sample_rates:
+        raise AudioCheckError(
+            "sample_rate", f"{name}: sample rate {rate} Hz, expected one of {sorted(checks.sample_rates)} Hz"
+        )
+    if channels > checks.max_channels:
+        raise AudioCheckError("channels", f"{name}: {channels} channels, expected at most {checks.max_channels}")
+    if frames <= 0:
+        raise AudioCheckError("empty", f"{name}: no audio frames")
+    if frames / rate > checks.max_duration_s:
+        raise AudioCheckError(
+            "duration", f"{name}: declares {frames / rate:.2f} s, expected at most {checks.max_duration_s} s"
+        )
+    for declared, present in _TRUNCATED_DATA.findall(handle.extra_info):
+        if int(present) < int(declared):
+            raise AudioCheckError(
+                "truncated", f"{name}: header declares {declared} bytes of audio data, the file holds {present}"
+            )
+
+
+def _check_samples(samples: np.ndarray, name: str, checks: AudioChecks) -> None:
+    """samples: (frames, channels) float32 in [-1, 1] full scale."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise AudioCheckError("non_finite", f"{name}: {int((~finite).sum())} NaN or infinite samples")
+    magnitude = np.abs(samples)
+    peak = float(magnitude.max())
+    if peak <= checks.silence_peak:
+        raise AudioCheckError("silence", f"{name}: peak amplitude {peak:.3g} <= {checks.silence_peak} (silent audio)")
+    clipped = float((magnitude >= checks.clip_level).mean())
+    if clipped > checks.max_clipped_fraction:
+        raise AudioCheckError(
+            "clipped",
+            f"{name}: {clipped:.2%} of samples at or above {checks.clip_level} full scale, "
+            f"expected at most {checks.max_clipped_fraction:.2%}",
+        )
+
+
+def probe_audio(data: bytes, name: str, checks: AudioChecks | None = None) -> AudioProbe:
+    """Decode `data` (the bytes of file `name`), run every check, return its AudioProbe.
+
+    duration_s = frames / sample_rate; sha256 is the hex digest of `data`.
+    Raises AudioCheckError(reason_code, message) naming `name` and the failed check.
+    """
+    checks = checks or AudioChecks()
+    if not data:
+        raise AudioCheckError("empty", f"{name}: empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    with _open(data, name) as handle:
+        _check_header(handle, name, checks)
+        rate, channels, declared = handle.samplerate, handle.channels, handle.frames
+        try:
+            samples = handle.read(dtype="float32", always_2d=True)  # (frames, channels)
+        except Exception as err:  # decoder errors surface as several exception types
+            raise AudioCheckError("unreadable", f"{name}: decoding failed: {err}") from err
+    frames = samples.shape[0]
+    if frames < declared:
+        raise AudioCheckError("truncated", f"{name}: decoded {frames} of {declared} declared frames")
+    duration = frames / rate
+    if duration < checks.min_duration_s:
+        raise AudioCheckError(
+            "duration", f"{name}: {duration:.3f} s long, expected at least {checks.min_duration_s} s"
+        )
+    _check_samples(samples, name, checks)
+    return AudioProbe(rate, channels, frames, duration, digest)

@@ -1,0 +1,277 @@
+"""Ingest a corpus: parse its layout, decode and check every utterance, build the tables.
+
+`run_ingest` returns the validated manifest, the quarantine table, the fold table, a report and
+the manifest fingerprint; `write_ingest_outputs` writes them to a folder; `report_markdown`
+renders the report as the text of the ingest flow's Prefect artifact. No Prefect, MLflow or S3
+writing here: the flows call these functions.
+
+Every file under the root ends in exactly one place: a manifest row, a quarantine row, an
+out-of-scope count or an excluded-by-protocol count. Among files with identical bytes, or
+claiming the same utt_id, the first in path order is kept and the others are quarantined.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from data_contracts.audio import AUDIO_CHECKS, AudioChecks, AudioProbe, probe_audio
+from data_contracts.corpora import parse_corpus
+from data_contracts.corpora.base import Candidate, QuarantineRow
+from data_contracts.errors import AudioCheckError, IngestError, SourceError
+from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint, manifest_fingerprint
+from data_contracts.folds import fold_of_speaker, make_folds, natural_key
+from data_contracts.labels import LABELS
+from data_contracts.schemas import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, validate_manifest, validate_quarantine
+from data_contracts.source import CorpusSource, open_source
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("manifest.parquet", "quarantine.parquet", "folds.parquet", "report.json")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Tables and report of one ingest; `fingerprint` is the manifest fingerprint."""
+
+    manifest: pd.DataFrame
+    quarantine: pd.DataFrame
+    folds: pd.DataFrame
+    report: dict
+    fingerprint: str
+
+
+def probe_file(source: CorpusSource, candidate: Candidate, checks: AudioChecks) -> AudioProbe | QuarantineRow:
+    """Read and check one candidate's audio: its AudioProbe, or the quarantine row saying why not."""
+    try:
+        return probe_audio(source.read_bytes(candidate.path), candidate.path, checks)
+    except (SourceError, AudioCheckError) as err:
+        return QuarantineRow(candidate.corpus, candidate.path, candidate.utt_id, err.reason_code, str(err))
+
+
+_worker_state: dict = {}
+
+
+def _init_worker(source: CorpusSource, checks: AudioChecks) -> None:
+    _worker_state.update(source=source, checks=checks)
+
+
+def _probe_in_worker(candidate: Candidate) -> AudioProbe | QuarantineRow:
+    return probe_file(_worker_state["source"], candidate, _worker_state["checks"])
+
+
+def _probe_all(source, candidates, checks, workers, progress, corpus) -> list[AudioProbe | QuarantineRow]:
+    """probe_file over `candidates` in input order: inline for one worker, else in a process pool
+    (decoding from memory calls back into Python for every read, so threads would serialise)."""
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(candidates), desc=f"ingest {corpus}", unit="file", disable=not progress)
+    with bar:
+        if workers == 1:
+            return [_tick(bar, probe_file(source, c, checks)) for c in candidates]
+        chunk = max(1, len(candidates) // (workers * 16))
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(source, checks)) as pool:
+            return [_tick(bar, o) for o in pool.map(_probe_in_worker, candidates, chunksize=chunk)]
+
+
+def _tick(bar: tqdm, outcome):
+    bar.update()
+    return outcome
+
+
+def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
+    """Manifest rows of the files that passed, quarantining duplicate content and duplicate utt_ids."""
+    rows, quarantined = [], []
+    first_by_sha, first_by_utt = {}, {}
+    for candidate, outcome in zip(candidates, outcomes):
+        if isinstance(outcome, QuarantineRow):
+            quarantined.append(outcome)
+            continue
+        path, utt_id = candidate.path, candidate.utt_id
+        if outcome.sha256 in first_by_sha:
+            quarantined.append(
+                QuarantineRow(candidate.corpus, path, utt_id, "duplicate", f"duplicate_of {first_by_sha[outcome.sha256]}")
+            )
+            continue
+        if utt_id in first_by_utt:
+            quarantined.append(
+                QuarantineRow(
+                    candidate.corpus, path, utt_id, "duplicate_utt_id",
+                    f"{path}: utt_id {utt_id} already taken by {first_by_utt[utt_id]} (different audio)",
+                )
+            )
+            continue
+        first_by_sha[outcome.sha256] = path
+        first_by_utt[utt_id] = path
+        rows.append(
+            {
+                **candidate.__dict__,
+                "duration_s": outcome.duration_s,
+                "sample_rate": outcome.sample_rate,
+                "channels": outcome.channels,
+                "sha256": outcome.sha256,
+            }
+        )
+    return rows, quarantined
+
+
+def quarantine_table(rows: list[QuarantineRow]) -> pd.DataFrame:
+    """QuarantineSchema table of `rows`, sorted by path."""
+    table = pd.DataFrame([r.__dict__ for r in rows], columns=list(QUARANTINE_COLUMNS))
+    table = table.astype({c: "str" for c in QUARANTINE_COLUMNS if c != "utt_id"})
+    table["utt_id"] = table["utt_id"].astype("str").where(table["utt_id"].notna(), None)
+    return validate_quarantine(table.sort_values(["path", "reason_code"], kind="stable").reset_index(drop=True))
+
+
+def _count(series: pd.Series, order=None) -> dict[str, int]:
+    counts = series.value_counts()
+    keys = order if order is not None else sorted(counts.index, key=lambda k: natural_key(str(k)))
+    return {str(k): int(counts.get(k, 0)) for k in keys}
+
+
+def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint) -> dict:
+    """The ingest report: counts per class, speaker and fold, every quarantined file with its
+    reason, out-of-scope and excluded counts, durations, fingerprints, parser version."""
+    fold_info = {}
+    for k, table in folds.groupby("fold"):
+        roles = {role: sorted(table.loc[table["role"] == role, "speaker"], key=natural_key) for role in ("test", "valid", "train")}
+        fold_info[str(k)] = {
+            **{f"{role}_speakers": speakers for role, speakers in roles.items()},
+            **{f"{role}_utterances": int(manifest["speaker"].isin(speakers).sum()) for role, speakers in roles.items()},
+        }
+    durations = manifest["duration_s"]
+    return {
+        "corpus": corpus,
+        "root": source.root,
+        "parser_version": PARSER_VERSION,
+        "fingerprint": fingerprint,
+        "source_fingerprint": listing_fingerprint(listing),
+        "files_listed": len(listing.files),
+        "files_refused": len(listing.refused),
+        "utterances": len(manifest),
+        "classes": _count(manifest["label"], LABELS[corpus]),
+        "speakers": _count(manifest["speaker"]),
+        "genders": _count(manifest["gender"]),
+        "folds": fold_info,
+        "quarantine_counts": _count(quarantine["reason_code"]),
+        "quarantined": [
+            {k: (None if pd.isna(v) else v) for k, v in row.items()}
+            for row in quarantine[["path", "utt_id", "reason_code", "reason"]].to_dict("records")
+        ],
+        "out_of_scope": dict(sorted(parsed.out_of_scope.items())),
+        "excluded_by_protocol": dict(sorted(parsed.excluded.items())),
+        "duration_s": {
+            "total": round(float(durations.sum()), 3),
+            "min": round(float(durations.min()), 3),
+            "mean": round(float(durations.mean()), 3),
+            "max": round(float(durations.max()), 3),
+        },
+        "sample_rates": _count(manifest["sample_rate"]),
+        "channels": _count(manifest["channels"]),
+    }
+
+
+def run_ingest(
+    corpus: str,
+    root: str | Path | CorpusSource,
+    workers: int | None = None,
+    progress: bool = True,
+    checks: AudioChecks | None = None,
+) -> IngestResult:
+    """Parse `root` in `corpus`'s layout, decode and check every candidate in a process pool of
+    `workers` (default: all cores), and build the validated manifest, quarantine, folds and report.
+
+    checks: audio thresholds (default `AUDIO_CHECKS[corpus]`). Raises a DataContractError subclass
+    (CorpusLayoutError, SourceError, FoldError, IngestError, ManifestError) on unusable input.
+    """
+    source = open_source(root)
+    listing = source.list_files()
+    parsed = parse_corpus(corpus, source, listing)
+    checks = checks or AUDIO_CHECKS[corpus]
+    candidates = sorted(parsed.candidates, key=lambda c: c.path)
+    logger.info("%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates))
+    outcomes = _probe_all(source, candidates, checks, workers, progress, corpus)
+    rows, rejected = _accept(candidates, outcomes)
+    quarantine = quarantine_table(parsed.quarantine + rejected)
+    if not rows:
+        reasons = ", ".join(f"{k}: {v}" for k, v in _count(quarantine["reason_code"]).items()) or "none"
+        raise IngestError(
+            f"{source.root}: no usable {corpus} utterance ({len(candidates)} candidates; quarantined by reason: {reasons})"
+        )
+    manifest = pd.DataFrame(rows)
+    folds = make_folds(manifest)
+    manifest["fold"] = manifest["speaker"].map(fold_of_speaker(folds)).astype("int64")
+    manifest = manifest.astype({"duration_s": "float64", "sample_rate": "int64", "channels": "int64"})
+    manifest = validate_manifest(manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True))
+    fingerprint = manifest_fingerprint(manifest)
+    report = build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint)
+    logger.info(
+        "%s: %d utterances, %d quarantined, %d folds, fingerprint %s",
+        corpus, len(manifest), len(quarantine), folds["fold"].nunique(), fingerprint[:12],
+    )
+    return IngestResult(manifest, quarantine, folds, report, fingerprint)
+
+
+def write_ingest_outputs(result: IngestResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write manifest.parquet, quarantine.parquet, folds.parquet and report.json under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in OUTPUT_FILES}
+    result.manifest.to_parquet(paths["manifest.parquet"], index=False)
+    result.quarantine.to_parquet(paths["quarantine.parquet"], index=False)
+    result.folds.to_parquet(paths["folds.parquet"], index=False)
+    paths["report.json"].write_text(json.dumps(result.report, indent=2, ensure_ascii=False) + "\n")
+    return paths
+
+
+def _table(header: tuple[str, ...], rows) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def report_markdown(report: dict) -> str:
+    """The report as Markdown: totals, counts per class, speaker and fold, every quarantined file
+    with its reason, out-of-scope and excluded counts."""
+    lines = [
+        f"# Ingest {report['corpus']}",
+        "",
+        f"- root: `{report['root']}`",
+        f"- utterances: **{report['utterances']}**, quarantined: **{len(report['quarantined'])}**, "
+        f"folds: {len(report['folds'])}, total audio: {report['duration_s']['total'] / 3600:.2f} h",
+        f"- manifest fingerprint: `{report['fingerprint']}` (parser version {report['parser_version']})",
+        "",
+        "## Classes",
+        *_table(("class", "utterances"), report["classes"].items()),
+        "",
+        "## Speakers",
+        *_table(("speaker", "utterances"), report["speakers"].items()),
+        "",
+        "## Folds",
+        *_table(
+            ("fold", "test speakers", "validation speakers", "test / valid / train utterances"),
+            (
+                (k, ", ".join(f["test_speakers"]), ", ".join(f["valid_speakers"]),
+                 f"{f['test_utterances']} / {f['valid_utterances']} / {f['train_utterances']}")
+                for k, f in report["folds"].items()
+            ),
+        ),
+        "",
+        "## Quarantined files",
+    ]
+    if report["quarantined"]:
+        lines += _table(("path", "reason code", "reason"), ((q["path"], q["reason_code"], q["reason"]) for q in report["quarantined"]))
+    else:
+        lines.append("None.")
+    lines += ["", "## Out of scope and excluded by protocol"]
+    scope = [("out of scope", k, v) for k, v in report["out_of_scope"].items()]
+    scope += [("excluded by protocol (label)", k, v) for k, v in report["excluded_by_protocol"].items()]
+    lines += _table(("kind", "category", "files"), scope) if scope else ["None."]
+    return "\n".join(lines) + "\n"
