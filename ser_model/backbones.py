@@ -138,6 +138,8 @@ class FbankBackbone(Backbone):
             sample_rate=cfg.sample_rate, n_fft=n_fft, win_length=self.win_length,
             hop_length=self.hop_length, n_mels=cfg.n_mels, center=False, power=2.0,
         )
+        # torchaudio keeps the window as a view of a longer buffer, which safetensors refuses to save
+        self.melspec.spectrogram.window = self.melspec.spectrogram.window.clone()
         blocks = []
         c_in = cfg.n_mels
         for stride in cfg.fbank_strides:
