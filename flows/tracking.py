@@ -1,0 +1,296 @@
+"""MLflow helpers for the train flow: params, epoch metrics, fold summaries, figures, tags.
+
+Everything here talks to MLflow through an explicit ``MlflowClient`` and explicit run ids
+(no fluent active-run state), so Prefect tasks running in threads cannot mix runs up.
+
+Outages: the worker writes its epoch metrics to ``metrics.jsonl`` on local disk while it
+trains, and the flow forwards them to MLflow only after the fold ends. That file is the
+buffer: an MLflow outage during training loses nothing, and ``call_with_retry`` (plus the
+Prefect task retries around it) re-sends once the server answers again.
+
+Nothing here reads the environment, so no credential can reach params, tags or artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SUMMARY_METRICS = ("WA", "UA", "macro_f1")
+"""The headline metrics of every fold (accuracy, mean per-class recall, macro F1)."""
+
+SELECTION_RULE = (
+    "checkpoint = epoch with the best validation UA on validation speakers drawn from each "
+    "fold's training speakers; test speakers are never used for selection"
+)
+
+PACKAGES = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "numpy")
+
+MLFLOW_PARAM_VALUE_LIMIT = 6000
+"""MLflow 3 rejects param values longer than this."""
+
+BATCH_LIMIT = 1000
+"""MLflow's log_batch accepts at most 1000 metrics per call."""
+
+RETRYABLE = (MlflowException, OSError, ConnectionError)
+
+
+def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config dict into MLflow params: ``{"train": {"lr": 1e-4}}`` →
+    ``{"train.lr": "0.0001"}``.
+
+    Lists and tuples become their JSON text (``labels`` → ``["neutral", ...]``); values longer
+    than MLflow's limit are cut with a trailing ``…`` rather than rejected.
+    """
+    flat: dict[str, str] = {}
+    for key, value in nested.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name))
+            continue
+        text = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+        if len(text) > MLFLOW_PARAM_VALUE_LIMIT:
+            text = text[: MLFLOW_PARAM_VALUE_LIMIT - 1] + "…"
+        flat[name] = text
+    return flat
+
+
+def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read the worker's ``metrics.jsonl``: one JSON object per epoch, in order.
+
+    A last line cut short by a killed worker is skipped with a warning (the epoch it
+    described is re-run on resume); any other malformed line is an error naming the line.
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                log.warning("%s:%d: skipping a truncated last line (%s)", path, number, err)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON object ({err}); expected one JSON object per epoch") from err
+    return records
+
+
+def _numeric_leaves(record: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, float]]:
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _numeric_leaves(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            yield name, float(value)
+
+
+def epoch_metrics(records: Iterable[Mapping[str, Any]], timestamp_ms: int | None = None) -> list[Metric]:
+    """MLflow metrics from epoch records: every finite numeric leaf except ``epoch`` itself,
+    nested keys joined by ``.`` (``{"train": {"loss": 1.2}}`` → ``train.loss``), step = epoch.
+    """
+    stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    metrics = []
+    for index, record in enumerate(records):
+        step = int(record.get("epoch", index))
+        metrics.extend(
+            Metric(key=name, value=value, timestamp=stamp, step=step)
+            for name, value in _numeric_leaves(record)
+            if name != "epoch"
+        )
+    return metrics
+
+
+def call_with_retry(fn: Callable[..., T], *args: Any, attempts: int = 5, delay_s: float = 2.0, **kwargs: Any) -> T:
+    """Call ``fn`` until it succeeds, at most ``attempts`` times, waiting ``delay_s · 2^i``
+    between tries; only tracking-server and connection errors are retried."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except RETRYABLE as err:
+            if attempt == attempts:
+                raise
+            wait = delay_s * 2 ** (attempt - 1)
+            log.warning("%s failed (%s: %s); try %d of %d in %.0f s", getattr(fn, "__name__", fn), type(err).__name__, err, attempt + 1, attempts, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def log_batch(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Iterable[Metric] = (),
+    params: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Send metrics, params and tags to a run in chunks MLflow accepts, retrying outages."""
+    metrics = list(metrics)
+    param_list = [Param(k, v) for k, v in (params or {}).items()]
+    tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    for start in range(0, len(param_list), 100):
+        call_with_retry(client.log_batch, run_id, params=param_list[start : start + 100])
+    for start in range(0, len(tag_list), 100):
+        call_with_retry(client.log_batch, run_id, tags=tag_list[start : start + 100])
+    for start in range(0, len(metrics), BATCH_LIMIT):
+        call_with_retry(client.log_batch, run_id, metrics=metrics[start : start + BATCH_LIMIT])
+
+
+def fold_summary(fold_metrics: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
+    """Mean and spread over folds of each headline metric.
+
+    For metric m over folds k = 1..K: ``m_mean = (1/K) Σ_k m_k`` and
+    ``m_std = sqrt(Σ_k (m_k − m_mean)² / (K − 1))`` (sample standard deviation; 0 when K = 1).
+    Returns ``{"UA_mean": …, "UA_std": …, "WA_mean": …, …, "n_folds": K}``.
+    """
+    if not fold_metrics:
+        raise ValueError("fold_summary: no fold results; expected at least one fold's test metrics")
+    summary: dict[str, float] = {"n_folds": float(len(fold_metrics))}
+    for name in SUMMARY_METRICS:
+        values = np.array([float(m[name]) for m in fold_metrics.values()])
+        summary[f"{name}_mean"] = float(values.mean())
+        summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
+def summed_confusion(confusions: Iterable[Any]) -> np.ndarray:
+    """Element-wise sum of per-fold confusion matrices (rows = true class, columns = predicted),
+    all C×C for the same C."""
+    stacked = [np.asarray(c, dtype=np.int64) for c in confusions]
+    if not stacked:
+        raise ValueError("summed_confusion: no confusion matrices given")
+    shapes = {c.shape for c in stacked}
+    if len(shapes) != 1 or stacked[0].ndim != 2 or stacked[0].shape[0] != stacked[0].shape[1]:
+        raise ValueError(f"summed_confusion: expected square matrices of one shape, got {sorted(shapes)}")
+    return np.sum(stacked, axis=0)
+
+
+def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str], title: str) -> plt.Figure:
+    """Confusion matrix heat map with counts and row-normalised recall in each cell."""
+    confusion = np.asarray(confusion)
+    recall = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.7 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(recall, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(confusion.shape[0]):
+        for j in range(confusion.shape[1]):
+            ax.text(j, i, f"{confusion[i, j]}\n{recall[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if recall[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="recall (row-normalised)")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(records_by_fold: Mapping[int, list[Mapping[str, Any]]], title: str) -> plt.Figure:
+    """One panel per numeric epoch quantity (losses, lr, validation WA/UA/F1), one line per fold."""
+    names = sorted({name for records in records_by_fold.values() for record in records for name, _ in _numeric_leaves(record) if name != "epoch"})
+    if not names:
+        names = ["(no epoch metrics)"]
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for fold, records in sorted(records_by_fold.items()):
+            points = [(int(r.get("epoch", i)), dict(_numeric_leaves(r)).get(name)) for i, r in enumerate(records)]
+            points = [(e, v) for e, v in points if v is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=f"fold {fold}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(client: MlflowClient, run_id: str, fig: plt.Figure, artifact_file: str) -> None:
+    """Upload a figure as a PNG artifact (retrying outages) and free it."""
+    try:
+        call_with_retry(client.log_figure, run_id, fig, artifact_file)
+    finally:
+        plt.close(fig)
+
+
+def code_version(repo_dir: str | Path) -> dict[str, str]:
+    """Git commit of the code that trained (``unknown`` outside a git checkout) and whether the
+    working tree had uncommitted changes."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "ser.git_commit": commit or "unknown",
+        "ser.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+    }
+
+
+def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
+    """``{"ser.version.torch": "2.14.1", ...}`` for the packages that shape a result."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[f"ser.version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[f"ser.version.{name}"] = "not installed"
+    return versions
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """Id of the experiment ``name``, created if missing (safe when two flows race)."""
+    experiment = call_with_retry(client.get_experiment_by_name, name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return call_with_retry(client.create_experiment, name)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], statuses: tuple[str, ...] | None = None) -> str | None:
+    """Id of the newest run in the experiment carrying all ``tags`` (optionally only runs in
+    ``statuses``), or None."""
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    runs = call_with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=" and ".join(conditions),
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    for run in runs:
+        if statuses is None or run.info.status in statuses:
+            return run.info.run_id
+    return None
