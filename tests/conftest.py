@@ -70,8 +70,9 @@ def stack(infra_stack: ModuleType):
 _integration_outcomes: dict[str, str] = {}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember the integration tests that will run (after -k / -m deselection)."""
+    for item in session.items:
         if item.get_closest_marker("integration"):
             _integration_outcomes[item.nodeid] = "skipped"
 

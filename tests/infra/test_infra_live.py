@@ -1,0 +1,91 @@
+"""The live local stack: every service answers, listens on 127.0.0.1 only, and `up` is idempotent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_round_trip(infra_stack, stack):
+    client = infra_stack.s3_client(stack)
+    key = f"tests/infra/{uuid.uuid4().hex}.bin"
+    payload = os.urandom(4096)
+    client.put_object(Bucket=stack.data_bucket, Key=key, Body=payload)
+    try:
+        assert client.get_object(Bucket=stack.data_bucket, Key=key)["Body"].read() == payload
+    finally:
+        client.delete_object(Bucket=stack.data_bucket, Key=key)
+    names = {bucket["Name"] for bucket in client.list_buckets()["Buckets"]}
+    assert {stack.data_bucket, stack.mlflow_bucket} <= names
+
+
+def test_s3_refuses_anonymous_requests(stack):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"{stack.s3_endpoint}/{stack.data_bucket}/", timeout=5)
+    assert error.value.code == 403
+
+
+def test_servers_answer_their_health_checks(infra_stack, stack):
+    assert infra_stack.check_mlflow(stack) is None
+    assert infra_stack.check_prefect(stack) is None
+    workers = infra_stack.pool_workers(stack)
+    assert any(w["name"] == infra_stack.WORKER_NAME and w["status"] == "ONLINE" for w in workers), workers
+
+
+def local_pids(infra_stack, stack) -> dict[str, int]:
+    pids = {name: infra_stack.recorded_pid(stack.state_dir, name) for name in ("s3", "mlflow", "prefect", "worker")}
+    missing = [name for name, pid in pids.items() if pid is None]
+    if missing:
+        pytest.skip(f"stack at {stack.state_dir} was not started by infra/up here (no live pid for {missing})")
+    return pids
+
+
+def test_every_server_listens_on_loopback_only(infra_stack, stack):
+    listening: dict[str, set[tuple[str, int]]] = {}
+    for name, pid in local_pids(infra_stack, stack).items():
+        leader = psutil.Process(pid)
+        listening[name] = {
+            (conn.laddr.ip, conn.laddr.port)
+            for proc in [leader, *leader.children(recursive=True)]
+            for conn in proc.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        }
+    exposed = {name: sorted(a for a in addrs if a[0] != "127.0.0.1") for name, addrs in listening.items()}
+    assert not any(exposed.values()), f"listening beyond 127.0.0.1: {exposed}"
+    assert ("127.0.0.1", stack.s3_port) in listening["s3"]
+    assert ("127.0.0.1", stack.mlflow_port) in listening["mlflow"]
+    assert ("127.0.0.1", stack.prefect_port) in listening["prefect"]
+
+
+def test_up_again_starts_nothing(infra_stack, stack, repo_root):
+    before = local_pids(infra_stack, stack)
+    records = {p.name: json.loads(p.read_text()) for p in (stack.state_dir / "pids").glob("*.json")}
+    again = subprocess.run(
+        [str(repo_root / "infra" / "up")], env={**os.environ, **stack.client_env()},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "started: nothing" in again.stdout
+    assert local_pids(infra_stack, stack) == before
+    assert {p.name: json.loads(p.read_text()) for p in (stack.state_dir / "pids").glob("*.json")} == records
+
+
+def test_health_command_agrees(stack, repo_root):
+    shown = subprocess.run(
+        [str(repo_root / "infra" / "health")], env={**os.environ, **stack.client_env()},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert [line.split()[:2] for line in shown.stdout.splitlines()] == [
+        ["s3", "ok"], ["mlflow", "ok"], ["prefect", "ok"], ["worker", "ok"]
+    ]

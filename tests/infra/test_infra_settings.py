@@ -1,0 +1,68 @@
+"""StackSettings: derived addresses, validation messages, secrets kept out of repr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from flows.settings import StackSettings
+
+
+def test_defaults_point_at_the_local_stack(tmp_path):
+    settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
+    assert settings.tracking_uri == "http://127.0.0.1:5000"
+    assert settings.prefect_api_url == "http://127.0.0.1:4200/api"
+    assert settings.s3_endpoint == "http://127.0.0.1:8333"
+    assert (settings.data_bucket, settings.mlflow_bucket, settings.work_pool) == ("ser-data", "ser-mlflow", "ser-process")
+    assert settings.prefect_home == tmp_path / "prefect"
+
+
+def test_client_env_round_trips(tmp_path):
+    env = {"SER_STATE_DIR": str(tmp_path), "SER_MLFLOW_PORT": "5999", "SER_DATA_BUCKET": "other-data",
+           "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+    settings = StackSettings.from_env(env)
+    assert StackSettings.from_env(settings.client_env()) == settings
+    assert settings.tracking_uri == "http://127.0.0.1:5999"
+
+
+def test_secrets_stay_out_of_repr(tmp_path):
+    settings = StackSettings.from_env(
+        {"SER_STATE_DIR": str(tmp_path), "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+    )
+    assert "s3cr3t-value" not in repr(settings) and "AKID" not in repr(settings)
+    assert "s3cr3t-value" not in str(settings)
+
+
+def test_credentials_come_from_the_state_folder_when_not_in_the_environment(tmp_path):
+    (tmp_path / "s3-credentials.json").write_text(json.dumps({"access_key_id": "K", "secret_access_key": "S"}))
+    settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
+    assert (settings.access_key_id, settings.secret_access_key) == ("K", "S")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SER_S3_PORT": "eighty"}, "SER_S3_PORT='eighty': expected a TCP port"),
+        ({"SER_MLFLOW_PORT": "70000"}, "SER_MLFLOW_PORT=70000: expected a TCP port"),
+        ({"SER_MLFLOW_PORT": "4200"}, "ports must differ"),
+        ({"SER_DATA_BUCKET": "Ser_Data"}, "SER_DATA_BUCKET='Ser_Data': expected an S3 bucket name"),
+    ],
+)
+def test_invalid_settings_are_refused_with_the_variable_named(tmp_path, env, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        StackSettings.from_env({"SER_STATE_DIR": str(tmp_path), **env})
+
+
+def test_env_sh_exports_what_settings_derive(repo_root, tmp_path):
+    env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "SER_PREFECT_PORT": "4999",
+           "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "it's $ecret"}
+    for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        env.pop(name, None)
+    shown = subprocess.run(
+        ["bash", "-c", 'eval "$(infra/env.sh)" && echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"'],
+        cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
+    )
+    assert shown.stdout.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"

@@ -1,0 +1,68 @@
+"""Imports go one way: flows -> ser_model -> data_contracts (docs/ARCHITECTURE.md).
+
+Each layer is imported, every submodule of it, in a fresh interpreter where the modules it must not
+use raise ImportError on import; the child reports each submodule that reached a blocked module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CHILD = r"""
+import importlib, importlib.abc, json, pkgutil, sys, traceback
+
+package, blocked = sys.argv[1], set(sys.argv[2].split(","))
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] in blocked:
+            raise ImportError(f"{fullname} is off limits to {package}")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+failures = {}
+root = importlib.import_module(package)
+names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, package + ".", onerror=lambda n: None)]
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failures[name] = "".join(traceback.format_exception_only(exc)).strip()
+print(json.dumps({"modules": names, "failures": failures}))
+"""
+
+LAYERS = {
+    "data_contracts": ["torch", "torchaudio", "transformers", "prefect", "mlflow", "flows", "ser_model"],
+    "ser_model": ["prefect", "mlflow", "boto3", "botocore", "flows"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_layer_imports_nothing_above_it(package, repo_root):
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, package, ",".join(LAYERS[package])],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["modules"][0] == package
+    assert not report["failures"], f"{package} imports what it must not ({', '.join(LAYERS[package])}): " + json.dumps(
+        report["failures"], indent=2
+    )
+
+
+def test_the_blocker_catches_a_forbidden_import(repo_root, tmp_path):
+    """The check can fail: a package importing a blocked module is reported with the module's name."""
+    (tmp_path / "leaky").mkdir()
+    (tmp_path / "leaky" / "__init__.py").write_text("")
+    (tmp_path / "leaky" / "uses_mlflow.py").write_text("import mlflow\n")
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, "leaky", "mlflow"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert list(report["failures"]) == ["leaky.uses_mlflow"]
+    assert "mlflow is off limits to leaky" in report["failures"]["leaky.uses_mlflow"]
