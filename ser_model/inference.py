@@ -1,0 +1,121 @@
+"""Batch inference from a `save_pretrained` folder: any sample rate, any channel count, any length.
+
+Each input is down-mixed to mono and resampled to the model's rate. Inputs longer than the
+window are cut into overlapping windows (start t·hop, the last one aligned to the end so that every
+sample is covered); the class probabilities of an input are the mean of its windows' softmax:
+
+    p(c | x) = (1/W) Σ_w softmax(z_w)_c
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono
+from ser_model.model import SERModel
+
+__all__ = ["Predictor", "sliding_windows"]
+
+#: window length when the model's config sets no training crop (TrainConfig.max_seconds = None)
+DEFAULT_WINDOW_SECONDS = 10.0
+
+
+def sliding_windows(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """[(start, end)] covering [0, n_samples): starts 0, hop, 2·hop, … and a last window ending at
+    n_samples; a single (0, n_samples) when the input fits one window."""
+    if window < 1 or not 1 <= hop <= window:
+        raise ValueError(f"expected window >= 1 and 1 <= hop <= window, got window={window}, hop={hop}")
+    if n_samples <= window:
+        return [(0, n_samples)]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return [(s, s + window) for s in starts]
+
+
+class Predictor:
+    """Class probabilities for waveforms or files, from a trained `SERModel`.
+
+    window_seconds: longest stretch the model sees at once (default: the training crop,
+    TrainConfig.max_seconds); overlap: fraction shared by consecutive windows, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        model: SERModel,
+        *,
+        window_seconds: float | None = None,
+        overlap: float = 0.5,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+    ):
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.sample_rate = model.config.model.sample_rate
+        seconds = window_seconds or model.config.train.max_seconds or DEFAULT_WINDOW_SECONDS
+        self.window = max(1, int(round(seconds * self.sample_rate)))
+        self.hop = max(1, int(round(self.window * (1.0 - overlap))))
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:
+        """Load `config.json` + `model.safetensors` + `labels.json` from a checkpoint folder."""
+        return cls(SERModel.from_pretrained(folder), **kwargs)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+    @torch.no_grad()
+    def probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Mono waveforms at the model rate [(N_i,)] → class probabilities (len(waves), C)."""
+        pieces = []  # (input index, window)
+        for item, wave in enumerate(waves):
+            if len(wave) == 0:
+                raise AudioDecodeError(f"input {item} holds no samples; expected at least one")
+            pieces += [(item, wave[s:e]) for s, e in sliding_windows(len(wave), self.window, self.hop)]
+        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
+        sums = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        counts = np.zeros(len(waves), dtype=np.int64)
+        for start in range(0, len(order), self.batch_size):
+            chosen = [pieces[i] for i in order[start : start + self.batch_size]]
+            lengths = torch.tensor([len(w) for _, w in chosen], dtype=torch.long)
+            batch = torch.zeros(len(chosen), int(lengths.max()), dtype=torch.float32)
+            for row, (_, w) in enumerate(chosen):
+                batch[row, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+            logits = self.model(batch.to(self.device), lengths.to(self.device)).logits  # (B, C)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+            for (item, _), p in zip(chosen, probs):
+                sums[item] += p
+                counts[item] += 1
+        return sums / counts[:, None]
+
+    def _decisions(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {"label": self.labels[int(np.argmax(p))], "probabilities": {label: float(v) for label, v in zip(self.labels, p)}}
+            for p in probs
+        ]
+
+    def predict_arrays(self, items: Sequence[tuple[np.ndarray, int]]) -> list[dict[str, Any]]:
+        """[(samples (N,) or (N, channels), sample rate)] → [{"label", "probabilities": {label: p}}]."""
+        waves = []
+        for index, (array, sr) in enumerate(items):
+            array = np.asarray(array, dtype=np.float32)
+            if not np.isfinite(array).all():
+                raise AudioDecodeError(f"input {index}: the audio holds NaN or infinite samples")
+            waves.append(resample(to_mono(array), int(sr), self.sample_rate))
+        return self._decisions(self.probabilities(waves))
+
+    def predict_files(self, paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+        """Audio files (any format soundfile reads) → [{"label", "probabilities": {label: p}}]."""
+        return self._decisions(self.probabilities([load_audio(Path(p), self.sample_rate) for p in paths]))

@@ -1,0 +1,477 @@
+"""Train one fold: data, model, optimiser, loop, checkpoint. Read top to bottom.
+
+    fit(config, manifest, folds, fold, audio_root, out_dir) → FitResult
+
+Protocol. Fold k trains on the fold's training speakers, keeps the epoch with the best
+validation score (`TrainConfig.select_metric`, UA by default) on the fold's validation speakers,
+and evaluates that checkpoint once on the fold's test speakers, which are never used for
+selection. `fold = RELEASE_FOLD` (-1) trains the release model: every speaker except the
+validation speakers of fold 0 (which stay held out for checkpoint selection); it has no test split.
+
+Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
+the soft labels through `multi_loss`; Adam with the main parameters at `lr` and the class centers
+at `center_lr`, both × `lr_decay` after every epoch; gradient accumulation over `grad_accum`
+batches; gradient clipping; bf16/fp16 autocast on CUDA.
+
+Outputs in `out_dir`: `checkpoints/last` (every epoch, atomic, for exact resume), `best`
+(a `save_pretrained` folder of the selected epoch), `metrics.jsonl` (one line per epoch) and
+`result.json` (selected epoch, validation and test metrics, the selection rule).
+
+Distributed. Under torchrun (WORLD_SIZE > 1) the loss runs inside DistributedDataParallel
+(gloo on CPU, nccl on CUDA); every rank draws its own batches from the length-bucketed sampler,
+evaluation shards the utterances and gathers the predictions, only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_model
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from data_contracts.folds import fold_split
+from ser_model.checkpoint import (
+    capture_rng_state,
+    load_training_state,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    write_folder_atomically,
+    write_text_atomically,
+)
+from ser_model.config import SERConfig
+from ser_model.data import (
+    DataSplitError,
+    LengthBucketSampler,
+    UtteranceDataset,
+    collate_padded,
+    shard_for_eval,
+)
+from ser_model.eam import energy_adaptive_mixup
+from ser_model.losses import multi_loss
+from ser_model.metrics import classification_metrics
+from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
+
+__all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits", "evaluate_split", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+RELEASE_FOLD = -1
+#: evaluation utterances longer than this are centre-cropped (bounds memory on IEMOCAP's longest turns)
+EVAL_MAX_SECONDS = 60.0
+SELECT_KEYS = {"ua": "UA", "wa": "WA", "macro_f1": "macro_f1"}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What `fit` produced: the selected epoch (1-based), its validation and test metrics
+    (`{}` for the release fold), per-epoch history and the folders written."""
+
+    out_dir: Path
+    best_dir: Path
+    selected_epoch: int
+    valid: dict[str, Any]
+    test: dict[str, Any]
+    selection_rule: str
+    speakers: dict[str, list[str]]
+    history: list[dict[str, Any]] = field(repr=False)
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: rank, world size, device, autocast dtype."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
+    """TrainConfig.device → a torch device ("auto": this rank's GPU when CUDA is present, else CPU)."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"TrainConfig.device={setting!r} but CUDA is not available; use 'auto' or 'cpu'")
+    if setting == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(setting)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """TrainConfig.precision → the autocast dtype, None for fp32.
+
+    "auto": bf16 on a CUDA device that supports it, fp32 otherwise (CPU included).
+    """
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise RuntimeError("TrainConfig.precision='fp16' needs a CUDA device; use 'auto', 'bf16' or 'fp32' on CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def init_runtime(config: SERConfig) -> Runtime:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config.train.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world_size, device, autocast_dtype(config.train.precision, device))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(seed: int, *stream: int) -> int:
+    """An independent 63-bit seed for (seed, stream...), e.g. (seed, rank, 0) for EAM."""
+    return int(np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def fold_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
+    """{"train", "valid", "test"} manifest rows of `fold`; for RELEASE_FOLD every speaker but
+    fold 0's validation speakers trains, those validate, and the test split is empty."""
+    if fold == RELEASE_FOLD:
+        base = fold_split(manifest, folds, 0)
+        return {"train": pd.concat([base["train"], base["test"]]), "valid": base["valid"], "test": base["test"].iloc[:0]}
+    if fold < 0:
+        raise DataSplitError(f"fold must be >= 0 or RELEASE_FOLD ({RELEASE_FOLD}), got {fold}")
+    return fold_split(manifest, folds, fold)
+
+
+def _speakers(rows: pd.DataFrame) -> list[str]:
+    return sorted(rows["speaker"].astype(str).unique())
+
+
+def selection_rule(metric: str, speakers: dict[str, list[str]]) -> str:
+    text = f"best validation {SELECT_KEYS[metric]} on validation speakers {speakers['valid']}"
+    if speakers["test"]:
+        return f"{text}; test speakers {speakers['test']} never used for selection"
+    return f"{text}; release model, no test speakers"
+
+
+# ---------------------------------------------------------------------------- objective
+
+
+class TrainingObjective(nn.Module):
+    """The model and its multi-loss in one forward, so that DistributedDataParallel sees every
+    parameter the loss touches (class centers and SupCon projection included)."""
+
+    def __init__(self, model: SERModel, generator: torch.Generator):
+        super().__init__()
+        self.model = model
+        self.generator = generator
+
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor, soft_targets: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out: SEROutput = self.model(waves, lengths)
+        return multi_loss(
+            out,
+            soft_targets,
+            labels,
+            self.model.centers,
+            self.model.supcon_proj,
+            self.model.config.loss,
+            self.generator,
+        )
+
+
+def metric_report(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`classification_metrics` output with the headline keys the flows read: WA, UA, macro_f1."""
+    renamed = {"wa": "WA", "ua": "UA"}
+    return {renamed.get(key, key): value for key, value in metrics.items()}
+
+
+@torch.no_grad()
+def evaluate_split(model: SERModel, dataset: UtteranceDataset, batch_size: int, runtime: Runtime) -> dict[str, Any]:
+    """Predict every utterance of `dataset` (sharded across ranks, gathered) → metric_report."""
+    model.eval()
+    batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded)
+    indices, predictions = [], []
+    autocast = _autocast(runtime)
+    for batch in loader:
+        with autocast:
+            logits = model(batch.waves.to(runtime.device), batch.lengths.to(runtime.device)).logits  # (B, C)
+        indices.append(batch.indices)
+        predictions.append(logits.argmax(dim=1).cpu())
+    local = (torch.cat(indices).tolist() if indices else [], torch.cat(predictions).tolist() if predictions else [])
+    shards = [local]
+    if runtime.distributed:
+        shards = [None] * runtime.world_size
+        dist.all_gather_object(shards, local)
+    order = np.concatenate([np.asarray(s[0], dtype=np.int64) for s in shards])
+    y_pred = np.empty(len(dataset), dtype=np.int64)
+    y_pred[order] = np.concatenate([np.asarray(s[1], dtype=np.int64) for s in shards])
+    return metric_report(classification_metrics(dataset.labels, y_pred, len(model.labels), model.labels))
+
+
+def _autocast(runtime: Runtime):
+    if runtime.amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+
+
+def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
+
+
+def _barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def _mean_across_ranks(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
+    if not runtime.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(tensor)
+    return {k: float(v) / runtime.world_size for k, v in zip(keys, tensor.tolist())}
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def fit(
+    config: SERConfig,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    fold: int,
+    audio_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    callbacks: Sequence[Any] = (),
+    resume: bool = True,
+) -> FitResult:
+    """Train one fold (module docstring) and return the selected checkpoint's metrics.
+
+    callbacks: objects with any of on_epoch_end(epoch, record), on_checkpoint(path),
+    on_fit_end(result); called on rank 0 only. resume: continue from out_dir/checkpoints/last
+    when it exists (bit-identical to an uninterrupted run on CPU); False starts afresh.
+    Raises DataSplitError when a split is empty or holds labels outside config.labels.
+    """
+    tc = config.train
+    out_dir = Path(out_dir)
+    runtime = init_runtime(config)
+
+    # data -------------------------------------------------------------------
+    splits = fold_splits(manifest, folds, fold)
+    speakers = {name: _speakers(rows) for name, rows in splits.items()}
+    for name in ("train", "valid") if fold == RELEASE_FOLD else ("train", "valid", "test"):
+        if splits[name].empty:
+            raise DataSplitError(f"fold {fold}: the {name} split holds no utterance; speakers per role: {speakers}")
+    rule = selection_rule(tc.select_metric, speakers)
+    log.info("fold %s: %s", fold, {name: len(rows) for name, rows in splits.items()})
+    sr = config.model.sample_rate
+    train_set = UtteranceDataset(
+        splits["train"], audio_root, config.labels, sample_rate=sr, crop_seconds=tc.max_seconds, random_crop=True, seed=tc.seed
+    )
+    eval_sets = {
+        name: UtteranceDataset(splits[name], audio_root, config.labels, sample_rate=sr, crop_seconds=EVAL_MAX_SECONDS, random_crop=False)
+        for name in ("valid", "test")
+        if not splits[name].empty
+    }
+    sampler = LengthBucketSampler(
+        train_set.lengths, tc.batch_size, seed=tc.seed, rank=runtime.rank, world_size=runtime.world_size
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=sampler, collate_fn=collate_padded, num_workers=tc.num_workers
+    )
+
+    # model ------------------------------------------------------------------
+    seed_everything(tc.seed)  # identical initial weights on every rank
+    model = SERModel(config).to(runtime.device)
+    eam_generator = torch.Generator().manual_seed(derived_seed(tc.seed, runtime.rank, 0))
+    loss_generator = torch.Generator().manual_seed(derived_seed(tc.seed, runtime.rank, 1))
+    generators = {"eam": eam_generator, "loss": loss_generator}
+    seed_everything(derived_seed(tc.seed, runtime.rank, 2))  # dropout and masks differ per rank
+    objective: nn.Module = TrainingObjective(model, loss_generator)
+    if runtime.distributed:
+        objective = DistributedDataParallel(
+            objective, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+
+    # optimiser --------------------------------------------------------------
+    groups = [{"params": model.main_parameters(), "lr": tc.lr}]
+    if model.center_parameters():
+        groups.append({"params": model.center_parameters(), "lr": tc.center_lr})
+    optimizer = torch.optim.Adam(groups, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=tc.lr_decay)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    # resume -----------------------------------------------------------------
+    checkpoints = out_dir / "checkpoints" / "last"
+    best_dir = out_dir / "best"
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
+    found = resolve_checkpoint(checkpoints) if resume else None
+    if found is not None:
+        state = load_training_state(found)
+        _check_resumable(state, config, found, runtime)
+        _load_weights(model, found)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        restore_rng_state(state["rng"][runtime.rank], generators)
+        start_epoch, best_score, best_epoch, history = state["epoch"], state["best_score"], state["best_epoch"], state["history"]
+        log.info("resumed from %s after epoch %d (best %s %.4f at epoch %d)", found, start_epoch, tc.select_metric, best_score, best_epoch)
+
+    # loop -------------------------------------------------------------------
+    n_classes = config.n_classes
+    for epoch in range(start_epoch, tc.epochs):
+        started = time.perf_counter()
+        model.train()
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        n_batches = len(sampler)
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=not runtime.is_main)
+        for step, batch in enumerate(bar):
+            waves, lengths, labels = (t.to(runtime.device) for t in batch[:3])
+            mixed = energy_adaptive_mixup(
+                waves, lengths, F.one_hot(labels, n_classes).float(), generator=eam_generator, config=config.eam
+            )
+            group_start = step - step % tc.grad_accum
+            group_size = min(tc.grad_accum, n_batches - group_start)
+            update = step == group_start + group_size - 1
+            sync = nullcontext() if update or not runtime.distributed else objective.no_sync()
+            with sync:
+                with _autocast(runtime):
+                    total, terms = objective(mixed.waves, lengths, mixed.targets, labels)
+                scaler.scale(total / group_size).backward()
+            if update:
+                scaler.unscale_(optimizer)
+                if tc.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            for name, value in {"loss": total.detach(), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+        train_terms = _mean_across_ranks({name: value / n_batches for name, value in sums.items()}, runtime)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        record: dict[str, Any] = {"epoch": epoch + 1, "train": train_terms, "lr": lr}
+        if (epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs:
+            valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
+            record["valid"] = {key: valid[key] for key in ("WA", "UA", "macro_f1")}
+            score = valid[SELECT_KEYS[tc.select_metric]]
+            if score > best_score:
+                best_score, best_epoch = score, epoch + 1
+                if runtime.is_main:
+                    write_folder_atomically(best_dir, model.save_pretrained)
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+
+        rng_states = [capture_rng_state(generators)]
+        if runtime.distributed:
+            rng_states = [None] * runtime.world_size
+            dist.all_gather_object(rng_states, capture_rng_state(generators))
+        if runtime.is_main:
+            state = {
+                "epoch": epoch + 1,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "sampler": {**sampler.state_dict(), "epoch": epoch + 1, "position": 0},
+                "rng": rng_states,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "history": history,
+                "world_size": runtime.world_size,
+                "config": config.to_json(),
+            }
+            save_checkpoint(checkpoints, model, state)
+            write_text_atomically(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())
+            log.info("epoch %d/%d loss %.4f lr %.3g %s (%.1f s)", epoch + 1, tc.epochs, train_terms["loss"], lr, valid_text, record["seconds"])
+            _call(callbacks, "on_checkpoint", checkpoints)
+            _call(callbacks, "on_epoch_end", epoch + 1, record)
+        _barrier(runtime)
+
+    # selected checkpoint on the held-out speakers ----------------------------
+    if best_epoch == 0:
+        raise RuntimeError(f"{out_dir}: no epoch was validated (epochs={tc.epochs}, valid_every={tc.valid_every})")
+    _barrier(runtime)
+    _load_weights(model, best_dir)
+    valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
+    test = evaluate_split(model, eval_sets["test"], tc.eval_batch_size, runtime) if "test" in eval_sets else {}
+    result = FitResult(out_dir, best_dir, best_epoch, valid, test, rule, speakers, history)
+    if runtime.is_main:
+        payload = {
+            "fold": fold,
+            "selected_epoch": best_epoch,
+            "select_metric": SELECT_KEYS[tc.select_metric],
+            "selection_rule": rule,
+            "speakers": speakers,
+            "valid": valid,
+            "test": test,
+            "epochs": tc.epochs,
+        }
+        write_text_atomically(out_dir / "result.json", json.dumps(payload, indent=2) + "\n")
+        _call(callbacks, "on_fit_end", result)
+    _barrier(runtime)
+    return result
+
+
+def _load_weights(model: SERModel, folder: Path) -> None:
+    """Load a `save_pretrained` folder's weights into `model` in place (strict)."""
+    load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(next(model.parameters()).device))
+
+
+def _check_resumable(state: dict[str, Any], config: SERConfig, folder: Path, runtime: Runtime) -> None:
+    """Refuse to resume under a different configuration (epochs may grow) or world size."""
+    saved = SERConfig.from_json(state["config"]).with_overrides({"train.epochs": config.train.epochs})
+    if saved != config:
+        theirs, ours = saved.to_dict(), config.to_dict()
+        diff = [f"{s}.{k}" for s in ours if isinstance(ours[s], dict) for k in ours[s] if ours[s][k] != theirs[s][k]]
+        diff += [k for k in ours if not isinstance(ours[k], dict) and ours[k] != theirs[k]]
+        raise ValueError(f"{folder}: checkpoint was trained with a different configuration ({diff}); use resume=False or another out_dir")
+    if state["world_size"] != runtime.world_size:
+        raise ValueError(
+            f"{folder}: checkpoint was written by {state['world_size']} processes, this run has {runtime.world_size}; "
+            "resume with the same number of processes"
+        )

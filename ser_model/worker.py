@@ -1,0 +1,70 @@
+"""The torchrun entry point of one fold, launched by the flows in a subprocess:
+
+    python -m torch.distributed.run --nproc_per_node N -m ser_model.worker \\
+        --config cfg.json --manifest m.parquet --folds f.parquet --fold K --audio-root DIR --out DIR
+
+It calls `ser_model.train.fit` (which resumes from `<out>/checkpoints/last`) and leaves
+`metrics.jsonl` and `result.json` in `--out`.
+
+Exit codes: 0 done; 3 bad data (empty split, unreadable audio, unknown labels, fold not in the
+table: retrying cannot help); 2 bad arguments or configuration; anything else is an
+infrastructure failure worth a retry (killed, out of memory, lost peer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from data_contracts.errors import DataContractError
+from ser_model.audio import AudioDecodeError
+from ser_model.config import ConfigError, SERConfig
+from ser_model.data import DataSplitError
+from ser_model.train import RELEASE_FOLD, fit
+
+__all__ = ["BAD_DATA_EXIT", "BAD_CONFIG_EXIT", "main", "build_parser"]
+
+BAD_DATA_EXIT = 3
+BAD_CONFIG_EXIT = 2
+BAD_DATA_ERRORS = (AudioDecodeError, DataSplitError, DataContractError)
+
+log = logging.getLogger("ser_model.worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ser_model.worker", description="Train one fold (torchrun entry point).")
+    parser.add_argument("--config", required=True, help="SERConfig JSON file")
+    parser.add_argument("--manifest", required=True, help="manifest Parquet file (docs/ARCHITECTURE.md)")
+    parser.add_argument("--folds", required=True, help="fold table Parquet file")
+    parser.add_argument("--fold", required=True, type=int, help=f"fold to train; {RELEASE_FOLD} trains the release model")
+    parser.add_argument("--audio-root", required=True, help="corpus root the manifest paths are relative to")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl, result.json)")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = SERConfig.from_json(args.config)
+    except (ConfigError, OSError) as exc:
+        log.error("bad configuration: %s", exc)
+        return BAD_CONFIG_EXIT
+    try:
+        manifest = pd.read_parquet(args.manifest)
+        folds = pd.read_parquet(args.folds)
+        result = fit(config, manifest, folds, args.fold, args.audio_root, args.out, resume=not args.no_resume)
+    except BAD_DATA_ERRORS as exc:
+        log.error("bad data (not retried): %s", exc)
+        return BAD_DATA_EXIT
+    log.info("fold %s done: selected epoch %d; %s", args.fold, result.selected_epoch, result.selection_rule)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
