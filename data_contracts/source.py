@@ -99,7 +99,8 @@ class CorpusSource(ABC):
 
 
 class LocalSource(CorpusSource):
-    """A corpus in a local folder. Symlinks are followed only while they stay inside the root."""
+    """A corpus in a local folder. Symlinks are followed only while they stay inside the root;
+    a symlinked folder appears under its own path too, and a link back to an ancestor is refused."""
 
     def __init__(self, root: str | Path):
         self.root = str(root)
@@ -120,10 +121,9 @@ class LocalSource(CorpusSource):
     def list_files(self) -> Listing:
         files: list[SourceFile] = []
         refused: list[RefusedFile] = []
-        visited = {self._root_real}
-        pending = [(self._root_real, "")]
+        pending = [(self._root_real, "", frozenset({self._root_real}))]
         while pending:
-            directory, prefix = pending.pop()
+            directory, prefix, ancestors = pending.pop()
             try:
                 entries = list(os.scandir(directory))
             except OSError as err:
@@ -145,9 +145,10 @@ class LocalSource(CorpusSource):
                     refused.append(RefusedFile(shown, "read_error", f"{shown}: cannot stat: {err}"))
                     continue
                 if stat.S_ISDIR(info.st_mode):
-                    if real not in visited:
-                        visited.add(real)
-                        pending.append((real, f"{rel}/"))
+                    if real in ancestors:
+                        refused.append(RefusedFile(shown, "symlink_loop", f"{shown}: symlink back to its own parent {real}"))
+                    else:
+                        pending.append((real, f"{rel}/", ancestors | {real}))
                 elif stat.S_ISREG(info.st_mode):
                     files.append(SourceFile(rel, info.st_size, str(info.st_mtime_ns)))
                 else:
