@@ -7,7 +7,6 @@ the live SeaweedFS of the stack (in a bucket of its own, removed afterwards).
 from __future__ import annotations
 
 import json
-import uuid
 
 import boto3
 import pandas as pd
@@ -36,6 +35,7 @@ from flows.storage import (
     read_latest,
     write_latest,
 )
+from tests.flows.live_stack import live_bucket  # noqa: F401 (fixture)
 
 FP = "ab" * 32
 
@@ -270,19 +270,6 @@ def test_unreachable_endpoint_is_a_storage_unavailable_error_naming_it():
 
 
 # ----------------------------------------------------------------------------- live SeaweedFS
-
-
-@pytest.fixture
-def live_bucket(stack):
-    """A bucket of its own on the live stack's S3, deleted with its objects afterwards."""
-    bucket = DataBucket.from_settings(stack)
-    name = f"ser-test-{uuid.uuid4().hex[:12]}"
-    bucket.client.create_bucket(Bucket=name)
-    yield DataBucket(client=bucket.client, name=name)
-    objects = bucket.client.list_objects_v2(Bucket=name).get("Contents", [])
-    for obj in objects:
-        bucket.client.delete_object(Bucket=name, Key=obj["Key"])
-    bucket.client.delete_bucket(Bucket=name)
 
 
 @pytest.mark.integration

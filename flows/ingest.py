@@ -1,0 +1,224 @@
+"""The ``ingest`` flow: corpus root → checked manifest version in S3 → ``latest`` → artifact.
+
+Deployments ``ingest-<corpus>`` run it (see flows/deploy.py). The work itself is
+``data_contracts.ingest.run_ingest`` (parse, validate, decode and check every file, folds,
+report) and ``flows.storage.publish_manifest`` (write under the fingerprint, read back, move
+``latest``); this module adds retries on S3 connection errors, the Prefect markdown artifact
+``ingest-<corpus>`` and the ``ser.manifest.updated`` event that the retraining automation
+listens to.
+
+Bad data is never retried: a ``CorpusLayoutError`` (or any other data-contract error) fails the
+flow with its own message. An S3 outage fails the publication task after its retries with a
+``StorageUnavailableError``; ``latest`` then still names the previous version and a rerun
+completes the publication.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
+from typing import Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.logging.handlers import APILogHandler
+
+from data_contracts.ingest import IngestResult, report_markdown, run_ingest
+from flows.settings import REPO_ROOT, StackSettings
+from flows.storage import DataBucket, Publication, StorageUnavailableError, check_corpus, publish_manifest
+
+MANIFEST_UPDATED_EVENT = "ser.manifest.updated"
+LIBRARY_LOGGERS = ("data_contracts", "flows.storage")
+PUBLISH_RETRY_DELAYS_S = (2, 8)
+PROGRESS_LOG_INTERVAL_S = 5.0
+
+
+def manifest_resource_id(corpus: str) -> str:
+    """Prefect resource id of a corpus's manifest: ``ser.manifest.<corpus>``."""
+    return f"ser.manifest.{check_corpus(corpus)}"
+
+
+def root_env_var(corpus: str) -> str:
+    """``SER_ROOT_<CORPUS>``, e.g. ``SER_ROOT_MSP_IMPROV``."""
+    return "SER_ROOT_" + check_corpus(corpus).upper().replace("-", "_")
+
+
+def default_root(corpus: str) -> str | None:
+    """Corpus root from ``SER_ROOT_<CORPUS>``; for RAVDESS ``../shared/data/ravdess`` beside
+    the repo when it exists; else None."""
+    from_env = os.environ.get(root_env_var(corpus))
+    if from_env:
+        return from_env
+    shared = (REPO_ROOT.parent / "shared" / "data" / "ravdess").resolve()
+    if corpus == "ravdess" and shared.is_dir():
+        return str(shared)
+    return None
+
+
+def resolve_root(corpus: str, root: str | None) -> str:
+    """``root`` if given, else :func:`default_root`; a clear error when neither exists."""
+    resolved = root or default_root(corpus)
+    if not resolved:
+        raise ValueError(
+            f"no corpus root for {corpus}: pass the flow parameter root=<folder or s3://bucket/prefix> "
+            f"or set {root_env_var(corpus)}"
+        )
+    if "://" not in resolved:
+        resolved = str(Path(resolved).expanduser().resolve())
+    return resolved
+
+
+@contextmanager
+def library_logs_to_prefect(names: tuple[str, ...] = LIBRARY_LOGGERS) -> Iterator[None]:
+    """Send INFO records of the library loggers ``names`` to the current Prefect run's log."""
+    handler = APILogHandler()
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+class ProgressToLog(io.TextIOBase):
+    """A stream for tqdm bars that logs the latest bar line at most every ``interval_s``
+    seconds, and always the last one (the bar's final state), so progress shows in the run log."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, interval_s: float = PROGRESS_LOG_INTERVAL_S):
+        self.logger = logger
+        self.interval_s = interval_s
+        self.last_logged = float("-inf")
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        lines = [part.strip() for part in text.replace("\r", "\n").split("\n") if part.strip()]
+        if lines:
+            self.pending = lines[-1]
+            if time.monotonic() - self.last_logged >= self.interval_s:
+                self.flush_line()
+        return len(text)
+
+    def flush_line(self) -> None:
+        if self.pending:
+            self.logger.info(self.pending)
+            self.pending = ""
+            self.last_logged = time.monotonic()
+
+
+@contextmanager
+def progress_to_log(logger: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
+    """Route progress bars (written to stderr) into ``logger`` while the block runs."""
+    stream = ProgressToLog(logger)
+    try:
+        with redirect_stderr(stream):
+            yield
+    finally:
+        stream.flush_line()
+
+
+def _is_connection_failure(task, task_run, state) -> bool:
+    """Retry condition: only S3 connection failures are worth another try."""
+    return isinstance(state.result(raise_on_failure=False), StorageUnavailableError)
+
+
+@task(name="parse-and-check", cache_policy=NO_CACHE)
+def parse_and_check(corpus: str, root: str, workers: int | None) -> IngestResult:
+    """Parse the corpus layout, decode and check every file, build manifest, folds and report."""
+    with library_logs_to_prefect(), progress_to_log(get_run_logger()):
+        return run_ingest(corpus, root, workers=workers, progress=True)
+
+
+@task(
+    name="publish-manifest",
+    cache_policy=NO_CACHE,
+    retries=len(PUBLISH_RETRY_DELAYS_S),
+    retry_delay_seconds=list(PUBLISH_RETRY_DELAYS_S),
+    retry_condition_fn=_is_connection_failure,
+)
+def publish(corpus: str, root: str, result: IngestResult) -> Publication:
+    """Write the version under its fingerprint, read it back, then move ``latest``."""
+    with library_logs_to_prefect():
+        return publish_manifest(
+            corpus,
+            result.fingerprint,
+            result.manifest,
+            result.quarantine,
+            result.folds,
+            result.report,
+            root,
+            DataBucket.from_env(),
+        )
+
+
+def artifact_markdown(publication: Publication, report: dict) -> str:
+    """The ``ingest-<corpus>`` artifact: what happened to ``latest``, then the ingest report."""
+    if publication.status == "unchanged":
+        head = (
+            f"**Unchanged**: manifest `{publication.fingerprint}` is already complete and `latest`; "
+            "nothing was written."
+        )
+    else:
+        head = (
+            f"**Published** manifest `{publication.fingerprint}`; `latest` moved from "
+            f"`{publication.previous or 'none'}`."
+        )
+    return f"# Ingest of {publication.corpus}\n\n{head}\n\n{report_markdown(report)}"
+
+
+@flow(name="ingest")
+def ingest(corpus: str, root: str | None = None, workers: int | None = None, announce: bool = True) -> dict:
+    """Ingest one corpus root (a folder or ``s3://bucket/prefix``) into a manifest version.
+
+    ``root`` defaults to ``SER_ROOT_<CORPUS>`` (RAVDESS: ``../shared/data/ravdess`` beside the
+    repo). With ``announce`` (default) a newly published version emits the
+    ``ser.manifest.updated`` event on resource ``ser.manifest.<corpus>`` (labels
+    ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment trigger; callers that train themselves (the ``retrain``
+    flow, the demo) pass ``announce=False``.
+    Returns ``{"status": "published" | "unchanged", "corpus", "fingerprint", "previous",
+    "utterances", "quarantined"}``.
+    """
+    logger = get_run_logger()
+    root = resolve_root(corpus, root)
+    logger.info("ingesting %s from %s", corpus, root)
+    result = parse_and_check(corpus, root, workers)
+    publication = publish(corpus, root, result)
+    create_markdown_artifact(
+        key=f"ingest-{corpus}",
+        markdown=artifact_markdown(publication, result.report),
+        description=f"ingest of {corpus}: {publication.status} {publication.fingerprint}",
+    )
+    outcome = {
+        "status": publication.status,
+        "corpus": corpus,
+        "fingerprint": publication.fingerprint,
+        "previous": publication.previous,
+        "utterances": len(result.manifest),
+        "quarantined": len(result.quarantine),
+    }
+    if publication.status == "unchanged":
+        logger.info("unchanged: manifest %s of %s is already latest; nothing written", publication.fingerprint, corpus)
+    else:
+        logger.info("published manifest %s of %s (previous %s)", publication.fingerprint, corpus, publication.previous)
+        if announce:
+            emit_event(
+                event=MANIFEST_UPDATED_EVENT,
+                resource={
+                    "prefect.resource.id": manifest_resource_id(corpus),
+                    "ser.corpus": corpus,
+                    "ser.fingerprint": publication.fingerprint,
+                    "ser.bucket": StackSettings.from_env().data_bucket,
+                },
+                payload={k: v for k, v in outcome.items() if k != "status"},
+            )
+    return outcome

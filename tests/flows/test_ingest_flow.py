@@ -1,0 +1,189 @@
+"""The ingest flow on the live stack: publish, unchanged, artifact, event, bad data, S3 outage.
+
+Each test works in a data bucket of its own (tests.flows.live_stack.live_bucket) on a tiny
+synthetic RAVDESS corpus (tests.fixtures.corpora.make_ravdess).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+import flows.ingest
+from data_contracts.errors import CorpusLayoutError
+from flows.ingest import MANIFEST_UPDATED_EVENT, ProgressToLog, ingest, resolve_root, root_env_var
+from flows.settings import StackSettings
+from flows.storage import DataBucket, manifest_exists, object_key, read_latest
+from tests.fixtures.corpora import make_ravdess, write_bad_audio
+from tests.flows.live_stack import free_weed_ports, live_bucket, prefect_api  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """8 actors × 2 utterances (2 RAVDESS folds) and one unreadable file."""
+    root = tmp_path / "ravdess"
+    make_ravdess(root, actors=range(1, 9), per_actor=2)
+    write_bad_audio(root / "Actor_03" / "03-01-05-02-02-02-03.wav", "unreadable")
+    return root
+
+
+def flow_run_artifacts(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+# ----------------------------------------------------------------------------- fast, no stack
+
+
+def test_root_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("SER_ROOT_MSP_IMPROV", str(tmp_path))
+    assert root_env_var("msp-improv") == "SER_ROOT_MSP_IMPROV"
+    assert resolve_root("msp-improv", None) == str(tmp_path.resolve())
+    assert resolve_root("msp-improv", "s3://corpora/msp") == "s3://corpora/msp"
+    monkeypatch.delenv("SER_ROOT_SAVEE", raising=False)
+    with pytest.raises(ValueError, match="no corpus root for savee: pass the flow parameter root=.* or set SER_ROOT_SAVEE"):
+        resolve_root("savee", None)
+
+
+def test_progress_stream_logs_the_latest_bar_state_at_most_every_interval(caplog):
+    """tqdm writes many carriage-return updates; the log gets the first, then at most one per
+    interval, and always the final state."""
+    logger = logging.getLogger("test.progress")
+    stream = ProgressToLog(logger, interval_s=3600)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        for done in range(11):
+            stream.write(f"\ringest ravdess: {done * 10}%|")
+        stream.flush_line()
+    assert [r.getMessage() for r in caplog.records] == ["ingest ravdess: 0%|", "ingest ravdess: 100%|"]
+
+
+# ----------------------------------------------------------------------------- live stack
+
+
+@pytest.mark.integration
+def test_ingest_publishes_then_reports_unchanged(live_bucket, prefect_api, corpus):
+    state = ingest(corpus="ravdess", root=str(corpus), workers=1, return_state=True)
+    outcome = state.result()
+    assert outcome["status"] == "published"
+    assert outcome["utterances"] == 16 and outcome["quarantined"] == 1
+    pointer = read_latest("ravdess", live_bucket)
+    assert pointer["fingerprint"] == outcome["fingerprint"] and pointer["root"] == str(corpus.resolve())
+    assert manifest_exists("ravdess", outcome["fingerprint"], live_bucket)
+    (artifact,) = flow_run_artifacts(state.state_details.flow_run_id)
+    assert artifact.key == "ingest-ravdess"
+    assert "**Published**" in artifact.data and "Actor_03/03-01-05-02-02-02-03.wav" in artifact.data
+
+    manifest_key = object_key("manifest", "ravdess", outcome["fingerprint"])
+    written_at = live_bucket.client.head_object(Bucket=live_bucket.name, Key=manifest_key)["LastModified"]
+    again = ingest(corpus="ravdess", root=str(corpus), workers=1, announce=False, return_state=True)
+    assert again.result()["status"] == "unchanged"
+    assert again.result()["fingerprint"] == outcome["fingerprint"]
+    assert read_latest("ravdess", live_bucket) == pointer
+    assert live_bucket.client.head_object(Bucket=live_bucket.name, Key=manifest_key)["LastModified"] == written_at
+    (artifact,) = flow_run_artifacts(again.state_details.flow_run_id)
+    assert "**Unchanged**" in artifact.data
+
+    # the first run announced its new version; the event names corpus, fingerprint and bucket
+    event_filter = EventFilter(
+        event=EventNameFilter(name=[MANIFEST_UPDATED_EVENT]),
+        resource=EventResourceFilter(id=["ser.manifest.ravdess"]),
+    )
+
+    def ours() -> list:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events
+        return [e for e in events if e.resource.get("ser.bucket") == live_bucket.name]
+
+    deadline = time.monotonic() + 30
+    while not (events := ours()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert [e.resource["ser.fingerprint"] for e in events] == [outcome["fingerprint"]]
+
+
+@pytest.mark.integration
+def test_a_corpus_in_the_wrong_layout_fails_with_its_message_and_writes_nothing(live_bucket, prefect_api, tmp_path):
+    (tmp_path / "not-ravdess" / "misc").mkdir(parents=True)
+    (tmp_path / "not-ravdess" / "misc" / "notes.txt").write_text("no audio here")
+    state = ingest(corpus="ravdess", root=str(tmp_path / "not-ravdess"), workers=1, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(CorpusLayoutError, match="Actor_"):
+        state.result()
+    assert live_bucket.client.list_objects_v2(Bucket=live_bucket.name).get("KeyCount", 0) == 0
+
+
+@pytest.fixture
+def second_s3(infra_stack, tmp_path, stack):
+    """A SeaweedFS of our own (temp state folder, free ports) that the test may stop and restart."""
+    master, volume, filer, s3, admin = free_weed_ports(5)
+    env = {
+        "SER_STATE_DIR": str(tmp_path / "state"),
+        "SER_S3_PORT": str(s3),
+        "SER_WEED_MASTER_PORT": str(master),
+        "SER_WEED_VOLUME_PORT": str(volume),
+        "SER_WEED_FILER_PORT": str(filer),
+        "SER_WEED_ADMIN_PORT": str(admin),
+        "SER_MLFLOW_PORT": str(stack.mlflow_port),
+        "SER_PREFECT_PORT": str(stack.prefect_port),
+        "AWS_ACCESS_KEY_ID": "SERTESTKEY",
+        "AWS_SECRET_ACCESS_KEY": "ser-test-secret-0123456789",
+    }
+    settings = StackSettings.from_env(env)
+    infra_stack.write_private(settings.state_dir / "seaweedfs-s3.json", infra_stack.seaweed_s3_config(settings))
+    (settings.state_dir / "seaweedfs").mkdir(parents=True)
+    (component,) = [c for c in infra_stack.components(settings) if c.name == "s3"]
+
+    def start() -> None:
+        infra_stack.start_process(settings.state_dir, "s3", component.argv, infra_stack.stack_env(settings), infra_stack.REPO_ROOT)
+        infra_stack.wait_healthy(settings, component, 60)
+
+    def stop() -> None:
+        infra_stack.stop_recorded(settings.state_dir, ["s3"])
+
+    start()
+    infra_stack.create_buckets(settings)
+    yield settings, start, stop
+    stop()
+
+
+@pytest.mark.integration
+def test_s3_stopping_during_ingest_leaves_latest_and_a_rerun_completes(second_s3, prefect_api, corpus, monkeypatch):
+    """The real fault: the weed process serving S3 is stopped after the corpus was checked and
+    before the manifest is written. The flow fails with an S3 error after its retries, latest
+    still names the previous version, and a rerun once S3 is back publishes the new one."""
+    settings, start_s3, stop_s3 = second_s3
+    for key, value in settings.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(flows.ingest, "publish", flows.ingest.publish.with_options(retries=1, retry_delay_seconds=1))
+    first = ingest(corpus="ravdess", root=str(corpus), workers=1, announce=False)
+    make_ravdess(corpus, actors=range(9, 13), per_actor=2)
+
+    real_run_ingest = flows.ingest.run_ingest
+
+    def run_ingest_then_stop_s3(*args, **kwargs):
+        result = real_run_ingest(*args, **kwargs)
+        stop_s3()
+        return result
+
+    monkeypatch.setattr(flows.ingest, "run_ingest", run_ingest_then_stop_s3)
+    state = ingest(corpus="ravdess", root=str(corpus), workers=1, announce=False, return_state=True)
+    assert state.is_failed()
+    assert "unreachable" in state.message and settings.s3_endpoint in state.message
+
+    start_s3()
+    bucket = DataBucket.from_settings(settings)
+    assert read_latest("ravdess", bucket)["fingerprint"] == first["fingerprint"]
+    monkeypatch.setattr(flows.ingest, "run_ingest", real_run_ingest)
+    rerun = ingest(corpus="ravdess", root=str(corpus), workers=1, announce=False)
+    assert rerun["status"] == "published" and rerun["previous"] == first["fingerprint"]
+    assert rerun["utterances"] == 16 + 8
+    assert read_latest("ravdess", bucket)["fingerprint"] == rerun["fingerprint"]
