@@ -133,9 +133,9 @@ class FbankBackbone(Backbone):
         self.cfg = cfg
         self.win_length = round(WIN_SECONDS * cfg.sample_rate)
         self.hop_length = round(HOP_SECONDS * cfg.sample_rate)
-        n_fft = 1 << (self.win_length - 1).bit_length()
+        # n_fft = window length: frame t covers exactly samples [t·hop, t·hop + win)
         self.melspec = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=n_fft, win_length=self.win_length,
+            sample_rate=cfg.sample_rate, n_fft=self.win_length, win_length=self.win_length,
             hop_length=self.hop_length, n_mels=cfg.n_mels, center=False, power=2.0,
         )
         # torchaudio keeps the window as a view of a longer buffer, which safetensors refuses to save
@@ -303,7 +303,9 @@ class HFBackbone(Backbone):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "finetune"):
             out = self.model(waves, attention_mask=attention_mask, output_hidden_states=want_layers)
         if want_layers:
-            h = self.layer_weights(torch.stack(out.hidden_states))  # (K, B, T, D) → (B, T, D)
+            # the last entry is the final output (after the final LayerNorm of pre-LN models like WavLM-Large)
+            layers = (*out.hidden_states[:-1], out.last_hidden_state)
+            h = self.layer_weights(torch.stack(layers))  # (K, B, T, D) → (B, T, D)
         else:
             h = out.last_hidden_state  # (B, T, D)
         mask = lengths_to_mask(self.frame_lengths(lengths).clamp_max(h.shape[1]), h.shape[1])
