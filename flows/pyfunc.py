@@ -33,14 +33,12 @@ def probability_column(label: str) -> str:
 
 
 def checkpoint_labels(folder: str | Path) -> list[str]:
-    """Class names of a checkpoint folder, from its labels.json (a list, or ``{"labels": [...]}``)."""
+    """Class names of a checkpoint folder, from its labels.json (a JSON list)."""
     path = Path(folder) / "labels.json"
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read the class names ({err}); expected a save_pretrained folder") from err
-    if isinstance(labels, dict):
-        labels = labels.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"{path}: expected a non-empty JSON list of class names, got {labels!r}")
     return labels
@@ -65,9 +63,8 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from ser_model.inference import Predictor
 
-        folder = context.artifacts[CHECKPOINT_ARTIFACT]
-        self.labels = checkpoint_labels(folder)
-        self.predictor = Predictor.from_pretrained(folder)
+        self.predictor = Predictor.from_pretrained(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.labels = list(self.predictor.labels)
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if "audio" not in model_input.columns:

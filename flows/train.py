@@ -234,9 +234,9 @@ def log_fold_run(client: MlflowClient, experiment_id: str, parent_id: str, job: 
     elif call_with_retry(client.get_run, run_id).data.tags.get("ser.logged") == "true":
         return run_id
     summary = []
-    for split in ("valid", "test"):
+    for split, prefix in (("valid", "selected.valid"), ("test", "test")):
         if result.get(split):
-            summary += [mlflow.entities.Metric(f"{split}.{m}", v, 0, 0) for m, v in fold_scores(result, split).items()]
+            summary += [mlflow.entities.Metric(f"{prefix}.{m}", v, 0, 0) for m, v in fold_scores(result, split).items()]
     log_batch(client, run_id, metrics=epoch_metrics(records) + summary, params={"fold": str(job.fold), "selected_epoch": str(result.get("selected_epoch"))})
     call_with_retry(client.log_artifact, run_id, str(job.out_dir / "result.json"))
     call_with_retry(client.log_artifact, run_id, str(job.out_dir / "metrics.jsonl"))

@@ -1,0 +1,235 @@
+"""Train flow pieces: MLflow helpers, the torchrun worker launch, fold logging through outages."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+
+from flows import tracking
+from flows.train import (
+    BadDataError,
+    FoldJob,
+    WorkerInfraError,
+    fold_scores,
+    log_fold_run,
+    nproc_per_node,
+    run_worker,
+    worker_env,
+    worker_exit_code,
+)
+
+LABELS = ("neutral", "calm", "happy")
+
+FAKE_WORKER = textwrap.dedent(
+    """
+    import argparse, json, os, signal, sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser()
+    for name in ("--config", "--manifest", "--folds", "--fold", "--audio-root", "--out"):
+        parser.add_argument(name)
+    args = parser.parse_args()
+    out = Path(args.out)
+    mode = os.environ["FAKE_WORKER_MODE"]
+    print("worker sees secret:", "AWS_SECRET_ACCESS_KEY" in os.environ, flush=True)
+    with open(out / "metrics.jsonl", "a") as f:
+        for epoch in (1, 2):
+            f.write(json.dumps({"epoch": epoch, "train": {"loss": 1.0 / epoch}, "valid": {"UA": 0.3 * epoch}}) + "\\n")
+            f.flush()
+            print(f"epoch {epoch} done", flush=True)
+    if mode == "bad-data":
+        print("empty training split for fold", args.fold, flush=True)
+        sys.exit(3)
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    (out / "result.json").write_text(json.dumps({"selected_epoch": 2, "test": {"WA": 0.5, "UA": 0.4, "macro_f1": 0.3, "confusion": [[1, 0, 0], [0, 1, 1], [0, 0, 2]]}}))
+    """
+)
+
+
+def result_fixture() -> dict:
+    return {
+        "selected_epoch": 2,
+        "valid": {"WA": 0.6, "UA": 0.55, "macro_f1": 0.5, "confusion": [[2, 0, 0], [1, 1, 0], [0, 0, 2]]},
+        "test": {"WA": 0.5, "UA": 0.4, "macro_f1": 0.3, "confusion": [[1, 0, 0], [0, 1, 1], [0, 0, 2]]},
+    }
+
+
+def records_fixture(epochs: int = 3) -> list[dict]:
+    return [{"epoch": e, "lr": 1e-4 * 0.875**e, "train": {"loss": 2.0 / e, "kl": 1.0 / e}, "valid": {"UA": 0.2 * e, "WA": 0.25 * e}, "seconds": 1.5} for e in range(1, epochs + 1)]
+
+
+def make_job(tmp_path: Path, fold: int = 0) -> FoldJob:
+    for name in ("config.json", "manifest.parquet", "folds.parquet"):
+        (tmp_path / name).write_text("{}")
+    return FoldJob("ravdess", fold, tmp_path / "config.json", tmp_path / "manifest.parquet", tmp_path / "folds.parquet", str(tmp_path), tmp_path / f"fold-{fold}", epochs=2)
+
+
+# --- MLflow helpers -------------------------------------------------------------------------
+
+
+def test_flatten_params_names_every_leaf_by_its_dotted_path():
+    flat = tracking.flatten_params({"model": {"backbone": "fbank", "strides": [2, 2]}, "train": {"lr": 1e-4}, "labels": ("a", "b"), "corpus": None})
+    assert flat == {"model.backbone": "fbank", "model.strides": "[2, 2]", "train.lr": "0.0001", "labels": '["a", "b"]', "corpus": "None"}
+    long = tracking.flatten_params({"x": "y" * 10000})["x"]
+    assert len(long) == tracking.MLFLOW_PARAM_VALUE_LIMIT and long.endswith("…")
+
+
+def test_epoch_metrics_keep_every_finite_number_at_its_epoch():
+    records = records_fixture(3) + [{"epoch": 4, "valid": {"UA": float("nan")}, "note": "text", "flag": True}]
+    metrics = tracking.epoch_metrics(records, timestamp_ms=0)
+    by_key = {(m.key, m.step): m.value for m in metrics}
+    for record in records_fixture(3):
+        e = record["epoch"]
+        assert by_key[("train.loss", e)] == record["train"]["loss"]
+        assert by_key[("valid.UA", e)] == record["valid"]["UA"]
+        assert by_key[("lr", e)] == record["lr"]
+    assert not any(m.step == 4 for m in metrics), "NaN, text and booleans are not metrics"
+    assert "epoch" not in {m.key for m in metrics}
+
+
+def test_fold_summary_is_mean_and_sample_std():
+    rng = np.random.default_rng(0)
+    folds = {k: {m: float(rng.uniform()) for m in tracking.SUMMARY_METRICS} for k in range(5)}
+    summary = tracking.fold_summary(folds)
+    for m in tracking.SUMMARY_METRICS:
+        values = [folds[k][m] for k in range(5)]
+        assert summary[f"{m}_mean"] == pytest.approx(statistics.fmean(values))
+        assert summary[f"{m}_std"] == pytest.approx(statistics.stdev(values))
+    assert tracking.fold_summary({0: folds[0]})["UA_std"] == 0.0
+    with pytest.raises(ValueError, match="no fold results"):
+        tracking.fold_summary({})
+
+
+def test_summed_confusion_adds_cells_and_rejects_mixed_shapes():
+    a, b = np.arange(9).reshape(3, 3), np.ones((3, 3), dtype=int)
+    assert (tracking.summed_confusion([a.tolist(), b.tolist()]) == a + b).all()
+    with pytest.raises(ValueError, match="one shape"):
+        tracking.summed_confusion([a, np.ones((2, 2))])
+
+
+def test_metrics_file_with_a_truncated_last_line_keeps_the_complete_epochs(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps(r) for r in records_fixture(2)]
+    path.write_text("\n".join(lines) + '\n{"epoch": 3, "tra')
+    assert tracking.read_metrics_jsonl(path) == records_fixture(2)
+    path.write_text('{"epoch": 1\n' + lines[1] + "\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:1"):
+        tracking.read_metrics_jsonl(path)
+
+
+def test_call_with_retry_rides_out_an_outage_but_not_a_bug(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("connection refused")
+        return "ok"
+
+    assert tracking.call_with_retry(flaky, attempts=5) == "ok" and len(calls) == 3
+    with pytest.raises(MlflowException):
+        tracking.call_with_retry(lambda: (_ for _ in ()).throw(MlflowException("down")), attempts=2)
+    with pytest.raises(KeyError):
+        tracking.call_with_retry(lambda: {}["missing"], attempts=5)
+
+
+def test_fold_scores_names_what_is_missing():
+    assert fold_scores(result_fixture()) == {"WA": 0.5, "UA": 0.4, "macro_f1": 0.3}
+    with pytest.raises(ValueError, match="macro_f1"):
+        fold_scores({"test": {"WA": 1, "UA": 1}})
+
+
+# --- fold logging ---------------------------------------------------------------------------
+
+
+def test_fold_logging_survives_an_outage_and_is_not_repeated(local_mlflow, experiment_id, tmp_path, monkeypatch):
+    """The tracking server fails the first metric upload; the retry sends everything, and a
+    second call (a Prefect retry of the task) logs nothing twice."""
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    job = make_job(tmp_path)
+    job.out_dir.mkdir()
+    (job.out_dir / "result.json").write_text(json.dumps(result_fixture()))
+    records = records_fixture(3)
+    (job.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    parent = local_mlflow.create_run(experiment_id).info.run_id
+    real_log_batch = local_mlflow.log_batch
+    failures = {"left": 2}
+
+    def log_batch_with_outage(*args, **kwargs):
+        if kwargs.get("metrics") and failures["left"]:
+            failures["left"] -= 1
+            raise MlflowException("503 tracking server unavailable")
+        return real_log_batch(*args, **kwargs)
+
+    monkeypatch.setattr(local_mlflow, "log_batch", log_batch_with_outage)
+    child = log_fold_run(local_mlflow, experiment_id, parent, job, result_fixture(), records, LABELS)
+    again = log_fold_run(local_mlflow, experiment_id, parent, job, result_fixture(), records, LABELS)
+    assert again == child and failures["left"] == 0
+    run = local_mlflow.get_run(child)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
+    history = local_mlflow.get_metric_history(child, "train.loss")
+    assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["train"]["loss"]) for r in records]
+    assert run.data.metrics["test.UA"] == 0.4 and run.data.metrics["selected.valid.UA"] == 0.55
+    artifacts = {a.path for a in local_mlflow.list_artifacts(child)} | {a.path for a in local_mlflow.list_artifacts(child, "figures")}
+    assert {"result.json", "metrics.jsonl", "figures/confusion.png", "figures/training_curves.png"} <= artifacts
+
+
+# --- the worker under torchrun -------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_worker(tmp_path, monkeypatch):
+    package = tmp_path / "fakepkg"
+    package.mkdir()
+    (package / "fake_ser_worker.py").write_text(FAKE_WORKER)
+    monkeypatch.setenv("PYTHONPATH", str(package))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-value")
+    return "fake_ser_worker"
+
+
+@pytest.mark.parametrize(("mode", "error"), [("ok", None), ("bad-data", BadDataError), ("killed", WorkerInfraError)])
+def test_worker_exit_is_classified_through_torchrun(fake_worker, tmp_path, monkeypatch, mode, error):
+    monkeypatch.setenv("FAKE_WORKER_MODE", mode)
+    job = make_job(tmp_path)
+    lines, epochs = [], []
+    if error is None:
+        result = run_worker(job, emit=lines.append, on_epoch=epochs.append, module=fake_worker, nproc=1)
+        assert json.loads(result.read_text())["test"]["UA"] == 0.4
+    else:
+        with pytest.raises(error) as raised:
+            run_worker(job, emit=lines.append, on_epoch=epochs.append, module=fake_worker, nproc=1)
+        assert "fold-0" in str(raised.value)
+        if mode == "bad-data":
+            assert "empty training split" in str(raised.value)
+    assert "epoch 2 done" in lines
+    assert epochs and epochs[-1] == 2
+    assert "worker sees secret: False" in lines
+
+
+def test_worker_exit_code_reads_the_root_cause_torchrun_reports():
+    summary = "Root Cause (first observed failure):\n[0]:\n  exitcode  : 3 (pid: 5043)\n"
+    assert worker_exit_code(1, summary) == 3
+    assert worker_exit_code(1, "no summary") == 1
+    assert worker_exit_code(0, summary) == 0
+
+
+def test_worker_environment_has_no_credentials():
+    env = worker_env({"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "k", "PREFECT_API_AUTH_STRING": "a", "MY_TOKEN": "t", "PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"})
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def test_process_count_follows_the_environment_then_the_gpus():
+    import torch
+
+    assert nproc_per_node({"SER_NPROC_PER_NODE": "3"}) == 3
+    assert nproc_per_node({}) == max(1, torch.cuda.device_count())
+    with pytest.raises(ValueError, match="SER_NPROC_PER_NODE"):
+        nproc_per_node({"SER_NPROC_PER_NODE": "0"})
