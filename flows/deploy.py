@@ -1,0 +1,142 @@
+"""Apply every deployment of the project: ``python -m flows.deploy``.
+
+| deployment | flow | schedule / trigger | parameters |
+|---|---|---|---|
+| ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus; root when SER_ROOT_<CORPUS> is set here |
+| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", backbone="fbank"; the trigger passes the new fingerprint |
+| retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
+
+All run on the process work pool (``SER_WORK_POOL``, default ``ser-process``) from this
+project folder (``flow.from_source`` with the local folder: no image, no git, works offline).
+Applying again updates the deployments in place and replaces their automations, so the
+command is idempotent. Corpus roots left unset here are resolved by the worker at run time
+(``SER_ROOT_<CORPUS>``, RAVDESS beside the repo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from uuid import UUID
+
+from prefect import deploy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.flows import Flow
+
+from data_contracts.labels import CORPORA
+from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id, root_env_var
+from flows.settings import REPO_ROOT, StackSettings
+
+log = logging.getLogger(__name__)
+
+ENTRYPOINTS = {
+    "ingest": "flows/ingest.py:ingest",
+    "train": "flows/train.py:train",
+    "retrain": "flows/retrain.py:retrain",
+}
+DEFAULT_RETRAIN_CRON = "0 3 * * *"
+RETRAIN_DEPLOYMENT = "retrain-nightly"
+
+
+def deployment_names() -> list[str]:
+    """Full names ``<flow>/<deployment>`` of everything :func:`build_deployments` creates."""
+    return [
+        *(f"ingest/ingest-{corpus}" for corpus in CORPORA),
+        *(f"train/train-{corpus}" for corpus in CORPORA),
+        f"retrain/{RETRAIN_DEPLOYMENT}",
+    ]
+
+
+def manifest_trigger(corpus: str, data_bucket: str) -> DeploymentEventTrigger:
+    """Run train-<corpus> on the manifest version named by a ``ser.manifest.updated`` event
+    about a manifest in ``data_bucket`` (the bucket the worker's train flow reads)."""
+    return DeploymentEventTrigger(
+        name=f"train-{corpus}-on-new-manifest",
+        description=f"train {corpus} when the ingest flow publishes a new manifest fingerprint",
+        expect={MANIFEST_UPDATED_EVENT},
+        match={"prefect.resource.id": manifest_resource_id(corpus), "ser.bucket": data_bucket},
+        parameters={
+            "corpus": corpus,
+            "manifest_version": "{{ event.resource['ser.fingerprint'] }}",
+        },
+    )
+
+
+def build_deployments(
+    source: Path = REPO_ROOT, work_pool: str | None = None, retrain_cron: str | None = None
+) -> list[RunnerDeployment]:
+    """The nine deployments (not yet applied), loaded from the project folder ``source``."""
+    settings = StackSettings.from_env()
+    work_pool = work_pool or settings.work_pool
+    retrain_cron = retrain_cron or os.environ.get("SER_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
+    flows = {
+        name: Flow.from_source(source=str(source), entrypoint=entrypoint) for name, entrypoint in ENTRYPOINTS.items()
+    }
+    deployments = []
+    for corpus in CORPORA:
+        ingest_parameters = {"corpus": corpus}
+        if os.environ.get(root_env_var(corpus)):
+            ingest_parameters["root"] = os.environ[root_env_var(corpus)]
+        deployments.append(
+            flows["ingest"].to_deployment(
+                name=f"ingest-{corpus}",
+                parameters=ingest_parameters,
+                work_pool_name=work_pool,
+                description=f"ingest {corpus} into a checked manifest version in S3",
+                tags=["ser", corpus],
+            )
+        )
+    for corpus in CORPORA:
+        deployments.append(
+            flows["train"].to_deployment(
+                name=f"train-{corpus}",
+                parameters={"corpus": corpus, "manifest_version": "latest", "backbone": "fbank"},
+                triggers=[manifest_trigger(corpus, settings.data_bucket)],
+                work_pool_name=work_pool,
+                description=f"cross-validated training on {corpus}, registration and promotion",
+                tags=["ser", corpus],
+            )
+        )
+    deployments.append(
+        flows["retrain"].to_deployment(
+            name=RETRAIN_DEPLOYMENT,
+            cron=retrain_cron,
+            work_pool_name=work_pool,
+            description="re-fingerprint every configured corpus; ingest and train those that changed",
+            tags=["ser"],
+        )
+    )
+    return deployments
+
+
+def apply_deployments(deployments: list[RunnerDeployment], work_pool: str | None = None) -> list[UUID]:
+    """Create or update the deployments (and their automations) on the Prefect API."""
+    return deploy(
+        *deployments,
+        work_pool_name=work_pool or StackSettings.from_env().work_pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description="apply every SER deployment")
+    parser.add_argument("--work-pool", help="work pool name (default: SER_WORK_POOL or ser-process)")
+    parser.add_argument("--retrain-cron", help=f"cron of {RETRAIN_DEPLOYMENT} (default: SER_RETRAIN_CRON or '{DEFAULT_RETRAIN_CRON}')")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    deployments = build_deployments(work_pool=args.work_pool, retrain_cron=args.retrain_cron)
+    apply_deployments(deployments, args.work_pool)
+    for name in deployment_names():
+        print(f"applied {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

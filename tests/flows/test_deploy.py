@@ -1,0 +1,117 @@
+"""flows.deploy: the nine deployments and the manifest automation, built and applied."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from prefect import get_client
+
+from data_contracts.labels import CORPORA
+from flows.deploy import DEFAULT_RETRAIN_CRON, apply_deployments, build_deployments, deployment_names
+from tests.flows.live_stack import prefect_api  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.timeout(240)
+
+TEMPLATE = "{{ event.resource['ser.fingerprint'] }}"
+
+
+@pytest.fixture(scope="module")
+def deployments():
+    return {f"{d.flow_name}/{d.name}": d for d in build_deployments(work_pool="ser-process")}
+
+
+def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments, repo_root):
+    assert sorted(deployments) == sorted(deployment_names())
+    assert len(deployments) == 9
+    for corpus in CORPORA:
+        ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
+        assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"
+        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "backbone": "fbank"}
+        (trigger,) = train.triggers
+        assert trigger.expect == {"ser.manifest.updated"}
+        assert trigger.match.model_dump()["prefect.resource.id"] == f"ser.manifest.{corpus}"
+        assert trigger.parameters == {"corpus": corpus, "manifest_version": TEMPLATE}
+        assert not ingest.schedules and not train.schedules
+    retrain = deployments["retrain/retrain-nightly"]
+    assert [s.schedule.cron for s in retrain.schedules] == [DEFAULT_RETRAIN_CRON]
+    assert all(str(d.storage.destination) == str(repo_root) for d in deployments.values())
+    assert all(d.work_pool_name == "ser-process" for d in deployments.values())
+
+
+def test_roots_set_at_deploy_time_become_ingest_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("SER_ROOT_SAVEE", str(tmp_path))
+    monkeypatch.delenv("SER_ROOT_IEMOCAP", raising=False)
+    monkeypatch.setenv("SER_RETRAIN_CRON", "30 1 * * 0")
+    built = {d.name: d for d in build_deployments(work_pool="ser-process")}
+    assert built["ingest-savee"].parameters == {"corpus": "savee", "root": str(tmp_path)}
+    assert built["ingest-iemocap"].parameters == {"corpus": "iemocap"}
+    assert [s.schedule.cron for s in built["retrain-nightly"].schedules] == ["30 1 * * 0"]
+
+
+@pytest.mark.integration
+def test_apply_is_idempotent_and_the_api_lists_all_nine(deployments, stack, prefect_api):
+    first = apply_deployments(list(deployments.values()), stack.work_pool)
+    second = apply_deployments(list(deployments.values()), stack.work_pool)
+    assert first == second
+    with get_client(sync_client=True) as client:
+        for full_name in deployment_names():
+            deployment = client.read_deployment_by_name(full_name)
+            assert deployment.work_pool_name == stack.work_pool
+            assert deployment.parameters == deployments[full_name].parameters
+            cron = [s.schedule.cron for s in deployment.schedules]
+            assert cron == ([DEFAULT_RETRAIN_CRON] if full_name == "retrain/retrain-nightly" else [])
+        for corpus in CORPORA:
+            deployment = client.read_deployment_by_name(f"train/train-{corpus}")
+            owned = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+            assert len(owned) == 1, f"train-{corpus} should own exactly one automation after two applies"
+            (automation,) = owned
+            assert automation.trigger.expect == {"ser.manifest.updated"}
+            assert automation.trigger.match.model_dump()["ser.bucket"] == stack.data_bucket
+            (action,) = automation.actions
+            assert action.deployment_id == deployment.id
+            assert action.parameters["corpus"] == corpus
+
+
+@pytest.mark.integration
+def test_a_manifest_event_starts_a_train_run_on_that_fingerprint(stack, prefect_api, repo_root):
+    """The automation's template renders: a ser.manifest.updated event creates a run of the
+    train deployment with manifest_version = the event's fingerprint. The deployment here is a
+    throwaway one on a work pool with no worker, so the run stays scheduled and nothing trains."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events import emit_event
+    from prefect.flows import Flow
+
+    from flows.deploy import manifest_trigger
+
+    tag = uuid.uuid4().hex[:10]
+    pool, bucket, fingerprint = f"ser-test-idle-{tag}", f"ser-test-{tag}", "c0" * 32
+    train_flow = Flow.from_source(source=str(repo_root), entrypoint="flows/train.py:train")
+    deployment = train_flow.to_deployment(
+        name=f"trigger-test-{tag}", parameters={"corpus": "savee"}, triggers=[manifest_trigger("savee", bucket)]
+    )
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment_id = None
+        try:
+            deployment_id = deployment.apply(work_pool_name=pool)
+            emit_event(
+                event="ser.manifest.updated",
+                resource={"prefect.resource.id": "ser.manifest.savee", "ser.fingerprint": fingerprint, "ser.bucket": bucket},
+            )
+            deadline = time.monotonic() + 60
+            runs = []
+            while not runs and time.monotonic() < deadline:
+                time.sleep(1)
+                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            assert len(runs) == 1, "the automation did not start a run within 60 s"
+            assert runs[0].parameters == {"corpus": "savee", "manifest_version": fingerprint}
+        finally:
+            if deployment_id is not None:
+                for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))):
+                    client.delete_flow_run(run.id)
+                client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+                client.delete_deployment(deployment_id)
+            client.delete_work_pool(pool)
