@@ -192,7 +192,9 @@ def stop_recorded(state_dir: Path, names: list[str], grace_s: float = STOP_GRACE
     for name in names:
         pid = recorded_pid(state_dir, name)
         if pid is not None:
+            began = time.monotonic()
             stop_process_group(pid, grace_s)
+            log.info("stopped %s (pid %d) in %.1f s", name, pid, time.monotonic() - began)
             stopped.append(name)
         (pid_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
     return stopped
