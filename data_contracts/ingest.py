@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
-from data_contracts.audio import AUDIO_CHECKS, AudioChecks, AudioProbe, probe_audio
+from data_contracts.audio import AUDIO_CHECKS, AudioChecks
 from data_contracts.corpora import parse_corpus
-from data_contracts.corpora.base import Candidate, QuarantineRow
-from data_contracts.errors import AudioCheckError, IngestError, SourceError
+from data_contracts.corpora.base import QuarantineRow
+from data_contracts.errors import IngestError
 from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint, manifest_fingerprint
 from data_contracts.folds import fold_of_speaker, make_folds, natural_key
 from data_contracts.labels import LABELS
+from data_contracts.probing import probe_all
 from data_contracts.schemas import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, validate_manifest, validate_quarantine
 from data_contracts.source import CorpusSource, open_source
 
@@ -47,43 +44,6 @@ class IngestResult:
     folds: pd.DataFrame
     report: dict
     fingerprint: str
-
-
-def probe_file(source: CorpusSource, candidate: Candidate, checks: AudioChecks) -> AudioProbe | QuarantineRow:
-    """Read and check one candidate's audio: its AudioProbe, or the quarantine row saying why not."""
-    try:
-        return probe_audio(source.read_bytes(candidate.path), candidate.path, checks)
-    except (SourceError, AudioCheckError) as err:
-        return QuarantineRow(candidate.corpus, candidate.path, candidate.utt_id, err.reason_code, str(err))
-
-
-_worker_state: dict = {}
-
-
-def _init_worker(source: CorpusSource, checks: AudioChecks) -> None:
-    _worker_state.update(source=source, checks=checks)
-
-
-def _probe_in_worker(candidate: Candidate) -> AudioProbe | QuarantineRow:
-    return probe_file(_worker_state["source"], candidate, _worker_state["checks"])
-
-
-def _probe_all(source, candidates, checks, workers, progress, corpus) -> list[AudioProbe | QuarantineRow]:
-    """probe_file over `candidates` in input order: inline for one worker, else in a process pool
-    (decoding from memory calls back into Python for every read, so threads would serialise)."""
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(candidates), desc=f"ingest {corpus}", unit="file", disable=not progress)
-    with bar:
-        if workers == 1:
-            return [_tick(bar, probe_file(source, c, checks)) for c in candidates]
-        chunk = max(1, len(candidates) // (workers * 16))
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(source, checks)) as pool:
-            return [_tick(bar, o) for o in pool.map(_probe_in_worker, candidates, chunksize=chunk)]
-
-
-def _tick(bar: tqdm, outcome):
-    bar.update()
-    return outcome
 
 
 def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
@@ -185,8 +145,8 @@ def run_ingest(
     progress: bool = True,
     checks: AudioChecks | None = None,
 ) -> IngestResult:
-    """Parse `root` in `corpus`'s layout, decode and check every candidate in a process pool of
-    `workers` (default: all cores), and build the validated manifest, quarantine, folds and report.
+    """Parse `root` in `corpus`'s layout, decode and check every candidate in `workers` processes
+    (default: all cores; see `data_contracts.probing`), and build the validated manifest, quarantine, folds and report.
 
     checks: audio thresholds (default `AUDIO_CHECKS[corpus]`). Raises a DataContractError subclass
     (CorpusLayoutError, SourceError, FoldError, IngestError, ManifestError) on unusable input.
@@ -197,7 +157,7 @@ def run_ingest(
     checks = checks or AUDIO_CHECKS[corpus]
     candidates = sorted(parsed.candidates, key=lambda c: c.path)
     logger.info("%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates))
-    outcomes = _probe_all(source, candidates, checks, workers, progress, corpus)
+    outcomes = probe_all(source, candidates, checks, workers, progress, desc=f"ingest {corpus}")
     rows, rejected = _accept(candidates, outcomes)
     quarantine = quarantine_table(parsed.quarantine + rejected)
     if not rows:

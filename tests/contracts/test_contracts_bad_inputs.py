@@ -207,3 +207,12 @@ def test_savee_unknown_emotion_code_and_speaker_are_quarantined(tmp_path):
     result = ingest("savee", tmp_path)
     assert_manifest_rows(result.manifest, rows)
     assert quarantine_by_path(result) == {"AudioData/DC/x01.wav": "unknown_label", "ALL/ZZ_a01.wav": "unknown_speaker"}
+
+
+def test_corpus_where_every_file_is_bad_is_a_clear_error(tmp_path):
+    from data_contracts.errors import IngestError
+
+    for actor in (1, 2):
+        write_bad_audio(tmp_path / f"Actor_{actor:02d}" / f"{ravdess_name(3, actor)}.wav", "silence")
+    with pytest.raises(IngestError, match=r"no usable ravdess utterance \(2 candidates; quarantined by reason: silence: 2\)"):
+        ingest("ravdess", tmp_path)
