@@ -133,18 +133,19 @@ def start_process(state_dir: Path, name: str, argv: list[str], env: Mapping[str,
 
 def recorded_pid(state_dir: Path, name: str) -> int | None:
     """The pid recorded for `name` if that very process (same start time) is still alive, else None."""
+    import psutil
+
     path = pid_dir(state_dir) / f"{name}.json"
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    started = process_start_time(record["pid"])
-    if started is None or record["create_time"] is None or abs(started - record["create_time"]) > 1.0:
+    try:
+        proc = psutil.Process(record["pid"])
+        same = record["create_time"] is not None and abs(proc.create_time() - record["create_time"]) <= 1.0
+        alive = proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return None
-    import psutil
-
-    if psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE:
-        return None
-    return record["pid"]
+    return record["pid"] if same and alive else None
 
 
 def recorded_names(state_dir: Path) -> list[str]:
