@@ -230,7 +230,15 @@ def normalize_waveform(waves: torch.Tensor, lengths: torch.Tensor, eps: float = 
 
 
 class HFBackbone(Backbone):
-    """A Hugging Face audio SSL model as a backbone (see module docstring for the modes)."""
+    """A Hugging Face audio SSL model as a backbone (see module docstring for the modes).
+
+    Padded samples are zeroed; models with a layer-normalised feature encoder
+    (``feat_extract_norm="layer"``: WavLM-Large, HuBERT-Large, wav2vec 2.0 Large-lv60) also get
+    an attention mask from the lengths, group-norm models (the Base sizes) do not, as their
+    feature extractors recommend. Valid frames come from ``_get_feat_extract_output_lengths``.
+    With layer weights, the K = num_hidden_layers + 1 hidden states are the embedding output,
+    each layer's output, and the final output in place of the last layer's raw output.
+    """
 
     def __init__(self, model: nn.Module, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> None:
         super().__init__()

@@ -173,6 +173,12 @@ class ModelConfig:
                 f"{w}.use_layer_weights",
                 "the fbank backbone exposes no hidden layers to weight; expected None or False",
             )
+        else:
+            _require(
+                self.sample_rate == 16000,
+                f"{w}.sample_rate",
+                f"got {self.sample_rate} with an hf backbone; SSL speech models expect 16000",
+            )
         if self.backbone_mode == "frozen":
             _require(
                 not self.use_layer_weights,

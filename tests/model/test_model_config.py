@@ -85,6 +85,7 @@ def test_unknown_json_key_is_rejected():
         ({"model.backbone_mode": "frozen"}, "fbank backbone, which is trained from scratch"),
         ({"model.use_layer_weights": True}, "fbank backbone exposes no hidden layers"),
         ({"model.backbone": "hf:x", "model.backbone_mode": "frozen", "model.use_layer_weights": True}, "use backbone_mode='weighted_sum'"),
+        ({"model.backbone": "hf:x", "model.sample_rate": 8000}, "SSL speech models expect 16000"),
         ({"model.flam_dropout": 1.0}, r"ModelConfig\.flam_dropout"),
         ({"model.flam_heads": 3}, "fbank_dim=256 is not divisible by flam_heads=3"),
         ({"model.fbank_kernel": 4}, "expected an odd kernel"),
