@@ -127,7 +127,7 @@ def progress_to_log(logger: logging.Logger | logging.LoggerAdapter) -> Iterator[
         stream.flush_line()
 
 
-def _is_connection_failure(task, task_run, state) -> bool:
+def is_s3_connection_failure(task, task_run, state) -> bool:
     """Retry condition: only S3 connection failures are worth another try."""
     return isinstance(state.result(raise_on_failure=False), StorageUnavailableError)
 
@@ -144,7 +144,7 @@ def parse_and_check(corpus: str, root: str, workers: int | None) -> IngestResult
     cache_policy=NO_CACHE,
     retries=len(PUBLISH_RETRY_DELAYS_S),
     retry_delay_seconds=list(PUBLISH_RETRY_DELAYS_S),
-    retry_condition_fn=_is_connection_failure,
+    retry_condition_fn=is_s3_connection_failure,
 )
 def publish(corpus: str, root: str, result: IngestResult) -> Publication:
     """Write the version under its fingerprint, read it back, then move ``latest``."""

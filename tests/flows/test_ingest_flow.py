@@ -14,12 +14,21 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.states import Failed
 
 import flows.ingest
 from data_contracts.errors import CorpusLayoutError
-from flows.ingest import MANIFEST_UPDATED_EVENT, ProgressToLog, ingest, resolve_root, root_env_var
+from flows.ingest import (
+    MANIFEST_UPDATED_EVENT,
+    ProgressToLog,
+    ingest,
+    is_s3_connection_failure,
+    publish,
+    resolve_root,
+    root_env_var,
+)
 from flows.settings import StackSettings
-from flows.storage import DataBucket, manifest_exists, object_key, read_latest
+from flows.storage import DataBucket, StorageUnavailableError, manifest_exists, object_key, read_latest
 from tests.fixtures.corpora import make_ravdess, write_bad_audio
 from tests.flows.live_stack import free_weed_ports, live_bucket, prefect_api  # noqa: F401 (fixtures)
 
@@ -187,3 +196,10 @@ def test_s3_stopping_during_ingest_leaves_latest_and_a_rerun_completes(second_s3
     assert rerun["status"] == "published" and rerun["previous"] == first["fingerprint"]
     assert rerun["utterances"] == 16 + 8
     assert read_latest("ravdess", bucket)["fingerprint"] == rerun["fingerprint"]
+
+
+def test_publication_is_retried_on_s3_connection_errors_only():
+    assert publish.retries == 2
+    assert is_s3_connection_failure(publish, None, Failed(data=StorageUnavailableError("S3 endpoint down")))
+    assert not is_s3_connection_failure(publish, None, Failed(data=CorpusLayoutError("no Actor_NN folder")))
+    assert not is_s3_connection_failure(publish, None, Failed(data=PermissionError("AccessDenied")))
