@@ -69,7 +69,7 @@ from ser_model.losses import multi_loss
 from ser_model.metrics import classification_metrics
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
 
-__all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits", "evaluate_split", "seed_everything"]
+__all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits", "evaluate_split", "evaluate_rows", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,18 @@ def evaluate_split(model: SERModel, dataset: UtteranceDataset, batch_size: int, 
     y_pred = np.empty(len(dataset), dtype=np.int64)
     y_pred[order] = np.concatenate([np.asarray(s[1], dtype=np.int64) for s in shards])
     return metric_report(classification_metrics(dataset.labels, y_pred, len(model.labels), model.labels))
+
+
+def evaluate_rows(
+    model: SERModel, rows: pd.DataFrame, audio_root: str | os.PathLike, *, batch_size: int = 16, device: str = "auto"
+) -> dict[str, Any]:
+    """Metrics of a trained model on manifest rows, in this process (`ser evaluate`)."""
+    dev = resolve_device(device)
+    model = model.to(dev)
+    dataset = UtteranceDataset(
+        rows, audio_root, model.labels, sample_rate=model.config.model.sample_rate, crop_seconds=EVAL_MAX_SECONDS, random_crop=False
+    )
+    return evaluate_split(model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)))
 
 
 def _autocast(runtime: Runtime):

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 import pandas as pd
+import torch.distributed as dist
 
 from data_contracts.errors import DataContractError
 from ser_model.audio import AudioDecodeError
@@ -62,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_DATA_ERRORS as exc:
         log.error("bad data (not retried): %s", exc)
         return BAD_DATA_EXIT
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     log.info("fold %s done: selected epoch %d; %s", args.fold, result.selected_epoch, result.selection_rule)
     return 0
 

@@ -1,0 +1,47 @@
+"""The torchrun entry point: two CPU processes on gloo, and the bad-data exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ser_model.worker import BAD_DATA_EXIT, main
+from tests.train.synthetic import tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_inputs(tmp_path, manifest, folds, config):
+    config.to_json(tmp_path / "config.json")
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    folds.to_parquet(tmp_path / "folds.parquet")
+    return ["--config", str(tmp_path / "config.json"), "--manifest", str(tmp_path / "manifest.parquet"),
+            "--folds", str(tmp_path / "folds.parquet")]
+
+
+def test_two_gloo_processes_under_torchrun_train_a_fold(synthetic_corpus, tmp_path):
+    root, manifest, folds = synthetic_corpus
+    args = _write_inputs(tmp_path, manifest, folds, tiny_config(epochs=2))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ser_model.worker", *args, "--fold", "2", "--audio-root", str(root), "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["test"]["n"] == 6 and result["valid"]["n"] == 6, "every utterance counted once across ranks"
+    assert result["speakers"]["test"] == ["S02"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_bad_data_exits_with_code_3(synthetic_corpus, tmp_path):
+    root, manifest, folds = synthetic_corpus
+    broken = manifest.assign(path=manifest["path"].str.replace(".wav", ".missing.wav"))
+    args = _write_inputs(tmp_path, broken, folds, tiny_config(epochs=1))
+    code = main([*args, "--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")])
+    assert code == BAD_DATA_EXIT
+    assert main([*args, "--fold", "7", "--audio-root", str(root), "--out", str(tmp_path / "out")]) == BAD_DATA_EXIT
