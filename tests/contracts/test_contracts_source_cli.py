@@ -45,6 +45,8 @@ def test_missing_root_is_a_clear_error(tmp_path):
 
 @pytest.fixture
 def s3_bucket(monkeypatch):
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # set by infra/env.sh; moto serves only AWS's own endpoints
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
