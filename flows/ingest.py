@@ -183,8 +183,9 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
     ``root`` defaults to ``SER_ROOT_<CORPUS>`` (RAVDESS: ``../shared/data/ravdess`` beside the
     repo). With ``announce`` (default) a newly published version emits the
     ``ser.manifest.updated`` event on resource ``ser.manifest.<corpus>`` (labels
-    ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment trigger; callers that train themselves (the ``retrain``
-    flow, the demo) pass ``announce=False``.
+    ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment
+    trigger; callers that train themselves (the ``retrain`` flow, the demo, tests) pass
+    ``announce=False``.
     Returns ``{"status": "published" | "unchanged", "corpus", "fingerprint", "previous",
     "utterances", "quarantined"}``.
     """
