@@ -14,7 +14,8 @@ the parent run is unfinished reuses it, and with it the fold folders
 A fold whose ``result.json`` exists is not trained again; an interrupted one resumes from
 its last epoch checkpoint (``ser_model.train.fit(resume=True)``).
 
-Failures. Worker exit 3 = bad data: :class:`BadDataError`, never retried. Any other non-zero
+Failures. Worker exit 3 = bad data (:class:`BadDataError`), exit 2 = bad arguments or config
+(:class:`BadConfigError`): never retried. Any other non-zero
 exit (killed worker, out of memory, NCCL) = :class:`WorkerInfraError`, retried by Prefect.
 MLflow outages during training lose nothing: the worker writes metrics to disk and the fold
 task forwards them once it ends, retrying while the server is away (a Prefect retry of the
@@ -69,13 +70,22 @@ from ser_model.config import ModelConfig, SERConfig
 
 RELEASE_FOLD = -1
 BAD_DATA_EXIT = 3
+BAD_CONFIG_EXIT = 2
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|AUTH|API_KEY", re.IGNORECASE)
 TORCHRUN_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
 
-class BadDataError(RuntimeError):
-    """The worker rejected its data (exit 3): retrying cannot help."""
+class NotRetriedError(RuntimeError):
+    """The worker refused its inputs: retrying with the same inputs cannot help."""
+
+
+class BadDataError(NotRetriedError):
+    """The worker rejected its data (exit 3)."""
+
+
+class BadConfigError(NotRetriedError):
+    """The worker rejected its arguments or configuration (exit 2)."""
 
 
 class WorkerInfraError(RuntimeError):
@@ -162,7 +172,8 @@ def run_worker(job: FoldJob, emit: Callable[[str], None], on_epoch: Callable[[in
     """Run one fold's worker under torchrun, passing each output line to ``emit`` and the
     number of finished epochs to ``on_epoch`` as metrics.jsonl grows. Returns result.json.
 
-    Raises BadDataError on exit 3, WorkerInfraError on any other failure (with the log tail).
+    Raises BadDataError on exit 3, BadConfigError on exit 2, WorkerInfraError on any other
+    failure (each with the log tail).
     """
     job.out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = job.out_dir / "metrics.jsonl"
@@ -189,15 +200,17 @@ def run_worker(job: FoldJob, emit: Callable[[str], None], on_epoch: Callable[[in
             raise WorkerInfraError(f"{job.corpus} {job.name}: worker exited 0 but wrote no {result}")
         return result
     if code == BAD_DATA_EXIT:
-        raise BadDataError(f"{job.corpus} {job.name}: the worker rejected the data (exit 3):\n{text}")
+        raise BadDataError(f"{job.corpus} {job.name}: the worker rejected the data (exit 3, not retried):\n{text}")
+    if code == BAD_CONFIG_EXIT:
+        raise BadConfigError(f"{job.corpus} {job.name}: the worker rejected its arguments or config (exit 2, not retried):\n{text}")
     raise WorkerInfraError(f"{job.corpus} {job.name}: worker failed with exit code {code} (will retry; resumes from its last checkpoint):\n{text}")
 
 
-def not_bad_data(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry anything but bad data."""
+def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry anything but refused inputs (bad data or config)."""
     try:
         state.result()
-    except BadDataError:
+    except NotRetriedError:
         return False
     except Exception:
         return True
@@ -249,7 +262,7 @@ def log_fold_run(client: MlflowClient, experiment_id: str, parent_id: str, job: 
     return run_id
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=not_bad_data, task_run_name="{job.corpus}-{job.name}")
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=worth_retrying, task_run_name="{job.corpus}-{job.name}")
 def train_fold(job: FoldJob, tracking_uri: str, experiment_id: str, parent_id: str, labels: tuple[str, ...]) -> dict[str, Any]:
     """One fold: train (or find the finished result of an earlier attempt), then log it."""
     logger = get_run_logger()

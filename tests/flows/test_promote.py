@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import uuid
 
@@ -94,9 +95,10 @@ def test_a_version_without_scores_is_refused_with_the_missing_tag(local_mlflow):
 def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, monkeypatch):
     """Two promote flows race on the live stack; the global concurrency limit serialises them,
     so the champion is the better version whatever order they ran in."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.promote import promote
+    from flows.promote import PROMOTE_LIMIT, promote
 
     for key, value in stack.client_env().items():
         monkeypatch.setenv(key, value)
@@ -119,12 +121,15 @@ def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, mon
         except BaseException as err:  # surfaced below
             errors.append(err)
 
-    threads = [threading.Thread(target=run, args=(v,)) for v in (worse, better)]
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+        # threads do not inherit context variables (where Prefect keeps its settings): copy them
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, v)) for v in (worse, better)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=240)
+        with get_client(sync_client=True) as prefect:
+            assert prefect.read_global_concurrency_limit_by_name(PROMOTE_LIMIT).limit == 1
     assert not errors, errors
     assert client.get_model_version_by_alias(name, CHAMPION).version == better
     assert results[better]["promoted"] is True

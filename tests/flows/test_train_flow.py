@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import textwrap
 from pathlib import Path
@@ -233,3 +234,38 @@ def test_process_count_follows_the_environment_then_the_gpus():
     assert nproc_per_node({}) == max(1, torch.cuda.device_count())
     with pytest.raises(ValueError, match="SER_NPROC_PER_NODE"):
         nproc_per_node({"SER_NPROC_PER_NODE": "0"})
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(tmp_path):
+    """Kill the real worker (SIGKILL) right after its first epoch: the launch fails as an
+    infrastructure error (Prefect retries those), and the rerun continues at epoch 2."""
+    import psutil
+
+    from tests.train.synthetic import tiny_config, write_synthetic_corpus
+
+    manifest, folds = write_synthetic_corpus(tmp_path / "audio", n_speakers=4, per_class=2)
+    job = make_job(tmp_path)
+    job = FoldJob(job.corpus, 0, job.config_path, job.manifest_path, job.folds_path, str(tmp_path / "audio"), job.out_dir, epochs=3)
+    tiny_config(epochs=3).to_json(job.config_path)
+    manifest.to_parquet(job.manifest_path)
+    folds.to_parquet(job.folds_path)
+
+    def kill_worker_after_first_epoch(done: int) -> None:
+        if done >= 1:
+            for process in psutil.Process().children(recursive=True):
+                if "ser_model.worker" in " ".join(process.cmdline()) and "torch.distributed.run" not in " ".join(process.cmdline()):
+                    process.kill()
+
+    with pytest.raises(WorkerInfraError, match="exit code -9"):
+        run_worker(job, emit=lambda line: None, on_epoch=kill_worker_after_first_epoch, nproc=1)
+    assert not (job.out_dir / "result.json").exists()
+    epochs_before = [r["epoch"] for r in tracking.read_metrics_jsonl(job.out_dir / "metrics.jsonl")]
+    assert epochs_before and epochs_before[0] == 1
+
+    rerun_lines: list[str] = []
+    result = run_worker(job, emit=rerun_lines.append, nproc=1)
+    assert json.loads(result.read_text())["selected_epoch"] in (1, 2, 3)
+    assert [r["epoch"] for r in tracking.read_metrics_jsonl(job.out_dir / "metrics.jsonl")] == [1, 2, 3]
+    trained = [int(m) for m in re.findall(r"epoch (\d)/3 loss", "\n".join(rerun_lines))]
+    assert trained and min(trained) > max(epochs_before), f"rerun trained epochs {trained} again after {epochs_before}"

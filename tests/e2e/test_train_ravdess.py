@@ -1,0 +1,191 @@
+"""Issue 5 "Done when", end to end on the live stack with a small real RAVDESS subset.
+
+deployments applied → ``prefect deployment run ingest/ingest-ravdess`` and the literal short
+form ``prefect deployment run train-ravdess`` → the flow run is Completed → MLflow holds the
+parent run, its fold child runs, metrics and figures → ``ser-ravdess@champion`` exists →
+``ser predict FILE --model models:/ser-ravdess@champion`` prints a label → a second, worse
+version leaves the champion where the numbers say → new files + retraining make a new version,
+and retraining again makes none → the MLflow UI and a run page answer over HTTP → a secret
+planted in the flow runs' environment, and the S3 secret key, appear nowhere in MLflow params,
+tags, artifacts or Prefect logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FOLDS = [0]
+ACTORS = range(1, 9)
+"""8 actors make the protocol's 2 folds of 4 test actors (2 train, 2 validation actors each); one
+evaluated fold keeps the test inside its time budget."""
+
+FAST = {
+    "train.epochs": 2,
+    "train.max_seconds": 2.0,
+    "train.batch_size": 8,
+    "train.lr": 1e-3,
+    "model.fbank_dim": 64,
+    "model.fbank_layers": 1,
+    "model.fbank_heads": 2,
+    "loss.supcon_proj_dim": 32,
+}
+"""A small model and a short schedule: the point is the pipeline, not the accuracy."""
+
+FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+
+
+def build_subset(shared: Path, root: Path, files_per_emotion: int) -> list[Path]:
+    """Copy ``files_per_emotion`` real files per emotion and actor into a RAVDESS layout
+    (copies, not symlinks: the corpus source refuses links leading outside its root)."""
+    copied = []
+    for actor in ACTORS:
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for emotion in range(1, 9):
+            for source in sorted((shared / folder.name).glob(f"03-01-{emotion:02d}-*"))[:files_per_emotion]:
+                target = folder / source.name
+                if not target.exists():
+                    shutil.copyfile(source, target)
+                    copied.append(target)
+    return copied
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def run_deployment(name: str, params: dict, env: dict[str, str], cwd: Path, planted: dict[str, str]) -> str:
+    """``prefect deployment run <name> --params ... --watch`` from the project folder; returns the flow run id."""
+    command = [str(cwd / ".venv/bin/prefect"), "deployment", "run", name, "--params", json.dumps(params), "--watch", "--watch-timeout", "600"]
+    command += ["--job-variable", f"env={json.dumps(planted)}"]
+    done = run_cli(command, env, cwd, timeout=660)
+    match = FLOW_RUN_ID.search(done.stdout)
+    assert match, f"no flow run id in the output of {' '.join(command)}:\n{done.stdout}"
+    return match.group(1)
+
+
+def flow_run_state_and_logs(flow_run_id: str) -> tuple[str, list[str]]:
+    """Final state name of a flow run and the messages of every log of it and its task runs and subflows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+        ids = [run.id] + [c.id for c in children]
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
+        messages = [log.message for log in logs]
+        offset = len(logs)
+        while len(logs) == 200:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset)
+            messages += [log.message for log in logs]
+            offset += len(logs)
+        return run.state.name, messages + [json.dumps(run.parameters, default=str)]
+
+
+def versions_of(client: MlflowClient, name: str) -> list[str]:
+    return sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
+
+
+def everything_mlflow_holds(client: MlflowClient, experiment_id: str, download_dir: Path) -> str:
+    """Params, tags and the text of every artifact of every run of the experiment, as one string."""
+    texts = [json.dumps(v.tags) + (v.description or "") for v in client.search_model_versions("name = 'ser-ravdess'")]
+    for run in client.search_runs([experiment_id], max_results=1000):
+        texts += [json.dumps(run.data.params), json.dumps(run.data.tags)]
+        local = Path(client.download_artifacts(run.info.run_id, "", str(download_dir / run.info.run_id)))
+        texts += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file() and p.suffix != ".safetensors"]
+    return "\n".join(texts)
+
+
+def test_train_ravdess_end_to_end(stack, shared_ravdess, repo_root, tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = {**os.environ, **stack.client_env()}
+    for key, value in stack.client_env().items():
+        monkeypatch.setenv(key, value)
+    secret = f"planted-{uuid.uuid4().hex}"
+    planted = {"SER_E2E_API_TOKEN": secret}
+    root = tmp_path / "ravdess"
+    build_subset(shared_ravdess, root, files_per_emotion=1)
+    client = MlflowClient(stack.tracking_uri)
+    name = "ser-ravdess"
+    before = set(versions_of(client, name)) if client.search_registered_models(filter_string=f"name = '{name}'") else set()
+
+    run_cli([sys.executable, "-m", "flows.deploy"], env, repo_root)
+    ingest_run = run_deployment("ingest/ingest-ravdess", {"root": str(root), "announce": False}, env, repo_root, planted)
+    train_params = {"overrides": FAST, "folds": FOLDS, "audio_root": str(root)}
+    train_run = run_deployment("train-ravdess", train_params, env, repo_root, planted)
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+        states = {run_id: flow_run_state_and_logs(run_id) for run_id in (ingest_run, train_run)}
+    assert [state for state, _ in states.values()] == ["Completed", "Completed"], {k: (s, logs[-5:]) for k, (s, logs) in states.items()}
+
+    experiment = client.get_experiment_by_name("ser-ravdess")
+    parents = client.search_runs([experiment.experiment_id], "tags.`ser.data_fingerprint` != ''", order_by=["attributes.start_time DESC"], max_results=1)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for metric in ("UA_mean", "UA_std", "WA_mean", "macro_f1_mean", "fold_0.UA"):
+        assert metric in parent.data.metrics, metric
+    assert parent.data.params["train.epochs"] == "2" and parent.data.params["model.fbank_dim"] == "64"
+    assert {"ser.git_commit", "ser.protocol", "ser.selection_rule", "ser.version.torch"} <= set(parent.data.tags)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} == {"figures/confusion_summed.png", "figures/training_curves.png"}
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["ser.fold"] for c in children) == ["-1", "0"]
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "valid.UA")] == [1, 2]
+        assert "figures/confusion.png" in {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+    first = parent.data.tags["ser.registered_version"]
+    assert first not in before
+    champion = client.get_model_version_by_alias(name, "champion")
+    first_ua = float(client.get_model_version(name, first).tags["ser.UA_mean"])
+
+    wav = next(root.glob("Actor_01/*.flac"))
+    predicted = run_cli([str(repo_root / ".venv/bin/ser"), "predict", str(wav), "--model", "models:/ser-ravdess@champion"], env, repo_root)
+    assert re.search(r"\b(neutral|calm|happy|sad|angry|fearful|disgust|surprised)\b", predicted.stdout), predicted.stdout
+
+    # a second version trained with a learning rate too small to learn: champion moves only on a real gain
+    worse_run = run_deployment("train/train-ravdess", {**train_params, "overrides": {**FAST, "train.lr": 1e-9}}, env, repo_root, planted)
+    second = versions_of(client, name)[-1]
+    second_ua = float(client.get_model_version(name, second).tags["ser.UA_mean"])
+    after = client.get_model_version_by_alias(name, "champion").version
+    champion_ua = float(client.get_model_version(name, champion.version).tags["ser.UA_mean"])
+    assert after == (second if second_ua > champion_ua else champion.version), (first_ua, second_ua, champion_ua)
+    assert client.get_model_version(name, second).tags["ser.promotion.decision"] == ("promoted" if after == second else "kept")
+
+    # retraining: new files make a new version; nothing new makes none
+    retrain_params = {"corpora": ["ravdess"], "roots": {"ravdess": str(root)}, "overrides": FAST, "folds": FOLDS}
+    build_subset(shared_ravdess, root, files_per_emotion=2)
+    count = len(versions_of(client, name))
+    retrain_runs = [run_deployment("retrain/retrain-nightly", retrain_params, env, repo_root, planted)]
+    assert len(versions_of(client, name)) == count + 1
+    retrain_runs.append(run_deployment("retrain-nightly", retrain_params, env, repo_root, planted))
+    assert len(versions_of(client, name)) == count + 1
+
+    with urllib.request.urlopen(stack.tracking_uri + "/", timeout=30) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+    run_page = f"{stack.tracking_uri}/ajax-api/2.0/mlflow/runs/get?run_id={parent.info.run_id}"
+    with urllib.request.urlopen(run_page, timeout=30) as page:
+        assert json.loads(page.read())["run"]["info"]["run_id"] == parent.info.run_id
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+        logs = [m for run_id in (ingest_run, train_run, worse_run, *retrain_runs) for m in flow_run_state_and_logs(run_id)[1]]
+    assert any("[fold-0]" in m for m in logs), "the worker's output reaches the Prefect task log"
+    held = everything_mlflow_holds(client, experiment.experiment_id, tmp_path / "artifacts") + "\n".join(logs)
+    for value in (secret, stack.secret_access_key):
+        if value:
+            assert value not in held
