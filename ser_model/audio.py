@@ -8,6 +8,7 @@ with the kernel built once per (source rate, target rate) pair.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import numpy as np
@@ -15,7 +16,16 @@ import soundfile
 import torch
 import torchaudio
 
-__all__ = ["AudioDecodeError", "load_audio", "to_mono", "resample"]
+__all__ = ["AudioDecodeError", "load_audio", "to_mono", "resample", "resampling_kernel_size", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
+
+#: sample rates accepted from files and callers (below: an absurd header that would be upsampled
+#: by a huge factor; above: no audio format in use)
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+#: the sinc kernel of a rate pair may hold at most this many coefficients (16 MB of float32); every
+#: common rate needs under 10^5, while a rate sharing no factor with the target (e.g. 48001 Hz) would
+#: need gigabytes
+MAX_KERNEL_SIZE = 2**22
 
 
 class AudioDecodeError(ValueError):
@@ -41,15 +51,36 @@ def _resampler(orig_sr: int, target_sr: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig_sr, target_sr)
 
 
+def resampling_kernel_size(orig_sr: int, target_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+    """Coefficients of the sinc kernel `torchaudio.functional.resample` builds for a rate pair.
+
+    With g = gcd(orig, target), o = orig/g, t = target/g and
+    w = ceil(lowpass_filter_width · o / (rolloff · min(o, t))), the kernel is (t, o + 2w).
+    """
+    g = math.gcd(int(orig_sr), int(target_sr))
+    o, t = int(orig_sr) // g, int(target_sr) // g
+    width = math.ceil(lowpass_filter_width * o / (rolloff * min(o, t)))
+    return t * (o + 2 * width)
+
+
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Band-limited resampling of a mono waveform, (N,) at orig_sr → (ceil(N·target/orig),) at target_sr.
 
-    Same result as `torchaudio.functional.resample(x, orig_sr, target_sr)`.
+    Same result as `torchaudio.functional.resample(x, orig_sr, target_sr)`. Rates outside
+    [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], and rate pairs whose kernel would exceed MAX_KERNEL_SIZE
+    coefficients, raise `AudioDecodeError` instead of exhausting memory.
     """
-    if orig_sr <= 0 or target_sr <= 0:
-        raise AudioDecodeError(f"sample rates must be positive, got {orig_sr} → {target_sr}")
+    for name, rate in (("source", orig_sr), ("target", target_sr)):
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise AudioDecodeError(f"{name} sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
     if orig_sr == target_sr:
         return np.asarray(wave, dtype=np.float32)
+    size = resampling_kernel_size(orig_sr, target_sr)
+    if size > MAX_KERNEL_SIZE:
+        raise AudioDecodeError(
+            f"resampling {orig_sr} Hz → {target_sr} Hz needs a sinc kernel of {size} coefficients (rates sharing "
+            f"almost no factor), more than {MAX_KERNEL_SIZE}; expected a common rate such as 8000, 16000, 22050, 44100 or 48000 Hz"
+        )
     with torch.inference_mode():
         out = _resampler(int(orig_sr), int(target_sr))(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
     return out.numpy()
@@ -69,4 +100,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
         raise AudioDecodeError(f"{path}: the file holds no samples; expected at least one")
     if not np.isfinite(data).all():
         raise AudioDecodeError(f"{path}: the audio holds NaN or infinite samples")
-    return resample(to_mono(data), sr, target_sr)
+    try:
+        return resample(to_mono(data), sr, target_sr)
+    except AudioDecodeError as exc:
+        raise AudioDecodeError(f"{path}: {exc}") from exc
