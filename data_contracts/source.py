@@ -80,6 +80,20 @@ def _inside(root_real: str, real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+def resolve_inside(root_real: str, path: str) -> str:
+    """The real path of the relative POSIX `path` under the real (symlink-free) `root_real`.
+
+    Raises SourceError("path_escape") for a path that names its way out (see
+    `check_relative_path`) and SourceError("symlink_escape") when a symlink on the way leads
+    outside the root.
+    """
+    check_relative_path(path)
+    real = os.path.realpath(os.path.join(root_real, *path.split("/")))
+    if not _inside(root_real, real):
+        raise SourceError("symlink_escape", f"{path}: resolves to {real}, outside the corpus root {root_real}")
+    return real
+
+
 class CorpusSource(ABC):
     """A corpus root: list its files, read one file's bytes, stat one file."""
 
@@ -109,14 +123,7 @@ class LocalSource(CorpusSource):
             raise SourceError("missing_root", f"corpus root {self.root!r} is not a directory")
 
     def _resolve(self, path: str) -> str:
-        check_relative_path(path)
-        real = os.path.realpath(os.path.join(self._root_real, *path.split("/")))
-        if not _inside(self._root_real, real):
-            raise SourceError(
-                "symlink_escape",
-                f"{path}: resolves to {real}, outside the corpus root {self._root_real}",
-            )
-        return real
+        return resolve_inside(self._root_real, path)
 
     def list_files(self) -> Listing:
         files: list[SourceFile] = []

@@ -1,7 +1,7 @@
 """Utterances from a manifest as padded batches: dataset, collate, length-bucketed sampler.
 
 The dataset reads the manifest contract (docs/ARCHITECTURE.md): `path` relative to the audio
-root, `label` among the configured class names, `duration_s` for bucketing. Small corpora are
+root (and resolving inside it: `..`, absolute paths and symlinks leading out are refused), `label` among the configured class names, `duration_s` for bucketing. Small corpora are
 decoded once into memory (RAVDESS, 1200 files at 16 kHz float32: about 270 MB) so that data
 loading does not dominate a training step.
 """
@@ -20,11 +20,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from data_contracts.errors import SourceError
+from data_contracts.source import resolve_inside
 from ser_model.audio import load_audio
 
 __all__ = [
     "DataSplitError",
     "Batch",
+    "audio_files",
     "UtteranceDataset",
     "collate_padded",
     "encode_labels",
@@ -63,6 +66,22 @@ def encode_labels(manifest: pd.DataFrame, label_names: Sequence[str]) -> np.ndar
     return manifest["label"].map(index).to_numpy(dtype=np.int64)
 
 
+def audio_files(audio_root: str | os.PathLike, paths: Sequence[str], utt_ids: Sequence[str]) -> list[str]:
+    """Real paths of the manifest's files, each checked to resolve inside `audio_root`.
+
+    Raises SourceError naming the utterance when a path is absolute, holds `..`, or goes
+    through a symlink leading outside the root.
+    """
+    root_real = os.path.realpath(audio_root)
+    files = []
+    for path, utt_id in zip(paths, utt_ids):
+        try:
+            files.append(resolve_inside(root_real, path))
+        except SourceError as err:
+            raise SourceError(err.reason_code, f"manifest row {utt_id}: {err}") from err
+    return files
+
+
 class UtteranceDataset(torch.utils.data.Dataset):
     """Manifest rows → (wave (L,) float32, label, row index).
 
@@ -91,6 +110,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.audio_root = Path(audio_root)
         self.paths = manifest["path"].astype(str).tolist()
         self.utt_ids = manifest["utt_id"].astype(str).tolist()
+        self.files = audio_files(self.audio_root, self.paths, self.utt_ids)
         self.labels = encode_labels(manifest, label_names)
         self.sample_rate = sample_rate
         self.crop_samples = None if crop_seconds is None else max(1, int(round(crop_seconds * sample_rate)))
@@ -108,7 +128,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
             ]
 
     def _decode(self, i: int) -> np.ndarray:
-        return load_audio(self.audio_root / self.paths[i], self.sample_rate)
+        return load_audio(self.files[i], self.sample_rate)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
