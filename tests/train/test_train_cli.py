@@ -1,0 +1,72 @@
+"""The `ser` command line on local folders."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from ser_model.cli import main, parse_overrides, train_config
+from ser_model.config import ConfigError
+from ser_model.model import SERModel
+from tests.train.synthetic import tiny_config
+
+METRICS_LINE = re.compile(r"^test: WA (\d+\.\d\d)% UA (\d+\.\d\d)% macro-F1 (\d+\.\d\d)% \(n=(\d+)\)$", re.MULTILINE)
+
+
+def test_overrides_are_read_as_json_values_and_validated():
+    assert parse_overrides(["train.lr=3e-4", "model.fbank_strides=[2,2]", "model.backbone=fbank", "train.grad_clip=null"]) == {
+        "train.lr": 3e-4, "model.fbank_strides": [2, 2], "model.backbone": "fbank", "train.grad_clip": None,
+    }
+    config = train_config("savee", "fbank", None, 3, ["train.lr=3e-4", "model.fbank_strides=[2,2]"])
+    assert config.train.epochs == 3 and config.train.lr == 3e-4 and config.model.fbank_strides == (2, 2)
+    assert config.labels[0] == "angry" and config.corpus == "savee"
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.lr"])
+    with pytest.raises(ConfigError, match="train.nonsense"):
+        train_config("savee", None, None, None, ["train.nonsense=1"])
+
+
+def test_predict_and_export_from_a_checkpoint_folder(tmp_path, capsys):
+    torch.manual_seed(0)
+    SERModel(tiny_config()).save_pretrained(tmp_path / "model")
+    wave = (0.2 * np.sin(np.arange(24000) * 0.05)).astype(np.float32)
+    soundfile.write(tmp_path / "a.wav", np.stack([wave, wave], axis=1), 24000)
+    assert main(["predict", str(tmp_path / "a.wav"), "--model", str(tmp_path / "model"), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["file"].endswith("a.wav") and line["label"] in ("low", "mid", "high")
+    assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert main(["export", "--onnx", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file()
+    assert main(["predict", str(tmp_path / "missing.wav"), "--model", str(tmp_path / "model")]) == 2
+    assert "missing.wav" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_one_ravdess_fold_then_evaluate(shared_ravdess, tmp_path, capsys):
+    small = ["model.fbank_dim=64", "model.fbank_layers=1", "model.n_mels=64", "train.max_seconds=2.5", "train.batch_size=32",
+             "train.eval_batch_size=32", "train.lr=1e-3"]
+    argv = ["train", "--corpus", "ravdess", "--root", str(shared_ravdess), "--backbone", "fbank", "--fold", "0",
+            "--epochs", "2", "--out", str(tmp_path / "fold0")]
+    assert main(argv + [arg for item in small for arg in ("--set", item)]) == 0
+    out = capsys.readouterr().out
+    match = METRICS_LINE.search(out)
+    assert match, out
+    result = json.loads((tmp_path / "fold0" / "result.json").read_text())
+    wa, ua, f1, n = match.groups()
+    assert float(wa) == pytest.approx(100 * result["test"]["WA"], abs=0.006)
+    assert float(ua) == pytest.approx(100 * result["test"]["UA"], abs=0.006)
+    assert float(f1) == pytest.approx(100 * result["test"]["macro_f1"], abs=0.006)
+    test_speakers = set(result["speakers"]["test"])
+    assert int(n) == result["test"]["n"] and len(test_speakers) == 4
+    assert not test_speakers & set(result["speakers"]["valid"]) and not test_speakers & set(result["speakers"]["train"])
+    assert "never used for selection" in result["selection_rule"]
+
+    assert main(["evaluate", "--model", str(tmp_path / "fold0" / "best"), "--corpus", "ravdess", "--root", str(shared_ravdess),
+                 "--fold", "0", "--json", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["confusion"] == result["test"]["confusion"], "evaluate reproduces the fold's test metrics"
