@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -9,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from flows.cli import download_checkpoint
+from flows.cli import download_checkpoint, model_option, with_model
 from flows.pyfunc import log_pyfunc, probability_column
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.inference import Predictor
@@ -63,3 +67,43 @@ def test_waveforms_without_a_sample_rate_are_refused_with_the_fix(local_mlflow, 
     model = mlflow.pyfunc.load_model(info.model_uri)
     with pytest.raises(Exception, match="sample_rate"):
         model.predict(pd.DataFrame({"audio": [np.zeros(8000).tolist()]}))
+
+
+def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(local_mlflow, experiment_id, checkpoint, tmp_path, capsys):
+    from flows.cli import main
+
+    wav = tmp_path / "utt.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(1).standard_normal(20000)).astype(np.float32), 16000)
+    with mlflow.start_run(experiment_id=experiment_id):
+        version = log_pyfunc(checkpoint, registered_model_name="ser-ravdess").registered_model_version
+    local_mlflow.set_registered_model_alias("ser-ravdess", "champion", str(version))
+    assert main(["predict", str(wav), "--json", "--model", str(checkpoint)]) in (0, None)
+    from_folder = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(wav), "--json", "--model=models:/ser-ravdess@champion"]) in (0, None)
+    from_registry = json.loads(capsys.readouterr().out)
+    assert from_registry["label"] == from_folder["label"] in LABELS
+    assert from_registry["probabilities"] == pytest.approx(from_folder["probabilities"])
+    assert main(["predict", str(wav), "--model", "models:/ser-ravdess@no-such-alias"]) == 2
+    assert "models:/ser-ravdess@no-such-alias" in capsys.readouterr().err
+
+
+def test_model_option_is_found_in_both_spellings():
+    assert model_option(["predict", "a.wav", "--model", "models:/m@champion"]) == (3, "models:/m@champion")
+    assert model_option(["export", "--model=models:/m/2", "--onnx"]) == (1, "models:/m/2")
+    assert model_option(["train", "--corpus", "ravdess"]) is None
+    assert with_model(["export", "--model=models:/m/2"], 1, Path("/tmp/x")) == ["export", "--model=/tmp/x"]
+
+
+def test_one_loaded_model_serves_concurrent_requests_like_serial_ones(local_mlflow, experiment_id, checkpoint):
+    """Issue 6 "concurrent prediction load": 8 threads × 4 requests on one loaded pyfunc give
+    exactly the serial answers."""
+    rng = np.random.default_rng(2)
+    frames = [pd.DataFrame({"audio": [(0.1 * rng.standard_normal(8000 + 3000 * i)).tolist()], "sample_rate": [16000]}) for i in range(8)]
+    with mlflow.start_run(experiment_id=experiment_id):
+        model = mlflow.pyfunc.load_model(log_pyfunc(checkpoint).model_uri)
+    torch.set_num_threads(2)
+    serial = [model.predict(f) for f in frames]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda i: model.predict(frames[i % 8]), range(32)))
+    for i, got in enumerate(concurrent):
+        pd.testing.assert_frame_equal(got, serial[i % 8], check_exact=False, rtol=1e-5, atol=1e-6)
