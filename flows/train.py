@@ -394,8 +394,13 @@ def train(
         version = decision = None
         if release:
             released = train_fold(job(RELEASE_FOLD), settings.tracking_uri, experiment_id, parent_id, config.labels)
-            version = register_release(settings.tracking_uri, corpus, released, summary, {k: tags[k] for k in ("ser.corpus", "ser.data_fingerprint", PROTOCOL_TAG, "ser.selection_rule", "ser.git_commit")} | {"ser.parent_run_id": parent_id})
-            call_with_retry(client.set_tag, parent_id, "ser.registered_version", version)
+            version = call_with_retry(client.get_run, parent_id).data.tags.get("ser.registered_version")
+            if version is None:
+                version_tags = {k: tags[k] for k in ("ser.corpus", "ser.data_fingerprint", PROTOCOL_TAG, "ser.selection_rule", "ser.git_commit")}
+                version = register_release(settings.tracking_uri, corpus, released, summary, {**version_tags, "ser.parent_run_id": parent_id})
+                call_with_retry(client.set_tag, parent_id, "ser.registered_version", version)
+            else:
+                logger.info("release model already registered as ser-%s version %s by an earlier attempt", corpus, version)
             decision = promote(corpus, version, margin=promote_margin)
         create_markdown_artifact(summary_markdown(corpus, fingerprint, outcomes, summary, version, decision), key=f"train-{corpus}", description=f"cross-validation of {corpus}")
         call_with_retry(client.set_terminated, parent_id, "FINISHED")

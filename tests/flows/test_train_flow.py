@@ -269,3 +269,34 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
     assert [r["epoch"] for r in tracking.read_metrics_jsonl(job.out_dir / "metrics.jsonl")] == [1, 2, 3]
     trained = [int(m) for m in re.findall(r"epoch (\d)/3 loss", "\n".join(rerun_lines))]
     assert trained and min(trained) > max(epochs_before), f"rerun trained epochs {trained} again after {epochs_before}"
+
+
+def test_a_rerun_finds_its_unfinished_parent_run_but_never_a_finished_one(local_mlflow, experiment_id):
+    from flows.train import UNFINISHED
+
+    key = {"ser.train_key": "a" * 64}
+    run = local_mlflow.create_run(experiment_id, tags=key).info.run_id
+    local_mlflow.create_run(experiment_id, tags={"ser.train_key": "b" * 64})
+    assert tracking.find_run(local_mlflow, experiment_id, key, statuses=UNFINISHED) == run
+    local_mlflow.set_terminated(run, "FAILED")
+    assert tracking.find_run(local_mlflow, experiment_id, key, statuses=UNFINISHED) == run
+    local_mlflow.set_terminated(run, "FINISHED")
+    assert tracking.find_run(local_mlflow, experiment_id, key, statuses=UNFINISHED) is None
+    assert tracking.find_run(local_mlflow, experiment_id, key) == run
+
+
+def test_train_key_changes_with_any_input():
+    from flows.train import train_key
+    from tests.train.synthetic import tiny_config
+
+    base = ("ravdess", "f" * 64, tiny_config(), [0, 1], True, "/data/ravdess")
+    variants = [
+        ("iemocap", *base[1:]),
+        (base[0], "e" * 64, *base[2:]),
+        (*base[:2], tiny_config(epochs=3), *base[3:]),
+        (*base[:3], [0], *base[4:]),
+        (*base[:4], False, base[5]),
+        (*base[:5], "/elsewhere"),
+    ]
+    keys = {train_key(*v) for v in variants}
+    assert train_key(*base) == train_key(*base) and len(keys | {train_key(*base)}) == len(variants) + 1
