@@ -1,0 +1,102 @@
+"""Fixtures of the reliability tests: an MLflow server of the test's own that it may kill, two
+torch threads, and the live-stack fixtures of tests/flows (a private data bucket, the Prefect API).
+
+The private MLflow server is the stack's own `mlflow` component (infra/stack.py builds its
+command line, starts it in its own process group and records its pid in a temporary state
+folder), on a free port, with its artifacts in a bucket of its own on the live S3; the shared
+stack's servers are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from flows.settings import StackSettings
+from flows.storage import DataBucket
+from tests.flows.live_stack import empty_bucket, live_bucket, prefect_api  # noqa: F401 - fixtures used by the tests here
+
+MLFLOW_START_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PrivateMlflow:
+    """An MLflow tracking server this test owns: `crash()` SIGKILLs its process group (found
+    through the pid file in its state folder), `start()` launches it again as `infra/up` does."""
+
+    infra: ModuleType
+    settings: StackSettings
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.settings.tracking_uri
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    def component(self):
+        (mlflow,) = [c for c in self.infra.components(self.settings) if c.name == "mlflow"]
+        return mlflow
+
+    def start(self) -> None:
+        component = self.component()
+        self.infra.launch(self.settings, component, self.infra.stack_env(self.settings))
+        self.infra.wait_healthy(self.settings, component, MLFLOW_START_TIMEOUT_S)
+
+    def crash(self) -> int:
+        """SIGKILL the server's whole process group (no clean shutdown); returns the leader's pid."""
+        import psutil
+
+        pid = self.infra.recorded_pid(self.state_dir, "mlflow")
+        assert pid is not None, f"no live MLflow process recorded in {self.state_dir / 'pids'}"
+        members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        os.killpg(pid, signal.SIGKILL)
+        psutil.wait_procs(members, timeout=30)
+        assert self.infra.recorded_pid(self.state_dir, "mlflow") is None
+        return pid
+
+    def stop(self) -> None:
+        self.infra.stop_recorded(self.state_dir, ["mlflow"])
+
+
+@pytest.fixture
+def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateMlflow:
+    """A running MLflow server of this test's own (see the module docstring); stopped and its
+    bucket emptied and deleted afterwards."""
+    state_dir = tmp_path_factory.mktemp("mlflow-state")
+    bucket = f"ser-rel-{uuid.uuid4().hex[:12]}"
+    env = {key: value for key, value in stack.client_env().items() if key not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME")}
+    env.update({"SER_STATE_DIR": str(state_dir), "SER_MLFLOW_PORT": str(free_port(stack.host)), "SER_MLFLOW_BUCKET": bucket})
+    settings = StackSettings.from_env(env)
+    client = DataBucket.from_settings(stack).client
+    client.create_bucket(Bucket=bucket)
+    server = PrivateMlflow(infra_stack, settings)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        empty_bucket(DataBucket(client=client, name=bucket))
