@@ -178,7 +178,6 @@ def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol:
             dynamic_axes={"waves": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
-            do_constant_folding=False,
         )
     errors = onnx_parity(model, out_path)
     worst = max(errors.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,8 @@ import soundfile
 import torch
 import torchaudio
 
+from ser_model.backbones import save_random_hf_backbone
+from ser_model.config import ModelConfig
 from ser_model.export import export_onnx
 from ser_model.inference import Predictor, sliding_windows
 from ser_model.model import SERModel
@@ -22,6 +25,16 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("checkpoint")
     SERModel(tiny_config(max_seconds=2.0)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wavlm_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    backbone = save_random_hf_backbone(tmp_path_factory.mktemp("tiny_wavlm"))
+    config = dataclasses.replace(tiny_config(), model=ModelConfig(backbone=f"hf:{backbone}", flam_heads=2, embed_dim=16))
+    folder = tmp_path_factory.mktemp("wavlm_checkpoint")
+    SERModel(config).save_pretrained(folder)
     return folder
 
 
@@ -88,7 +101,9 @@ def test_batch_of_mixed_inputs_equals_one_by_one(checkpoint):
             assert a["probabilities"][label] == pytest.approx(b["probabilities"][label], abs=1e-5)
 
 
-def test_onnx_matches_pytorch_at_two_lengths_and_batched(checkpoint, tmp_path):
+@pytest.mark.parametrize("backbone", ["fbank", "wavlm"])
+def test_onnx_matches_pytorch_at_two_lengths_and_batched(backbone, request, tmp_path):
+    checkpoint = request.getfixturevalue("checkpoint" if backbone == "fbank" else "wavlm_checkpoint")
     out = export_onnx(checkpoint, tmp_path / "model.onnx")
     assert json.loads((tmp_path / "model.onnx.labels.json").read_text()) == ["low", "mid", "high"]
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
