@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -115,15 +116,22 @@ def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
 
 
 def _check_samples(samples: np.ndarray, name: str, checks: AudioChecks) -> None:
-    """samples: (frames, channels) float32 in [-1, 1] full scale."""
-    finite = np.isfinite(samples)
-    if not finite.all():
-        raise AudioCheckError("non_finite", f"{name}: {int((~finite).sum())} NaN or infinite samples")
-    magnitude = np.abs(samples)
-    peak = float(magnitude.max())
+    """samples: (frames, channels) float32 in [-1, 1] full scale.
+
+    peak = max |x| = max(|max x|, |min x|): two reductions and no temporary array on the common path.
+    NaN and ±inf propagate into max and min, so the non-finite samples are counted only when one is
+    present, and the clipped fraction is computed only when the peak reaches clip_level (below it,
+    no sample is clipped).
+    """
+    high, low = float(samples.max()), float(samples.min())
+    if not (math.isfinite(high) and math.isfinite(low)):
+        raise AudioCheckError("non_finite", f"{name}: {int((~np.isfinite(samples)).sum())} NaN or infinite samples")
+    peak = max(abs(high), abs(low))
     if peak <= checks.silence_peak:
         raise AudioCheckError("silence", f"{name}: peak amplitude {peak:.3g} <= {checks.silence_peak} (silent audio)")
-    clipped = float((magnitude >= checks.clip_level).mean())
+    if peak < checks.clip_level:
+        return
+    clipped = float((np.abs(samples) >= checks.clip_level).mean())
     if clipped > checks.max_clipped_fraction:
         raise AudioCheckError(
             "clipped",
