@@ -40,8 +40,8 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 1:
         return wave
-    if wave.ndim != 2:
-        raise AudioDecodeError(f"expected audio of shape (samples,) or (samples, channels), got {wave.shape}")
+    if wave.ndim != 2 or wave.shape[1] == 0:
+        raise AudioDecodeError(f"expected audio of shape (samples,) or (samples, channels ≥ 1), got {wave.shape}")
     return wave.mean(axis=1, dtype=np.float32)
 
 
@@ -89,11 +89,12 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
     """Decode an audio file to a float32 mono waveform at `target_sr`, shape (N,).
 
-    Any channel count (averaged) and any sample rate (resampled). Raises `AudioDecodeError`
-    naming the file when it is missing, undecodable, empty or not finite.
+    Any channel count (averaged) and any sample rate (resampled), any file name the OS holds
+    (bytes that are not UTF-8 included). Raises `AudioDecodeError` naming the file when it is
+    missing, undecodable, empty or not finite.
     """
     try:
-        data, sr = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+        data, sr = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
         raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
     if data.shape[0] == 0:

@@ -111,9 +111,14 @@ class Predictor:
         waves = []
         for index, (array, sr) in enumerate(items):
             array = np.asarray(array, dtype=np.float32)
+            if array.size == 0:
+                raise AudioDecodeError(f"input {index} holds no samples (shape {array.shape}); expected at least one")
             if not np.isfinite(array).all():
                 raise AudioDecodeError(f"input {index}: the audio holds NaN or infinite samples")
-            waves.append(resample(to_mono(array), int(sr), self.sample_rate))
+            try:
+                waves.append(resample(to_mono(array), int(sr), self.sample_rate))
+            except AudioDecodeError as err:
+                raise AudioDecodeError(f"input {index}: {err}") from err
         return self._decisions(self.probabilities(waves))
 
     def predict_files(self, paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
