@@ -121,9 +121,10 @@ def epoch_metrics(records: Iterable[Mapping[str, Any]], timestamp_ms: int | None
     return metrics
 
 
-def call_with_retry(fn: Callable[..., T], *args: Any, attempts: int = 5, delay_s: float = 2.0, **kwargs: Any) -> T:
+def call_with_retry(fn: Callable[..., T], *args: Any, attempts: int = 6, delay_s: float = 2.0, **kwargs: Any) -> T:
     """Call ``fn`` until it succeeds, at most ``attempts`` times, waiting ``delay_s · 2^i``
-    between tries; only tracking-server and connection errors are retried."""
+    between tries (defaults: about a minute in all, on top of MLflow's own HTTP retries);
+    only tracking-server and connection errors are retried."""
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)
