@@ -38,6 +38,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -321,6 +322,42 @@ def summary_markdown(corpus: str, fingerprint: str, outcomes: list[dict[str, Any
     return text
 
 
+def local_audio_root(corpus: str, fingerprint: str, report: dict[str, Any], audio_root: str | None) -> str:
+    """The corpus folder the manifest paths are relative to: ``audio_root`` if given, else the
+    root recorded at ingest (latest pointer, report), else ``SER_ROOT_<CORPUS>``; it must be a
+    local folder (the worker reads files)."""
+    pointer = read_latest(corpus) or {}
+    recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
+    root = audio_root or recorded or report.get("root") or default_root(corpus)
+    if not root or str(root).startswith("s3://") or not Path(root).is_dir():
+        raise ValueError(f"audio root {root!r} of {corpus} is not a local folder; pass audio_root= or set SER_ROOT_{corpus.upper().replace('-', '_')}")
+    return str(root)
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, tags: dict[str, str], params: dict[str, str]) -> str:
+    """The unfinished parent run with the same train key (resumed), or a new one with tags and params."""
+    logger = get_run_logger()
+    parent_id = find_run(client, experiment_id, {"ser.train_key": tags["ser.train_key"]}, statuses=UNFINISHED)
+    if parent_id is not None:
+        call_with_retry(client.update_run, parent_id, status="RUNNING")
+        logger.info("resuming unfinished MLflow parent run %s with the same inputs", parent_id)
+        return parent_id
+    parent_id = call_with_retry(client.create_run, experiment_id, tags=tags, run_name=f"train-{tags['ser.corpus']}").info.run_id
+    log_batch(client, parent_id, params=params)
+    logger.info("MLflow parent run %s (experiment %s)", parent_id, experiment_id)
+    return parent_id
+
+
+def stage_inputs(work: Path, config: SERConfig, manifest: pd.DataFrame, fold_table: pd.DataFrame) -> dict[str, Path]:
+    """Write the worker's inputs (config JSON, manifest and fold Parquet) into the run folder."""
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"config_path": work / "config.json", "manifest_path": work / "manifest.parquet", "folds_path": work / "folds.parquet"}
+    config.to_json(paths["config_path"])
+    manifest.to_parquet(paths["manifest_path"], index=False)
+    fold_table.to_parquet(paths["folds_path"], index=False)
+    return paths
+
+
 @flow(name="train")
 def train(
     corpus: str,
@@ -342,10 +379,7 @@ def train(
     settings = StackSettings.from_env()
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
-    pointer = read_latest(corpus) or {}
-    root = audio_root or (pointer.get("root") if pointer.get("fingerprint") == fingerprint else None) or report.get("root") or default_root(corpus)
-    if not root or str(root).startswith("s3://") or not Path(root).is_dir():
-        raise ValueError(f"audio root {root!r} of {corpus} is not a local folder; pass audio_root= or set SER_ROOT_{corpus.upper().replace('-', '_')}")
+    root = local_audio_root(corpus, fingerprint, report, audio_root)
     config = SERConfig(labels=LABELS[corpus], corpus=corpus, model=ModelConfig(backbone=backbone)).with_overrides(dict(overrides or {}))
     available = sorted(int(k) for k in fold_table["fold"].unique())
     folds = available if folds is None else [int(k) for k in folds]
@@ -369,25 +403,14 @@ def train(
         **code_version(REPO_ROOT),
         **package_versions(),
     }
-    parent_id = find_run(client, experiment_id, {"ser.train_key": key}, statuses=UNFINISHED)
-    if parent_id is None:
-        parent_id = call_with_retry(client.create_run, experiment_id, tags=tags, run_name=f"train-{corpus}").info.run_id
-        log_batch(client, parent_id, params={**flatten_params(config.to_dict()), "data.fingerprint": fingerprint, "data.utterances": str(len(manifest)), "folds": json.dumps(folds), "release": str(release)})
-        logger.info("MLflow parent run %s (experiment ser-%s)", parent_id, corpus)
-    else:
-        call_with_retry(client.update_run, parent_id, status="RUNNING")
-        logger.info("resuming unfinished MLflow parent run %s with the same inputs", parent_id)
+    params = {**flatten_params(config.to_dict()), "data.fingerprint": fingerprint, "data.utterances": str(len(manifest)), "folds": json.dumps(folds), "release": str(release)}
+    parent_id = start_parent_run(client, experiment_id, tags, params)
 
     try:
-        work = settings.state_dir / "runs" / corpus / parent_id
-        work.mkdir(parents=True, exist_ok=True)
-        paths = {"config_path": work / "config.json", "manifest_path": work / "manifest.parquet", "folds_path": work / "folds.parquet"}
-        config.to_json(paths["config_path"])
-        manifest.to_parquet(paths["manifest_path"], index=False)
-        fold_table.to_parquet(paths["folds_path"], index=False)
+        paths = stage_inputs(settings.state_dir / "runs" / corpus / parent_id, config, manifest, fold_table)
 
         def job(k: int) -> FoldJob:
-            return FoldJob(corpus=corpus, fold=k, audio_root=str(root), out_dir=work / ("fold-release" if k == RELEASE_FOLD else f"fold-{k}"), epochs=config.train.epochs, **paths)
+            return FoldJob(corpus=corpus, fold=k, audio_root=root, out_dir=paths["config_path"].parent / ("fold-release" if k == RELEASE_FOLD else f"fold-{k}"), epochs=config.train.epochs, **paths)
 
         outcomes = [train_fold(job(k), settings.tracking_uri, experiment_id, parent_id, config.labels) for k in folds]
         summary = log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
