@@ -83,9 +83,10 @@ def decide_promotion(candidate: VersionScore, champion: VersionScore | None, mar
             f"champion version {champion.version} on {champion.protocol!r}; champion kept"
         )
     gain = candidate.ua_mean - champion.ua_mean
+    versus = f"UA {candidate.ua_mean:.4f} vs champion version {champion.version} (UA {champion.ua_mean:.4f})"
     if gain > margin:
-        return True, f"UA {candidate.ua_mean:.4f} beats champion version {champion.version} (UA {champion.ua_mean:.4f}) by {gain:+.4f} > margin {margin:.4f}"
-    return False, f"UA {candidate.ua_mean:.4f} vs champion version {champion.version} (UA {champion.ua_mean:.4f}): gain {gain:+.4f} <= margin {margin:.4f}; champion kept"
+        return True, f"{versus}: gain {gain:+.4f} > margin {margin:.4f}; promoted"
+    return False, f"{versus}: gain {gain:+.4f} <= margin {margin:.4f}; champion kept"
 
 
 def version_score(client: MlflowClient, name: str, version: str) -> VersionScore:
@@ -94,7 +95,10 @@ def version_score(client: MlflowClient, name: str, version: str) -> VersionScore
     tags = model_version.tags
     missing = [t for t in (UA_TAG, PROTOCOL_TAG) if t not in tags]
     if missing:
-        raise ValueError(f"model {name} version {version} lacks tag(s) {missing}; the train flow writes {UA_TAG} and {PROTOCOL_TAG} on every version it registers")
+        raise ValueError(
+            f"model {name} version {version} lacks tag(s) {missing}; "
+            f"the train flow writes {UA_TAG} and {PROTOCOL_TAG} on every version it registers"
+        )
     return VersionScore(version=str(version), ua_mean=float(tags[UA_TAG]), protocol=tags[PROTOCOL_TAG])
 
 
@@ -167,5 +171,6 @@ def promote(corpus: str, version: str, margin: float = 0.0) -> dict:
     with concurrency(PROMOTE_LIMIT, occupy=1, strict=True):
         decision = promote_version(client, corpus, str(version), margin)
     logger.info("ser-%s version %s: %s", corpus, version, decision.reason)
-    create_markdown_artifact(decision_markdown(decision), key=f"promote-{corpus}", description=f"promotion decision for ser-{corpus} version {version}")
+    what = f"promotion decision for ser-{corpus} version {version}"
+    create_markdown_artifact(decision_markdown(decision), key=f"promote-{corpus}", description=what)
     return {**asdict(decision), "champion_after": decision.champion_after}

@@ -66,9 +66,14 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_pretrained(context.artifacts[CHECKPOINT_ARTIFACT])
         self.labels = list(self.predictor.labels)
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         if "audio" not in model_input.columns:
-            raise ValueError(f"SER model input: missing column 'audio'; got columns {list(model_input.columns)}, expected 'audio' (+ 'sample_rate' for waveforms)")
+            raise ValueError(
+                f"SER model input: missing column 'audio'; got columns {list(model_input.columns)}, "
+                "expected 'audio' (+ 'sample_rate' for waveforms)"
+            )
         audio = list(model_input["audio"])
         if all(isinstance(a, (str, Path)) for a in audio):
             return predictions_frame(self.predictor.predict_files([str(a) for a in audio]), self.labels)
@@ -78,7 +83,10 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
         arrays = []
         for row, (wave, rate) in enumerate(zip(audio, rates)):
             if isinstance(wave, (str, Path)) or rate is None or pd.isna(rate):
-                raise ValueError(f"SER model input row {row}: expected all rows to be file paths, or all waveforms with a sample_rate; got {type(wave).__name__} with sample_rate {rate!r}")
+                raise ValueError(
+                    f"SER model input row {row}: expected all rows to be file paths, or all waveforms with a "
+                    f"sample_rate; got {type(wave).__name__} with sample_rate {rate!r}"
+                )
             arrays.append((np.asarray(wave, dtype=np.float32), int(rate)))
         return predictions_frame(self.predictor.predict_arrays(arrays), self.labels)
 

@@ -132,7 +132,8 @@ def call_with_retry(fn: Callable[..., T], *args: Any, attempts: int = 6, delay_s
             if attempt == attempts:
                 raise
             wait = delay_s * 2 ** (attempt - 1)
-            log.warning("%s failed (%s: %s); try %d of %d in %.0f s", getattr(fn, "__name__", fn), type(err).__name__, err, attempt + 1, attempts, wait)
+            name = getattr(fn, "__name__", fn)
+            log.warning("%s failed (%s: %s); try %d of %d in %.0f s", name, type(err).__name__, err, attempt + 1, attempts, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -199,7 +200,8 @@ def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str],
     ax.set_title(title)
     for i in range(confusion.shape[0]):
         for j in range(confusion.shape[1]):
-            ax.text(j, i, f"{confusion[i, j]}\n{recall[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if recall[i, j] > 0.5 else "black")
+            color = "white" if recall[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{confusion[i, j]}\n{recall[i, j]:.0%}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="recall (row-normalised)")
     fig.tight_layout()
     return fig
@@ -207,7 +209,8 @@ def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str],
 
 def training_curves_figure(records_by_fold: Mapping[int, list[Mapping[str, Any]]], title: str) -> plt.Figure:
     """One panel per numeric epoch quantity (losses, lr, validation WA/UA/F1), one line per fold."""
-    names = sorted({name for records in records_by_fold.values() for record in records for name, _ in _numeric_leaves(record) if name != "epoch"})
+    leaves = (name for records in records_by_fold.values() for record in records for name, _ in _numeric_leaves(record))
+    names = sorted({name for name in leaves if name != "epoch"})
     if not names:
         names = ["(no epoch metrics)"]
     columns = min(3, len(names))

@@ -169,7 +169,13 @@ class FoldJob:
         ]
 
 
-def run_worker(job: FoldJob, emit: Callable[[str], None], on_epoch: Callable[[int], None] = lambda n: None, module: str = "ser_model.worker", nproc: int | None = None) -> Path:
+def run_worker(
+    job: FoldJob,
+    emit: Callable[[str], None],
+    on_epoch: Callable[[int], None] = lambda n: None,
+    module: str = "ser_model.worker",
+    nproc: int | None = None,
+) -> Path:
     """Run one fold's worker under torchrun, passing each output line to ``emit`` and the
     number of finished epochs to ``on_epoch`` as metrics.jsonl grows. Returns result.json.
 
@@ -181,7 +187,10 @@ def run_worker(job: FoldJob, emit: Callable[[str], None], on_epoch: Callable[[in
     command = torchrun_command(nproc or nproc_per_node(), job.worker_args(), module)
     tail: deque[str] = deque(maxlen=60)
     epochs_seen = -1
-    with subprocess.Popen(command, cwd=REPO_ROOT, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1) as process:
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace", bufsize=1,
+    ) as process:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
@@ -229,7 +238,8 @@ def fold_scores(result: dict[str, Any], split: str = "test") -> dict[str, float]
 
 def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str) -> str:
     """sha256 naming a training job by its inputs: the same inputs find the same parent run."""
-    payload = json.dumps({"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "folds": folds, "release": release, "root": audio_root}, sort_keys=True)
+    inputs = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "folds": folds, "release": release, "root": audio_root}
+    payload = json.dumps(inputs, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -238,7 +248,15 @@ def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
     return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
 
 
-def log_fold_run(client: MlflowClient, experiment_id: str, parent_id: str, job: FoldJob, result: dict[str, Any], records: list[dict[str, Any]], labels: tuple[str, ...]) -> str:
+def log_fold_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    job: FoldJob,
+    result: dict[str, Any],
+    records: list[dict[str, Any]],
+    labels: tuple[str, ...],
+) -> str:
     """Child run of one fold (created once; reused by a retry): epoch metrics, selected-epoch
     valid/test metrics, result.json, metrics.jsonl, confusion and curve figures."""
     tags = {"mlflow.parentRunId": parent_id, "ser.fold": str(job.fold)}
@@ -251,19 +269,27 @@ def log_fold_run(client: MlflowClient, experiment_id: str, parent_id: str, job: 
     for split, prefix in (("valid", "selected.valid"), ("test", "test")):
         if result.get(split):
             summary += [mlflow.entities.Metric(f"{prefix}.{m}", v, 0, 0) for m, v in fold_scores(result, split).items()]
-    log_batch(client, run_id, metrics=epoch_metrics(records) + summary, params={"fold": str(job.fold), "selected_epoch": str(result.get("selected_epoch"))})
+    params = {"fold": str(job.fold), "selected_epoch": str(result.get("selected_epoch"))}
+    log_batch(client, run_id, metrics=epoch_metrics(records) + summary, params=params)
     call_with_retry(client.log_artifact, run_id, str(job.out_dir / "result.json"))
     call_with_retry(client.log_artifact, run_id, str(job.out_dir / "metrics.jsonl"))
     split = "test" if result.get("test", {}).get("confusion") else "valid"
     if result.get(split, {}).get("confusion"):
-        log_figure(client, run_id, confusion_figure(np.asarray(result[split]["confusion"]), labels, f"{job.corpus} {job.name} ({split} speakers)"), "figures/confusion.png")
+        figure = confusion_figure(np.asarray(result[split]["confusion"]), labels, f"{job.corpus} {job.name} ({split} speakers)")
+        log_figure(client, run_id, figure, "figures/confusion.png")
     log_figure(client, run_id, training_curves_figure({job.fold: records}, f"{job.corpus} {job.name}"), "figures/training_curves.png")
     call_with_retry(client.set_tag, run_id, "ser.logged", "true")
     call_with_retry(client.set_terminated, run_id, "FINISHED")
     return run_id
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=worth_retrying, task_run_name="{job.corpus}-{job.name}")
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=worth_retrying,
+    task_run_name="{job.corpus}-{job.name}",
+)
 def train_fold(job: FoldJob, tracking_uri: str, experiment_id: str, parent_id: str, labels: tuple[str, ...]) -> dict[str, Any]:
     """One fold: train (or find the finished result of an earlier attempt), then log it."""
     logger = get_run_logger()
@@ -271,10 +297,11 @@ def train_fold(job: FoldJob, tracking_uri: str, experiment_id: str, parent_id: s
     if result_path.exists():
         logger.info("%s: result.json of an earlier attempt found; not training again", job.name)
     else:
-        progress = create_progress_artifact(0.0, key=f"train-{job.corpus}-{job.name}", description=f"epochs done of {job.corpus} {job.name}")
+        what = f"{job.corpus} {job.name}"
+        progress = create_progress_artifact(0.0, key=f"train-{job.corpus}-{job.name}", description=f"epochs done of {what}")
 
         def on_epoch(done: int) -> None:
-            update_progress_artifact(progress, min(100.0, 100.0 * done / job.epochs), description=f"{done}/{job.epochs} epochs of {job.corpus} {job.name}")
+            update_progress_artifact(progress, min(100.0, 100.0 * done / job.epochs), description=f"{done}/{job.epochs} epochs of {what}")
 
         run_worker(job, emit=lambda line: logger.info("[%s] %s", job.name, line), on_epoch=on_epoch)
     result = json.loads(result_path.read_text(encoding="utf-8"))
@@ -283,7 +310,9 @@ def train_fold(job: FoldJob, tracking_uri: str, experiment_id: str, parent_id: s
     return {"fold": job.fold, "run_id": child, "result": result, "records": records, "out_dir": str(job.out_dir)}
 
 
-def log_parent_summary(client: MlflowClient, run_id: str, corpus: str, outcomes: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, float]:
+def log_parent_summary(
+    client: MlflowClient, run_id: str, corpus: str, outcomes: list[dict[str, Any]], labels: tuple[str, ...]
+) -> dict[str, float]:
     """Per-fold and mean ± std WA/UA/F1, summed test confusion and all folds' curves on the parent."""
     per_fold = {o["fold"]: fold_scores(o["result"]) for o in outcomes}
     summary = fold_summary(per_fold)
@@ -291,8 +320,10 @@ def log_parent_summary(client: MlflowClient, run_id: str, corpus: str, outcomes:
     metrics += [mlflow.entities.Metric(name, value, 0, 0) for name, value in summary.items()]
     log_batch(client, run_id, metrics=metrics)
     confusion = summed_confusion(o["result"]["test"]["confusion"] for o in outcomes)
-    log_figure(client, run_id, confusion_figure(confusion, labels, f"{corpus}: test confusion summed over {len(outcomes)} folds"), "figures/confusion_summed.png")
-    log_figure(client, run_id, training_curves_figure({o["fold"]: o["records"] for o in outcomes}, f"{corpus}: training curves"), "figures/training_curves.png")
+    title = f"{corpus}: test confusion summed over {len(outcomes)} folds"
+    log_figure(client, run_id, confusion_figure(confusion, labels, title), "figures/confusion_summed.png")
+    curves = training_curves_figure({o["fold"]: o["records"] for o in outcomes}, f"{corpus}: training curves")
+    log_figure(client, run_id, curves, "figures/training_curves.png")
     return summary
 
 
@@ -305,16 +336,28 @@ def register_release(tracking_uri: str, corpus: str, release: dict[str, Any], su
     with mlflow.start_run(run_id=release["run_id"]):
         info = call_with_retry(log_pyfunc, Path(release["out_dir"]) / "best", registered_model_name=name)
     version = str(info.registered_model_version)
-    version_tags = {**tags, UA_TAG: f"{summary['UA_mean']:.6f}", "ser.UA_std": f"{summary['UA_std']:.6f}", "ser.WA_mean": f"{summary['WA_mean']:.6f}", "ser.macro_f1_mean": f"{summary['macro_f1_mean']:.6f}"}
+    scores = {f"ser.{name}": f"{summary[name]:.6f}" for name in ("UA_std", "WA_mean", "macro_f1_mean")}
+    version_tags = {**tags, **scores, UA_TAG: f"{summary['UA_mean']:.6f}"}
     for key, value in version_tags.items():
         call_with_retry(client.set_model_version_tag, name, version, key, value)
     return version
 
 
-def summary_markdown(corpus: str, fingerprint: str, outcomes: list[dict[str, Any]], summary: dict[str, float], version: str | None, decision: dict | None) -> str:
+def summary_markdown(
+    corpus: str,
+    fingerprint: str,
+    outcomes: list[dict[str, Any]],
+    summary: dict[str, float],
+    version: str | None,
+    decision: dict | None,
+) -> str:
+    """The train flow's Prefect artifact: per-fold and mean ± std scores, selection rule, registration."""
     rows = "\n".join(f"| {o['fold']} | " + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in SUMMARY_METRICS) + " |" for o in outcomes)
     mean = " | ".join(f"{summary[f'{m}_mean']:.4f} ± {summary[f'{m}_std']:.4f}" for m in SUMMARY_METRICS)
-    text = f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n| fold | WA | UA | macro F1 |\n|---|---|---|---|\n{rows}\n| mean ± std | {mean} |\n\n{SELECTION_RULE}.\n"
+    text = (
+        f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n"
+        f"| fold | WA | UA | macro F1 |\n|---|---|---|---|\n{rows}\n| mean ± std | {mean} |\n\n{SELECTION_RULE}.\n"
+    )
     if version is not None:
         text += f"\nRegistered `ser-{corpus}` version {version}."
     if decision is not None:
@@ -403,14 +446,21 @@ def train(
         **code_version(REPO_ROOT),
         **package_versions(),
     }
-    params = {**flatten_params(config.to_dict()), "data.fingerprint": fingerprint, "data.utterances": str(len(manifest)), "folds": json.dumps(folds), "release": str(release)}
+    params = {
+        **flatten_params(config.to_dict()),
+        "data.fingerprint": fingerprint,
+        "data.utterances": str(len(manifest)),
+        "folds": json.dumps(folds),
+        "release": str(release),
+    }
     parent_id = start_parent_run(client, experiment_id, tags, params)
 
     try:
         paths = stage_inputs(settings.state_dir / "runs" / corpus / parent_id, config, manifest, fold_table)
 
         def job(k: int) -> FoldJob:
-            return FoldJob(corpus=corpus, fold=k, audio_root=root, out_dir=paths["config_path"].parent / ("fold-release" if k == RELEASE_FOLD else f"fold-{k}"), epochs=config.train.epochs, **paths)
+            out_dir = paths["config_path"].parent / ("fold-release" if k == RELEASE_FOLD else f"fold-{k}")
+            return FoldJob(corpus=corpus, fold=k, audio_root=root, out_dir=out_dir, epochs=config.train.epochs, **paths)
 
         outcomes = [train_fold(job(k), settings.tracking_uri, experiment_id, parent_id, config.labels) for k in folds]
         summary = log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
@@ -425,7 +475,8 @@ def train(
             else:
                 logger.info("release model already registered as ser-%s version %s by an earlier attempt", corpus, version)
             decision = promote(corpus, version, margin=promote_margin)
-        create_markdown_artifact(summary_markdown(corpus, fingerprint, outcomes, summary, version, decision), key=f"train-{corpus}", description=f"cross-validation of {corpus}")
+        markdown = summary_markdown(corpus, fingerprint, outcomes, summary, version, decision)
+        create_markdown_artifact(markdown, key=f"train-{corpus}", description=f"cross-validation of {corpus}")
         call_with_retry(client.set_terminated, parent_id, "FINISHED")
     except BaseException:
         try:
