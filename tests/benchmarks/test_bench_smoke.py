@@ -1,6 +1,7 @@
 """Smoke test of the performance suite: `benchmarks/run.py --quick` on a tiny synthetic RAVDESS
 tree writes perf.json with every ratio, both sides measured; and `benchmarks/gpu_wavlm.py`
-runs its CPU correctness path. No timing assertions: figures are printed, not judged."""
+runs its CPU correctness path. No timing assertions: figures are printed, not judged. Marked
+slow: the two scripts take about 10-25 s together on two cores."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def tiny_ravdess(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_ratio_with_both_sides_measured(tiny_ravdess, tmp_path):
     out = tmp_path / "perf"
     run_script("benchmarks/run.py", "--root", str(tiny_ravdess), "--out", str(out), "--quick", "--threads", "1")
@@ -71,6 +73,7 @@ def test_quick_run_writes_every_ratio_with_both_sides_measured(tiny_ravdess, tmp
     assert report["machine"]["cpu_model"] in markdown
 
 
+@pytest.mark.slow
 def test_gpu_script_runs_its_cpu_correctness_path(tmp_path):
     run_script("benchmarks/gpu_wavlm.py", "--device", "cpu", "--tiny", "--repeats", "1", "--out", str(tmp_path))
     report = json.loads((tmp_path / "gpu_wavlm.json").read_text())
