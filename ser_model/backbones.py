@@ -170,8 +170,9 @@ class FbankBackbone(Backbone):
     def log_mel(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised log-mel (B, T, n_mels) with its valid-frame mask (B, T).
 
-        log(mel + 1e-6), then per utterance and per bin (x − mean) / std over the valid frames;
-        padded frames are zero.
+        x = log(mel + 1e-6), then per utterance (x − mean) / std over the valid frames: per bin
+        (``fbank_norm="bin"``, mean and std of shape (B, 1, n_mels)) or over all bins
+        (``"utterance"``, shape (B, 1, 1)); padded frames are zero.
         """
         samples = lengths_to_mask(lengths, waves.shape[1])
         waves = waves * samples.to(waves.dtype)
@@ -182,7 +183,12 @@ class FbankBackbone(Backbone):
         feats = torch.log(mel + LOG_MEL_FLOOR).transpose(1, 2)  # (B, T, n_mels)
         n_frames = self.mel_lengths(lengths)
         mask = lengths_to_mask(n_frames, feats.shape[1])
-        mean, std = masked_mean_std(feats, mask, dim=1)
+        if self.cfg.fbank_norm == "bin":
+            mean, std = masked_mean_std(feats, mask, dim=1)  # (B, 1, n_mels)
+        else:
+            b, t, f = feats.shape
+            mean, std = masked_mean_std(feats.reshape(b, t * f), mask.repeat_interleave(f, dim=1), dim=1)  # (B, 1)
+            mean, std = mean[:, :, None], std[:, :, None]  # (B, 1, 1)
         feats = (feats - mean) / std * mask[:, :, None].to(feats.dtype)
         return feats, mask
 

@@ -23,6 +23,7 @@ from typing import Any
 BACKBONE_MODES = ("finetune", "frozen", "weighted_sum")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECT_METRICS = ("ua", "wa", "macro_f1")
+FBANK_NORMS = ("bin", "utterance")
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,10 @@ class ModelConfig:
     ``n_mels`` … ``spec_*``: the fbank backbone (25 ms window, 10 ms hop, log-mel, per-utterance
     mean/variance normalisation, SpecAugment-style masks in training, conv blocks with strides
     ``fbank_strides`` then ``fbank_layers`` transformer layers of width ``fbank_dim``).
+    ``fbank_norm``: how the log-mel is normalised per utterance over its valid frames: ``"bin"``
+    (each mel bin to zero mean, unit variance: removes the utterance's mean spectrum, so the
+    spectral tilt that vocal effort changes) or ``"utterance"`` (one mean and one standard
+    deviation over all bins and frames: removes the recording gain, keeps the spectral shape).
     """
 
     backbone: str = "fbank"
@@ -147,6 +152,7 @@ class ModelConfig:
     fbank_heads: int = 4
     fbank_ff_mult: int = 2
     fbank_dropout: float = 0.1
+    fbank_norm: str = "bin"
     spec_time_masks: int = 2
     spec_time_width: int = 20
     spec_freq_masks: int = 2
@@ -210,6 +216,7 @@ class ModelConfig:
             f"{w}.fbank_strides",
             f"got {self.fbank_strides}, expected at least one conv block, each with stride >= 1",
         )
+        _require(self.fbank_norm in FBANK_NORMS, f"{w}.fbank_norm", f"got {self.fbank_norm!r}, expected one of {FBANK_NORMS}")
         _require(self.fbank_kernel % 2 == 1, f"{w}.fbank_kernel", f"got {self.fbank_kernel}, expected an odd kernel (same padding)")
         _require(
             self.fbank_dim % self.fbank_heads == 0,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ser_model.backbones import FbankBackbone, HFBackbone, save_random_hf_backbone, tiny_wavlm_config
-from ser_model.config import LossConfig, ModelConfig, SERConfig
+from ser_model.config import ConfigError, LossConfig, ModelConfig, SERConfig
 from ser_model.flam import mean_pool
 from ser_model.losses import multi_loss
 from ser_model.model import SERModel
@@ -157,6 +157,40 @@ def test_fbank_frame_mask_is_exact(strides):
     assert frames.shape == (len(lengths), max(expected), 32)
     assert torch.all(frames[~mask] == 0)
     assert backbone.frame_rate == pytest.approx(100 / (strides[0] * strides[-1] * (strides[1] if len(strides) == 3 else 1)))
+
+
+@pytest.mark.parametrize("norm", ["bin", "utterance"])
+def test_fbank_log_mel_normalisation_matches_a_reference(norm):
+    backbone = FbankBackbone(ModelConfig(fbank_dim=32, fbank_heads=2, fbank_layers=1, fbank_norm=norm))
+    lengths = torch.tensor([16000, 7000, 401])
+    waves = torch.randn(len(lengths), int(lengths.max())) * torch.tensor([[0.1], [3.0], [1.0]])
+    feats, mask = backbone.log_mel(waves, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        raw = torch.log(backbone.melspec(waves[b, :n]) + 1e-6).T.double()  # (T_b, n_mels), this utterance alone
+        axis = 0 if norm == "bin" else None
+        mean = raw.mean(dim=axis, keepdim=True) if axis == 0 else raw.mean()
+        var = ((raw - mean) ** 2).mean(dim=axis, keepdim=True) if axis == 0 else ((raw - mean) ** 2).mean()
+        reference = (raw - mean) / torch.sqrt(var + 1e-5)
+        t = raw.shape[0]
+        assert int(mask[b].sum()) == t
+        torch.testing.assert_close(feats[b, :t].double(), reference, rtol=1e-4, atol=1e-4)
+        assert torch.all(feats[b, t:] == 0)
+    if norm == "utterance":  # the mean spectrum survives: bins differ in their utterance means
+        assert float(feats[0, : int(mask[0].sum())].mean(0).std()) > 0.01
+    else:
+        torch.testing.assert_close(feats[0, : int(mask[0].sum())].mean(0), torch.zeros(backbone.cfg.n_mels), atol=1e-4, rtol=0)
+
+
+def test_fbank_utterance_norm_is_padding_invariant():
+    torch.manual_seed(2)
+    model = SERModel(SERConfig(labels=LABELS, model=ModelConfig(fbank_norm="utterance")))
+    waves, lengths, _ = _batch(lengths=(SR, 401, 7000))
+    _assert_padding_invariant(model, waves, lengths)
+
+
+def test_fbank_norm_is_validated():
+    with pytest.raises(ConfigError, match="fbank_norm"):
+        ModelConfig(fbank_norm="global")
 
 
 def test_fbank_spec_augment_only_in_training():
