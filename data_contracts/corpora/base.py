@@ -78,6 +78,32 @@ class LabelTable:
             )
         self.labels.setdefault(utt_id, (label_raw, line_no))
 
+    def label_of(
+        self, path: str, utt_id: str, label_map: dict[str, str], known_codes: frozenset[str], result: ParseResult
+    ) -> tuple[str, str] | None:
+        """(label, label_raw) of audio file `path` (utterance `utt_id`), or None after a quarantine
+        row (labelled twice differently, no label line, a code outside `known_codes`) or after
+        counting it in `result.excluded` (a known code the protocol leaves out of `label_map`)."""
+        if utt_id in self.conflicts:
+            result.quarantine_file(path, "label_conflict", self.conflicts[utt_id], utt_id)
+            return None
+        if utt_id not in self.labels:
+            result.quarantine_file(path, "no_label", f"{path}: no label line for {utt_id} in {self.name}", utt_id)
+            return None
+        label_raw, line_no = self.labels[utt_id]
+        if label_raw not in known_codes:
+            result.quarantine_file(
+                path,
+                "unknown_label",
+                f"{path}: label {label_raw!r} ({self.name} line {line_no}), expected one of {sorted(known_codes)}",
+                utt_id,
+            )
+            return None
+        if label_raw not in label_map:
+            result.excluded[label_raw] += 1
+            return None
+        return label_map[label_raw], label_raw
+
 
 def decode_label_text(data: bytes) -> str:
     """Label-file bytes as text; bytes that are not UTF-8 become U+FFFD and fail line parsing."""

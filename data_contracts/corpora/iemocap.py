@@ -106,26 +106,7 @@ def _label_of(path, utt_id, label_path, tables, result) -> tuple[str, str] | Non
     if label_path not in tables:
         result.quarantine_file(path, "no_label", f"{path}: label file {label_path} is missing", utt_id)
         return None
-    table = tables[label_path]
-    if utt_id in table.conflicts:
-        result.quarantine_file(path, "label_conflict", table.conflicts[utt_id], utt_id)
-        return None
-    if utt_id not in table.labels:
-        result.quarantine_file(path, "no_label", f"{path}: no label line for {utt_id} in {label_path}", utt_id)
-        return None
-    label_raw, line_no = table.labels[utt_id]
-    if label_raw not in KNOWN_CODES:
-        result.quarantine_file(
-            path,
-            "unknown_label",
-            f"{path}: label {label_raw!r} ({label_path} line {line_no}), expected one of {sorted(KNOWN_CODES)}",
-            utt_id,
-        )
-        return None
-    if label_raw not in LABEL_MAP:
-        result.excluded[label_raw] += 1
-        return None
-    return LABEL_MAP[label_raw], label_raw
+    return tables[label_path].label_of(path, utt_id, LABEL_MAP, KNOWN_CODES, result)
 
 
 def _parse_utterance(path, base, session, parts, tables, result) -> Candidate | None:

@@ -88,7 +88,7 @@ def _read_labels(listing: Listing, source, result: ParseResult) -> tuple[str, La
     )
 
 
-def _parse_utterance(path: str, parts: list[str], label_path: str, table: LabelTable, result: ParseResult):
+def _parse_utterance(path: str, parts: list[str], table: LabelTable, result: ParseResult):
     utt_id = stem(path)
     match = _NAME.match(utt_id)
     if match is None:
@@ -109,24 +109,10 @@ def _parse_utterance(path: str, parts: list[str], label_path: str, table: LabelT
             utt_id,
         )
         return None
-    if utt_id in table.conflicts:
-        result.quarantine_file(path, "label_conflict", table.conflicts[utt_id], utt_id)
+    labelled = table.label_of(path, utt_id, LABEL_MAP, KNOWN_CODES, result)
+    if labelled is None:
         return None
-    if utt_id not in table.labels:
-        result.quarantine_file(path, "no_label", f"{path}: no label line for {utt_id} in {label_path}", utt_id)
-        return None
-    label_raw, line_no = table.labels[utt_id]
-    if label_raw not in KNOWN_CODES:
-        result.quarantine_file(
-            path,
-            "unknown_label",
-            f"{path}: label {label_raw!r} ({label_path} line {line_no}), expected one of {sorted(KNOWN_CODES)}",
-            utt_id,
-        )
-        return None
-    if label_raw not in LABEL_MAP:
-        result.excluded[label_raw] += 1
-        return None
+    label, label_raw = labelled
     return Candidate(
         utt_id=utt_id,
         corpus=CORPUS,
@@ -134,7 +120,7 @@ def _parse_utterance(path: str, parts: list[str], label_path: str, table: LabelT
         speaker=f"{gender}{number}",
         session=f"session{int(number)}",
         gender=gender,
-        label=LABEL_MAP[label_raw],
+        label=label,
         label_raw=label_raw,
     )
 
@@ -159,7 +145,7 @@ def parse(listing: Listing, source) -> ParseResult:
         if len(parts) != 5 or parts[0] != "Audio":
             result.quarantine_file(path, "bad_name", f"{path}: audio file outside the layout {LAYOUT}")
             continue
-        candidate = _parse_utterance(path, parts, label_path, table, result)
+        candidate = _parse_utterance(path, parts, table, result)
         if candidate is not None:
             result.candidates.append(candidate)
     return result
