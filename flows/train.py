@@ -45,6 +45,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from data_contracts.labels import CORPORA, LABELS
+from flows.ingest import default_root, root_env_var
 from flows.promote import PROTOCOL_TAG, UA_TAG, promote, registered_model_name
 from flows.pyfunc import log_pyfunc
 from flows.settings import REPO_ROOT, StackSettings
@@ -91,17 +92,6 @@ class BadConfigError(NotRetriedError):
 
 class WorkerInfraError(RuntimeError):
     """The worker died for another reason (killed, out of memory, ...): worth a retry."""
-
-
-def default_root(corpus: str, env: dict[str, str] | None = None) -> str | None:
-    """Corpus root from ``SER_ROOT_<CORPUS>`` (``SER_ROOT_MSP_IMPROV`` for msp-improv); for
-    RAVDESS, ``../shared/data/ravdess`` beside the repo when it exists."""
-    env = os.environ if env is None else env
-    value = env.get(f"SER_ROOT_{corpus.upper().replace('-', '_')}")
-    if value:
-        return value
-    shared = (REPO_ROOT / ".." / "shared" / "data" / "ravdess").resolve()
-    return str(shared) if corpus == "ravdess" and shared.is_dir() else None
 
 
 def nproc_per_node(env: dict[str, str] | None = None) -> int:
@@ -373,7 +363,7 @@ def local_audio_root(corpus: str, fingerprint: str, report: dict[str, Any], audi
     recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
     root = audio_root or recorded or report.get("root") or default_root(corpus)
     if not root or str(root).startswith("s3://") or not Path(root).is_dir():
-        raise ValueError(f"audio root {root!r} of {corpus} is not a local folder; pass audio_root= or set SER_ROOT_{corpus.upper().replace('-', '_')}")
+        raise ValueError(f"audio root {root!r} of {corpus} is not a local folder; pass audio_root= or set {root_env_var(corpus)}")
     return str(root)
 
 
