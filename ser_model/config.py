@@ -51,8 +51,6 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if dataclasses.is_dataclass(annotation):
-        return isinstance(value, annotation)
     return isinstance(value, annotation)
 
 
