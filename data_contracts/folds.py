@@ -20,7 +20,7 @@ import re
 import pandas as pd
 
 from data_contracts.errors import FoldError
-from data_contracts.schemas import validate_folds
+from data_contracts.schemas import FOLD_COLUMNS, validate_folds
 
 RAVDESS_ACTORS_PER_FOLD = 4
 
@@ -92,7 +92,7 @@ def make_folds(manifest: pd.DataFrame) -> pd.DataFrame:
         if not train:
             raise FoldError(f"{corpus}: fold {k} has no training speaker left after test {test} and validation {valid}")
         rows += [(k, s, "test") for s in test] + [(k, s, "valid") for s in valid] + [(k, s, "train") for s in train]
-    table = pd.DataFrame(rows, columns=["fold", "speaker", "role"]).astype({"fold": "int64", "speaker": "str", "role": "str"})
+    table = pd.DataFrame(rows, columns=list(FOLD_COLUMNS)).astype({"fold": "int64", "speaker": "str", "role": "str"})
     table = table.sort_values(["fold", "speaker"], key=lambda c: c.map(natural_key) if c.name == "speaker" else c)
     return validate_folds(table.reset_index(drop=True))
 
