@@ -18,7 +18,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioDecodeError, load_audio, resampling_kernel_size
+from ser_model.audio import AudioDecodeError, load_audio, resampling_kernel_size
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
 from tests.contracts.test_contracts_properties import wav_header

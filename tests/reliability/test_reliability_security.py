@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import io
-import os
 import pickle
 from pathlib import Path
 
