@@ -68,6 +68,11 @@ _CONNECTION_ERRORS = (
 )
 
 
+def _is_missing(exc: ClientError) -> bool:
+    """Whether an S3 error says the object does not exist (head_object: 404, get_object: NoSuchKey)."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 class StorageUnavailableError(ConnectionError):
     """The S3 endpoint could not be reached; retrying later may succeed."""
 
@@ -208,7 +213,7 @@ class DataBucket:
         try:
             self._call("head_object", key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _is_missing(exc):
                 return False
             raise
         return True
@@ -261,7 +266,7 @@ def _get_json_or_none(bucket: DataBucket, key: str) -> Any | None:
     try:
         return get_json(bucket, key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _is_missing(exc):
             return None
         raise
 
