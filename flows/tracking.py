@@ -39,10 +39,14 @@ T = TypeVar("T")
 SUMMARY_METRICS = ("WA", "UA", "macro_f1")
 """The headline metrics of every fold (accuracy, mean per-class recall, macro F1)."""
 
-SELECTION_RULE = (
-    "checkpoint = epoch with the best validation UA on validation speakers drawn from each "
-    "fold's training speakers; test speakers are never used for selection"
-)
+
+def selection_rule(metric: str) -> str:
+    """How each fold's checkpoint was chosen, naming the validation metric (``UA``, ``WA`` or ``macro_f1``)."""
+    return (
+        f"checkpoint = epoch with the best validation {metric} on validation speakers drawn from each "
+        "fold's training speakers; test speakers are never used for selection"
+    )
+
 
 PACKAGES = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "numpy")
 

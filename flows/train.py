@@ -51,7 +51,6 @@ from flows.pyfunc import log_pyfunc
 from flows.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, read_latest, resolve_version
 from flows.tracking import (
-    SELECTION_RULE,
     SUMMARY_METRICS,
     call_with_retry,
     code_version,
@@ -65,10 +64,11 @@ from flows.tracking import (
     log_figure,
     package_versions,
     read_metrics_jsonl,
+    selection_rule,
     summed_confusion,
     training_curves_figure,
 )
-from ser_model.config import ModelConfig, SERConfig
+from ser_model.config import SELECT_KEYS, ModelConfig, SERConfig
 
 RELEASE_FOLD = -1
 BAD_DATA_EXIT = 3
@@ -340,13 +340,14 @@ def summary_markdown(
     summary: dict[str, float],
     version: str | None,
     decision: dict | None,
+    rule: str,
 ) -> str:
     """The train flow's Prefect artifact: per-fold and mean ± std scores, selection rule, registration."""
     rows = "\n".join(f"| {o['fold']} | " + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in SUMMARY_METRICS) + " |" for o in outcomes)
     mean = " | ".join(f"{summary[f'{m}_mean']:.4f} ± {summary[f'{m}_std']:.4f}" for m in SUMMARY_METRICS)
     text = (
         f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n"
-        f"| fold | WA | UA | macro F1 |\n|---|---|---|---|\n{rows}\n| mean ± std | {mean} |\n\n{SELECTION_RULE}.\n"
+        f"| fold | WA | UA | macro F1 |\n|---|---|---|---|\n{rows}\n| mean ± std | {mean} |\n\n{rule}.\n"
     )
     if version is not None:
         text += f"\nRegistered `ser-{corpus}` version {version}."
@@ -431,7 +432,7 @@ def train(
         "ser.data_fingerprint": fingerprint,
         "ser.train_key": key,
         PROTOCOL_TAG: protocol,
-        "ser.selection_rule": SELECTION_RULE,
+        "ser.selection_rule": selection_rule(SELECT_KEYS[config.train.select_metric]),
         "ser.backbone": config.model.backbone,
         **code_version(REPO_ROOT),
         **package_versions(),
@@ -465,7 +466,7 @@ def train(
             else:
                 logger.info("release model already registered as ser-%s version %s by an earlier attempt", corpus, version)
             decision = promote(corpus, version, margin=promote_margin)
-        markdown = summary_markdown(corpus, fingerprint, outcomes, summary, version, decision)
+        markdown = summary_markdown(corpus, fingerprint, outcomes, summary, version, decision, tags["ser.selection_rule"])
         create_markdown_artifact(markdown, key=f"train-{corpus}", description=f"cross-validation of {corpus}")
         call_with_retry(client.set_terminated, parent_id, "FINISHED")
     except BaseException:

@@ -23,6 +23,8 @@ from typing import Any
 BACKBONE_MODES = ("finetune", "frozen", "weighted_sum")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECT_METRICS = ("ua", "wa", "macro_f1")
+#: TrainConfig.select_metric → its key in the metric reports (``ser_model.train.metric_report``)
+SELECT_KEYS = {"ua": "UA", "wa": "WA", "macro_f1": "macro_f1"}
 FBANK_NORMS = ("bin", "utterance")
 
 

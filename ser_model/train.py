@@ -56,7 +56,7 @@ from ser_model.checkpoint import (
     write_folder_atomically,
     write_text_atomically,
 )
-from ser_model.config import SERConfig
+from ser_model.config import SELECT_KEYS, SERConfig
 from ser_model.data import (
     DataSplitError,
     LengthBucketSampler,
@@ -76,7 +76,6 @@ log = logging.getLogger(__name__)
 RELEASE_FOLD = -1
 #: evaluation utterances longer than this are centre-cropped (bounds memory on IEMOCAP's longest turns)
 EVAL_MAX_SECONDS = 60.0
-SELECT_KEYS = {"ua": "UA", "wa": "WA", "macro_f1": "macro_f1"}
 
 
 @dataclass(frozen=True)
