@@ -89,8 +89,8 @@ def _parse_name(path: str, folder_actor: str, result: ParseResult) -> Candidate 
 
 
 def parse(listing: Listing, source) -> ParseResult:
-    """Candidate rows and parse-level quarantine rows of a RAVDESS root (`source` is unused:
-    RAVDESS has no label files, every fact is in the file name)."""
+    """Candidate rows and parse-level quarantine rows of a RAVDESS root (`source` only names the
+    root in the layout error: RAVDESS has no label files, every fact is in the file name)."""
     result = ParseResult(CORPUS)
     in_layout = 0
     for entry in listing.files:
