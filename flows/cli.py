@@ -63,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     from ser_model.cli import main as library_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # after global flags such as -v
     found = model_option(argv)
-    if not argv or argv[0] not in MODEL_COMMANDS or found is None or not found[1].startswith(REGISTRY_SCHEME):
+    if command not in MODEL_COMMANDS or found is None or not found[1].startswith(REGISTRY_SCHEME):
         return library_main(argv)
     index, uri = found
     with tempfile.TemporaryDirectory(prefix="ser-model-") as tmp:
         try:
             folder = download_checkpoint(uri, Path(tmp))
         except (MlflowException, ValueError, OSError) as err:
-            print(f"ser {argv[0]}: cannot fetch {uri} from the MLflow registry: {err}", file=sys.stderr)
+            print(f"ser {command}: cannot fetch {uri} from the MLflow registry: {err}", file=sys.stderr)
             return 2
         return library_main(with_model(argv, index, folder))
 

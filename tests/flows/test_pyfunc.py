@@ -87,6 +87,19 @@ def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(loca
     assert "models:/ser-ravdess@no-such-alias" in capsys.readouterr().err
 
 
+def test_a_registry_uri_is_resolved_also_after_the_verbose_flag(monkeypatch, tmp_path):
+    """`ser -v predict --model models:/...` downloads the model like `ser predict --model models:/...`."""
+    import flows.cli
+    import ser_model.cli
+
+    fetched, ran = [], []
+    monkeypatch.setattr(flows.cli, "download_checkpoint", lambda uri, dst: fetched.append(uri) or tmp_path)
+    monkeypatch.setattr(ser_model.cli, "main", lambda argv: ran.append(argv) or 0)
+    assert flows.cli.main(["-v", "predict", "a.wav", "--model", "models:/ser-ravdess@champion"]) == 0
+    assert fetched == ["models:/ser-ravdess@champion"]
+    assert ran == [["-v", "predict", "a.wav", "--model", str(tmp_path)]]
+
+
 def test_model_option_is_found_in_both_spellings():
     assert model_option(["predict", "a.wav", "--model", "models:/m@champion"]) == (3, "models:/m@champion")
     assert model_option(["export", "--model=models:/m/2", "--onnx"]) == (1, "models:/m/2")
