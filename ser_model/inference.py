@@ -55,6 +55,8 @@ class Predictor:
         batch_size: int = 8,
         device: str | torch.device = "cpu",
     ):
+        if window_seconds is not None and not window_seconds > 0:
+            raise ValueError(f"window_seconds must be positive (or None for the training crop), got {window_seconds}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if batch_size < 1:

@@ -77,6 +77,12 @@ def test_48k_stereo_file_matches_its_16k_mono_version(checkpoint, tmp_path):
     assert from_file["label"] == predictor.labels[int(np.argmax(reference))]
 
 
+@pytest.mark.parametrize("seconds", [0.0, -1.0])
+def test_a_window_that_is_not_positive_is_refused_naming_it(checkpoint, seconds):
+    with pytest.raises(ValueError, match="window_seconds"):
+        Predictor.from_pretrained(checkpoint, window_seconds=seconds)
+
+
 def test_long_input_averages_the_softmax_of_overlapping_windows(checkpoint):
     predictor = Predictor.from_pretrained(checkpoint, window_seconds=2.0, overlap=0.5, batch_size=3)
     wave = _noise(7.3, 16000, seed=1)
