@@ -82,6 +82,10 @@ def _describe(errors: pa.errors.SchemaErrors, df: pd.DataFrame, table: str) -> s
     """One line per failure: row index, utt_id when the table has one, column, problem."""
     lines = []
     seen = set()
+
+    def utt(index) -> str:
+        return f" (utt_id {df.loc[index, 'utt_id']!r})" if "utt_id" in df.columns else ""
+
     for case in errors.failure_cases.itertuples(index=False):
         index = case.index
         if case.check == "label_in_corpus":
@@ -90,7 +94,7 @@ def _describe(errors: pa.errors.SchemaErrors, df: pd.DataFrame, table: str) -> s
             seen.add((index, "label"))
             row = df.loc[index]
             lines.append(
-                f"row {index} (utt_id {row['utt_id']!r}): column 'label': {row['label']!r} is not a "
+                f"row {index}{utt(index)}: column 'label': {row['label']!r} is not a "
                 f"{row['corpus']} label; expected one of {LABELS.get(row['corpus'], ())}"
             )
             continue
@@ -102,9 +106,8 @@ def _describe(errors: pa.errors.SchemaErrors, df: pd.DataFrame, table: str) -> s
             )
             lines.append(f"{table}: {problem}")
             continue
-        utt = f" (utt_id {df.loc[index, 'utt_id']!r})" if "utt_id" in df.columns else ""
         problem = "duplicate value" if case.check == "field_uniqueness" else f"fails {case.check}"
-        lines.append(f"row {index}{utt}: column {case.column!r}: value {case.failure_case!r}: {problem}")
+        lines.append(f"row {index}{utt(index)}: column {case.column!r}: value {case.failure_case!r}: {problem}")
     shown = "\n  ".join(lines[:50])
     more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""
     return f"{table} violates its schema ({len(lines)} problems):\n  {shown}{more}"

@@ -47,6 +47,15 @@ def test_label_of_another_corpus_is_rejected(manifest):
         validate_manifest(bad)
 
 
+def test_missing_utt_id_column_and_a_bad_label_are_both_reported(manifest):
+    bad = manifest.drop(columns=["utt_id"])
+    bad.loc[5, "label"] = "bored"
+    with pytest.raises(ManifestError) as caught:
+        validate_manifest(bad)
+    assert "column 'utt_id' is missing" in str(caught.value)
+    assert "row 5: column 'label': 'bored' is not a ravdess label" in str(caught.value)
+
+
 def test_duplicate_utt_id_names_both_rows(manifest):
     bad = manifest.copy()
     bad.loc[7, "utt_id"] = bad.loc[3, "utt_id"]
