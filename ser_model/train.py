@@ -56,7 +56,7 @@ from ser_model.checkpoint import (
     write_folder_atomically,
     write_text_atomically,
 )
-from ser_model.config import SELECT_KEYS, SERConfig
+from ser_model.config import SELECT_KEYS, ConfigError, SERConfig
 from ser_model.data import (
     DataSplitError,
     LengthBucketSampler,
@@ -298,7 +298,8 @@ def fit(
     callbacks: objects with any of on_epoch_end(epoch, record), on_checkpoint(path),
     on_fit_end(result); called on rank 0 only. resume: continue from out_dir/checkpoints/last
     when it exists (bit-identical to an uninterrupted run on CPU); False starts afresh.
-    Raises DataSplitError when a split is empty or holds labels outside config.labels.
+    Raises DataSplitError when a split is empty or holds labels outside config.labels, and
+    ConfigError when resuming a checkpoint written under another configuration or world size.
     """
     tc = config.train
     out_dir = Path(out_dir)
@@ -474,15 +475,15 @@ def _load_weights(model: SERModel, folder: Path) -> None:
 
 
 def _check_resumable(state: dict[str, Any], config: SERConfig, folder: Path, runtime: Runtime) -> None:
-    """Refuse to resume under a different configuration (epochs may grow) or world size."""
+    """Refuse to resume under a different configuration (epochs may grow) or world size: ConfigError."""
     saved = SERConfig.from_json(state["config"]).with_overrides({"train.epochs": config.train.epochs})
     if saved != config:
         theirs, ours = saved.to_dict(), config.to_dict()
         diff = [f"{s}.{k}" for s in ours if isinstance(ours[s], dict) for k in ours[s] if ours[s][k] != theirs[s][k]]
         diff += [k for k in ours if not isinstance(ours[k], dict) and ours[k] != theirs[k]]
-        raise ValueError(f"{folder}: checkpoint was trained with a different configuration ({diff}); use resume=False or another out_dir")
+        raise ConfigError(f"{folder}: checkpoint was trained with a different configuration ({diff}); use resume=False or another out_dir")
     if state["world_size"] != runtime.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"{folder}: checkpoint was written by {state['world_size']} processes, this run has {runtime.world_size}; "
             "resume with the same number of processes"
         )

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_DATA_ERRORS as exc:
         log.error("bad data (not retried): %s", exc)
         return BAD_DATA_EXIT
+    except ConfigError as exc:  # e.g. --out holds a checkpoint trained with another configuration
+        log.error("bad configuration: %s", exc)
+        return BAD_CONFIG_EXIT
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

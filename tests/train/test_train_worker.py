@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ser_model.worker import BAD_DATA_EXIT, main
+from ser_model.worker import BAD_CONFIG_EXIT, BAD_DATA_EXIT, main
 from tests.train.synthetic import tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,3 +45,13 @@ def test_bad_data_exits_with_code_3(synthetic_corpus, tmp_path):
     code = main([*args, "--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")])
     assert code == BAD_DATA_EXIT
     assert main([*args, "--fold", "7", "--audio-root", str(root), "--out", str(tmp_path / "out")]) == BAD_DATA_EXIT
+
+
+def test_resuming_under_another_configuration_exits_as_bad_config(synthetic_corpus, tmp_path):
+    """Retrying cannot help when the checkpoint in --out was trained with another config: exit 2, not a crash."""
+    root, manifest, folds = synthetic_corpus
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    where = ["--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")]
+    assert main([*_write_inputs(tmp_path / "a", manifest, folds, tiny_config(epochs=1)), *where]) == 0
+    assert main([*_write_inputs(tmp_path / "b", manifest, folds, tiny_config(epochs=1, lr=1e-2)), *where]) == BAD_CONFIG_EXIT
