@@ -64,12 +64,12 @@ def energy_adaptive_mixup(
     labels are vectorised; the segment arithmetic runs per sample on contiguous slices (faster on
     CPU than (B, L) index grids: about 2 host syncs per batch on a GPU).
     """
-    b, max_len = waves.shape
-    if lengths.shape != (b,) or targets.shape[0] != b or targets.dim() != 2:
+    if waves.dim() != 2 or lengths.shape != waves.shape[:1] or targets.dim() != 2 or targets.shape[0] != waves.shape[0]:
         raise ValueError(
             f"energy_adaptive_mixup: got waves {tuple(waves.shape)}, lengths {tuple(lengths.shape)}, "
             f"targets {tuple(targets.shape)}; expected (B, L), (B,), (B, C)"
         )
+    b = waves.shape[0]
     device = waves.device
     lengths = lengths.to(device=device, dtype=torch.long)
     gdev = generator.device if generator is not None else torch.device("cpu")

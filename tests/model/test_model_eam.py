@@ -182,3 +182,16 @@ def test_bad_shapes_are_rejected():
     waves, lengths, targets = _batch(0, b=4)
     with pytest.raises(ValueError, match="expected \\(B, L\\), \\(B,\\), \\(B, C\\)"):
         energy_adaptive_mixup(waves, lengths[:3], targets)
+
+
+@pytest.mark.parametrize("which", ["waves 1-D", "targets 1-D", "waves 0-D"])
+def test_wrong_ranks_are_rejected_with_the_expected_shapes(which):
+    waves, lengths, targets = _batch(0, b=4)
+    if which == "waves 1-D":
+        waves = waves[0]
+    elif which == "targets 1-D":
+        targets = targets.argmax(dim=1)
+    else:
+        waves = waves[0, 0]
+    with pytest.raises(ValueError, match="expected \\(B, L\\), \\(B,\\), \\(B, C\\)"):
+        energy_adaptive_mixup(waves, lengths, targets)
