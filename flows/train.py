@@ -226,6 +226,19 @@ def fold_scores(result: dict[str, Any], split: str = "test") -> dict[str, float]
     return {m: float(metrics[m]) for m in SUMMARY_METRICS}
 
 
+def selected_folds(requested: list[int] | None, available: list[int], where: str) -> list[int]:
+    """The folds to train, sorted and each once: all ``available`` ones when ``requested`` is None.
+    A fold listed twice would be counted twice in the summed confusion; unknown folds and an
+    empty list raise ValueError naming ``where`` and the available folds."""
+    folds = list(available) if requested is None else sorted({int(k) for k in requested})
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise ValueError(f"fold(s) {unknown} not in {where}; available folds: {available}")
+    if not folds:
+        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their mean UA)")
+    return folds
+
+
 def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str) -> str:
     """sha256 naming a training job by its inputs: the same inputs find the same parent run."""
     inputs = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "folds": folds, "release": release, "root": audio_root}
@@ -416,12 +429,7 @@ def train(
     root = local_audio_root(corpus, fingerprint, report, audio_root)
     config = SERConfig(labels=LABELS[corpus], corpus=corpus, model=ModelConfig(backbone=backbone)).with_overrides(dict(overrides or {}))
     available = sorted(int(k) for k in fold_table["fold"].unique())
-    folds = available if folds is None else [int(k) for k in folds]
-    unknown = sorted(set(folds) - set(available))
-    if unknown:
-        raise ValueError(f"fold(s) {unknown} not in the {corpus} protocol of manifest {fingerprint}; available folds: {available}")
-    if not folds:
-        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their mean UA)")
+    folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
 
     client = MlflowClient(settings.tracking_uri)
     experiment_id = get_or_create_experiment(client, f"ser-{corpus}")

@@ -21,6 +21,7 @@ from flows.train import (
     log_fold_run,
     nproc_per_node,
     run_worker,
+    selected_folds,
     worker_env,
     worker_exit_code,
 )
@@ -283,6 +284,15 @@ def test_a_rerun_finds_its_unfinished_parent_run_but_never_a_finished_one(local_
     local_mlflow.set_terminated(run, "FINISHED")
     assert tracking.find_run(local_mlflow, experiment_id, key, statuses=UNFINISHED) is None
     assert tracking.find_run(local_mlflow, experiment_id, key) == run
+
+
+def test_selected_folds_are_sorted_once_each_and_checked():
+    assert selected_folds(None, [0, 1, 2], "p") == [0, 1, 2]
+    assert selected_folds([2, 0, 2], [0, 1, 2], "p") == [0, 2]
+    with pytest.raises(ValueError, match=r"fold\(s\) \[5\] not in p; available folds: \[0, 1, 2\]"):
+        selected_folds([0, 5], [0, 1, 2], "p")
+    with pytest.raises(ValueError, match="no folds to train"):
+        selected_folds([], [0, 1, 2], "p")
 
 
 def test_train_key_changes_with_any_input():
