@@ -49,11 +49,16 @@ def read_credentials_file(state_dir: Path) -> tuple[str, str] | None:
     path = state_dir / CREDENTIALS_FILE
     if not path.exists():
         return None
-    stored = json.loads(path.read_text())
     try:
+        stored = json.loads(path.read_text())
         return stored["access_key_id"], stored["secret_access_key"]
+    except json.JSONDecodeError as err:
+        problem = f"not JSON ({err})"
     except KeyError as missing:
-        raise ValueError(f"{path}: missing key {missing}; expected access_key_id and secret_access_key") from None
+        problem = f"missing key {missing}"
+    except TypeError:
+        problem = f"holds a {type(stored).__name__}"
+    raise ValueError(f"{path}: {problem}; expected a JSON object with access_key_id and secret_access_key")
 
 
 @dataclass(frozen=True)

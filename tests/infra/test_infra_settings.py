@@ -42,6 +42,13 @@ def test_credentials_come_from_the_state_folder_when_not_in_the_environment(tmp_
     assert (settings.access_key_id, settings.secret_access_key) == ("K", "S")
 
 
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"access_key_id": "K"}'])
+def test_an_unreadable_credentials_file_is_named_with_what_it_must_hold(tmp_path, text):
+    (tmp_path / "s3-credentials.json").write_text(text)
+    with pytest.raises(ValueError, match=r"s3-credentials\.json: .*expected a JSON object with access_key_id and secret_access_key"):
+        StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
