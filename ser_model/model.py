@@ -126,7 +126,14 @@ class SERModel(nn.Module):
         if missing:
             raise FileNotFoundError(f"{folder}: missing {missing}; expected a folder written by SERModel.save_pretrained")
         config = SERConfig.from_json(folder / CONFIG_FILE)
-        labels = tuple(json.loads((folder / LABELS_FILE).read_text(encoding="utf-8")))
+        labels_path = folder / LABELS_FILE
+        try:
+            labels = json.loads(labels_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{labels_path}: not JSON ({err}); expected a JSON list of class names") from err
+        if not isinstance(labels, list):
+            raise ValueError(f"{labels_path}: holds a {type(labels).__name__}; expected a JSON list of class names")
+        labels = tuple(labels)
         if labels != config.labels:
             raise ValueError(f"{folder}: {LABELS_FILE} has {labels} but {CONFIG_FILE} has labels {config.labels}")
         backbone_config = None

@@ -244,6 +244,14 @@ def test_loading_an_incomplete_folder_names_what_is_missing(tmp_path):
         SERModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("text", ["[\"neutral\", ", "{\"a\": 1}"])
+def test_a_corrupt_labels_file_is_named(tmp_path, text):
+    SERModel(SERConfig(labels=LABELS)).save_pretrained(tmp_path)
+    (tmp_path / "labels.json").write_text(text)
+    with pytest.raises(ValueError, match=r"labels\.json: .*expected a JSON list of class names"):
+        SERModel.from_pretrained(tmp_path)
+
+
 def test_bad_lengths_are_rejected():
     model = SERModel(SERConfig(labels=LABELS))
     waves, lengths, _ = _batch()
