@@ -18,21 +18,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 from flows.settings import StackSettings
 from flows.storage import DataBucket
+from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 from tests.flows.live_stack import empty_bucket, live_bucket, prefect_api  # noqa: F401 - fixtures used by the tests here
 
 MLFLOW_START_TIMEOUT_S = 120.0
-
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -6,17 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
+from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 from tests.train.synthetic import write_synthetic_corpus
-
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
