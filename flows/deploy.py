@@ -3,7 +3,7 @@
 | deployment | flow | schedule / trigger | parameters |
 |---|---|---|---|
 | ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus; root when SER_ROOT_<CORPUS> is set here |
-| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", backbone="fbank"; the trigger passes the new fingerprint |
+| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint |
 | retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
 
 All run on the process work pool (``SER_WORK_POOL``, default ``ser-process``) from this
@@ -30,6 +30,7 @@ from prefect.flows import Flow
 from data_contracts.labels import CORPORA
 from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id, root_env_var
 from flows.settings import REPO_ROOT, StackSettings
+from ser_model.presets import DEFAULT_PRESET
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def build_deployments(
         deployments.append(
             flows["train"].to_deployment(
                 name=f"train-{corpus}",
-                parameters={"corpus": corpus, "manifest_version": "latest", "backbone": "fbank"},
+                parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
                 triggers=[manifest_trigger(corpus, settings.data_bucket)],
                 work_pool_name=work_pool,
                 description=f"cross-validated training on {corpus}, registration and promotion",

@@ -44,7 +44,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from data_contracts.labels import CORPORA, LABELS
+from data_contracts.labels import CORPORA
 from flows.ingest import default_root, root_env_var
 from flows.promote import PROTOCOL_TAG, UA_TAG, promote, registered_model_name
 from flows.pyfunc import log_pyfunc
@@ -68,7 +68,8 @@ from flows.tracking import (
     summed_confusion,
     training_curves_figure,
 )
-from ser_model.config import SELECT_KEYS, ModelConfig, SERConfig
+from ser_model.config import SELECT_KEYS, SERConfig
+from ser_model.presets import DEFAULT_PRESET, experiment_config
 
 RELEASE_FOLD = -1
 BAD_DATA_EXIT = 3
@@ -409,7 +410,8 @@ def stage_inputs(work: Path, config: SERConfig, manifest: pd.DataFrame, fold_tab
 def train(
     corpus: str,
     manifest_version: str = "latest",
-    backbone: str = "fbank",
+    preset: str = DEFAULT_PRESET,
+    backbone: str | None = None,
     overrides: dict[str, Any] | None = None,
     folds: list[int] | None = None,
     release: bool = True,
@@ -417,8 +419,9 @@ def train(
     promote_margin: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``corpus`` on a manifest version: cross-validation folds (default all), then the
-    release model, registered as ``ser-<corpus>`` and promoted. ``overrides`` are SERConfig
-    dotted keys (``{"train.epochs": 2}``); ``audio_root`` defaults to the root recorded at
+    release model, registered as ``ser-<corpus>`` and promoted. ``preset`` names the recipe
+    (ser_model/presets.py: ``cpu-fbank``, ``paper-wavlm``); ``backbone`` (``fbank`` or ``hf:<id or
+    folder>``) and ``overrides`` (SERConfig dotted keys, ``{"train.epochs": 2}``) go on top; ``audio_root`` defaults to the root recorded at
     ingest, else ``SER_ROOT_<CORPUS>``."""
     logger = get_run_logger()
     if corpus not in CORPORA:
@@ -427,7 +430,7 @@ def train(
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
     root = local_audio_root(corpus, fingerprint, report, audio_root)
-    config = SERConfig(labels=LABELS[corpus], corpus=corpus, model=ModelConfig(backbone=backbone)).with_overrides(dict(overrides or {}))
+    config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
     available = sorted(int(k) for k in fold_table["fold"].unique())
     folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
 
@@ -442,6 +445,7 @@ def train(
         PROTOCOL_TAG: protocol,
         "ser.selection_rule": selection_rule(SELECT_KEYS[config.train.select_metric]),
         "ser.backbone": config.model.backbone,
+        "ser.preset": preset,
         **code_version(REPO_ROOT),
         **package_versions(),
     }

@@ -2,7 +2,7 @@
 resolve `models:/...` registry URIs):
 
     ser ingest CORPUS ROOT --out DIR
-    ser train --corpus C --root DIR --backbone B --fold K [--epochs N] [--out DIR] [--config F] [--set key=value ...]
+    ser train --corpus C --root DIR --fold K [--preset P] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
     ser evaluate --model DIR --corpus C --root DIR --fold K [--split test|valid]
     ser predict FILE... --model DIR [--json]
     ser export --onnx --model DIR --out FILE
@@ -26,7 +26,8 @@ from data_contracts.errors import DataContractError
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.audio import AudioDecodeError
-from ser_model.config import ConfigError, ModelConfig, SERConfig
+from ser_model.config import ConfigError, SERConfig
+from ser_model.presets import PRESETS, experiment_config
 from ser_model.data import DataSplitError
 
 __all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line"]
@@ -50,23 +51,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def train_config(corpus: str, backbone: str | None, config_path: str | None, epochs: int | None, sets: Sequence[str]) -> SERConfig:
-    """The config of `ser train`: --config file (or defaults with the corpus's labels), then
-    --backbone, --epochs and every --set on top."""
-    if config_path:
-        config = SERConfig.from_json(config_path)
-    else:
-        config = SERConfig(labels=LABELS[corpus], corpus=corpus, model=ModelConfig())
-    overrides: dict[str, Any] = {"corpus": corpus}
-    if backbone:
-        overrides["model.backbone"] = backbone
+def train_config(
+    corpus: str, backbone: str | None, config_path: str | None, epochs: int | None, sets: Sequence[str], preset: str | None = None
+) -> SERConfig:
+    """The config of `ser train`: the --preset (default: `cpu-fbank`, or `paper-wavlm` for an hf
+    backbone) or a --config file, then --backbone, --epochs and every --set on top."""
+    overrides = parse_overrides(sets)
     if epochs is not None:
-        overrides["train.epochs"] = epochs
-    overrides.update(parse_overrides(sets))
-    config = config.with_overrides(overrides)
-    if tuple(config.labels) != LABELS[corpus]:
-        raise ConfigError(f"SERConfig.labels: {list(config.labels)} do not match {corpus}'s classes {list(LABELS[corpus])}")
-    return config
+        overrides = {"train.epochs": epochs, **overrides}
+    base = SERConfig.from_json(config_path) if config_path else None
+    return experiment_config(corpus, preset, backbone=backbone, overrides=overrides, base=base)
 
 
 def metrics_line(name: str, metrics: dict[str, Any]) -> str:
@@ -83,7 +77,7 @@ def _local_root(root: str) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from ser_model.train import fit
 
-    config = train_config(args.corpus, args.backbone, args.config, args.epochs, args.set)
+    config = train_config(args.corpus, args.backbone, args.config, args.epochs, args.set, args.preset)
     ingest = run_ingest(args.corpus, _local_root(args.root), progress=False)
     out = Path(args.out or f"runs/{args.corpus}/{'release' if args.fold < 0 else f'fold-{args.fold}'}")
     result = fit(config, ingest.manifest, ingest.folds, args.fold, args.root, out, resume=not args.no_resume)
@@ -147,11 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one fold (or the release model) of a corpus")
     train.add_argument("--corpus", required=True, choices=CORPORA)
     train.add_argument("--root", required=True, help="local corpus root in its official layout")
-    train.add_argument("--backbone", help="'fbank' or 'hf:<hub id or local folder>' (default: the config's)")
+    train.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="training recipe (ser_model/presets.py; default: cpu-fbank, or paper-wavlm with an hf: backbone)",
+    )
+    train.add_argument("--backbone", help="'fbank' or 'hf:<hub id or local folder>' (default: the preset's)")
     train.add_argument("--fold", required=True, type=int, help="fold to train; -1 trains the release model")
     train.add_argument("--epochs", type=int)
     train.add_argument("--out", help="output folder (default runs/<corpus>/fold-<k>)")
-    train.add_argument("--config", help="SERConfig JSON file to start from")
+    train.add_argument("--config", help="SERConfig JSON file to start from (instead of a preset)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. train.lr=3e-4 (repeatable)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if the output folder holds a checkpoint")
     train.set_defaults(handler=run_train)
@@ -169,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="emotion of audio files (any rate, channels, length)")
     predict.add_argument("files", nargs="+")
     predict.add_argument("--model", required=True, help="checkpoint folder")
-    predict.add_argument("--window-seconds", type=float, help="sliding window length (default: the training crop)")
+    predict.add_argument("--window-seconds", type=float, help="sliding window length (longer inputs are cut into windows of this length; default 60: the whole utterance, as in evaluation)")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     predict.set_defaults(handler=run_predict)
 

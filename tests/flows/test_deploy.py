@@ -28,7 +28,7 @@ def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments
     for corpus in CORPORA:
         ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
         assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"
-        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "backbone": "fbank"}
+        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "preset": "cpu-fbank"}
         (trigger,) = train.triggers
         assert trigger.expect == {"ser.manifest.updated"}
         assert trigger.match.model_dump()["prefect.resource.id"] == f"ser.manifest.{corpus}"

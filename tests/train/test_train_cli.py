@@ -19,11 +19,11 @@ METRICS_LINE = re.compile(r"^test: WA (\d+\.\d\d)% UA (\d+\.\d\d)% macro-F1 (\d+
 
 
 def test_overrides_are_read_as_json_values_and_validated():
-    assert parse_overrides(["train.lr=3e-4", "model.fbank_strides=[2,2]", "model.backbone=fbank", "train.grad_clip=null"]) == {
-        "train.lr": 3e-4, "model.fbank_strides": [2, 2], "model.backbone": "fbank", "train.grad_clip": None,
+    assert parse_overrides(["train.lr=3e-4", "model.fbank_time_pools=[2,2,1,1]", "model.backbone=fbank", "train.grad_clip=null"]) == {
+        "train.lr": 3e-4, "model.fbank_time_pools": [2, 2, 1, 1], "model.backbone": "fbank", "train.grad_clip": None,
     }
-    config = train_config("savee", "fbank", None, 3, ["train.lr=3e-4", "model.fbank_strides=[2,2]"])
-    assert config.train.epochs == 3 and config.train.lr == 3e-4 and config.model.fbank_strides == (2, 2)
+    config = train_config("savee", "fbank", None, 3, ["train.lr=3e-4", "model.fbank_time_pools=[2,2,1,1]"])
+    assert config.train.epochs == 3 and config.train.lr == 3e-4 and config.model.fbank_time_pools == (2, 2, 1, 1)
     assert config.labels[0] == "angry" and config.corpus == "savee"
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.lr"])
