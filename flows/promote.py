@@ -98,6 +98,9 @@ class VersionScore:
 
 @dataclass(frozen=True)
 class PromotionDecision:
+    """One promotion decision: the two versions' scores, the rule that decided, its reason, and
+    the comparable folds with the paired gain over them (empty / None when nothing was compared)."""
+
     corpus: str
     candidate: VersionScore
     champion_before: VersionScore | None
@@ -139,15 +142,15 @@ def read_fold_scores(text: str, where: str) -> dict[int, FoldScore]:
 
 def comparable_folds(candidate: VersionScore, champion: VersionScore) -> list[int]:
     """Folds both evaluated on the same test speakers (the same fingerprint stands in for
-    speakers a version did not record)."""
+    speakers a version did not record: on the same manifest, fold k has the same speakers)."""
     same_data = candidate.fingerprint == champion.fingerprint
-    shared = sorted(set(candidate.folds) & set(champion.folds))
-    out = []
-    for k in shared:
-        mine, theirs = candidate.folds[k].test_speakers, champion.folds[k].test_speakers
-        if (mine is not None and theirs is not None and mine == theirs) or ((mine is None or theirs is None) and same_data):
-            out.append(k)
-    return out
+
+    def same_speakers(mine: FoldScore, theirs: FoldScore) -> bool:
+        if mine.test_speakers is None or theirs.test_speakers is None:
+            return same_data
+        return mine.test_speakers == theirs.test_speakers
+
+    return [k for k in sorted(set(candidate.folds) & set(champion.folds)) if same_speakers(candidate.folds[k], champion.folds[k])]
 
 
 def _folds_text(score: VersionScore) -> str:
@@ -167,7 +170,7 @@ def decide_promotion(corpus: str, candidate: VersionScore, champion: VersionScor
     if margin < 0:
         raise ValueError(f"promotion margin {margin}: expected >= 0")
 
-    def decided(promoted: bool, rule: str, reason: str, folds: list[int] = (), gain: float | None = None) -> PromotionDecision:
+    def decided(promoted: bool, rule: str, reason: str, folds=(), gain: float | None = None) -> PromotionDecision:
         same_data = None if champion is None else candidate.fingerprint == champion.fingerprint
         return PromotionDecision(corpus, candidate, champion, margin, promoted, rule, reason, tuple(folds), gain, same_data)
 
