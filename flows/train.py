@@ -46,7 +46,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from data_contracts.labels import CORPORA
 from flows.ingest import default_root, root_env_var
-from flows.promote import PROTOCOL_TAG, UA_TAG, promote, registered_model_name
+from flows.promote import PROTOCOL_TAG, UA_TAG, fold_score_tags, promote, registered_model_name
 from flows.pyfunc import log_pyfunc
 from flows.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, read_latest, resolve_version
@@ -236,7 +236,7 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
     if unknown:
         raise ValueError(f"fold(s) {unknown} not in {where}; available folds: {available}")
     if not folds:
-        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their mean UA)")
+        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)")
     return folds
 
 
@@ -248,7 +248,8 @@ def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int]
 
 
 def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
-    """What a mean UA was measured on; promotion compares only equal protocols."""
+    """What a mean UA was measured on, for people reading the registry; promotion compares the
+    per-fold scores instead (``flows.promote``)."""
     return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
 
 
@@ -333,7 +334,8 @@ def log_parent_summary(
 
 def register_release(tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]) -> str:
     """Log the release checkpoint as a pyfunc in the release child run, register it as
-    ``ser-<corpus>`` and tag the version with the numbers promotion compares. Returns the version."""
+    ``ser-<corpus>`` and tag the version with its scores (``tags`` carry the per-fold ones promotion
+    compares). Returns the version."""
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     name = registered_model_name(corpus)
@@ -473,6 +475,8 @@ def train(
             version = call_with_retry(client.get_run, parent_id).data.tags.get("ser.registered_version")
             if version is None:
                 version_tags = {k: tags[k] for k in ("ser.corpus", "ser.data_fingerprint", PROTOCOL_TAG, "ser.selection_rule", "ser.git_commit")}
+                test_speakers = {k: fold_table.loc[(fold_table["fold"] == k) & (fold_table["role"] == "test"), "speaker"].tolist() for k in folds}
+                version_tags.update(fold_score_tags({o["fold"]: fold_scores(o["result"])["UA"] for o in outcomes}, test_speakers, config.labels))
                 version = register_release(settings.tracking_uri, corpus, released, summary, {**version_tags, "ser.parent_run_id": parent_id})
                 call_with_retry(client.set_tag, parent_id, "ser.registered_version", version)
             else:
