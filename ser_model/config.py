@@ -6,7 +6,7 @@ labels. Every dataclass validates itself at construction and raises ``ConfigErro
 field, the value and what is expected. ``SERConfig.to_json`` / ``from_json`` round-trip exactly;
 ``with_overrides({"train.epochs": 3})`` returns a new, validated config.
 
-Defaults follow PAPER.md; the choices the paper leaves open ("ours") are fields here, named in
+Defaults follow docs/METHOD.md; the choices the paper leaves open ("ours") are fields here, named in
 their docstrings.
 """
 
@@ -83,11 +83,11 @@ def _type_name(annotation: Any) -> str:
 
 @dataclass(frozen=True)
 class EAMConfig:
-    """Energy-adaptive mixup (PAPER.md "EAM").
+    """Energy-adaptive mixup (docs/METHOD.md "EAM").
 
     ``mix_prob`` (ours): probability that a sample of the batch is mixed with its partner.
     ``snr_db_low``/``snr_db_high``: the SNR of the added partner segment is drawn from U[low, high] dB.
-    ``degenerate_db`` (ours; PAPER.md only says "P' = 0, within eps"): a segment whose mean power lies
+    ``degenerate_db`` (ours; the paper only says "P' = 0, within eps"): a segment whose mean power lies
     more than this many dB below its own utterance's mean power counts as degenerate (no mix, λ = 0).
     Relative, so that a near-silent partner segment is not boosted by tens of dB to reach the drawn
     SNR (noise under the partner's label), and a silent primary segment does not move the label.
@@ -128,11 +128,11 @@ class ModelConfig:
     before an hf backbone (what the WavLM-Large feature extractor does).
     ``flam``: False replaces FLAM by mean pooling over valid frames (ablation).
     ``flam_heads``: heads of the FLAM self-attention; ``None`` means 16 for hf backbones
-    (PAPER.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
+    (docs/METHOD.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
     ``flam_dropout`` (ours): dropout on the attention output before the residual.
     ``embed_dim``: size of the embedding e (center loss acts on it); ``head_dropout`` (ours) after it.
-    ``embed_norm`` (ours, not in PAPER.md): normalisation between the embedding layer and its ReLU:
-    ``"none"`` (PAPER.md's head: Linear → ReLU), ``"batch"`` (BatchNorm1d: every unit is centred over
+    ``embed_norm`` (ours, not in docs/METHOD.md): normalisation between the embedding layer and its ReLU:
+    ``"none"`` (the paper's head: Linear → ReLU), ``"batch"`` (BatchNorm1d: every unit is centred over
     the batch, so no unit can sit below zero for every utterance and die) or ``"layer"``.
     ``trim_db`` (ours): leading and trailing frames whose energy lies more than this many dB below the
     utterance's loudest frame are cut before the model sees the audio, in training, evaluation and
@@ -277,7 +277,7 @@ class ModelConfig:
 
     @property
     def n_flam_heads(self) -> int:
-        """``flam_heads`` resolved: None means 16 for hf backbones (PAPER.md), 4 for fbank."""
+        """``flam_heads`` resolved: None means 16 for hf backbones (docs/METHOD.md), 4 for fbank."""
         if self.flam_heads is None:
             return 16 if self.is_hf else 4
         return self.flam_heads
@@ -291,7 +291,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The multi-loss L = w_kl·KL + w_focal·Focal + w_center·Center + w_supcon·SupCon (PAPER.md "MLL").
+    """The multi-loss L = w_kl·KL + w_focal·Focal + w_center·Center + w_supcon·SupCon (docs/METHOD.md "MLL").
 
     The weights are not published; the defaults are ours. Each term has an on/off switch for
     ablations; a switched-off term is not computed. ``supcon_views`` (ours): frame views sampled
@@ -334,13 +334,13 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the training loop (PAPER.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
+    """Optimisation and the training loop (docs/METHOD.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
 
     ``max_seconds``: training utterances longer than this are randomly cropped to it (None: whole).
     ``precision``: "auto" picks bf16 on a CUDA device that supports it, fp32 otherwise.
     ``select_metric``: validation metric that chooses the checkpoint (validation speakers only).
     ``grad_clip``: max global gradient norm (None: no clipping). ``device``: "auto", "cpu", "cuda", "cuda:N".
-    ``schedule``: the learning rate after warm-up: ``"exponential"`` (PAPER.md: × ``lr_decay`` after every
+    ``schedule``: the learning rate after warm-up: ``"exponential"`` (docs/METHOD.md: × ``lr_decay`` after every
     epoch) or ``"cosine"`` (ours: half a cosine from ``lr`` to 0 over the remaining steps; ``lr_decay`` unused).
     ``warmup_epochs`` (ours): the learning rate rises linearly from 0 over this many epochs (0: none).
     Both act per optimiser step (``ser_model.train.lr_factor``).

@@ -1,4 +1,4 @@
-"""Energy-adaptive mixup on waveforms (PAPER.md "EAM"): draws vectorised over the batch, segment arithmetic per sample.
+"""Energy-adaptive mixup on waveforms (docs/METHOD.md "EAM"): draws vectorised over the batch, segment arithmetic per sample.
 
 For primary x_i (length l_i, label y_i) and partner x_j = x_{partner[i]}:
 1. l_mix ~ U{1, …, floor(l_i/2) − 1} (strictly less than half of x_i); l_mix = min(l_mix, l_j);

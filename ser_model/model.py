@@ -60,9 +60,9 @@ def embedding_norm(kind: str, dim: int) -> nn.Module:
     """The normalisation before the embedding's ReLU (``ModelConfig.embed_norm``, ours).
 
     "batch": each unit centred and scaled over the batch, so it is positive for part of every batch
-    and cannot die (with PAPER.md's plain Linear → ReLU, the pooled vectors of different utterances
+    and cannot die (with the paper's plain Linear → ReLU, the pooled vectors of different utterances
     are so alike at initialisation that half the units have one sign for all of them); "layer":
-    each embedding centred over its units; "none": PAPER.md's head.
+    each embedding centred over its units; "none": the paper's head.
     """
     if kind == "batch":
         return BatchNormAnyBatch(dim)

@@ -12,7 +12,7 @@ benchmarks/accuracy.py all select recipes through `experiment_config`.
   embedding; silence trimmed at 40 dB; EAM on half the samples at SNR U[0, 10] dB; Adam lr 1e-3 with
   one epoch of warm-up then a cosine; 25 epochs of 3 s crops. Chosen from short runs judged on fold
   0's validation actors of RAVDESS only (docs/RESULTS.md), never on test actors.
-* ``paper-wavlm``: PAPER.md's recipe: WavLM-Large fine-tuned (CNN feature encoder frozen) with a
+* ``paper-wavlm``: the paper's recipe: WavLM-Large fine-tuned (CNN feature encoder frozen) with a
   weighted layer sum, FLAM with 16 heads, the published head, EAM on every sample at SNR U[−5, 10] dB,
   Adam lr 1e-4 (centers 5e-3) × 7/8 per epoch, batch 16, 20 epochs. Needs the WavLM weights: a hub
   id, or a local folder with `--backbone hf:/path` (no download happens in tests).

@@ -167,7 +167,7 @@ def lr_factor(step: int, updates_per_epoch: int, tc: TrainConfig) -> float:
 
     With W = warmup_epochs · updates_per_epoch warm-up updates and S = epochs · updates_per_epoch in all:
     warm-up (step < W): (step + 1) / W; then "exponential": lr_decay^floor(step / updates_per_epoch)
-    (PAPER.md's × 7/8 after every epoch), or "cosine": ½ (1 + cos(π (step − W) / (S − W))).
+    (the paper's × 7/8 after every epoch), or "cosine": ½ (1 + cos(π (step − W) / (S − W))).
     """
     warmup = tc.warmup_epochs * updates_per_epoch
     if step < warmup:

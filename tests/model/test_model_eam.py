@@ -1,4 +1,4 @@
-"""EAM: the PAPER.md invariants, and agreement with a naive per-sample reference."""
+"""EAM: the docs/METHOD.md invariants, and agreement with a naive per-sample reference."""
 
 import math
 
@@ -28,7 +28,7 @@ def _mix(waves, lengths, targets, seed=0, **cfg):
 
 
 def naive_eam(waves, lengths, targets, partner, s_i, l_mix, s_j, snr_db, degenerate_db=-30.0):
-    """PAPER.md steps 4-6, one sample at a time in numpy float64, from the drawn segment/SNR; a segment
+    """docs/METHOD.md steps 4-6, one sample at a time in numpy float64, from the drawn segment/SNR; a segment
     whose power is at or below 10^(degenerate_db/10) times its utterance's mean power is degenerate."""
     x = waves.numpy().astype(np.float64)
     utt_power = [np.mean(x[b, : int(lengths[b])] ** 2) for b in range(len(x))]

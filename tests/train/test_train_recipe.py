@@ -87,7 +87,7 @@ def test_fit_applies_the_schedule_per_update(synthetic_corpus, tmp_path):
 
 
 def test_batch_norm_embedding_keeps_every_unit_alive():
-    """With PAPER.md's Linear → ReLU, near-identical pooled vectors leave units negative for every
+    """With docs/METHOD.md's Linear → ReLU, near-identical pooled vectors leave units negative for every
     utterance (dead); BatchNorm centres each unit over the batch, so each is positive for some."""
     torch.manual_seed(0)
     config = experiment_config("ravdess", "cpu-fbank")
