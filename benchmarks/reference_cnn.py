@@ -116,7 +116,7 @@ def train_reference(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         valid = _evaluate(model, valid_set, labels)
         if valid["UA"] > best_ua:
             best_ua, best_epoch = valid["UA"], epoch + 1
