@@ -8,6 +8,7 @@ with the kernel built once per (source rate, target rate) pair.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 
@@ -16,7 +17,7 @@ import soundfile
 import torch
 import torchaudio
 
-__all__ = ["AudioDecodeError", "load_audio", "to_mono", "resample", "resampling_kernel_size", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
+__all__ = ["AudioDecodeError", "AudioTooLongError", "load_audio", "decode_audio_bytes", "to_mono", "resample", "resampling_kernel_size", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
 
 #: sample rates accepted from files and callers (below: an absurd header that would be upsampled
 #: by a huge factor; above: no audio format in use)
@@ -30,6 +31,10 @@ MAX_KERNEL_SIZE = 2**22
 
 class AudioDecodeError(ValueError):
     """An audio file or array cannot be turned into a finite mono waveform."""
+
+
+class AudioTooLongError(AudioDecodeError):
+    """Audio longer than the limit the caller set (a served model's seconds per row)."""
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:
@@ -105,3 +110,33 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
         return resample(to_mono(data), sr, target_sr)
     except AudioDecodeError as exc:
         raise AudioDecodeError(f"{path}: {exc}") from exc
+
+
+def decode_audio_bytes(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode the bytes of an audio file (WAV, FLAC, OGG: any format soundfile reads) held in
+    memory, shape (N, channels) float32, and its sample rate.
+
+    For clients that send a file's content instead of a path or a waveform (a served model never
+    opens client paths). With `max_seconds`, at most that much audio is decoded: a longer file is
+    refused from its header, and a header that understates the length (a compressed stream of
+    hours of silence is a few kilobytes) is caught by reading one frame past the limit, so memory
+    stays bounded by the limit whatever the header says (`AudioTooLongError`). Down-mixing,
+    resampling and the finiteness check are the caller's (`Predictor.predict_arrays` does them).
+    """
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as audio:
+            rate = audio.samplerate
+            if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                raise AudioDecodeError(f"sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+            limit = None if max_seconds is None else int(max_seconds * rate)
+            if limit is not None and audio.frames > limit:
+                raise AudioTooLongError(f"{audio.frames / rate:.1f} s of audio, more than the limit of {max_seconds:g} s")
+            samples = audio.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:  # AudioTooLongError is neither
+        reason = getattr(exc, "error_string", exc)  # libsndfile's reason, without the BytesIO's repr
+        raise AudioDecodeError(f"cannot decode the bytes as audio ({reason}); expected the content of a WAV, FLAC or OGG file") from exc
+    if limit is not None and samples.shape[0] > limit:
+        raise AudioTooLongError(f"more than the limit of {max_seconds:g} s of audio (the file's header understates its length)")
+    if samples.shape[0] == 0:
+        raise AudioDecodeError("the file holds no samples; expected at least one")
+    return samples, rate
