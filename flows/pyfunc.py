@@ -32,7 +32,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
-from flows.serving import MAX_ROWS, MAX_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, serving_process
+from flows.serving import MAX_ROWS, MAX_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, in_scoring_server, serving_process
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""
@@ -174,7 +174,7 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_pretrained(context.artifacts[CHECKPOINT_ARTIFACT])
         self.labels = list(self.predictor.labels)
         self.policy = ServingPolicy.from_env()
-        if serving_process():
+        if in_scoring_server():
             guard_scoring_server(self.policy)
 
     def predict(

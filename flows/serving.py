@@ -15,10 +15,12 @@ use (`mlflow.pyfunc.load_model`, `ser predict`):
   wraps the server's `invocations` function so that a reply carries only the error code and a
   message naming the bad field; the details go to the server log.
 
-The serving context is recognised without the operator's help (the safe default): MLflow's
-scoring server sets `__pyfunc_model_path__` in its worker's environment before the model is
-loaded, and `_MLFLOW_IS_IN_SERVING_ENVIRONMENT` once its app exists (also under
-`mlflow models predict`); any other server that wraps the pyfunc sets `SER_SERVING=1`.
+The serving context is recognised without the operator's help, so that the safe behaviour is
+the default: MLflow's scoring server sets `__pyfunc_model_path__` in its worker's environment
+before the model is loaded (which is when the guard is installed), and
+`_MLFLOW_IS_IN_SERVING_ENVIRONMENT` once its app exists (also under `mlflow models predict`);
+any other server that wraps the pyfunc sets `SER_SERVING=1`. A process with none of these
+signals is local batch use, where a path names the caller's own file.
 """
 
 from __future__ import annotations
@@ -105,32 +107,46 @@ class ServingPolicy:
                 f"{where}: file paths are not accepted by the served model; send the waveform with "
                 "'sample_rate', or the file's bytes base64-encoded in 'audio_base64'"
             )
-        resolved = Path(os.path.realpath(self.allowed_root / path))
-        if not resolved.is_relative_to(self.allowed_root) or not resolved.is_file():
+        try:
+            resolved = Path(os.path.realpath(self.allowed_root / path))
+            readable = resolved.is_relative_to(self.allowed_root) and resolved.is_file()
+            size = resolved.stat().st_size if readable else 0
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            readable = False
+        if not readable:
             raise ModelInputError(f"{where}: no such file in the folder this server reads from")
-        if resolved.stat().st_size > self.max_request_bytes:
+        if size > self.max_request_bytes:
             raise ModelInputError(f"{where}: the file is larger than the limit of {self.max_request_bytes} bytes ({MAX_REQUEST_BYTES})", 413)
         return resolved
+
+
+def in_scoring_server() -> bool:
+    """True in a process of MLflow's scoring server (`mlflow models serve`, `build-docker` images),
+    where the model is loaded before the app exists."""
+    return scoring_server._SERVER_MODEL_PATH in os.environ
 
 
 def serving_process() -> bool:
     """True inside a model server: MLflow's scoring server (see the module docstring) or one
     that sets SER_SERVING=1."""
     return (
-        scoring_server._SERVER_MODEL_PATH in os.environ
+        in_scoring_server()
         or bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
         or os.environ.get(SERVING_FLAG) == "1"
     )
 
 
-MAX_REPLY_MESSAGE = 1000
-"""Characters of an error message a reply carries (MLflow's JSON errors echo the whole input)."""
+MAX_MESSAGE = 1000
+"""Characters of an error message kept in a reply or a log line (MLflow's JSON errors echo the
+whole input)."""
+
+
+def _shortened(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + " [...]"
 
 
 def _reply(status: int, error_code: str, message: str) -> scoring_server.InvocationsResponse:
-    if len(message) > MAX_REPLY_MESSAGE:
-        message = message[:MAX_REPLY_MESSAGE] + " [...]"
-    body = json.dumps({"error_code": error_code, "message": message})
+    body = json.dumps({"error_code": error_code, "message": _shortened(message)})
     return scoring_server.InvocationsResponse(response=body, status=status, mimetype="application/json")
 
 
@@ -138,10 +154,8 @@ def guard_scoring_server(policy: ServingPolicy) -> None:
     """Wrap the scoring server's `invocations` (which its /invocations endpoint looks up at each
     request) so that a body over `policy.max_request_bytes` is refused before it is parsed
     (413), and every error reply is `{"error_code", "message"}` with no stack trace, no input
-    repr and no server path. Idempotent; a no-op outside a scoring-server process is harmless."""
-    original = scoring_server.invocations
-    if getattr(original, "ser_guarded", False):
-        return
+    repr and no server path. Called again, it replaces its earlier wrapper (new policy)."""
+    original = getattr(scoring_server.invocations, "ser_unguarded", scoring_server.invocations)
 
     @functools.wraps(original)
     def guarded(data, content_type, model, input_schema):
@@ -154,11 +168,11 @@ def guard_scoring_server(policy: ServingPolicy) -> None:
         except ModelInputError as err:
             return _reply(err.status, err.error_code, err.reply)
         except MlflowException as err:
-            _logger.warning("refused a request: %s", err.message)
+            _logger.warning("refused a request: %s", _shortened(err.message))
             return _reply(err.get_http_status_code(), err.error_code, err.message)
         except Exception:
             _logger.exception("scoring a request failed")
             return _reply(500, "INTERNAL_ERROR", "the model failed on this request; the server log has the details")
 
-    guarded.ser_guarded = True
+    guarded.ser_unguarded = original
     scoring_server.invocations = guarded

@@ -33,6 +33,10 @@ class AudioDecodeError(ValueError):
     """An audio file or array cannot be turned into a finite mono waveform."""
 
 
+#: soundfile's frame count of a file whose header does not state its length (libsndfile's SF_COUNT_MAX)
+UNKNOWN_FRAMES = 2**63 - 1
+
+
 class AudioTooLongError(AudioDecodeError):
     """Audio longer than the limit the caller set (a served model's seconds per row)."""
 
@@ -117,26 +121,25 @@ def decode_audio_bytes(data: bytes, max_seconds: float | None = None) -> tuple[n
     memory, shape (N, channels) float32, and its sample rate.
 
     For clients that send a file's content instead of a path or a waveform (a served model never
-    opens client paths). With `max_seconds`, at most that much audio is decoded: a longer file is
-    refused from its header, and a header that understates the length (a compressed stream of
-    hours of silence is a few kilobytes) is caught by reading one frame past the limit, so memory
-    stays bounded by the limit whatever the header says (`AudioTooLongError`). Down-mixing,
+    opens client paths). The length comes from the header, before anything is decoded: a file
+    longer than `max_seconds` raises `AudioTooLongError` (a compressed stream of hours of
+    silence is a few kilobytes), and a header that does not state the length (FLAC allows it;
+    soundfile then reports 2**63 - 1 frames and would allocate them) is refused. Down-mixing,
     resampling and the finiteness check are the caller's (`Predictor.predict_arrays` does them).
     """
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as audio:
-            rate = audio.samplerate
+            rate, frames = audio.samplerate, audio.frames
             if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
                 raise AudioDecodeError(f"sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
-            limit = None if max_seconds is None else int(max_seconds * rate)
-            if limit is not None and audio.frames > limit:
-                raise AudioTooLongError(f"{audio.frames / rate:.1f} s of audio, more than the limit of {max_seconds:g} s")
-            samples = audio.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as exc:  # AudioTooLongError is neither
+            if frames == UNKNOWN_FRAMES:
+                raise AudioDecodeError("the file's header does not state its length; expected a WAV or FLAC file whose header does")
+            if max_seconds is not None and frames > max_seconds * rate:
+                raise AudioTooLongError(f"{frames / rate:.1f} s of audio, more than the limit of {max_seconds:g} s")
+            samples = audio.read(dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:  # AudioDecodeError is neither
         reason = getattr(exc, "error_string", exc)  # libsndfile's reason, without the BytesIO's repr
         raise AudioDecodeError(f"cannot decode the bytes as audio ({reason}); expected the content of a WAV, FLAC or OGG file") from exc
-    if limit is not None and samples.shape[0] > limit:
-        raise AudioTooLongError(f"more than the limit of {max_seconds:g} s of audio (the file's header understates its length)")
     if samples.shape[0] == 0:
         raise AudioDecodeError("the file holds no samples; expected at least one")
     return samples, rate
