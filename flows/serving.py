@@ -25,11 +25,18 @@ signals is local batch use, where a path names the caller's own file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
-from collections.abc import Mapping
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,3 +183,44 @@ def guard_scoring_server(policy: ServingPolicy) -> None:
 
     guarded.ser_unguarded = original
     scoring_server.invocations = guarded
+
+
+def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The documented serving command: `mlflow models serve` in the project's environment (no
+    new virtualenv), e.g. for ``models:/ser-ravdess@champion``."""
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    return [str(mlflow_cli), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", host, "--port", str(port)]
+
+
+@contextlib.contextmanager
+def running_model_server(
+    model_uri: str, port: int, env: Mapping[str, str], log_path: Path, host: str = "127.0.0.1", start_timeout_s: float = 300.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `serve_command` (its own process group, output to `log_path`) until /ping answers;
+    yield (base URL, process); stop the whole group afterwards. The venv's bin folder goes first
+    on PATH, as `eval "$(infra/env.sh)"` does, because MLflow starts `uvicorn` by name."""
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    url = f"http://{host}:{port}"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(serve_command(model_uri, host, port), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited with {process.returncode} before answering; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow models serve did not answer {url}/ping within {start_timeout_s:g} s; see {log_path}") from None
+                time.sleep(1.0)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
