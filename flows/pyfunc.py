@@ -90,7 +90,8 @@ def _sample_rate(value: Any, where: str) -> int:
 
     if not _present(value):
         raise ModelInputError(f"{where}: a waveform in 'audio' needs its rate in 'sample_rate' (Hz, integer)")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not float(value).is_integer():
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, (bool, np.bool_)) or not whole:  # floats are checked without int(): int(inf) raises
         raise ModelInputError(f"{where}, field 'sample_rate': got {value!r}, expected an integer number of Hz")
     if not MIN_SAMPLE_RATE <= int(value) <= MAX_SAMPLE_RATE:
         raise ModelInputError(f"{where}, field 'sample_rate': {int(value)} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
@@ -102,7 +103,7 @@ def _waveform(value: Any, rate: int, where: str, policy: ServingPolicy | None) -
     the policy's seconds."""
     try:
         wave = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # strings, nested lists of unequal length, ints beyond float range
         raise ModelInputError(f"{where}, field 'audio': expected a waveform (a list of numbers), got a list holding other values") from None
     if wave.ndim not in (1, 2):
         raise ModelInputError(f"{where}, field 'audio': got an array of shape {wave.shape}, expected (samples,) or (samples, channels)")
