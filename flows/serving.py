@@ -21,6 +21,9 @@ before the model is loaded (which is when the guard is installed), and
 `_MLFLOW_IS_IN_SERVING_ENVIRONMENT` once its app exists (also under `mlflow models predict`);
 any other server that wraps the pyfunc sets `SER_SERVING=1`. A process with none of these
 signals is local batch use, where a path names the caller's own file.
+
+`serve_command` is the documented command line and `running_model_server` runs it until it
+answers (the e2e test and benchmarks/serve_load.py use both). docs/SERVING.md is the user's view.
 """
 
 from __future__ import annotations
