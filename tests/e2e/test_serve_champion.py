@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -36,16 +35,11 @@ from flows.serving import running_model_server
 from flows.settings import CREDENTIALS_FILE
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.model import SERModel
+from tests.fixtures.network import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LIMITS = {"SER_SERVE_MAX_ROWS": "4", "SER_SERVE_MAX_SECONDS": "10", "SER_SERVE_MAX_REQUEST_BYTES": str(4 * 2**20)}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
