@@ -66,10 +66,10 @@ def champion(stack, repo_root, tmp_path, monkeypatch) -> str:
     config = SERConfig(labels=LABELS["ravdess"], model=model, loss=LossConfig(supcon_proj_dim=32), corpus="ravdess")
     checkpoint = SERModel(config).eval().save_pretrained(tmp_path / "best")
     name = f"ser-serve-e2e-{uuid.uuid4().hex[:8]}"
-    client = MlflowClient(stack.tracking_uri)
-    mlflow.set_tracking_uri(stack.tracking_uri)
-    mlflow.set_experiment("ser-serve-e2e")
-    with mlflow.start_run():
+    client = MlflowClient(stack.tracking_uri)  # no mlflow.set_tracking_uri / set_experiment: they outlive the test
+    experiment = client.get_experiment_by_name("ser-serve-e2e")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("ser-serve-e2e")
+    with mlflow.start_run(experiment_id=experiment_id):
         version = log_pyfunc(checkpoint, registered_model_name=name).registered_model_version
     client.set_registered_model_alias(name, "champion", str(version))
     yield f"models:/{name}@champion"
