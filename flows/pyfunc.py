@@ -1,15 +1,26 @@
 """The SER model as an MLflow pyfunc: a thin wrapper over ``ser_model.inference.Predictor``.
 
-Input: a DataFrame with a column ``audio`` holding either file paths (str) or waveforms
-(1-D float arrays or lists, then a ``sample_rate`` column gives each row's rate). Output: a
-DataFrame with ``label`` and one ``p_<class>`` probability column per class, in the
-checkpoint's label order. The only artifact is the checkpoint folder (config.json,
+Input: a DataFrame, one row per utterance, each row giving its audio in one of three forms:
+
+- ``audio``: a waveform (list or 1-D float array; (samples, channels) also works) with its
+  rate in ``sample_rate`` (Hz, integer);
+- ``audio_base64``: the bytes of an audio file (WAV, FLAC, OGG), base64-encoded, so that
+  clients need no decoder; the file's header gives the rate;
+- ``audio``: a file path (str), for local batch use. A served model refuses paths unless the
+  operator allows a folder (flows/serving.py).
+
+Output: a DataFrame with ``label`` and one ``p_<class>`` probability column per class, in the
+checkpoint's label order. When served, the request limits and error replies of
+flows/serving.py apply. The only artifact is the checkpoint folder (config.json,
 model.safetensors, labels.json), so the model needs no hub and no pickle of weights.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +31,8 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+
+from flows.serving import MAX_ROWS, MAX_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, in_scoring_server, serving_process
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""
@@ -45,8 +58,17 @@ def checkpoint_labels(folder: str | Path) -> list[str]:
 
 
 def model_signature(labels: list[str]) -> ModelSignature:
-    """Input: ``audio`` (path or waveform) and optional ``sample_rate``; output: ``label`` + probabilities."""
-    inputs = Schema([ColSpec(AnyType(), "audio"), ColSpec(DataType.long, "sample_rate", required=False)])
+    """Input: ``audio`` (waveform or path) with ``sample_rate``, or ``audio_base64``; output:
+    ``label`` + probabilities. ``sample_rate`` is typed Any, not long: a request mixing
+    waveform rows and base64 rows leaves it empty (NaN) in the latter, which a long column
+    refuses, and the pyfunc's own check names a rate that is not a whole number of Hz."""
+    inputs = Schema(
+        [
+            ColSpec(AnyType(), "audio", required=False),
+            ColSpec(AnyType(), "sample_rate", required=False),
+            ColSpec(DataType.string, "audio_base64", required=False),
+        ]
+    )
     outputs = Schema([ColSpec(DataType.string, "label")] + [ColSpec(DataType.double, probability_column(c)) for c in labels])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -57,38 +79,128 @@ def predictions_frame(predictions: list[dict[str, Any]], labels: list[str]) -> p
     return pd.DataFrame(rows, columns=["label"] + [probability_column(c) for c in labels])
 
 
+def _present(value: Any) -> bool:
+    """A cell holds a value (pandas fills the fields a row leaves out with None or NaN)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _sample_rate(value: Any, where: str) -> int:
+    """A waveform's rate as an int; ModelInputError unless it is a whole number of Hz."""
+    from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
+    if not _present(value):
+        raise ModelInputError(f"{where}: a waveform in 'audio' needs its rate in 'sample_rate' (Hz, integer)")
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, (bool, np.bool_)) or not whole:  # floats are checked without int(): int(inf) raises
+        raise ModelInputError(f"{where}, field 'sample_rate': got {value!r}, expected an integer number of Hz")
+    if not MIN_SAMPLE_RATE <= int(value) <= MAX_SAMPLE_RATE:
+        raise ModelInputError(f"{where}, field 'sample_rate': {int(value)} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+    return int(value)
+
+
+def _waveform(value: Any, rate: int, where: str, policy: ServingPolicy | None) -> np.ndarray:
+    """A waveform cell as float32 (N,) or (N, channels): numbers only, finite, not empty, within
+    the policy's seconds."""
+    try:
+        wave = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):  # strings, nested lists of unequal length, ints beyond float range
+        raise ModelInputError(f"{where}, field 'audio': expected a waveform (a list of numbers), got a list holding other values") from None
+    if wave.ndim not in (1, 2):
+        raise ModelInputError(f"{where}, field 'audio': got an array of shape {wave.shape}, expected (samples,) or (samples, channels)")
+    if wave.size == 0:
+        raise ModelInputError(f"{where}, field 'audio': the waveform holds no samples; expected at least one")
+    if not np.isfinite(wave).all():
+        bad = int(np.size(wave) - np.isfinite(wave).sum())
+        raise ModelInputError(f"{where}, field 'audio': {bad} samples are NaN or infinite; expected finite numbers")
+    if policy is not None and wave.shape[0] > policy.max_seconds * rate:
+        raise ModelInputError(f"{where}, field 'audio': {wave.shape[0] / rate:.1f} s of audio, more than the limit of {policy.max_seconds:g} s per row ({MAX_SECONDS})", 413)
+    return wave
+
+
+def _decoded(data: bytes, where: str, policy: ServingPolicy | None) -> tuple[np.ndarray, int]:
+    """An audio file's bytes → (samples, rate), at most the policy's seconds."""
+    from ser_model.audio import AudioDecodeError, AudioTooLongError, decode_audio_bytes
+
+    try:
+        return decode_audio_bytes(data, max_seconds=None if policy is None else policy.max_seconds)
+    except AudioTooLongError as err:
+        raise ModelInputError(f"{where}: {err} per row ({MAX_SECONDS})", 413) from None
+    except AudioDecodeError as err:
+        raise ModelInputError(f"{where}: {err}") from None
+
+
+def row_audio(index: int, audio: Any, audio_base64: Any, rate: Any, target_sr: int, policy: ServingPolicy | None) -> tuple[np.ndarray, int]:
+    """One input row → (samples, rate) for ``Predictor.predict_arrays``. ``policy`` None: local
+    use (paths anywhere, no limits); else the served model's policy."""
+    from ser_model.audio import AudioDecodeError, load_audio
+
+    where = f"row {index}"
+    if _present(audio) == _present(audio_base64):
+        raise ModelInputError(
+            f"{where}: expected exactly one of 'audio' (a waveform with 'sample_rate', or a file path) and "
+            f"'audio_base64' (a WAV/FLAC file's bytes), got {'both' if _present(audio) else 'neither'}"
+        )
+    if _present(audio_base64):
+        if _present(rate):
+            raise ModelInputError(f"{where}, field 'sample_rate': not used with 'audio_base64' (the file's header gives the rate); leave it out")
+        if not isinstance(audio_base64, str):
+            raise ModelInputError(f"{where}, field 'audio_base64': got {type(audio_base64).__name__}, expected a base64 string")
+        try:
+            data = base64.b64decode(audio_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ModelInputError(f"{where}, field 'audio_base64': not valid base64") from None
+        return _decoded(data, f"{where}, field 'audio_base64'", policy)
+    if isinstance(audio, (str, Path)):
+        if _present(rate):
+            raise ModelInputError(f"{where}, field 'sample_rate': not used with a file path (the file's header gives the rate); leave it out")
+        if policy is None:
+            try:
+                return load_audio(audio, target_sr), target_sr
+            except AudioDecodeError as err:
+                raise ModelInputError(f"{where}, field 'audio': {err}") from None
+        return _decoded(policy.allowed_file(str(audio), f"{where}, field 'audio'").read_bytes(), f"{where}, field 'audio'", policy)
+    if isinstance(audio, (list, tuple, np.ndarray)):
+        rate = _sample_rate(rate, where)
+        return _waveform(audio, rate, where, policy), rate
+    raise ModelInputError(f"{where}, field 'audio': got {type(audio).__name__}, expected a waveform (a list of numbers) or a file path")
+
+
 class SERPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow wrapper: loads the Predictor from the checkpoint artifact, predicts a frame."""
+    """MLflow wrapper: loads the Predictor from the checkpoint artifact, predicts a frame; in a
+    model server, applies the serving policy of flows/serving.py."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from ser_model.inference import Predictor
 
         self.predictor = Predictor.from_pretrained(context.artifacts[CHECKPOINT_ARTIFACT])
         self.labels = list(self.predictor.labels)
+        self.policy = ServingPolicy.from_env()
+        if in_scoring_server():
+            guard_scoring_server(self.policy)
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        if "audio" not in model_input.columns:
-            raise ValueError(
-                f"SER model input: missing column 'audio'; got columns {list(model_input.columns)}, "
-                "expected 'audio' (+ 'sample_rate' for waveforms)"
+        from ser_model.audio import AudioDecodeError
+
+        policy = self.policy if serving_process() else None
+        if not {"audio", "audio_base64"} & set(model_input.columns):
+            raise ModelInputError(
+                f"SER model input: got columns {list(model_input.columns)}, expected 'audio' (a waveform with "
+                "'sample_rate', or a file path) or 'audio_base64' (a WAV/FLAC file's bytes)"
             )
-        audio = list(model_input["audio"])
-        if all(isinstance(a, (str, Path)) for a in audio):
-            return predictions_frame(self.predictor.predict_files([str(a) for a in audio]), self.labels)
-        if "sample_rate" not in model_input.columns:
-            raise ValueError("SER model input: waveforms in 'audio' need a 'sample_rate' column (Hz) for each row")
-        rates = list(model_input["sample_rate"])
-        arrays = []
-        for row, (wave, rate) in enumerate(zip(audio, rates)):
-            if isinstance(wave, (str, Path)) or rate is None or pd.isna(rate):
-                raise ValueError(
-                    f"SER model input row {row}: expected all rows to be file paths, or all waveforms with a "
-                    f"sample_rate; got {type(wave).__name__} with sample_rate {rate!r}"
-                )
-            arrays.append((np.asarray(wave, dtype=np.float32), int(rate)))
-        return predictions_frame(self.predictor.predict_arrays(arrays), self.labels)
+        if len(model_input) == 0:
+            raise ModelInputError("SER model input: the request holds no rows; expected at least one")
+        if policy is not None and len(model_input) > policy.max_rows:
+            raise ModelInputError(
+                f"SER model input: {len(model_input)} rows, more than the limit of {policy.max_rows} rows per request ({MAX_ROWS})", 413
+            )
+        rows = zip(*(model_input[c] if c in model_input.columns else [None] * len(model_input) for c in ("audio", "audio_base64", "sample_rate")))
+        arrays = [row_audio(i, *row, self.predictor.sample_rate, policy) for i, row in enumerate(rows)]
+        try:
+            return predictions_frame(self.predictor.predict_arrays(arrays), self.labels)
+        except AudioDecodeError as err:
+            raise ModelInputError(f"SER model input: {err}") from None
 
 
 def pip_requirements() -> list[str]:

@@ -461,7 +461,15 @@ def health(settings: StackSettings, local: bool = True) -> dict[str, str | None]
 
 
 def env_lines(settings: StackSettings) -> list[str]:
-    return [f"export {key}={shlex.quote(value)}" for key, value in {**settings.client_env(), **TELEMETRY_OFF}.items()]
+    """The `export` lines of infra/env.sh: the stack's client settings, telemetry off, and the
+    project's .venv/bin first on PATH when it is not there yet, so that `mlflow`, `prefect` and
+    `ser` are found, and `mlflow models serve` finds the `uvicorn` it launches by name (without
+    it, the server exits 127)."""
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in {**settings.client_env(), **TELEMETRY_OFF}.items()]
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        lines.append(f'export PATH={shlex.quote(venv_bin)}:"$PATH"')
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

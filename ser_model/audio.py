@@ -8,6 +8,7 @@ with the kernel built once per (source rate, target rate) pair.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 
@@ -17,8 +18,8 @@ import torch
 import torchaudio
 
 __all__ = [
-    "AudioDecodeError", "load_audio", "to_mono", "resample", "resampling_kernel_size", "trim_silence",
-    "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE",
+    "AudioDecodeError", "AudioTooLongError", "load_audio", "decode_audio_bytes", "to_mono", "resample", "resampling_kernel_size",
+    "trim_silence", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE",
 ]
 
 #: sample rates accepted from files and callers (below: an absurd header that would be upsampled
@@ -33,6 +34,14 @@ MAX_KERNEL_SIZE = 2**22
 
 class AudioDecodeError(ValueError):
     """An audio file or array cannot be turned into a finite mono waveform."""
+
+
+#: soundfile's frame count of a file whose header does not state its length (libsndfile's SF_COUNT_MAX)
+UNKNOWN_FRAMES = 2**63 - 1
+
+
+class AudioTooLongError(AudioDecodeError):
+    """Audio longer than the limit the caller set (a served model's seconds per row)."""
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:
@@ -134,3 +143,32 @@ def trim_silence(wave: np.ndarray, sample_rate: int, trim_db: float | None, fram
         return wave
     loud = np.flatnonzero(energy > peak * 10.0 ** (-trim_db / 10.0))
     return wave[starts[loud[0]] : starts[loud[-1]] + win]
+
+
+def decode_audio_bytes(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode the bytes of an audio file (WAV, FLAC, OGG: any format soundfile reads) held in
+    memory, shape (N, channels) float32, and its sample rate.
+
+    For clients that send a file's content instead of a path or a waveform (a served model never
+    opens client paths). The length comes from the header, before anything is decoded: a file
+    longer than `max_seconds` raises `AudioTooLongError` (a compressed stream of hours of
+    silence is a few kilobytes), and a header that does not state the length (FLAC allows it;
+    soundfile then reports 2**63 - 1 frames and would allocate them) is refused. Down-mixing,
+    resampling and the finiteness check are the caller's (`Predictor.predict_arrays` does them).
+    """
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as audio:
+            rate, frames = audio.samplerate, audio.frames
+            if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                raise AudioDecodeError(f"sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+            if frames == UNKNOWN_FRAMES:
+                raise AudioDecodeError("the file's header does not state its length; expected a WAV or FLAC file whose header does")
+            if max_seconds is not None and frames > max_seconds * rate:
+                raise AudioTooLongError(f"{frames / rate:.1f} s of audio, more than the limit of {max_seconds:g} s")
+            samples = audio.read(dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:  # AudioDecodeError is neither
+        reason = getattr(exc, "error_string", exc)  # libsndfile's reason, without the BytesIO's repr
+        raise AudioDecodeError(f"cannot decode the bytes as audio ({reason}); expected the content of a WAV, FLAC or OGG file") from exc
+    if samples.shape[0] == 0:
+        raise AudioDecodeError("the file holds no samples; expected at least one")
+    return samples, rate

@@ -1,7 +1,8 @@
 """Smoke test of the performance suite: `benchmarks/run.py --quick` on a tiny synthetic RAVDESS
-tree writes perf.json with every ratio, both sides measured; and `benchmarks/gpu_wavlm.py`
-runs its CPU correctness path. No timing assertions: figures are printed, not judged. Marked
-slow: the two scripts take about 10-25 s together on two cores."""
+tree writes perf.json with every ratio, both sides measured; `benchmarks/gpu_wavlm.py` runs its
+CPU correctness path; `benchmarks/serve_load.py` serves a model and loads it with a few
+requests. No timing assertions: figures are printed, not judged. Marked slow: the three
+scripts take about 40-60 s together on two cores."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.corpora import ravdess_name, write_tone
+from tests.fixtures.network import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED_RATIOS = {
@@ -84,3 +86,19 @@ def test_gpu_script_runs_its_cpu_correctness_path(tmp_path):
     assert training["steps_per_s"] > 0 and training["flops_per_step"] > training["flops_backbone_forward_backward"] > 0
     assert training["share_of_peak_bf16"] is None  # no GPU peak for a CPU
     assert report["inference"]["rtf"] > 0 and report["backbone_config"]["model_type"] == "wavlm"
+
+
+@pytest.mark.slow
+def test_serve_load_answers_every_request_and_reports_latency_and_memory(tiny_ravdess, tmp_path):
+    out = tmp_path / "serve"
+    run_script("benchmarks/serve_load.py", "--root", str(tiny_ravdess), "--out", str(out), "--requests", "6", "--clients", "2", "--port", str(free_port()))
+    report = json.loads((out / "serve.json").read_text())
+    assert set(report["phases"]) == {"base64", "waveform"}
+    for phase in report["phases"].values():
+        assert (phase["requests"], phase["clients"], phase["errors"]) == (6, 2, 0), phase
+        assert 0 < phase["latency_p50_ms"] <= phase["latency_p95_ms"] <= phase["latency_max_ms"]
+        assert phase["throughput_rps"] > 0 and phase["request_kib_mean"] > 0
+    assert report["phases"]["waveform"]["request_kib_mean"] > report["phases"]["base64"]["request_kib_mean"]
+    memory = report["server_rss"]
+    assert memory["peak_during_load_mb"] >= memory["after_warmup_mb"] > 0 and memory["idle_after_start_mb"] > 0
+    assert "| base64 | 6 | 2 | 0 |" in (out / "serve.md").read_text()

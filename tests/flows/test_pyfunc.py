@@ -44,7 +44,7 @@ def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(loca
     with mlflow.start_run(experiment_id=experiment_id):
         info = log_pyfunc(checkpoint, registered_model_name="ser-ravdess")
     assert str(info.registered_model_version) == "1"
-    assert info.signature.inputs.input_names() == ["audio", "sample_rate"]
+    assert info.signature.inputs.input_names() == ["audio", "sample_rate", "audio_base64"]
     model = mlflow.pyfunc.load_model("models:/ser-ravdess/1")
     downloaded = download_checkpoint("models:/ser-ravdess/1", tmp_path / "download")
     assert sorted(p.name for p in downloaded.iterdir()) == sorted(p.name for p in checkpoint.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,17 @@ def test_env_sh_exports_what_settings_derive(repo_root, tmp_path):
         cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
     )
     assert shown.stdout.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"
+
+
+def test_env_sh_puts_the_venv_first_on_path_once(repo_root, tmp_path):
+    """`mlflow models serve` launches `uvicorn` by name: after eval "$(infra/env.sh)" in a shell
+    whose PATH lacks .venv/bin, both resolve to the project's venv; a second eval adds nothing."""
+    env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    shown = subprocess.run(
+        ["bash", "-c", 'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && command -v mlflow uvicorn && echo "$PATH"'],
+        cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
+    )
+    mlflow, uvicorn, path = shown.stdout.split()
+    venv_bin = repo_root / ".venv" / "bin"
+    assert Path(mlflow) == venv_bin / "mlflow" and Path(uvicorn) == venv_bin / "uvicorn"
+    assert path == f"{venv_bin}:/usr/bin:/bin"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,11 @@ import pytest
 
 from flows.settings import StackSettings
 from flows.storage import DataBucket
+from tests.fixtures.network import free_port
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 from tests.flows.live_stack import empty_bucket, live_bucket, prefect_api  # noqa: F401 - fixtures used by the tests here
 
 MLFLOW_START_TIMEOUT_S = 120.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -1,0 +1,229 @@
+"""Serving the SER pyfunc on a network: what a served model accepts, its limits, its error replies.
+
+`mlflow models serve` runs MLflow's scoring server (uvicorn, `mlflow.pyfunc.scoring_server`),
+which loads the pyfunc and hands it every request's rows. Three things differ from local batch
+use (`mlflow.pyfunc.load_model`, `ser predict`):
+
+- **Paths.** A served model never opens a path a client names (`{"audio": "/etc/passwd"}`):
+  paths are refused unless the operator sets `SER_SERVE_ALLOWED_ROOT`, and then only files
+  inside that folder (after resolving links) are read. Clients send waveforms or file bytes.
+- **Limits.** Rows per request, seconds of audio per row and request bytes are bounded (4xx
+  naming the limit); the operator sets them with `SER_SERVE_MAX_ROWS`, `SER_SERVE_MAX_SECONDS`,
+  `SER_SERVE_MAX_REQUEST_BYTES`.
+- **Replies.** MLflow's scoring server puts the input's repr and, for errors other than
+  `MlflowException`, a stack trace with server paths into its error JSON. `guard_scoring_server`
+  wraps the server's `invocations` function so that a reply carries only the error code and a
+  message naming the bad field; the details go to the server log.
+
+The serving context is recognised without the operator's help, so that the safe behaviour is
+the default: MLflow's scoring server sets `__pyfunc_model_path__` in its worker's environment
+before the model is loaded (which is when the guard is installed), and
+`_MLFLOW_IS_IN_SERVING_ENVIRONMENT` once its app exists (also under `mlflow models predict`);
+any other server that wraps the pyfunc sets `SER_SERVING=1`. A process with none of these
+signals is local batch use, where a path names the caller's own file.
+
+`serve_command` is the documented command line and `running_model_server` runs it until it
+answers (the e2e test and benchmarks/serve_load.py use both). docs/SERVING.md is the user's view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import scoring_server
+
+_logger = logging.getLogger(__name__)
+
+SERVING_FLAG = "SER_SERVING"
+"""Set to 1 by a server other than MLflow's that wraps the pyfunc: turns on the serving policy."""
+ALLOWED_ROOT = "SER_SERVE_ALLOWED_ROOT"
+MAX_SECONDS = "SER_SERVE_MAX_SECONDS"
+MAX_ROWS = "SER_SERVE_MAX_ROWS"
+MAX_REQUEST_BYTES = "SER_SERVE_MAX_REQUEST_BYTES"
+
+
+class ModelInputError(MlflowException):
+    """A request's input is unusable: the message names the row and field. `status` is the HTTP
+    status of the reply (400 bad value, 413 over a limit); `reply` the message without the input
+    repr MLflow's scoring server prepends."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.reply = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    """What a served model accepts. max_seconds: audio per row; max_rows: rows per request;
+    max_request_bytes: body of one request (also the largest file read under allowed_root);
+    allowed_root: folder whose files clients may name by path (None: no paths)."""
+
+    max_seconds: float = 60.0
+    max_rows: int = 32
+    max_request_bytes: int = 32 * 2**20
+    allowed_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("max_seconds", self.max_seconds), ("max_rows", self.max_rows), ("max_request_bytes", self.max_request_bytes)):
+            if not value > 0:
+                raise ValueError(f"ServingPolicy.{name}: got {value!r}, expected a positive number")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingPolicy:
+        """The policy from SER_SERVE_* variables (unset: the defaults); a bad value raises
+        ValueError naming the variable, so the server refuses to start rather than run unbounded."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for variable, field, kind in ((MAX_SECONDS, "max_seconds", float), (MAX_ROWS, "max_rows", int), (MAX_REQUEST_BYTES, "max_request_bytes", int)):
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r}: expected a positive {kind.__name__}") from None
+            if not values[field] > 0:
+                raise ValueError(f"{variable}={raw!r}: expected a positive {kind.__name__}")
+        root = env.get(ALLOWED_ROOT, "").strip()
+        if root:
+            resolved = Path(root).resolve()
+            if not resolved.is_dir():
+                raise ValueError(f"{ALLOWED_ROOT}={root!r}: not a folder; expected the folder whose files clients may name")
+            values["allowed_root"] = resolved
+        return cls(**values)
+
+    def allowed_file(self, path: str, where: str) -> Path:
+        """The resolved file a client named, if this policy lets it be read; else ModelInputError
+        (the message never names the server's folder)."""
+        if self.allowed_root is None:
+            raise ModelInputError(
+                f"{where}: file paths are not accepted by the served model; send the waveform with "
+                "'sample_rate', or the file's bytes base64-encoded in 'audio_base64'"
+            )
+        try:
+            resolved = Path(os.path.realpath(self.allowed_root / path))
+            readable = resolved.is_relative_to(self.allowed_root) and resolved.is_file()
+            size = resolved.stat().st_size if readable else 0
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            readable = False
+        if not readable:
+            raise ModelInputError(f"{where}: no such file in the folder this server reads from")
+        if size > self.max_request_bytes:
+            raise ModelInputError(f"{where}: the file is larger than the limit of {self.max_request_bytes} bytes ({MAX_REQUEST_BYTES})", 413)
+        return resolved
+
+
+def in_scoring_server() -> bool:
+    """True in a process of MLflow's scoring server (`mlflow models serve`, `build-docker` images),
+    where the model is loaded before the app exists."""
+    return scoring_server._SERVER_MODEL_PATH in os.environ
+
+
+def serving_process() -> bool:
+    """True inside a model server: MLflow's scoring server (see the module docstring) or one
+    that sets SER_SERVING=1."""
+    return (
+        in_scoring_server()
+        or bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
+        or os.environ.get(SERVING_FLAG) == "1"
+    )
+
+
+MAX_MESSAGE = 1000
+"""Characters of an error message kept in a reply or a log line (MLflow's JSON errors echo the
+whole input)."""
+
+
+def _shortened(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + " [...]"
+
+
+def _reply(status: int, error_code: str, message: str) -> scoring_server.InvocationsResponse:
+    body = json.dumps({"error_code": error_code, "message": _shortened(message)})
+    return scoring_server.InvocationsResponse(response=body, status=status, mimetype="application/json")
+
+
+def guard_scoring_server(policy: ServingPolicy) -> None:
+    """Wrap the scoring server's `invocations` (which its /invocations endpoint looks up at each
+    request) so that a body over `policy.max_request_bytes` is refused before it is parsed
+    (413), and every error reply is `{"error_code", "message"}` with no stack trace, no input
+    repr and no server path. Called again, it replaces its earlier wrapper (new policy)."""
+    original = getattr(scoring_server.invocations, "ser_unguarded", scoring_server.invocations)
+
+    @functools.wraps(original)
+    def guarded(data, content_type, model, input_schema):
+        if len(data) > policy.max_request_bytes:
+            return _reply(413, "INVALID_PARAMETER_VALUE", f"the request body holds {len(data)} bytes, more than the limit of {policy.max_request_bytes} bytes ({MAX_REQUEST_BYTES})")
+        if not content_type:
+            return _reply(415, "BAD_REQUEST", "missing Content-Type header; expected application/json")
+        try:
+            return original(data, content_type, model, input_schema)
+        except ModelInputError as err:
+            return _reply(err.status, err.error_code, err.reply)
+        except MlflowException as err:
+            _logger.warning("refused a request: %s", _shortened(err.message))
+            return _reply(err.get_http_status_code(), err.error_code, err.message)
+        except Exception:
+            _logger.exception("scoring a request failed")
+            return _reply(500, "INTERNAL_ERROR", "the model failed on this request; the server log has the details")
+
+    guarded.ser_unguarded = original
+    scoring_server.invocations = guarded
+
+
+def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The documented serving command: `mlflow models serve` in the project's environment (no
+    new virtualenv), e.g. for ``models:/ser-ravdess@champion``."""
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    return [str(mlflow_cli), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", host, "--port", str(port)]
+
+
+@contextlib.contextmanager
+def running_model_server(
+    model_uri: str, port: int, env: Mapping[str, str], log_path: Path, host: str = "127.0.0.1", start_timeout_s: float = 300.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `serve_command` (its own process group, output to `log_path`) until /ping answers;
+    yield (base URL, process); stop the whole group afterwards. The venv's bin folder goes first
+    on PATH, as `eval "$(infra/env.sh)"` does, because MLflow starts `uvicorn` by name."""
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    url = f"http://{host}:{port}"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(serve_command(model_uri, host, port), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited with {process.returncode} before answering; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow models serve did not answer {url}/ping within {start_timeout_s:g} s; see {log_path}") from None
+                time.sleep(1.0)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
