@@ -132,25 +132,25 @@ def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
 
 
 def _decode(handle: sf.SoundFile, name: str) -> np.ndarray:
-    """All samples, (frames, channels) float32, read in blocks of DECODE_BLOCK_FRAMES. A decoder
-    error part-way (a cut FLAC loses sync, a seek runs past the end) is ``truncated``: the header
-    declared frames the data does not yield."""
-    blocks, done = [], 0
-    while True:
+    """The decodable samples, (frames, channels) float32, read in blocks of DECODE_BLOCK_FRAMES
+    into one array of the declared length (no copy to join the blocks). A decoder error part-way
+    (a cut FLAC loses sync, a seek runs past the end) is ``truncated``: the header declared frames
+    the data does not yield. Fewer frames than declared come back as a shorter array."""
+    declared = handle.frames  # at most max_duration_s of audio: _check_header ran first
+    samples = np.empty((declared, handle.channels), dtype=np.float32)
+    done = 0
+    while done < declared:
         try:
-            block = handle.read(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            got = len(handle.read(dtype="float32", always_2d=True, out=samples[done:done + DECODE_BLOCK_FRAMES]))
         except Exception as err:  # decoder errors surface as several exception types
             raise AudioCheckError(
                 "truncated",
-                f"{name}: decoding stopped after {done} of {handle.frames} declared frames ({_decoder_message(err)})",
+                f"{name}: decoding stopped after {done} of {declared} declared frames ({_decoder_message(err)})",
             ) from err
-        if not len(block):
+        if not got:
             break
-        blocks.append(block)
-        done += len(block)
-    if not blocks:
-        return np.zeros((0, handle.channels), dtype=np.float32)
-    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        done += got
+    return samples[:done]
 
 
 def _check_samples(samples: np.ndarray, name: str, checks: AudioChecks) -> None:

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_contracts.errors import SourceError
+
+_S3_CLIENT_LOCK = threading.Lock()
+"""Serialises the creation of S3 clients: ingest reads files from a pool of threads, and boto3's
+default session, which `boto3.client` uses, is not thread-safe."""
 
 
 @dataclass(frozen=True)
@@ -197,10 +202,11 @@ class S3Source(CorpusSource):
 
     @property
     def client(self):
-        if self._client is None:
-            import boto3
+        with _S3_CLIENT_LOCK:
+            if self._client is None:
+                import boto3
 
-            self._client = boto3.client("s3")
+                self._client = boto3.client("s3")
         return self._client
 
     def _key(self, path: str) -> str:
