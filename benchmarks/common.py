@@ -1,8 +1,7 @@
 """Shared pieces of the benchmark scripts: the machine, timing, peak memory, ratios, Markdown.
 
 Imports only the standard library (psutil lazily), so that `gpu_wavlm.py` runs on a machine
-without soundfile, pandas or psutil, and so that the worker processes the ingest benchmark spawns
-(which re-import the main script) start as light as they do under `run_ingest`.
+without soundfile, pandas or psutil.
 
 A ratio compares two sides measured in the same run on the same input:
 

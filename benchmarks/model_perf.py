@@ -1,7 +1,7 @@
 """The model side of `benchmarks/run.py`: inference and training-step ratios on CPU, real-time factors.
 
-Imported by run.py only after the ingest benchmark, so that the ingest workers (spawned
-processes re-import the main script) do not load torch. See run.py for what each ratio means.
+Imported by run.py only after the ingest benchmarks, so that torch's threads and memory do not
+weigh on them. See run.py for what each ratio means.
 """
 
 from __future__ import annotations

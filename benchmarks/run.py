@@ -9,6 +9,9 @@ repeats taken in alternation (A, B, A, B, ...), with torch threads fixed:
 * ingest decode: `data_contracts.probing.probe_all` (read bytes, sha256, decode, every audio
   check), 1 worker and all cores, in files/s per core, over bare `soundfile.read` of the same
   files in one process. Target >= 0.8.
+* the `ser` command as a user times it (`benchmarks/cli_perf.py`, fresh processes): `ser ingest`
+  at 1 worker and all cores over a bare soundfile loop of the same files (target <= 2), all
+  cores over 1 worker (target <= 1), and `ser --help` (target <= 1 s).
 * inference overhead: `Predictor.predict_files` (decode, down-mix, resample, backbone, FLAM,
   head, softmax) over a bare backbone forward on the same padded batch, for the fbank backbone
   and a random WavLM (hf). Target <= 1.10.
@@ -42,6 +45,7 @@ if str(REPO) not in sys.path:
 
 import soundfile as sf  # noqa: E402
 
+from benchmarks.cli_perf import bench_commands  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     HF_SHAPE_NAMES,
     BenchSettings,
@@ -98,43 +102,28 @@ def bench_ingest(root: Path, candidates: list[Candidate], s: BenchSettings) -> d
             sf.read(path, dtype="float32")
 
     worker_counts = sorted({1, usable_cores()})
-    pools = [w for w in worker_counts if w > 1]
     fns = {"bare": bare}
     fns.update({f"probe_{w}": (lambda w=w: probe_all(source, candidates, checks, workers=w, progress=False)) for w in worker_counts})
-    # a pool's start-up: probe_all on `w` files, one per worker
-    fns.update({f"startup_{w}": (lambda w=w: probe_all(source, candidates[:w], checks, workers=w, progress=False)) for w in pools})
     with PeakRSS() as mem:
         timings = interleaved_medians(fns, repeats=s.repeats, warmup=s.warmup)
     bare_rate = n / timings["bare"]["median_s"]
-    ratios, steady = [], {}
-    for w in worker_counts:
-        took = timings[f"probe_{w}"]["median_s"]
-        note = "probe_all reads the bytes, hashes them (sha256), decodes from memory and runs every audio check"
-        if w > 1:
-            startup = timings[f"startup_{w}"]["median_s"]
-            note += f"; the spawned pool's start-up ({startup:.2f} s, measured on {w} files) counts"
-            if took - startup >= 0.25 * took:
-                steady[w] = n / (took - startup) / w / bare_rate
-                note += f": without it the ratio would be {steady[w]:.3f} (a corpus larger than {n} files amortises it)"
-            else:
-                steady[w] = None
-                note += f" and is most of the time on {n} files"
-        ratios.append(
-            ratio_entry(
-                f"ingest decode, {w} worker(s)",
-                Side(f"probe_all, {w} worker(s), per core", n / took / w, "files/s"),
-                Side("bare soundfile.read, 1 process", bare_rate, "files/s"),
-                target=INGEST_TARGET, at_most=False, cpu_ratio=cpu_time_ratio(timings, "bare", "probe_1") if w == 1 else None,
-                note=note,
-            )
+    ratios = [
+        ratio_entry(
+            f"ingest decode, {w} worker(s)",
+            Side(f"probe_all, {w} worker(s), per core", n / timings[f"probe_{w}"]["median_s"] / w, "files/s"),
+            Side("bare soundfile.read, 1 process", bare_rate, "files/s"),
+            target=INGEST_TARGET, at_most=False, cpu_ratio=cpu_time_ratio(timings, "bare", "probe_1") if w == 1 else None,
+            note="probe_all reads the bytes, hashes them (sha256), decodes from memory and runs every audio check"
+            + ("" if w == 1 else f", in a pool of {w} threads"),
         )
+        for w in worker_counts
+    ]
     traced = traced_peak_mb(lambda: probe_all(source, candidates, checks, workers=1, progress=False))
     return {
         "files": n,
         "quarantined": quarantined,
         "timings": timings,
         "ratios": ratios,
-        "ratio_without_pool_startup": steady,
         "memory": {**mem.as_dict(), "tracemalloc_peak_mb_1_worker": round(traced, 1)},
     }
 
@@ -157,6 +146,11 @@ def perf_markdown(report: dict[str, Any]) -> str:
         "",
         "## Ratios (both sides measured in this run on the same input)",
         *ratios_markdown(report["ratios"]),
+        "",
+        "## The `ser` command",
+        f"`{' '.join(report['commands']['command'])} --help`, a fresh process: {report['commands']['help']['median_s']:.3f} s "
+        f"(target <= {report['commands']['help']['target_s']} s: {'met' if report['commands']['help']['met'] else '**not met**'}). "
+        f"`ser ingest` over {report['commands']['files']} files: see the ratios above.",
         "",
         "## Training step breakdown",
         "| backbone | step s | utt/s | EAM share of step | data loading share of iteration | FLOP ratio step / bare backbone | parameters (M) |",
@@ -202,8 +196,9 @@ def run(root: Path, out: Path, s: BenchSettings) -> dict[str, Any]:
     log.info("%s: %d candidates; ingest on %d files", root, len(candidates), len(ingest_set))
     ingest = bench_ingest(root, ingest_set, s)
     log.info("ingest: ratios %s", [round(r["ratio"], 3) for r in ingest["ratios"]])
+    commands = bench_commands(root, [c.path for c in ingest_set], s.ingest_files is None, usable_cores(), s.repeats, s.warmup)
+    log.info("ser command: ratios %s, ser --help %.2f s", [round(r["ratio"], 3) for r in commands["ratios"]], commands["help"]["median_s"])
 
-    # torch only now: the ingest workers, spawned above, re-imported this script without it
     from benchmarks import model_perf
 
     machine.update(model_perf.torch_facts(s.threads))
@@ -219,8 +214,9 @@ def run(root: Path, out: Path, s: BenchSettings) -> dict[str, Any]:
         "settings": asdict(s),
         "machine": machine,
         "load_average_end": load_average(),
-        "ratios": ingest["ratios"] + [v["ratio"] for v in inference.values()] + [v["ratio"] for v in training.values()],
+        "ratios": ingest["ratios"] + commands["ratios"] + [v["ratio"] for v in inference.values()] + [v["ratio"] for v in training.values()],
         "ingest": ingest,
+        "commands": commands,
         "inference": inference,
         "training": training,
         "rtf": [v["rtf"] for v in inference.values()],

@@ -1,8 +1,9 @@
 """Ingest a corpus: parse its layout, decode and check every utterance, build the tables.
 
 `run_ingest` returns the validated manifest, the quarantine table, the fold table, a report and
-the manifest fingerprint; `write_ingest_outputs` writes them to a folder; `report_markdown`
-renders the report as the text of the ingest flow's Prefect artifact. No Prefect, MLflow or S3
+the manifest fingerprint; `write_ingest_outputs` writes them to a folder and `read_ingest_outputs`
+reads them back (what `ser train --manifest DIR` trains from); `report_markdown` renders the report
+as the text of the ingest flow's Prefect artifact. No Prefect, MLflow or S3
 writing here: the flows call these functions.
 
 Every file under the root ends in exactly one place: a manifest row, a quarantine row, an
@@ -28,7 +29,7 @@ import pandas as pd
 from data_contracts.audio import AUDIO_CHECKS, AudioChecks
 from data_contracts.corpora import parse_corpus
 from data_contracts.corpora.base import QuarantineRow
-from data_contracts.errors import FoldError, IngestError
+from data_contracts.errors import FoldError, IngestError, ManifestError
 from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint, manifest_fingerprint
 from data_contracts.folds import fold_of_speaker, make_folds, natural_key
 from data_contracts.labels import LABELS
@@ -210,6 +211,35 @@ def write_ingest_outputs(result: IngestResult, out_dir: str | Path) -> dict[str,
     result.folds.to_parquet(paths["folds.parquet"], index=False)
     paths["report.json"].write_text(json.dumps(result.report, indent=2, ensure_ascii=False) + "\n")
     return paths
+
+
+def read_ingest_outputs(out_dir: str | Path) -> IngestResult:
+    """The IngestResult that `write_ingest_outputs` wrote under `out_dir`, every table validated
+    against its schema, so that training reads what ingest wrote instead of decoding the corpus
+    again. The report's fingerprint must be the manifest's: a manifest edited by hand, or files
+    from two ingests mixed in one folder, raise ManifestError naming the folder."""
+    out = Path(out_dir)
+    missing = [name for name in OUTPUT_FILES if not (out / name).is_file()]
+    if missing:
+        raise ManifestError(
+            f"{out}: {', '.join(missing)} missing; expected the folder `ser ingest CORPUS ROOT --out DIR` writes "
+            f"({', '.join(OUTPUT_FILES)})"
+        )
+    try:
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in ("manifest", "quarantine", "folds")}
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{out}: cannot read the ingest outputs: {err}") from err
+    if not isinstance(report, dict) or not all(isinstance(report.get(key), str) for key in ("corpus", "root", "fingerprint")):
+        raise ManifestError(f"{out / 'report.json'}: expected a JSON object with the strings corpus, root and fingerprint")
+    manifest = validate_manifest(tables["manifest"])
+    fingerprint = manifest_fingerprint(manifest)
+    if fingerprint != report["fingerprint"]:
+        raise ManifestError(
+            f"{out}: manifest.parquet has fingerprint {fingerprint}, report.json says {report['fingerprint']}; "
+            "the files come from different ingests or were edited: ingest again"
+        )
+    return IngestResult(manifest, validate_quarantine(tables["quarantine"]), validate_folds(tables["folds"]), report, fingerprint)
 
 
 def _table(header: tuple[str, ...], rows) -> list[str]:

@@ -17,6 +17,8 @@ import soundfile
 import torch
 import torchaudio
 
+from ser_model.errors import AudioDecodeError
+
 __all__ = [
     "AudioDecodeError", "AudioTooLongError", "load_audio", "decode_audio_bytes", "to_mono", "resample", "resampling_kernel_size",
     "trim_silence", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE",
@@ -30,10 +32,6 @@ MAX_SAMPLE_RATE = 768000
 #: common rate needs under 10^5, while a rate sharing no factor with the target (e.g. 48001 Hz) would
 #: need gigabytes
 MAX_KERNEL_SIZE = 2**22
-
-
-class AudioDecodeError(ValueError):
-    """An audio file or array cannot be turned into a finite mono waveform."""
 
 
 #: soundfile's frame count of a file whose header does not state its length (libsndfile's SF_COUNT_MAX)

@@ -1,40 +1,47 @@
-"""The `ser` command line on local folders (the `ser` console script, `flows.cli`, wraps it to
-resolve `models:/...` registry URIs):
+"""The `ser` command line: one argparse tree for every command.
 
-    ser ingest CORPUS ROOT --out DIR
-    ser train --corpus C --root DIR --fold K [--preset P] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
-    ser evaluate --model DIR --corpus C --root DIR --fold K [--split test|valid|train]
-    ser evaluate --model DIR --corpus C --root DIR --split all
-    ser predict FILE... --model DIR [--json]
-    ser export --onnx --model DIR --out FILE
+    ser ingest CORPUS ROOT --out DIR [--workers N] [--no-progress]
+    ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
+    ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
+    ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
+    ser predict FILE... --model M [--json]
+    ser export --onnx --model M --out FILE
 
-`train` and `evaluate` ingest the corpus in memory (the same parser, checks and folds as the
-ingest flow). `evaluate --split all` scores every utterance of the root and needs no fold, so
-it also scores a held-out set too small for any fold protocol. ``--model`` takes a checkpoint
-folder, or through the `ser` console script a registry model ``models:/NAME@ALIAS`` (or
-``models:/NAME/VERSION``). Exit codes: 0 done, 2 bad input (message on stderr).
+`train` and `evaluate` read what `ser ingest --out DIR` wrote (`--manifest DIR`: manifest, folds
+and the corpus root from its report, no audio decoded twice), or ingest a root in memory (the
+same parser, checks and folds as the ingest flow). `evaluate --split all` scores every utterance
+and needs no fold, so it also scores a held-out set too small for any fold protocol.
+
+``--model`` takes a checkpoint folder, or a URI that a resolver given to `main` turns into one:
+the `ser` console script (`flows.cli`) registers the MLflow registry's ``models:/NAME@ALIAS`` and
+``models:/NAME/VERSION``; ser_model itself knows no registry. Exit codes: 0 done, 2 bad input
+(message on stderr, no traceback).
+
+Start-up: this module imports no torch, pandas or audio library; each command imports what it
+needs when it runs, so `ser --help` answers at once and `ser ingest` never loads torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_contracts.cli import add_ingest_parser
 from data_contracts.errors import DataContractError
-from data_contracts.ingest import run_ingest
 from data_contracts.labels import CORPORA, LABELS
-from ser_model.audio import AudioDecodeError
 from ser_model.config import ConfigError, SERConfig
+from ser_model.errors import AudioDecodeError, DataSplitError
 from ser_model.presets import PRESETS, experiment_config
-from ser_model.data import DataSplitError
 
-__all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line"]
+__all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError", "BAD_INPUT_EXIT"]
 
 BAD_INPUT_EXIT = 2
 MODEL_HELP = (
@@ -42,7 +49,18 @@ MODEL_HELP = (
     "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (MLflow server from MLFLOW_TRACKING_URI)"
 )
 ALL_SPLIT = "all"
-BAD_INPUT_ERRORS = (DataContractError, ConfigError, DataSplitError, AudioDecodeError, FileNotFoundError)
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+ModelResolver = Callable[[str, Path], Path]
+"""``(uri, scratch folder) -> checkpoint folder``: fetches the model a ``--model`` URI names into
+the scratch folder (deleted when the command ends); raises ModelSourceError when it cannot."""
+
+
+class ModelSourceError(Exception):
+    """A ``--model`` URI cannot be turned into a checkpoint folder (no resolver for it, not found, unreachable)."""
+
+
+BAD_INPUT_ERRORS = (DataContractError, ConfigError, DataSplitError, AudioDecodeError, ModelSourceError, FileNotFoundError)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -83,14 +101,62 @@ def _local_root(root: str) -> str:
     return root
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from ser_model.train import fit
+def corpus_data(args: argparse.Namespace):
+    """``(corpus, audio root, IngestResult)`` of `train` / `evaluate`: read from ``--manifest DIR``
+    (the corpus and root from its report; ``--root`` overrides the root when the audio moved),
+    or ingested in memory from ``--corpus`` and ``--root``."""
+    from data_contracts.ingest import read_ingest_outputs, run_ingest
 
-    config = train_config(args.corpus, args.backbone, args.config, args.epochs, args.set, args.preset)
-    ingest = run_ingest(args.corpus, _local_root(args.root), progress=False)
-    out = Path(args.out or f"runs/{args.corpus}/{'release' if args.fold < 0 else f'fold-{args.fold}'}")
-    result = fit(config, ingest.manifest, ingest.folds, args.fold, args.root, out, resume=not args.no_resume)
-    print(f"{args.corpus} fold {args.fold}, selected epoch {result.selected_epoch}: {result.selection_rule}")
+    command = f"ser {args.command}"
+    if args.manifest:
+        ingested = read_ingest_outputs(args.manifest)
+        corpus = ingested.report["corpus"]
+        if args.corpus and args.corpus != corpus:
+            raise ConfigError(f"{command} --corpus {args.corpus}: {args.manifest} holds a {corpus} manifest")
+        return corpus, _local_root(args.root or ingested.report["root"]), ingested
+    if not (args.corpus and args.root):
+        raise DataSplitError(f"{command}: give --manifest DIR (written by ser ingest) or both --corpus and --root")
+    return args.corpus, _local_root(args.root), run_ingest(args.corpus, _local_root(args.root), progress=False)
+
+
+def run_ingest_command(args: argparse.Namespace) -> int:
+    """`ser ingest`: parse, check and fold a corpus, write the four outputs, print a summary. A
+    local root is recorded absolute in report.json, so `--manifest DIR` finds the audio from any folder."""
+    from data_contracts.ingest import run_ingest, write_ingest_outputs
+
+    root = args.root if "://" in args.root else os.path.abspath(args.root)
+    result = run_ingest(args.corpus, root, workers=args.workers, progress=not args.no_progress)
+    try:
+        paths = write_ingest_outputs(result, args.out)
+    except OSError as err:
+        print(f"ser ingest: error: cannot write outputs to {args.out}: {err}", file=sys.stderr)
+        return BAD_INPUT_EXIT
+    report = result.report
+    print(
+        f"{args.corpus}: {report['utterances']} utterances, {len(report['quarantined'])} quarantined, "
+        f"{len(report['folds'])} folds, {report['duration_s']['total'] / 3600:.2f} h of audio"
+    )
+    if report["no_fold_protocol"]:
+        print(
+            f"ser ingest: warning: no fold protocol fits, so folds.parquet is empty ({report['no_fold_protocol']}); "
+            f"score this set whole with: ser evaluate --model M --manifest {args.out} --split all",
+            file=sys.stderr,
+        )
+    for reason, count in report["quarantine_counts"].items():
+        print(f"  quarantined {reason}: {count}")
+    print(f"fingerprint {result.fingerprint}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ser_model.train import RELEASE_FOLD, fit
+
+    corpus, root, ingested = corpus_data(args)
+    config = train_config(corpus, args.backbone, args.config, args.epochs, args.set, args.preset)
+    out = Path(args.out or f"runs/{corpus}/{'release' if args.fold == RELEASE_FOLD else f'fold-{args.fold}'}")
+    result = fit(config, ingested.manifest, ingested.folds, args.fold, root, out, resume=not args.no_resume)
+    print(f"{corpus} fold {args.fold}, selected epoch {result.selected_epoch}: {result.selection_rule}")
     print(metrics_line("valid", result.valid))
     if result.test:
         print(metrics_line("test", result.test))
@@ -99,24 +165,24 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ser_model.model import SERModel
-    from ser_model.train import evaluate_rows, fold_splits
-
     if args.split == ALL_SPLIT and args.fold is not None:
         raise DataSplitError(f"ser evaluate --split all --fold {args.fold}: --split all scores every utterance of the root; drop --fold")
     if args.split != ALL_SPLIT and args.fold is None:
         raise DataSplitError(f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)")
+    from ser_model.model import SERModel
+    from ser_model.train import evaluate_rows, fold_splits
+
     model = SERModel.from_pretrained(args.model)
-    if tuple(model.labels) != LABELS[args.corpus]:
-        raise ConfigError(f"{args.model}: the model's classes {list(model.labels)} are not {args.corpus}'s {list(LABELS[args.corpus])}")
-    ingest = run_ingest(args.corpus, _local_root(args.root), progress=False)
+    corpus, root, ingested = corpus_data(args)
+    if tuple(model.labels) != LABELS[corpus]:
+        raise ConfigError(f"{args.model}: the model's classes {list(model.labels)} are not {corpus}'s {list(LABELS[corpus])}")
     if args.split == ALL_SPLIT:
-        rows, what = ingest.manifest, f"{args.corpus} all utterances of {args.root}"
+        rows, what = ingested.manifest, f"{corpus} all utterances of {root}"
     else:
-        rows, what = fold_splits(ingest.manifest, ingest.folds, args.fold)[args.split], f"{args.corpus} fold {args.fold} {args.split}"
+        rows, what = fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split], f"{corpus} fold {args.fold} {args.split}"
     if rows.empty:
         raise DataSplitError(f"{what}: no utterances to score")
-    metrics = evaluate_rows(model, rows, args.root, batch_size=args.batch_size)
+    metrics = evaluate_rows(model, rows, root, batch_size=args.batch_size)
     speakers = ", ".join(sorted(rows["speaker"].unique()))
     print(metrics_line(f"{what} ({speakers})", metrics))
     if args.json:
@@ -148,15 +214,37 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be >= 1, got {value}")
+    return value
+
+
+def _add_corpus_data(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data", "--manifest DIR (what `ser ingest --out DIR` wrote), or --corpus and --root to ingest in memory")
+    data.add_argument("--manifest", metavar="DIR", help="folder written by ser ingest: manifest, folds and the corpus root from its report")
+    data.add_argument("--corpus", choices=CORPORA, help="corpus name (with --root; read from the report with --manifest)")
+    data.add_argument("--root", help="local corpus root in its official layout (with --manifest: where the audio is now, if it moved)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition: ingest, train, evaluate, predict, export.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_ingest_parser(commands)
+
+    ingest = commands.add_parser(
+        "ingest", help="parse, check and fold a corpus in its official layout; write manifest, quarantine, folds, report",
+    )
+    ingest.add_argument("corpus", choices=CORPORA, help="corpus name")
+    ingest.add_argument("root", help="corpus root: a local folder or s3://bucket/prefix")
+    ingest.add_argument("--out", required=True, help="output folder for manifest.parquet, quarantine.parquet, folds.parquet, report.json")
+    ingest.add_argument("--workers", type=_workers, default=None, help="decoding threads (default: all cores)")
+    ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ingest.set_defaults(handler=run_ingest_command)
 
     train = commands.add_parser("train", help="train one fold (or the release model) of a corpus")
-    train.add_argument("--corpus", required=True, choices=CORPORA)
-    train.add_argument("--root", required=True, help="local corpus root in its official layout")
+    _add_corpus_data(train)
     train.add_argument(
         "--preset", choices=sorted(PRESETS),
         help="training recipe (ser_model/presets.py; default: cpu-fbank, or paper-wavlm with an hf: backbone)",
@@ -172,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on one fold's held-out speakers, or on every utterance of a root")
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
-    evaluate.add_argument("--corpus", required=True, choices=CORPORA)
-    evaluate.add_argument("--root", required=True)
+    _add_corpus_data(evaluate)
     evaluate.add_argument("--fold", type=int, help="fold whose speakers to score (required unless --split all)")
     evaluate.add_argument(
         "--split", choices=("test", "valid", "train", ALL_SPLIT), default="test",
@@ -201,11 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def resolve_model(value: str, resolvers: Mapping[str, ModelResolver], scratch: contextlib.ExitStack) -> str:
+    """The checkpoint folder a ``--model`` value names: the value itself when it is not a URI,
+    else what the resolver registered for its prefix fetched into a scratch folder that lives as
+    long as `scratch`. A URI no resolver handles raises ModelSourceError naming the known prefixes."""
+    for prefix, resolver in resolvers.items():
+        if value.startswith(prefix):
+            folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="ser-model-"))
+            return str(resolver(value, Path(folder)))
+    if URI.match(value):
+        known = ", ".join(resolvers) or "none here; the `ser` console script resolves models:/"
+        raise ModelSourceError(f"--model {value}: no resolver for this URI (known: {known}); give a checkpoint folder")
+    return value
+
+
+def main(argv: Sequence[str] | None = None, resolvers: Mapping[str, ModelResolver] | None = None) -> int:
+    """Run one `ser` command line; `resolvers` maps a ``--model`` URI prefix (``models:/``) to
+    the function that fetches such a model (see ModelResolver). Returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.handler(args)
+        with contextlib.ExitStack() as scratch:
+            if getattr(args, "model", None):
+                args.model = resolve_model(args.model, resolvers or {}, scratch)
+            return args.handler(args)
     except BAD_INPUT_ERRORS as err:
         print(f"ser {args.command}: error: {err}", file=sys.stderr)
         return BAD_INPUT_EXIT

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from data_contracts.errors import SourceError
 from data_contracts.source import resolve_inside
 from ser_model.audio import load_audio, trim_silence
+from ser_model.errors import DataSplitError
 
 __all__ = [
     "DataSplitError",
@@ -43,10 +44,6 @@ PRELOAD_LIMIT_BYTES = 6 * 1024**3
 #: the model sees the whole (silence-trimmed) utterance up to this long; longer ones are centre-cropped
 #: by evaluation and cut into windows of this length by `ser_model.inference.Predictor`
 EVAL_MAX_SECONDS = 60.0
-
-
-class DataSplitError(ValueError):
-    """A split of the manifest cannot be trained or evaluated on (empty, unknown labels, ...)."""
 
 
 class Batch(NamedTuple):

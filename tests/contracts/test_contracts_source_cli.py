@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from data_contracts.cli import add_ingest_parser, run_ingest_command
 from data_contracts.errors import SourceError
 from data_contracts.ingest import OUTPUT_FILES, report_markdown, run_ingest, write_ingest_outputs
 from data_contracts.source import LocalSource, S3Source, check_relative_path, open_source
+from ser_model.cli import main as ser
 from tests.fixtures.corpora import assert_manifest_rows, make_ravdess, make_savee
 
 
@@ -88,16 +87,9 @@ def test_s3_source_pickles_without_its_client(s3_bucket):
     assert (clone.bucket, clone.prefix, clone._client) == ("corpora", "x", None)
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ser")
-    add_ingest_parser(top.add_subparsers(dest="command"))
-    return top
-
-
 def test_cli_ingest_writes_outputs_and_summary(tmp_path, capsys):
     rows = make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=2)
-    args = parser().parse_args(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
-    assert run_ingest_command(args) == 0
+    assert ser(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"ravdess: {len(rows)} utterances, 0 quarantined, 2 folds" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
@@ -109,10 +101,7 @@ def test_cli_ingest_writes_outputs_and_summary(tmp_path, capsys):
 
 def test_cli_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path):
     make_ravdess(tmp_path / "corpus", actors=[1], per_actor=1)
-    command = [sys.executable, "-c", "import sys, argparse; from data_contracts.cli import add_ingest_parser, run_ingest_command;"
-               "p = argparse.ArgumentParser(); add_ingest_parser(p.add_subparsers()); a = p.parse_args(sys.argv[1:]);"
-               "sys.exit(run_ingest_command(a))",
-               "ingest", "savee", str(tmp_path / "corpus"), "--out", str(tmp_path / "out")]
+    command = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())", "ingest", "savee", str(tmp_path / "corpus"), "--out", str(tmp_path / "out")]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert done.returncode == 2
     assert "ser ingest: error:" in done.stderr and "expected the layout AudioData/" in done.stderr
@@ -141,8 +130,7 @@ def test_cli_ingest_of_a_held_out_set_too_small_for_any_fold_protocol_writes_eve
     missing, the report says why, and the command warns and exits 0."""
     rows = make_ravdess(tmp_path / "corpus", actors=range(17, 21), per_actor=2)
     (tmp_path / "corpus" / "Actor_17" / "03-01-09-01-01-01-17.wav").write_bytes(b"")
-    args = parser().parse_args(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
-    assert run_ingest_command(args) == 0
+    assert ser(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert f"ravdess: {len(rows)} utterances, 1 quarantined, 0 folds" in captured.out
     assert "warning: no fold protocol fits" in captured.err and "--split all" in captured.err

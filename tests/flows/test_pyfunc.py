@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from flows.cli import download_checkpoint, model_option, with_model
+from flows.cli import download_checkpoint
 from flows.pyfunc import log_pyfunc, probability_column
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.inference import Predictor
@@ -85,26 +84,6 @@ def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(loca
     assert from_registry["probabilities"] == pytest.approx(from_folder["probabilities"])
     assert main(["predict", str(wav), "--model", "models:/ser-ravdess@no-such-alias"]) == 2
     assert "models:/ser-ravdess@no-such-alias" in capsys.readouterr().err
-
-
-def test_a_registry_uri_is_resolved_also_after_the_verbose_flag(monkeypatch, tmp_path):
-    """`ser -v predict --model models:/...` downloads the model like `ser predict --model models:/...`."""
-    import flows.cli
-    import ser_model.cli
-
-    fetched, ran = [], []
-    monkeypatch.setattr(flows.cli, "download_checkpoint", lambda uri, dst: fetched.append(uri) or tmp_path)
-    monkeypatch.setattr(ser_model.cli, "main", lambda argv: ran.append(argv) or 0)
-    assert flows.cli.main(["-v", "predict", "a.wav", "--model", "models:/ser-ravdess@champion"]) == 0
-    assert fetched == ["models:/ser-ravdess@champion"]
-    assert ran == [["-v", "predict", "a.wav", "--model", str(tmp_path)]]
-
-
-def test_model_option_is_found_in_both_spellings():
-    assert model_option(["predict", "a.wav", "--model", "models:/m@champion"]) == (3, "models:/m@champion")
-    assert model_option(["export", "--model=models:/m/2", "--onnx"]) == (1, "models:/m/2")
-    assert model_option(["train", "--corpus", "ravdess"]) is None
-    assert with_model(["export", "--model=models:/m/2"], 1, Path("/tmp/x")) == ["export", "--model=/tmp/x"]
 
 
 def test_one_loaded_model_serves_concurrent_requests_like_serial_ones(local_mlflow, experiment_id, checkpoint):
