@@ -14,9 +14,10 @@ import soundfile
 import torch
 
 from data_contracts.labels import LABELS
-from ser_model.cli import main, parse_overrides, train_config
+from ser_model.cli import ModelSourceError, main, parse_overrides, train_config
 from ser_model.config import ConfigError
 from ser_model.model import SERModel
+from tests.fixtures.corpora import make_ravdess
 from tests.train.synthetic import tiny_config
 
 METRICS_LINE = re.compile(r"^test: WA (\d+\.\d\d)% UA (\d+\.\d\d)% macro-F1 (\d+\.\d\d)% \(n=(\d+)\)$", re.MULTILINE)
@@ -117,3 +118,84 @@ def test_a_held_out_set_without_folds_is_ingested_and_scored_whole(shared_ravdes
     assert "(n=240)" in capsys.readouterr().out
     confusion = np.asarray(json.loads((tmp_path / "eval.json").read_text())["confusion"])
     assert confusion.sum(axis=1).tolist() == list(report["classes"].values()), "every utterance scored once, under its true class"
+
+
+def test_a_model_uri_goes_through_the_resolver_registered_for_its_prefix(tmp_path, capsys):
+    """`main(resolvers=...)` is the hook flows.cli uses for models:/: the resolver gets the URI in
+    either spelling of --model, also after -v, fetches into a scratch folder that is deleted when
+    the command ends, and the command answers as it does from the folder itself."""
+    torch.manual_seed(0)
+    SERModel(tiny_config()).save_pretrained(tmp_path / "model")
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, (0.2 * np.sin(np.arange(16000) * 0.03)).astype(np.float32), 16000)
+    fetched, scratch = [], []
+
+    def copy_checkpoint(uri, folder):
+        fetched.append(uri)
+        scratch.append(folder)
+        return shutil.copytree(tmp_path / "model", folder / "checkpoint")
+
+    assert main(["predict", str(wav), "--json", "--model", str(tmp_path / "model")]) == 0
+    from_folder = json.loads(capsys.readouterr().out)
+    for argv in (["predict", str(wav), "--json", "--model", "models:/m@champion"], ["-v", "predict", str(wav), "--json", "--model=models:/m@champion"]):
+        assert main(argv, resolvers={"models:/": copy_checkpoint}) == 0
+        assert json.loads(capsys.readouterr().out) == from_folder
+    assert fetched == ["models:/m@champion"] * 2
+    assert scratch and not any(folder.exists() for folder in scratch), "the scratch folder outlives the command"
+
+
+def test_a_model_uri_without_a_resolver_or_that_cannot_be_fetched_exits_2(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "a.wav"), "--model", "models:/ser-ravdess@champion"]) == 2
+    err = capsys.readouterr().err
+    assert "models:/ser-ravdess@champion" in err and "no resolver" in err
+
+    def unreachable(uri, folder):
+        raise ModelSourceError(f"cannot fetch {uri}: registry unreachable")
+
+    assert main(["export", "--onnx", "--model=models:/m/3", "--out", str(tmp_path / "m.onnx")], resolvers={"models:/": unreachable}) == 2
+    assert "ser export: error: cannot fetch models:/m/3: registry unreachable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_from_what_ser_ingest_wrote_uses_that_manifest_not_a_new_ingest(tmp_path, monkeypatch, capsys):
+    """Issue 12: `ser train --manifest DIR` trains on the rows `ser ingest --out DIR` wrote. Actors
+    added to the root after ingest are not trained on (a second ingest would have taken them and
+    redrawn the folds), and a relative root at ingest still resolves from another folder."""
+    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "ravdess", "corpus", "--out", "ingested", "--no-progress", "--workers", "1"]) == 0
+    make_ravdess(tmp_path / "corpus", actors=[9, 10], per_actor=3)
+    replace(tiny_config(epochs=1), labels=LABELS["ravdess"]).to_json(tmp_path / "tiny.json")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    argv = ["train", "--manifest", str(tmp_path / "ingested"), "--fold", "0", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "fold0")]
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "fold0" / "result.json").read_text())
+    manifest = pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")
+    folds = pd.read_parquet(tmp_path / "ingested" / "folds.parquet")
+    for role in ("train", "valid", "test"):
+        assert result["speakers"][role] == sorted(folds.query("fold == 0 and role == @role")["speaker"]), role
+    assert {"Actor_09", "Actor_10"}.isdisjoint(manifest["speaker"])
+    assert result["test"]["n"] == int(manifest["speaker"].isin(result["speakers"]["test"]).sum())
+
+
+def test_train_and_evaluate_refuse_a_manifest_folder_they_cannot_trust(tmp_path, capsys):
+    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
+    out = tmp_path / "ingested"
+    assert main(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    train = ["train", "--fold", "0", "--out", str(tmp_path / "fold0")]
+
+    assert main(train + ["--manifest", str(tmp_path / "corpus")]) == 2
+    assert "manifest.parquet, quarantine.parquet, folds.parquet, report.json missing" in capsys.readouterr().err
+    assert main(train + ["--manifest", str(out), "--corpus", "savee"]) == 2
+    assert f"{out} holds a ravdess manifest" in capsys.readouterr().err
+    assert main(train) == 2
+    assert "give --manifest DIR (written by ser ingest) or both --corpus and --root" in capsys.readouterr().err
+
+    report = json.loads((out / "report.json").read_text())
+    (out / "report.json").write_text(json.dumps({**report, "fingerprint": "0" * 64}))
+    assert main(train + ["--manifest", str(out)]) == 2
+    assert "different ingests or were edited" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--manifest", str(out), "--split", "all"]) == 2
+    assert not (tmp_path / "fold0").exists(), "nothing trained on a refused folder"

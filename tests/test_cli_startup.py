@@ -1,0 +1,51 @@
+"""Issue 13 items 1-2: `ser` loads only what the command needs. `ser --help` and `ser ingest
+--help` import no torch, MLflow, Prefect or pandas, and `ser ingest` itself no torch, MLflow or
+Prefect, each checked in a fresh interpreter running the console script's entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.fixtures.corpora import make_ravdess
+
+HEAVY = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "boto3")
+
+# runs flows.cli.main (the `ser` console script) on argv, then prints which HEAVY modules it loaded
+CHILD = r"""
+import json, sys
+from flows.cli import main
+try:
+    code = main(sys.argv[2:])
+except SystemExit as exit_:
+    code = exit_.code
+print(json.dumps({"code": code, "loaded": sorted(m for m in sys.argv[1].split(",") if m in sys.modules)}))
+"""
+
+
+def ser_in_fresh_interpreter(repo_root, *argv: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, ",".join(HEAVY), *argv], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ingest", "--help"], ["train", "--help"], ["predict", "--help"]])
+def test_help_loads_no_heavy_library(repo_root, argv):
+    child = ser_in_fresh_interpreter(repo_root, *argv)
+    assert child == {"code": 0, "loaded": []}, f"ser {' '.join(argv)} imported {child['loaded']}"
+
+
+def test_ingest_loads_no_torch_mlflow_or_prefect(repo_root, tmp_path):
+    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
+    child = ser_in_fresh_interpreter(repo_root, "ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--no-progress")
+    assert child["code"] == 0 and (tmp_path / "out" / "manifest.parquet").is_file()
+    assert set(child["loaded"]) <= {"pandas", "pandera"}, f"ser ingest imported {child['loaded']}"
+
+
+def test_the_check_sees_a_heavy_import(repo_root):
+    """The probe can fail: a command that loads torch (export, on a missing model) is reported."""
+    child = ser_in_fresh_interpreter(repo_root, "export", "--onnx", "--model", "/nonexistent", "--out", "/nonexistent/m.onnx")
+    assert child["code"] == 2 and "torch" in child["loaded"]
