@@ -19,6 +19,7 @@ from tests.fixtures.network import free_port
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED_RATIOS = {
     "ingest decode, 1 worker(s)",
+    "ser ingest command, 1 worker(s) / bare soundfile loop",
     "inference overhead, fbank",
     "inference overhead, hf-tiny",
     "training step, fbank",
@@ -60,6 +61,8 @@ def test_quick_run_writes_every_ratio_with_both_sides_measured(tiny_ravdess, tmp
     assert EXPECTED_RATIOS <= names, sorted(names)
     for entry in report["ratios"]:
         check_ratio(entry)
+    help_s = report["commands"]["help"]["median_s"]
+    assert 0 < help_s and report["commands"]["help"]["met"] == (help_s <= report["commands"]["help"]["target_s"])
     machine = report["machine"]
     assert machine["torch_threads"] == 1 and machine["usable_cores"] >= 1 and len(machine["load_average_start"]) == 3
     for name in ("fbank", "hf-tiny"):
