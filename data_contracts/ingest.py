@@ -164,7 +164,7 @@ def run_ingest(
     progress: bool = True,
     checks: AudioChecks | None = None,
 ) -> IngestResult:
-    """Parse `root` in `corpus`'s layout, decode and check every candidate in `workers` processes
+    """Parse `root` in `corpus`'s layout, decode and check every candidate in `workers` threads
     (default: all cores; see `data_contracts.probing`), and build the validated manifest, quarantine, folds and report.
 
     checks: audio thresholds (default `AUDIO_CHECKS[corpus]`). Raises a DataContractError subclass
