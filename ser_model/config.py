@@ -342,7 +342,8 @@ class TrainConfig:
     ``grad_clip``: max global gradient norm (None: no clipping). ``device``: "auto", "cpu", "cuda", "cuda:N".
     ``schedule``: the learning rate after warm-up: ``"exponential"`` (docs/METHOD.md: × ``lr_decay`` after every
     epoch) or ``"cosine"`` (ours: half a cosine from ``lr`` to 0 over the remaining steps; ``lr_decay`` unused).
-    ``warmup_epochs`` (ours): the learning rate rises linearly from 0 over this many epochs (0: none).
+    ``warmup_epochs`` (ours): the learning rate rises linearly from 0 over this many epochs (0: none;
+    equal to ``epochs``: the whole run is warm-up, e.g. a one-epoch check of a preset with one warm-up epoch).
     Both act per optimiser step (``ser_model.train.lr_factor``).
     """
 
@@ -377,9 +378,9 @@ class TrainConfig:
         _require(0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]")
         _require(self.schedule in LR_SCHEDULES, f"{w}.schedule", f"got {self.schedule!r}, expected one of {LR_SCHEDULES}")
         _require(
-            0.0 <= self.warmup_epochs < self.epochs,
+            0.0 <= self.warmup_epochs <= self.epochs,
             f"{w}.warmup_epochs",
-            f"got {self.warmup_epochs}, expected 0 <= warmup_epochs < epochs={self.epochs}",
+            f"got {self.warmup_epochs}, expected 0 <= warmup_epochs <= epochs={self.epochs}",
         )
         _require(self.weight_decay >= 0.0, f"{w}.weight_decay", f"got {self.weight_decay}, expected >= 0")
         _require(self.grad_clip is None or self.grad_clip > 0.0, f"{w}.grad_clip", f"got {self.grad_clip}, expected None or > 0")

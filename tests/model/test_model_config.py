@@ -94,7 +94,7 @@ def test_unknown_json_key_is_rejected():
         ({"model.embed_norm": "group"}, r"ModelConfig\.embed_norm"),
         ({"model.trim_db": 0.0}, r"ModelConfig\.trim_db"),
         ({"train.schedule": "linear"}, r"TrainConfig\.schedule"),
-        ({"train.warmup_epochs": 20.0}, r"TrainConfig\.warmup_epochs: got 20\.0, expected 0 <= warmup_epochs < epochs=20"),
+        ({"train.warmup_epochs": 20.5}, r"TrainConfig\.warmup_epochs: got 20\.5, expected 0 <= warmup_epochs <= epochs=20"),
         ({"eam.degenerate_db": 3.0}, r"EAMConfig\.degenerate_db"),
         ({"labels": ["a"]}, "expected at least two class names"),
         ({"labels": ["a", "a"]}, "duplicates"),
