@@ -21,7 +21,7 @@ from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.storage import check_corpus
 
@@ -37,8 +37,14 @@ def training_limit(corpus: str) -> str:
 
 def ensure_limit(name: str, slots: int) -> bool:
     """Create the global concurrency limit ``name`` with ``slots`` slots unless it exists (an
-    existing one keeps its slots). True when created now."""
+    existing one keeps its slots). True when created now. Looks before creating: the server logs
+    a traceback for every refused duplicate, and infra/health counts those."""
     with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return False
+        except ObjectNotFound:
+            pass
         try:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
         except ObjectAlreadyExists:

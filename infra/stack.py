@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -295,15 +296,18 @@ def log_since_start(path: Path) -> str:
     return text[text.rfind(START_HEADER) + 1 :] if START_HEADER in text else text
 
 
-def tracebacks(text: str) -> list[str]:
+def tracebacks(text: str, skip_origin: re.Pattern[str] | None = None) -> list[str]:
     """The closing line of each Python traceback in `text` (``ValueError: ...``), in order.
 
     A traceback starts at a ``Traceback (most recent call last):`` line; its frames are indented;
-    the first unindented line after them names the exception."""
+    the first unindented line after them names the exception. With `skip_origin`, a traceback
+    whose preceding line (the log record that printed it) matches is left out."""
     found = []
     lines = text.splitlines()
     for index, line in enumerate(lines):
         if "Traceback (most recent call last):" not in line:
+            continue
+        if skip_origin is not None and index > 0 and skip_origin.search(lines[index - 1]):
             continue
         for after in lines[index + 1 :]:
             if after.strip() and not after.startswith((" ", "\t")):
@@ -312,6 +316,17 @@ def tracebacks(text: str) -> list[str]:
         else:
             found.append("(traceback cut short)")
     return found
+
+
+RUN_FAILURE = re.compile(r"\| (?:Flow|Task) run '")
+"""How the worker's log heads the failure of a flow or task run it executes: the run's own error
+(bad data, a test failing a run on purpose), recorded as the run's state in Prefect."""
+
+
+def stack_tracebacks(name: str, text: str) -> list[str]:
+    """Tracebacks in the log of component `name` that show a fault of the stack itself: every
+    one in a server's log; in the worker's, those not printed for a failing flow or task run."""
+    return tracebacks(text, RUN_FAILURE if name == "worker" else None)
 
 
 def next_run_due(schedule: dict, now: float, horizon_s: float) -> bool:
@@ -439,6 +454,9 @@ def components(settings: StackSettings) -> list[Component]:
 def stack_env(settings: StackSettings) -> dict[str, str]:
     """Environment for every stack process: the caller's, plus the client settings, telemetry off."""
     return {
+        # SQLite waits this long for a lock before failing a request (Prefect's default: 10 s,
+        # too short when training and tests load a small machine)
+        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
         **os.environ,
         **settings.client_env(),
         **TELEMETRY_OFF,

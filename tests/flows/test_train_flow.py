@@ -20,6 +20,7 @@ from flows.train import (
     fold_scores,
     log_fold_run,
     nproc_per_node,
+    protocol_name,
     run_worker,
     selected_folds,
     worker_env,
@@ -339,3 +340,15 @@ def test_experiments_open_as_training_experiments_with_scores_as_columns(local_m
         assert {"metrics.`UA_mean`", "metrics.`WA_mean`", "metrics.`test.UA`"} <= set(view["selectedColumns"])
     url = tracking.experiment_url("http://127.0.0.1:5000/", older_id)
     assert url == f"http://127.0.0.1:5000/#/experiments/{older_id}/runs?workflowType=machine_learning&viewStateShareKey=ser-scores"
+
+
+def test_protocol_name_tells_apart_what_promotion_must_not_compare():
+    """Equal inputs give equal names; a different corpus, fold count or set of evaluated folds
+    gives a different name, and the name states the corpus and each evaluated fold."""
+    base = protocol_name("ravdess", 5, [0, 1])
+    assert protocol_name("ravdess", 5, [0, 1]) == base
+    variants = [protocol_name("savee", 5, [0, 1]), protocol_name("ravdess", 4, [0, 1]), protocol_name("ravdess", 5, [0]),
+                protocol_name("ravdess", 5, [0, 1, 2]), protocol_name("ravdess", 5, [1, 2])]
+    assert len({base, *variants}) == 1 + len(variants)
+    assert "ravdess" in base and "5 folds" in base and "0,1" in base
+    assert "speaker-independent" in base

@@ -43,3 +43,12 @@ def _wait_for(path, text, timeout_s=30.0):
             return
         time.sleep(0.1)
     raise AssertionError(f"{text!r} not in {path} after {timeout_s} s")
+
+
+def test_a_failing_flow_run_in_the_worker_log_is_not_a_fault_of_the_stack(infra_stack):
+    run_failure = "18:30:30.892 | ERROR   | Flow run 'easygoing-narwhal' - Encountered exception during execution\n" + TRACEBACK
+    task_failure = "18:30:30.053 | ERROR   | Task run 'parse-and-check-8ca' - Task run failed with exception\n" + TRACEBACK
+    worker_fault = "18:31:00.000 | ERROR   | prefect.worker.process - lost the API\n" + TRACEBACK
+    assert infra_stack.stack_tracebacks("worker", run_failure + task_failure) == []
+    assert len(infra_stack.stack_tracebacks("worker", run_failure + worker_fault)) == 1
+    assert len(infra_stack.stack_tracebacks("prefect", run_failure)) == 1
