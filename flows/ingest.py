@@ -150,9 +150,9 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
     """Ingest one corpus root (a folder or ``s3://bucket/prefix``) into a manifest version.
 
     ``root`` defaults to the Prefect Variable ``ser-root-<corpus>``, else the worker's
-    ``SER_ROOT_<CORPUS>`` (flows/roots.py). With ``announce`` (default) a newly published version emits the
-    ``ser.manifest.updated`` event on resource ``ser.manifest.<corpus>`` (labels
-    ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment
+    ``SER_ROOT_<CORPUS>`` (flows/roots.py). With ``announce`` (default) a newly published
+    version emits the ``ser.manifest.updated`` event on resource ``ser.manifest.<corpus>``
+    (labels ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment
     trigger; callers that train themselves (the ``retrain`` flow, the demo, tests) pass
     ``announce=False``.
     Returns ``{"status": "published" | "unchanged", "corpus", "fingerprint", "previous",
