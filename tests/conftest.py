@@ -74,7 +74,7 @@ def stack(infra_stack: ModuleType):
     from flows.settings import StackSettings
 
     settings = StackSettings.from_env()
-    unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False).items() if reason}
+    unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False, scheduler=False).items() if reason}
     if unhealthy:
         message = "stack not healthy: " + "; ".join(f"{name}: {reason}" for name, reason in unhealthy.items())
         if stack_required():
