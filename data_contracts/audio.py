@@ -6,11 +6,11 @@ message)` on the first failed check, in this order:
 | reason_code | when |
 |---|---|
 | empty | zero bytes, or a header that declares no audio frames |
-| unreadable | libsndfile cannot open or decode the bytes |
+| unreadable | libsndfile cannot open the bytes (not audio, or the header itself is cut or corrupt) |
 | sample_rate | native rate not in the corpus's allowed set |
 | channels | more channels than the corpus's policy allows |
 | duration | declared or decoded duration outside [min_duration_s, max_duration_s] (checked on the header first, so a huge declared length is refused before decoding) |
-| truncated | the header declares more audio data than the file holds |
+| truncated | the header declares more audio than the file yields: a WAV data chunk longer than the bytes present, or decoding (FLAC or any format) that stops before the declared frames |
 | non_finite | NaN or infinite samples (float formats) |
 | silence | peak amplitude <= silence_peak (all-zero audio) |
 | clipped | more than max_clipped_fraction of samples at or above clip_level full scale |
@@ -18,6 +18,11 @@ message)` on the first failed check, in this order:
 Channel policy: RAVDESS originals include a few stereo files, so RAVDESS accepts up to two channels
 and records ``channels = 2`` (training down-mixes); the other corpora ship mono and quarantine
 anything else. Thresholds are `AudioChecks` values, one set per corpus in `AUDIO_CHECKS`.
+
+Messages start with the file name and carry libsndfile's own error text, never the repr of
+the in-memory buffer decoded (an object address, different on every run): the same file gives
+the same reason on every run, and the same fault the same code whatever the format (a cut FLAC
+and a cut WAV are both ``truncated``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import numpy as np
 import soundfile as sf
 
 from data_contracts.errors import AudioCheckError
+
+DECODE_BLOCK_FRAMES = 1 << 16
+"""Frames decoded per read: a decoder error part-way still tells how many frames were decodable."""
 
 _TRUNCATED_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
@@ -85,11 +93,19 @@ class AudioProbe:
     sha256: str
 
 
+def _decoder_message(err: Exception) -> str:
+    """libsndfile's text of a decoder error, without soundfile's ``Error opening <_io.BytesIO
+    object at 0x…>`` prefix (an address that differs on every run)."""
+    if isinstance(err, sf.LibsndfileError):
+        return f"libsndfile: {err.error_string}"
+    return f"{type(err).__name__}: {err}"
+
+
 def _open(data: bytes, name: str) -> sf.SoundFile:
     try:
         return sf.SoundFile(io.BytesIO(data))
     except Exception as err:  # libsndfile reports bad bytes through several exception types
-        raise AudioCheckError("unreadable", f"{name}: cannot decode audio: {err}") from err
+        raise AudioCheckError("unreadable", f"{name}: cannot open as audio ({_decoder_message(err)})") from err
 
 
 def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
@@ -113,6 +129,28 @@ def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
             raise AudioCheckError(
                 "truncated", f"{name}: header declares {declared} bytes of audio data, the file holds {present}"
             )
+
+
+def _decode(handle: sf.SoundFile, name: str) -> np.ndarray:
+    """All samples, (frames, channels) float32, read in blocks of DECODE_BLOCK_FRAMES. A decoder
+    error part-way (a cut FLAC loses sync, a seek runs past the end) is ``truncated``: the header
+    declared frames the data does not yield."""
+    blocks, done = [], 0
+    while True:
+        try:
+            block = handle.read(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        except Exception as err:  # decoder errors surface as several exception types
+            raise AudioCheckError(
+                "truncated",
+                f"{name}: decoding stopped after {done} of {handle.frames} declared frames ({_decoder_message(err)})",
+            ) from err
+        if not len(block):
+            break
+        blocks.append(block)
+        done += len(block)
+    if not blocks:
+        return np.zeros((0, handle.channels), dtype=np.float32)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _check_samples(samples: np.ndarray, name: str, checks: AudioChecks) -> None:
@@ -153,10 +191,7 @@ def probe_audio(data: bytes, name: str, checks: AudioChecks | None = None) -> Au
     with _open(data, name) as handle:
         _check_header(handle, name, checks)
         rate, channels, declared = handle.samplerate, handle.channels, handle.frames
-        try:
-            samples = handle.read(dtype="float32", always_2d=True)  # (frames, channels)
-        except Exception as err:  # decoder errors surface as several exception types
-            raise AudioCheckError("unreadable", f"{name}: decoding failed: {err}") from err
+        samples = _decode(handle, name)  # (frames, channels)
     frames = samples.shape[0]
     if frames < declared:
         raise AudioCheckError("truncated", f"{name}: decoded {frames} of {declared} declared frames")

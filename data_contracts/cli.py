@@ -3,7 +3,9 @@
     ser ingest CORPUS ROOT --out DIR [--workers N] [--no-progress]
 
 Prints a short summary and returns 0; on bad input prints the error to stderr and returns 2
-(no traceback).
+(no traceback). A root with too few speakers for any fold protocol (a held-out set) is not bad
+input: the outputs are written (folds.parquet empty), a warning on stderr says why, and the
+exit code is 0.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def run_ingest_command(args: argparse.Namespace) -> int:
         f"{args.corpus}: {report['utterances']} utterances, {len(report['quarantined'])} quarantined, "
         f"{len(report['folds'])} folds, {report['duration_s']['total'] / 3600:.2f} h of audio"
     )
+    if report["no_fold_protocol"]:
+        print(
+            f"ser ingest: warning: no fold protocol fits, so folds.parquet is empty ({report['no_fold_protocol']}); "
+            f"score this set whole with: ser evaluate --model M --corpus {args.corpus} --root {args.root} --split all",
+            file=sys.stderr,
+        )
     for reason, count in report["quarantine_counts"].items():
         print(f"  quarantined {reason}: {count}")
     print(f"fingerprint {result.fingerprint}")

@@ -10,7 +10,7 @@
 Folds are numbered from 0 in protocol order. Every speaker is the test speaker of exactly one
 fold; in each fold, validation speakers are drawn only from the speakers that are not tested,
 and every remaining speaker trains. Checkpoints are selected on the validation speakers, never
-on the test speakers (PAPER.md explains why the published RAVDESS figure needs this caveat).
+on the test speakers (docs/METHOD.md explains why the published RAVDESS figure needs this caveat).
 """
 
 from __future__ import annotations

@@ -6,7 +6,13 @@ renders the report as the text of the ingest flow's Prefect artifact. No Prefect
 writing here: the flows call these functions.
 
 Every file under the root ends in exactly one place: a manifest row, a quarantine row, an
-out-of-scope count or an excluded-by-protocol count. Among files with identical bytes, or
+out-of-scope count or an excluded-by-protocol count.
+
+A root whose speakers are too few for the corpus's fold protocol (a held-out set of four
+RAVDESS actors, say) is still ingested: the manifest and quarantine are written as usual, the
+fold table is empty, every manifest row's ``fold`` is missing, and the report's
+``no_fold_protocol`` says why (it is null when folds were made). Such a manifest is scored
+whole (``ser evaluate --split all``), never cross-validated. Among files with identical bytes, or
 claiming the same utt_id, the first in path order is kept and the others are quarantined.
 """
 
@@ -22,12 +28,12 @@ import pandas as pd
 from data_contracts.audio import AUDIO_CHECKS, AudioChecks
 from data_contracts.corpora import parse_corpus
 from data_contracts.corpora.base import QuarantineRow
-from data_contracts.errors import IngestError
+from data_contracts.errors import FoldError, IngestError
 from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint, manifest_fingerprint
 from data_contracts.folds import fold_of_speaker, make_folds, natural_key
 from data_contracts.labels import LABELS
 from data_contracts.probing import probe_all
-from data_contracts.schemas import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, validate_manifest, validate_quarantine
+from data_contracts.schemas import FOLD_COLUMNS, MANIFEST_COLUMNS, QUARANTINE_COLUMNS, validate_folds, validate_manifest, validate_quarantine
 from data_contracts.source import CorpusSource, open_source
 
 logger = logging.getLogger(__name__)
@@ -96,9 +102,20 @@ def _count(series: pd.Series, order=None) -> dict[str, int]:
     return {str(k): int(counts.get(k, 0)) for k in keys}
 
 
-def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint) -> dict:
+def folds_or_none(manifest: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The corpus's fold table of `manifest` and None; or, when its fold protocol does not fit
+    these speakers, an empty fold table and the FoldError message saying why."""
+    try:
+        return make_folds(manifest), None
+    except FoldError as err:
+        empty = pd.DataFrame({"fold": pd.Series(dtype="int64"), "speaker": pd.Series(dtype="str"), "role": pd.Series(dtype="str")})
+        return validate_folds(empty[list(FOLD_COLUMNS)]), str(err)
+
+
+def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol=None) -> dict:
     """The ingest report: counts per class, speaker and fold, every quarantined file with its
-    reason, out-of-scope and excluded counts, durations, fingerprints, parser version."""
+    reason, out-of-scope and excluded counts, durations, fingerprints, parser version;
+    ``no_fold_protocol`` is why no fold protocol fits (None when folds were made)."""
     fold_info = {}
     for k, table in folds.groupby("fold"):
         roles = {role: sorted(table.loc[table["role"] == role, "speaker"], key=natural_key) for role in ("test", "valid", "train")}
@@ -120,6 +137,7 @@ def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, f
         "speakers": _count(manifest["speaker"]),
         "genders": _count(manifest["gender"]),
         "folds": fold_info,
+        "no_fold_protocol": no_fold_protocol,
         "quarantine_counts": _count(quarantine["reason_code"]),
         "quarantined": [
             {k: (None if pd.isna(v) else v) for k, v in row.items()}
@@ -149,7 +167,8 @@ def run_ingest(
     (default: all cores; see `data_contracts.probing`), and build the validated manifest, quarantine, folds and report.
 
     checks: audio thresholds (default `AUDIO_CHECKS[corpus]`). Raises a DataContractError subclass
-    (CorpusLayoutError, SourceError, FoldError, IngestError, ManifestError) on unusable input.
+    (CorpusLayoutError, SourceError, IngestError, ManifestError) on unusable input; too few
+    speakers for the fold protocol is not an error (see the module doc).
     """
     source = open_source(root)
     listing = source.list_files()
@@ -166,12 +185,14 @@ def run_ingest(
             f"{source.root}: no usable {corpus} utterance ({len(candidates)} candidates; quarantined by reason: {reasons})"
         )
     manifest = pd.DataFrame(rows)
-    folds = make_folds(manifest)
-    manifest["fold"] = manifest["speaker"].map(fold_of_speaker(folds)).astype("int64")
+    folds, no_fold_protocol = folds_or_none(manifest)
+    if no_fold_protocol:
+        logger.warning("%s: no fold protocol fits (%s); the manifest can be scored whole, not cross-validated", source.root, no_fold_protocol)
+    manifest["fold"] = manifest["speaker"].map(fold_of_speaker(folds)).astype("Int64")
     manifest = manifest.astype({"duration_s": "float64", "sample_rate": "int64", "channels": "int64"})
     manifest = validate_manifest(manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True))
     fingerprint = manifest_fingerprint(manifest)
-    report = build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint)
+    report = build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol)
     logger.info(
         "%s: %d utterances, %d quarantined, %d folds, fingerprint %s",
         corpus, len(manifest), len(quarantine), folds["fold"].nunique(), fingerprint[:12],
@@ -200,6 +221,17 @@ def _table(header: tuple[str, ...], rows) -> list[str]:
 def report_markdown(report: dict) -> str:
     """The report as Markdown: totals, counts per class, speaker and fold, every quarantined file
     with its reason, out-of-scope and excluded counts."""
+    if report.get("no_fold_protocol"):
+        fold_lines = [f"No fold protocol fits: {report['no_fold_protocol']}. Score this set whole (`ser evaluate --split all`)."]
+    else:
+        fold_lines = _table(
+            ("fold", "test speakers", "validation speakers", "test / valid / train utterances"),
+            (
+                (k, ", ".join(f["test_speakers"]), ", ".join(f["valid_speakers"]),
+                 f"{f['test_utterances']} / {f['valid_utterances']} / {f['train_utterances']}")
+                for k, f in report["folds"].items()
+            ),
+        )
     lines = [
         f"# Ingest {report['corpus']}",
         "",
@@ -215,14 +247,7 @@ def report_markdown(report: dict) -> str:
         *_table(("speaker", "utterances"), report["speakers"].items()),
         "",
         "## Folds",
-        *_table(
-            ("fold", "test speakers", "validation speakers", "test / valid / train utterances"),
-            (
-                (k, ", ".join(f["test_speakers"]), ", ".join(f["valid_speakers"]),
-                 f"{f['test_utterances']} / {f['valid_utterances']} / {f['train_utterances']}")
-                for k, f in report["folds"].items()
-            ),
-        ),
+        *fold_lines,
         "",
         "## Quarantined files",
     ]

@@ -39,7 +39,9 @@ class ManifestSchema(pa.DataFrameModel):
     sample_rate: Series[int] = pa.Field(gt=0)
     channels: Series[int] = pa.Field(ge=1)
     sha256: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$")
-    fold: Series[int] = pa.Field(ge=0)
+    fold: Series[pd.Int64Dtype] = pa.Field(ge=0, nullable=True, coerce=True)
+    """The test fold of the row's speaker; missing (<NA>) in every row of a manifest that no fold
+    protocol fits (a held-out set with too few speakers), which can be scored but not cross-validated."""
 
     @pa.dataframe_check
     def label_in_corpus(cls, df: pd.DataFrame) -> pd.Series:

@@ -3,7 +3,7 @@
 | deployment | flow | schedule / trigger | parameters |
 |---|---|---|---|
 | ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus |
-| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset, backbone="fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
+| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
 | retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
 
 All run on the process work pool (``SER_WORK_POOL``, default ``ser-process``) from this
@@ -33,7 +33,7 @@ from data_contracts.labels import CORPORA
 from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from flows.settings import REPO_ROOT, StackSettings
-from flows.train import DEFAULT_PRESET
+from ser_model.presets import DEFAULT_PRESET
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def build_deployments(
         deployments.append(
             flows["train"].to_deployment(
                 name=f"train-{corpus}",
-                parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET, "backbone": "fbank"},
+                parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
                 triggers=[manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)],
                 work_pool_name=work_pool,
                 description=f"cross-validated training on {corpus}, registration and promotion",

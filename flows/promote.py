@@ -1,19 +1,41 @@
-"""Promotion: a new registered version becomes ``challenger``; it replaces ``champion`` only
-when its cross-validated UA beats the champion's on the same protocol by more than a margin.
+"""Promotion: a new registered version becomes ``challenger``; it replaces ``champion`` when it
+is better on what the two were both evaluated on. The rule, in order:
+
+1. no champion yet: the version becomes champion;
+2. the version already is the champion: nothing moves;
+3. different label sets: not comparable (the models answer with different classes); champion kept;
+4. comparable folds: a fold both versions evaluated, with the same test speakers (for a version
+   registered before test speakers were recorded, the same data fingerprint stands in for them:
+   the fold protocol is a function of the manifest). None: not comparable, champion kept, and
+   the reason names the folds to train for a comparison (or how to move the alias by hand);
+5. paired gain = mean over the comparable folds of (candidate UA − champion UA), each fold scored
+   on the same test speakers by both, so speaker difficulty cancels out;
+6. a fuller evaluation of the same data (same fingerprint, a strict superset of the champion's
+   folds) replaces a partial one when it is not worse on the shared folds (gain >= 0): the demo's
+   fold-0 champion gives way to a full-protocol run;
+7. otherwise (same folds, fewer folds, or new data) the candidate is promoted when gain > margin.
+   When the data fingerprints differ, the decision says so: the scores are on the folds whose
+   test speakers both runs held out, not on the same utterances.
 
 Promotions run one at a time: the whole read-compare-move sequence holds the Prefect global
 concurrency limit ``ser-promote`` (one slot, created if missing, acquired strictly so a missing
 limit is an error rather than no lock). Every decision, with its numbers, is written to the
-model version (tags and description) and to a Prefect markdown artifact.
+model version (tags ``ser.promotion.*`` and the description: a per-fold table and the reason)
+and to a Prefect markdown artifact.
 
-The numbers a decision uses are tags the train flow writes on each version:
-``ser.UA_mean`` (mean over the evaluated folds of the test-speaker UA) and ``ser.protocol``.
+The numbers a decision uses are tags the train flow writes on each version (`fold_score_tags`):
+``ser.fold_scores`` (per evaluated fold, the test-speaker UA and those speakers), ``ser.labels``
+and ``ser.data_fingerprint``; ``ser.UA_mean`` and ``ser.protocol`` are shown, not compared.
+Versions registered before ``ser.fold_scores`` existed are read from their parent run's
+``fold_<k>.UA`` metrics (``ser.parent_run_id``), with the corpus's standard labels.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 
 from mlflow.exceptions import MlflowException
@@ -24,7 +46,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
-from data_contracts.labels import CORPORA
+from data_contracts.labels import CORPORA, LABELS
 from flows.tracking import call_with_retry
 
 log = logging.getLogger(__name__)
@@ -34,6 +56,14 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 UA_TAG = "ser.UA_mean"
 PROTOCOL_TAG = "ser.protocol"
+FOLD_SCORES_TAG = "ser.fold_scores"
+LABELS_TAG = "ser.labels"
+FINGERPRINT_TAG = "ser.data_fingerprint"
+PARENT_RUN_TAG = "ser.parent_run_id"
+LEGACY_FOLD_METRIC = re.compile(r"^fold_(\d+)\.UA$")
+
+FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = "first_champion", "already_champion", "not_comparable", "fuller_evaluation", "paired_gain"
+"""The rule that decided (tag ``ser.promotion.rule``), one per case of the module doc."""
 
 
 def registered_model_name(corpus: str) -> str:
@@ -44,22 +74,43 @@ def registered_model_name(corpus: str) -> str:
 
 
 @dataclass(frozen=True)
+class FoldScore:
+    """One evaluated fold: test-speaker UA, and those speakers (None when not recorded)."""
+
+    ua: float
+    test_speakers: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class VersionScore:
-    """What promotion compares: a registered version's mean UA on its protocol."""
+    """What promotion compares: a registered version's per-fold UA, data and label set."""
 
     version: str
-    ua_mean: float
-    protocol: str
+    folds: dict[int, FoldScore]
+    fingerprint: str
+    labels: tuple[str, ...]
+    protocol: str = ""
+
+    @property
+    def ua_mean(self) -> float:
+        return sum(f.ua for f in self.folds.values()) / len(self.folds)
 
 
 @dataclass(frozen=True)
 class PromotionDecision:
+    """One promotion decision: the two versions' scores, the rule that decided, its reason, and
+    the comparable folds with the paired gain over them (empty / None when nothing was compared)."""
+
     corpus: str
     candidate: VersionScore
     champion_before: VersionScore | None
     margin: float
     promoted: bool
+    rule: str
     reason: str
+    compared_folds: tuple[int, ...] = ()
+    gain: float | None = None
+    same_data: bool | None = None
 
     @property
     def champion_after(self) -> str | None:
@@ -68,38 +119,132 @@ class PromotionDecision:
         return None if self.champion_before is None else self.champion_before.version
 
 
-def decide_promotion(candidate: VersionScore, champion: VersionScore | None, margin: float) -> tuple[bool, str]:
-    """Promote when there is no champion, or when both share a protocol and
-    ``UA_candidate − UA_champion > margin``; the reason states the numbers."""
+def fold_score_tags(ua_by_fold: dict[int, float], test_speakers: dict[int, list[str]], labels: tuple[str, ...]) -> dict[str, str]:
+    """The version tags promotion reads (`read_fold_scores` is the inverse): per evaluated fold
+    its test-speaker UA and those speakers, and the label set."""
+    scores = {str(k): {"UA": round(float(ua), 6), "test_speakers": sorted(test_speakers[k])} for k, ua in sorted(ua_by_fold.items())}
+    return {FOLD_SCORES_TAG: json.dumps(scores, sort_keys=True), LABELS_TAG: json.dumps(list(labels))}
+
+
+def read_fold_scores(text: str, where: str) -> dict[int, FoldScore]:
+    """Parse a ``ser.fold_scores`` tag; ValueError naming ``where`` when it is malformed."""
+    try:
+        raw = json.loads(text)
+        folds = {int(k): FoldScore(float(v["UA"]), tuple(v["test_speakers"])) for k, v in raw.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(
+            f"{where}: tag {FOLD_SCORES_TAG} is not a JSON object of fold -> {{'UA': number, 'test_speakers': [...]}}: {text[:200]!r}"
+        ) from err
+    if not folds:
+        raise ValueError(f"{where}: tag {FOLD_SCORES_TAG} lists no evaluated fold")
+    return folds
+
+
+def comparable_folds(candidate: VersionScore, champion: VersionScore) -> list[int]:
+    """Folds both evaluated on the same test speakers (the same fingerprint stands in for
+    speakers a version did not record: on the same manifest, fold k has the same speakers)."""
+    same_data = candidate.fingerprint == champion.fingerprint
+
+    def same_speakers(mine: FoldScore, theirs: FoldScore) -> bool:
+        if mine.test_speakers is None or theirs.test_speakers is None:
+            return same_data
+        return mine.test_speakers == theirs.test_speakers
+
+    return [k for k in sorted(set(candidate.folds) & set(champion.folds)) if same_speakers(candidate.folds[k], champion.folds[k])]
+
+
+def _folds_text(score: VersionScore) -> str:
+    return "; ".join(
+        f"fold {k} ({', '.join(f.test_speakers) if f.test_speakers is not None else 'speakers not recorded'})"
+        for k, f in sorted(score.folds.items())
+    )
+
+
+def _fold_list(folds) -> str:
+    return ",".join(map(str, sorted(folds)))
+
+
+def decide_promotion(corpus: str, candidate: VersionScore, champion: VersionScore | None, margin: float) -> PromotionDecision:
+    """The promotion rule of the module doc, a pure function of the two versions' scores. The
+    decision's reason states the rule, the folds and numbers compared, and which data they came from."""
     if margin < 0:
         raise ValueError(f"promotion margin {margin}: expected >= 0")
+
+    def decided(promoted: bool, rule: str, reason: str, folds=(), gain: float | None = None) -> PromotionDecision:
+        same_data = None if champion is None else candidate.fingerprint == champion.fingerprint
+        return PromotionDecision(corpus, candidate, champion, margin, promoted, rule, reason, tuple(folds), gain, same_data)
+
+    v = f"version {candidate.version}"
     if champion is None:
-        return True, f"no champion yet; version {candidate.version} (UA {candidate.ua_mean:.4f}) becomes champion"
+        return decided(True, FIRST, f"promoted: no champion yet; {v} (mean UA {candidate.ua_mean:.4f} on folds {_fold_list(candidate.folds)}) becomes champion")
+    c = f"champion version {champion.version}"
+    by_hand = f"MlflowClient().set_registered_model_alias('{registered_model_name(corpus)}', '{CHAMPION}', '{candidate.version}')"
     if champion.version == candidate.version:
-        return False, f"version {candidate.version} already is the champion"
-    if champion.protocol != candidate.protocol:
-        return False, (
-            f"not comparable: version {candidate.version} was evaluated on protocol {candidate.protocol!r}, "
-            f"champion version {champion.version} on {champion.protocol!r}; champion kept"
-        )
-    gain = candidate.ua_mean - champion.ua_mean
-    versus = f"UA {candidate.ua_mean:.4f} vs champion version {champion.version} (UA {champion.ua_mean:.4f})"
-    if gain > margin:
-        return True, f"{versus}: gain {gain:+.4f} > margin {margin:.4f}; promoted"
-    return False, f"{versus}: gain {gain:+.4f} <= margin {margin:.4f}; champion kept"
+        return decided(False, ALREADY, f"kept: {v} already is the champion")
+    if candidate.labels != champion.labels:
+        return decided(False, NOT_COMPARABLE, (
+            f"kept: not comparable, the label sets differ ({v}: {list(candidate.labels)}; {c}: {list(champion.labels)}), "
+            f"so the models answer with different classes; the champion is kept when nothing is comparable. "
+            f"If the new label set is intended, move the alias by hand: {by_hand}"
+        ))
+    same_data = candidate.fingerprint == champion.fingerprint
+    data = (
+        f"same data (manifest {candidate.fingerprint[:12]})" if same_data
+        else f"data differ ({v} trained on manifest {candidate.fingerprint[:12]}, {c} on {champion.fingerprint[:12]}), "
+             f"so compared on the folds whose test speakers both held out"
+    )
+    folds = comparable_folds(candidate, champion)
+    if not folds:
+        return decided(False, NOT_COMPARABLE, (
+            f"kept: not comparable, no fold was evaluated by both on the same test speakers ({data}; "
+            f"{v}: {_folds_text(candidate)}; {c}: {_folds_text(champion)}); the champion is kept when nothing is comparable. "
+            f"Train {v}'s configuration on fold(s) {_fold_list(champion.folds)} to compare, or move the alias by hand: {by_hand}"
+        ))
+    gain = sum(candidate.folds[k].ua - champion.folds[k].ua for k in folds) / len(folds)
+    mine = sum(candidate.folds[k].ua for k in folds) / len(folds)
+    theirs = sum(champion.folds[k].ua for k in folds) / len(folds)
+    numbers = f"on fold(s) {_fold_list(folds)}, {data}: {v} UA {mine:.4f} vs {c} UA {theirs:.4f}, paired gain {gain:+.4f}"
+    if same_data and set(candidate.folds) > set(champion.folds):
+        promoted = gain >= 0
+        outcome = "not worse on the shared folds, so it replaces the partial evaluation" if promoted else "worse on the shared folds"
+        return decided(promoted, FULLER, (
+            f"{'promoted' if promoted else 'kept'}: {v} is a fuller evaluation of the same data (folds "
+            f"{_fold_list(candidate.folds)}; {c}: folds {_fold_list(champion.folds)}); {numbers} "
+            f"{'>=' if promoted else '<'} 0: {outcome}"
+        ), folds, gain)
+    promoted = gain > margin
+    return decided(promoted, PAIRED, f"{'promoted' if promoted else 'kept'}: {numbers} {'>' if promoted else '<='} margin {margin:.4f}", folds, gain)
+
+
+def legacy_fold_scores(client: MlflowClient, tags: dict[str, str]) -> dict[int, FoldScore] | None:
+    """Per-fold UA of a version registered before ``ser.fold_scores``: its parent run's
+    ``fold_<k>.UA`` metrics (test speakers not recorded); None when there is no parent run tag."""
+    if PARENT_RUN_TAG not in tags:
+        return None
+    metrics = call_with_retry(client.get_run, tags[PARENT_RUN_TAG]).data.metrics
+    folds = {int(m.group(1)): FoldScore(float(value), None) for key, value in metrics.items() if (m := LEGACY_FOLD_METRIC.match(key))}
+    return folds or None
 
 
 def version_score(client: MlflowClient, name: str, version: str) -> VersionScore:
-    """The mean UA and protocol tags of a registered version, with a clear error when absent."""
+    """The per-fold scores, data fingerprint and labels of a registered version, with a clear
+    error when its tags cannot tell them."""
     model_version = call_with_retry(client.get_model_version, name, str(version))
     tags = model_version.tags
-    missing = [t for t in (UA_TAG, PROTOCOL_TAG) if t not in tags]
-    if missing:
+    where = f"model {name} version {version}"
+    if FOLD_SCORES_TAG in tags:
+        folds = read_fold_scores(tags[FOLD_SCORES_TAG], where)
+    else:
+        folds = legacy_fold_scores(client, tags)
+    if folds is None or FINGERPRINT_TAG not in tags:
+        missing = [t for t in (FOLD_SCORES_TAG, FINGERPRINT_TAG) if t not in tags]
         raise ValueError(
-            f"model {name} version {version} lacks tag(s) {missing}; "
-            f"the train flow writes {UA_TAG} and {PROTOCOL_TAG} on every version it registers"
+            f"{where} lacks tag(s) {missing}; the train flow writes {FOLD_SCORES_TAG}, {FINGERPRINT_TAG} and {UA_TAG} on "
+            f"every version it registers (older versions: {UA_TAG} with {PARENT_RUN_TAG}, whose fold_<k>.UA metrics are read)"
         )
-    return VersionScore(version=str(version), ua_mean=float(tags[UA_TAG]), protocol=tags[PROTOCOL_TAG])
+    corpus = name.removeprefix("ser-")
+    labels = tuple(json.loads(tags[LABELS_TAG])) if LABELS_TAG in tags else LABELS.get(corpus, ())
+    return VersionScore(str(version), folds, tags[FINGERPRINT_TAG], labels, tags.get(PROTOCOL_TAG, ""))
 
 
 def current_champion(client: MlflowClient, name: str) -> VersionScore | None:
@@ -113,19 +258,46 @@ def current_champion(client: MlflowClient, name: str) -> VersionScore | None:
     return version_score(client, name, model_version.version)
 
 
+def fold_table_markdown(candidate: VersionScore, champion: VersionScore | None, compared: tuple[int, ...]) -> str:
+    """Per fold: test speakers, both UAs, the paired difference where the fold was compared."""
+    folds = sorted(set(candidate.folds) | set(champion.folds if champion else ()))
+    rows = []
+    for k in folds:
+        mine = candidate.folds.get(k)
+        theirs = champion.folds.get(k) if champion else None
+        speakers = next((f.test_speakers for f in (mine, theirs) if f is not None and f.test_speakers is not None), None)
+        cells = [
+            str(k),
+            ", ".join(speakers) if speakers else "not recorded",
+            f"{mine.ua:.4f}" if mine else "-",
+            f"{theirs.ua:.4f}" if theirs else "-",
+            f"{mine.ua - theirs.ua:+.4f}" if k in compared else "not compared",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    header = "| fold | test speakers | candidate UA | champion UA | paired difference |\n|---|---|---|---|---|"
+    return header + "\n" + "\n".join(rows)
+
+
 def decision_markdown(decision: PromotionDecision) -> str:
     champion = decision.champion_before
     rows = [
         ("candidate version", decision.candidate.version),
-        ("candidate mean UA", f"{decision.candidate.ua_mean:.4f}"),
-        ("protocol", decision.candidate.protocol),
-        ("champion before", "none" if champion is None else f"version {champion.version}, UA {champion.ua_mean:.4f}"),
+        ("candidate mean UA", f"{decision.candidate.ua_mean:.4f} on folds {_fold_list(decision.candidate.folds)}"),
+        ("candidate data", decision.candidate.fingerprint),
+        ("protocol", decision.candidate.protocol or "not recorded"),
+        ("champion before", "none" if champion is None else f"version {champion.version}, mean UA {champion.ua_mean:.4f} on folds {_fold_list(champion.folds)}"),
+        ("champion data", "none" if champion is None else champion.fingerprint),
+        ("rule", decision.rule),
         ("margin", f"{decision.margin:.4f}"),
         ("decision", "promoted to champion" if decision.promoted else "champion kept"),
         ("champion after", decision.champion_after or "none"),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"# Promotion of ser-{decision.corpus} version {decision.candidate.version}\n\n| | |\n|---|---|\n{table}\n\n{decision.reason}\n"
+    per_fold = fold_table_markdown(decision.candidate, champion, decision.compared_folds)
+    return (
+        f"# Promotion of ser-{decision.corpus} version {decision.candidate.version}\n\n| | |\n|---|---|\n{table}\n\n"
+        f"{per_fold}\n\n{decision.reason}\n"
+    )
 
 
 def ensure_promote_limit() -> None:
@@ -145,13 +317,16 @@ def promote_version(client: MlflowClient, corpus: str, version: str, margin: flo
     candidate = version_score(client, name, version)
     call_with_retry(client.set_registered_model_alias, name, CHALLENGER, candidate.version)
     champion = current_champion(client, name)
-    promoted, reason = decide_promotion(candidate, champion, margin)
-    if promoted:
+    decision = decide_promotion(corpus, candidate, champion, margin)
+    if decision.promoted:
         call_with_retry(client.set_registered_model_alias, name, CHAMPION, candidate.version)
-    decision = PromotionDecision(corpus, candidate, champion, margin, promoted, reason)
     record = {
-        "ser.promotion.decision": "promoted" if promoted else "kept",
-        "ser.promotion.reason": reason,
+        "ser.promotion.decision": "promoted" if decision.promoted else "kept",
+        "ser.promotion.rule": decision.rule,
+        "ser.promotion.reason": decision.reason,
+        "ser.promotion.compared_folds": _fold_list(decision.compared_folds) or "none",
+        "ser.promotion.paired_gain": "none" if decision.gain is None else f"{decision.gain:+.6f}",
+        "ser.promotion.data": "none" if decision.same_data is None else ("same" if decision.same_data else "different"),
         "ser.promotion.champion_before": "none" if champion is None else champion.version,
         "ser.promotion.champion_before_UA": "none" if champion is None else f"{champion.ua_mean:.6f}",
         "ser.promotion.margin": f"{margin:.6f}",

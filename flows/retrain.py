@@ -33,6 +33,7 @@ from flows.ingest import ingest
 from flows.roots import CorpusRootNotFound, resolve_root, root_env_var, root_variable
 from flows.storage import DataBucket, check_corpus, read_source_state, write_source_state
 from flows.train import train
+from ser_model.presets import DEFAULT_PRESET
 
 
 class RetrainError(RuntimeError):
@@ -54,7 +55,8 @@ def retrain_corpus(
     corpus: str,
     root: str,
     bucket: DataBucket,
-    backbone: str,
+    preset: str,
+    backbone: str | None,
     overrides: dict | None,
     folds: list[int] | None,
     force: bool,
@@ -72,7 +74,7 @@ def retrain_corpus(
         decision = f"manifest unchanged ({manifest[:12]}): files were touched but no utterance changed; not retrained"
     else:
         logger.info("%s: training on manifest %s", corpus, manifest)
-        trained = train(corpus=corpus, manifest_version=manifest, backbone=backbone, overrides=overrides, folds=folds)
+        trained = train(corpus=corpus, manifest_version=manifest, preset=preset, backbone=backbone, overrides=overrides, folds=folds)
         decision = f"retrained on manifest {manifest[:12]} ({outcome['status']}): {trained}"
     write_source_state(
         corpus,
@@ -96,7 +98,8 @@ def decisions_markdown(decisions: dict[str, str]) -> str:
 def retrain(
     corpora: list[str] | None = None,
     roots: dict[str, str] | None = None,
-    backbone: str = "fbank",
+    preset: str = DEFAULT_PRESET,
+    backbone: str | None = None,
     overrides: dict | None = None,
     folds: list[int] | None = None,
     force: bool = False,
@@ -123,7 +126,7 @@ def retrain(
             )
         else:
             try:
-                decisions[corpus] = retrain_corpus(corpus, root, bucket, backbone, overrides, folds, force)
+                decisions[corpus] = retrain_corpus(corpus, root, bucket, preset, backbone, overrides, folds, force)
             except Exception as exc:  # noqa: BLE001 - one corpus failing must not stop the others
                 failures[corpus] = f"{type(exc).__name__}: {exc}"
                 decisions[corpus] = f"failed: {failures[corpus]}"

@@ -45,9 +45,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from data_contracts.labels import CORPORA, LABELS
+from data_contracts.labels import CORPORA
 from flows.limits import one_training_per_corpus
-from flows.promote import PROTOCOL_TAG, UA_TAG, promote, registered_model_name
+from flows.promote import PROTOCOL_TAG, UA_TAG, fold_score_tags, promote, registered_model_name
 from flows.pyfunc import log_pyfunc
 from flows.roots import configured_root, root_variable
 from flows.settings import REPO_ROOT, StackSettings
@@ -71,11 +71,10 @@ from flows.tracking import (
     summed_confusion,
     training_curves_figure,
 )
-from ser_model.config import SELECT_KEYS, ModelConfig, SERConfig
+from ser_model.config import SELECT_KEYS, SERConfig
+from ser_model.presets import DEFAULT_PRESET, experiment_config
 
 RELEASE_FOLD = -1
-DEFAULT_PRESET = "cpu-fbank"
-"""The training recipe a run uses unless told otherwise: a name of ser_model.presets."""
 BAD_DATA_EXIT = 3
 BAD_CONFIG_EXIT = 2
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
@@ -240,7 +239,7 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
     if unknown:
         raise ValueError(f"fold(s) {unknown} not in {where}; available folds: {available}")
     if not folds:
-        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their mean UA)")
+        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)")
     return folds
 
 
@@ -252,7 +251,8 @@ def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int]
 
 
 def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
-    """What a mean UA was measured on; promotion compares only equal protocols."""
+    """What a mean UA was measured on, for people reading the registry; promotion compares the
+    per-fold scores instead (``flows.promote``)."""
     return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
 
 
@@ -361,7 +361,8 @@ def log_parent_summary(
 
 def register_release(tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]) -> str:
     """Log the release checkpoint as a pyfunc in the release child run, register it as
-    ``ser-<corpus>`` and tag the version with the numbers promotion compares. Returns the version."""
+    ``ser-<corpus>`` and tag the version with its scores (``tags`` carry the per-fold ones promotion
+    compares). Returns the version."""
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     name = registered_model_name(corpus)
@@ -443,7 +444,7 @@ def train(
     corpus: str,
     manifest_version: str = "latest",
     preset: str = DEFAULT_PRESET,
-    backbone: str = "fbank",
+    backbone: str | None = None,
     overrides: dict[str, Any] | None = None,
     folds: list[int] | None = None,
     release: bool = True,
@@ -452,11 +453,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``corpus`` on a manifest version: cross-validation folds (default all), then the
     release model, registered as ``ser-<corpus>`` and promoted; one training of a corpus at a
-    time (flows/limits.py). ``preset`` names the recipe of ser_model.presets; deployments and
-    the ingest automation pass it explicitly, and the config is built from it once the presets
-    are wired in here. ``overrides`` are SERConfig dotted keys (``{"train.epochs": 2}``);
-    ``root``, the local corpus folder, defaults to the root recorded at ingest, else the
-    configured root (flows/roots.py)."""
+    time (flows/limits.py). ``preset`` names the recipe (ser_model/presets.py: ``cpu-fbank``,
+    ``paper-wavlm``); ``backbone`` (``fbank`` or ``hf:<id or folder>``) and ``overrides``
+    (SERConfig dotted keys, ``{"train.epochs": 2}``) go on top. ``root``, the local corpus
+    folder, defaults to the root recorded at ingest, else the configured root (flows/roots.py)."""
     logger = get_run_logger()
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
@@ -464,7 +464,7 @@ def train(
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
     root = local_audio_root(corpus, fingerprint, report, root)
-    config = SERConfig(labels=LABELS[corpus], corpus=corpus, model=ModelConfig(backbone=backbone)).with_overrides(dict(overrides or {}))
+    config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
     available = sorted(int(k) for k in fold_table["fold"].unique())
     folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
 
@@ -479,6 +479,7 @@ def train(
         PROTOCOL_TAG: protocol,
         "ser.selection_rule": selection_rule(SELECT_KEYS[config.train.select_metric]),
         "ser.backbone": config.model.backbone,
+        "ser.preset": preset,
         **code_version(REPO_ROOT),
         **package_versions(),
     }
@@ -506,6 +507,8 @@ def train(
             version = call_with_retry(client.get_run, parent_id).data.tags.get("ser.registered_version")
             if version is None:
                 version_tags = {k: tags[k] for k in ("ser.corpus", "ser.data_fingerprint", PROTOCOL_TAG, "ser.selection_rule", "ser.git_commit")}
+                test_speakers = {k: fold_table.loc[(fold_table["fold"] == k) & (fold_table["role"] == "test"), "speaker"].tolist() for k in folds}
+                version_tags.update(fold_score_tags({o["fold"]: fold_scores(o["result"])["UA"] for o in outcomes}, test_speakers, config.labels))
                 version = register_release(settings.tracking_uri, corpus, released, summary, {**version_tags, "ser.parent_run_id": parent_id})
                 call_with_retry(client.set_tag, parent_id, "ser.registered_version", version)
             else:

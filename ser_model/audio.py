@@ -16,7 +16,10 @@ import soundfile
 import torch
 import torchaudio
 
-__all__ = ["AudioDecodeError", "load_audio", "to_mono", "resample", "resampling_kernel_size", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE"]
+__all__ = [
+    "AudioDecodeError", "load_audio", "to_mono", "resample", "resampling_kernel_size", "trim_silence",
+    "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE",
+]
 
 #: sample rates accepted from files and callers (below: an absurd header that would be upsampled
 #: by a huge factor; above: no audio format in use)
@@ -105,3 +108,29 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
         return resample(to_mono(data), sr, target_sr)
     except AudioDecodeError as exc:
         raise AudioDecodeError(f"{path}: {exc}") from exc
+
+
+def trim_silence(wave: np.ndarray, sample_rate: int, trim_db: float | None, frame_seconds: float = 0.025, hop_seconds: float = 0.010) -> np.ndarray:
+    """Cut leading and trailing silence: keep from the first to the last frame whose energy is within
+    ``trim_db`` dB of the loudest frame's.
+
+    Frame k covers samples [k·hop, k·hop + win) (the log-mel framing); E_k = Σ x²; kept frames are
+    those with E_k > E_max · 10^(−trim_db/10), and the result is x[first·hop : last·hop + win].
+    A wave shorter than one frame, an all-zero wave and ``trim_db=None`` come back unchanged.
+    (N,) float32 → (N',) float32, a view of the input.
+    """
+    if trim_db is None:
+        return wave
+    win = max(1, round(frame_seconds * sample_rate))
+    hop = max(1, round(hop_seconds * sample_rate))
+    if len(wave) < win:
+        return wave
+    power = np.square(wave, dtype=np.float64)
+    cumulative = np.concatenate([[0.0], np.cumsum(power)])
+    starts = np.arange(0, len(wave) - win + 1, hop)
+    energy = cumulative[starts + win] - cumulative[starts]  # (K,)
+    peak = energy.max()
+    if peak <= 0.0:
+        return wave
+    loud = np.flatnonzero(energy > peak * 10.0 ** (-trim_db / 10.0))
+    return wave[starts[loud[0]] : starts[loud[-1]] + win]

@@ -1,10 +1,12 @@
 """Backbones: waveforms (B, L) + lengths (B,) → frames (B, T, D) + frame mask (B, T) (True = valid).
 
 * ``FbankBackbone``: 80-d log-mel (25 ms window, 10 ms hop, no centre padding, so every frame lies
-  inside the signal), per-utterance mean/variance normalisation over valid frames, SpecAugment-style
-  time/frequency masks in training mode, conv blocks (stride ``fbank_strides``; 2×2 → 25 frames/s)
-  and a small transformer encoder, all trained from scratch. Padded frames are zeroed before every
-  convolution and masked in attention, so padding never changes the valid frames.
+  inside the signal), per-utterance normalisation over valid frames, SpecAugment-style time/frequency
+  masks in training mode, a 2-D CNN over the (mel × time) image (Conv2d 3×3, BatchNorm, ReLU,
+  MaxPool per block; 4 blocks pooling time by 2 → 6.25 frames/s), a projection of every frame to
+  ``fbank_dim`` and optional transformer layers, all trained from scratch. Padded frames are zeroed
+  before every convolution and masked in attention, so in eval mode padding never changes the valid
+  frames.
 * ``HFBackbone``: any Hugging Face audio SSL model (WavLM, HuBERT, wav2vec 2.0, data2vec) from a
   hub id or a local folder (offline), in mode "finetune" (CNN feature encoder frozen),
   "frozen" (last layer, no gradient) or "weighted_sum" (softmax-weighted sum of all hidden layers
@@ -104,29 +106,42 @@ def spec_augment_masks(
     return keep
 
 
-class _ConvBlock(nn.Module):
-    """Conv1d (same padding, stride s) → LayerNorm over channels → GELU → dropout; x (B, C, T)."""
+class _ConvBlock2d(nn.Module):
+    """Conv2d 3×3 (same padding) → BatchNorm2d → ReLU → zero at padded frames → MaxPool (2 over mel, ``time_pool`` over time).
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dropout: float) -> None:
+    x (B, C, F, T), mask (B, T) bool valid → (B, C', F // 2, ceil(T / time_pool)), mask (B, ceil(T / time_pool)).
+    Padded frames are zero before every convolution (so a valid frame next to the padding sees what
+    zero padding of the lone utterance gives it) and after the ReLU (valid values are >= 0, so a pooling
+    window that straddles the end keeps the max of its valid frames: ceil mode, as for the lone utterance).
+    In eval mode the block is therefore exactly padding-invariant; in training, BatchNorm's batch
+    statistics also count the padded positions (small with length-bucketed batches of cropped utterances).
+    """
+
+    def __init__(self, c_in: int, c_out: int, time_pool: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
-        self.norm = nn.LayerNorm(c_out)
-        self.dropout = nn.Dropout(dropout)
-        self.stride = stride
-        self.kernel = kernel
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(c_out)
+        self.time_pool = time_pool
+        self.pool = nn.MaxPool2d((2, time_pool), ceil_mode=True)
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """T_out = floor((T + 2·(k//2) − k) / s) + 1 (= ceil(T / s) for odd k)."""
-        return torch.div(lengths + 2 * (self.kernel // 2) - self.kernel, self.stride, rounding_mode="floor") + 1
+        """T_out = ceil(T / time_pool)."""
+        return torch.div(lengths + self.time_pool - 1, self.time_pool, rounding_mode="floor")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)  # (B, C, T')
-        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        return self.dropout(nn.functional.gelu(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = mask[:, None, None, :].to(x.dtype)  # (B, 1, 1, T)
+        x = torch.relu(self.norm(self.conv(x * keep))) * keep  # (B, C', F, T)
+        x = self.pool(x[:, :, : 2 * (x.shape[2] // 2)])  # (B, C', F // 2, ceil(T / p))
+        return x, lengths_to_mask(self.out_lengths(mask.sum(1)), x.shape[3])
 
 
 class FbankBackbone(Backbone):
-    """Log-mel filterbank + conv blocks + transformer encoder, trained from scratch (see module docstring)."""
+    """Log-mel filterbank → 2-D CNN → projection (→ transformer layers), trained from scratch (module docstring).
+
+    The 2-D convolutions treat the log-mel as an image: a 3×3 kernel is shared over mel bins, so a
+    pattern (a formant, a harmonic) is recognised wherever a speaker's pitch or vocal tract puts it,
+    and BatchNorm keeps the activations' scale (a 1-D conv over 80 mel channels does neither).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -140,12 +155,13 @@ class FbankBackbone(Backbone):
         )
         # torchaudio keeps the window as a view of a longer buffer, which safetensors refuses to save
         self.melspec.spectrogram.window = self.melspec.spectrogram.window.clone()
-        blocks = []
-        c_in = cfg.n_mels
-        for stride in cfg.fbank_strides:
-            blocks.append(_ConvBlock(c_in, cfg.fbank_dim, cfg.fbank_kernel, stride, cfg.fbank_dropout))
-            c_in = cfg.fbank_dim
-        self.blocks = nn.ModuleList(blocks)
+        channels = (1, *cfg.fbank_channels)
+        self.blocks = nn.ModuleList(
+            _ConvBlock2d(c_in, c_out, pool) for c_in, c_out, pool in zip(channels[:-1], channels[1:], cfg.fbank_time_pools)
+        )
+        mel_out = cfg.n_mels // 2 ** len(cfg.fbank_channels)
+        self.project = nn.Linear(cfg.fbank_channels[-1] * mel_out, cfg.fbank_dim)
+        self.dropout = nn.Dropout(cfg.fbank_dropout)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 cfg.fbank_dim, cfg.fbank_heads, dim_feedforward=cfg.fbank_ff_mult * cfg.fbank_dim,
@@ -155,7 +171,7 @@ class FbankBackbone(Backbone):
         )
         self.final_norm = nn.LayerNorm(cfg.fbank_dim) if cfg.fbank_layers else nn.Identity()
         self.out_dim = cfg.fbank_dim
-        self.frame_rate = cfg.sample_rate / self.hop_length / math.prod(cfg.fbank_strides)
+        self.frame_rate = cfg.sample_rate / self.hop_length / math.prod(cfg.fbank_time_pools)
 
     def mel_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Log-mel frames fully inside the signal: max(1, 1 + (L − win) // hop)."""
@@ -170,9 +186,9 @@ class FbankBackbone(Backbone):
     def log_mel(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised log-mel (B, T, n_mels) with its valid-frame mask (B, T).
 
-        x = log(mel + 1e-6), then per utterance (x − mean) / std over the valid frames: per bin
-        (``fbank_norm="bin"``, mean and std of shape (B, 1, n_mels)) or over all bins
-        (``"utterance"``, shape (B, 1, 1)); padded frames are zero.
+        x = log(mel + 1e-6), then per utterance over its valid frames (``fbank_norm``): "bin"
+        (x − mean) / std with mean, std of shape (B, 1, n_mels); "bin_mean" x − mean, mean (B, 1, n_mels);
+        "utterance" (x − mean) / std over all bins, shape (B, 1, 1). Padded frames are zero.
         """
         samples = lengths_to_mask(lengths, waves.shape[1])
         waves = waves * samples.to(waves.dtype)
@@ -183,12 +199,14 @@ class FbankBackbone(Backbone):
         feats = torch.log(mel + LOG_MEL_FLOOR).transpose(1, 2)  # (B, T, n_mels)
         n_frames = self.mel_lengths(lengths)
         mask = lengths_to_mask(n_frames, feats.shape[1])
-        if self.cfg.fbank_norm == "bin":
-            mean, std = masked_mean_std(feats, mask, dim=1)  # (B, 1, n_mels)
-        else:
+        if self.cfg.fbank_norm == "utterance":
             b, t, f = feats.shape
             mean, std = masked_mean_std(feats.reshape(b, t * f), mask.repeat_interleave(f, dim=1), dim=1)  # (B, 1)
             mean, std = mean[:, :, None], std[:, :, None]  # (B, 1, 1)
+        else:
+            mean, std = masked_mean_std(feats, mask, dim=1)  # (B, 1, n_mels)
+            if self.cfg.fbank_norm == "bin_mean":
+                std = torch.ones_like(std)
         feats = (feats - mean) / std * mask[:, :, None].to(feats.dtype)
         return feats, mask
 
@@ -202,14 +220,11 @@ class FbankBackbone(Backbone):
                 time_width=cfg.spec_time_width, freq_masks=cfg.spec_freq_masks, freq_width=cfg.spec_freq_width,
             )
             feats = feats * keep.to(feats.dtype)
-        x = feats.transpose(1, 2)  # (B, n_mels, T)
-        n = mask.sum(1)
+        x = feats.transpose(1, 2)[:, None]  # (B, 1, n_mels, T)
         for block in self.blocks:
-            x = block(x)  # (B, D, T')
-            n = block.out_lengths(n)
-            mask = lengths_to_mask(n, x.shape[2])
-            x = x * mask[:, None, :].to(x.dtype)
-        h = x.transpose(1, 2)  # (B, T, D)
+            x, mask = block(x, mask)  # (B, C, F', T'), (B, T')
+        h = self.project(x.flatten(1, 2).transpose(1, 2))  # (B, T', C·F') → (B, T', D)
+        h = self.dropout(h) * mask[:, :, None].to(h.dtype)
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=~mask)
         h = self.final_norm(h) * mask[:, :, None].to(h.dtype)

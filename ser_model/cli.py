@@ -2,13 +2,17 @@
 resolve `models:/...` registry URIs):
 
     ser ingest CORPUS ROOT --out DIR
-    ser train --corpus C --root DIR --backbone B --fold K [--epochs N] [--out DIR] [--config F] [--set key=value ...]
-    ser evaluate --model DIR --corpus C --root DIR --fold K [--split test|valid]
+    ser train --corpus C --root DIR --fold K [--preset P] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
+    ser evaluate --model DIR --corpus C --root DIR --fold K [--split test|valid|train]
+    ser evaluate --model DIR --corpus C --root DIR --split all
     ser predict FILE... --model DIR [--json]
     ser export --onnx --model DIR --out FILE
 
 `train` and `evaluate` ingest the corpus in memory (the same parser, checks and folds as the
-ingest flow). Exit codes: 0 done, 2 bad input (message on stderr).
+ingest flow). `evaluate --split all` scores every utterance of the root and needs no fold, so
+it also scores a held-out set too small for any fold protocol. ``--model`` takes a checkpoint
+folder, or through the `ser` console script a registry model ``models:/NAME@ALIAS`` (or
+``models:/NAME/VERSION``). Exit codes: 0 done, 2 bad input (message on stderr).
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ from data_contracts.errors import DataContractError
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.audio import AudioDecodeError
-from ser_model.config import ConfigError, ModelConfig, SERConfig
+from ser_model.config import ConfigError, SERConfig
+from ser_model.presets import PRESETS, experiment_config
 from ser_model.data import DataSplitError
 
 __all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line"]
 
 BAD_INPUT_EXIT = 2
+MODEL_HELP = (
+    "checkpoint folder (config.json, model.safetensors, labels.json), or a registered model "
+    "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (MLflow server from MLFLOW_TRACKING_URI)"
+)
+ALL_SPLIT = "all"
 BAD_INPUT_ERRORS = (DataContractError, ConfigError, DataSplitError, AudioDecodeError, FileNotFoundError)
 
 
@@ -50,23 +60,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def train_config(corpus: str, backbone: str | None, config_path: str | None, epochs: int | None, sets: Sequence[str]) -> SERConfig:
-    """The config of `ser train`: --config file (or defaults with the corpus's labels), then
-    --backbone, --epochs and every --set on top."""
-    if config_path:
-        config = SERConfig.from_json(config_path)
-    else:
-        config = SERConfig(labels=LABELS[corpus], corpus=corpus, model=ModelConfig())
-    overrides: dict[str, Any] = {"corpus": corpus}
-    if backbone:
-        overrides["model.backbone"] = backbone
+def train_config(
+    corpus: str, backbone: str | None, config_path: str | None, epochs: int | None, sets: Sequence[str], preset: str | None = None
+) -> SERConfig:
+    """The config of `ser train`: the --preset (default: `cpu-fbank`, or `paper-wavlm` for an hf
+    backbone) or a --config file, then --backbone, --epochs and every --set on top."""
+    overrides = parse_overrides(sets)
     if epochs is not None:
-        overrides["train.epochs"] = epochs
-    overrides.update(parse_overrides(sets))
-    config = config.with_overrides(overrides)
-    if tuple(config.labels) != LABELS[corpus]:
-        raise ConfigError(f"SERConfig.labels: {list(config.labels)} do not match {corpus}'s classes {list(LABELS[corpus])}")
-    return config
+        overrides = {"train.epochs": epochs, **overrides}
+    base = SERConfig.from_json(config_path) if config_path else None
+    return experiment_config(corpus, preset, backbone=backbone, overrides=overrides, base=base)
 
 
 def metrics_line(name: str, metrics: dict[str, Any]) -> str:
@@ -83,7 +86,7 @@ def _local_root(root: str) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from ser_model.train import fit
 
-    config = train_config(args.corpus, args.backbone, args.config, args.epochs, args.set)
+    config = train_config(args.corpus, args.backbone, args.config, args.epochs, args.set, args.preset)
     ingest = run_ingest(args.corpus, _local_root(args.root), progress=False)
     out = Path(args.out or f"runs/{args.corpus}/{'release' if args.fold < 0 else f'fold-{args.fold}'}")
     result = fit(config, ingest.manifest, ingest.folds, args.fold, args.root, out, resume=not args.no_resume)
@@ -99,16 +102,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ser_model.model import SERModel
     from ser_model.train import evaluate_rows, fold_splits
 
+    if args.split == ALL_SPLIT and args.fold is not None:
+        raise DataSplitError(f"ser evaluate --split all --fold {args.fold}: --split all scores every utterance of the root; drop --fold")
+    if args.split != ALL_SPLIT and args.fold is None:
+        raise DataSplitError(f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)")
     model = SERModel.from_pretrained(args.model)
     if tuple(model.labels) != LABELS[args.corpus]:
         raise ConfigError(f"{args.model}: the model's classes {list(model.labels)} are not {args.corpus}'s {list(LABELS[args.corpus])}")
     ingest = run_ingest(args.corpus, _local_root(args.root), progress=False)
-    rows = fold_splits(ingest.manifest, ingest.folds, args.fold)[args.split]
+    if args.split == ALL_SPLIT:
+        rows, what = ingest.manifest, f"{args.corpus} all utterances of {args.root}"
+    else:
+        rows, what = fold_splits(ingest.manifest, ingest.folds, args.fold)[args.split], f"{args.corpus} fold {args.fold} {args.split}"
     if rows.empty:
-        raise DataSplitError(f"{args.corpus} fold {args.fold} has no {args.split} speakers")
+        raise DataSplitError(f"{what}: no utterances to score")
     metrics = evaluate_rows(model, rows, args.root, batch_size=args.batch_size)
     speakers = ", ".join(sorted(rows["speaker"].unique()))
-    print(metrics_line(f"{args.corpus} fold {args.fold} {args.split} ({speakers})", metrics))
+    print(metrics_line(f"{what} ({speakers})", metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -147,35 +157,45 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one fold (or the release model) of a corpus")
     train.add_argument("--corpus", required=True, choices=CORPORA)
     train.add_argument("--root", required=True, help="local corpus root in its official layout")
-    train.add_argument("--backbone", help="'fbank' or 'hf:<hub id or local folder>' (default: the config's)")
+    train.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="training recipe (ser_model/presets.py; default: cpu-fbank, or paper-wavlm with an hf: backbone)",
+    )
+    train.add_argument("--backbone", help="'fbank' or 'hf:<hub id or local folder>' (default: the preset's)")
     train.add_argument("--fold", required=True, type=int, help="fold to train; -1 trains the release model")
     train.add_argument("--epochs", type=int)
     train.add_argument("--out", help="output folder (default runs/<corpus>/fold-<k>)")
-    train.add_argument("--config", help="SERConfig JSON file to start from")
+    train.add_argument("--config", help="SERConfig JSON file to start from (instead of a preset)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. train.lr=3e-4 (repeatable)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if the output folder holds a checkpoint")
     train.set_defaults(handler=run_train)
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a trained model on one fold's held-out speakers")
-    evaluate.add_argument("--model", required=True, help="checkpoint folder (config.json, model.safetensors, labels.json)")
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained model on one fold's held-out speakers, or on every utterance of a root")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--corpus", required=True, choices=CORPORA)
     evaluate.add_argument("--root", required=True)
-    evaluate.add_argument("--fold", required=True, type=int)
-    evaluate.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    evaluate.add_argument("--fold", type=int, help="fold whose speakers to score (required unless --split all)")
+    evaluate.add_argument(
+        "--split", choices=("test", "valid", "train", ALL_SPLIT), default="test",
+        help="speakers of --fold to score, or 'all': every utterance of the root, no folds needed (a held-out set)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", help="also write the metrics (confusion, per-class recall) to this file")
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="emotion of audio files (any rate, channels, length)")
     predict.add_argument("files", nargs="+")
-    predict.add_argument("--model", required=True, help="checkpoint folder")
-    predict.add_argument("--window-seconds", type=float, help="sliding window length (default: the training crop)")
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
+    predict.add_argument(
+        "--window-seconds", type=float,
+        help="longer inputs are cut into windows of this length (default 60: the whole utterance, as in evaluation)",
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     predict.set_defaults(handler=run_predict)
 
     export = commands.add_parser("export", help="export a checkpoint folder")
     export.add_argument("--onnx", action="store_true", help="ONNX with dynamic batch and time axes")
-    export.add_argument("--model", required=True, help="checkpoint folder")
+    export.add_argument("--model", required=True, help=MODEL_HELP)
     export.add_argument("--out", required=True, help="output .onnx file")
     export.set_defaults(handler=run_export)
     return parser

@@ -6,7 +6,7 @@ labels. Every dataclass validates itself at construction and raises ``ConfigErro
 field, the value and what is expected. ``SERConfig.to_json`` / ``from_json`` round-trip exactly;
 ``with_overrides({"train.epochs": 3})`` returns a new, validated config.
 
-Defaults follow PAPER.md; the choices the paper leaves open ("ours") are fields here, named in
+Defaults follow docs/METHOD.md; the choices the paper leaves open ("ours") are fields here, named in
 their docstrings.
 """
 
@@ -25,7 +25,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECT_METRICS = ("ua", "wa", "macro_f1")
 #: TrainConfig.select_metric → its key in the metric reports (``ser_model.train.metric_report``)
 SELECT_KEYS = {"ua": "UA", "wa": "WA", "macro_f1": "macro_f1"}
-FBANK_NORMS = ("bin", "utterance")
+FBANK_NORMS = ("bin", "bin_mean", "utterance")
+EMBED_NORMS = ("none", "batch", "layer")
+LR_SCHEDULES = ("exponential", "cosine")
 
 
 class ConfigError(ValueError):
@@ -81,18 +83,22 @@ def _type_name(annotation: Any) -> str:
 
 @dataclass(frozen=True)
 class EAMConfig:
-    """Energy-adaptive mixup (PAPER.md "EAM").
+    """Energy-adaptive mixup (docs/METHOD.md "EAM").
 
     ``mix_prob`` (ours): probability that a sample of the batch is mixed with its partner.
     ``snr_db_low``/``snr_db_high``: the SNR of the added partner segment is drawn from U[low, high] dB.
-    ``eps``: segment energies at or below it count as degenerate (no mix, λ = 0).
+    ``degenerate_db`` (ours; the paper only says "P' = 0, within eps"): a segment whose mean power lies
+    more than this many dB below its own utterance's mean power counts as degenerate (no mix, λ = 0).
+    Relative, so that a near-silent partner segment is not boosted by tens of dB to reach the drawn
+    SNR (noise under the partner's label), and a silent primary segment does not move the label.
+    An all-zero utterance has power 0 and is always degenerate.
     """
 
     enabled: bool = True
     mix_prob: float = 1.0
     snr_db_low: float = -5.0
     snr_db_high: float = 10.0
-    eps: float = 1e-10
+    degenerate_db: float = -30.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -102,7 +108,7 @@ class EAMConfig:
             "EAMConfig.snr_db_low",
             f"got snr_db_low={self.snr_db_low} > snr_db_high={self.snr_db_high}, expected low <= high",
         )
-        _require(self.eps >= 0.0, "EAMConfig.eps", f"got {self.eps}, expected eps >= 0")
+        _require(self.degenerate_db <= 0.0, "EAMConfig.degenerate_db", f"got {self.degenerate_db}, expected a level <= 0 dB (relative to the utterance)")
 
 
 @dataclass(frozen=True)
@@ -122,16 +128,25 @@ class ModelConfig:
     before an hf backbone (what the WavLM-Large feature extractor does).
     ``flam``: False replaces FLAM by mean pooling over valid frames (ablation).
     ``flam_heads``: heads of the FLAM self-attention; ``None`` means 16 for hf backbones
-    (PAPER.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
+    (docs/METHOD.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
     ``flam_dropout`` (ours): dropout on the attention output before the residual.
     ``embed_dim``: size of the embedding e (center loss acts on it); ``head_dropout`` (ours) after it.
-    ``n_mels`` … ``spec_*``: the fbank backbone (25 ms window, 10 ms hop, log-mel, per-utterance
-    mean/variance normalisation, SpecAugment-style masks in training, conv blocks with strides
-    ``fbank_strides`` then ``fbank_layers`` transformer layers of width ``fbank_dim``).
+    ``embed_norm`` (ours, not in docs/METHOD.md): normalisation between the embedding layer and its ReLU:
+    ``"none"`` (the paper's head: Linear → ReLU), ``"batch"`` (BatchNorm1d: every unit is centred over
+    the batch, so no unit can sit below zero for every utterance and die) or ``"layer"``.
+    ``trim_db`` (ours): leading and trailing frames whose energy lies more than this many dB below the
+    utterance's loudest frame are cut before the model sees the audio, in training, evaluation and
+    inference alike (``ser_model.audio.trim_silence``); None keeps the audio whole.
+    ``n_mels`` … ``spec_*``: the fbank backbone (``ser_model.backbones.FbankBackbone``): 25 ms window,
+    10 ms hop, log-mel normalised per utterance (``fbank_norm``), SpecAugment-style masks in training,
+    then a 2-D CNN over the (mel × time) image: one block per entry of ``fbank_channels``, each
+    Conv2d 3×3 → BatchNorm2d → ReLU → MaxPool (2 over mel, ``fbank_time_pools[i]`` over time); the
+    channels × remaining mel bins of every frame are projected to ``fbank_dim``, then
+    ``fbank_layers`` transformer layers (0: none).
     ``fbank_norm``: how the log-mel is normalised per utterance over its valid frames: ``"bin"``
-    (each mel bin to zero mean, unit variance: removes the utterance's mean spectrum, so the
-    spectral tilt that vocal effort changes) or ``"utterance"`` (one mean and one standard
-    deviation over all bins and frames: removes the recording gain, keeps the spectral shape).
+    (each mel bin to zero mean, unit variance), ``"bin_mean"`` (each mel bin's mean subtracted:
+    cepstral mean normalisation, keeps each bin's dynamics) or ``"utterance"`` (one mean and one
+    standard deviation over all bins and frames: removes the recording gain, keeps the spectral shape).
     """
 
     backbone: str = "fbank"
@@ -143,12 +158,14 @@ class ModelConfig:
     flam_dropout: float = 0.1
     embed_dim: int = 64
     head_dropout: float = 0.1
+    embed_norm: str = "none"
+    trim_db: float | None = None
     sample_rate: int = 16000
     n_mels: int = 80
-    fbank_dim: int = 256
-    fbank_kernel: int = 5
-    fbank_strides: tuple[int, ...] = (2, 2)
-    fbank_layers: int = 2
+    fbank_channels: tuple[int, ...] = (32, 64, 128, 128)
+    fbank_time_pools: tuple[int, ...] = (2, 2, 2, 2)
+    fbank_dim: int = 128
+    fbank_layers: int = 0
     fbank_heads: int = 4
     fbank_ff_mult: int = 2
     fbank_dropout: float = 0.1
@@ -202,7 +219,7 @@ class ModelConfig:
             f"{w}.flam_heads",
             f"got {self.flam_heads}, expected None or a positive integer",
         )
-        for name in ("embed_dim", "sample_rate", "n_mels", "fbank_dim", "fbank_kernel", "fbank_heads", "fbank_ff_mult"):
+        for name in ("embed_dim", "sample_rate", "n_mels", "fbank_dim", "fbank_heads", "fbank_ff_mult"):
             value = getattr(self, name)
             _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
         for name in ("flam_dropout", "head_dropout", "fbank_dropout"):
@@ -212,12 +229,23 @@ class ModelConfig:
             value = getattr(self, name)
             _require(value >= 0, f"{w}.{name}", f"got {value}, expected an integer >= 0")
         _require(
-            len(self.fbank_strides) >= 1 and all(s >= 1 for s in self.fbank_strides),
-            f"{w}.fbank_strides",
-            f"got {self.fbank_strides}, expected at least one conv block, each with stride >= 1",
+            len(self.fbank_channels) >= 1 and all(c >= 1 for c in self.fbank_channels),
+            f"{w}.fbank_channels",
+            f"got {self.fbank_channels}, expected at least one conv block, each with >= 1 channel",
+        )
+        _require(
+            len(self.fbank_time_pools) == len(self.fbank_channels) and all(p >= 1 for p in self.fbank_time_pools),
+            f"{w}.fbank_time_pools",
+            f"got {self.fbank_time_pools}, expected one time pooling factor >= 1 per conv block ({len(self.fbank_channels)})",
+        )
+        _require(
+            self.n_mels >= 2 ** len(self.fbank_channels),
+            f"{w}.n_mels",
+            f"got {self.n_mels} mel bins for {len(self.fbank_channels)} conv blocks that each halve them; expected >= {2 ** len(self.fbank_channels)}",
         )
         _require(self.fbank_norm in FBANK_NORMS, f"{w}.fbank_norm", f"got {self.fbank_norm!r}, expected one of {FBANK_NORMS}")
-        _require(self.fbank_kernel % 2 == 1, f"{w}.fbank_kernel", f"got {self.fbank_kernel}, expected an odd kernel (same padding)")
+        _require(self.embed_norm in EMBED_NORMS, f"{w}.embed_norm", f"got {self.embed_norm!r}, expected one of {EMBED_NORMS}")
+        _require(self.trim_db is None or self.trim_db > 0.0, f"{w}.trim_db", f"got {self.trim_db}, expected None or a positive number of dB")
         _require(
             self.fbank_dim % self.fbank_heads == 0,
             f"{w}.fbank_heads",
@@ -249,7 +277,7 @@ class ModelConfig:
 
     @property
     def n_flam_heads(self) -> int:
-        """``flam_heads`` resolved: None means 16 for hf backbones (PAPER.md), 4 for fbank."""
+        """``flam_heads`` resolved: None means 16 for hf backbones (docs/METHOD.md), 4 for fbank."""
         if self.flam_heads is None:
             return 16 if self.is_hf else 4
         return self.flam_heads
@@ -263,7 +291,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The multi-loss L = w_kl·KL + w_focal·Focal + w_center·Center + w_supcon·SupCon (PAPER.md "MLL").
+    """The multi-loss L = w_kl·KL + w_focal·Focal + w_center·Center + w_supcon·SupCon (docs/METHOD.md "MLL").
 
     The weights are not published; the defaults are ours. Each term has an on/off switch for
     ablations; a switched-off term is not computed. ``supcon_views`` (ours): frame views sampled
@@ -306,12 +334,16 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the training loop (PAPER.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
+    """Optimisation and the training loop (docs/METHOD.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
 
     ``max_seconds``: training utterances longer than this are randomly cropped to it (None: whole).
     ``precision``: "auto" picks bf16 on a CUDA device that supports it, fp32 otherwise.
     ``select_metric``: validation metric that chooses the checkpoint (validation speakers only).
     ``grad_clip``: max global gradient norm (None: no clipping). ``device``: "auto", "cpu", "cuda", "cuda:N".
+    ``schedule``: the learning rate after warm-up: ``"exponential"`` (docs/METHOD.md: × ``lr_decay`` after every
+    epoch) or ``"cosine"`` (ours: half a cosine from ``lr`` to 0 over the remaining steps; ``lr_decay`` unused).
+    ``warmup_epochs`` (ours): the learning rate rises linearly from 0 over this many epochs (0: none).
+    Both act per optimiser step (``ser_model.train.lr_factor``).
     """
 
     epochs: int = 20
@@ -320,6 +352,8 @@ class TrainConfig:
     lr: float = 1e-4
     center_lr: float = 5e-3
     lr_decay: float = 7 / 8
+    schedule: str = "exponential"
+    warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     grad_accum: int = 1
     grad_clip: float | None = 5.0
@@ -341,6 +375,12 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value > 0.0, f"{w}.{name}", f"got {value}, expected a learning rate > 0")
         _require(0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]")
+        _require(self.schedule in LR_SCHEDULES, f"{w}.schedule", f"got {self.schedule!r}, expected one of {LR_SCHEDULES}")
+        _require(
+            0.0 <= self.warmup_epochs < self.epochs,
+            f"{w}.warmup_epochs",
+            f"got {self.warmup_epochs}, expected 0 <= warmup_epochs < epochs={self.epochs}",
+        )
         _require(self.weight_decay >= 0.0, f"{w}.weight_decay", f"got {self.weight_decay}, expected >= 0")
         _require(self.grad_clip is None or self.grad_clip > 0.0, f"{w}.grad_clip", f"got {self.grad_clip}, expected None or > 0")
         _require(self.max_seconds is None or self.max_seconds > 0.0, f"{w}.max_seconds", f"got {self.max_seconds}, expected None or > 0")

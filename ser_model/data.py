@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from data_contracts.errors import SourceError
 from data_contracts.source import resolve_inside
-from ser_model.audio import load_audio
+from ser_model.audio import load_audio, trim_silence
 
 __all__ = [
     "DataSplitError",
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 #: decoded audio is kept in memory when the split's float32 samples fit in this many bytes
 PRELOAD_LIMIT_BYTES = 6 * 1024**3
+#: the inference policy, one for validation, evaluation, `ser predict`, the MLflow pyfunc and ONNX:
+#: the model sees the whole (silence-trimmed) utterance up to this long; longer ones are centre-cropped
+#: by evaluation and cut into windows of this length by `ser_model.inference.Predictor`
+EVAL_MAX_SECONDS = 60.0
 
 
 class DataSplitError(ValueError):
@@ -88,7 +92,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
     Training (`random_crop=True`): utterances longer than `crop_seconds` are cut to a random
     window whose start depends only on (seed, epoch, index), so a resumed run sees the same crops.
     Evaluation (`random_crop=False`): the full utterance, centre-cropped to `crop_seconds` if longer.
-    Call `set_epoch` before each epoch.
+    `trim_db` (ModelConfig.trim_db): leading and trailing silence is cut on decoding (`trim_silence`),
+    before any crop. Call `set_epoch` before each epoch.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         random_crop: bool,
         seed: int = 0,
         preload: bool | None = None,
+        trim_db: float | None = None,
     ):
         if len(manifest) == 0:
             raise DataSplitError("the split holds no utterances; expected at least one manifest row")
@@ -115,6 +121,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.sample_rate = sample_rate
         self.crop_samples = None if crop_seconds is None else max(1, int(round(crop_seconds * sample_rate)))
         self.random_crop = random_crop
+        self.trim_db = trim_db
         self.seed = seed
         self.epoch = 0
         full = np.ceil(manifest["duration_s"].to_numpy(dtype=np.float64) * sample_rate).astype(np.int64)
@@ -126,9 +133,11 @@ class UtteranceDataset(torch.utils.data.Dataset):
             self._cache = [
                 self._decode(i) for i in tqdm(range(len(self.paths)), desc="decoding audio", unit="file", leave=False)
             ]
+            decoded = np.array([len(wave) for wave in self._cache], dtype=np.int64)  # trimmed: shorter than duration_s
+            self.lengths = decoded if self.crop_samples is None else np.minimum(decoded, self.crop_samples)
 
     def _decode(self, i: int) -> np.ndarray:
-        return load_audio(self.files[i], self.sample_rate)
+        return trim_silence(load_audio(self.files[i], self.sample_rate), self.sample_rate, self.trim_db)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,4 +1,4 @@
-"""Energy-adaptive mixup on waveforms (PAPER.md "EAM"): draws vectorised over the batch, segment arithmetic per sample.
+"""Energy-adaptive mixup on waveforms (docs/METHOD.md "EAM"): draws vectorised over the batch, segment arithmetic per sample.
 
 For primary x_i (length l_i, label y_i) and partner x_j = x_{partner[i]}:
 1. l_mix ~ U{1, …, floor(l_i/2) − 1} (strictly less than half of x_i); l_mix = min(l_mix, l_j);
@@ -8,8 +8,10 @@ For primary x_i (length l_i, label y_i) and partner x_j = x_{partner[i]}:
 5. x_mix = x_i with x_mix[s_i : s_i + l_mix] += g a_j;
 6. λ = (l_mix / l_i) · P''_j / (P'_i + P''_j);  y_mix = (1 − λ) y_i + λ y_j.
 Not mixed (λ = 0, waveform bit-identical, label unchanged): EAM disabled, the sample not drawn
-(mix_prob, ours), floor(l_i/2) <= 1, partner = itself (batch of one), or P'_i <= eps or
-P'_j <= eps (degenerate energy). Ours: the partner is drawn by a random cyclic permutation of
+(mix_prob, ours), floor(l_i/2) <= 1, partner = itself (batch of one), or a degenerate segment:
+P'_i <= r·P_i or P'_j <= r·P_j, where P_i is the mean power of the whole utterance x_i and
+r = 10^(degenerate_db/10) (ours, relative: a near-silent segment is neither boosted to the drawn SNR
+nor allowed to move the label; an all-zero utterance is always degenerate). Ours: the partner is drawn by a random cyclic permutation of
 the batch (never the sample itself when B >= 2).
 """
 
@@ -46,6 +48,20 @@ def random_partner(batch_size: int, generator: torch.Generator | None = None) ->
     partner = torch.empty_like(order)
     partner[order] = order.roll(-1)
     return partner
+
+
+def degenerate_segments(
+    waves: torch.Tensor, lengths: torch.Tensor, p_i: torch.Tensor, p_j: torch.Tensor, partner: torch.Tensor, degenerate_db: float
+) -> torch.Tensor:
+    """Pairs whose primary or partner segment is degenerate: P'_i <= r·P_i or P'_j <= r·P_{partner},
+    with P_b = mean over the valid samples of x_b² and r = 10^(degenerate_db/10).
+
+    waves (B, L), lengths (B,), segment powers p_i, p_j (B,) float64, partner (B,) long → (B,) bool.
+    """
+    valid = torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]  # (B, L)
+    power = (waves.double().square() * valid).sum(dim=1) / lengths.clamp_min(1)  # (B,) float64
+    ratio = 10.0 ** (degenerate_db / 10.0)
+    return (p_i <= ratio * power) | (p_j <= ratio * power[partner])
 
 
 def energy_adaptive_mixup(
@@ -103,7 +119,7 @@ def energy_adaptive_mixup(
     seg_j = [waves[j, s2 : s2 + n] for (_, n, j, s2) in rows]
     p_i = torch.stack([a.double().square().mean() for a in seg_i])  # (B,)
     p_j = torch.stack([a.double().square().mean() for a in seg_j])  # (B,)
-    mixed = eligible & (p_i > config.eps) & (p_j > config.eps)
+    mixed = eligible & ~degenerate_segments(waves, lengths, p_i, p_j, partner, config.degenerate_db)
     snr_lin = torch.pow(10.0, snr_db / 10.0)
     gain = torch.where(mixed, torch.sqrt(p_i / (snr_lin * p_j.clamp_min(torch.finfo(torch.float64).tiny))), 0.0)
     p_j_scaled = p_i / snr_lin

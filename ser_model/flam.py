@@ -1,4 +1,4 @@
-"""FLAM, the frame-level attention module (PAPER.md "FLAM"), and the mean-pooling ablation.
+"""FLAM, the frame-level attention module (docs/METHOD.md "FLAM"), and the mean-pooling ablation.
 
 Frames H (B, T, D) with a valid-frame mask (B, T) → multi-head self-attention over valid frames,
 residual, LayerNorm (ours: LayerNorm after the residual, dropout 0.1) → H' → attention pooling

@@ -1,10 +1,16 @@
 """Batch inference from a `save_pretrained` folder: any sample rate, any channel count, any length.
 
-Each input is down-mixed to mono and resampled to the model's rate. Inputs longer than the
-window are cut into overlapping windows (start t·hop, the last one aligned to the end so that every
-sample is covered); the class probabilities of an input are the mean of its windows' softmax:
+One inference policy for every path (validation, `ser evaluate`, `ser predict`, the MLflow pyfunc,
+and the ONNX graph fed by `prepare_waveform`): each input is down-mixed to mono, resampled to the
+model's rate and silence-trimmed (`ModelConfig.trim_db`), and the model sees the whole utterance in
+one pass. Only inputs longer than the window (default `EVAL_MAX_SECONDS`, 60 s, which evaluation
+centre-crops to) are cut into overlapping windows (start t·hop, the last one aligned to the end so that
+every sample is covered); their class probabilities are the mean of the windows' softmax:
 
     p(c | x) = (1/W) Σ_w softmax(z_w)_c
+
+Whole utterances rather than training-crop windows: the model is selected on whole validation
+utterances, and averaging 3 s windows scored the same RAVDESS model differently from `ser evaluate`.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono
+from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono, trim_silence
+from ser_model.data import EVAL_MAX_SECONDS
 from ser_model.model import SERModel
 
-__all__ = ["Predictor", "sliding_windows"]
+__all__ = ["Predictor", "sliding_windows", "prepare_waveform"]
 
-#: window length when the model's config sets no training crop (TrainConfig.max_seconds = None)
-DEFAULT_WINDOW_SECONDS = 10.0
+
+def prepare_waveform(wave: np.ndarray, model_config: Any) -> np.ndarray:
+    """What the model sees of a mono waveform at the model's rate: silence-trimmed by
+    ``model_config.trim_db`` (a ModelConfig), the same as training and evaluation do on decoding."""
+    return trim_silence(np.asarray(wave, dtype=np.float32), model_config.sample_rate, model_config.trim_db)
 
 
 def sliding_windows(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
@@ -42,8 +52,8 @@ def sliding_windows(n_samples: int, window: int, hop: int) -> list[tuple[int, in
 class Predictor:
     """Class probabilities for waveforms or files, from a trained `SERModel`.
 
-    window_seconds: longest stretch the model sees at once (default: the training crop,
-    TrainConfig.max_seconds); overlap: fraction shared by consecutive windows, in [0, 1).
+    window_seconds: longest stretch the model sees at once (default EVAL_MAX_SECONDS: the whole
+    utterance, as in evaluation); overlap: fraction shared by consecutive windows, in [0, 1).
     """
 
     def __init__(
@@ -64,7 +74,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = model.config.model.sample_rate
-        seconds = window_seconds or model.config.train.max_seconds or DEFAULT_WINDOW_SECONDS
+        seconds = window_seconds or EVAL_MAX_SECONDS
         self.window = max(1, int(round(seconds * self.sample_rate)))
         self.hop = max(1, int(round(self.window * (1.0 - overlap))))
         self.batch_size = batch_size
@@ -80,11 +90,13 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Mono waveforms at the model rate [(N_i,)] → class probabilities (len(waves), C)."""
+        """Mono waveforms at the model rate [(N_i,)] → class probabilities (len(waves), C); each is
+        passed through `prepare_waveform` first."""
         pieces = []  # (input index, window)
         for item, wave in enumerate(waves):
             if len(wave) == 0:
                 raise AudioDecodeError(f"input {item} holds no samples; expected at least one")
+            wave = prepare_waveform(wave, self.model.config.model)
             pieces += [(item, wave[s:e]) for s, e in sliding_windows(len(wave), self.window, self.hop)]
         order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
         sums = np.zeros((len(waves), len(self.labels)), dtype=np.float64)

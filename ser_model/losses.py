@@ -1,4 +1,4 @@
-"""The multi-loss (PAPER.md "MLL"): one pure function per term, and their weighted sum.
+"""The multi-loss (docs/METHOD.md "MLL"): one pure function per term, and their weighted sum.
 
 L = w_kl·KL(y_soft ‖ softmax(z)) + w_focal·Focal(z, y_soft; γ) + w_center·Center(e, y_primary)
   + w_supcon·SupCon(frame views, y_primary; τ)

@@ -1,7 +1,7 @@
 """The SER model: backbone → (layer weights) → FLAM (or mean pooling) → head, plus the loss parameters.
 
-head: u (B, D) → Linear(D, E) → ReLU → e (B, E) (the embedding; center loss acts here)
-      → Dropout → Linear(E, C) → logits z (B, C).
+head: u (B, D) → Linear(D, E) → [norm, ours: ``ModelConfig.embed_norm``] → ReLU → e (B, E)
+      (the embedding; center loss acts here) → Dropout → Linear(E, C) → logits z (B, C).
 The class centers (C, E) and the SupCon projection head (D → D → P) live in the model (when their
 loss terms are on) so that one checkpoint holds everything and the optimiser can give the centers
 their own learning rate (``center_parameters()`` / ``main_parameters()``).
@@ -46,6 +46,31 @@ class SEROutput:
     attention: torch.Tensor | None = None
 
 
+class BatchNormAnyBatch(nn.BatchNorm1d):
+    """BatchNorm1d that also trains on a batch of one (the last batch of an epoch can be): such a
+    batch is normalised with the running statistics, which it leaves unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def embedding_norm(kind: str, dim: int) -> nn.Module:
+    """The normalisation before the embedding's ReLU (``ModelConfig.embed_norm``, ours).
+
+    "batch": each unit centred and scaled over the batch, so it is positive for part of every batch
+    and cannot die (with the paper's plain Linear → ReLU, the pooled vectors of different utterances
+    are so alike at initialisation that half the units have one sign for all of them); "layer":
+    each embedding centred over its units; "none": the paper's head.
+    """
+    if kind == "batch":
+        return BatchNormAnyBatch(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    return nn.Identity()
+
+
 class SERModel(nn.Module):
     """Backbone → FLAM → head (see module docstring). ``backbone_config``: build an hf backbone
     from this transformers config (dict or object) with random weights instead of loading it from
@@ -74,6 +99,7 @@ class SERModel(nn.Module):
             self.frame_attention = None
             self.pooling = None
         self.embed = nn.Linear(dim, mc.embed_dim)
+        self.embed_norm = embedding_norm(mc.embed_norm, mc.embed_dim)
         self.head_dropout = nn.Dropout(mc.head_dropout)
         self.classifier = nn.Linear(mc.embed_dim, config.n_classes)
         lc = config.loss
@@ -95,7 +121,7 @@ class SERModel(nn.Module):
             pooled, attention = self.pooling(frames, mask)  # (B, D), (B, T)
         else:
             pooled = mean_pool(frames, mask)  # (B, D)
-        embedding = torch.relu(self.embed(pooled))  # (B, E)
+        embedding = torch.relu(self.embed_norm(self.embed(pooled)))  # (B, E)
         logits = self.classifier(self.head_dropout(embedding))  # (B, C)
         return SEROutput(logits, embedding, frames, mask, pooled, attention)
 

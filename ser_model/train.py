@@ -10,7 +10,8 @@ validation speakers of fold 0 (which stay held out for checkpoint selection); it
 
 Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
 the soft labels through `multi_loss`; Adam with the main parameters at `lr` and the class centers
-at `center_lr`, both × `lr_decay` after every epoch; gradient accumulation over `grad_accum`
+at `center_lr`, both scaled per update by `lr_factor` (warm-up, then × `lr_decay` per epoch or a
+cosine); gradient accumulation over `grad_accum`
 batches; gradient clipping; bf16/fp16 autocast on CUDA.
 
 Outputs in `out_dir`: `checkpoints/last` (every epoch, atomic, for exact resume), `best`
@@ -56,8 +57,9 @@ from ser_model.checkpoint import (
     write_folder_atomically,
     write_text_atomically,
 )
-from ser_model.config import SELECT_KEYS, ConfigError, SERConfig
+from ser_model.config import SELECT_KEYS, ConfigError, SERConfig, TrainConfig
 from ser_model.data import (
+    EVAL_MAX_SECONDS,
     DataSplitError,
     LengthBucketSampler,
     UtteranceDataset,
@@ -74,8 +76,6 @@ __all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits"
 log = logging.getLogger(__name__)
 
 RELEASE_FOLD = -1
-#: evaluation utterances longer than this are centre-cropped (bounds memory on IEMOCAP's longest turns)
-EVAL_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,23 @@ def seed_everything(seed: int) -> None:
 def derived_seed(seed: int, *stream: int) -> int:
     """An independent 63-bit seed for (seed, stream...), e.g. (seed, rank, 0) for EAM."""
     return int(np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def lr_factor(step: int, updates_per_epoch: int, tc: TrainConfig) -> float:
+    """Multiplier of the base learning rates (``lr``, ``center_lr``) at optimiser update ``step`` (0-based).
+
+    With W = warmup_epochs · updates_per_epoch warm-up updates and S = epochs · updates_per_epoch in all:
+    warm-up (step < W): (step + 1) / W; then "exponential": lr_decay^floor(step / updates_per_epoch)
+    (the paper's × 7/8 after every epoch), or "cosine": ½ (1 + cos(π (step − W) / (S − W))).
+    """
+    warmup = tc.warmup_epochs * updates_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if tc.schedule == "exponential":
+        return tc.lr_decay ** (step // updates_per_epoch)
+    total = tc.epochs * updates_per_epoch
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def fold_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
@@ -247,8 +264,9 @@ def evaluate_rows(
     """Metrics of a trained model on manifest rows, in this process (`ser evaluate`)."""
     dev = resolve_device(device)
     model = model.to(dev)
+    mc = model.config.model
     dataset = UtteranceDataset(
-        rows, audio_root, model.labels, sample_rate=model.config.model.sample_rate, crop_seconds=EVAL_MAX_SECONDS, random_crop=False
+        rows, audio_root, model.labels, sample_rate=mc.sample_rate, crop_seconds=EVAL_MAX_SECONDS, random_crop=False, trim_db=mc.trim_db
     )
     return evaluate_split(model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)))
 
@@ -313,12 +331,15 @@ def fit(
             raise DataSplitError(f"fold {fold}: the {name} split holds no utterance; speakers per role: {speakers}")
     rule = selection_rule(tc.select_metric, speakers)
     log.info("fold %s: %s", fold, {name: len(rows) for name, rows in splits.items()})
-    sr = config.model.sample_rate
+    sr, trim_db = config.model.sample_rate, config.model.trim_db
     train_set = UtteranceDataset(
-        splits["train"], audio_root, config.labels, sample_rate=sr, crop_seconds=tc.max_seconds, random_crop=True, seed=tc.seed
+        splits["train"], audio_root, config.labels, sample_rate=sr, crop_seconds=tc.max_seconds, random_crop=True, seed=tc.seed,
+        trim_db=trim_db,
     )
     eval_sets = {
-        name: UtteranceDataset(splits[name], audio_root, config.labels, sample_rate=sr, crop_seconds=EVAL_MAX_SECONDS, random_crop=False)
+        name: UtteranceDataset(
+            splits[name], audio_root, config.labels, sample_rate=sr, crop_seconds=EVAL_MAX_SECONDS, random_crop=False, trim_db=trim_db
+        )
         for name in ("valid", "test")
         if not splits[name].empty
     }
@@ -348,7 +369,8 @@ def fit(
     if model.center_parameters():
         groups.append({"params": model.center_parameters(), "lr": tc.center_lr})
     optimizer = torch.optim.Adam(groups, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=tc.lr_decay)
+    updates_per_epoch = math.ceil(len(sampler) / tc.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, updates_per_epoch, tc))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -399,12 +421,12 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
             for name, value in {"loss": total.detach(), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         train_terms = _mean_across_ranks({name: value / n_batches for name, value in sums.items()}, runtime)
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
 
         record: dict[str, Any] = {"epoch": epoch + 1, "train": train_terms, "lr": lr}
         if (epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs:

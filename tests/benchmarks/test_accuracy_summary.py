@@ -1,12 +1,14 @@
-"""benchmarks/accuracy.py's summary: finished runs of every variant under one folder are merged
-(whichever process trained them), in VARIANTS order and fold order, with mean and population std
-over folds equal to a reference computed here; unfinished runs are left out. No training."""
+"""benchmarks/accuracy.py's summary: finished runs of every variant and seed under one folder are
+merged (whichever process trained them), in VARIANTS order and (seed, fold) order, with mean,
+population std and the paired difference against `full` equal to references computed here;
+unfinished runs are left out; a run is claimed by one live process at a time. No training."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,8 @@ def accuracy():
     return module
 
 
-def write_run(out: Path, variant: str, fold: int, ua: float, seconds: list[float]) -> None:
-    run = out / variant / f"fold-{fold}"
+def write_run(out: Path, variant: str, seed: int, fold: int, ua: float, seconds: list[float]) -> None:
+    run = out / variant / f"seed-{seed}" / f"fold-{fold}"
     run.mkdir(parents=True)
     test = {"WA": ua + 0.01, "UA": ua, "macro_f1": ua - 0.01}
     result = {"fold": fold, "selected_epoch": len(seconds), "selection_rule": "rule", "valid": {"UA": ua / 2}, "test": test, "epochs": len(seconds)}
@@ -31,33 +33,59 @@ def write_run(out: Path, variant: str, fold: int, ua: float, seconds: list[float
     (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "seconds": s}) + "\n" for i, s in enumerate(seconds)))
 
 
-def test_summary_merges_variants_in_order_with_reference_statistics(tmp_path, accuracy):
-    ua = {"ce_only": [0.40, 0.50], "full": [0.30, 0.60, 0.45]}
-    for variant, values in ua.items():
-        for fold, value in reversed(list(enumerate(values))):
-            write_run(tmp_path, variant, fold if fold < 2 else 10, value, [1.5, 2.5])
-    (tmp_path / "no_eam" / "fold-0").mkdir(parents=True)  # still training: no result.json
+def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, accuracy):
+    ua = {
+        "reference_cnn": {(0, 0): 0.40, (0, 1): 0.50, (1, 0): 0.45},
+        "full": {(1, 0): 0.55, (0, 1): 0.60, (0, 0): 0.50, (0, 10): 0.52},
+    }
+    for variant, runs in ua.items():
+        for (seed, fold), value in runs.items():
+            write_run(tmp_path, variant, seed, fold, value, [1.5, 2.5])
+    (tmp_path / "no_eam" / "seed-0" / "fold-0").mkdir(parents=True)  # still training: no result.json
     results = accuracy.collect(tmp_path)
-    assert list(results) == ["full", "ce_only"]
-    assert list(results["full"]) == [0, 1, 10]
+    assert list(results) == ["full", "reference_cnn"]  # VARIANTS order
+    assert list(results["full"]) == [(0, 0), (0, 1), (0, 10), (1, 0)]
     summary = accuracy.summarise(results)
-    for variant, values in ua.items():
-        pct = [100 * v for v in values]
+    for variant, runs in ua.items():
+        pct = [100 * runs[k] for k in sorted(runs)]
         mean = sum(pct) / len(pct)
         std = math.sqrt(sum((v - mean) ** 2 for v in pct) / len(pct))
         row = summary[variant]
-        assert row["UA"]["per_fold"] == pytest.approx(pct)
+        assert row["UA"]["per_run"] == pytest.approx(pct)
         assert row["UA"]["mean"] == pytest.approx(mean) and row["UA"]["std"] == pytest.approx(std)
         assert row["WA"]["mean"] == pytest.approx(mean + 1) and row["macro_f1"]["mean"] == pytest.approx(mean - 1)
-        assert row["valid_UA_per_fold"] == pytest.approx([p / 2 for p in pct])
-        assert row["train_seconds_per_fold"] == [4.0] * len(values) and row["selected_epoch_per_fold"] == [2] * len(values)
-    meta = {"n_utterances": 10, "n_actors": 2, "seed": 0, "selection_rule": "rule", "overrides": {"train.epochs": 2}, "machine": "m"}
+        assert row["valid_UA_per_run"] == pytest.approx([p / 2 for p in pct])
+        assert row["train_seconds_per_run"] == [4.0] * len(runs) and row["selected_epoch_per_run"] == [2] * len(runs)
+    # paired over the three (seed, fold) runs both have: d = 10, 10, 10 → mean 10, s.e. 0
+    d = [100 * (ua["full"][k] - ua["reference_cnn"][k]) for k in sorted(ua["reference_cnn"])]
+    paired = summary["reference_cnn"]["full_minus_this_UA"]
+    assert paired["n"] == 3 and paired["mean"] == pytest.approx(sum(d) / 3)
+    sd = math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
+    assert paired["se"] == pytest.approx(sd / math.sqrt(3), abs=1e-9)
+    assert "full_minus_this_UA" not in summary["full"]
+    meta = {"n_utterances": 10, "n_actors": 2, "selection_rule": "rule", "preset": "cpu-fbank", "overrides": {}, "machine": "m"}
     table = accuracy.markdown(summary, meta)
-    rows = [line for line in table.splitlines() if line.startswith("| full") or line.startswith("| ce_only")]
-    assert rows[0].startswith("| full | 0,1,10 | ") and "30.0 / 60.0 / 45.0" in rows[0]
-    assert rows[1].startswith("| ce_only | 0,1 | ") and f"{45.0:.1f} ± {5.0:.1f}" in rows[1]
+    rows = [line for line in table.splitlines() if line.startswith("| full |") or line.startswith("| reference_cnn |")]
+    assert rows[0].startswith("| full | 4 | ") and "| — |" in rows[0]
+    assert rows[1].startswith("| reference_cnn | 3 | ") and "+10.0 ± 0.0 (n=3)" in rows[1]
 
 
-def test_collect_refuses_nothing_finished(tmp_path, accuracy):
-    with pytest.raises(FileNotFoundError, match="no finished run"):
-        accuracy.write_summary(tmp_path, tmp_path, 0, {}, 1)
+def test_paired_difference_uses_only_common_runs(accuracy):
+    a = {(0, 0): 60.0, (0, 1): 50.0, (1, 0): 70.0}
+    b = {(0, 0): 55.0, (0, 1): 52.0, (2, 2): 10.0}
+    got = accuracy.paired_difference(a, b)
+    assert got["n"] == 2 and got["mean"] == pytest.approx(1.5)
+    assert got["se"] == pytest.approx(math.sqrt(((5 - 1.5) ** 2 + (-2 - 1.5) ** 2) / 1) / math.sqrt(2))
+    assert accuracy.paired_difference(a, {})["n"] == 0
+    assert accuracy.paired_difference({(0, 0): 1.0}, {(0, 0): 0.5})["se"] is None
+
+
+def test_a_run_is_claimed_once_and_taken_over_from_a_dead_claimer(tmp_path, accuracy):
+    run = tmp_path / "full" / "seed-0" / "fold-0"
+    assert accuracy.claim(run) is True
+    assert (run / "claim").read_text() == str(os.getpid())
+    assert accuracy.claim(run) is False  # held by a live process (this one)
+    (run / "claim").write_text("999999999")  # a pid that cannot be alive
+    assert accuracy.claim(run) is True
+    (run / "result.json").write_text("{}")
+    assert accuracy.claim(run) is False  # finished

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 
 import numpy as np
+import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from data_contracts.corpora.iemocap import read_emo_evaluation
 from data_contracts.corpora.msp_improv import read_evaluation
 from data_contracts.errors import AudioCheckError
 
+OBJECT_ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}|<[^<>]* object at ")
 SETTINGS = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 REASONS = {"empty", "unreadable", "sample_rate", "channels", "duration", "truncated", "non_finite", "silence", "clipped"}
 
@@ -45,6 +48,7 @@ def probe_or_documented_error(data: bytes):
     except AudioCheckError as err:
         assert err.reason_code in REASONS
         assert str(err).startswith("x.wav: ")
+        assert not OBJECT_ADDRESS.search(str(err)), f"reason holds a Python object address: {err}"
         return err
 
 
@@ -73,6 +77,49 @@ def test_truncated_files(cut):
 )
 def test_absurd_headers_and_huge_declared_lengths(rate, channels, bits, declared, body, fmt):
     probe_or_documented_error(wav_header(rate, channels, bits, declared, fmt) + body)
+
+
+def encoded(fmt: str, seconds: float = 1.0) -> bytes:
+    """One second of tone, 16 kHz mono 16-bit, encoded as ``fmt`` (WAV or FLAC)."""
+    buffer = io.BytesIO()
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def reason(data: bytes, name: str) -> tuple[str, str]:
+    try:
+        probe_audio(data, name, AudioChecks())
+    except AudioCheckError as err:
+        return err.reason_code, str(err)
+    raise AssertionError(f"{name} passed the checks")
+
+
+@pytest.mark.parametrize("kept", [0.1, 0.3, 0.5, 0.9])
+def test_a_cut_flac_and_a_cut_wav_are_both_truncated(kept):
+    """The same fault, the same code, whatever the container: cut a file after its header."""
+    codes = {}
+    for fmt in ("WAV", "FLAC"):
+        data = encoded(fmt)
+        codes[fmt], message = reason(data[: int(len(data) * kept)], f"a.{fmt.lower()}")
+        assert message.startswith(f"a.{fmt.lower()}: ")
+    assert codes == {"WAV": "truncated", "FLAC": "truncated"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hello, not audio" * 8, b"RIFF\x00\x00\x00\x00WAVEjunk", b"fLaC\x00\x00", GOOD[:30], encoded("FLAC")[:30]],
+    ids=["text", "riff-without-chunks", "flac-magic-only", "wav-header-cut", "flac-header-cut"],
+)
+def test_an_unopenable_file_has_a_deterministic_path_first_reason(data):
+    """Decoding from memory once put ``<_io.BytesIO object at 0x…>`` into the reason: a message
+    that changed on every run. The reason starts with the path and is the same on every call."""
+    first = reason(data, "Actor_01/x.wav")
+    assert first[0] == "unreadable"
+    assert first[1].startswith("Actor_01/x.wav: ")
+    assert not OBJECT_ADDRESS.search(first[1]), first[1]
+    buffers = [io.BytesIO() for _ in range(50)]  # other live objects: a repr'd buffer would get another address
+    assert all(reason(data, "Actor_01/x.wav") == first for _ in buffers)
 
 
 def test_a_valid_file_passes_and_the_probe_reads_its_facts():

@@ -133,3 +133,31 @@ def test_report_markdown_lists_counts_and_every_quarantined_file(tmp_path):
     paths = write_ingest_outputs(result, tmp_path / "out")
     quarantine = pd.read_parquet(paths["quarantine.parquet"])
     assert quarantine["path"].tolist() == ["Actor_01/03-01-09-01-01-01-01.wav"]
+
+
+def test_cli_ingest_of_a_held_out_set_too_small_for_any_fold_protocol_writes_everything(tmp_path, capsys):
+    """Four actors make one RAVDESS fold group where the protocol needs two: the manifest,
+    quarantine and report are still written, the fold table is empty, every row's fold is
+    missing, the report says why, and the command warns and exits 0."""
+    rows = make_ravdess(tmp_path / "corpus", actors=range(17, 21), per_actor=2)
+    (tmp_path / "corpus" / "Actor_17" / "03-01-09-01-01-01-17.wav").write_bytes(b"")
+    args = parser().parse_args(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    assert run_ingest_command(args) == 0
+    captured = capsys.readouterr()
+    assert f"ravdess: {len(rows)} utterances, 1 quarantined, 0 folds" in captured.out
+    assert "warning: no fold protocol fits" in captured.err and "--split all" in captured.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert_manifest_rows(manifest, rows)
+    assert manifest["fold"].isna().all()
+    assert pd.read_parquet(tmp_path / "out" / "folds.parquet").empty
+    assert pd.read_parquet(tmp_path / "out" / "quarantine.parquet")["path"].tolist() == ["Actor_17/03-01-09-01-01-01-17.wav"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["folds"] == {} and "at least 2 speaker groups" in report["no_fold_protocol"]
+    assert "No fold protocol fits" in report_markdown(report)
+
+
+def test_a_corpus_with_folds_says_so_in_its_report(tmp_path):
+    make_ravdess(tmp_path, actors=range(1, 9), per_actor=1)
+    report = run_ingest("ravdess", tmp_path, workers=1, progress=False).report
+    assert report["no_fold_protocol"] is None and len(report["folds"]) == 2

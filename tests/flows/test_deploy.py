@@ -10,7 +10,7 @@ from prefect import get_client
 
 from data_contracts.labels import CORPORA
 from flows.deploy import DEFAULT_RETRAIN_CRON, apply_deployments, build_deployments, deployment_names, main, parse_folds
-from flows.train import DEFAULT_PRESET
+from ser_model.presets import DEFAULT_PRESET
 from tests.flows.live_stack import prefect_api  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -29,7 +29,7 @@ def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments
     for corpus in CORPORA:
         ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
         assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"
-        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET, "backbone": "fbank"}
+        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET}
         (trigger,) = train.triggers
         assert trigger.expect == {"ser.manifest.updated"}
         assert trigger.match.model_dump()["prefect.resource.id"] == f"ser.manifest.{corpus}"

@@ -38,8 +38,8 @@ def train_calls(monkeypatch) -> list[dict]:
     calls: list[dict] = []
 
     @flow(name="train")
-    def recording_train(corpus, manifest_version="latest", backbone="fbank", overrides=None, folds=None):
-        calls.append({"corpus": corpus, "manifest_version": manifest_version, "backbone": backbone,
+    def recording_train(corpus, manifest_version="latest", preset="cpu-fbank", backbone=None, overrides=None, folds=None):
+        calls.append({"corpus": corpus, "manifest_version": manifest_version, "preset": preset, "backbone": backbone,
                       "overrides": overrides, "folds": folds})
         return {"version": str(len(calls))}
 
@@ -58,7 +58,7 @@ def test_retrain_acts_only_on_changes(live_bucket, prefect_api, train_calls, tmp
     assert first["ravdess"].startswith("retrained on manifest")
     assert first["savee"].startswith("skipped: no root configured") and "SER_ROOT_SAVEE" in first["savee"]
     latest = read_latest("ravdess", live_bucket)["fingerprint"]
-    assert train_calls == [{"corpus": "ravdess", "manifest_version": latest, "backbone": "fbank",
+    assert train_calls == [{"corpus": "ravdess", "manifest_version": latest, "preset": "cpu-fbank", "backbone": None,
                             "overrides": {"train.epochs": 1}, "folds": [0]}]
     assert read_source_state("ravdess", live_bucket)["manifest_fingerprint"] == latest
 

@@ -13,7 +13,7 @@ def _full_config() -> SERConfig:
     return SERConfig(
         labels=LABELS,
         corpus="ravdess",
-        model=ModelConfig(backbone="hf:/tmp/some model", backbone_mode="weighted_sum", flam_heads=8, fbank_strides=(1, 2, 2)),
+        model=ModelConfig(backbone="hf:/tmp/some model", backbone_mode="weighted_sum", flam_heads=8, fbank_channels=(8, 16, 16), fbank_time_pools=(1, 2, 2)),
         eam=EAMConfig(mix_prob=0.5, snr_db_low=0.0),
         loss=LossConfig(w_center=0.0, supcon=False),
         train=TrainConfig(epochs=3, lr=3e-4, max_seconds=None, precision="bf16"),
@@ -45,8 +45,8 @@ def test_resolved_defaults_depend_on_the_backbone():
 
 def test_overrides_return_a_new_validated_config():
     base = SERConfig(labels=LABELS)
-    new = base.with_overrides({"train.epochs": 3, "loss.w_center": 0, "corpus": "ravdess", "model.fbank_strides": [2, 2, 2]})
-    assert (new.train.epochs, new.loss.w_center, new.corpus, new.model.fbank_strides) == (3, 0.0, "ravdess", (2, 2, 2))
+    new = base.with_overrides({"train.epochs": 3, "loss.w_center": 0, "corpus": "ravdess", "model.fbank_time_pools": [2, 2, 1, 1]})
+    assert (new.train.epochs, new.loss.w_center, new.corpus, new.model.fbank_time_pools) == (3, 0.0, "ravdess", (2, 2, 1, 1))
     assert isinstance(new.loss.w_center, float)
     assert base.train.epochs == 20
     switched = base.with_overrides({"model.backbone": "hf:/tmp/x", "model.backbone_mode": "frozen"})
@@ -87,9 +87,15 @@ def test_unknown_json_key_is_rejected():
         ({"model.backbone": "hf:x", "model.backbone_mode": "frozen", "model.use_layer_weights": True}, "use backbone_mode='weighted_sum'"),
         ({"model.backbone": "hf:x", "model.sample_rate": 8000}, "SSL speech models expect 16000"),
         ({"model.flam_dropout": 1.0}, r"ModelConfig\.flam_dropout"),
-        ({"model.flam_heads": 3}, "fbank_dim=256 is not divisible by flam_heads=3"),
-        ({"model.fbank_kernel": 4}, "expected an odd kernel"),
-        ({"model.fbank_strides": []}, r"ModelConfig\.fbank_strides"),
+        ({"model.flam_heads": 3}, "fbank_dim=128 is not divisible by flam_heads=3"),
+        ({"model.fbank_channels": [], "model.fbank_time_pools": []}, r"ModelConfig\.fbank_channels"),
+        ({"model.fbank_time_pools": [2, 2]}, r"ModelConfig\.fbank_time_pools: .*one time pooling factor >= 1 per conv block \(4\)"),
+        ({"model.n_mels": 8}, r"ModelConfig\.n_mels: got 8 mel bins for 4 conv blocks .* expected >= 16"),
+        ({"model.embed_norm": "group"}, r"ModelConfig\.embed_norm"),
+        ({"model.trim_db": 0.0}, r"ModelConfig\.trim_db"),
+        ({"train.schedule": "linear"}, r"TrainConfig\.schedule"),
+        ({"train.warmup_epochs": 20.0}, r"TrainConfig\.warmup_epochs: got 20\.0, expected 0 <= warmup_epochs < epochs=20"),
+        ({"eam.degenerate_db": 3.0}, r"EAMConfig\.degenerate_db"),
         ({"labels": ["a"]}, "expected at least two class names"),
         ({"labels": ["a", "a"]}, "duplicates"),
     ],

@@ -1,4 +1,4 @@
-"""EAM: the PAPER.md invariants, and agreement with a naive per-sample reference."""
+"""EAM: the docs/METHOD.md invariants, and agreement with a naive per-sample reference."""
 
 import math
 
@@ -27,9 +27,12 @@ def _mix(waves, lengths, targets, seed=0, **cfg):
     return energy_adaptive_mixup(waves, lengths, targets, generator=torch.Generator().manual_seed(seed), config=EAMConfig(**cfg))
 
 
-def naive_eam(waves, lengths, targets, partner, s_i, l_mix, s_j, snr_db, eps=1e-10):
-    """PAPER.md steps 4-6, one sample at a time in numpy float64, from the drawn segment/SNR."""
+def naive_eam(waves, lengths, targets, partner, s_i, l_mix, s_j, snr_db, degenerate_db=-30.0):
+    """docs/METHOD.md steps 4-6, one sample at a time in numpy float64, from the drawn segment/SNR; a segment
+    whose power is at or below 10^(degenerate_db/10) times its utterance's mean power is degenerate."""
     x = waves.numpy().astype(np.float64)
+    utt_power = [np.mean(x[b, : int(lengths[b])] ** 2) for b in range(len(x))]
+    ratio = 10.0 ** (degenerate_db / 10.0)
     y = targets.numpy().astype(np.float64)
     out, soft, lams = x.copy(), y.copy(), np.zeros(len(x))
     for i in range(len(x)):
@@ -40,7 +43,7 @@ def naive_eam(waves, lengths, targets, partner, s_i, l_mix, s_j, snr_db, eps=1e-
         a_i = x[i, s_i[i] : s_i[i] + n]
         a_j = x[j, s_j[i] : s_j[i] + n]
         p_i, p_j = np.mean(a_i**2), np.mean(a_j**2)
-        if p_i <= eps or p_j <= eps:
+        if p_i <= ratio * utt_power[i] or p_j <= ratio * utt_power[j]:
             continue
         snr = 10.0 ** (float(snr_db[i]) / 10.0)
         g = math.sqrt(p_i / (snr * p_j))
@@ -133,6 +136,30 @@ def test_zero_energy_leaves_audio_bit_identical():
             assert torch.equal(r.waves[i], waves[i])
             assert torch.equal(torch.signbit(r.waves[i]), torch.signbit(waves[i]))
             assert torch.equal(r.targets[i], targets[i])
+
+
+@pytest.mark.parametrize("level_db, mixed", [(-45.0, False), (-15.0, True)])
+def test_a_near_silent_segment_relative_to_its_utterance_is_degenerate(level_db, mixed):
+    """A quiet stretch far below its utterance's level (digital near-silence at the edges of a clip)
+    is not boosted to the drawn SNR, nor does it move the label, at any absolute scale."""
+    n = 4000
+    for scale in (1e-4, 1.0):
+        g = torch.Generator().manual_seed(0)
+        waves = torch.randn(2, n, generator=g) * scale  # (2, n); the first half of each is quiet
+        waves[:, : n // 2] *= 10 ** (level_db / 20)
+        lengths = torch.full((2,), n)
+        targets = torch.eye(2)
+        for seed in range(500):  # a seed whose primary and partner segments both lie in the quiet half
+            draw = _mix(waves, lengths, targets, seed, degenerate_db=-100.0)
+            s, l = draw.segment[0].tolist()
+            if draw.mixed[0] and s + l <= n // 2 and int(draw.partner_start[0]) + l <= n // 2:
+                break
+        else:
+            pytest.fail("no seed drew both segments inside the quiet half")
+        r = _mix(waves, lengths, targets, seed)  # the default rule, same draws
+        assert bool(r.mixed[0]) is mixed, (scale, level_db)
+        if not mixed:
+            assert torch.equal(r.waves[0], waves[0]) and torch.equal(r.targets[0], targets[0])
 
 
 @pytest.mark.parametrize("cfg", [dict(enabled=False), dict(mix_prob=0.0)])

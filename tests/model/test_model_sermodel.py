@@ -134,32 +134,42 @@ def test_fbank_end_to_end_save_and_load(tmp_path):
 
 def test_fbank_is_padding_invariant():
     torch.manual_seed(1)
-    model = SERModel(SERConfig(labels=LABELS, model=ModelConfig(fbank_strides=(1, 2, 2))))
+    model = SERModel(SERConfig(labels=LABELS, model=ModelConfig(fbank_time_pools=(1, 2, 2, 3), embed_norm="batch")))
+    _randomise_batch_norm_statistics(model)
     waves, lengths, _ = _batch(lengths=(SR, 401, 399, 7000, 100))
     _assert_padding_invariant(model, waves, lengths)
 
 
-@pytest.mark.parametrize("strides", [(2, 2), (1, 2, 2), (2, 3)])
-def test_fbank_frame_mask_is_exact(strides):
-    backbone = FbankBackbone(ModelConfig(fbank_strides=strides, fbank_dim=32, fbank_heads=2, fbank_layers=1))
+def _randomise_batch_norm_statistics(model):
+    """Running statistics as after training (fresh ones are mean 0, variance 1: an identity that would hide padding leaks)."""
+    g = torch.Generator().manual_seed(5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g))
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("pools", [(2, 2, 2, 2), (1, 2, 2, 3), (3, 1, 1, 1)])
+def test_fbank_frame_mask_is_exact(pools):
+    backbone = FbankBackbone(ModelConfig(fbank_channels=(4, 8, 8, 8), fbank_time_pools=pools, fbank_dim=32, fbank_heads=2, fbank_layers=1))
     lengths = torch.tensor([16000, 400, 399, 1, 12345, 560])
     waves = torch.randn(len(lengths), int(lengths.max()))
     frames, mask = backbone.eval()(waves, lengths)
     expected = []
     for n in lengths.tolist():
         t = max(1, 1 + (n - 400) // 160)  # 25 ms frames inside the signal, 10 ms hop
-        for s in strides:
-            t = -(-t // s)  # same-padded conv with stride s: ceil(t / s)
+        for p in pools:
+            t = -(-t // p)  # max pooling over time in ceil mode: ceil(t / p)
         expected.append(t)
     assert mask.sum(1).tolist() == expected == backbone.frame_lengths(lengths).tolist()
     feats, mel_mask = backbone.log_mel(waves, lengths)
     assert feats.shape[1] == max(1, 1 + (int(lengths.max()) - 400) // 160) == int(mel_mask.sum(1).max())
     assert frames.shape == (len(lengths), max(expected), 32)
     assert torch.all(frames[~mask] == 0)
-    assert backbone.frame_rate == pytest.approx(100 / (strides[0] * strides[-1] * (strides[1] if len(strides) == 3 else 1)))
+    assert backbone.frame_rate == pytest.approx(100 / (pools[0] * pools[1] * pools[2] * pools[3]))
 
 
-@pytest.mark.parametrize("norm", ["bin", "utterance"])
+@pytest.mark.parametrize("norm", ["bin", "bin_mean", "utterance"])
 def test_fbank_log_mel_normalisation_matches_a_reference(norm):
     backbone = FbankBackbone(ModelConfig(fbank_dim=32, fbank_heads=2, fbank_layers=1, fbank_norm=norm))
     lengths = torch.tensor([16000, 7000, 401])
@@ -167,10 +177,10 @@ def test_fbank_log_mel_normalisation_matches_a_reference(norm):
     feats, mask = backbone.log_mel(waves, lengths)
     for b, n in enumerate(lengths.tolist()):
         raw = torch.log(backbone.melspec(waves[b, :n]) + 1e-6).T.double()  # (T_b, n_mels), this utterance alone
-        axis = 0 if norm == "bin" else None
+        axis = None if norm == "utterance" else 0
         mean = raw.mean(dim=axis, keepdim=True) if axis == 0 else raw.mean()
         var = ((raw - mean) ** 2).mean(dim=axis, keepdim=True) if axis == 0 else ((raw - mean) ** 2).mean()
-        reference = (raw - mean) / torch.sqrt(var + 1e-5)
+        reference = raw - mean if norm == "bin_mean" else (raw - mean) / torch.sqrt(var + 1e-5)
         t = raw.shape[0]
         assert int(mask[b].sum()) == t
         torch.testing.assert_close(feats[b, :t].double(), reference, rtol=1e-4, atol=1e-4)

@@ -54,7 +54,7 @@ def write_synthetic_corpus(
 def tiny_config(**train: object) -> SERConfig:
     """A small fbank model that trains in seconds on two CPU cores."""
     model = ModelConfig(
-        backbone="fbank", n_mels=40, fbank_dim=32, fbank_layers=1, fbank_heads=2, fbank_ff_mult=2,
+        backbone="fbank", n_mels=40, fbank_channels=(4, 8, 8, 8), fbank_dim=32, fbank_layers=1, fbank_heads=2, fbank_ff_mult=2,
         embed_dim=16, spec_time_width=5, spec_freq_width=5,
     )
     settings = dict(epochs=2, batch_size=4, eval_batch_size=8, lr=3e-3, max_seconds=1.0, seed=0)

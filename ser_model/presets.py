@@ -1,0 +1,143 @@
+"""Named training recipes ("presets"): every number of a recipe, as data, in one place.
+
+    experiment_config("ravdess", preset="cpu-fbank", overrides={"train.epochs": 5}) → SERConfig
+
+A preset is a dict of `SERConfig.with_overrides` keys applied on top of the dataclass defaults; the
+corpus supplies the labels, and user overrides (`ser train --set`, the flows' `overrides`) go on top of
+the preset. The CLI (`ser train --preset`), the train flows (`preset` parameter), `infra/demo` and
+benchmarks/accuracy.py all select recipes through `experiment_config`.
+
+* ``cpu-fbank`` (ours): the zero-download recipe for a CPU: the fbank backbone's 2-D CNN (4 blocks,
+  32-64-128-128 channels) over the per-bin normalised log-mel → 128-d frames → FLAM → BatchNorm'd
+  embedding; silence trimmed at 40 dB; EAM on half the samples at SNR U[0, 10] dB; Adam lr 1e-3 with
+  one epoch of warm-up then a cosine; 25 epochs of 3 s crops. Chosen from short runs judged on fold
+  0's validation actors of RAVDESS only (docs/RESULTS.md), never on test actors.
+* ``paper-wavlm``: the paper's recipe: WavLM-Large fine-tuned (CNN feature encoder frozen) with a
+  weighted layer sum, FLAM with 16 heads, the published head, EAM on every sample at SNR U[−5, 10] dB,
+  Adam lr 1e-4 (centers 5e-3) × 7/8 per epoch, batch 16, 20 epochs. Needs the WavLM weights: a hub
+  id, or a local folder with `--backbone hf:/path` (no download happens in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ser_model.config import ConfigError, SERConfig
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "preset_for_backbone", "experiment_config"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-fbank": {
+        "model.backbone": "fbank",
+        "model.n_mels": 80,
+        "model.fbank_channels": [32, 64, 128, 128],
+        "model.fbank_time_pools": [2, 2, 2, 2],
+        "model.fbank_dim": 128,
+        "model.fbank_layers": 0,
+        "model.fbank_norm": "bin",
+        "model.fbank_dropout": 0.1,
+        "model.spec_time_masks": 2,
+        "model.spec_time_width": 20,
+        "model.spec_freq_masks": 2,
+        "model.spec_freq_width": 10,
+        "model.trim_db": 40.0,
+        "model.flam": True,
+        "model.flam_heads": 4,
+        "model.flam_dropout": 0.1,
+        "model.embed_dim": 64,
+        "model.embed_norm": "batch",
+        "model.head_dropout": 0.1,
+        "eam.enabled": True,
+        "eam.mix_prob": 0.5,
+        "eam.snr_db_low": 0.0,
+        "eam.snr_db_high": 10.0,
+        "loss.w_kl": 1.0,
+        "loss.w_focal": 1.0,
+        "loss.w_center": 0.01,
+        "loss.w_supcon": 0.1,
+        "train.epochs": 25,
+        "train.batch_size": 16,
+        "train.lr": 1e-3,
+        "train.center_lr": 5e-3,
+        "train.schedule": "cosine",
+        "train.warmup_epochs": 1.0,
+        "train.weight_decay": 0.0,
+        "train.max_seconds": 3.0,
+        "train.grad_clip": 5.0,
+    },
+    "paper-wavlm": {
+        "model.backbone": "hf:microsoft/wavlm-large",
+        "model.backbone_mode": "finetune",
+        "model.use_layer_weights": None,
+        "model.flam": True,
+        "model.flam_heads": None,
+        "model.flam_dropout": 0.1,
+        "model.embed_dim": 64,
+        "model.embed_norm": "none",
+        "model.head_dropout": 0.1,
+        "model.trim_db": None,
+        "eam.enabled": True,
+        "eam.mix_prob": 1.0,
+        "eam.snr_db_low": -5.0,
+        "eam.snr_db_high": 10.0,
+        "loss.w_kl": 1.0,
+        "loss.w_focal": 1.0,
+        "loss.w_center": 0.01,
+        "loss.w_supcon": 0.1,
+        "train.epochs": 20,
+        "train.batch_size": 16,
+        "train.lr": 1e-4,
+        "train.center_lr": 5e-3,
+        "train.schedule": "exponential",
+        "train.lr_decay": 7 / 8,
+        "train.warmup_epochs": 0.0,
+        "train.max_seconds": 10.0,
+    },
+}
+
+#: the recipe when none is named and the backbone is fbank (or not named)
+DEFAULT_PRESET = "cpu-fbank"
+
+
+def preset_for_backbone(backbone: str | None) -> str:
+    """The preset used when none is named: ``paper-wavlm`` for an ``hf:`` backbone, ``cpu-fbank`` otherwise."""
+    return "paper-wavlm" if backbone is not None and backbone.startswith("hf:") else DEFAULT_PRESET
+
+
+def experiment_config(
+    corpus: str,
+    preset: str | None = None,
+    *,
+    backbone: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: SERConfig | None = None,
+) -> SERConfig:
+    """The config for "this corpus with this preset and these overrides": the corpus's labels, the
+    preset (default: ``preset_for_backbone(backbone)``), then ``backbone``, then ``overrides``.
+
+    ``base``: start from this config (e.g. a ``--config`` file) instead of the preset. Raises
+    ``ConfigError`` for an unknown corpus or preset, a bad override, or a base whose labels are not
+    the corpus's.
+    """
+    from data_contracts.labels import LABELS
+
+    if corpus not in LABELS:
+        raise ConfigError(f"corpus: got {corpus!r}, expected one of {sorted(LABELS)}")
+    if base is None:
+        name = preset or preset_for_backbone(backbone)
+        if name not in PRESETS:
+            raise ConfigError(f"preset: got {name!r}, expected one of {sorted(PRESETS)}")
+        config = SERConfig(labels=LABELS[corpus], corpus=corpus).with_overrides(PRESETS[name])
+    else:
+        if preset is not None:
+            raise ConfigError("give either a preset or a base config (--config), not both")
+        config = base.with_overrides({"corpus": corpus})
+    changes: dict[str, Any] = {}
+    if backbone:
+        changes["model.backbone"] = backbone
+    changes.update(overrides or {})
+    config = config.with_overrides(changes)
+    if tuple(config.labels) != LABELS[corpus]:
+        raise ConfigError(f"SERConfig.labels: {list(config.labels)} do not match {corpus}'s classes {list(LABELS[corpus])}")
+    return config
