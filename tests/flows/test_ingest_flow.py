@@ -7,6 +7,7 @@ synthetic RAVDESS corpus (tests.fixtures.corpora.make_ravdess).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -90,6 +91,13 @@ def test_ingest_publishes_then_reports_unchanged(live_bucket, prefect_api, corpu
     assert live_bucket.client.head_object(Bucket=live_bucket.name, Key=manifest_key)["LastModified"] == written_at
     (artifact,) = flow_run_artifacts(again.state_details.flow_run_id)
     assert "**Unchanged**" in artifact.data
+
+    # the same files at another root: no new version, but trainings must now read them there
+    moved = corpus.parent / "ravdess-moved"
+    shutil.copytree(corpus, moved)
+    elsewhere = ingest(corpus="ravdess", root=str(moved), workers=1, announce=False)
+    assert (elsewhere["status"], elsewhere["fingerprint"]) == ("unchanged", outcome["fingerprint"])
+    assert read_latest("ravdess", live_bucket)["root"] == str(moved.resolve())
 
     # the first run announced its new version; the event names corpus, fingerprint and bucket
     event_filter = EventFilter(
