@@ -2,15 +2,17 @@
 
 | deployment | flow | schedule / trigger | parameters |
 |---|---|---|---|
-| ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus; root when SER_ROOT_<CORPUS> is set here |
-| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint |
+| ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus |
+| train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
 | retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
 
 All run on the process work pool (``SER_WORK_POOL``, default ``ser-process``) from this
 project folder (``flow.from_source`` with the local folder: no image, no git, works offline).
 Applying again updates the deployments in place and replaces their automations, so the
-command is idempotent. Corpus roots left unset here are resolved by the worker at run time
-(``SER_ROOT_<CORPUS>``, RAVDESS beside the repo).
+command is idempotent. It also creates the one-slot concurrency limits ``train-<corpus>``
+that queue the trainings of a corpus (flows/limits.py). Corpus roots are not read here: the
+worker finds them at run time (flows/roots.py: the ``root`` parameter, the Prefect Variable
+``ser-root-<corpus>``, the worker's ``SER_ROOT_<CORPUS>``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from prefect.events import DeploymentEventTrigger
 from prefect.flows import Flow
 
 from data_contracts.labels import CORPORA
-from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id, root_env_var
+from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
+from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from flows.settings import REPO_ROOT, StackSettings
 from ser_model.presets import DEFAULT_PRESET
 
@@ -41,6 +44,8 @@ ENTRYPOINTS = {
 }
 DEFAULT_RETRAIN_CRON = "0 3 * * *"
 RETRAIN_DEPLOYMENT = "retrain-nightly"
+DEFAULT_AUTO_TRAIN_FOLDS: list[int] | None = None
+"""Folds the automation trains after a new manifest: None = every fold of the protocol."""
 
 
 def deployment_names() -> list[str]:
@@ -52,9 +57,12 @@ def deployment_names() -> list[str]:
     ]
 
 
-def manifest_trigger(corpus: str, data_bucket: str) -> DeploymentEventTrigger:
+def manifest_trigger(
+    corpus: str, data_bucket: str, preset: str = DEFAULT_PRESET, folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS
+) -> DeploymentEventTrigger:
     """Run train-<corpus> on the manifest version named by a ``ser.manifest.updated`` event
-    about a manifest in ``data_bucket`` (the bucket the worker's train flow reads)."""
+    about a manifest in ``data_bucket`` (the bucket the worker's train flow reads), with the
+    recipe ``preset`` on ``folds`` (None: all), both stated in the automation."""
     return DeploymentEventTrigger(
         name=f"train-{corpus}-on-new-manifest",
         description=f"train {corpus} when the ingest flow publishes a new manifest fingerprint",
@@ -63,14 +71,21 @@ def manifest_trigger(corpus: str, data_bucket: str) -> DeploymentEventTrigger:
         parameters={
             "corpus": corpus,
             "manifest_version": "{{ event.resource['ser.fingerprint'] }}",
+            "preset": preset,
+            "folds": folds,
         },
     )
 
 
 def build_deployments(
-    source: Path = REPO_ROOT, work_pool: str | None = None, retrain_cron: str | None = None
+    source: Path = REPO_ROOT,
+    work_pool: str | None = None,
+    retrain_cron: str | None = None,
+    auto_train_preset: str = DEFAULT_PRESET,
+    auto_train_folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS,
 ) -> list[RunnerDeployment]:
-    """The nine deployments (not yet applied), loaded from the project folder ``source``."""
+    """The nine deployments (not yet applied), loaded from the project folder ``source``; the
+    automation after ingest trains ``auto_train_preset`` on ``auto_train_folds`` (None: all)."""
     settings = StackSettings.from_env()
     work_pool = work_pool or settings.work_pool
     retrain_cron = retrain_cron or os.environ.get("SER_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
@@ -79,13 +94,10 @@ def build_deployments(
     }
     deployments = []
     for corpus in CORPORA:
-        ingest_parameters = {"corpus": corpus}
-        if os.environ.get(root_env_var(corpus)):
-            ingest_parameters["root"] = os.environ[root_env_var(corpus)]
         deployments.append(
             flows["ingest"].to_deployment(
                 name=f"ingest-{corpus}",
-                parameters=ingest_parameters,
+                parameters={"corpus": corpus},
                 work_pool_name=work_pool,
                 description=f"ingest {corpus} into a checked manifest version in S3",
                 tags=["ser", corpus],
@@ -96,7 +108,7 @@ def build_deployments(
             flows["train"].to_deployment(
                 name=f"train-{corpus}",
                 parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
-                triggers=[manifest_trigger(corpus, settings.data_bucket)],
+                triggers=[manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)],
                 work_pool_name=work_pool,
                 description=f"cross-validated training on {corpus}, registration and promotion",
                 tags=["ser", corpus],
@@ -115,7 +127,10 @@ def build_deployments(
 
 
 def apply_deployments(deployments: list[RunnerDeployment], work_pool: str | None = None) -> list[UUID]:
-    """Create or update the deployments (and their automations) on the Prefect API."""
+    """Create or update the deployments (and their automations) on the Prefect API, and the
+    training concurrency limits when missing."""
+    for corpus in CORPORA:
+        ensure_limit(training_limit(corpus), TRAINING_SLOTS)
     return deploy(
         *deployments,
         work_pool_name=work_pool or StackSettings.from_env().work_pool,
@@ -126,13 +141,33 @@ def apply_deployments(deployments: list[RunnerDeployment], work_pool: str | None
     )
 
 
+def parse_folds(text: str) -> list[int] | None:
+    """``all`` → None; ``0,1`` → [0, 1]; anything else is refused naming what is expected."""
+    if text == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected all or fold numbers like 0 or 0,1") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description="apply every SER deployment")
     parser.add_argument("--work-pool", help="work pool name (default: SER_WORK_POOL or ser-process)")
     parser.add_argument("--retrain-cron", help=f"cron of {RETRAIN_DEPLOYMENT} (default: SER_RETRAIN_CRON or '{DEFAULT_RETRAIN_CRON}')")
+    parser.add_argument("--auto-train-preset", default=DEFAULT_PRESET, help=f"recipe the automation trains after ingest (default {DEFAULT_PRESET})")
+    parser.add_argument(
+        "--auto-train-folds", default="all", type=parse_folds,
+        help="folds the automation trains after ingest: all (default) or numbers like 0 or 0,1",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    deployments = build_deployments(work_pool=args.work_pool, retrain_cron=args.retrain_cron)
+    deployments = build_deployments(
+        work_pool=args.work_pool,
+        retrain_cron=args.retrain_cron,
+        auto_train_preset=args.auto_train_preset,
+        auto_train_folds=args.auto_train_folds,
+    )
     apply_deployments(deployments, args.work_pool)
     for name in deployment_names():
         print(f"applied {name}")

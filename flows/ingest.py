@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 from contextlib import contextmanager, redirect_stderr
-from pathlib import Path
 from typing import Iterator
 
 from prefect import flow, get_run_logger, task
@@ -30,7 +28,8 @@ from prefect.events import emit_event
 from prefect.logging.handlers import APILogHandler
 
 from data_contracts.ingest import IngestResult, report_markdown, run_ingest
-from flows.settings import REPO_ROOT, StackSettings
+from flows.roots import resolve_root
+from flows.settings import StackSettings
 from flows.storage import DataBucket, Publication, StorageUnavailableError, check_corpus, publish_manifest
 
 MANIFEST_UPDATED_EVENT = "ser.manifest.updated"
@@ -42,36 +41,6 @@ PROGRESS_LOG_INTERVAL_S = 5.0
 def manifest_resource_id(corpus: str) -> str:
     """Prefect resource id of a corpus's manifest: ``ser.manifest.<corpus>``."""
     return f"ser.manifest.{check_corpus(corpus)}"
-
-
-def root_env_var(corpus: str) -> str:
-    """``SER_ROOT_<CORPUS>``, e.g. ``SER_ROOT_MSP_IMPROV``."""
-    return "SER_ROOT_" + check_corpus(corpus).upper().replace("-", "_")
-
-
-def default_root(corpus: str) -> str | None:
-    """Corpus root from ``SER_ROOT_<CORPUS>``; for RAVDESS ``../shared/data/ravdess`` beside
-    the repo when it exists; else None."""
-    from_env = os.environ.get(root_env_var(corpus))
-    if from_env:
-        return from_env
-    shared = (REPO_ROOT.parent / "shared" / "data" / "ravdess").resolve()
-    if corpus == "ravdess" and shared.is_dir():
-        return str(shared)
-    return None
-
-
-def resolve_root(corpus: str, root: str | None) -> str:
-    """``root`` if given, else :func:`default_root`; a clear error when neither exists."""
-    resolved = root or default_root(corpus)
-    if not resolved:
-        raise ValueError(
-            f"no corpus root for {corpus}: pass the flow parameter root=<folder or s3://bucket/prefix> "
-            f"or set {root_env_var(corpus)}"
-        )
-    if "://" not in resolved:
-        resolved = str(Path(resolved).expanduser().resolve())
-    return resolved
 
 
 @contextmanager
@@ -180,18 +149,18 @@ def artifact_markdown(publication: Publication, report: dict) -> str:
 def ingest(corpus: str, root: str | None = None, workers: int | None = None, announce: bool = True) -> dict:
     """Ingest one corpus root (a folder or ``s3://bucket/prefix``) into a manifest version.
 
-    ``root`` defaults to ``SER_ROOT_<CORPUS>`` (RAVDESS: ``../shared/data/ravdess`` beside the
-    repo). With ``announce`` (default) a newly published version emits the
-    ``ser.manifest.updated`` event on resource ``ser.manifest.<corpus>`` (labels
-    ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment
+    ``root`` defaults to the Prefect Variable ``ser-root-<corpus>``, else the worker's
+    ``SER_ROOT_<CORPUS>`` (flows/roots.py). With ``announce`` (default) a newly published
+    version emits the ``ser.manifest.updated`` event on resource ``ser.manifest.<corpus>``
+    (labels ``ser.fingerprint``, ``ser.bucket``), which starts training through the deployment
     trigger; callers that train themselves (the ``retrain`` flow, the demo, tests) pass
     ``announce=False``.
     Returns ``{"status": "published" | "unchanged", "corpus", "fingerprint", "previous",
     "utterances", "quarantined"}``.
     """
     logger = get_run_logger()
-    root = resolve_root(corpus, root)
-    logger.info("ingesting %s from %s", corpus, root)
+    root, place = resolve_root(corpus, root)
+    logger.info("ingesting %s from %s (%s)", corpus, root, place)
     result = parse_and_check(corpus, root, workers)
     publication = publish(corpus, root, result)
     create_markdown_artifact(

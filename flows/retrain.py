@@ -1,8 +1,7 @@
 """The ``retrain`` flow: retrain a corpus only when its source changed.
 
-For each corpus with a configured root (parameter ``roots``, else ``SER_ROOT_<CORPUS>``, else
-the RAVDESS copy beside the repo), the flow re-fingerprints the root cheaply
-(``data_contracts.fingerprint.source_fingerprint``: relative path, size, mtime or ETag; no
+For each corpus with a root (parameter ``roots``, else the places flows/roots.py looks at),
+the flow re-fingerprints the root cheaply (``data_contracts.fingerprint.source_fingerprint``: relative path, size, mtime or ETag; no
 decoding) and compares it with what it saw last time (``manifests/<corpus>/source.json`` in
 the data bucket). Then:
 
@@ -30,7 +29,8 @@ from prefect.cache_policies import NO_CACHE
 from data_contracts.fingerprint import source_fingerprint
 from data_contracts.labels import CORPORA
 from data_contracts.source import open_source
-from flows.ingest import default_root, ingest, resolve_root, root_env_var
+from flows.ingest import ingest
+from flows.roots import CorpusRootNotFound, resolve_root, root_env_var, root_variable
 from flows.storage import DataBucket, check_corpus, read_source_state, write_source_state
 from flows.train import train
 from ser_model.presets import DEFAULT_PRESET
@@ -107,7 +107,8 @@ def retrain(
     """Retrain each corpus of ``corpora`` (default: all) whose source changed since last time.
 
     ``roots`` maps a corpus to its root (folder or ``s3://bucket/prefix``); missing entries
-    come from ``SER_ROOT_<CORPUS>``. Corpora with no root are skipped, and say so. ``force``
+    come from the Prefect Variable ``ser-root-<corpus>``, else the worker's ``SER_ROOT_<CORPUS>``
+    (flows/roots.py). Corpora with no root are skipped, and say so. ``force``
     ingests and trains even when nothing changed. Returns the decision per corpus.
     """
     logger = get_run_logger()
@@ -116,14 +117,16 @@ def retrain(
     failures: dict[str, str] = {}
     for corpus in corpora or list(CORPORA):
         check_corpus(corpus)
-        given = (roots or {}).get(corpus) or default_root(corpus)
-        if given is None:
-            decisions[corpus] = f"skipped: no root configured (pass roots or set {root_env_var(corpus)})"
+        try:
+            root, _ = resolve_root(corpus, (roots or {}).get(corpus))
+        except CorpusRootNotFound:
+            decisions[corpus] = (
+                f"skipped: no root configured (pass roots, or set the Prefect variable {root_variable(corpus)} "
+                f"or the worker's {root_env_var(corpus)})"
+            )
         else:
             try:
-                decisions[corpus] = retrain_corpus(
-                    corpus, resolve_root(corpus, given), bucket, preset, backbone, overrides, folds, force
-                )
+                decisions[corpus] = retrain_corpus(corpus, root, bucket, preset, backbone, overrides, folds, force)
             except Exception as exc:  # noqa: BLE001 - one corpus failing must not stop the others
                 failures[corpus] = f"{type(exc).__name__}: {exc}"
                 decisions[corpus] = f"failed: {failures[corpus]}"

@@ -375,7 +375,9 @@ def publish_manifest(
     root: str,
     bucket: DataBucket | None = None,
 ) -> Publication:
-    """Write one manifest version and move ``latest`` to it, or do nothing when it is current.
+    """Write one manifest version and move ``latest`` to it, or do nothing when it is current
+    (except recording ``root`` in ``latest`` when the same manifest now comes from another root,
+    since trainings read the audio from the root ``latest`` names).
 
     Order: the four files under the fingerprint → each read back and compared (sha256 of
     bytes) → only then ``latest``. A failure at any step leaves ``latest`` unchanged, and a
@@ -388,7 +390,12 @@ def publish_manifest(
     previous = pointer["fingerprint"] if pointer else None
     keys = tuple(object_key(kind, corpus, fingerprint) for kind in MANIFEST_FILES)
     if previous == fingerprint and manifest_exists(corpus, fingerprint, bucket):
-        log.info("manifest %s of %s is already complete and latest: nothing written", fingerprint, corpus)
+        if pointer.get("root") != root:
+            # the same utterances, now at another root: trainings must read them there
+            write_latest(corpus, {**pointer, "root": root}, bucket)
+            log.info("manifest %s of %s is already latest; its root is now %s (was %s)", fingerprint, corpus, root, pointer.get("root"))
+        else:
+            log.info("manifest %s of %s is already complete and latest: nothing written", fingerprint, corpus)
         return Publication("unchanged", corpus, fingerprint, previous, keys)
 
     written = {

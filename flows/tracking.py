@@ -58,6 +58,19 @@ BATCH_LIMIT = 1000
 
 RETRYABLE = (MlflowException, OSError, ConnectionError)
 
+SCORES_VIEW = "ser-scores"
+"""Name of the runs-list view, stored on every experiment, that shows the scores as columns."""
+SCORE_COLUMNS = ("UA_mean", "WA_mean", "macro_f1_mean", "UA_std", "test.UA", "test.WA")
+"""Parent runs carry the fold means, fold child runs their own test scores."""
+EXPERIMENT_TAGS = {
+    # MLflow 3 opens an experiment in GenAI mode (traces, "Detect Issues") unless told it is a
+    # training experiment: by this tag, and in 3.17's UI by ?workflowType=machine_learning.
+    "mlflow.experimentKind": "custom_model_development",
+    # a shared view of the runs list (opened with ?viewStateShareKey=ser-scores): UA/WA columns
+    f"mlflow.sharedViewState.{SCORES_VIEW}": json.dumps({"selectedColumns": [f"metrics.`{m}`" for m in SCORE_COLUMNS]}),
+}
+TRAINING_UI = "workflowType=machine_learning"
+
 
 def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten a nested config dict into MLflow params: ``{"train": {"lr": 1e-4}}`` →
@@ -274,17 +287,35 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """Id of the experiment ``name``, created if missing (safe when two flows race)."""
+    """Id of the experiment ``name``, created if missing (safe when two flows race), with
+    EXPERIMENT_TAGS set, so the MLflow UI shows it as a training experiment with its scores."""
     experiment = call_with_retry(client.get_experiment_by_name, name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return call_with_retry(client.create_experiment, name)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return call_with_retry(client.create_experiment, name, tags=EXPERIMENT_TAGS)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            call_with_retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """MLflow UI address of an experiment's runs list, in training mode, scores as columns."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_UI}&viewStateShareKey={SCORES_VIEW}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """MLflow UI address of one run, in training mode."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_UI}"
+
+
+def model_url(tracking_uri: str, name: str) -> str:
+    """MLflow UI address of a registered model (its versions and aliases), in training mode."""
+    return f"{tracking_uri.rstrip('/')}/#/models/{name}?{TRAINING_UI}"
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], statuses: tuple[str, ...] | None = None) -> str | None:

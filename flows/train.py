@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,9 +46,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from data_contracts.labels import CORPORA
-from flows.ingest import default_root, root_env_var
+from flows.limits import one_training_per_corpus
 from flows.promote import PROTOCOL_TAG, UA_TAG, fold_score_tags, promote, registered_model_name
 from flows.pyfunc import log_pyfunc
+from flows.roots import configured_root, root_variable
 from flows.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, read_latest, resolve_version
 from flows.tracking import (
@@ -64,6 +66,7 @@ from flows.tracking import (
     log_figure,
     package_versions,
     read_metrics_jsonl,
+    run_url,
     selection_rule,
     summed_confusion,
     training_curves_figure,
@@ -253,6 +256,24 @@ def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
     return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
 
 
+FOLD_TIMES = "times.json"
+"""Beside a fold's result.json: when its training started and ended (ms since the epoch), so its
+MLflow run shows the training's real time span, although the run is created once training ended."""
+
+
+def write_fold_times(out_dir: Path, start_ms: int, end_ms: int) -> None:
+    (out_dir / FOLD_TIMES).write_text(json.dumps({"start_ms": start_ms, "end_ms": end_ms}))
+
+
+def fold_times(out_dir: Path) -> tuple[int | None, int | None]:
+    """(start, end) in ms recorded by :func:`write_fold_times`, or (None, None) when not recorded."""
+    path = out_dir / FOLD_TIMES
+    if not path.exists():
+        return None, None
+    times = json.loads(path.read_text())
+    return int(times["start_ms"]), int(times["end_ms"])
+
+
 def log_fold_run(
     client: MlflowClient,
     experiment_id: str,
@@ -263,11 +284,15 @@ def log_fold_run(
     labels: tuple[str, ...],
 ) -> str:
     """Child run of one fold (created once; reused by a retry): epoch metrics, selected-epoch
-    valid/test metrics, result.json, metrics.jsonl, confusion and curve figures."""
+    valid/test metrics, result.json, metrics.jsonl, confusion and curve figures; its start and
+    end are the training's (:func:`fold_times`) when recorded."""
     tags = {"mlflow.parentRunId": parent_id, "ser.fold": str(job.fold)}
+    start_ms, end_ms = fold_times(job.out_dir)
     run_id = find_run(client, experiment_id, tags)
     if run_id is None:
-        run_id = call_with_retry(client.create_run, experiment_id, tags={**tags, "ser.corpus": job.corpus}, run_name=job.name).info.run_id
+        run_id = call_with_retry(
+            client.create_run, experiment_id, start_time=start_ms, tags={**tags, "ser.corpus": job.corpus}, run_name=job.name
+        ).info.run_id
     elif call_with_retry(client.get_run, run_id).data.tags.get("ser.logged") == "true":
         return run_id
     summary = []
@@ -284,7 +309,7 @@ def log_fold_run(
         log_figure(client, run_id, figure, "figures/confusion.png")
     log_figure(client, run_id, training_curves_figure({job.fold: records}, f"{job.corpus} {job.name}"), "figures/training_curves.png")
     call_with_retry(client.set_tag, run_id, "ser.logged", "true")
-    call_with_retry(client.set_terminated, run_id, "FINISHED")
+    call_with_retry(client.set_terminated, run_id, "FINISHED", end_time=end_ms)
     return run_id
 
 
@@ -308,7 +333,9 @@ def train_fold(job: FoldJob, tracking_uri: str, experiment_id: str, parent_id: s
         def on_epoch(done: int) -> None:
             update_progress_artifact(progress, min(100.0, 100.0 * done / job.epochs), description=f"{done}/{job.epochs} epochs of {what}")
 
+        started_ms = int(time.time() * 1000)
         run_worker(job, emit=lambda line: logger.info("[%s] %s", job.name, line), on_epoch=on_epoch)
+        write_fold_times(job.out_dir, started_ms, int(time.time() * 1000))
     result = json.loads(result_path.read_text(encoding="utf-8"))
     records = read_metrics_jsonl(job.out_dir / "metrics.jsonl") if (job.out_dir / "metrics.jsonl").exists() else []
     child = log_fold_run(MlflowClient(tracking_uri), experiment_id, parent_id, job, result, records, labels)
@@ -372,15 +399,18 @@ def summary_markdown(
     return text
 
 
-def local_audio_root(corpus: str, fingerprint: str, report: dict[str, Any], audio_root: str | None) -> str:
-    """The corpus folder the manifest paths are relative to: ``audio_root`` if given, else the
-    root recorded at ingest (latest pointer, report), else ``SER_ROOT_<CORPUS>``; it must be a
-    local folder (the worker reads files)."""
+def local_audio_root(corpus: str, fingerprint: str, report: dict[str, Any], root: str | None) -> str:
+    """The corpus folder the manifest paths are relative to: ``root`` if given, else the root
+    recorded at ingest (latest pointer, report), else the configured root (flows/roots.py); it
+    must be a local folder (the worker reads files)."""
     pointer = read_latest(corpus) or {}
     recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
-    root = audio_root or recorded or report.get("root") or default_root(corpus)
+    root = root or recorded or report.get("root") or (configured_root(corpus) or (None,))[0]
     if not root or str(root).startswith("s3://") or not Path(root).is_dir():
-        raise ValueError(f"audio root {root!r} of {corpus} is not a local folder; pass audio_root= or set {root_env_var(corpus)}")
+        raise ValueError(
+            f"audio root {root!r} of {corpus} is not a local folder; pass the flow parameter root=DIR "
+            f"or set the Prefect variable {root_variable(corpus)} (flows/roots.py)"
+        )
     return str(root)
 
 
@@ -394,7 +424,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, tags: dict[str, s
         return parent_id
     parent_id = call_with_retry(client.create_run, experiment_id, tags=tags, run_name=f"train-{tags['ser.corpus']}").info.run_id
     log_batch(client, parent_id, params=params)
-    logger.info("MLflow parent run %s (experiment %s)", parent_id, experiment_id)
+    logger.info("MLflow parent run %s: %s", parent_id, run_url(client.tracking_uri, experiment_id, parent_id))
     return parent_id
 
 
@@ -409,6 +439,7 @@ def stage_inputs(work: Path, config: SERConfig, manifest: pd.DataFrame, fold_tab
 
 
 @flow(name="train")
+@one_training_per_corpus
 def train(
     corpus: str,
     manifest_version: str = "latest",
@@ -417,21 +448,22 @@ def train(
     overrides: dict[str, Any] | None = None,
     folds: list[int] | None = None,
     release: bool = True,
-    audio_root: str | None = None,
+    root: str | None = None,
     promote_margin: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``corpus`` on a manifest version: cross-validation folds (default all), then the
-    release model, registered as ``ser-<corpus>`` and promoted. ``preset`` names the recipe
-    (ser_model/presets.py: ``cpu-fbank``, ``paper-wavlm``); ``backbone`` (``fbank`` or ``hf:<id or
-    folder>``) and ``overrides`` (SERConfig dotted keys, ``{"train.epochs": 2}``) go on top; ``audio_root`` defaults to the root recorded at
-    ingest, else ``SER_ROOT_<CORPUS>``."""
+    release model, registered as ``ser-<corpus>`` and promoted; one training of a corpus at a
+    time (flows/limits.py). ``preset`` names the recipe (ser_model/presets.py: ``cpu-fbank``,
+    ``paper-wavlm``); ``backbone`` (``fbank`` or ``hf:<id or folder>``) and ``overrides``
+    (SERConfig dotted keys, ``{"train.epochs": 2}``) go on top. ``root``, the local corpus
+    folder, defaults to the root recorded at ingest, else the configured root (flows/roots.py)."""
     logger = get_run_logger()
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
     settings = StackSettings.from_env()
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
-    root = local_audio_root(corpus, fingerprint, report, audio_root)
+    root = local_audio_root(corpus, fingerprint, report, root)
     config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
     available = sorted(int(k) for k in fold_table["fold"].unique())
     folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")

@@ -6,6 +6,10 @@ Components, in start order:
   prefect  Prefect server (SQLite under PREFECT_HOME)
   worker   one Prefect process worker polling the work pool (created if missing)
 
+`health` also checks the Prefect server's scheduler, which can fail while the server answers:
+every deployment with an active schedule must have scheduled runs, and the server's log must
+hold no traceback since it started.
+
 Every process is started in its own session (process group); its pid and start time go to
 `<state>/pids/<name>.json`, its output to `<state>/logs/<name>.log`. `down` signals exactly
 those process groups, so it never touches a process this script did not start.
@@ -20,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -28,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -50,6 +56,12 @@ TELEMETRY_OFF = {
 WORKER_NAME = "ser-worker"
 HTTP_TIMEOUT_S = 3.0
 STOP_GRACE_S = 15.0
+SCHEDULER_GRACE_S = 90.0
+"""A deployment whose schedule changed less than this long ago may not have its runs yet (the
+server's scheduler visits recently changed deployments every few seconds, all others every minute)."""
+START_HEADER = "\n=== "
+"""Written by `start_process` before each start of a process into its log."""
+PREFECT_TOML = REPO_ROOT / "prefect.toml"
 
 
 class StackError(RuntimeError):
@@ -120,7 +132,7 @@ def start_process(state_dir: Path, name: str, argv: list[str], env: Mapping[str,
     logfile.parent.mkdir(parents=True, exist_ok=True)
     pid_dir(state_dir).mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as out:
-        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
+        out.write(f"{START_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
             argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -276,6 +288,114 @@ def check_worker(settings: StackSettings) -> str | None:
     return None
 
 
+def log_since_start(path: Path) -> str:
+    """What the process logged into `path` since its latest start (the text after the last start header)."""
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace")
+    return text[text.rfind(START_HEADER) + 1 :] if START_HEADER in text else text
+
+
+def tracebacks(text: str, skip_origin: re.Pattern[str] | None = None) -> list[str]:
+    """The closing line of each Python traceback in `text` (``ValueError: ...``), in order.
+
+    A traceback starts at a ``Traceback (most recent call last):`` line; its frames are indented;
+    the first unindented line after them names the exception. With `skip_origin`, a traceback
+    whose preceding line (the log record that printed it) matches is left out."""
+    found = []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if "Traceback (most recent call last):" not in line:
+            continue
+        if skip_origin is not None and index > 0 and skip_origin.search(lines[index - 1]):
+            continue
+        for after in lines[index + 1 :]:
+            if after.strip() and not after.startswith((" ", "\t")):
+                found.append(after.strip())
+                break
+        else:
+            found.append("(traceback cut short)")
+    return found
+
+
+RUN_FAILURE = re.compile(r"\| (?:Flow|Task) run '")
+"""How the worker's log heads the failure of a flow or task run it executes: the run's own error
+(bad data, a test failing a run on purpose), recorded as the run's state in Prefect."""
+
+
+def stack_tracebacks(name: str, text: str) -> list[str]:
+    """Tracebacks in the log of component `name` that show a fault of the stack itself: every
+    one in a server's log; in the worker's, those not printed for a failing flow or task run."""
+    return tracebacks(text, RUN_FAILURE if name == "worker" else None)
+
+
+def next_run_due(schedule: dict, now: float, horizon_s: float) -> bool:
+    """True when `schedule` (a deployment schedule as the Prefect API returns it) fires within
+    `horizon_s` seconds of `now`: only then must the server's scheduler have made a run for it."""
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.server.schemas.schedules import SCHEDULE_TYPES
+    from pydantic import TypeAdapter
+
+    start = datetime.fromtimestamp(now, timezone.utc)
+    parsed = TypeAdapter(SCHEDULE_TYPES).validate_python(schedule)
+    return bool(asyncio.run(parsed.get_dates(n=1, start=start, end=start + timedelta(seconds=horizon_s))))
+
+
+def scheduled_deployments_without_runs(settings: StackSettings, now: float | None = None) -> list[str]:
+    """Names of the deployments the server's scheduler should have made runs for and did not:
+    not paused, an active schedule unchanged for SCHEDULER_GRACE_S that fires within the
+    scheduler's horizon (Prefect's ``server.services.scheduler.max_scheduled_time``), and no
+    flow run in state SCHEDULED."""
+    from datetime import datetime
+
+    from prefect.settings import get_current_settings
+
+    now = time.time() if now is None else now
+    horizon_s = get_current_settings().server.services.scheduler.max_scheduled_time.total_seconds()
+    _, body = http_post_json(f"{settings.prefect_api_url}/deployments/filter", {})
+    missing = []
+    for deployment in json.loads(body):
+        active = [s for s in deployment.get("schedules", []) if s.get("active")]
+        if not active or deployment.get("paused"):
+            continue
+        changed = max(datetime.fromisoformat(x["updated"]).timestamp() for x in [deployment, *active])
+        if now - changed < SCHEDULER_GRACE_S or not any(next_run_due(s["schedule"], now, horizon_s) for s in active):
+            continue
+        query = {
+            "deployments": {"id": {"any_": [deployment["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        }
+        _, count = http_post_json(f"{settings.prefect_api_url}/flow_runs/count", query)
+        if int(count) == 0:
+            missing.append(deployment["name"])
+    return missing
+
+
+def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
+    """None when the Prefect server schedules runs, else the reason.
+
+    Fails when a scheduled deployment has no scheduled run (see
+    `scheduled_deployments_without_runs`), and, for a local stack (`local`), when the server's
+    log holds a traceback since its latest start."""
+    if local:
+        logfile = log_path(settings.state_dir, "prefect")
+        found = tracebacks(log_since_start(logfile))
+        if found:
+            return f"{len(found)} traceback(s) in {logfile} since the server started, the last: {found[-1]}"
+    try:
+        missing = scheduled_deployments_without_runs(settings)
+    except (urllib.error.URLError, OSError) as exc:
+        return f"deployments of {settings.prefect_api_url}: {exc}"
+    if missing:
+        return (
+            f"deployment(s) {', '.join(sorted(missing))} have an active schedule but no scheduled run: "
+            "the Prefect server's scheduler is not creating runs (see the prefect log)"
+        )
+    return None
+
+
 # ----------------------------------------------------------------------------- components
 
 
@@ -334,6 +454,9 @@ def components(settings: StackSettings) -> list[Component]:
 def stack_env(settings: StackSettings) -> dict[str, str]:
     """Environment for every stack process: the caller's, plus the client settings, telemetry off."""
     return {
+        # SQLite waits this long for a lock before failing a request (Prefect's default: 10 s,
+        # too short when training and tests load a small machine)
+        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
         **os.environ,
         **settings.client_env(),
         **TELEMETRY_OFF,
@@ -445,11 +568,13 @@ def down(settings: StackSettings, purge: bool) -> list[str]:
     return stopped
 
 
-def health(settings: StackSettings, local: bool = True) -> dict[str, str | None]:
-    """Reason each component is unhealthy (None when healthy), by component name.
+def health(settings: StackSettings, local: bool = True, scheduler: bool = True) -> dict[str, str | None]:
+    """Reason each component is unhealthy (None when healthy), by component name, then (with
+    `scheduler`) the reason the Prefect scheduler fails under the name ``scheduler``.
 
-    `local` also requires the process recorded by `up` in the state folder to be alive; without it
-    only the services are asked (a stack started elsewhere, e.g. remote servers).
+    `local` also requires the process recorded by `up` in the state folder to be alive, and reads
+    the server's log; without it only the services are asked (a stack started elsewhere, e.g.
+    remote servers).
     """
     result = {}
     for component in components(settings):
@@ -457,19 +582,42 @@ def health(settings: StackSettings, local: bool = True) -> dict[str, str | None]
             result[component.name] = "not running (no live process recorded; run infra/up)"
         else:
             result[component.name] = component.check(settings)
+    if scheduler:
+        result["scheduler"] = (
+            "Prefect server down" if result["prefect"] is not None else check_scheduler(settings, local)
+        )
     return result
 
 
-def env_lines(settings: StackSettings) -> list[str]:
-    """The `export` lines of infra/env.sh: the stack's client settings, telemetry off, and the
-    project's .venv/bin first on PATH when it is not there yet, so that `mlflow`, `prefect` and
-    `ser` are found, and `mlflow models serve` finds the `uvicorn` it launches by name (without
-    it, the server exits 127)."""
-    lines = [f"export {key}={shlex.quote(value)}" for key, value in {**settings.client_env(), **TELEMETRY_OFF}.items()]
-    venv_bin = str(Path(sys.executable).parent)
-    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-        lines.append(f'export PATH={shlex.quote(venv_bin)}:"$PATH"')
-    return lines
+def plugin_env(prefect_toml: Path = PREFECT_TOML) -> dict[str, str]:
+    """The ``[plugins]`` settings of the project's prefect.toml as Prefect environment variables,
+    so a shell in any folder loads the project's Prefect plugin (short deployment names)."""
+    plugins = tomllib.loads(prefect_toml.read_text()).get("plugins", {})
+    env = {}
+    if "enabled" in plugins:
+        env["PREFECT_PLUGINS_ENABLED"] = str(bool(plugins["enabled"])).lower()
+    if plugins.get("allow"):
+        env["PREFECT_PLUGINS_ALLOW"] = ",".join(plugins["allow"])
+    return env
+
+
+def path_with_venv(path: str, bin_dir: Path = BIN) -> str:
+    """`path` (a PATH value) with `bin_dir` first and nowhere else, so `prefect` and `ser` are the project's."""
+    rest = [entry for entry in path.split(os.pathsep) if entry and Path(entry) != bin_dir]
+    return os.pathsep.join([str(bin_dir), *rest])
+
+
+def env_lines(settings: StackSettings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """``export`` lines for a shell: the client settings, telemetry off, the project's Prefect plugin
+    on, and `.venv/bin` first on PATH (`environ` gives the PATH to extend; default: ours)."""
+    environ = os.environ if environ is None else environ
+    values = {
+        **settings.client_env(),
+        **TELEMETRY_OFF,
+        **plugin_env(),
+        "PATH": path_with_venv(environ.get("PATH", "")),
+    }
+    return [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,9 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "health":
         table = health(settings)
-        by_name = {c.name: c for c in components(settings)}
+        where = {c.name: c.url for c in components(settings)}
+        where["scheduler"] = f"deployments of {where['prefect']}"
         for name, reason in table.items():
-            print(f"{name:8} {'ok' if reason is None else 'DOWN':5} {by_name[name].url:32} {reason or ''}")
+            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:32} {reason or ''}")
         return 0 if all(reason is None for reason in table.values()) else 1
     try:
         started = up(settings, args.timeout)

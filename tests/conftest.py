@@ -3,6 +3,11 @@
 `stack` checks the stack's health once per session. When it is down, integration tests skip
 with "run infra/up", unless SER_REQUIRE_STACK=1 (set by infra/test and CI), where they fail;
 and a run with SER_REQUIRE_STACK=1 in which every integration test was skipped fails too.
+With SER_REQUIRE_STACK=1 the session also fails when the stack's logs gained a traceback of
+the stack's own while it ran (infra/stack.py `stack_tracebacks`).
+
+`shared_ravdess` skips its tests when the data is absent, unless SER_REQUIRE_DATA=1 (set by
+infra/test) or CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def stack_required() -> bool:
     return os.environ.get("SER_REQUIRE_STACK") == "1"
+
+
+def data_required() -> bool:
+    return os.environ.get("SER_REQUIRE_DATA") == "1" or os.environ.get("CI") == "true"
 
 
 def load_infra_stack() -> ModuleType:
@@ -42,13 +51,14 @@ def repo_root() -> Path:
 def shared_ravdess(repo_root: Path) -> Path:
     """RAVDESS (16 kHz mono FLAC, actors 01-20), read-only, beside the repository.
 
-    Missing, the tests that need it skip, except in CI (CI=true), which has shared/ beside the
-    clone: there they fail, so that the real-audio tests cannot silently stop running."""
+    Missing, the tests that need it skip, except under infra/test (SER_REQUIRE_DATA=1) and in
+    CI (CI=true), which have shared/ beside the clone: there they fail, so that the real-audio
+    tests cannot silently stop running."""
     path = (repo_root.parent / "shared" / "data" / "ravdess").resolve()
     if not path.is_dir():
         message = f"RAVDESS not found at {path} (expected ../shared/data/ravdess relative to the repository)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; CI=true requires it")
+        if data_required():
+            pytest.fail(message + "; SER_REQUIRE_DATA=1 or CI=true requires it", pytrace=False)
         pytest.skip(message)
     return path
 
@@ -64,7 +74,7 @@ def stack(infra_stack: ModuleType):
     from flows.settings import StackSettings
 
     settings = StackSettings.from_env()
-    unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False).items() if reason}
+    unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False, scheduler=False).items() if reason}
     if unhealthy:
         message = "stack not healthy: " + "; ".join(f"{name}: {reason}" for name, reason in unhealthy.items())
         if stack_required():
@@ -74,6 +84,32 @@ def stack(infra_stack: ModuleType):
 
 
 _integration_outcomes: dict[str, str] = {}
+_log_offsets: dict[Path, int] = {}
+
+
+def stack_log_dir() -> Path:
+    from flows.settings import StackSettings
+
+    return StackSettings.from_env().state_dir / "logs"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under SER_REQUIRE_STACK=1, remember how long each stack log is, to read only what the session adds."""
+    if stack_required():
+        _log_offsets.update({path: path.stat().st_size for path in stack_log_dir().glob("*.log")})
+
+
+def stack_log_faults() -> list[str]:
+    """``<log>: <exception line>`` for each traceback of the stack's own that the logs gained
+    since the session started."""
+    infra_stack = load_infra_stack()
+    faults = []
+    for path in sorted(stack_log_dir().glob("*.log")):
+        with open(path, "rb") as handle:
+            handle.seek(_log_offsets.get(path, 0))
+            added = handle.read().decode(errors="replace")
+        faults += [f"{path}: {line}" for line in infra_stack.stack_tracebacks(path.stem, added)]
+    return faults
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -90,12 +126,20 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if stack_required() and _integration_outcomes and all(o == "skipped" for o in _integration_outcomes.values()):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = (
+    if not stack_required():
+        return
+    messages = []
+    if _integration_outcomes and all(o == "skipped" for o in _integration_outcomes.values()):
+        messages.append(
             f"SER_REQUIRE_STACK=1 but all {len(_integration_outcomes)} integration tests were skipped: "
             "the stack was not reachable or every integration test skipped itself"
         )
+    faults = stack_log_faults()
+    if faults:
+        messages.append(f"the stack's logs gained {len(faults)} traceback(s) during the tests:\n  " + "\n  ".join(faults))
+    if messages:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(message, red=True, bold=True)
+            for message in messages:
+                reporter.write_line(message, red=True, bold=True)

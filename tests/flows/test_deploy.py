@@ -9,7 +9,8 @@ import pytest
 from prefect import get_client
 
 from data_contracts.labels import CORPORA
-from flows.deploy import DEFAULT_RETRAIN_CRON, apply_deployments, build_deployments, deployment_names
+from flows.deploy import DEFAULT_RETRAIN_CRON, apply_deployments, build_deployments, deployment_names, main, parse_folds
+from ser_model.presets import DEFAULT_PRESET
 from tests.flows.live_stack import prefect_api  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,11 +29,11 @@ def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments
     for corpus in CORPORA:
         ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
         assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"
-        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "preset": "cpu-fbank"}
+        assert train.parameters == {"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET}
         (trigger,) = train.triggers
         assert trigger.expect == {"ser.manifest.updated"}
         assert trigger.match.model_dump()["prefect.resource.id"] == f"ser.manifest.{corpus}"
-        assert trigger.parameters == {"corpus": corpus, "manifest_version": TEMPLATE}
+        assert trigger.parameters == {"corpus": corpus, "manifest_version": TEMPLATE, "preset": DEFAULT_PRESET, "folds": None}
         assert not ingest.schedules and not train.schedules
     retrain = deployments["retrain/retrain-nightly"]
     assert [s.schedule.cron for s in retrain.schedules] == [DEFAULT_RETRAIN_CRON]
@@ -40,14 +41,22 @@ def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments
     assert all(d.work_pool_name == "ser-process" for d in deployments.values())
 
 
-def test_roots_set_at_deploy_time_become_ingest_defaults(monkeypatch, tmp_path):
+def test_roots_are_not_baked_in_at_deploy_time(monkeypatch, tmp_path):
+    """A root in the deploying shell must not shadow the run-time places (flows/roots.py)."""
     monkeypatch.setenv("SER_ROOT_SAVEE", str(tmp_path))
-    monkeypatch.delenv("SER_ROOT_IEMOCAP", raising=False)
     monkeypatch.setenv("SER_RETRAIN_CRON", "30 1 * * 0")
     built = {d.name: d for d in build_deployments(work_pool="ser-process")}
-    assert built["ingest-savee"].parameters == {"corpus": "savee", "root": str(tmp_path)}
-    assert built["ingest-iemocap"].parameters == {"corpus": "iemocap"}
+    assert built["ingest-savee"].parameters == {"corpus": "savee"}
     assert [s.schedule.cron for s in built["retrain-nightly"].schedules] == ["30 1 * * 0"]
+
+
+def test_the_automation_states_the_recipe_and_folds_it_trains():
+    built = {d.name: d for d in build_deployments(work_pool="ser-process", auto_train_preset="paper-wavlm", auto_train_folds=[0, 2])}
+    (trigger,) = built["train-iemocap"].triggers
+    assert trigger.parameters == {"corpus": "iemocap", "manifest_version": TEMPLATE, "preset": "paper-wavlm", "folds": [0, 2]}
+    assert (parse_folds("all"), parse_folds("0,2")) == (None, [0, 2])
+    with pytest.raises(SystemExit):
+        main(["--auto-train-folds", "first"])
 
 
 @pytest.mark.integration
@@ -71,7 +80,9 @@ def test_apply_is_idempotent_and_the_api_lists_all_nine(deployments, stack, pref
             assert automation.trigger.match.model_dump()["ser.bucket"] == stack.data_bucket
             (action,) = automation.actions
             assert action.deployment_id == deployment.id
-            assert action.parameters["corpus"] == corpus
+            assert action.parameters == {"corpus": corpus, "manifest_version": TEMPLATE, "preset": DEFAULT_PRESET, "folds": None}
+        limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits(limit=200)}
+        assert all(limits.get(f"train-{corpus}", 0) >= 1 for corpus in CORPORA), limits
 
 
 @pytest.mark.integration
@@ -107,7 +118,7 @@ def test_a_manifest_event_starts_a_train_run_on_that_fingerprint(stack, prefect_
                 time.sleep(1)
                 runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
             assert len(runs) == 1, "the automation did not start a run within 60 s"
-            assert runs[0].parameters == {"corpus": "savee", "manifest_version": fingerprint}
+            assert runs[0].parameters == {"corpus": "savee", "manifest_version": fingerprint, "preset": DEFAULT_PRESET, "folds": None}
         finally:
             if deployment_id is not None:
                 for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))):

@@ -7,6 +7,7 @@ synthetic RAVDESS corpus (tests.fixtures.corpora.make_ravdess).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -24,12 +25,11 @@ from flows.ingest import (
     ingest,
     is_s3_connection_failure,
     publish,
-    resolve_root,
-    root_env_var,
 )
+from flows.roots import CorpusRootNotFound, root_variable
 from flows.settings import StackSettings
 from flows.storage import DataBucket, StorageUnavailableError, manifest_exists, object_key, read_latest
-from tests.fixtures.corpora import make_ravdess, write_bad_audio
+from tests.fixtures.corpora import make_ravdess, make_savee, write_bad_audio
 from tests.flows.live_stack import free_weed_ports, live_bucket, prefect_api  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,16 +52,6 @@ def flow_run_artifacts(flow_run_id) -> list:
 
 
 # ----------------------------------------------------------------------------- fast, no stack
-
-
-def test_root_resolution(monkeypatch, tmp_path):
-    monkeypatch.setenv("SER_ROOT_MSP_IMPROV", str(tmp_path))
-    assert root_env_var("msp-improv") == "SER_ROOT_MSP_IMPROV"
-    assert resolve_root("msp-improv", None) == str(tmp_path.resolve())
-    assert resolve_root("msp-improv", "s3://corpora/msp") == "s3://corpora/msp"
-    monkeypatch.delenv("SER_ROOT_SAVEE", raising=False)
-    with pytest.raises(ValueError, match="no corpus root for savee: pass the flow parameter root=.* or set SER_ROOT_SAVEE"):
-        resolve_root("savee", None)
 
 
 def test_progress_stream_logs_the_latest_bar_state_at_most_every_interval(caplog):
@@ -102,6 +92,13 @@ def test_ingest_publishes_then_reports_unchanged(live_bucket, prefect_api, corpu
     (artifact,) = flow_run_artifacts(again.state_details.flow_run_id)
     assert "**Unchanged**" in artifact.data
 
+    # the same files at another root: no new version, but trainings must now read them there
+    moved = corpus.parent / "ravdess-moved"
+    shutil.copytree(corpus, moved)
+    elsewhere = ingest(corpus="ravdess", root=str(moved), workers=1, announce=False)
+    assert (elsewhere["status"], elsewhere["fingerprint"]) == ("unchanged", outcome["fingerprint"])
+    assert read_latest("ravdess", live_bucket)["root"] == str(moved.resolve())
+
     # the first run announced its new version; the event names corpus, fingerprint and bucket
     event_filter = EventFilter(
         event=EventNameFilter(name=[MANIFEST_UPDATED_EVENT]),
@@ -117,6 +114,34 @@ def test_ingest_publishes_then_reports_unchanged(live_bucket, prefect_api, corpu
     while not (events := ours()) and time.monotonic() < deadline:
         time.sleep(1)
     assert [e.resource["ser.fingerprint"] for e in events] == [outcome["fingerprint"]]
+
+
+@pytest.mark.integration
+def test_the_root_set_once_as_a_prefect_variable_is_read_at_run_time(live_bucket, prefect_api, tmp_path, monkeypatch):
+    """`prefect variable set ser-root-savee DIR` once; an ingest with no root finds it. Unset,
+    the run fails naming every place it looked."""
+    from prefect.variables import Variable
+
+    monkeypatch.delenv("SER_ROOT_SAVEE", raising=False)
+    make_savee(tmp_path / "savee")
+    name = root_variable("savee")
+    previous = Variable.get(name, default=None)
+    try:
+        Variable.set(name, str(tmp_path / "savee"), overwrite=True)
+        outcome = ingest(corpus="savee", workers=1, announce=False)
+        assert outcome["status"] == "published" and outcome["utterances"] == 28
+        assert read_latest("savee", live_bucket)["root"] == str((tmp_path / "savee").resolve())
+        Variable.unset(name)
+        state = ingest(corpus="savee", workers=1, announce=False, return_state=True)
+        with pytest.raises(CorpusRootNotFound) as missing:
+            state.result()
+        for place in ("flow parameter root", "Prefect variable ser-root-savee", "environment variable SER_ROOT_SAVEE"):
+            assert place in str(missing.value)
+    finally:
+        if previous is not None:
+            Variable.set(name, previous, overwrite=True)
+        else:
+            Variable.unset(name)
 
 
 @pytest.mark.integration

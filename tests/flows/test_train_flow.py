@@ -20,10 +20,12 @@ from flows.train import (
     fold_scores,
     log_fold_run,
     nproc_per_node,
+    protocol_name,
     run_worker,
     selected_folds,
     worker_env,
     worker_exit_code,
+    write_fold_times,
 )
 
 LABELS = ("neutral", "calm", "happy")
@@ -310,3 +312,43 @@ def test_train_key_changes_with_any_input():
     ]
     keys = {train_key(*v) for v in variants}
     assert train_key(*base) == train_key(*base) and len(keys | {train_key(*base)}) == len(variants) + 1
+
+
+def test_a_fold_run_spans_the_training_not_the_upload(local_mlflow, experiment_id, tmp_path):
+    """The child run is created after the fold trained; it still shows when training began and ended."""
+    job = make_job(tmp_path)
+    job.out_dir.mkdir()
+    (job.out_dir / "result.json").write_text(json.dumps(result_fixture()))
+    records = records_fixture(2)
+    (job.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    start_ms, end_ms = 1_700_000_000_000, 1_700_000_180_000
+    write_fold_times(job.out_dir, start_ms, end_ms)
+    parent = local_mlflow.create_run(experiment_id).info.run_id
+    child = local_mlflow.get_run(log_fold_run(local_mlflow, experiment_id, parent, job, result_fixture(), records, LABELS))
+    assert (child.info.start_time, child.info.end_time) == (start_ms, end_ms)
+
+
+def test_experiments_open_as_training_experiments_with_scores_as_columns(local_mlflow):
+    """The tags MLflow's UI reads: the experiment kind, and a shared runs-list view whose columns
+    are the scores; an experiment made before the tags existed gets them too."""
+    fresh = local_mlflow.get_experiment(tracking.get_or_create_experiment(local_mlflow, "ser-savee"))
+    older_id = local_mlflow.create_experiment("ser-iemocap")
+    assert tracking.get_or_create_experiment(local_mlflow, "ser-iemocap") == older_id
+    for experiment in (fresh, local_mlflow.get_experiment(older_id)):
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.SCORES_VIEW}"])
+        assert {"metrics.`UA_mean`", "metrics.`WA_mean`", "metrics.`test.UA`"} <= set(view["selectedColumns"])
+    url = tracking.experiment_url("http://127.0.0.1:5000/", older_id)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{older_id}/runs?workflowType=machine_learning&viewStateShareKey=ser-scores"
+
+
+def test_protocol_name_tells_apart_what_promotion_must_not_compare():
+    """Equal inputs give equal names; a different corpus, fold count or set of evaluated folds
+    gives a different name, and the name states the corpus and each evaluated fold."""
+    base = protocol_name("ravdess", 5, [0, 1])
+    assert protocol_name("ravdess", 5, [0, 1]) == base
+    variants = [protocol_name("savee", 5, [0, 1]), protocol_name("ravdess", 4, [0, 1]), protocol_name("ravdess", 5, [0]),
+                protocol_name("ravdess", 5, [0, 1, 2]), protocol_name("ravdess", 5, [1, 2])]
+    assert len({base, *variants}) == 1 + len(variants)
+    assert "ravdess" in base and "5 folds" in base and "0,1" in base
+    assert "speaker-independent" in base

@@ -87,5 +87,5 @@ def test_health_command_agrees(stack, repo_root):
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert [line.split()[:2] for line in shown.stdout.splitlines()] == [
-        ["s3", "ok"], ["mlflow", "ok"], ["prefect", "ok"], ["worker", "ok"]
+        ["s3", "ok"], ["mlflow", "ok"], ["prefect", "ok"], ["worker", "ok"], ["scheduler", "ok"]
     ]

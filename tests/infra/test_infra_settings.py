@@ -88,3 +88,32 @@ def test_env_sh_puts_the_venv_first_on_path_once(repo_root, tmp_path):
     venv_bin = repo_root / ".venv" / "bin"
     assert Path(mlflow) == venv_bin / "mlflow" and Path(uvicorn) == venv_bin / "uvicorn"
     assert path == f"{venv_bin}:/usr/bin:/bin"
+
+
+def test_env_sh_puts_the_venv_first_on_path_once_and_turns_on_the_plugin(repo_root, tmp_path):
+    venv_bin = str(repo_root / ".venv" / "bin")
+    env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": f"/usr/bin:{venv_bin}:/bin"}
+    env.pop("PREFECT_PLUGINS_ENABLED", None)
+    shown = subprocess.run(
+        ["bash", "-c", 'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && '
+         'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser'],
+        cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
+    )
+    first, prefect, ser = shown.stdout.splitlines()
+    path, enabled, allow = first.split("|")
+    assert path.split(":") == [venv_bin, "/usr/bin", "/bin"]
+    assert (prefect, ser) == (f"{venv_bin}/prefect", f"{venv_bin}/ser")
+    assert (enabled, allow) == ("true", "ser-short-deployment-names")
+
+
+def test_plugin_env_follows_the_project_prefect_toml(infra_stack, tmp_path):
+    import tomllib
+
+    settings = tomllib.loads((infra_stack.REPO_ROOT / "prefect.toml").read_text())["plugins"]
+    assert infra_stack.plugin_env() == {
+        "PREFECT_PLUGINS_ENABLED": str(settings["enabled"]).lower(),
+        "PREFECT_PLUGINS_ALLOW": ",".join(settings["allow"]),
+    }
+    other = tmp_path / "prefect.toml"
+    other.write_text('[plugins]\nenabled = false\n')
+    assert infra_stack.plugin_env(other) == {"PREFECT_PLUGINS_ENABLED": "false"}

@@ -89,3 +89,21 @@ def test_short_name_runs_the_deployment_and_ambiguity_is_refused(repo_root, stac
         assert canonical.returncode == 0, canonical.stdout + canonical.stderr
     finally:
         asyncio.run(delete_deployments(api, created))
+
+
+def test_short_name_works_from_any_folder_after_env_sh(repo_root, stack, tmp_path):
+    """A shell outside the project, with only `eval "$(infra/env.sh)"` done: `prefect` is on PATH
+    and resolves a short name (the plugin is switched on by env.sh, not by a prefect.toml in cwd)."""
+    short = f"plugin-probe-{uuid.uuid4().hex[:8]}"
+    created = [asyncio.run(create_deployment(stack.prefect_api_url, "ser-plugin-probe", short, stack.work_pool))]
+    keep = ("HOME", "PYTHONPATH", "SER_STATE_DIR", *(f"SER_{p}_PORT" for p in ("S3", "WEED_MASTER", "WEED_VOLUME", "WEED_FILER", "WEED_ADMIN", "MLFLOW", "PREFECT")))
+    env = {k: os.environ[k] for k in keep if k in os.environ} | {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    env |= {k: v for k, v in stack.client_env().items() if k.startswith("SER_")}
+    script = f'eval "$({repo_root}/infra/env.sh)" && prefect deployment run {short} --start-in "1 day"'
+    try:
+        ran = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        asyncio.run(delete_deployments(stack.prefect_api_url, created))
+    assert not (tmp_path / "prefect.toml").exists()
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"ser-plugin-probe/{short}" in ran.stdout

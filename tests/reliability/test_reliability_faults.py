@@ -153,7 +153,7 @@ def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
         return real_run_worker(job, emit, epoch_done, **kwargs)
 
     monkeypatch.setattr(train_module, "run_worker", run_worker_crashing_mlflow_after_epoch_1)
-    params = dict(corpus="ravdess", manifest_version=fingerprint, overrides=FAST, folds=[0], audio_root=str(root))
+    params = dict(corpus="ravdess", manifest_version=fingerprint, overrides=FAST, folds=[0], root=str(root))
     first = train_module.train(**params, return_state=True)
 
     assert crashes, "the worker never reported an epoch, MLflow was not crashed"

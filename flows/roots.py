@@ -1,0 +1,95 @@
+"""Where a corpus lives: the one place that finds a corpus root, when a flow runs.
+
+A flow run looks, in this order, at:
+
+1. its parameter ``root`` (``prefect deployment run ingest-iemocap --param root=/data/IEMOCAP``);
+2. the Prefect Variable ``ser-root-<corpus>``, set once for every worker and shown in the
+   Prefect UI under Variables (``prefect variable set ser-root-iemocap /data/IEMOCAP``, add
+   ``--overwrite`` to change it);
+3. the worker's environment variable ``SER_ROOT_<CORPUS>`` (the environment ``infra/up``
+   started the worker with, not the shell that runs ``prefect deployment run``);
+4. for RAVDESS only, ``../shared/data/ravdess`` beside the repository when it exists.
+
+Nothing is read at deploy time, so a root set or changed later applies to the next run. A root
+is a local folder or ``s3://bucket/prefix``; when none is found the error names every place
+looked at and how to set each.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from flows.settings import REPO_ROOT
+from flows.storage import check_corpus
+
+SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
+
+
+class CorpusRootNotFound(LookupError):
+    """No place named a root for the corpus; the message lists each place and how to set it."""
+
+
+def root_env_var(corpus: str) -> str:
+    """``SER_ROOT_<CORPUS>``, e.g. ``SER_ROOT_MSP_IMPROV``."""
+    return "SER_ROOT_" + check_corpus(corpus).upper().replace("-", "_")
+
+
+def root_variable(corpus: str) -> str:
+    """Name of the Prefect Variable holding the corpus root: ``ser-root-<corpus>``."""
+    return f"ser-root-{check_corpus(corpus)}"
+
+
+def read_prefect_variable(name: str) -> str | None:
+    """The value of the Prefect Variable ``name`` on the Prefect API in use, or None when unset."""
+    from prefect.variables import Variable
+
+    value = Variable.get(name, default=None)
+    return None if value in (None, "") else str(value)
+
+
+def configured_roots(corpus: str, read_variable: Callable[[str], str | None] = read_prefect_variable) -> list[tuple[str, str | None]]:
+    """Places 2-4 of the module doc, in order, as ``(place, value or None)``."""
+    places = [
+        (f"the Prefect variable {root_variable(corpus)}", read_variable(root_variable(corpus))),
+        (f"the worker's environment variable {root_env_var(corpus)}", os.environ.get(root_env_var(corpus)) or None),
+    ]
+    if corpus == "ravdess":
+        shared = SHARED_RAVDESS.resolve()
+        places.append((f"the RAVDESS copy beside the repository ({shared})", str(shared) if shared.is_dir() else None))
+    return places
+
+
+def configured_root(corpus: str, read_variable: Callable[[str], str | None] = read_prefect_variable) -> tuple[str, str] | None:
+    """``(root, place)`` from the first of places 2-4 that names a root, or None."""
+    return first_root(configured_roots(corpus, read_variable))
+
+
+def first_root(places: list[tuple[str, str | None]]) -> tuple[str, str] | None:
+    return next(((value, place) for place, value in places if value), None)
+
+
+def normalise_root(root: str) -> str:
+    """An ``s3://`` root unchanged; a local folder as an absolute path (``~`` expanded)."""
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
+def resolve_root(
+    corpus: str, root: str | None, read_variable: Callable[[str], str | None] = read_prefect_variable
+) -> tuple[str, str]:
+    """``(root, place)``: the parameter ``root`` if given, else the first configured root.
+
+    Raises CorpusRootNotFound naming every place looked at and how to set it."""
+    if root:
+        return normalise_root(root), "the flow parameter root"
+    places = configured_roots(corpus, read_variable)
+    found = first_root(places)
+    if found is not None:
+        return normalise_root(found[0]), found[1]
+    looked = ["the flow parameter root (not given)", *(f"{place} (not set)" for place, _ in places)]
+    raise CorpusRootNotFound(
+        f"no corpus root for {corpus}; looked at {'; '.join(looked)}. Set one of them to a folder in the "
+        f"{corpus} layout or s3://bucket/prefix: `--param root=DIR` on this run, or once for every run "
+        f"`prefect variable set {root_variable(corpus)} DIR` (see flows/roots.py)"
+    )

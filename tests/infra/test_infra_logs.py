@@ -1,0 +1,54 @@
+"""Reading the stack's logs: what a process wrote since its latest start, and the tracebacks in it."""
+
+from __future__ import annotations
+
+TRACEBACK = """Traceback (most recent call last):
+  File "/x/scheduler.py", line 273, in schedule_deployments
+    inserted_runs = await models.deployments._insert_scheduled_flow_runs(
+sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement
+"""
+
+
+def test_each_traceback_is_named_by_its_exception_line(infra_stack):
+    text = "INFO started\n" + TRACEBACK + "INFO later\n" + TRACEBACK.replace("InvalidRequestError", "OperationalError")
+    assert infra_stack.tracebacks(text) == [
+        "sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement",
+        "sqlalchemy.exc.OperationalError: Can't evaluate bulk DML statement",
+    ]
+    assert infra_stack.tracebacks("INFO all fine\nWARNING a word: Traceback-free\n") == []
+    assert infra_stack.tracebacks("x\nTraceback (most recent call last):\n  File 'a'") == ["(traceback cut short)"]
+
+
+def test_only_what_was_logged_since_the_latest_start_counts(infra_stack, tmp_path):
+    state = tmp_path / "state"
+    infra_stack.start_process(state, "talker", ["python3", "-c", "print('first life')"], {"PATH": "/usr/bin:/bin"}, tmp_path)
+    log = infra_stack.log_path(state, "talker")
+    _wait_for(log, "first life")
+    log.write_text(log.read_text() + TRACEBACK)
+    assert infra_stack.tracebacks(infra_stack.log_since_start(log))
+    infra_stack.start_process(state, "talker", ["python3", "-c", "print('second life')"], {"PATH": "/usr/bin:/bin"}, tmp_path)
+    _wait_for(log, "second life")
+    since = infra_stack.log_since_start(log)
+    assert "second life" in since and "first life" not in since
+    assert infra_stack.tracebacks(since) == []
+    assert infra_stack.log_since_start(tmp_path / "absent.log") == ""
+
+
+def _wait_for(path, text, timeout_s=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path} after {timeout_s} s")
+
+
+def test_a_failing_flow_run_in_the_worker_log_is_not_a_fault_of_the_stack(infra_stack):
+    run_failure = "18:30:30.892 | ERROR   | Flow run 'easygoing-narwhal' - Encountered exception during execution\n" + TRACEBACK
+    task_failure = "18:30:30.053 | ERROR   | Task run 'parse-and-check-8ca' - Task run failed with exception\n" + TRACEBACK
+    worker_fault = "18:31:00.000 | ERROR   | prefect.worker.process - lost the API\n" + TRACEBACK
+    assert infra_stack.stack_tracebacks("worker", run_failure + task_failure) == []
+    assert len(infra_stack.stack_tracebacks("worker", run_failure + worker_fault)) == 1
+    assert len(infra_stack.stack_tracebacks("prefect", run_failure)) == 1
