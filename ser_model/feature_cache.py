@@ -222,7 +222,8 @@ class FeatureCache:
         self.folder.joinpath("entries").mkdir(parents=True, exist_ok=True)
         key_path = self.folder / "key.json"
         if not key_path.is_file():
-            _write_bytes_atomically(key_path, (json.dumps({**self.key, "source_not_in_key": getattr(backbone.model.config, "_name_or_path", "")}, indent=2) + "\n").encode())
+            source = getattr(backbone.model.config, "_name_or_path", "")  # for the reader, not part of the key
+            _write_bytes_atomically(key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode())
         self._memory: dict[str, torch.Tensor] = {}
         self._entries: dict[str, _Entry] = {}
         self._memory_bytes = 0

@@ -430,13 +430,12 @@ def fit(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=not runtime.is_main)
         for step, batch in enumerate(bar):
             labels = batch.labels.to(runtime.device)
+            targets = F.one_hot(labels, n_classes).float()
             if cached_training:  # windows of cached whole-utterance states; EAM is off
-                inputs, targets = (batch.states.to(runtime.device), batch.mask.to(runtime.device)), F.one_hot(labels, n_classes).float()
+                inputs = (batch.states.to(runtime.device), batch.mask.to(runtime.device))
             else:
-                waves, lengths = batch.waves.to(runtime.device), batch.lengths.to(runtime.device)
-                mixed = energy_adaptive_mixup(
-                    waves, lengths, F.one_hot(labels, n_classes).float(), generator=eam_generator, config=config.eam
-                )
+                lengths = batch.lengths.to(runtime.device)
+                mixed = energy_adaptive_mixup(batch.waves.to(runtime.device), lengths, targets, generator=eam_generator, config=config.eam)
                 inputs, targets = (mixed.waves, lengths), mixed.targets
             group_start = step - step % tc.grad_accum
             group_size = min(tc.grad_accum, n_batches - group_start)
