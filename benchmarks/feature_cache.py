@@ -1,11 +1,12 @@
 """Epoch time of a frozen-backbone run from the feature cache against the same run live, in one run.
 
     python benchmarks/feature_cache.py [--root ../shared/data/ravdess] [--out benchmarks/results/feature_cache]
-                                       [--per-speaker 6] [--epochs 2] [--repeats 1] [--threads N] [--hf-shape small] [--quick]
+                                       [--per-speaker 3] [--epochs 2] [--repeats 1] [--threads N] [--hf-shape base] [--quick]
 
 Both sides are `ser_model.train.fit` on the same RAVDESS rows (fold 0, `--per-speaker`
 utterances of every actor), with the `paper-wavlm` preset on a random WavLM (`--hf-shape`:
-"small" = 7-layer conv stack at 256 channels, 4 transformer layers of width 256; no download),
+"base" = WavLM-Base's shape, 94 M parameters; "small" = conv stack at 256 channels, 4 layers of
+width 256; no download),
 `model.backbone_mode=frozen`, EAM off, fp32 on CPU:
 
 * cached: `train.feature_cache=true`: every epoch trains and validates from the cached states;
@@ -124,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--per-speaker", type=int, default=6, help="utterances of each actor (default 6)")
+    parser.add_argument("--per-speaker", type=int, default=3, help="utterances of each actor (default 3)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--hf-shape", choices=sorted(HF_SHAPES), default="small")
+    parser.add_argument("--hf-shape", choices=sorted(HF_SHAPES), default="base")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny WavLM, 2 utterances per actor, 1 epoch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
