@@ -275,6 +275,8 @@ class FeatureCache:
 
     def _add_to_index(self, new: dict[str, _Entry]) -> None:
         """Merge ``new`` records into index.json (under the lock: other processes may add theirs)."""
+        if not new:
+            return
         with self._locked():
             entries = {**self._read_index(), **new}
             payload = {"key": self.key, "entries": {sha: {"shape": list(e.shape), "checksum": e.checksum} for sha, e in sorted(entries.items())}}
