@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-from pathlib import Path
 
 import mlflow
 import numpy as np

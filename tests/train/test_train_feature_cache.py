@@ -13,7 +13,7 @@ import soundfile
 import torch
 
 from ser_model.backbones import save_random_hf_backbone
-from ser_model.config import EAMConfig, ModelConfig, SERConfig, TrainConfig
+from ser_model.config import EAMConfig, ModelConfig, SERConfig
 from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded
 from ser_model.feature_cache import FeatureCache, collate_states, frame_crop_start
 from ser_model.model import SERModel
