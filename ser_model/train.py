@@ -11,8 +11,7 @@ validation speakers of fold 0 (which stay held out for checkpoint selection); it
 Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
 the soft labels through `multi_loss`; Adam with the main parameters at `lr` and the class centers
 at `center_lr`, both scaled per update by `lr_factor` (warm-up, then × `lr_decay` per epoch or a
-cosine); gradient accumulation over `grad_accum`
-batches; gradient clipping; bf16/fp16 autocast on CUDA.
+cosine); gradient accumulation over `grad_accum` batches; gradient clipping; bf16/fp16 autocast on CUDA.
 
 Frozen hf backbones. With `model.backbone_mode` "frozen" or "weighted_sum" (and
 `train.feature_cache` on), the backbone's hidden states are computed once per utterance and
