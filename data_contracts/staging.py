@@ -44,23 +44,23 @@ def stage_audio(
     blobs, tree = cache / "blobs", cache / "trees" / fingerprint
     blobs.mkdir(parents=True, exist_ok=True)
     wanted = dict(zip(manifest["path"].map(check_relative_path), manifest["sha256"]))
-    missing = {path: sha for path, sha in wanted.items() if not (blobs / sha).exists()}
+    missing = {sha: path for path, sha in wanted.items() if not (blobs / sha).exists()}
     if missing:
         sizes = {f.path: f.size for f in source.list_files().files}
-        unknown = sorted(set(missing) - set(sizes))
+        unknown = sorted(set(missing.values()) - set(sizes))
         if unknown:
             raise StagingError(f"{len(unknown)} manifest file(s) not found under {root}, e.g. {unknown[:3]}; was the corpus moved since ingest?")
-        need = sum(sizes[path] for path in missing)
+        need = sum(sizes[path] for path in missing.values())
         free = shutil.disk_usage(blobs).free
         held = _folder_bytes(blobs)
         if need > free or (max_bytes is not None and held + need > max_bytes):
-            limit = "no limit" if max_bytes is None else f"a limit of {max_bytes / 1e9:.2f} GB (SER_AUDIO_CACHE_BYTES)"
+            limit = "no limit" if max_bytes is None else f"a limit of {max_bytes} bytes (SER_AUDIO_CACHE_BYTES)"
             raise StagingError(
-                f"staging {len(missing)} file(s) of {root} needs {need / 1e9:.2f} GB in {cache}; the cache holds "
-                f"{held / 1e9:.2f} GB under {limit} and the disk has {free / 1e9:.2f} GB free: "
+                f"staging {len(missing)} file(s) of {root} needs {need} bytes in {cache}; the cache holds "
+                f"{held} bytes under {limit} and the disk has {free} bytes free: "
                 "free space, raise the limit or point SER_AUDIO_CACHE_DIR at a larger disk"
             )
-        for path, sha in missing.items():
+        for sha, path in missing.items():
             data = source.read_bytes(path)
             actual = hashlib.sha256(data).hexdigest()
             if actual != sha:
