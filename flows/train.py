@@ -48,6 +48,16 @@ FOLD_DEPLOYMENT = "train-fold/train-fold"
 FOLD_QUEUE = "folds"
 
 
+def fold_job_variables(corpus: str, fold: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Job variables of one fold's flow run: its name, plus the JSON object in
+    ``SER_FOLD_JOB_VARIABLES`` (e.g. ``{"gpus": 4, "image": "registry/ser:0.1"}`` for the
+    Kubernetes template in infra/k8s/, where each fold is a Job with its own GPUs)."""
+    extra = json.loads((os.environ if env is None else env).get("SER_FOLD_JOB_VARIABLES") or "{}")
+    if not isinstance(extra, dict):
+        raise ValueError(f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables")
+    return {"name": f"ser-{corpus}-{fold_folder_name(fold)}", **extra}
+
+
 def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry anything but refused inputs (bad data or config)."""
     try:
@@ -129,7 +139,10 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
 def run_folds(folds: list[int], parameters: dict[str, Any]) -> list[dict[str, Any]]:
     """Submit one ``train-fold`` flow run per fold, wait for all, and read their outcomes back."""
     logger = get_run_logger()
-    submitted = {k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0) for k in folds}
+    submitted = {
+        k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(parameters["corpus"], k))
+        for k in folds
+    }
     client = MlflowClient(StackSettings.from_env().tracking_uri)
     outcomes, failed = [], []
     for k, run in submitted.items():
