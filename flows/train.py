@@ -7,13 +7,11 @@ work pool, tracked in MLflow, then the release model registered as ``ser-<corpus
     train-fold      manifest from S3, audio staged when the root is s3:// → torchrun worker
                     (ser_model/launch.py) → its fold folder logged as an MLflow child run
 
-Each fold run is a job of the work pool's ``folds`` queue (its concurrency, ``SER_FOLD_CONCURRENCY``,
-default 1, is how many folds train at once; on a Kubernetes pool each is a pod with its GPUs), so a
-failed fold is retried alone: the worker launch retries infrastructure failures, never bad data or
-config. The parent reads each fold's outcome back from its MLflow child run, the store all workers
-share. A rerun with the same inputs finds the unfinished parent run (its train key) and skips the
-folds already logged; a fold resumes from its last checkpoint when it runs on the same machine.
-"""
+Fold runs wait in the pool's ``folds`` queue, whose concurrency (``SER_FOLD_CONCURRENCY``, default
+1) is how many folds train at once (on Kubernetes, each a Job with its GPUs: infra/README.md). A
+failed fold is retried alone (infrastructure failures only, never bad data or config); the parent
+reads outcomes back from the MLflow child runs, which all workers share. A rerun with the same
+inputs resumes the unfinished parent run (train key) and skips folds already logged."""
 
 from __future__ import annotations
 
@@ -28,20 +26,20 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.flow_runs import wait_for_flow_run
 
 from data_contracts.labels import CORPORA
 from data_contracts.staging import stage_audio
 from flows.limits import one_training_per_corpus
-from flows.promote import PROTOCOL_TAG, UA_TAG, fold_score_tags, promote, registered_model_name
+from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
 from flows.pyfunc import log_pyfunc
-from flows.roots import configured_root, root_variable
+from flows.roots import manifest_root
 from flows.settings import REPO_ROOT, StackSettings
-from flows.storage import load_manifest_version, read_latest, resolve_version
+from flows.storage import load_manifest_version, resolve_version
 from flows import tracking as t
 from ser_model.config import SELECT_KEYS, SERConfig
-from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, FoldJob, NotRetriedError, fold_folder_name, run_worker, write_fold_times
+from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, FoldJob, fold_folder_name, retry_unless_refused, run_worker, write_fold_times
 from ser_model.presets import DEFAULT_PRESET, experiment_config
 
 FOLD_DEPLOYMENT = "train-fold/train-fold"
@@ -58,17 +56,6 @@ def fold_job_variables(corpus: str, fold: int, env: dict[str, str] | None = None
     return {"name": f"ser-{corpus}-{fold_folder_name(fold)}", **extra}
 
 
-def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry anything but refused inputs (bad data or config)."""
-    try:
-        state.result()
-    except NotRetriedError:
-        return False
-    except Exception:
-        return True
-    return True
-
-
 def selected_folds(requested: list[int] | None, available: list[int], where: str) -> list[int]:
     """The folds to train, sorted and each once (all ``available`` when None); unknown folds or
     none at all raise ValueError naming ``where`` and the available folds."""
@@ -81,18 +68,7 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
     return folds
 
 
-def audio_root(corpus: str, fingerprint: str, report: dict[str, Any], root: str | None) -> str:
-    """The root the manifest paths are relative to (a folder or s3://): ``root`` if given, else the
-    root recorded at ingest, else the configured one (flows/roots.py)."""
-    pointer = read_latest(corpus) or {}
-    recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
-    root = root or recorded or report.get("root") or (configured_root(corpus) or (None,))[0]
-    if not root or not (str(root).startswith("s3://") or Path(root).is_dir()):
-        raise ValueError(f"audio root {root!r} of {corpus} is neither a folder nor s3://; pass root=DIR or set the Prefect variable {root_variable(corpus)}")
-    return str(root)
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=worth_retrying, task_run_name="{job.corpus}-{job.name}")
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_unless_refused, task_run_name="{job.corpus}-{job.name}")
 def train_worker(job: FoldJob) -> None:
     """Run the fold's worker under torchrun, its output in this task's log (resumes after a retry)."""
     logger = get_run_logger()
@@ -136,37 +112,23 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
     return run_id
 
 
-def run_folds(folds: list[int], parameters: dict[str, Any]) -> list[dict[str, Any]]:
+def run_folds(client: MlflowClient, folds: list[int], parameters: dict[str, Any], poll_s: float = 5.0) -> list[dict[str, Any]]:
     """Submit one ``train-fold`` flow run per fold, wait for all, and read their outcomes back."""
     logger = get_run_logger()
-    submitted = {
-        k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(parameters["corpus"], k))
-        for k in folds
-    }
-    client = MlflowClient(StackSettings.from_env().tracking_uri)
+    runs = {k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(parameters["corpus"], k)) for k in folds}
     outcomes, failed = [], []
-    for k, run in submitted.items():
-        final = wait_for_flow_run(run.id, timeout=None)
-        logger.info("%s: flow run %s %s", fold_folder_name(k), final.name, final.state.name)
-        if final.state.is_completed():
-            outcomes.append(t.fold_outcome(client, t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0]))
-        else:
-            failed.append(f"{fold_folder_name(k)} ({final.name}: {final.state.message})")
+    with get_client(sync_client=True) as api:
+        for k, run in runs.items():
+            while not (final := api.read_flow_run(run.id)).state.is_final():
+                time.sleep(poll_s)
+            logger.info("%s: flow run %s %s", fold_folder_name(k), final.name, final.state.name)
+            if final.state.is_completed():
+                outcomes.append(t.fold_outcome(client, t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0]))
+            else:
+                failed.append(f"{fold_folder_name(k)} ({final.name}: {final.state.message})")
     if failed:
         raise RuntimeError(f"fold flow run(s) did not complete: {'; '.join(failed)}; a rerun with the same inputs trains only those")
     return outcomes
-
-
-def register_release(tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]) -> str:
-    """Register the release child run's model as ``ser-<corpus>`` and tag the version with its scores."""
-    client = MlflowClient(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    name = registered_model_name(corpus)
-    version = str(t.call_with_retry(mlflow.register_model, release["model_uri"], name).version)
-    scores = {f"ser.{m}": f"{summary[m]:.6f}" for m in ("UA_std", "WA_mean", "macro_f1_mean")}
-    for key, value in {**tags, **scores, UA_TAG: f"{summary['UA_mean']:.6f}"}.items():
-        t.call_with_retry(client.set_model_version_tag, name, version, key, value)
-    return version
 
 
 @flow(name="train")
@@ -192,7 +154,7 @@ def train(
     settings = StackSettings.from_env()
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
-    root = audio_root(corpus, fingerprint, report, root)
+    root = manifest_root(corpus, fingerprint, report, root)
     config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
     available = sorted(int(k) for k in fold_table["fold"].unique())
     folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
@@ -210,7 +172,7 @@ def train(
     logger.info("%s MLflow parent run %s: %s", "resuming" if resumed else "started", parent_id, t.run_url(settings.tracking_uri, experiment_id, parent_id))
     try:
         fold_params = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "root": root, "experiment_id": experiment_id, "parent_run_id": parent_id}
-        finished = run_folds(folds + ([RELEASE_FOLD] if release else []), fold_params)
+        finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_params)
         outcomes = [o for o in finished if o["fold"] != RELEASE_FOLD]
         summary = t.log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
         version = decision = None

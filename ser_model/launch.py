@@ -74,6 +74,18 @@ class WorkerInfraError(RuntimeError):
     """The worker died for another reason (killed, out of memory, ...): worth a retry."""
 
 
+def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition (Prefect's ``retry_condition_fn`` signature): retry any failure except
+    refused inputs (:class:`NotRetriedError`), which fail the same way every time."""
+    try:
+        state.result()
+    except NotRetriedError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class FoldJob:
     """Everything one fold's worker needs, as local paths."""
