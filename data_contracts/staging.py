@@ -8,7 +8,8 @@ Layout under ``cache``:
 
 A blob is verified against the manifest's sha256 after download (a mismatch is an error naming
 the file, and nothing is kept) and reused by later stagings; the tree is what the worker gets as
-its audio root. The cache is bounded: before downloading, the missing bytes must fit both the
+its audio root. Fold runs on one machine may stage the same manifest at once: each writes its
+own partial file and renames it atomically, so a blob is always whole. The cache is bounded: before downloading, the missing bytes must fit both the
 free disk and ``max_bytes`` for the whole cache, else a clear error says how much is needed.
 """
 
@@ -65,12 +66,15 @@ def stage_audio(
             actual = hashlib.sha256(data).hexdigest()
             if actual != sha:
                 raise StagingError(f"{root}/{path}: sha256 {actual} differs from the manifest's {sha}; the file changed since ingest (ingest again)")
-            partial = blobs / f".{sha}.part"
+            partial = blobs / f".{sha}.{os.getpid()}.part"  # two fold runs may stage at once
             partial.write_bytes(data)
             os.replace(partial, blobs / sha)
     for path, sha in wanted.items():
         target = tree / path
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(blobs / sha, target)
+            try:
+                os.link(blobs / sha, target)
+            except FileExistsError:  # linked meanwhile by a fold run staging the same manifest
+                pass
     return tree
