@@ -323,10 +323,18 @@ RUN_FAILURE = re.compile(r"\| (?:Flow|Task) run '")
 (bad data, a test failing a run on purpose), recorded as the run's state in Prefect."""
 
 
+SQLITE_BUSY = "database is locked"
+"""What Prefect's server on SQLite logs when several runs write at once (fold flow runs at a
+``folds`` queue concurrency above 1): the request is answered with an error and the client retries
+it (PrefectHQ/prefect#10188, #17473). A load limit of SQLite, not a fault; PostgreSQL has none."""
+
+
 def stack_tracebacks(name: str, text: str) -> list[str]:
     """Tracebacks in the log of component `name` that show a fault of the stack itself: every
-    one in a server's log; in the worker's, those not printed for a failing flow or task run."""
-    return tracebacks(text, RUN_FAILURE if name == "worker" else None)
+    one in a server's log but the Prefect server's SQLite lock waits (:data:`SQLITE_BUSY`); in
+    the worker's, those not printed for a failing flow or task run."""
+    found = tracebacks(text, RUN_FAILURE if name == "worker" else None)
+    return [line for line in found if SQLITE_BUSY not in line] if name == "prefect" else found
 
 
 def next_run_due(schedule: dict, now: float, horizon_s: float) -> bool:

@@ -52,3 +52,13 @@ def test_a_failing_flow_run_in_the_worker_log_is_not_a_fault_of_the_stack(infra_
     assert infra_stack.stack_tracebacks("worker", run_failure + task_failure) == []
     assert len(infra_stack.stack_tracebacks("worker", run_failure + worker_fault)) == 1
     assert len(infra_stack.stack_tracebacks("prefect", run_failure)) == 1
+
+
+def test_the_prefect_servers_sqlite_lock_errors_are_not_counted_but_other_errors_are(infra_stack):
+    """Concurrent fold runs make Prefect's SQLite server answer some writes with "database is
+    locked" (the clients retry); those do not count, any other server traceback still does."""
+    locked = "ERROR | prefect.server - Encountered error during state validation\nTraceback (most recent call last):\n  File x\nsqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked\n"
+    other = "ERROR | prefect.server - boom\nTraceback (most recent call last):\n  File y\nKeyError: 'z'\n"
+    assert infra_stack.stack_tracebacks("prefect", locked) == []
+    assert infra_stack.stack_tracebacks("prefect", locked + other) == ["KeyError: 'z'"]
+    assert infra_stack.stack_tracebacks("mlflow", locked) != [], "only the Prefect server's lock waits are expected"
