@@ -36,7 +36,7 @@ from prefect.flows import Flow
 from data_contracts.labels import CORPORA
 from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
-from flows.settings import REPO_ROOT, StackSettings
+from ser_stack.settings import REPO_ROOT, StackSettings
 from flows.train import FOLD_DEPLOYMENT, FOLD_QUEUE
 from ser_model.presets import DEFAULT_PRESET
 

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.settings import REPO_ROOT
+from ser_stack.settings import REPO_ROOT
 from flows.storage import check_corpus, read_latest
 
 SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"

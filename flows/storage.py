@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import boto3
 import pandas as pd
-from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -43,7 +41,7 @@ from botocore.exceptions import (
 
 from data_contracts.labels import CORPORA
 from data_contracts.schemas import validate_folds, validate_manifest
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +130,7 @@ class DataBucket:
     def from_settings(
         cls, settings: StackSettings, connect_timeout_s: float = 5.0, max_attempts: int = 2
     ) -> "DataBucket":
-        config = Config(
-            connect_timeout=connect_timeout_s,
-            read_timeout=60,
-            retries={"mode": "standard", "max_attempts": max_attempts},
-            s3={"addressing_style": "path"},
-        )
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint,
-            region_name=settings.region,
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            config=config,
-        )
+        client = settings.s3_client(connect_timeout_s=connect_timeout_s, max_attempts=max_attempts)
         return cls(client=client, name=settings.data_bucket)
 
     @classmethod

@@ -35,7 +35,7 @@ from flows.limits import one_training_per_corpus
 from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
 from flows.pyfunc import log_pyfunc
 from flows.roots import manifest_root
-from flows.settings import REPO_ROOT, StackSettings
+from ser_stack.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, resolve_version
 from flows import tracking as t
 from ser_model.config import SELECT_KEYS, SERConfig

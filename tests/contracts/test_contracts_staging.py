@@ -53,7 +53,7 @@ def test_staging_from_s3_reads_the_bucket(tmp_path, monkeypatch):
     moto = pytest.importorskip("moto")
     import boto3
 
-    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")

@@ -11,7 +11,6 @@ import os
 import sys
 import uuid
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,7 +40,7 @@ def test_folds_run_on_the_pool_from_an_s3_corpus(stack, shared_ravdess, repo_roo
     root = tmp_path / "ravdess"
     build_subset(shared_ravdess, root, files_per_emotion=1)
     bucket, prefix = f"ser-corpus-{uuid.uuid4().hex[:10]}", "ravdess"
-    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, aws_access_key_id=stack.access_key_id, aws_secret_access_key=stack.secret_access_key, region_name=stack.region)
+    s3 = stack.s3_client()
     s3.create_bucket(Bucket=bucket)
     for path in sorted(root.rglob("*.flac")):
         s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")

@@ -20,7 +20,7 @@ from data_contracts.errors import ManifestError
 from data_contracts.fingerprint import manifest_fingerprint
 from data_contracts.folds import make_folds
 from data_contracts.labels import CORPORA, LABELS
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 from flows.storage import (
     DataBucket,
     InvalidKeyPartError,
