@@ -380,7 +380,7 @@ def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
     log holds a traceback since its latest start."""
     if local:
         logfile = log_path(settings.state_dir, "prefect")
-        found = tracebacks(log_since_start(logfile))
+        found = stack_tracebacks("prefect", log_since_start(logfile))
         if found:
             return f"{len(found)} traceback(s) in {logfile} since the server started, the last: {found[-1]}"
     try:

@@ -40,7 +40,7 @@ def wait_for_scheduled_runs(client, deployment_id, timeout_s: float = SCHEDULER_
 def server_tracebacks(infra_stack, stack) -> list[str]:
     if infra_stack.recorded_pid(stack.state_dir, "prefect") is None:
         pytest.skip(f"the Prefect server was not started by infra/up in {stack.state_dir}: its log is not here")
-    return infra_stack.tracebacks(infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect")))
+    return infra_stack.stack_tracebacks("prefect", infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect")))
 
 
 def test_the_server_schedules_retrain_nightly_after_deploy(infra_stack, stack, prefect_api, repo_root):
