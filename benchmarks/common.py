@@ -121,7 +121,7 @@ def interleaved_medians(
 
 
 #: shapes of the random WavLM that `benchmarks/run.py` builds (see `benchmarks/model_perf.py`)
-HF_SHAPE_NAMES = ("tiny", "small")
+HF_SHAPE_NAMES = ("tiny", "small", "base")
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,17 @@ def small_wavlm_config() -> Any:
     )
 
 
-HF_SHAPES: dict[str, Callable[[], Any]] = {"tiny": tiny_wavlm_config, "small": small_wavlm_config}
+def base_wavlm_config() -> Any:
+    """A random WavLM of WavLM-Base's shape (94 M parameters): the default 7-layer conv stack at 512
+    channels, 12 transformer layers of width 768 (12 heads, feed-forward 3072), pre-LN."""
+    return tiny_wavlm_config(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        conv_dim=(512,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, num_buckets=320, max_bucket_distance=800,
+    )
+
+
+HF_SHAPES: dict[str, Callable[[], Any]] = {"tiny": tiny_wavlm_config, "small": small_wavlm_config, "base": base_wavlm_config}
 
 
 def bench_config(backbone: str, labels: tuple[str, ...], s: BenchSettings) -> SERConfig:

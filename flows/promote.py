@@ -44,11 +44,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
 
 from data_contracts.labels import CORPORA, LABELS
+from flows.limits import ensure_limit
 from flows.tracking import call_with_retry
 
 log = logging.getLogger(__name__)
@@ -302,15 +301,6 @@ def decision_markdown(decision: PromotionDecision) -> str:
     )
 
 
-def ensure_promote_limit() -> None:
-    """Create the one-slot global concurrency limit ``ser-promote`` if it does not exist."""
-    with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(PROMOTE_LIMIT, 1)
-        except ObjectAlreadyExists:
-            pass
-
-
 def promote_version(client: MlflowClient, corpus: str, version: str, margin: float = 0.0) -> PromotionDecision:
     """The registry part of a promotion (call it holding the ``ser-promote`` limit): set
     ``challenger``, compare with ``champion``, move ``champion`` when the rule says so, and
@@ -343,7 +333,7 @@ def promote_version(client: MlflowClient, corpus: str, version: str, margin: flo
 def promote(corpus: str, version: str, margin: float = 0.0) -> dict:
     """Promote ``ser-<corpus>`` version ``version`` (see module doc); returns the decision."""
     logger = get_run_logger()
-    ensure_promote_limit()
+    ensure_limit(PROMOTE_LIMIT, 1)
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
     with concurrency(PROMOTE_LIMIT, occupy=1, strict=True):
         decision = promote_version(client, corpus, str(version), margin)

@@ -377,7 +377,8 @@ def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
 
     Fails when a scheduled deployment has no scheduled run (see
     `scheduled_deployments_without_runs`), and, for a local stack (`local`), when the server's
-    log holds a traceback since its latest start."""
+    log holds a traceback of a fault since its latest start (`stack_tracebacks`: SQLite lock
+    waits, which clients retry, are not faults)."""
     if local:
         logfile = log_path(settings.state_dir, "prefect")
         found = stack_tracebacks("prefect", log_since_start(logfile))

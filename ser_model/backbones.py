@@ -323,7 +323,21 @@ class HFBackbone(Backbone):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.model._get_feat_extract_output_lengths(lengths).to(torch.long).clamp_min(1)
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def n_hidden_states(self) -> int:
+        """K = num_hidden_layers + 1: the embedding output and every layer's (the last one final-normed)."""
+        return self.model.config.num_hidden_layers + 1
+
+    @property
+    def layer_set(self) -> tuple[int, ...]:
+        """Indices (into the K hidden states) that ``hidden_states`` returns: all K for the layer weights, the last alone otherwise."""
+        return tuple(range(self.n_hidden_states)) if self.layer_weights is not None else (self.n_hidden_states - 1,)
+
+    def hidden_states(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden states of ``layer_set``: waves (B, L), lengths (B,) → states (B, K', T, D) zero at padded frames, mask (B, T).
+
+        Without gradient in the frozen modes, so these are what ``ser_model.feature_cache`` stores.
+        """
         _check_batch(waves, lengths)
         samples = lengths_to_mask(lengths, waves.shape[1])
         waves = normalize_waveform(waves, lengths) if self.wave_norm else waves * samples.to(waves.dtype)
@@ -333,12 +347,21 @@ class HFBackbone(Backbone):
             out = self.model(waves, attention_mask=attention_mask, output_hidden_states=want_layers)
         if want_layers:
             # the last entry is the final output (after the final LayerNorm of pre-LN models like WavLM-Large)
-            layers = (*out.hidden_states[:-1], out.last_hidden_state)
-            h = self.layer_weights(torch.stack(layers))  # (K, B, T, D) → (B, T, D)
+            states = torch.stack((*out.hidden_states[:-1], out.last_hidden_state), dim=1)  # (B, K, T, D)
         else:
-            h = out.last_hidden_state  # (B, T, D)
-        mask = lengths_to_mask(self.frame_lengths(lengths).clamp_max(h.shape[1]), h.shape[1])
-        return h * mask[:, :, None].to(h.dtype), mask
+            states = out.last_hidden_state[:, None]  # (B, 1, T, D)
+        mask = lengths_to_mask(self.frame_lengths(lengths).clamp_max(states.shape[2]), states.shape[2])
+        return states * mask[:, None, :, None].to(states.dtype), mask
+
+    def mix_layers(self, states: torch.Tensor) -> torch.Tensor:
+        """Frames from ``hidden_states``' output, live or cached: states (B, K', T, D) → (B, T, D), zero where the states are."""
+        if self.layer_weights is None:
+            return states[:, 0]
+        return self.layer_weights(states.transpose(0, 1))  # (K, B, T, D) → (B, T, D)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self.hidden_states(waves, lengths)  # (B, K', T, D), (B, T)
+        return self.mix_layers(states), mask
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:

@@ -115,6 +115,21 @@ class SERModel(nn.Module):
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> SEROutput:
         """waves (B, L) float, lengths (B,) long → SEROutput."""
         frames, mask = self.backbone(waves, lengths)  # (B, T, D), (B, T)
+        return self.forward_frames(frames, mask)
+
+    def forward_cached(self, states: torch.Tensor, mask: torch.Tensor) -> SEROutput:
+        """Precomputed hidden states of a frozen hf backbone (``HFBackbone.hidden_states``, as
+        ``ser_model.feature_cache`` stores them): states (B, K', T, D) zero-padded, mask (B, T) → SEROutput.
+        The layer weights (weighted_sum) still train: they act on the cached states."""
+        if not isinstance(self.backbone, HFBackbone) or self.backbone.mode == "finetune":
+            raise ValueError(
+                f"SERModel.forward_cached: backbone {self.config.model.backbone!r} in mode {self.config.model.backbone_mode!r} "
+                "changes in training; expected an hf backbone in mode 'frozen' or 'weighted_sum'"
+            )
+        return self.forward_frames(self.backbone.mix_layers(states), mask)
+
+    def forward_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> SEROutput:
+        """Everything after the backbone: frames (B, T, D) zero at padded frames, mask (B, T) bool valid → SEROutput."""
         attention = None
         if self.frame_attention is not None:
             frames = self.frame_attention(frames, mask)  # (B, T, D)

@@ -14,6 +14,12 @@ at `center_lr`, both scaled per update by `lr_factor` (warm-up, then × `lr_deca
 cosine); gradient accumulation over `grad_accum`
 batches; gradient clipping; bf16/fp16 autocast on CUDA.
 
+Frozen hf backbones. With `model.backbone_mode` "frozen" or "weighted_sum" (and
+`train.feature_cache` on), the backbone's hidden states are computed once per utterance and
+cached (`ser_model.feature_cache`, default folder `out_dir/../feature-cache`): evaluation always
+reads them; training batches read them when EAM is off, cropped as windows of the whole
+utterance's frames. EAM mixes waveforms, so with EAM on the training batches run live.
+
 Outputs in `out_dir`: `checkpoints/last` (every epoch, atomic, for exact resume), `best`
 (a `save_pretrained` folder of the selected epoch), `metrics.jsonl` (one line per epoch) and
 `result.json` (selected epoch, validation and test metrics, the selection rule).
@@ -67,6 +73,7 @@ from ser_model.data import (
     shard_for_eval,
 )
 from ser_model.eam import energy_adaptive_mixup
+from ser_model.feature_cache import FEATURE_CACHE_DIR, CachedStates, FeatureCache, collate_states, forward_batch, uses_feature_cache
 from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
 from ser_model.metrics import classification_metrics
@@ -214,9 +221,10 @@ class TrainingObjective(nn.Module):
         self.generator = generator
 
     def forward(
-        self, waves: torch.Tensor, lengths: torch.Tensor, soft_targets: torch.Tensor, labels: torch.Tensor
+        self, x: torch.Tensor, extent: torch.Tensor, soft_targets: torch.Tensor, labels: torch.Tensor, cached: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out: SEROutput = self.model(waves, lengths)
+        """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T)."""
+        out: SEROutput = self.model.forward_cached(x, extent) if cached else self.model(x, extent)
         return multi_loss(
             out,
             soft_targets,
@@ -235,16 +243,17 @@ def metric_report(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_split(model: SERModel, dataset: UtteranceDataset, batch_size: int, runtime: Runtime) -> dict[str, Any]:
-    """Predict every utterance of `dataset` (sharded across ranks, gathered) → metric_report."""
+def evaluate_split(model: SERModel, dataset: UtteranceDataset | CachedStates, batch_size: int, runtime: Runtime) -> dict[str, Any]:
+    """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → metric_report."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded)
+    collate = collate_states if isinstance(dataset, CachedStates) else collate_padded
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
     indices, predictions = [], []
     autocast = _autocast(runtime)
     for batch in loader:
         with autocast:
-            logits = model(batch.waves.to(runtime.device), batch.lengths.to(runtime.device)).logits  # (B, C)
+            logits = forward_batch(model, batch, runtime.device).logits  # (B, C)
         indices.append(batch.indices)
         predictions.append(logits.argmax(dim=1).cpu())
     local = (torch.cat(indices).tolist() if indices else [], torch.cat(predictions).tolist() if predictions else [])
@@ -310,12 +319,15 @@ def fit(
     out_dir: str | os.PathLike,
     callbacks: Sequence[Any] = (),
     resume: bool = True,
+    feature_cache_dir: str | os.PathLike | None = None,
 ) -> FitResult:
     """Train one fold (module docstring) and return the selected checkpoint's metrics.
 
     callbacks: objects with any of on_epoch_end(epoch, record), on_checkpoint(path),
     on_fit_end(result); called on rank 0 only. resume: continue from out_dir/checkpoints/last
     when it exists (bit-identical to an uninterrupted run on CPU); False starts afresh.
+    feature_cache_dir: where a frozen hf backbone's hidden states are cached
+    (`ser_model.feature_cache`; default `out_dir/../feature-cache`, shared by the folds).
     Raises DataSplitError when a split is empty or holds labels outside config.labels, and
     ConfigError when resuming a checkpoint written under another configuration or world size.
     """
@@ -357,6 +369,21 @@ def fit(
     loss_generator = torch.Generator().manual_seed(derived_seed(tc.seed, runtime.rank, 1))
     generators = {"eam": eam_generator, "loss": loss_generator}
     seed_everything(derived_seed(tc.seed, runtime.rank, 2))  # dropout and masks differ per rank
+
+    # feature cache: a frozen hf backbone's hidden states, computed once (ser_model.feature_cache)
+    cached_training = False
+    if uses_feature_cache(config):
+        cache_root = out_dir.parent / FEATURE_CACHE_DIR if feature_cache_dir is None else Path(feature_cache_dir)
+        cache = FeatureCache(cache_root, model.backbone, trim_db=trim_db, device=runtime.device, amp_dtype=runtime.amp_dtype)
+        eval_sets = {name: cache.dataset(splits[name], audio_root, config.labels) for name in eval_sets}
+        cached_training = not config.eam.enabled  # EAM mixes waveforms: with it on, training batches run live
+        if cached_training:  # same sampler, same batches: only what a batch holds changes
+            train_set = cache.dataset(splits["train"], audio_root, config.labels, crop_seconds=tc.max_seconds, seed=tc.seed)
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_states, num_workers=tc.num_workers)
+    features = "backbone states: " + (
+        "training and evaluation read the feature cache" if cached_training
+        else "evaluation reads the feature cache, training runs live (EAM)" if uses_feature_cache(config) else "live"
+    )
     objective: nn.Module = TrainingObjective(model, loss_generator)
     if runtime.distributed:
         objective = DistributedDataParallel(
@@ -402,17 +429,21 @@ def fit(
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=not runtime.is_main)
         for step, batch in enumerate(bar):
-            waves, lengths, labels = (t.to(runtime.device) for t in batch[:3])
-            mixed = energy_adaptive_mixup(
-                waves, lengths, F.one_hot(labels, n_classes).float(), generator=eam_generator, config=config.eam
-            )
+            labels = batch.labels.to(runtime.device)
+            targets = F.one_hot(labels, n_classes).float()
+            if cached_training:  # windows of cached whole-utterance states; EAM is off
+                inputs = (batch.states.to(runtime.device), batch.mask.to(runtime.device))
+            else:
+                lengths = batch.lengths.to(runtime.device)
+                mixed = energy_adaptive_mixup(batch.waves.to(runtime.device), lengths, targets, generator=eam_generator, config=config.eam)
+                inputs, targets = (mixed.waves, lengths), mixed.targets
             group_start = step - step % tc.grad_accum
             group_size = min(tc.grad_accum, n_batches - group_start)
             update = step == group_start + group_size - 1
             sync = nullcontext() if update or not runtime.distributed else objective.no_sync()
             with sync:
                 with _autocast(runtime):
-                    total, terms = objective(mixed.waves, lengths, mixed.targets, labels)
+                    total, terms = objective(*inputs, targets, labels, cached=cached_training)
                 scaler.scale(total / group_size).backward()
             if update:
                 scaler.unscale_(optimizer)
@@ -461,7 +492,9 @@ def fit(
             save_checkpoint(checkpoints, model, state)
             write_text_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())
-            log.info("epoch %d/%d loss %.4f lr %.3g %s (%.1f s)", epoch + 1, tc.epochs, train_terms["loss"], lr, valid_text, record["seconds"])
+            log.info(
+                "epoch %d/%d loss %.4f lr %.3g %s (%.1f s; %s)", epoch + 1, tc.epochs, train_terms["loss"], lr, valid_text, record["seconds"], features
+            )
             _call(callbacks, "on_checkpoint", checkpoints)
             _call(callbacks, "on_epoch_end", epoch + 1, record)
         _barrier(runtime)

@@ -105,3 +105,15 @@ def test_serve_load_answers_every_request_and_reports_latency_and_memory(tiny_ra
     memory = report["server_rss"]
     assert memory["peak_during_load_mb"] >= memory["after_warmup_mb"] > 0 and memory["idle_after_start_mb"] > 0
     assert "| base64 | 6 | 2 | 0 |" in (out / "serve.md").read_text()
+
+
+@pytest.mark.slow
+def test_feature_cache_quick_run_measures_both_sides(shared_ravdess, tmp_path):
+    """benchmarks/feature_cache.py --quick: live and cached epochs both measured in one run, the ratio their quotient."""
+    run_script("benchmarks/feature_cache.py", "--root", str(shared_ravdess), "--out", str(tmp_path), "--quick", "--threads", "1")
+    bench = json.loads((tmp_path / "feature_cache.json").read_text())["bench"]
+    live, cached = bench["median_epoch_s"]["live"], bench["median_epoch_s"]["cached"]
+    assert live > 0 and cached > 0 and bench["fill_s"] > 0
+    assert bench["ratio"] == pytest.approx(live / cached, rel=0.01)
+    assert bench["meets_target"] == (live / cached >= bench["target"])
+    assert f"{bench['ratio']}×" in (tmp_path / "feature_cache.md").read_text()

@@ -46,12 +46,13 @@ FAST = {
     "train.max_seconds": 2.0,
     "train.batch_size": 8,
     "train.lr": 1e-3,
+    "model.fbank_channels": [8, 16, 32, 32],
     "model.fbank_dim": 64,
     "model.fbank_layers": 1,
     "model.fbank_heads": 2,
     "loss.supcon_proj_dim": 32,
 }
-"""A small model and a short schedule: the point is the pipeline, not the accuracy."""
+"""A small model and a short schedule on top of the cpu-fbank preset: the point is the pipeline, not the accuracy."""
 
 FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
 
@@ -149,6 +150,7 @@ def everything_mlflow_holds(client: MlflowClient, experiment_id: str, download_d
     return "\n".join(texts)
 
 
+@pytest.mark.timeout(1800)  # five deployments and a browser on 2 cores; pyproject's 900 s is for single tests
 def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

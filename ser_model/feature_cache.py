@@ -1,0 +1,373 @@
+"""Cached hidden states of a frozen hf backbone: computed once per utterance, read by every epoch and fold.
+
+With ``model.backbone_mode`` "frozen" or "weighted_sum" the backbone never changes in training, so
+its hidden states of an utterance are the same in every epoch, every fold and every run with the
+same backbone: ``fit`` computes them once, stores them here, and then trains and evaluates only
+the layers above the backbone (``SERModel.forward_cached``). This is the SUPERB / EmoBox protocol
+for comparing SSL backbones, and what makes a frozen WavLM-Large run take minutes instead of hours.
+
+Key. A cache folder ``<root>/<digest>/`` holds the states of one key (``key.json``, in full):
+
+* backbone: sha256 of its transformers config (sorted JSON) and of its weights (every tensor,
+  by name), so other weights or another architecture never read these states; the source
+  (hub id or folder) is written beside the key for the reader but is not part of it: the same
+  weights copied to another folder give the same states;
+* layers: ``HFBackbone.layer_set``: every hidden state for the layer weights ("weighted_sum"),
+  the last alone for "frozen";
+* view: what the backbone is shown of an utterance: the silence trimming (``ModelConfig.trim_db``),
+  waveform normalisation, sample rate, and the whole utterance centre-cropped to
+  ``EVAL_MAX_SECONDS`` (the inference policy, ``ser_model.data``), computed alone (batch of one,
+  so an entry never depends on the padding of a batch);
+* precision: the autocast dtype the states were computed under;
+* the format version of this module.
+
+Entries. One file per utterance content, ``entries/<sha256>.safetensors``, named by the
+manifest's ``sha256`` of the audio file (hashed and checked at ingest): another manifest of the
+same files reuses the entries, a changed file gets a new one. ``index.json`` lists every entry
+with its shape and the sha256 of its file; opening reads each entry a run needs and compares
+both, and an entry that is missing, unreadable or does not match is logged as a warning and
+recomputed. The index is updated under a file lock, entries are written atomically, so folds
+training at once share one cache.
+
+Crop policy. A training crop of ``TrainConfig.max_seconds`` is a window of the cached
+whole-utterance frames (``frame_crop_start``), not the frames of a cropped waveform: those differ
+near the crop's edges (the CNN's receptive field and the transformer's global attention see
+outside the window). Cropping frames keeps the cache exact: the cached path gives the logits
+that the live backbone gives on the whole utterance, cropped the same way (tested). Evaluation
+always reads the cache. Training batches read it when EAM is off; EAM mixes waveforms, so with
+EAM on the training batches run the backbone live on mixed waveform crops.
+
+Beyond one machine: the cache is a local folder (default ``<out_dir>/../feature-cache``, shared by
+the folds of a run); keeping it in S3 for the flows is a follow-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from tqdm.auto import tqdm
+
+from ser_model.backbones import HFBackbone
+from ser_model.config import SERConfig
+from ser_model.data import EVAL_MAX_SECONDS, PRELOAD_LIMIT_BYTES, Batch, UtteranceDataset
+from ser_model.model import SERModel, SEROutput
+
+__all__ = [
+    "FEATURE_CACHE_DIR",
+    "FeatureCache",
+    "CachedStates",
+    "StatesBatch",
+    "collate_states",
+    "frame_crop_start",
+    "uses_feature_cache",
+    "forward_batch",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+#: the default cache folder, beside the training output folders (``fit``: ``out_dir.parent / FEATURE_CACHE_DIR``)
+FEATURE_CACHE_DIR = "feature-cache"
+STATES_TENSOR = "states"
+#: hf backbones take 16 kHz audio (``ModelConfig`` refuses another sample rate with them)
+HF_SAMPLE_RATE = 16000
+
+
+def uses_feature_cache(config: SERConfig) -> bool:
+    """Whether ``fit`` reads the hidden states from the cache: an hf backbone in mode "frozen" or
+    "weighted_sum", with ``TrainConfig.feature_cache`` on."""
+    mc = config.model
+    return config.train.feature_cache and mc.is_hf and mc.backbone_mode in ("frozen", "weighted_sum")
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor of ``module.state_dict()``, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def frame_crop_start(n_frames: int, crop_frames: int | None, seed: int, epoch: int, index: int) -> int:
+    """First frame of the training window of an utterance of ``n_frames`` cached frames: 0 when it
+    fits in ``crop_frames`` (or no crop), else uniform in [0, n_frames − crop_frames], drawn from
+    (seed, epoch, index) alone, so a resumed run crops as the uninterrupted one did."""
+    if crop_frames is None or n_frames <= crop_frames:
+        return 0
+    return int(np.random.default_rng([seed, epoch, index]).integers(0, n_frames - crop_frames + 1))
+
+
+class StatesBatch(NamedTuple):
+    """A padded batch of cached states: states (B, K', T, D) zero-padded, mask (B, T) valid frames, labels (B,), indices (B,)."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+def collate_states(items: Sequence[tuple[torch.Tensor, int, int]]) -> StatesBatch:
+    """Zero-pad cached states to the longest of the batch: [(K', T_i, D)] → states (B, K', max T_i, D), mask (B, max T_i)."""
+    n_frames = torch.tensor([states.shape[1] for states, _, _ in items], dtype=torch.long)
+    k, _, d = items[0][0].shape
+    states = torch.zeros(len(items), k, int(n_frames.max()), d, dtype=items[0][0].dtype)
+    for row, (item, _, _) in enumerate(items):
+        states[row, :, : item.shape[1]] = item
+    mask = torch.arange(int(n_frames.max()))[None, :] < n_frames[:, None]
+    labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
+    indices = torch.tensor([index for _, _, index in items], dtype=torch.long)
+    return StatesBatch(states, mask, labels, indices)
+
+
+def forward_batch(model: SERModel, batch: Batch | StatesBatch, device: torch.device) -> SEROutput:
+    """The model on a waveform ``Batch`` (live backbone) or a ``StatesBatch`` (cached states)."""
+    if isinstance(batch, StatesBatch):
+        return model.forward_cached(batch.states.to(device), batch.mask.to(device))
+    return model(batch.waves.to(device), batch.lengths.to(device))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """An index record: the entry's shape (K', T, D) and the sha256 of its file."""
+
+    shape: tuple[int, ...]
+    checksum: str
+
+
+class CachedStates(torch.utils.data.Dataset):
+    """Manifest rows → (cached states (K', T, D), label, row index); a drop-in for ``UtteranceDataset``
+    in ``fit`` (``lengths``, ``labels``, ``set_epoch``), batched by ``collate_states``.
+
+    ``crop_frames``: training windows of that many frames at ``frame_crop_start`` (None: whole
+    utterances, as evaluation sees them). ``lengths`` are the frames served, for bucketing and sharding.
+    """
+
+    def __init__(self, cache: FeatureCache, sha256s: Sequence[str], labels: np.ndarray, crop_frames: int | None, seed: int) -> None:
+        self.cache = cache
+        self.sha256s = list(sha256s)
+        self.labels = labels
+        self.crop_frames = crop_frames
+        self.seed = seed
+        self.epoch = 0
+        full = np.array([cache.n_frames(sha) for sha in self.sha256s], dtype=np.int64)
+        self.lengths = full if crop_frames is None else np.minimum(full, crop_frames)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sha256s)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        states = self.cache.states(self.sha256s[index])  # (K', T, D)
+        start = frame_crop_start(states.shape[1], self.crop_frames, self.seed, self.epoch, index)
+        if self.crop_frames is not None:
+            states = states[:, start : start + self.crop_frames]
+        return states, int(self.labels[index]), index
+
+
+class FeatureCache:
+    """The hidden states of one frozen ``HFBackbone`` under one view (module docstring), in ``root/<digest>/``.
+
+    ``device`` and ``amp_dtype``: where and under which autocast dtype missing entries are computed
+    (the dtype is part of the key). ``dataset(rows, ...)`` computes what is missing and returns
+    the rows' ``CachedStates``; entries are kept in memory while they fit in ``PRELOAD_LIMIT_BYTES``.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike, backbone: HFBackbone, *, trim_db: float | None, device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        if backbone.mode == "finetune":
+            raise ValueError("FeatureCache: the backbone is in mode 'finetune', so its states change in training; expected 'frozen' or 'weighted_sum'")
+        self.backbone = backbone
+        self.trim_db = trim_db
+        self.device = torch.device(device)
+        self.amp_dtype = amp_dtype
+        config = backbone.model.config.to_dict()
+        self.key = {
+            "format": FORMAT_VERSION,
+            "backbone": {"model_type": config.get("model_type"), "config_sha256": _sha256_json(config), "weights_sha256": weights_sha256(backbone.model)},
+            "layers": list(backbone.layer_set),
+            "view": {
+                "sample_rate": HF_SAMPLE_RATE, "trim_db": trim_db, "max_seconds": EVAL_MAX_SECONDS, "wave_norm": backbone.wave_norm,
+                "computed": "one utterance at a time",
+            },
+            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
+        }
+        self.folder = Path(root) / _sha256_json(self.key)[:16]
+        self.folder.joinpath("entries").mkdir(parents=True, exist_ok=True)
+        key_path = self.folder / "key.json"
+        if not key_path.is_file():
+            source = getattr(backbone.model.config, "_name_or_path", "")  # for the reader, not part of the key
+            _write_bytes_atomically(key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode())
+        self._memory: dict[str, torch.Tensor] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._memory_bytes = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def n_frames(self, sha256: str) -> int:
+        return self._entries[sha256].shape[1]
+
+    def states(self, sha256: str) -> torch.Tensor:
+        """The cached states (K', T, D) of an utterance checked by ``dataset``."""
+        cached = self._memory.get(sha256)
+        return cached if cached is not None else self._read(sha256, self._entries[sha256])
+
+    def _entry_path(self, sha256: str) -> Path:
+        return self.folder / "entries" / f"{sha256}.safetensors"
+
+    def _read(self, sha256: str, entry: _Entry) -> torch.Tensor:
+        """Read and check one entry; raise ValueError saying what does not match."""
+        path = self._entry_path(sha256)
+        data = path.read_bytes()
+        checksum = hashlib.sha256(data).hexdigest()
+        if checksum != entry.checksum:
+            raise ValueError(f"{path}: file sha256 {checksum[:12]}…, the index says {entry.checksum[:12]}…")
+        states = load_safetensors(data)[STATES_TENSOR]
+        if tuple(states.shape) != entry.shape:
+            raise ValueError(f"{path}: states of shape {tuple(states.shape)}, the index says {entry.shape}")
+        return states
+
+    def _read_index(self) -> dict[str, _Entry]:
+        path = self.folder / "index.json"
+        if not path.is_file():
+            return {}
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return {sha: _Entry(tuple(e["shape"]), e["checksum"]) for sha, e in raw["entries"].items()}
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            log.warning("feature cache %s: index.json is unreadable (%s); every entry is recomputed", self.folder, err)
+            return {}
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _add_to_index(self, new: dict[str, _Entry]) -> None:
+        """Merge ``new`` records into index.json (under the lock: other processes may add theirs)."""
+        if not new:
+            return
+        with self._locked():
+            entries = {**self._read_index(), **new}
+            payload = {"key": self.key, "entries": {sha: {"shape": list(e.shape), "checksum": e.checksum} for sha, e in sorted(entries.items())}}
+            _write_bytes_atomically(self.folder / "index.json", (json.dumps(payload, indent=1) + "\n").encode())
+
+    def _keep(self, sha256: str, entry: _Entry, states: torch.Tensor) -> None:
+        self._entries[sha256] = entry
+        size = states.numel() * states.element_size()
+        if self._memory_bytes + size <= PRELOAD_LIMIT_BYTES:
+            self._memory[sha256] = states
+            self._memory_bytes += size
+
+    # ------------------------------------------------------------------ filling
+
+    def dataset(
+        self, rows: pd.DataFrame, audio_root: str | os.PathLike, label_names: Sequence[str], *,
+        crop_seconds: float | None = None, seed: int = 0,
+    ) -> CachedStates:
+        """The rows' ``CachedStates`` after computing every entry that is missing or fails its check.
+
+        ``crop_seconds``: training windows of that length, in frames (``frame_crop_start``); None:
+        whole utterances (evaluation). Under torch.distributed every rank computes its share of the
+        missing entries and reads the others' after a barrier.
+        """
+        view = UtteranceDataset(
+            rows, audio_root, label_names, sample_rate=HF_SAMPLE_RATE, crop_seconds=EVAL_MAX_SECONDS, random_crop=False,
+            trim_db=self.trim_db, preload=False,
+        )
+        sha256s = rows["sha256"].astype(str).tolist()
+        first_row = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
+        index = self._read_index()
+        missing = []
+        for sha in first_row:
+            if sha in self._entries:
+                continue
+            entry = index.get(sha)
+            if entry is None:
+                missing.append(sha)
+                continue
+            try:
+                self._keep(sha, entry, self._read(sha, entry))
+            except (OSError, ValueError, KeyError, SafetensorError) as err:
+                log.warning("feature cache %s: entry of utterance %s is corrupt (%s); recomputing it", self.folder, view.utt_ids[first_row[sha]], err)
+                missing.append(sha)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        mine = missing[rank::world]
+        started = time.perf_counter()
+        computed = self._compute([(sha, first_row[sha]) for sha in mine], view)
+        self._add_to_index(computed)
+        if world > 1:
+            dist.barrier()
+            index = self._read_index()
+            for sha in missing:
+                if sha not in self._entries:
+                    self._keep(sha, index[sha], self._read(sha, index[sha]))
+        log.info(
+            "feature cache %s: %d utterances, %d read from the cache, %d computed (%.1f s)",
+            self.folder, len(first_row), len(first_row) - len(missing), len(missing), time.perf_counter() - started,
+        )
+        crop_frames = None
+        if crop_seconds is not None:
+            crop_samples = max(1, int(round(crop_seconds * HF_SAMPLE_RATE)))
+            crop_frames = int(self.backbone.frame_lengths(torch.tensor([crop_samples]))[0])
+        return CachedStates(self, sha256s, view.labels, crop_frames, seed)
+
+    @torch.no_grad()
+    def _compute(self, todo: list[tuple[str, int]], view: UtteranceDataset) -> dict[str, _Entry]:
+        """Compute, write and keep the entries of ``todo`` [(sha256, row of view)], one utterance at a time."""
+        records = {}
+        was_training = self.backbone.training
+        self.backbone.eval()
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        for sha, row in tqdm(todo, desc="feature cache", unit="utt", leave=False, disable=not todo):
+            wave, _, _ = view[row]
+            with autocast:
+                states, _ = self.backbone.hidden_states(wave[None].to(self.device), torch.tensor([len(wave)], device=self.device))
+            states = states[0].float().cpu().contiguous()  # (K', T, D)
+            data = save_safetensors({STATES_TENSOR: states})
+            entry = _Entry(tuple(states.shape), hashlib.sha256(data).hexdigest())
+            _write_bytes_atomically(self._entry_path(sha), data)
+            records[sha] = entry
+            self._keep(sha, entry, states)
+        self.backbone.train(was_training)
+        return records
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file named by this process and ``os.replace``: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
