@@ -204,9 +204,9 @@ class S3Source(CorpusSource):
     def client(self):
         with _S3_CLIENT_LOCK:
             if self._client is None:
-                import boto3
+                from ser_stack.settings import s3_client
 
-                self._client = boto3.client("s3")
+                self._client = s3_client()
         return self._client
 
     def _key(self, path: str) -> str:

@@ -5,6 +5,10 @@
 | ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus |
 | train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
 | retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
+| train-fold | train-fold (flows/train.py) | started by each train run, once per fold and for the release model | corpus, fingerprint, fold, config, root, MLflow experiment and parent run |
+
+train-fold runs in the pool's work queue ``folds``, whose concurrency limit (``SER_FOLD_CONCURRENCY``,
+default 1) is how many folds train at once; the other deployments use the pool's default queue.
 
 All run on the process work pool (``SER_WORK_POOL``, default ``ser-process``) from this
 project folder (``flow.from_source`` with the local folder: no image, no git, works offline).
@@ -32,7 +36,8 @@ from prefect.flows import Flow
 from data_contracts.labels import CORPORA
 from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
-from flows.settings import REPO_ROOT, StackSettings
+from ser_stack.settings import REPO_ROOT, StackSettings
+from flows.train import FOLD_DEPLOYMENT, FOLD_QUEUE
 from ser_model.presets import DEFAULT_PRESET
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ ENTRYPOINTS = {
     "ingest": "flows/ingest.py:ingest",
     "train": "flows/train.py:train",
     "retrain": "flows/retrain.py:retrain",
+    "train-fold": "flows/train.py:train_fold",
 }
 DEFAULT_RETRAIN_CRON = "0 3 * * *"
 RETRAIN_DEPLOYMENT = "retrain-nightly"
@@ -54,6 +60,7 @@ def deployment_names() -> list[str]:
         *(f"ingest/ingest-{corpus}" for corpus in CORPORA),
         *(f"train/train-{corpus}" for corpus in CORPORA),
         f"retrain/{RETRAIN_DEPLOYMENT}",
+        FOLD_DEPLOYMENT,
     ]
 
 
@@ -123,7 +130,39 @@ def build_deployments(
             tags=["ser"],
         )
     )
+    deployments.append(
+        flows["train-fold"].to_deployment(
+            name=FOLD_DEPLOYMENT.split("/")[1],
+            work_pool_name=work_pool,
+            work_queue_name=FOLD_QUEUE,
+            description="one fold (or the release model) of a train run; started by the train flow",
+            tags=["ser"],
+        )
+    )
     return deployments
+
+
+def fold_concurrency(env: dict[str, str] | None = None) -> int:
+    """How many folds train at once: ``SER_FOLD_CONCURRENCY``, default 1 (a 2-core machine)."""
+    raw = (os.environ if env is None else env).get("SER_FOLD_CONCURRENCY", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"SER_FOLD_CONCURRENCY={raw!r}: expected a positive whole number of folds at once")
+    return int(raw)
+
+
+def ensure_fold_queue(work_pool: str, slots: int) -> None:
+    """Create the pool's ``folds`` queue, or set its concurrency limit to ``slots``."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            queue = client.read_work_queue_by_name(FOLD_QUEUE, work_pool_name=work_pool)
+        except ObjectNotFound:
+            client.create_work_queue(FOLD_QUEUE, work_pool_name=work_pool, concurrency_limit=slots)
+            return
+        if queue.concurrency_limit != slots:
+            client.update_work_queue(queue.id, concurrency_limit=slots)
 
 
 def apply_deployments(deployments: list[RunnerDeployment], work_pool: str | None = None) -> list[UUID]:
@@ -131,9 +170,11 @@ def apply_deployments(deployments: list[RunnerDeployment], work_pool: str | None
     training concurrency limits when missing."""
     for corpus in CORPORA:
         ensure_limit(training_limit(corpus), TRAINING_SLOTS)
+    work_pool = work_pool or StackSettings.from_env().work_pool
+    ensure_fold_queue(work_pool, fold_concurrency())
     return deploy(
         *deployments,
-        work_pool_name=work_pool or StackSettings.from_env().work_pool,
+        work_pool_name=work_pool,
         build=False,
         push=False,
         print_next_steps_message=False,

@@ -29,7 +29,7 @@ from prefect.logging.handlers import APILogHandler
 
 from data_contracts.ingest import IngestResult, report_markdown, run_ingest
 from flows.roots import resolve_root
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 from flows.storage import DataBucket, Publication, StorageUnavailableError, check_corpus, publish_manifest
 
 MANIFEST_UPDATED_EVENT = "ser.manifest.updated"

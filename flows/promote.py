@@ -37,7 +37,9 @@ import logging
 import os
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
@@ -339,3 +341,15 @@ def promote(corpus: str, version: str, margin: float = 0.0) -> dict:
     what = f"promotion decision for ser-{corpus} version {version}"
     create_markdown_artifact(decision_markdown(decision), key=f"promote-{corpus}", description=what)
     return {**asdict(decision), "champion_after": decision.champion_after}
+
+
+def register_release(tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]) -> str:
+    """Register the release child run's model as ``ser-<corpus>`` and tag the version with its scores."""
+    client = MlflowClient(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    name = registered_model_name(corpus)
+    version = str(call_with_retry(mlflow.register_model, release["model_uri"], name).version)
+    scores = {f"ser.{m}": f"{summary[m]:.6f}" for m in ("UA_std", "WA_mean", "macro_f1_mean")}
+    for key, value in {**tags, **scores, UA_TAG: f"{summary['UA_mean']:.6f}"}.items():
+        call_with_retry(client.set_model_version_tag, name, version, key, value)
+    return version

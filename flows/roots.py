@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.settings import REPO_ROOT
-from flows.storage import check_corpus
+from ser_stack.settings import REPO_ROOT
+from flows.storage import check_corpus, read_latest
 
 SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
 
@@ -93,3 +93,14 @@ def resolve_root(
         f"{corpus} layout or s3://bucket/prefix: `--param root=DIR` on this run, or once for every run "
         f"`prefect variable set {root_variable(corpus)} DIR` (see flows/roots.py)"
     )
+
+
+def manifest_root(corpus: str, fingerprint: str, report: dict[str, Any], root: str | None) -> str:
+    """The root the manifest paths are relative to (a folder or s3://): ``root`` if given, else the
+    root recorded at ingest, else the configured one (flows/roots.py)."""
+    pointer = read_latest(corpus) or {}
+    recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
+    root = root or recorded or report.get("root") or (configured_root(corpus) or (None,))[0]
+    if not root or not (str(root).startswith("s3://") or Path(root).is_dir()):
+        raise ValueError(f"audio root {root!r} of {corpus} is neither a folder nor s3://; pass root=DIR or set the Prefect variable {root_variable(corpus)}")
+    return str(root)

@@ -1,4 +1,4 @@
-"""S3 storage of manifest versions and training checkpoints (the data bucket).
+"""S3 storage of manifest versions (the data bucket).
 
 Layout of the data bucket (``SER_DATA_BUCKET``, default ``ser-data``)::
 
@@ -8,7 +8,6 @@ Layout of the data bucket (``SER_DATA_BUCKET``, default ``ser-data``)::
     manifests/<corpus>/<fingerprint>/report.json
     manifests/<corpus>/latest.json    {"fingerprint", "written_at", "root", "report_key"}
     manifests/<corpus>/source.json    last source fingerprint seen by scheduled retraining
-    checkpoints/<corpus>/<run id>/fold-<k>/<name>    (fold -1, the release model: fold-release)
 
 Every key is built by :func:`object_key` from validated ids only, so no caller can write
 outside this layout. A manifest version is *complete* when its four files exist; ``latest``
@@ -31,9 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import boto3
 import pandas as pd
-from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -43,8 +40,8 @@ from botocore.exceptions import (
 )
 
 from data_contracts.labels import CORPORA
-from data_contracts.schemas import validate_folds, validate_manifest, validate_quarantine
-from flows.settings import StackSettings
+from data_contracts.schemas import validate_folds, validate_manifest
+from ser_stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +52,9 @@ MANIFEST_FILES = {
     "report": "report.json",
 }
 CORPUS_FILES = {"latest": "latest.json", "source": "source.json"}
-KINDS = (*MANIFEST_FILES, *CORPUS_FILES, "checkpoint")
+KINDS = (*MANIFEST_FILES, *CORPUS_FILES)
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _CONNECTION_ERRORS = (
     EndpointConnectionError,
     ConnectionClosedError,
@@ -99,45 +94,15 @@ def check_fingerprint(fingerprint: str) -> str:
     return fingerprint
 
 
-def _check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-        raise InvalidKeyPartError(
-            f"invalid run id {run_id!r}; expected 1-64 characters from [A-Za-z0-9_-], "
-            "starting with a letter or digit"
-        )
-    return run_id
-
-
-def _fold_folder(fold: int) -> str:
-    if isinstance(fold, bool) or not isinstance(fold, int) or fold < -1:
-        raise InvalidKeyPartError(f"invalid fold {fold!r}; expected an int >= 0, or -1 for the release model")
-    return "fold-release" if fold == -1 else f"fold-{fold}"
-
-
-def _check_name(name: str) -> str:
-    parts = name.split("/") if isinstance(name, str) else [None]
-    if not all(isinstance(p, str) and _NAME_PART.fullmatch(p) for p in parts):
-        raise InvalidKeyPartError(
-            f"invalid checkpoint file name {name!r}; expected a relative path of parts made of "
-            "[A-Za-z0-9._-] that do not start with '.' or '-'"
-        )
-    return name
-
-
 def object_key(
     kind: str,
     corpus: str,
     fingerprint: str | None = None,
-    *,
-    run_id: str | None = None,
-    fold: int | None = None,
-    name: str | None = None,
 ) -> str:
     """Key of one object in the data bucket, built only from validated ids.
 
     kind: one of ``manifest``, ``quarantine``, ``folds``, ``report`` (need ``fingerprint``),
-    ``latest``, ``source`` (per corpus), ``checkpoint`` (needs ``run_id`` and ``fold``; without
-    ``name`` the key is the folder prefix ending in ``/``).
+    ``latest``, ``source`` (per corpus).
     """
     check_corpus(corpus)
     if kind in MANIFEST_FILES:
@@ -146,11 +111,6 @@ def object_key(
         return f"manifests/{corpus}/{check_fingerprint(fingerprint)}/{MANIFEST_FILES[kind]}"
     if kind in CORPUS_FILES:
         return f"manifests/{corpus}/{CORPUS_FILES[kind]}"
-    if kind == "checkpoint":
-        if run_id is None or fold is None:
-            raise InvalidKeyPartError("object kind 'checkpoint' needs run_id and fold")
-        prefix = f"checkpoints/{corpus}/{_check_run_id(run_id)}/{_fold_folder(fold)}/"
-        return prefix if name is None else prefix + _check_name(name)
     raise InvalidKeyPartError(f"unknown object kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
@@ -170,20 +130,7 @@ class DataBucket:
     def from_settings(
         cls, settings: StackSettings, connect_timeout_s: float = 5.0, max_attempts: int = 2
     ) -> "DataBucket":
-        config = Config(
-            connect_timeout=connect_timeout_s,
-            read_timeout=60,
-            retries={"mode": "standard", "max_attempts": max_attempts},
-            s3={"addressing_style": "path"},
-        )
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint,
-            region_name=settings.region,
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            config=config,
-        )
+        client = settings.s3_client(connect_timeout_s=connect_timeout_s, max_attempts=max_attempts)
         return cls(client=client, name=settings.data_bucket)
 
     @classmethod
@@ -346,12 +293,6 @@ def load_manifest_version(
     report = get_json(bucket, object_key("report", corpus, fingerprint))
     log.info("loaded manifest %s of %s: %d utterances", fingerprint, corpus, len(manifest))
     return manifest, folds, report
-
-
-def load_quarantine(corpus: str, version: str = "latest", bucket: DataBucket | None = None) -> pd.DataFrame:
-    bucket = bucket or DataBucket.from_env()
-    fingerprint = resolve_version(corpus, version, bucket)
-    return validate_quarantine(get_parquet(bucket, object_key("quarantine", corpus, fingerprint)))
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ Nothing here reads the environment, so no credential can reach params, tags or a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
@@ -31,6 +33,9 @@ import numpy as np  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from ser_model.config import SERConfig  # noqa: E402
+from ser_model.launch import METRICS_FILE, RESULT_FILE, fold_folder_name, fold_times  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -333,3 +338,128 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], 
         if statuses is None or run.info.status in statuses:
             return run.info.run_id
     return None
+
+
+UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
+"""Statuses of a parent run that a rerun with the same inputs resumes."""
+MODEL_URI_TAG = "ser.model_uri"
+"""On the release child run: the logged pyfunc model the parent registers."""
+
+
+def fold_scores(result: Mapping[str, Any], split: str = "test") -> dict[str, float]:
+    """``{"WA", "UA", "macro_f1"}`` of one split of a fold's result.json."""
+    metrics = result.get(split) or {}
+    missing = [m for m in SUMMARY_METRICS if m not in metrics]
+    if missing:
+        raise ValueError(f"result.json has no {split} metric(s) {missing}; got keys {sorted(metrics)}")
+    return {m: float(metrics[m]) for m in SUMMARY_METRICS}
+
+
+def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str) -> str:
+    """sha256 naming a training job by its inputs: the same inputs find the same parent run."""
+    inputs = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "folds": folds, "release": release, "root": audio_root}
+    payload = json.dumps(inputs, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
+    """What a mean UA was measured on, for people reading the registry; promotion compares the
+    per-fold scores instead (``flows.promote``)."""
+    return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, tags: dict[str, str], params: dict[str, str]) -> tuple[str, bool]:
+    """(run id, resumed): the unfinished parent run with the same train key, or a new one with tags and params."""
+    parent_id = find_run(client, experiment_id, {"ser.train_key": tags["ser.train_key"]}, statuses=UNFINISHED)
+    if parent_id is not None:
+        call_with_retry(client.update_run, parent_id, status="RUNNING")
+        return parent_id, True
+    parent_id = call_with_retry(client.create_run, experiment_id, tags=tags, run_name=f"train-{tags['ser.corpus']}").info.run_id
+    log_batch(client, parent_id, params=params)
+    return parent_id, False
+
+
+def fold_run(client: MlflowClient, experiment_id: str, parent_id: str, fold: int) -> tuple[str | None, bool]:
+    """(child run id or None, whether it is completely logged) of ``fold`` under the parent run."""
+    run_id = find_run(client, experiment_id, {"mlflow.parentRunId": parent_id, "ser.fold": str(fold)})
+    if run_id is None:
+        return None, False
+    return run_id, call_with_retry(client.get_run, run_id).data.tags.get("ser.logged") == "true"
+
+
+def log_fold_run(
+    client: MlflowClient, experiment_id: str, parent_id: str, corpus: str, fold: int, out_dir: Path, labels: tuple[str, ...]
+) -> str:
+    """Child run of one fold from its fold folder (ser_model/launch.py), created once and reused
+    by a retry: epoch metrics, selected-epoch valid/test metrics, result.json, metrics.jsonl,
+    confusion and curve figures; its start and end are the training's when recorded."""
+    name = fold_folder_name(fold)
+    tags = {"mlflow.parentRunId": parent_id, "ser.fold": str(fold)}
+    start_ms, end_ms = fold_times(out_dir)
+    run_id, logged = fold_run(client, experiment_id, parent_id, fold)
+    if logged:
+        return run_id
+    if run_id is None:
+        run_id = call_with_retry(client.create_run, experiment_id, start_time=start_ms, tags={**tags, "ser.corpus": corpus}, run_name=name).info.run_id
+    result = json.loads((out_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    records = read_metrics_jsonl(out_dir / METRICS_FILE) if (out_dir / METRICS_FILE).exists() else []
+    summary = []
+    for split, prefix in (("valid", "selected.valid"), ("test", "test")):
+        if result.get(split):
+            summary += [Metric(f"{prefix}.{m}", v, 0, 0) for m, v in fold_scores(result, split).items()]
+    params = {"fold": str(fold), "selected_epoch": str(result.get("selected_epoch"))}
+    log_batch(client, run_id, metrics=epoch_metrics(records) + summary, params=params)
+    for file in (RESULT_FILE, METRICS_FILE):
+        if (out_dir / file).exists():
+            call_with_retry(client.log_artifact, run_id, str(out_dir / file))
+    split = "test" if result.get("test", {}).get("confusion") else "valid"
+    if result.get(split, {}).get("confusion"):
+        figure = confusion_figure(np.asarray(result[split]["confusion"]), labels, f"{corpus} {name} ({split} speakers)")
+        log_figure(client, run_id, figure, "figures/confusion.png")
+    log_figure(client, run_id, training_curves_figure({fold: records}, f"{corpus} {name}"), "figures/training_curves.png")
+    call_with_retry(client.set_tag, run_id, "ser.logged", "true")
+    call_with_retry(client.set_terminated, run_id, "FINISHED", end_time=end_ms)
+    return run_id
+
+
+def fold_outcome(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """What the parent aggregates of one logged fold, read back from its child run (the one
+    store every worker shares): ``{"fold", "run_id", "result", "records", "model_uri"}``."""
+    run = call_with_retry(client.get_run, run_id)
+    with tempfile.TemporaryDirectory() as folder:
+        result = json.loads(Path(call_with_retry(client.download_artifacts, run_id, RESULT_FILE, folder)).read_text(encoding="utf-8"))
+        names = {a.path for a in call_with_retry(client.list_artifacts, run_id)}
+        records = read_metrics_jsonl(call_with_retry(client.download_artifacts, run_id, METRICS_FILE, folder)) if METRICS_FILE in names else []
+    return {"fold": int(run.data.tags["ser.fold"]), "run_id": run_id, "result": result, "records": records, "model_uri": run.data.tags.get(MODEL_URI_TAG)}
+
+
+def log_parent_summary(client: MlflowClient, run_id: str, corpus: str, outcomes: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, float]:
+    """Per-fold and mean ± std WA/UA/F1, summed test confusion and all folds' curves on the parent."""
+    per_fold = {o["fold"]: fold_scores(o["result"]) for o in outcomes}
+    summary = fold_summary(per_fold)
+    metrics = [Metric(f"fold_{k}.{m}", v, 0, 0) for k, scores in per_fold.items() for m, v in scores.items()]
+    metrics += [Metric(name, value, 0, 0) for name, value in summary.items()]
+    log_batch(client, run_id, metrics=metrics)
+    confusion = summed_confusion(o["result"]["test"]["confusion"] for o in outcomes)
+    title = f"{corpus}: test confusion summed over {len(outcomes)} folds"
+    log_figure(client, run_id, confusion_figure(confusion, labels, title), "figures/confusion_summed.png")
+    curves = training_curves_figure({o["fold"]: o["records"] for o in outcomes}, f"{corpus}: training curves")
+    log_figure(client, run_id, curves, "figures/training_curves.png")
+    return summary
+
+
+def summary_markdown(
+    corpus: str, fingerprint: str, outcomes: list[dict[str, Any]], summary: dict[str, float], version: str | None, decision: dict | None, rule: str
+) -> str:
+    """The train flow's Prefect artifact: per-fold and mean ± std scores, selection rule, registration."""
+    rows = "\n".join(f"| {o['fold']} | " + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in SUMMARY_METRICS) + " |" for o in outcomes)
+    mean = " | ".join(f"{summary[f'{m}_mean']:.4f} ± {summary[f'{m}_std']:.4f}" for m in SUMMARY_METRICS)
+    text = (
+        f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n"
+        f"| fold | WA | UA | macro F1 |\n|---|---|---|---|\n{rows}\n| mean ± std | {mean} |\n\n{rule}.\n"
+    )
+    if version is not None:
+        text += f"\nRegistered `ser-{corpus}` version {version}."
+    if decision is not None:
+        text += f" Promotion: {decision['reason']}."
+    return text

@@ -43,7 +43,7 @@ from typing import Callable, Mapping
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from flows.settings import CREDENTIALS_FILE, StackSettings  # noqa: E402
+from ser_stack.settings import CREDENTIALS_FILE, StackSettings  # noqa: E402
 
 log = logging.getLogger("ser.infra")
 
@@ -231,17 +231,8 @@ def http_post_json(url: str, body: dict) -> tuple[int, bytes]:
 
 
 def s3_client(settings: StackSettings):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        region_name=settings.region,
-        config=Config(connect_timeout=HTTP_TIMEOUT_S, read_timeout=10, retries={"max_attempts": 1}),
-    )
+    """The stack's S3 client with short timeouts and no retries: health checks must answer fast."""
+    return settings.s3_client(connect_timeout_s=HTTP_TIMEOUT_S, read_timeout_s=10, max_attempts=1)
 
 
 def check_s3(settings: StackSettings) -> str | None:

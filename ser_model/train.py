@@ -73,6 +73,7 @@ from ser_model.data import (
 )
 from ser_model.eam import energy_adaptive_mixup
 from ser_model.feature_cache import FEATURE_CACHE_DIR, CachedStates, FeatureCache, collate_states, forward_batch, uses_feature_cache
+from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
 from ser_model.metrics import classification_metrics
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
@@ -81,7 +82,6 @@ __all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits"
 
 log = logging.getLogger(__name__)
 
-RELEASE_FOLD = -1
 
 
 @dataclass(frozen=True)
@@ -402,7 +402,7 @@ def fit(
 
     # resume -----------------------------------------------------------------
     checkpoints = out_dir / "checkpoints" / "last"
-    best_dir = out_dir / "best"
+    best_dir = out_dir / BEST_FOLDER
     start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
     found = resolve_checkpoint(checkpoints) if resume else None
     if found is not None:
@@ -489,7 +489,7 @@ def fit(
                 "config": config.to_json(),
             }
             save_checkpoint(checkpoints, model, state)
-            write_text_atomically(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            write_text_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())
             log.info(
                 "epoch %d/%d loss %.4f lr %.3g %s (%.1f s; %s)", epoch + 1, tc.epochs, train_terms["loss"], lr, valid_text, record["seconds"], features
@@ -517,7 +517,7 @@ def fit(
             "test": test,
             "epochs": tc.epochs,
         }
-        write_text_atomically(out_dir / "result.json", json.dumps(payload, indent=2) + "\n")
+        write_text_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
         _call(callbacks, "on_fit_end", result)
     _barrier(runtime)
     return result

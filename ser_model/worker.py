@@ -1,14 +1,9 @@
-"""The torchrun entry point of one fold, launched by the flows in a subprocess:
+"""The torchrun entry point of one fold, launched by the flows in a subprocess with the command
+line, fold folder and exit codes of the fold-launch contract (ser_model/launch.py).
 
-    python -m torch.distributed.run --nproc_per_node N -m ser_model.worker \\
-        --config cfg.json --manifest m.parquet --folds f.parquet --fold K --audio-root DIR --out DIR
-
-It calls `ser_model.train.fit` (which resumes from `<out>/checkpoints/last`) and leaves
-`metrics.jsonl` and `result.json` in `--out`.
-
-Exit codes: 0 done; 3 bad data (empty split, unreadable audio, unknown labels, fold not in the
-table: retrying cannot help); 2 bad arguments or configuration; anything else is an
-infrastructure failure worth a retry (killed, out of memory, lost peer).
+It calls `ser_model.train.fit` (which resumes from `<out>/checkpoints/last`) and leaves the fold
+folder's files in `--out`. Bad data (empty split, unreadable audio, unknown labels, fold not in
+the table) exits BAD_DATA_EXIT, bad arguments or configuration BAD_CONFIG_EXIT.
 """
 
 from __future__ import annotations
@@ -25,12 +20,11 @@ from data_contracts.errors import DataContractError
 from ser_model.audio import AudioDecodeError
 from ser_model.config import ConfigError, SERConfig
 from ser_model.data import DataSplitError
-from ser_model.train import RELEASE_FOLD, fit
+from ser_model.launch import BAD_CONFIG_EXIT, BAD_DATA_EXIT, RELEASE_FOLD
+from ser_model.train import fit
 
 __all__ = ["BAD_DATA_EXIT", "BAD_CONFIG_EXIT", "main", "build_parser"]
 
-BAD_DATA_EXIT = 3
-BAD_CONFIG_EXIT = 2
 BAD_DATA_ERRORS = (AudioDecodeError, DataSplitError, DataContractError)
 
 log = logging.getLogger("ser_model.worker")

@@ -70,8 +70,8 @@ def infra_stack() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def stack(infra_stack: ModuleType):
-    """`flows.settings.StackSettings` of a healthy stack (S3, MLflow, Prefect, worker), from the environment."""
-    from flows.settings import StackSettings
+    """`ser_stack.settings.StackSettings` of a healthy stack (S3, MLflow, Prefect, worker), from the environment."""
+    from ser_stack.settings import StackSettings
 
     settings = StackSettings.from_env()
     unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False, scheduler=False).items() if reason}
@@ -88,7 +88,7 @@ _log_offsets: dict[Path, int] = {}
 
 
 def stack_log_dir() -> Path:
-    from flows.settings import StackSettings
+    from ser_stack.settings import StackSettings
 
     return StackSettings.from_env().state_dir / "logs"
 

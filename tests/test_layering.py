@@ -1,4 +1,6 @@
-"""Imports go one way: flows -> ser_model -> data_contracts (docs/ARCHITECTURE.md).
+"""Imports go one way: flows -> ser_model -> data_contracts -> ser_stack (docs/ARCHITECTURE.md);
+infra/ starts the stack and runs flows as commands but never imports them; nothing imports infra/
+or benchmarks/.
 
 Each layer is imported, every submodule of it, in a fresh interpreter where the modules it must not
 use raise ImportError on import; the child reports each submodule that reached a blocked module.
@@ -7,6 +9,7 @@ use raise ImportError on import; the child reports each submodule that reached a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -36,9 +39,18 @@ print(json.dumps({"modules": names, "failures": failures}))
 """
 
 LAYERS = {
-    "data_contracts": ["torch", "torchaudio", "transformers", "prefect", "mlflow", "flows", "ser_model"],
-    "ser_model": ["prefect", "mlflow", "boto3", "botocore", "flows"],
+    "ser_stack": ["torch", "prefect", "mlflow", "boto3", "botocore", "pandas", "flows", "ser_model", "data_contracts", "benchmarks"],
+    "data_contracts": ["torch", "torchaudio", "transformers", "prefect", "mlflow", "flows", "ser_model", "benchmarks"],
+    "ser_model": ["prefect", "mlflow", "boto3", "botocore", "flows", "benchmarks"],
+    "flows": ["benchmarks"],
 }
+IMPORT_OF = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", re.MULTILINE)
+
+
+def imported_packages(text: str) -> set[str]:
+    """Top-level packages named by the import statements in ``text`` (Python source, or a shell
+    script with Python in here-documents)."""
+    return {name.split(".")[0] for name in IMPORT_OF.findall(text)}
 
 
 @pytest.mark.parametrize("package", sorted(LAYERS))
@@ -66,3 +78,20 @@ def test_the_blocker_catches_a_forbidden_import(repo_root, tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert list(report["failures"]) == ["leaky.uses_mlflow"]
     assert "mlflow is off limits to leaky" in report["failures"]["leaky.uses_mlflow"]
+
+
+def test_infra_never_imports_flows(repo_root):
+    """infra/ starts the stack, which the flows need: it reads ser_stack and runs flows only as
+    commands (``python -m flows.deploy``), so no file under infra/ imports them."""
+    offenders = {
+        str(path.relative_to(repo_root)): sorted(imported_packages(path.read_text(errors="replace")) & {"flows", "benchmarks"})
+        for path in sorted((repo_root / "infra").rglob("*"))
+        if path.is_file() and path.suffix != ".md"
+    }
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_the_infra_check_can_fail():
+    assert imported_packages("python - <<'EOF'\nfrom flows.promote import UA_TAG\nEOF\n") == {"flows"}
+    assert imported_packages("  import flows.settings as s\n.venv/bin/python -m flows.deploy\n") == {"flows"}
+

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from data_contracts.labels import LABELS
 from flows.pyfunc import log_pyfunc, probability_column
 from flows.serving import running_model_server
-from flows.settings import CREDENTIALS_FILE
+from ser_stack.settings import CREDENTIALS_FILE
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.model import SERModel
 from tests.fixtures.network import free_port

@@ -23,9 +23,9 @@ def deployments():
     return {f"{d.flow_name}/{d.name}": d for d in build_deployments(work_pool="ser-process")}
 
 
-def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments, repo_root):
+def test_ten_deployments_with_their_parameters_schedule_and_trigger(deployments, repo_root):
     assert sorted(deployments) == sorted(deployment_names())
-    assert len(deployments) == 9
+    assert len(deployments) == 10
     for corpus in CORPORA:
         ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
         assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"
@@ -39,6 +39,8 @@ def test_nine_deployments_with_their_parameters_schedule_and_trigger(deployments
     assert [s.schedule.cron for s in retrain.schedules] == [DEFAULT_RETRAIN_CRON]
     assert all(str(d.storage.destination) == str(repo_root) for d in deployments.values())
     assert all(d.work_pool_name == "ser-process" for d in deployments.values())
+    fold = deployments["train-fold/train-fold"]
+    assert fold.entrypoint == "flows/train.py:train_fold" and fold.work_queue_name == "folds"
 
 
 def test_roots_are_not_baked_in_at_deploy_time(monkeypatch, tmp_path):
@@ -60,11 +62,12 @@ def test_the_automation_states_the_recipe_and_folds_it_trains():
 
 
 @pytest.mark.integration
-def test_apply_is_idempotent_and_the_api_lists_all_nine(deployments, stack, prefect_api):
+def test_apply_is_idempotent_and_the_api_lists_all_ten(deployments, stack, prefect_api):
     first = apply_deployments(list(deployments.values()), stack.work_pool)
     second = apply_deployments(list(deployments.values()), stack.work_pool)
     assert first == second
     with get_client(sync_client=True) as client:
+        assert client.read_work_queue_by_name("folds", work_pool_name=stack.work_pool).concurrency_limit == 1, "one fold at a time by default"
         for full_name in deployment_names():
             deployment = client.read_deployment_by_name(full_name)
             assert deployment.work_pool_name == stack.work_pool

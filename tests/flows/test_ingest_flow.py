@@ -27,7 +27,7 @@ from flows.ingest import (
     publish,
 )
 from flows.roots import CorpusRootNotFound, root_variable
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 from flows.storage import DataBucket, StorageUnavailableError, manifest_exists, object_key, read_latest
 from tests.fixtures.corpora import make_ravdess, make_savee, write_bad_audio
 from tests.flows.live_stack import free_weed_ports, live_bucket, prefect_api  # noqa: F401 (fixtures)

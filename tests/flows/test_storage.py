@@ -20,7 +20,7 @@ from data_contracts.errors import ManifestError
 from data_contracts.fingerprint import manifest_fingerprint
 from data_contracts.folds import make_folds
 from data_contracts.labels import CORPORA, LABELS
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 from flows.storage import (
     DataBucket,
     InvalidKeyPartError,
@@ -28,7 +28,7 @@ from flows.storage import (
     StorageUnavailableError,
     list_manifest_versions,
     load_manifest_version,
-    load_quarantine,
+    get_parquet,
     manifest_exists,
     object_key,
     publish_manifest,
@@ -113,10 +113,6 @@ def test_object_key_layout():
     assert object_key("report", "iemocap", FP) == f"manifests/iemocap/{FP}/report.json"
     assert object_key("latest", "ravdess") == "manifests/ravdess/latest.json"
     assert object_key("source", "ravdess") == "manifests/ravdess/source.json"
-    assert object_key("checkpoint", "ravdess", run_id="abc123", fold=2) == "checkpoints/ravdess/abc123/fold-2/"
-    assert object_key("checkpoint", "ravdess", run_id="abc", fold=-1, name="best/model.safetensors") == (
-        "checkpoints/ravdess/abc/fold-release/best/model.safetensors"
-    )
 
 
 @pytest.mark.parametrize(
@@ -127,11 +123,6 @@ def test_object_key_layout():
         (("manifest", "ravdess", FP.upper()), {}, "64 lowercase hex"),
         (("manifest", "ravdess"), {}, "needs a fingerprint"),
         (("weights", "ravdess", FP), {}, "unknown object kind 'weights'"),
-        (("checkpoint", "ravdess"), {"run_id": "../x", "fold": 0}, "invalid run id"),
-        (("checkpoint", "ravdess"), {"run_id": "r", "fold": -2}, "invalid fold"),
-        (("checkpoint", "ravdess"), {"run_id": "r", "fold": True}, "invalid fold"),
-        (("checkpoint", "ravdess"), {"run_id": "r", "fold": 0, "name": "../../latest.json"}, "invalid checkpoint file name"),
-        (("checkpoint", "ravdess"), {"run_id": "r", "fold": 0, "name": "/etc/passwd"}, "invalid checkpoint file name"),
     ],
 )
 def test_object_key_rejects_ids_outside_the_layout(args, kwargs, fragment):
@@ -141,22 +132,18 @@ def test_object_key_rejects_ids_outside_the_layout(args, kwargs, fragment):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    kind=st.sampled_from(["manifest", "report", "latest", "checkpoint"]),
+    kind=st.sampled_from(["manifest", "report", "latest", "source"]),
     corpus=st.one_of(st.sampled_from(CORPORA), st.text(max_size=12)),
     fingerprint=st.one_of(st.just(FP), st.text(max_size=70)),
-    run_id=st.text(max_size=20),
-    fold=st.integers(min_value=-5, max_value=50),
-    name=st.text(max_size=30),
 )
-def test_any_key_built_stays_inside_its_prefix(kind, corpus, fingerprint, run_id, fold, name):
+def test_any_key_built_stays_inside_its_prefix(kind, corpus, fingerprint):
     """Whatever text comes in, a key either is refused or lies under the corpus's own prefix
     with no '.', '..' or empty path component."""
     try:
-        key = object_key(kind, corpus, fingerprint, run_id=run_id, fold=fold, name=name)
+        key = object_key(kind, corpus, fingerprint)
     except InvalidKeyPartError:
         return
-    top = "checkpoints" if kind == "checkpoint" else "manifests"
-    assert key.startswith(f"{top}/{corpus}/")
+    assert key.startswith(f"manifests/{corpus}/")
     parts = key.rstrip("/").split("/")
     assert all(part not in ("", ".", "..") for part in parts)
     assert corpus in CORPORA
@@ -185,7 +172,7 @@ def test_publish_then_load_round_trips_every_table(bucket):
     pd.testing.assert_frame_equal(folds.reset_index(drop=True), version["folds"].reset_index(drop=True), check_dtype=False)
     assert report == version["report"]
     assert manifest_fingerprint(manifest) == version["fingerprint"]
-    assert load_quarantine("ravdess", version["fingerprint"], bucket)["reason_code"].tolist() == ["unreadable"]
+    assert get_parquet(bucket, object_key("quarantine", "ravdess", version["fingerprint"]))["reason_code"].tolist() == ["unreadable"]
 
 
 def test_publishing_the_current_version_again_writes_nothing(bucket):

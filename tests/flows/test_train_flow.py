@@ -13,16 +13,14 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from flows import tracking
-from flows.train import (
+from flows.tracking import fold_scores, log_fold_run, protocol_name
+from flows.train import selected_folds
+from ser_model.launch import (
     BadDataError,
     FoldJob,
     WorkerInfraError,
-    fold_scores,
-    log_fold_run,
     nproc_per_node,
-    protocol_name,
     run_worker,
-    selected_folds,
     worker_env,
     worker_exit_code,
     write_fold_times,
@@ -174,8 +172,8 @@ def test_fold_logging_survives_an_outage_and_is_not_repeated(local_mlflow, exper
         return real_log_batch(*args, **kwargs)
 
     monkeypatch.setattr(local_mlflow, "log_batch", log_batch_with_outage)
-    child = log_fold_run(local_mlflow, experiment_id, parent, job, result_fixture(), records, LABELS)
-    again = log_fold_run(local_mlflow, experiment_id, parent, job, result_fixture(), records, LABELS)
+    child = log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
+    again = log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
     assert again == child and failures["left"] == 0
     run = local_mlflow.get_run(child)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
@@ -275,7 +273,7 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
 
 
 def test_a_rerun_finds_its_unfinished_parent_run_but_never_a_finished_one(local_mlflow, experiment_id):
-    from flows.train import UNFINISHED
+    from flows.tracking import UNFINISHED
 
     key = {"ser.train_key": "a" * 64}
     run = local_mlflow.create_run(experiment_id, tags=key).info.run_id
@@ -298,7 +296,7 @@ def test_selected_folds_are_sorted_once_each_and_checked():
 
 
 def test_train_key_changes_with_any_input():
-    from flows.train import train_key
+    from flows.tracking import train_key
     from tests.train.synthetic import tiny_config
 
     base = ("ravdess", "f" * 64, tiny_config(), [0, 1], True, "/data/ravdess")
@@ -324,7 +322,7 @@ def test_a_fold_run_spans_the_training_not_the_upload(local_mlflow, experiment_i
     start_ms, end_ms = 1_700_000_000_000, 1_700_000_180_000
     write_fold_times(job.out_dir, start_ms, end_ms)
     parent = local_mlflow.create_run(experiment_id).info.run_id
-    child = local_mlflow.get_run(log_fold_run(local_mlflow, experiment_id, parent, job, result_fixture(), records, LABELS))
+    child = local_mlflow.get_run(log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS))
     assert (child.info.start_time, child.info.end_time) == (start_ms, end_ms)
 
 

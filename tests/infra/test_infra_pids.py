@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 
 SLEEPER = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 
 
 def test_defaults_point_at_the_local_stack(tmp_path):

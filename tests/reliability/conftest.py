@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from flows.settings import StackSettings
+from ser_stack.settings import StackSettings
 from flows.storage import DataBucket
 from tests.fixtures.network import free_port
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture

@@ -1,4 +1,5 @@
-"""Where the stack is: one frozen settings object read from the environment.
+"""Where the stack is: one frozen settings object read from the environment, and the one S3
+client factory (:func:`s3_client`) of the project.
 
 The same environment variables drive `infra/` (which starts the local stack) and every client
 (flows, the CLI, tests), so both sides always agree on hosts, ports, buckets and the state folder.
@@ -144,6 +145,10 @@ class StackSettings:
     def prefect_home(self) -> Path:
         return self.state_dir / "prefect"
 
+    def s3_client(self, **timeouts: float):
+        """An S3 client for this stack's endpoint and credentials (:func:`s3_client`)."""
+        return s3_client(self.s3_endpoint, self.region, self.access_key_id, self.secret_access_key, **timeouts)
+
     def client_env(self) -> dict[str, str]:
         """Environment variables a client process needs to reach this stack (includes the secrets)."""
         env = {
@@ -171,3 +176,31 @@ class StackSettings:
             env["AWS_ACCESS_KEY_ID"] = self.access_key_id
             env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
         return env
+
+
+def s3_client(
+    endpoint: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 60.0,
+    max_attempts: int = 2,
+):
+    """A boto3 S3 client with path-style addressing (SeaweedFS, MinIO and AWS all accept it).
+    Arguments left None fall to boto3's own chain (``AWS_*`` variables, profiles, instance roles):
+    corpus sources use it that way, the stack's data bucket and infra/ with :class:`StackSettings`'
+    values (:meth:`StackSettings.s3_client`)."""
+    import boto3  # here: only S3 users pay for it
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        s3={"addressing_style": "path"},
+    )
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key, config=config,
+    )

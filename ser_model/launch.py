@@ -1,0 +1,233 @@
+"""The fold-launch contract: how one fold's training is started, what it leaves behind, and how
+its exit is read. Torch-free (the flows import it without loading torch); the worker
+(ser_model/worker.py) and the train flow (flows/train.py) both import it, so neither side can
+drift from the other.
+
+The job. A :class:`FoldJob` names the worker's inputs as local files (config JSON, manifest and
+fold Parquet, the audio root) and its fold folder. :func:`torchrun_command` is the command line:
+
+    python -m torch.distributed.run --standalone --nproc_per_node=N -m ser_model.worker \\
+        --config cfg.json --manifest m.parquet --folds f.parquet --fold K --audio-root DIR --out DIR
+
+(``--nnodes``/``--rdzv-endpoint`` instead of ``--standalone`` for several machines:
+:func:`torchrun_command`'s ``rendezvous``).
+
+The fold folder (``--out``, named :func:`fold_folder_name`), the one channel from worker to flow:
+
+    metrics.jsonl        one JSON object per finished epoch, appended as training goes
+    result.json          written last, only on success: selected epoch, valid/test metrics
+    times.json           written by the launcher: when training started and ended (ms)
+    checkpoints/last     exact-resume state (a rerun with the same folder continues)
+    best/                the selected epoch's model (``save_pretrained`` folder)
+
+Exit codes: 0 done; :data:`BAD_DATA_EXIT` bad data and :data:`BAD_CONFIG_EXIT` bad arguments or
+configuration, both never retried (:class:`NotRetriedError`); anything else is an
+infrastructure failure worth a retry (:class:`WorkerInfraError`: killed, out of memory, lost peer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RELEASE_FOLD = -1
+"""The fold number of the release model: trained on every speaker, validated on held-out ones."""
+BAD_CONFIG_EXIT = 2
+BAD_DATA_EXIT = 3
+
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
+TIMES_FILE = "times.json"
+BEST_FOLDER = "best"
+
+WORKER_MODULE = "ser_model.worker"
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|AUTH|API_KEY", re.IGNORECASE)
+TORCHRUN_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+def fold_folder_name(fold: int) -> str:
+    """``fold-<k>``, or ``release`` for :data:`RELEASE_FOLD`: the fold folder and the MLflow run name."""
+    return "release" if fold == RELEASE_FOLD else f"fold-{fold}"
+
+
+class NotRetriedError(RuntimeError):
+    """The worker refused its inputs: retrying with the same inputs cannot help."""
+
+
+class BadDataError(NotRetriedError):
+    """The worker rejected its data (exit :data:`BAD_DATA_EXIT`)."""
+
+
+class BadConfigError(NotRetriedError):
+    """The worker rejected its arguments or configuration (exit :data:`BAD_CONFIG_EXIT`)."""
+
+
+class WorkerInfraError(RuntimeError):
+    """The worker died for another reason (killed, out of memory, ...): worth a retry."""
+
+
+def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition (Prefect's ``retry_condition_fn`` signature): retry any failure except
+    refused inputs (:class:`NotRetriedError`), which fail the same way every time."""
+    try:
+        state.result()
+    except NotRetriedError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything one fold's worker needs, as local paths."""
+
+    corpus: str
+    fold: int
+    config_path: Path
+    manifest_path: Path
+    folds_path: Path
+    audio_root: str
+    out_dir: Path
+    epochs: int
+
+    @property
+    def name(self) -> str:
+        return fold_folder_name(self.fold)
+
+    def worker_args(self) -> list[str]:
+        return [
+            "--config", str(self.config_path),
+            "--manifest", str(self.manifest_path),
+            "--folds", str(self.folds_path),
+            "--fold", str(self.fold),
+            "--audio-root", self.audio_root,
+            "--out", str(self.out_dir),
+        ]
+
+
+def nproc_per_node(env: dict[str, str] | None = None) -> int:
+    """Worker processes per fold: ``SER_NPROC_PER_NODE`` if set, else one per visible CUDA
+    device, else one CPU process."""
+    env = os.environ if env is None else env
+    if env.get("SER_NPROC_PER_NODE"):
+        count = int(env["SER_NPROC_PER_NODE"])
+        if count < 1:
+            raise ValueError(f"SER_NPROC_PER_NODE={count}: expected a positive number of processes")
+        return count
+    import torch  # only here: counting devices is the one thing that needs it
+
+    return max(1, torch.cuda.device_count())
+
+
+def worker_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: ours without credentials (it reads only local files)."""
+    env = dict(os.environ if env is None else env)
+    clean = {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
+    clean["PYTHONUNBUFFERED"] = "1"
+    return clean
+
+
+def torchrun_command(
+    nproc: int, worker_args: list[str], module: str = WORKER_MODULE, rendezvous: tuple[int, int, str] | None = None
+) -> list[str]:
+    """torchrun with this interpreter. Without ``rendezvous``: ``--standalone`` (a free local
+    rendezvous port, so folds of two flows can run at once). With ``(nnodes, node_rank,
+    host:port)``: a c10d rendezvous at that address shared by ``nnodes`` launchers."""
+    if rendezvous is None:
+        where = ["--standalone"]
+    else:
+        nnodes, node_rank, endpoint = rendezvous
+        where = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module, *worker_args]
+
+
+def worker_exit_code(returncode: int, output_tail: str) -> int:
+    """The worker's own exit code. torchrun exits 1 whatever its worker returned and prints
+    the root cause as ``exitcode  : <n>``: take that when present."""
+    if returncode in (0, BAD_DATA_EXIT):
+        return returncode
+    codes = [int(c) for c in TORCHRUN_EXITCODE.findall(output_tail)]
+    return codes[-1] if codes else returncode
+
+
+def finished_epochs(out_dir: Path) -> int:
+    """Lines in the fold folder's metrics.jsonl: the epochs finished so far (0 before the first)."""
+    path = out_dir / METRICS_FILE
+    if not path.exists():
+        return 0
+    return sum(1 for row in path.read_text(encoding="utf-8").splitlines() if row.strip())
+
+
+def run_worker(
+    job: FoldJob,
+    emit: Callable[[str], None],
+    on_epoch: Callable[[int], None] = lambda n: None,
+    module: str = WORKER_MODULE,
+    nproc: int | None = None,
+    cwd: Path | None = None,
+) -> Path:
+    """Run one fold's worker under torchrun, passing each output line to ``emit`` and the
+    number of finished epochs to ``on_epoch`` as metrics.jsonl grows. Returns result.json.
+
+    Raises BadDataError, BadConfigError (not retried) or WorkerInfraError (retry), each with
+    the log tail.
+    """
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    command = torchrun_command(nproc or nproc_per_node(), job.worker_args(), module)
+    tail: deque[str] = deque(maxlen=60)
+    epochs_seen = -1
+    with subprocess.Popen(
+        command, cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace", bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            emit(line)
+            done = finished_epochs(job.out_dir)
+            if done != epochs_seen:
+                epochs_seen = done
+                on_epoch(done)
+        returncode = process.wait()
+    text = "\n".join(tail)
+    code = worker_exit_code(returncode, text)
+    what = f"{job.corpus} {job.name}"
+    if code == 0:
+        result = job.out_dir / RESULT_FILE
+        if not result.exists():
+            raise WorkerInfraError(f"{what}: worker exited 0 but wrote no {result}")
+        return result
+    if code == BAD_DATA_EXIT:
+        raise BadDataError(f"{what}: the worker rejected the data (exit {code}, not retried):\n{text}")
+    if code == BAD_CONFIG_EXIT:
+        raise BadConfigError(f"{what}: the worker rejected its arguments or config (exit {code}, not retried):\n{text}")
+    raise WorkerInfraError(f"{what}: worker failed with exit code {code} (will retry; resumes from its last checkpoint):\n{text}")
+
+
+def write_fold_times(out_dir: Path, start_ms: int, end_ms: int) -> None:
+    """Record when the fold's training ran, so its tracking run can show the real span."""
+    (out_dir / TIMES_FILE).write_text(json.dumps({"start_ms": start_ms, "end_ms": end_ms}))
+
+
+def fold_times(out_dir: Path) -> tuple[int | None, int | None]:
+    """(start, end) in ms recorded by :func:`write_fold_times`, or (None, None) when not recorded."""
+    path = out_dir / TIMES_FILE
+    if not path.exists():
+        return None, None
+    times = json.loads(path.read_text())
+    return int(times["start_ms"]), int(times["end_ms"])
+
+
+def read_result(out_dir: Path) -> dict[str, Any]:
+    """The fold folder's result.json (present only once the fold finished)."""
+    return json.loads((out_dir / RESULT_FILE).read_text(encoding="utf-8"))
