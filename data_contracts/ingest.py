@@ -19,27 +19,50 @@ claiming the same utt_id, the first in path order is kept and the others are qua
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from data_contracts.audio import AUDIO_CHECKS, AudioChecks
 from data_contracts.corpora import parse_corpus
 from data_contracts.corpora.base import QuarantineRow
 from data_contracts.errors import FoldError, IngestError, ManifestError
-from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint, manifest_fingerprint
-from data_contracts.folds import fold_of_speaker, make_folds, natural_key
 from data_contracts.labels import LABELS
 from data_contracts.probing import probe_all
-from data_contracts.schemas import FOLD_COLUMNS, MANIFEST_COLUMNS, QUARANTINE_COLUMNS, validate_folds, validate_manifest, validate_quarantine
 from data_contracts.source import CorpusSource, open_source
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("manifest.parquet", "quarantine.parquet", "folds.parquet", "report.json")
+
+TABLE_MODULES = ("pandas", "data_contracts.schemas", "data_contracts.folds", "data_contracts.fingerprint")
+"""What building the tables needs: pandas and pandera (about 1 s of imports, as long as decoding
+the 1,200-file RAVDESS subset). Imported where used, and by `run_ingest` in a background thread
+while the corpus is listed and decoded, so the two overlap (decoding runs in C without the GIL)."""
+
+
+def preload_table_modules() -> threading.Thread:
+    """Start importing TABLE_MODULES in a daemon thread; a later import of the same module waits
+    for it (Python's per-module import lock) instead of importing twice. An import error is left
+    for that later import to raise where it is used."""
+
+    def load() -> None:
+        for name in TABLE_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - re-raised by the import where the module is used
+                return
+
+    thread = threading.Thread(target=load, name="ingest-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,10 @@ def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
 
 def quarantine_table(rows: list[QuarantineRow]) -> pd.DataFrame:
     """QuarantineSchema table of `rows`, sorted by path."""
+    import pandas as pd
+
+    from data_contracts.schemas import QUARANTINE_COLUMNS, validate_quarantine
+
     table = pd.DataFrame([r.__dict__ for r in rows], columns=list(QUARANTINE_COLUMNS))
     table = table.astype({c: "str" for c in QUARANTINE_COLUMNS if c != "utt_id"})
     table["utt_id"] = table["utt_id"].astype("str").where(table["utt_id"].notna(), None)
@@ -98,6 +125,8 @@ def quarantine_table(rows: list[QuarantineRow]) -> pd.DataFrame:
 
 
 def _count(series: pd.Series, order=None) -> dict[str, int]:
+    from data_contracts.folds import natural_key
+
     counts = series.value_counts()
     keys = order if order is not None else sorted(counts.index, key=lambda k: natural_key(str(k)))
     return {str(k): int(counts.get(k, 0)) for k in keys}
@@ -106,6 +135,11 @@ def _count(series: pd.Series, order=None) -> dict[str, int]:
 def folds_or_none(manifest: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """The corpus's fold table of `manifest` and None; or, when its fold protocol does not fit
     these speakers, an empty fold table and the FoldError message saying why."""
+    import pandas as pd
+
+    from data_contracts.folds import make_folds
+    from data_contracts.schemas import FOLD_COLUMNS, validate_folds
+
     try:
         return make_folds(manifest), None
     except FoldError as err:
@@ -117,6 +151,11 @@ def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, f
     """The ingest report: counts per class, speaker and fold, every quarantined file with its
     reason, out-of-scope and excluded counts, durations, fingerprints, parser version;
     ``no_fold_protocol`` is why no fold protocol fits (None when folds were made)."""
+    import pandas as pd
+
+    from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint
+    from data_contracts.folds import natural_key
+
     fold_info = {}
     for k, table in folds.groupby("fold"):
         roles = {role: sorted(table.loc[table["role"] == role, "speaker"], key=natural_key) for role in ("test", "valid", "train")}
@@ -171,6 +210,7 @@ def run_ingest(
     (CorpusLayoutError, SourceError, IngestError, ManifestError) on unusable input; too few
     speakers for the fold protocol is not an error (see the module doc).
     """
+    preload_table_modules()
     source = open_source(root)
     listing = source.list_files()
     parsed = parse_corpus(corpus, source, listing)
@@ -185,6 +225,12 @@ def run_ingest(
         raise IngestError(
             f"{source.root}: no usable {corpus} utterance ({len(candidates)} candidates; quarantined by reason: {reasons})"
         )
+    import pandas as pd
+
+    from data_contracts.fingerprint import manifest_fingerprint
+    from data_contracts.folds import fold_of_speaker
+    from data_contracts.schemas import MANIFEST_COLUMNS, validate_manifest
+
     manifest = pd.DataFrame(rows)
     folds, no_fold_protocol = folds_or_none(manifest)
     if no_fold_protocol:
@@ -218,6 +264,11 @@ def read_ingest_outputs(out_dir: str | Path) -> IngestResult:
     against its schema, so that training reads what ingest wrote instead of decoding the corpus
     again. The report's fingerprint must be the manifest's: a manifest edited by hand, or files
     from two ingests mixed in one folder, raise ManifestError naming the folder."""
+    import pandas as pd
+
+    from data_contracts.fingerprint import manifest_fingerprint
+    from data_contracts.schemas import validate_folds, validate_manifest, validate_quarantine
+
     out = Path(out_dir)
     missing = [name for name in OUTPUT_FILES if not (out / name).is_file()]
     if missing:
