@@ -26,13 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_contracts.audio import AUDIO_CHECKS, AudioChecks
-from data_contracts.corpora import parse_corpus
-from data_contracts.corpora.base import QuarantineRow
+from data_contracts.corpora import parse_corpus, spec
+from data_contracts.corpora.base import AudioChecks, QuarantineRow
 from data_contracts.errors import FoldError, IngestError, ManifestError
 from data_contracts.fingerprint import PARSER_VERSION, listing_fingerprint, manifest_fingerprint
 from data_contracts.folds import fold_of_speaker, make_folds, natural_key
-from data_contracts.labels import LABELS
 from data_contracts.probing import probe_all
 from data_contracts.schemas import FOLD_COLUMNS, MANIFEST_COLUMNS, QUARANTINE_COLUMNS, validate_folds, validate_manifest, validate_quarantine
 from data_contracts.source import CorpusSource, open_source
@@ -134,7 +132,7 @@ def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, f
         "files_listed": len(listing.files),
         "files_refused": len(listing.refused),
         "utterances": len(manifest),
-        "classes": _count(manifest["label"], LABELS[corpus]),
+        "classes": _count(manifest["label"], spec(corpus).labels),
         "speakers": _count(manifest["speaker"]),
         "genders": _count(manifest["gender"]),
         "folds": fold_info,
@@ -167,14 +165,14 @@ def run_ingest(
     """Parse `root` in `corpus`'s layout, decode and check every candidate in `workers` threads
     (default: all cores; see `data_contracts.probing`), and build the validated manifest, quarantine, folds and report.
 
-    checks: audio thresholds (default `AUDIO_CHECKS[corpus]`). Raises a DataContractError subclass
+    checks: audio thresholds (default: the corpus spec's `audio_checks`). Raises a DataContractError subclass
     (CorpusLayoutError, SourceError, IngestError, ManifestError) on unusable input; too few
     speakers for the fold protocol is not an error (see the module doc).
     """
     source = open_source(root)
     listing = source.list_files()
     parsed = parse_corpus(corpus, source, listing)
-    checks = checks or AUDIO_CHECKS[corpus]
+    checks = checks or spec(corpus).audio_checks
     candidates = sorted(parsed.candidates, key=lambda c: c.path)
     logger.info("%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates))
     outcomes = probe_all(source, candidates, checks, workers, progress, desc=f"ingest {corpus}")
