@@ -28,7 +28,6 @@ Audio: 16 kHz mono.
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from data_contracts.corpora.base import (

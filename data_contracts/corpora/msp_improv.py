@@ -29,7 +29,6 @@ Audio: mono at 16, 44.1 or 48 kHz.
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from data_contracts.corpora.base import (

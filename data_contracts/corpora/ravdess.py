@@ -13,8 +13,9 @@ suffixes are accepted. Fields of the name:
 | SS statement, RR repetition | 01 or 02 |
 | AA actor | 01..24; odd = male, even = female; must match the ``Actor_AA`` folder |
 
-Label map: the emotion field, in the order above (the class order of `SPEC.labels`). utt_id is the file stem,
-speaker and session are the folder name ``Actor_AA``, label_raw is the emotion field ``EE``.
+Label map: the emotion field, in the order above (the class order of `LABELS`). utt_id is the
+file stem, speaker and session are the folder name ``Actor_AA``, label_raw is the emotion field
+``EE``.
 Song and video files are counted as out of scope (``song``, ``video``), never mixed in.
 
 Fold protocol (paper): actors sorted by number, consecutive groups of 4 actors form the test
@@ -29,7 +30,6 @@ Audio: 16 or 48 kHz; up to two channels (the originals include a few stereo file
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from data_contracts.corpora.base import (

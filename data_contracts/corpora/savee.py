@@ -24,7 +24,6 @@ Audio: mono at 16 or 44.1 kHz.
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from data_contracts.corpora.base import (
