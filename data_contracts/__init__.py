@@ -1,6 +1,7 @@
-"""Data contracts: corpus parsers, audio checks, pandera schemas, fold protocols, fingerprints.
+"""Data contracts: corpus specs and parsers, audio checks, pandera schemas, fold protocols, fingerprints.
 
 Imports no torch, torchaudio, transformers, prefect or mlflow. Entry points:
-`data_contracts.ingest.run_ingest`, `data_contracts.schemas.validate_manifest`,
+`data_contracts.corpora.SPECS` (one `CorpusSpec` per corpus), `data_contracts.ingest.run_ingest`,
+`data_contracts.schemas.validate_manifest`,
 `data_contracts.folds.make_folds` / `fold_split`, `data_contracts.fingerprint`.
 """

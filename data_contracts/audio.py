@@ -15,9 +15,10 @@ message)` on the first failed check, in this order:
 | silence | peak amplitude <= silence_peak (all-zero audio) |
 | clipped | more than max_clipped_fraction of samples at or above clip_level full scale |
 
-Channel policy: RAVDESS originals include a few stereo files, so RAVDESS accepts up to two channels
-and records ``channels = 2`` (training down-mixes); the other corpora ship mono and quarantine
-anything else. Thresholds are `AudioChecks` values, one set per corpus in `AUDIO_CHECKS`.
+Thresholds are `AudioChecks` values (defined in `data_contracts.corpora.base`, so that a corpus
+module declares its own without loading numpy or soundfile), one set per corpus in its spec
+(`CorpusSpec.audio_checks`, also `AUDIO_CHECKS[corpus]`). A file within a corpus's
+`max_channels` keeps its native channel count in the manifest (training down-mixes).
 
 Messages start with the file name and carry libsndfile's own error text, never the repr of
 the in-memory buffer decoded (an object address, different on every run): the same file gives
@@ -31,11 +32,13 @@ import hashlib
 import io
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
+from data_contracts.corpora import SpecField
+from data_contracts.corpora.base import AudioChecks
 from data_contracts.errors import AudioCheckError
 
 DECODE_BLOCK_FRAMES = 1 << 16
@@ -44,42 +47,8 @@ DECODE_BLOCK_FRAMES = 1 << 16
 _TRUNCATED_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class AudioChecks:
-    """Thresholds of the audio checks (see the module docstring for what each one rejects)."""
-
-    sample_rates: frozenset[int] = field(default_factory=lambda: frozenset({16000}))
-    max_channels: int = 1
-    min_duration_s: float = 0.25
-    max_duration_s: float = 120.0
-    silence_peak: float = 1e-4
-    clip_level: float = 0.999
-    max_clipped_fraction: float = 0.01
-
-    def __post_init__(self):
-        object.__setattr__(self, "sample_rates", frozenset(self.sample_rates))
-        if not self.sample_rates or any(not isinstance(r, int) or r <= 0 for r in self.sample_rates):
-            raise ValueError(f"AudioChecks.sample_rates must be non-empty positive ints, got {sorted(self.sample_rates)}")
-        if self.max_channels < 1:
-            raise ValueError(f"AudioChecks.max_channels must be >= 1, got {self.max_channels}")
-        if not 0 <= self.min_duration_s < self.max_duration_s:
-            raise ValueError(
-                f"AudioChecks needs 0 <= min_duration_s < max_duration_s, got {self.min_duration_s}, {self.max_duration_s}"
-            )
-        if not 0 <= self.silence_peak < 1:
-            raise ValueError(f"AudioChecks.silence_peak must be in [0, 1), got {self.silence_peak}")
-        if not 0 < self.clip_level <= 1:
-            raise ValueError(f"AudioChecks.clip_level must be in (0, 1], got {self.clip_level}")
-        if not 0 <= self.max_clipped_fraction <= 1:
-            raise ValueError(f"AudioChecks.max_clipped_fraction must be in [0, 1], got {self.max_clipped_fraction}")
-
-
-AUDIO_CHECKS: dict[str, AudioChecks] = {
-    "iemocap": AudioChecks(sample_rates=frozenset({16000})),
-    "msp-improv": AudioChecks(sample_rates=frozenset({16000, 44100, 48000})),
-    "ravdess": AudioChecks(sample_rates=frozenset({16000, 48000}), max_channels=2),
-    "savee": AudioChecks(sample_rates=frozenset({16000, 44100})),
-}
+AUDIO_CHECKS: SpecField[AudioChecks] = SpecField(lambda spec: spec.audio_checks)
+"""Corpus name -> its thresholds (`CorpusSpec.audio_checks`), read from the registry."""
 
 
 @dataclass(frozen=True)

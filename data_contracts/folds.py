@@ -1,11 +1,19 @@
-"""Speaker-independent fold protocols of the paper, with validation speakers.
+"""Speaker-independent folds with validation speakers, built from a corpus's `FoldProtocol`.
 
-| corpus | test folds (paper) | validation speakers of fold k (ours) |
+Each corpus's spec (`data_contracts.corpora.SPECS`) holds its protocol as data; this module
+interprets it:
+
+| FoldProtocol | test groups, one fold each | validation speakers of fold k |
 |---|---|---|
-| iemocap | leave-one-session-out: 5 folds of one session (2 speakers) | both speakers of the next session, (k + 1) mod n |
-| msp-improv | leave-one-session-out: 6 folds | both speakers of the next session |
-| ravdess | actors sorted by number, consecutive groups of 4 (6 folds of 24 actors; 5 with actors 01-20) | one male and one female training actor, the (k mod m)-th of each gender's sorted training actors |
-| savee | leave-one-speaker-out: 4 folds | the next speaker, (k + 1) mod n |
+| grouping ``session`` | the speakers of one session | |
+| grouping ``speaker`` | one speaker | |
+| grouping ``speaker_blocks``, block_size b | consecutive blocks of b speakers | |
+| validation ``next_group`` | | the test group of fold (k + 1) mod n |
+| validation ``gender_balanced`` | | one male and one female training speaker, the (k mod m)-th of each gender's sorted training speakers |
+
+Sessions and speakers are sorted in natural order (session2 before session10). The paper's
+protocols (leave-one-session-out for IEMOCAP and MSP-IMPROV, blocks of 4 actors for RAVDESS,
+leave-one-speaker-out for SAVEE) are documented in each corpus's module.
 
 Folds are numbered from 0 in protocol order. Every speaker is the test speaker of exactly one
 fold; in each fold, validation speakers are drawn only from the speakers that are not tested,
@@ -19,10 +27,10 @@ import re
 
 import pandas as pd
 
+from data_contracts.corpora import SPECS
+from data_contracts.corpora.base import FoldProtocol
 from data_contracts.errors import FoldError
 from data_contracts.schemas import FOLD_COLUMNS, validate_folds
-
-RAVDESS_ACTORS_PER_FOLD = 4
 
 
 def natural_key(name: str) -> tuple:
@@ -30,18 +38,22 @@ def natural_key(name: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
-def _session_groups(manifest: pd.DataFrame) -> list[list[str]]:
+def _speakers(manifest: pd.DataFrame) -> list[str]:
+    return sorted(manifest["speaker"].unique(), key=natural_key)
+
+
+def _session_groups(manifest: pd.DataFrame, protocol: FoldProtocol) -> list[list[str]]:
     by_session = manifest.groupby("session")["speaker"].unique()
     return [sorted(by_session[s], key=natural_key) for s in sorted(by_session.index, key=natural_key)]
 
 
-def _speaker_groups(manifest: pd.DataFrame) -> list[list[str]]:
-    return [[s] for s in sorted(manifest["speaker"].unique(), key=natural_key)]
+def _speaker_groups(manifest: pd.DataFrame, protocol: FoldProtocol) -> list[list[str]]:
+    return [[s] for s in _speakers(manifest)]
 
 
-def _ravdess_groups(manifest: pd.DataFrame) -> list[list[str]]:
-    actors = sorted(manifest["speaker"].unique(), key=natural_key)
-    return [actors[i : i + RAVDESS_ACTORS_PER_FOLD] for i in range(0, len(actors), RAVDESS_ACTORS_PER_FOLD)]
+def _speaker_block_groups(manifest: pd.DataFrame, protocol: FoldProtocol) -> list[list[str]]:
+    speakers, size = _speakers(manifest), protocol.block_size
+    return [speakers[i : i + size] for i in range(0, len(speakers), size)]
 
 
 def _next_group_valid(groups: list[list[str]], k: int, gender: dict[str, str]) -> list[str]:
@@ -58,36 +70,35 @@ def _gender_balanced_valid(groups: list[list[str]], k: int, gender: dict[str, st
     return valid
 
 
-PROTOCOLS = {
-    "iemocap": (_session_groups, _next_group_valid, 3),
-    "msp-improv": (_session_groups, _next_group_valid, 3),
-    "ravdess": (_ravdess_groups, _gender_balanced_valid, 2),
-    "savee": (_speaker_groups, _next_group_valid, 3),
-}
+GROUPING = {"session": _session_groups, "speaker": _speaker_groups, "speaker_blocks": _speaker_block_groups}
+"""FoldProtocol.grouping -> the function that returns the test groups of a manifest."""
+VALIDATION = {"next_group": _next_group_valid, "gender_balanced": _gender_balanced_valid}
+"""FoldProtocol.validation -> the function that returns fold k's validation speakers."""
 
 
 def make_folds(manifest: pd.DataFrame) -> pd.DataFrame:
     """Fold table (FoldSchema): one row per (fold, speaker) with role train, valid or test.
 
-    manifest: needs columns corpus (a single corpus), speaker, session, gender.
-    Raises FoldError when the corpus is mixed or unknown, or when there are too few speaker
-    groups to give every fold a test, a validation and a training speaker.
+    manifest: needs columns corpus (a single registered corpus, whose spec's FoldProtocol is
+    used), speaker, session, gender. Raises FoldError when the corpus is mixed or unknown, or
+    when there are too few speaker groups to give every fold a test, a validation and a training
+    speaker.
     """
     corpora = sorted(manifest["corpus"].unique())
-    if len(corpora) != 1 or corpora[0] not in PROTOCOLS:
-        raise FoldError(f"make_folds needs a manifest of one known corpus ({', '.join(PROTOCOLS)}); got {corpora}")
+    if len(corpora) != 1 or corpora[0] not in SPECS:
+        raise FoldError(f"make_folds needs a manifest of one known corpus ({', '.join(SPECS)}); got {corpora}")
     corpus = corpora[0]
-    grouping, validation, min_groups = PROTOCOLS[corpus]
-    groups = grouping(manifest)
-    if len(groups) < min_groups:
+    protocol = SPECS[corpus].folds
+    groups = GROUPING[protocol.grouping](manifest, protocol)
+    if len(groups) < protocol.min_groups:
         raise FoldError(
-            f"{corpus}: the fold protocol needs at least {min_groups} speaker groups (test, validation and "
+            f"{corpus}: the fold protocol needs at least {protocol.min_groups} speaker groups (test, validation and "
             f"training speakers); found {len(groups)}: {groups}"
         )
     gender = dict(zip(manifest["speaker"], manifest["gender"]))
     rows = []
     for k, test in enumerate(groups):
-        valid = validation(groups, k, gender)
+        valid = VALIDATION[protocol.validation](groups, k, gender)
         train = [s for i, g in enumerate(groups) if i != k for s in g if s not in valid]
         if not train:
             raise FoldError(f"{corpus}: fold {k} has no training speaker left after test {test} and validation {valid}")

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_contracts.audio import AUDIO_CHECKS, AudioChecks
-from data_contracts.corpora import parse_corpus
-from data_contracts.corpora.base import QuarantineRow
+from data_contracts.corpora import parse_corpus, spec
+from data_contracts.corpora.base import AudioChecks, QuarantineRow
 from data_contracts.errors import FoldError, IngestError, ManifestError
-from data_contracts.labels import LABELS
 from data_contracts.probing import probe_all
 from data_contracts.source import CorpusSource, open_source
 
@@ -173,7 +171,7 @@ def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, f
         "files_listed": len(listing.files),
         "files_refused": len(listing.refused),
         "utterances": len(manifest),
-        "classes": _count(manifest["label"], LABELS[corpus]),
+        "classes": _count(manifest["label"], spec(corpus).labels),
         "speakers": _count(manifest["speaker"]),
         "genders": _count(manifest["gender"]),
         "folds": fold_info,
@@ -206,7 +204,7 @@ def run_ingest(
     """Parse `root` in `corpus`'s layout, decode and check every candidate in `workers` threads
     (default: all cores; see `data_contracts.probing`), and build the validated manifest, quarantine, folds and report.
 
-    checks: audio thresholds (default `AUDIO_CHECKS[corpus]`). Raises a DataContractError subclass
+    checks: audio thresholds (default: the corpus spec's `audio_checks`). Raises a DataContractError subclass
     (CorpusLayoutError, SourceError, IngestError, ManifestError) on unusable input; too few
     speakers for the fold protocol is not an error (see the module doc).
     """
@@ -214,7 +212,7 @@ def run_ingest(
     source = open_source(root)
     listing = source.list_files()
     parsed = parse_corpus(corpus, source, listing)
-    checks = checks or AUDIO_CHECKS[corpus]
+    checks = checks or spec(corpus).audio_checks
     candidates = sorted(parsed.candidates, key=lambda c: c.path)
     logger.info("%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates))
     outcomes = probe_all(source, candidates, checks, workers, progress, desc=f"ingest {corpus}")

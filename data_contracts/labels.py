@@ -1,22 +1,15 @@
-"""Class names of the paper's protocol for each corpus.
+"""The registered corpus names and each corpus's class names, read from its spec.
 
-| corpus | classes | from the corpus's own codes |
-|---|---|---|
-| iemocap | neutral, happy, angry, sad | neu, hap + exc (merged as happy), ang, sad |
-| msp-improv | neutral, happy, angry, sad | N, H, A, S (consensus label) |
-| ravdess | neutral, calm, happy, sad, angry, fearful, disgust, surprised | emotion field 01..08 |
-| savee | angry, disgust, fearful, happy, neutral, sad, surprised | a, d, f, h, n, sa, su |
-
-SAVEE's own words (anger, fear, happiness, sadness, surprise) are renamed to the adjectives used
-by the other corpora so that the same emotion has the same name everywhere. The order of each
-tuple is the class index order used by models trained on that corpus.
+`CORPORA` lists the names of `data_contracts.corpora.SPECS`; `LABELS[corpus]` is that corpus's
+`CorpusSpec.labels`, the class-index order of models trained on it. Both are views of the
+registry, so a corpus registered at run time is in them. Each corpus module documents how its
+own label codes map to these names; the same emotion has the same name in every corpus.
 """
 
-CORPORA: tuple[str, ...] = ("iemocap", "msp-improv", "ravdess", "savee")
+from __future__ import annotations
 
-LABELS: dict[str, tuple[str, ...]] = {
-    "iemocap": ("neutral", "happy", "angry", "sad"),
-    "msp-improv": ("neutral", "happy", "angry", "sad"),
-    "ravdess": ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
-    "savee": ("angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"),
-}
+from data_contracts.corpora import CorpusNames, SpecField
+
+CORPORA: CorpusNames = CorpusNames()
+
+LABELS: SpecField[tuple[str, ...]] = SpecField(lambda spec: spec.labels)

@@ -3,7 +3,9 @@
 `validate_manifest`, `validate_folds` and `validate_quarantine` validate lazily (every failure at
 once) and raise `ManifestError` whose message lists each failure as row index, utt_id, column
 and problem, e.g. ``row 2 (utt_id '03-01-09-01-01-01-02'): column 'label': 'bored' is not a
-ravdess label``.
+ravdess label``. The corpus names and each corpus's classes are read from the registry
+(`data_contracts.corpora.SPECS`) when a table is validated, so a corpus registered at run time
+validates like the others.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ FOLD_COLUMNS = ("fold", "speaker", "role")
 ROLES = ("train", "valid", "test")
 
 
+def _registered(corpus: pd.Series) -> pd.Series:
+    return corpus.isin(list(CORPORA))
+
+
 class ManifestSchema(pa.DataFrameModel):
-    """One row per utterance; `label` must be a class of the row's `corpus`."""
+    """One row per utterance; `corpus` must be a registered corpus and `label` one of its classes."""
 
     utt_id: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
-    corpus: Series[str] = pa.Field(isin=list(CORPORA))
+    corpus: Series[str]
     path: Series[str] = pa.Field(str_length={"min_value": 1})
     speaker: Series[str] = pa.Field(str_length={"min_value": 1})
     session: Series[str] = pa.Field(str_length={"min_value": 1})
@@ -42,6 +48,10 @@ class ManifestSchema(pa.DataFrameModel):
     fold: Series[pd.Int64Dtype] = pa.Field(ge=0, nullable=True, coerce=True)
     """The test fold of the row's speaker; missing (<NA>) in every row of a manifest that no fold
     protocol fits (a held-out set with too few speakers), which can be scored but not cross-validated."""
+
+    @pa.check("corpus", name="registered_corpus")
+    def registered_corpus(cls, corpus: Series[str]) -> Series[bool]:
+        return _registered(corpus)
 
     @pa.dataframe_check
     def label_in_corpus(cls, df: pd.DataFrame) -> pd.Series:
@@ -70,11 +80,15 @@ class FoldSchema(pa.DataFrameModel):
 class QuarantineSchema(pa.DataFrameModel):
     """One row per file (or label-file line) kept out of the manifest, with its reason."""
 
-    corpus: Series[str] = pa.Field(isin=list(CORPORA))
+    corpus: Series[str]
     path: Series[str]
     utt_id: Series[str] = pa.Field(nullable=True)
     reason_code: Series[str] = pa.Field(str_length={"min_value": 1})
     reason: Series[str] = pa.Field(str_length={"min_value": 1})
+
+    @pa.check("corpus", name="registered_corpus")
+    def registered_corpus(cls, corpus: Series[str]) -> Series[bool]:
+        return _registered(corpus)
 
     class Config:
         strict = True
@@ -108,7 +122,12 @@ def _describe(errors: pa.errors.SchemaErrors, df: pd.DataFrame, table: str) -> s
             )
             lines.append(f"{table}: {problem}")
             continue
-        problem = "duplicate value" if case.check == "field_uniqueness" else f"fails {case.check}"
+        if case.check == "field_uniqueness":
+            problem = "duplicate value"
+        elif case.check == "registered_corpus":
+            problem = f"not a registered corpus (expected one of {', '.join(CORPORA)})"
+        else:
+            problem = f"fails {case.check}"
         lines.append(f"row {index}{utt(index)}: column {case.column!r}: value {case.failure_case!r}: {problem}")
     shown = "\n  ".join(lines[:50])
     more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""

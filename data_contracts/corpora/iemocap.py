@@ -19,25 +19,35 @@ Speaker: the session plus the gender letter opening the last part of the utt_id
 (``Ses01F_impro01_M012`` -> speaker ``Ses01M``, session ``Ses01``, gender ``M``). Each session
 holds one female and one male speaker.
 
-Fold protocol (paper): leave-one-session-out, 5 folds; see `data_contracts.folds`.
+Fold protocol (paper): leave-one-session-out, 5 folds; validation speakers of fold k: both
+speakers of the next session, (k + 1) mod 5 (`FoldProtocol` in `data_contracts.corpora.base`).
+
+Audio: 16 kHz mono.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from data_contracts.corpora.base import (
+    AudioChecks,
     Candidate,
+    CorpusSpec,
+    FoldProtocol,
     LabelTable,
     ParseResult,
     add_label_problems,
+    audio_paths,
     decode_label_text,
-    non_audio_category,
+    no_audio_found,
     shorten,
     stem,
 )
-from data_contracts.errors import CorpusLayoutError
-from data_contracts.source import Listing, SourceError
+from data_contracts.errors import SourceError
+
+if TYPE_CHECKING:
+    from data_contracts.source import CorpusSource, Listing
 
 CORPUS = "iemocap"
 LAYOUT = (
@@ -81,7 +91,7 @@ def read_emo_evaluation(text: str, name: str) -> LabelTable:
     return table
 
 
-def _read_label_files(listing: Listing, source, result: ParseResult) -> dict[str, LabelTable]:
+def _read_label_files(listing: Listing, source: CorpusSource, result: ParseResult) -> dict[str, LabelTable]:
     """label file path -> its LabelTable, for every ``Session<n>/dialog/EmoEvaluation/<dialog>.txt``."""
     tables = {}
     for entry in listing.files:
@@ -140,17 +150,16 @@ def _parse_utterance(path, base, session, parts, tables, result) -> Candidate | 
     )
 
 
-def parse(listing: Listing, source) -> ParseResult:
+def _is_label_file(path: str) -> bool:
+    return path.endswith(".txt") and "/EmoEvaluation/" in path
+
+
+def parse(listing: Listing, source: CorpusSource) -> ParseResult:
     """Candidate rows, quarantine rows, exclusions and out-of-scope counts of an IEMOCAP root."""
     result = ParseResult(CORPUS)
     tables = _read_label_files(listing, source, result)
     in_layout = 0
-    for entry in listing.files:
-        path = entry.path
-        category = non_audio_category(path)
-        if category is not None:
-            result.out_of_scope["label_file" if path.endswith(".txt") and "/EmoEvaluation/" in path else category] += 1
-            continue
+    for path in audio_paths(listing, result, _is_label_file):
         match = _PREFIX.match(path)
         parts = match.group(3).split("/") if match else []
         if len(parts) == 4 and parts[:2] == ["sentences", "wav"]:
@@ -163,8 +172,15 @@ def parse(listing: Listing, source) -> ParseResult:
         else:
             result.quarantine_file(path, "bad_name", f"{path}: audio file outside the layout {LAYOUT}")
     if in_layout == 0:
-        raise CorpusLayoutError(
-            f"{source.root}: no IEMOCAP utterance audio found; expected the layout {LAYOUT} "
-            f"({len(listing.files)} files under the root)"
-        )
+        raise no_audio_found(source, listing, "IEMOCAP utterance", LAYOUT)
     return result
+
+
+SPEC = CorpusSpec(
+    name=CORPUS,
+    labels=("neutral", "happy", "angry", "sad"),
+    folds=FoldProtocol(grouping="session", validation="next_group", min_groups=3),
+    audio_checks=AudioChecks(sample_rates=frozenset({16000})),
+    parse=parse,
+    doc=__doc__,
+)

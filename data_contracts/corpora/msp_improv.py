@@ -20,25 +20,36 @@ Label map (paper's four-class protocol): N -> neutral, H -> happy, A -> angry, S
 (other, no agreement) are excluded by protocol and counted; any other code is quarantined.
 
 Speaker: the name's speaker field (``F01``); session ``session<n>``; gender its first letter.
-Fold protocol (paper): leave-one-session-out, 6 folds; see `data_contracts.folds`.
+Fold protocol (paper): leave-one-session-out, 6 folds; validation speakers of fold k: both
+speakers of the next session, (k + 1) mod 6 (`FoldProtocol` in `data_contracts.corpora.base`).
+
+Audio: mono at 16, 44.1 or 48 kHz.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from data_contracts.corpora.base import (
+    AudioChecks,
     Candidate,
+    CorpusSpec,
+    FoldProtocol,
     LabelTable,
     ParseResult,
     add_label_problems,
+    audio_paths,
     decode_label_text,
+    no_audio_found,
     non_audio_category,
     shorten,
     stem,
 )
-from data_contracts.errors import CorpusLayoutError
-from data_contracts.source import Listing, SourceError
+from data_contracts.errors import CorpusLayoutError, SourceError
+
+if TYPE_CHECKING:
+    from data_contracts.source import CorpusSource, Listing
 
 CORPUS = "msp-improv"
 LABEL_FILES = ("Evalution.txt", "Evaluation.txt")
@@ -72,7 +83,7 @@ def read_evaluation(text: str, name: str) -> LabelTable:
     return table
 
 
-def _read_labels(listing: Listing, source, result: ParseResult) -> tuple[str, LabelTable]:
+def _read_labels(listing: Listing, source: CorpusSource, result: ParseResult) -> tuple[str, LabelTable]:
     paths = {entry.path for entry in listing.files}
     for label_path in LABEL_FILES:
         if label_path in paths:
@@ -125,22 +136,13 @@ def _parse_utterance(path: str, parts: list[str], table: LabelTable, result: Par
     )
 
 
-def parse(listing: Listing, source) -> ParseResult:
+def parse(listing: Listing, source: CorpusSource) -> ParseResult:
     """Candidate rows, quarantine rows, exclusions and out-of-scope counts of an MSP-IMPROV root."""
     result = ParseResult(CORPUS)
-    in_layout = [e.path for e in listing.files if e.path.startswith("Audio/") and non_audio_category(e.path) is None]
-    if not in_layout:
-        raise CorpusLayoutError(
-            f"{source.root}: no MSP-IMPROV audio found; expected the layout {LAYOUT} "
-            f"({len(listing.files)} files under the root)"
-        )
+    if not any(e.path.startswith("Audio/") and non_audio_category(e.path) is None for e in listing.files):
+        raise no_audio_found(source, listing, "MSP-IMPROV", LAYOUT)
     label_path, table = _read_labels(listing, source, result)
-    for entry in listing.files:
-        path = entry.path
-        category = non_audio_category(path)
-        if category is not None:
-            result.out_of_scope["label_file" if path == label_path else category] += 1
-            continue
+    for path in audio_paths(listing, result, lambda path: path == label_path):
         parts = path.split("/")
         if len(parts) != 5 or parts[0] != "Audio":
             result.quarantine_file(path, "bad_name", f"{path}: audio file outside the layout {LAYOUT}")
@@ -149,3 +151,13 @@ def parse(listing: Listing, source) -> ParseResult:
         if candidate is not None:
             result.candidates.append(candidate)
     return result
+
+
+SPEC = CorpusSpec(
+    name=CORPUS,
+    labels=("neutral", "happy", "angry", "sad"),
+    folds=FoldProtocol(grouping="session", validation="next_group", min_groups=3),
+    audio_checks=AudioChecks(sample_rates=frozenset({16000, 44100, 48000})),
+    parse=parse,
+    doc=__doc__,
+)

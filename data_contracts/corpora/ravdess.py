@@ -13,26 +13,43 @@ suffixes are accepted. Fields of the name:
 | SS statement, RR repetition | 01 or 02 |
 | AA actor | 01..24; odd = male, even = female; must match the ``Actor_AA`` folder |
 
-Label map: the emotion field, in the order above (`LABELS["ravdess"]`). utt_id is the file stem,
-speaker and session are the folder name ``Actor_AA``, label_raw is the emotion field ``EE``.
+Label map: the emotion field, in the order above (the class order of `LABELS`). utt_id is the
+file stem, speaker and session are the folder name ``Actor_AA``, label_raw is the emotion field
+``EE``.
 Song and video files are counted as out of scope (``song``, ``video``), never mixed in.
 
 Fold protocol (paper): actors sorted by number, consecutive groups of 4 actors form the test
-folds (6 folds with 24 actors, 5 with the 20 shared here); see `data_contracts.folds`.
+folds (6 folds with 24 actors, 5 with the 20 shared here). Validation speakers of fold k (ours):
+one male and one female training actor, the (k mod m)-th of each gender's sorted training actors
+(`FoldProtocol` in `data_contracts.corpora.base`; docs/METHOD.md on the published figure).
+
+Audio: 16 or 48 kHz; up to two channels (the originals include a few stereo files, recorded as
+``channels = 2``; training down-mixes).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from data_contracts.corpora.base import ParseResult, Candidate, non_audio_category, stem
-from data_contracts.errors import CorpusLayoutError
-from data_contracts.labels import LABELS
-from data_contracts.source import Listing
+from data_contracts.corpora.base import (
+    AudioChecks,
+    Candidate,
+    CorpusSpec,
+    FoldProtocol,
+    ParseResult,
+    audio_paths,
+    no_audio_found,
+    stem,
+)
+
+if TYPE_CHECKING:
+    from data_contracts.source import CorpusSource, Listing
 
 CORPUS = "ravdess"
 LAYOUT = "Actor_{01..24}/03-01-EE-II-SS-RR-AA.wav (or .flac)"
-EMOTIONS = {f"{i:02d}": name for i, name in enumerate(LABELS[CORPUS], start=1)}
+LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+EMOTIONS = {f"{i:02d}": name for i, name in enumerate(LABELS, start=1)}
 _FOLDER = re.compile(r"^Actor_(\d\d)$")
 _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
@@ -88,17 +105,12 @@ def _parse_name(path: str, folder_actor: str, result: ParseResult) -> Candidate 
     )
 
 
-def parse(listing: Listing, source) -> ParseResult:
+def parse(listing: Listing, source: CorpusSource) -> ParseResult:
     """Candidate rows and parse-level quarantine rows of a RAVDESS root (`source` only names the
     root in the layout error: RAVDESS has no label files, every fact is in the file name)."""
     result = ParseResult(CORPUS)
     in_layout = 0
-    for entry in listing.files:
-        path = entry.path
-        category = non_audio_category(path)
-        if category is not None:
-            result.out_of_scope[category] += 1
-            continue
+    for path in audio_paths(listing, result):
         parts = path.split("/")
         folder = _FOLDER.match(parts[0]) if len(parts) == 2 else None
         if folder is None:
@@ -109,8 +121,15 @@ def parse(listing: Listing, source) -> ParseResult:
         if candidate is not None:
             result.candidates.append(candidate)
     if in_layout == 0:
-        raise CorpusLayoutError(
-            f"{source.root}: no RAVDESS audio found; expected the layout {LAYOUT} "
-            f"({len(listing.files)} files under the root)"
-        )
+        raise no_audio_found(source, listing, "RAVDESS", LAYOUT)
     return result
+
+
+SPEC = CorpusSpec(
+    name=CORPUS,
+    labels=LABELS,
+    folds=FoldProtocol(grouping="speaker_blocks", block_size=4, validation="gender_balanced", min_groups=2),
+    audio_checks=AudioChecks(sample_rates=frozenset({16000, 48000}), max_channels=2),
+    parse=parse,
+    doc=__doc__,
+)

@@ -7,22 +7,38 @@ Two layouts are accepted, alone or together:
 
 Four male speakers, seven emotions, 480 utterances (neutral 30 per speaker, the others 15).
 Label map: a -> angry (SAVEE: anger), d -> disgust, f -> fearful (fear), h -> happy
-(happiness), n -> neutral, sa -> sad (sadness), su -> surprised (surprise).
+(happiness), n -> neutral, sa -> sad (sadness), su -> surprised (surprise): SAVEE's own words
+are renamed to the adjectives the other corpora use, so that the same emotion has the same name
+everywhere. Class order: angry, disgust, fearful, happy, neutral, sad, surprised.
 
 utt_id is ``<speaker>_<code>NN`` in both layouts (``DC_a01``), so a file present in both
 layouts is one utterance: the second copy is quarantined as a duplicate at ingest.
 Speaker and session are the speaker code; gender is M for all four.
 
-Fold protocol (paper): leave-one-speaker-out, 4 folds; see `data_contracts.folds`.
+Fold protocol (paper): leave-one-speaker-out, 4 folds; validation speaker of fold k: the next
+speaker, (k + 1) mod 4 (`FoldProtocol` in `data_contracts.corpora.base`).
+
+Audio: mono at 16 or 44.1 kHz.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from data_contracts.corpora.base import Candidate, ParseResult, non_audio_category, stem
-from data_contracts.errors import CorpusLayoutError
-from data_contracts.source import Listing
+from data_contracts.corpora.base import (
+    AudioChecks,
+    Candidate,
+    CorpusSpec,
+    FoldProtocol,
+    ParseResult,
+    audio_paths,
+    no_audio_found,
+    stem,
+)
+
+if TYPE_CHECKING:
+    from data_contracts.source import CorpusSource, Listing
 
 CORPUS = "savee"
 LAYOUT = "AudioData/{DC,JE,JK,KL}/{a,d,f,h,n,sa,su}NN.wav or ALL/{DC,JE,JK,KL}_{a,...,su}NN.wav"
@@ -51,16 +67,11 @@ def _fields(path: str, parts: list[str]) -> tuple[str, str, str] | None:
     return None
 
 
-def parse(listing: Listing, source) -> ParseResult:
+def parse(listing: Listing, source: CorpusSource) -> ParseResult:
     """Candidate rows and parse-level quarantine rows of a SAVEE root (labels are in the names)."""
     result = ParseResult(CORPUS)
     in_layout = 0
-    for entry in listing.files:
-        path = entry.path
-        category = non_audio_category(path)
-        if category is not None:
-            result.out_of_scope[category] += 1
-            continue
+    for path in audio_paths(listing, result):
         parts = path.split("/")
         if parts[0] not in ("AudioData", "ALL"):
             result.quarantine_file(path, "bad_name", f"{path}: audio file outside the layout {LAYOUT}")
@@ -83,7 +94,15 @@ def parse(listing: Listing, source) -> ParseResult:
                 Candidate(utt_id, CORPUS, path, speaker, speaker, "M", LABEL_MAP[code], code)
             )
     if in_layout == 0:
-        raise CorpusLayoutError(
-            f"{source.root}: no SAVEE audio found; expected the layout {LAYOUT} ({len(listing.files)} files under the root)"
-        )
+        raise no_audio_found(source, listing, "SAVEE", LAYOUT)
     return result
+
+
+SPEC = CorpusSpec(
+    name=CORPUS,
+    labels=("angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"),
+    folds=FoldProtocol(grouping="speaker", validation="next_group", min_groups=3),
+    audio_checks=AudioChecks(sample_rates=frozenset({16000, 44100})),
+    parse=parse,
+    doc=__doc__,
+)
