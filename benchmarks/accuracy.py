@@ -43,6 +43,8 @@ import torch
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
+from ser_model.launch import BAD_CONFIG_EXIT
+from ser_model.metrics import HEADLINE_METRICS
 from ser_model.presets import PRESETS, experiment_config
 from ser_model.train import fit
 
@@ -61,7 +63,6 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "no_flam": {"model.flam": False},
     "ce_only": {"loss.focal": False, "loss.center": False, "loss.supcon": False},
 }
-METRICS = ("WA", "UA", "macro_f1")
 
 
 def parse_value(text: str) -> Any:
@@ -113,7 +114,7 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
     for variant, runs in results.items():
         keys = list(runs)
         row: dict[str, Any] = {"runs": [list(k) for k in keys]}
-        for metric in METRICS:
+        for metric in HEADLINE_METRICS:
             values = [100.0 * runs[k]["test"][metric] for k in keys]
             row[metric] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "per_run": values}
         row["valid_UA_per_run"] = [100.0 * runs[k]["valid"]["UA"] for k in keys]
@@ -137,7 +138,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for variant, row in summary.items():
-        cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in METRICS]
+        cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in HEADLINE_METRICS]
         diff = row.get("full_minus_this_UA")
         if diff is None:
             paired = "—"
@@ -157,8 +158,8 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",
-        "Checkpoint selection: the epoch with the best validation UA on validation actors drawn from each "
-        f"fold's training actors; test actors are evaluated once and never used for selection or tuning (fold 0: {meta['selection_rule']}).",
+        f"Checkpoint selection in every fold, as fold 0's result.json records it: {meta['selection_rule']}. The validation actors "
+        "are drawn from the fold's training actors; the test actors are evaluated once and never used for tuning either.",
         "",
         f"Method variants: preset `{meta['preset']}` with overrides: {overrides}. reference_cnn: benchmarks/reference_cnn.py.",
         "",
@@ -230,18 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     if not root.is_dir():
         print(f"error: RAVDESS root {root} not found; pass --root DIR (Actor_01/03-01-…wav layout)", file=sys.stderr)
-        return 2
+        return BAD_CONFIG_EXIT
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         print(f"error: unknown variant(s) {unknown}; expected some of {list(VARIANTS)}", file=sys.stderr)
-        return 2
+        return BAD_CONFIG_EXIT
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
+            return BAD_CONFIG_EXIT
         overrides[key] = parse_value(value)
     out = Path(args.out)
     threads = args.threads or torch.get_num_threads()

@@ -34,10 +34,12 @@ import torchaudio
 from torch import nn
 
 from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDataset, collate_padded
-from ser_model.metrics import classification_metrics
-from ser_model.train import fold_splits, metric_report, selection_rule
+from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
+from ser_model.train import fold_splits
 
 RECIPE: dict[str, Any] = {"epochs": 25, "batch_size": 16, "lr": 1e-3, "crop_seconds": 3.0, "channels": [32, 64, 128, 128], "dim": 128, "heads": 4}
+SELECT_METRIC = "UA"
+"""The validation metric that selects the reference's checkpoint, as the method's default (`TrainConfig.select_metric`)."""
 
 
 class ReferenceCNN(nn.Module):
@@ -83,7 +85,7 @@ def _evaluate(model: ReferenceCNN, dataset: UtteranceDataset, labels: tuple[str,
         wave, _, _ = dataset[i]
         wave = torch.nn.functional.pad(wave, (0, max(0, 400 - len(wave))))[None]  # at least one frame
         predictions.append(int(model(wave, torch.tensor([wave.shape[1]])).argmax()))
-    return metric_report(classification_metrics(dataset.labels, np.asarray(predictions), len(labels), labels))
+    return classification_metrics(dataset.labels, np.asarray(predictions), len(labels), labels)
 
 
 def train_reference(
@@ -104,7 +106,7 @@ def train_reference(
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_padded)
     model = ReferenceCNN(len(labels), tuple(RECIPE["channels"]), RECIPE["dim"], RECIPE["heads"])
     optimizer = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
-    best_ua, best_epoch, best_state, history = -1.0, 0, None, []
+    best_score, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(RECIPE["epochs"]):
         started = time.perf_counter()
         model.train()
@@ -118,10 +120,10 @@ def train_reference(
             optimizer.step()
             losses.append(loss.item())
         valid = _evaluate(model, valid_set, labels)
-        if valid["UA"] > best_ua:
-            best_ua, best_epoch = valid["UA"], epoch + 1
+        if valid[SELECT_METRIC] > best_score:
+            best_score, best_epoch = valid[SELECT_METRIC], epoch + 1
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        record = {"epoch": epoch + 1, "train": {"loss": float(np.mean(losses))}, "valid": {k: valid[k] for k in ("WA", "UA", "macro_f1")}}
+        record = {"epoch": epoch + 1, "train": {"loss": float(np.mean(losses))}, "valid": {k: valid[k] for k in HEADLINE_METRICS}}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
@@ -129,8 +131,8 @@ def train_reference(
     result = {
         "fold": fold,
         "selected_epoch": best_epoch,
-        "select_metric": "UA",
-        "selection_rule": selection_rule("ua", speakers),
+        "select_metric": SELECT_METRIC,
+        "selection_rule": selection_rule(SELECT_METRIC, speakers),
         "speakers": speakers,
         "valid": _evaluate(model, valid_set, labels),
         "test": _evaluate(model, test_set, labels),

@@ -36,22 +36,11 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ser_model.config import SERConfig  # noqa: E402
 from ser_model.launch import METRICS_FILE, RESULT_FILE, fold_folder_name, fold_times  # noqa: E402
+from ser_model.metrics import HEADLINE_METRICS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-SUMMARY_METRICS = ("WA", "UA", "macro_f1")
-"""The headline metrics of every fold (accuracy, mean per-class recall, macro F1)."""
-
-
-def selection_rule(metric: str) -> str:
-    """How each fold's checkpoint was chosen, naming the validation metric (``UA``, ``WA`` or ``macro_f1``)."""
-    return (
-        f"checkpoint = epoch with the best validation {metric} on validation speakers drawn from each "
-        "fold's training speakers; test speakers are never used for selection"
-    )
-
 
 PACKAGES = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "numpy")
 
@@ -189,7 +178,7 @@ def fold_summary(fold_metrics: Mapping[int, Mapping[str, float]]) -> dict[str, f
     if not fold_metrics:
         raise ValueError("fold_summary: no fold results; expected at least one fold's test metrics")
     summary: dict[str, float] = {"n_folds": float(len(fold_metrics))}
-    for name in SUMMARY_METRICS:
+    for name in HEADLINE_METRICS:
         values = np.array([float(m[name]) for m in fold_metrics.values()])
         summary[f"{name}_mean"] = float(values.mean())
         summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -347,12 +336,12 @@ MODEL_URI_TAG = "ser.model_uri"
 
 
 def fold_scores(result: Mapping[str, Any], split: str = "test") -> dict[str, float]:
-    """``{"WA", "UA", "macro_f1"}`` of one split of a fold's result.json."""
+    """The :data:`HEADLINE_METRICS` (``{"WA": …, "UA": …, "macro_f1": …}``) of one split of a fold's result.json."""
     metrics = result.get(split) or {}
-    missing = [m for m in SUMMARY_METRICS if m not in metrics]
+    missing = [m for m in HEADLINE_METRICS if m not in metrics]
     if missing:
         raise ValueError(f"result.json has no {split} metric(s) {missing}; got keys {sorted(metrics)}")
-    return {m: float(metrics[m]) for m in SUMMARY_METRICS}
+    return {m: float(metrics[m]) for m in HEADLINE_METRICS}
 
 
 def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str) -> str:
@@ -452,12 +441,10 @@ def summary_markdown(
     corpus: str, fingerprint: str, outcomes: list[dict[str, Any]], summary: dict[str, float], version: str | None, decision: dict | None, rule: str
 ) -> str:
     """The train flow's Prefect artifact: per-fold and mean ± std scores, selection rule, registration."""
-    rows = "\n".join(f"| {o['fold']} | " + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in SUMMARY_METRICS) + " |" for o in outcomes)
-    mean = " | ".join(f"{summary[f'{m}_mean']:.4f} ± {summary[f'{m}_std']:.4f}" for m in SUMMARY_METRICS)
-    text = (
-        f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n"
-        f"| fold | WA | UA | macro F1 |\n|---|---|---|---|\n{rows}\n| mean ± std | {mean} |\n\n{rule}.\n"
-    )
+    rows = "\n".join(f"| {o['fold']} | " + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in HEADLINE_METRICS) + " |" for o in outcomes)
+    mean = " | ".join(f"{summary[f'{m}_mean']:.4f} ± {summary[f'{m}_std']:.4f}" for m in HEADLINE_METRICS)
+    header = "| fold | " + " | ".join(HEADLINE_METRICS) + " |\n|---|" + "---|" * len(HEADLINE_METRICS)
+    text = f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n{header}\n{rows}\n| mean ± std | {mean} |\n\nCheckpoint selection: {rule}.\n"
     if version is not None:
         text += f"\nRegistered `ser-{corpus}` version {version}."
     if decision is not None:

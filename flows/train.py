@@ -38,8 +38,9 @@ from flows.roots import manifest_root
 from ser_stack.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, resolve_version
 from flows import tracking as t
-from ser_model.config import SELECT_KEYS, SERConfig
+from ser_model.config import SERConfig
 from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, FoldJob, fold_folder_name, retry_unless_refused, run_worker, write_fold_times
+from ser_model.metrics import selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
 
 FOLD_DEPLOYMENT = "train-fold/train-fold"
@@ -164,7 +165,7 @@ def train(
         "ser.corpus": corpus, "ser.data_fingerprint": fingerprint, "ser.preset": preset, "ser.backbone": config.model.backbone,
         "ser.train_key": t.train_key(corpus, fingerprint, config, folds, release, root),
         PROTOCOL_TAG: t.protocol_name(corpus, len(available), folds),
-        "ser.selection_rule": t.selection_rule(SELECT_KEYS[config.train.select_metric]),
+        "ser.selection_rule": selection_rule(config.train.select_metric),
         **t.code_version(REPO_ROOT), **t.package_versions(),
     }
     params = {**t.flatten_params(config.to_dict()), "data.fingerprint": fingerprint, "data.utterances": str(len(manifest)), "folds": json.dumps(folds), "release": str(release)}

@@ -14,8 +14,14 @@ and needs no fold, so it also scores a held-out set too small for any fold proto
 
 ``--model`` takes a checkpoint folder, or a URI that a resolver given to `main` turns into one:
 the `ser` console script (`flows.cli`) registers the MLflow registry's ``models:/NAME@ALIAS`` and
-``models:/NAME/VERSION``; ser_model itself knows no registry. Exit codes: 0 done, 2 bad input
-(message on stderr, no traceback).
+``models:/NAME/VERSION``; ser_model itself knows no registry.
+
+Exit codes, the fold-launch contract's constants (``ser_model.launch``), with the message on stderr
+and no traceback: 0 done; ``BAD_CONFIG_EXIT`` (2) any bad input the user can fix: a command line
+argparse refuses (it exits 2 itself), a configuration, a manifest folder or corpus root that fails
+its checks, an audio file that is missing or cannot be decoded, a ``--model`` that cannot be found or
+fetched, an output folder that cannot be written. ``BAD_DATA_EXIT`` (3) is the worker's alone: the
+CLI does not tell bad data from bad arguments, every bad input exits 2.
 
 Start-up: this module imports no torch, pandas or audio library; each command imports what it
 needs when it runs, so `ser --help` answers at once and `ser ingest` never loads torch.
@@ -39,11 +45,11 @@ from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
+from ser_model.launch import BAD_CONFIG_EXIT
 from ser_model.presets import PRESETS, experiment_config
 
-__all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError", "BAD_INPUT_EXIT"]
+__all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError"]
 
-BAD_INPUT_EXIT = 2
 MODEL_HELP = (
     "checkpoint folder (config.json, model.safetensors, labels.json), or a registered model "
     "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (MLflow server from MLFLOW_TRACKING_URI)"
@@ -130,7 +136,7 @@ def run_ingest_command(args: argparse.Namespace) -> int:
         paths = write_ingest_outputs(result, args.out)
     except OSError as err:
         print(f"ser ingest: error: cannot write outputs to {args.out}: {err}", file=sys.stderr)
-        return BAD_INPUT_EXIT
+        return BAD_CONFIG_EXIT
     report = result.report
     print(
         f"{args.corpus}: {report['utterances']} utterances, {len(report['quarantined'])} quarantined, "
@@ -314,7 +320,7 @@ def main(argv: Sequence[str] | None = None, resolvers: Mapping[str, ModelResolve
             return args.handler(args)
     except BAD_INPUT_ERRORS as err:
         print(f"ser {args.command}: error: {err}", file=sys.stderr)
-        return BAD_INPUT_EXIT
+        return BAD_CONFIG_EXIT
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ser_model.metrics import HEADLINE_METRICS
+
 BACKBONE_MODES = ("finetune", "frozen", "weighted_sum")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SELECT_METRICS = ("ua", "wa", "macro_f1")
-#: TrainConfig.select_metric → its key in the metric reports (``ser_model.train.metric_report``)
-SELECT_KEYS = {"ua": "UA", "wa": "WA", "macro_f1": "macro_f1"}
 FBANK_NORMS = ("bin", "bin_mean", "utterance")
 EMBED_NORMS = ("none", "batch", "layer")
 LR_SCHEDULES = ("exponential", "cosine")
@@ -338,7 +337,9 @@ class TrainConfig:
 
     ``max_seconds``: training utterances longer than this are randomly cropped to it (None: whole).
     ``precision``: "auto" picks bf16 on a CUDA device that supports it, fp32 otherwise.
-    ``select_metric``: validation metric that chooses the checkpoint (validation speakers only).
+    ``select_metric``: validation metric that chooses the checkpoint (validation speakers only), one of
+    ``ser_model.metrics.HEADLINE_METRICS`` and spelled as its key in the metric reports ("UA", "WA",
+    "macro_f1"); ``SERConfig.from_dict`` reads the lower-case "ua" / "wa" of configs saved before as "UA" / "WA".
     ``grad_clip``: max global gradient norm (None: no clipping). ``device``: "auto", "cpu", "cuda", "cuda:N".
     ``schedule``: the learning rate after warm-up: ``"exponential"`` (docs/METHOD.md: × ``lr_decay`` after every
     epoch) or ``"cosine"`` (ours: half a cosine from ``lr`` to 0 over the remaining steps; ``lr_decay`` unused).
@@ -367,7 +368,7 @@ class TrainConfig:
     precision: str = "auto"
     num_workers: int = 0
     valid_every: int = 1
-    select_metric: str = "ua"
+    select_metric: str = "UA"
     device: str = "auto"
     feature_cache: bool = True
 
@@ -392,7 +393,7 @@ class TrainConfig:
         _require(self.max_seconds is None or self.max_seconds > 0.0, f"{w}.max_seconds", f"got {self.max_seconds}, expected None or > 0")
         _require(self.precision in PRECISIONS, f"{w}.precision", f"got {self.precision!r}, expected one of {PRECISIONS}")
         _require(self.num_workers >= 0, f"{w}.num_workers", f"got {self.num_workers}, expected >= 0")
-        _require(self.select_metric in SELECT_METRICS, f"{w}.select_metric", f"got {self.select_metric!r}, expected one of {SELECT_METRICS}")
+        _require(self.select_metric in HEADLINE_METRICS, f"{w}.select_metric", f"got {self.select_metric!r}, expected one of {HEADLINE_METRICS}")
         _require(
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
             f"{w}.device",
@@ -445,13 +446,19 @@ class SERConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SERConfig:
-        """Inverse of ``to_dict``; unknown keys raise ``ConfigError`` naming them and the valid ones."""
+        """Inverse of ``to_dict``; unknown keys raise ``ConfigError`` naming them and the valid ones.
+
+        ``train.select_metric`` "ua" / "wa" (configs saved before the metric keys became "UA" / "WA")
+        are read as "UA" / "WA", so older checkpoints still load and resume."""
         _require(isinstance(data, dict), "SERConfig", f"got {type(data).__name__}, expected an object")
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         _require(not unknown, "SERConfig", f"unknown key(s) {unknown}; valid keys: {valid}")
         _require("labels" in data, "SERConfig.labels", "missing; expected a list of class names")
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
+        train = data.get("train")
+        if isinstance(train, dict) and train.get("select_metric") in ("ua", "wa"):  # saved before metric keys were "UA" / "WA"
+            data = {**data, "train": {**train, "select_metric": train["select_metric"].upper()}}
         for name, section in _SECTIONS.items():
             if name in data:
                 kwargs[name] = _section_from_dict(section, data[name], f"SERConfig.{name}")

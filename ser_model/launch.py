@@ -41,7 +41,9 @@ from typing import Any
 RELEASE_FOLD = -1
 """The fold number of the release model: trained on every speaker, validated on held-out ones."""
 BAD_CONFIG_EXIT = 2
+"""The worker refused its arguments or configuration (not retried); the `ser` CLI exits with it on any bad input."""
 BAD_DATA_EXIT = 3
+"""The worker refused its data: empty split, unreadable audio, unknown labels, fold not in the table (not retried)."""
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"

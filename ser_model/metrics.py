@@ -4,18 +4,48 @@ WA (weighted accuracy) = accuracy = Σ_c n_cc / N.
 UA (unweighted accuracy) = mean over classes present in y_true of recall_c = n_cc / Σ_k n_ck.
 macro-F1 = mean over classes present in y_true or y_pred of F1_c = 2 n_cc / (Σ_k n_ck + Σ_k n_kc).
 confusion[t][p] = number of utterances of true class t predicted as p.
+
+The keys ``"WA"``, ``"UA"``, ``"macro_f1"`` (:data:`HEADLINE_METRICS`) are the one spelling of these
+metrics everywhere: ``classification_metrics``' output, ``TrainConfig.select_metric``,
+``metrics.jsonl`` and ``result.json``, the MLflow metric names and the benchmarks' tables.
+:func:`selection_rule` is the one wording of how a checkpoint is chosen by one of them.
+
+numpy is imported inside the functions: ``ser_model.config`` imports this module for
+:data:`HEADLINE_METRICS`, and ``ser --help`` (which loads the config) starts without numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+HEADLINE_METRICS = ("WA", "UA", "macro_f1")
+"""The headline metrics of every evaluation (accuracy, mean per-class recall, macro F1), in table order."""
+
+
+def selection_rule(metric: str, speakers: dict[str, list[str]] | None = None) -> str:
+    """How a checkpoint is chosen: the epoch with the best validation ``metric`` (one of
+    :data:`HEADLINE_METRICS`) on the validation speakers, never on the test speakers.
+
+    With ``speakers`` (``{"valid": [...], "test": [...]}`` of one fold; an empty test list for
+    the release model) the rule names them, as each fold's result.json records it; without, it
+    states the protocol of every fold (the train flow's ``ser.selection_rule`` tag).
+    """
+    if speakers is None:
+        return f"best validation {metric} on validation speakers drawn from each fold's training speakers; test speakers never used for selection"
+    text = f"best validation {metric} on validation speakers {speakers['valid']}"
+    if speakers["test"]:
+        return f"{text}; test speakers {speakers['test']} never used for selection"
+    return f"{text}; release model, no test speakers"
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted class."""
+    import numpy as np
+
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
@@ -30,9 +60,11 @@ def classification_metrics(
     """WA, UA, macro-F1, per-class recall and the confusion matrix (module docstring has the formulas).
 
     y_true, y_pred (N,) class indices in [0, n_classes). Returns a JSON-able dict:
-    ``n``, ``wa``, ``ua``, ``macro_f1`` (floats in [0, 1]), ``per_class_recall`` (label → recall,
+    ``n``, ``WA``, ``UA``, ``macro_f1`` (floats in [0, 1]), ``per_class_recall`` (label → recall,
     None for a class absent from y_true), ``confusion`` (C × C nested list), ``labels``.
     """
+    import numpy as np
+
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y_true.shape != y_pred.shape:
@@ -57,8 +89,8 @@ def classification_metrics(
     f1 = np.divide(2 * hits, f1_support, out=np.zeros(n_classes), where=f1_classes)
     return {
         "n": int(y_true.size),
-        "wa": float(hits.sum() / y_true.size),
-        "ua": float(recall[present].mean()),
+        "WA": float(hits.sum() / y_true.size),
+        "UA": float(recall[present].mean()),
         "macro_f1": float(f1[f1_classes].mean()),
         "per_class_recall": {label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)},
         "confusion": cm.tolist(),

@@ -62,7 +62,7 @@ from ser_model.checkpoint import (
     write_folder_atomically,
     write_text_atomically,
 )
-from ser_model.config import SELECT_KEYS, ConfigError, SERConfig, TrainConfig
+from ser_model.config import ConfigError, SERConfig, TrainConfig
 from ser_model.data import (
     EVAL_MAX_SECONDS,
     DataSplitError,
@@ -75,7 +75,7 @@ from ser_model.eam import energy_adaptive_mixup
 from ser_model.feature_cache import FEATURE_CACHE_DIR, CachedStates, FeatureCache, collate_states, forward_batch, uses_feature_cache
 from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
-from ser_model.metrics import classification_metrics
+from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
 
 __all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits", "evaluate_split", "evaluate_rows", "seed_everything"]
@@ -200,13 +200,6 @@ def _speakers(rows: pd.DataFrame) -> list[str]:
     return sorted(rows["speaker"].astype(str).unique())
 
 
-def selection_rule(metric: str, speakers: dict[str, list[str]]) -> str:
-    text = f"best validation {SELECT_KEYS[metric]} on validation speakers {speakers['valid']}"
-    if speakers["test"]:
-        return f"{text}; test speakers {speakers['test']} never used for selection"
-    return f"{text}; release model, no test speakers"
-
-
 # ---------------------------------------------------------------------------- objective
 
 
@@ -235,15 +228,9 @@ class TrainingObjective(nn.Module):
         )
 
 
-def metric_report(metrics: dict[str, Any]) -> dict[str, Any]:
-    """`classification_metrics` output with the headline keys the flows read: WA, UA, macro_f1."""
-    renamed = {"wa": "WA", "ua": "UA"}
-    return {renamed.get(key, key): value for key, value in metrics.items()}
-
-
 @torch.no_grad()
 def evaluate_split(model: SERModel, dataset: UtteranceDataset | CachedStates, batch_size: int, runtime: Runtime) -> dict[str, Any]:
-    """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → metric_report."""
+    """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → `classification_metrics`."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
     collate = collate_states if isinstance(dataset, CachedStates) else collate_padded
@@ -263,7 +250,7 @@ def evaluate_split(model: SERModel, dataset: UtteranceDataset | CachedStates, ba
     order = np.concatenate([np.asarray(s[0], dtype=np.int64) for s in shards])
     y_pred = np.empty(len(dataset), dtype=np.int64)
     y_pred[order] = np.concatenate([np.asarray(s[1], dtype=np.int64) for s in shards])
-    return metric_report(classification_metrics(dataset.labels, y_pred, len(model.labels), model.labels))
+    return classification_metrics(dataset.labels, y_pred, len(model.labels), model.labels)
 
 
 def evaluate_rows(
@@ -461,8 +448,8 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch + 1, "train": train_terms, "lr": lr}
         if (epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs:
             valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
-            record["valid"] = {key: valid[key] for key in ("WA", "UA", "macro_f1")}
-            score = valid[SELECT_KEYS[tc.select_metric]]
+            record["valid"] = {key: valid[key] for key in HEADLINE_METRICS}
+            score = valid[tc.select_metric]
             if score > best_score:
                 best_score, best_epoch = score, epoch + 1
                 if runtime.is_main:
@@ -510,7 +497,7 @@ def fit(
         payload = {
             "fold": fold,
             "selected_epoch": best_epoch,
-            "select_metric": SELECT_KEYS[tc.select_metric],
+            "select_metric": tc.select_metric,
             "selection_rule": rule,
             "speakers": speakers,
             "valid": valid,

@@ -25,6 +25,7 @@ from ser_model.launch import (
     worker_exit_code,
     write_fold_times,
 )
+from ser_model.metrics import HEADLINE_METRICS
 
 LABELS = ("neutral", "calm", "happy")
 
@@ -98,9 +99,9 @@ def test_epoch_metrics_keep_every_finite_number_at_its_epoch():
 
 def test_fold_summary_is_mean_and_sample_std():
     rng = np.random.default_rng(0)
-    folds = {k: {m: float(rng.uniform()) for m in tracking.SUMMARY_METRICS} for k in range(5)}
+    folds = {k: {m: float(rng.uniform()) for m in HEADLINE_METRICS} for k in range(5)}
     summary = tracking.fold_summary(folds)
-    for m in tracking.SUMMARY_METRICS:
+    for m in HEADLINE_METRICS:
         values = [folds[k][m] for k in range(5)]
         assert summary[f"{m}_mean"] == pytest.approx(statistics.fmean(values))
         assert summary[f"{m}_std"] == pytest.approx(statistics.stdev(values))

@@ -1,10 +1,14 @@
 """Configs: exact JSON round trip, overrides, and clear rejection of invalid values."""
 
 import dataclasses
+import json
+import logging
+import warnings
 
 import pytest
 
 from ser_model.config import ConfigError, EAMConfig, LossConfig, ModelConfig, SERConfig, TrainConfig
+from ser_model.metrics import HEADLINE_METRICS
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
@@ -94,6 +98,8 @@ def test_unknown_json_key_is_rejected():
         ({"model.embed_norm": "group"}, r"ModelConfig\.embed_norm"),
         ({"model.trim_db": 0.0}, r"ModelConfig\.trim_db"),
         ({"train.schedule": "linear"}, r"TrainConfig\.schedule"),
+        ({"train.select_metric": "f1"}, r"TrainConfig\.select_metric: got 'f1', expected one of \('WA', 'UA', 'macro_f1'\)"),
+        ({"train.select_metric": "Ua"}, r"TrainConfig\.select_metric: got 'Ua'"),
         ({"train.warmup_epochs": 20.5}, r"TrainConfig\.warmup_epochs: got 20\.5, expected 0 <= warmup_epochs <= epochs=20"),
         ({"eam.degenerate_db": 3.0}, r"EAMConfig\.degenerate_db"),
         ({"labels": ["a"]}, "expected at least two class names"),
@@ -108,3 +114,26 @@ def test_invalid_values_are_rejected_with_clear_messages(overrides, match):
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3
+
+
+def test_select_metric_is_spelled_as_the_metric_keys():
+    assert TrainConfig().select_metric == "UA"
+    for metric in HEADLINE_METRICS:
+        assert SERConfig(labels=LABELS).with_overrides({"train.select_metric": metric}).train.select_metric == metric
+    with pytest.raises(ConfigError, match=r"TrainConfig\.select_metric: got 'ua'"):
+        TrainConfig(select_metric="ua")  # only saved configs are read with the old spelling
+
+
+@pytest.mark.parametrize("old, new", [("ua", "UA"), ("wa", "WA")])
+def test_a_config_saved_with_the_old_lower_case_select_metric_still_loads(old, new, tmp_path, caplog):
+    """config.json files written before the metric keys became "UA" / "WA" held "ua" / "wa"."""
+    current = _full_config().with_overrides({"train.select_metric": new})
+    data = current.to_dict()
+    data["train"]["select_metric"] = old
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings(), caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("error")
+        loaded = SERConfig.from_json(path)
+    assert loaded == current and not caplog.records
+    assert json.loads(loaded.to_json())["train"]["select_metric"] == new  # saved again in today's spelling

@@ -1,9 +1,9 @@
-"""Fold metrics against loop references written here."""
+"""Fold metrics against loop references written here; the checkpoint selection rule's wording."""
 
 import numpy as np
 import pytest
 
-from ser_model.metrics import classification_metrics
+from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 
 
 def reference(y_true, y_pred, n_classes):
@@ -36,8 +36,9 @@ def test_metrics_match_loop_reference(seed):
     m = classification_metrics(y_true, y_pred, n_classes, labels)
     cm, wa, ua, f1, recalls = reference(y_true.tolist(), y_pred.tolist(), n_classes)
     assert m["confusion"] == cm
-    assert m["wa"] == pytest.approx(wa)
-    assert m["ua"] == pytest.approx(ua)
+    assert set(HEADLINE_METRICS) <= set(m)  # the keys result.json, the flows and the benchmarks read
+    assert m["WA"] == pytest.approx(wa)
+    assert m["UA"] == pytest.approx(ua)
     assert m["macro_f1"] == pytest.approx(f1)
     assert m["n"] == n and m["labels"] == labels
     for c, label in enumerate(labels):
@@ -46,9 +47,9 @@ def test_metrics_match_loop_reference(seed):
 
 def test_perfect_and_imbalanced_predictions():
     y = [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
-    assert classification_metrics(y, y, 3)["ua"] == 1.0
+    assert classification_metrics(y, y, 3)["UA"] == 1.0
     majority = classification_metrics(y, [0] * 10, 3)
-    assert majority["wa"] == 0.8 and majority["ua"] == pytest.approx(1 / 3)  # UA is not fooled by the majority class
+    assert majority["WA"] == 0.8 and majority["UA"] == pytest.approx(1 / 3)  # UA is not fooled by the majority class
 
 
 @pytest.mark.parametrize(
@@ -58,3 +59,14 @@ def test_perfect_and_imbalanced_predictions():
 def test_bad_input_is_rejected(y_true, y_pred, n_classes, match):
     with pytest.raises(ValueError, match=match):
         classification_metrics(y_true, y_pred, n_classes)
+
+
+@pytest.mark.parametrize("metric", HEADLINE_METRICS)
+def test_selection_rule_names_the_metric_and_who_selects(metric):
+    fold = selection_rule(metric, {"train": ["S03"], "valid": ["S02"], "test": ["S01"]})
+    assert fold == f"best validation {metric} on validation speakers ['S02']; test speakers ['S01'] never used for selection"
+    release = selection_rule(metric, {"train": ["S01", "S03"], "valid": ["S02"], "test": []})
+    assert release.startswith(f"best validation {metric} on validation speakers ['S02']") and "release model, no test speakers" in release
+    protocol = selection_rule(metric)
+    assert protocol.startswith(f"best validation {metric} on validation speakers drawn from each fold's training speakers")
+    assert protocol.endswith("test speakers never used for selection")

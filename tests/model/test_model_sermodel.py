@@ -267,3 +267,19 @@ def test_bad_lengths_are_rejected():
     waves, lengths, _ = _batch()
     with pytest.raises(ValueError, match=r"lengths: got values in \[6000, 16001\], expected 1 <= length <= L=16000"):
         model(waves, lengths.clone().index_fill_(0, torch.tensor([0]), SR + 1))
+
+
+def test_a_checkpoint_saved_with_the_old_lower_case_select_metric_still_loads(tmp_path):
+    """Checkpoint folders written before the metric keys became "UA" / "WA" hold select_metric "ua"."""
+    torch.manual_seed(0)
+    model = SERModel(SERConfig(labels=LABELS)).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["select_metric"] == "UA"
+    config["train"]["select_metric"] = "ua"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = SERModel.from_pretrained(tmp_path).eval()
+    assert loaded.config == model.config
+    waves, lengths, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(waves, lengths).logits, model(waves, lengths).logits)
