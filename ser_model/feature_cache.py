@@ -27,7 +27,7 @@ same files reuses the entries, a changed file gets a new one. ``index.json`` lis
 with its shape and the sha256 of its file; opening reads each entry a run needs and compares
 both, and an entry that is missing, unreadable or does not match is logged as a warning and
 recomputed. The index is updated under a file lock, entries are written atomically, so folds
-training at once share one cache.
+training at once share one cache (the files and these rules: ``ser_model.feature_cache_folder``).
 
 Crop policy. A training crop of ``TrainConfig.max_seconds`` is a window of the cached
 whole-utterance frames (``frame_crop_start``), not the frames of a cropped waveform: those differ
@@ -37,8 +37,14 @@ that the live backbone gives on the whole utterance, cropped the same way (teste
 always reads the cache. Training batches read it when EAM is off; EAM mixes waveforms, so with
 EAM on the training batches run the backbone live on mixed waveform crops.
 
-Beyond one machine: the cache is a local folder (default ``<out_dir>/../feature-cache``, shared by
-the folds of a run); keeping it in S3 for the flows is a follow-up.
+Beyond one machine: ``fit`` reads and fills a local folder (``feature_cache_dir``; default
+``<out_dir>/../feature-cache``, shared by the folds of a run). The train flow gives its workers
+one folder per machine (``--feature-cache``: ``SER_FEATURE_CACHE_DIR``, default
+``<state>/feature-cache``), fills it from ``s3://<data bucket>/feature-cache/`` before a fold's
+worker starts and uploads what the worker added after it succeeds (flows/feature_store.py), so
+folds on other machines, and later runs, reuse the entries instead of computing them again.
+Downloaded entries are checked against the index's sha256 there; the worker checks every entry it
+reads again when it opens the cache.
 """
 
 from __future__ import annotations
