@@ -8,9 +8,11 @@ Layout of the data bucket (``SER_DATA_BUCKET``, default ``ser-data``)::
     manifests/<corpus>/<fingerprint>/report.json
     manifests/<corpus>/latest.json    {"fingerprint", "written_at", "root", "report_key"}
     manifests/<corpus>/source.json    last source fingerprint seen by scheduled retraining
+    feature-cache/<digest>/...        frozen-backbone feature cache (flows/feature_store.py)
 
-Every key is built by :func:`object_key` from validated ids only, so no caller can write
-outside this layout. A manifest version is *complete* when its four files exist; ``latest``
+Every manifests/ key is built by :func:`object_key` from validated ids only (feature-cache/ keys
+by flows/feature_store.py from checked digests and entry names), so no caller can write outside
+this layout. A manifest version is *complete* when its four files exist; ``latest``
 moves to a version only after all four were written and read back (:func:`publish_manifest`),
 so an S3 outage in the middle of a publication leaves ``latest`` where it was.
 
@@ -164,6 +166,16 @@ class DataBucket:
                 return False
             raise
         return True
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (all pages): key → size in bytes."""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+            return {obj["Key"]: int(obj["Size"]) for page in pages for obj in page.get("Contents", [])}
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailableError(
+                f"S3 endpoint {self.endpoint} unreachable while listing s3://{self.name}/{prefix}: {exc}"
+            ) from exc
 
     def list_prefixes(self, prefix: str) -> list[str]:
         """Immediate sub-folders (common prefixes) under ``prefix``."""

@@ -4,8 +4,8 @@ work pool, tracked in MLflow, then the release model registered as ``ser-<corpus
     train (parent)  manifest version → MLflow parent run → one ``train-fold`` run per fold and
                     the release (run_deployment) → wait → per-fold and mean scores, summed
                     confusion → register the release model → promote
-    train-fold      manifest from S3, audio staged when the root is s3:// → torchrun worker
-                    (ser_model/launch.py) → its fold folder logged as an MLflow child run
+    train-fold      manifest from S3, audio staged when the root is s3://, feature cache pulled from
+                    S3 → torchrun worker (ser_model/launch.py) → cache pushed → MLflow child run
 
 Fold runs wait in the pool's ``folds`` queue, whose concurrency (``SER_FOLD_CONCURRENCY``, default
 1) is how many folds train at once (on Kubernetes, each a Job with its GPUs: infra/README.md). A
@@ -31,6 +31,7 @@ from prefect.deployments import run_deployment
 
 from data_contracts.labels import CORPORA
 from data_contracts.staging import stage_audio
+from flows.feature_store import shared_feature_cache
 from flows.limits import one_training_per_corpus
 from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
 from flows.pyfunc import log_pyfunc
@@ -97,13 +98,12 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
             limit = os.environ.get("SER_AUDIO_CACHE_BYTES")
             root = str(stage_audio(manifest, root, cache, fingerprint, int(limit) if limit else None))
             logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, root)
-        inputs = out_dir.with_name(out_dir.name + "-inputs")
-        inputs.mkdir(parents=True, exist_ok=True)
+        (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
         cfg.to_json(inputs / "config.json")
         manifest.to_parquet(inputs / "manifest.parquet", index=False)
         fold_table.to_parquet(inputs / "folds.parquet", index=False)
-        job = FoldJob(corpus, fold, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", root, out_dir, cfg.train.epochs)
-        train_worker(job)
+        with shared_feature_cache(cfg, settings, manifest["sha256"]) as feature_cache:  # flows/feature_store.py
+            train_worker(FoldJob(corpus, fold, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", root, out_dir, cfg.train.epochs, feature_cache))
     run_id = t.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
     if fold == RELEASE_FOLD:
         mlflow.set_tracking_uri(settings.tracking_uri)

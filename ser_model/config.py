@@ -504,3 +504,11 @@ class SERConfig:
         for name, section in _SECTIONS.items():
             keys += [f"{name}.{f.name}" for f in dataclasses.fields(section)]
         return keys
+
+
+def uses_feature_cache(config: SERConfig) -> bool:
+    """Whether ``fit`` reads the hidden states from the feature cache (``ser_model.feature_cache``):
+    an hf backbone in mode "frozen" or "weighted_sum", with ``TrainConfig.feature_cache`` on.
+    Torch-free, so the flows can ask before they launch a fold."""
+    mc = config.model
+    return config.train.feature_cache and mc.is_hf and mc.backbone_mode in ("frozen", "weighted_sum")

@@ -27,7 +27,7 @@ same files reuses the entries, a changed file gets a new one. ``index.json`` lis
 with its shape and the sha256 of its file; opening reads each entry a run needs and compares
 both, and an entry that is missing, unreadable or does not match is logged as a warning and
 recomputed. The index is updated under a file lock, entries are written atomically, so folds
-training at once share one cache.
+training at once share one cache (the files and these rules: ``ser_model.feature_cache_folder``).
 
 Crop policy. A training crop of ``TrainConfig.max_seconds`` is a window of the cached
 whole-utterance frames (``frame_crop_start``), not the frames of a cropped waveform: those differ
@@ -37,23 +37,26 @@ that the live backbone gives on the whole utterance, cropped the same way (teste
 always reads the cache. Training batches read it when EAM is off; EAM mixes waveforms, so with
 EAM on the training batches run the backbone live on mixed waveform crops.
 
-Beyond one machine: the cache is a local folder (default ``<out_dir>/../feature-cache``, shared by
-the folds of a run); keeping it in S3 for the flows is a follow-up.
+Beyond one machine: ``fit`` reads and fills a local folder (``feature_cache_dir``; default
+``<out_dir>/../feature-cache``, shared by the folds of a run). The train flow gives its workers
+one folder per machine (``--feature-cache``: ``SER_FEATURE_CACHE_DIR``, default
+``<state>/feature-cache``), fills it from ``s3://<data bucket>/feature-cache/`` before a fold's
+worker starts and uploads what the worker added after it succeeds (flows/feature_store.py), so
+folds on other machines, and later runs, reuse the entries instead of computing them again.
+Downloaded entries are checked against the index's sha256 there; the worker checks every entry it
+reads again when it opens the cache.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -65,8 +68,11 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from ser_model.backbones import HFBackbone
-from ser_model.config import SERConfig
+from ser_model.config import uses_feature_cache
 from ser_model.data import EVAL_MAX_SECONDS, PRELOAD_LIMIT_BYTES, Batch, UtteranceDataset
+from ser_model.feature_cache_folder import (
+    ENTRIES_DIR, KEY_FILE, IndexEntry, entry_path, key_digest, merge_index, read_index, sha256_json, write_bytes_atomically,
+)
 from ser_model.model import SERModel, SEROutput
 
 __all__ = [
@@ -88,17 +94,6 @@ FEATURE_CACHE_DIR = "feature-cache"
 STATES_TENSOR = "states"
 #: hf backbones take 16 kHz audio (``ModelConfig`` refuses another sample rate with them)
 HF_SAMPLE_RATE = 16000
-
-
-def uses_feature_cache(config: SERConfig) -> bool:
-    """Whether ``fit`` reads the hidden states from the cache: an hf backbone in mode "frozen" or
-    "weighted_sum", with ``TrainConfig.feature_cache`` on."""
-    mc = config.model
-    return config.train.feature_cache and mc.is_hf and mc.backbone_mode in ("frozen", "weighted_sum")
-
-
-def _sha256_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -147,14 +142,6 @@ def forward_batch(model: SERModel, batch: Batch | StatesBatch, device: torch.dev
     if isinstance(batch, StatesBatch):
         return model.forward_cached(batch.states.to(device), batch.mask.to(device))
     return model(batch.waves.to(device), batch.lengths.to(device))
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """An index record: the entry's shape (K', T, D) and the sha256 of its file."""
-
-    shape: tuple[int, ...]
-    checksum: str
 
 
 class CachedStates(torch.utils.data.Dataset):
@@ -210,7 +197,7 @@ class FeatureCache:
         config = backbone.model.config.to_dict()
         self.key = {
             "format": FORMAT_VERSION,
-            "backbone": {"model_type": config.get("model_type"), "config_sha256": _sha256_json(config), "weights_sha256": weights_sha256(backbone.model)},
+            "backbone": {"model_type": config.get("model_type"), "config_sha256": sha256_json(config), "weights_sha256": weights_sha256(backbone.model)},
             "layers": list(backbone.layer_set),
             "view": {
                 "sample_rate": HF_SAMPLE_RATE, "trim_db": trim_db, "max_seconds": EVAL_MAX_SECONDS, "wave_norm": backbone.wave_norm,
@@ -218,14 +205,14 @@ class FeatureCache:
             },
             "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
         }
-        self.folder = Path(root) / _sha256_json(self.key)[:16]
-        self.folder.joinpath("entries").mkdir(parents=True, exist_ok=True)
-        key_path = self.folder / "key.json"
+        self.folder = Path(root) / key_digest(self.key)
+        (self.folder / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
+        key_path = self.folder / KEY_FILE
         if not key_path.is_file():
-            source = getattr(backbone.model.config, "_name_or_path", "")  # for the reader, not part of the key
-            _write_bytes_atomically(key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode())
+            source = getattr(backbone.model.config, "_name_or_path", "")  # for the reader (and the flows' pull), not part of the key
+            write_bytes_atomically(key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode())
         self._memory: dict[str, torch.Tensor] = {}
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, IndexEntry] = {}
         self._memory_bytes = 0
 
     # ------------------------------------------------------------------ reading
@@ -238,12 +225,9 @@ class FeatureCache:
         cached = self._memory.get(sha256)
         return cached if cached is not None else self._read(sha256, self._entries[sha256])
 
-    def _entry_path(self, sha256: str) -> Path:
-        return self.folder / "entries" / f"{sha256}.safetensors"
-
-    def _read(self, sha256: str, entry: _Entry) -> torch.Tensor:
+    def _read(self, sha256: str, entry: IndexEntry) -> torch.Tensor:
         """Read and check one entry; raise ValueError saying what does not match."""
-        path = self._entry_path(sha256)
+        path = entry_path(self.folder, sha256)
         data = path.read_bytes()
         checksum = hashlib.sha256(data).hexdigest()
         if checksum != entry.checksum:
@@ -253,36 +237,7 @@ class FeatureCache:
             raise ValueError(f"{path}: states of shape {tuple(states.shape)}, the index says {entry.shape}")
         return states
 
-    def _read_index(self) -> dict[str, _Entry]:
-        path = self.folder / "index.json"
-        if not path.is_file():
-            return {}
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            return {sha: _Entry(tuple(e["shape"]), e["checksum"]) for sha, e in raw["entries"].items()}
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            log.warning("feature cache %s: index.json is unreadable (%s); every entry is recomputed", self.folder, err)
-            return {}
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.folder / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _add_to_index(self, new: dict[str, _Entry]) -> None:
-        """Merge ``new`` records into index.json (under the lock: other processes may add theirs)."""
-        if not new:
-            return
-        with self._locked():
-            entries = {**self._read_index(), **new}
-            payload = {"key": self.key, "entries": {sha: {"shape": list(e.shape), "checksum": e.checksum} for sha, e in sorted(entries.items())}}
-            _write_bytes_atomically(self.folder / "index.json", (json.dumps(payload, indent=1) + "\n").encode())
-
-    def _keep(self, sha256: str, entry: _Entry, states: torch.Tensor) -> None:
+    def _keep(self, sha256: str, entry: IndexEntry, states: torch.Tensor) -> None:
         self._entries[sha256] = entry
         size = states.numel() * states.element_size()
         if self._memory_bytes + size <= PRELOAD_LIMIT_BYTES:
@@ -307,7 +262,7 @@ class FeatureCache:
         )
         sha256s = rows["sha256"].astype(str).tolist()
         first_row = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
-        index = self._read_index()
+        index = read_index(self.folder)
         missing = []
         for sha in first_row:
             if sha in self._entries:
@@ -325,10 +280,10 @@ class FeatureCache:
         mine = missing[rank::world]
         started = time.perf_counter()
         computed = self._compute([(sha, first_row[sha]) for sha in mine], view)
-        self._add_to_index(computed)
+        merge_index(self.folder, self.key, computed)
         if world > 1:
             dist.barrier()
-            index = self._read_index()
+            index = read_index(self.folder)
             for sha in missing:
                 if sha not in self._entries:
                     self._keep(sha, index[sha], self._read(sha, index[sha]))
@@ -343,7 +298,7 @@ class FeatureCache:
         return CachedStates(self, sha256s, view.labels, crop_frames, seed)
 
     @torch.no_grad()
-    def _compute(self, todo: list[tuple[str, int]], view: UtteranceDataset) -> dict[str, _Entry]:
+    def _compute(self, todo: list[tuple[str, int]], view: UtteranceDataset) -> dict[str, IndexEntry]:
         """Compute, write and keep the entries of ``todo`` [(sha256, row of view)], one utterance at a time."""
         records = {}
         was_training = self.backbone.training
@@ -355,19 +310,9 @@ class FeatureCache:
                 states, _ = self.backbone.hidden_states(wave[None].to(self.device), torch.tensor([len(wave)], device=self.device))
             states = states[0].float().cpu().contiguous()  # (K', T, D)
             data = save_safetensors({STATES_TENSOR: states})
-            entry = _Entry(tuple(states.shape), hashlib.sha256(data).hexdigest())
-            _write_bytes_atomically(self._entry_path(sha), data)
+            entry = IndexEntry(tuple(states.shape), hashlib.sha256(data).hexdigest())
+            write_bytes_atomically(entry_path(self.folder, sha), data)
             records[sha] = entry
             self._keep(sha, entry, states)
         self.backbone.train(was_training)
         return records
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file named by this process and ``os.replace``: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

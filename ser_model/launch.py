@@ -7,10 +7,14 @@ The job. A :class:`FoldJob` names the worker's inputs as local files (config JSO
 fold Parquet, the audio root) and its fold folder. :func:`torchrun_command` is the command line:
 
     python -m torch.distributed.run --standalone --nproc_per_node=N -m ser_model.worker \\
-        --config cfg.json --manifest m.parquet --folds f.parquet --fold K --audio-root DIR --out DIR
+        --config cfg.json --manifest m.parquet --folds f.parquet --fold K --audio-root DIR --out DIR \\
+        [--feature-cache DIR]
 
 (``--nnodes``/``--rdzv-endpoint`` instead of ``--standalone`` for several machines:
-:func:`torchrun_command`'s ``rendezvous``).
+:func:`torchrun_command`'s ``rendezvous``). ``--feature-cache``: the folder of the frozen-backbone
+feature cache (``ser_model.feature_cache``; without it, ``<out>/../feature-cache``); the train flow
+passes a folder shared by every run on the machine and copies its key folders to and from S3
+(flows/feature_store.py).
 
 The fold folder (``--out``, named :func:`fold_folder_name`), the one channel from worker to flow:
 
@@ -90,7 +94,8 @@ def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
 
 @dataclass(frozen=True)
 class FoldJob:
-    """Everything one fold's worker needs, as local paths."""
+    """Everything one fold's worker needs, as local paths. ``feature_cache_dir``: the worker's
+    ``--feature-cache`` (None: the worker's default, beside the fold folder)."""
 
     corpus: str
     fold: int
@@ -100,6 +105,7 @@ class FoldJob:
     audio_root: str
     out_dir: Path
     epochs: int
+    feature_cache_dir: Path | None = None
 
     @property
     def name(self) -> str:
@@ -113,6 +119,7 @@ class FoldJob:
             "--fold", str(self.fold),
             "--audio-root", self.audio_root,
             "--out", str(self.out_dir),
+            *(["--feature-cache", str(self.feature_cache_dir)] if self.feature_cache_dir is not None else []),
         ]
 
 

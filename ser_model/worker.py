@@ -2,8 +2,9 @@
 line, fold folder and exit codes of the fold-launch contract (ser_model/launch.py).
 
 It calls `ser_model.train.fit` (which resumes from `<out>/checkpoints/last`) and leaves the fold
-folder's files in `--out`. Bad data (empty split, unreadable audio, unknown labels, fold not in
-the table) exits BAD_DATA_EXIT, bad arguments or configuration BAD_CONFIG_EXIT.
+folder's files in `--out`; `--feature-cache DIR` is where a frozen hf backbone's hidden states are
+cached (`fit`'s `feature_cache_dir`). Bad data (empty split, unreadable audio, unknown labels,
+fold not in the table) exits BAD_DATA_EXIT, bad arguments or configuration BAD_CONFIG_EXIT.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", required=True, type=int, help=f"fold to train; {RELEASE_FOLD} trains the release model")
     parser.add_argument("--audio-root", required=True, help="corpus root the manifest paths are relative to")
     parser.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl, result.json)")
+    parser.add_argument(
+        "--feature-cache", metavar="DIR", default=None,
+        help="folder of the frozen-backbone feature cache (default: <out>/../feature-cache; ser_model.feature_cache)",
+    )
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     return parser
 
@@ -53,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = pd.read_parquet(args.manifest)
         folds = pd.read_parquet(args.folds)
-        result = fit(config, manifest, folds, args.fold, args.audio_root, args.out, resume=not args.no_resume)
+        result = fit(
+            config, manifest, folds, args.fold, args.audio_root, args.out, resume=not args.no_resume, feature_cache_dir=args.feature_cache
+        )
     except BAD_DATA_ERRORS as exc:
         log.error("bad data (not retried): %s", exc)
         return BAD_DATA_EXIT

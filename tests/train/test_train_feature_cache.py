@@ -15,9 +15,12 @@ import torch
 from ser_model.backbones import save_random_hf_backbone
 from ser_model.config import EAMConfig, ModelConfig, SERConfig
 from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded
-from ser_model.feature_cache import FeatureCache, collate_states, frame_crop_start
+from ser_model.feature_cache import FEATURE_CACHE_DIR, FeatureCache, collate_states, frame_crop_start
+from ser_model.feature_cache_folder import KEY_FILE, key_digest, key_may_fit, read_index
+from ser_model.launch import FoldJob
 from ser_model.model import SERModel
 from ser_model.train import fit
+from ser_model.worker import main as worker_main
 
 from tests.train.synthetic import LABELS, tiny_config
 
@@ -182,3 +185,29 @@ def test_fit_trains_from_the_cache_as_it_trains_live(synthetic_corpus, wavlm_fol
         fit(config.with_overrides({"train.epochs": 1}), manifest, folds, 1, root, tmp_path / "runs" / "fold-1", resume=False)
     fills = [r.getMessage() for r in caplog.records if "computed" in r.getMessage()]
     assert fills and all(" 0 computed" in line for line in fills)
+
+
+def test_a_fold_worker_given_a_feature_cache_folder_fills_it_with_a_key_the_flows_find(synthetic_corpus, wavlm_folders, tmp_path):
+    """The launch contract's ``--feature-cache``: the worker caches there, not beside its fold
+    folder, and the key.json it writes is one that ``key_may_fit`` (the flows' pull and push)
+    selects for its config and for no config of another source or layer set."""
+    root, manifest, folds = synthetic_corpus
+    config = hf_config(wavlm_folders[0], epochs=1, max_seconds=None, device="cpu")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    config.to_json(inputs / "config.json")
+    manifest.to_parquet(inputs / "manifest.parquet")
+    folds.to_parquet(inputs / "folds.parquet")
+    job = FoldJob(
+        "ravdess", 0, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", str(root),
+        tmp_path / "runs" / "fold-0", epochs=1, feature_cache_dir=tmp_path / "machine-cache",
+    )
+    assert worker_main(job.worker_args()) == 0
+    assert not (tmp_path / "runs" / FEATURE_CACHE_DIR).exists()
+    (folder,) = (tmp_path / "machine-cache").iterdir()
+    assert set(read_index(folder)) == set(manifest["sha256"])
+    record = json.loads((folder / KEY_FILE).read_text())
+    assert key_digest(record["key"]) == folder.name
+    assert key_may_fit(record, config)
+    assert not key_may_fit(record, hf_config(wavlm_folders[0], "weighted_sum"))
+    assert not key_may_fit(record, hf_config(wavlm_folders[1]))
