@@ -29,6 +29,16 @@ class StagingError(RuntimeError):
     """The audio cannot be staged: too little space, or a file whose bytes differ from the manifest."""
 
 
+def cache_from_env(default_dir: Path, env: dict[str, str] | None = None) -> tuple[Path, int | None]:
+    """Where a worker stages audio and how much the cache may hold: ``SER_AUDIO_CACHE_DIR``
+    (default ``default_dir``) and ``SER_AUDIO_CACHE_BYTES`` (a positive integer; unset: no limit)."""
+    env = dict(os.environ) if env is None else env
+    limit = env.get("SER_AUDIO_CACHE_BYTES")
+    if limit and not (limit.isdigit() and int(limit) > 0):
+        raise StagingError(f"SER_AUDIO_CACHE_BYTES={limit!r}: expected a positive number of bytes, e.g. 50000000000")
+    return Path(env.get("SER_AUDIO_CACHE_DIR") or default_dir).expanduser(), int(limit) if limit else None
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
 

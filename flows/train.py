@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -30,7 +29,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 from data_contracts.labels import CORPORA
-from data_contracts.staging import stage_audio
+from data_contracts.staging import cache_from_env, stage_audio
 from flows.feature_store import shared_feature_cache
 from flows.limits import one_training_per_corpus
 from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
@@ -94,9 +93,8 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
     if not (out_dir / "result.json").exists():
         manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
         if root.startswith("s3://"):
-            cache = Path(os.environ.get("SER_AUDIO_CACHE_DIR", settings.state_dir / "audio-cache"))
-            limit = os.environ.get("SER_AUDIO_CACHE_BYTES")
-            root = str(stage_audio(manifest, root, cache, fingerprint, int(limit) if limit else None))
+            cache, limit = cache_from_env(settings.state_dir / "audio-cache")
+            root = str(stage_audio(manifest, root, cache, fingerprint, limit))
             logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, root)
         (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
         cfg.to_json(inputs / "config.json")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 
 import pandas as pd
 import pytest
 
-from data_contracts.staging import StagingError, stage_audio
+from data_contracts.staging import StagingError, cache_from_env, stage_audio
 
 
 def corpus(root, files: dict[str, bytes]) -> pd.DataFrame:
@@ -66,3 +67,11 @@ def test_staging_from_s3_reads_the_bucket(tmp_path, monkeypatch):
             s3.put_object(Bucket="corpora", Key=f"ravdess/{path}", Body=data)
         tree = stage_audio(manifest, "s3://corpora/ravdess", tmp_path / "cache", "f" * 64)
         assert {p: (tree / p).read_bytes() for p in FILES} == FILES
+
+
+def test_cache_settings_from_the_environment(tmp_path):
+    assert cache_from_env(tmp_path / "default", {}) == (tmp_path / "default", None)
+    assert cache_from_env(tmp_path / "default", {"SER_AUDIO_CACHE_DIR": str(tmp_path / "big"), "SER_AUDIO_CACHE_BYTES": "2500"}) == (tmp_path / "big", 2500)
+    for bad in ("50GB", "-1", "0", "1e9"):
+        with pytest.raises(StagingError, match=rf"SER_AUDIO_CACHE_BYTES='{re.escape(bad)}': expected a positive number of bytes"):
+            cache_from_env(tmp_path, {"SER_AUDIO_CACHE_BYTES": bad})
