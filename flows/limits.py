@@ -7,6 +7,7 @@ it; trainings of different corpora are not held back. The limits have one slot e
 created by ``python -m flows.deploy`` (and by the first training if missing), and show in the
 Prefect UI under Concurrency → Global, with the slots in use. A user may give a limit more
 slots there (or ``prefect gcl update train-iemocap --limit 2``): creating never overwrites it.
+A slot is a lease: a training killed with its worker or the server frees it within ``LEASE_S``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from flows.storage import check_corpus
 F = TypeVar("F", bound=Callable[..., Any])
 
 TRAINING_SLOTS = 1
+LEASE_S = 300.0
+"""How long a training's slot outlives the training's process if it dies without releasing it
+(renewed every 3/4 of it while the run lives); the stack keeps leases on disk (infra/stack.py)."""
 
 
 def training_limit(corpus: str) -> str:
@@ -61,7 +65,10 @@ def training_slot(corpus: str) -> Iterator[None]:
     ensure_limit(name, TRAINING_SLOTS)
     logger.info("waiting for a slot of the concurrency limit %s (trainings of %s run one at a time)", name, corpus)
     began = time.monotonic()
-    with concurrency(name, occupy=1, strict=True):
+    # the slot is a lease renewed while this run lives (LEASE_S): a run that dies frees it when the
+    # lease expires. A renewal that fails once (a busy server) only warns: ending a training hours in
+    # for a transient error would cost more than two trainings briefly sharing the machine
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False):
         logger.info("holding %s after %.0f s of waiting", name, time.monotonic() - began)
         yield
 

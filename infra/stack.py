@@ -396,6 +396,36 @@ def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
     return None
 
 
+def orphaned_training_slots(settings: StackSettings) -> list[str]:
+    """``name (held/limit)`` of the ``train-<corpus>`` limits (flows/limits.py) whose slots held
+    outnumber the ``train`` flow runs running: a training that died holding its slot. Its lease
+    frees it within flows.limits.LEASE_S; one held longer blocks every later training of the corpus."""
+    _, body = http_post_json(f"{settings.prefect_api_url}/v2/concurrency_limits/filter", {})
+    held = [limit for limit in json.loads(body) if limit["name"].startswith("train-") and limit["active_slots"] > 0]
+    if not held:
+        return []
+    query = {"flows": {"name": {"any_": ["train"]}}, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}
+    _, running = http_post_json(f"{settings.prefect_api_url}/flow_runs/count", query)
+    if sum(limit["active_slots"] for limit in held) <= int(running):
+        return []
+    return [f"{limit['name']} ({limit['active_slots']}/{limit['limit']})" for limit in sorted(held, key=lambda x: x["name"])]
+
+
+def check_trainings(settings: StackSettings) -> str | None:
+    """None unless a training slot is held with no training running (`orphaned_training_slots`)."""
+    try:
+        orphans = orphaned_training_slots(settings)
+    except (urllib.error.URLError, OSError) as exc:
+        return f"concurrency limits of {settings.prefect_api_url}: {exc}"
+    if orphans:
+        return (
+            f"training slot(s) held with no train flow run running: {', '.join(orphans)}; later trainings of "
+            "the corpus wait. A dead training's lease frees its slot within 5 minutes; if it stays, free it "
+            "with: prefect gcl update NAME --active-slots 0"
+        )
+    return None
+
+
 # ----------------------------------------------------------------------------- components
 
 
@@ -457,6 +487,11 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         # SQLite waits this long for a lock before failing a request (Prefect's default: 10 s,
         # too short when training and tests load a small machine)
         "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+        # concurrency-slot leases on disk under PREFECT_HOME, not in the server's memory: a slot held
+        # by a training that died while the server restarted (infra/down, a crash) is released when
+        # its lease expires, instead of staying taken for ever (Prefect's default storage forgets the
+        # lease on restart but keeps the slot counted: PrefectHQ/prefect#17415, #20090)
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         **os.environ,
         **settings.client_env(),
         **TELEMETRY_OFF,
@@ -570,7 +605,8 @@ def down(settings: StackSettings, purge: bool) -> list[str]:
 
 def health(settings: StackSettings, local: bool = True, scheduler: bool = True) -> dict[str, str | None]:
     """Reason each component is unhealthy (None when healthy), by component name, then (with
-    `scheduler`) the reason the Prefect scheduler fails under the name ``scheduler``.
+    `scheduler`) the reason the Prefect scheduler fails under the name ``scheduler`` and the
+    reason trainings are blocked (`check_trainings`) under ``trainings``.
 
     `local` also requires the process recorded by `up` in the state folder to be alive, and reads
     the server's log; without it only the services are asked (a stack started elsewhere, e.g.
@@ -586,6 +622,7 @@ def health(settings: StackSettings, local: bool = True, scheduler: bool = True) 
         result["scheduler"] = (
             "Prefect server down" if result["prefect"] is not None else check_scheduler(settings, local)
         )
+        result["trainings"] = "Prefect server down" if result["prefect"] is not None else check_trainings(settings)
     return result
 
 

@@ -87,5 +87,25 @@ def test_health_command_agrees(stack, repo_root):
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert [line.split()[:2] for line in shown.stdout.splitlines()] == [
-        ["s3", "ok"], ["mlflow", "ok"], ["prefect", "ok"], ["worker", "ok"], ["scheduler", "ok"]
+        ["s3", "ok"], ["mlflow", "ok"], ["prefect", "ok"], ["worker", "ok"], ["scheduler", "ok"], ["trainings", "ok"]
     ]
+
+
+def test_health_reports_a_training_slot_held_by_no_training(infra_stack, stack):
+    """A train-<corpus> slot held while no train flow run runs (a training that died holding it)
+    fails the `trainings` line, naming the limit; freeing it makes the line healthy again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    name = f"train-health{uuid.uuid4().hex[:8]}"
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
+        assert infra_stack.check_trainings(stack) is None
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active_slots=1))
+        try:
+            reason = infra_stack.check_trainings(stack)
+            assert reason is not None and f"{name} (1/1)" in reason and "prefect gcl update NAME --active-slots 0" in reason
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+            assert infra_stack.check_trainings(stack) is None
+        finally:
+            client.delete_global_concurrency_limit_by_name(name)

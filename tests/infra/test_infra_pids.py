@@ -73,6 +73,6 @@ def test_down_purge_deletes_the_state_folder(infra_stack, tmp_path):
 
 def test_health_reports_every_component_down_without_a_stack(infra_stack, tmp_path):
     table = infra_stack.health(StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)}))
-    assert set(table) == {"s3", "mlflow", "prefect", "worker", "scheduler"}
-    assert all(reason and "infra/up" in reason for name, reason in table.items() if name != "scheduler")
-    assert table["scheduler"] == "Prefect server down"
+    assert set(table) == {"s3", "mlflow", "prefect", "worker", "scheduler", "trainings"}
+    assert all(reason and "infra/up" in reason for name, reason in table.items() if name not in ("scheduler", "trainings"))
+    assert table["scheduler"] == table["trainings"] == "Prefect server down"

@@ -1,10 +1,11 @@
-"""Fixtures of the reliability tests: an MLflow server of the test's own that it may kill, two
-torch threads, and the live-stack fixtures of tests/flows (a private data bucket, the Prefect API).
+"""Fixtures of the reliability tests: an MLflow server and a Prefect server of the test's own that
+it may kill, two torch threads, and the live-stack fixtures of tests/flows (a private data bucket,
+the Prefect API).
 
-The private MLflow server is the stack's own `mlflow` component (infra/stack.py builds its
-command line, starts it in its own process group and records its pid in a temporary state
-folder), on a free port, with its artifacts in a bucket of its own on the live S3; the shared
-stack's servers are never touched.
+A private server is the stack's own component (infra/stack.py builds its command line and
+environment, starts it in its own process group and records its pid in a temporary state folder)
+on a free port: MLflow with its artifacts in a bucket of its own on the live S3, Prefect with its
+own PREFECT_HOME (database, concurrency leases). The shared stack's servers are never touched.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from tests.fixtures.network import free_port
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 from tests.flows.live_stack import empty_bucket, live_bucket, prefect_api  # noqa: F401 - fixtures used by the tests here
 
-MLFLOW_START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 180.0
 
 
 @dataclass
-class PrivateMlflow:
-    """An MLflow tracking server this test owns: `crash()` SIGKILLs its process group (found
-    through the pid file in its state folder), `start()` launches it again as `infra/up` does."""
+class PrivateServer:
+    """A stack server (component ``name`` of infra/stack.py) this test owns: `crash()` SIGKILLs its
+    process group (found through the pid file in its state folder), `start()` launches it again
+    as `infra/up` does."""
 
     infra: ModuleType
     settings: StackSettings
+    name: str = "mlflow"
 
     @property
     def tracking_uri(self) -> str:
@@ -44,32 +47,32 @@ class PrivateMlflow:
         return self.settings.state_dir
 
     def component(self):
-        (mlflow,) = [c for c in self.infra.components(self.settings) if c.name == "mlflow"]
-        return mlflow
+        (component,) = [c for c in self.infra.components(self.settings) if c.name == self.name]
+        return component
 
     def start(self) -> None:
         component = self.component()
         self.infra.launch(self.settings, component, self.infra.stack_env(self.settings))
-        self.infra.wait_healthy(self.settings, component, MLFLOW_START_TIMEOUT_S)
+        self.infra.wait_healthy(self.settings, component, START_TIMEOUT_S)
 
     def crash(self) -> int:
         """SIGKILL the server's whole process group (no clean shutdown); returns the leader's pid."""
         import psutil
 
-        pid = self.infra.recorded_pid(self.state_dir, "mlflow")
-        assert pid is not None, f"no live MLflow process recorded in {self.state_dir / 'pids'}"
+        pid = self.infra.recorded_pid(self.state_dir, self.name)
+        assert pid is not None, f"no live {self.name} process recorded in {self.state_dir / 'pids'}"
         members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         os.killpg(pid, signal.SIGKILL)
         psutil.wait_procs(members, timeout=30)
-        assert self.infra.recorded_pid(self.state_dir, "mlflow") is None
+        assert self.infra.recorded_pid(self.state_dir, self.name) is None
         return pid
 
     def stop(self) -> None:
-        self.infra.stop_recorded(self.state_dir, ["mlflow"])
+        self.infra.stop_recorded(self.state_dir, [self.name])
 
 
 @pytest.fixture
-def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateMlflow:
+def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
     """A running MLflow server of this test's own (see the module docstring); stopped and its
     bucket emptied and deleted afterwards."""
     state_dir = tmp_path_factory.mktemp("mlflow-state")
@@ -79,10 +82,24 @@ def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateMlflow:
     settings = StackSettings.from_env(env)
     client = DataBucket.from_settings(stack).client
     client.create_bucket(Bucket=bucket)
-    server = PrivateMlflow(infra_stack, settings)
+    server = PrivateServer(infra_stack, settings, "mlflow")
     try:
         server.start()
         yield server
     finally:
         server.stop()
         empty_bucket(DataBucket(client=client, name=bucket))
+
+
+@pytest.fixture
+def private_prefect(stack, infra_stack, tmp_path_factory) -> PrivateServer:
+    """A running Prefect server of this test's own (its own PREFECT_HOME and port); stopped afterwards."""
+    state_dir = tmp_path_factory.mktemp("prefect-state")
+    env = {key: value for key, value in stack.client_env().items() if key not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    env.update({"SER_STATE_DIR": str(state_dir), "SER_PREFECT_PORT": str(free_port(stack.host))})
+    server = PrivateServer(infra_stack, StackSettings.from_env(env), "prefect")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
