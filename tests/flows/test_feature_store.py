@@ -12,9 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from flows import feature_store
 from flows.feature_store import PREFIX, local_feature_cache_dir, pull, push, shared_feature_cache
@@ -90,18 +88,6 @@ def count_calls(bucket: DataBucket, operation: str) -> list[str]:
     seen: list[str] = []
     bucket.client.meta.events.register(f"before-call.s3.{operation}", lambda params, **_: seen.append(params["url_path"]))
     return seen
-
-
-@pytest.fixture
-def bucket(monkeypatch):
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="ser-data")
-        yield DataBucket(client=client, name="ser-data")
 
 
 NAMES = ["utt-a", "utt-b", "utt-c"]

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pandas as pd
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from data_contracts.errors import ManifestError
 from data_contracts.fingerprint import manifest_fingerprint
@@ -82,18 +80,6 @@ def tiny_version(n_actors: int = 8, label_shift: int = 0) -> dict:
         "report": {"corpus": "ravdess", "fingerprint": fingerprint, "utterances": len(manifest)},
         "root": "/data/ravdess",
     }
-
-
-@pytest.fixture
-def bucket(monkeypatch):
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="ser-data")
-        yield DataBucket(client=client, name="ser-data")
 
 
 def count_calls(bucket: DataBucket, operation: str) -> list[str]:
