@@ -19,10 +19,8 @@ claiming the same utt_id, the first in path order is kept and the others are qua
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,27 +38,8 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("manifest.parquet", "quarantine.parquet", "folds.parquet", "report.json")
 
-TABLE_MODULES = ("pandas", "data_contracts.schemas", "data_contracts.folds", "data_contracts.fingerprint")
-"""What building the tables needs: pandas and pandera (about 1 s of imports, as long as decoding
-the 1,200-file RAVDESS subset). Imported where used, and by `run_ingest` in a background thread
-while the corpus is listed and decoded, so the two overlap (decoding runs in C without the GIL)."""
-
-
-def preload_table_modules() -> threading.Thread:
-    """Start importing TABLE_MODULES in a daemon thread; a later import of the same module waits
-    for it (Python's per-module import lock) instead of importing twice. An import error is left
-    for that later import to raise where it is used."""
-
-    def load() -> None:
-        for name in TABLE_MODULES:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - re-raised by the import where the module is used
-                return
-
-    thread = threading.Thread(target=load, name="ingest-preload", daemon=True)
-    thread.start()
-    return thread
+# pandas and pandera (about 1 s of imports) are imported by the functions that build tables, so
+# importing this module (the flows, `ser --help`) costs only the parsers and the audio decoder
 
 
 @dataclass(frozen=True)
@@ -208,7 +187,6 @@ def run_ingest(
     (CorpusLayoutError, SourceError, IngestError, ManifestError) on unusable input; too few
     speakers for the fold protocol is not an error (see the module doc).
     """
-    preload_table_modules()
     source = open_source(root)
     listing = source.list_files()
     parsed = parse_corpus(corpus, source, listing)

@@ -49,3 +49,21 @@ def test_the_check_sees_a_heavy_import(repo_root):
     """The probe can fail: a command that loads torch (export, on a missing model) is reported."""
     child = ser_in_fresh_interpreter(repo_root, "export", "--onnx", "--model", "/nonexistent", "--out", "/nonexistent/m.onnx")
     assert child["code"] == 2 and "torch" in child["loaded"]
+
+
+def test_console_script_ends_with_the_commands_code_and_complete_outputs(repo_root, tmp_path):
+    """`flows.cli.console` (the `ser` script) ends the process without module teardown: the exit
+    code is the command's, everything printed reaches the pipe, and the files written are whole
+    (the tables read back and validate: read_ingest_outputs checks the fingerprint)."""
+    from data_contracts.ingest import read_ingest_outputs
+
+    console = [sys.executable, "-c", "from flows.cli import console; console()"]
+    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
+    done = subprocess.run([*console, "ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--no-progress"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("wrote ") and "report.json" in done.stdout
+    assert len(read_ingest_outputs(tmp_path / "out").manifest) == 8
+    bad = subprocess.run([*console, "ingest", "ravdess", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")],
+                         cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is not a directory" in bad.stderr

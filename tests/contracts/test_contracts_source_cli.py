@@ -37,6 +37,24 @@ def test_reading_through_a_symlink_that_leaves_the_root_is_refused(tmp_path):
     assert caught.value.reason_code == "symlink_escape"
 
 
+def test_a_listed_file_replaced_by_a_symlink_is_not_followed(tmp_path):
+    """Reads of listed files skip re-resolving their path (the listing checked it), but a file
+    swapped for a link after the listing is refused, not read through the link."""
+    (tmp_path / "root" / "Actor_01").mkdir(parents=True)
+    (tmp_path / "secret.txt").write_text("secret")
+    audio = tmp_path / "root" / "Actor_01" / "a.wav"
+    audio.write_bytes(b"RIFF")
+    source = LocalSource(tmp_path / "root")
+    assert [f.path for f in source.list_files().files] == ["Actor_01/a.wav"]
+    assert source.read_bytes("Actor_01/a.wav") == b"RIFF"
+    audio.unlink()
+    audio.symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(SourceError, match="Actor_01/a.wav: cannot read") as caught:
+        source.read_bytes("Actor_01/a.wav")
+    assert caught.value.reason_code == "read_error"
+    assert LocalSource(tmp_path / "root").list_files().refused[0].reason_code == "symlink_escape"
+
+
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="is not a directory"):
         open_source(tmp_path / "nowhere")
