@@ -37,7 +37,7 @@ from data_contracts.labels import CORPORA
 from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from ser_stack.settings import REPO_ROOT, StackSettings
-from flows.train import FOLD_DEPLOYMENT, FOLD_QUEUE
+from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
 from ser_model.presets import DEFAULT_PRESET
 
 log = logging.getLogger(__name__)

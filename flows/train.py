@@ -2,13 +2,14 @@
 work pool, tracked in MLflow, then the release model registered as ``ser-<corpus>`` and promoted.
 
     train (parent)  manifest version → MLflow parent run → one ``train-fold`` run per fold and
-                    the release (run_deployment) → wait → per-fold and mean scores, summed
+                    the release (flows/fold_runs.py) → wait → per-fold and mean scores, summed
                     confusion → register the release model → promote
     train-fold      manifest from S3, audio staged when the root is s3://, feature cache pulled from
                     S3 → torchrun worker (ser_model/launch.py) → cache pushed → MLflow child run
 
 Fold runs wait in the pool's ``folds`` queue, whose concurrency (``SER_FOLD_CONCURRENCY``, default
-1) is how many folds train at once (on Kubernetes, each a Job with its GPUs: infra/README.md). A
+1) is how many folds train at once (on Kubernetes, each a Job with its GPUs: infra/README.md), or
+run inline as subflows with ``SER_FOLD_RUNS=inline`` (no worker needed). A
 failed fold is retried alone (infrastructure failures only, never bad data or config); the parent
 reads outcomes back from the MLflow child runs, which all workers share. A rerun with the same
 inputs resumes the unfinished parent run (train key) and skips folds already logged."""
@@ -16,7 +17,6 @@ inputs resumes the unfinished parent run (train key) and skips folds already log
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -25,12 +25,11 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
 
 from data_contracts.labels import CORPORA
 from data_contracts.staging import cache_from_env, stage_audio
 from flows.feature_store import shared_feature_cache
+from flows.fold_runs import run_folds, selected_folds
 from flows.limits import one_training_per_corpus
 from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
 from flows.pyfunc import log_pyfunc
@@ -42,32 +41,6 @@ from ser_model.config import SERConfig
 from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, FoldJob, fold_folder_name, retry_unless_refused, run_worker, write_fold_times
 from ser_model.metrics import selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
-
-FOLD_DEPLOYMENT = "train-fold/train-fold"
-FOLD_QUEUE = "folds"
-
-
-def fold_job_variables(corpus: str, fold: int, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Job variables of one fold's flow run: its name, plus the JSON object in
-    ``SER_FOLD_JOB_VARIABLES`` (e.g. ``{"gpus": 4, "image": "registry/ser:0.1"}`` for the
-    Kubernetes template in infra/k8s/, where each fold is a Job with its own GPUs)."""
-    extra = json.loads((os.environ if env is None else env).get("SER_FOLD_JOB_VARIABLES") or "{}")
-    if not isinstance(extra, dict):
-        raise ValueError(f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables")
-    return {"name": f"ser-{corpus}-{fold_folder_name(fold)}", **extra}
-
-
-def selected_folds(requested: list[int] | None, available: list[int], where: str) -> list[int]:
-    """The folds to train, sorted and each once (all ``available`` when None); unknown folds or
-    none at all raise ValueError naming ``where`` and the available folds."""
-    folds = list(available) if requested is None else sorted({int(k) for k in requested})
-    unknown = sorted(set(folds) - set(available))
-    if unknown:
-        raise ValueError(f"fold(s) {unknown} not in {where}; available folds: {available}")
-    if not folds:
-        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)")
-    return folds
-
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_unless_refused, task_run_name="{job.corpus}-{job.name}")
 def train_worker(job: FoldJob) -> None:
@@ -102,6 +75,8 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
         fold_table.to_parquet(inputs / "folds.parquet", index=False)
         with shared_feature_cache(cfg, settings, manifest["sha256"]) as feature_cache:  # flows/feature_store.py
             train_worker(FoldJob(corpus, fold, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", root, out_dir, cfg.train.epochs, feature_cache))
+    else:
+        logger.info("%s: result.json of an earlier attempt found; not training again", fold_folder_name(fold))
     run_id = t.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
     if fold == RELEASE_FOLD:
         mlflow.set_tracking_uri(settings.tracking_uri)
@@ -109,25 +84,6 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
             info = t.call_with_retry(log_pyfunc, out_dir / BEST_FOLDER)
         t.call_with_retry(client.set_tag, run_id, t.MODEL_URI_TAG, info.model_uri)
     return run_id
-
-
-def run_folds(client: MlflowClient, folds: list[int], parameters: dict[str, Any], poll_s: float = 5.0) -> list[dict[str, Any]]:
-    """Submit one ``train-fold`` flow run per fold, wait for all, and read their outcomes back."""
-    logger = get_run_logger()
-    runs = {k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(parameters["corpus"], k)) for k in folds}
-    outcomes, failed = [], []
-    with get_client(sync_client=True) as api:
-        for k, run in runs.items():
-            while not (final := api.read_flow_run(run.id)).state.is_final():
-                time.sleep(poll_s)
-            logger.info("%s: flow run %s %s", fold_folder_name(k), final.name, final.state.name)
-            if final.state.is_completed():
-                outcomes.append(t.fold_outcome(client, t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0]))
-            else:
-                failed.append(f"{fold_folder_name(k)} ({final.name}: {final.state.message})")
-    if failed:
-        raise RuntimeError(f"fold flow run(s) did not complete: {'; '.join(failed)}; a rerun with the same inputs trains only those")
-    return outcomes
 
 
 @flow(name="train")
@@ -171,7 +127,7 @@ def train(
     logger.info("%s MLflow parent run %s: %s", "resuming" if resumed else "started", parent_id, t.run_url(settings.tracking_uri, experiment_id, parent_id))
     try:
         fold_params = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "root": root, "experiment_id": experiment_id, "parent_run_id": parent_id}
-        finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_params)
+        finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_params, train_fold)
         outcomes = [o for o in finished if o["fold"] != RELEASE_FOLD]
         summary = t.log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
         version = decision = None

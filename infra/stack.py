@@ -681,8 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         table = health(settings)
         where = {c.name: c.url for c in components(settings)}
         where["scheduler"] = f"deployments of {where['prefect']}"
+        where["trainings"] = f"train-<corpus> limits of {where['prefect']}"
         for name, reason in table.items():
-            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:32} {reason or ''}")
+            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:44} {reason or ''}")
         return 0 if all(reason is None for reason in table.values()) else 1
     try:
         started = up(settings, args.timeout)

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from flows import tracking
 from flows.tracking import fold_scores, log_fold_run, protocol_name
-from flows.train import selected_folds
+from flows.fold_runs import selected_folds
 from ser_model.launch import (
     BadDataError,
     FoldJob,
@@ -351,3 +351,12 @@ def test_protocol_name_tells_apart_what_promotion_must_not_compare():
     assert len({base, *variants}) == 1 + len(variants)
     assert "ravdess" in base and "5 folds" in base and "0,1" in base
     assert "speaker-independent" in base
+
+
+def test_fold_runs_mode_is_pool_unless_inline_is_asked_for():
+    from flows.fold_runs import fold_runs_mode
+
+    assert fold_runs_mode({}) == "pool" and fold_runs_mode({"SER_FOLD_RUNS": ""}) == "pool"
+    assert fold_runs_mode({"SER_FOLD_RUNS": "inline"}) == "inline"
+    with pytest.raises(ValueError, match=r"SER_FOLD_RUNS='local': expected one of pool, inline"):
+        fold_runs_mode({"SER_FOLD_RUNS": "local"})

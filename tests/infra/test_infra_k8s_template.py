@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect.utilities.templating import apply_values
 
-from flows.train import fold_job_variables
+from flows.fold_runs import fold_job_variables
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "fold-job-template.json"
 

@@ -132,10 +132,11 @@ def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
     monkeypatch.setenv("SER_STATE_DIR", str(private_mlflow.state_dir))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    monkeypatch.setenv("SER_FOLD_RUNS", "inline")  # folds as subflows here, so the patched worker below is the one that runs
     # shorten the outage back-offs (2, 4, 8, 16 s; Prefect task retries after 10 and 60 s) to
     # keep the test short; the number of tries is unchanged
     monkeypatch.setattr(tracking.call_with_retry, "__kwdefaults__", {"attempts": 5, "delay_s": 0.1})
-    monkeypatch.setattr(train_module, "train_fold", train_module.train_fold.with_options(retry_delay_seconds=[1, 1]))
+    monkeypatch.setattr(train_module, "train_worker", train_module.train_worker.with_options(retry_delay_seconds=[1, 1]))
     root = ravdess_subset(shared_ravdess, tmp_path / "ravdess")
     fingerprint = publish_subset(root, live_bucket)
 

@@ -1,0 +1,101 @@
+"""How a train run runs its folds: each a ``train-fold`` flow run on the work pool, or inline.
+
+``pool`` (the default): one flow run of the ``train-fold`` deployment per fold (and the release
+model), submitted with ``run_deployment`` to the pool's ``folds`` queue, whose concurrency is how
+many folds train at once (``SER_FOLD_CONCURRENCY`` at deploy time; on Kubernetes each is a Job with
+its own GPUs, given by :func:`fold_job_variables`). The train run waits for them.
+
+``inline`` (``SER_FOLD_RUNS=inline``): each fold is a subflow of the train run, in its process,
+one after another. No worker or deployment is needed: a train run called from Python (a notebook,
+a test that injects faults into the fold's worker) behaves as on the pool otherwise.
+
+Either way a fold's outcome is read back from its MLflow child run, so the train run aggregates
+what every worker shares, and the folds that failed are named together at the end (a rerun with
+the same inputs trains only those).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+
+from flows import tracking as t
+from ser_model.launch import fold_folder_name
+
+FOLD_DEPLOYMENT = "train-fold/train-fold"
+FOLD_QUEUE = "folds"
+MODES_ENV = "SER_FOLD_RUNS"
+MODES = ("pool", "inline")
+
+
+def fold_runs_mode(env: Mapping[str, str] | None = None) -> str:
+    """``SER_FOLD_RUNS`` (default ``pool``); another value is a ValueError naming both choices."""
+    mode = (os.environ if env is None else env).get(MODES_ENV) or "pool"
+    if mode not in MODES:
+        raise ValueError(f"{MODES_ENV}={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def fold_job_variables(corpus: str, fold: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Job variables of one fold's flow run: its name, plus the JSON object in
+    ``SER_FOLD_JOB_VARIABLES`` (e.g. ``{"gpus": 4, "image": "registry/ser:0.1"}`` for the
+    Kubernetes template in infra/k8s/, where each fold is a Job with its own GPUs)."""
+    extra = json.loads((os.environ if env is None else env).get("SER_FOLD_JOB_VARIABLES") or "{}")
+    if not isinstance(extra, dict):
+        raise ValueError(f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables")
+    return {"name": f"ser-{corpus}-{fold_folder_name(fold)}", **extra}
+
+
+def selected_folds(requested: list[int] | None, available: list[int], where: str) -> list[int]:
+    """The folds to train, sorted and each once (all ``available`` when None); unknown folds or
+    none at all raise ValueError naming ``where`` and the available folds."""
+    folds = list(available) if requested is None else sorted({int(k) for k in requested})
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise ValueError(f"fold(s) {unknown} not in {where}; available folds: {available}")
+    if not folds:
+        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)")
+    return folds
+
+
+def run_folds(
+    client: MlflowClient, folds: list[int], parameters: dict[str, Any], fold_flow: Callable[..., str], poll_s: float = 5.0
+) -> list[dict[str, Any]]:
+    """Train ``folds`` (pool or inline, :func:`fold_runs_mode`), each with ``parameters`` plus its
+    fold; return their outcomes read back from MLflow. ``fold_flow`` is the ``train-fold`` flow
+    (called directly when inline). Raises RuntimeError naming every fold that did not complete."""
+    logger = get_run_logger()
+    outcome = lambda k: t.fold_outcome(client, t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0])  # noqa: E731
+    outcomes, failed = [], []
+    if fold_runs_mode() == "inline":
+        for k in folds:
+            try:
+                fold_flow(**parameters, fold=k)
+            except Exception as err:  # noqa: BLE001 - every fold runs; the failures are raised together
+                logger.error("%s failed: %s", fold_folder_name(k), err)
+                failed.append(f"{fold_folder_name(k)} ({type(err).__name__}: {err})")
+            else:
+                outcomes.append(outcome(k))
+    else:
+        corpus = parameters["corpus"]
+        runs = {k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(corpus, k)) for k in folds}
+        with get_client(sync_client=True) as api:
+            for k, run in runs.items():
+                while not (final := api.read_flow_run(run.id)).state.is_final():
+                    time.sleep(poll_s)
+                logger.info("%s: flow run %s %s", fold_folder_name(k), final.name, final.state.name)
+                if final.state.is_completed():
+                    outcomes.append(outcome(k))
+                else:
+                    failed.append(f"{fold_folder_name(k)} ({final.name}: {final.state.message})")
+    if failed:
+        raise RuntimeError(f"fold run(s) did not complete: {'; '.join(failed)}; a rerun with the same inputs trains only those")
+    return outcomes
