@@ -34,6 +34,12 @@ def test_each_fold_renders_as_a_job_with_its_gpus_image_and_environment():
     assert config["name"] == "ser-iemocap-fold-3" and config["job_manifest"]["metadata"]["generateName"] == "ser-iemocap-fold-3-"
     assert {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "SER_DATA_BUCKET", "SER_AUDIO_CACHE_DIR", "SER_AUDIO_CACHE_BYTES"} <= set(config["env"])
     assert container["envFrom"][0]["secretRef"]["name"] == "ser-stack", "credentials come from a secret, not the template"
+    mounted = [Path(m["mountPath"]) for m in container["volumeMounts"]]
+    caches = {name: Path(config["env"][name]) for name in ("SER_AUDIO_CACHE_DIR", "SER_FEATURE_CACHE_DIR")}
+    for name, folder in caches.items():
+        assert any(folder.is_relative_to(m) for m in mounted), f"{name}={folder} is not on a mounted volume {mounted}"
+    assert not caches["SER_AUDIO_CACHE_DIR"].is_relative_to(caches["SER_FEATURE_CACHE_DIR"])
+    assert not caches["SER_FEATURE_CACHE_DIR"].is_relative_to(caches["SER_AUDIO_CACHE_DIR"]), "each cache has its own folder"
 
 
 def test_the_release_fold_and_defaults_render_too():
