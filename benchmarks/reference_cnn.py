@@ -4,7 +4,8 @@ A log-mel CNN with one self-attention layer and attentive pooling, trained with 
 "simple reference model beside the method" every accuracy grid must hold. It shares with the method
 only the protocol: the same folds and splits (`ser_model.train.fold_splits`), the same decoding and
 random 3 s training crops (`ser_model.data.UtteranceDataset`), the same length-bucketed batches, the
-same learning-rate schedule (below), the checkpoint selected on the fold's validation speakers by UA, and the test speakers scored once.
+same learning-rate schedule (below), the checkpoint selected on the fold's validation speakers by
+UA, and the test speakers scored once.
 Nothing of the method's model code (backbone, FLAM, head, losses, EAM) is used, so a bug there
 cannot lift or sink the reference too.
 
