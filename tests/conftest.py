@@ -12,13 +12,13 @@ infra/test) or CI=true, where they fail.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.fixtures.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +33,7 @@ def data_required() -> bool:
 
 def load_infra_stack() -> ModuleType:
     """Import infra/stack.py (a script folder, not a package) as module `ser_infra_stack`."""
-    if "ser_infra_stack" in sys.modules:
-        return sys.modules["ser_infra_stack"]
-    spec = importlib.util.spec_from_file_location("ser_infra_stack", REPO_ROOT / "infra" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ser_infra_stack"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("infra/stack.py", "ser_infra_stack")
 
 
 @pytest.fixture(scope="session")

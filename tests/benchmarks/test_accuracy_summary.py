@@ -5,7 +5,6 @@ unfinished runs are left out; a run is claimed by one live process at a time. No
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,15 +12,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/accuracy.py", "bench_accuracy")
 
 
 def write_run(out: Path, variant: str, seed: int, fold: int, ua: float, seconds: list[float]) -> None:

@@ -5,29 +5,19 @@ checkpoint chosen by validation UA) and writes the files benchmarks/accuracy.py 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.fixtures.corpora import make_ravdess
+from tests.fixtures.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
 def reference():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_reference_cnn", REPO / "benchmarks" / "reference_cnn.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+    return load_script("benchmarks/reference_cnn.py", "bench_reference_cnn")
 
 
 def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speakers(reference, tmp_path, monkeypatch):
