@@ -4,8 +4,8 @@
 ``models:/NAME/VERSION``) downloads that model from the MLflow tracking server
 (``MLFLOW_TRACKING_URI``) into a scratch folder and hands the checkpoint folder inside the
 pyfunc to the command; ``ser_model.cli`` parses the command line and calls this module's resolver
-for a ``--model`` value that starts with ``models:/``. MLflow is imported only then, so every
-other command starts without it.
+for a ``--model`` value that starts with ``models:/``. ``ser tune`` logs its study to MLflow
+(flows/tune.py). MLflow is imported only by those, so every other command starts without it.
 """
 
 from __future__ import annotations
@@ -51,9 +51,18 @@ def download_checkpoint(uri: str, dst: Path) -> Path:
     return checkpoint_folder(model_dir)
 
 
+def mlflow_tune_tracker(**kwargs):
+    """`ser tune`'s tracker: the study as an MLflow parent run with a child run per trial
+    (flows/tune.py), on the server of ``MLFLOW_TRACKING_URI`` or MLflow's local default."""
+    from flows.tune import mlflow_tracker_factory
+
+    return mlflow_tracker_factory()(**kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ser_model.cli.main`` with ``models:/`` resolved by the registry; returns the exit code."""
-    return cli.main(argv, resolvers={REGISTRY_SCHEME: download_checkpoint})
+    """``ser_model.cli.main`` with ``models:/`` resolved by the registry and `ser tune` tracked in
+    MLflow; returns the exit code."""
+    return cli.main(argv, resolvers={REGISTRY_SCHEME: download_checkpoint}, tune_tracker=mlflow_tune_tracker)
 
 
 def console() -> None:

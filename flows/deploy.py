@@ -6,8 +6,10 @@
 | train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
 | retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
 | train-fold | train-fold (flows/train.py) | started by each train run, once per fold and for the release model | corpus, fingerprint, fold, config, root, MLflow experiment and parent run |
+| tune-<corpus> (×4) | tune (flows/tune.py) | on demand | corpus, preset="cpu-fbank", trials=20, epochs, folds=[0, 1], space, study |
+| tune-trial | tune-trial (flows/tune.py) | started by each tune run, once per trial | corpus, fingerprint, study, base config, space, tuning folds, MLflow parent run |
 
-train-fold runs in the pool's work queue ``folds``, whose concurrency limit (``SER_FOLD_CONCURRENCY``,
+train-fold and tune-trial run in the pool's work queue ``folds``, whose concurrency limit (``SER_FOLD_CONCURRENCY``,
 default 1) is how many folds train at once; the other deployments use the pool's default queue.
 
 All run on the process work pool (``SER_WORK_POOL``, default ``ser-process``) from this
@@ -38,6 +40,7 @@ from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from ser_stack.settings import REPO_ROOT, StackSettings
 from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
+from flows.tune import TRIAL_DEPLOYMENT
 from ser_model.presets import DEFAULT_PRESET
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ ENTRYPOINTS = {
     "train": "flows/train.py:train",
     "retrain": "flows/retrain.py:retrain",
     "train-fold": "flows/train.py:train_fold",
+    "tune": "flows/tune.py:tune",
+    "tune-trial": "flows/tune.py:tune_trial",
 }
 DEFAULT_RETRAIN_CRON = "0 3 * * *"
 RETRAIN_DEPLOYMENT = "retrain-nightly"
@@ -61,6 +66,8 @@ def deployment_names() -> list[str]:
         *(f"train/train-{corpus}" for corpus in CORPORA),
         f"retrain/{RETRAIN_DEPLOYMENT}",
         FOLD_DEPLOYMENT,
+        *(f"tune/tune-{corpus}" for corpus in CORPORA),
+        TRIAL_DEPLOYMENT,
     ]
 
 
@@ -91,7 +98,7 @@ def build_deployments(
     auto_train_preset: str = DEFAULT_PRESET,
     auto_train_folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS,
 ) -> list[RunnerDeployment]:
-    """The nine deployments (not yet applied), loaded from the project folder ``source``; the
+    """Every deployment of :func:`deployment_names` (not yet applied), loaded from the project folder ``source``; the
     automation after ingest trains ``auto_train_preset`` on ``auto_train_folds`` (None: all)."""
     settings = StackSettings.from_env()
     work_pool = work_pool or settings.work_pool
@@ -136,6 +143,25 @@ def build_deployments(
             work_pool_name=work_pool,
             work_queue_name=FOLD_QUEUE,
             description="one fold (or the release model) of a train run; started by the train flow",
+            tags=["ser"],
+        )
+    )
+    for corpus in CORPORA:
+        deployments.append(
+            flows["tune"].to_deployment(
+                name=f"tune-{corpus}",
+                parameters={"corpus": corpus, "preset": DEFAULT_PRESET},
+                work_pool_name=work_pool,
+                description=f"Optuna study of a {corpus} recipe on validation speakers; writes the best as a preset file",
+                tags=["ser", corpus],
+            )
+        )
+    deployments.append(
+        flows["tune-trial"].to_deployment(
+            name=TRIAL_DEPLOYMENT.split("/")[1],
+            work_pool_name=work_pool,
+            work_queue_name=FOLD_QUEUE,
+            description="one trial of a tuning study; started by the tune flow",
             tags=["ser"],
         )
     )

@@ -1,7 +1,8 @@
 """The `ser` command line: one argparse tree for every command.
 
     ser ingest CORPUS ROOT --out DIR [--workers N] [--no-progress]
-    ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
+    ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P|FILE] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
+    ser tune (--manifest DIR | --corpus C --root DIR) [--preset P|FILE] [--space NAME|FILE] [--trials N] [--epochs N] [--folds 0,1] [--set key=value ...]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
     ser predict FILE... --model M [--json]
@@ -46,7 +47,7 @@ from data_contracts.labels import CORPORA, LABELS
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
 from ser_model.launch import BAD_CONFIG_EXIT
-from ser_model.presets import PRESETS, experiment_config
+from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
 __all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError"]
 
@@ -55,7 +56,14 @@ MODEL_HELP = (
     "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (MLflow server from MLFLOW_TRACKING_URI)"
 )
 ALL_SPLIT = "all"
+DEFAULT_TUNE_PRESET = DEFAULT_PRESET
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+TunerTrackerFactory = Callable[..., Any]
+"""``(corpus=, study=, base_config=, space=, tune_folds=, trials=, root=, fingerprint=) -> tracker``:
+what follows a `ser tune` study (the `ser` console script gives one that logs to MLflow, flows/tune.py);
+the tracker has ``trial_started(trial, config)``, ``epoch(trial, fold_index, epoch, record)``,
+``trial_finished(study, frozen_trial)`` and ``finish(study, preset_path)``."""
 
 ModelResolver = Callable[[str, Path], Path]
 """``(uri, scratch folder) -> checkpoint folder``: fetches the model a ``--model`` URI names into
@@ -170,6 +178,69 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold_list(text: str) -> list[int]:
+    try:
+        folds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected fold numbers like 0,1") from None
+    if not folds:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one fold number")
+    return sorted(set(folds))
+
+
+def run_tune(args: argparse.Namespace, tracker_factory: TunerTrackerFactory | None = None) -> int:
+    """`ser tune`: an Optuna study (ser_model.tuning) on validation speakers; writes the best trial as a preset file."""
+    from ser_model.presets import is_preset_file, read_preset_file, write_preset_file
+    from ser_model.tuning import DONE_STATES, TuningObjective, best_preset, load_search_space, open_study, worker_seed
+
+    corpus, root, ingested = corpus_data(args)
+    preset = args.preset or DEFAULT_TUNE_PRESET
+    fixed = parse_overrides(args.set)
+    if args.epochs is not None:
+        fixed = {"train.epochs": args.epochs, **fixed}
+    base = experiment_config(corpus, preset, overrides=fixed)
+    extends = read_preset_file(preset)[0] if is_preset_file(preset) else preset
+    space = load_search_space(args.space or extends, base)
+    out = Path(args.out or f"runs/{corpus}/tune")
+    name = args.study or f"ser-{corpus}-tune"
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study = open_study(name, storage, seed=worker_seed(args.seed), grace_period_s=args.heartbeat_grace)
+    tracker = None
+    if tracker_factory is not None:
+        tracker = tracker_factory(
+            corpus=corpus, study=study, base_config=base, space=space, tune_folds=args.folds, trials=args.trials,
+            root=root, fingerprint=ingested.fingerprint,
+        )
+    objective = TuningObjective(
+        base, space, ingested.manifest, ingested.folds, args.folds, root, out / name,
+        on_trial_start=tracker.trial_started if tracker else None, on_epoch=tracker.epoch if tracker else None,
+    )
+    done = lambda: sum(t.state in DONE_STATES for t in study.trials)  # noqa: E731
+    print(f"study {name} in {storage}: {done()} of {args.trials} trials done; space {sorted(space)}; folds {args.folds}")
+    callbacks = [tracker.trial_finished] if tracker else []
+    while done() < args.trials:
+        study.optimize(objective, n_trials=1, callbacks=callbacks)
+        last = study.trials[-1]
+        value = "" if last.value is None else f" value {last.value:.4f}"
+        print(f"trial {last.number}: {last.state.name}{value} {json.dumps(last.params)}")
+    preset_path = Path(args.preset_out or out / f"{name}-best.json")
+    write_preset_file(preset_path, best_preset(study, extends, {**_settings_of(preset, extends), **fixed}, corpus=corpus))
+    if tracker is not None:
+        tracker.finish(study, preset_path)
+    best = study.best_trial
+    print(f"best trial {best.number}: mean valid UA {100 * best.value:.2f}% {json.dumps(best.params)}")
+    print(f"wrote {preset_path}; train with: ser train --preset {preset_path} --fold K ...")
+    return 0
+
+
+def _settings_of(preset: str, extends: str) -> dict[str, Any]:
+    """A preset file's own settings (kept in the tuned file), {} for a shipped preset."""
+    from ser_model.presets import read_preset_file
+
+    return read_preset_file(preset)[1] if preset != extends else {}
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.split == ALL_SPLIT and args.fold is not None:
         raise DataSplitError(f"ser evaluate --split all --fold {args.fold}: --split all scores every utterance of the root; drop --fold")
@@ -252,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one fold (or the release model) of a corpus")
     _add_corpus_data(train)
     train.add_argument(
-        "--preset", choices=sorted(PRESETS),
-        help="training recipe (ser_model/presets.py; default: cpu-fbank, or paper-wavlm with an hf: backbone)",
+        "--preset", metavar="NAME|FILE",
+        help=f"training recipe: one of {', '.join(sorted(PRESETS))} (ser_model/presets.py) or a preset file written by "
+        "ser tune (default: cpu-fbank, or paper-wavlm with an hf: backbone)",
     )
     train.add_argument("--backbone", help="'fbank' or 'hf:<hub id or local folder>' (default: the preset's)")
     train.add_argument("--fold", required=True, type=int, help="fold to train; -1 trains the release model")
@@ -263,6 +335,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. train.lr=3e-4 (repeatable)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if the output folder holds a checkpoint")
     train.set_defaults(handler=run_train)
+
+    tune = commands.add_parser(
+        "tune", help="search a recipe with an Optuna study on validation speakers; write the best as a preset file",
+        description="Each trial trains --folds (on their training speakers) and is judged by the mean best validation UA "
+        "on their validation speakers; test speakers are never scored. The study is stored (--storage, default a SQLite "
+        "file in --out), so running the same command again resumes it; --trials is the total number of finished trials.",
+    )
+    _add_corpus_data(tune)
+    tune.add_argument("--preset", metavar="NAME|FILE", help=f"recipe the trials start from (default {DEFAULT_TUNE_PRESET})")
+    tune.add_argument("--space", metavar="NAME|FILE", help="search space: a shipped one (the preset's, by default) or a JSON file")
+    tune.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials to reach (default 20)")
+    tune.add_argument("--epochs", type=int, help="epochs of each trial's folds (default: the preset's)")
+    tune.add_argument("--folds", type=_fold_list, default=[0, 1], help="folds whose validation speakers judge a trial (default 0,1)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed config override for every trial (repeatable)")
+    tune.add_argument("--study", help="study name (default ser-<corpus>-tune)")
+    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
+    tune.add_argument("--out", help="trial folders and the study file (default runs/<corpus>/tune)")
+    tune.add_argument("--preset-out", metavar="FILE", help="where to write the best trial's preset file (default <out>/<study>-best.json)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the sampler, mixed with the process id (default 0)")
+    tune.add_argument(
+        "--heartbeat-grace", type=float, default=120.0, metavar="S",
+        help="a running trial silent for this long is taken as killed and retried with its parameters (default 120)",
+    )
+    tune.set_defaults(handler=run_tune)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on one fold's held-out speakers, or on every utterance of a root")
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
@@ -308,15 +404,22 @@ def resolve_model(value: str, resolvers: Mapping[str, ModelResolver], scratch: c
     return value
 
 
-def main(argv: Sequence[str] | None = None, resolvers: Mapping[str, ModelResolver] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    resolvers: Mapping[str, ModelResolver] | None = None,
+    tune_tracker: TunerTrackerFactory | None = None,
+) -> int:
     """Run one `ser` command line; `resolvers` maps a ``--model`` URI prefix (``models:/``) to
-    the function that fetches such a model (see ModelResolver). Returns the exit code."""
+    the function that fetches such a model (see ModelResolver); `tune_tracker` follows `ser tune`
+    studies (see TunerTrackerFactory). Returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         with contextlib.ExitStack() as scratch:
             if getattr(args, "model", None):
                 args.model = resolve_model(args.model, resolvers or {}, scratch)
+            if args.handler is run_tune:
+                return run_tune(args, tune_tracker)
             return args.handler(args)
     except BAD_INPUT_ERRORS as err:
         print(f"ser {args.command}: error: {err}", file=sys.stderr)

@@ -350,6 +350,8 @@ class TrainConfig:
     once and train and evaluate from them (``ser_model.feature_cache``; training crops become windows of
     the whole utterance's frames, and with EAM on the training batches still run live); False runs
     the backbone on every batch.
+    ``ema_decay`` (ours): None, or validate, select and save an exponential moving average of the
+    weights with this decay (``ser_model.ema``) instead of the last weights.
     """
 
     epochs: int = 20
@@ -371,10 +373,16 @@ class TrainConfig:
     select_metric: str = "UA"
     device: str = "auto"
     feature_cache: bool = True
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
         w = "TrainConfig"
+        _require(
+            self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+            f"{w}.ema_decay",
+            f"got {self.ema_decay}, expected None (no weight averaging) or a decay in (0, 1), e.g. 0.998",
+        )
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "valid_every"):
             value = getattr(self, name)
             _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")

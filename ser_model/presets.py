@@ -16,16 +16,31 @@ benchmarks/accuracy.py all select recipes through `experiment_config`.
   weighted layer sum, FLAM with 16 heads, the published head, EAM on every sample at SNR U[−5, 10] dB,
   Adam lr 1e-4 (centers 5e-3) × 7/8 per epoch, batch 16, 20 epochs. Needs the WavLM weights: a hub
   id, or a local folder with `--backbone hf:/path` (no download happens in tests).
+
+A preset can also be a *preset file* (``ser tune`` writes one for its best trial): a JSON object
+
+    {"format": "ser-preset", "version": 1, "extends": "cpu-fbank", "settings": {"train.lr": 0.0012, ...},
+     "source": {"study": ..., "trial": ..., "value": ...}}
+
+whose settings go on top of the preset it extends. Wherever a preset name is accepted (``ser train
+--preset``, the train flows' ``preset`` parameter, ``infra/demo``'s ``SER_DEMO_PRESET``), a path to
+such a file is accepted too.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ser_model.config import ConfigError, SERConfig
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "preset_for_backbone", "experiment_config"]
+__all__ = [
+    "PRESETS", "DEFAULT_PRESET", "PRESET_FILE_FORMAT", "PRESET_FILE_VERSION", "preset_for_backbone", "preset_settings",
+    "read_preset_file", "write_preset_file", "experiment_config",
+]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-fbank": {
@@ -98,6 +113,53 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: the recipe when none is named and the backbone is fbank (or not named)
 DEFAULT_PRESET = "cpu-fbank"
+PRESET_FILE_FORMAT = "ser-preset"
+PRESET_FILE_VERSION = 1
+
+
+def read_preset_file(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(name of the preset it extends, its settings) of a preset file; ConfigError naming the file and the problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"preset file {path}: cannot read it as JSON ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != PRESET_FILE_FORMAT:
+        raise ConfigError(f'preset file {path}: expected a JSON object with "format": "{PRESET_FILE_FORMAT}" (ser tune writes one)')
+    if data.get("version") != PRESET_FILE_VERSION:
+        raise ConfigError(f"preset file {path}: version {data.get('version')!r}; this code reads version {PRESET_FILE_VERSION}")
+    base, settings = data.get("extends"), data.get("settings")
+    if base not in PRESETS or not isinstance(settings, dict):
+        raise ConfigError(
+            f'preset file {path}: expected "extends" naming one of {sorted(PRESETS)} (got {base!r}) '
+            f'and "settings", an object of config keys (got {type(settings).__name__})'
+        )
+    return base, settings
+
+
+def write_preset_file(path: str | os.PathLike, preset: Mapping[str, Any]) -> Path:
+    """Write a preset file (JSON, keys sorted) atomically and return its path."""
+    from ser_model.checkpoint import write_text_atomically
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(dict(preset), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def is_preset_file(preset: str) -> bool:
+    """Whether ``preset`` names a file rather than a shipped preset (a .json path or an existing file)."""
+    return preset not in PRESETS and (preset.endswith(".json") or os.path.isfile(preset))
+
+
+def preset_settings(preset: str) -> dict[str, Any]:
+    """Every setting of a shipped preset or a preset file (the extended preset's, then the file's)."""
+    if preset in PRESETS:
+        return dict(PRESETS[preset])
+    if is_preset_file(preset):
+        base, settings = read_preset_file(preset)
+        return {**PRESETS[base], **settings}
+    raise ConfigError(f"preset: got {preset!r}, expected one of {sorted(PRESETS)} or a preset file (.json, written by ser tune)")
 
 
 def preset_for_backbone(backbone: str | None) -> str:
@@ -114,7 +176,8 @@ def experiment_config(
     base: SERConfig | None = None,
 ) -> SERConfig:
     """The config for "this corpus with this preset and these overrides": the corpus's labels, the
-    preset (default: ``preset_for_backbone(backbone)``), then ``backbone``, then ``overrides``.
+    preset (a name or a preset file; default: ``preset_for_backbone(backbone)``), then ``backbone``,
+    then ``overrides``.
 
     ``base``: start from this config (e.g. a ``--config`` file) instead of the preset. Raises
     ``ConfigError`` for an unknown corpus or preset, a bad override, or a base whose labels are not
@@ -125,10 +188,8 @@ def experiment_config(
     if corpus not in LABELS:
         raise ConfigError(f"corpus: got {corpus!r}, expected one of {sorted(LABELS)}")
     if base is None:
-        name = preset or preset_for_backbone(backbone)
-        if name not in PRESETS:
-            raise ConfigError(f"preset: got {name!r}, expected one of {sorted(PRESETS)}")
-        config = SERConfig(labels=LABELS[corpus], corpus=corpus).with_overrides(PRESETS[name])
+        settings = preset_settings(preset or preset_for_backbone(backbone))
+        config = SERConfig(labels=LABELS[corpus], corpus=corpus).with_overrides(settings)
     else:
         if preset is not None:
             raise ConfigError("give either a preset or a base config (--config), not both")

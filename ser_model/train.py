@@ -72,6 +72,7 @@ from ser_model.data import (
     shard_for_eval,
 )
 from ser_model.eam import energy_adaptive_mixup
+from ser_model.ema import WeightAverage
 from ser_model.feature_cache import FEATURE_CACHE_DIR, CachedStates, FeatureCache, collate_states, forward_batch, uses_feature_cache
 from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
@@ -306,6 +307,7 @@ def fit(
     callbacks: Sequence[Any] = (),
     resume: bool = True,
     feature_cache_dir: str | os.PathLike | None = None,
+    score_test: bool = True,
 ) -> FitResult:
     """Train one fold (module docstring) and return the selected checkpoint's metrics.
 
@@ -314,6 +316,8 @@ def fit(
     when it exists (bit-identical to an uninterrupted run on CPU); False starts afresh.
     feature_cache_dir: where a frozen hf backbone's hidden states are cached
     (`ser_model.feature_cache`; default `out_dir/../feature-cache`, shared by the folds).
+    score_test: False never loads or scores the fold's test speakers (a tuning study: only
+    validation speakers may judge a trial); the result's ``test`` is then ``{}``.
     Raises DataSplitError when a split is empty or holds labels outside config.labels, and
     ConfigError when resuming a checkpoint written under another configuration or world size.
     """
@@ -339,7 +343,7 @@ def fit(
             splits[name], audio_root, config.labels, sample_rate=sr, crop_seconds=EVAL_MAX_SECONDS, random_crop=False, trim_db=trim_db
         )
         for name in ("valid", "test")
-        if not splits[name].empty
+        if not splits[name].empty and (score_test or name != "test")
     }
     sampler = LengthBucketSampler(
         train_set.lengths, tc.batch_size, seed=tc.seed, rank=runtime.rank, world_size=runtime.world_size
@@ -386,6 +390,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, updates_per_epoch, tc))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
+    averaged = average.swapped_in if average is not None else nullcontext  # validate and save the averaged weights
 
     # resume -----------------------------------------------------------------
     checkpoints = out_dir / "checkpoints" / "last"
@@ -401,6 +407,8 @@ def fit(
         scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"][runtime.rank], generators)
+        if average is not None:
+            average.load_state_dict(state["ema"])
         start_epoch, best_score, best_epoch, history = state["epoch"], state["best_score"], state["best_epoch"], state["history"]
         log.info("resumed from %s after epoch %d (best %s %.4f at epoch %d)", found, start_epoch, tc.select_metric, best_score, best_epoch)
 
@@ -439,6 +447,8 @@ def fit(
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if average is not None:
+                    average.update()
             for name, value in {"loss": total.detach(), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
@@ -447,13 +457,14 @@ def fit(
 
         record: dict[str, Any] = {"epoch": epoch + 1, "train": train_terms, "lr": lr}
         if (epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs:
-            valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
-            record["valid"] = {key: valid[key] for key in HEADLINE_METRICS}
-            score = valid[tc.select_metric]
-            if score > best_score:
-                best_score, best_epoch = score, epoch + 1
-                if runtime.is_main:
-                    write_folder_atomically(best_dir, model.save_pretrained)
+            with averaged():
+                valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
+                record["valid"] = {key: valid[key] for key in HEADLINE_METRICS}
+                score = valid[tc.select_metric]
+                if score > best_score:
+                    best_score, best_epoch = score, epoch + 1
+                    if runtime.is_main:
+                        write_folder_atomically(best_dir, model.save_pretrained)
         record["seconds"] = time.perf_counter() - started
         history.append(record)
 
@@ -475,6 +486,8 @@ def fit(
                 "world_size": runtime.world_size,
                 "config": config.to_json(),
             }
+            if average is not None:
+                state["ema"] = average.state_dict()
             save_checkpoint(checkpoints, model, state)
             write_text_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())

@@ -84,6 +84,8 @@ class StackSettings:
     region: str = DEFAULT_REGION
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    tune_storage: str = ""
+    """Where tuning studies live, an Optuna RDB URL (``SER_TUNE_STORAGE``; default a SQLite file in the state folder)."""
 
     def __post_init__(self) -> None:
         ports = {
@@ -139,6 +141,7 @@ class StackSettings:
             region=env.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
             access_key_id=access_key_id,
             secret_access_key=secret_access_key,
+            tune_storage=env.get("SER_TUNE_STORAGE") or f"sqlite:///{state_dir / 'optuna.db'}",
         )
 
     @property
@@ -172,6 +175,8 @@ class StackSettings:
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             "AWS_DEFAULT_REGION": self.region,
         }
+        if self.tune_storage:
+            env["SER_TUNE_STORAGE"] = self.tune_storage
         if self.access_key_id and self.secret_access_key:
             env["AWS_ACCESS_KEY_ID"] = self.access_key_id
             env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key

@@ -1,4 +1,4 @@
-"""flows.deploy: the nine deployments and the manifest automation, built and applied."""
+"""flows.deploy: the fifteen deployments and the manifest automation, built and applied."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def deployments():
     return {f"{d.flow_name}/{d.name}": d for d in build_deployments(work_pool="ser-process")}
 
 
-def test_ten_deployments_with_their_parameters_schedule_and_trigger(deployments, repo_root):
+def test_fifteen_deployments_with_their_parameters_schedule_and_trigger(deployments, repo_root):
     assert sorted(deployments) == sorted(deployment_names())
-    assert len(deployments) == 10
+    assert len(deployments) == 4 + 4 + 1 + 1 + 4 + 1
     for corpus in CORPORA:
         ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
         assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"
@@ -41,6 +41,12 @@ def test_ten_deployments_with_their_parameters_schedule_and_trigger(deployments,
     assert all(d.work_pool_name == "ser-process" for d in deployments.values())
     fold = deployments["train-fold/train-fold"]
     assert fold.entrypoint == "flows/train.py:train_fold" and fold.work_queue_name == "folds"
+    for corpus in CORPORA:
+        tune = deployments[f"tune/tune-{corpus}"]
+        assert tune.entrypoint == "flows/tune.py:tune" and tune.parameters == {"corpus": corpus, "preset": DEFAULT_PRESET}
+        assert not tune.schedules and not tune.triggers and tune.work_queue_name != "folds"
+    trial = deployments["tune-trial/tune-trial"]
+    assert trial.entrypoint == "flows/tune.py:tune_trial" and trial.work_queue_name == "folds", "trials queue beside the folds"
 
 
 def test_roots_are_not_baked_in_at_deploy_time(monkeypatch, tmp_path):
@@ -62,7 +68,7 @@ def test_the_automation_states_the_recipe_and_folds_it_trains():
 
 
 @pytest.mark.integration
-def test_apply_is_idempotent_and_the_api_lists_all_ten(deployments, stack, prefect_api):
+def test_apply_is_idempotent_and_the_api_lists_all_of_them(deployments, stack, prefect_api):
     first = apply_deployments(list(deployments.values()), stack.work_pool)
     second = apply_deployments(list(deployments.values()), stack.work_pool)
     assert first == second

@@ -1,0 +1,215 @@
+"""ser_model.tuning, preset files and weight averaging: the study's rules, checked against
+reference computations written here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from ser_model import train as train_module
+from ser_model.config import ConfigError
+from ser_model.ema import WeightAverage, ema_decay_at
+from ser_model.presets import PRESETS, experiment_config, read_preset_file, write_preset_file
+from ser_model.tuning import (
+    SEARCH_SPACES,
+    TuningError,
+    TuningObjective,
+    best_preset,
+    load_search_space,
+    open_study,
+    parse_search_space,
+    pruning_step,
+)
+from tests.train.synthetic import tiny_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# ------------------------------------------------------------------------------ search spaces
+
+
+@pytest.mark.parametrize("name", sorted(SEARCH_SPACES))
+def test_every_shipped_space_fits_its_preset_at_every_corner(name):
+    base = experiment_config("ravdess", name)
+    space = load_search_space(name, base)
+    assert set(space) == set(SEARCH_SPACES[name]) and set(space) <= set(base.override_keys())
+    assert name in PRESETS, "a shipped space is named after the preset it tunes"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"train.nonsense": {"type": "float", "low": 0, "high": 1}}, "not config keys"),
+        ({"train.lr": {"type": "float", "low": 1e-3, "high": 1e-4}}, "low < high"),
+        ({"train.lr": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "low > 0"),
+        ({"train.lr": {"type": "uniform", "low": 0.0, "high": 1.0}}, "expected one of"),
+        ({"train.lr": {"type": "float", "low": 0.0, "high": 1.0, "choices": [1]}}, "unknown field"),
+        ({"eam.enabled": {"type": "categorical", "choices": []}}, "non-empty list"),
+        ({"eam.mix_prob": {"type": "float", "low": 0.0, "high": 2.0}}, r"eam.mix_prob=2.0 makes an invalid config"),
+        ({}, "non-empty JSON object"),
+    ],
+)
+def test_a_bad_space_is_refused_naming_the_key_and_what_is_expected(spec, message):
+    with pytest.raises(TuningError, match=message):
+        parse_search_space(spec, experiment_config("ravdess", "cpu-fbank"))
+
+
+def test_a_space_file_is_read_and_a_missing_one_named(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}))
+    (param,) = load_search_space(str(path), experiment_config("ravdess")).values()
+    assert (param.key, param.low, param.high, param.log) == ("train.lr", 1e-4, 1e-2, True)
+    with pytest.raises(TuningError, match="neither a shipped space"):
+        load_search_space(str(tmp_path / "none.json"))
+
+
+def test_pruning_steps_are_percent_of_the_schedule_and_increase_across_folds():
+    for epochs in (3, 12, 25):
+        steps = [pruning_step(f, e, epochs) for f in range(3) for e in range(1, epochs + 1)]
+        assert steps == sorted(steps) and len(set(steps)) == len(steps)
+        assert [pruning_step(f, epochs, epochs) for f in range(3)] == [100, 200, 300]
+    assert pruning_step(0, 6, 12) == pruning_step(0, 10, 20) == 50, "half way through any schedule is the same step"
+
+
+# ------------------------------------------------------------------------------ the objective
+
+
+def test_a_trial_never_reads_a_test_speaker_and_scores_the_mean_best_validation_ua(synthetic_corpus, tmp_path, monkeypatch):
+    root, manifest, folds = synthetic_corpus
+    loaded: list[set[str]] = []
+    original = train_module.UtteranceDataset
+
+    class Recording(original):  # the datasets fit builds: which speakers' audio they hold
+        def __init__(self, rows, *args, **kwargs):
+            loaded.append(set(rows["speaker"]))
+            super().__init__(rows, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "UtteranceDataset", Recording)
+    base = tiny_config(epochs=2)
+    space = parse_search_space({"train.lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True},
+                                "train.ema_decay": {"type": "categorical", "choices": [None, 0.9]}}, base)
+    epochs_seen: list[tuple[int, int]] = []
+    objective = TuningObjective(base, space, manifest, folds, [0, 1], root, tmp_path / "trials",
+                                on_epoch=lambda trial, fold, epoch, record: epochs_seen.append((fold, epoch)))
+    study = open_study("unit", f"sqlite:///{tmp_path / 'study.db'}")
+    study.optimize(objective, n_trials=2)
+
+    test_of = {k: set(folds.loc[(folds["fold"] == k) & (folds["role"] == "test"), "speaker"]) for k in (0, 1)}
+    assert len(loaded) == 2 * 2 * 2, "per trial and fold: its training and its validation speakers, nothing else"
+    for i, speakers in enumerate(loaded):
+        fold = (i // 2) % 2
+        assert speakers and not speakers & test_of[fold], (fold, speakers, test_of[fold])
+    assert epochs_seen == [(0, 1), (0, 2), (1, 1), (1, 2)] * 2
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        per_fold = []
+        for fold in (0, 1):
+            result = json.loads((tmp_path / "trials" / f"trial-{trial.number}" / f"fold-{fold}" / "result.json").read_text())
+            assert result["test"] == {} and result["speakers"]["test"], "the test split is named but never scored"
+            config = json.loads((tmp_path / "trials" / f"trial-{trial.number}" / f"fold-{fold}" / "best" / "config.json").read_text())
+            assert config["train"]["lr"] == pytest.approx(trial.params["train.lr"])
+            assert config["train"]["ema_decay"] == trial.params["train.ema_decay"]
+            per_fold.append(result["valid"]["UA"])
+        assert trial.value == pytest.approx(sum(per_fold) / 2)
+        assert sorted(trial.intermediate_values) == [50, 100, 150, 200]
+        assert trial.intermediate_values[100] == pytest.approx(per_fold[0]), "fold 0's best so far at its last epoch"
+
+
+def test_an_invalid_combination_prunes_the_trial_instead_of_failing_the_study(synthetic_corpus, tmp_path):
+    root, manifest, folds = synthetic_corpus
+    base = tiny_config()
+    space = parse_search_space({"loss.kl": {"type": "categorical", "choices": [False]},
+                                "loss.focal": {"type": "categorical", "choices": [False]}})
+    study = open_study("invalid", f"sqlite:///{tmp_path / 'study.db'}")
+    study.optimize(TuningObjective(base, space, manifest, folds, [0], root, tmp_path / "t"), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and "nothing trains the classifier" in trial.user_attrs["invalid_config"]
+
+
+def test_unknown_tuning_folds_are_refused_naming_the_available_ones(synthetic_corpus, tmp_path):
+    root, manifest, folds = synthetic_corpus
+    with pytest.raises(TuningError, match=r"\[7\] are not in the fold table; available folds: \[0, 1, 2, 3\]"):
+        TuningObjective(tiny_config(), {}, manifest, folds, [0, 7], root, tmp_path)
+
+
+# ------------------------------------------------------------------------------ preset files
+
+
+def test_the_best_trial_becomes_a_preset_file_that_experiment_config_reads(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"train.lr": 2e-3, "eam.mix_prob": 0.25})
+    study.enqueue_trial({"train.lr": 5e-4, "eam.mix_prob": 0.75})
+    study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2) * 100 + t.suggest_float("eam.mix_prob", 0, 1), n_trials=2)
+    preset = best_preset(study, "cpu-fbank", {"train.epochs": 12}, corpus="ravdess")
+    path = write_preset_file(tmp_path / "best.json", preset)
+    assert read_preset_file(path) == ("cpu-fbank", {"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25})
+    config = experiment_config("ravdess", str(path), overrides={"train.seed": 3})
+    reference = experiment_config("ravdess", "cpu-fbank", overrides={"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25, "train.seed": 3})
+    assert config == reference
+    assert preset["source"]["trial"] == 0 and preset["source"]["value"] == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "cannot read it as JSON"),
+        (json.dumps({"extends": "cpu-fbank", "settings": {}}), '"format": "ser-preset"'),
+        (json.dumps({"format": "ser-preset", "version": 9, "extends": "cpu-fbank", "settings": {}}), "version 9"),
+        (json.dumps({"format": "ser-preset", "version": 1, "extends": "gpu-magic", "settings": {}}), "'gpu-magic'"),
+        (json.dumps({"format": "ser-preset", "version": 1, "extends": "cpu-fbank", "settings": {"train.nope": 1}}), "train.nope"),
+    ],
+)
+def test_a_bad_preset_file_is_refused_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "preset.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        experiment_config("ravdess", str(path))
+    with pytest.raises(ConfigError, match="preset file"):
+        experiment_config("ravdess", str(tmp_path / "missing.json"))
+
+
+# ------------------------------------------------------------------------------ weight averaging
+
+
+def test_the_weight_average_follows_the_formula_and_swaps_back_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    average = WeightAverage(model, decay=0.9)
+    reference = {k: v.detach().clone().double() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    for t in range(12):
+        model.train()
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        average.update()
+        d = min(0.9, (1 + t) / (10 + t))
+        assert ema_decay_at(0.9, t) == pytest.approx(d)
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                reference[k] = d * reference[k] + (1 - d) * v.double()
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    with average.swapped_in():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                torch.testing.assert_close(v.double(), reference[k], rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(v, own[k]), "integer buffers are copied, not averaged"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, own[k]), f"{k}: the model's own weights come back"
+    restored = WeightAverage(model, decay=0.5)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 12 and restored.decay == 0.9
+    assert all(torch.equal(restored.shadow[k], average.shadow[k]) for k in average.shadow)
+
+
+def test_ema_decay_is_validated():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        tiny_config(ema_decay=1.0)
+    assert math.isclose(tiny_config(ema_decay=0.99).train.ema_decay, 0.99)
