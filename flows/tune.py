@@ -25,7 +25,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ from ser_model.tuning import (
     ParamSpec,
     TuningObjective,
     best_preset,
+    enqueue_base,
+    fail_stale_trials,
     load_search_space,
     open_study,
     original_trial_number,
@@ -155,7 +158,7 @@ class MlflowStudyTracker:
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: the child run's state, value and end."""
         run_id = self.child(trial)
-        tags = {TRIAL_STATE_TAG: trial.state.name, **{f"ser.{k}": str(v) for k, v in trial.user_attrs.items() if k != "folder"}}
+        tags = {TRIAL_STATE_TAG: trial.state.name, **{f"ser.trial_{k}": str(v) for k, v in trial.user_attrs.items()}}
         metrics = [optuna_metric("last_step", float(trial.last_step or 0), int(time.time() * 1000), 0)]
         if trial.value is not None:
             metrics.append(optuna_metric("objective", trial.value, int(time.time() * 1000), 0))
@@ -163,9 +166,20 @@ class MlflowStudyTracker:
         status = "FAILED" if trial.state == optuna.trial.TrialState.FAIL else "FINISHED"
         t.call_with_retry(self.client.set_terminated, run_id, status)
 
+    def close_failed(self, study: optuna.Study) -> None:
+        """End the child runs of trials that failed without reporting it (a killed process: Optuna
+        marked them failed from their stale heartbeat), so no trial run stays RUNNING in MLflow."""
+        for trial in study.trials:
+            if trial.state != optuna.trial.TrialState.FAIL:
+                continue
+            run = t.call_with_retry(self.client.get_run, self.child(trial))
+            if run.info.status == "RUNNING":
+                self.trial_finished(study, trial)
+
     def finish(self, study: optuna.Study, preset_path: Path | None) -> dict[str, Any]:
         """The study's summary on the parent run: best value and trial, counts by state, the
         preset file, the optimisation history and parameter importances as figures."""
+        self.close_failed(study)
         summary = study_summary(study)
         metrics = [optuna_metric(f"trials_{state.lower()}", float(n), int(time.time() * 1000), 0) for state, n in summary["states"].items()]
         if "best_value" in summary:
@@ -223,6 +237,25 @@ def mlflow_tracker_factory(tracking_uri: str | None = None):
 # ------------------------------------------------------------------------------------------- flows
 
 
+@contextmanager
+def forward_logs(name: str, target: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
+    """Records of logger ``name`` (INFO and up) also go to ``target`` (a Prefect run logger) while inside."""
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            target.log(record.levelno, "%s", record.getMessage())
+
+    handler, source = Forward(logging.INFO), logging.getLogger(name)
+    previous = source.level
+    source.addHandler(handler)
+    source.setLevel(min(previous or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(previous)
+
+
 @flow(name="tune-trial", flow_run_name="{corpus}-{study_name}")
 def tune_trial(
     corpus: str,
@@ -254,7 +287,8 @@ def tune_trial(
         on_trial_start=tracker.trial_started, on_epoch=tracker.epoch,
         feature_cache_dir=settings.state_dir / "feature-cache",
     )
-    study.optimize(objective, n_trials=1, callbacks=[tracker.trial_finished])
+    with forward_logs("ser_model", logger):  # fit's per-epoch lines and "resumed from ..." in the run's log
+        study.optimize(objective, n_trials=1, callbacks=[tracker.trial_finished])
     number = objective.last_trial_number
     trial = study.trials[number]
     logger.info("trial %d: %s value %s params %s", number, trial.state.name, trial.value, json.dumps(trial.params))
@@ -325,6 +359,7 @@ def tune(
     tune_folds = sorted(set(folds or DEFAULT_TUNE_FOLDS))
     name = study or f"ser-{corpus}-tune"
     optuna_study = open_study(name, settings.tune_storage, seed=seed, grace_period_s=heartbeat_grace_s)
+    enqueue_base(optuna_study, parsed, base)
     client = MlflowClient(settings.tracking_uri)
     tracker = MlflowStudyTracker.start(
         client, corpus=corpus, study=optuna_study, base_config=base, space=parsed, tune_folds=tune_folds, trials=trials,
@@ -345,7 +380,8 @@ def tune(
         if stale:  # a killed run's trial: wait until its heartbeat is old enough, then queue it again
             logger.info("trial(s) %s still marked running; retrying them once silent for %.0f s", stale, heartbeat_grace_s)
             time.sleep(heartbeat_grace_s + 1)
-            optuna.storages.fail_stale_trials(optuna_study)
+            fail_stale_trials(optuna_study)
+            tracker.close_failed(optuna_study)
         missing = trials - done()
         logger.info("study %s: %d of %d trials done; starting %d trial run(s)", name, before, trials, missing)
         failures = _run_trials(missing, parameters)

@@ -191,7 +191,9 @@ def _fold_list(text: str) -> list[int]:
 def run_tune(args: argparse.Namespace, tracker_factory: TunerTrackerFactory | None = None) -> int:
     """`ser tune`: an Optuna study (ser_model.tuning) on validation speakers; writes the best trial as a preset file."""
     from ser_model.presets import is_preset_file, read_preset_file, write_preset_file
-    from ser_model.tuning import DONE_STATES, TuningObjective, best_preset, load_search_space, open_study, worker_seed
+    from ser_model.tuning import (
+        DONE_STATES, TuningObjective, best_preset, enqueue_base, load_search_space, open_study, worker_seed,
+    )
 
     corpus, root, ingested = corpus_data(args)
     preset = args.preset or DEFAULT_TUNE_PRESET
@@ -206,6 +208,7 @@ def run_tune(args: argparse.Namespace, tracker_factory: TunerTrackerFactory | No
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = open_study(name, storage, seed=worker_seed(args.seed), grace_period_s=args.heartbeat_grace)
+    enqueue_base(study, space, base)
     tracker = None
     if tracker_factory is not None:
         tracker = tracker_factory(

@@ -128,7 +128,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self._cache: list[np.ndarray] | None = None
         if preload:
             self._cache = [
-                self._decode(i) for i in tqdm(range(len(self.paths)), desc="decoding audio", unit="file", leave=False)
+                self._decode(i) for i in tqdm(range(len(self.paths)), desc="decoding audio", unit="file", leave=False, disable=None)
             ]
             decoded = np.array([len(wave) for wave in self._cache], dtype=np.int64)  # trimmed: shorter than duration_s
             self.lengths = decoded if self.crop_samples is None else np.minimum(decoded, self.crop_samples)

@@ -304,7 +304,7 @@ class FeatureCache:
         was_training = self.backbone.training
         self.backbone.eval()
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-        for sha, row in tqdm(todo, desc="feature cache", unit="utt", leave=False, disable=not todo):
+        for sha, row in tqdm(todo, desc="feature cache", unit="utt", leave=False, disable=None if todo else True):
             wave, _, _ = view[row]
             with autocast:
                 states, _ = self.backbone.hidden_states(wave[None].to(self.device), torch.tensor([len(wave)], device=self.device))

@@ -421,7 +421,8 @@ def fit(
         sampler.set_epoch(epoch)
         n_batches = len(sampler)
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=not runtime.is_main)
+        # a live bar on a terminal only (disable=None): in a log (Prefect, CI) one line per epoch is logged below
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=None if runtime.is_main else True)
         for step, batch in enumerate(bar):
             labels = batch.labels.to(runtime.device)
             targets = F.one_hot(labels, n_classes).float()

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import socket
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -255,11 +256,43 @@ def open_study(
     )
 
 
+def config_value(config: SERConfig, key: str) -> Any:
+    """The value of override key ``key`` ("train.lr") in ``config``."""
+    section, _, name = key.partition(".")
+    value = getattr(getattr(config, section), name) if name else getattr(config, section)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def enqueue_base(study: optuna.Study, space: Mapping[str, ParamSpec], base: SERConfig) -> dict[str, Any] | None:
+    """Queue the base recipe's own values as the study's first trial (when the study is empty and
+    every value lies inside the space), so the best trial is never one the hand-set recipe beats
+    on the same objective. Returns the queued parameters, or None."""
+    if study.trials:
+        return None
+    params = {key: config_value(base, key) for key in space}
+    for key, p in space.items():
+        value = params[key]
+        inside = value in p.choices if p.type == "categorical" else isinstance(value, (int, float)) and p.low <= value <= p.high
+        if not inside:
+            log.info("base value %s=%r lies outside the space; the study starts from the sampler alone", key, value)
+            return None
+    study.enqueue_trial(params, user_attrs={"enqueued": "base recipe"})
+    return params
+
+
 def original_trial_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
     """The number of the trial whose parameters this one repeats (a retry of a killed trial), else its own."""
     frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study.get_trials(deepcopy=False)[trial.number]
     retried = retried_from(frozen)
     return frozen.number if retried is None else retried
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark the study's silent running trials failed and queue their retries (Optuna does this
+    itself before each trial; the tune flow calls it between rounds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
@@ -346,6 +379,8 @@ class TuningObjective:
         from ser_model.train import fit
 
         self.last_trial_number = trial.number
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())  # which process trains it (to watch it, or to kill it)
         config = self.config(trial)
         folder = self.trial_folder(trial)
         trial.set_user_attr("folder", str(folder))
