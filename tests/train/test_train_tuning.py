@@ -144,14 +144,14 @@ def test_the_best_trial_becomes_a_preset_file_that_experiment_config_reads(tmp_p
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"train.lr": 2e-3, "eam.mix_prob": 0.25})
     study.enqueue_trial({"train.lr": 5e-4, "eam.mix_prob": 0.75})
-    study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2) * 100 + t.suggest_float("eam.mix_prob", 0, 1), n_trials=2)
+    study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2) * 1000 + t.suggest_float("eam.mix_prob", 0, 1), n_trials=2)
     preset = best_preset(study, "cpu-fbank", {"train.epochs": 12}, corpus="ravdess")
     path = write_preset_file(tmp_path / "best.json", preset)
     assert read_preset_file(path) == ("cpu-fbank", {"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25})
     config = experiment_config("ravdess", str(path), overrides={"train.seed": 3})
     reference = experiment_config("ravdess", "cpu-fbank", overrides={"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25, "train.seed": 3})
     assert config == reference
-    assert preset["source"]["trial"] == 0 and preset["source"]["value"] == pytest.approx(0.45)
+    assert preset["source"]["trial"] == 0 and preset["source"]["value"] == pytest.approx(2.25)
 
 
 @pytest.mark.parametrize(
