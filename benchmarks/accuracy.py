@@ -43,9 +43,11 @@ import torch
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
-from ser_model.launch import BAD_CONFIG_EXIT
+from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS
-from ser_model.presets import PRESETS, experiment_config
+from ser_model.cli import parse_overrides
+from ser_model.config import ConfigError
+from ser_model.presets import experiment_config, preset_settings
 from ser_model.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,14 +67,6 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 }
 
 
-def parse_value(text: str) -> Any:
-    """`--set key=value` values: JSON when it parses (numbers, booleans, lists), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def collect(out: Path) -> dict[str, dict[tuple[int, int], dict[str, Any]]]:
     """Every finished run under `out`: {variant: {(seed, fold): result.json + training seconds}}.
 
@@ -83,10 +77,10 @@ def collect(out: Path) -> dict[str, dict[tuple[int, int], dict[str, Any]]]:
     results: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
     for variant in VARIANTS:
         found = {}
-        for done in (out / variant).glob("seed-*/fold-*/result.json"):
+        for done in (out / variant).glob(f"seed-*/fold-*/{RESULT_FILE}"):
             seed = int(done.parent.parent.name.split("-")[1])
             result = json.loads(done.read_text())
-            metrics = done.parent / "metrics.jsonl"
+            metrics = done.parent / METRICS_FILE
             epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
             result["train_seconds"] = sum(epoch["seconds"] for epoch in epochs)
             found[(seed, int(result["fold"]))] = result
@@ -169,7 +163,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: Path, root: Path, overrides: dict[str, Any], threads: int) -> str:
+def write_summary(out: Path, root: Path, overrides: dict[str, Any], threads: int, preset: str = PRESET) -> str:
     """Summarise every finished run under `out` into accuracy.json and accuracy.md; returns the Markdown."""
     results = collect(out)
     if not results:
@@ -181,8 +175,8 @@ def write_summary(out: Path, root: Path, overrides: dict[str, Any], threads: int
         "n_utterances": len(manifest),
         "machine": f"{cpu_model()}, {usable_cores()} usable cores, {threads} torch thread(s) per run, CPU only",
         "selection_rule": first["selection_rule"],
-        "preset": PRESET,
-        "preset_values": PRESETS[PRESET],
+        "preset": preset,
+        "preset_values": preset_settings(preset),
         "overrides": overrides,
         "torch": torch.__version__,
     }
@@ -195,7 +189,7 @@ def write_summary(out: Path, root: Path, overrides: dict[str, Any], threads: int
 
 def claim(run_dir: Path) -> bool:
     """Take the run for this process: False when it is finished or claimed by a live process."""
-    if (run_dir / "result.json").exists():
+    if (run_dir / RESULT_FILE).exists():
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "claim"
@@ -222,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override of the method's variants")
+    parser.add_argument("--preset", default=PRESET, metavar="NAME|FILE", help=f"recipe of the method's variants (default {PRESET}; a preset file from ser tune)")
     parser.add_argument("--summarise-only", action="store_true", help="train nothing; summarise the finished runs under --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -237,17 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown variant(s) {unknown}; expected some of {list(VARIANTS)}", file=sys.stderr)
         return BAD_CONFIG_EXIT
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return BAD_CONFIG_EXIT
-        overrides[key] = parse_value(value)
+    try:
+        overrides = parse_overrides(args.set)
+        experiment_config("ravdess", args.preset, overrides=overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return BAD_CONFIG_EXIT
     out = Path(args.out)
     threads = args.threads or torch.get_num_threads()
     if args.summarise_only:
-        print(write_summary(out, root, overrides, threads))
+        print(write_summary(out, root, overrides, threads, args.preset))
         return 0
 
     ingest = run_ingest("ravdess", root, progress=False)
@@ -264,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
 
                     train_reference(manifest, folds, int(k), root, run_dir, LABELS["ravdess"], seed=seed)
                 else:
-                    config = experiment_config("ravdess", PRESET, overrides={**overrides, **VARIANTS[variant], "train.seed": seed})
+                    config = experiment_config("ravdess", args.preset, overrides={**overrides, **VARIANTS[variant], "train.seed": seed})
                     fit(config, manifest, folds, int(k), root, run_dir)
                 (run_dir / "claim").unlink(missing_ok=True)
                 log.info("%s seed %d fold %s done", variant, seed, k)
-                write_summary(out, root, overrides, threads)
-    print(write_summary(out, root, overrides, threads))
+                write_summary(out, root, overrides, threads, args.preset)
+    print(write_summary(out, root, overrides, threads, args.preset))
     return 0
 
 

@@ -46,6 +46,7 @@ import torchaudio
 from torch import nn
 
 from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDataset, collate_padded
+from ser_model.launch import METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.presets import experiment_config
 from ser_model.train import fold_splits, lr_factor
@@ -147,7 +148,7 @@ def train_reference(
         record = {"epoch": epoch + 1, "train": {"loss": float(np.mean(losses))}, "lr": optimizer.param_groups[0]["lr"], "valid": {k: valid[k] for k in HEADLINE_METRICS}}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
-        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        (out_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
     model.load_state_dict(best_state)
     result = {
         "fold": fold,
@@ -160,5 +161,5 @@ def train_reference(
         "epochs": RECIPE["epochs"],
         "recipe": RECIPE,
     }
-    (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 
+from ser_model.launch import RESULT_FILE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if completed.returncode != 0:
         print(completed.stderr[-3000:], file=sys.stderr)
         return completed.returncode
-    result = json.loads((run_dir / "result.json").read_text())
+    result = json.loads((run_dir / RESULT_FILE).read_text())
     record = {
         "command": " ".join(command[1:]),
         "threads": args.threads,

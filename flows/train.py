@@ -38,7 +38,7 @@ from ser_stack.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, resolve_version
 from flows import tracking as t
 from ser_model.config import SERConfig
-from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, FoldJob, fold_folder_name, retry_unless_refused, run_worker, write_fold_times
+from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, RESULT_FILE, FoldJob, fold_folder_name, retry_unless_refused, run_worker, write_fold_times
 from ser_model.metrics import selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
 
@@ -63,7 +63,7 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
         return run_id
     cfg = SERConfig.from_dict(config)
     out_dir = settings.state_dir / "runs" / corpus / parent_run_id / fold_folder_name(fold)
-    if not (out_dir / "result.json").exists():
+    if not (out_dir / RESULT_FILE).exists():
         manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
         if root.startswith("s3://"):
             cache, limit = cache_from_env(settings.state_dir / "audio-cache")
@@ -76,7 +76,7 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
         with shared_feature_cache(cfg, settings, manifest["sha256"]) as feature_cache:  # flows/feature_store.py
             train_worker(FoldJob(corpus, fold, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", root, out_dir, cfg.train.epochs, feature_cache))
     else:
-        logger.info("%s: result.json of an earlier attempt found; not training again", fold_folder_name(fold))
+        logger.info("%s: %s of an earlier attempt found; not training again", fold_folder_name(fold), RESULT_FILE)
     run_id = t.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
     if fold == RELEASE_FOLD:
         mlflow.set_tracking_uri(settings.tracking_uri)

@@ -46,7 +46,7 @@ from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
-from ser_model.launch import BAD_CONFIG_EXIT
+from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, METRICS_FILE, RESULT_FILE
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
 __all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError"]
@@ -174,7 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(metrics_line("valid", result.valid))
     if result.test:
         print(metrics_line("test", result.test))
-    print(f"wrote {out / 'best'}, {out / 'result.json'}, {out / 'metrics.jsonl'}")
+    print(f"wrote {out / BEST_FOLDER}, {out / RESULT_FILE}, {out / METRICS_FILE}")
     return 0
 
 
