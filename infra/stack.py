@@ -496,6 +496,13 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         **settings.client_env(),
         **TELEMETRY_OFF,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # The project's Prefect plugin (short deployment names) is for people's shells (infra/env.sh),
+        # not for the stack: the servers, the worker and the flow runs it starts only use full names.
+        # Left on (prefect.toml turns it on in the project folder, where the stack runs), Prefect's
+        # subprocess that runs a crashed flow run's hooks (prefect/runner/_workspace_runtime_bootstrap.py)
+        # first imports prefect inside its event loop, where plugin start-up cannot run, and logs
+        # "Failed to initialize plugins: Already running asyncio in this thread" for every crash.
+        "PREFECT_PLUGINS_ENABLED": "false",
     }
 
 

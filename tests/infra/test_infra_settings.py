@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,18 @@ def test_plugin_env_follows_the_project_prefect_toml(infra_stack, tmp_path):
     other = tmp_path / "prefect.toml"
     other.write_text('[plugins]\nenabled = false\n')
     assert infra_stack.plugin_env(other) == {"PREFECT_PLUGINS_ENABLED": "false"}
+
+
+def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(infra_stack, monkeypatch):
+    """The stack's processes (servers, worker, flow runs) run with Prefect's plugin system off, also
+    when `infra/up` is started from a shell where `infra/env.sh` turned it on: Prefect's subprocess
+    for a crashed run's hooks imports prefect inside its event loop, where plugin start-up fails
+    (a traceback in the worker log for every crashed flow run, seen with a killed tuning trial)."""
+    monkeypatch.setenv("PREFECT_PLUGINS_ENABLED", "true")
+    env = infra_stack.stack_env(StackSettings.from_env())
+    assert env["PREFECT_PLUGINS_ENABLED"] == "false"
+    done = subprocess.run(
+        [sys.executable, "-c", "import prefect.settings as s; print(s.get_current_settings().plugins.enabled)"],
+        cwd=infra_stack.REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=120,
+    )
+    assert done.stdout.strip() == "False", "the environment beats the project's prefect.toml"
