@@ -39,7 +39,7 @@ from prefect.artifacts import create_markdown_artifact
 from data_contracts.labels import CORPORA
 from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
-from flows.fold_runs import FOLD_QUEUE, fold_job_variables, fold_runs_mode
+from flows.fold_runs import fold_job_variables, fold_runs_mode
 from flows.roots import manifest_root
 from flows.storage import load_manifest_version, resolve_version
 from ser_model.config import SERConfig
@@ -61,7 +61,6 @@ from ser_model.tuning import (
 )
 from ser_stack.settings import REPO_ROOT, StackSettings
 
-log = logging.getLogger(__name__)
 
 TRIAL_DEPLOYMENT = "tune-trial/tune-trial"
 RUN_KIND_TAG = "ser.run_kind"

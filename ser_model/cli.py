@@ -62,7 +62,7 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 TunerTrackerFactory = Callable[..., Any]
 """``(corpus=, study=, base_config=, space=, tune_folds=, trials=, root=, fingerprint=) -> tracker``:
 what follows a `ser tune` study (the `ser` console script gives one that logs to MLflow, flows/tune.py);
-the tracker has ``trial_started(trial, config)``, ``epoch(trial, fold_index, epoch, record)``,
+the tracker has ``trial_started(trial, config)``, ``epoch(trial, fold, epoch, record)``,
 ``trial_finished(study, frozen_trial)`` and ``finish(study, preset_path)``."""
 
 ModelResolver = Callable[[str, Path], Path]
@@ -188,8 +188,10 @@ def _fold_list(text: str) -> list[int]:
     return sorted(set(folds))
 
 
-def run_tune(args: argparse.Namespace, tracker_factory: TunerTrackerFactory | None = None) -> int:
-    """`ser tune`: an Optuna study (ser_model.tuning) on validation speakers; writes the best trial as a preset file."""
+def run_tune(args: argparse.Namespace) -> int:
+    """`ser tune`: an Optuna study (ser_model.tuning) on validation speakers; writes the best trial as a
+    preset file. ``args.tune_tracker`` (a TunerTrackerFactory, from `main`) follows the study."""
+    tracker_factory: TunerTrackerFactory | None = getattr(args, "tune_tracker", None)
     from ser_model.presets import is_preset_file, read_preset_file, write_preset_file
     from ser_model.tuning import (
         DONE_STATES, TuningObjective, best_preset, enqueue_base, load_search_space, open_study, worker_seed,
@@ -416,13 +418,12 @@ def main(
     the function that fetches such a model (see ModelResolver); `tune_tracker` follows `ser tune`
     studies (see TunerTrackerFactory). Returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.tune_tracker = tune_tracker
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         with contextlib.ExitStack() as scratch:
             if getattr(args, "model", None):
                 args.model = resolve_model(args.model, resolvers or {}, scratch)
-            if args.handler is run_tune:
-                return run_tune(args, tune_tracker)
             return args.handler(args)
     except BAD_INPUT_ERRORS as err:
         print(f"ser {args.command}: error: {err}", file=sys.stderr)
