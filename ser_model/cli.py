@@ -197,6 +197,9 @@ def run_tune(args: argparse.Namespace) -> int:
         DONE_STATES, TuningObjective, best_preset, enqueue_base, load_search_space, open_study, worker_seed,
     )
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)  # one line per trial below
     corpus, root, ingested = corpus_data(args)
     preset = args.preset or DEFAULT_TUNE_PRESET
     fixed = parse_overrides(args.set)
