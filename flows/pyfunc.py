@@ -32,17 +32,13 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
+from ser_model.segments import probability_column
 from flows.serving import MAX_ROWS, MAX_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, in_scoring_server, serving_process
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""
 
 PIP_PACKAGES = ("torch", "torchaudio", "transformers", "safetensors", "soundfile", "numpy", "pandas", "mlflow")
-
-
-def probability_column(label: str) -> str:
-    """Output column holding P(label): ``p_<label>``."""
-    return f"p_{label}"
 
 
 def checkpoint_labels(folder: str | Path) -> list[str]:

@@ -5,6 +5,7 @@
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
     ser predict FILE... --model M [--json]
+    ser predict FILE... --model M --segments [--json | --csv] [--plot PNG] [--segment-set key=value ...]
     ser export --onnx --model M --out FILE
 
 `train` and `evaluate` read what `ser ingest --out DIR` wrote (`--manifest DIR`: manifest, folds
@@ -69,14 +70,14 @@ class ModelSourceError(Exception):
 BAD_INPUT_ERRORS = (DataContractError, ConfigError, DataSplitError, AudioDecodeError, ModelSourceError, FileNotFoundError)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str], flag: str = "--set", example: str = "train.lr=3e-4") -> dict[str, Any]:
     """["train.lr=3e-4", "model.fbank_strides=[2,2]", "corpus=ravdess"] → {key: value}; values
     are read as JSON when they parse (numbers, booleans, null, lists) and as strings otherwise."""
     overrides = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=3e-4")
+            raise ConfigError(f"{flag} {item!r}: expected key=value, e.g. {example}")
         try:
             overrides[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
@@ -196,9 +197,90 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def segment_scorer(model: str):
+    """The WindowScorer of ``--model``: an exported ``.onnx`` file (ONNX Runtime), else a checkpoint folder."""
+    if model.endswith(".onnx"):
+        from ser_model.export import OnnxExportError, OnnxScorer
+
+        try:
+            return OnnxScorer(model)
+        except OnnxExportError as err:
+            raise ModelSourceError(str(err)) from err
+    from ser_model.inference import Predictor
+
+    return Predictor.from_pretrained(model)
+
+
+def segment_config(sets: Sequence[str]):
+    """The SegmentConfig of ``--segment-set key=value`` items on top of the defaults."""
+    from ser_model.segments import SegmentConfig
+
+    return SegmentConfig().with_overrides(parse_overrides(sets, flag="--segment-set", example="window_s=6"))
+
+
+def _progress_bar(total_s: float, what: str) -> Callable[[float], None] | None:
+    """A progress bar over seconds of audio on a terminal (stderr), else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_s, 1), unit="s", desc=what, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio")
+    return lambda seconds: bar.update(seconds)
+
+
+def run_predict_segments(args: argparse.Namespace) -> int:
+    """`ser predict --segments`: one record per segment of each file, as text, JSON lines or CSV,
+    and the timeline picture with --plot."""
+    import csv
+
+    from ser_model.segments import FileSource, probability_column, segment_recording, segment_records
+    from ser_model.timeline import Track, save_timeline
+
+    config = segment_config(args.segment_set)
+    scorer = segment_scorer(args.model)
+    labels = list(scorer.labels)
+    writer = None
+    if args.csv:
+        fields = ["file", "start_s", "end_s", "label"] + [probability_column(c) for c in labels]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+    tracks = []
+    for path in args.files:
+        with FileSource(path) as source:
+            duration = source.frames / source.sample_rate
+            segments = segment_recording(source, scorer, config, progress=_progress_bar(2 * duration, Path(path).name))
+        tracks.append(Track(Path(path).name, segments, duration))
+        for record in segment_records(segments, labels):
+            if args.json:
+                print(json.dumps({"file": path, **record}))
+            elif writer is not None:
+                writer.writerow({"file": path, **record})
+            else:
+                probabilities = " ".join(f"{c}={record[probability_column(c)]:.3f}" for c in labels)
+                print(f"{path}\t{record['start_s']:.2f}-{record['end_s']:.2f}\t{record['label']}\t{probabilities}")
+        sys.stdout.flush()
+    if args.plot:
+        try:
+            save_timeline(args.plot, tracks, labels)
+        except OSError as err:
+            print(f"ser predict: error: cannot write the timeline to {args.plot}: {err}", file=sys.stderr)
+            return BAD_CONFIG_EXIT
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ser_model.inference import Predictor
 
+    if args.segments:
+        if args.window_seconds is not None:
+            raise ConfigError("ser predict --segments: --window-seconds sets the whole-file window; use --segment-set window_s=S")
+        return run_predict_segments(args)
+    for flag, value in (("--csv", args.csv), ("--plot", args.plot), ("--segment-set", args.segment_set)):
+        if value:
+            raise ConfigError(f"ser predict {flag}: needs --segments (one record per segment of each file)")
+    if args.model.endswith(".onnx"):
+        raise ConfigError(f"ser predict --model {args.model}: an ONNX graph scores windows of segments; add --segments, or give a checkpoint folder")
     predictor = Predictor.from_pretrained(args.model, window_seconds=args.window_seconds)
     predictions = predictor.predict_files(args.files)
     for path, prediction in zip(args.files, predictions):
@@ -283,7 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-seconds", type=float,
         help="longer inputs are cut into windows of this length (default 60: the whole utterance, as in evaluation)",
     )
-    predict.add_argument("--json", action="store_true", help="one JSON object per file")
+    formats = predict.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="one JSON object per file (per segment with --segments)")
+    formats.add_argument("--csv", action="store_true", help="with --segments: CSV on stdout, a header and one row per segment")
+    predict.add_argument(
+        "--segments", action="store_true",
+        help="long recordings: voice-activity detection, then an emotion per segment with start_s, end_s, label and p_<class> "
+        "(the file is read in blocks; --model may also be an exported .onnx file)",
+    )
+    predict.add_argument("--plot", metavar="PNG", help="with --segments: draw the timeline of each file (emotion and confidence over time)")
+    predict.add_argument(
+        "--segment-set", action="append", default=[], metavar="KEY=VALUE",
+        help="with --segments: a segmentation setting (ser_model/segments.py SegmentConfig), e.g. window_s=6 or min_silence_s=0.3",
+    )
     predict.set_defaults(handler=run_predict)
 
     export = commands.add_parser("export", help="export a checkpoint folder")
