@@ -214,17 +214,20 @@ def iter_blocks(source: AudioSource, block: int) -> Iterator[np.ndarray]:
 
 
 def read_at_rate(source: AudioSource, start: int, stop: int, target_sr: int) -> np.ndarray:
-    """Samples [start, stop) of the source (its own rate) at `target_sr`, (⌈(stop − start)·target/rate⌉,).
+    """Samples [start, stop) of the source (its own rate) at `target_sr`: the samples
+    [round(start·target/rate), … + ⌈(stop − start)·target/rate⌉) of the whole recording resampled at once.
 
-    Resampling reads 10 ms more on each side (beyond the sinc kernel's reach), resamples, and cuts
-    them off, so a piece matches the same stretch of the whole recording resampled at once."""
+    Resampling reads 10 ms more on each side (beyond the sinc kernel's reach), from a sample on the
+    rate pair's common grid (a multiple of rate/gcd(rate, target)), resamples, and cuts the extra off."""
     rate = source.sample_rate
     if rate == target_sr:
         return source.read(start, stop)
-    margin = math.ceil(0.010 * rate)
-    first, last = max(0, start - margin), min(source.frames, stop + margin)
+    g = math.gcd(rate, target_sr)
+    step_in, step_out = rate // g, target_sr // g
+    first = max(0, start - math.ceil(0.010 * rate)) // step_in * step_in
+    last = min(source.frames, stop + math.ceil(0.010 * rate))
     out = resample(source.read(first, last), rate, target_sr)
-    offset = round((start - first) * target_sr / rate)
+    offset = round(start * target_sr / rate) - first // step_in * step_out
     return out[offset : offset + math.ceil((stop - start) * target_sr / rate)]
 
 
