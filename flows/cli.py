@@ -51,9 +51,17 @@ def download_checkpoint(uri: str, dst: Path) -> Path:
     return checkpoint_folder(model_dir)
 
 
+def log_evaluation(experiment: str, run_name: str, params: dict, metrics: dict) -> str:
+    """A ``ser_model.cli.EvaluationLogger``: the run in MLflow (``flows.tracking.log_evaluation``)."""
+    from flows.tracking import log_evaluation as log
+
+    return log(experiment, run_name, params, metrics)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ser_model.cli.main`` with ``models:/`` resolved by the registry; returns the exit code."""
-    return cli.main(argv, resolvers={REGISTRY_SCHEME: download_checkpoint})
+    """``ser_model.cli.main`` with ``models:/`` resolved by the registry and evaluations logged to
+    MLflow; returns the exit code."""
+    return cli.main(argv, resolvers={REGISTRY_SCHEME: download_checkpoint}, evaluation_logger=log_evaluation)
 
 
 def console() -> None:

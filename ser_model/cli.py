@@ -4,6 +4,7 @@
     ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
+    ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K --segments [--gap silence|noise] [--per-recording 8]
     ser predict FILE... --model M [--json]
     ser predict FILE... --model M --segments [--json | --csv] [--plot PNG] [--segment-set key=value ...]
     ser export --onnx --model M --out FILE
@@ -49,7 +50,9 @@ from ser_model.errors import AudioDecodeError, DataSplitError
 from ser_model.launch import BAD_CONFIG_EXIT
 from ser_model.presets import PRESETS, experiment_config
 
-__all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError"]
+__all__ = [
+    "main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError", "EvaluationLogger",
+]
 
 MODEL_HELP = (
     "checkpoint folder (config.json, model.safetensors, labels.json), or a registered model "
@@ -57,6 +60,10 @@ MODEL_HELP = (
 )
 ALL_SPLIT = "all"
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+EvaluationLogger = Callable[[str, str, dict[str, Any], dict[str, Any]], str]
+"""``(experiment, run name, params, metrics) -> where it was logged``: records an evaluation (the
+console script logs it to MLflow; ser_model knows no tracking server)."""
 
 ModelResolver = Callable[[str, Path], Path]
 """``(uri, scratch folder) -> checkpoint folder``: fetches the model a ``--model`` URI names into
@@ -189,12 +196,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
         rows, what = fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split], f"{corpus} fold {args.fold} {args.split}"
     if rows.empty:
         raise DataSplitError(f"{what}: no utterances to score")
-    metrics = evaluate_rows(model, rows, root, batch_size=args.batch_size)
     speakers = ", ".join(sorted(rows["speaker"].unique()))
-    print(metrics_line(f"{what} ({speakers})", metrics))
+    params = {"model": args.model_source, "corpus": corpus, "fold": args.fold, "split": args.split, "speakers": speakers}
+    if args.segments:
+        metrics = evaluate_segments(model, rows, root, args)
+        params |= {"segments.gap": args.gap, "segments.gap_s": args.gap_s, "segments.per_recording": args.per_recording}
+        params |= {f"segments.{k}": v for k, v in metrics["segment_config"].items()}
+    else:
+        metrics = evaluate_rows(model, rows, root, batch_size=args.batch_size)
+        print(metrics_line(f"{what} ({speakers})", metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if args.mlflow_experiment:
+        if args.evaluation_logger is None:
+            raise ModelSourceError("ser evaluate --mlflow-experiment: logging needs the `ser` console script (flows.cli), which knows MLflow")
+        run_name = f"evaluate{'-segments' if args.segments else ''} {what}"
+        print(f"logged to {args.evaluation_logger(args.mlflow_experiment, run_name, params, metrics)}")
     return 0
+
+
+def evaluate_segments(model, rows, root: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`ser evaluate --segments`: the rows' utterances joined into long recordings with known
+    boundaries (ser_model.joined), scored in segments and one by one; prints the comparison."""
+    from ser_model.inference import Predictor
+    from ser_model.joined import build_joined, score_joined
+
+    predictor = Predictor(model)
+    config = segment_config(args.segment_set)
+    items = [(str(Path(root) / r.path), predictor.labels.index(r.label), r.utt_id) for r in rows.itertuples()]
+    recordings = build_joined(items, predictor.sample_rate, per_recording=args.per_recording, gap_s=args.gap_s, gap=args.gap)
+    result = score_joined(recordings, predictor, predictor.probabilities, config) | {"segment_config": config.to_dict()}
+    print(
+        f"{result['recordings']} recordings of {args.per_recording} utterances, {args.gap_s:g} s gaps of {args.gap} "
+        f"({result['audio_s'] / 60:.1f} min): segment UA {100 * result['segment']['UA']:.2f}% (by duration), "
+        f"per-utterance UA {100 * result['utterance']['UA']:.2f}% (by duration {100 * result['utterance_duration_weighted']['UA']:.2f}%), "
+        f"median boundary error {result['boundary_error_s']['median']:.3f} s, "
+        f"{result['segments_per_recording']['mean']:.1f} segments per recording"
+    )
+    return result
 
 
 def segment_scorer(model: str):
@@ -356,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", help="also write the metrics (confusion, per-class recall) to this file")
+    segments = evaluate.add_argument_group("segments", "long recordings: the split's utterances joined with gaps, scored in segments")
+    segments.add_argument("--segments", action="store_true", help="score joined recordings in segments against the utterances one by one")
+    segments.add_argument("--gap", choices=("silence", "noise"), default="silence", help="what fills the gaps (noise: 35 dB under the speech)")
+    segments.add_argument("--gap-s", type=float, default=1.5, help="seconds between utterances")
+    segments.add_argument("--per-recording", type=int, default=8, help="utterances per joined recording")
+    segments.add_argument("--segment-set", action="append", default=[], metavar="KEY=VALUE", help="a segmentation setting, e.g. window_s=6")
+    evaluate.add_argument(
+        "--mlflow-experiment", metavar="NAME",
+        help="also log the evaluation as a run of this MLflow experiment (MLFLOW_TRACKING_URI; the ser console script)",
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="emotion of audio files (any rate, channels, length)")
@@ -402,14 +451,19 @@ def resolve_model(value: str, resolvers: Mapping[str, ModelResolver], scratch: c
     return value
 
 
-def main(argv: Sequence[str] | None = None, resolvers: Mapping[str, ModelResolver] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, resolvers: Mapping[str, ModelResolver] | None = None, evaluation_logger: EvaluationLogger | None = None,
+) -> int:
     """Run one `ser` command line; `resolvers` maps a ``--model`` URI prefix (``models:/``) to
-    the function that fetches such a model (see ModelResolver). Returns the exit code."""
+    the function that fetches such a model (see ModelResolver); `evaluation_logger` records
+    ``ser evaluate --mlflow-experiment`` runs. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.evaluation_logger = evaluation_logger
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         with contextlib.ExitStack() as scratch:
             if getattr(args, "model", None):
+                args.model_source = args.model
                 args.model = resolve_model(args.model, resolvers or {}, scratch)
             return args.handler(args)
     except BAD_INPUT_ERRORS as err:
