@@ -85,3 +85,32 @@ def test_served_requests_with_segments_are_bounded_by_the_audio_of_all_rows(loca
         model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}))
     with pytest.raises(Exception, match="segments"):
         model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}), params={"segments": "yes"})
+
+
+def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlflow(local_mlflow, shared_ravdess, tmp_path, capsys):
+    """Issue 21 item 5: one held-out actor's 60 utterances, joined 8 to a recording with 1.5 s of
+    silence, scored in segments and one by one; the evaluation is an MLflow run with its figures."""
+    import shutil
+
+    from flows.cli import main as ser
+
+    root = tmp_path / "held-out"
+    shutil.copytree(shared_ravdess / "Actor_01", root / "Actor_01")
+    checkpoint = random_ravdess_checkpoint(tmp_path / "best")
+    assert ser(["ingest", "ravdess", str(root), "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    argv = ["evaluate", "--model", str(checkpoint), "--manifest", str(tmp_path / "out"), "--split", "all", "--segments",
+            "--json", str(tmp_path / "eval.json"), "--mlflow-experiment", "ser-segments-eval"]
+    assert ser(argv) == 0
+    out = capsys.readouterr().out
+    assert "8 recordings of 8 utterances, 1.5 s gaps of silence" in out and "logged to " in out
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["utterances"] == 60 and result["recordings"] == 8
+    assert result["boundary_error_s"]["median"] <= 0.3
+    assert result["middles_in_one_segment"] == 1.0
+    assert 0.0 <= result["segment"]["UA"] <= 1.0 and result["segment_config"]["window_s"] == 4.0
+    (run,) = local_mlflow.search_runs([local_mlflow.get_experiment_by_name("ser-segments-eval").experiment_id])
+    assert run.data.metrics["segment.UA"] == pytest.approx(result["segment"]["UA"])
+    assert run.data.metrics["boundary_error_s.median"] == pytest.approx(result["boundary_error_s"]["median"])
+    assert run.data.params["segments.gap"] == "silence" and run.data.params["split"] == "all"
+    assert run.info.status == "FINISHED"
