@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{gap}: segment UA {r['segment']['UA']:.4f}, per-utterance UA {r['utterance']['UA']:.4f} "
               f"(duration-weighted {r['utterance_duration_weighted']['UA']:.4f}), median boundary error "
               f"{r['boundary_error_s']['median']:.3f} s, segments/recording {r['segments_per_recording']}", flush=True)
+    write_report(report, Path(args.out))  # the accuracy figures stand alone if the speed run is cut short
     if not args.skip_speed:
         with tempfile.TemporaryDirectory(prefix="ser-segments-") as scratch:
             joined = np.concatenate([r.samples for gap in GAP_KINDS for r in recordings[gap]])
@@ -152,12 +153,15 @@ def main(argv: list[str] | None = None) -> int:
                 "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
             }
             print(f"speed: {report['speed']}", flush=True)
-    out = Path(args.out)
+        write_report(report, Path(args.out))
+    return 0
+
+
+def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "segments.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "segments.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {out / 'segments.json'}, {out / 'segments.md'}")
-    return 0
+    print(f"wrote {out / 'segments.json'}, {out / 'segments.md'}", flush=True)
 
 
 if __name__ == "__main__":
