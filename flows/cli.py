@@ -59,10 +59,19 @@ def mlflow_tune_tracker(**kwargs):
     return mlflow_tracker_factory()(**kwargs)
 
 
+def log_evaluation(experiment: str, run_name: str, params: dict, metrics: dict) -> str:
+    """A ``ser_model.cli.EvaluationLogger``: the run in MLflow (``flows.tracking.log_evaluation``)."""
+    from flows.tracking import log_evaluation as log
+
+    return log(experiment, run_name, params, metrics)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ser_model.cli.main`` with ``models:/`` resolved by the registry and `ser tune` tracked in
-    MLflow; returns the exit code."""
-    return cli.main(argv, resolvers={REGISTRY_SCHEME: download_checkpoint}, tune_tracker=mlflow_tune_tracker)
+    """``ser_model.cli.main`` with ``models:/`` resolved by the registry, `ser tune` studies and
+    evaluations tracked in MLflow; returns the exit code."""
+    return cli.main(
+        argv, resolvers={REGISTRY_SCHEME: download_checkpoint}, tune_tracker=mlflow_tune_tracker, evaluation_logger=log_evaluation,
+    )
 
 
 def console() -> None:

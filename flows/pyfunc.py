@@ -10,7 +10,11 @@ Input: a DataFrame, one row per utterance, each row giving its audio in one of t
   operator allows a folder (flows/serving.py).
 
 Output: a DataFrame with ``label`` and one ``p_<class>`` probability column per class, in the
-checkpoint's label order. When served, the request limits and error replies of
+checkpoint's label order. With the parameter ``segments`` true (``params={"segments": True}``;
+over HTTP ``"params": {"segments": true}`` beside the rows), each row is a long recording scored
+by `ser_model.segments` (voice-activity detection, windows, the shared merging rule, the same as
+`ser predict --segments`): one output row per segment, with ``row`` (the input row), ``start_s``,
+``end_s``, ``label`` and the ``p_<class>`` columns; a recording without speech has none. When served, the request limits and error replies of
 flows/serving.py apply. The only artifact is the checkpoint folder (config.json,
 model.safetensors, labels.json), so the model needs no hub and no pickle of weights.
 """
@@ -21,6 +25,7 @@ import base64
 import binascii
 import json
 import math
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,19 +35,18 @@ import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from flows.serving import MAX_ROWS, MAX_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, in_scoring_server, serving_process
+from ser_model.segments import probability_column
+from flows.serving import MAX_ROWS, MAX_SECONDS, MAX_SEGMENTS_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, in_scoring_server, serving_process
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""
+SEGMENTS_PARAM = "segments"
+"""The request parameter that asks for an emotion per segment of each row's recording."""
+SEGMENT_COLUMNS = ["row", "start_s", "end_s", "label"]
 
 PIP_PACKAGES = ("torch", "torchaudio", "transformers", "safetensors", "soundfile", "numpy", "pandas", "mlflow")
-
-
-def probability_column(label: str) -> str:
-    """Output column holding P(label): ``p_<label>``."""
-    return f"p_{label}"
 
 
 def checkpoint_labels(folder: str | Path) -> list[str]:
@@ -59,7 +63,8 @@ def checkpoint_labels(folder: str | Path) -> list[str]:
 
 def model_signature(labels: list[str]) -> ModelSignature:
     """Input: ``audio`` (waveform or path) with ``sample_rate``, or ``audio_base64``; output:
-    ``label`` + probabilities. ``sample_rate`` is typed Any, not long: a request mixing
+    ``label`` + probabilities (with the boolean parameter ``segments``, also ``row``, ``start_s``,
+    ``end_s``: MLflow does not enforce output schemas). ``sample_rate`` is typed Any, not long: a request mixing
     waveform rows and base64 rows leaves it empty (NaN) in the latter, which a long column
     refuses, and the pyfunc's own check names a rate that is not a whole number of Hz."""
     inputs = Schema(
@@ -70,7 +75,8 @@ def model_signature(labels: list[str]) -> ModelSignature:
         ]
     )
     outputs = Schema([ColSpec(DataType.string, "label")] + [ColSpec(DataType.double, probability_column(c)) for c in labels])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    params = ParamSchema([ParamSpec(SEGMENTS_PARAM, DataType.boolean, False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def predictions_frame(predictions: list[dict[str, Any]], labels: list[str]) -> pd.DataFrame:
@@ -98,9 +104,32 @@ def _sample_rate(value: Any, where: str) -> int:
     return int(value)
 
 
-def _waveform(value: Any, rate: int, where: str, policy: ServingPolicy | None) -> np.ndarray:
+@dataclass(frozen=True)
+class SecondsLimit:
+    """The most seconds of audio a row may hold, and the words after "more than the limit of S s"
+    that say which limit it is."""
+
+    seconds: float
+    wording: str
+
+    def refusal(self, where: str, seconds: float) -> ModelInputError:
+        return ModelInputError(f"{where}: {seconds:.1f} s of audio, more than the limit of {self.seconds:g} s {self.wording}", 413)
+
+
+def row_limit(policy: ServingPolicy) -> SecondsLimit:
+    """The limit of every row of a request without segments."""
+    return SecondsLimit(policy.max_seconds, f"per row ({MAX_SECONDS})")
+
+
+def segments_limit(policy: ServingPolicy, used: float) -> SecondsLimit:
+    """What is left for the next row of a request with segments, whose earlier rows hold `used` seconds."""
+    wording = f"left of the {policy.max_segments_seconds:g} s of audio a request with segments may hold ({MAX_SEGMENTS_SECONDS})"
+    return SecondsLimit(policy.max_segments_seconds - used, wording)
+
+
+def _waveform(value: Any, rate: int, where: str, limit: SecondsLimit | None) -> np.ndarray:
     """A waveform cell as float32 (N,) or (N, channels): numbers only, finite, not empty, within
-    the policy's seconds."""
+    the limit's seconds."""
     try:
         wave = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):  # strings, nested lists of unequal length, ints beyond float range
@@ -112,26 +141,32 @@ def _waveform(value: Any, rate: int, where: str, policy: ServingPolicy | None) -
     if not np.isfinite(wave).all():
         bad = int(np.size(wave) - np.isfinite(wave).sum())
         raise ModelInputError(f"{where}, field 'audio': {bad} samples are NaN or infinite; expected finite numbers")
-    if policy is not None and wave.shape[0] > policy.max_seconds * rate:
-        raise ModelInputError(f"{where}, field 'audio': {wave.shape[0] / rate:.1f} s of audio, more than the limit of {policy.max_seconds:g} s per row ({MAX_SECONDS})", 413)
+    if limit is not None and wave.shape[0] > limit.seconds * rate:
+        raise limit.refusal(f"{where}, field 'audio'", wave.shape[0] / rate)
     return wave
 
 
-def _decoded(data: bytes, where: str, policy: ServingPolicy | None) -> tuple[np.ndarray, int]:
-    """An audio file's bytes → (samples, rate), at most the policy's seconds."""
+def _decoded(data: bytes, where: str, limit: SecondsLimit | None) -> tuple[np.ndarray, int]:
+    """An audio file's bytes → (samples, rate), at most the limit's seconds (read from the header
+    before decoding)."""
     from ser_model.audio import AudioDecodeError, AudioTooLongError, decode_audio_bytes
 
     try:
-        return decode_audio_bytes(data, max_seconds=None if policy is None else policy.max_seconds)
+        return decode_audio_bytes(data, max_seconds=None if limit is None else limit.seconds)
     except AudioTooLongError as err:
-        raise ModelInputError(f"{where}: {err} per row ({MAX_SECONDS})", 413) from None
+        raise ModelInputError(f"{where}: {err} {limit.wording}", 413) from None
     except AudioDecodeError as err:
         raise ModelInputError(f"{where}: {err}") from None
 
 
-def row_audio(index: int, audio: Any, audio_base64: Any, rate: Any, target_sr: int, policy: ServingPolicy | None) -> tuple[np.ndarray, int]:
+def row_audio(
+    index: int, audio: Any, audio_base64: Any, rate: Any, target_sr: int, policy: ServingPolicy | None, limit: SecondsLimit | None = None
+) -> tuple[np.ndarray, int]:
     """One input row → (samples, rate) for ``Predictor.predict_arrays``. ``policy`` None: local
-    use (paths anywhere, no limits); else the served model's policy."""
+    use (paths anywhere, no limits); else the served model's policy, with the row's seconds
+    bounded by `limit` (default: the policy's per-row limit)."""
+    if policy is not None and limit is None:
+        limit = row_limit(policy)
     from ser_model.audio import AudioDecodeError, load_audio
 
     where = f"row {index}"
@@ -149,7 +184,7 @@ def row_audio(index: int, audio: Any, audio_base64: Any, rate: Any, target_sr: i
             data = base64.b64decode(audio_base64, validate=True)
         except (binascii.Error, ValueError):
             raise ModelInputError(f"{where}, field 'audio_base64': not valid base64") from None
-        return _decoded(data, f"{where}, field 'audio_base64'", policy)
+        return _decoded(data, f"{where}, field 'audio_base64'", limit)
     if isinstance(audio, (str, Path)):
         if _present(rate):
             raise ModelInputError(f"{where}, field 'sample_rate': not used with a file path (the file's header gives the rate); leave it out")
@@ -158,10 +193,10 @@ def row_audio(index: int, audio: Any, audio_base64: Any, rate: Any, target_sr: i
                 return load_audio(audio, target_sr), target_sr
             except AudioDecodeError as err:
                 raise ModelInputError(f"{where}, field 'audio': {err}") from None
-        return _decoded(policy.allowed_file(str(audio), f"{where}, field 'audio'").read_bytes(), f"{where}, field 'audio'", policy)
+        return _decoded(policy.allowed_file(str(audio), f"{where}, field 'audio'").read_bytes(), f"{where}, field 'audio'", limit)
     if isinstance(audio, (list, tuple, np.ndarray)):
         rate = _sample_rate(rate, where)
-        return _waveform(audio, rate, where, policy), rate
+        return _waveform(audio, rate, where, limit), rate
     raise ModelInputError(f"{where}, field 'audio': got {type(audio).__name__}, expected a waveform (a list of numbers) or a file path")
 
 
@@ -196,11 +231,50 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
                 f"SER model input: {len(model_input)} rows, more than the limit of {policy.max_rows} rows per request ({MAX_ROWS})", 413
             )
         rows = zip(*(model_input[c] if c in model_input.columns else [None] * len(model_input) for c in ("audio", "audio_base64", "sample_rate")))
+        if wants_segments(params):
+            return self._segments(list(rows), policy)
         arrays = [row_audio(i, *row, self.predictor.sample_rate, policy) for i, row in enumerate(rows)]
         try:
             return predictions_frame(self.predictor.predict_arrays(arrays), self.labels)
         except AudioDecodeError as err:
             raise ModelInputError(f"SER model input: {err}") from None
+
+    def _segments(self, rows: list[tuple[Any, Any, Any]], policy: ServingPolicy | None) -> pd.DataFrame:
+        """Each row a recording scored in segments; served, the rows' seconds together stay within
+        ``max_segments_seconds``. A local path is read in blocks, as `ser predict --segments` reads it."""
+        from ser_model.audio import AudioDecodeError
+        from ser_model.segments import ArraySource, FileSource, segment_recording
+
+        per_row, used = [], 0.0
+        for i, (audio, audio_base64, rate) in enumerate(rows):
+            try:
+                if policy is None and isinstance(audio, (str, Path)) and not _present(audio_base64) and not _present(rate):
+                    with FileSource(audio) as source:
+                        per_row.append(segment_recording(source, self.predictor))
+                    continue
+                limit = None if policy is None else segments_limit(policy, used)
+                samples, sample_rate = row_audio(i, audio, audio_base64, rate, self.predictor.sample_rate, policy, limit)
+                used += samples.shape[0] / sample_rate
+                per_row.append(segment_recording(ArraySource(samples, sample_rate, name=f"row {i}"), self.predictor))
+            except AudioDecodeError as err:
+                raise ModelInputError(f"row {i}: {err}") from None
+        return segments_frame(per_row, self.labels)
+
+
+def wants_segments(params: dict[str, Any] | None) -> bool:
+    """The ``segments`` parameter of a request: absent or false, whole-row predictions; true, segments."""
+    value = (params or {}).get(SEGMENTS_PARAM, False)
+    if not isinstance(value, (bool, np.bool_)):
+        raise ModelInputError(f"params, field '{SEGMENTS_PARAM}': got {value!r}, expected true or false")
+    return bool(value)
+
+
+def segments_frame(per_row: list[list[Any]], labels: list[str]) -> pd.DataFrame:
+    """Segments of each input row as the output frame: ``row``, ``start_s``, ``end_s``, ``label``, ``p_<class>``."""
+    from ser_model.segments import segment_records
+
+    records = [{"row": i, **record} for i, segments in enumerate(per_row) for record in segment_records(segments, labels)]
+    return pd.DataFrame(records, columns=SEGMENT_COLUMNS + [probability_column(c) for c in labels])
 
 
 def pip_requirements() -> list[str]:

@@ -450,3 +450,16 @@ def summary_markdown(
     if decision is not None:
         text += f" Promotion: {decision['reason']}."
     return text
+
+
+def log_evaluation(experiment: str, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any], tracking_uri: str | None = None) -> str:
+    """Log one evaluation (`ser evaluate ... --mlflow-experiment NAME`) as a finished run of the
+    experiment: its params, every finite numeric leaf of its metrics (``segment.UA``,
+    ``boundary_error_s.median``, ...) and the whole metrics dict as ``evaluation.json``. Returns the run's URL."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = get_or_create_experiment(client, experiment)
+    run = call_with_retry(client.create_run, experiment_id, run_name=run_name, tags={"ser.kind": "evaluation"})
+    log_batch(client, run.info.run_id, epoch_metrics([metrics]), flatten_params({k: v for k, v in params.items() if v is not None}))
+    call_with_retry(client.log_dict, run.info.run_id, dict(metrics), "evaluation.json")
+    call_with_retry(client.set_terminated, run.info.run_id)
+    return run_url(client.tracking_uri, experiment_id, run.info.run_id)

@@ -5,7 +5,9 @@
     ser tune (--manifest DIR | --corpus C --root DIR) [--preset P|FILE] [--space NAME|FILE] [--trials N] [--epochs N] [--folds 0,1] [--set key=value ...]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
+    ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K --segments [--gap silence|noise] [--per-recording 8]
     ser predict FILE... --model M [--json]
+    ser predict FILE... --model M --segments [--json | --csv] [--plot PNG] [--segment-set key=value ...]
     ser export --onnx --model M --out FILE
 
 `train` and `evaluate` read what `ser ingest --out DIR` wrote (`--manifest DIR`: manifest, folds
@@ -49,7 +51,9 @@ from ser_model.errors import AudioDecodeError, DataSplitError
 from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, METRICS_FILE, RESULT_FILE
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
-__all__ = ["main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError"]
+__all__ = [
+    "main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError", "EvaluationLogger",
+]
 
 MODEL_HELP = (
     "checkpoint folder (config.json, model.safetensors, labels.json), or a registered model "
@@ -65,6 +69,10 @@ what follows a `ser tune` study (the `ser` console script gives one that logs to
 the tracker has ``trial_started(trial, config)``, ``epoch(trial, fold, epoch, record)``,
 ``trial_finished(study, frozen_trial)`` and ``finish(study, preset_path)``."""
 
+EvaluationLogger = Callable[[str, str, dict[str, Any], dict[str, Any]], str]
+"""``(experiment, run name, params, metrics) -> where it was logged``: records an evaluation (the
+console script logs it to MLflow; ser_model knows no tracking server)."""
+
 ModelResolver = Callable[[str, Path], Path]
 """``(uri, scratch folder) -> checkpoint folder``: fetches the model a ``--model`` URI names into
 the scratch folder (deleted when the command ends); raises ModelSourceError when it cannot."""
@@ -77,14 +85,14 @@ class ModelSourceError(Exception):
 BAD_INPUT_ERRORS = (DataContractError, ConfigError, DataSplitError, AudioDecodeError, ModelSourceError, FileNotFoundError)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str], flag: str = "--set", example: str = "train.lr=3e-4") -> dict[str, Any]:
     """["train.lr=3e-4", "model.fbank_strides=[2,2]", "corpus=ravdess"] → {key: value}; values
     are read as JSON when they parse (numbers, booleans, null, lists) and as strings otherwise."""
     overrides = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=3e-4")
+            raise ConfigError(f"{flag} {item!r}: expected key=value, e.g. {example}")
         try:
             overrides[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
@@ -267,17 +275,130 @@ def run_evaluate(args: argparse.Namespace) -> int:
         rows, what = fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split], f"{corpus} fold {args.fold} {args.split}"
     if rows.empty:
         raise DataSplitError(f"{what}: no utterances to score")
-    metrics = evaluate_rows(model, rows, root, batch_size=args.batch_size)
     speakers = ", ".join(sorted(rows["speaker"].unique()))
-    print(metrics_line(f"{what} ({speakers})", metrics))
+    params = {"model": args.model_source, "corpus": corpus, "fold": args.fold, "split": args.split, "speakers": speakers}
+    if args.segments:
+        metrics = evaluate_segments(model, rows, root, args)
+        params |= {"segments.gap": args.gap, "segments.gap_s": args.gap_s, "segments.per_recording": args.per_recording}
+        params |= {f"segments.{k}": v for k, v in metrics["segment_config"].items()}
+    else:
+        metrics = evaluate_rows(model, rows, root, batch_size=args.batch_size)
+        print(metrics_line(f"{what} ({speakers})", metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if args.mlflow_experiment:
+        if args.evaluation_logger is None:
+            raise ModelSourceError("ser evaluate --mlflow-experiment: logging needs the `ser` console script (flows.cli), which knows MLflow")
+        run_name = f"evaluate{'-segments' if args.segments else ''} {what}"
+        print(f"logged to {args.evaluation_logger(args.mlflow_experiment, run_name, params, metrics)}")
+    return 0
+
+
+def evaluate_segments(model, rows, root: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`ser evaluate --segments`: the rows' utterances joined into long recordings with known
+    boundaries (ser_model.joined), scored in segments and one by one; prints the comparison."""
+    from ser_model.inference import Predictor
+    from ser_model.joined import build_joined, score_joined
+
+    predictor = Predictor(model)
+    config = segment_config(args.segment_set)
+    items = [(str(Path(root) / r.path), predictor.labels.index(r.label), r.utt_id) for r in rows.itertuples()]
+    recordings = build_joined(items, predictor.sample_rate, per_recording=args.per_recording, gap_s=args.gap_s, gap=args.gap)
+    result = score_joined(recordings, predictor, predictor.probabilities, config) | {"segment_config": config.to_dict()}
+    print(
+        f"{result['recordings']} recordings of {args.per_recording} utterances, {args.gap_s:g} s gaps of {args.gap} "
+        f"({result['audio_s'] / 60:.1f} min): segment UA {100 * result['segment']['UA']:.2f}% (by duration), "
+        f"per-utterance UA {100 * result['utterance']['UA']:.2f}% (by duration {100 * result['utterance_duration_weighted']['UA']:.2f}%), "
+        f"median boundary error {result['boundary_error_s']['median']:.3f} s, "
+        f"{result['segments_per_recording']['mean']:.1f} segments per recording"
+    )
+    return result
+
+
+def segment_scorer(model: str):
+    """The WindowScorer of ``--model``: an exported ``.onnx`` file (ONNX Runtime), else a checkpoint folder."""
+    if model.endswith(".onnx"):
+        from ser_model.export import OnnxExportError, OnnxScorer
+
+        try:
+            return OnnxScorer(model)
+        except OnnxExportError as err:
+            raise ModelSourceError(str(err)) from err
+    from ser_model.inference import Predictor
+
+    return Predictor.from_pretrained(model)
+
+
+def segment_config(sets: Sequence[str]):
+    """The SegmentConfig of ``--segment-set key=value`` items on top of the defaults."""
+    from ser_model.segments import SegmentConfig
+
+    return SegmentConfig().with_overrides(parse_overrides(sets, flag="--segment-set", example="window_s=6"))
+
+
+def _progress_bar(total_s: float, what: str) -> Callable[[float], None] | None:
+    """A progress bar over seconds of audio on a terminal (stderr), else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_s, 1), unit="s", desc=what, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio")
+    return lambda seconds: bar.update(seconds)
+
+
+def run_predict_segments(args: argparse.Namespace) -> int:
+    """`ser predict --segments`: one record per segment of each file, as text, JSON lines or CSV,
+    and the timeline picture with --plot."""
+    import csv
+
+    from ser_model.segments import FileSource, probability_column, segment_recording, segment_records
+    from ser_model.timeline import Track, save_timeline
+
+    config = segment_config(args.segment_set)
+    scorer = segment_scorer(args.model)
+    labels = list(scorer.labels)
+    writer = None
+    if args.csv:
+        fields = ["file", "start_s", "end_s", "label"] + [probability_column(c) for c in labels]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+    tracks = []
+    for path in args.files:
+        with FileSource(path) as source:
+            duration = source.frames / source.sample_rate
+            segments = segment_recording(source, scorer, config, progress=_progress_bar(2 * duration, Path(path).name))
+        tracks.append(Track(Path(path).name, segments, duration))
+        for record in segment_records(segments, labels):
+            if args.json:
+                print(json.dumps({"file": path, **record}))
+            elif writer is not None:
+                writer.writerow({"file": path, **record})
+            else:
+                probabilities = " ".join(f"{c}={record[probability_column(c)]:.3f}" for c in labels)
+                print(f"{path}\t{record['start_s']:.2f}-{record['end_s']:.2f}\t{record['label']}\t{probabilities}")
+        sys.stdout.flush()
+    if args.plot:
+        try:
+            save_timeline(args.plot, tracks, labels)
+        except OSError as err:
+            print(f"ser predict: error: cannot write the timeline to {args.plot}: {err}", file=sys.stderr)
+            return BAD_CONFIG_EXIT
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ser_model.inference import Predictor
 
+    if args.segments:
+        if args.window_seconds is not None:
+            raise ConfigError("ser predict --segments: --window-seconds sets the whole-file window; use --segment-set window_s=S")
+        return run_predict_segments(args)
+    for flag, value in (("--csv", args.csv), ("--plot", args.plot), ("--segment-set", args.segment_set)):
+        if value:
+            raise ConfigError(f"ser predict {flag}: needs --segments (one record per segment of each file)")
+    if args.model.endswith(".onnx"):
+        raise ConfigError(f"ser predict --model {args.model}: an ONNX graph scores windows of segments; add --segments, or give a checkpoint folder")
     predictor = Predictor.from_pretrained(args.model, window_seconds=args.window_seconds)
     predictions = predictor.predict_files(args.files)
     for path, prediction in zip(args.files, predictions):
@@ -378,6 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", help="also write the metrics (confusion, per-class recall) to this file")
+    segments = evaluate.add_argument_group("segments", "long recordings: the split's utterances joined with gaps, scored in segments")
+    segments.add_argument("--segments", action="store_true", help="score joined recordings in segments against the utterances one by one")
+    segments.add_argument("--gap", choices=("silence", "noise"), default="silence", help="what fills the gaps (noise: 35 dB under the speech)")
+    segments.add_argument("--gap-s", type=float, default=1.5, help="seconds between utterances")
+    segments.add_argument("--per-recording", type=int, default=8, help="utterances per joined recording")
+    segments.add_argument("--segment-set", action="append", default=[], metavar="KEY=VALUE", help="a segmentation setting, e.g. window_s=6")
+    evaluate.add_argument(
+        "--mlflow-experiment", metavar="NAME",
+        help="also log the evaluation as a run of this MLflow experiment (MLFLOW_TRACKING_URI; the ser console script)",
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="emotion of audio files (any rate, channels, length)")
@@ -387,7 +518,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-seconds", type=float,
         help="longer inputs are cut into windows of this length (default 60: the whole utterance, as in evaluation)",
     )
-    predict.add_argument("--json", action="store_true", help="one JSON object per file")
+    formats = predict.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="one JSON object per file (per segment with --segments)")
+    formats.add_argument("--csv", action="store_true", help="with --segments: CSV on stdout, a header and one row per segment")
+    predict.add_argument(
+        "--segments", action="store_true",
+        help="long recordings: voice-activity detection, then an emotion per segment with start_s, end_s, label and p_<class> "
+        "(the file is read in blocks; --model may also be an exported .onnx file)",
+    )
+    predict.add_argument("--plot", metavar="PNG", help="with --segments: draw the timeline of each file (emotion and confidence over time)")
+    predict.add_argument(
+        "--segment-set", action="append", default=[], metavar="KEY=VALUE",
+        help="with --segments: a segmentation setting (ser_model/segments.py SegmentConfig), e.g. window_s=6 or min_silence_s=0.3",
+    )
     predict.set_defaults(handler=run_predict)
 
     export = commands.add_parser("export", help="export a checkpoint folder")
@@ -416,16 +559,20 @@ def main(
     argv: Sequence[str] | None = None,
     resolvers: Mapping[str, ModelResolver] | None = None,
     tune_tracker: TunerTrackerFactory | None = None,
+    evaluation_logger: EvaluationLogger | None = None,
 ) -> int:
     """Run one `ser` command line; `resolvers` maps a ``--model`` URI prefix (``models:/``) to
     the function that fetches such a model (see ModelResolver); `tune_tracker` follows `ser tune`
-    studies (see TunerTrackerFactory). Returns the exit code."""
+    studies (see TunerTrackerFactory); `evaluation_logger` records ``ser evaluate
+    --mlflow-experiment`` runs. Returns the exit code."""
     args = build_parser().parse_args(argv)
     args.tune_tracker = tune_tracker
+    args.evaluation_logger = evaluation_logger
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         with contextlib.ExitStack() as scratch:
             if getattr(args, "model", None):
+                args.model_source = args.model
                 args.model = resolve_model(args.model, resolvers or {}, scratch)
             return args.handler(args)
     except BAD_INPUT_ERRORS as err:

@@ -3,7 +3,10 @@
 The graph takes `waves` (B, L) float32 at the model's sample rate and `lengths` (B,) int64 (valid
 samples per row) and returns `logits` (B, C) and `probabilities` (B, C) = softmax(logits).
 After export, ONNX Runtime is run against PyTorch at two input lengths; a mismatch beyond
-`atol` fails the export.
+`atol` fails the export. The file carries what scoring needs besides the graph, as ONNX metadata
+(`METADATA`): the class order, the sample rate and the silence trimming of inputs; `OnnxScorer`
+reads them back and scores windows for `ser_model.segments` (the graph scores, the merging is
+the shared Python code).
 
 The legacy (TorchScript) exporter has no complex STFT, and `torch.export` stops at the
 backbones' data-dependent input checks, so the exported copy of the model computes
@@ -31,12 +34,15 @@ from torch import nn
 
 from ser_model.model import SERModel
 
-__all__ = ["OnnxExportError", "export_onnx", "onnx_parity"]
+__all__ = ["OnnxExportError", "export_onnx", "onnx_parity", "OnnxScorer", "METADATA"]
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_SECONDS = (1.3, 2.9)
+METADATA = {"labels": "ser.labels", "sample_rate": "ser.sample_rate", "trim_db": "ser.trim_db"}
+"""ONNX metadata keys of the exported file: JSON values of the class names (list), the model's
+sample rate (int) and ModelConfig.trim_db (number or null)."""
 
 
 class OnnxExportError(RuntimeError):
@@ -160,6 +166,18 @@ def onnx_parity(model: SERModel, onnx_path: str | os.PathLike, seconds: Sequence
     return errors
 
 
+def _write_metadata(path: Path, model: SERModel) -> None:
+    """Store `METADATA` (labels, sample rate, trim_db) in the ONNX file's metadata_props."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    values = {"labels": list(model.labels), "sample_rate": model.config.model.sample_rate, "trim_db": model.config.model.trim_db}
+    for field, key in METADATA.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(values[field])
+    onnx.save(proto, str(path))
+
+
 def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol: float = 1e-4, opset: int = OPSET) -> Path:
     """Export the `save_pretrained` folder's model to `out_path` (ONNX) and check it against
     PyTorch at two lengths; writes `<out_path>.labels.json` beside it (class order of the outputs)."""
@@ -179,6 +197,7 @@ def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol:
             opset_version=opset,
             dynamo=False,
         )
+    _write_metadata(out_path, model)
     errors = onnx_parity(model, out_path)
     worst = max(errors.values())
     if worst > atol:
@@ -186,3 +205,43 @@ def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol:
     out_path.with_name(out_path.name + ".labels.json").write_text(json.dumps(list(model.labels)) + "\n", encoding="utf-8")
     log.info("exported %s (parity %s)", out_path, {k: f"{v:.1e}" for k, v in errors.items()})
     return out_path
+
+
+class OnnxScorer:
+    """Windows scored by an exported graph on ONNX Runtime (CPU): the `WindowScorer` of
+    `ser_model.segments` for a file written by `export_onnx`.
+
+    Raises OnnxExportError naming the file when it cannot be loaded or lacks the metadata
+    (`METADATA`; files exported before it existed: export again)."""
+
+    def __init__(self, path: str | os.PathLike, batch_size: int = 8, threads: int | None = None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / NoSuchFile types
+            raise OnnxExportError(f"{path}: cannot load the ONNX graph ({err}); expected a file written by ser export --onnx") from err
+        stored = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in METADATA.values() if key not in stored]
+        if missing:
+            raise OnnxExportError(f"{path}: no {missing} in the ONNX metadata; export the model again with this version (ser export --onnx)")
+        self.labels = tuple(json.loads(stored[METADATA["labels"]]))
+        self.sample_rate = int(json.loads(stored[METADATA["sample_rate"]]))
+        self.trim_db = json.loads(stored[METADATA["trim_db"]])
+        self.batch_size = batch_size
+
+    def window_probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Prepared mono waveforms at the model rate → (len(waves), C) probabilities, `batch_size`
+        at a time, zero-padded to the batch's longest (the graph masks by `lengths`)."""
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        for start in range(0, len(waves), self.batch_size):
+            chosen = waves[start : start + self.batch_size]
+            lengths = np.array([len(w) for w in chosen], dtype=np.int64)
+            batch = np.zeros((len(chosen), int(lengths.max())), dtype=np.float32)
+            for row, w in enumerate(chosen):
+                batch[row, : len(w)] = w
+            out[start : start + len(chosen)] = self.session.run(["probabilities"], {"waves": batch, "lengths": lengths})[0]
+        return out

@@ -88,7 +88,26 @@ class Predictor:
     def labels(self) -> tuple[str, ...]:
         return self.model.labels
 
+    @property
+    def trim_db(self) -> float | None:
+        """Silence trimming of every input (ModelConfig.trim_db), for `ser_model.segments`."""
+        return self.model.config.model.trim_db
+
     @torch.no_grad()
+    def window_probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Prepared mono waveforms at the model rate, each scored whole → (len(waves), C) softmax
+        probabilities; `batch_size` at a time, in the given order, zero-padded to the batch's longest."""
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        for start in range(0, len(waves), self.batch_size):
+            chosen = waves[start : start + self.batch_size]
+            lengths = torch.tensor([len(w) for w in chosen], dtype=torch.long)
+            batch = torch.zeros(len(chosen), int(lengths.max()), dtype=torch.float32)
+            for row, w in enumerate(chosen):
+                batch[row, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+            logits = self.model(batch.to(self.device), lengths.to(self.device)).logits  # (B, C)
+            out[start : start + len(chosen)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return out
+
     def probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Mono waveforms at the model rate [(N_i,)] → class probabilities (len(waves), C); each is
         passed through `prepare_waveform` first."""
@@ -98,20 +117,13 @@ class Predictor:
                 raise AudioDecodeError(f"input {item} holds no samples; expected at least one")
             wave = prepare_waveform(wave, self.model.config.model)
             pieces += [(item, wave[s:e]) for s, e in sliding_windows(len(wave), self.window, self.hop)]
-        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
+        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))  # longest first: least padding
+        probs = self.window_probabilities([pieces[i][1] for i in order])
         sums = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
         counts = np.zeros(len(waves), dtype=np.int64)
-        for start in range(0, len(order), self.batch_size):
-            chosen = [pieces[i] for i in order[start : start + self.batch_size]]
-            lengths = torch.tensor([len(w) for _, w in chosen], dtype=torch.long)
-            batch = torch.zeros(len(chosen), int(lengths.max()), dtype=torch.float32)
-            for row, (_, w) in enumerate(chosen):
-                batch[row, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-            logits = self.model(batch.to(self.device), lengths.to(self.device)).logits  # (B, C)
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
-            for (item, _), p in zip(chosen, probs):
-                sums[item] += p
-                counts[item] += 1
+        for i, p in zip(order, probs):
+            sums[pieces[i][0]] += p
+            counts[pieces[i][0]] += 1
         return sums / counts[:, None]
 
     def _decisions(self, probs: np.ndarray) -> list[dict[str, Any]]:

@@ -96,3 +96,59 @@ def classification_metrics(
         "confusion": cm.tolist(),
         "labels": list(labels),
     }
+
+
+def duration_weighted_metrics(
+    truth: Sequence[tuple[float, float, int]], predicted: Sequence[tuple[float, float, int]], n_classes: int,
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """WA and UA of labelled time spans, each second of true speech weighted alike (segment-level scoring).
+
+    truth: [(start_s, end_s, class)] of the reference utterances; predicted: [(start_s, end_s, class)]
+    of the segments (neither need be sorted; predicted spans should not overlap). confusion_s[t][p]
+    = seconds of utterances of class t covered by segments of class p; seconds of true speech
+    that no segment covers are ``missed_s`` per class, and count as errors:
+        recall_c = confusion_s[c][c] / Σ_{utterances of class c} (end − start),
+        UA = mean of recall_c over classes present in truth,  WA = Σ_c confusion_s[c][c] / Σ durations.
+    Returns ``WA``, ``UA``, ``per_class_recall``, ``confusion_s``, ``missed_s``, ``speech_s``, ``labels``.
+    """
+    import numpy as np
+
+    if not truth:
+        raise ValueError("duration_weighted_metrics: no reference spans; expected at least one")
+    labels = list(labels) if labels is not None else [str(c) for c in range(n_classes)]
+    confusion = np.zeros((n_classes, n_classes))
+    support = np.zeros(n_classes)
+    pred = np.array([(s, e, c) for s, e, c in predicted], dtype=np.float64).reshape(-1, 3)
+    for start, end, c in truth:
+        if not end > start or not 0 <= c < n_classes:
+            raise ValueError(f"duration_weighted_metrics: bad reference span ({start}, {end}, class {c})")
+        support[c] += end - start
+        overlap = np.clip(np.minimum(pred[:, 1], end) - np.maximum(pred[:, 0], start), 0.0, None)  # (P,)
+        np.add.at(confusion[c], pred[:, 2].astype(np.int64), overlap)
+    present = support > 0
+    recall = np.divide(np.diag(confusion), support, out=np.zeros(n_classes), where=present)
+    return {
+        "WA": float(np.trace(confusion) / support.sum()),
+        "UA": float(recall[present].mean()),
+        "per_class_recall": {label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)},
+        "confusion_s": confusion.tolist(),
+        "missed_s": (support - confusion.sum(axis=1)).tolist(),
+        "speech_s": float(support.sum()),
+        "labels": labels,
+    }
+
+
+def boundary_errors(truth: Sequence[tuple[float, float]], predicted: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Seconds between each reference boundary and the nearest predicted boundary of its kind:
+    for every reference span, |start − nearest segment start| and |end − nearest segment end|.
+    (2·len(truth),) float64, onsets then offsets; inf when nothing was predicted."""
+    import numpy as np
+
+    starts = np.array([s for s, _ in predicted], dtype=np.float64)
+    ends = np.array([e for _, e in predicted], dtype=np.float64)
+    if len(starts) == 0:
+        return np.full(2 * len(truth), np.inf)
+    onsets = [np.abs(starts - s).min() for s, _ in truth]
+    offsets = [np.abs(ends - e).min() for _, e in truth]
+    return np.array(onsets + offsets, dtype=np.float64)
