@@ -423,7 +423,8 @@ def best_preset(
             "objective": "mean best validation UA over the tuning folds (test speakers never scored)",
             "value": best.value,
             "corpus": corpus,
-            "finished_trials": len(finished),
+            "complete_trials": len(finished),
+            "pruned_trials": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
             "tuned_keys": sorted(best.params),
         },
     }
