@@ -62,6 +62,26 @@ class RunLogReader:
             offset += len(page)
 
 
+DRAIN_QUIET_POLLS = 2
+DRAIN_MAX_POLLS = 10
+"""After the run's final state, its last log batch can still be on its way (the flow's process sends
+logs in batches and the final one at exit; seen under load: a run's every line arrived after its
+Completed state): keep reading until DRAIN_QUIET_POLLS polls in a row bring nothing, at most DRAIN_MAX_POLLS."""
+
+
+def drain(reader: "RunLogReader", out: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> None:
+    """Print the log lines that arrive after the run ended (see DRAIN_QUIET_POLLS)."""
+    quiet = 0
+    for _ in range(DRAIN_MAX_POLLS):
+        sleep(POLL_S)
+        lines = reader.new_lines()
+        for line in lines:
+            out(line)
+        quiet = 0 if lines else quiet + 1
+        if quiet >= DRAIN_QUIET_POLLS:
+            return
+
+
 def follow(deployment: str, parameters: dict, timeout_s: float, out: Callable[[str], None] = print) -> bool:
     """Start a run of ``deployment`` (``<flow>/<deployment>``) with ``parameters``, print its log
     until it ends or ``timeout_s`` passes; True when it completed."""
@@ -75,6 +95,7 @@ def follow(deployment: str, parameters: dict, timeout_s: float, out: Callable[[s
             for line in reader.new_lines():
                 out(line)
             if state is not None and state.is_final():
+                drain(reader, out)
                 break
             if time.monotonic() > deadline:
                 out(f"{deployment}: still {state.name if state else 'pending'} after {timeout_s:.0f} s; stopped following it")

@@ -52,3 +52,22 @@ def test_follow_prints_the_run_log_and_exits_by_its_state(live_bucket, prefect_a
             for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))):
                 client.delete_flow_run(run.id)
             client.delete_deployment(deployment_id)
+
+
+def test_lines_that_arrive_after_the_final_state_are_still_printed():
+    """The run's last log batch can reach the server after its Completed state (seen under load:
+    none of an ingest run's lines had arrived when follow saw the state); drain keeps reading until
+    the log stops growing."""
+    from flows.follow import DRAIN_QUIET_POLLS, drain
+
+    class LateReader:
+        def __init__(self):
+            self.batches = [[], ["ingesting ravdess"], [], ["published manifest"], [], [], ["never read"]]
+
+        def new_lines(self):
+            return self.batches.pop(0) if self.batches else []
+
+    printed, sleeps = [], []
+    drain(LateReader(), printed.append, sleep=sleeps.append)
+    assert printed == ["ingesting ravdess", "published manifest"], "a quiet poll between batches does not end the drain"
+    assert len(sleeps) == 4 + DRAIN_QUIET_POLLS, "it stops after the quiet polls, before the far-late line"
