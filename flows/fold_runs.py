@@ -66,6 +66,13 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
     return folds
 
 
+def wait_until_final(api: Any, flow_run_id: Any, poll_s: float = 5.0) -> Any:
+    """The flow run ``flow_run_id`` once its state is final, read every ``poll_s`` seconds (``api``: a sync Prefect client)."""
+    while not (final := api.read_flow_run(flow_run_id)).state.is_final():
+        time.sleep(poll_s)
+    return final
+
+
 def run_folds(
     client: MlflowClient, folds: list[int], parameters: dict[str, Any], fold_flow: Callable[..., str], poll_s: float = 5.0
 ) -> list[dict[str, Any]]:
@@ -89,8 +96,7 @@ def run_folds(
         runs = {k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(corpus, k)) for k in folds}
         with get_client(sync_client=True) as api:
             for k, run in runs.items():
-                while not (final := api.read_flow_run(run.id)).state.is_final():
-                    time.sleep(poll_s)
+                final = wait_until_final(api, run.id, poll_s)
                 logger.info("%s: flow run %s %s", fold_folder_name(k), final.name, final.state.name)
                 if final.state.is_completed():
                     outcomes.append(outcome(k))

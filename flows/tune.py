@@ -39,12 +39,12 @@ from prefect.artifacts import create_markdown_artifact
 from data_contracts.labels import CORPORA
 from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
-from flows.fold_runs import fold_job_variables, fold_runs_mode
+from flows.fold_runs import fold_job_variables, fold_runs_mode, wait_until_final
 from flows.roots import manifest_root
 from flows.storage import load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import fold_folder_name
-from ser_model.presets import DEFAULT_PRESET, experiment_config, is_preset_file, read_preset_file, write_preset_file
+from ser_model.presets import DEFAULT_PRESET, experiment_config, split_preset, write_preset_file
 from ser_model.tuning import (
     DONE_STATES,
     GRACE_PERIOD_S,
@@ -315,8 +315,7 @@ def _run_trials(n: int, parameters: dict[str, Any]) -> list[str]:
     runs = [run_deployment(TRIAL_DEPLOYMENT, parameters=parameters, timeout=0, job_variables=variables) for _ in range(n)]
     with get_client(sync_client=True) as api:
         for run in runs:
-            while not (final := api.read_flow_run(run.id)).state.is_final():
-                time.sleep(5)
+            final = wait_until_final(api, run.id)
             logger.info("trial run %s %s", final.name, final.state.name)
             if not final.state.is_completed():
                 failed.append(f"{final.name}: {final.state.name} {final.state.message or ''}".strip())
@@ -353,7 +352,7 @@ def tune(
     root = manifest_root(corpus, fingerprint, report, root)
     fixed = {**({"train.epochs": epochs} if epochs is not None else {}), **(overrides or {})}
     base = experiment_config(corpus, preset, overrides=fixed)
-    extends = read_preset_file(preset)[0] if is_preset_file(preset) else preset
+    extends, own = split_preset(preset)
     parsed = load_search_space(space or extends, base)
     tune_folds = sorted(set(folds or DEFAULT_TUNE_FOLDS))
     name = study or f"ser-{corpus}-tune"
@@ -388,7 +387,7 @@ def tune(
             raise RuntimeError(f"no trial of study {name} finished in this round: {'; '.join(failures)}")
     preset_path = write_preset_file(
         settings.state_dir / "presets" / f"{name}-best.json",
-        best_preset(optuna_study, extends, {**(read_preset_file(preset)[1] if preset != extends else {}), **fixed}, corpus=corpus),
+        best_preset(optuna_study, extends, {**own, **fixed}, corpus=corpus),
     )
     summary = tracker.finish(optuna_study, preset_path)
     create_markdown_artifact(study_markdown(corpus, summary, preset_path), key=f"tune-{corpus}", description=f"tuning study of {corpus}")

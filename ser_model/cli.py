@@ -200,7 +200,7 @@ def run_tune(args: argparse.Namespace) -> int:
     """`ser tune`: an Optuna study (ser_model.tuning) on validation speakers; writes the best trial as a
     preset file. ``args.tune_tracker`` (a TunerTrackerFactory, from `main`) follows the study."""
     tracker_factory: TunerTrackerFactory | None = getattr(args, "tune_tracker", None)
-    from ser_model.presets import is_preset_file, read_preset_file, write_preset_file
+    from ser_model.presets import split_preset, write_preset_file
     from ser_model.tuning import (
         DONE_STATES, TuningObjective, best_preset, enqueue_base, load_search_space, open_study, worker_seed,
     )
@@ -214,7 +214,7 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         fixed = {"train.epochs": args.epochs, **fixed}
     base = experiment_config(corpus, preset, overrides=fixed)
-    extends = read_preset_file(preset)[0] if is_preset_file(preset) else preset
+    extends, own = split_preset(preset)
     space = load_search_space(args.space or extends, base)
     out = Path(args.out or f"runs/{corpus}/tune")
     name = args.study or f"ser-{corpus}-tune"
@@ -241,20 +241,13 @@ def run_tune(args: argparse.Namespace) -> int:
         value = "" if last.value is None else f" value {last.value:.4f}"
         print(f"trial {last.number}: {last.state.name}{value} {json.dumps(last.params)}")
     preset_path = Path(args.preset_out or out / f"{name}-best.json")
-    write_preset_file(preset_path, best_preset(study, extends, {**_settings_of(preset, extends), **fixed}, corpus=corpus))
+    write_preset_file(preset_path, best_preset(study, extends, {**own, **fixed}, corpus=corpus))
     if tracker is not None:
         tracker.finish(study, preset_path)
     best = study.best_trial
     print(f"best trial {best.number}: mean valid UA {100 * best.value:.2f}% {json.dumps(best.params)}")
     print(f"wrote {preset_path}; train with: ser train --preset {preset_path} --fold K ...")
     return 0
-
-
-def _settings_of(preset: str, extends: str) -> dict[str, Any]:
-    """A preset file's own settings (kept in the tuned file), {} for a shipped preset."""
-    from ser_model.presets import read_preset_file
-
-    return read_preset_file(preset)[1] if preset != extends else {}
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from ser_model.config import ConfigError, SERConfig
 
 __all__ = [
     "PRESETS", "DEFAULT_PRESET", "PRESET_FILE_FORMAT", "PRESET_FILE_VERSION", "preset_for_backbone", "preset_settings",
-    "read_preset_file", "write_preset_file", "experiment_config",
+    "read_preset_file", "write_preset_file", "split_preset", "experiment_config",
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -152,14 +152,20 @@ def is_preset_file(preset: str) -> bool:
     return preset not in PRESETS and (preset.endswith(".json") or os.path.isfile(preset))
 
 
+def split_preset(preset: str) -> tuple[str, dict[str, Any]]:
+    """(the shipped preset it rests on, its own settings on top): (name, {}) for a shipped preset,
+    (extends, settings) for a preset file; ConfigError for anything else."""
+    if preset in PRESETS:
+        return preset, {}
+    if is_preset_file(preset):
+        return read_preset_file(preset)
+    raise ConfigError(f"preset: got {preset!r}, expected one of {sorted(PRESETS)} or a preset file (.json, written by ser tune)")
+
+
 def preset_settings(preset: str) -> dict[str, Any]:
     """Every setting of a shipped preset or a preset file (the extended preset's, then the file's)."""
-    if preset in PRESETS:
-        return dict(PRESETS[preset])
-    if is_preset_file(preset):
-        base, settings = read_preset_file(preset)
-        return {**PRESETS[base], **settings}
-    raise ConfigError(f"preset: got {preset!r}, expected one of {sorted(PRESETS)} or a preset file (.json, written by ser tune)")
+    base, own = split_preset(preset)
+    return {**PRESETS[base], **own}
 
 
 def preset_for_backbone(backbone: str | None) -> str:
