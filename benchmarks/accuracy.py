@@ -43,10 +43,10 @@ import torch
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
-from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
-from ser_model.metrics import HEADLINE_METRICS
 from ser_model.cli import parse_overrides
 from ser_model.config import ConfigError
+from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
+from ser_model.metrics import HEADLINE_METRICS
 from ser_model.presets import experiment_config, preset_settings
 from ser_model.train import fit
 
@@ -81,7 +81,11 @@ def collect(out: Path) -> dict[str, dict[tuple[int, int], dict[str, Any]]]:
             seed = int(done.parent.parent.name.split("-")[1])
             result = json.loads(done.read_text())
             metrics = done.parent / METRICS_FILE
-            epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+            epochs = (
+                [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+                if metrics.exists()
+                else []
+            )
             result["train_seconds"] = sum(epoch["seconds"] for epoch in epochs)
             found[(seed, int(result["fold"]))] = result
         if found:
@@ -110,7 +114,11 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
         row: dict[str, Any] = {"runs": [list(k) for k in keys]}
         for metric in HEADLINE_METRICS:
             values = [100.0 * runs[k]["test"][metric] for k in keys]
-            row[metric] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "per_run": values}
+            row[metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+                "per_run": values,
+            }
         row["valid_UA_per_run"] = [100.0 * runs[k]["valid"]["UA"] for k in keys]
         row["selected_epoch_per_run"] = [runs[k]["selected_epoch"] for k in keys]
         row["epochs"] = sorted({runs[k]["epochs"] for k in keys})
@@ -144,11 +152,18 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         minutes = statistics.fmean(row["train_seconds_per_run"]) / 60.0
         lines.append(f"| {variant} | {len(row['runs'])} | {' | '.join(cells)} | {paired} | {minutes:.1f} |")
     runs = sorted({tuple(k) for row in summary.values() for k in row["runs"]})
-    lines += ["", "Test UA % per run (seed/fold):", "", "| variant | " + " | ".join(f"{s}/{f}" for s, f in runs) + " |"]
+    lines += [
+        "",
+        "Test UA % per run (seed/fold):",
+        "",
+        "| variant | " + " | ".join(f"{s}/{f}" for s, f in runs) + " |",
+    ]
     lines.append("|---|" + "---|" * len(runs))
     for variant, row in summary.items():
         by_run = {tuple(k): v for k, v in zip(row["runs"], row["UA"]["per_run"])}
-        lines.append(f"| {variant} | " + " | ".join(f"{by_run[k]:.1f}" if k in by_run else "" for k in runs) + " |")
+        lines.append(
+            f"| {variant} | " + " | ".join(f"{by_run[k]:.1f}" if k in by_run else "" for k in runs) + " |"
+        )
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",
@@ -163,11 +178,15 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: Path, root: Path, overrides: dict[str, Any], threads: int, preset: str = PRESET) -> str:
+def write_summary(
+    out: Path, root: Path, overrides: dict[str, Any], threads: int, preset: str = PRESET
+) -> str:
     """Summarise every finished run under `out` into accuracy.json and accuracy.md; returns the Markdown."""
     results = collect(out)
     if not results:
-        raise FileNotFoundError(f"{out}: no finished run (<variant>/seed-<s>/fold-<k>/result.json); train some first")
+        raise FileNotFoundError(
+            f"{out}: no finished run (<variant>/seed-<s>/fold-<k>/result.json); train some first"
+        )
     manifest = run_ingest("ravdess", root, progress=False).manifest
     first = next(iter(next(iter(results.values())).values()))
     meta = {
@@ -182,7 +201,9 @@ def write_summary(out: Path, root: Path, overrides: dict[str, Any], threads: int
     }
     text = markdown(summarise(results), meta)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "summary": summarise(results)}, indent=2) + "\n")
+    (out / "accuracy.json").write_text(
+        json.dumps({"meta": meta, "summary": summarise(results)}, indent=2) + "\n"
+    )
     (out / "accuracy.md").write_text(text)
     return text
 
@@ -209,15 +230,36 @@ def claim(run_dir: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ravdess"), help="RAVDESS root (official layout)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy"), help="output folder")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    parser.add_argument(
+        "--root",
+        default=str(REPO.parent / "shared" / "data" / "ravdess"),
+        help="RAVDESS root (official layout)",
+    )
+    parser.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results" / "accuracy"), help="output folder"
+    )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}"
+    )
     parser.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override of the method's variants")
-    parser.add_argument("--preset", default=PRESET, metavar="NAME|FILE", help=f"recipe of the method's variants (default {PRESET}; a preset file from ser tune)")
-    parser.add_argument("--summarise-only", action="store_true", help="train nothing; summarise the finished runs under --out")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override of the method's variants",
+    )
+    parser.add_argument(
+        "--preset",
+        default=PRESET,
+        metavar="NAME|FILE",
+        help=f"recipe of the method's variants (default {PRESET}; a preset file from ser tune)",
+    )
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="train nothing; summarise the finished runs under --out"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -225,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.root)
     if not root.is_dir():
-        print(f"error: RAVDESS root {root} not found; pass --root DIR (Actor_01/03-01-…wav layout)", file=sys.stderr)
+        print(
+            f"error: RAVDESS root {root} not found; pass --root DIR (Actor_01/03-01-…wav layout)",
+            file=sys.stderr,
+        )
         return BAD_CONFIG_EXIT
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -246,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ingest = run_ingest("ravdess", root, progress=False)
     manifest, folds = ingest.manifest, ingest.folds
-    fold_ids = sorted(folds["fold"].unique()) if args.folds is None else [int(k) for k in args.folds.split(",")]
+    fold_ids = (
+        sorted(folds["fold"].unique()) if args.folds is None else [int(k) for k in args.folds.split(",")]
+    )
     for seed in (int(s) for s in args.seeds.split(",")):
         for k in fold_ids:
             for variant in variants:
@@ -258,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
 
                     train_reference(manifest, folds, int(k), root, run_dir, LABELS["ravdess"], seed=seed)
                 else:
-                    config = experiment_config("ravdess", args.preset, overrides={**overrides, **VARIANTS[variant], "train.seed": seed})
+                    config = experiment_config(
+                        "ravdess",
+                        args.preset,
+                        overrides={**overrides, **VARIANTS[variant], "train.seed": seed},
+                    )
                     fit(config, manifest, folds, int(k), root, run_dir)
                 (run_dir / "claim").unlink(missing_ok=True)
                 log.info("%s seed %d fold %s done", variant, seed, k)

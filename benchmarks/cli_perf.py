@@ -47,9 +47,14 @@ def corpus_copy(root: Path, paths: list[str], scratch: Path) -> Path:
     return copy
 
 
-def bench_commands(root: Path, paths: list[str], all_files: bool, workers: int, repeats: int, warmup: int) -> dict[str, Any]:
+def bench_commands(
+    root: Path, paths: list[str], all_files: bool, workers: int, repeats: int, warmup: int
+) -> dict[str, Any]:
     """Time the bare loop, `ser ingest` at 1 and `workers` workers, and `ser --help` (see the module doc)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     ser = ser_command()
     with tempfile.TemporaryDirectory(prefix="ser-bench-cli-") as tmp:
         scratch = Path(tmp)
@@ -58,24 +63,46 @@ def bench_commands(root: Path, paths: list[str], all_files: bool, workers: int, 
         listing.write_text("\n".join(str(corpus / rel) for rel in paths) + "\n", encoding="utf-8")
 
         def run(argv: list[str]) -> None:
-            subprocess.run(argv, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                argv, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
 
         counts = sorted({1, workers})
         fns = {"bare_loop": lambda: run([sys.executable, "-c", BARE_LOOP, str(listing)])}
-        fns.update({
-            f"ser_ingest_{w}": (lambda w=w: run([*ser, "ingest", "ravdess", str(corpus), "--out", str(scratch / f"out-{w}"),
-                                                 "--no-progress", "--workers", str(w)]))
-            for w in counts
-        })
+        fns.update(
+            {
+                f"ser_ingest_{w}": (
+                    lambda w=w: run(
+                        [
+                            *ser,
+                            "ingest",
+                            "ravdess",
+                            str(corpus),
+                            "--out",
+                            str(scratch / f"out-{w}"),
+                            "--no-progress",
+                            "--workers",
+                            str(w),
+                        ]
+                    )
+                )
+                for w in counts
+            }
+        )
         fns["ser_help"] = lambda: run([*ser, "--help"])
         timings = interleaved_medians(fns, repeats=repeats, warmup=warmup)
     bare = timings["bare_loop"]["median_s"]
     ratios = [
         ratio_entry(
             f"ser ingest command, {w} worker(s) / bare soundfile loop",
-            Side(f"`ser ingest ravdess ROOT --workers {w}`, whole process", timings[f"ser_ingest_{w}"]["median_s"], "s"),
+            Side(
+                f"`ser ingest ravdess ROOT --workers {w}`, whole process",
+                timings[f"ser_ingest_{w}"]["median_s"],
+                "s",
+            ),
             Side("`python -c` soundfile.read loop over the same files, whole process", bare, "s"),
-            target=INGEST_OVER_BARE_TARGET, at_most=True,
+            target=INGEST_OVER_BARE_TARGET,
+            at_most=True,
             note=f"{len(paths)} files; both sides are fresh processes (interpreter start and imports count), run in alternation",
         )
         for w in counts
@@ -86,7 +113,9 @@ def bench_commands(root: Path, paths: list[str], all_files: bool, workers: int, 
                 f"ser ingest command, {workers} workers / 1 worker",
                 Side(f"`ser ingest --workers {workers}`", timings[f"ser_ingest_{workers}"]["median_s"], "s"),
                 Side("`ser ingest --workers 1`", timings["ser_ingest_1"]["median_s"], "s"),
-                target=WORKERS_TARGET, at_most=True, note="more decoding threads must never be slower than one",
+                target=WORKERS_TARGET,
+                at_most=True,
+                note="more decoding threads must never be slower than one",
             )
         )
     help_s = timings["ser_help"]["median_s"]
@@ -111,12 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cli")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    paths = sorted(str(p.relative_to(args.root)) for p in args.root.rglob("*") if p.suffix in (".wav", ".flac"))
-    result = {"machine": machine_info(), **bench_commands(args.root, paths, True, usable_cores(), args.repeats, warmup=1)}
+    paths = sorted(
+        str(p.relative_to(args.root)) for p in args.root.rglob("*") if p.suffix in (".wav", ".flac")
+    )
+    result = {
+        "machine": machine_info(),
+        **bench_commands(args.root, paths, True, usable_cores(), args.repeats, warmup=1),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cli_perf.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# `ser` as a user times it", "", *machine_markdown(result["machine"]), "", *ratios_markdown(result["ratios"]), "",
-             f"`ser --help`: {result['help']['median_s']:.2f} s (target ≤ {HELP_TARGET_S:.0f} s)", ""]
+    lines = [
+        "# `ser` as a user times it",
+        "",
+        *machine_markdown(result["machine"]),
+        "",
+        *ratios_markdown(result["ratios"]),
+        "",
+        f"`ser --help`: {result['help']['median_s']:.2f} s (target ≤ {HELP_TARGET_S:.0f} s)",
+        "",
+    ]
     (args.out / "cli_perf.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -79,7 +79,11 @@ def peak_bf16_flops(device_name: str) -> float | None:
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1, sync: Callable[[], None] | None = None
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Time several functions on the same input, alternating them
     → {name: {"median_s", "runs_s", "median_cpu_s"}}.
@@ -154,7 +158,9 @@ class BenchSettings:
         if self.crop_seconds <= 0:
             raise ValueError(f"BenchSettings.crop_seconds: got {self.crop_seconds}, expected > 0")
         if self.hf_shape not in HF_SHAPE_NAMES:
-            raise ValueError(f"BenchSettings.hf_shape: got {self.hf_shape!r}, expected one of {HF_SHAPE_NAMES}")
+            raise ValueError(
+                f"BenchSettings.hf_shape: got {self.hf_shape!r}, expected one of {HF_SHAPE_NAMES}"
+            )
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,14 @@ class Side:
 
 
 def ratio_entry(
-    name: str, numerator: Side, denominator: Side, *, target: float, at_most: bool, cpu_ratio: float | None = None, note: str = ""
+    name: str,
+    numerator: Side,
+    denominator: Side,
+    *,
+    target: float,
+    at_most: bool,
+    cpu_ratio: float | None = None,
+    note: str = "",
 ) -> dict[str, Any]:
     """A ratio record: both sides, ratio = numerator / denominator, the target and whether it is met.
 
@@ -243,7 +256,11 @@ class PeakRSS:
         return self.peak_mb - self.baseline_mb
 
     def as_dict(self) -> dict[str, float]:
-        return {"rss_baseline_mb": round(self.baseline_mb, 1), "rss_peak_mb": round(self.peak_mb, 1), "rss_delta_mb": round(self.delta_mb, 1)}
+        return {
+            "rss_baseline_mb": round(self.baseline_mb, 1),
+            "rss_peak_mb": round(self.peak_mb, 1),
+            "rss_delta_mb": round(self.delta_mb, 1),
+        }
 
 
 def traced_peak_mb(fn: Callable[[], Any]) -> float:

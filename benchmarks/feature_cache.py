@@ -54,14 +54,20 @@ TARGET = 10.0
 FOLD = 0
 
 
-def bench_feature_cache(root: Path, work: Path, *, per_speaker: int, epochs: int, repeats: int, hf_shape: str) -> dict[str, Any]:
+def bench_feature_cache(
+    root: Path, work: Path, *, per_speaker: int, epochs: int, repeats: int, hf_shape: str
+) -> dict[str, Any]:
     """Alternate live and cached fits on the same rows; return per-epoch seconds of each side and the ratio."""
     ingest = run_ingest("ravdess", root, progress=False)
     rows = ingest.manifest.groupby("speaker", group_keys=False).head(per_speaker).reset_index(drop=True)
     backbone = save_random_hf_backbone(work / "wavlm", HF_SHAPES[hf_shape]())
     overrides = {
-        "model.backbone_mode": "frozen", "model.use_layer_weights": None, "eam.enabled": False,
-        "train.epochs": epochs, "train.device": "cpu", "train.precision": "fp32",
+        "model.backbone_mode": "frozen",
+        "model.use_layer_weights": None,
+        "eam.enabled": False,
+        "train.epochs": epochs,
+        "train.device": "cpu",
+        "train.precision": "fp32",
     }
     config = experiment_config("ravdess", "paper-wavlm", backbone=f"hf:{backbone}", overrides=overrides)
     cache_dir = work / "feature-cache"
@@ -75,12 +81,26 @@ def bench_feature_cache(root: Path, work: Path, *, per_speaker: int, epochs: int
         for side in ("live", "cached"):
             side_config = config.with_overrides({"train.feature_cache": side == "cached"})
             started = time.perf_counter()
-            result = fit(side_config, rows, ingest.folds, FOLD, root, work / f"{side}-{repeat}", resume=False, feature_cache_dir=cache_dir)
+            result = fit(
+                side_config,
+                rows,
+                ingest.folds,
+                FOLD,
+                root,
+                work / f"{side}-{repeat}",
+                resume=False,
+                feature_cache_dir=cache_dir,
+            )
             fit_s[side].append(time.perf_counter() - started)
             epoch_s[side] += [record["seconds"] for record in result.history]
-            log.info("%s repeat %d: epochs %s s", side, repeat, [round(r["seconds"], 2) for r in result.history])
+            log.info(
+                "%s repeat %d: epochs %s s", side, repeat, [round(r["seconds"], 2) for r in result.history]
+            )
     live, cached = statistics.median(epoch_s["live"]), statistics.median(epoch_s["cached"])
-    splits = {name: int((ingest.folds.query("fold == @FOLD")["role"] == name).sum()) for name in ("train", "valid", "test")}
+    splits = {
+        name: int((ingest.folds.query("fold == @FOLD")["role"] == name).sum())
+        for name in ("train", "valid", "test")
+    }
     return {
         "utterances": len(rows),
         "audio_seconds": round(float(rows["duration_s"].sum()), 1),
@@ -130,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--hf-shape", choices=sorted(HF_SHAPES), default="base")
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny WavLM, 2 utterances per actor, 1 epoch")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny WavLM, 2 utterances per actor, 1 epoch"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -140,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = {**machine_info(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="bench-feature-cache-") as work:
         bench = bench_feature_cache(
-            args.root, Path(work), per_speaker=args.per_speaker, epochs=args.epochs, repeats=args.repeats, hf_shape=args.hf_shape
+            args.root,
+            Path(work),
+            per_speaker=args.per_speaker,
+            epochs=args.epochs,
+            repeats=args.repeats,
+            hf_shape=args.hf_shape,
         )
     machine["load_average_end"] = load_average()
     report = {"machine": machine, "bench": bench, "quick": args.quick}

@@ -75,7 +75,9 @@ def torchaudio_stand_in():
     placeholder = types.ModuleType("torchaudio")
 
     def missing(name: str) -> Any:
-        raise AttributeError(f"torchaudio.{name}: torchaudio is not installed; only the fbank backbone needs it")
+        raise AttributeError(
+            f"torchaudio.{name}: torchaudio is not installed; only the fbank backbone needs it"
+        )
 
     placeholder.__getattr__ = missing
     sys.modules["torchaudio"] = placeholder
@@ -102,8 +104,14 @@ TARGETS = {"inference": 1.10, "training": 1.15}
 def wavlm_large_config() -> WavLMConfig:
     """WavLM-Large shapes (see module docstring), random weights, layerdrop 0 (ours)."""
     return WavLMConfig(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, layerdrop=0.0,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+        layerdrop=0.0,
     )
 
 
@@ -111,7 +119,9 @@ def build_model(tiny: bool, precision: str, device: torch.device) -> SERModel:
     """The full method (EAM, layer weights, FLAM, head, all four losses) on a random WavLM, fine-tuned."""
     config = SERConfig(
         labels=LABELS,
-        model=ModelConfig(backbone="hf:random-wavlm-" + ("tiny" if tiny else "large"), backbone_mode="finetune"),
+        model=ModelConfig(
+            backbone="hf:random-wavlm-" + ("tiny" if tiny else "large"), backbone_mode="finetune"
+        ),
         train=TrainConfig(precision=precision, device=device.type),
     )
     torch.manual_seed(0)
@@ -122,7 +132,9 @@ def build_model(tiny: bool, precision: str, device: torch.device) -> SERModel:
 class Measurements:
     """The batch, model, optimiser and the functions each ratio times, on one device."""
 
-    def __init__(self, model: SERModel, batch: int, seconds: float, amp_dtype: torch.dtype | None, device: torch.device):
+    def __init__(
+        self, model: SERModel, batch: int, seconds: float, amp_dtype: torch.dtype | None, device: torch.device
+    ):
         self.model, self.device, self.amp_dtype = model, device, amp_dtype
         config = model.config
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -144,7 +156,9 @@ class Measurements:
 
     def eam(self):
         cfg = self.model.config.eam
-        return energy_adaptive_mixup(self.waves, self.lengths, self.targets, generator=self.eam_generator, config=cfg)
+        return energy_adaptive_mixup(
+            self.waves, self.lengths, self.targets, generator=self.eam_generator, config=cfg
+        )
 
     def train_step(self) -> None:
         """EAM + forward + multi-loss + backward + clip + Adam, as `fit` does (one rank, no accumulation)."""
@@ -153,7 +167,13 @@ class Measurements:
         with self.autocast():
             out = model(mixed.waves, self.lengths)
             total, _ = multi_loss(
-                out, mixed.targets, self.labels, model.centers, model.supcon_proj, model.config.loss, self.loss_generator
+                out,
+                mixed.targets,
+                self.labels,
+                model.centers,
+                model.supcon_proj,
+                model.config.loss,
+                self.loss_generator,
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -195,13 +215,22 @@ def measure(m: Measurements, repeats: int, warmup: int) -> dict[str, Any]:
 
     reset()
     train = interleaved_medians(
-        {"step": m.train_step, "backbone": m.backbone_train, "eam": m.eam}, repeats=repeats, warmup=warmup, sync=sync
+        {"step": m.train_step, "backbone": m.backbone_train, "eam": m.eam},
+        repeats=repeats,
+        warmup=warmup,
+        sync=sync,
     )
     train_peak = peak_memory_mb(device)
     reset()
-    infer = interleaved_medians({"model": m.infer, "backbone": m.backbone_infer}, repeats=repeats, warmup=warmup, sync=sync)
+    infer = interleaved_medians(
+        {"model": m.infer, "backbone": m.backbone_infer}, repeats=repeats, warmup=warmup, sync=sync
+    )
     infer_peak = peak_memory_mb(device)
-    step_flops, bare_flops, infer_flops = count_flops(m.train_step), count_flops(m.backbone_train), count_flops(m.infer)
+    step_flops, bare_flops, infer_flops = (
+        count_flops(m.train_step),
+        count_flops(m.backbone_train),
+        count_flops(m.infer),
+    )
 
     step_s, infer_s = train["step"]["median_s"], infer["model"]["median_s"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -211,13 +240,17 @@ def measure(m: Measurements, repeats: int, warmup: int) -> dict[str, Any]:
             "training step, WavLM",
             Side("EAM + forward + multi-loss + backward + clip + Adam", step_s, "s"),
             Side("bare backbone forward + backward, same batch", train["backbone"]["median_s"], "s"),
-            target=TARGETS["training"], at_most=True, note=f"batch {batch} x {audio_s / batch:g} s",
+            target=TARGETS["training"],
+            at_most=True,
+            note=f"batch {batch} x {audio_s / batch:g} s",
         ),
         ratio_entry(
             "inference overhead, WavLM",
             Side("SERModel forward (backbone + layer weights + FLAM + head)", infer_s, "s"),
             Side("bare backbone forward, same batch", infer["backbone"]["median_s"], "s"),
-            target=TARGETS["inference"], at_most=True, note="tensors already on the device: no file decoding",
+            target=TARGETS["inference"],
+            at_most=True,
+            note="tensors already on the device: no file decoding",
         ),
     ]
     return {
@@ -250,14 +283,24 @@ def measure(m: Measurements, repeats: int, warmup: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks" / "results" / "gpu")))
+    parser.add_argument(
+        "--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks" / "results" / "gpu"))
+    )
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
-    parser.add_argument("--tiny", action="store_true", help="tiny WavLM and batch 2 x 1 s (a correctness check on CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="utterances per batch (default 16; 2 with --tiny)")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds per utterance (default 4; 1 with --tiny)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny WavLM and batch 2 x 1 s (a correctness check on CPU)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="utterances per batch (default 16; 2 with --tiny)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per utterance (default 4; 1 with --tiny)"
+    )
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 10; 2 with --tiny)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs (default 3; 1 with --tiny)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed warm-up runs (default 3; 1 with --tiny)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     batch = args.batch or (2 if args.tiny else 16)
@@ -265,27 +308,49 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (2 if args.tiny else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     if batch < 2 or seconds <= 0 or repeats < 1 or warmup < 0:
-        raise SystemExit(f"expected --batch >= 2 (EAM mixes pairs), --seconds > 0, --repeats >= 1, --warmup >= 0; "
-                         f"got {batch}, {seconds}, {repeats}, {warmup}")
+        raise SystemExit(
+            f"expected --batch >= 2 (EAM mixes pairs), --seconds > 0, --repeats >= 1, --warmup >= 0; "
+            f"got {batch}, {seconds}, {repeats}, {warmup}"
+        )
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu --tiny for a correctness check")
-    machine = {**machine_info(), "torch": torch.__version__, "transformers": transformers.__version__,
-               "torch_threads": torch.get_num_threads()}
+        raise SystemExit(
+            f"--device {args.device}: CUDA is not available here; use --device cpu --tiny for a correctness check"
+        )
+    machine = {
+        **machine_info(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        machine.update(gpu=torch.cuda.get_device_name(device), gpu_capability=list(torch.cuda.get_device_capability(device)),
-                       gpu_memory_mb=round(torch.cuda.get_device_properties(device).total_memory / 2**20))
+        machine.update(
+            gpu=torch.cuda.get_device_name(device),
+            gpu_capability=list(torch.cuda.get_device_capability(device)),
+            gpu_memory_mb=round(torch.cuda.get_device_properties(device).total_memory / 2**20),
+        )
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     amp_dtype = torch.bfloat16 if args.precision == "bf16" else None
     model = build_model(args.tiny, args.precision, device)
-    log.info("built %s WavLM SER model: %.2f M parameters on %s", "tiny" if args.tiny else "large",
-             sum(p.numel() for p in model.parameters()) / 1e6, device)
+    log.info(
+        "built %s WavLM SER model: %.2f M parameters on %s",
+        "tiny" if args.tiny else "large",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+    )
     results = measure(Measurements(model, batch, seconds, amp_dtype, device), repeats, warmup)
     report = {
-        "settings": {"tiny": args.tiny, "batch": batch, "seconds": seconds, "precision": args.precision,
-                     "repeats": repeats, "warmup": warmup, "device": str(device)},
+        "settings": {
+            "tiny": args.tiny,
+            "batch": batch,
+            "seconds": seconds,
+            "precision": args.precision,
+            "repeats": repeats,
+            "warmup": warmup,
+            "device": str(device),
+        },
         "machine": machine,
         "load_average_end": load_average(),
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -297,12 +362,20 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / "gpu_wavlm.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     t, i = results["training"], results["inference"]
-    share = "n/a (device not in the peak table)" if t["share_of_peak_bf16"] is None else f"{t['share_of_peak_bf16']:.1%}"
-    print(f"{results['device_name']}: {t['steps_per_s']:.2f} training steps/s (batch {batch} x {seconds:g} s), "
-          f"inference RTF {i['rtf']:.5f}, peak memory train {t['peak_memory_mb']:.0f} MiB / inference {i['peak_memory_mb']:.0f} MiB, "
-          f"{t['flops_per_step'] / 1e9:.4g} GFLOP per step ({t['flop_ratio']:.3f} x the bare backbone's), share of bf16 peak {share}")
+    share = (
+        "n/a (device not in the peak table)"
+        if t["share_of_peak_bf16"] is None
+        else f"{t['share_of_peak_bf16']:.1%}"
+    )
+    print(
+        f"{results['device_name']}: {t['steps_per_s']:.2f} training steps/s (batch {batch} x {seconds:g} s), "
+        f"inference RTF {i['rtf']:.5f}, peak memory train {t['peak_memory_mb']:.0f} MiB / inference {i['peak_memory_mb']:.0f} MiB, "
+        f"{t['flops_per_step'] / 1e9:.4g} GFLOP per step ({t['flop_ratio']:.3f} x the bare backbone's), share of bf16 peak {share}"
+    )
     for r in results["ratios"]:
-        print(f"{r['name']}: {r['ratio']:.3f} (target {r['target']['op']} {r['target']['value']}: {'met' if r['met'] else 'not met'})")
+        print(
+            f"{r['name']}: {r['ratio']:.3f} (target {r['target']['op']} {r['target']['value']}: {'met' if r['met'] else 'not met'})"
+        )
     print(f"wrote {path}")
 
 

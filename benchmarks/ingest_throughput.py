@@ -47,7 +47,12 @@ def bare_decode(root: Path) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--limit-actors", type=int, default=None, help="use only the first N actors (at least 8: the fold protocol needs two groups of 4)")
+    parser.add_argument(
+        "--limit-actors",
+        type=int,
+        default=None,
+        help="use only the first N actors (at least 8: the fold protocol needs two groups of 4)",
+    )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="ravdess-subset-"))
     try:
@@ -55,8 +60,10 @@ def main() -> None:
         start = time.perf_counter()
         files, seconds = bare_decode(root)
         bare = time.perf_counter() - start
-        print(f"bare soundfile decode: {files} files, {seconds:.0f} s of audio in {bare:.2f} s: "
-              f"{files / bare:.0f} files/s, {seconds / bare:.0f} audio s/s")
+        print(
+            f"bare soundfile decode: {files} files, {seconds:.0f} s of audio in {bare:.2f} s: "
+            f"{files / bare:.0f} files/s, {seconds / bare:.0f} audio s/s"
+        )
         cores = os.cpu_count() or 1
         for workers in sorted({1, cores}):
             start = time.perf_counter()
@@ -64,8 +71,10 @@ def main() -> None:
             took = time.perf_counter() - start
             audio = float(result.manifest["duration_s"].sum())
             n = len(result.manifest) + len(result.quarantine)
-            print(f"ingest, {workers} worker(s): {n} files in {took:.2f} s: {n / took:.0f} files/s, "
-                  f"{audio / took:.0f} audio s/s, ratio to bare decode {took / bare:.2f}")
+            print(
+                f"ingest, {workers} worker(s): {n} files in {took:.2f} s: {n / took:.0f} files/s, "
+                f"{audio / took:.0f} audio s/s, ratio to bare decode {took / bare:.2f}"
+            )
     finally:
         shutil.rmtree(scratch)
 

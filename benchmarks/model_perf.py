@@ -46,9 +46,17 @@ def small_wavlm_config() -> Any:
     """A small random WavLM with the default 7-layer conv stack (stride 320, 50 frames/s) at 256
     channels, 4 transformer layers of width 256 (4 heads, feed-forward 1024), pre-LN like WavLM-Large."""
     return tiny_wavlm_config(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-        conv_dim=(256,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, num_buckets=320, max_bucket_distance=800,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        conv_dim=(256,) * 7,
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        num_buckets=320,
+        max_bucket_distance=800,
     )
 
 
@@ -56,13 +64,25 @@ def base_wavlm_config() -> Any:
     """A random WavLM of WavLM-Base's shape (94 M parameters): the default 7-layer conv stack at 512
     channels, 12 transformer layers of width 768 (12 heads, feed-forward 3072), pre-LN."""
     return tiny_wavlm_config(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        conv_dim=(512,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, num_buckets=320, max_bucket_distance=800,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        conv_dim=(512,) * 7,
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        num_buckets=320,
+        max_bucket_distance=800,
     )
 
 
-HF_SHAPES: dict[str, Callable[[], Any]] = {"tiny": tiny_wavlm_config, "small": small_wavlm_config, "base": base_wavlm_config}
+HF_SHAPES: dict[str, Callable[[], Any]] = {
+    "tiny": tiny_wavlm_config,
+    "small": small_wavlm_config,
+    "base": base_wavlm_config,
+}
 
 
 def bench_config(backbone: str, labels: tuple[str, ...], s: BenchSettings) -> SERConfig:
@@ -70,7 +90,9 @@ def bench_config(backbone: str, labels: tuple[str, ...], s: BenchSettings) -> SE
     return SERConfig(
         labels=labels,
         model=ModelConfig(backbone=backbone, backbone_mode="finetune"),
-        train=TrainConfig(max_seconds=s.crop_seconds, batch_size=s.batch_size, device="cpu", precision="fp32"),
+        train=TrainConfig(
+            max_seconds=s.crop_seconds, batch_size=s.batch_size, device="cpu", precision="fp32"
+        ),
     )
 
 
@@ -110,7 +132,9 @@ def bench_inference(name: str, model: SERModel, paths: list[Path], s: BenchSetti
 
     with PeakRSS() as mem:
         timings = interleaved_medians(
-            {"predictor": lambda: predictor.predict_files(paths), "backbone": bare}, repeats=s.repeats, warmup=s.warmup
+            {"predictor": lambda: predictor.predict_files(paths), "backbone": bare},
+            repeats=s.repeats,
+            warmup=s.warmup,
         )
     full, bare_s = timings["predictor"]["median_s"], timings["backbone"]["median_s"]
     traced = traced_peak_mb(lambda: predictor.predict_files(paths))
@@ -118,7 +142,9 @@ def bench_inference(name: str, model: SERModel, paths: list[Path], s: BenchSetti
         f"inference overhead, {name}",
         Side("Predictor.predict_files (decode + resample + backbone + FLAM + head)", full, "s"),
         Side("bare backbone forward, same batch", bare_s, "s"),
-        target=TARGETS["inference"], at_most=True, cpu_ratio=cpu_time_ratio(timings, "predictor", "backbone"),
+        target=TARGETS["inference"],
+        at_most=True,
+        cpu_ratio=cpu_time_ratio(timings, "predictor", "backbone"),
         note=f"{len(paths)} files, {audio_s:.1f} s of audio, one batch",
     )
     return {
@@ -126,12 +152,20 @@ def bench_inference(name: str, model: SERModel, paths: list[Path], s: BenchSetti
         "audio_s": audio_s,
         "timings": timings,
         "ratio": ratio,
-        "rtf": {"backbone": name, "audio_s": audio_s, "processing_s": full, "rtf": full / audio_s, "rtf_bare_backbone": bare_s / audio_s},
+        "rtf": {
+            "backbone": name,
+            "audio_s": audio_s,
+            "processing_s": full,
+            "rtf": full / audio_s,
+            "rtf_bare_backbone": bare_s / audio_s,
+        },
         "memory": {**mem.as_dict(), "tracemalloc_peak_mb": round(traced, 1)},
     }
 
 
-def train_dataset(root: Path, candidates: list[Candidate], labels: tuple[str, ...], s: BenchSettings) -> UtteranceDataset:
+def train_dataset(
+    root: Path, candidates: list[Candidate], labels: tuple[str, ...], s: BenchSettings
+) -> UtteranceDataset:
     """An in-memory UtteranceDataset over `candidates` (random crops of `crop_seconds`)."""
     rows = pd.DataFrame(
         {
@@ -141,7 +175,15 @@ def train_dataset(root: Path, candidates: list[Candidate], labels: tuple[str, ..
             "duration_s": [sf.info(str(root / c.path)).duration for c in candidates],
         }
     )
-    return UtteranceDataset(rows, root, labels, sample_rate=SAMPLE_RATE, crop_seconds=s.crop_seconds, random_crop=True, preload=True)
+    return UtteranceDataset(
+        rows,
+        root,
+        labels,
+        sample_rate=SAMPLE_RATE,
+        crop_seconds=s.crop_seconds,
+        random_crop=True,
+        preload=True,
+    )
 
 
 def bench_training(name: str, model: SERModel, dataset: UtteranceDataset, s: BenchSettings) -> dict[str, Any]:
@@ -179,7 +221,9 @@ def bench_training(name: str, model: SERModel, dataset: UtteranceDataset, s: Ben
         frames.sum().backward()
 
     with PeakRSS() as mem:
-        timings = interleaved_medians({"step": step, "backbone": bare, "data": data}, repeats=s.repeats, warmup=s.warmup)
+        timings = interleaved_medians(
+            {"step": step, "backbone": bare, "data": data}, repeats=s.repeats, warmup=s.warmup
+        )
     step_s, bare_s, data_s = (timings[k]["median_s"] for k in ("step", "backbone", "data"))
     eam_s = float(np.median(eam_seconds[s.warmup :]))
     step_flops, bare_flops = count_flops(step), count_flops(bare)
@@ -188,7 +232,9 @@ def bench_training(name: str, model: SERModel, dataset: UtteranceDataset, s: Ben
         f"training step, {name}",
         Side("EAM + forward + multi-loss + backward + clip + Adam", step_s, "s"),
         Side("bare backbone forward + backward, same batch", bare_s, "s"),
-        target=TARGETS["training"], at_most=True, cpu_ratio=cpu_time_ratio(timings, "step", "backbone"),
+        target=TARGETS["training"],
+        at_most=True,
+        cpu_ratio=cpu_time_ratio(timings, "step", "backbone"),
         note=f"batch {len(indices)} x up to {s.crop_seconds:g} s ({audio_s:.1f} s of audio)",
     )
     return {
@@ -226,7 +272,12 @@ def lifetime_memory() -> dict[str, Any]:
 
 
 def bench_models(
-    root: Path, infer: list[Candidate], train: list[Candidate], labels: tuple[str, ...], s: BenchSettings, log: Any
+    root: Path,
+    infer: list[Candidate],
+    train: list[Candidate],
+    labels: tuple[str, ...],
+    s: BenchSettings,
+    log: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Inference and training measurements of the fbank model and the random WavLM → (inference, training) by model name."""
     models = build_models(labels, s)

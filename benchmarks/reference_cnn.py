@@ -52,7 +52,13 @@ from ser_model.presets import experiment_config
 from ser_model.train import fold_splits, lr_factor
 
 RECIPE: dict[str, Any] = {
-    "epochs": 25, "batch_size": 16, "lr": 1e-3, "crop_seconds": 3.0, "channels": [32, 64, 128, 128], "dim": 128, "heads": 4,
+    "epochs": 25,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "crop_seconds": 3.0,
+    "channels": [32, 64, 128, 128],
+    "dim": 128,
+    "heads": 4,
     "schedule": "the cpu-fbank preset's (warm-up, then cosine)",
 }
 PROTOCOL_PRESET = "cpu-fbank"
@@ -64,13 +70,27 @@ SELECT_METRIC = "UA"
 class ReferenceCNN(nn.Module):
     """waves (B, L), lengths (B,) → logits (B, C); the architecture of the module docstring."""
 
-    def __init__(self, n_classes: int, channels: tuple[int, ...] = (32, 64, 128, 128), dim: int = 128, heads: int = 4, n_mels: int = 80):
+    def __init__(
+        self,
+        n_classes: int,
+        channels: tuple[int, ...] = (32, 64, 128, 128),
+        dim: int = 128,
+        heads: int = 4,
+        n_mels: int = 80,
+    ):
         super().__init__()
-        self.mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, win_length=400, hop_length=160, n_mels=n_mels, center=False)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            16000, n_fft=400, win_length=400, hop_length=160, n_mels=n_mels, center=False
+        )
         layers: list[nn.Module] = []
         c_in = 1
         for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             c_in = c_out
         self.cnn = nn.Sequential(*layers)
         self.project = nn.Linear(channels[-1] * (n_mels // 2 ** len(channels)), dim)
@@ -108,7 +128,13 @@ def _evaluate(model: ReferenceCNN, dataset: UtteranceDataset, labels: tuple[str,
 
 
 def train_reference(
-    manifest: pd.DataFrame, folds: pd.DataFrame, fold: int, audio_root: str | Path, out_dir: str | Path, labels: tuple[str, ...], seed: int = 0
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    fold: int,
+    audio_root: str | Path,
+    out_dir: str | Path,
+    labels: tuple[str, ...],
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Train the reference on one fold; write result.json and metrics.jsonl (benchmarks/accuracy.py's format)."""
     out_dir = Path(out_dir)
@@ -116,17 +142,36 @@ def train_reference(
     torch.manual_seed(seed)
     splits = fold_splits(manifest, folds, fold)
     speakers = {name: sorted(rows["speaker"].astype(str).unique()) for name, rows in splits.items()}
-    train_set = UtteranceDataset(splits["train"], audio_root, labels, sample_rate=16000, crop_seconds=RECIPE["crop_seconds"], random_crop=True, seed=seed)
+    train_set = UtteranceDataset(
+        splits["train"],
+        audio_root,
+        labels,
+        sample_rate=16000,
+        crop_seconds=RECIPE["crop_seconds"],
+        random_crop=True,
+        seed=seed,
+    )
     valid_set, test_set = (
-        UtteranceDataset(splits[name], audio_root, labels, sample_rate=16000, crop_seconds=EVAL_MAX_SECONDS, random_crop=False)
+        UtteranceDataset(
+            splits[name],
+            audio_root,
+            labels,
+            sample_rate=16000,
+            crop_seconds=EVAL_MAX_SECONDS,
+            random_crop=False,
+        )
         for name in ("valid", "test")
     )
     sampler = LengthBucketSampler(train_set.lengths, RECIPE["batch_size"], seed=seed)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_padded)
     model = ReferenceCNN(len(labels), tuple(RECIPE["channels"]), RECIPE["dim"], RECIPE["heads"])
     optimizer = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
-    schedule = experiment_config("ravdess", PROTOCOL_PRESET, overrides={"train.epochs": RECIPE["epochs"]}).train
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(sampler), schedule))
+    schedule = experiment_config(
+        "ravdess", PROTOCOL_PRESET, overrides={"train.epochs": RECIPE["epochs"]}
+    ).train
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, len(sampler), schedule)
+    )
     best_score, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(RECIPE["epochs"]):
         started = time.perf_counter()
@@ -145,7 +190,12 @@ def train_reference(
         if valid[SELECT_METRIC] > best_score:
             best_score, best_epoch = valid[SELECT_METRIC], epoch + 1
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        record = {"epoch": epoch + 1, "train": {"loss": float(np.mean(losses))}, "lr": optimizer.param_groups[0]["lr"], "valid": {k: valid[k] for k in HEADLINE_METRICS}}
+        record = {
+            "epoch": epoch + 1,
+            "train": {"loss": float(np.mean(losses))},
+            "lr": optimizer.param_groups[0]["lr"],
+            "valid": {k: valid[k] for k in HEADLINE_METRICS},
+        }
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         (out_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))

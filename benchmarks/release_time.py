@@ -38,8 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     run_dir = out / "run"
     command = [
-        sys.executable, "-m", "ser_model.cli", "train", "--corpus", "ravdess", "--root", args.root, "--fold", "-1",
-        "--preset", args.preset, "--out", str(run_dir), "--no-resume",
+        sys.executable,
+        "-m",
+        "ser_model.cli",
+        "train",
+        "--corpus",
+        "ravdess",
+        "--root",
+        args.root,
+        "--fold",
+        "-1",
+        "--preset",
+        args.preset,
+        "--out",
+        str(run_dir),
+        "--no-resume",
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     machine = machine_info()

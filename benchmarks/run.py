@@ -103,7 +103,12 @@ def bench_ingest(root: Path, candidates: list[Candidate], s: BenchSettings) -> d
 
     worker_counts = sorted({1, usable_cores()})
     fns = {"bare": bare}
-    fns.update({f"probe_{w}": (lambda w=w: probe_all(source, candidates, checks, workers=w, progress=False)) for w in worker_counts})
+    fns.update(
+        {
+            f"probe_{w}": (lambda w=w: probe_all(source, candidates, checks, workers=w, progress=False))
+            for w in worker_counts
+        }
+    )
     with PeakRSS() as mem:
         timings = interleaved_medians(fns, repeats=s.repeats, warmup=s.warmup)
     bare_rate = n / timings["bare"]["median_s"]
@@ -112,7 +117,9 @@ def bench_ingest(root: Path, candidates: list[Candidate], s: BenchSettings) -> d
             f"ingest decode, {w} worker(s)",
             Side(f"probe_all, {w} worker(s), per core", n / timings[f"probe_{w}"]["median_s"] / w, "files/s"),
             Side("bare soundfile.read, 1 process", bare_rate, "files/s"),
-            target=INGEST_TARGET, at_most=False, cpu_ratio=cpu_time_ratio(timings, "bare", "probe_1") if w == 1 else None,
+            target=INGEST_TARGET,
+            at_most=False,
+            cpu_ratio=cpu_time_ratio(timings, "bare", "probe_1") if w == 1 else None,
             note="probe_all reads the bytes, hashes them (sha256), decodes from memory and runs every audio check"
             + ("" if w == 1 else f", in a pool of {w} threads"),
         )
@@ -161,15 +168,27 @@ def perf_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {t['timings']['step']['median_s']:.4f} | {t['utterances_per_s']:.1f} | {t['eam_share_of_step']:.1%} "
             f"| {t['data_share_of_iteration']:.1%} | {t['flop_ratio']:.3f} | {t['parameters_m']:.2f} |"
         )
-    lines += ["", "## Real-time factor on CPU (processing s / audio s; below 1 is faster than real time)",
-              "| backbone | audio s | Predictor s | RTF | RTF of the bare backbone |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Real-time factor on CPU (processing s / audio s; below 1 is faster than real time)",
+        "| backbone | audio s | Predictor s | RTF | RTF of the bare backbone |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["rtf"]:
-        lines.append(f"| {r['backbone']} | {r['audio_s']:.1f} | {r['processing_s']:.4f} | {r['rtf']:.4f} | {r['rtf_bare_backbone']:.4f} |")
-    lines += ["", "## Peak memory", "| phase | RSS at start MiB | RSS peak MiB | peak − start MiB | tracemalloc peak MiB (Python + NumPy) |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['backbone']} | {r['audio_s']:.1f} | {r['processing_s']:.4f} | {r['rtf']:.4f} | {r['rtf_bare_backbone']:.4f} |"
+        )
+    lines += [
+        "",
+        "## Peak memory",
+        "| phase | RSS at start MiB | RSS peak MiB | peak − start MiB | tracemalloc peak MiB (Python + NumPy) |",
+        "|---|---|---|---|---|",
+    ]
     for phase, m in report["memory"]["phases"].items():
         traced = next((v for k, v in m.items() if k.startswith("tracemalloc")), "")
-        lines.append(f"| {phase} | {m['rss_baseline_mb']} | {m['rss_peak_mb']} | {m['rss_delta_mb']} | {traced} |")
+        lines.append(
+            f"| {phase} | {m['rss_baseline_mb']} | {m['rss_peak_mb']} | {m['rss_delta_mb']} | {traced} |"
+        )
     life = report["memory"]["lifetime"]
     lines += [
         "",
@@ -191,13 +210,21 @@ def run(root: Path, out: Path, s: BenchSettings) -> dict[str, Any]:
     parsed = parse_corpus(CORPUS, open_source(root))
     candidates = sorted(parsed.candidates, key=lambda c: c.path)
     if len(candidates) < 2:
-        raise SystemExit(f"{root}: found {len(candidates)} RAVDESS speech files (Actor_NN/03-01-*.wav|flac); expected at least 2")
+        raise SystemExit(
+            f"{root}: found {len(candidates)} RAVDESS speech files (Actor_NN/03-01-*.wav|flac); expected at least 2"
+        )
     ingest_set = candidates if s.ingest_files is None else spread(candidates, s.ingest_files)
     log.info("%s: %d candidates; ingest on %d files", root, len(candidates), len(ingest_set))
     ingest = bench_ingest(root, ingest_set, s)
     log.info("ingest: ratios %s", [round(r["ratio"], 3) for r in ingest["ratios"]])
-    commands = bench_commands(root, [c.path for c in ingest_set], s.ingest_files is None, usable_cores(), s.repeats, s.warmup)
-    log.info("ser command: ratios %s, ser --help %.2f s", [round(r["ratio"], 3) for r in commands["ratios"]], commands["help"]["median_s"])
+    commands = bench_commands(
+        root, [c.path for c in ingest_set], s.ingest_files is None, usable_cores(), s.repeats, s.warmup
+    )
+    log.info(
+        "ser command: ratios %s, ser --help %.2f s",
+        [round(r["ratio"], 3) for r in commands["ratios"]],
+        commands["help"]["median_s"],
+    )
 
     from benchmarks import model_perf
 
@@ -214,7 +241,10 @@ def run(root: Path, out: Path, s: BenchSettings) -> dict[str, Any]:
         "settings": asdict(s),
         "machine": machine,
         "load_average_end": load_average(),
-        "ratios": ingest["ratios"] + commands["ratios"] + [v["ratio"] for v in inference.values()] + [v["ratio"] for v in training.values()],
+        "ratios": ingest["ratios"]
+        + commands["ratios"]
+        + [v["ratio"] for v in inference.values()]
+        + [v["ratio"] for v in training.values()],
         "ingest": ingest,
         "commands": commands,
         "inference": inference,
@@ -230,10 +260,28 @@ def run(root: Path, out: Path, s: BenchSettings) -> dict[str, Any]:
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     if args.quick:
-        return BenchSettings(quick=True, threads=args.threads, repeats=1, warmup=1, ingest_files=4, infer_files=2,
-                             batch_size=2, crop_seconds=args.crop_seconds, hf_shape="tiny")
-    return BenchSettings(quick=False, threads=args.threads, repeats=args.repeats, warmup=1, ingest_files=None,
-                         infer_files=16, batch_size=16, crop_seconds=args.crop_seconds, hf_shape=args.hf_shape)
+        return BenchSettings(
+            quick=True,
+            threads=args.threads,
+            repeats=1,
+            warmup=1,
+            ingest_files=4,
+            infer_files=2,
+            batch_size=2,
+            crop_seconds=args.crop_seconds,
+            hf_shape="tiny",
+        )
+    return BenchSettings(
+        quick=False,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=1,
+        ingest_files=None,
+        infer_files=16,
+        batch_size=16,
+        crop_seconds=args.crop_seconds,
+        hf_shape=args.hf_shape,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,10 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="corpus root in the RAVDESS layout")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for perf.json and perf.md")
     parser.add_argument("--quick", action="store_true", help="few files, 1 repeat, tiny WavLM: a smoke run")
-    parser.add_argument("--threads", type=int, default=usable_cores(), help="torch threads (default: usable cores)")
+    parser.add_argument(
+        "--threads", type=int, default=usable_cores(), help="torch threads (default: usable cores)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (not with --quick)")
-    parser.add_argument("--crop-seconds", type=float, default=4.0, help="training crop (RAVDESS utterances are 3-5 s)")
-    parser.add_argument("--hf-shape", choices=HF_SHAPE_NAMES, default="small", help="random WavLM shape (not with --quick)")
+    parser.add_argument(
+        "--crop-seconds", type=float, default=4.0, help="training crop (RAVDESS utterances are 3-5 s)"
+    )
+    parser.add_argument(
+        "--hf-shape", choices=HF_SHAPE_NAMES, default="small", help="random WavLM shape (not with --quick)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     report = run(args.root, args.out, settings_from_args(args))

@@ -44,13 +44,21 @@ TARGETS = {"ua_gap_points": 3.0, "median_boundary_error_s": 0.3, "rtf": 0.05, "m
 def timed_command(command: list[str], threads: int) -> dict[str, float]:
     """Run `command` under /usr/bin/time -v; its wall seconds and peak RSS (MiB)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(["/usr/bin/time", "-v", *command], env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", *command], env=env, cwd=REPO, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
+    wall = re.search(
+        r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", done.stderr
+    )
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
-    return {"wall_s": hours * 3600 + minutes * 60 + seconds, "peak_rss_mb": int(rss.group(1)) / 1024, "output_lines": done.stdout.count("\n")}
+    return {
+        "wall_s": hours * 3600 + minutes * 60 + seconds,
+        "peak_rss_mb": int(rss.group(1)) / 1024,
+        "output_lines": done.stdout.count("\n"),
+    }
 
 
 def test_items(root: str, fold: int, labels: tuple[str, ...]) -> list[tuple[str, int, str]]:
@@ -65,9 +73,11 @@ def test_items(root: str, fold: int, labels: tuple[str, ...]) -> list[tuple[str,
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Long recordings in segments (benchmarks/segments.py)", "",
+        "# Long recordings in segments (benchmarks/segments.py)",
+        "",
         f"Model `{report['model']}`; fold {report['fold']} test actors {report['speakers']}; "
-        f"{report['per_recording']} utterances per recording, {report['gap_s']} s gaps; default `SegmentConfig`.", "",
+        f"{report['per_recording']} utterances per recording, {report['gap_s']} s gaps; default `SegmentConfig`.",
+        "",
         "| gaps | recordings | utterances | segment UA (duration-weighted) | per-utterance UA, duration-weighted | "
         "per-utterance UA, counted | gap (points) | median boundary error | p90 | segments per recording | "
         "middles in one segment | speech missed |",
@@ -85,9 +95,12 @@ def markdown(report: dict) -> str:
     speed = report.get("speed")
     if speed:
         lines += [
-            "", f"Speed and memory: `ser predict FILE --segments --csv`, {speed['threads']} torch threads, "
-            f"load average {speed['load_before']} before, {speed['load_after']} after.", "",
-            "| file | audio | wall | real-time factor | peak RSS | peak RSS above the 10 s run |", "|---|---|---|---|---|---|",
+            "",
+            f"Speed and memory: `ser predict FILE --segments --csv`, {speed['threads']} torch threads, "
+            f"load average {speed['load_before']} before, {speed['load_after']} after.",
+            "",
+            "| file | audio | wall | real-time factor | peak RSS | peak RSS above the 10 s run |",
+            "|---|---|---|---|---|---|",
             f"| 10 s | 10 s | {speed['short']['wall_s']:.1f} s | — | {speed['short']['peak_rss_mb']:.0f} MiB | — |",
             f"| {speed['hour_s'] / 60:.0f} min | {speed['hour_s']:.0f} s | {speed['hour']['wall_s']:.1f} s | {speed['rtf']:.4f} | "
             f"{speed['hour']['peak_rss_mb']:.0f} MiB | {speed['memory_above_model_mb']:.0f} MiB |",
@@ -98,7 +111,9 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint folder of a model trained without the fold's test actors")
+    parser.add_argument(
+        "--model", required=True, help="checkpoint folder of a model trained without the fold's test actors"
+    )
     parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ravdess"))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--per-recording", type=int, default=8)
@@ -120,18 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     items = test_items(args.root, args.fold, predictor.labels)
     config = SegmentConfig()
     report = {
-        "model": args.model, "fold": args.fold, "per_recording": args.per_recording, "gap_s": args.gap_s,
-        "speakers": sorted({Path(p).parent.name for p, _, _ in items}), "segment_config": config.to_dict(),
-        "machine": machine_info(), "accuracy": {},
+        "model": args.model,
+        "fold": args.fold,
+        "per_recording": args.per_recording,
+        "gap_s": args.gap_s,
+        "speakers": sorted({Path(p).parent.name for p, _, _ in items}),
+        "segment_config": config.to_dict(),
+        "machine": machine_info(),
+        "accuracy": {},
     }
     recordings = {}
     for gap in GAP_KINDS:
-        recordings[gap] = build_joined(items, predictor.sample_rate, per_recording=args.per_recording, gap_s=args.gap_s, gap=gap)
+        recordings[gap] = build_joined(
+            items, predictor.sample_rate, per_recording=args.per_recording, gap_s=args.gap_s, gap=gap
+        )
         report["accuracy"][gap] = score_joined(recordings[gap], predictor, predictor.probabilities, config)
         r = report["accuracy"][gap]
-        print(f"{gap}: segment UA {r['segment']['UA']:.4f}, per-utterance UA {r['utterance']['UA']:.4f} "
-              f"(duration-weighted {r['utterance_duration_weighted']['UA']:.4f}), median boundary error "
-              f"{r['boundary_error_s']['median']:.3f} s, segments/recording {r['segments_per_recording']}", flush=True)
+        print(
+            f"{gap}: segment UA {r['segment']['UA']:.4f}, per-utterance UA {r['utterance']['UA']:.4f} "
+            f"(duration-weighted {r['utterance_duration_weighted']['UA']:.4f}), median boundary error "
+            f"{r['boundary_error_s']['median']:.3f} s, segments/recording {r['segments_per_recording']}",
+            flush=True,
+        )
     write_report(report, Path(args.out))  # the accuracy figures stand alone if the speed run is cut short
     if not args.skip_speed:
         with tempfile.TemporaryDirectory(prefix="ser-segments-") as scratch:
@@ -148,9 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             full = timed_command([*ser, str(hour_path)], args.threads)
             hour_s = args.hour_minutes * 60
             report["speed"] = {
-                "threads": args.threads, "hour_s": hour_s, "short": short, "hour": full, "rtf": full["wall_s"] / hour_s,
+                "threads": args.threads,
+                "hour_s": hour_s,
+                "short": short,
+                "hour": full,
+                "rtf": full["wall_s"] / hour_s,
                 "memory_above_model_mb": full["peak_rss_mb"] - short["peak_rss_mb"],
-                "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+                "load_before": load_before,
+                "load_after": [round(x, 2) for x in os.getloadavg()],
             }
             print(f"speed: {report['speed']}", flush=True)
         write_report(report, Path(args.out))

@@ -62,7 +62,11 @@ def register_fbank_model(folder: Path) -> str:
     from ser_model.model import SERModel
 
     torch.manual_seed(0)
-    checkpoint = SERModel(SERConfig(labels=LABELS["ravdess"], corpus="ravdess")).eval().save_pretrained(folder / "best")
+    checkpoint = (
+        SERModel(SERConfig(labels=LABELS["ravdess"], corpus="ravdess"))
+        .eval()
+        .save_pretrained(folder / "best")
+    )
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     experiment = mlflow.create_experiment("serve-load", artifact_location=(folder / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
@@ -85,7 +89,9 @@ def request_bodies(files: list[Path], encoding: str) -> list[tuple[bytes, float]
 def post(url: str, body: bytes) -> tuple[bool, float, str]:
     """(answered with one prediction, seconds, error text)."""
     start = time.perf_counter()
-    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=300) as reply:
             ok = reply.status == 200 and len(json.loads(reply.read())["predictions"]) == 1
@@ -164,7 +170,9 @@ def load_phase(url: str, bodies: list[tuple[bytes, float]], requests: int, clien
     }
 
 
-def run(root: Path, out: Path, requests: int, clients: int, model_uri: str | None, port: int) -> dict[str, Any]:
+def run(
+    root: Path, out: Path, requests: int, clients: int, model_uri: str | None, port: int
+) -> dict[str, Any]:
     from flows.serving import running_model_server
 
     files = sorted(root.glob("Actor_*/*.flac")) + sorted(root.glob("Actor_*/*.wav"))
@@ -175,11 +183,17 @@ def run(root: Path, out: Path, requests: int, clients: int, model_uri: str | Non
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
         uri = model_uri or register_fbank_model(Path(scratch))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
         bodies = {encoding: request_bodies(files, encoding) for encoding in ENCODINGS}
         with running_model_server(uri, port, env, Path(scratch) / "serve.log") as (url, process):
             rss = WorkerRSS(process.pid)
-            memory = {"mlflow_cli_process_mb": round(rss.cli.memory_info().rss / 2**20, 1), "idle_after_start_mb": round(rss.current_mb(), 1)}
+            memory = {
+                "mlflow_cli_process_mb": round(rss.cli.memory_info().rss / 2**20, 1),
+                "idle_after_start_mb": round(rss.current_mb(), 1),
+            }
             warm_ok, warm_s, warm_error = post(url, bodies["base64"][0][0])
             if not warm_ok:
                 raise SystemExit(f"the warm-up request failed: {warm_error}")
@@ -222,7 +236,11 @@ def markdown(report: dict[str, Any]) -> list[str]:
             f"| {encoding} | {p['requests']} | {p['clients']} | {p['errors']} | {p['latency_p50_ms']} | {p['latency_p95_ms']} "
             f"| {p['latency_max_ms']} | {p['throughput_rps']} | {p['audio_seconds_per_s']} | {p['request_kib_mean']} |"
         )
-    lines += ["", "RSS of the uvicorn worker that holds the model (the MLflow CLI process that started it apart), MiB:", ""]
+    lines += [
+        "",
+        "RSS of the uvicorn worker that holds the model (the MLflow CLI process that started it apart), MiB:",
+        "",
+    ]
     lines += [f"- {key}: {value}" for key, value in report["server_rss"].items()]
     lines += ["", "Machine:", ""] + machine_markdown(report["machine"])
     return lines

@@ -41,26 +41,38 @@ def model_config(backbone: str, work: Path) -> ModelConfig:
     return ModelConfig(backbone=backbone)
 
 
-def synthetic_batch(batch: int, seconds: float, sr: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    batch: int, seconds: float, sr: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """waves (B, L) with lengths between 0.6·L and L, lengths (B,), labels (B,)."""
     max_len = int(seconds * sr)
     lengths = torch.randint(int(0.6 * max_len), max_len + 1, (batch,), generator=generator)
-    waves = 0.1 * torch.randn(batch, max_len, generator=generator) * (torch.arange(max_len)[None] < lengths[:, None])
+    waves = (
+        0.1
+        * torch.randn(batch, max_len, generator=generator)
+        * (torch.arange(max_len)[None] < lengths[:, None])
+    )
     labels = torch.randint(0, len(LABELS), (batch,), generator=generator)
     return waves, lengths, labels
 
 
-def train_figures(config: SERConfig, batch: int, seconds: float, steps: int, device: torch.device) -> dict[str, float]:
+def train_figures(
+    config: SERConfig, batch: int, seconds: float, steps: int, device: torch.device
+) -> dict[str, float]:
     model = SERModel(config).to(device).train()
     generator = torch.Generator().manual_seed(0)
     objective = TrainingObjective(model, torch.Generator().manual_seed(1))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     eam_seconds = step_seconds = utterances = audio = 0.0
     for step in range(steps + 1):  # step 0 warms up
-        waves, lengths, labels = (t.to(device) for t in synthetic_batch(batch, seconds, config.model.sample_rate, generator))
+        waves, lengths, labels = (
+            t.to(device) for t in synthetic_batch(batch, seconds, config.model.sample_rate, generator)
+        )
         _sync(device)
         start = time.perf_counter()
-        mixed = energy_adaptive_mixup(waves, lengths, F.one_hot(labels, len(LABELS)).float(), generator=generator, config=config.eam)
+        mixed = energy_adaptive_mixup(
+            waves, lengths, F.one_hot(labels, len(LABELS)).float(), generator=generator, config=config.eam
+        )
         _sync(device)
         eam_done = time.perf_counter()
         total, _ = objective(mixed.waves, lengths, mixed.targets, labels)
@@ -73,8 +85,12 @@ def train_figures(config: SERConfig, batch: int, seconds: float, steps: int, dev
             step_seconds += time.perf_counter() - start
             utterances += batch
             audio += float(lengths.sum()) / config.model.sample_rate
-    return {"utt/s": utterances / step_seconds, "audio s/s": audio / step_seconds, "EAM share": eam_seconds / step_seconds,
-            "step s": step_seconds / steps}
+    return {
+        "utt/s": utterances / step_seconds,
+        "audio s/s": audio / step_seconds,
+        "EAM share": eam_seconds / step_seconds,
+        "step s": step_seconds / steps,
+    }
 
 
 def inference_rtf(folder: Path, seconds: float, n: int) -> float:
@@ -93,8 +109,15 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", nargs="+", default=["fbank", "tiny-wavlm"], help="fbank, tiny-wavlm or hf:<local folder>")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["fbank", "tiny-wavlm"],
+        help="fbank, tiny-wavlm or hf:<local folder>",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0, help="longest utterance of a training batch")
     parser.add_argument("--steps", type=int, default=6)
@@ -103,14 +126,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, {args.threads} threads, batch {args.batch}, utterances up to {args.seconds} s, {args.steps} timed steps")
+    print(
+        f"device {device}, {args.threads} threads, batch {args.batch}, utterances up to {args.seconds} s, {args.steps} timed steps"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for backbone in args.backbones:
             torch.manual_seed(0)
-            config = SERConfig(labels=LABELS, model=model_config(backbone, work), train=TrainConfig(batch_size=args.batch))
+            config = SERConfig(
+                labels=LABELS, model=model_config(backbone, work), train=TrainConfig(batch_size=args.batch)
+            )
             figures = train_figures(config, args.batch, args.seconds, args.steps, device)
-            folder = SERModel(config).save_pretrained(work / f"model-{backbone.replace(':', '_').replace('/', '_')}")
+            folder = SERModel(config).save_pretrained(
+                work / f"model-{backbone.replace(':', '_').replace('/', '_')}"
+            )
             rtf = inference_rtf(folder, seconds=4.0, n=8)
             print(
                 f"{backbone:>12}: train {figures['utt/s']:.1f} utt/s, {figures['audio s/s']:.1f} audio s/s "

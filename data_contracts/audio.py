@@ -74,7 +74,9 @@ def _open(data: bytes, name: str) -> sf.SoundFile:
     try:
         return sf.SoundFile(io.BytesIO(data))
     except Exception as err:  # libsndfile reports bad bytes through several exception types
-        raise AudioCheckError("unreadable", f"{name}: cannot open as audio ({_decoder_message(err)})") from err
+        raise AudioCheckError(
+            "unreadable", f"{name}: cannot open as audio ({_decoder_message(err)})"
+        ) from err
 
 
 def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
@@ -86,7 +88,9 @@ def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
             "sample_rate", f"{name}: sample rate {rate} Hz, expected one of {sorted(checks.sample_rates)} Hz"
         )
     if channels > checks.max_channels:
-        raise AudioCheckError("channels", f"{name}: {channels} channels, expected at most {checks.max_channels}")
+        raise AudioCheckError(
+            "channels", f"{name}: {channels} channels, expected at most {checks.max_channels}"
+        )
     if frames <= 0:
         raise AudioCheckError("empty", f"{name}: no audio frames")
     if frames / rate > checks.max_duration_s:
@@ -96,7 +100,8 @@ def _check_header(handle: sf.SoundFile, name: str, checks: AudioChecks) -> None:
     for declared, present in _TRUNCATED_DATA.findall(handle.extra_info):
         if int(present) < int(declared):
             raise AudioCheckError(
-                "truncated", f"{name}: header declares {declared} bytes of audio data, the file holds {present}"
+                "truncated",
+                f"{name}: header declares {declared} bytes of audio data, the file holds {present}",
             )
 
 
@@ -110,7 +115,9 @@ def _decode(handle: sf.SoundFile, name: str) -> np.ndarray:
     done = 0
     while done < declared:
         try:
-            got = len(handle.read(dtype="float32", always_2d=True, out=samples[done:done + DECODE_BLOCK_FRAMES]))
+            got = len(
+                handle.read(dtype="float32", always_2d=True, out=samples[done : done + DECODE_BLOCK_FRAMES])
+            )
         except Exception as err:  # decoder errors surface as several exception types
             raise AudioCheckError(
                 "truncated",
@@ -132,10 +139,14 @@ def _check_samples(samples: np.ndarray, name: str, checks: AudioChecks) -> None:
     """
     high, low = float(samples.max()), float(samples.min())
     if not (math.isfinite(high) and math.isfinite(low)):
-        raise AudioCheckError("non_finite", f"{name}: {int((~np.isfinite(samples)).sum())} NaN or infinite samples")
+        raise AudioCheckError(
+            "non_finite", f"{name}: {int((~np.isfinite(samples)).sum())} NaN or infinite samples"
+        )
     peak = max(abs(high), abs(low))
     if peak <= checks.silence_peak:
-        raise AudioCheckError("silence", f"{name}: peak amplitude {peak:.3g} <= {checks.silence_peak} (silent audio)")
+        raise AudioCheckError(
+            "silence", f"{name}: peak amplitude {peak:.3g} <= {checks.silence_peak} (silent audio)"
+        )
     if peak < checks.clip_level:
         return
     clipped = float((np.abs(samples) >= checks.clip_level).mean())

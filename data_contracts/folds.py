@@ -86,7 +86,9 @@ def make_folds(manifest: pd.DataFrame) -> pd.DataFrame:
     """
     corpora = sorted(manifest["corpus"].unique())
     if len(corpora) != 1 or corpora[0] not in SPECS:
-        raise FoldError(f"make_folds needs a manifest of one known corpus ({', '.join(SPECS)}); got {corpora}")
+        raise FoldError(
+            f"make_folds needs a manifest of one known corpus ({', '.join(SPECS)}); got {corpora}"
+        )
     corpus = corpora[0]
     protocol = SPECS[corpus].folds
     groups = GROUPING[protocol.grouping](manifest, protocol)
@@ -101,10 +103,20 @@ def make_folds(manifest: pd.DataFrame) -> pd.DataFrame:
         valid = VALIDATION[protocol.validation](groups, k, gender)
         train = [s for i, g in enumerate(groups) if i != k for s in g if s not in valid]
         if not train:
-            raise FoldError(f"{corpus}: fold {k} has no training speaker left after test {test} and validation {valid}")
-        rows += [(k, s, "test") for s in test] + [(k, s, "valid") for s in valid] + [(k, s, "train") for s in train]
-    table = pd.DataFrame(rows, columns=list(FOLD_COLUMNS)).astype({"fold": "int64", "speaker": "str", "role": "str"})
-    table = table.sort_values(["fold", "speaker"], key=lambda c: c.map(natural_key) if c.name == "speaker" else c)
+            raise FoldError(
+                f"{corpus}: fold {k} has no training speaker left after test {test} and validation {valid}"
+            )
+        rows += (
+            [(k, s, "test") for s in test]
+            + [(k, s, "valid") for s in valid]
+            + [(k, s, "train") for s in train]
+        )
+    table = pd.DataFrame(rows, columns=list(FOLD_COLUMNS)).astype(
+        {"fold": "int64", "speaker": "str", "role": "str"}
+    )
+    table = table.sort_values(
+        ["fold", "speaker"], key=lambda c: c.map(natural_key) if c.name == "speaker" else c
+    )
     return validate_folds(table.reset_index(drop=True))
 
 
@@ -118,7 +130,9 @@ def fold_split(manifest: pd.DataFrame, folds: pd.DataFrame, k: int) -> dict[str,
     """{"train", "valid", "test"} -> the manifest rows whose speaker has that role in fold `k`."""
     table = folds[folds["fold"] == k]
     if table.empty:
-        raise FoldError(f"fold {k} is not in the fold table; folds are {sorted(folds['fold'].unique().tolist())}")
+        raise FoldError(
+            f"fold {k} is not in the fold table; folds are {sorted(folds['fold'].unique().tolist())}"
+        )
     split = {}
     for role in ("train", "valid", "test"):
         speakers = set(table.loc[table["role"] == role, "speaker"])

@@ -64,13 +64,22 @@ def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
         path, utt_id = candidate.path, candidate.utt_id
         if outcome.sha256 in first_by_sha:
             quarantined.append(
-                QuarantineRow(candidate.corpus, path, utt_id, "duplicate", f"duplicate_of {first_by_sha[outcome.sha256]}")
+                QuarantineRow(
+                    candidate.corpus,
+                    path,
+                    utt_id,
+                    "duplicate",
+                    f"duplicate_of {first_by_sha[outcome.sha256]}",
+                )
             )
             continue
         if utt_id in first_by_utt:
             quarantined.append(
                 QuarantineRow(
-                    candidate.corpus, path, utt_id, "duplicate_utt_id",
+                    candidate.corpus,
+                    path,
+                    utt_id,
+                    "duplicate_utt_id",
                     f"{path}: utt_id {utt_id} already taken by {first_by_utt[utt_id]} (different audio)",
                 )
             )
@@ -98,7 +107,9 @@ def quarantine_table(rows: list[QuarantineRow]) -> pd.DataFrame:
     table = pd.DataFrame([r.__dict__ for r in rows], columns=list(QUARANTINE_COLUMNS))
     table = table.astype({c: "str" for c in QUARANTINE_COLUMNS if c != "utt_id"})
     table["utt_id"] = table["utt_id"].astype("str").where(table["utt_id"].notna(), None)
-    return validate_quarantine(table.sort_values(["path", "reason_code"], kind="stable").reset_index(drop=True))
+    return validate_quarantine(
+        table.sort_values(["path", "reason_code"], kind="stable").reset_index(drop=True)
+    )
 
 
 def _count(series: pd.Series, order=None) -> dict[str, int]:
@@ -120,11 +131,19 @@ def folds_or_none(manifest: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     try:
         return make_folds(manifest), None
     except FoldError as err:
-        empty = pd.DataFrame({"fold": pd.Series(dtype="int64"), "speaker": pd.Series(dtype="str"), "role": pd.Series(dtype="str")})
+        empty = pd.DataFrame(
+            {
+                "fold": pd.Series(dtype="int64"),
+                "speaker": pd.Series(dtype="str"),
+                "role": pd.Series(dtype="str"),
+            }
+        )
         return validate_folds(empty[list(FOLD_COLUMNS)]), str(err)
 
 
-def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol=None) -> dict:
+def build_report(
+    corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol=None
+) -> dict:
     """The ingest report: counts per class, speaker and fold, every quarantined file with its
     reason, out-of-scope and excluded counts, durations, fingerprints, parser version;
     ``no_fold_protocol`` is why no fold protocol fits (None when folds were made)."""
@@ -135,10 +154,16 @@ def build_report(corpus, source, listing, parsed, manifest, quarantine, folds, f
 
     fold_info = {}
     for k, table in folds.groupby("fold"):
-        roles = {role: sorted(table.loc[table["role"] == role, "speaker"], key=natural_key) for role in ("test", "valid", "train")}
+        roles = {
+            role: sorted(table.loc[table["role"] == role, "speaker"], key=natural_key)
+            for role in ("test", "valid", "train")
+        }
         fold_info[str(k)] = {
             **{f"{role}_speakers": speakers for role, speakers in roles.items()},
-            **{f"{role}_utterances": int(manifest["speaker"].isin(speakers).sum()) for role, speakers in roles.items()},
+            **{
+                f"{role}_utterances": int(manifest["speaker"].isin(speakers).sum())
+                for role, speakers in roles.items()
+            },
         }
     durations = manifest["duration_s"]
     return {
@@ -192,7 +217,9 @@ def run_ingest(
     parsed = parse_corpus(corpus, source, listing)
     checks = checks or spec(corpus).audio_checks
     candidates = sorted(parsed.candidates, key=lambda c: c.path)
-    logger.info("%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates))
+    logger.info(
+        "%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates)
+    )
     outcomes = probe_all(source, candidates, checks, workers, progress, desc=f"ingest {corpus}")
     rows, rejected = _accept(candidates, outcomes)
     quarantine = quarantine_table(parsed.quarantine + rejected)
@@ -210,15 +237,25 @@ def run_ingest(
     manifest = pd.DataFrame(rows)
     folds, no_fold_protocol = folds_or_none(manifest)
     if no_fold_protocol:
-        logger.warning("%s: no fold protocol fits (%s); the manifest can be scored whole, not cross-validated", source.root, no_fold_protocol)
+        logger.warning(
+            "%s: no fold protocol fits (%s); the manifest can be scored whole, not cross-validated",
+            source.root,
+            no_fold_protocol,
+        )
     manifest["fold"] = manifest["speaker"].map(fold_of_speaker(folds)).astype("Int64")
     manifest = manifest.astype({"duration_s": "float64", "sample_rate": "int64", "channels": "int64"})
     manifest = validate_manifest(manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True))
     fingerprint = manifest_fingerprint(manifest)
-    report = build_report(corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol)
+    report = build_report(
+        corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol
+    )
     logger.info(
         "%s: %d utterances, %d quarantined, %d folds, fingerprint %s",
-        corpus, len(manifest), len(quarantine), folds["fold"].nunique(), fingerprint[:12],
+        corpus,
+        len(manifest),
+        len(quarantine),
+        folds["fold"].nunique(),
+        fingerprint[:12],
     )
     return IngestResult(manifest, quarantine, folds, report, fingerprint)
 
@@ -254,11 +291,17 @@ def read_ingest_outputs(out_dir: str | Path) -> IngestResult:
         )
     try:
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-        tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in ("manifest", "quarantine", "folds")}
+        tables = {
+            name: pd.read_parquet(out / f"{name}.parquet") for name in ("manifest", "quarantine", "folds")
+        }
     except (OSError, ValueError) as err:
         raise ManifestError(f"{out}: cannot read the ingest outputs: {err}") from err
-    if not isinstance(report, dict) or not all(isinstance(report.get(key), str) for key in ("corpus", "root", "fingerprint")):
-        raise ManifestError(f"{out / 'report.json'}: expected a JSON object with the strings corpus, root and fingerprint")
+    if not isinstance(report, dict) or not all(
+        isinstance(report.get(key), str) for key in ("corpus", "root", "fingerprint")
+    ):
+        raise ManifestError(
+            f"{out / 'report.json'}: expected a JSON object with the strings corpus, root and fingerprint"
+        )
     manifest = validate_manifest(tables["manifest"])
     fingerprint = manifest_fingerprint(manifest)
     if fingerprint != report["fingerprint"]:
@@ -266,7 +309,13 @@ def read_ingest_outputs(out_dir: str | Path) -> IngestResult:
             f"{out}: manifest.parquet has fingerprint {fingerprint}, report.json says {report['fingerprint']}; "
             "the files come from different ingests or were edited: ingest again"
         )
-    return IngestResult(manifest, validate_quarantine(tables["quarantine"]), validate_folds(tables["folds"]), report, fingerprint)
+    return IngestResult(
+        manifest,
+        validate_quarantine(tables["quarantine"]),
+        validate_folds(tables["folds"]),
+        report,
+        fingerprint,
+    )
 
 
 def _table(header: tuple[str, ...], rows) -> list[str]:
@@ -279,13 +328,19 @@ def report_markdown(report: dict) -> str:
     """The report as Markdown: totals, counts per class, speaker and fold, every quarantined file
     with its reason, out-of-scope and excluded counts."""
     if report.get("no_fold_protocol"):
-        fold_lines = [f"No fold protocol fits: {report['no_fold_protocol']}. Score this set whole (`ser evaluate --split all`)."]
+        fold_lines = [
+            f"No fold protocol fits: {report['no_fold_protocol']}. Score this set whole (`ser evaluate --split all`)."
+        ]
     else:
         fold_lines = _table(
             ("fold", "test speakers", "validation speakers", "test / valid / train utterances"),
             (
-                (k, ", ".join(f["test_speakers"]), ", ".join(f["valid_speakers"]),
-                 f"{f['test_utterances']} / {f['valid_utterances']} / {f['train_utterances']}")
+                (
+                    k,
+                    ", ".join(f["test_speakers"]),
+                    ", ".join(f["valid_speakers"]),
+                    f"{f['test_utterances']} / {f['valid_utterances']} / {f['train_utterances']}",
+                )
                 for k, f in report["folds"].items()
             ),
         )
@@ -309,7 +364,10 @@ def report_markdown(report: dict) -> str:
         "## Quarantined files",
     ]
     if report["quarantined"]:
-        lines += _table(("path", "reason code", "reason"), ((q["path"], q["reason_code"], q["reason"]) for q in report["quarantined"]))
+        lines += _table(
+            ("path", "reason code", "reason"),
+            ((q["path"], q["reason_code"], q["reason"]) for q in report["quarantined"]),
+        )
     else:
         lines.append("None.")
     lines += ["", "## Out of scope and excluded by protocol"]

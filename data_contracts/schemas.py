@@ -18,8 +18,19 @@ from data_contracts.errors import ManifestError
 from data_contracts.labels import CORPORA, LABELS
 
 MANIFEST_COLUMNS = (
-    "utt_id", "corpus", "path", "speaker", "session", "gender", "label", "label_raw",
-    "duration_s", "sample_rate", "channels", "sha256", "fold",
+    "utt_id",
+    "corpus",
+    "path",
+    "speaker",
+    "session",
+    "gender",
+    "label",
+    "label_raw",
+    "duration_s",
+    "sample_rate",
+    "channels",
+    "sha256",
+    "fold",
 )
 QUARANTINE_COLUMNS = ("corpus", "path", "utt_id", "reason_code", "reason")
 FOLD_COLUMNS = ("fold", "speaker", "role")
@@ -58,7 +69,8 @@ class ManifestSchema(pa.DataFrameModel):
         if not {"corpus", "label"} <= set(df.columns):
             return pd.Series(True, index=df.index)
         return pd.Series(
-            [label in LABELS.get(corpus, ()) for corpus, label in zip(df["corpus"], df["label"])], index=df.index
+            [label in LABELS.get(corpus, ()) for corpus, label in zip(df["corpus"], df["label"])],
+            index=df.index,
         )
 
     class Config:
@@ -128,7 +140,9 @@ def _describe(errors: pa.errors.SchemaErrors, df: pd.DataFrame, table: str) -> s
             problem = f"not a registered corpus (expected one of {', '.join(CORPORA)})"
         else:
             problem = f"fails {case.check}"
-        lines.append(f"row {index}{utt(index)}: column {case.column!r}: value {case.failure_case!r}: {problem}")
+        lines.append(
+            f"row {index}{utt(index)}: column {case.column!r}: value {case.failure_case!r}: {problem}"
+        )
     shown = "\n  ".join(lines[:50])
     more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""
     return f"{table} violates its schema ({len(lines)} problems):\n  {shown}{more}"

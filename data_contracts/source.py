@@ -95,7 +95,9 @@ def resolve_inside(root_real: str, path: str) -> str:
     check_relative_path(path)
     real = os.path.realpath(os.path.join(root_real, *path.split("/")))
     if not _inside(root_real, real):
-        raise SourceError("symlink_escape", f"{path}: resolves to {real}, outside the corpus root {root_real}")
+        raise SourceError(
+            "symlink_escape", f"{path}: resolves to {real}, outside the corpus root {root_real}"
+        )
     return real
 
 
@@ -144,20 +146,30 @@ class LocalSource(CorpusSource):
             try:
                 entries = list(os.scandir(directory))
             except OSError as err:
-                refused.append(RefusedFile(printable_path(prefix or "."), "read_error", f"cannot list directory: {err}"))
+                refused.append(
+                    RefusedFile(printable_path(prefix or "."), "read_error", f"cannot list directory: {err}")
+                )
                 continue
             for entry in entries:
                 rel = f"{prefix}{entry.name}"
                 shown = printable_path(rel)
                 if not _is_utf8(entry.name):
-                    refused.append(RefusedFile(shown, "non_utf8_name", f"{shown}: file name is not valid UTF-8; rename it"))
+                    refused.append(
+                        RefusedFile(
+                            shown, "non_utf8_name", f"{shown}: file name is not valid UTF-8; rename it"
+                        )
+                    )
                     continue
                 # `directory` is a real path, so an entry that is no symlink is its own real path:
                 # only links need resolving (a realpath per file was a third of a local listing)
                 link = entry.is_symlink()
                 real = os.path.realpath(entry.path) if link else entry.path
                 if link and not _inside(self._root_real, real):
-                    refused.append(RefusedFile(shown, "symlink_escape", f"{shown}: symlink to {real}, outside the corpus root"))
+                    refused.append(
+                        RefusedFile(
+                            shown, "symlink_escape", f"{shown}: symlink to {real}, outside the corpus root"
+                        )
+                    )
                     continue
                 try:
                     info = os.stat(real)
@@ -166,7 +178,11 @@ class LocalSource(CorpusSource):
                     continue
                 if stat.S_ISDIR(info.st_mode):
                     if real in ancestors:
-                        refused.append(RefusedFile(shown, "symlink_loop", f"{shown}: symlink back to its own parent {real}"))
+                        refused.append(
+                            RefusedFile(
+                                shown, "symlink_loop", f"{shown}: symlink back to its own parent {real}"
+                            )
+                        )
                     else:
                         pending.append((real, f"{rel}/", ancestors | {real}))
                 elif stat.S_ISREG(info.st_mode):
@@ -175,7 +191,9 @@ class LocalSource(CorpusSource):
                 else:
                     refused.append(RefusedFile(shown, "not_regular_file", f"{shown}: not a regular file"))
         self._listed = listed
-        return Listing(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(refused, key=lambda r: r.path)))
+        return Listing(
+            tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(refused, key=lambda r: r.path))
+        )
 
     def read_bytes(self, path: str) -> bytes:
         real = self._resolve(path)
@@ -201,7 +219,7 @@ class S3Source(CorpusSource):
     def __init__(self, url: str):
         if not url.startswith("s3://"):
             raise SourceError("missing_root", f"{url!r}: expected an s3://bucket/prefix URL")
-        bucket, _, prefix = url[len("s3://"):].partition("/")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise SourceError("missing_root", f"{url!r}: no bucket name; expected s3://bucket/prefix")
         self.root = url
@@ -238,7 +256,7 @@ class S3Source(CorpusSource):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(start):]
+                    rel = obj["Key"][len(start) :]
                     if rel.endswith("/"):
                         continue
                     try:
@@ -249,7 +267,9 @@ class S3Source(CorpusSource):
                     files.append(SourceFile(rel, int(obj["Size"]), obj.get("ETag", "").strip('"')))
         except self._errors() as err:
             raise SourceError("read_error", f"cannot list {self.root}: {err}") from err
-        return Listing(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(refused, key=lambda r: r.path)))
+        return Listing(
+            tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(refused, key=lambda r: r.path))
+        )
 
     def read_bytes(self, path: str) -> bytes:
         key = self._key(path)

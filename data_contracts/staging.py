@@ -35,7 +35,9 @@ def cache_from_env(default_dir: Path, env: dict[str, str] | None = None) -> tupl
     env = dict(os.environ) if env is None else env
     limit = env.get("SER_AUDIO_CACHE_BYTES")
     if limit and not (limit.isdigit() and int(limit) > 0):
-        raise StagingError(f"SER_AUDIO_CACHE_BYTES={limit!r}: expected a positive number of bytes, e.g. 50000000000")
+        raise StagingError(
+            f"SER_AUDIO_CACHE_BYTES={limit!r}: expected a positive number of bytes, e.g. 50000000000"
+        )
     return Path(env.get("SER_AUDIO_CACHE_DIR") or default_dir).expanduser(), int(limit) if limit else None
 
 
@@ -44,7 +46,11 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def stage_audio(
-    manifest: pd.DataFrame, root: str | CorpusSource, cache: Path, fingerprint: str, max_bytes: int | None = None
+    manifest: pd.DataFrame,
+    root: str | CorpusSource,
+    cache: Path,
+    fingerprint: str,
+    max_bytes: int | None = None,
 ) -> Path:
     """Make every manifest file available under ``cache/trees/<fingerprint>`` and return that folder.
 
@@ -60,12 +66,16 @@ def stage_audio(
         sizes = {f.path: f.size for f in source.list_files().files}
         unknown = sorted(set(missing.values()) - set(sizes))
         if unknown:
-            raise StagingError(f"{len(unknown)} manifest file(s) not found under {root}, e.g. {unknown[:3]}; was the corpus moved since ingest?")
+            raise StagingError(
+                f"{len(unknown)} manifest file(s) not found under {root}, e.g. {unknown[:3]}; was the corpus moved since ingest?"
+            )
         need = sum(sizes[path] for path in missing.values())
         free = shutil.disk_usage(blobs).free
         held = _folder_bytes(blobs)
         if need > free or (max_bytes is not None and held + need > max_bytes):
-            limit = "no limit" if max_bytes is None else f"a limit of {max_bytes} bytes (SER_AUDIO_CACHE_BYTES)"
+            limit = (
+                "no limit" if max_bytes is None else f"a limit of {max_bytes} bytes (SER_AUDIO_CACHE_BYTES)"
+            )
             raise StagingError(
                 f"staging {len(missing)} file(s) of {root} needs {need} bytes in {cache}; the cache holds "
                 f"{held} bytes under {limit} and the disk has {free} bytes free: "
@@ -75,7 +85,9 @@ def stage_audio(
             data = source.read_bytes(path)
             actual = hashlib.sha256(data).hexdigest()
             if actual != sha:
-                raise StagingError(f"{root}/{path}: sha256 {actual} differs from the manifest's {sha}; the file changed since ingest (ingest again)")
+                raise StagingError(
+                    f"{root}/{path}: sha256 {actual} differs from the manifest's {sha}; the file changed since ingest (ingest again)"
+                )
             partial = blobs / f".{sha}.{os.getpid()}.part"  # two fold runs may stage at once
             partial.write_bytes(data)
             os.replace(partial, blobs / sha)

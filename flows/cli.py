@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``ser_model.cli.main`` with ``models:/`` resolved by the registry, `ser tune` studies and
     evaluations tracked in MLflow; returns the exit code."""
     return cli.main(
-        argv, resolvers={REGISTRY_SCHEME: download_checkpoint}, tune_tracker=mlflow_tune_tracker, evaluation_logger=log_evaluation,
+        argv,
+        resolvers={REGISTRY_SCHEME: download_checkpoint},
+        tune_tracker=mlflow_tune_tracker,
+        evaluation_logger=log_evaluation,
     )
 
 

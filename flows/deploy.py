@@ -36,12 +36,12 @@ from prefect.events import DeploymentEventTrigger
 from prefect.flows import Flow
 
 from data_contracts.labels import CORPORA
+from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
 from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
-from ser_stack.settings import REPO_ROOT, StackSettings
-from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
 from flows.tune import TRIAL_DEPLOYMENT
 from ser_model.presets import DEFAULT_PRESET
+from ser_stack.settings import REPO_ROOT, StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ def deployment_names() -> list[str]:
 
 
 def manifest_trigger(
-    corpus: str, data_bucket: str, preset: str = DEFAULT_PRESET, folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS
+    corpus: str,
+    data_bucket: str,
+    preset: str = DEFAULT_PRESET,
+    folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS,
 ) -> DeploymentEventTrigger:
     """Run train-<corpus> on the manifest version named by a ``ser.manifest.updated`` event
     about a manifest in ``data_bucket`` (the bucket the worker's train flow reads), with the
@@ -104,7 +107,8 @@ def build_deployments(
     work_pool = work_pool or settings.work_pool
     retrain_cron = retrain_cron or os.environ.get("SER_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
     flows = {
-        name: Flow.from_source(source=str(source), entrypoint=entrypoint) for name, entrypoint in ENTRYPOINTS.items()
+        name: Flow.from_source(source=str(source), entrypoint=entrypoint)
+        for name, entrypoint in ENTRYPOINTS.items()
     }
     deployments = []
     for corpus in CORPORA:
@@ -122,7 +126,9 @@ def build_deployments(
             flows["train"].to_deployment(
                 name=f"train-{corpus}",
                 parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
-                triggers=[manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)],
+                triggers=[
+                    manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)
+                ],
                 work_pool_name=work_pool,
                 description=f"cross-validated training on {corpus}, registration and promotion",
                 tags=["ser", corpus],
@@ -221,10 +227,19 @@ def parse_folds(text: str) -> list[int] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description="apply every SER deployment")
     parser.add_argument("--work-pool", help="work pool name (default: SER_WORK_POOL or ser-process)")
-    parser.add_argument("--retrain-cron", help=f"cron of {RETRAIN_DEPLOYMENT} (default: SER_RETRAIN_CRON or '{DEFAULT_RETRAIN_CRON}')")
-    parser.add_argument("--auto-train-preset", default=DEFAULT_PRESET, help=f"recipe the automation trains after ingest (default {DEFAULT_PRESET})")
     parser.add_argument(
-        "--auto-train-folds", default="all", type=parse_folds,
+        "--retrain-cron",
+        help=f"cron of {RETRAIN_DEPLOYMENT} (default: SER_RETRAIN_CRON or '{DEFAULT_RETRAIN_CRON}')",
+    )
+    parser.add_argument(
+        "--auto-train-preset",
+        default=DEFAULT_PRESET,
+        help=f"recipe the automation trains after ingest (default {DEFAULT_PRESET})",
+    )
+    parser.add_argument(
+        "--auto-train-folds",
+        default="all",
+        type=parse_folds,
         help="folds the automation trains after ingest: all (default) or numbers like 0 or 0,1",
     )
     args = parser.parse_args(argv)

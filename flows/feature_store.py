@@ -47,8 +47,18 @@ from botocore.exceptions import ClientError
 from flows.storage import DataBucket, StorageUnavailableError
 from ser_model.config import SERConfig, uses_feature_cache
 from ser_model.feature_cache_folder import (
-    ENTRIES_DIR, INDEX_FILE, KEY_FILE, IndexEntry, entry_path, index_from_json, index_json, key_digest, key_may_fit,
-    merge_index, read_index, write_bytes_atomically,
+    ENTRIES_DIR,
+    INDEX_FILE,
+    KEY_FILE,
+    IndexEntry,
+    entry_path,
+    index_from_json,
+    index_json,
+    key_digest,
+    key_may_fit,
+    merge_index,
+    read_index,
+    write_bytes_atomically,
 )
 from ser_stack.settings import StackSettings
 
@@ -99,7 +109,14 @@ def _remote_index(bucket: DataBucket, digest: str) -> dict[str, IndexEntry]:
     try:
         entries = index_from_json(raw)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        log.warning("feature cache s3://%s/%s%s/%s is malformed (%s); ignored", bucket.name, PREFIX, digest, INDEX_FILE, exc)
+        log.warning(
+            "feature cache s3://%s/%s%s/%s is malformed (%s); ignored",
+            bucket.name,
+            PREFIX,
+            digest,
+            INDEX_FILE,
+            exc,
+        )
         return {}
     return {sha: entry for sha, entry in entries.items() if _ENTRY_NAME.fullmatch(sha)}
 
@@ -117,7 +134,12 @@ def _fits(record: Any, digest: str, config: SERConfig, where: str) -> bool:
     if not isinstance(record, dict) or not key_may_fit(record, config):
         return False
     if key_digest(record["key"]) != digest:
-        log.warning("feature cache %s: key.json's key has digest %s, not the folder's name %s; ignored", where, key_digest(record["key"]), digest)
+        log.warning(
+            "feature cache %s: key.json's key has digest %s, not the folder's name %s; ignored",
+            where,
+            key_digest(record["key"]),
+            digest,
+        )
         return False
     return True
 
@@ -129,7 +151,7 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
     wanted = None if wanted is None else set(wanted)
     folders, downloaded, corrupt = [], 0, {}
     for prefix in bucket.list_prefixes(PREFIX):
-        digest = prefix[len(PREFIX):].rstrip("/")
+        digest = prefix[len(PREFIX) :].rstrip("/")
         if not _DIGEST.fullmatch(digest):
             continue
         record = _remote_json(bucket, f"{prefix}{KEY_FILE}")
@@ -141,8 +163,10 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
             write_bytes_atomically(folder / KEY_FILE, (json.dumps(record, indent=2) + "\n").encode())
         local = read_index(folder)
         todo = {
-            sha: entry for sha, entry in _remote_index(bucket, digest).items()
-            if (wanted is None or sha in wanted) and (sha not in local or not entry_path(folder, sha).is_file())
+            sha: entry
+            for sha, entry in _remote_index(bucket, digest).items()
+            if (wanted is None or sha in wanted)
+            and (sha not in local or not entry_path(folder, sha).is_file())
         }
 
         def fetch(item: tuple[str, IndexEntry]) -> tuple[str, str | None]:
@@ -154,7 +178,10 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
                 return sha, f"unreadable ({exc})"
             checksum = hashlib.sha256(data).hexdigest()
             if checksum != entry.checksum:
-                return sha, f"sha256 {checksum[:12]}… of {len(data)} bytes, the index says {entry.checksum[:12]}…"
+                return (
+                    sha,
+                    f"sha256 {checksum[:12]}… of {len(data)} bytes, the index says {entry.checksum[:12]}…",
+                )
             write_bytes_atomically(entry_path(folder, sha), data)
             return sha, None
 
@@ -162,17 +189,33 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
             outcomes = dict(pool.map(fetch, todo.items()))
         for sha, problem in sorted(outcomes.items()):
             if problem is not None:
-                log.warning("feature cache s3://%s/%s%s/%s.safetensors: %s; not used, the worker recomputes it", bucket.name, prefix, ENTRIES_DIR, sha, problem)
+                log.warning(
+                    "feature cache s3://%s/%s%s/%s.safetensors: %s; not used, the worker recomputes it",
+                    bucket.name,
+                    prefix,
+                    ENTRIES_DIR,
+                    sha,
+                    problem,
+                )
         good = {sha: todo[sha] for sha, problem in outcomes.items() if problem is None}
         merge_index(folder, record["key"], good)
         folders.append(digest)
         downloaded += len(good)
         corrupt[digest] = frozenset(sha for sha, problem in outcomes.items() if problem is not None)
-        log.info("feature cache %s: %d entries downloaded from s3://%s/%s, %d skipped as corrupt", folder, len(good), bucket.name, prefix, len(corrupt[digest]))
+        log.info(
+            "feature cache %s: %d entries downloaded from s3://%s/%s, %d skipped as corrupt",
+            folder,
+            len(good),
+            bucket.name,
+            prefix,
+            len(corrupt[digest]),
+        )
     return Pulled(tuple(folders), downloaded, corrupt)
 
 
-def push(config: SERConfig, root: Path, bucket: DataBucket, replace: Mapping[str, Collection[str]] | None = None) -> int:
+def push(
+    config: SERConfig, root: Path, bucket: DataBucket, replace: Mapping[str, Collection[str]] | None = None
+) -> int:
     """Upload the entries of ``root``'s key folders that can be ``config``'s and that S3 lacks,
     then merge their records into the remote index (module docstring). ``replace``: per folder,
     entries to upload even when S3 has them (:attr:`Pulled.corrupt`). Returns the entries uploaded."""
@@ -191,7 +234,13 @@ def push(config: SERConfig, root: Path, bucket: DataBucket, replace: Mapping[str
         def in_s3(sha: str) -> bool:
             size = sizes.get(f"{prefix}{ENTRIES_DIR}/{sha}.safetensors")
             path = entry_path(folder, sha)
-            return sha in remote and sha not in stale and size is not None and path.is_file() and size == path.stat().st_size
+            return (
+                sha in remote
+                and sha not in stale
+                and size is not None
+                and path.is_file()
+                and size == path.stat().st_size
+            )
 
         def send(sha: str) -> str | None:
             path = entry_path(folder, sha)
@@ -218,12 +267,21 @@ def push(config: SERConfig, root: Path, bucket: DataBucket, replace: Mapping[str
             merged = {**_remote_index(bucket, folder.name), **sent}
             bucket.put_bytes(f"{prefix}{INDEX_FILE}", index_json(record["key"], merged), "application/json")
         uploaded += len(sent)
-        log.info("feature cache %s: %d entries uploaded to s3://%s/%s, %d already there", folder, len(sent), bucket.name, prefix, len(local) - len(todo))
+        log.info(
+            "feature cache %s: %d entries uploaded to s3://%s/%s, %d already there",
+            folder,
+            len(sent),
+            bucket.name,
+            prefix,
+            len(local) - len(todo),
+        )
     return uploaded
 
 
 @contextmanager
-def shared_feature_cache(config: SERConfig, settings: StackSettings, wanted: Collection[str] | None = None) -> Iterator[Path | None]:
+def shared_feature_cache(
+    config: SERConfig, settings: StackSettings, wanted: Collection[str] | None = None
+) -> Iterator[Path | None]:
     """The worker's ``--feature-cache`` for ``config``: None when it uses no feature cache, else
     the machine's folder (:func:`local_feature_cache_dir`), pulled from S3 before the block (entries
     of the ``wanted`` audio sha256s) and pushed after it when the block succeeds. S3 failures are
@@ -236,10 +294,21 @@ def shared_feature_cache(config: SERConfig, settings: StackSettings, wanted: Col
     try:
         pulled = pull(config, root, bucket, wanted)
     except (StorageUnavailableError, ClientError) as exc:
-        log.warning("feature cache: pull from s3://%s/%s failed (%s); the worker computes what %s lacks", bucket.name, PREFIX, exc, root)
+        log.warning(
+            "feature cache: pull from s3://%s/%s failed (%s); the worker computes what %s lacks",
+            bucket.name,
+            PREFIX,
+            exc,
+            root,
+        )
         pulled = Pulled()
     yield root
     try:
         push(config, root, bucket, pulled.corrupt)
     except (StorageUnavailableError, ClientError) as exc:
-        log.warning("feature cache: push to s3://%s/%s failed (%s); the next fold that needs these entries recomputes them", bucket.name, PREFIX, exc)
+        log.warning(
+            "feature cache: push to s3://%s/%s failed (%s); the next fold that needs these entries recomputes them",
+            bucket.name,
+            PREFIX,
+            exc,
+        )

@@ -50,7 +50,9 @@ def fold_job_variables(corpus: str, fold: int, env: Mapping[str, str] | None = N
     Kubernetes template in infra/k8s/, where each fold is a Job with its own GPUs)."""
     extra = json.loads((os.environ if env is None else env).get("SER_FOLD_JOB_VARIABLES") or "{}")
     if not isinstance(extra, dict):
-        raise ValueError(f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables")
+        raise ValueError(
+            f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables"
+        )
     return {"name": f"ser-{corpus}-{fold_folder_name(fold)}", **extra}
 
 
@@ -62,7 +64,9 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
     if unknown:
         raise ValueError(f"fold(s) {unknown} not in {where}; available folds: {available}")
     if not folds:
-        raise ValueError(f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)")
+        raise ValueError(
+            f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)"
+        )
     return folds
 
 
@@ -74,13 +78,21 @@ def wait_until_final(api: Any, flow_run_id: Any, poll_s: float = 5.0) -> Any:
 
 
 def run_folds(
-    client: MlflowClient, folds: list[int], parameters: dict[str, Any], fold_flow: Callable[..., str], poll_s: float = 5.0
+    client: MlflowClient,
+    folds: list[int],
+    parameters: dict[str, Any],
+    fold_flow: Callable[..., str],
+    poll_s: float = 5.0,
 ) -> list[dict[str, Any]]:
     """Train ``folds`` (pool or inline, :func:`fold_runs_mode`), each with ``parameters`` plus its
     fold; return their outcomes read back from MLflow. ``fold_flow`` is the ``train-fold`` flow
     (called directly when inline). Raises RuntimeError naming every fold that did not complete."""
     logger = get_run_logger()
-    outcome = lambda k: t.fold_outcome(client, t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0])  # noqa: E731
+
+    def outcome(k: int) -> dict[str, Any]:
+        run = t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0]
+        return t.fold_outcome(client, run)
+
     outcomes, failed = [], []
     if fold_runs_mode() == "inline":
         for k in folds:
@@ -93,7 +105,15 @@ def run_folds(
                 outcomes.append(outcome(k))
     else:
         corpus = parameters["corpus"]
-        runs = {k: run_deployment(FOLD_DEPLOYMENT, parameters={**parameters, "fold": k}, timeout=0, job_variables=fold_job_variables(corpus, k)) for k in folds}
+        runs = {
+            k: run_deployment(
+                FOLD_DEPLOYMENT,
+                parameters={**parameters, "fold": k},
+                timeout=0,
+                job_variables=fold_job_variables(corpus, k),
+            )
+            for k in folds
+        }
         with get_client(sync_client=True) as api:
             for k, run in runs.items():
                 final = wait_until_final(api, run.id, poll_s)
@@ -103,5 +123,7 @@ def run_folds(
                 else:
                     failed.append(f"{fold_folder_name(k)} ({final.name}: {final.state.message})")
     if failed:
-        raise RuntimeError(f"fold run(s) did not complete: {'; '.join(failed)}; a rerun with the same inputs trains only those")
+        raise RuntimeError(
+            f"fold run(s) did not complete: {'; '.join(failed)}; a rerun with the same inputs trains only those"
+        )
     return outcomes

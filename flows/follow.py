@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId, LogFilterTimestamp
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterTimestamp,
+)
 from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 
@@ -39,7 +45,9 @@ class RunLogReader:
 
     def run_ids(self) -> list[UUID]:
         children = self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[self.flow_run_id]))
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[self.flow_run_id])
+            )
         )
         return [self.flow_run_id, *(child.id for child in children)]
 
@@ -51,7 +59,9 @@ class RunLogReader:
         lines = []
         offset = 0
         while True:
-            page = self.client.read_logs(log_filter=log_filter, limit=200, offset=offset, sort=LogSort.TIMESTAMP_ASC)
+            page = self.client.read_logs(
+                log_filter=log_filter, limit=200, offset=offset, sort=LogSort.TIMESTAMP_ASC
+            )
             for log in page:
                 if log.id not in self.printed:
                     self.printed.add(log.id)
@@ -69,7 +79,9 @@ logs in batches and the final one at exit; seen under load: a run's every line a
 Completed state): keep reading until DRAIN_QUIET_POLLS polls in a row bring nothing, at most DRAIN_MAX_POLLS."""
 
 
-def drain(reader: "RunLogReader", out: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> None:
+def drain(
+    reader: RunLogReader, out: Callable[[str], None], sleep: Callable[[float], None] = time.sleep
+) -> None:
     """Print the log lines that arrive after the run ended (see DRAIN_QUIET_POLLS)."""
     quiet = 0
     for _ in range(DRAIN_MAX_POLLS):
@@ -98,10 +110,15 @@ def follow(deployment: str, parameters: dict, timeout_s: float, out: Callable[[s
                 drain(reader, out)
                 break
             if time.monotonic() > deadline:
-                out(f"{deployment}: still {state.name if state else 'pending'} after {timeout_s:.0f} s; stopped following it")
+                out(
+                    f"{deployment}: still {state.name if state else 'pending'} after {timeout_s:.0f} s; stopped following it"
+                )
                 return False
             time.sleep(POLL_S)
-    out(f"{deployment}: {state.name}" + (f" ({state.message})" if state.message and not state.is_completed() else ""))
+    out(
+        f"{deployment}: {state.name}"
+        + (f" ({state.message})" if state.message and not state.is_completed() else "")
+    )
     return state.is_completed()
 
 
@@ -109,9 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.follow", description=__doc__.splitlines()[0])
     parser.add_argument("deployment", help="<flow>/<deployment>, e.g. train/train-ravdess")
     parser.add_argument("--params", default="{}", type=json.loads, help="flow parameters as a JSON object")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to follow the run (default 3600)")
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds to follow the run (default 3600)"
+    )
     args = parser.parse_args(argv)
-    return 0 if follow(args.deployment, args.params, args.timeout, out=lambda line: print(line, flush=True)) else 1
+    return (
+        0
+        if follow(args.deployment, args.params, args.timeout, out=lambda line: print(line, flush=True))
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
-from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -29,8 +29,8 @@ from prefect.logging.handlers import APILogHandler
 
 from data_contracts.ingest import IngestResult, report_markdown, run_ingest
 from flows.roots import resolve_root
-from ser_stack.settings import StackSettings
 from flows.storage import DataBucket, Publication, StorageUnavailableError, check_corpus, publish_manifest
+from ser_stack.settings import StackSettings
 
 MANIFEST_UPDATED_EVENT = "ser.manifest.updated"
 LIBRARY_LOGGERS = ("data_contracts", "flows.storage")
@@ -64,7 +64,9 @@ class ProgressToLog(io.TextIOBase):
     """A stream for tqdm bars that logs the latest bar line at most every ``interval_s``
     seconds, and always the last one (the bar's final state), so progress shows in the run log."""
 
-    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, interval_s: float = PROGRESS_LOG_INTERVAL_S):
+    def __init__(
+        self, logger: logging.Logger | logging.LoggerAdapter, interval_s: float = PROGRESS_LOG_INTERVAL_S
+    ):
         self.logger = logger
         self.interval_s = interval_s
         self.last_logged = float("-inf")
@@ -177,9 +179,13 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
         "quarantined": len(result.quarantine),
     }
     if publication.status == "unchanged":
-        logger.info("unchanged: manifest %s of %s is already latest; nothing written", publication.fingerprint, corpus)
+        logger.info(
+            "unchanged: manifest %s of %s is already latest; nothing written", publication.fingerprint, corpus
+        )
     else:
-        logger.info("published manifest %s of %s (previous %s)", publication.fingerprint, corpus, publication.previous)
+        logger.info(
+            "published manifest %s of %s (previous %s)", publication.fingerprint, corpus, publication.previous
+        )
         if announce:
             emit_event(
                 event=MANIFEST_UPDATED_EVENT,

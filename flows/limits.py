@@ -63,12 +63,16 @@ def training_slot(corpus: str) -> Iterator[None]:
     logger = get_run_logger()
     name = training_limit(corpus)
     ensure_limit(name, TRAINING_SLOTS)
-    logger.info("waiting for a slot of the concurrency limit %s (trainings of %s run one at a time)", name, corpus)
+    logger.info(
+        "waiting for a slot of the concurrency limit %s (trainings of %s run one at a time)", name, corpus
+    )
     began = time.monotonic()
     # the slot is a lease renewed while this run lives (LEASE_S): a run that dies frees it when the
     # lease expires. A renewal that fails once (a busy server) only warns: ending a training hours in
     # for a transient error would cost more than two trainings briefly sharing the machine
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False):
+    with concurrency(
+        name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False
+    ):
         logger.info("holding %s after %.0f s of waiting", name, time.monotonic() - began)
         yield
 

@@ -57,7 +57,9 @@ async def _full_names(client: Any, deployments: list[Any]) -> list[str]:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterId
 
     flow_ids = sorted({d.flow_id for d in deployments}, key=str)
-    flows = await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids))) if flow_ids else []
+    flows = (
+        await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids))) if flow_ids else []
+    )
     flow_names = {flow.id: flow.name for flow in flows}
     return sorted(f"{flow_names.get(d.flow_id, d.flow_id)}/{d.name}" for d in deployments)
 
@@ -72,7 +74,9 @@ async def resolve_deployment_name(name: str, client: Any) -> str:
         return name
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    named = await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+    named = await client.read_deployments(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+    )
     matches = await _full_names(client, [d for d in named if d.name == name])
     available = [] if matches else await _full_names(client, await client.read_deployments())
     return match_deployment_name(name, matches, available)
@@ -120,7 +124,9 @@ def patch_cli_module(module: ModuleType) -> None:
 class _PatchOnImport(importlib.abc.MetaPathFinder):
     """Finds nothing itself; when CLI_MODULE is imported, patches it right after it executes."""
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != CLI_MODULE:
             return None
         sys.meta_path.remove(self)

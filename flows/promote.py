@@ -63,7 +63,13 @@ FINGERPRINT_TAG = "ser.data_fingerprint"
 PARENT_RUN_TAG = "ser.parent_run_id"
 LEGACY_FOLD_METRIC = re.compile(r"^fold_(\d+)\.UA$")
 
-FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = "first_champion", "already_champion", "not_comparable", "fuller_evaluation", "paired_gain"
+FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
+    "first_champion",
+    "already_champion",
+    "not_comparable",
+    "fuller_evaluation",
+    "paired_gain",
+)
 """The rule that decided (tag ``ser.promotion.rule``), one per case of the module doc."""
 
 
@@ -120,10 +126,15 @@ class PromotionDecision:
         return None if self.champion_before is None else self.champion_before.version
 
 
-def fold_score_tags(ua_by_fold: dict[int, float], test_speakers: dict[int, list[str]], labels: tuple[str, ...]) -> dict[str, str]:
+def fold_score_tags(
+    ua_by_fold: dict[int, float], test_speakers: dict[int, list[str]], labels: tuple[str, ...]
+) -> dict[str, str]:
     """The version tags promotion reads (`read_fold_scores` is the inverse): per evaluated fold
     its test-speaker UA and those speakers, and the label set."""
-    scores = {str(k): {"UA": round(float(ua), 6), "test_speakers": sorted(test_speakers[k])} for k, ua in sorted(ua_by_fold.items())}
+    scores = {
+        str(k): {"UA": round(float(ua), 6), "test_speakers": sorted(test_speakers[k])}
+        for k, ua in sorted(ua_by_fold.items())
+    }
     return {FOLD_SCORES_TAG: json.dumps(scores, sort_keys=True), LABELS_TAG: json.dumps(list(labels))}
 
 
@@ -151,7 +162,11 @@ def comparable_folds(candidate: VersionScore, champion: VersionScore) -> list[in
             return same_data
         return mine.test_speakers == theirs.test_speakers
 
-    return [k for k in sorted(set(candidate.folds) & set(champion.folds)) if same_speakers(candidate.folds[k], champion.folds[k])]
+    return [
+        k
+        for k in sorted(set(candidate.folds) & set(champion.folds))
+        if same_speakers(candidate.folds[k], champion.folds[k])
+    ]
 
 
 def _folds_text(score: VersionScore) -> str:
@@ -165,56 +180,91 @@ def _fold_list(folds) -> str:
     return ",".join(map(str, sorted(folds)))
 
 
-def decide_promotion(corpus: str, candidate: VersionScore, champion: VersionScore | None, margin: float) -> PromotionDecision:
+def decide_promotion(
+    corpus: str, candidate: VersionScore, champion: VersionScore | None, margin: float
+) -> PromotionDecision:
     """The promotion rule of the module doc, a pure function of the two versions' scores. The
     decision's reason states the rule, the folds and numbers compared, and which data they came from."""
     if margin < 0:
         raise ValueError(f"promotion margin {margin}: expected >= 0")
 
-    def decided(promoted: bool, rule: str, reason: str, folds=(), gain: float | None = None) -> PromotionDecision:
+    def decided(
+        promoted: bool, rule: str, reason: str, folds=(), gain: float | None = None
+    ) -> PromotionDecision:
         same_data = None if champion is None else candidate.fingerprint == champion.fingerprint
-        return PromotionDecision(corpus, candidate, champion, margin, promoted, rule, reason, tuple(folds), gain, same_data)
+        return PromotionDecision(
+            corpus, candidate, champion, margin, promoted, rule, reason, tuple(folds), gain, same_data
+        )
 
     v = f"version {candidate.version}"
     if champion is None:
-        return decided(True, FIRST, f"promoted: no champion yet; {v} (mean UA {candidate.ua_mean:.4f} on folds {_fold_list(candidate.folds)}) becomes champion")
+        return decided(
+            True,
+            FIRST,
+            f"promoted: no champion yet; {v} (mean UA {candidate.ua_mean:.4f} on folds {_fold_list(candidate.folds)}) becomes champion",
+        )
     c = f"champion version {champion.version}"
     by_hand = f"MlflowClient().set_registered_model_alias('{registered_model_name(corpus)}', '{CHAMPION}', '{candidate.version}')"
     if champion.version == candidate.version:
         return decided(False, ALREADY, f"kept: {v} already is the champion")
     if candidate.labels != champion.labels:
-        return decided(False, NOT_COMPARABLE, (
-            f"kept: not comparable, the label sets differ ({v}: {list(candidate.labels)}; {c}: {list(champion.labels)}), "
-            f"so the models answer with different classes; the champion is kept when nothing is comparable. "
-            f"If the new label set is intended, move the alias by hand: {by_hand}"
-        ))
+        return decided(
+            False,
+            NOT_COMPARABLE,
+            (
+                f"kept: not comparable, the label sets differ ({v}: {list(candidate.labels)}; {c}: {list(champion.labels)}), "
+                f"so the models answer with different classes; the champion is kept when nothing is comparable. "
+                f"If the new label set is intended, move the alias by hand: {by_hand}"
+            ),
+        )
     same_data = candidate.fingerprint == champion.fingerprint
     data = (
-        f"same data (manifest {candidate.fingerprint[:12]})" if same_data
+        f"same data (manifest {candidate.fingerprint[:12]})"
+        if same_data
         else f"data differ ({v} trained on manifest {candidate.fingerprint[:12]}, {c} on {champion.fingerprint[:12]}), "
-             f"so compared on the folds whose test speakers both held out"
+        f"so compared on the folds whose test speakers both held out"
     )
     folds = comparable_folds(candidate, champion)
     if not folds:
-        return decided(False, NOT_COMPARABLE, (
-            f"kept: not comparable, no fold was evaluated by both on the same test speakers ({data}; "
-            f"{v}: {_folds_text(candidate)}; {c}: {_folds_text(champion)}); the champion is kept when nothing is comparable. "
-            f"Train {v}'s configuration on fold(s) {_fold_list(champion.folds)} to compare, or move the alias by hand: {by_hand}"
-        ))
+        return decided(
+            False,
+            NOT_COMPARABLE,
+            (
+                f"kept: not comparable, no fold was evaluated by both on the same test speakers ({data}; "
+                f"{v}: {_folds_text(candidate)}; {c}: {_folds_text(champion)}); the champion is kept when nothing is comparable. "
+                f"Train {v}'s configuration on fold(s) {_fold_list(champion.folds)} to compare, or move the alias by hand: {by_hand}"
+            ),
+        )
     gain = sum(candidate.folds[k].ua - champion.folds[k].ua for k in folds) / len(folds)
     mine = sum(candidate.folds[k].ua for k in folds) / len(folds)
     theirs = sum(champion.folds[k].ua for k in folds) / len(folds)
     numbers = f"on fold(s) {_fold_list(folds)}, {data}: {v} UA {mine:.4f} vs {c} UA {theirs:.4f}, paired gain {gain:+.4f}"
     if same_data and set(candidate.folds) > set(champion.folds):
         promoted = gain >= 0
-        outcome = "not worse on the shared folds, so it replaces the partial evaluation" if promoted else "worse on the shared folds"
-        return decided(promoted, FULLER, (
-            f"{'promoted' if promoted else 'kept'}: {v} is a fuller evaluation of the same data (folds "
-            f"{_fold_list(candidate.folds)}; {c}: folds {_fold_list(champion.folds)}); {numbers} "
-            f"{'>=' if promoted else '<'} 0: {outcome}"
-        ), folds, gain)
+        outcome = (
+            "not worse on the shared folds, so it replaces the partial evaluation"
+            if promoted
+            else "worse on the shared folds"
+        )
+        return decided(
+            promoted,
+            FULLER,
+            (
+                f"{'promoted' if promoted else 'kept'}: {v} is a fuller evaluation of the same data (folds "
+                f"{_fold_list(candidate.folds)}; {c}: folds {_fold_list(champion.folds)}); {numbers} "
+                f"{'>=' if promoted else '<'} 0: {outcome}"
+            ),
+            folds,
+            gain,
+        )
     promoted = gain > margin
-    return decided(promoted, PAIRED, f"{'promoted' if promoted else 'kept'}: {numbers} {'>' if promoted else '<='} margin {margin:.4f}", folds, gain)
+    return decided(
+        promoted,
+        PAIRED,
+        f"{'promoted' if promoted else 'kept'}: {numbers} {'>' if promoted else '<='} margin {margin:.4f}",
+        folds,
+        gain,
+    )
 
 
 def legacy_fold_scores(client: MlflowClient, tags: dict[str, str]) -> dict[int, FoldScore] | None:
@@ -223,7 +273,11 @@ def legacy_fold_scores(client: MlflowClient, tags: dict[str, str]) -> dict[int, 
     if PARENT_RUN_TAG not in tags:
         return None
     metrics = call_with_retry(client.get_run, tags[PARENT_RUN_TAG]).data.metrics
-    folds = {int(m.group(1)): FoldScore(float(value), None) for key, value in metrics.items() if (m := LEGACY_FOLD_METRIC.match(key))}
+    folds = {
+        int(m.group(1)): FoldScore(float(value), None)
+        for key, value in metrics.items()
+        if (m := LEGACY_FOLD_METRIC.match(key))
+    }
     return folds or None
 
 
@@ -259,14 +313,18 @@ def current_champion(client: MlflowClient, name: str) -> VersionScore | None:
     return version_score(client, name, model_version.version)
 
 
-def fold_table_markdown(candidate: VersionScore, champion: VersionScore | None, compared: tuple[int, ...]) -> str:
+def fold_table_markdown(
+    candidate: VersionScore, champion: VersionScore | None, compared: tuple[int, ...]
+) -> str:
     """Per fold: test speakers, both UAs, the paired difference where the fold was compared."""
     folds = sorted(set(candidate.folds) | set(champion.folds if champion else ()))
     rows = []
     for k in folds:
         mine = candidate.folds.get(k)
         theirs = champion.folds.get(k) if champion else None
-        speakers = next((f.test_speakers for f in (mine, theirs) if f is not None and f.test_speakers is not None), None)
+        speakers = next(
+            (f.test_speakers for f in (mine, theirs) if f is not None and f.test_speakers is not None), None
+        )
         cells = [
             str(k),
             ", ".join(speakers) if speakers else "not recorded",
@@ -275,7 +333,9 @@ def fold_table_markdown(candidate: VersionScore, champion: VersionScore | None, 
             f"{mine.ua - theirs.ua:+.4f}" if k in compared else "not compared",
         ]
         rows.append("| " + " | ".join(cells) + " |")
-    header = "| fold | test speakers | candidate UA | champion UA | paired difference |\n|---|---|---|---|---|"
+    header = (
+        "| fold | test speakers | candidate UA | champion UA | paired difference |\n|---|---|---|---|---|"
+    )
     return header + "\n" + "\n".join(rows)
 
 
@@ -283,10 +343,18 @@ def decision_markdown(decision: PromotionDecision) -> str:
     champion = decision.champion_before
     rows = [
         ("candidate version", decision.candidate.version),
-        ("candidate mean UA", f"{decision.candidate.ua_mean:.4f} on folds {_fold_list(decision.candidate.folds)}"),
+        (
+            "candidate mean UA",
+            f"{decision.candidate.ua_mean:.4f} on folds {_fold_list(decision.candidate.folds)}",
+        ),
         ("candidate data", decision.candidate.fingerprint),
         ("protocol", decision.candidate.protocol or "not recorded"),
-        ("champion before", "none" if champion is None else f"version {champion.version}, mean UA {champion.ua_mean:.4f} on folds {_fold_list(champion.folds)}"),
+        (
+            "champion before",
+            "none"
+            if champion is None
+            else f"version {champion.version}, mean UA {champion.ua_mean:.4f} on folds {_fold_list(champion.folds)}",
+        ),
         ("champion data", "none" if champion is None else champion.fingerprint),
         ("rule", decision.rule),
         ("margin", f"{decision.margin:.4f}"),
@@ -301,7 +369,9 @@ def decision_markdown(decision: PromotionDecision) -> str:
     )
 
 
-def promote_version(client: MlflowClient, corpus: str, version: str, margin: float = 0.0) -> PromotionDecision:
+def promote_version(
+    client: MlflowClient, corpus: str, version: str, margin: float = 0.0
+) -> PromotionDecision:
     """The registry part of a promotion (call it holding the ``ser-promote`` limit): set
     ``challenger``, compare with ``champion``, move ``champion`` when the rule says so, and
     record the decision on the version."""
@@ -318,14 +388,18 @@ def promote_version(client: MlflowClient, corpus: str, version: str, margin: flo
         "ser.promotion.reason": decision.reason,
         "ser.promotion.compared_folds": _fold_list(decision.compared_folds) or "none",
         "ser.promotion.paired_gain": "none" if decision.gain is None else f"{decision.gain:+.6f}",
-        "ser.promotion.data": "none" if decision.same_data is None else ("same" if decision.same_data else "different"),
+        "ser.promotion.data": "none"
+        if decision.same_data is None
+        else ("same" if decision.same_data else "different"),
         "ser.promotion.champion_before": "none" if champion is None else champion.version,
         "ser.promotion.champion_before_UA": "none" if champion is None else f"{champion.ua_mean:.6f}",
         "ser.promotion.margin": f"{margin:.6f}",
     }
     for key, value in record.items():
         call_with_retry(client.set_model_version_tag, name, candidate.version, key, value)
-    call_with_retry(client.update_model_version, name, candidate.version, description=decision_markdown(decision))
+    call_with_retry(
+        client.update_model_version, name, candidate.version, description=decision_markdown(decision)
+    )
     return decision
 
 
@@ -343,7 +417,9 @@ def promote(corpus: str, version: str, margin: float = 0.0) -> dict:
     return {**asdict(decision), "champion_after": decision.champion_after}
 
 
-def register_release(tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]) -> str:
+def register_release(
+    tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]
+) -> str:
     """Register the release child run's model as ``ser-<corpus>`` and tag the version with its scores."""
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)

@@ -37,8 +37,17 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from flows.serving import (
+    MAX_ROWS,
+    MAX_SECONDS,
+    MAX_SEGMENTS_SECONDS,
+    ModelInputError,
+    ServingPolicy,
+    guard_scoring_server,
+    in_scoring_server,
+    serving_process,
+)
 from ser_model.segments import probability_column
-from flows.serving import MAX_ROWS, MAX_SECONDS, MAX_SEGMENTS_SECONDS, ModelInputError, ServingPolicy, guard_scoring_server, in_scoring_server, serving_process
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""
@@ -46,7 +55,16 @@ SEGMENTS_PARAM = "segments"
 """The request parameter that asks for an emotion per segment of each row's recording."""
 SEGMENT_COLUMNS = ["row", "start_s", "end_s", "label"]
 
-PIP_PACKAGES = ("torch", "torchaudio", "transformers", "safetensors", "soundfile", "numpy", "pandas", "mlflow")
+PIP_PACKAGES = (
+    "torch",
+    "torchaudio",
+    "transformers",
+    "safetensors",
+    "soundfile",
+    "numpy",
+    "pandas",
+    "mlflow",
+)
 
 
 def checkpoint_labels(folder: str | Path) -> list[str]:
@@ -55,7 +73,9 @@ def checkpoint_labels(folder: str | Path) -> list[str]:
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the class names ({err}); expected a save_pretrained folder") from err
+        raise ValueError(
+            f"{path}: cannot read the class names ({err}); expected a save_pretrained folder"
+        ) from err
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"{path}: expected a non-empty JSON list of class names, got {labels!r}")
     return labels
@@ -74,14 +94,20 @@ def model_signature(labels: list[str]) -> ModelSignature:
             ColSpec(DataType.string, "audio_base64", required=False),
         ]
     )
-    outputs = Schema([ColSpec(DataType.string, "label")] + [ColSpec(DataType.double, probability_column(c)) for c in labels])
+    outputs = Schema(
+        [ColSpec(DataType.string, "label")]
+        + [ColSpec(DataType.double, probability_column(c)) for c in labels]
+    )
     params = ParamSchema([ParamSpec(SEGMENTS_PARAM, DataType.boolean, False)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def predictions_frame(predictions: list[dict[str, Any]], labels: list[str]) -> pd.DataFrame:
     """Predictor output (``[{"label": ..., "probabilities": {class: p}}]``) as the pyfunc output frame."""
-    rows = [{"label": p["label"], **{probability_column(c): float(p["probabilities"][c]) for c in labels}} for p in predictions]
+    rows = [
+        {"label": p["label"], **{probability_column(c): float(p["probabilities"][c]) for c in labels}}
+        for p in predictions
+    ]
     return pd.DataFrame(rows, columns=["label"] + [probability_column(c) for c in labels])
 
 
@@ -96,11 +122,17 @@ def _sample_rate(value: Any, where: str) -> int:
 
     if not _present(value):
         raise ModelInputError(f"{where}: a waveform in 'audio' needs its rate in 'sample_rate' (Hz, integer)")
-    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    whole = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    )
     if isinstance(value, (bool, np.bool_)) or not whole:  # floats are checked without int(): int(inf) raises
-        raise ModelInputError(f"{where}, field 'sample_rate': got {value!r}, expected an integer number of Hz")
+        raise ModelInputError(
+            f"{where}, field 'sample_rate': got {value!r}, expected an integer number of Hz"
+        )
     if not MIN_SAMPLE_RATE <= int(value) <= MAX_SAMPLE_RATE:
-        raise ModelInputError(f"{where}, field 'sample_rate': {int(value)} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+        raise ModelInputError(
+            f"{where}, field 'sample_rate': {int(value)} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz"
+        )
     return int(value)
 
 
@@ -113,7 +145,10 @@ class SecondsLimit:
     wording: str
 
     def refusal(self, where: str, seconds: float) -> ModelInputError:
-        return ModelInputError(f"{where}: {seconds:.1f} s of audio, more than the limit of {self.seconds:g} s {self.wording}", 413)
+        return ModelInputError(
+            f"{where}: {seconds:.1f} s of audio, more than the limit of {self.seconds:g} s {self.wording}",
+            413,
+        )
 
 
 def row_limit(policy: ServingPolicy) -> SecondsLimit:
@@ -132,15 +167,25 @@ def _waveform(value: Any, rate: int, where: str, limit: SecondsLimit | None) -> 
     the limit's seconds."""
     try:
         wave = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):  # strings, nested lists of unequal length, ints beyond float range
-        raise ModelInputError(f"{where}, field 'audio': expected a waveform (a list of numbers), got a list holding other values") from None
+    except (
+        TypeError,
+        ValueError,
+        OverflowError,
+    ):  # strings, nested lists of unequal length, ints beyond float range
+        raise ModelInputError(
+            f"{where}, field 'audio': expected a waveform (a list of numbers), got a list holding other values"
+        ) from None
     if wave.ndim not in (1, 2):
-        raise ModelInputError(f"{where}, field 'audio': got an array of shape {wave.shape}, expected (samples,) or (samples, channels)")
+        raise ModelInputError(
+            f"{where}, field 'audio': got an array of shape {wave.shape}, expected (samples,) or (samples, channels)"
+        )
     if wave.size == 0:
         raise ModelInputError(f"{where}, field 'audio': the waveform holds no samples; expected at least one")
     if not np.isfinite(wave).all():
         bad = int(np.size(wave) - np.isfinite(wave).sum())
-        raise ModelInputError(f"{where}, field 'audio': {bad} samples are NaN or infinite; expected finite numbers")
+        raise ModelInputError(
+            f"{where}, field 'audio': {bad} samples are NaN or infinite; expected finite numbers"
+        )
     if limit is not None and wave.shape[0] > limit.seconds * rate:
         raise limit.refusal(f"{where}, field 'audio'", wave.shape[0] / rate)
     return wave
@@ -160,7 +205,13 @@ def _decoded(data: bytes, where: str, limit: SecondsLimit | None) -> tuple[np.nd
 
 
 def row_audio(
-    index: int, audio: Any, audio_base64: Any, rate: Any, target_sr: int, policy: ServingPolicy | None, limit: SecondsLimit | None = None
+    index: int,
+    audio: Any,
+    audio_base64: Any,
+    rate: Any,
+    target_sr: int,
+    policy: ServingPolicy | None,
+    limit: SecondsLimit | None = None,
 ) -> tuple[np.ndarray, int]:
     """One input row → (samples, rate) for ``Predictor.predict_arrays``. ``policy`` None: local
     use (paths anywhere, no limits); else the served model's policy, with the row's seconds
@@ -177,9 +228,13 @@ def row_audio(
         )
     if _present(audio_base64):
         if _present(rate):
-            raise ModelInputError(f"{where}, field 'sample_rate': not used with 'audio_base64' (the file's header gives the rate); leave it out")
+            raise ModelInputError(
+                f"{where}, field 'sample_rate': not used with 'audio_base64' (the file's header gives the rate); leave it out"
+            )
         if not isinstance(audio_base64, str):
-            raise ModelInputError(f"{where}, field 'audio_base64': got {type(audio_base64).__name__}, expected a base64 string")
+            raise ModelInputError(
+                f"{where}, field 'audio_base64': got {type(audio_base64).__name__}, expected a base64 string"
+            )
         try:
             data = base64.b64decode(audio_base64, validate=True)
         except (binascii.Error, ValueError):
@@ -187,17 +242,25 @@ def row_audio(
         return _decoded(data, f"{where}, field 'audio_base64'", limit)
     if isinstance(audio, (str, Path)):
         if _present(rate):
-            raise ModelInputError(f"{where}, field 'sample_rate': not used with a file path (the file's header gives the rate); leave it out")
+            raise ModelInputError(
+                f"{where}, field 'sample_rate': not used with a file path (the file's header gives the rate); leave it out"
+            )
         if policy is None:
             try:
                 return load_audio(audio, target_sr), target_sr
             except AudioDecodeError as err:
                 raise ModelInputError(f"{where}, field 'audio': {err}") from None
-        return _decoded(policy.allowed_file(str(audio), f"{where}, field 'audio'").read_bytes(), f"{where}, field 'audio'", limit)
+        return _decoded(
+            policy.allowed_file(str(audio), f"{where}, field 'audio'").read_bytes(),
+            f"{where}, field 'audio'",
+            limit,
+        )
     if isinstance(audio, (list, tuple, np.ndarray)):
         rate = _sample_rate(rate, where)
         return _waveform(audio, rate, where, limit), rate
-    raise ModelInputError(f"{where}, field 'audio': got {type(audio).__name__}, expected a waveform (a list of numbers) or a file path")
+    raise ModelInputError(
+        f"{where}, field 'audio': got {type(audio).__name__}, expected a waveform (a list of numbers) or a file path"
+    )
 
 
 class SERPyfunc(mlflow.pyfunc.PythonModel):
@@ -214,7 +277,10 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
             guard_scoring_server(self.policy)
 
     def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         from ser_model.audio import AudioDecodeError
 
@@ -228,9 +294,15 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
             raise ModelInputError("SER model input: the request holds no rows; expected at least one")
         if policy is not None and len(model_input) > policy.max_rows:
             raise ModelInputError(
-                f"SER model input: {len(model_input)} rows, more than the limit of {policy.max_rows} rows per request ({MAX_ROWS})", 413
+                f"SER model input: {len(model_input)} rows, more than the limit of {policy.max_rows} rows per request ({MAX_ROWS})",
+                413,
             )
-        rows = zip(*(model_input[c] if c in model_input.columns else [None] * len(model_input) for c in ("audio", "audio_base64", "sample_rate")))
+        rows = zip(
+            *(
+                model_input[c] if c in model_input.columns else [None] * len(model_input)
+                for c in ("audio", "audio_base64", "sample_rate")
+            )
+        )
         if wants_segments(params):
             return self._segments(list(rows), policy)
         arrays = [row_audio(i, *row, self.predictor.sample_rate, policy) for i, row in enumerate(rows)]
@@ -248,14 +320,23 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
         per_row, used = [], 0.0
         for i, (audio, audio_base64, rate) in enumerate(rows):
             try:
-                if policy is None and isinstance(audio, (str, Path)) and not _present(audio_base64) and not _present(rate):
+                if (
+                    policy is None
+                    and isinstance(audio, (str, Path))
+                    and not _present(audio_base64)
+                    and not _present(rate)
+                ):
                     with FileSource(audio) as source:
                         per_row.append(segment_recording(source, self.predictor))
                     continue
                 limit = None if policy is None else segments_limit(policy, used)
-                samples, sample_rate = row_audio(i, audio, audio_base64, rate, self.predictor.sample_rate, policy, limit)
+                samples, sample_rate = row_audio(
+                    i, audio, audio_base64, rate, self.predictor.sample_rate, policy, limit
+                )
                 used += samples.shape[0] / sample_rate
-                per_row.append(segment_recording(ArraySource(samples, sample_rate, name=f"row {i}"), self.predictor))
+                per_row.append(
+                    segment_recording(ArraySource(samples, sample_rate, name=f"row {i}"), self.predictor)
+                )
             except AudioDecodeError as err:
                 raise ModelInputError(f"row {i}: {err}") from None
         return segments_frame(per_row, self.labels)
@@ -273,7 +354,11 @@ def segments_frame(per_row: list[list[Any]], labels: list[str]) -> pd.DataFrame:
     """Segments of each input row as the output frame: ``row``, ``start_s``, ``end_s``, ``label``, ``p_<class>``."""
     from ser_model.segments import segment_records
 
-    records = [{"row": i, **record} for i, segments in enumerate(per_row) for record in segment_records(segments, labels)]
+    records = [
+        {"row": i, **record}
+        for i, segments in enumerate(per_row)
+        for record in segment_records(segments, labels)
+    ]
     return pd.DataFrame(records, columns=SEGMENT_COLUMNS + [probability_column(c) for c in labels])
 
 
@@ -289,7 +374,9 @@ def pip_requirements() -> list[str]:
     return pinned
 
 
-def log_pyfunc(checkpoint: str | Path, registered_model_name: str | None = None, name: str = "model") -> ModelInfo:
+def log_pyfunc(
+    checkpoint: str | Path, registered_model_name: str | None = None, name: str = "model"
+) -> ModelInfo:
     """Log the checkpoint folder as a pyfunc model in the active MLflow run, optionally
     registering it; the input example is one second of silence at 16 kHz."""
     labels = checkpoint_labels(checkpoint)

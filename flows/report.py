@@ -34,7 +34,9 @@ def report(corpus: str, tracking_uri: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.report", description="the champion of a corpus and where to look")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.report", description="the champion of a corpus and where to look"
+    )
     parser.add_argument("corpus")
     args = parser.parse_args(argv)
     print(report(args.corpus, os.environ["MLFLOW_TRACKING_URI"]))

@@ -20,7 +20,7 @@ The deployment ``retrain-nightly`` runs this flow on a cron schedule (flows/depl
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -48,7 +48,11 @@ def fingerprint_source(root: str) -> str:
 
 def source_unchanged(previous: dict | None, root: str, fingerprint: str) -> bool:
     """True when the last recorded state saw the same root with the same source fingerprint."""
-    return previous is not None and previous.get("root") == root and previous.get("source_fingerprint") == fingerprint
+    return (
+        previous is not None
+        and previous.get("root") == root
+        and previous.get("source_fingerprint") == fingerprint
+    )
 
 
 def retrain_corpus(
@@ -67,14 +71,26 @@ def retrain_corpus(
     previous = read_source_state(corpus, bucket)
     if not force and source_unchanged(previous, root, current):
         return f"unchanged: source fingerprint {current[:12]} of {root} as last seen {previous.get('checked_at')}"
-    logger.info("%s: source %s changed (was %s); ingesting", corpus, current[:12], (previous or {}).get("source_fingerprint"))
+    logger.info(
+        "%s: source %s changed (was %s); ingesting",
+        corpus,
+        current[:12],
+        (previous or {}).get("source_fingerprint"),
+    )
     outcome = ingest(corpus=corpus, root=root, announce=False)
     manifest = outcome["fingerprint"]
     if not force and previous is not None and previous.get("manifest_fingerprint") == manifest:
         decision = f"manifest unchanged ({manifest[:12]}): files were touched but no utterance changed; not retrained"
     else:
         logger.info("%s: training on manifest %s", corpus, manifest)
-        trained = train(corpus=corpus, manifest_version=manifest, preset=preset, backbone=backbone, overrides=overrides, folds=folds)
+        trained = train(
+            corpus=corpus,
+            manifest_version=manifest,
+            preset=preset,
+            backbone=backbone,
+            overrides=overrides,
+            folds=folds,
+        )
         decision = f"retrained on manifest {manifest[:12]} ({outcome['status']}): {trained}"
     write_source_state(
         corpus,
@@ -82,7 +98,7 @@ def retrain_corpus(
             "root": root,
             "source_fingerprint": current,
             "manifest_fingerprint": manifest,
-            "checked_at": datetime.now(timezone.utc).isoformat(),
+            "checked_at": datetime.now(UTC).isoformat(),
         },
         bucket,
     )
@@ -126,12 +142,16 @@ def retrain(
             )
         else:
             try:
-                decisions[corpus] = retrain_corpus(corpus, root, bucket, preset, backbone, overrides, folds, force)
+                decisions[corpus] = retrain_corpus(
+                    corpus, root, bucket, preset, backbone, overrides, folds, force
+                )
             except Exception as exc:  # noqa: BLE001 - one corpus failing must not stop the others
                 failures[corpus] = f"{type(exc).__name__}: {exc}"
                 decisions[corpus] = f"failed: {failures[corpus]}"
         logger.info("%s: %s", corpus, decisions[corpus])
-    create_markdown_artifact(key="retrain", markdown=decisions_markdown(decisions), description="retraining decisions")
+    create_markdown_artifact(
+        key="retrain", markdown=decisions_markdown(decisions), description="retraining decisions"
+    )
     if failures:
         raise RetrainError("; ".join(f"{corpus}: {error}" for corpus, error in failures.items()))
     return decisions

@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ser_stack.settings import REPO_ROOT
 from flows.storage import check_corpus, read_latest
+from ser_stack.settings import REPO_ROOT
 
 SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
 
@@ -49,19 +50,28 @@ def read_prefect_variable(name: str) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def configured_roots(corpus: str, read_variable: Callable[[str], str | None] = read_prefect_variable) -> list[tuple[str, str | None]]:
+def configured_roots(
+    corpus: str, read_variable: Callable[[str], str | None] = read_prefect_variable
+) -> list[tuple[str, str | None]]:
     """Places 2-4 of the module doc, in order, as ``(place, value or None)``."""
     places = [
         (f"the Prefect variable {root_variable(corpus)}", read_variable(root_variable(corpus))),
-        (f"the worker's environment variable {root_env_var(corpus)}", os.environ.get(root_env_var(corpus)) or None),
+        (
+            f"the worker's environment variable {root_env_var(corpus)}",
+            os.environ.get(root_env_var(corpus)) or None,
+        ),
     ]
     if corpus == "ravdess":
         shared = SHARED_RAVDESS.resolve()
-        places.append((f"the RAVDESS copy beside the repository ({shared})", str(shared) if shared.is_dir() else None))
+        places.append(
+            (f"the RAVDESS copy beside the repository ({shared})", str(shared) if shared.is_dir() else None)
+        )
     return places
 
 
-def configured_root(corpus: str, read_variable: Callable[[str], str | None] = read_prefect_variable) -> tuple[str, str] | None:
+def configured_root(
+    corpus: str, read_variable: Callable[[str], str | None] = read_prefect_variable
+) -> tuple[str, str] | None:
     """``(root, place)`` from the first of places 2-4 that names a root, or None."""
     return first_root(configured_roots(corpus, read_variable))
 
@@ -102,5 +112,7 @@ def manifest_root(corpus: str, fingerprint: str, report: dict[str, Any], root: s
     recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
     root = root or recorded or report.get("root") or (configured_root(corpus) or (None,))[0]
     if not root or not (str(root).startswith("s3://") or Path(root).is_dir()):
-        raise ValueError(f"audio root {root!r} of {corpus} is neither a folder nor s3://; pass root=DIR or set the Prefect variable {root_variable(corpus)}")
+        raise ValueError(
+            f"audio root {root!r} of {corpus} is neither a folder nor s3://; pass root=DIR or set the Prefect variable {root_variable(corpus)}"
+        )
     return str(root)

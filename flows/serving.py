@@ -89,7 +89,9 @@ class ServingPolicy:
 
     def __post_init__(self) -> None:
         limits = (
-            ("max_seconds", self.max_seconds), ("max_rows", self.max_rows), ("max_request_bytes", self.max_request_bytes),
+            ("max_seconds", self.max_seconds),
+            ("max_rows", self.max_rows),
+            ("max_request_bytes", self.max_request_bytes),
             ("max_segments_seconds", self.max_segments_seconds),
         )
         for name, value in limits:
@@ -103,7 +105,9 @@ class ServingPolicy:
         env = os.environ if env is None else env
         values: dict = {}
         variables = (
-            (MAX_SECONDS, "max_seconds", float), (MAX_ROWS, "max_rows", int), (MAX_REQUEST_BYTES, "max_request_bytes", int),
+            (MAX_SECONDS, "max_seconds", float),
+            (MAX_ROWS, "max_rows", int),
+            (MAX_REQUEST_BYTES, "max_request_bytes", int),
             (MAX_SEGMENTS_SECONDS, "max_segments_seconds", float),
         )
         for variable, field, kind in variables:
@@ -120,7 +124,9 @@ class ServingPolicy:
         if root:
             resolved = Path(root).resolve()
             if not resolved.is_dir():
-                raise ValueError(f"{ALLOWED_ROOT}={root!r}: not a folder; expected the folder whose files clients may name")
+                raise ValueError(
+                    f"{ALLOWED_ROOT}={root!r}: not a folder; expected the folder whose files clients may name"
+                )
             values["allowed_root"] = resolved
         return cls(**values)
 
@@ -141,7 +147,10 @@ class ServingPolicy:
         if not readable:
             raise ModelInputError(f"{where}: no such file in the folder this server reads from")
         if size > self.max_request_bytes:
-            raise ModelInputError(f"{where}: the file is larger than the limit of {self.max_request_bytes} bytes ({MAX_REQUEST_BYTES})", 413)
+            raise ModelInputError(
+                f"{where}: the file is larger than the limit of {self.max_request_bytes} bytes ({MAX_REQUEST_BYTES})",
+                413,
+            )
         return resolved
 
 
@@ -185,7 +194,11 @@ def guard_scoring_server(policy: ServingPolicy) -> None:
     @functools.wraps(original)
     def guarded(data, content_type, model, input_schema):
         if len(data) > policy.max_request_bytes:
-            return _reply(413, "INVALID_PARAMETER_VALUE", f"the request body holds {len(data)} bytes, more than the limit of {policy.max_request_bytes} bytes ({MAX_REQUEST_BYTES})")
+            return _reply(
+                413,
+                "INVALID_PARAMETER_VALUE",
+                f"the request body holds {len(data)} bytes, more than the limit of {policy.max_request_bytes} bytes ({MAX_REQUEST_BYTES})",
+            )
         if not content_type:
             return _reply(415, "BAD_REQUEST", "missing Content-Type header; expected application/json")
         try:
@@ -197,7 +210,9 @@ def guard_scoring_server(policy: ServingPolicy) -> None:
             return _reply(err.get_http_status_code(), err.error_code, err.message)
         except Exception:
             _logger.exception("scoring a request failed")
-            return _reply(500, "INTERNAL_ERROR", "the model failed on this request; the server log has the details")
+            return _reply(
+                500, "INTERNAL_ERROR", "the model failed on this request; the server log has the details"
+            )
 
     guarded.ser_unguarded = original
     scoring_server.invocations = guarded
@@ -207,12 +222,29 @@ def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
     """The documented serving command: `mlflow models serve` in the project's environment (no
     new virtualenv), e.g. for ``models:/ser-ravdess@champion``."""
     mlflow_cli = Path(sys.executable).parent / "mlflow"
-    return [str(mlflow_cli), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", host, "--port", str(port)]
+    return [
+        str(mlflow_cli),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 @contextlib.contextmanager
 def running_model_server(
-    model_uri: str, port: int, env: Mapping[str, str], log_path: Path, host: str = "127.0.0.1", start_timeout_s: float = 300.0
+    model_uri: str,
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    host: str = "127.0.0.1",
+    start_timeout_s: float = 300.0,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run `serve_command` (its own process group, output to `log_path`) until /ping answers;
     yield (base URL, process); stop the whole group afterwards. The venv's bin folder goes first
@@ -220,18 +252,28 @@ def running_model_server(
     env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
     url = f"http://{host}:{port}"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(serve_command(model_uri, host, port), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            serve_command(model_uri, host, port),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited with {process.returncode} before answering; see {log_path}")
+                raise RuntimeError(
+                    f"mlflow models serve exited with {process.returncode} before answering; see {log_path}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/ping", timeout=5):
                     break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow models serve did not answer {url}/ping within {start_timeout_s:g} s; see {log_path}") from None
+                    raise RuntimeError(
+                        f"mlflow models serve did not answer {url}/ping within {start_timeout_s:g} s; see {log_path}"
+                    ) from None
                 time.sleep(1.0)
         yield url, process
     finally:

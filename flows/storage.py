@@ -29,7 +29,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -131,12 +131,12 @@ class DataBucket:
     @classmethod
     def from_settings(
         cls, settings: StackSettings, connect_timeout_s: float = 5.0, max_attempts: int = 2
-    ) -> "DataBucket":
+    ) -> DataBucket:
         client = settings.s3_client(connect_timeout_s=connect_timeout_s, max_attempts=max_attempts)
         return cls(client=client, name=settings.data_bucket)
 
     @classmethod
-    def from_env(cls) -> "DataBucket":
+    def from_env(cls) -> DataBucket:
         return cls.from_settings(StackSettings.from_env())
 
     @property
@@ -148,8 +148,7 @@ class DataBucket:
             return getattr(self.client, operation)(Bucket=self.name, Key=key, **kwargs)
         except _CONNECTION_ERRORS as exc:
             raise StorageUnavailableError(
-                f"S3 endpoint {self.endpoint} unreachable during {operation} of "
-                f"s3://{self.name}/{key}: {exc}"
+                f"S3 endpoint {self.endpoint} unreachable during {operation} of s3://{self.name}/{key}: {exc}"
             ) from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
@@ -346,7 +345,13 @@ def publish_manifest(
         if pointer.get("root") != root:
             # the same utterances, now at another root: trainings must read them there
             write_latest(corpus, {**pointer, "root": root}, bucket)
-            log.info("manifest %s of %s is already latest; its root is now %s (was %s)", fingerprint, corpus, root, pointer.get("root"))
+            log.info(
+                "manifest %s of %s is already latest; its root is now %s (was %s)",
+                fingerprint,
+                corpus,
+                root,
+                pointer.get("root"),
+            )
         else:
             log.info("manifest %s of %s is already complete and latest: nothing written", fingerprint, corpus)
         return Publication("unchanged", corpus, fingerprint, previous, keys)
@@ -368,7 +373,7 @@ def publish_manifest(
         corpus,
         {
             "fingerprint": fingerprint,
-            "written_at": datetime.now(timezone.utc).isoformat(),
+            "written_at": datetime.now(UTC).isoformat(),
             "root": root,
             "report_key": keys[3],
         },

@@ -61,7 +61,9 @@ EXPERIMENT_TAGS = {
     # training experiment: by this tag, and in 3.17's UI by ?workflowType=machine_learning.
     "mlflow.experimentKind": "custom_model_development",
     # a shared view of the runs list (opened with ?viewStateShareKey=ser-scores): UA/WA columns
-    f"mlflow.sharedViewState.{SCORES_VIEW}": json.dumps({"selectedColumns": [f"metrics.`{m}`" for m in SCORE_COLUMNS]}),
+    f"mlflow.sharedViewState.{SCORES_VIEW}": json.dumps(
+        {"selectedColumns": [f"metrics.`{m}`" for m in SCORE_COLUMNS]}
+    ),
 }
 TRAINING_UI = "workflowType=machine_learning"
 
@@ -103,7 +105,9 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 log.warning("%s:%d: skipping a truncated last line (%s)", path, number, err)
                 continue
-            raise ValueError(f"{path}:{number}: not a JSON object ({err}); expected one JSON object per epoch") from err
+            raise ValueError(
+                f"{path}:{number}: not a JSON object ({err}); expected one JSON object per epoch"
+            ) from err
     return records
 
 
@@ -132,7 +136,9 @@ def epoch_metrics(records: Iterable[Mapping[str, Any]], timestamp_ms: int | None
     return metrics
 
 
-def call_with_retry(fn: Callable[..., T], *args: Any, attempts: int = 6, delay_s: float = 2.0, **kwargs: Any) -> T:
+def call_with_retry(
+    fn: Callable[..., T], *args: Any, attempts: int = 6, delay_s: float = 2.0, **kwargs: Any
+) -> T:
     """Call ``fn`` until it succeeds, at most ``attempts`` times, waiting ``delay_s · 2^i``
     between tries (defaults: about a minute in all, on top of MLflow's own HTTP retries);
     only tracking-server and connection errors are retried."""
@@ -144,7 +150,15 @@ def call_with_retry(fn: Callable[..., T], *args: Any, attempts: int = 6, delay_s
                 raise
             wait = delay_s * 2 ** (attempt - 1)
             name = getattr(fn, "__name__", fn)
-            log.warning("%s failed (%s: %s); try %d of %d in %.0f s", name, type(err).__name__, err, attempt + 1, attempts, wait)
+            log.warning(
+                "%s failed (%s: %s); try %d of %d in %.0f s",
+                name,
+                type(err).__name__,
+                err,
+                attempt + 1,
+                attempts,
+                wait,
+            )
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -212,7 +226,15 @@ def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str],
     for i in range(confusion.shape[0]):
         for j in range(confusion.shape[1]):
             color = "white" if recall[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{confusion[i, j]}\n{recall[i, j]:.0%}", ha="center", va="center", fontsize=7, color=color)
+            ax.text(
+                j,
+                i,
+                f"{confusion[i, j]}\n{recall[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color=color,
+            )
     fig.colorbar(image, ax=ax, label="recall (row-normalised)")
     fig.tight_layout()
     return fig
@@ -220,7 +242,12 @@ def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str],
 
 def training_curves_figure(records_by_fold: Mapping[int, list[Mapping[str, Any]]], title: str) -> plt.Figure:
     """One panel per numeric epoch quantity (losses, lr, validation WA/UA/F1), one line per fold."""
-    leaves = (name for records in records_by_fold.values() for record in records for name, _ in _numeric_leaves(record))
+    leaves = (
+        name
+        for records in records_by_fold.values()
+        for record in records
+        for name, _ in _numeric_leaves(record)
+    )
     names = sorted({name for name in leaves if name != "epoch"})
     if not names:
         names = ["(no epoch metrics)"]
@@ -229,7 +256,9 @@ def training_curves_figure(records_by_fold: Mapping[int, list[Mapping[str, Any]]
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         for fold, records in sorted(records_by_fold.items()):
-            points = [(int(r.get("epoch", i)), dict(_numeric_leaves(r)).get(name)) for i, r in enumerate(records)]
+            points = [
+                (int(r.get("epoch", i)), dict(_numeric_leaves(r)).get(name)) for i, r in enumerate(records)
+            ]
             points = [(e, v) for e, v in points if v is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=f"fold {fold}")
@@ -254,9 +283,12 @@ def log_figure(client: MlflowClient, run_id: str, fig: plt.Figure, artifact_file
 def code_version(repo_dir: str | Path) -> dict[str, str]:
     """Git commit of the code that trained (``unknown`` outside a git checkout) and whether the
     working tree had uncommitted changes."""
+
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20, check=True)
+            done = subprocess.run(
+                ["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20, check=True
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip()
@@ -312,7 +344,9 @@ def model_url(tracking_uri: str, name: str) -> str:
     return f"{tracking_uri.rstrip('/')}/#/models/{name}?{TRAINING_UI}"
 
 
-def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], statuses: tuple[str, ...] | None = None) -> str | None:
+def find_run(
+    client: MlflowClient, experiment_id: str, tags: Mapping[str, str], statuses: tuple[str, ...] | None = None
+) -> str | None:
     """Id of the newest run in the experiment carrying all ``tags`` (optionally only runs in
     ``statuses``), or None."""
     conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
@@ -344,9 +378,18 @@ def fold_scores(result: Mapping[str, Any], split: str = "test") -> dict[str, flo
     return {m: float(metrics[m]) for m in HEADLINE_METRICS}
 
 
-def train_key(corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str) -> str:
+def train_key(
+    corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str
+) -> str:
     """sha256 naming a training job by its inputs: the same inputs find the same parent run."""
-    inputs = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "folds": folds, "release": release, "root": audio_root}
+    inputs = {
+        "corpus": corpus,
+        "fingerprint": fingerprint,
+        "config": config.to_dict(),
+        "folds": folds,
+        "release": release,
+        "root": audio_root,
+    }
     payload = json.dumps(inputs, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -357,13 +400,17 @@ def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
     return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
 
 
-def start_parent_run(client: MlflowClient, experiment_id: str, tags: dict[str, str], params: dict[str, str]) -> tuple[str, bool]:
+def start_parent_run(
+    client: MlflowClient, experiment_id: str, tags: dict[str, str], params: dict[str, str]
+) -> tuple[str, bool]:
     """(run id, resumed): the unfinished parent run with the same train key, or a new one with tags and params."""
     parent_id = find_run(client, experiment_id, {"ser.train_key": tags["ser.train_key"]}, statuses=UNFINISHED)
     if parent_id is not None:
         call_with_retry(client.update_run, parent_id, status="RUNNING")
         return parent_id, True
-    parent_id = call_with_retry(client.create_run, experiment_id, tags=tags, run_name=f"train-{tags['ser.corpus']}").info.run_id
+    parent_id = call_with_retry(
+        client.create_run, experiment_id, tags=tags, run_name=f"train-{tags['ser.corpus']}"
+    ).info.run_id
     log_batch(client, parent_id, params=params)
     return parent_id, False
 
@@ -377,7 +424,13 @@ def fold_run(client: MlflowClient, experiment_id: str, parent_id: str, fold: int
 
 
 def log_fold_run(
-    client: MlflowClient, experiment_id: str, parent_id: str, corpus: str, fold: int, out_dir: Path, labels: tuple[str, ...]
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    corpus: str,
+    fold: int,
+    out_dir: Path,
+    labels: tuple[str, ...],
 ) -> str:
     """Child run of one fold from its fold folder (ser_model/launch.py), created once and reused
     by a retry: epoch metrics, selected-epoch valid/test metrics, result.json, metrics.jsonl,
@@ -389,7 +442,13 @@ def log_fold_run(
     if logged:
         return run_id
     if run_id is None:
-        run_id = call_with_retry(client.create_run, experiment_id, start_time=start_ms, tags={**tags, "ser.corpus": corpus}, run_name=name).info.run_id
+        run_id = call_with_retry(
+            client.create_run,
+            experiment_id,
+            start_time=start_ms,
+            tags={**tags, "ser.corpus": corpus},
+            run_name=name,
+        ).info.run_id
     result = json.loads((out_dir / RESULT_FILE).read_text(encoding="utf-8"))
     records = read_metrics_jsonl(out_dir / METRICS_FILE) if (out_dir / METRICS_FILE).exists() else []
     summary = []
@@ -403,9 +462,16 @@ def log_fold_run(
             call_with_retry(client.log_artifact, run_id, str(out_dir / file))
     split = "test" if result.get("test", {}).get("confusion") else "valid"
     if result.get(split, {}).get("confusion"):
-        figure = confusion_figure(np.asarray(result[split]["confusion"]), labels, f"{corpus} {name} ({split} speakers)")
+        figure = confusion_figure(
+            np.asarray(result[split]["confusion"]), labels, f"{corpus} {name} ({split} speakers)"
+        )
         log_figure(client, run_id, figure, "figures/confusion.png")
-    log_figure(client, run_id, training_curves_figure({fold: records}, f"{corpus} {name}"), "figures/training_curves.png")
+    log_figure(
+        client,
+        run_id,
+        training_curves_figure({fold: records}, f"{corpus} {name}"),
+        "figures/training_curves.png",
+    )
     call_with_retry(client.set_tag, run_id, "ser.logged", "true")
     call_with_retry(client.set_terminated, run_id, "FINISHED", end_time=end_ms)
     return run_id
@@ -416,13 +482,29 @@ def fold_outcome(client: MlflowClient, run_id: str) -> dict[str, Any]:
     store every worker shares): ``{"fold", "run_id", "result", "records", "model_uri"}``."""
     run = call_with_retry(client.get_run, run_id)
     with tempfile.TemporaryDirectory() as folder:
-        result = json.loads(Path(call_with_retry(client.download_artifacts, run_id, RESULT_FILE, folder)).read_text(encoding="utf-8"))
+        result = json.loads(
+            Path(call_with_retry(client.download_artifacts, run_id, RESULT_FILE, folder)).read_text(
+                encoding="utf-8"
+            )
+        )
         names = {a.path for a in call_with_retry(client.list_artifacts, run_id)}
-        records = read_metrics_jsonl(call_with_retry(client.download_artifacts, run_id, METRICS_FILE, folder)) if METRICS_FILE in names else []
-    return {"fold": int(run.data.tags["ser.fold"]), "run_id": run_id, "result": result, "records": records, "model_uri": run.data.tags.get(MODEL_URI_TAG)}
+        records = (
+            read_metrics_jsonl(call_with_retry(client.download_artifacts, run_id, METRICS_FILE, folder))
+            if METRICS_FILE in names
+            else []
+        )
+    return {
+        "fold": int(run.data.tags["ser.fold"]),
+        "run_id": run_id,
+        "result": result,
+        "records": records,
+        "model_uri": run.data.tags.get(MODEL_URI_TAG),
+    }
 
 
-def log_parent_summary(client: MlflowClient, run_id: str, corpus: str, outcomes: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, float]:
+def log_parent_summary(
+    client: MlflowClient, run_id: str, corpus: str, outcomes: list[dict[str, Any]], labels: tuple[str, ...]
+) -> dict[str, float]:
     """Per-fold and mean ± std WA/UA/F1, summed test confusion and all folds' curves on the parent."""
     per_fold = {o["fold"]: fold_scores(o["result"]) for o in outcomes}
     summary = fold_summary(per_fold)
@@ -438,10 +520,21 @@ def log_parent_summary(client: MlflowClient, run_id: str, corpus: str, outcomes:
 
 
 def summary_markdown(
-    corpus: str, fingerprint: str, outcomes: list[dict[str, Any]], summary: dict[str, float], version: str | None, decision: dict | None, rule: str
+    corpus: str,
+    fingerprint: str,
+    outcomes: list[dict[str, Any]],
+    summary: dict[str, float],
+    version: str | None,
+    decision: dict | None,
+    rule: str,
 ) -> str:
     """The train flow's Prefect artifact: per-fold and mean ± std scores, selection rule, registration."""
-    rows = "\n".join(f"| {o['fold']} | " + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in HEADLINE_METRICS) + " |" for o in outcomes)
+    rows = "\n".join(
+        f"| {o['fold']} | "
+        + " | ".join(f"{fold_scores(o['result'])[m]:.4f}" for m in HEADLINE_METRICS)
+        + " |"
+        for o in outcomes
+    )
     mean = " | ".join(f"{summary[f'{m}_mean']:.4f} ± {summary[f'{m}_std']:.4f}" for m in HEADLINE_METRICS)
     header = "| fold | " + " | ".join(HEADLINE_METRICS) + " |\n|---|" + "---|" * len(HEADLINE_METRICS)
     text = f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n{header}\n{rows}\n| mean ± std | {mean} |\n\nCheckpoint selection: {rule}.\n"
@@ -452,14 +545,27 @@ def summary_markdown(
     return text
 
 
-def log_evaluation(experiment: str, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any], tracking_uri: str | None = None) -> str:
+def log_evaluation(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    tracking_uri: str | None = None,
+) -> str:
     """Log one evaluation (`ser evaluate ... --mlflow-experiment NAME`) as a finished run of the
     experiment: its params, every finite numeric leaf of its metrics (``segment.UA``,
     ``boundary_error_s.median``, ...) and the whole metrics dict as ``evaluation.json``. Returns the run's URL."""
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, experiment)
-    run = call_with_retry(client.create_run, experiment_id, run_name=run_name, tags={"ser.kind": "evaluation"})
-    log_batch(client, run.info.run_id, epoch_metrics([metrics]), flatten_params({k: v for k, v in params.items() if v is not None}))
+    run = call_with_retry(
+        client.create_run, experiment_id, run_name=run_name, tags={"ser.kind": "evaluation"}
+    )
+    log_batch(
+        client,
+        run.info.run_id,
+        epoch_metrics([metrics]),
+        flatten_params({k: v for k, v in params.items() if v is not None}),
+    )
     call_with_retry(client.log_dict, run.info.run_id, dict(metrics), "evaluation.json")
     call_with_retry(client.set_terminated, run.info.run_id)
     return run_url(client.tracking_uri, experiment_id, run.info.run_id)

@@ -28,21 +28,37 @@ from prefect.cache_policies import NO_CACHE
 
 from data_contracts.labels import CORPORA
 from data_contracts.staging import cache_from_env, stage_audio
+from flows import tracking as t
 from flows.feature_store import shared_feature_cache
 from flows.fold_runs import run_folds, selected_folds
 from flows.limits import one_training_per_corpus
 from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
 from flows.pyfunc import log_pyfunc
 from flows.roots import manifest_root
-from ser_stack.settings import REPO_ROOT, StackSettings
 from flows.storage import load_manifest_version, resolve_version
-from flows import tracking as t
 from ser_model.config import SERConfig
-from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, RESULT_FILE, FoldJob, fold_folder_name, retry_unless_refused, run_worker, write_fold_times
+from ser_model.launch import (
+    BEST_FOLDER,
+    RELEASE_FOLD,
+    RESULT_FILE,
+    FoldJob,
+    fold_folder_name,
+    retry_unless_refused,
+    run_worker,
+    write_fold_times,
+)
 from ser_model.metrics import selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
+from ser_stack.settings import REPO_ROOT, StackSettings
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_unless_refused, task_run_name="{job.corpus}-{job.name}")
+
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_refused,
+    task_run_name="{job.corpus}-{job.name}",
+)
 def train_worker(job: FoldJob) -> None:
     """Run the fold's worker under torchrun, its output in this task's log (resumes after a retry)."""
     logger = get_run_logger()
@@ -52,7 +68,15 @@ def train_worker(job: FoldJob) -> None:
 
 
 @flow(name="train-fold", flow_run_name="{corpus}-fold{fold}")
-def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any], root: str, experiment_id: str, parent_run_id: str) -> str:
+def train_fold(
+    corpus: str,
+    fingerprint: str,
+    fold: int,
+    config: dict[str, Any],
+    root: str,
+    experiment_id: str,
+    parent_run_id: str,
+) -> str:
     """One fold (or the release model, fold -1) of a train run: returns its MLflow child run id."""
     logger = get_run_logger()
     settings = StackSettings.from_env()
@@ -73,10 +97,26 @@ def train_fold(corpus: str, fingerprint: str, fold: int, config: dict[str, Any],
         cfg.to_json(inputs / "config.json")
         manifest.to_parquet(inputs / "manifest.parquet", index=False)
         fold_table.to_parquet(inputs / "folds.parquet", index=False)
-        with shared_feature_cache(cfg, settings, manifest["sha256"]) as feature_cache:  # flows/feature_store.py
-            train_worker(FoldJob(corpus, fold, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", root, out_dir, cfg.train.epochs, feature_cache))
+        with shared_feature_cache(
+            cfg, settings, manifest["sha256"]
+        ) as feature_cache:  # flows/feature_store.py
+            train_worker(
+                FoldJob(
+                    corpus,
+                    fold,
+                    inputs / "config.json",
+                    inputs / "manifest.parquet",
+                    inputs / "folds.parquet",
+                    root,
+                    out_dir,
+                    cfg.train.epochs,
+                    feature_cache,
+                )
+            )
     else:
-        logger.info("%s: %s of an earlier attempt found; not training again", fold_folder_name(fold), RESULT_FILE)
+        logger.info(
+            "%s: %s of an earlier attempt found; not training again", fold_folder_name(fold), RESULT_FILE
+        )
     run_id = t.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
     if fold == RELEASE_FOLD:
         mlflow.set_tracking_uri(settings.tracking_uri)
@@ -116,17 +156,39 @@ def train(
     client = MlflowClient(settings.tracking_uri)
     experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
     tags = {
-        "ser.corpus": corpus, "ser.data_fingerprint": fingerprint, "ser.preset": preset, "ser.backbone": config.model.backbone,
+        "ser.corpus": corpus,
+        "ser.data_fingerprint": fingerprint,
+        "ser.preset": preset,
+        "ser.backbone": config.model.backbone,
         "ser.train_key": t.train_key(corpus, fingerprint, config, folds, release, root),
         PROTOCOL_TAG: t.protocol_name(corpus, len(available), folds),
         "ser.selection_rule": selection_rule(config.train.select_metric),
-        **t.code_version(REPO_ROOT), **t.package_versions(),
+        **t.code_version(REPO_ROOT),
+        **t.package_versions(),
     }
-    params = {**t.flatten_params(config.to_dict()), "data.fingerprint": fingerprint, "data.utterances": str(len(manifest)), "folds": json.dumps(folds), "release": str(release)}
+    params = {
+        **t.flatten_params(config.to_dict()),
+        "data.fingerprint": fingerprint,
+        "data.utterances": str(len(manifest)),
+        "folds": json.dumps(folds),
+        "release": str(release),
+    }
     parent_id, resumed = t.start_parent_run(client, experiment_id, tags, params)
-    logger.info("%s MLflow parent run %s: %s", "resuming" if resumed else "started", parent_id, t.run_url(settings.tracking_uri, experiment_id, parent_id))
+    logger.info(
+        "%s MLflow parent run %s: %s",
+        "resuming" if resumed else "started",
+        parent_id,
+        t.run_url(settings.tracking_uri, experiment_id, parent_id),
+    )
     try:
-        fold_params = {"corpus": corpus, "fingerprint": fingerprint, "config": config.to_dict(), "root": root, "experiment_id": experiment_id, "parent_run_id": parent_id}
+        fold_params = {
+            "corpus": corpus,
+            "fingerprint": fingerprint,
+            "config": config.to_dict(),
+            "root": root,
+            "experiment_id": experiment_id,
+            "parent_run_id": parent_id,
+        }
         finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_params, train_fold)
         outcomes = [o for o in finished if o["fold"] != RELEASE_FOLD]
         summary = t.log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
@@ -134,16 +196,48 @@ def train(
         if release:
             version = t.call_with_retry(client.get_run, parent_id).data.tags.get("ser.registered_version")
             if version is None:
-                version_tags = {k: tags[k] for k in ("ser.corpus", "ser.data_fingerprint", PROTOCOL_TAG, "ser.selection_rule", "ser.git_commit")}
-                test_speakers = {k: fold_table.loc[(fold_table["fold"] == k) & (fold_table["role"] == "test"), "speaker"].tolist() for k in folds}
-                version_tags.update(fold_score_tags({o["fold"]: t.fold_scores(o["result"])["UA"] for o in outcomes}, test_speakers, config.labels))
+                version_tags = {
+                    k: tags[k]
+                    for k in (
+                        "ser.corpus",
+                        "ser.data_fingerprint",
+                        PROTOCOL_TAG,
+                        "ser.selection_rule",
+                        "ser.git_commit",
+                    )
+                }
+                test_speakers = {
+                    k: fold_table.loc[
+                        (fold_table["fold"] == k) & (fold_table["role"] == "test"), "speaker"
+                    ].tolist()
+                    for k in folds
+                }
+                version_tags.update(
+                    fold_score_tags(
+                        {o["fold"]: t.fold_scores(o["result"])["UA"] for o in outcomes},
+                        test_speakers,
+                        config.labels,
+                    )
+                )
                 released = next(o for o in finished if o["fold"] == RELEASE_FOLD)
-                version = register_release(settings.tracking_uri, corpus, released, summary, {**version_tags, "ser.parent_run_id": parent_id})
+                version = register_release(
+                    settings.tracking_uri,
+                    corpus,
+                    released,
+                    summary,
+                    {**version_tags, "ser.parent_run_id": parent_id},
+                )
                 t.call_with_retry(client.set_tag, parent_id, "ser.registered_version", version)
             else:
-                logger.info("release model already registered as ser-%s version %s by an earlier attempt", corpus, version)
+                logger.info(
+                    "release model already registered as ser-%s version %s by an earlier attempt",
+                    corpus,
+                    version,
+                )
             decision = promote(corpus, version, margin=promote_margin)
-        markdown = t.summary_markdown(corpus, fingerprint, outcomes, summary, version, decision, tags["ser.selection_rule"])
+        markdown = t.summary_markdown(
+            corpus, fingerprint, outcomes, summary, version, decision, tags["ser.selection_rule"]
+        )
         create_markdown_artifact(markdown, key=f"train-{corpus}", description=f"cross-validation of {corpus}")
         t.call_with_retry(client.set_terminated, parent_id, "FINISHED")
     except BaseException:
@@ -152,4 +246,10 @@ def train(
         except Exception as err:  # the tracking server may be the reason we failed
             logger.warning("could not mark MLflow run %s FAILED: %s", parent_id, err)
         raise
-    return {"parent_run_id": parent_id, "fingerprint": fingerprint, "summary": summary, "version": version, "promotion": decision}
+    return {
+        "parent_run_id": parent_id,
+        "fingerprint": fingerprint,
+        "summary": summary,
+        "version": version,
+        "promotion": decision,
+    }

@@ -61,7 +61,6 @@ from ser_model.tuning import (
 )
 from ser_stack.settings import REPO_ROOT, StackSettings
 
-
 TRIAL_DEPLOYMENT = "tune-trial/tune-trial"
 RUN_KIND_TAG = "ser.run_kind"
 TUNE_KEY_TAG = "ser.tune_key"
@@ -89,7 +88,12 @@ class MlflowStudyTracker:
     log a trial: child runs are found by their trial number under the parent."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, tracking_uri: str = ""):
-        self.client, self.experiment_id, self.parent_run_id, self.tracking_uri = client, experiment_id, parent_run_id, tracking_uri
+        self.client, self.experiment_id, self.parent_run_id, self.tracking_uri = (
+            client,
+            experiment_id,
+            parent_run_id,
+            tracking_uri,
+        )
         self._children: dict[int, str] = {}
 
     @classmethod
@@ -107,7 +111,7 @@ class MlflowStudyTracker:
         fingerprint: str,
         preset: str = DEFAULT_PRESET,
         tracking_uri: str = "",
-    ) -> "MlflowStudyTracker":
+    ) -> MlflowStudyTracker:
         """Open the parent run of ``study`` (the existing one with the same key, or a new one)."""
         experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
         key = tune_key(corpus, fingerprint, study.study_name)
@@ -116,14 +120,24 @@ class MlflowStudyTracker:
             t.call_with_retry(client.update_run, parent, status="RUNNING")
         else:
             tags = {
-                RUN_KIND_TAG: "tune", TUNE_KEY_TAG: key, "ser.corpus": corpus, "ser.data_fingerprint": fingerprint,
-                "ser.study": study.study_name, "ser.preset": preset, **t.code_version(REPO_ROOT), **t.package_versions(),
+                RUN_KIND_TAG: "tune",
+                TUNE_KEY_TAG: key,
+                "ser.corpus": corpus,
+                "ser.data_fingerprint": fingerprint,
+                "ser.study": study.study_name,
+                "ser.preset": preset,
+                **t.code_version(REPO_ROOT),
+                **t.package_versions(),
             }
-            parent = t.call_with_retry(client.create_run, experiment_id, tags=tags, run_name=f"tune-{corpus}").info.run_id
+            parent = t.call_with_retry(
+                client.create_run, experiment_id, tags=tags, run_name=f"tune-{corpus}"
+            ).info.run_id
             params = {
                 **{f"base.{k}": v for k, v in t.flatten_params(base_config.to_dict()).items()},
                 "space": json.dumps(space_dict(space), sort_keys=True)[: t.MLFLOW_PARAM_VALUE_LIMIT],
-                "tune_folds": json.dumps(tune_folds), "trials": str(trials), "root": root,
+                "tune_folds": json.dumps(tune_folds),
+                "trials": str(trials),
+                "root": root,
                 "objective": "mean best validation UA over the tuning folds (test speakers never scored)",
             }
             t.log_batch(client, parent, params=params)
@@ -133,31 +147,54 @@ class MlflowStudyTracker:
         """The trial's child run id (created on first use)."""
         number = trial.number
         if number not in self._children:
-            run_id = t.find_run(self.client, self.experiment_id, {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: str(number)})
+            run_id = t.find_run(
+                self.client,
+                self.experiment_id,
+                {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: str(number)},
+            )
             if run_id is None:
                 original = original_trial_number(trial)
-                tags = {"mlflow.parentRunId": self.parent_run_id, RUN_KIND_TAG: "tune-trial", TRIAL_TAG: str(number)}
+                tags = {
+                    "mlflow.parentRunId": self.parent_run_id,
+                    RUN_KIND_TAG: "tune-trial",
+                    TRIAL_TAG: str(number),
+                }
                 if original != number:
                     tags["ser.retried_from"] = str(original)
-                run_id = t.call_with_retry(self.client.create_run, self.experiment_id, tags=tags, run_name=f"trial-{number}").info.run_id
+                run_id = t.call_with_retry(
+                    self.client.create_run, self.experiment_id, tags=tags, run_name=f"trial-{number}"
+                ).info.run_id
             self._children[number] = run_id
         return self._children[number]
 
     def trial_started(self, trial: optuna.Trial, config: SERConfig) -> None:
         run_id = self.child(trial)
-        t.log_batch(self.client, run_id, params={k: json.dumps(v) for k, v in trial.params.items()}, tags={TRIAL_STATE_TAG: "RUNNING"})
+        t.log_batch(
+            self.client,
+            run_id,
+            params={k: json.dumps(v) for k, v in trial.params.items()},
+            tags={TRIAL_STATE_TAG: "RUNNING"},
+        )
 
     def epoch(self, trial: optuna.Trial, fold: int, epoch: int, record: Mapping[str, Any]) -> None:
         """Per-epoch curves of the trial's fold, e.g. ``fold0.valid.UA`` and ``fold0.train.loss`` at step = epoch."""
         prefix = fold_folder_name(fold).replace("-", "")
-        metrics = t.epoch_metrics([{k: v for k, v in record.items() if k in ("epoch", "train", "valid", "lr")}])
-        renamed = [Metric(key=f"{prefix}.{m.key}", value=m.value, timestamp=m.timestamp, step=m.step) for m in metrics]
+        metrics = t.epoch_metrics(
+            [{k: v for k, v in record.items() if k in ("epoch", "train", "valid", "lr")}]
+        )
+        renamed = [
+            Metric(key=f"{prefix}.{m.key}", value=m.value, timestamp=m.timestamp, step=m.step)
+            for m in metrics
+        ]
         t.log_batch(self.client, self.child(trial), metrics=renamed)
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: the child run's state, value and end."""
         run_id = self.child(trial)
-        tags = {TRIAL_STATE_TAG: trial.state.name, **{f"ser.trial_{k}": str(v) for k, v in trial.user_attrs.items()}}
+        tags = {
+            TRIAL_STATE_TAG: trial.state.name,
+            **{f"ser.trial_{k}": str(v) for k, v in trial.user_attrs.items()},
+        }
         metrics = [optuna_metric("last_step", float(trial.last_step or 0), int(time.time() * 1000), 0)]
         if trial.value is not None:
             metrics.append(optuna_metric("objective", trial.value, int(time.time() * 1000), 0))
@@ -180,12 +217,20 @@ class MlflowStudyTracker:
         preset file, the optimisation history and parameter importances as figures."""
         self.close_failed(study)
         summary = study_summary(study)
-        metrics = [optuna_metric(f"trials_{state.lower()}", float(n), int(time.time() * 1000), 0) for state, n in summary["states"].items()]
+        metrics = [
+            optuna_metric(f"trials_{state.lower()}", float(n), int(time.time() * 1000), 0)
+            for state, n in summary["states"].items()
+        ]
         if "best_value" in summary:
             metrics.append(optuna_metric("best_valid_UA", summary["best_value"], int(time.time() * 1000), 0))
         tags = {"ser.best_trial": str(summary.get("best_trial", "none"))}
         t.log_batch(self.client, self.parent_run_id, metrics=metrics, tags=tags)
-        t.call_with_retry(self.client.log_text, self.parent_run_id, json.dumps(summary, indent=2, default=str), "study/summary.json")
+        t.call_with_retry(
+            self.client.log_text,
+            self.parent_run_id,
+            json.dumps(summary, indent=2, default=str),
+            "study/summary.json",
+        )
         if preset_path is not None:
             t.call_with_retry(self.client.log_artifact, self.parent_run_id, str(preset_path), PRESET_ARTIFACT)
         for name, figure in study_figures(study).items():
@@ -278,19 +323,32 @@ def tune_trial(
     if root.startswith("s3://"):
         cache, limit = cache_from_env(settings.state_dir / "audio-cache")
         root = str(stage_audio(manifest, root, cache, fingerprint, limit))
-    study = open_study(study_name, settings.tune_storage, seed=worker_seed(seed), grace_period_s=heartbeat_grace_s)
-    tracker = MlflowStudyTracker(MlflowClient(settings.tracking_uri), experiment_id, parent_run_id, settings.tracking_uri)
+    study = open_study(
+        study_name, settings.tune_storage, seed=worker_seed(seed), grace_period_s=heartbeat_grace_s
+    )
+    tracker = MlflowStudyTracker(
+        MlflowClient(settings.tracking_uri), experiment_id, parent_run_id, settings.tracking_uri
+    )
     out_root = settings.state_dir / "tune" / corpus / study_name
     objective = TuningObjective(
-        base, parsed, manifest, fold_table, tune_folds, root, out_root,
-        on_trial_start=tracker.trial_started, on_epoch=tracker.epoch,
+        base,
+        parsed,
+        manifest,
+        fold_table,
+        tune_folds,
+        root,
+        out_root,
+        on_trial_start=tracker.trial_started,
+        on_epoch=tracker.epoch,
         feature_cache_dir=settings.state_dir / "feature-cache",
     )
     with forward_logs("ser_model", logger):  # fit's per-epoch lines and "resumed from ..." in the run's log
         study.optimize(objective, n_trials=1, callbacks=[tracker.trial_finished])
     number = objective.last_trial_number
     trial = study.trials[number]
-    logger.info("trial %d: %s value %s params %s", number, trial.state.name, trial.value, json.dumps(trial.params))
+    logger.info(
+        "trial %d: %s value %s params %s", number, trial.state.name, trial.value, json.dumps(trial.params)
+    )
     return number
 
 
@@ -312,7 +370,10 @@ def _run_trials(n: int, parameters: dict[str, Any]) -> list[str]:
         return failed
     variables = fold_job_variables(parameters["corpus"], 0)
     variables["name"] = f"ser-{parameters['corpus']}-tune-trial"
-    runs = [run_deployment(TRIAL_DEPLOYMENT, parameters=parameters, timeout=0, job_variables=variables) for _ in range(n)]
+    runs = [
+        run_deployment(TRIAL_DEPLOYMENT, parameters=parameters, timeout=0, job_variables=variables)
+        for _ in range(n)
+    ]
     with get_client(sync_client=True) as api:
         for run in runs:
             final = wait_until_final(api, run.id)
@@ -360,15 +421,37 @@ def tune(
     enqueue_base(optuna_study, parsed, base)
     client = MlflowClient(settings.tracking_uri)
     tracker = MlflowStudyTracker.start(
-        client, corpus=corpus, study=optuna_study, base_config=base, space=parsed, tune_folds=tune_folds, trials=trials,
-        root=root, fingerprint=fingerprint, preset=preset, tracking_uri=settings.tracking_uri,
+        client,
+        corpus=corpus,
+        study=optuna_study,
+        base_config=base,
+        space=parsed,
+        tune_folds=tune_folds,
+        trials=trials,
+        root=root,
+        fingerprint=fingerprint,
+        preset=preset,
+        tracking_uri=settings.tracking_uri,
     )
-    logger.info("study %s in %s; MLflow tune run %s: %s", name, settings.tune_storage, tracker.parent_run_id,
-                t.run_url(settings.tracking_uri, tracker.experiment_id, tracker.parent_run_id))
+    logger.info(
+        "study %s in %s; MLflow tune run %s: %s",
+        name,
+        settings.tune_storage,
+        tracker.parent_run_id,
+        t.run_url(settings.tracking_uri, tracker.experiment_id, tracker.parent_run_id),
+    )
     parameters = {
-        "corpus": corpus, "fingerprint": fingerprint, "study_name": name, "config": base.to_dict(), "space": space_dict(parsed),
-        "tune_folds": tune_folds, "root": root, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_run_id,
-        "heartbeat_grace_s": heartbeat_grace_s, "seed": seed,
+        "corpus": corpus,
+        "fingerprint": fingerprint,
+        "study_name": name,
+        "config": base.to_dict(),
+        "space": space_dict(parsed),
+        "tune_folds": tune_folds,
+        "root": root,
+        "experiment_id": tracker.experiment_id,
+        "parent_run_id": tracker.parent_run_id,
+        "heartbeat_grace_s": heartbeat_grace_s,
+        "seed": seed,
     }
     done = lambda: sum(tr.state in DONE_STATES for tr in optuna_study.trials)  # noqa: E731
     failures: list[str] = []
@@ -376,7 +459,11 @@ def tune(
         before = done()
         stale = [tr.number for tr in optuna_study.trials if tr.state == optuna.trial.TrialState.RUNNING]
         if stale:  # a killed run's trial: wait until its heartbeat is old enough, then queue it again
-            logger.info("trial(s) %s still marked running; retrying them once silent for %.0f s", stale, heartbeat_grace_s)
+            logger.info(
+                "trial(s) %s still marked running; retrying them once silent for %.0f s",
+                stale,
+                heartbeat_grace_s,
+            )
             time.sleep(heartbeat_grace_s + 1)
             fail_stale_trials(optuna_study)
             tracker.close_failed(optuna_study)
@@ -390,19 +477,37 @@ def tune(
         best_preset(optuna_study, extends, {**own, **fixed}, corpus=corpus),
     )
     summary = tracker.finish(optuna_study, preset_path)
-    create_markdown_artifact(study_markdown(corpus, summary, preset_path), key=f"tune-{corpus}", description=f"tuning study of {corpus}")
-    logger.info("best trial %s: mean valid UA %.4f; preset file %s", summary.get("best_trial"), summary.get("best_value", float("nan")), preset_path)
-    return {"study": name, "parent_run_id": tracker.parent_run_id, "preset_file": str(preset_path), "summary": summary}
+    create_markdown_artifact(
+        study_markdown(corpus, summary, preset_path),
+        key=f"tune-{corpus}",
+        description=f"tuning study of {corpus}",
+    )
+    logger.info(
+        "best trial %s: mean valid UA %.4f; preset file %s",
+        summary.get("best_trial"),
+        summary.get("best_value", float("nan")),
+        preset_path,
+    )
+    return {
+        "study": name,
+        "parent_run_id": tracker.parent_run_id,
+        "preset_file": str(preset_path),
+        "summary": summary,
+    }
 
 
 def study_markdown(corpus: str, summary: Mapping[str, Any], preset_path: Path) -> str:
     """The tune run's Prefect artifact: counts, best trial and each trial's state and value."""
     lines = [
-        f"# Tuning study {summary['study']} ({corpus})", "",
+        f"# Tuning study {summary['study']} ({corpus})",
+        "",
         f"Trials by state: {json.dumps(summary['states'])}. Best trial {summary.get('best_trial')}: mean validation UA "
-        f"{100 * summary.get('best_value', float('nan')):.2f} % (test speakers never scored).", "",
-        f"Preset file: `{preset_path}` (train with `preset` = that path).", "",
-        "| trial | state | value | parameters |", "|---|---|---|---|",
+        f"{100 * summary.get('best_value', float('nan')):.2f} % (test speakers never scored).",
+        "",
+        f"Preset file: `{preset_path}` (train with `preset` = that path).",
+        "",
+        "| trial | state | value | parameters |",
+        "|---|---|---|---|",
     ]
     for tr in summary["per_trial"]:
         value = "" if tr["value"] is None else f"{100 * tr['value']:.2f}"

@@ -36,9 +36,10 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
-from typing import Callable, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -77,7 +78,10 @@ def ensure_credentials(settings: StackSettings) -> StackSettings:
         return settings
     path = settings.state_dir / CREDENTIALS_FILE
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    stored = {"access_key_id": "SER" + secrets.token_hex(8).upper(), "secret_access_key": secrets.token_urlsafe(30)}
+    stored = {
+        "access_key_id": "SER" + secrets.token_hex(8).upper(),
+        "secret_access_key": secrets.token_urlsafe(30),
+    }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(stored, handle)
@@ -135,7 +139,12 @@ def start_process(state_dir: Path, name: str, argv: list[str], env: Mapping[str,
         out.write(f"{START_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     record = {"pid": proc.pid, "create_time": process_start_time(proc.pid), "argv": argv}
@@ -180,7 +189,9 @@ def stop_process_group(pid: int, grace_s: float = STOP_GRACE_S) -> None:
         pass
     _, alive = psutil.wait_procs(members, timeout=grace_s)
     if alive:
-        log.warning("pid %d: %d process(es) ignored SIGTERM for %.0f s, sending SIGKILL", pid, len(alive), grace_s)
+        log.warning(
+            "pid %d: %d process(es) ignored SIGTERM for %.0f s, sending SIGKILL", pid, len(alive), grace_s
+        )
         for proc in alive:
             try:
                 proc.kill()
@@ -332,12 +343,12 @@ def next_run_due(schedule: dict, now: float, horizon_s: float) -> bool:
     """True when `schedule` (a deployment schedule as the Prefect API returns it) fires within
     `horizon_s` seconds of `now`: only then must the server's scheduler have made a run for it."""
     import asyncio
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from prefect.server.schemas.schedules import SCHEDULE_TYPES
     from pydantic import TypeAdapter
 
-    start = datetime.fromtimestamp(now, timezone.utc)
+    start = datetime.fromtimestamp(now, UTC)
     parsed = TypeAdapter(SCHEDULE_TYPES).validate_python(schedule)
     return bool(asyncio.run(parsed.get_dates(n=1, start=start, end=start + timedelta(seconds=horizon_s))))
 
@@ -360,7 +371,9 @@ def scheduled_deployments_without_runs(settings: StackSettings, now: float | Non
         if not active or deployment.get("paused"):
             continue
         changed = max(datetime.fromisoformat(x["updated"]).timestamp() for x in [deployment, *active])
-        if now - changed < SCHEDULER_GRACE_S or not any(next_run_due(s["schedule"], now, horizon_s) for s in active):
+        if now - changed < SCHEDULER_GRACE_S or not any(
+            next_run_due(s["schedule"], now, horizon_s) for s in active
+        ):
             continue
         query = {
             "deployments": {"id": {"any_": [deployment["id"]]}},
@@ -401,14 +414,21 @@ def orphaned_training_slots(settings: StackSettings) -> list[str]:
     outnumber the ``train`` flow runs running: a training that died holding its slot. Its lease
     frees it within flows.limits.LEASE_S; one held longer blocks every later training of the corpus."""
     _, body = http_post_json(f"{settings.prefect_api_url}/v2/concurrency_limits/filter", {})
-    held = [limit for limit in json.loads(body) if limit["name"].startswith("train-") and limit["active_slots"] > 0]
+    held = [
+        limit
+        for limit in json.loads(body)
+        if limit["name"].startswith("train-") and limit["active_slots"] > 0
+    ]
     if not held:
         return []
     query = {"flows": {"name": {"any_": ["train"]}}, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}
     _, running = http_post_json(f"{settings.prefect_api_url}/flow_runs/count", query)
     if sum(limit["active_slots"] for limit in held) <= int(running):
         return []
-    return [f"{limit['name']} ({limit['active_slots']}/{limit['limit']})" for limit in sorted(held, key=lambda x: x["name"])]
+    return [
+        f"{limit['name']} ({limit['active_slots']}/{limit['limit']})"
+        for limit in sorted(held, key=lambda x: x["name"])
+    ]
 
 
 def check_trainings(settings: StackSettings) -> str | None:
@@ -443,9 +463,11 @@ class Component:
 def components(settings: StackSettings) -> list[Component]:
     state = settings.state_dir
     weed = [
-        str(BIN / "weed"), "mini",
+        str(BIN / "weed"),
+        "mini",
         f"-dir={state / 'seaweedfs'}",
-        f"-ip={settings.host}", f"-ip.bind={settings.host}",
+        f"-ip={settings.host}",
+        f"-ip.bind={settings.host}",
         f"-master.port={settings.weed_master_port}",
         f"-volume.port={settings.weed_volume_port}",
         f"-filer.port={settings.weed_filer_port}",
@@ -453,30 +475,60 @@ def components(settings: StackSettings) -> list[Component]:
         f"-admin.port={settings.weed_admin_port}",
         f"-s3.config={state / 'seaweedfs-s3.json'}",
         "-master.telemetry=false",
-        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
     ]
     mlflow = [
-        str(BIN / "mlflow"), "server",
-        "--host", settings.host, "--port", str(settings.mlflow_port),
-        "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
-        "--artifacts-destination", f"s3://{settings.mlflow_bucket}/artifacts",
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.mlflow_port),
+        "--backend-store-uri",
+        f"sqlite:///{state / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{settings.mlflow_bucket}/artifacts",
         "--serve-artifacts",
-        "--workers", "2",
+        "--workers",
+        "2",
     ]
     prefect = [
-        str(BIN / "prefect"), "server", "start",
-        "--host", settings.host, "--port", str(settings.prefect_port),
-        "--analytics-off", "--no-background",
+        str(BIN / "prefect"),
+        "server",
+        "start",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.prefect_port),
+        "--analytics-off",
+        "--no-background",
     ]
     worker = [
-        str(BIN / "prefect"), "worker", "start",
-        "--pool", settings.work_pool, "--type", "process", "--name", WORKER_NAME,
-        "--install-policy", "never",
+        str(BIN / "prefect"),
+        "worker",
+        "start",
+        "--pool",
+        settings.work_pool,
+        "--type",
+        "process",
+        "--name",
+        WORKER_NAME,
+        "--install-policy",
+        "never",
     ]
     return [
         Component("s3", settings.s3_port, weed, check_s3, settings.s3_endpoint),
         Component("mlflow", settings.mlflow_port, mlflow, check_mlflow, settings.tracking_uri),
-        Component("prefect", settings.prefect_port, prefect, check_prefect, settings.prefect_api_url.removesuffix("/api")),
+        Component(
+            "prefect",
+            settings.prefect_port,
+            prefect,
+            check_prefect,
+            settings.prefect_api_url.removesuffix("/api"),
+        ),
         Component("worker", None, worker, check_worker, f"work pool {settings.work_pool}"),
     ]
 
@@ -534,7 +586,8 @@ def wait_healthy(settings: StackSettings, component: Component, timeout_s: float
         time.sleep(0.5)
     raise StackError(
         f"{component.name} not healthy after {timeout_s:.0f} s ({reason}); last lines of "
-        f"{log_path(settings.state_dir, component.name)}:\n" + tail(log_path(settings.state_dir, component.name))
+        f"{log_path(settings.state_dir, component.name)}:\n"
+        + tail(log_path(settings.state_dir, component.name))
     )
 
 
@@ -556,7 +609,11 @@ def ensure_work_pool(settings: StackSettings, env: Mapping[str, str]) -> None:
             raise
     subprocess.run(
         [str(BIN / "prefect"), "work-pool", "create", "--type", "process", settings.work_pool],
-        cwd=REPO_ROOT, env=dict(env), check=True, capture_output=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=dict(env),
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     log.info("created work pool %s", settings.work_pool)
 
@@ -629,7 +686,9 @@ def health(settings: StackSettings, local: bool = True, scheduler: bool = True) 
         result["scheduler"] = (
             "Prefect server down" if result["prefect"] is not None else check_scheduler(settings, local)
         )
-        result["trainings"] = "Prefect server down" if result["prefect"] is not None else check_trainings(settings)
+        result["trainings"] = (
+            "Prefect server down" if result["prefect"] is not None else check_trainings(settings)
+        )
     return result
 
 
@@ -682,7 +741,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "down":
         stopped = down(settings, args.purge)
-        print(f"stopped: {', '.join(stopped) or 'nothing was running'}" + (f"; deleted {settings.state_dir}" if args.purge else ""))
+        print(
+            f"stopped: {', '.join(stopped) or 'nothing was running'}"
+            + (f"; deleted {settings.state_dir}" if args.purge else "")
+        )
         return 0
     if args.command == "health":
         table = health(settings)
@@ -696,9 +758,14 @@ def main(argv: list[str] | None = None) -> int:
         started = up(settings, args.timeout)
     except (StackError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
-        print(f"infra/up failed: {exc}\n{detail.decode(errors='replace') if isinstance(detail, bytes) else detail}", file=sys.stderr)
+        print(
+            f"infra/up failed: {exc}\n{detail.decode(errors='replace') if isinstance(detail, bytes) else detail}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"stack up (state: {settings.state_dir}); started: {', '.join(started) or 'nothing, all were running'}")
+    print(
+        f"stack up (state: {settings.state_dir}); started: {', '.join(started) or 'nothing, all were running'}"
+    )
     for component in components(settings):
         print(f"  {component.name:8} {component.url}")
     return 0

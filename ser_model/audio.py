@@ -20,8 +20,16 @@ import torchaudio
 from ser_model.errors import AudioDecodeError
 
 __all__ = [
-    "AudioDecodeError", "AudioTooLongError", "load_audio", "decode_audio_bytes", "to_mono", "resample", "resampling_kernel_size",
-    "trim_silence", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE",
+    "AudioDecodeError",
+    "AudioTooLongError",
+    "load_audio",
+    "decode_audio_bytes",
+    "to_mono",
+    "resample",
+    "resampling_kernel_size",
+    "trim_silence",
+    "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE",
 ]
 
 #: sample rates accepted from files and callers (below: an absurd header that would be upsampled
@@ -51,7 +59,9 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
     if wave.ndim == 1:
         return wave
     if wave.ndim != 2 or wave.shape[1] == 0:
-        raise AudioDecodeError(f"expected audio of shape (samples,) or (samples, channels ≥ 1), got {wave.shape}")
+        raise AudioDecodeError(
+            f"expected audio of shape (samples,) or (samples, channels ≥ 1), got {wave.shape}"
+        )
     return wave.mean(axis=1, dtype=np.float32)
 
 
@@ -61,7 +71,9 @@ def _resampler(orig_sr: int, target_sr: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig_sr, target_sr)
 
 
-def resampling_kernel_size(orig_sr: int, target_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+def resampling_kernel_size(
+    orig_sr: int, target_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99
+) -> int:
     """Coefficients of the sinc kernel `torchaudio.functional.resample` builds for a rate pair.
 
     With g = gcd(orig, target), o = orig/g, t = target/g and
@@ -82,7 +94,9 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """
     for name, rate in (("source", orig_sr), ("target", target_sr)):
         if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-            raise AudioDecodeError(f"{name} sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+            raise AudioDecodeError(
+                f"{name} sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz"
+            )
     if orig_sr == target_sr:
         return np.asarray(wave, dtype=np.float32)
     size = resampling_kernel_size(orig_sr, target_sr)
@@ -92,7 +106,9 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
             f"almost no factor), more than {MAX_KERNEL_SIZE}; expected a common rate such as 8000, 16000, 22050, 44100 or 48000 Hz"
         )
     with torch.inference_mode():
-        out = _resampler(int(orig_sr), int(target_sr))(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
+        out = _resampler(int(orig_sr), int(target_sr))(
+            torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        )
     return out.numpy()
 
 
@@ -117,7 +133,13 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
         raise AudioDecodeError(f"{path}: {exc}") from exc
 
 
-def trim_silence(wave: np.ndarray, sample_rate: int, trim_db: float | None, frame_seconds: float = 0.025, hop_seconds: float = 0.010) -> np.ndarray:
+def trim_silence(
+    wave: np.ndarray,
+    sample_rate: int,
+    trim_db: float | None,
+    frame_seconds: float = 0.025,
+    hop_seconds: float = 0.010,
+) -> np.ndarray:
     """Cut leading and trailing silence: keep from the first to the last frame whose energy is within
     ``trim_db`` dB of the loudest frame's.
 
@@ -158,15 +180,23 @@ def decode_audio_bytes(data: bytes, max_seconds: float | None = None) -> tuple[n
         with soundfile.SoundFile(io.BytesIO(data)) as audio:
             rate, frames = audio.samplerate, audio.frames
             if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-                raise AudioDecodeError(f"sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+                raise AudioDecodeError(
+                    f"sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz"
+                )
             if frames == UNKNOWN_FRAMES:
-                raise AudioDecodeError("the file's header does not state its length; expected a WAV or FLAC file whose header does")
+                raise AudioDecodeError(
+                    "the file's header does not state its length; expected a WAV or FLAC file whose header does"
+                )
             if max_seconds is not None and frames > max_seconds * rate:
-                raise AudioTooLongError(f"{frames / rate:.1f} s of audio, more than the limit of {max_seconds:g} s")
+                raise AudioTooLongError(
+                    f"{frames / rate:.1f} s of audio, more than the limit of {max_seconds:g} s"
+                )
             samples = audio.read(dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as exc:  # AudioDecodeError is neither
         reason = getattr(exc, "error_string", exc)  # libsndfile's reason, without the BytesIO's repr
-        raise AudioDecodeError(f"cannot decode the bytes as audio ({reason}); expected the content of a WAV, FLAC or OGG file") from exc
+        raise AudioDecodeError(
+            f"cannot decode the bytes as audio ({reason}); expected the content of a WAV, FLAC or OGG file"
+        ) from exc
     if samples.shape[0] == 0:
         raise AudioDecodeError("the file holds no samples; expected at least one")
     return samples, rate

@@ -59,14 +59,18 @@ def _check_batch(waves: torch.Tensor, lengths: torch.Tensor) -> None:
     if waves.dim() != 2:
         raise ValueError(f"waves: got shape {tuple(waves.shape)}, expected (B, L) mono waveforms")
     if lengths.shape != (waves.shape[0],):
-        raise ValueError(f"lengths: got shape {tuple(lengths.shape)}, expected ({waves.shape[0]},) one length per waveform")
+        raise ValueError(
+            f"lengths: got shape {tuple(lengths.shape)}, expected ({waves.shape[0]},) one length per waveform"
+        )
     if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > waves.shape[1]):
         raise ValueError(
             f"lengths: got values in [{int(lengths.min())}, {int(lengths.max())}], expected 1 <= length <= L={waves.shape[1]}"
         )
 
 
-def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_mean_std(
+    x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of x over the valid positions along ``dim``.
 
     x (B, T, …) with mask (B, T) broadcast over trailing dims; mean = Σ m x / Σ m,
@@ -80,8 +84,15 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 
 
 
 def spec_augment_masks(
-    n_frames: torch.Tensor, n_bins: int, max_frames: int, *, time_masks: int, time_width: int,
-    freq_masks: int, freq_width: int, generator: torch.Generator | None = None,
+    n_frames: torch.Tensor,
+    n_bins: int,
+    max_frames: int,
+    *,
+    time_masks: int,
+    time_width: int,
+    freq_masks: int,
+    freq_width: int,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """SpecAugment-style keep-mask (B, max_frames, n_bins) bool, False where masked.
 
@@ -150,22 +161,33 @@ class FbankBackbone(Backbone):
         self.hop_length = round(HOP_SECONDS * cfg.sample_rate)
         # n_fft = window length: frame t covers exactly samples [t·hop, t·hop + win)
         self.melspec = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=self.win_length, win_length=self.win_length,
-            hop_length=self.hop_length, n_mels=cfg.n_mels, center=False, power=2.0,
+            sample_rate=cfg.sample_rate,
+            n_fft=self.win_length,
+            win_length=self.win_length,
+            hop_length=self.hop_length,
+            n_mels=cfg.n_mels,
+            center=False,
+            power=2.0,
         )
         # torchaudio keeps the window as a view of a longer buffer, which safetensors refuses to save
         self.melspec.spectrogram.window = self.melspec.spectrogram.window.clone()
         channels = (1, *cfg.fbank_channels)
         self.blocks = nn.ModuleList(
-            _ConvBlock2d(c_in, c_out, pool) for c_in, c_out, pool in zip(channels[:-1], channels[1:], cfg.fbank_time_pools)
+            _ConvBlock2d(c_in, c_out, pool)
+            for c_in, c_out, pool in zip(channels[:-1], channels[1:], cfg.fbank_time_pools)
         )
         mel_out = cfg.n_mels // 2 ** len(cfg.fbank_channels)
         self.project = nn.Linear(cfg.fbank_channels[-1] * mel_out, cfg.fbank_dim)
         self.dropout = nn.Dropout(cfg.fbank_dropout)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                cfg.fbank_dim, cfg.fbank_heads, dim_feedforward=cfg.fbank_ff_mult * cfg.fbank_dim,
-                dropout=cfg.fbank_dropout, activation="gelu", batch_first=True, norm_first=True,
+                cfg.fbank_dim,
+                cfg.fbank_heads,
+                dim_feedforward=cfg.fbank_ff_mult * cfg.fbank_dim,
+                dropout=cfg.fbank_dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
             )
             for _ in range(cfg.fbank_layers)
         )
@@ -201,7 +223,9 @@ class FbankBackbone(Backbone):
         mask = lengths_to_mask(n_frames, feats.shape[1])
         if self.cfg.fbank_norm == "utterance":
             b, t, f = feats.shape
-            mean, std = masked_mean_std(feats.reshape(b, t * f), mask.repeat_interleave(f, dim=1), dim=1)  # (B, 1)
+            mean, std = masked_mean_std(
+                feats.reshape(b, t * f), mask.repeat_interleave(f, dim=1), dim=1
+            )  # (B, 1)
             mean, std = mean[:, :, None], std[:, :, None]  # (B, 1, 1)
         else:
             mean, std = masked_mean_std(feats, mask, dim=1)  # (B, 1, n_mels)
@@ -216,8 +240,13 @@ class FbankBackbone(Backbone):
         if self.training:
             cfg = self.cfg
             keep = spec_augment_masks(
-                mask.sum(1), feats.shape[2], feats.shape[1], time_masks=cfg.spec_time_masks,
-                time_width=cfg.spec_time_width, freq_masks=cfg.spec_freq_masks, freq_width=cfg.spec_freq_width,
+                mask.sum(1),
+                feats.shape[2],
+                feats.shape[1],
+                time_masks=cfg.spec_time_masks,
+                time_width=cfg.spec_time_width,
+                freq_masks=cfg.spec_freq_masks,
+                freq_width=cfg.spec_freq_width,
             )
             feats = feats * keep.to(feats.dtype)
         x = feats.transpose(1, 2)[:, None]  # (B, 1, n_mels, T)
@@ -261,10 +290,18 @@ class HFBackbone(Backbone):
     each layer's output, and the final output in place of the last layer's raw output.
     """
 
-    def __init__(self, model: nn.Module, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str = "finetune",
+        use_layer_weights: bool | None = None,
+        wave_norm: bool = True,
+    ) -> None:
         super().__init__()
         if mode not in ("finetune", "frozen", "weighted_sum"):
-            raise ValueError(f"HFBackbone mode: got {mode!r}, expected 'finetune', 'frozen' or 'weighted_sum'")
+            raise ValueError(
+                f"HFBackbone mode: got {mode!r}, expected 'finetune', 'frozen' or 'weighted_sum'"
+            )
         if not hasattr(model, "_get_feat_extract_output_lengths"):
             raise ValueError(
                 f"HFBackbone: {type(model).__name__} has no _get_feat_extract_output_lengths; expected a "
@@ -276,7 +313,9 @@ class HFBackbone(Backbone):
         config = model.config
         use_layer_weights = mode != "frozen" if use_layer_weights is None else use_layer_weights
         if mode == "frozen" and use_layer_weights:
-            raise ValueError("HFBackbone: mode 'frozen' uses the last layer only; use mode 'weighted_sum' for layer weights")
+            raise ValueError(
+                "HFBackbone: mode 'frozen' uses the last layer only; use mode 'weighted_sum' for layer weights"
+            )
         self.layer_weights = LayerWeightedSum(config.num_hidden_layers + 1) if use_layer_weights else None
         self.out_dim = config.hidden_size
         self.frame_rate = 16000 / math.prod(config.conv_stride)
@@ -288,7 +327,13 @@ class HFBackbone(Backbone):
             model.eval()
 
     @classmethod
-    def from_pretrained(cls, source: str, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> HFBackbone:
+    def from_pretrained(
+        cls,
+        source: str,
+        mode: str = "finetune",
+        use_layer_weights: bool | None = None,
+        wave_norm: bool = True,
+    ) -> HFBackbone:
         """Load weights from a hub id or a local folder (a local folder needs no network)."""
         from transformers import AutoModel
 
@@ -300,7 +345,13 @@ class HFBackbone(Backbone):
         return cls(model, mode, use_layer_weights, wave_norm)
 
     @classmethod
-    def from_config(cls, config: Any, mode: str = "finetune", use_layer_weights: bool | None = None, wave_norm: bool = True) -> HFBackbone:
+    def from_config(
+        cls,
+        config: Any,
+        mode: str = "finetune",
+        use_layer_weights: bool | None = None,
+        wave_norm: bool = True,
+    ) -> HFBackbone:
         """Randomly initialised model from a transformers config object or its ``to_dict()``."""
         from transformers import AutoConfig, AutoModel
 
@@ -331,7 +382,11 @@ class HFBackbone(Backbone):
     @property
     def layer_set(self) -> tuple[int, ...]:
         """Indices (into the K hidden states) that ``hidden_states`` returns: all K for the layer weights, the last alone otherwise."""
-        return tuple(range(self.n_hidden_states)) if self.layer_weights is not None else (self.n_hidden_states - 1,)
+        return (
+            tuple(range(self.n_hidden_states))
+            if self.layer_weights is not None
+            else (self.n_hidden_states - 1,)
+        )
 
     def hidden_states(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The hidden states of ``layer_set``: waves (B, L), lengths (B,) → states (B, K', T, D) zero at padded frames, mask (B, T).
@@ -376,11 +431,21 @@ def tiny_wavlm_config(**overrides: Any) -> Any:
     from transformers import WavLMConfig
 
     values: dict[str, Any] = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16, 16), conv_stride=(5, 8, 8), conv_kernel=(10, 8, 8),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=16,
-        max_bucket_distance=50, feat_extract_norm="layer", do_stable_layer_norm=True,
-        mask_time_prob=0.0, layerdrop=0.0,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 8, 8),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        num_buckets=16,
+        max_bucket_distance=50,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        mask_time_prob=0.0,
+        layerdrop=0.0,
     )
     values.update(overrides)
     return WavLMConfig(**values)

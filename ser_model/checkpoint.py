@@ -152,6 +152,8 @@ def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.G
         torch.cuda.set_rng_state_all(state["cuda"])
     missing = sorted(generators.keys() - state["generators"].keys())
     if missing:
-        raise ValueError(f"checkpoint RNG state lacks generators {missing}; it holds {sorted(state['generators'])}")
+        raise ValueError(
+            f"checkpoint RNG state lacks generators {missing}; it holds {sorted(state['generators'])}"
+        )
     for name, generator in generators.items():
         generator.set_state(state["generators"][name])

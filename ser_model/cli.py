@@ -52,7 +52,14 @@ from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, METRICS_FILE, RESULT_
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
 __all__ = [
-    "main", "build_parser", "parse_overrides", "train_config", "metrics_line", "ModelResolver", "ModelSourceError", "EvaluationLogger",
+    "main",
+    "build_parser",
+    "parse_overrides",
+    "train_config",
+    "metrics_line",
+    "ModelResolver",
+    "ModelSourceError",
+    "EvaluationLogger",
 ]
 
 MODEL_HELP = (
@@ -82,10 +89,19 @@ class ModelSourceError(Exception):
     """A ``--model`` URI cannot be turned into a checkpoint folder (no resolver for it, not found, unreachable)."""
 
 
-BAD_INPUT_ERRORS = (DataContractError, ConfigError, DataSplitError, AudioDecodeError, ModelSourceError, FileNotFoundError)
+BAD_INPUT_ERRORS = (
+    DataContractError,
+    ConfigError,
+    DataSplitError,
+    AudioDecodeError,
+    ModelSourceError,
+    FileNotFoundError,
+)
 
 
-def parse_overrides(items: Sequence[str], flag: str = "--set", example: str = "train.lr=3e-4") -> dict[str, Any]:
+def parse_overrides(
+    items: Sequence[str], flag: str = "--set", example: str = "train.lr=3e-4"
+) -> dict[str, Any]:
     """["train.lr=3e-4", "model.fbank_strides=[2,2]", "corpus=ravdess"] → {key: value}; values
     are read as JSON when they parse (numbers, booleans, null, lists) and as strings otherwise."""
     overrides = {}
@@ -101,7 +117,12 @@ def parse_overrides(items: Sequence[str], flag: str = "--set", example: str = "t
 
 
 def train_config(
-    corpus: str, backbone: str | None, config_path: str | None, epochs: int | None, sets: Sequence[str], preset: str | None = None
+    corpus: str,
+    backbone: str | None,
+    config_path: str | None,
+    epochs: int | None,
+    sets: Sequence[str],
+    preset: str | None = None,
 ) -> SERConfig:
     """The config of `ser train`: the --preset (default: `cpu-fbank`, or `paper-wavlm` for an hf
     backbone) or a --config file, then --backbone, --epochs and every --set on top."""
@@ -119,7 +140,9 @@ def metrics_line(name: str, metrics: dict[str, Any]) -> str:
 
 def _local_root(root: str) -> str:
     if "://" in root:
-        raise DataSplitError(f"--root {root}: training and evaluation read audio from a local folder; got a URL")
+        raise DataSplitError(
+            f"--root {root}: training and evaluation read audio from a local folder; got a URL"
+        )
     return root
 
 
@@ -137,8 +160,14 @@ def corpus_data(args: argparse.Namespace):
             raise ConfigError(f"{command} --corpus {args.corpus}: {args.manifest} holds a {corpus} manifest")
         return corpus, _local_root(args.root or ingested.report["root"]), ingested
     if not (args.corpus and args.root):
-        raise DataSplitError(f"{command}: give --manifest DIR (written by ser ingest) or both --corpus and --root")
-    return args.corpus, _local_root(args.root), run_ingest(args.corpus, _local_root(args.root), progress=False)
+        raise DataSplitError(
+            f"{command}: give --manifest DIR (written by ser ingest) or both --corpus and --root"
+        )
+    return (
+        args.corpus,
+        _local_root(args.root),
+        run_ingest(args.corpus, _local_root(args.root), progress=False),
+    )
 
 
 def run_ingest_command(args: argparse.Namespace) -> int:
@@ -200,14 +229,22 @@ def run_tune(args: argparse.Namespace) -> int:
     """`ser tune`: an Optuna study (ser_model.tuning) on validation speakers; writes the best trial as a
     preset file. ``args.tune_tracker`` (a TunerTrackerFactory, from `main`) follows the study."""
     tracker_factory: TunerTrackerFactory | None = getattr(args, "tune_tracker", None)
-    from ser_model.presets import split_preset, write_preset_file
-    from ser_model.tuning import (
-        DONE_STATES, TuningObjective, best_preset, enqueue_base, load_search_space, open_study, worker_seed,
-    )
-
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)  # one line per trial below
+    from ser_model.presets import split_preset, write_preset_file
+    from ser_model.tuning import (
+        DONE_STATES,
+        TuningObjective,
+        best_preset,
+        enqueue_base,
+        load_search_space,
+        open_study,
+        worker_seed,
+    )
+
+    optuna.logging.set_verbosity(
+        optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING
+    )  # one line per trial below
     corpus, root, ingested = corpus_data(args)
     preset = args.preset or DEFAULT_TUNE_PRESET
     fixed = parse_overrides(args.set)
@@ -225,15 +262,30 @@ def run_tune(args: argparse.Namespace) -> int:
     tracker = None
     if tracker_factory is not None:
         tracker = tracker_factory(
-            corpus=corpus, study=study, base_config=base, space=space, tune_folds=args.folds, trials=args.trials,
-            root=root, fingerprint=ingested.fingerprint,
+            corpus=corpus,
+            study=study,
+            base_config=base,
+            space=space,
+            tune_folds=args.folds,
+            trials=args.trials,
+            root=root,
+            fingerprint=ingested.fingerprint,
         )
     objective = TuningObjective(
-        base, space, ingested.manifest, ingested.folds, args.folds, root, out / name,
-        on_trial_start=tracker.trial_started if tracker else None, on_epoch=tracker.epoch if tracker else None,
+        base,
+        space,
+        ingested.manifest,
+        ingested.folds,
+        args.folds,
+        root,
+        out / name,
+        on_trial_start=tracker.trial_started if tracker else None,
+        on_epoch=tracker.epoch if tracker else None,
     )
     done = lambda: sum(t.state in DONE_STATES for t in study.trials)  # noqa: E731
-    print(f"study {name} in {storage}: {done()} of {args.trials} trials done; space {sorted(space)}; folds {args.folds}")
+    print(
+        f"study {name} in {storage}: {done()} of {args.trials} trials done; space {sorted(space)}; folds {args.folds}"
+    )
     callbacks = [tracker.trial_finished] if tracker else []
     while done() < args.trials:
         study.optimize(objective, n_trials=1, callbacks=callbacks)
@@ -252,27 +304,46 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.split == ALL_SPLIT and args.fold is not None:
-        raise DataSplitError(f"ser evaluate --split all --fold {args.fold}: --split all scores every utterance of the root; drop --fold")
+        raise DataSplitError(
+            f"ser evaluate --split all --fold {args.fold}: --split all scores every utterance of the root; drop --fold"
+        )
     if args.split != ALL_SPLIT and args.fold is None:
-        raise DataSplitError(f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)")
+        raise DataSplitError(
+            f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)"
+        )
     from ser_model.model import SERModel
     from ser_model.train import evaluate_rows, fold_splits
 
     model = SERModel.from_pretrained(args.model)
     corpus, root, ingested = corpus_data(args)
     if tuple(model.labels) != LABELS[corpus]:
-        raise ConfigError(f"{args.model}: the model's classes {list(model.labels)} are not {corpus}'s {list(LABELS[corpus])}")
+        raise ConfigError(
+            f"{args.model}: the model's classes {list(model.labels)} are not {corpus}'s {list(LABELS[corpus])}"
+        )
     if args.split == ALL_SPLIT:
         rows, what = ingested.manifest, f"{corpus} all utterances of {root}"
     else:
-        rows, what = fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split], f"{corpus} fold {args.fold} {args.split}"
+        rows, what = (
+            fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split],
+            f"{corpus} fold {args.fold} {args.split}",
+        )
     if rows.empty:
         raise DataSplitError(f"{what}: no utterances to score")
     speakers = ", ".join(sorted(rows["speaker"].unique()))
-    params = {"model": args.model_source, "corpus": corpus, "fold": args.fold, "split": args.split, "speakers": speakers}
+    params = {
+        "model": args.model_source,
+        "corpus": corpus,
+        "fold": args.fold,
+        "split": args.split,
+        "speakers": speakers,
+    }
     if args.segments:
         metrics = evaluate_segments(model, rows, root, args)
-        params |= {"segments.gap": args.gap, "segments.gap_s": args.gap_s, "segments.per_recording": args.per_recording}
+        params |= {
+            "segments.gap": args.gap,
+            "segments.gap_s": args.gap_s,
+            "segments.per_recording": args.per_recording,
+        }
         params |= {f"segments.{k}": v for k, v in metrics["segment_config"].items()}
     else:
         metrics = evaluate_rows(model, rows, root, batch_size=args.batch_size)
@@ -281,7 +352,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if args.mlflow_experiment:
         if args.evaluation_logger is None:
-            raise ModelSourceError("ser evaluate --mlflow-experiment: logging needs the `ser` console script (flows.cli), which knows MLflow")
+            raise ModelSourceError(
+                "ser evaluate --mlflow-experiment: logging needs the `ser` console script (flows.cli), which knows MLflow"
+            )
         run_name = f"evaluate{'-segments' if args.segments else ''} {what}"
         print(f"logged to {args.evaluation_logger(args.mlflow_experiment, run_name, params, metrics)}")
     return 0
@@ -296,8 +369,12 @@ def evaluate_segments(model, rows, root: str, args: argparse.Namespace) -> dict[
     predictor = Predictor(model)
     config = segment_config(args.segment_set)
     items = [(str(Path(root) / r.path), predictor.labels.index(r.label), r.utt_id) for r in rows.itertuples()]
-    recordings = build_joined(items, predictor.sample_rate, per_recording=args.per_recording, gap_s=args.gap_s, gap=args.gap)
-    result = score_joined(recordings, predictor, predictor.probabilities, config) | {"segment_config": config.to_dict()}
+    recordings = build_joined(
+        items, predictor.sample_rate, per_recording=args.per_recording, gap_s=args.gap_s, gap=args.gap
+    )
+    result = score_joined(recordings, predictor, predictor.probabilities, config) | {
+        "segment_config": config.to_dict()
+    }
     print(
         f"{result['recordings']} recordings of {args.per_recording} utterances, {args.gap_s:g} s gaps of {args.gap} "
         f"({result['audio_s'] / 60:.1f} min): segment UA {100 * result['segment']['UA']:.2f}% (by duration), "
@@ -335,7 +412,13 @@ def _progress_bar(total_s: float, what: str) -> Callable[[float], None] | None:
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=round(total_s, 1), unit="s", desc=what, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio")
+    bar = tqdm(
+        total=round(total_s, 1),
+        unit="s",
+        desc=what,
+        leave=False,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio",
+    )
     return lambda seconds: bar.update(seconds)
 
 
@@ -359,7 +442,9 @@ def run_predict_segments(args: argparse.Namespace) -> int:
     for path in args.files:
         with FileSource(path) as source:
             duration = source.frames / source.sample_rate
-            segments = segment_recording(source, scorer, config, progress=_progress_bar(2 * duration, Path(path).name))
+            segments = segment_recording(
+                source, scorer, config, progress=_progress_bar(2 * duration, Path(path).name)
+            )
         tracks.append(Track(Path(path).name, segments, duration))
         for record in segment_records(segments, labels):
             if args.json:
@@ -368,7 +453,9 @@ def run_predict_segments(args: argparse.Namespace) -> int:
                 writer.writerow({"file": path, **record})
             else:
                 probabilities = " ".join(f"{c}={record[probability_column(c)]:.3f}" for c in labels)
-                print(f"{path}\t{record['start_s']:.2f}-{record['end_s']:.2f}\t{record['label']}\t{probabilities}")
+                print(
+                    f"{path}\t{record['start_s']:.2f}-{record['end_s']:.2f}\t{record['label']}\t{probabilities}"
+                )
         sys.stdout.flush()
     if args.plot:
         try:
@@ -385,13 +472,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.segments:
         if args.window_seconds is not None:
-            raise ConfigError("ser predict --segments: --window-seconds sets the whole-file window; use --segment-set window_s=S")
+            raise ConfigError(
+                "ser predict --segments: --window-seconds sets the whole-file window; use --segment-set window_s=S"
+            )
         return run_predict_segments(args)
     for flag, value in (("--csv", args.csv), ("--plot", args.plot), ("--segment-set", args.segment_set)):
         if value:
             raise ConfigError(f"ser predict {flag}: needs --segments (one record per segment of each file)")
     if args.model.endswith(".onnx"):
-        raise ConfigError(f"ser predict --model {args.model}: an ONNX graph scores windows of segments; add --segments, or give a checkpoint folder")
+        raise ConfigError(
+            f"ser predict --model {args.model}: an ONNX graph scores windows of segments; add --segments, or give a checkpoint folder"
+        )
     predictor = Predictor.from_pretrained(args.model, window_seconds=args.window_seconds)
     predictions = predictor.predict_files(args.files)
     for path, prediction in zip(args.files, predictions):
@@ -409,7 +500,9 @@ def run_export(args: argparse.Namespace) -> int:
     if not args.onnx:
         raise ConfigError("ser export: choose a format; --onnx is the one supported")
     path = export_onnx(args.model, args.out)
-    print(f"wrote {path} (inputs waves (B, L) float32 at the model rate, lengths (B,) int64; outputs logits, probabilities)")
+    print(
+        f"wrote {path} (inputs waves (B, L) float32 at the model rate, lengths (B,) int64; outputs logits, probabilities)"
+    )
     return 0
 
 
@@ -421,31 +514,53 @@ def _workers(text: str) -> int:
 
 
 def _add_corpus_data(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data", "--manifest DIR (what `ser ingest --out DIR` wrote), or --corpus and --root to ingest in memory")
-    data.add_argument("--manifest", metavar="DIR", help="folder written by ser ingest: manifest, folds and the corpus root from its report")
-    data.add_argument("--corpus", choices=CORPORA, help="corpus name (with --root; read from the report with --manifest)")
-    data.add_argument("--root", help="local corpus root in its official layout (with --manifest: where the audio is now, if it moved)")
+    data = parser.add_argument_group(
+        "data",
+        "--manifest DIR (what `ser ingest --out DIR` wrote), or --corpus and --root to ingest in memory",
+    )
+    data.add_argument(
+        "--manifest",
+        metavar="DIR",
+        help="folder written by ser ingest: manifest, folds and the corpus root from its report",
+    )
+    data.add_argument(
+        "--corpus", choices=CORPORA, help="corpus name (with --root; read from the report with --manifest)"
+    )
+    data.add_argument(
+        "--root",
+        help="local corpus root in its official layout (with --manifest: where the audio is now, if it moved)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition: ingest, train, evaluate, predict, export.")
+    parser = argparse.ArgumentParser(
+        prog="ser", description="Speech emotion recognition: ingest, train, evaluate, predict, export."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser(
-        "ingest", help="parse, check and fold a corpus in its official layout; write manifest, quarantine, folds, report",
+        "ingest",
+        help="parse, check and fold a corpus in its official layout; write manifest, quarantine, folds, report",
     )
     ingest.add_argument("corpus", choices=CORPORA, help="corpus name")
     ingest.add_argument("root", help="corpus root: a local folder or s3://bucket/prefix")
-    ingest.add_argument("--out", required=True, help="output folder for manifest.parquet, quarantine.parquet, folds.parquet, report.json")
-    ingest.add_argument("--workers", type=_workers, default=None, help="decoding threads (default: all cores)")
+    ingest.add_argument(
+        "--out",
+        required=True,
+        help="output folder for manifest.parquet, quarantine.parquet, folds.parquet, report.json",
+    )
+    ingest.add_argument(
+        "--workers", type=_workers, default=None, help="decoding threads (default: all cores)"
+    )
     ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ingest.set_defaults(handler=run_ingest_command)
 
     train = commands.add_parser("train", help="train one fold (or the release model) of a corpus")
     _add_corpus_data(train)
     train.add_argument(
-        "--preset", metavar="NAME|FILE",
+        "--preset",
+        metavar="NAME|FILE",
         help=f"training recipe: one of {', '.join(sorted(PRESETS))} (ser_model/presets.py) or a preset file written by "
         "ser tune (default: cpu-fbank, or paper-wavlm with an hf: backbone)",
     )
@@ -454,52 +569,114 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--out", help="output folder (default runs/<corpus>/fold-<k>)")
     train.add_argument("--config", help="SERConfig JSON file to start from (instead of a preset)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. train.lr=3e-4 (repeatable)")
-    train.add_argument("--no-resume", action="store_true", help="start afresh even if the output folder holds a checkpoint")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. train.lr=3e-4 (repeatable)",
+    )
+    train.add_argument(
+        "--no-resume", action="store_true", help="start afresh even if the output folder holds a checkpoint"
+    )
     train.set_defaults(handler=run_train)
 
     tune = commands.add_parser(
-        "tune", help="search a recipe with an Optuna study on validation speakers; write the best as a preset file",
+        "tune",
+        help="search a recipe with an Optuna study on validation speakers; write the best as a preset file",
         description="Each trial trains --folds (on their training speakers) and is judged by the mean best validation UA "
         "on their validation speakers; test speakers are never scored. The study is stored (--storage, default a SQLite "
         "file in --out), so running the same command again resumes it; --trials is the total number of finished trials.",
     )
     _add_corpus_data(tune)
-    tune.add_argument("--preset", metavar="NAME|FILE", help=f"recipe the trials start from (default {DEFAULT_TUNE_PRESET})")
-    tune.add_argument("--space", metavar="NAME|FILE", help="search space: a shipped one (the preset's, by default) or a JSON file")
-    tune.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials to reach (default 20)")
+    tune.add_argument(
+        "--preset", metavar="NAME|FILE", help=f"recipe the trials start from (default {DEFAULT_TUNE_PRESET})"
+    )
+    tune.add_argument(
+        "--space",
+        metavar="NAME|FILE",
+        help="search space: a shipped one (the preset's, by default) or a JSON file",
+    )
+    tune.add_argument(
+        "--trials", type=int, default=20, help="finished (complete or pruned) trials to reach (default 20)"
+    )
     tune.add_argument("--epochs", type=int, help="epochs of each trial's folds (default: the preset's)")
-    tune.add_argument("--folds", type=_fold_list, default=[0, 1], help="folds whose validation speakers judge a trial (default 0,1)")
-    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed config override for every trial (repeatable)")
+    tune.add_argument(
+        "--folds",
+        type=_fold_list,
+        default=[0, 1],
+        help="folds whose validation speakers judge a trial (default 0,1)",
+    )
+    tune.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed config override for every trial (repeatable)",
+    )
     tune.add_argument("--study", help="study name (default ser-<corpus>-tune)")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
     tune.add_argument("--out", help="trial folders and the study file (default runs/<corpus>/tune)")
-    tune.add_argument("--preset-out", metavar="FILE", help="where to write the best trial's preset file (default <out>/<study>-best.json)")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the sampler, mixed with the process id (default 0)")
     tune.add_argument(
-        "--heartbeat-grace", type=float, default=120.0, metavar="S",
+        "--preset-out",
+        metavar="FILE",
+        help="where to write the best trial's preset file (default <out>/<study>-best.json)",
+    )
+    tune.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampler, mixed with the process id (default 0)"
+    )
+    tune.add_argument(
+        "--heartbeat-grace",
+        type=float,
+        default=120.0,
+        metavar="S",
         help="a running trial silent for this long is taken as killed and retried with its parameters (default 120)",
     )
     tune.set_defaults(handler=run_tune)
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a trained model on one fold's held-out speakers, or on every utterance of a root")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="metrics of a trained model on one fold's held-out speakers, or on every utterance of a root",
+    )
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     _add_corpus_data(evaluate)
-    evaluate.add_argument("--fold", type=int, help="fold whose speakers to score (required unless --split all)")
     evaluate.add_argument(
-        "--split", choices=("test", "valid", "train", ALL_SPLIT), default="test",
+        "--fold", type=int, help="fold whose speakers to score (required unless --split all)"
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "valid", "train", ALL_SPLIT),
+        default="test",
         help="speakers of --fold to score, or 'all': every utterance of the root, no folds needed (a held-out set)",
     )
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", help="also write the metrics (confusion, per-class recall) to this file")
-    segments = evaluate.add_argument_group("segments", "long recordings: the split's utterances joined with gaps, scored in segments")
-    segments.add_argument("--segments", action="store_true", help="score joined recordings in segments against the utterances one by one")
-    segments.add_argument("--gap", choices=("silence", "noise"), default="silence", help="what fills the gaps (noise: 35 dB under the speech)")
+    segments = evaluate.add_argument_group(
+        "segments", "long recordings: the split's utterances joined with gaps, scored in segments"
+    )
+    segments.add_argument(
+        "--segments",
+        action="store_true",
+        help="score joined recordings in segments against the utterances one by one",
+    )
+    segments.add_argument(
+        "--gap",
+        choices=("silence", "noise"),
+        default="silence",
+        help="what fills the gaps (noise: 35 dB under the speech)",
+    )
     segments.add_argument("--gap-s", type=float, default=1.5, help="seconds between utterances")
     segments.add_argument("--per-recording", type=int, default=8, help="utterances per joined recording")
-    segments.add_argument("--segment-set", action="append", default=[], metavar="KEY=VALUE", help="a segmentation setting, e.g. window_s=6")
+    segments.add_argument(
+        "--segment-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a segmentation setting, e.g. window_s=6",
+    )
     evaluate.add_argument(
-        "--mlflow-experiment", metavar="NAME",
+        "--mlflow-experiment",
+        metavar="NAME",
         help="also log the evaluation as a run of this MLflow experiment (MLFLOW_TRACKING_URI; the ser console script)",
     )
     evaluate.set_defaults(handler=run_evaluate)
@@ -508,20 +685,33 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+")
     predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument(
-        "--window-seconds", type=float,
+        "--window-seconds",
+        type=float,
         help="longer inputs are cut into windows of this length (default 60: the whole utterance, as in evaluation)",
     )
     formats = predict.add_mutually_exclusive_group()
-    formats.add_argument("--json", action="store_true", help="one JSON object per file (per segment with --segments)")
-    formats.add_argument("--csv", action="store_true", help="with --segments: CSV on stdout, a header and one row per segment")
+    formats.add_argument(
+        "--json", action="store_true", help="one JSON object per file (per segment with --segments)"
+    )
+    formats.add_argument(
+        "--csv", action="store_true", help="with --segments: CSV on stdout, a header and one row per segment"
+    )
     predict.add_argument(
-        "--segments", action="store_true",
+        "--segments",
+        action="store_true",
         help="long recordings: voice-activity detection, then an emotion per segment with start_s, end_s, label and p_<class> "
         "(the file is read in blocks; --model may also be an exported .onnx file)",
     )
-    predict.add_argument("--plot", metavar="PNG", help="with --segments: draw the timeline of each file (emotion and confidence over time)")
     predict.add_argument(
-        "--segment-set", action="append", default=[], metavar="KEY=VALUE",
+        "--plot",
+        metavar="PNG",
+        help="with --segments: draw the timeline of each file (emotion and confidence over time)",
+    )
+    predict.add_argument(
+        "--segment-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="with --segments: a segmentation setting (ser_model/segments.py SegmentConfig), e.g. window_s=6 or min_silence_s=0.3",
     )
     predict.set_defaults(handler=run_predict)
@@ -544,7 +734,9 @@ def resolve_model(value: str, resolvers: Mapping[str, ModelResolver], scratch: c
             return str(resolver(value, Path(folder)))
     if URI.match(value):
         known = ", ".join(resolvers) or "none here; the `ser` console script resolves models:/"
-        raise ModelSourceError(f"--model {value}: no resolver for this URI (known: {known}); give a checkpoint folder")
+        raise ModelSourceError(
+            f"--model {value}: no resolver for this URI (known: {known}); give a checkpoint folder"
+        )
     return value
 
 
@@ -561,7 +753,9 @@ def main(
     args = build_parser().parse_args(argv)
     args.tune_tracker = tune_tracker
     args.evaluation_logger = evaluation_logger
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         with contextlib.ExitStack() as scratch:
             if getattr(args, "model", None):

@@ -64,7 +64,11 @@ def _check_types(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         annotation = hints[f.name]
-        if isinstance(value, list) and typing.get_origin(annotation) in (tuple, typing.Union, types.UnionType):
+        if isinstance(value, list) and typing.get_origin(annotation) in (
+            tuple,
+            typing.Union,
+            types.UnionType,
+        ):
             value = tuple(value)
             object.__setattr__(obj, f.name, value)
         _require(
@@ -101,13 +105,21 @@ class EAMConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(0.0 <= self.mix_prob <= 1.0, "EAMConfig.mix_prob", f"got {self.mix_prob}, expected a probability in [0, 1]")
+        _require(
+            0.0 <= self.mix_prob <= 1.0,
+            "EAMConfig.mix_prob",
+            f"got {self.mix_prob}, expected a probability in [0, 1]",
+        )
         _require(
             self.snr_db_low <= self.snr_db_high,
             "EAMConfig.snr_db_low",
             f"got snr_db_low={self.snr_db_low} > snr_db_high={self.snr_db_high}, expected low <= high",
         )
-        _require(self.degenerate_db <= 0.0, "EAMConfig.degenerate_db", f"got {self.degenerate_db}, expected a level <= 0 dB (relative to the utterance)")
+        _require(
+            self.degenerate_db <= 0.0,
+            "EAMConfig.degenerate_db",
+            f"got {self.degenerate_db}, expected a level <= 0 dB (relative to the utterance)",
+        )
 
 
 @dataclass(frozen=True)
@@ -183,7 +195,11 @@ class ModelConfig:
             f"{w}.backbone",
             f"got {self.backbone!r}, expected 'fbank' or 'hf:<hub id or local folder>'",
         )
-        _require(self.backbone_mode in BACKBONE_MODES, f"{w}.backbone_mode", f"got {self.backbone_mode!r}, expected one of {BACKBONE_MODES}")
+        _require(
+            self.backbone_mode in BACKBONE_MODES,
+            f"{w}.backbone_mode",
+            f"got {self.backbone_mode!r}, expected one of {BACKBONE_MODES}",
+        )
         if not is_hf:
             _require(
                 self.backbone_mode == "finetune",
@@ -223,8 +239,16 @@ class ModelConfig:
             _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
         for name in ("flam_dropout", "head_dropout", "fbank_dropout"):
             value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"{w}.{name}", f"got {value}, expected a dropout probability in [0, 1)")
-        for name in ("fbank_layers", "spec_time_masks", "spec_time_width", "spec_freq_masks", "spec_freq_width"):
+            _require(
+                0.0 <= value < 1.0, f"{w}.{name}", f"got {value}, expected a dropout probability in [0, 1)"
+            )
+        for name in (
+            "fbank_layers",
+            "spec_time_masks",
+            "spec_time_width",
+            "spec_freq_masks",
+            "spec_freq_width",
+        ):
             value = getattr(self, name)
             _require(value >= 0, f"{w}.{name}", f"got {value}, expected an integer >= 0")
         _require(
@@ -233,7 +257,8 @@ class ModelConfig:
             f"got {self.fbank_channels}, expected at least one conv block, each with >= 1 channel",
         )
         _require(
-            len(self.fbank_time_pools) == len(self.fbank_channels) and all(p >= 1 for p in self.fbank_time_pools),
+            len(self.fbank_time_pools) == len(self.fbank_channels)
+            and all(p >= 1 for p in self.fbank_time_pools),
             f"{w}.fbank_time_pools",
             f"got {self.fbank_time_pools}, expected one time pooling factor >= 1 per conv block ({len(self.fbank_channels)})",
         )
@@ -242,9 +267,21 @@ class ModelConfig:
             f"{w}.n_mels",
             f"got {self.n_mels} mel bins for {len(self.fbank_channels)} conv blocks that each halve them; expected >= {2 ** len(self.fbank_channels)}",
         )
-        _require(self.fbank_norm in FBANK_NORMS, f"{w}.fbank_norm", f"got {self.fbank_norm!r}, expected one of {FBANK_NORMS}")
-        _require(self.embed_norm in EMBED_NORMS, f"{w}.embed_norm", f"got {self.embed_norm!r}, expected one of {EMBED_NORMS}")
-        _require(self.trim_db is None or self.trim_db > 0.0, f"{w}.trim_db", f"got {self.trim_db}, expected None or a positive number of dB")
+        _require(
+            self.fbank_norm in FBANK_NORMS,
+            f"{w}.fbank_norm",
+            f"got {self.fbank_norm!r}, expected one of {FBANK_NORMS}",
+        )
+        _require(
+            self.embed_norm in EMBED_NORMS,
+            f"{w}.embed_norm",
+            f"got {self.embed_norm!r}, expected one of {EMBED_NORMS}",
+        )
+        _require(
+            self.trim_db is None or self.trim_db > 0.0,
+            f"{w}.trim_db",
+            f"got {self.trim_db}, expected None or a positive number of dB",
+        )
         _require(
             self.fbank_dim % self.fbank_heads == 0,
             f"{w}.fbank_heads",
@@ -316,9 +353,13 @@ class LossConfig:
         for name in ("w_kl", "w_focal", "w_center", "w_supcon", "focal_gamma"):
             value = getattr(self, name)
             _require(value >= 0.0, f"{w}.{name}", f"got {value}, expected a value >= 0")
-        _require(self.supcon_tau > 0.0, f"{w}.supcon_tau", f"got {self.supcon_tau}, expected a temperature > 0")
+        _require(
+            self.supcon_tau > 0.0, f"{w}.supcon_tau", f"got {self.supcon_tau}, expected a temperature > 0"
+        )
         _require(self.supcon_views >= 1, f"{w}.supcon_views", f"got {self.supcon_views}, expected >= 1")
-        _require(self.supcon_proj_dim >= 1, f"{w}.supcon_proj_dim", f"got {self.supcon_proj_dim}, expected >= 1")
+        _require(
+            self.supcon_proj_dim >= 1, f"{w}.supcon_proj_dim", f"got {self.supcon_proj_dim}, expected >= 1"
+        )
         _require(
             self.kl or self.focal or self.center or self.supcon,
             w,
@@ -389,31 +430,63 @@ class TrainConfig:
         for name in ("lr", "center_lr"):
             value = getattr(self, name)
             _require(value > 0.0, f"{w}.{name}", f"got {value}, expected a learning rate > 0")
-        _require(0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]")
-        _require(self.schedule in LR_SCHEDULES, f"{w}.schedule", f"got {self.schedule!r}, expected one of {LR_SCHEDULES}")
+        _require(
+            0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]"
+        )
+        _require(
+            self.schedule in LR_SCHEDULES,
+            f"{w}.schedule",
+            f"got {self.schedule!r}, expected one of {LR_SCHEDULES}",
+        )
         _require(
             0.0 <= self.warmup_epochs <= self.epochs,
             f"{w}.warmup_epochs",
             f"got {self.warmup_epochs}, expected 0 <= warmup_epochs <= epochs={self.epochs}",
         )
         _require(self.weight_decay >= 0.0, f"{w}.weight_decay", f"got {self.weight_decay}, expected >= 0")
-        _require(self.grad_clip is None or self.grad_clip > 0.0, f"{w}.grad_clip", f"got {self.grad_clip}, expected None or > 0")
-        _require(self.max_seconds is None or self.max_seconds > 0.0, f"{w}.max_seconds", f"got {self.max_seconds}, expected None or > 0")
-        _require(self.precision in PRECISIONS, f"{w}.precision", f"got {self.precision!r}, expected one of {PRECISIONS}")
-        _require(self.num_workers >= 0, f"{w}.num_workers", f"got {self.num_workers}, expected >= 0")
-        _require(self.select_metric in HEADLINE_METRICS, f"{w}.select_metric", f"got {self.select_metric!r}, expected one of {HEADLINE_METRICS}")
         _require(
-            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+            self.grad_clip is None or self.grad_clip > 0.0,
+            f"{w}.grad_clip",
+            f"got {self.grad_clip}, expected None or > 0",
+        )
+        _require(
+            self.max_seconds is None or self.max_seconds > 0.0,
+            f"{w}.max_seconds",
+            f"got {self.max_seconds}, expected None or > 0",
+        )
+        _require(
+            self.precision in PRECISIONS,
+            f"{w}.precision",
+            f"got {self.precision!r}, expected one of {PRECISIONS}",
+        )
+        _require(self.num_workers >= 0, f"{w}.num_workers", f"got {self.num_workers}, expected >= 0")
+        _require(
+            self.select_metric in HEADLINE_METRICS,
+            f"{w}.select_metric",
+            f"got {self.select_metric!r}, expected one of {HEADLINE_METRICS}",
+        )
+        _require(
+            self.device in ("auto", "cpu", "cuda")
+            or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
             f"{w}.device",
             f"got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
         )
 
 
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "eam": EAMConfig, "loss": LossConfig, "train": TrainConfig}
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "eam": EAMConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
 
 
 def _section_from_dict(cls: type, data: Any, where: str) -> Any:
-    _require(isinstance(data, dict), where, f"got {type(data).__name__}, expected an object of {cls.__name__} fields")
+    _require(
+        isinstance(data, dict),
+        where,
+        f"got {type(data).__name__}, expected an object of {cls.__name__} fields",
+    )
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(valid))
     _require(not unknown, where, f"unknown key(s) {unknown}; valid keys: {valid}")
@@ -436,7 +509,9 @@ class SERConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(len(self.labels) >= 2, "SERConfig.labels", f"got {self.labels}, expected at least two class names")
+        _require(
+            len(self.labels) >= 2, "SERConfig.labels", f"got {self.labels}, expected at least two class names"
+        )
         _require(
             len(set(self.labels)) == len(self.labels),
             "SERConfig.labels",
@@ -465,7 +540,10 @@ class SERConfig:
         _require("labels" in data, "SERConfig.labels", "missing; expected a list of class names")
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
         train = data.get("train")
-        if isinstance(train, dict) and train.get("select_metric") in ("ua", "wa"):  # saved before metric keys were "UA" / "WA"
+        if isinstance(train, dict) and train.get("select_metric") in (
+            "ua",
+            "wa",
+        ):  # saved before metric keys were "UA" / "WA"
             data = {**data, "train": {**train, "select_metric": train["select_metric"].upper()}}
         for name, section in _SECTIONS.items():
             if name in data:

@@ -128,9 +128,14 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self._cache: list[np.ndarray] | None = None
         if preload:
             self._cache = [
-                self._decode(i) for i in tqdm(range(len(self.paths)), desc="decoding audio", unit="file", leave=False, disable=None)
+                self._decode(i)
+                for i in tqdm(
+                    range(len(self.paths)), desc="decoding audio", unit="file", leave=False, disable=None
+                )
             ]
-            decoded = np.array([len(wave) for wave in self._cache], dtype=np.int64)  # trimmed: shorter than duration_s
+            decoded = np.array(
+                [len(wave) for wave in self._cache], dtype=np.int64
+            )  # trimmed: shorter than duration_s
             self.lengths = decoded if self.crop_samples is None else np.minimum(decoded, self.crop_samples)
 
     def _decode(self, i: int) -> np.ndarray:
@@ -260,12 +265,16 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["seed"]) != self.seed:
-            raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler uses seed {self.seed}")
+            raise ValueError(
+                f"sampler state was saved with seed {state['seed']}, this sampler uses seed {self.seed}"
+            )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
 
 
-def shard_for_eval(lengths: Sequence[int], batch_size: int, *, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def shard_for_eval(
+    lengths: Sequence[int], batch_size: int, *, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """Evaluation batches of one rank: indices rank, rank + W, ... sorted by length, cut in batches.
 
     Ranks hold disjoint shards whose union is every index exactly once (no padding), so the

@@ -51,7 +51,12 @@ def random_partner(batch_size: int, generator: torch.Generator | None = None) ->
 
 
 def degenerate_segments(
-    waves: torch.Tensor, lengths: torch.Tensor, p_i: torch.Tensor, p_j: torch.Tensor, partner: torch.Tensor, degenerate_db: float
+    waves: torch.Tensor,
+    lengths: torch.Tensor,
+    p_i: torch.Tensor,
+    p_j: torch.Tensor,
+    partner: torch.Tensor,
+    degenerate_db: float,
 ) -> torch.Tensor:
     """Pairs whose primary or partner segment is degenerate: P'_i <= r·P_i or P'_j <= r·P_{partner},
     with P_b = mean over the valid samples of x_b² and r = 10^(degenerate_db/10).
@@ -70,7 +75,7 @@ def energy_adaptive_mixup(
     targets: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
-    config: EAMConfig = EAMConfig(),
+    config: EAMConfig | None = None,
 ) -> EAMResult:
     """EAM over a padded batch (module docstring has the algorithm).
 
@@ -80,11 +85,17 @@ def energy_adaptive_mixup(
     labels are vectorised; the segment arithmetic runs per sample on contiguous slices (faster on
     CPU than (B, L) index grids: about 2 host syncs per batch on a GPU).
     """
-    if waves.dim() != 2 or lengths.shape != waves.shape[:1] or targets.dim() != 2 or targets.shape[0] != waves.shape[0]:
+    if (
+        waves.dim() != 2
+        or lengths.shape != waves.shape[:1]
+        or targets.dim() != 2
+        or targets.shape[0] != waves.shape[0]
+    ):
         raise ValueError(
             f"energy_adaptive_mixup: got waves {tuple(waves.shape)}, lengths {tuple(lengths.shape)}, "
             f"targets {tuple(targets.shape)}; expected (B, L), (B,), (B, C)"
         )
+    config = config or EAMConfig()
     b = waves.shape[0]
     device = waves.device
     lengths = lengths.to(device=device, dtype=torch.long)
@@ -92,8 +103,13 @@ def energy_adaptive_mixup(
     if not config.enabled or b == 0:
         zeros = torch.zeros(b, dtype=torch.long, device=device)
         return EAMResult(
-            waves, targets, torch.zeros(b, dtype=waves.dtype, device=device), torch.arange(b, device=device),
-            torch.zeros(b, dtype=waves.dtype, device=device), torch.stack([zeros, zeros], dim=1), zeros,
+            waves,
+            targets,
+            torch.zeros(b, dtype=waves.dtype, device=device),
+            torch.arange(b, device=device),
+            torch.zeros(b, dtype=waves.dtype, device=device),
+            torch.stack([zeros, zeros], dim=1),
+            zeros,
             torch.zeros(b, dtype=torch.bool, device=device),
         )
 
@@ -121,7 +137,9 @@ def energy_adaptive_mixup(
     p_j = torch.stack([a.double().square().mean() for a in seg_j])  # (B,)
     mixed = eligible & ~degenerate_segments(waves, lengths, p_i, p_j, partner, config.degenerate_db)
     snr_lin = torch.pow(10.0, snr_db / 10.0)
-    gain = torch.where(mixed, torch.sqrt(p_i / (snr_lin * p_j.clamp_min(torch.finfo(torch.float64).tiny))), 0.0)
+    gain = torch.where(
+        mixed, torch.sqrt(p_i / (snr_lin * p_j.clamp_min(torch.finfo(torch.float64).tiny))), 0.0
+    )
     p_j_scaled = p_i / snr_lin
     # 5. add g·a_j inside x_i's segment only; rows not mixed are not touched (bit-identical)
     out = waves.clone()
@@ -135,6 +153,12 @@ def energy_adaptive_mixup(
     soft = torch.where(mixed[:, None], (1 - lam_t) * targets + lam_t * targets[partner], targets)
     seg_len = torch.where(mixed, l_mix, 0)
     return EAMResult(
-        out, soft, lam.to(waves.dtype), partner, snr_db.to(waves.dtype),
-        torch.stack([s_i, seg_len], dim=1), s_j, mixed,
+        out,
+        soft,
+        lam.to(waves.dtype),
+        partner,
+        snr_db.to(waves.dtype),
+        torch.stack([s_i, seg_len], dim=1),
+        s_j,
+        mixed,
     )

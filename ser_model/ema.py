@@ -75,7 +75,11 @@ class WeightAverage:
             value.copy_(values[name])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+        return {
+            "decay": self.decay,
+            "updates": self.updates,
+            "shadow": {k: v.cpu() for k, v in self.shadow.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay, self.updates = float(state["decay"]), int(state["updates"])

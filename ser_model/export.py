@@ -22,8 +22,8 @@ import copy
 import json
 import logging
 import math
-import warnings
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,11 +56,22 @@ class DftSpectrogram(nn.Module):
     def __init__(self, spectrogram: torchaudio.transforms.Spectrogram):
         super().__init__()
         unsupported = {
-            "center": spectrogram.center, "pad": spectrogram.pad, "normalized": spectrogram.normalized,
-            "onesided": spectrogram.onesided, "power": spectrogram.power,
+            "center": spectrogram.center,
+            "pad": spectrogram.pad,
+            "normalized": spectrogram.normalized,
+            "onesided": spectrogram.onesided,
+            "power": spectrogram.power,
         }
-        if spectrogram.center or spectrogram.pad or spectrogram.normalized or not spectrogram.onesided or spectrogram.power not in (1.0, 2.0):
-            raise OnnxExportError(f"cannot export a Spectrogram with {unsupported}; expected center=False, pad=0, not normalized, onesided, power 1 or 2")
+        if (
+            spectrogram.center
+            or spectrogram.pad
+            or spectrogram.normalized
+            or not spectrogram.onesided
+            or spectrogram.power not in (1.0, 2.0)
+        ):
+            raise OnnxExportError(
+                f"cannot export a Spectrogram with {unsupported}; expected center=False, pad=0, not normalized, onesided, power 1 or 2"
+            )
         n_fft, win_length = spectrogram.n_fft, spectrogram.win_length
         window = torch.zeros(n_fft, dtype=torch.float64)
         left = (n_fft - win_length) // 2  # torch.stft centres a shorter window inside n_fft
@@ -89,8 +100,14 @@ class ExportableSelfAttention(nn.Module):
 
     def __init__(self, attention: nn.MultiheadAttention):
         super().__init__()
-        if not (attention.batch_first and attention._qkv_same_embed_dim) or attention.bias_k is not None or attention.add_zero_attn:
-            raise OnnxExportError("cannot export nn.MultiheadAttention without batch_first, with separate q/k/v sizes, bias_k/v or add_zero_attn")
+        if (
+            not (attention.batch_first and attention._qkv_same_embed_dim)
+            or attention.bias_k is not None
+            or attention.add_zero_attn
+        ):
+            raise OnnxExportError(
+                "cannot export nn.MultiheadAttention without batch_first, with separate q/k/v sizes, bias_k/v or add_zero_attn"
+            )
         self.batch_first = True
         self._qkv_same_embed_dim = True
         self.num_heads = attention.num_heads
@@ -101,13 +118,21 @@ class ExportableSelfAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None, **kwargs):
         if attn_mask is not None or not (query is key is value):
-            raise OnnxExportError("ExportableSelfAttention supports self-attention with a key padding mask only")
-        q, k, v = nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # (B, T, D) each
-        q, k, v = (x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for x in (q, k, v))  # (B, H, T, d)
+            raise OnnxExportError(
+                "ExportableSelfAttention supports self-attention with a key padding mask only"
+            )
+        q, k, v = nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(
+            3, dim=-1
+        )  # (B, T, D) each
+        q, k, v = (
+            x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for x in (q, k, v)
+        )  # (B, H, T, d)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, T, T)
         if key_padding_mask is not None and key_padding_mask.dtype == torch.bool:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        elif key_padding_mask is not None:  # the additive float form (0 or −inf) nn.TransformerEncoderLayer passes
+        elif (
+            key_padding_mask is not None
+        ):  # the additive float form (0 or −inf) nn.TransformerEncoderLayer passes
             scores = scores + key_padding_mask[:, None, None, :].to(scores.dtype)
         out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).flatten(2)  # (B, T, D)
         return self.out_proj(out), None
@@ -117,7 +142,10 @@ def exportable_copy(model: SERModel) -> SERModel:
     """A copy of `model` (eval mode) with its torchaudio spectrograms as `DftSpectrogram` and its
     multi-head attentions as `ExportableSelfAttention`: the same function, traceable to ONNX."""
     model = copy.deepcopy(model).eval()
-    replacements = {torchaudio.transforms.Spectrogram: DftSpectrogram, nn.MultiheadAttention: ExportableSelfAttention}
+    replacements = {
+        torchaudio.transforms.Spectrogram: DftSpectrogram,
+        nn.MultiheadAttention: ExportableSelfAttention,
+    }
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             for kind, exportable in replacements.items():
@@ -148,7 +176,9 @@ def _example(model: SERModel, seconds: Sequence[float], seed: int = 0) -> tuple[
     return waves, lengths
 
 
-def onnx_parity(model: SERModel, onnx_path: str | os.PathLike, seconds: Sequence[float] = PARITY_SECONDS) -> dict[str, float]:
+def onnx_parity(
+    model: SERModel, onnx_path: str | os.PathLike, seconds: Sequence[float] = PARITY_SECONDS
+) -> dict[str, float]:
     """Max |p_onnx − p_torch| of the class probabilities, per input length (each alone, batch of 1)
     and for all lengths padded into one batch. Keys: "<s>s" and "batch"."""
     import onnxruntime
@@ -171,14 +201,20 @@ def _write_metadata(path: Path, model: SERModel) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    values = {"labels": list(model.labels), "sample_rate": model.config.model.sample_rate, "trim_db": model.config.model.trim_db}
+    values = {
+        "labels": list(model.labels),
+        "sample_rate": model.config.model.sample_rate,
+        "trim_db": model.config.model.trim_db,
+    }
     for field, key in METADATA.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(values[field])
     onnx.save(proto, str(path))
 
 
-def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol: float = 1e-4, opset: int = OPSET) -> Path:
+def export_onnx(
+    folder: str | os.PathLike, out_path: str | os.PathLike, *, atol: float = 1e-4, opset: int = OPSET
+) -> Path:
     """Export the `save_pretrained` folder's model to `out_path` (ONNX) and check it against
     PyTorch at two lengths; writes `<out_path>.labels.json` beside it (class order of the outputs)."""
     model = SERModel.from_pretrained(folder).eval()
@@ -186,14 +222,21 @@ def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     waves, lengths = _example(model, PARITY_SECONDS)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the backbones' input checks are traced as constants
+        warnings.simplefilter(
+            "ignore", torch.jit.TracerWarning
+        )  # the backbones' input checks are traced as constants
         torch.onnx.export(
             _Probabilities(exportable_copy(model)),
             (waves, lengths),
             str(out_path),
             input_names=["waves", "lengths"],
             output_names=["logits", "probabilities"],
-            dynamic_axes={"waves": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamic_axes={
+                "waves": {0: "batch", 1: "samples"},
+                "lengths": {0: "batch"},
+                "logits": {0: "batch"},
+                "probabilities": {0: "batch"},
+            },
             opset_version=opset,
             dynamo=False,
         )
@@ -201,8 +244,12 @@ def export_onnx(folder: str | os.PathLike, out_path: str | os.PathLike, *, atol:
     errors = onnx_parity(model, out_path)
     worst = max(errors.values())
     if worst > atol:
-        raise OnnxExportError(f"{out_path}: ONNX Runtime differs from PyTorch by up to {worst:.2e} (> atol {atol:.0e}): {errors}")
-    out_path.with_name(out_path.name + ".labels.json").write_text(json.dumps(list(model.labels)) + "\n", encoding="utf-8")
+        raise OnnxExportError(
+            f"{out_path}: ONNX Runtime differs from PyTorch by up to {worst:.2e} (> atol {atol:.0e}): {errors}"
+        )
+    out_path.with_name(out_path.name + ".labels.json").write_text(
+        json.dumps(list(model.labels)) + "\n", encoding="utf-8"
+    )
     log.info("exported %s (parity %s)", out_path, {k: f"{v:.1e}" for k, v in errors.items()})
     return out_path
 
@@ -221,13 +268,19 @@ class OnnxScorer:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / NoSuchFile types
-            raise OnnxExportError(f"{path}: cannot load the ONNX graph ({err}); expected a file written by ser export --onnx") from err
+            raise OnnxExportError(
+                f"{path}: cannot load the ONNX graph ({err}); expected a file written by ser export --onnx"
+            ) from err
         stored = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in METADATA.values() if key not in stored]
         if missing:
-            raise OnnxExportError(f"{path}: no {missing} in the ONNX metadata; export the model again with this version (ser export --onnx)")
+            raise OnnxExportError(
+                f"{path}: no {missing} in the ONNX metadata; export the model again with this version (ser export --onnx)"
+            )
         self.labels = tuple(json.loads(stored[METADATA["labels"]]))
         self.sample_rate = int(json.loads(stored[METADATA["sample_rate"]]))
         self.trim_db = json.loads(stored[METADATA["trim_db"]])
@@ -243,5 +296,7 @@ class OnnxScorer:
             batch = np.zeros((len(chosen), int(lengths.max())), dtype=np.float32)
             for row, w in enumerate(chosen):
                 batch[row, : len(w)] = w
-            out[start : start + len(chosen)] = self.session.run(["probabilities"], {"waves": batch, "lengths": lengths})[0]
+            out[start : start + len(chosen)] = self.session.run(
+                ["probabilities"], {"waves": batch, "lengths": lengths}
+            )[0]
         return out

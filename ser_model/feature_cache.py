@@ -71,7 +71,15 @@ from ser_model.backbones import HFBackbone
 from ser_model.config import uses_feature_cache
 from ser_model.data import EVAL_MAX_SECONDS, PRELOAD_LIMIT_BYTES, Batch, UtteranceDataset
 from ser_model.feature_cache_folder import (
-    ENTRIES_DIR, KEY_FILE, IndexEntry, entry_path, key_digest, merge_index, read_index, sha256_json, write_bytes_atomically,
+    ENTRIES_DIR,
+    KEY_FILE,
+    IndexEntry,
+    entry_path,
+    key_digest,
+    merge_index,
+    read_index,
+    sha256_json,
+    write_bytes_atomically,
 )
 from ser_model.model import SERModel, SEROutput
 
@@ -152,7 +160,14 @@ class CachedStates(torch.utils.data.Dataset):
     utterances, as evaluation sees them). ``lengths`` are the frames served, for bucketing and sharding.
     """
 
-    def __init__(self, cache: FeatureCache, sha256s: Sequence[str], labels: np.ndarray, crop_frames: int | None, seed: int) -> None:
+    def __init__(
+        self,
+        cache: FeatureCache,
+        sha256s: Sequence[str],
+        labels: np.ndarray,
+        crop_frames: int | None,
+        seed: int,
+    ) -> None:
         self.cache = cache
         self.sha256s = list(sha256s)
         self.labels = labels
@@ -185,11 +200,18 @@ class FeatureCache:
     """
 
     def __init__(
-        self, root: str | os.PathLike, backbone: HFBackbone, *, trim_db: float | None, device: torch.device | str = "cpu",
+        self,
+        root: str | os.PathLike,
+        backbone: HFBackbone,
+        *,
+        trim_db: float | None,
+        device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
     ) -> None:
         if backbone.mode == "finetune":
-            raise ValueError("FeatureCache: the backbone is in mode 'finetune', so its states change in training; expected 'frozen' or 'weighted_sum'")
+            raise ValueError(
+                "FeatureCache: the backbone is in mode 'finetune', so its states change in training; expected 'frozen' or 'weighted_sum'"
+            )
         self.backbone = backbone
         self.trim_db = trim_db
         self.device = torch.device(device)
@@ -197,10 +219,17 @@ class FeatureCache:
         config = backbone.model.config.to_dict()
         self.key = {
             "format": FORMAT_VERSION,
-            "backbone": {"model_type": config.get("model_type"), "config_sha256": sha256_json(config), "weights_sha256": weights_sha256(backbone.model)},
+            "backbone": {
+                "model_type": config.get("model_type"),
+                "config_sha256": sha256_json(config),
+                "weights_sha256": weights_sha256(backbone.model),
+            },
             "layers": list(backbone.layer_set),
             "view": {
-                "sample_rate": HF_SAMPLE_RATE, "trim_db": trim_db, "max_seconds": EVAL_MAX_SECONDS, "wave_norm": backbone.wave_norm,
+                "sample_rate": HF_SAMPLE_RATE,
+                "trim_db": trim_db,
+                "max_seconds": EVAL_MAX_SECONDS,
+                "wave_norm": backbone.wave_norm,
                 "computed": "one utterance at a time",
             },
             "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
@@ -209,8 +238,12 @@ class FeatureCache:
         (self.folder / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
         key_path = self.folder / KEY_FILE
         if not key_path.is_file():
-            source = getattr(backbone.model.config, "_name_or_path", "")  # for the reader (and the flows' pull), not part of the key
-            write_bytes_atomically(key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode())
+            source = getattr(
+                backbone.model.config, "_name_or_path", ""
+            )  # for the reader (and the flows' pull), not part of the key
+            write_bytes_atomically(
+                key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode()
+            )
         self._memory: dict[str, torch.Tensor] = {}
         self._entries: dict[str, IndexEntry] = {}
         self._memory_bytes = 0
@@ -247,8 +280,13 @@ class FeatureCache:
     # ------------------------------------------------------------------ filling
 
     def dataset(
-        self, rows: pd.DataFrame, audio_root: str | os.PathLike, label_names: Sequence[str], *,
-        crop_seconds: float | None = None, seed: int = 0,
+        self,
+        rows: pd.DataFrame,
+        audio_root: str | os.PathLike,
+        label_names: Sequence[str],
+        *,
+        crop_seconds: float | None = None,
+        seed: int = 0,
     ) -> CachedStates:
         """The rows' ``CachedStates`` after computing every entry that is missing or fails its check.
 
@@ -257,8 +295,14 @@ class FeatureCache:
         missing entries and reads the others' after a barrier.
         """
         view = UtteranceDataset(
-            rows, audio_root, label_names, sample_rate=HF_SAMPLE_RATE, crop_seconds=EVAL_MAX_SECONDS, random_crop=False,
-            trim_db=self.trim_db, preload=False,
+            rows,
+            audio_root,
+            label_names,
+            sample_rate=HF_SAMPLE_RATE,
+            crop_seconds=EVAL_MAX_SECONDS,
+            random_crop=False,
+            trim_db=self.trim_db,
+            preload=False,
         )
         sha256s = rows["sha256"].astype(str).tolist()
         first_row = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
@@ -274,7 +318,12 @@ class FeatureCache:
             try:
                 self._keep(sha, entry, self._read(sha, entry))
             except (OSError, ValueError, KeyError, SafetensorError) as err:
-                log.warning("feature cache %s: entry of utterance %s is corrupt (%s); recomputing it", self.folder, view.utt_ids[first_row[sha]], err)
+                log.warning(
+                    "feature cache %s: entry of utterance %s is corrupt (%s); recomputing it",
+                    self.folder,
+                    view.utt_ids[first_row[sha]],
+                    err,
+                )
                 missing.append(sha)
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         mine = missing[rank::world]
@@ -289,7 +338,11 @@ class FeatureCache:
                     self._keep(sha, index[sha], self._read(sha, index[sha]))
         log.info(
             "feature cache %s: %d utterances, %d read from the cache, %d computed (%.1f s)",
-            self.folder, len(first_row), len(first_row) - len(missing), len(missing), time.perf_counter() - started,
+            self.folder,
+            len(first_row),
+            len(first_row) - len(missing),
+            len(missing),
+            time.perf_counter() - started,
         )
         crop_frames = None
         if crop_seconds is not None:
@@ -304,10 +357,14 @@ class FeatureCache:
         was_training = self.backbone.training
         self.backbone.eval()
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-        for sha, row in tqdm(todo, desc="feature cache", unit="utt", leave=False, disable=None if todo else True):
+        for sha, row in tqdm(
+            todo, desc="feature cache", unit="utt", leave=False, disable=None if todo else True
+        ):
             wave, _, _ = view[row]
             with autocast:
-                states, _ = self.backbone.hidden_states(wave[None].to(self.device), torch.tensor([len(wave)], device=self.device))
+                states, _ = self.backbone.hidden_states(
+                    wave[None].to(self.device), torch.tensor([len(wave)], device=self.device)
+                )
             states = states[0].float().cpu().contiguous()  # (K', T, D)
             data = save_safetensors({STATES_TENSOR: states})
             entry = IndexEntry(tuple(states.shape), hashlib.sha256(data).hexdigest())

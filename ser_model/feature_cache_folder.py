@@ -29,8 +29,18 @@ from typing import Any
 from ser_model.config import SERConfig
 
 __all__ = [
-    "ENTRIES_DIR", "INDEX_FILE", "KEY_FILE", "IndexEntry", "entry_path", "key_digest", "key_may_fit", "locked",
-    "merge_index", "read_index", "sha256_json", "write_bytes_atomically",
+    "ENTRIES_DIR",
+    "INDEX_FILE",
+    "KEY_FILE",
+    "IndexEntry",
+    "entry_path",
+    "key_digest",
+    "key_may_fit",
+    "locked",
+    "merge_index",
+    "read_index",
+    "sha256_json",
+    "write_bytes_atomically",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,7 +88,10 @@ def read_index(folder: Path) -> dict[str, IndexEntry]:
 
 def index_from_json(raw: Any) -> dict[str, IndexEntry]:
     """The records of a parsed index.json; KeyError, TypeError or AttributeError when it is malformed."""
-    return {sha: IndexEntry(tuple(int(n) for n in e["shape"]), str(e["checksum"])) for sha, e in raw["entries"].items()}
+    return {
+        sha: IndexEntry(tuple(int(n) for n in e["shape"]), str(e["checksum"]))
+        for sha, e in raw["entries"].items()
+    }
 
 
 def index_json(key: Mapping[str, Any], entries: Mapping[str, IndexEntry]) -> bytes:
@@ -138,5 +151,6 @@ def key_may_fit(record: Mapping[str, Any], config: SERConfig) -> bool:
     return (
         source == (str(local) if local.is_dir() else mc.hf_source)
         and (all_layers if mc.layer_weights else len(layers) == 1)
-        and view.get("trim_db") == mc.trim_db and view.get("wave_norm") == mc.wave_norm
+        and view.get("trim_db") == mc.trim_db
+        and view.get("wave_norm") == mc.wave_norm
     )

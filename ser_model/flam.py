@@ -21,7 +21,9 @@ def _check_mask(h: torch.Tensor, mask: torch.Tensor) -> None:
         )
     if not bool(mask.any(dim=1).all()):
         empty = torch.nonzero(~mask.any(dim=1)).flatten().tolist()
-        raise ValueError(f"frame mask: utterance(s) {empty} have no valid frame; expected at least one per utterance")
+        raise ValueError(
+            f"frame mask: utterance(s) {empty} have no valid frame; expected at least one per utterance"
+        )
 
 
 class FrameAttention(nn.Module):
@@ -46,7 +48,9 @@ class FrameAttention(nn.Module):
         return out * mask[:, :, None].to(out.dtype)
 
 
-def attentive_pool(h: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attentive_pool(
+    h: torch.Tensor, mask: torch.Tensor, query: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention pooling with a query vector.
 
     s_t = h_t · q / sqrt(D);  α = softmax over valid t of s (α_t = 0 at padded t);  u = Σ_t α_t h_t.

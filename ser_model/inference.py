@@ -66,7 +66,9 @@ class Predictor:
         device: str | torch.device = "cpu",
     ):
         if window_seconds is not None and not window_seconds > 0:
-            raise ValueError(f"window_seconds must be positive (or None for the training crop), got {window_seconds}")
+            raise ValueError(
+                f"window_seconds must be positive (or None for the training crop), got {window_seconds}"
+            )
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if batch_size < 1:
@@ -128,7 +130,10 @@ class Predictor:
 
     def _decisions(self, probs: np.ndarray) -> list[dict[str, Any]]:
         return [
-            {"label": self.labels[int(np.argmax(p))], "probabilities": {label: float(v) for label, v in zip(self.labels, p)}}
+            {
+                "label": self.labels[int(np.argmax(p))],
+                "probabilities": {label: float(v) for label, v in zip(self.labels, p)},
+            }
             for p in probs
         ]
 
@@ -138,7 +143,9 @@ class Predictor:
         for index, (array, sr) in enumerate(items):
             array = np.asarray(array, dtype=np.float32)
             if array.size == 0:
-                raise AudioDecodeError(f"input {index} holds no samples (shape {array.shape}); expected at least one")
+                raise AudioDecodeError(
+                    f"input {index} holds no samples (shape {array.shape}); expected at least one"
+                )
             if not np.isfinite(array).all():
                 raise AudioDecodeError(f"input {index}: the audio holds NaN or infinite samples")
             try:

@@ -61,14 +61,23 @@ def mean_level_db(wave: np.ndarray) -> float:
 
 
 def join_utterances(
-    waves: Sequence[np.ndarray], labels: Sequence[int], utt_ids: Sequence[str], sample_rate: int, *,
-    gap_s: float = 1.5, gap: str = "silence", noise_below_speech_db: float = 35.0, seed: int = 0,
+    waves: Sequence[np.ndarray],
+    labels: Sequence[int],
+    utt_ids: Sequence[str],
+    sample_rate: int,
+    *,
+    gap_s: float = 1.5,
+    gap: str = "silence",
+    noise_below_speech_db: float = 35.0,
+    seed: int = 0,
 ) -> JoinedRecording:
     """Join trimmed utterances (mono, at `sample_rate`; trim them first) with gaps (module docstring)."""
     if gap not in GAP_KINDS:
         raise ValueError(f"join_utterances: gap {gap!r}, expected one of {GAP_KINDS}")
     if not len(waves) == len(labels) == len(utt_ids) or not waves:
-        raise ValueError(f"join_utterances: {len(waves)} waves, {len(labels)} labels, {len(utt_ids)} ids; expected as many, at least one")
+        raise ValueError(
+            f"join_utterances: {len(waves)} waves, {len(labels)} labels, {len(utt_ids)} ids; expected as many, at least one"
+        )
     rng = np.random.default_rng(seed)
     n_gap = int(round(gap_s * sample_rate))
     noise_rms = 10 ** ((np.mean([mean_level_db(w) for w in waves]) - noise_below_speech_db) / 20)
@@ -87,8 +96,15 @@ def join_utterances(
 
 
 def build_joined(
-    items: Sequence[tuple[str, int, str]], sample_rate: int, *, trim_db: float = REFERENCE_TRIM_DB, per_recording: int = 8,
-    gap_s: float = 1.5, gap: str = "silence", noise_below_speech_db: float = 35.0, seed: int = 0,
+    items: Sequence[tuple[str, int, str]],
+    sample_rate: int,
+    *,
+    trim_db: float = REFERENCE_TRIM_DB,
+    per_recording: int = 8,
+    gap_s: float = 1.5,
+    gap: str = "silence",
+    noise_below_speech_db: float = 35.0,
+    seed: int = 0,
 ) -> list[JoinedRecording]:
     """Joined recordings of `per_recording` utterances each from [(audio path, class index, utt_id)],
     shuffled by `seed` (speakers and emotions mixed); the last recording takes what remains. Each
@@ -100,15 +116,25 @@ def build_joined(
     for r, first in enumerate(range(0, len(order), per_recording)):
         chosen = [items[i] for i in order[first : first + per_recording]]
         waves = [trim_silence(load_audio(path, sample_rate), sample_rate, trim_db) for path, _, _ in chosen]
-        recordings.append(join_utterances(
-            waves, [c for _, c, _ in chosen], [u for _, _, u in chosen], sample_rate,
-            gap_s=gap_s, gap=gap, noise_below_speech_db=noise_below_speech_db, seed=seed * 100003 + r,
-        ))
+        recordings.append(
+            join_utterances(
+                waves,
+                [c for _, c, _ in chosen],
+                [u for _, _, u in chosen],
+                sample_rate,
+                gap_s=gap_s,
+                gap=gap,
+                noise_below_speech_db=noise_below_speech_db,
+                seed=seed * 100003 + r,
+            )
+        )
     return recordings
 
 
 def score_joined(
-    recordings: Sequence[JoinedRecording], scorer: WindowScorer, utterance_probabilities: Callable[[list[np.ndarray]], np.ndarray],
+    recordings: Sequence[JoinedRecording],
+    scorer: WindowScorer,
+    utterance_probabilities: Callable[[list[np.ndarray]], np.ndarray],
     config: SegmentConfig | None = None,
 ) -> dict[str, Any]:
     """Segment-level and per-utterance scores of `recordings` (module docstring).
@@ -124,7 +150,12 @@ def score_joined(
     for recording in recordings:
         segments = segment_recording(ArraySource(recording.samples, recording.sample_rate), scorer, config)
         segments_per_recording.append(segments)
-        waves = [recording.samples[round(u.start_s * recording.sample_rate) : round(u.end_s * recording.sample_rate)] for u in recording.utterances]
+        waves = [
+            recording.samples[
+                round(u.start_s * recording.sample_rate) : round(u.end_s * recording.sample_rate)
+            ]
+            for u in recording.utterances
+        ]
         utt_labels = np.argmax(utterance_probabilities(waves), axis=1)
         for u, p in zip(recording.utterances, utt_labels):
             truth.append((offset + u.start_s, offset + u.end_s, u.label))
@@ -134,7 +165,11 @@ def score_joined(
             middle = (u.start_s + u.end_s) / 2
             middles_inside += sum(s.start_s <= middle < s.end_s for s in segments) == 1
         predicted += [(offset + s.start_s, offset + s.end_s, labels.index(s.label)) for s in segments]
-        errors.append(boundary_errors([(u.start_s, u.end_s) for u in recording.utterances], [(s.start_s, s.end_s) for s in segments]))
+        errors.append(
+            boundary_errors(
+                [(u.start_s, u.end_s) for u in recording.utterances], [(s.start_s, s.end_s) for s in segments]
+            )
+        )
         counts.append(len(segments))
         offset += len(recording.samples) / recording.sample_rate
     all_errors = np.concatenate(errors)
@@ -147,10 +182,16 @@ def score_joined(
         "utterance": classification_metrics(y_true, y_pred, n, labels),
         "utterance_duration_weighted": duration_weighted_metrics(truth, per_utt_spans, n, labels),
         "boundary_error_s": {
-            "median": float(np.median(all_errors)), "mean": float(np.mean(all_errors)),
-            "p90": float(np.percentile(all_errors, 90)), "n": int(all_errors.size),
+            "median": float(np.median(all_errors)),
+            "mean": float(np.mean(all_errors)),
+            "p90": float(np.percentile(all_errors, 90)),
+            "n": int(all_errors.size),
         },
-        "segments_per_recording": {"mean": float(np.mean(counts)), "min": int(min(counts)), "max": int(max(counts))},
+        "segments_per_recording": {
+            "mean": float(np.mean(counts)),
+            "min": int(min(counts)),
+            "max": int(max(counts)),
+        },
         "utterances_per_recording": float(len(truth) / len(recordings)),
         "middles_in_one_segment": middles_inside / len(truth),
         "missed_speech_share": float(sum(segment_level["missed_s"]) / segment_level["speech_s"]),

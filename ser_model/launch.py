@@ -113,12 +113,18 @@ class FoldJob:
 
     def worker_args(self) -> list[str]:
         return [
-            "--config", str(self.config_path),
-            "--manifest", str(self.manifest_path),
-            "--folds", str(self.folds_path),
-            "--fold", str(self.fold),
-            "--audio-root", self.audio_root,
-            "--out", str(self.out_dir),
+            "--config",
+            str(self.config_path),
+            "--manifest",
+            str(self.manifest_path),
+            "--folds",
+            str(self.folds_path),
+            "--fold",
+            str(self.fold),
+            "--audio-root",
+            self.audio_root,
+            "--out",
+            str(self.out_dir),
             *(["--feature-cache", str(self.feature_cache_dir)] if self.feature_cache_dir is not None else []),
         ]
 
@@ -146,7 +152,10 @@ def worker_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def torchrun_command(
-    nproc: int, worker_args: list[str], module: str = WORKER_MODULE, rendezvous: tuple[int, int, str] | None = None
+    nproc: int,
+    worker_args: list[str],
+    module: str = WORKER_MODULE,
+    rendezvous: tuple[int, int, str] | None = None,
 ) -> list[str]:
     """torchrun with this interpreter. Without ``rendezvous``: ``--standalone`` (a free local
     rendezvous port, so folds of two flows can run at once). With ``(nnodes, node_rank,
@@ -155,8 +164,22 @@ def torchrun_command(
         where = ["--standalone"]
     else:
         nnodes, node_rank, endpoint = rendezvous
-        where = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
-    return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module, *worker_args]
+        where = [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *worker_args,
+    ]
 
 
 def worker_exit_code(returncode: int, output_tail: str) -> int:
@@ -195,8 +218,14 @@ def run_worker(
     tail: deque[str] = deque(maxlen=60)
     epochs_seen = -1
     with subprocess.Popen(
-        command, cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", bufsize=1,
+        command,
+        cwd=cwd,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -219,8 +248,12 @@ def run_worker(
     if code == BAD_DATA_EXIT:
         raise BadDataError(f"{what}: the worker rejected the data (exit {code}, not retried):\n{text}")
     if code == BAD_CONFIG_EXIT:
-        raise BadConfigError(f"{what}: the worker rejected its arguments or config (exit {code}, not retried):\n{text}")
-    raise WorkerInfraError(f"{what}: worker failed with exit code {code} (will retry; resumes from its last checkpoint):\n{text}")
+        raise BadConfigError(
+            f"{what}: the worker rejected its arguments or config (exit {code}, not retried):\n{text}"
+        )
+    raise WorkerInfraError(
+        f"{what}: worker failed with exit code {code} (will retry; resumes from its last checkpoint):\n{text}"
+    )
 
 
 def write_fold_times(out_dir: Path, start_ms: int, end_ms: int) -> None:

@@ -47,7 +47,9 @@ def center_loss(emb: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) 
     return 0.5 * (diff * diff).sum(dim=1).mean()
 
 
-def frame_views(frames: torch.Tensor, mask: torch.Tensor, n_views: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def frame_views(
+    frames: torch.Tensor, mask: torch.Tensor, n_views: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Frame-level views for SupCon: v_{b,k} = 0.5·h_{b,t_k} + 0.5·mean_t(h_b) at valid frames t_k drawn uniformly (with replacement).
 
     frames (B, T, D), mask (B, T) bool valid → views (B, V, D) with V = n_views.

@@ -68,12 +68,16 @@ def classification_metrics(
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"classification_metrics: y_true has {y_true.size} items but y_pred has {y_pred.size}; expected equal")
+        raise ValueError(
+            f"classification_metrics: y_true has {y_true.size} items but y_pred has {y_pred.size}; expected equal"
+        )
     if y_true.size == 0:
         raise ValueError("classification_metrics: no predictions; expected at least one")
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"classification_metrics: {name} has values in [{y.min()}, {y.max()}], expected [0, {n_classes})")
+            raise ValueError(
+                f"classification_metrics: {name} has values in [{y.min()}, {y.max()}], expected [0, {n_classes})"
+            )
     if labels is None:
         labels = [str(c) for c in range(n_classes)]
     if len(labels) != n_classes:
@@ -92,14 +96,18 @@ def classification_metrics(
         "WA": float(hits.sum() / y_true.size),
         "UA": float(recall[present].mean()),
         "macro_f1": float(f1[f1_classes].mean()),
-        "per_class_recall": {label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)},
+        "per_class_recall": {
+            label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)
+        },
         "confusion": cm.tolist(),
         "labels": list(labels),
     }
 
 
 def duration_weighted_metrics(
-    truth: Sequence[tuple[float, float, int]], predicted: Sequence[tuple[float, float, int]], n_classes: int,
+    truth: Sequence[tuple[float, float, int]],
+    predicted: Sequence[tuple[float, float, int]],
+    n_classes: int,
     labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """WA and UA of labelled time spans, each second of true speech weighted alike (segment-level scoring).
@@ -131,7 +139,9 @@ def duration_weighted_metrics(
     return {
         "WA": float(np.trace(confusion) / support.sum()),
         "UA": float(recall[present].mean()),
-        "per_class_recall": {label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)},
+        "per_class_recall": {
+            label: (float(recall[c]) if present[c] else None) for c, label in enumerate(labels)
+        },
         "confusion_s": confusion.tolist(),
         "missed_s": (support - confusion.sum(axis=1)).tolist(),
         "speech_s": float(support.sum()),
@@ -139,7 +149,9 @@ def duration_weighted_metrics(
     }
 
 
-def boundary_errors(truth: Sequence[tuple[float, float]], predicted: Sequence[tuple[float, float]]) -> np.ndarray:
+def boundary_errors(
+    truth: Sequence[tuple[float, float]], predicted: Sequence[tuple[float, float]]
+) -> np.ndarray:
     """Seconds between each reference boundary and the nearest predicted boundary of its kind:
     for every reference span, |start − nearest segment start| and |end − nearest segment end|.
     (2·len(truth),) float64, onsets then offsets; inf when nothing was predicted."""

@@ -52,7 +52,9 @@ class BatchNormAnyBatch(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         return super().forward(x)
 
 
@@ -83,8 +85,12 @@ class SERModel(nn.Module):
         mc = config.model
         if backbone_config is not None:
             if not mc.is_hf:
-                raise ValueError(f"SERModel: backbone_config given but config.model.backbone is {mc.backbone!r}, not hf:")
-            self.backbone: Backbone = HFBackbone.from_config(backbone_config, mc.backbone_mode, mc.layer_weights, mc.wave_norm)
+                raise ValueError(
+                    f"SERModel: backbone_config given but config.model.backbone is {mc.backbone!r}, not hf:"
+                )
+            self.backbone: Backbone = HFBackbone.from_config(
+                backbone_config, mc.backbone_mode, mc.layer_weights, mc.wave_norm
+            )
         else:
             self.backbone = build_backbone(mc)
         dim = self.backbone.out_dim
@@ -93,7 +99,9 @@ class SERModel(nn.Module):
                 raise ValueError(
                     f"SERModel: backbone width D={dim} is not divisible by ModelConfig.flam_heads={mc.n_flam_heads}"
                 )
-            self.frame_attention: FrameAttention | None = FrameAttention(dim, mc.n_flam_heads, mc.flam_dropout)
+            self.frame_attention: FrameAttention | None = FrameAttention(
+                dim, mc.n_flam_heads, mc.flam_dropout
+            )
             self.pooling: AttentivePooling | None = AttentivePooling(dim)
         else:
             self.frame_attention = None
@@ -105,7 +113,9 @@ class SERModel(nn.Module):
         lc = config.loss
         self.centers = nn.Parameter(torch.zeros(config.n_classes, mc.embed_dim)) if lc.center else None
         self.supcon_proj = (
-            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, lc.supcon_proj_dim)) if lc.supcon else None
+            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, lc.supcon_proj_dim))
+            if lc.supcon
+            else None
         )
 
     @property
@@ -155,7 +165,9 @@ class SERModel(nn.Module):
         self.config.to_json(folder / CONFIG_FILE)
         (folder / LABELS_FILE).write_text(json.dumps(list(self.labels)) + "\n", encoding="utf-8")
         if isinstance(self.backbone, HFBackbone):
-            (folder / BACKBONE_CONFIG_FILE).write_text(json.dumps(self.backbone.config_dict(), indent=2) + "\n", encoding="utf-8")
+            (folder / BACKBONE_CONFIG_FILE).write_text(
+                json.dumps(self.backbone.config_dict(), indent=2) + "\n", encoding="utf-8"
+            )
         save_model(self, str(folder / WEIGHTS_FILE))
         return folder
 
@@ -165,7 +177,9 @@ class SERModel(nn.Module):
         folder = Path(folder)
         missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE) if not (folder / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{folder}: missing {missing}; expected a folder written by SERModel.save_pretrained")
+            raise FileNotFoundError(
+                f"{folder}: missing {missing}; expected a folder written by SERModel.save_pretrained"
+            )
         config = SERConfig.from_json(folder / CONFIG_FILE)
         labels_path = folder / LABELS_FILE
         try:
@@ -173,18 +187,26 @@ class SERModel(nn.Module):
         except json.JSONDecodeError as err:
             raise ValueError(f"{labels_path}: not JSON ({err}); expected a JSON list of class names") from err
         if not isinstance(labels, list):
-            raise ValueError(f"{labels_path}: holds a {type(labels).__name__}; expected a JSON list of class names")
+            raise ValueError(
+                f"{labels_path}: holds a {type(labels).__name__}; expected a JSON list of class names"
+            )
         labels = tuple(labels)
         if labels != config.labels:
-            raise ValueError(f"{folder}: {LABELS_FILE} has {labels} but {CONFIG_FILE} has labels {config.labels}")
+            raise ValueError(
+                f"{folder}: {LABELS_FILE} has {labels} but {CONFIG_FILE} has labels {config.labels}"
+            )
         backbone_config = None
         if config.model.is_hf:
             path = folder / BACKBONE_CONFIG_FILE
             if not path.is_file():
-                raise FileNotFoundError(f"{folder}: missing {BACKBONE_CONFIG_FILE}, needed to rebuild the hf backbone offline")
+                raise FileNotFoundError(
+                    f"{folder}: missing {BACKBONE_CONFIG_FILE}, needed to rebuild the hf backbone offline"
+                )
             backbone_config = json.loads(path.read_text(encoding="utf-8"))
         model = cls(config, backbone_config=backbone_config)
-        missing_keys, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False, device=str(device))
+        missing_keys, unexpected = load_model(
+            model, str(folder / WEIGHTS_FILE), strict=False, device=str(device)
+        )
         if missing_keys or unexpected:
             raise ValueError(
                 f"{folder / WEIGHTS_FILE}: weights do not match the model built from {CONFIG_FILE} "

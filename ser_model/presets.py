@@ -38,8 +38,16 @@ from typing import Any
 from ser_model.config import ConfigError, SERConfig
 
 __all__ = [
-    "PRESETS", "DEFAULT_PRESET", "PRESET_FILE_FORMAT", "PRESET_FILE_VERSION", "preset_for_backbone", "preset_settings",
-    "read_preset_file", "write_preset_file", "split_preset", "experiment_config",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "PRESET_FILE_FORMAT",
+    "PRESET_FILE_VERSION",
+    "preset_for_backbone",
+    "preset_settings",
+    "read_preset_file",
+    "write_preset_file",
+    "split_preset",
+    "experiment_config",
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -125,9 +133,13 @@ def read_preset_file(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"preset file {path}: cannot read it as JSON ({err})") from err
     if not isinstance(data, dict) or data.get("format") != PRESET_FILE_FORMAT:
-        raise ConfigError(f'preset file {path}: expected a JSON object with "format": "{PRESET_FILE_FORMAT}" (ser tune writes one)')
+        raise ConfigError(
+            f'preset file {path}: expected a JSON object with "format": "{PRESET_FILE_FORMAT}" (ser tune writes one)'
+        )
     if data.get("version") != PRESET_FILE_VERSION:
-        raise ConfigError(f"preset file {path}: version {data.get('version')!r}; this code reads version {PRESET_FILE_VERSION}")
+        raise ConfigError(
+            f"preset file {path}: version {data.get('version')!r}; this code reads version {PRESET_FILE_VERSION}"
+        )
     base, settings = data.get("extends"), data.get("settings")
     if base not in PRESETS or not isinstance(settings, dict):
         raise ConfigError(
@@ -159,7 +171,9 @@ def split_preset(preset: str) -> tuple[str, dict[str, Any]]:
         return preset, {}
     if is_preset_file(preset):
         return read_preset_file(preset)
-    raise ConfigError(f"preset: got {preset!r}, expected one of {sorted(PRESETS)} or a preset file (.json, written by ser tune)")
+    raise ConfigError(
+        f"preset: got {preset!r}, expected one of {sorted(PRESETS)} or a preset file (.json, written by ser tune)"
+    )
 
 
 def preset_settings(preset: str) -> dict[str, Any]:
@@ -206,5 +220,7 @@ def experiment_config(
     changes.update(overrides or {})
     config = config.with_overrides(changes)
     if tuple(config.labels) != LABELS[corpus]:
-        raise ConfigError(f"SERConfig.labels: {list(config.labels)} do not match {corpus}'s classes {list(LABELS[corpus])}")
+        raise ConfigError(
+            f"SERConfig.labels: {list(config.labels)} do not match {corpus}'s classes {list(LABELS[corpus])}"
+        )
     return config

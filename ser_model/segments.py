@@ -40,8 +40,19 @@ from ser_model.inference import sliding_windows
 from ser_model.vad import FrameLevels, speech_regions
 
 __all__ = [
-    "SegmentConfig", "Segment", "AudioSource", "FileSource", "ArraySource", "WindowScorer", "probability_column",
-    "read_at_rate", "iter_blocks", "merge_windows", "segment_recording", "segment_file", "segment_records",
+    "SegmentConfig",
+    "Segment",
+    "AudioSource",
+    "FileSource",
+    "ArraySource",
+    "WindowScorer",
+    "probability_column",
+    "read_at_rate",
+    "iter_blocks",
+    "merge_windows",
+    "segment_recording",
+    "segment_file",
+    "segment_records",
 ]
 
 
@@ -87,19 +98,52 @@ class SegmentConfig:
         w = "SegmentConfig"
         for name in ("window_s", "hop_s", "frame_s", "frame_hop_s", "context_s", "block_s"):
             value = getattr(self, name)
-            _require(math.isfinite(value) and value > 0, f"{w}.{name}", f"got {value}, expected a positive number of seconds")
-        for name in ("min_segment_s", "min_speech_s", "min_silence_s", "pad_s", "noise_margin_db", "dynamic_range_db", "hysteresis_db"):
+            _require(
+                math.isfinite(value) and value > 0,
+                f"{w}.{name}",
+                f"got {value}, expected a positive number of seconds",
+            )
+        for name in (
+            "min_segment_s",
+            "min_speech_s",
+            "min_silence_s",
+            "pad_s",
+            "noise_margin_db",
+            "dynamic_range_db",
+            "hysteresis_db",
+        ):
             value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0, f"{w}.{name}", f"got {value}, expected a finite number >= 0")
-        _require(self.hop_s <= self.window_s, f"{w}.hop_s", f"got {self.hop_s} > window_s {self.window_s}; windows would leave gaps")
-        _require(self.frame_hop_s <= self.frame_s, f"{w}.frame_hop_s", f"got {self.frame_hop_s} > frame_s {self.frame_s}")
-        _require(self.block_s >= self.frame_s, f"{w}.block_s", f"got {self.block_s}, expected at least frame_s {self.frame_s}")
-        _require(math.isfinite(self.floor_dbfs) and self.floor_dbfs <= 0, f"{w}.floor_dbfs", f"got {self.floor_dbfs}, expected <= 0 dB")
+            _require(
+                math.isfinite(value) and value >= 0,
+                f"{w}.{name}",
+                f"got {value}, expected a finite number >= 0",
+            )
+        _require(
+            self.hop_s <= self.window_s,
+            f"{w}.hop_s",
+            f"got {self.hop_s} > window_s {self.window_s}; windows would leave gaps",
+        )
+        _require(
+            self.frame_hop_s <= self.frame_s,
+            f"{w}.frame_hop_s",
+            f"got {self.frame_hop_s} > frame_s {self.frame_s}",
+        )
+        _require(
+            self.block_s >= self.frame_s,
+            f"{w}.block_s",
+            f"got {self.block_s}, expected at least frame_s {self.frame_s}",
+        )
+        _require(
+            math.isfinite(self.floor_dbfs) and self.floor_dbfs <= 0,
+            f"{w}.floor_dbfs",
+            f"got {self.floor_dbfs}, expected <= 0 dB",
+        )
         for name in ("noise_percentile", "level_percentile"):
             value = getattr(self, name)
             _require(0 <= value <= 100, f"{w}.{name}", f"got {value}, expected a percentile in [0, 100]")
         _require(
-            self.noise_percentile < self.level_percentile, f"{w}.noise_percentile",
+            self.noise_percentile < self.level_percentile,
+            f"{w}.noise_percentile",
             f"got {self.noise_percentile}, expected below level_percentile {self.level_percentile}",
         )
         _require(self.batch_size >= 1, f"{w}.batch_size", f"got {self.batch_size}, expected at least 1")
@@ -111,7 +155,9 @@ class SegmentConfig:
         """New validated settings with fields replaced by name: ``{"window_s": 6, "min_silence_s": 0.3}``."""
         names = [f.name for f in dataclasses.fields(self)]
         for key in overrides:
-            _require(key in names, "SegmentConfig.with_overrides", f"unknown key {key!r}; valid keys: {names}")
+            _require(
+                key in names, "SegmentConfig.with_overrides", f"unknown key {key!r}; valid keys: {names}"
+            )
         return dataclasses.replace(self, **overrides)
 
 
@@ -143,13 +189,17 @@ class AudioSource(Protocol):
 def _finite(samples: np.ndarray, name: str, start: int, rate: int) -> np.ndarray:
     if not np.isfinite(samples).all():
         bad = int(np.flatnonzero(~np.isfinite(samples).reshape(len(samples), -1).all(axis=1))[0])
-        raise AudioDecodeError(f"{name}: the audio holds NaN or infinite samples (the first at {(start + bad) / rate:.3f} s)")
+        raise AudioDecodeError(
+            f"{name}: the audio holds NaN or infinite samples (the first at {(start + bad) / rate:.3f} s)"
+        )
     return samples
 
 
 def _check_rate(rate: int, name: str) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioDecodeError(f"{name}: sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+        raise AudioDecodeError(
+            f"{name}: sample rate {rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz"
+        )
 
 
 class FileSource:
@@ -167,7 +217,9 @@ class FileSource:
         self.sample_rate, self.frames = int(self._file.samplerate), int(self._file.frames)
         if self.frames == UNKNOWN_FRAMES:
             self.close()
-            raise AudioDecodeError(f"{self.name}: the file's header does not state its length; expected a WAV or FLAC file whose header does")
+            raise AudioDecodeError(
+                f"{self.name}: the file's header does not state its length; expected a WAV or FLAC file whose header does"
+            )
         if self.frames == 0:
             self.close()
             raise AudioDecodeError(f"{self.name}: the file holds no samples; expected at least one")
@@ -178,7 +230,9 @@ class FileSource:
             self._file.seek(start)
             data = self._file.read(stop - start, dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as exc:
-            raise AudioDecodeError(f"{self.name}: cannot decode audio at {start / self.sample_rate:.3f} s ({exc})") from exc
+            raise AudioDecodeError(
+                f"{self.name}: cannot decode audio at {start / self.sample_rate:.3f} s ({exc})"
+            ) from exc
         return to_mono(_finite(data, self.name, start, self.sample_rate))
 
     def close(self) -> None:
@@ -197,8 +251,14 @@ class ArraySource:
     def __init__(self, samples: np.ndarray, sample_rate: int, name: str = "input"):
         samples = np.asarray(samples, dtype=np.float32)
         self.name, self.sample_rate = name, int(sample_rate)
-        if samples.ndim not in (1, 2) or samples.shape[0] == 0 or (samples.ndim == 2 and samples.shape[1] == 0):
-            raise AudioDecodeError(f"{name}: got audio of shape {samples.shape}; expected (samples,) or (samples, channels) with samples ≥ 1")
+        if (
+            samples.ndim not in (1, 2)
+            or samples.shape[0] == 0
+            or (samples.ndim == 2 and samples.shape[1] == 0)
+        ):
+            raise AudioDecodeError(
+                f"{name}: got audio of shape {samples.shape}; expected (samples,) or (samples, channels) with samples ≥ 1"
+            )
         _check_rate(self.sample_rate, name)
         self._mono = to_mono(_finite(samples, name, 0, self.sample_rate))
         self.frames = len(self._mono)
@@ -245,7 +305,9 @@ class WindowScorer(Protocol):
         """[(N_i,)] float32 at `sample_rate`, already trimmed → (len(waves), C) probabilities."""
 
 
-def merge_windows(spans: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], min_segment_s: float) -> list[Segment]:
+def merge_windows(
+    spans: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], min_segment_s: float
+) -> list[Segment]:
     """Segments of one speech region from its windows' class probabilities: the merging rule of
     every path.
 
@@ -260,7 +322,9 @@ def merge_windows(spans: np.ndarray, probabilities: np.ndarray, labels: Sequence
     spans = np.asarray(spans, dtype=np.float64).reshape(-1, 2)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if len(spans) == 0 or probabilities.shape != (len(spans), len(labels)):
-        raise ValueError(f"merge_windows: got {len(spans)} spans and probabilities of shape {probabilities.shape}; expected (W ≥ 1, {len(labels)})")
+        raise ValueError(
+            f"merge_windows: got {len(spans)} spans and probabilities of shape {probabilities.shape}; expected (W ≥ 1, {len(labels)})"
+        )
     edges = np.unique(spans.ravel())
     runs: list[list[Any]] = []  # [start, end, duration-weighted probability sum]
     for start, end in zip(edges[:-1], edges[1:]):
@@ -292,7 +356,10 @@ def merge_windows(spans: np.ndarray, probabilities: np.ndarray, labels: Sequence
                 del runs[i + 1]
             else:
                 i += 1
-    return [Segment(float(s), float(e), labels[int(np.argmax(p / (e - s)))], tuple(float(v) for v in p / (e - s))) for s, e, p in runs]
+    return [
+        Segment(float(s), float(e), labels[int(np.argmax(p / (e - s)))], tuple(float(v) for v in p / (e - s)))
+        for s, e, p in runs
+    ]
 
 
 def _region_windows(start: int, stop: int, window: int, hop: int) -> list[tuple[int, int]]:
@@ -301,7 +368,10 @@ def _region_windows(start: int, stop: int, window: int, hop: int) -> list[tuple[
 
 
 def segment_recording(
-    source: AudioSource, scorer: WindowScorer, config: SegmentConfig | None = None, progress: Callable[[float], None] | None = None
+    source: AudioSource,
+    scorer: WindowScorer,
+    config: SegmentConfig | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> list[Segment]:
     """Segments of a recording (module docstring, steps 2 to 5), in time order; none when the VAD
     finds no speech. `progress(seconds)` is called as each pass advances (2 × the duration in all)."""
@@ -324,7 +394,10 @@ def segment_recording(
     scored_until = 0.0
     for begin in range(0, len(plan), config.batch_size):
         chunk = plan[begin : begin + config.batch_size]
-        waves = [trim_silence(read_at_rate(source, a, b, scorer.sample_rate), scorer.sample_rate, scorer.trim_db) for _, a, b in chunk]
+        waves = [
+            trim_silence(read_at_rate(source, a, b, scorer.sample_rate), scorer.sample_rate, scorer.trim_db)
+            for _, a, b in chunk
+        ]
         probabilities[begin : begin + len(chunk)] = scorer.window_probabilities(waves)
         if progress:
             progress(chunk[-1][2] / rate - scored_until)
@@ -340,7 +413,9 @@ def segment_recording(
     return segments
 
 
-def segment_file(path: str | os.PathLike, scorer: WindowScorer, config: SegmentConfig | None = None, **kwargs: Any) -> list[Segment]:
+def segment_file(
+    path: str | os.PathLike, scorer: WindowScorer, config: SegmentConfig | None = None, **kwargs: Any
+) -> list[Segment]:
     """`segment_recording` of an audio file, read in blocks."""
     with FileSource(path) as source:
         return segment_recording(source, scorer, config, **kwargs)
@@ -350,6 +425,11 @@ def segment_records(segments: Sequence[Segment], labels: Sequence[str]) -> list[
     """Segments as flat records: ``start_s``, ``end_s`` (rounded to the millisecond), ``label`` and
     one ``p_<label>`` per class: what every path prints or answers."""
     return [
-        {"start_s": round(s.start_s, 3), "end_s": round(s.end_s, 3), "label": s.label, **{probability_column(c): p for c, p in zip(labels, s.probabilities)}}
+        {
+            "start_s": round(s.start_s, 3),
+            "end_s": round(s.end_s, 3),
+            "label": s.label,
+            **{probability_column(c): p for c, p in zip(labels, s.probabilities)},
+        }
         for s in segments
     ]

@@ -49,7 +49,10 @@ def timeline_figure(tracks: Sequence[Track], labels: Sequence[str]) -> Figure:
         raise ValueError("timeline_figure: no recordings to draw; expected at least one")
     colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(labels))]
     figure, axes = plt.subplots(
-        2 * len(tracks), 1, figsize=(12, 4.2 * len(tracks)), squeeze=False,
+        2 * len(tracks),
+        1,
+        figsize=(12, 4.2 * len(tracks)),
+        squeeze=False,
         gridspec_kw={"height_ratios": [3, 1.4] * len(tracks)},
     )
     for t, track in enumerate(tracks):
@@ -59,29 +62,52 @@ def timeline_figure(tracks: Sequence[Track], labels: Sequence[str]) -> Figure:
             c = labels.index(s.label)
             confidence = s.probabilities[c]
             start, width = s.start_s / scale, (s.end_s - s.start_s) / scale
-            lanes.barh(c, width, left=start, height=0.8, color=colours[c], alpha=0.2 + 0.8 * confidence, edgecolor="none")
+            lanes.barh(
+                c,
+                width,
+                left=start,
+                height=0.8,
+                color=colours[c],
+                alpha=0.2 + 0.8 * confidence,
+                edgecolor="none",
+            )
             if width * 60 > track.duration_s / scale:  # wide enough to hold its number
                 lanes.text(start + width / 2, c, f"{confidence:.2f}", ha="center", va="center", fontsize=7)
             bottom = 0.0
             for k, p in enumerate(s.probabilities):
-                stack.bar(start, p, width=width, bottom=bottom, align="edge", color=colours[k], edgecolor="none")
+                stack.bar(
+                    start, p, width=width, bottom=bottom, align="edge", color=colours[k], edgecolor="none"
+                )
                 bottom += p
         for axis in (lanes, stack):
             axis.set_xlim(0, track.duration_s / scale)
             axis.grid(axis="x", alpha=0.3)
         lanes.set_yticks(np.arange(len(labels)), labels)
         lanes.set_ylim(len(labels) - 0.5, -0.5)
-        lanes.set_title(f"{track.title}: {len(track.segments)} segments (bar opacity = confidence)", fontsize=10, loc="left")
+        lanes.set_title(
+            f"{track.title}: {len(track.segments)} segments (bar opacity = confidence)",
+            fontsize=10,
+            loc="left",
+        )
         stack.set_ylim(0, 1)
         stack.set_ylabel("p(class)")
         stack.set_xlabel(f"time ({unit})")
     handles = [matplotlib.patches.Patch(color=colours[k], label=label) for k, label in enumerate(labels)]
-    axes[-1, 0].legend(handles=handles, ncol=min(len(labels), 8), loc="upper center", bbox_to_anchor=(0.5, -0.45), fontsize=8, frameon=False)
+    axes[-1, 0].legend(
+        handles=handles,
+        ncol=min(len(labels), 8),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.45),
+        fontsize=8,
+        frameon=False,
+    )
     figure.tight_layout()
     return figure
 
 
-def save_timeline(path: str | os.PathLike, tracks: Sequence[Track], labels: Sequence[str], dpi: int = 100) -> None:
+def save_timeline(
+    path: str | os.PathLike, tracks: Sequence[Track], labels: Sequence[str], dpi: int = 100
+) -> None:
     """Draw `timeline_figure` and write it as a PNG (OSError when the path cannot be written)."""
     import matplotlib.pyplot as plt
 

@@ -73,16 +73,31 @@ from ser_model.data import (
 )
 from ser_model.eam import energy_adaptive_mixup
 from ser_model.ema import WeightAverage
-from ser_model.feature_cache import FEATURE_CACHE_DIR, CachedStates, FeatureCache, collate_states, forward_batch, uses_feature_cache
+from ser_model.feature_cache import (
+    FEATURE_CACHE_DIR,
+    CachedStates,
+    FeatureCache,
+    collate_states,
+    forward_batch,
+    uses_feature_cache,
+)
 from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
 
-__all__ = ["RELEASE_FOLD", "EVAL_MAX_SECONDS", "FitResult", "fit", "fold_splits", "evaluate_split", "evaluate_rows", "seed_everything"]
+__all__ = [
+    "RELEASE_FOLD",
+    "EVAL_MAX_SECONDS",
+    "FitResult",
+    "fit",
+    "fold_splits",
+    "evaluate_split",
+    "evaluate_rows",
+    "seed_everything",
+]
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -140,7 +155,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if precision == "fp16" and device.type != "cuda":
-        raise RuntimeError("TrainConfig.precision='fp16' needs a CUDA device; use 'auto', 'bf16' or 'fp32' on CPU")
+        raise RuntimeError(
+            "TrainConfig.precision='fp16' needs a CUDA device; use 'auto', 'bf16' or 'fp32' on CPU"
+        )
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -191,7 +208,11 @@ def fold_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[
     fold 0's validation speakers trains, those validate, and the test split is empty."""
     if fold == RELEASE_FOLD:
         base = fold_split(manifest, folds, 0)
-        return {"train": pd.concat([base["train"], base["test"]]), "valid": base["valid"], "test": base["test"].iloc[:0]}
+        return {
+            "train": pd.concat([base["train"], base["test"]]),
+            "valid": base["valid"],
+            "test": base["test"].iloc[:0],
+        }
     if fold < 0:
         raise DataSplitError(f"fold must be >= 0 or RELEASE_FOLD ({RELEASE_FOLD}), got {fold}")
     return fold_split(manifest, folds, fold)
@@ -214,7 +235,12 @@ class TrainingObjective(nn.Module):
         self.generator = generator
 
     def forward(
-        self, x: torch.Tensor, extent: torch.Tensor, soft_targets: torch.Tensor, labels: torch.Tensor, cached: bool = False
+        self,
+        x: torch.Tensor,
+        extent: torch.Tensor,
+        soft_targets: torch.Tensor,
+        labels: torch.Tensor,
+        cached: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T)."""
         out: SEROutput = self.model.forward_cached(x, extent) if cached else self.model(x, extent)
@@ -230,7 +256,9 @@ class TrainingObjective(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_split(model: SERModel, dataset: UtteranceDataset | CachedStates, batch_size: int, runtime: Runtime) -> dict[str, Any]:
+def evaluate_split(
+    model: SERModel, dataset: UtteranceDataset | CachedStates, batch_size: int, runtime: Runtime
+) -> dict[str, Any]:
     """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → `classification_metrics`."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
@@ -243,7 +271,10 @@ def evaluate_split(model: SERModel, dataset: UtteranceDataset | CachedStates, ba
             logits = forward_batch(model, batch, runtime.device).logits  # (B, C)
         indices.append(batch.indices)
         predictions.append(logits.argmax(dim=1).cpu())
-    local = (torch.cat(indices).tolist() if indices else [], torch.cat(predictions).tolist() if predictions else [])
+    local = (
+        torch.cat(indices).tolist() if indices else [],
+        torch.cat(predictions).tolist() if predictions else [],
+    )
     shards = [local]
     if runtime.distributed:
         shards = [None] * runtime.world_size
@@ -255,14 +286,25 @@ def evaluate_split(model: SERModel, dataset: UtteranceDataset | CachedStates, ba
 
 
 def evaluate_rows(
-    model: SERModel, rows: pd.DataFrame, audio_root: str | os.PathLike, *, batch_size: int = 16, device: str = "auto"
+    model: SERModel,
+    rows: pd.DataFrame,
+    audio_root: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Metrics of a trained model on manifest rows, in this process (`ser evaluate`)."""
     dev = resolve_device(device)
     model = model.to(dev)
     mc = model.config.model
     dataset = UtteranceDataset(
-        rows, audio_root, model.labels, sample_rate=mc.sample_rate, crop_seconds=EVAL_MAX_SECONDS, random_crop=False, trim_db=mc.trim_db
+        rows,
+        audio_root,
+        model.labels,
+        sample_rate=mc.sample_rate,
+        crop_seconds=EVAL_MAX_SECONDS,
+        random_crop=False,
+        trim_db=mc.trim_db,
     )
     return evaluate_split(model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)))
 
@@ -330,17 +372,31 @@ def fit(
     speakers = {name: _speakers(rows) for name, rows in splits.items()}
     for name in ("train", "valid") if fold == RELEASE_FOLD else ("train", "valid", "test"):
         if splits[name].empty:
-            raise DataSplitError(f"fold {fold}: the {name} split holds no utterance; speakers per role: {speakers}")
+            raise DataSplitError(
+                f"fold {fold}: the {name} split holds no utterance; speakers per role: {speakers}"
+            )
     rule = selection_rule(tc.select_metric, speakers)
     log.info("fold %s: %s", fold, {name: len(rows) for name, rows in splits.items()})
     sr, trim_db = config.model.sample_rate, config.model.trim_db
     train_set = UtteranceDataset(
-        splits["train"], audio_root, config.labels, sample_rate=sr, crop_seconds=tc.max_seconds, random_crop=True, seed=tc.seed,
+        splits["train"],
+        audio_root,
+        config.labels,
+        sample_rate=sr,
+        crop_seconds=tc.max_seconds,
+        random_crop=True,
+        seed=tc.seed,
         trim_db=trim_db,
     )
     eval_sets = {
         name: UtteranceDataset(
-            splits[name], audio_root, config.labels, sample_rate=sr, crop_seconds=EVAL_MAX_SECONDS, random_crop=False, trim_db=trim_db
+            splits[name],
+            audio_root,
+            config.labels,
+            sample_rate=sr,
+            crop_seconds=EVAL_MAX_SECONDS,
+            random_crop=False,
+            trim_db=trim_db,
         )
         for name in ("valid", "test")
         if not splits[name].empty and (score_test or name != "test")
@@ -363,21 +419,33 @@ def fit(
     # feature cache: a frozen hf backbone's hidden states, computed once (ser_model.feature_cache)
     cached_training = False
     if uses_feature_cache(config):
-        cache_root = out_dir.parent / FEATURE_CACHE_DIR if feature_cache_dir is None else Path(feature_cache_dir)
-        cache = FeatureCache(cache_root, model.backbone, trim_db=trim_db, device=runtime.device, amp_dtype=runtime.amp_dtype)
+        cache_root = (
+            out_dir.parent / FEATURE_CACHE_DIR if feature_cache_dir is None else Path(feature_cache_dir)
+        )
+        cache = FeatureCache(
+            cache_root, model.backbone, trim_db=trim_db, device=runtime.device, amp_dtype=runtime.amp_dtype
+        )
         eval_sets = {name: cache.dataset(splits[name], audio_root, config.labels) for name in eval_sets}
         cached_training = not config.eam.enabled  # EAM mixes waveforms: with it on, training batches run live
         if cached_training:  # same sampler, same batches: only what a batch holds changes
-            train_set = cache.dataset(splits["train"], audio_root, config.labels, crop_seconds=tc.max_seconds, seed=tc.seed)
-            loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_states, num_workers=tc.num_workers)
+            train_set = cache.dataset(
+                splits["train"], audio_root, config.labels, crop_seconds=tc.max_seconds, seed=tc.seed
+            )
+            loader = torch.utils.data.DataLoader(
+                train_set, batch_sampler=sampler, collate_fn=collate_states, num_workers=tc.num_workers
+            )
     features = "backbone states: " + (
-        "training and evaluation read the feature cache" if cached_training
-        else "evaluation reads the feature cache, training runs live (EAM)" if uses_feature_cache(config) else "live"
+        "training and evaluation read the feature cache"
+        if cached_training
+        else "evaluation reads the feature cache, training runs live (EAM)"
+        if uses_feature_cache(config)
+        else "live"
     )
     objective: nn.Module = TrainingObjective(model, loss_generator)
     if runtime.distributed:
         objective = DistributedDataParallel(
-            objective, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            objective,
+            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
             find_unused_parameters=True,
         )
 
@@ -387,11 +455,15 @@ def fit(
         groups.append({"params": model.center_parameters(), "lr": tc.center_lr})
     optimizer = torch.optim.Adam(groups, weight_decay=tc.weight_decay)
     updates_per_epoch = math.ceil(len(sampler) / tc.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, updates_per_epoch, tc))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, updates_per_epoch, tc)
+    )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     trainable = [p for p in model.parameters() if p.requires_grad]
     average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
-    averaged = average.swapped_in if average is not None else nullcontext  # validate and save the averaged weights
+    averaged = (
+        average.swapped_in if average is not None else nullcontext
+    )  # validate and save the averaged weights
 
     # resume -----------------------------------------------------------------
     checkpoints = out_dir / "checkpoints" / "last"
@@ -409,8 +481,20 @@ def fit(
         restore_rng_state(state["rng"][runtime.rank], generators)
         if average is not None:
             average.load_state_dict(state["ema"])
-        start_epoch, best_score, best_epoch, history = state["epoch"], state["best_score"], state["best_epoch"], state["history"]
-        log.info("resumed from %s after epoch %d (best %s %.4f at epoch %d)", found, start_epoch, tc.select_metric, best_score, best_epoch)
+        start_epoch, best_score, best_epoch, history = (
+            state["epoch"],
+            state["best_score"],
+            state["best_epoch"],
+            state["history"],
+        )
+        log.info(
+            "resumed from %s after epoch %d (best %s %.4f at epoch %d)",
+            found,
+            start_epoch,
+            tc.select_metric,
+            best_score,
+            best_epoch,
+        )
 
     # loop -------------------------------------------------------------------
     n_classes = config.n_classes
@@ -422,7 +506,13 @@ def fit(
         n_batches = len(sampler)
         sums: dict[str, float] = {}
         # a live bar on a terminal only (disable=None): in a log (Prefect, CI) one line per epoch is logged below
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=None if runtime.is_main else True)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if runtime.is_main else True,
+        )
         for step, batch in enumerate(bar):
             labels = batch.labels.to(runtime.device)
             targets = F.one_hot(labels, n_classes).float()
@@ -430,7 +520,13 @@ def fit(
                 inputs = (batch.states.to(runtime.device), batch.mask.to(runtime.device))
             else:
                 lengths = batch.lengths.to(runtime.device)
-                mixed = energy_adaptive_mixup(batch.waves.to(runtime.device), lengths, targets, generator=eam_generator, config=config.eam)
+                mixed = energy_adaptive_mixup(
+                    batch.waves.to(runtime.device),
+                    lengths,
+                    targets,
+                    generator=eam_generator,
+                    config=config.eam,
+                )
                 inputs, targets = (mixed.waves, lengths), mixed.targets
             group_start = step - step % tc.grad_accum
             group_size = min(tc.grad_accum, n_batches - group_start)
@@ -493,7 +589,14 @@ def fit(
             write_text_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())
             log.info(
-                "epoch %d/%d loss %.4f lr %.3g %s (%.1f s; %s)", epoch + 1, tc.epochs, train_terms["loss"], lr, valid_text, record["seconds"], features
+                "epoch %d/%d loss %.4f lr %.3g %s (%.1f s; %s)",
+                epoch + 1,
+                tc.epochs,
+                train_terms["loss"],
+                lr,
+                valid_text,
+                record["seconds"],
+                features,
             )
             _call(callbacks, "on_checkpoint", checkpoints)
             _call(callbacks, "on_epoch_end", epoch + 1, record)
@@ -501,11 +604,15 @@ def fit(
 
     # selected checkpoint on the held-out speakers ----------------------------
     if best_epoch == 0:
-        raise RuntimeError(f"{out_dir}: no epoch was validated (epochs={tc.epochs}, valid_every={tc.valid_every})")
+        raise RuntimeError(
+            f"{out_dir}: no epoch was validated (epochs={tc.epochs}, valid_every={tc.valid_every})"
+        )
     _barrier(runtime)
     _load_weights(model, best_dir)
     valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
-    test = evaluate_split(model, eval_sets["test"], tc.eval_batch_size, runtime) if "test" in eval_sets else {}
+    test = (
+        evaluate_split(model, eval_sets["test"], tc.eval_batch_size, runtime) if "test" in eval_sets else {}
+    )
     result = FitResult(out_dir, best_dir, best_epoch, valid, test, rule, speakers, history)
     if runtime.is_main:
         payload = {
@@ -534,9 +641,17 @@ def _check_resumable(state: dict[str, Any], config: SERConfig, folder: Path, run
     saved = SERConfig.from_json(state["config"]).with_overrides({"train.epochs": config.train.epochs})
     if saved != config:
         theirs, ours = saved.to_dict(), config.to_dict()
-        diff = [f"{s}.{k}" for s in ours if isinstance(ours[s], dict) for k in ours[s] if ours[s][k] != theirs[s][k]]
+        diff = [
+            f"{s}.{k}"
+            for s in ours
+            if isinstance(ours[s], dict)
+            for k in ours[s]
+            if ours[s][k] != theirs[s][k]
+        ]
         diff += [k for k in ours if not isinstance(ours[k], dict) and ours[k] != theirs[k]]
-        raise ConfigError(f"{folder}: checkpoint was trained with a different configuration ({diff}); use resume=False or another out_dir")
+        raise ConfigError(
+            f"{folder}: checkpoint was trained with a different configuration ({diff}); use resume=False or another out_dir"
+        )
     if state["world_size"] != runtime.world_size:
         raise ConfigError(
             f"{folder}: checkpoint was written by {state['world_size']} processes, this run has {runtime.world_size}; "

@@ -124,7 +124,9 @@ class ParamSpec:
         if self.type == "float":
             return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return trial.suggest_int(
+                self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return trial.suggest_categorical(self.key, list(self.choices))
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,14 +143,22 @@ class ParamSpec:
 def _param(key: str, spec: Any, where: str) -> ParamSpec:
     at = f"{where}: {key!r}"
     if not isinstance(spec, Mapping):
-        raise TuningError(f"{at}: expected an object like {{\"type\": \"float\", \"low\": 0.0, \"high\": 1.0}}, got {spec!r}")
+        raise TuningError(
+            f'{at}: expected an object like {{"type": "float", "low": 0.0, "high": 1.0}}, got {spec!r}'
+        )
     kind = spec.get("type")
-    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"}, "categorical": {"type", "choices"}}
+    allowed = {
+        "float": {"type", "low", "high", "log", "step"},
+        "int": {"type", "low", "high", "log", "step"},
+        "categorical": {"type", "choices"},
+    }
     if kind not in allowed:
         raise TuningError(f"{at}: type {kind!r}, expected one of {sorted(allowed)}")
     unknown = sorted(set(spec) - allowed[kind])
     if unknown:
-        raise TuningError(f"{at}: unknown field(s) {unknown} for type {kind!r}; expected {sorted(allowed[kind])}")
+        raise TuningError(
+            f"{at}: unknown field(s) {unknown} for type {kind!r}; expected {sorted(allowed[kind])}"
+        )
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -165,24 +175,32 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         raise TuningError(f"{at}: a log-scale dimension needs low > 0, got {low!r}")
     step = spec.get("step")
     if step is not None and (log_scale or not isinstance(step, (int, float)) or step <= 0):
-        raise TuningError(f"{at}: step must be a positive number and cannot be combined with log, got {step!r}")
+        raise TuningError(
+            f"{at}: step must be a positive number and cannot be combined with log, got {step!r}"
+        )
     return ParamSpec(key, kind, float(low), float(high), log_scale, step)
 
 
-def parse_search_space(data: Any, base: SERConfig | None = None, where: str = "search space") -> dict[str, ParamSpec]:
+def parse_search_space(
+    data: Any, base: SERConfig | None = None, where: str = "search space"
+) -> dict[str, ParamSpec]:
     """A search space's JSON object → {key: ParamSpec}; with ``base``, every key must be an override
     key of that config, and the space's corner values must give valid configs (each dimension at its
     low and at its high end, the others at the base's values). Raises TuningError naming the key."""
     if not isinstance(data, Mapping) or not data:
-        raise TuningError(f"{where}: expected a non-empty JSON object {{config key: spec}}, got {type(data).__name__}")
+        raise TuningError(
+            f"{where}: expected a non-empty JSON object {{config key: spec}}, got {type(data).__name__}"
+        )
     space = {key: _param(key, spec, where) for key, spec in data.items()}
     if base is not None:
         valid = set(base.override_keys())
         unknown = sorted(set(space) - valid)
         if unknown:
-            raise TuningError(f"{where}: {unknown} are not config keys; expected keys like {sorted(valid)[:6]} ...")
+            raise TuningError(
+                f"{where}: {unknown} are not config keys; expected keys like {sorted(valid)[:6]} ..."
+            )
         for p in space.values():
-            for value in (p.choices if p.type == "categorical" else (p.low, p.high)):
+            for value in p.choices if p.type == "categorical" else (p.low, p.high):
                 try:
                     base.with_overrides({p.key: int(value) if p.type == "int" else value})
                 except ConfigError as err:
@@ -193,11 +211,15 @@ def parse_search_space(data: Any, base: SERConfig | None = None, where: str = "s
 def search_space(name: str) -> dict[str, ParamSpec]:
     """The search space shipped for preset ``name`` (:data:`SEARCH_SPACES`)."""
     if name not in SEARCH_SPACES:
-        raise TuningError(f"search space: got {name!r}, expected one of {sorted(SEARCH_SPACES)} or a JSON file")
+        raise TuningError(
+            f"search space: got {name!r}, expected one of {sorted(SEARCH_SPACES)} or a JSON file"
+        )
     return parse_search_space(SEARCH_SPACES[name], where=f"SEARCH_SPACES[{name!r}]")
 
 
-def load_search_space(source: str | os.PathLike | Mapping[str, Any], base: SERConfig | None = None) -> dict[str, ParamSpec]:
+def load_search_space(
+    source: str | os.PathLike | Mapping[str, Any], base: SERConfig | None = None
+) -> dict[str, ParamSpec]:
     """A space by name (:data:`SEARCH_SPACES`), from a JSON file, or from an already parsed object."""
     if isinstance(source, Mapping):
         return parse_search_space(source, base)
@@ -206,7 +228,9 @@ def load_search_space(source: str | os.PathLike | Mapping[str, Any], base: SERCo
         return parse_search_space(SEARCH_SPACES[text], base, where=f"search space {text!r}")
     path = Path(text)
     if not path.is_file():
-        raise TuningError(f"search space {text!r}: neither a shipped space ({sorted(SEARCH_SPACES)}) nor a JSON file")
+        raise TuningError(
+            f"search space {text!r}: neither a shipped space ({sorted(SEARCH_SPACES)}) nor a JSON file"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -229,7 +253,12 @@ def worker_seed(seed: int) -> int:
 
 
 def open_study(
-    name: str, storage_url: str, *, seed: int = 0, startup_trials: int = 5, grace_period_s: float = GRACE_PERIOD_S
+    name: str,
+    storage_url: str,
+    *,
+    seed: int = 0,
+    startup_trials: int = 5,
+    grace_period_s: float = GRACE_PERIOD_S,
 ) -> optuna.Study:
     """Create or load study ``name`` (maximising validation UA) in an RDB storage with heartbeats
     (a trial silent for ``grace_period_s`` is taken as killed and retried with its parameters);
@@ -242,7 +271,9 @@ def open_study(
             storage_url,
             heartbeat_interval=heartbeat,
             grace_period=max(int(grace_period_s), heartbeat + 1),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRIES
+            ),
         )
         # constant liar: a running trial counts as a poor one, so parallel workers spread out
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
@@ -251,7 +282,9 @@ def open_study(
         storage=storage,
         direction="maximize",
         sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=STEPS_PER_FOLD // 2),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=startup_trials, n_warmup_steps=STEPS_PER_FOLD // 2
+        ),
         load_if_exists=True,
     )
 
@@ -263,7 +296,9 @@ def config_value(config: SERConfig, key: str) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def enqueue_base(study: optuna.Study, space: Mapping[str, ParamSpec], base: SERConfig) -> dict[str, Any] | None:
+def enqueue_base(
+    study: optuna.Study, space: Mapping[str, ParamSpec], base: SERConfig
+) -> dict[str, Any] | None:
     """Queue the base recipe's own values as the study's first trial (when the study is empty and
     every value lies inside the space), so the best trial is never one the hand-set recipe beats
     on the same objective. Returns the queued parameters, or None."""
@@ -272,9 +307,15 @@ def enqueue_base(study: optuna.Study, space: Mapping[str, ParamSpec], base: SERC
     params = {key: config_value(base, key) for key in space}
     for key, p in space.items():
         value = params[key]
-        inside = value in p.choices if p.type == "categorical" else isinstance(value, (int, float)) and p.low <= value <= p.high
+        inside = (
+            value in p.choices
+            if p.type == "categorical"
+            else isinstance(value, (int, float)) and p.low <= value <= p.high
+        )
         if not inside:
-            log.info("base value %s=%r lies outside the space; the study starts from the sampler alone", key, value)
+            log.info(
+                "base value %s=%r lies outside the space; the study starts from the sampler alone", key, value
+            )
             return None
     study.enqueue_trial(params, user_attrs={"enqueued": "base recipe"})
     return params
@@ -282,7 +323,11 @@ def enqueue_base(study: optuna.Study, space: Mapping[str, ParamSpec], base: SERC
 
 def original_trial_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
     """The number of the trial whose parameters this one repeats (a retry of a killed trial), else its own."""
-    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study.get_trials(deepcopy=False)[trial.number]
+    frozen = (
+        trial
+        if isinstance(trial, optuna.trial.FrozenTrial)
+        else trial.study.get_trials(deepcopy=False)[trial.number]
+    )
     retried = retried_from(frozen)
     return frozen.number if retried is None else retried
 
@@ -310,8 +355,22 @@ def pruning_step(fold_index: int, epoch: int, epochs: int) -> int:
 class _PruningCallback:
     """`fit` callback: report the fold's best validation UA so far; raise TrialPruned when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, fold: int, fold_index: int, epochs: int, metric: str, on_epoch: Callable[..., None] | None):
-        self.trial, self.fold, self.fold_index, self.epochs, self.metric = trial, fold, fold_index, epochs, metric
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        fold: int,
+        fold_index: int,
+        epochs: int,
+        metric: str,
+        on_epoch: Callable[..., None] | None,
+    ):
+        self.trial, self.fold, self.fold_index, self.epochs, self.metric = (
+            trial,
+            fold,
+            fold_index,
+            epochs,
+            metric,
+        )
         self.best = -math.inf
         self.on_epoch = on_epoch
 
@@ -323,7 +382,9 @@ class _PruningCallback:
         self.best = max(self.best, float(record["valid"][self.metric]))
         self.trial.report(self.best, pruning_step(self.fold_index, epoch, self.epochs))
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"fold {self.fold} epoch {epoch}: best valid {self.metric} {self.best:.4f} below the median")
+            raise optuna.TrialPruned(
+                f"fold {self.fold} epoch {epoch}: best valid {self.metric} {self.best:.4f} below the median"
+            )
 
 
 class TuningObjective:
@@ -350,7 +411,9 @@ class TuningObjective:
         feature_cache_dir: str | os.PathLike | None = None,
     ):
         if len(tune_folds) < 1:
-            raise TuningError("tune folds: expected at least one fold (2 or more judge a trial on more speakers)")
+            raise TuningError(
+                "tune folds: expected at least one fold (2 or more judge a trial on more speakers)"
+            )
         available = sorted(int(k) for k in folds["fold"].unique())
         unknown = sorted(set(tune_folds) - set(available))
         if unknown:
@@ -391,20 +454,33 @@ class TuningObjective:
         for index, fold in enumerate(self.tune_folds):
             callback = _PruningCallback(trial, fold, index, config.train.epochs, metric, self.on_epoch)
             result = fit(
-                config, self.manifest, self.folds, fold, self.audio_root, folder / fold_folder_name(fold),
-                callbacks=[callback], score_test=False, feature_cache_dir=self.feature_cache_dir,
+                config,
+                self.manifest,
+                self.folds,
+                fold,
+                self.audio_root,
+                folder / fold_folder_name(fold),
+                callbacks=[callback],
+                score_test=False,
+                feature_cache_dir=self.feature_cache_dir,
             )
             score = float(result.valid[metric])
             scores.append(score)
             trial.set_user_attr(f"valid_{metric}_fold{fold}", score)
             trial.set_user_attr(f"selected_epoch_fold{fold}", result.selected_epoch)
         value = sum(scores) / len(scores)
-        log.info("trial %d: mean best valid %s %.4f over folds %s", trial.number, metric, value, self.tune_folds)
+        log.info(
+            "trial %d: mean best valid %s %.4f over folds %s", trial.number, metric, value, self.tune_folds
+        )
         return value
 
 
 def best_preset(
-    study: optuna.Study, base_preset: str, base_overrides: Mapping[str, Any] | None = None, *, corpus: str | None = None
+    study: optuna.Study,
+    base_preset: str,
+    base_overrides: Mapping[str, Any] | None = None,
+    *,
+    corpus: str | None = None,
 ) -> dict[str, Any]:
     """The preset file's content for the study's best trial: the base preset it extends, the fixed
     overrides, the tuned values, and where they came from (study, trial, value, folds)."""
@@ -438,10 +514,18 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials), "states": states}
     if complete:
-        summary.update(best_value=study.best_value, best_trial=study.best_trial.number, best_params=study.best_params)
+        summary.update(
+            best_value=study.best_value, best_trial=study.best_trial.number, best_params=study.best_params
+        )
     summary["per_trial"] = [
-        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-         "last_step": t.last_step, "retried_from": retried_from(t)}
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "last_step": t.last_step,
+            "retried_from": retried_from(t),
+        }
         for t in study.trials
     ]
     return summary

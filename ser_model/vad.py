@@ -32,7 +32,14 @@ import numpy as np
 if TYPE_CHECKING:
     from ser_model.segments import SegmentConfig
 
-__all__ = ["MIN_LEVEL_DB", "FrameLevels", "frame_levels", "speech_threshold", "hysteresis_runs", "speech_regions"]
+__all__ = [
+    "MIN_LEVEL_DB",
+    "FrameLevels",
+    "frame_levels",
+    "speech_threshold",
+    "hysteresis_runs",
+    "speech_regions",
+]
 
 MIN_LEVEL_DB = -120.0
 """Level of digital silence: 10 log10(1e-12)."""
@@ -48,7 +55,9 @@ class FrameLevels:
 
     def __init__(self, frame: int, hop: int):
         if frame < 1 or not 1 <= hop <= frame:
-            raise ValueError(f"expected frame >= 1 and 1 <= hop <= frame samples, got frame={frame}, hop={hop}")
+            raise ValueError(
+                f"expected frame >= 1 and 1 <= hop <= frame samples, got frame={frame}, hop={hop}"
+            )
         self.frame, self.hop = frame, hop
         self._carry = np.zeros(0, dtype=np.float64)
         self._levels: list[np.ndarray] = []
@@ -77,7 +86,9 @@ def frame_levels(wave: np.ndarray, frame: int, hop: int) -> np.ndarray:
     return levels.levels()
 
 
-def _local_percentiles(levels: np.ndarray, percentiles: Sequence[float], context: int, step: int) -> np.ndarray:
+def _local_percentiles(
+    levels: np.ndarray, percentiles: Sequence[float], context: int, step: int
+) -> np.ndarray:
     """(len(percentiles), K): each percentile of the levels within ±context/2 frames of grid
     points every `step` frames, linearly interpolated to every frame."""
     k = len(levels)
@@ -96,8 +107,16 @@ def speech_threshold(levels: np.ndarray, config: SegmentConfig) -> np.ndarray:
     """T_k of the module docstring (steps 2 and 3), (K,) dB, for levels at the config's frame hop."""
     per_second = max(1, round(1.0 / config.frame_hop_s))
     context = max(1, round(config.context_s / config.frame_hop_s))
-    floor, level = _local_percentiles(levels, (config.noise_percentile, config.level_percentile), context, per_second)
-    return np.maximum.reduce([floor + config.noise_margin_db, level - config.dynamic_range_db, np.full_like(floor, config.floor_dbfs)])
+    floor, level = _local_percentiles(
+        levels, (config.noise_percentile, config.level_percentile), context, per_second
+    )
+    return np.maximum.reduce(
+        [
+            floor + config.noise_margin_db,
+            level - config.dynamic_range_db,
+            np.full_like(floor, config.floor_dbfs),
+        ]
+    )
 
 
 def hysteresis_runs(levels: np.ndarray, on: np.ndarray, off: np.ndarray) -> list[tuple[int, int]]:
@@ -111,7 +130,9 @@ def hysteresis_runs(levels: np.ndarray, on: np.ndarray, off: np.ndarray) -> list
     return runs
 
 
-def _fill_drop_pad(regions: list[tuple[float, float]], config: SegmentConfig, duration_s: float) -> list[tuple[float, float]]:
+def _fill_drop_pad(
+    regions: list[tuple[float, float]], config: SegmentConfig, duration_s: float
+) -> list[tuple[float, float]]:
     """Step 5 of the module docstring on regions in seconds."""
     filled: list[list[float]] = []
     for start, end in regions:
@@ -131,7 +152,11 @@ def _fill_drop_pad(regions: list[tuple[float, float]], config: SegmentConfig, du
 
 
 def speech_regions(
-    levels: np.ndarray, config: SegmentConfig, duration_s: float, frame_s: float | None = None, hop_s: float | None = None
+    levels: np.ndarray,
+    config: SegmentConfig,
+    duration_s: float,
+    frame_s: float | None = None,
+    hop_s: float | None = None,
 ) -> list[tuple[float, float]]:
     """Speech regions [(start_s, end_s)] of a recording of `duration_s` seconds whose frame levels
     are `levels`: steps 2 to 5 of the module docstring. `frame_s` and `hop_s` are the frames'

@@ -32,15 +32,23 @@ log = logging.getLogger("ser_model.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ser_model.worker", description="Train one fold (torchrun entry point).")
+    parser = argparse.ArgumentParser(
+        prog="python -m ser_model.worker", description="Train one fold (torchrun entry point)."
+    )
     parser.add_argument("--config", required=True, help="SERConfig JSON file")
     parser.add_argument("--manifest", required=True, help="manifest Parquet file (docs/ARCHITECTURE.md)")
     parser.add_argument("--folds", required=True, help="fold table Parquet file")
-    parser.add_argument("--fold", required=True, type=int, help=f"fold to train; {RELEASE_FOLD} trains the release model")
-    parser.add_argument("--audio-root", required=True, help="corpus root the manifest paths are relative to")
-    parser.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl, result.json)")
     parser.add_argument(
-        "--feature-cache", metavar="DIR", default=None,
+        "--fold", required=True, type=int, help=f"fold to train; {RELEASE_FOLD} trains the release model"
+    )
+    parser.add_argument("--audio-root", required=True, help="corpus root the manifest paths are relative to")
+    parser.add_argument(
+        "--out", required=True, help="output folder (checkpoints, metrics.jsonl, result.json)"
+    )
+    parser.add_argument(
+        "--feature-cache",
+        metavar="DIR",
+        default=None,
         help="folder of the frozen-backbone feature cache (default: <out>/../feature-cache; ser_model.feature_cache)",
     )
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
@@ -59,7 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = pd.read_parquet(args.manifest)
         folds = pd.read_parquet(args.folds)
         result = fit(
-            config, manifest, folds, args.fold, args.audio_root, args.out, resume=not args.no_resume, feature_cache_dir=args.feature_cache
+            config,
+            manifest,
+            folds,
+            args.fold,
+            args.audio_root,
+            args.out,
+            resume=not args.no_resume,
+            feature_cache_dir=args.feature_cache,
         )
     except BAD_DATA_ERRORS as exc:
         log.error("bad data (not retried): %s", exc)

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CREDENTIALS_FILE = "s3-credentials.json"
@@ -103,14 +103,19 @@ class StackSettings:
         clashes = [names for names in by_port.values() if len(names) > 1]
         if clashes:
             raise ValueError(f"ports must differ, but these share one: {clashes}")
-        for name, bucket in (("SER_DATA_BUCKET", self.data_bucket), ("SER_MLFLOW_BUCKET", self.mlflow_bucket)):
+        for name, bucket in (
+            ("SER_DATA_BUCKET", self.data_bucket),
+            ("SER_MLFLOW_BUCKET", self.mlflow_bucket),
+        ):
             if not (3 <= len(bucket) <= 63) or bucket != bucket.lower() or "_" in bucket:
-                raise ValueError(f"{name}={bucket!r}: expected an S3 bucket name (3-63 lowercase letters, digits, '-', '.')")
+                raise ValueError(
+                    f"{name}={bucket!r}: expected an S3 bucket name (3-63 lowercase letters, digits, '-', '.')"
+                )
         if not self.state_dir.is_absolute():
             raise ValueError(f"state_dir={self.state_dir}: expected an absolute path")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "StackSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
         """Build the settings from `env` (default: `os.environ`), falling back to the local defaults."""
         env = os.environ if env is None else env
         host = env.get("SER_HOST", "127.0.0.1")
@@ -137,7 +142,9 @@ class StackSettings:
             work_pool=env.get("SER_WORK_POOL", "ser-process"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
             prefect_api_url=env.get("PREFECT_API_URL", f"http://{host}:{prefect_port}/api"),
-            s3_endpoint=env.get("AWS_ENDPOINT_URL_S3", env.get("AWS_ENDPOINT_URL", f"http://{host}:{s3_port}")),
+            s3_endpoint=env.get(
+                "AWS_ENDPOINT_URL_S3", env.get("AWS_ENDPOINT_URL", f"http://{host}:{s3_port}")
+            ),
             region=env.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
             access_key_id=access_key_id,
             secret_access_key=secret_access_key,
@@ -150,7 +157,9 @@ class StackSettings:
 
     def s3_client(self, **timeouts: float):
         """An S3 client for this stack's endpoint and credentials (:func:`s3_client`)."""
-        return s3_client(self.s3_endpoint, self.region, self.access_key_id, self.secret_access_key, **timeouts)
+        return s3_client(
+            self.s3_endpoint, self.region, self.access_key_id, self.secret_access_key, **timeouts
+        )
 
     def client_env(self) -> dict[str, str]:
         """Environment variables a client process needs to reach this stack (includes the secrets)."""
@@ -206,6 +215,10 @@ def s3_client(
         s3={"addressing_style": "path"},
     )
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key, config=config,
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
     )

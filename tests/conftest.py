@@ -20,6 +20,9 @@ import pytest
 
 from tests.fixtures.scripts import load_script
 
+# The live-stack fixtures (live_bucket, prefect_api) for every test module that names them.
+pytest_plugins = ["tests.flows.live_stack"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,7 +71,11 @@ def stack(infra_stack: ModuleType):
     from ser_stack.settings import StackSettings
 
     settings = StackSettings.from_env()
-    unhealthy = {name: reason for name, reason in infra_stack.health(settings, local=False, scheduler=False).items() if reason}
+    unhealthy = {
+        name: reason
+        for name, reason in infra_stack.health(settings, local=False, scheduler=False).items()
+        if reason
+    }
     if unhealthy:
         message = "stack not healthy: " + "; ".join(f"{name}: {reason}" for name, reason in unhealthy.items())
         if stack_required():
@@ -115,7 +122,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Record what each integration test did: its call's outcome, or "failed" when its setup failed."""
-    if report.nodeid in _integration_outcomes and (report.when == "call" or (report.when == "setup" and report.failed)):
+    if report.nodeid in _integration_outcomes and (
+        report.when == "call" or (report.when == "setup" and report.failed)
+    ):
         _integration_outcomes[report.nodeid] = report.outcome
 
 
@@ -130,7 +139,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         )
     faults = stack_log_faults()
     if faults:
-        messages.append(f"the stack's logs gained {len(faults)} traceback(s) during the tests:\n  " + "\n  ".join(faults))
+        messages.append(
+            f"the stack's logs gained {len(faults)} traceback(s) during the tests:\n  " + "\n  ".join(faults)
+        )
     if messages:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

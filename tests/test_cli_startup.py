@@ -27,12 +27,20 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in sys.argv[1].split(",
 
 
 def ser_in_fresh_interpreter(repo_root, *argv: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, ",".join(HEAVY), *argv], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, ",".join(HEAVY), *argv],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["ingest", "--help"], ["train", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["ingest", "--help"], ["train", "--help"], ["predict", "--help"]]
+)
 def test_help_loads_no_heavy_library(repo_root, argv):
     child = ser_in_fresh_interpreter(repo_root, *argv)
     assert child == {"code": 0, "loaded": []}, f"ser {' '.join(argv)} imported {child['loaded']}"
@@ -40,14 +48,24 @@ def test_help_loads_no_heavy_library(repo_root, argv):
 
 def test_ingest_loads_no_torch_mlflow_or_prefect(repo_root, tmp_path):
     make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
-    child = ser_in_fresh_interpreter(repo_root, "ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--no-progress")
+    child = ser_in_fresh_interpreter(
+        repo_root,
+        "ingest",
+        "ravdess",
+        str(tmp_path / "corpus"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    )
     assert child["code"] == 0 and (tmp_path / "out" / "manifest.parquet").is_file()
     assert set(child["loaded"]) <= {"pandas", "pandera"}, f"ser ingest imported {child['loaded']}"
 
 
 def test_the_check_sees_a_heavy_import(repo_root):
     """The probe can fail: a command that loads torch (export, on a missing model) is reported."""
-    child = ser_in_fresh_interpreter(repo_root, "export", "--onnx", "--model", "/nonexistent", "--out", "/nonexistent/m.onnx")
+    child = ser_in_fresh_interpreter(
+        repo_root, "export", "--onnx", "--model", "/nonexistent", "--out", "/nonexistent/m.onnx"
+    )
     assert child["code"] == 2 and "torch" in child["loaded"]
 
 
@@ -59,11 +77,29 @@ def test_console_script_ends_with_the_commands_code_and_complete_outputs(repo_ro
 
     console = [sys.executable, "-c", "from flows.cli import console; console()"]
     make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
-    done = subprocess.run([*console, "ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--no-progress"],
-                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *console,
+            "ingest",
+            "ravdess",
+            str(tmp_path / "corpus"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1].startswith("wrote ") and "report.json" in done.stdout
     assert len(read_ingest_outputs(tmp_path / "out").manifest) == 8
-    bad = subprocess.run([*console, "ingest", "ravdess", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")],
-                         cwd=repo_root, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*console, "ingest", "ravdess", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "is not a directory" in bad.stderr

@@ -39,8 +39,28 @@ print(json.dumps({"modules": names, "failures": failures}))
 """
 
 LAYERS = {
-    "ser_stack": ["torch", "prefect", "mlflow", "boto3", "botocore", "pandas", "flows", "ser_model", "data_contracts", "benchmarks"],
-    "data_contracts": ["torch", "torchaudio", "transformers", "prefect", "mlflow", "flows", "ser_model", "benchmarks"],
+    "ser_stack": [
+        "torch",
+        "prefect",
+        "mlflow",
+        "boto3",
+        "botocore",
+        "pandas",
+        "flows",
+        "ser_model",
+        "data_contracts",
+        "benchmarks",
+    ],
+    "data_contracts": [
+        "torch",
+        "torchaudio",
+        "transformers",
+        "prefect",
+        "mlflow",
+        "flows",
+        "ser_model",
+        "benchmarks",
+    ],
     "ser_model": ["prefect", "mlflow", "boto3", "botocore", "flows", "benchmarks"],
     "flows": ["benchmarks"],
 }
@@ -57,13 +77,17 @@ def imported_packages(text: str) -> set[str]:
 def test_layer_imports_nothing_above_it(package, repo_root):
     done = subprocess.run(
         [sys.executable, "-c", CHILD, package, ",".join(LAYERS[package])],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["modules"][0] == package
-    assert not report["failures"], f"{package} imports what it must not ({', '.join(LAYERS[package])}): " + json.dumps(
-        report["failures"], indent=2
+    assert not report["failures"], (
+        f"{package} imports what it must not ({', '.join(LAYERS[package])}): "
+        + json.dumps(report["failures"], indent=2)
     )
 
 
@@ -73,7 +97,11 @@ def test_the_blocker_catches_a_forbidden_import(repo_root, tmp_path):
     (tmp_path / "leaky" / "__init__.py").write_text("")
     (tmp_path / "leaky" / "uses_mlflow.py").write_text("import mlflow\n")
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, "leaky", "mlflow"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", CHILD, "leaky", "mlflow"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert list(report["failures"]) == ["leaky.uses_mlflow"]
@@ -84,7 +112,9 @@ def test_infra_never_imports_flows(repo_root):
     """infra/ starts the stack, which the flows need: it reads ser_stack and runs flows only as
     commands (``python -m flows.deploy``), so no file under infra/ imports them."""
     offenders = {
-        str(path.relative_to(repo_root)): sorted(imported_packages(path.read_text(errors="replace")) & {"flows", "benchmarks"})
+        str(path.relative_to(repo_root)): sorted(
+            imported_packages(path.read_text(errors="replace")) & {"flows", "benchmarks"}
+        )
         for path in sorted((repo_root / "infra").rglob("*"))
         if path.is_file() and path.suffix != ".md"
     }
@@ -94,4 +124,3 @@ def test_infra_never_imports_flows(repo_root):
 def test_the_infra_check_can_fail():
     assert imported_packages("python - <<'EOF'\nfrom flows.promote import UA_TAG\nEOF\n") == {"flows"}
     assert imported_packages("  import flows.settings as s\n.venv/bin/python -m flows.deploy\n") == {"flows"}
-

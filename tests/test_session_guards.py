@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nRuntimeError: scheduler loop died\n'
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "x.py", line 1, in f\nRuntimeError: scheduler loop died\n'
+)
 
 
 @pytest.fixture
@@ -30,8 +32,11 @@ def run_pytest(repo: Path, test_file: str, env: dict[str, str]) -> subprocess.Co
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SER_REQUIRE") and k != "CI"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_probe.py"],
-        cwd=repo, env={**clean, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env},
-        capture_output=True, text=True, timeout=120,
+        cwd=repo,
+        env={**clean, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -46,7 +51,9 @@ def test_missing_data_skips_only_when_not_required(scratch_repo):
 def test_a_traceback_logged_by_the_stack_during_the_session_fails_it(scratch_repo, tmp_path):
     logs = tmp_path / "state" / "logs"
     logs.mkdir(parents=True)
-    (logs / "prefect.log").write_text("old news\n" + TRACEBACK.replace("scheduler loop died", "before the session"))
+    (logs / "prefect.log").write_text(
+        "old news\n" + TRACEBACK.replace("scheduler loop died", "before the session")
+    )
     probe = (
         "import os\nfrom pathlib import Path\n\n"
         "def test_while_the_stack_runs():\n"

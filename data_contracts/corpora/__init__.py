@@ -23,7 +23,9 @@ from data_contracts.errors import CorpusLayoutError
 if TYPE_CHECKING:
     from data_contracts.source import CorpusSource, Listing
 
-SPECS: dict[str, CorpusSpec] = {spec.name: spec for spec in (iemocap.SPEC, msp_improv.SPEC, ravdess.SPEC, savee.SPEC)}
+SPECS: dict[str, CorpusSpec] = {
+    spec.name: spec for spec in (iemocap.SPEC, msp_improv.SPEC, ravdess.SPEC, savee.SPEC)
+}
 """Corpus name -> its spec, in the order the CLI lists them."""
 
 
@@ -94,5 +96,13 @@ def parse_corpus(corpus: str, source: CorpusSource, listing: Listing | None = No
 
 
 __all__ = [
-    "SPECS", "Candidate", "CorpusNames", "CorpusSpec", "ParseResult", "QuarantineRow", "SpecField", "parse_corpus", "spec",
+    "SPECS",
+    "Candidate",
+    "CorpusNames",
+    "CorpusSpec",
+    "ParseResult",
+    "QuarantineRow",
+    "SpecField",
+    "parse_corpus",
+    "spec",
 ]

@@ -52,7 +52,9 @@ class AudioChecks:
     def __post_init__(self):
         object.__setattr__(self, "sample_rates", frozenset(self.sample_rates))
         if not self.sample_rates or any(not isinstance(r, int) or r <= 0 for r in self.sample_rates):
-            raise ValueError(f"AudioChecks.sample_rates must be non-empty positive ints, got {sorted(self.sample_rates)}")
+            raise ValueError(
+                f"AudioChecks.sample_rates must be non-empty positive ints, got {sorted(self.sample_rates)}"
+            )
         if self.max_channels < 1:
             raise ValueError(f"AudioChecks.max_channels must be >= 1, got {self.max_channels}")
         if not 0 <= self.min_duration_s < self.max_duration_s:
@@ -64,7 +66,9 @@ class AudioChecks:
         if not 0 < self.clip_level <= 1:
             raise ValueError(f"AudioChecks.clip_level must be in (0, 1], got {self.clip_level}")
         if not 0 <= self.max_clipped_fraction <= 1:
-            raise ValueError(f"AudioChecks.max_clipped_fraction must be in [0, 1], got {self.max_clipped_fraction}")
+            raise ValueError(
+                f"AudioChecks.max_clipped_fraction must be in [0, 1], got {self.max_clipped_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,9 @@ class FoldProtocol:
         if self.grouping not in GROUPINGS:
             raise ValueError(f"FoldProtocol.grouping: got {self.grouping!r}, expected one of {GROUPINGS}")
         if self.validation not in VALIDATIONS:
-            raise ValueError(f"FoldProtocol.validation: got {self.validation!r}, expected one of {tuple(VALIDATIONS)}")
+            raise ValueError(
+                f"FoldProtocol.validation: got {self.validation!r}, expected one of {tuple(VALIDATIONS)}"
+            )
         least = VALIDATIONS[self.validation]
         if not isinstance(self.min_groups, int) or self.min_groups < least:
             raise ValueError(
@@ -99,7 +105,9 @@ class FoldProtocol:
             )
         if self.grouping == "speaker_blocks":
             if not isinstance(self.block_size, int) or self.block_size < 1:
-                raise ValueError(f"FoldProtocol.block_size: got {self.block_size!r}, expected an int >= 1 for speaker_blocks")
+                raise ValueError(
+                    f"FoldProtocol.block_size: got {self.block_size!r}, expected an int >= 1 for speaker_blocks"
+                )
         elif self.block_size is not None:
             raise ValueError(
                 f"FoldProtocol.block_size: got {self.block_size!r} with grouping {self.grouping!r}; "
@@ -170,7 +178,12 @@ class LabelTable:
         self.labels.setdefault(utt_id, (label_raw, line_no))
 
     def label_of(
-        self, path: str, utt_id: str, label_map: dict[str, str], known_codes: frozenset[str], result: ParseResult
+        self,
+        path: str,
+        utt_id: str,
+        label_map: dict[str, str],
+        known_codes: frozenset[str],
+        result: ParseResult,
     ) -> tuple[str, str] | None:
         """(label, label_raw) of audio file `path` (utterance `utt_id`), or None after a quarantine
         row (labelled twice differently, no label line, a code outside `known_codes`) or after
@@ -179,7 +192,9 @@ class LabelTable:
             result.quarantine_file(path, "label_conflict", self.conflicts[utt_id], utt_id)
             return None
         if utt_id not in self.labels:
-            result.quarantine_file(path, "no_label", f"{path}: no label line for {utt_id} in {self.name}", utt_id)
+            result.quarantine_file(
+                path, "no_label", f"{path}: no label line for {utt_id} in {self.name}", utt_id
+            )
             return None
         label_raw, line_no = self.labels[utt_id]
         if label_raw not in known_codes:
@@ -228,7 +243,9 @@ def add_label_problems(result: ParseResult, table: LabelTable, path: str) -> Non
         result.quarantine_file(path, "label_line", f"{path} line {line_no}: {message}")
 
 
-def audio_paths(listing: Listing, result: ParseResult, is_label_file: Callable[[str], bool] | None = None) -> Iterator[str]:
+def audio_paths(
+    listing: Listing, result: ParseResult, is_label_file: Callable[[str], bool] | None = None
+) -> Iterator[str]:
     """The paths of the audio files of `listing`, in listing order (the opening of every
     parser's loop). Every other file is counted in ``result.out_of_scope``: as ``label_file``
     when `is_label_file(path)` says so (even an OS metadata file), else under its
@@ -238,7 +255,9 @@ def audio_paths(listing: Listing, result: ParseResult, is_label_file: Callable[[
         if category is None:
             yield entry.path
         else:
-            result.out_of_scope["label_file" if is_label_file and is_label_file(entry.path) else category] += 1
+            result.out_of_scope[
+                "label_file" if is_label_file and is_label_file(entry.path) else category
+            ] += 1
 
 
 def no_audio_found(source: CorpusSource, listing: Listing, what: str, layout: str) -> CorpusLayoutError:
@@ -276,14 +295,20 @@ class CorpusSpec:
             raise ValueError(f"CorpusSpec.name: got {self.name!r}, expected a non-empty lower-case name")
         labels = self.labels
         if not isinstance(labels, tuple) or not labels or not all(isinstance(x, str) and x for x in labels):
-            raise ValueError(f"CorpusSpec {self.name}: labels must be a non-empty tuple of class names, got {labels!r}")
+            raise ValueError(
+                f"CorpusSpec {self.name}: labels must be a non-empty tuple of class names, got {labels!r}"
+            )
         if len(set(labels)) != len(labels):
             raise ValueError(f"CorpusSpec {self.name}: labels {labels} name a class twice")
         if not isinstance(self.folds, FoldProtocol):
             raise ValueError(f"CorpusSpec {self.name}: folds must be a FoldProtocol, got {self.folds!r}")
         if not isinstance(self.audio_checks, AudioChecks):
-            raise ValueError(f"CorpusSpec {self.name}: audio_checks must be AudioChecks, got {self.audio_checks!r}")
+            raise ValueError(
+                f"CorpusSpec {self.name}: audio_checks must be AudioChecks, got {self.audio_checks!r}"
+            )
         if not callable(self.parse):
-            raise ValueError(f"CorpusSpec {self.name}: parse must be a function (listing, source) -> ParseResult")
+            raise ValueError(
+                f"CorpusSpec {self.name}: parse must be a function (listing, source) -> ParseResult"
+            )
         if not isinstance(self.doc, str) or not self.doc.strip():
             raise ValueError(f"CorpusSpec {self.name}: doc must say the corpus's layout, label map and folds")

@@ -83,7 +83,9 @@ def read_emo_evaluation(text: str, name: str) -> LabelTable:
             continue
         start, end, utt_id, label_raw = match.groups()
         if _UTT_ID.match(utt_id) is None:
-            table.problems.append((line_no, f"{shorten(utt_id)!r} is not an IEMOCAP utterance id (Ses01F_impro01_F000)"))
+            table.problems.append(
+                (line_no, f"{shorten(utt_id)!r} is not an IEMOCAP utterance id (Ses01F_impro01_F000)")
+            )
         elif float(end) < float(start):
             table.problems.append((line_no, f"{utt_id}: end time {end} before start time {start}"))
         else:
@@ -128,11 +130,19 @@ def _parse_utterance(path, base, session, parts, tables, result) -> Candidate | 
     utt_session, gender = match.groups()
     if int(utt_session) != int(session):
         result.quarantine_file(
-            path, "session_mismatch", f"{path}: utterance session Ses{utt_session} disagrees with folder Session{session}", utt_id
+            path,
+            "session_mismatch",
+            f"{path}: utterance session Ses{utt_session} disagrees with folder Session{session}",
+            utt_id,
         )
         return None
     if not utt_id.startswith(f"{dialog}_"):
-        result.quarantine_file(path, "dialog_mismatch", f"{path}: utterance {utt_id} is not part of dialog folder {dialog}", utt_id)
+        result.quarantine_file(
+            path,
+            "dialog_mismatch",
+            f"{path}: utterance {utt_id} is not part of dialog folder {dialog}",
+            utt_id,
+        )
         return None
     label_path = f"{base}Session{session}/dialog/EmoEvaluation/{dialog}.txt"
     labelled = _label_of(path, utt_id, label_path, tables, result)

@@ -76,7 +76,10 @@ def read_evaluation(text: str, name: str) -> LabelTable:
         match = _LABEL_ID.match(fields[0])
         if match is None or len(fields) < 2 or re.fullmatch(r"[A-Z]", fields[1]) is None:
             table.problems.append(
-                (line_no, f"expected 'UTD-IMPROV-S01A-F01-P-FM01.avi; <A|H|S|N|O|X>; ...', got {shorten(line)!r}")
+                (
+                    line_no,
+                    f"expected 'UTD-IMPROV-S01A-F01-P-FM01.avi; <A|H|S|N|O|X>; ...', got {shorten(line)!r}",
+                )
             )
             continue
         table.add(f"MSP-IMPROV-{match.group(1)}", fields[1], line_no)
@@ -90,7 +93,9 @@ def _read_labels(listing: Listing, source: CorpusSource, result: ParseResult) ->
             try:
                 text = decode_label_text(source.read_bytes(label_path))
             except SourceError as err:
-                raise CorpusLayoutError(f"{source.root}: cannot read the label file {label_path}: {err}") from err
+                raise CorpusLayoutError(
+                    f"{source.root}: cannot read the label file {label_path}: {err}"
+                ) from err
             table = read_evaluation(text, label_path)
             add_label_problems(result, table, label_path)
             return label_path, table
@@ -103,13 +108,18 @@ def _parse_utterance(path: str, parts: list[str], table: LabelTable, result: Par
     utt_id = stem(path)
     match = _NAME.match(utt_id)
     if match is None:
-        result.quarantine_file(path, "bad_name", f"{path}: {utt_id!r} does not match MSP-IMPROV-S01A-F01-P-FM01", utt_id)
+        result.quarantine_file(
+            path, "bad_name", f"{path}: {utt_id!r} does not match MSP-IMPROV-S01A-F01-P-FM01", utt_id
+        )
         return None
     scenario, gender, number, rec_type, _ = match.groups()
     folder_session = _SESSION.match(parts[1])
     if folder_session is None or int(folder_session.group(1)) != int(number):
         result.quarantine_file(
-            path, "session_mismatch", f"{path}: speaker {gender}{number} disagrees with folder {parts[1]}", utt_id
+            path,
+            "session_mismatch",
+            f"{path}: speaker {gender}{number} disagrees with folder {parts[1]}",
+            utt_id,
         )
         return None
     if (parts[2], parts[3]) != (scenario, rec_type):

@@ -90,7 +90,10 @@ def _parse_name(path: str, folder_actor: str, result: ParseResult) -> Candidate 
         return None
     if actor != folder_actor:
         result.quarantine_file(
-            path, "actor_mismatch", f"{path}: actor field {actor} disagrees with folder Actor_{folder_actor}", utt_id
+            path,
+            "actor_mismatch",
+            f"{path}: actor field {actor} disagrees with folder Actor_{folder_actor}",
+            utt_id,
         )
         return None
     return Candidate(

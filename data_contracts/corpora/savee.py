@@ -84,10 +84,15 @@ def parse(listing: Listing, source: CorpusSource) -> ParseResult:
         speaker, code, number = fields
         utt_id = f"{speaker}_{code}{number}"
         if speaker not in SPEAKERS:
-            result.quarantine_file(path, "unknown_speaker", f"{path}: speaker {speaker!r}, expected one of {SPEAKERS}", utt_id)
+            result.quarantine_file(
+                path, "unknown_speaker", f"{path}: speaker {speaker!r}, expected one of {SPEAKERS}", utt_id
+            )
         elif code not in LABEL_MAP:
             result.quarantine_file(
-                path, "unknown_label", f"{path}: emotion code {code!r}, expected one of {sorted(LABEL_MAP)}", utt_id
+                path,
+                "unknown_label",
+                f"{path}: emotion code {code!r}, expected one of {sorted(LABEL_MAP)}",
+                utt_id,
             )
         else:
             result.candidates.append(

@@ -24,9 +24,18 @@ def write_run(out: Path, variant: str, seed: int, fold: int, ua: float, seconds:
     run = out / variant / f"seed-{seed}" / f"fold-{fold}"
     run.mkdir(parents=True)
     test = {"WA": ua + 0.01, "UA": ua, "macro_f1": ua - 0.01}
-    result = {"fold": fold, "selected_epoch": len(seconds), "selection_rule": "rule", "valid": {"UA": ua / 2}, "test": test, "epochs": len(seconds)}
+    result = {
+        "fold": fold,
+        "selected_epoch": len(seconds),
+        "selection_rule": "rule",
+        "valid": {"UA": ua / 2},
+        "test": test,
+        "epochs": len(seconds),
+    }
     (run / "result.json").write_text(json.dumps(result))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "seconds": s}) + "\n" for i, s in enumerate(seconds)))
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": i + 1, "seconds": s}) + "\n" for i, s in enumerate(seconds))
+    )
 
 
 def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, accuracy):
@@ -49,9 +58,13 @@ def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, a
         row = summary[variant]
         assert row["UA"]["per_run"] == pytest.approx(pct)
         assert row["UA"]["mean"] == pytest.approx(mean) and row["UA"]["std"] == pytest.approx(std)
-        assert row["WA"]["mean"] == pytest.approx(mean + 1) and row["macro_f1"]["mean"] == pytest.approx(mean - 1)
+        assert row["WA"]["mean"] == pytest.approx(mean + 1) and row["macro_f1"]["mean"] == pytest.approx(
+            mean - 1
+        )
         assert row["valid_UA_per_run"] == pytest.approx([p / 2 for p in pct])
-        assert row["train_seconds_per_run"] == [4.0] * len(runs) and row["selected_epoch_per_run"] == [2] * len(runs)
+        assert row["train_seconds_per_run"] == [4.0] * len(runs) and row["selected_epoch_per_run"] == [
+            2
+        ] * len(runs)
     # paired over the three (seed, fold) runs both have: d = 10, 10, 10 → mean 10, s.e. 0
     d = [100 * (ua["full"][k] - ua["reference_cnn"][k]) for k in sorted(ua["reference_cnn"])]
     paired = summary["reference_cnn"]["full_minus_this_UA"]
@@ -59,9 +72,20 @@ def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, a
     sd = math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
     assert paired["se"] == pytest.approx(sd / math.sqrt(3), abs=1e-9)
     assert "full_minus_this_UA" not in summary["full"]
-    meta = {"n_utterances": 10, "n_actors": 2, "selection_rule": "rule", "preset": "cpu-fbank", "overrides": {}, "machine": "m"}
+    meta = {
+        "n_utterances": 10,
+        "n_actors": 2,
+        "selection_rule": "rule",
+        "preset": "cpu-fbank",
+        "overrides": {},
+        "machine": "m",
+    }
     table = accuracy.markdown(summary, meta)
-    rows = [line for line in table.splitlines() if line.startswith("| full |") or line.startswith("| reference_cnn |")]
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| full |") or line.startswith("| reference_cnn |")
+    ]
     assert rows[0].startswith("| full | 4 | ") and "| — |" in rows[0]
     assert rows[1].startswith("| reference_cnn | 3 | ") and "+10.0 ± 0.0 (n=3)" in rows[1]
 

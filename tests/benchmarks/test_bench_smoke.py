@@ -55,16 +55,24 @@ def tiny_ravdess(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_quick_run_writes_every_ratio_with_both_sides_measured(tiny_ravdess, tmp_path):
     out = tmp_path / "perf"
-    run_script("benchmarks/run.py", "--root", str(tiny_ravdess), "--out", str(out), "--quick", "--threads", "1")
+    run_script(
+        "benchmarks/run.py", "--root", str(tiny_ravdess), "--out", str(out), "--quick", "--threads", "1"
+    )
     report = json.loads((out / "perf.json").read_text())
     names = {r["name"] for r in report["ratios"]}
     assert EXPECTED_RATIOS <= names, sorted(names)
     for entry in report["ratios"]:
         check_ratio(entry)
     help_s = report["commands"]["help"]["median_s"]
-    assert 0 < help_s and report["commands"]["help"]["met"] == (help_s <= report["commands"]["help"]["target_s"])
+    assert 0 < help_s and report["commands"]["help"]["met"] == (
+        help_s <= report["commands"]["help"]["target_s"]
+    )
     machine = report["machine"]
-    assert machine["torch_threads"] == 1 and machine["usable_cores"] >= 1 and len(machine["load_average_start"]) == 3
+    assert (
+        machine["torch_threads"] == 1
+        and machine["usable_cores"] >= 1
+        and len(machine["load_average_start"]) == 3
+    )
     for name in ("fbank", "hf-tiny"):
         training = report["training"][name]
         assert 0 < training["eam_share_of_step"] < 1 and 0 < training["data_share_of_iteration"] < 1
@@ -80,13 +88,18 @@ def test_quick_run_writes_every_ratio_with_both_sides_measured(tiny_ravdess, tmp
 
 @pytest.mark.slow
 def test_gpu_script_runs_its_cpu_correctness_path(tmp_path):
-    run_script("benchmarks/gpu_wavlm.py", "--device", "cpu", "--tiny", "--repeats", "1", "--out", str(tmp_path))
+    run_script(
+        "benchmarks/gpu_wavlm.py", "--device", "cpu", "--tiny", "--repeats", "1", "--out", str(tmp_path)
+    )
     report = json.loads((tmp_path / "gpu_wavlm.json").read_text())
     assert {r["name"] for r in report["ratios"]} == {"training step, WavLM", "inference overhead, WavLM"}
     for entry in report["ratios"]:
         check_ratio(entry)
     training = report["training"]
-    assert training["steps_per_s"] > 0 and training["flops_per_step"] > training["flops_backbone_forward_backward"] > 0
+    assert (
+        training["steps_per_s"] > 0
+        and training["flops_per_step"] > training["flops_backbone_forward_backward"] > 0
+    )
     assert training["share_of_peak_bf16"] is None  # no GPU peak for a CPU
     assert report["inference"]["rtf"] > 0 and report["backbone_config"]["model_type"] == "wavlm"
 
@@ -94,7 +107,19 @@ def test_gpu_script_runs_its_cpu_correctness_path(tmp_path):
 @pytest.mark.slow
 def test_serve_load_answers_every_request_and_reports_latency_and_memory(tiny_ravdess, tmp_path):
     out = tmp_path / "serve"
-    run_script("benchmarks/serve_load.py", "--root", str(tiny_ravdess), "--out", str(out), "--requests", "6", "--clients", "2", "--port", str(free_port()))
+    run_script(
+        "benchmarks/serve_load.py",
+        "--root",
+        str(tiny_ravdess),
+        "--out",
+        str(out),
+        "--requests",
+        "6",
+        "--clients",
+        "2",
+        "--port",
+        str(free_port()),
+    )
     report = json.loads((out / "serve.json").read_text())
     assert set(report["phases"]) == {"base64", "waveform"}
     for phase in report["phases"].values():
@@ -103,14 +128,25 @@ def test_serve_load_answers_every_request_and_reports_latency_and_memory(tiny_ra
         assert phase["throughput_rps"] > 0 and phase["request_kib_mean"] > 0
     assert report["phases"]["waveform"]["request_kib_mean"] > report["phases"]["base64"]["request_kib_mean"]
     memory = report["server_rss"]
-    assert memory["peak_during_load_mb"] >= memory["after_warmup_mb"] > 0 and memory["idle_after_start_mb"] > 0
+    assert (
+        memory["peak_during_load_mb"] >= memory["after_warmup_mb"] > 0 and memory["idle_after_start_mb"] > 0
+    )
     assert "| base64 | 6 | 2 | 0 |" in (out / "serve.md").read_text()
 
 
 @pytest.mark.slow
 def test_feature_cache_quick_run_measures_both_sides(shared_ravdess, tmp_path):
     """benchmarks/feature_cache.py --quick: live and cached epochs both measured in one run, the ratio their quotient."""
-    run_script("benchmarks/feature_cache.py", "--root", str(shared_ravdess), "--out", str(tmp_path), "--quick", "--threads", "1")
+    run_script(
+        "benchmarks/feature_cache.py",
+        "--root",
+        str(shared_ravdess),
+        "--out",
+        str(tmp_path),
+        "--quick",
+        "--threads",
+        "1",
+    )
     bench = json.loads((tmp_path / "feature_cache.json").read_text())["bench"]
     live, cached = bench["median_epoch_s"]["live"], bench["median_epoch_s"]["cached"]
     assert live > 0 and cached > 0 and bench["fill_s"] > 0

@@ -20,7 +20,9 @@ def reference():
     return load_script("benchmarks/reference_cnn.py", "bench_reference_cnn")
 
 
-def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speakers(reference, tmp_path, monkeypatch):
+def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speakers(
+    reference, tmp_path, monkeypatch
+):
     from data_contracts.ingest import run_ingest
     from data_contracts.labels import LABELS
     from ser_model.presets import experiment_config
@@ -36,7 +38,9 @@ def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speak
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     # the learning rate after epoch e is the base rate times the method's factor at update e · (batches per epoch)
-    schedule = experiment_config("ravdess", reference.PROTOCOL_PRESET, overrides={"train.epochs": EPOCHS}).train
+    schedule = experiment_config(
+        "ravdess", reference.PROTOCOL_PRESET, overrides={"train.epochs": EPOCHS}
+    ).train
     assert schedule.schedule == "cosine" and schedule.warmup_epochs > 0
     n_train = len(fold_splits(ingest.manifest, ingest.folds, 1)["train"])
     per_epoch = -(-n_train // reference.RECIPE["batch_size"])  # length-bucketed batches of at most batch_size

@@ -115,7 +115,9 @@ def test_symlink_inside_the_root_is_followed_and_a_loop_is_refused(ravdess_corpu
     codes = quarantine_by_path(result)
     assert codes.pop("Actor_02/loop") == "symlink_loop"
     assert set(codes.values()) == {"actor_mismatch"}
-    assert sorted(codes) == sorted(r["path"].replace("Actor_01", "Actor_09") for r in rows if r["speaker"] == "Actor_01")
+    assert sorted(codes) == sorted(
+        r["path"].replace("Actor_01", "Actor_09") for r in rows if r["speaker"] == "Actor_01"
+    )
 
 
 def test_non_utf8_file_name_is_quarantined_with_an_escaped_path(ravdess_corpus):
@@ -163,7 +165,7 @@ def test_iemocap_garbage_label_lines_are_reported_and_good_lines_still_read(tmp_
     assert result.quarantine["path"].tolist() == [relative, relative]
     assert set(result.quarantine["reason_code"]) == {"label_line"}
     lines = len(label_file.read_text().splitlines())
-    assert result.quarantine["reason"].str.contains(f"line 1:").any()
+    assert result.quarantine["reason"].str.contains("line 1:").any()
     assert result.quarantine["reason"].str.contains(f"line {lines}:").any()
 
 
@@ -175,12 +177,18 @@ def test_iemocap_missing_label_file_quarantines_each_file_of_its_dialog(tmp_path
     assert_manifest_rows(result.manifest, kept)
     assert len(result.quarantine) == len(rows) - len(kept)
     assert set(result.quarantine["reason_code"]) == {"no_label"}
-    assert result.quarantine["reason"].str.contains("Session3/dialog/EmoEvaluation/Ses03F_impro01.txt is missing").all()
+    assert (
+        result.quarantine["reason"]
+        .str.contains("Session3/dialog/EmoEvaluation/Ses03F_impro01.txt is missing")
+        .all()
+    )
 
 
 def test_iemocap_utterance_in_the_wrong_session_folder_is_quarantined(tmp_path):
     rows = make_iemocap(tmp_path)
-    write_tone(tmp_path / "IEMOCAP_full_release/Session1/sentences/wav/Ses02F_impro01/Ses02F_impro01_F000.wav")
+    write_tone(
+        tmp_path / "IEMOCAP_full_release/Session1/sentences/wav/Ses02F_impro01/Ses02F_impro01_F000.wav"
+    )
     result = ingest("iemocap", tmp_path)
     assert_manifest_rows(result.manifest, rows)
     assert result.quarantine["reason_code"].tolist() == ["session_mismatch"]
@@ -191,10 +199,15 @@ def test_msp_improv_unknown_code_garbage_line_and_missing_label_file(tmp_path):
     evaluation = tmp_path / "Evalution.txt"
     stem = "MSP-IMPROV-S09A-F01-P-FM09"
     write_tone(tmp_path / f"Audio/session1/S09A/P/{stem}.wav")
-    evaluation.write_text(evaluation.read_text() + f"UTD-IMPROV-S09A-F01-P-FM09.avi; Q; A:1\nUTD-IMPROV-garbage\n")
+    evaluation.write_text(
+        evaluation.read_text() + "UTD-IMPROV-S09A-F01-P-FM09.avi; Q; A:1\nUTD-IMPROV-garbage\n"
+    )
     result = ingest("msp-improv", tmp_path)
     assert_manifest_rows(result.manifest, rows)
-    assert quarantine_by_path(result) == {f"Audio/session1/S09A/P/{stem}.wav": "unknown_label", "Evalution.txt": "label_line"}
+    assert quarantine_by_path(result) == {
+        f"Audio/session1/S09A/P/{stem}.wav": "unknown_label",
+        "Evalution.txt": "label_line",
+    }
     evaluation.unlink()
     with pytest.raises(CorpusLayoutError, match="Evalution.txt not found"):
         ingest("msp-improv", tmp_path)
@@ -206,7 +219,10 @@ def test_savee_unknown_emotion_code_and_speaker_are_quarantined(tmp_path):
     write_tone(tmp_path / "ALL/ZZ_a01.wav", sample_rate=44100)
     result = ingest("savee", tmp_path)
     assert_manifest_rows(result.manifest, rows)
-    assert quarantine_by_path(result) == {"AudioData/DC/x01.wav": "unknown_label", "ALL/ZZ_a01.wav": "unknown_speaker"}
+    assert quarantine_by_path(result) == {
+        "AudioData/DC/x01.wav": "unknown_label",
+        "ALL/ZZ_a01.wav": "unknown_speaker",
+    }
 
 
 def test_corpus_where_every_file_is_bad_is_a_clear_error(tmp_path):
@@ -214,5 +230,7 @@ def test_corpus_where_every_file_is_bad_is_a_clear_error(tmp_path):
 
     for actor in (1, 2):
         write_bad_audio(tmp_path / f"Actor_{actor:02d}" / f"{ravdess_name(3, actor)}.wav", "silence")
-    with pytest.raises(IngestError, match=r"no usable ravdess utterance \(2 candidates; quarantined by reason: silence: 2\)"):
+    with pytest.raises(
+        IngestError, match=r"no usable ravdess utterance \(2 candidates; quarantined by reason: silence: 2\)"
+    ):
         ingest("ravdess", tmp_path)

@@ -10,7 +10,13 @@ from data_contracts.errors import CorpusLayoutError
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
 from data_contracts.source import LocalSource
-from tests.fixtures.corpora import assert_manifest_rows, make_iemocap, make_msp_improv, make_ravdess, make_savee
+from tests.fixtures.corpora import (
+    assert_manifest_rows,
+    make_iemocap,
+    make_msp_improv,
+    make_ravdess,
+    make_savee,
+)
 
 
 def test_parser_candidates_equal_fixture_rows(any_corpus):
@@ -76,7 +82,7 @@ def test_iemocap_root_may_be_the_release_folder_itself(tmp_path):
     rows = make_iemocap(tmp_path)
     result = run_ingest("iemocap", tmp_path / "IEMOCAP_full_release", workers=1, progress=False)
     prefix = "IEMOCAP_full_release/"
-    assert_manifest_rows(result.manifest, [{**r, "path": r["path"][len(prefix):]} for r in rows])
+    assert_manifest_rows(result.manifest, [{**r, "path": r["path"][len(prefix) :]} for r in rows])
 
 
 def test_savee_both_layouts_together_quarantine_second_copies_as_duplicates(tmp_path):
@@ -105,7 +111,9 @@ def test_savee_same_utt_id_with_different_audio_is_quarantined(tmp_path):
 
 @pytest.mark.parametrize("corpus", ["iemocap", "msp-improv", "ravdess", "savee"])
 def test_root_in_another_layout_is_a_layout_error_naming_the_expected_layout(tmp_path, corpus):
-    make_savee(tmp_path, per_speaker=2) if corpus != "savee" else make_ravdess(tmp_path, actors=[1], per_actor=2)
+    make_savee(tmp_path, per_speaker=2) if corpus != "savee" else make_ravdess(
+        tmp_path, actors=[1], per_actor=2
+    )
     with pytest.raises(CorpusLayoutError, match="expected the layout"):
         run_ingest(corpus, tmp_path, workers=1, progress=False)
 

@@ -19,23 +19,39 @@ from data_contracts.errors import AudioCheckError
 
 OBJECT_ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}|<[^<>]* object at ")
 SETTINGS = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-REASONS = {"empty", "unreadable", "sample_rate", "channels", "duration", "truncated", "non_finite", "silence", "clipped"}
+REASONS = {
+    "empty",
+    "unreadable",
+    "sample_rate",
+    "channels",
+    "duration",
+    "truncated",
+    "non_finite",
+    "silence",
+    "clipped",
+}
 
 
 def wav_header(rate: int, channels: int, bits: int, data_bytes: int, fmt: int = 1) -> bytes:
     """A canonical 44-byte RIFF/WAVE header, fields as given (possibly absurd)."""
     block = (channels * bits // 8) & 0xFFFF
     return (
-        b"RIFF" + struct.pack("<I", (36 + data_bytes) & 0xFFFFFFFF) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, fmt, channels, rate, (rate * block) & 0xFFFFFFFF, block, bits)
-        + b"data" + struct.pack("<I", data_bytes & 0xFFFFFFFF)
+        b"RIFF"
+        + struct.pack("<I", (36 + data_bytes) & 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, fmt, channels, rate, (rate * block) & 0xFFFFFFFF, block, bits)
+        + b"data"
+        + struct.pack("<I", data_bytes & 0xFFFFFFFF)
     )
 
 
 def good_wav() -> bytes:
     buffer = io.BytesIO()
     t = np.arange(8000) / 16000
-    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV", subtype="PCM_16")
+    sf.write(
+        buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV", subtype="PCM_16"
+    )
     return buffer.getvalue()
 
 
@@ -83,7 +99,9 @@ def encoded(fmt: str, seconds: float = 1.0) -> bytes:
     """One second of tone, 16 kHz mono 16-bit, encoded as ``fmt`` (WAV or FLAC)."""
     buffer = io.BytesIO()
     t = np.arange(int(16000 * seconds)) / 16000
-    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format=fmt, subtype="PCM_16")
+    sf.write(
+        buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format=fmt, subtype="PCM_16"
+    )
     return buffer.getvalue()
 
 
@@ -108,7 +126,13 @@ def test_a_cut_flac_and_a_cut_wav_are_both_truncated(kept):
 
 @pytest.mark.parametrize(
     "data",
-    [b"hello, not audio" * 8, b"RIFF\x00\x00\x00\x00WAVEjunk", b"fLaC\x00\x00", GOOD[:30], encoded("FLAC")[:30]],
+    [
+        b"hello, not audio" * 8,
+        b"RIFF\x00\x00\x00\x00WAVEjunk",
+        b"fLaC\x00\x00",
+        GOOD[:30],
+        encoded("FLAC")[:30],
+    ],
     ids=["text", "riff-without-chunks", "flac-magic-only", "wav-header-cut", "flac-header-cut"],
 )
 def test_an_unopenable_file_has_a_deterministic_path_first_reason(data):
@@ -118,7 +142,9 @@ def test_an_unopenable_file_has_a_deterministic_path_first_reason(data):
     assert first[0] == "unreadable"
     assert first[1].startswith("Actor_01/x.wav: ")
     assert not OBJECT_ADDRESS.search(first[1]), first[1]
-    buffers = [io.BytesIO() for _ in range(50)]  # other live objects: a repr'd buffer would get another address
+    buffers = [
+        io.BytesIO() for _ in range(50)
+    ]  # other live objects: a repr'd buffer would get another address
     assert all(reason(data, "Actor_01/x.wav") == first for _ in buffers)
 
 
@@ -153,4 +179,6 @@ def test_emo_evaluation_reads_back_lines_it_is_given(labels):
     )
     table = read_emo_evaluation(text, "Ses01F_impro01.txt")
     assert table.problems == []
-    assert {u: lab for u, (lab, _) in table.labels.items()} == {f"Ses01F_impro01_F{i:03d}": lab for i, lab in enumerate(labels)}
+    assert {u: lab for u, (lab, _) in table.labels.items()} == {
+        f"Ses01F_impro01_F{i:03d}": lab for i, lab in enumerate(labels)
+    }

@@ -17,7 +17,9 @@ def test_real_ravdess_ingest(shared_ravdess: Path):
     result = run_ingest("ravdess", shared_ravdess, progress=False)
     manifest = result.manifest
     listed_sums = dict(
-        reversed(line.split(maxsplit=1)) for line in (shared_ravdess / "SHA256SUMS").read_text().splitlines() if line.strip()
+        reversed(line.split(maxsplit=1))
+        for line in (shared_ravdess / "SHA256SUMS").read_text().splitlines()
+        if line.strip()
     )
     # This copy holds one byte-identical pair (repetitions 01 and 02 of one Actor_07 take):
     # the second copy is quarantined as a duplicate, every other file is a manifest row.
@@ -41,8 +43,18 @@ def test_real_ravdess_ingest(shared_ravdess: Path):
 def test_benchmark_script_runs_on_a_few_files(shared_ravdess: Path):
     repo = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "benchmarks/ingest_throughput.py", "--root", str(shared_ravdess), "--limit-actors", "8"],
-        cwd=repo, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "benchmarks/ingest_throughput.py",
+            "--root",
+            str(shared_ravdess),
+            "--limit-actors",
+            "8",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "files/s" in done.stdout and "ratio" in done.stdout
@@ -55,5 +67,11 @@ def test_data_contracts_imports_no_framework():
         "banned = {'torch', 'torchaudio', 'transformers', 'prefect', 'mlflow'} & set(sys.modules)\n"
         "print(sorted(banned)); sys.exit(1 if banned else 0)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -21,7 +21,9 @@ def reference_check(samples: np.ndarray, name: str, checks: AudioChecks) -> None
         raise AudioCheckError("non_finite", f"{name}: {bad} NaN or infinite samples")
     peak = max(abs(v) for v in values)
     if peak <= checks.silence_peak:
-        raise AudioCheckError("silence", f"{name}: peak amplitude {peak:.3g} <= {checks.silence_peak} (silent audio)")
+        raise AudioCheckError(
+            "silence", f"{name}: peak amplitude {peak:.3g} <= {checks.silence_peak} (silent audio)"
+        )
     clipped = sum(1 for v in values if abs(v) >= checks.clip_level) / len(values)
     if clipped > checks.max_clipped_fraction:
         raise AudioCheckError(
@@ -40,13 +42,17 @@ def outcome(check, samples: np.ndarray) -> tuple[str, str] | None:
 
 
 # values concentrated where the checks decide: silence, clipping, non-finite
-special = st.sampled_from([0.0, -0.0, 5e-5, -5e-5, 1e-4, 0.5, -0.5, 0.999, -0.999, 1.0, -1.0, np.nan, np.inf, -np.inf])
+special = st.sampled_from(
+    [0.0, -0.0, 5e-5, -5e-5, 1e-4, 0.5, -0.5, 0.999, -0.999, 1.0, -1.0, np.nan, np.inf, -np.inf]
+)
 sample_value = st.one_of(special, st.floats(-1.0, 1.0, width=32))
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=200), elements=sample_value),
+    hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=200), elements=sample_value
+    ),
     st.floats(0.0, 1.0),
 )
 def test_sample_checks_match_the_reference(samples, rare_fraction):
@@ -68,8 +74,17 @@ def test_each_reason_is_raised_where_the_reference_raises_it():
     clipped[:20] = -1.0
     barely = clean.copy()
     barely[:10] = 1.0  # exactly max_clipped_fraction: allowed
-    expected = {"clean": None, "nan": "non_finite", "inf": "non_finite", "silent": "silence", "clipped": "clipped", "barely": None}
-    for label, samples in dict(clean=clean, nan=nan, inf=inf, silent=silent, clipped=clipped, barely=barely).items():
+    expected = {
+        "clean": None,
+        "nan": "non_finite",
+        "inf": "non_finite",
+        "silent": "silence",
+        "clipped": "clipped",
+        "barely": None,
+    }
+    for label, samples in dict(
+        clean=clean, nan=nan, inf=inf, silent=silent, clipped=clipped, barely=barely
+    ).items():
         got = outcome(_check_samples, samples)
         assert got == outcome(reference_check, samples), label
         assert (got and got[0]) == expected[label], label

@@ -19,7 +19,9 @@ from ser_model.cli import main as ser
 from tests.fixtures.corpora import assert_manifest_rows, make_ravdess, make_savee
 
 
-@pytest.mark.parametrize("path", ["../x.wav", "a/../../x.wav", "/etc/passwd", "a//b.wav", "./a.wav", "", "a\\..\\b"])
+@pytest.mark.parametrize(
+    "path", ["../x.wav", "a/../../x.wav", "/etc/passwd", "a//b.wav", "./a.wav", "", "a\\..\\b"]
+)
 def test_paths_that_could_leave_the_root_are_refused(tmp_path, path):
     with pytest.raises(SourceError, match="expected a relative POSIX path") as caught:
         LocalSource(tmp_path).read_bytes(path)
@@ -62,7 +64,10 @@ def test_missing_root_is_a_clear_error(tmp_path):
 
 @pytest.fixture
 def s3_bucket(monkeypatch):
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # set by infra/env.sh; moto serves only AWS's own endpoints
+    for name in (
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL",
+    ):  # set by infra/env.sh; moto serves only AWS's own endpoints
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -89,7 +94,9 @@ def test_s3_source_ingests_like_the_local_folder(s3_bucket, tmp_path):
     assert_manifest_rows(remote.manifest, rows)
     pd.testing.assert_frame_equal(remote.manifest, local.manifest)
     assert remote.fingerprint == local.fingerprint
-    assert remote.quarantine[["path", "reason_code"]].values.tolist() == [["AudioData/../../escape.wav", "path_escape"]]
+    assert remote.quarantine[["path", "reason_code"]].values.tolist() == [
+        ["AudioData/../../escape.wav", "path_escape"]
+    ]
     assert source.stat("AudioData/DC/a01.wav").size == (tmp_path / "AudioData/DC/a01.wav").stat().st_size
     with pytest.raises(SourceError, match="cannot read") as caught:
         source.read_bytes("AudioData/DC/missing.wav")
@@ -107,7 +114,21 @@ def test_s3_source_pickles_without_its_client(s3_bucket):
 
 def test_cli_ingest_writes_outputs_and_summary(tmp_path, capsys):
     rows = make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=2)
-    assert ser(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    assert (
+        ser(
+            [
+                "ingest",
+                "ravdess",
+                str(tmp_path / "corpus"),
+                "--out",
+                str(tmp_path / "out"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"ravdess: {len(rows)} utterances, 0 quarantined, 2 folds" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
@@ -119,8 +140,19 @@ def test_cli_ingest_writes_outputs_and_summary(tmp_path, capsys):
 
 def test_cli_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path):
     make_ravdess(tmp_path / "corpus", actors=[1], per_actor=1)
-    command = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())", "ingest", "savee", str(tmp_path / "corpus"), "--out", str(tmp_path / "out")]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from flows.cli import main; sys.exit(main())",
+        "ingest",
+        "savee",
+        str(tmp_path / "corpus"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120
+    )
     assert done.returncode == 2
     assert "ser ingest: error:" in done.stderr and "expected the layout AudioData/" in done.stderr
     assert "Traceback" not in done.stderr
@@ -148,7 +180,21 @@ def test_cli_ingest_of_a_held_out_set_too_small_for_any_fold_protocol_writes_eve
     missing, the report says why, and the command warns and exits 0."""
     rows = make_ravdess(tmp_path / "corpus", actors=range(17, 21), per_actor=2)
     (tmp_path / "corpus" / "Actor_17" / "03-01-09-01-01-01-17.wav").write_bytes(b"")
-    assert ser(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    assert (
+        ser(
+            [
+                "ingest",
+                "ravdess",
+                str(tmp_path / "corpus"),
+                "--out",
+                str(tmp_path / "out"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert f"ravdess: {len(rows)} utterances, 1 quarantined, 0 folds" in captured.out
     assert "warning: no fold protocol fits" in captured.err and "--split all" in captured.err
@@ -157,7 +203,9 @@ def test_cli_ingest_of_a_held_out_set_too_small_for_any_fold_protocol_writes_eve
     assert_manifest_rows(manifest, rows)
     assert manifest["fold"].isna().all()
     assert pd.read_parquet(tmp_path / "out" / "folds.parquet").empty
-    assert pd.read_parquet(tmp_path / "out" / "quarantine.parquet")["path"].tolist() == ["Actor_17/03-01-09-01-01-01-17.wav"]
+    assert pd.read_parquet(tmp_path / "out" / "quarantine.parquet")["path"].tolist() == [
+        "Actor_17/03-01-09-01-01-01-17.wav"
+    ]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["folds"] == {} and "at least 2 speaker groups" in report["no_fold_protocol"]
     assert "No fold protocol fits" in report_markdown(report)

@@ -16,7 +16,9 @@ def corpus(root, files: dict[str, bytes]) -> pd.DataFrame:
     for path, data in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
-    return pd.DataFrame({"path": list(files), "sha256": [hashlib.sha256(d).hexdigest() for d in files.values()]})
+    return pd.DataFrame(
+        {"path": list(files), "sha256": [hashlib.sha256(d).hexdigest() for d in files.values()]}
+    )
 
 
 FILES = {"Actor_01/a.wav": b"a" * 1000, "Actor_02/b.wav": b"b" * 2000, "Actor_02/c.wav": b"a" * 1000}
@@ -43,7 +45,9 @@ def test_a_file_changed_since_ingest_is_refused_and_not_kept(tmp_path):
 
 def test_a_cache_too_small_is_a_clear_error_before_any_download(tmp_path):
     manifest = corpus(tmp_path / "src", FILES)
-    with pytest.raises(StagingError, match=r"needs 3000 bytes .* limit of 2500 bytes \(SER_AUDIO_CACHE_BYTES\)"):
+    with pytest.raises(
+        StagingError, match=r"needs 3000 bytes .* limit of 2500 bytes \(SER_AUDIO_CACHE_BYTES\)"
+    ):
         stage_audio(manifest, str(tmp_path / "src"), tmp_path / "cache", "f" * 64, max_bytes=2500)
     assert not list((tmp_path / "cache" / "blobs").iterdir())
     stage_audio(manifest, str(tmp_path / "src"), tmp_path / "cache", "f" * 64, max_bytes=3000)
@@ -71,7 +75,12 @@ def test_staging_from_s3_reads_the_bucket(tmp_path, monkeypatch):
 
 def test_cache_settings_from_the_environment(tmp_path):
     assert cache_from_env(tmp_path / "default", {}) == (tmp_path / "default", None)
-    assert cache_from_env(tmp_path / "default", {"SER_AUDIO_CACHE_DIR": str(tmp_path / "big"), "SER_AUDIO_CACHE_BYTES": "2500"}) == (tmp_path / "big", 2500)
+    assert cache_from_env(
+        tmp_path / "default", {"SER_AUDIO_CACHE_DIR": str(tmp_path / "big"), "SER_AUDIO_CACHE_BYTES": "2500"}
+    ) == (tmp_path / "big", 2500)
     for bad in ("50GB", "-1", "0", "1e9"):
-        with pytest.raises(StagingError, match=rf"SER_AUDIO_CACHE_BYTES='{re.escape(bad)}': expected a positive number of bytes"):
+        with pytest.raises(
+            StagingError,
+            match=rf"SER_AUDIO_CACHE_BYTES='{re.escape(bad)}': expected a positive number of bytes",
+        ):
             cache_from_env(tmp_path, {"SER_AUDIO_CACHE_BYTES": bad})

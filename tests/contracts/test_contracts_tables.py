@@ -35,7 +35,9 @@ def test_unknown_label_names_row_utt_id_and_corpus(manifest):
     bad.loc[5, "label"] = "bored"
     with pytest.raises(ManifestError) as caught:
         validate_manifest(bad)
-    assert f"row 5 (utt_id '{bad.loc[5, 'utt_id']}'): column 'label': 'bored' is not a ravdess label" in str(caught.value)
+    assert f"row 5 (utt_id '{bad.loc[5, 'utt_id']}'): column 'label': 'bored' is not a ravdess label" in str(
+        caught.value
+    )
     assert "row 4 " not in str(caught.value)
 
 
@@ -70,15 +72,39 @@ def test_duplicate_utt_id_names_both_rows(manifest):
 def speakers_frame(groups: dict[str, list[tuple[str, str]]], corpus: str) -> pd.DataFrame:
     """A minimal manifest: one row per (session, speaker, gender)."""
     return pd.DataFrame(
-        [{"corpus": corpus, "session": session, "speaker": s, "gender": g} for session, sp in groups.items() for s, g in sp]
+        [
+            {"corpus": corpus, "session": session, "speaker": s, "gender": g}
+            for session, sp in groups.items()
+            for s, g in sp
+        ]
     )
 
 
 PROTOCOL_CASES = {
-    "iemocap": (speakers_frame({f"Ses{n:02d}": [(f"Ses{n:02d}F", "F"), (f"Ses{n:02d}M", "M")] for n in range(1, 6)}, "iemocap"), 5),
-    "msp-improv": (speakers_frame({f"session{n}": [(f"F{n:02d}", "F"), (f"M{n:02d}", "M")] for n in range(1, 7)}, "msp-improv"), 6),
-    "ravdess-24": (speakers_frame({f"Actor_{a:02d}": [(f"Actor_{a:02d}", "FM"[a % 2])] for a in range(1, 25)}, "ravdess"), 6),
-    "ravdess-20": (speakers_frame({f"Actor_{a:02d}": [(f"Actor_{a:02d}", "FM"[a % 2])] for a in range(1, 21)}, "ravdess"), 5),
+    "iemocap": (
+        speakers_frame(
+            {f"Ses{n:02d}": [(f"Ses{n:02d}F", "F"), (f"Ses{n:02d}M", "M")] for n in range(1, 6)}, "iemocap"
+        ),
+        5,
+    ),
+    "msp-improv": (
+        speakers_frame(
+            {f"session{n}": [(f"F{n:02d}", "F"), (f"M{n:02d}", "M")] for n in range(1, 7)}, "msp-improv"
+        ),
+        6,
+    ),
+    "ravdess-24": (
+        speakers_frame(
+            {f"Actor_{a:02d}": [(f"Actor_{a:02d}", "FM"[a % 2])] for a in range(1, 25)}, "ravdess"
+        ),
+        6,
+    ),
+    "ravdess-20": (
+        speakers_frame(
+            {f"Actor_{a:02d}": [(f"Actor_{a:02d}", "FM"[a % 2])] for a in range(1, 21)}, "ravdess"
+        ),
+        5,
+    ),
     "savee": (speakers_frame({s: [(s, "M")] for s in ("DC", "JE", "JK", "KL")}, "savee"), 4),
 }
 
@@ -98,7 +124,10 @@ def test_fold_protocol_properties(case):
         assert roles["valid"] and roles["train"]
         assert not roles["valid"] & roles["test"] and not roles["train"] & roles["test"]
         if case.startswith("ravdess"):
-            assert sorted(g for s, g in zip(frame["speaker"], frame["gender"]) if s in roles["valid"]) == ["F", "M"]
+            assert sorted(g for s, g in zip(frame["speaker"], frame["gender"]) if s in roles["valid"]) == [
+                "F",
+                "M",
+            ]
             numbers = sorted(int(s[-2:]) for s in roles["test"])
             assert numbers == list(range(4 * k + 1, 4 * k + 5))
         else:
@@ -114,7 +143,9 @@ def test_folds_are_deterministic_and_independent_of_row_order():
 
 
 def test_too_few_sessions_is_a_clear_fold_error():
-    frame = speakers_frame({"Ses01": [("Ses01F", "F"), ("Ses01M", "M")], "Ses02": [("Ses02F", "F"), ("Ses02M", "M")]}, "iemocap")
+    frame = speakers_frame(
+        {"Ses01": [("Ses01F", "F"), ("Ses01M", "M")], "Ses02": [("Ses02F", "F"), ("Ses02M", "M")]}, "iemocap"
+    )
     with pytest.raises(FoldError, match="at least 3 speaker groups"):
         make_folds(frame)
 
@@ -133,7 +164,9 @@ def test_fold_split_partitions_the_manifest_by_role(manifest):
 def test_manifest_fingerprint_is_order_independent_and_matches_a_reference(manifest):
     import hashlib
 
-    lines = sorted(f"{u}\t{s}\t{lab}\n" for u, s, lab in zip(manifest["utt_id"], manifest["sha256"], manifest["label"]))
+    lines = sorted(
+        f"{u}\t{s}\t{lab}\n" for u, s, lab in zip(manifest["utt_id"], manifest["sha256"], manifest["label"])
+    )
     reference = hashlib.sha256((f"parser {PARSER_VERSION}\n" + "".join(lines)).encode()).hexdigest()
     assert manifest_fingerprint(manifest) == reference
     assert manifest_fingerprint(manifest.sample(frac=1, random_state=1)) == reference
@@ -160,7 +193,9 @@ def test_source_fingerprint_changes_with_files_not_with_reads(tmp_path):
     assert source_fingerprint(source) != second
 
 
-@pytest.mark.parametrize("build, corpus", [(make_iemocap, "iemocap"), (make_msp_improv, "msp-improv"), (make_savee, "savee")])
+@pytest.mark.parametrize(
+    "build, corpus", [(make_iemocap, "iemocap"), (make_msp_improv, "msp-improv"), (make_savee, "savee")]
+)
 def test_ingest_fills_fold_column_from_the_fold_table(tmp_path, build, corpus):
     build(tmp_path)
     result = run_ingest(corpus, tmp_path, workers=1, progress=False)

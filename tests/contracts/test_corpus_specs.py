@@ -47,7 +47,9 @@ from tests.fixtures.corpora import write_tone
 def test_registered_spec_is_complete_and_consistent(name):
     corpus = SPECS[name]
     assert isinstance(corpus, CorpusSpec) and corpus.name == name and spec(name) is corpus
-    assert sys.modules[corpus.parse.__module__].SPEC is corpus, "the spec's parser lives in the module that exports it"
+    assert sys.modules[corpus.parse.__module__].SPEC is corpus, (
+        "the spec's parser lives in the module that exports it"
+    )
     assert isinstance(corpus.labels, tuple) and len(corpus.labels) >= 2
     assert len(set(corpus.labels)) == len(corpus.labels), f"{name}: a class is named twice in {corpus.labels}"
     protocol = corpus.folds
@@ -57,8 +59,13 @@ def test_registered_spec_is_complete_and_consistent(name):
     checks = corpus.audio_checks
     assert checks.sample_rates and all(8000 <= rate <= 96000 for rate in checks.sample_rates)
     assert 1 <= checks.max_channels <= 2 and 0 <= checks.min_duration_s < 1 < checks.max_duration_s
-    assert 0 < checks.silence_peak < 0.01 and 0.9 < checks.clip_level <= 1 and checks.max_clipped_fraction < 0.5
-    assert callable(corpus.parse) and list(inspect.signature(corpus.parse).parameters) == ["listing", "source"]
+    assert (
+        0 < checks.silence_peak < 0.01 and 0.9 < checks.clip_level <= 1 and checks.max_clipped_fraction < 0.5
+    )
+    assert callable(corpus.parse) and list(inspect.signature(corpus.parse).parameters) == [
+        "listing",
+        "source",
+    ]
     for topic in ("layout", "label map", "fold protocol"):
         assert topic in corpus.doc.lower(), f"{name}: the module docstring does not document its {topic}"
 
@@ -70,7 +77,9 @@ def test_derived_names_read_the_registry():
 
 
 def test_every_registered_corpus_has_a_fixture():
-    assert set(BUILDERS) == set(SPECS), "each registered corpus needs a fixture builder in tests/contracts/conftest.py"
+    assert set(BUILDERS) == set(SPECS), (
+        "each registered corpus needs a fixture builder in tests/contracts/conftest.py"
+    )
 
 
 def test_spec_classes_are_exactly_those_its_parser_gives(any_corpus):
@@ -82,7 +91,10 @@ def test_spec_classes_are_exactly_those_its_parser_gives(any_corpus):
 
 
 def test_unknown_corpus_names_the_known_ones(tmp_path):
-    with pytest.raises(CorpusLayoutError, match=r"unknown corpus 'crema-d'; expected one of iemocap, msp-improv, ravdess, savee"):
+    with pytest.raises(
+        CorpusLayoutError,
+        match=r"unknown corpus 'crema-d'; expected one of iemocap, msp-improv, ravdess, savee",
+    ):
         spec("crema-d")
     (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(CorpusLayoutError, match="unknown corpus 'crema-d'"):
@@ -94,8 +106,12 @@ def _parse_nothing(listing, source):
 
 
 GOOD = dict(
-    name="x", labels=("a", "b"), folds=FoldProtocol("speaker", "next_group", 3), audio_checks=AudioChecks(),
-    parse=_parse_nothing, doc="Layout, label map, fold protocol.",
+    name="x",
+    labels=("a", "b"),
+    folds=FoldProtocol("speaker", "next_group", 3),
+    audio_checks=AudioChecks(),
+    parse=_parse_nothing,
+    doc="Layout, label map, fold protocol.",
 )
 
 
@@ -125,11 +141,23 @@ def test_spec_refuses_incomplete_values(change, message):
     [
         (dict(grouping="actor", validation="next_group", min_groups=3), "grouping: got 'actor'"),
         (dict(grouping="speaker", validation="random", min_groups=3), "validation: got 'random'"),
-        (dict(grouping="speaker", validation="next_group", min_groups=2), "min_groups: got 2, expected an int >= 3"),
-        (dict(grouping="session", validation="gender_balanced", min_groups=1), "min_groups: got 1, expected an int >= 2"),
+        (
+            dict(grouping="speaker", validation="next_group", min_groups=2),
+            "min_groups: got 2, expected an int >= 3",
+        ),
+        (
+            dict(grouping="session", validation="gender_balanced", min_groups=1),
+            "min_groups: got 1, expected an int >= 2",
+        ),
         (dict(grouping="speaker_blocks", validation="gender_balanced", min_groups=2), "block_size: got None"),
-        (dict(grouping="speaker_blocks", validation="gender_balanced", min_groups=2, block_size=0), "block_size: got 0"),
-        (dict(grouping="session", validation="next_group", min_groups=3, block_size=4), "only speaker_blocks"),
+        (
+            dict(grouping="speaker_blocks", validation="gender_balanced", min_groups=2, block_size=0),
+            "block_size: got 0",
+        ),
+        (
+            dict(grouping="session", validation="next_group", min_groups=3, block_size=4),
+            "only speaker_blocks",
+        ),
     ],
 )
 def test_fold_protocol_refuses_what_folds_cannot_build(kwargs, message):
@@ -139,7 +167,18 @@ def test_fold_protocol_refuses_what_folds_cannot_build(kwargs, message):
 
 @given(
     names=st.lists(
-        st.sampled_from(["a/x.wav", "a/x.FLAC", "a/._x.wav", ".DS_Store", "b/Thumbs.db", "notes.txt", "b/labels.txt", "c/y.mp3"]),
+        st.sampled_from(
+            [
+                "a/x.wav",
+                "a/x.FLAC",
+                "a/._x.wav",
+                ".DS_Store",
+                "b/Thumbs.db",
+                "notes.txt",
+                "b/labels.txt",
+                "c/y.mp3",
+            ]
+        ),
         max_size=12,
     ).map(lambda names: sorted(set(names))),
     label_files=st.sets(st.sampled_from(["b/labels.txt", "a/._x.wav", "notes.txt"])),
@@ -149,9 +188,14 @@ def test_audio_paths_yields_audio_and_counts_every_other_file(names, label_files
     result = ParseResult("x")
     yielded = list(audio_paths(listing, result, label_files.__contains__))
     assert yielded == [n for n in names if n.lower().endswith((".wav", ".flac")) and "/._" not in f"/{n}"]
+
     def category(name: str) -> str:
         base = name.rsplit("/", 1)[-1]
-        return "os_metadata" if base.startswith("._") or base in (".DS_Store", "Thumbs.db", "desktop.ini") else "not_audio"
+        return (
+            "os_metadata"
+            if base.startswith("._") or base in (".DS_Store", "Thumbs.db", "desktop.ini")
+            else "not_audio"
+        )
 
     expected = Counter("label_file" if n in label_files else category(n) for n in names if n not in yielded)
     assert result.out_of_scope == expected and sum(expected.values()) + len(yielded) == len(names)
@@ -192,13 +236,19 @@ def fold_protocols(draw) -> FoldProtocol:
 
 
 speaker_sets = st.lists(
-    st.tuples(st.integers(1, 3), st.sampled_from("FM"), st.lists(st.sampled_from(TOY_LABELS), min_size=1, max_size=3)),
+    st.tuples(
+        st.integers(1, 3),
+        st.sampled_from("FM"),
+        st.lists(st.sampled_from(TOY_LABELS), min_size=1, max_size=3),
+    ),
     min_size=1,
     max_size=6,
 )
 
 
-def reference_folds(speakers: dict[str, tuple[str, str]], protocol: FoldProtocol) -> set[tuple[int, str, str]] | None:
+def reference_folds(
+    speakers: dict[str, tuple[str, str]], protocol: FoldProtocol
+) -> set[tuple[int, str, str]] | None:
     """(fold, speaker, role) rows of `protocol` as FoldProtocol's docstring states it, or None
     when it does not fit (too few groups, or a fold left without a training speaker). Speaker
     and session names here sort the same lexically and naturally."""
@@ -206,7 +256,10 @@ def reference_folds(speakers: dict[str, tuple[str, str]], protocol: FoldProtocol
     if protocol.grouping == "speaker":
         groups = [[s] for s in names]
     elif protocol.grouping == "session":
-        groups = [[s for s in names if speakers[s][0] == session] for session in sorted({v[0] for v in speakers.values()})]
+        groups = [
+            [s for s in names if speakers[s][0] == session]
+            for session in sorted({v[0] for v in speakers.values()})
+        ]
     else:
         groups = [names[i : i + protocol.block_size] for i in range(0, len(names), protocol.block_size)]
     if len(groups) < protocol.min_groups:
@@ -222,7 +275,11 @@ def reference_folds(speakers: dict[str, tuple[str, str]], protocol: FoldProtocol
         train = [s for s in rest if s not in valid]
         if not train:
             return None
-        rows |= {(k, s, "test") for s in test} | {(k, s, "valid") for s in valid} | {(k, s, "train") for s in train}
+        rows |= (
+            {(k, s, "test") for s in test}
+            | {(k, s, "valid") for s in valid}
+            | {(k, s, "train") for s in train}
+        )
     return rows
 
 
@@ -232,9 +289,12 @@ def reference_folds(speakers: dict[str, tuple[str, str]], protocol: FoldProtocol
 @given(speaker_list=speaker_sets, protocol=fold_protocols(), allow_8k=st.booleans())
 def test_a_corpus_registered_at_run_time_is_ingested_and_folded(speaker_list, protocol, allow_8k):
     toy = CorpusSpec(
-        name=TOY, labels=TOY_LABELS, folds=protocol,
+        name=TOY,
+        labels=TOY_LABELS,
+        folds=protocol,
         audio_checks=AudioChecks(sample_rates=frozenset({16000, 8000} if allow_8k else {16000})),
-        parse=parse_toy, doc="Toy corpus. Layout: " + TOY_LAYOUT + "; label map: the file name; fold protocol: drawn.",
+        parse=parse_toy,
+        doc="Toy corpus. Layout: " + TOY_LAYOUT + "; label map: the file name; fold protocol: drawn.",
     )
     speakers = {f"{gender}{i:02d}": (f"session{s}", gender) for i, (s, gender, _) in enumerate(speaker_list)}
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
@@ -244,12 +304,30 @@ def test_a_corpus_registered_at_run_time_is_ingested_and_folded(speaker_list, pr
             for n, label in enumerate(labels):
                 path = f"{session}/{name}/{label}_{n}.wav"
                 write_tone(root / path, key=path)
-                rows.append(dict(utt_id=f"{name}_{label}_{n}", path=path, speaker=name, session=session, gender=gender, label=label))
+                rows.append(
+                    dict(
+                        utt_id=f"{name}_{label}_{n}",
+                        path=path,
+                        speaker=name,
+                        session=session,
+                        gender=gender,
+                        label=label,
+                    )
+                )
         first, (session, gender) = next(iter(speakers.items()))
         low_rate = f"{session}/{first}/calm_99.wav"
         write_tone(root / low_rate, key=low_rate, sample_rate=8000)
         if allow_8k:
-            rows.append(dict(utt_id=f"{first}_calm_99", path=low_rate, speaker=first, session=session, gender=gender, label="calm"))
+            rows.append(
+                dict(
+                    utt_id=f"{first}_calm_99",
+                    path=low_rate,
+                    speaker=first,
+                    session=session,
+                    gender=gender,
+                    label="calm",
+                )
+            )
         write_tone(root / "stray.wav")
         write_tone(root / f"{session}/{first}/angry_1.wav")
         (root / "README.txt").write_text("toy corpus\n")
@@ -260,12 +338,17 @@ def test_a_corpus_registered_at_run_time_is_ingested_and_folded(speaker_list, pr
         result = run_ingest(TOY, root, workers=1, progress=False)
 
     manifest = result.manifest
-    got = manifest[["utt_id", "path", "speaker", "session", "gender", "label"]].sort_values("path").to_dict("records")
+    got = (
+        manifest[["utt_id", "path", "speaker", "session", "gender", "label"]]
+        .sort_values("path")
+        .to_dict("records")
+    )
     assert got == sorted(rows, key=lambda r: r["path"])
     assert (manifest["corpus"] == TOY).all() and (manifest["label_raw"] == manifest["label"]).all()
     quarantined = dict(zip(result.quarantine["path"], result.quarantine["reason_code"]))
     assert quarantined == {
-        "stray.wav": "bad_name", f"{session}/{first}/angry_1.wav": "unknown_label",
+        "stray.wav": "bad_name",
+        f"{session}/{first}/angry_1.wav": "unknown_label",
         **({} if allow_8k else {low_rate: "sample_rate"}),
     }
     assert result.report["out_of_scope"] == {"not_audio": 1, "os_metadata": 1}
@@ -286,7 +369,9 @@ def test_the_reference_folds_follow_the_protocol_they_are_given():
     """make_folds on a registered corpus equals the reference for that corpus's protocol, and
     not for another protocol: the comparison above can fail."""
     speakers = {f"M{i:02d}": (f"session{i // 2}", "M") for i in range(6)}
-    manifest = pd.DataFrame([dict(corpus="savee", speaker=s, session=v[0], gender=v[1]) for s, v in speakers.items()])
+    manifest = pd.DataFrame(
+        [dict(corpus="savee", speaker=s, session=v[0], gender=v[1]) for s, v in speakers.items()]
+    )
     folds = set(map(tuple, make_folds(manifest)[["fold", "speaker", "role"]].itertuples(index=False)))
     assert folds == reference_folds(speakers, SPECS["savee"].folds)
     assert folds != reference_folds(speakers, dataclasses.replace(SPECS["savee"].folds, grouping="session"))

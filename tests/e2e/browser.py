@@ -21,9 +21,17 @@ from typing import Any
 from websockets.sync.client import connect
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1600,1000", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1000",
+    "--remote-debugging-port=0",
 )
 
 
@@ -39,14 +47,18 @@ class Browser:
         self.profile = profile
         self.process = subprocess.Popen(
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + start_timeout_s
         while not port_file.exists() or not port_file.read_text().strip():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
-                raise RuntimeError(f"Chromium did not open its DevTools port: {self.process.stderr.read().decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"Chromium did not open its DevTools port: {self.process.stderr.read().decode(errors='replace')[-2000:]}"
+                )
             time.sleep(0.2)
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
@@ -67,7 +79,9 @@ class Browser:
 
     def text(self) -> str:
         """The page's visible text."""
-        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True
+        )
         return result["result"].get("value") or ""
 
     def open(self, url: str, *expected: str, timeout_s: float = 60.0) -> str:
@@ -82,7 +96,9 @@ class Browser:
                 return text
             time.sleep(0.5)
         missing = [part for part in expected if part not in text]
-        raise AssertionError(f"{url}: after {timeout_s:.0f} s the page does not show {missing}; it shows:\n{text[:3000]}")
+        raise AssertionError(
+            f"{url}: after {timeout_s:.0f} s the page does not show {missing}; it shows:\n{text[:3000]}"
+        )
 
     def screenshot(self, path: Path) -> None:
         import base64
@@ -99,7 +115,7 @@ class Browser:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -80,9 +80,13 @@ def build_subset(shared: Path, root: Path, files_per_emotion: int, gain: float =
     return added
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done
 
 
@@ -90,14 +94,31 @@ def user_shell_env(stack) -> dict[str, str]:
     """What a user's new shell holds before ``eval "$(infra/env.sh)"``: no .venv on PATH, no
     Prefect or MLflow settings; only the stack's SER_* choices (its ports and state folder)."""
     keep = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "PYTHONPATH", "TMPDIR")}
-    return {**keep, **{k: v for k, v in stack.client_env().items() if k.startswith("SER_")}, "PATH": "/usr/bin:/bin"}
+    return {
+        **keep,
+        **{k: v for k, v in stack.client_env().items() if k.startswith("SER_")},
+        "PATH": "/usr/bin:/bin",
+    }
 
 
-def run_deployment(name: str, params: dict, repo: Path, cwd: Path, planted: dict[str, str], shell_env: dict[str, str]) -> str:
+def run_deployment(
+    name: str, params: dict, repo: Path, cwd: Path, planted: dict[str, str], shell_env: dict[str, str]
+) -> str:
     """``prefect deployment run <name> --params ... --watch`` in ``cwd``, in a shell that ran
     ``eval "$(infra/env.sh)"`` and nothing else; returns the flow run id."""
-    run = ["prefect", "deployment", "run", name, "--params", json.dumps(params), "--watch", "--watch-timeout", "600",
-           "--job-variable", f"env={json.dumps(planted)}"]
+    run = [
+        "prefect",
+        "deployment",
+        "run",
+        name,
+        "--params",
+        json.dumps(params),
+        "--watch",
+        "--watch-timeout",
+        "600",
+        "--job-variable",
+        f"env={json.dumps(planted)}",
+    ]
     script = f'eval "$({repo}/infra/env.sh)" && ' + " ".join(shlex.quote(part) for part in run)
     done = run_cli(["bash", "-c", script], shell_env, cwd, timeout=660)
     match = FLOW_RUN_ID.search(done.stdout)
@@ -120,17 +141,26 @@ def chromium() -> str:
 def flow_run_state_and_logs(flow_run_id: str) -> tuple[str, list[str]]:
     """Final state name of a flow run and the messages of every log of it and its task runs and subflows."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+        )
         ids = [run.id] + [c.id for c in children]
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
         messages = [log.message for log in logs]
         offset = len(logs)
         while len(logs) == 200:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset)
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset
+            )
             messages += [log.message for log in logs]
             offset += len(logs)
         return run.state.name, messages + [json.dumps(run.parameters, default=str)]
@@ -142,11 +172,18 @@ def versions_of(client: MlflowClient, name: str) -> list[str]:
 
 def everything_mlflow_holds(client: MlflowClient, experiment_id: str, download_dir: Path) -> str:
     """Params, tags and the text of every artifact of every run of the experiment, as one string."""
-    texts = [json.dumps(v.tags) + (v.description or "") for v in client.search_model_versions("name = 'ser-ravdess'")]
+    texts = [
+        json.dumps(v.tags) + (v.description or "")
+        for v in client.search_model_versions("name = 'ser-ravdess'")
+    ]
     for run in client.search_runs([experiment_id], max_results=1000):
         texts += [json.dumps(run.data.params), json.dumps(run.data.tags)]
         local = Path(client.download_artifacts(run.info.run_id, "", str(download_dir / run.info.run_id)))
-        texts += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file() and p.suffix != ".safetensors"]
+        texts += [
+            p.read_bytes().decode("utf-8", "replace")
+            for p in local.rglob("*")
+            if p.is_file() and p.suffix != ".safetensors"
+        ]
     return "\n".join(texts)
 
 
@@ -163,80 +200,144 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     build_subset(shared_ravdess, root, files_per_emotion=1)
     client = MlflowClient(stack.tracking_uri)
     name = "ser-ravdess"
-    before = set(versions_of(client, name)) if client.search_registered_models(filter_string=f"name = '{name}'") else set()
+    before = (
+        set(versions_of(client, name))
+        if client.search_registered_models(filter_string=f"name = '{name}'")
+        else set()
+    )
 
     run_cli([sys.executable, "-m", "flows.deploy"], env, repo_root)
     elsewhere, shell = tmp_path / "elsewhere", user_shell_env(stack)
     elsewhere.mkdir()
-    ingest_run = run_deployment("ingest-ravdess", {"root": str(root), "announce": False}, repo_root, elsewhere, planted, shell)
+    ingest_run = run_deployment(
+        "ingest-ravdess", {"root": str(root), "announce": False}, repo_root, elsewhere, planted, shell
+    )
     train_params = {"overrides": FAST, "folds": FOLDS}
     train_run = run_deployment("train-ravdess", train_params, repo_root, elsewhere, planted, shell)
 
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
         states = {run_id: flow_run_state_and_logs(run_id) for run_id in (ingest_run, train_run)}
-    assert [state for state, _ in states.values()] == ["Completed", "Completed"], {k: (s, logs[-5:]) for k, (s, logs) in states.items()}
+    assert [state for state, _ in states.values()] == ["Completed", "Completed"], {
+        k: (s, logs[-5:]) for k, (s, logs) in states.items()
+    }
 
     experiment = client.get_experiment_by_name("ser-ravdess")
-    parents = client.search_runs([experiment.experiment_id], "tags.`ser.data_fingerprint` != ''", order_by=["attributes.start_time DESC"], max_results=1)
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`ser.data_fingerprint` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     for metric in ("UA_mean", "UA_std", "WA_mean", "macro_f1_mean", "fold_0.UA"):
         assert metric in parent.data.metrics, metric
     assert parent.data.params["train.epochs"] == "2" and parent.data.params["model.fbank_dim"] == "64"
-    assert {"ser.git_commit", "ser.protocol", "ser.selection_rule", "ser.version.torch"} <= set(parent.data.tags)
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} == {"figures/confusion_summed.png", "figures/training_curves.png"}
-    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {"ser.git_commit", "ser.protocol", "ser.selection_rule", "ser.version.torch"} <= set(
+        parent.data.tags
+    )
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} == {
+        "figures/confusion_summed.png",
+        "figures/training_curves.png",
+    }
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.data.tags["ser.fold"] for c in children) == ["-1", "0"]
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "valid.UA")] == [1, 2]
-        assert "figures/confusion.png" in {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+        assert "figures/confusion.png" in {
+            a.path for a in client.list_artifacts(child.info.run_id, "figures")
+        }
     first = parent.data.tags["ser.registered_version"]
     assert first not in before
     champion = client.get_model_version_by_alias(name, "champion")
-    first_ua = float(client.get_model_version(name, first).tags["ser.UA_mean"])
 
     wav = next(root.glob("Actor_01/*.flac"))
-    predicted = run_cli([str(repo_root / ".venv/bin/ser"), "predict", str(wav), "--model", "models:/ser-ravdess@champion"], env, repo_root)
-    assert re.search(r"\b(neutral|calm|happy|sad|angry|fearful|disgust|surprised)\b", predicted.stdout), predicted.stdout
+    predicted = run_cli(
+        [str(repo_root / ".venv/bin/ser"), "predict", str(wav), "--model", "models:/ser-ravdess@champion"],
+        env,
+        repo_root,
+    )
+    assert re.search(r"\b(neutral|calm|happy|sad|angry|fearful|disgust|surprised)\b", predicted.stdout), (
+        predicted.stdout
+    )
 
     # a second version trained with a learning rate too small to learn. On this tiny subset the
     # first model is near chance too, so which scores higher varies; the expected outcome is
     # derived from the test UA each training logged on its MLflow parent run (not from the tags
     # promotion reads), and the registry must match it: promoted exactly when fold 0's UA is higher.
-    worse_run = run_deployment("train/train-ravdess", {**train_params, "overrides": {**FAST, "train.lr": 1e-9}}, repo_root, repo_root, planted, shell)
+    worse_run = run_deployment(
+        "train/train-ravdess",
+        {**train_params, "overrides": {**FAST, "train.lr": 1e-9}},
+        repo_root,
+        repo_root,
+        planted,
+        shell,
+    )
     second = versions_of(client, name)[-1]
 
     def fold_0_ua(version: str) -> float:
-        return client.get_run(client.get_model_version(name, version).tags["ser.parent_run_id"]).data.metrics["fold_0.UA"]
+        return client.get_run(client.get_model_version(name, version).tags["ser.parent_run_id"]).data.metrics[
+            "fold_0.UA"
+        ]
 
     expected = "promoted" if fold_0_ua(second) > fold_0_ua(champion.version) else "kept"
     decision = client.get_model_version(name, second).tags
-    assert decision["ser.promotion.decision"] == expected, (fold_0_ua(second), fold_0_ua(champion.version), decision)
-    assert client.get_model_version_by_alias(name, "champion").version == (second if expected == "promoted" else champion.version)
+    assert decision["ser.promotion.decision"] == expected, (
+        fold_0_ua(second),
+        fold_0_ua(champion.version),
+        decision,
+    )
+    assert client.get_model_version_by_alias(name, "champion").version == (
+        second if expected == "promoted" else champion.version
+    )
 
     # retraining: new files make a new version; nothing new makes none
-    retrain_params = {"corpora": ["ravdess"], "roots": {"ravdess": str(root)}, "overrides": FAST, "folds": FOLDS}
+    retrain_params = {
+        "corpora": ["ravdess"],
+        "roots": {"ravdess": str(root)},
+        "overrides": FAST,
+        "folds": FOLDS,
+    }
     build_subset(shared_ravdess, root, files_per_emotion=2, gain=0.5 + 0.4 * random.random())
     count = len(versions_of(client, name))
-    retrain_runs = [run_deployment("retrain/retrain-nightly", retrain_params, repo_root, repo_root, planted, shell)]
+    retrain_runs = [
+        run_deployment("retrain/retrain-nightly", retrain_params, repo_root, repo_root, planted, shell)
+    ]
     assert len(versions_of(client, name)) == count + 1
-    retrain_runs.append(run_deployment("retrain-nightly", retrain_params, repo_root, repo_root, planted, shell))
+    retrain_runs.append(
+        run_deployment("retrain-nightly", retrain_params, repo_root, repo_root, planted, shell)
+    )
     assert len(versions_of(client, name)) == count + 1
 
     # what a user browses, in a real browser: the training run's scores, the model's champion
     fold_run = next(c for c in children if c.data.tags["ser.fold"] == "0")
     test_ua = fold_run.data.metrics["test.UA"]
     with Browser(tmp_path / "chromium-profile", chromium) as browser:
-        shown = browser.open(run_url(stack.tracking_uri, experiment.experiment_id, fold_run.info.run_id), "test.UA")
-        assert any(f"{test_ua:.{digits}f}".rstrip("0").rstrip(".") in shown for digits in (2, 3, 4)), (test_ua, shown[:2000])
-        browser.open(run_url(stack.tracking_uri, experiment.experiment_id, parent.info.run_id), "UA_mean", "fold_0.UA")
+        shown = browser.open(
+            run_url(stack.tracking_uri, experiment.experiment_id, fold_run.info.run_id), "test.UA"
+        )
+        assert any(f"{test_ua:.{digits}f}".rstrip("0").rstrip(".") in shown for digits in (2, 3, 4)), (
+            test_ua,
+            shown[:2000],
+        )
+        browser.open(
+            run_url(stack.tracking_uri, experiment.experiment_id, parent.info.run_id), "UA_mean", "fold_0.UA"
+        )
         champion_now = client.get_model_version_by_alias(name, "champion").version
         shown = browser.open(model_url(stack.tracking_uri, name), f"Version {champion_now}\n")
         row = shown.split(f"Version {champion_now}\n", 1)[1].split("\nVersion ", 1)[0]
-        assert re.search(r"@\s*champion\b", row), f"no champion alias on version {champion_now}'s row: {row[:1500]}"
+        assert re.search(r"@\s*champion\b", row), (
+            f"no champion alias on version {champion_now}'s row: {row[:1500]}"
+        )
 
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
-        logs = [m for run_id in (ingest_run, train_run, worse_run, *retrain_runs) for m in flow_run_state_and_logs(run_id)[1]]
+        logs = [
+            m
+            for run_id in (ingest_run, train_run, worse_run, *retrain_runs)
+            for m in flow_run_state_and_logs(run_id)[1]
+        ]
     assert any("[fold-0]" in m for m in logs), "the worker's output reaches the Prefect task log"
     held = everything_mlflow_holds(client, experiment.experiment_id, tmp_path / "artifacts") + "\n".join(logs)
     for value in (secret, stack.secret_access_key):

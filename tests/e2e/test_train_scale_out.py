@@ -15,7 +15,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.storage import load_manifest_version
-from tests.e2e.test_train_ravdess import FAST, build_subset, flow_run_state_and_logs, run_cli, run_deployment, user_shell_env
+from tests.e2e.test_train_ravdess import (
+    FAST,
+    build_subset,
+    flow_run_state_and_logs,
+    run_cli,
+    run_deployment,
+    user_shell_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,7 +35,9 @@ def fold_flow_runs(parent_id: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+        )
         return [r for r in runs if r.name.startswith("ravdess-fold")]
 
 
@@ -53,38 +62,64 @@ def test_folds_run_on_the_pool_from_an_s3_corpus(stack, shared_ravdess, repo_roo
     run_deployment("ingest-ravdess", {"root": s3_root, "announce": False}, repo_root, elsewhere, {}, shell)
     params = {"overrides": FAST, "folds": FOLDS}
     parallel = run_deployment("train-ravdess", params, repo_root, elsewhere, {}, shell)
-    run_cli([sys.executable, "-c", "from flows.deploy import ensure_fold_queue as q; import os; q(os.environ['SER_WORK_POOL'], 1)"], {**env, "SER_WORK_POOL": stack.work_pool}, repo_root)
+    run_cli(
+        [
+            sys.executable,
+            "-c",
+            "from flows.deploy import ensure_fold_queue as q; import os; q(os.environ['SER_WORK_POOL'], 1)",
+        ],
+        {**env, "SER_WORK_POOL": stack.work_pool},
+        repo_root,
+    )
     sequential = run_deployment("train-ravdess", params, repo_root, elsewhere, {}, shell)
 
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
         states = {run: flow_run_state_and_logs(run) for run in (parallel, sequential)}
-        assert [s for s, _ in states.values()] == ["Completed", "Completed"], {k: logs[-5:] for k, (_, logs) in states.items()}
+        assert [s for s, _ in states.values()] == ["Completed", "Completed"], {
+            k: logs[-5:] for k, (_, logs) in states.items()
+        }
         runs = {run: {r.name: r for r in fold_flow_runs(run)} for run in (parallel, sequential)}
-    for run, folds in runs.items():
+    for folds in runs.values():
         assert set(folds) == {"ravdess-fold0", "ravdess-fold1", "ravdess-fold-1"}, folds
         assert all(r.state.is_completed() for r in folds.values())
     first, second = runs[parallel]["ravdess-fold0"], runs[parallel]["ravdess-fold1"]
-    assert max(first.start_time, second.start_time) < min(first.end_time, second.end_time), "fold runs overlap at concurrency 2"
+    assert max(first.start_time, second.start_time) < min(first.end_time, second.end_time), (
+        "fold runs overlap at concurrency 2"
+    )
     ordered = sorted(runs[sequential].values(), key=lambda r: r.start_time)
-    assert all(a.end_time <= b.start_time for a, b in zip(ordered, ordered[1:])), "one fold at a time at concurrency 1"
+    assert all(a.end_time <= b.start_time for a, b in zip(ordered, ordered[1:])), (
+        "one fold at a time at concurrency 1"
+    )
     logs = "\n".join(states[parallel][1])
     assert "staged 64 files of ravdess" in logs and "sha256 verified" in logs
 
     client = MlflowClient(stack.tracking_uri)
     experiment = client.get_experiment_by_name("ser-ravdess")
-    parents = client.search_runs([experiment.experiment_id], "tags.`ser.data_fingerprint` != ''", order_by=["attributes.start_time DESC"], max_results=2)
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`ser.data_fingerprint` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=2,
+    )
     late, early = parents
     assert late.data.tags["ser.train_key"] == early.data.tags["ser.train_key"]
     keys = [k for k in early.data.metrics if k.startswith("fold_") or k.endswith(("_mean", "_std"))]
     assert {"fold_0.UA", "fold_1.UA", "UA_mean"} <= set(keys)
     for key in keys:
         assert late.data.metrics[key] == pytest.approx(early.data.metrics[key], abs=1e-6), key
-    versions = [client.get_model_version("ser-ravdess", run.data.tags["ser.registered_version"]) for run in (early, late)]
-    score_tags = [{k: v for k, v in v.tags.items() if k.startswith(("ser.UA", "ser.WA", "ser.fold"))} for v in versions]
+    versions = [
+        client.get_model_version("ser-ravdess", run.data.tags["ser.registered_version"])
+        for run in (early, late)
+    ]
+    score_tags = [
+        {k: v for k, v in v.tags.items() if k.startswith(("ser.UA", "ser.WA", "ser.fold"))} for v in versions
+    ]
     assert score_tags[0] and score_tags[0] == score_tags[1]
     manifest, _, report = load_manifest_version("ravdess", early.data.tags["ser.data_fingerprint"])
     assert report["root"] == s3_root and len(manifest) == 64
     blobs = stack.state_dir / "audio-cache" / "blobs"
-    assert set(manifest["sha256"]) <= {p.name for p in blobs.iterdir()}, "every file staged under its manifest sha256"
+    assert set(manifest["sha256"]) <= {p.name for p in blobs.iterdir()}, (
+        "every file staged under its manifest sha256"
+    )
     for sha in manifest["sha256"][:5]:
         assert hashlib.sha256((blobs / sha).read_bytes()).hexdigest() == sha

@@ -18,12 +18,21 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.tune import PRESET_ARTIFACT, RUN_KIND_TAG
-from tests.e2e.test_train_ravdess import FAST, build_subset, flow_run_state_and_logs, run_cli, run_deployment, user_shell_env
+from tests.e2e.test_train_ravdess import (
+    FAST,
+    build_subset,
+    flow_run_state_and_logs,
+    run_cli,
+    run_deployment,
+    user_shell_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(stack, shared_ravdess, repo_root, tmp_path, monkeypatch):
+def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(
+    stack, shared_ravdess, repo_root, tmp_path, monkeypatch
+):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     for key, value in stack.client_env().items():
@@ -37,10 +46,21 @@ def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(stack, shared
     run_deployment("ingest-ravdess", {"root": str(root), "announce": False}, repo_root, elsewhere, {}, shell)
 
     study_name = f"e2e-{uuid.uuid4().hex[:8]}"
-    params = {"trials": 2, "epochs": 3, "folds": [0, 1], "overrides": {k: v for k, v in FAST.items() if k != "train.epochs"},
-              "study": study_name, "heartbeat_grace_s": 6, "root": str(root)}
+    params = {
+        "trials": 2,
+        "epochs": 3,
+        "folds": [0, 1],
+        "overrides": {k: v for k, v in FAST.items() if k != "train.epochs"},
+        "study": study_name,
+        "heartbeat_grace_s": 6,
+        "root": str(root),
+    }
     outcome: dict[str, str] = {}
-    runner = threading.Thread(target=lambda: outcome.update(run=run_deployment("tune-ravdess", params, repo_root, elsewhere, {}, shell)))
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            run=run_deployment("tune-ravdess", params, repo_root, elsewhere, {}, shell)
+        )
+    )
     runner.start()
 
     storage = stack.tune_storage
@@ -53,7 +73,9 @@ def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(stack, shared
             trials = []
         if trials and trials[0].intermediate_values and "pid" in trials[0].user_attrs:
             killed = trials[0]
-            os.kill(int(killed.user_attrs["pid"]), signal.SIGKILL)  # the trial's flow-run process, mid-training
+            os.kill(
+                int(killed.user_attrs["pid"]), signal.SIGKILL
+            )  # the trial's flow-run process, mid-training
             break
         time.sleep(0.5)
     runner.join(timeout=1200)
@@ -66,20 +88,34 @@ def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(stack, shared
     study = optuna.load_study(study_name=study_name, storage=storage)
     assert study.trials[0].state.name == "FAIL"
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
-    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state.name in ("COMPLETE", "PRUNED")
+    assert (
+        len(retries) == 1
+        and retries[0].params == killed.params
+        and retries[0].state.name in ("COMPLETE", "PRUNED")
+    )
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
-    assert retries[0].user_attrs["folder"] == killed.user_attrs["folder"], "the retry trains in the killed trial's folder"
+    assert retries[0].user_attrs["folder"] == killed.user_attrs["folder"], (
+        "the retry trains in the killed trial's folder"
+    )
     text = "\n".join(logs)
-    assert f"{killed.user_attrs['folder']}/fold-0/checkpoints/last" in text and "resumed from" in text, "the retry resumed fold 0"
+    assert f"{killed.user_attrs['folder']}/fold-0/checkpoints/last" in text and "resumed from" in text, (
+        "the retry resumed fold 0"
+    )
     assert retries[0].user_attrs["pid"] != killed.user_attrs["pid"]
 
     client = MlflowClient(stack.tracking_uri)
     experiment = client.get_experiment_by_name("ser-ravdess")
-    (parent,) = client.search_runs([experiment.experiment_id], f"tags.`ser.study` = '{study_name}' and tags.`{RUN_KIND_TAG}` = 'tune'")
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], f"tags.`ser.study` = '{study_name}' and tags.`{RUN_KIND_TAG}` = 'tune'"
+    )
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     assert sorted(int(c.data.tags["ser.trial"]) for c in children) == [t.number for t in study.trials]
     assert all(c.info.status in ("FINISHED", "FAILED") for c in children), "no trial run left RUNNING"
-    assert parent.info.status == "FINISHED" and parent.data.metrics["best_valid_UA"] == pytest.approx(study.best_value)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_valid_UA"] == pytest.approx(
+        study.best_value
+    )
     (artifact,) = client.list_artifacts(parent.info.run_id, PRESET_ARTIFACT)
     local = stack.state_dir / "presets" / f"{study_name}-best.json"
     preset = json.loads(local.read_text())

@@ -1,5 +1,5 @@
 """Fixtures for flow tests against the live stack: a private data bucket, the Prefect API,
-free ports for a second SeaweedFS. Test modules import the fixtures they use."""
+free ports for a second SeaweedFS. tests/conftest.py registers this module as a plugin, so every test can name them."""
 
 from __future__ import annotations
 

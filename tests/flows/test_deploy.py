@@ -9,9 +9,15 @@ import pytest
 from prefect import get_client
 
 from data_contracts.labels import CORPORA
-from flows.deploy import DEFAULT_RETRAIN_CRON, apply_deployments, build_deployments, deployment_names, main, parse_folds
+from flows.deploy import (
+    DEFAULT_RETRAIN_CRON,
+    apply_deployments,
+    build_deployments,
+    deployment_names,
+    main,
+    parse_folds,
+)
 from ser_model.presets import DEFAULT_PRESET
-from tests.flows.live_stack import prefect_api  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -33,7 +39,12 @@ def test_fifteen_deployments_with_their_parameters_schedule_and_trigger(deployme
         (trigger,) = train.triggers
         assert trigger.expect == {"ser.manifest.updated"}
         assert trigger.match.model_dump()["prefect.resource.id"] == f"ser.manifest.{corpus}"
-        assert trigger.parameters == {"corpus": corpus, "manifest_version": TEMPLATE, "preset": DEFAULT_PRESET, "folds": None}
+        assert trigger.parameters == {
+            "corpus": corpus,
+            "manifest_version": TEMPLATE,
+            "preset": DEFAULT_PRESET,
+            "folds": None,
+        }
         assert not ingest.schedules and not train.schedules
     retrain = deployments["retrain/retrain-nightly"]
     assert [s.schedule.cron for s in retrain.schedules] == [DEFAULT_RETRAIN_CRON]
@@ -43,10 +54,15 @@ def test_fifteen_deployments_with_their_parameters_schedule_and_trigger(deployme
     assert fold.entrypoint == "flows/train.py:train_fold" and fold.work_queue_name == "folds"
     for corpus in CORPORA:
         tune = deployments[f"tune/tune-{corpus}"]
-        assert tune.entrypoint == "flows/tune.py:tune" and tune.parameters == {"corpus": corpus, "preset": DEFAULT_PRESET}
+        assert tune.entrypoint == "flows/tune.py:tune" and tune.parameters == {
+            "corpus": corpus,
+            "preset": DEFAULT_PRESET,
+        }
         assert not tune.schedules and not tune.triggers and tune.work_queue_name != "folds"
     trial = deployments["tune-trial/tune-trial"]
-    assert trial.entrypoint == "flows/tune.py:tune_trial" and trial.work_queue_name == "folds", "trials queue beside the folds"
+    assert trial.entrypoint == "flows/tune.py:tune_trial" and trial.work_queue_name == "folds", (
+        "trials queue beside the folds"
+    )
 
 
 def test_roots_are_not_baked_in_at_deploy_time(monkeypatch, tmp_path):
@@ -59,9 +75,19 @@ def test_roots_are_not_baked_in_at_deploy_time(monkeypatch, tmp_path):
 
 
 def test_the_automation_states_the_recipe_and_folds_it_trains():
-    built = {d.name: d for d in build_deployments(work_pool="ser-process", auto_train_preset="paper-wavlm", auto_train_folds=[0, 2])}
+    built = {
+        d.name: d
+        for d in build_deployments(
+            work_pool="ser-process", auto_train_preset="paper-wavlm", auto_train_folds=[0, 2]
+        )
+    }
     (trigger,) = built["train-iemocap"].triggers
-    assert trigger.parameters == {"corpus": "iemocap", "manifest_version": TEMPLATE, "preset": "paper-wavlm", "folds": [0, 2]}
+    assert trigger.parameters == {
+        "corpus": "iemocap",
+        "manifest_version": TEMPLATE,
+        "preset": "paper-wavlm",
+        "folds": [0, 2],
+    }
     assert (parse_folds("all"), parse_folds("0,2")) == (None, [0, 2])
     with pytest.raises(SystemExit):
         main(["--auto-train-folds", "first"])
@@ -73,7 +99,9 @@ def test_apply_is_idempotent_and_the_api_lists_all_of_them(deployments, stack, p
     second = apply_deployments(list(deployments.values()), stack.work_pool)
     assert first == second
     with get_client(sync_client=True) as client:
-        assert client.read_work_queue_by_name("folds", work_pool_name=stack.work_pool).concurrency_limit == 1, "one fold at a time by default"
+        assert (
+            client.read_work_queue_by_name("folds", work_pool_name=stack.work_pool).concurrency_limit == 1
+        ), "one fold at a time by default"
         for full_name in deployment_names():
             deployment = client.read_deployment_by_name(full_name)
             assert deployment.work_pool_name == stack.work_pool
@@ -89,7 +117,12 @@ def test_apply_is_idempotent_and_the_api_lists_all_of_them(deployments, stack, p
             assert automation.trigger.match.model_dump()["ser.bucket"] == stack.data_bucket
             (action,) = automation.actions
             assert action.deployment_id == deployment.id
-            assert action.parameters == {"corpus": corpus, "manifest_version": TEMPLATE, "preset": DEFAULT_PRESET, "folds": None}
+            assert action.parameters == {
+                "corpus": corpus,
+                "manifest_version": TEMPLATE,
+                "preset": DEFAULT_PRESET,
+                "folds": None,
+            }
         limits = {limit.name: limit.limit for limit in client.read_global_concurrency_limits(limit=200)}
         assert all(limits.get(f"train-{corpus}", 0) >= 1 for corpus in CORPORA), limits
 
@@ -110,7 +143,9 @@ def test_a_manifest_event_starts_a_train_run_on_that_fingerprint(stack, prefect_
     pool, bucket, fingerprint = f"ser-test-idle-{tag}", f"ser-test-{tag}", "c0" * 32
     train_flow = Flow.from_source(source=str(repo_root), entrypoint="flows/train.py:train")
     deployment = train_flow.to_deployment(
-        name=f"trigger-test-{tag}", parameters={"corpus": "savee"}, triggers=[manifest_trigger("savee", bucket)]
+        name=f"trigger-test-{tag}",
+        parameters={"corpus": "savee"},
+        triggers=[manifest_trigger("savee", bucket)],
     )
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
@@ -119,18 +154,31 @@ def test_a_manifest_event_starts_a_train_run_on_that_fingerprint(stack, prefect_
             deployment_id = deployment.apply(work_pool_name=pool)
             emit_event(
                 event="ser.manifest.updated",
-                resource={"prefect.resource.id": "ser.manifest.savee", "ser.fingerprint": fingerprint, "ser.bucket": bucket},
+                resource={
+                    "prefect.resource.id": "ser.manifest.savee",
+                    "ser.fingerprint": fingerprint,
+                    "ser.bucket": bucket,
+                },
             )
             deadline = time.monotonic() + 60
             runs = []
             while not runs and time.monotonic() < deadline:
                 time.sleep(1)
-                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+                )
             assert len(runs) == 1, "the automation did not start a run within 60 s"
-            assert runs[0].parameters == {"corpus": "savee", "manifest_version": fingerprint, "preset": DEFAULT_PRESET, "folds": None}
+            assert runs[0].parameters == {
+                "corpus": "savee",
+                "manifest_version": fingerprint,
+                "preset": DEFAULT_PRESET,
+                "folds": None,
+            }
         finally:
             if deployment_id is not None:
-                for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))):
+                for run in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+                ):
                     client.delete_flow_run(run.id)
                 client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
                 client.delete_deployment(deployment_id)

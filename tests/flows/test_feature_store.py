@@ -19,16 +19,28 @@ from flows.feature_store import PREFIX, local_feature_cache_dir, pull, push, sha
 from flows.storage import DataBucket
 from ser_model.config import ModelConfig, SERConfig, TrainConfig
 from ser_model.feature_cache_folder import (
-    INDEX_FILE, KEY_FILE, IndexEntry, entry_path, key_digest, merge_index, read_index, write_bytes_atomically,
+    INDEX_FILE,
+    KEY_FILE,
+    IndexEntry,
+    entry_path,
+    key_digest,
+    merge_index,
+    read_index,
+    write_bytes_atomically,
 )
 from ser_stack.settings import StackSettings
-from tests.flows.live_stack import live_bucket  # noqa: F401 (fixture)
 
 LABELS = ("angry", "happy", "neutral", "sad")
 N_LAYERS = 5  # hidden states of the pretend backbone: the embedding output and 4 layers
 
 
-def hf_config(source: str = "org/wavlm-a", mode: str = "frozen", trim_db: float | None = None, wave_norm: bool = True, cache: bool = True) -> SERConfig:
+def hf_config(
+    source: str = "org/wavlm-a",
+    mode: str = "frozen",
+    trim_db: float | None = None,
+    wave_norm: bool = True,
+    cache: bool = True,
+) -> SERConfig:
     model = ModelConfig(backbone=f"hf:{source}", backbone_mode=mode, trim_db=trim_db, wave_norm=wave_norm)
     return SERConfig(labels=LABELS, model=model, train=TrainConfig(feature_cache=cache))
 
@@ -41,7 +53,13 @@ def key_record(config: SERConfig, weights: str = "w0") -> dict:
         "format": 1,
         "backbone": {"model_type": "wavlm", "config_sha256": "c" * 64, "weights_sha256": weights},
         "layers": layers,
-        "view": {"sample_rate": 16000, "trim_db": mc.trim_db, "max_seconds": 60.0, "wave_norm": mc.wave_norm, "computed": "one utterance at a time"},
+        "view": {
+            "sample_rate": 16000,
+            "trim_db": mc.trim_db,
+            "max_seconds": 60.0,
+            "wave_norm": mc.wave_norm,
+            "computed": "one utterance at a time",
+        },
         "precision": "float32",
     }
     return {"key": key, "source": mc.hf_source}
@@ -86,7 +104,9 @@ def remote_keys(bucket: DataBucket) -> dict[str, int]:
 def count_calls(bucket: DataBucket, operation: str) -> list[str]:
     """Record the URL path of every ``operation`` (e.g. PutObject) the client sends from now on."""
     seen: list[str] = []
-    bucket.client.meta.events.register(f"before-call.s3.{operation}", lambda params, **_: seen.append(params["url_path"]))
+    bucket.client.meta.events.register(
+        f"before-call.s3.{operation}", lambda params, **_: seen.append(params["url_path"])
+    )
     return seen
 
 
@@ -101,7 +121,9 @@ def test_push_then_pull_on_another_machine_gives_the_same_folder(bucket, tmp_pat
     write_key_folder(tmp_path / "a", key_record(config), NAMES)
     assert push(config, tmp_path / "a", bucket) == len(NAMES)
     pulled = pull(config, tmp_path / "b", bucket)
-    assert pulled.downloaded == len(NAMES) and pulled.corrupt == {key_digest(key_record(config)["key"]): frozenset()}
+    assert pulled.downloaded == len(NAMES) and pulled.corrupt == {
+        key_digest(key_record(config)["key"]): frozenset()
+    }
     assert local_state(tmp_path / "b") == local_state(tmp_path / "a")
     folder = tmp_path / "b" / pulled.folders[0]
     assert json.loads((folder / KEY_FILE).read_text()) == key_record(config)
@@ -127,7 +149,9 @@ def test_a_pulled_entry_is_read_back_by_the_local_index_of_a_folder_filled_meanw
     push(config, tmp_path / "a", bucket)
     write_key_folder(tmp_path / "b", key_record(config), ["computed-here"])
     pull(config, tmp_path / "b", bucket)
-    assert set(local_state(tmp_path / "b")[key_digest(key_record(config)["key"])]) == {sha(n) for n in [*NAMES[:2], "computed-here"]}
+    assert set(local_state(tmp_path / "b")[key_digest(key_record(config)["key"])]) == {
+        sha(n) for n in [*NAMES[:2], "computed-here"]
+    }
 
 
 # ----------------------------------------------------------------------------- checks
@@ -179,7 +203,9 @@ def test_a_remote_folder_whose_key_is_not_its_name_is_ignored(bucket, tmp_path, 
     push(config, tmp_path / "a", bucket)
     impostor = "0123456789abcdef"
     for key in remote_keys(bucket):
-        bucket.put_bytes(key.replace(folder.name, impostor), bucket.get_bytes(key), "application/octet-stream")
+        bucket.put_bytes(
+            key.replace(folder.name, impostor), bucket.get_bytes(key), "application/octet-stream"
+        )
     with caplog.at_level(logging.WARNING, logger="flows.feature_store"):
         pulled = pull(config, tmp_path / "b", bucket)
     assert pulled.folders == (folder.name,)
@@ -266,7 +292,10 @@ def test_pushes_of_two_machines_merge_into_the_union(bucket, tmp_path):
 def test_the_machine_folder_is_the_environment_s_or_in_the_state_folder(tmp_path):
     settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path / "state")})
     assert local_feature_cache_dir(settings, {}) == tmp_path / "state" / "feature-cache"
-    assert local_feature_cache_dir(settings, {"SER_FEATURE_CACHE_DIR": str(tmp_path / "big-disk")}) == tmp_path / "big-disk"
+    assert (
+        local_feature_cache_dir(settings, {"SER_FEATURE_CACHE_DIR": str(tmp_path / "big-disk")})
+        == tmp_path / "big-disk"
+    )
 
 
 @pytest.fixture
@@ -299,7 +328,9 @@ def test_shared_cache_pushes_nothing_when_the_worker_fails(bucket, machine):
     assert remote_keys(bucket) == {}
 
 
-@pytest.mark.parametrize("config", [hf_config(mode="finetune"), hf_config(cache=False)], ids=["finetune", "cache off"])
+@pytest.mark.parametrize(
+    "config", [hf_config(mode="finetune"), hf_config(cache=False)], ids=["finetune", "cache off"]
+)
 def test_without_a_feature_cache_the_worker_gets_none_and_s3_is_not_touched(bucket, machine, config):
     lists = count_calls(bucket, "ListObjectsV2")
     with shared_feature_cache(config, machine) as folder:
@@ -309,7 +340,12 @@ def test_without_a_feature_cache_the_worker_gets_none_and_s3_is_not_touched(buck
 
 def test_an_unreachable_s3_costs_a_warning_not_the_fold(tmp_path, monkeypatch, caplog):
     settings = StackSettings.from_env(
-        {"SER_STATE_DIR": str(tmp_path / "state"), "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        {
+            "SER_STATE_DIR": str(tmp_path / "state"),
+            "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+        }
     )
     monkeypatch.setenv("SER_FEATURE_CACHE_DIR", str(tmp_path / "machine"))
     config = hf_config()

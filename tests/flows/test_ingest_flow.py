@@ -27,10 +27,10 @@ from flows.ingest import (
     publish,
 )
 from flows.roots import CorpusRootNotFound, root_variable
-from ser_stack.settings import StackSettings
 from flows.storage import DataBucket, StorageUnavailableError, manifest_exists, object_key, read_latest
+from ser_stack.settings import StackSettings
 from tests.fixtures.corpora import make_ravdess, make_savee, write_bad_audio
-from tests.flows.live_stack import free_weed_ports, live_bucket, prefect_api  # noqa: F401 (fixtures)
+from tests.flows.live_stack import free_weed_ports
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -88,7 +88,10 @@ def test_ingest_publishes_then_reports_unchanged(live_bucket, prefect_api, corpu
     assert again.result()["status"] == "unchanged"
     assert again.result()["fingerprint"] == outcome["fingerprint"]
     assert read_latest("ravdess", live_bucket) == pointer
-    assert live_bucket.client.head_object(Bucket=live_bucket.name, Key=manifest_key)["LastModified"] == written_at
+    assert (
+        live_bucket.client.head_object(Bucket=live_bucket.name, Key=manifest_key)["LastModified"]
+        == written_at
+    )
     (artifact,) = flow_run_artifacts(again.state_details.flow_run_id)
     assert "**Unchanged**" in artifact.data
 
@@ -117,7 +120,9 @@ def test_ingest_publishes_then_reports_unchanged(live_bucket, prefect_api, corpu
 
 
 @pytest.mark.integration
-def test_the_root_set_once_as_a_prefect_variable_is_read_at_run_time(live_bucket, prefect_api, tmp_path, monkeypatch):
+def test_the_root_set_once_as_a_prefect_variable_is_read_at_run_time(
+    live_bucket, prefect_api, tmp_path, monkeypatch
+):
     """`prefect variable set ser-root-savee DIR` once; an ingest with no root finds it. Unset,
     the run fails naming every place it looked."""
     from prefect.variables import Variable
@@ -135,7 +140,11 @@ def test_the_root_set_once_as_a_prefect_variable_is_read_at_run_time(live_bucket
         state = ingest(corpus="savee", workers=1, announce=False, return_state=True)
         with pytest.raises(CorpusRootNotFound) as missing:
             state.result()
-        for place in ("flow parameter root", "Prefect variable ser-root-savee", "environment variable SER_ROOT_SAVEE"):
+        for place in (
+            "flow parameter root",
+            "Prefect variable ser-root-savee",
+            "environment variable SER_ROOT_SAVEE",
+        ):
             assert place in str(missing.value)
     finally:
         if previous is not None:
@@ -145,7 +154,9 @@ def test_the_root_set_once_as_a_prefect_variable_is_read_at_run_time(live_bucket
 
 
 @pytest.mark.integration
-def test_a_corpus_in_the_wrong_layout_fails_with_its_message_and_writes_nothing(live_bucket, prefect_api, tmp_path):
+def test_a_corpus_in_the_wrong_layout_fails_with_its_message_and_writes_nothing(
+    live_bucket, prefect_api, tmp_path
+):
     (tmp_path / "not-ravdess" / "misc").mkdir(parents=True)
     (tmp_path / "not-ravdess" / "misc" / "notes.txt").write_text("no audio here")
     state = ingest(corpus="ravdess", root=str(tmp_path / "not-ravdess"), workers=1, return_state=True)
@@ -172,12 +183,16 @@ def second_s3(infra_stack, tmp_path, stack):
         "AWS_SECRET_ACCESS_KEY": "ser-test-secret-0123456789",
     }
     settings = StackSettings.from_env(env)
-    infra_stack.write_private(settings.state_dir / "seaweedfs-s3.json", infra_stack.seaweed_s3_config(settings))
+    infra_stack.write_private(
+        settings.state_dir / "seaweedfs-s3.json", infra_stack.seaweed_s3_config(settings)
+    )
     (settings.state_dir / "seaweedfs").mkdir(parents=True)
     (component,) = [c for c in infra_stack.components(settings) if c.name == "s3"]
 
     def start() -> None:
-        infra_stack.start_process(settings.state_dir, "s3", component.argv, infra_stack.stack_env(settings), infra_stack.REPO_ROOT)
+        infra_stack.start_process(
+            settings.state_dir, "s3", component.argv, infra_stack.stack_env(settings), infra_stack.REPO_ROOT
+        )
         infra_stack.wait_healthy(settings, component, 60)
 
     def stop() -> None:
@@ -190,14 +205,18 @@ def second_s3(infra_stack, tmp_path, stack):
 
 
 @pytest.mark.integration
-def test_s3_stopping_during_ingest_leaves_latest_and_a_rerun_completes(second_s3, prefect_api, corpus, monkeypatch):
+def test_s3_stopping_during_ingest_leaves_latest_and_a_rerun_completes(
+    second_s3, prefect_api, corpus, monkeypatch
+):
     """The real fault: the weed process serving S3 is stopped after the corpus was checked and
     before the manifest is written. The flow fails with an S3 error after its retries, latest
     still names the previous version, and a rerun once S3 is back publishes the new one."""
     settings, start_s3, stop_s3 = second_s3
     for key, value in settings.client_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(flows.ingest, "publish", flows.ingest.publish.with_options(retries=1, retry_delay_seconds=1))
+    monkeypatch.setattr(
+        flows.ingest, "publish", flows.ingest.publish.with_options(retries=1, retry_delay_seconds=1)
+    )
     first = ingest(corpus="ravdess", root=str(corpus), workers=1, announce=False)
     make_ravdess(corpus, actors=range(9, 13), per_actor=2)
 

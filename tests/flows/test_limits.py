@@ -14,7 +14,6 @@ from prefect.concurrency.sync import concurrency
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from flows.storage import ManifestVersionNotFoundError
 from flows.train import train
-from tests.flows.live_stack import live_bucket, prefect_api  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -43,7 +43,9 @@ SPEAKERS = {k: [f"Actor_{4 * k + i:02d}" for i in range(1, 5)] for k in range(6)
 DATA_A, DATA_B = "a" * 64, "b" * 64
 
 
-def score(version: str, uas: dict[int, float], data: str = DATA_A, labels=LABELS["ravdess"], speakers=SPEAKERS) -> VersionScore:
+def score(
+    version: str, uas: dict[int, float], data: str = DATA_A, labels=LABELS["ravdess"], speakers=SPEAKERS
+) -> VersionScore:
     folds = {k: FoldScore(ua, None if speakers is None else tuple(speakers[k])) for k, ua in uas.items()}
     return VersionScore(version, folds, data, tuple(labels))
 
@@ -52,14 +54,18 @@ def decide(candidate: VersionScore, champion: VersionScore | None, margin: float
     return decide_promotion("ravdess", candidate, champion, margin)
 
 
-def add_version(client: MlflowClient, name: str, uas: dict[int, float], data: str = DATA_A, protocol: str = PROTOCOL) -> str:
+def add_version(
+    client: MlflowClient, name: str, uas: dict[int, float], data: str = DATA_A, protocol: str = PROTOCOL
+) -> str:
     """Register a version carrying the tags the train flow writes (no model files needed)."""
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name)
     mean = sum(uas.values()) / len(uas)
     tags = {UA_TAG: f"{mean:.6f}", PROTOCOL_TAG: protocol, FINGERPRINT_TAG: data}
     tags.update(fold_score_tags(uas, SPEAKERS, LABELS[name.removeprefix("ser-")]))
-    return client.create_model_version(name, source="s3://ser-mlflow/promote-tests/no-model", tags=tags).version
+    return client.create_model_version(
+        name, source="s3://ser-mlflow/promote-tests/no-model", tags=tags
+    ).version
 
 
 def reference_champion(scores: list[tuple[str, float]], margin: float) -> str:
@@ -84,7 +90,9 @@ def reference_champion(scores: list[tuple[str, float]], margin: float) -> str:
 def test_on_the_same_folds_the_gain_must_exceed_the_margin(new, old, margin, expected):
     decision = decide(score("2", {0: new, 1: new}), score("1", {0: old, 1: old}), margin)
     assert (decision.promoted, decision.rule, decision.compared_folds) == (expected, PAIRED, (0, 1))
-    assert f"{new:.4f}" in decision.reason and f"{old:.4f}" in decision.reason and "same data" in decision.reason
+    assert (
+        f"{new:.4f}" in decision.reason and f"{old:.4f}" in decision.reason and "same data" in decision.reason
+    )
 
 
 def test_the_first_version_becomes_champion_and_a_champion_is_not_compared_with_itself():
@@ -124,15 +132,26 @@ def test_a_partial_run_does_not_count_as_fuller():
 def test_new_data_is_compared_on_the_folds_with_the_same_test_speakers_and_says_the_data_differ():
     """New actors 21-24 add a sixth fold and change nothing of folds 0-4's test actors, except
     that this champion's fold 1 was recorded with other speakers: only fold 0 is comparable."""
-    champion = score("1", {0: 0.40, 1: 0.90}, data=DATA_A, speakers={0: SPEAKERS[0], 1: ["Actor_05", "Actor_06"]})
+    champion = score(
+        "1", {0: 0.40, 1: 0.90}, data=DATA_A, speakers={0: SPEAKERS[0], 1: ["Actor_05", "Actor_06"]}
+    )
     candidate = score("2", {0: 0.45, 1: 0.10, 5: 0.50}, data=DATA_B)
     decision = decide(candidate, champion)
-    assert (decision.promoted, decision.rule, decision.compared_folds, decision.same_data) == (True, PAIRED, (0,), False)
-    assert "data differ" in decision.reason and DATA_B[:12] in decision.reason and DATA_A[:12] in decision.reason
+    assert (decision.promoted, decision.rule, decision.compared_folds, decision.same_data) == (
+        True,
+        PAIRED,
+        (0,),
+        False,
+    )
+    assert (
+        "data differ" in decision.reason and DATA_B[:12] in decision.reason and DATA_A[:12] in decision.reason
+    )
 
 
 def test_a_fuller_run_on_new_data_still_needs_a_gain_above_the_margin():
-    decision = decide(score("2", {0: 0.40, 1: 0.40}, data=DATA_B), score("1", {0: 0.40}, data=DATA_A), margin=0.01)
+    decision = decide(
+        score("2", {0: 0.40, 1: 0.40}, data=DATA_B), score("1", {0: 0.40}, data=DATA_A), margin=0.01
+    )
     assert (decision.promoted, decision.rule) == (False, PAIRED)
 
 
@@ -140,14 +159,29 @@ def test_a_fuller_run_on_new_data_still_needs_a_gain_above_the_margin():
     ("candidate", "champion", "says"),
     [
         (score("2", {1: 0.9}), score("1", {0: 0.1}), "no fold was evaluated by both"),
-        (score("2", {0: 0.9}, data=DATA_B, speakers=None), score("1", {0: 0.1}), "no fold was evaluated by both"),
-        (score("2", {0: 0.9}, labels=("angry", "happy", "neutral", "sad")), score("1", {0: 0.1}), "label sets differ"),
+        (
+            score("2", {0: 0.9}, data=DATA_B, speakers=None),
+            score("1", {0: 0.1}),
+            "no fold was evaluated by both",
+        ),
+        (
+            score("2", {0: 0.9}, labels=("angry", "happy", "neutral", "sad")),
+            score("1", {0: 0.1}),
+            "label sets differ",
+        ),
     ],
     ids=["disjoint-folds", "new-data-speakers-unknown", "other-labels"],
 )
-def test_when_nothing_is_comparable_the_champion_is_kept_and_the_reason_says_what_to_do(candidate, champion, says):
+def test_when_nothing_is_comparable_the_champion_is_kept_and_the_reason_says_what_to_do(
+    candidate, champion, says
+):
     decision = decide(candidate, champion)
-    assert (decision.promoted, decision.rule, decision.compared_folds, decision.gain) == (False, NOT_COMPARABLE, (), None)
+    assert (decision.promoted, decision.rule, decision.compared_folds, decision.gain) == (
+        False,
+        NOT_COMPARABLE,
+        (),
+        None,
+    )
     assert says in decision.reason
     assert "set_registered_model_alias('ser-ravdess', 'champion', '2')" in decision.reason
 
@@ -185,7 +219,13 @@ def test_negative_margin_is_rejected():
 def test_fold_score_tags_read_back_as_the_scores_they_record(local_mlflow):
     version = add_version(local_mlflow, "ser-ravdess", {0: 0.41, 3: 0.37}, data=DATA_B)
     read = version_score(local_mlflow, "ser-ravdess", version)
-    assert read == VersionScore(str(version), {0: FoldScore(0.41, tuple(SPEAKERS[0])), 3: FoldScore(0.37, tuple(SPEAKERS[3]))}, DATA_B, LABELS["ravdess"], PROTOCOL)
+    assert read == VersionScore(
+        str(version),
+        {0: FoldScore(0.41, tuple(SPEAKERS[0])), 3: FoldScore(0.37, tuple(SPEAKERS[3]))},
+        DATA_B,
+        LABELS["ravdess"],
+        PROTOCOL,
+    )
 
 
 def test_a_malformed_fold_scores_tag_is_named(local_mlflow):
@@ -225,9 +265,13 @@ def test_a_fold_0_demo_champion_is_replaced_by_a_better_full_protocol_run(local_
     promote_version(local_mlflow, "ravdess", demo)
     full = add_version(local_mlflow, "ser-ravdess", {0: 0.36, 1: 0.33, 2: 0.31, 3: 0.40, 4: 0.29})
     decision = promote_version(local_mlflow, "ravdess", full)
-    assert decision.promoted and local_mlflow.get_model_version_by_alias("ser-ravdess", CHAMPION).version == full
+    assert (
+        decision.promoted and local_mlflow.get_model_version_by_alias("ser-ravdess", CHAMPION).version == full
+    )
     assert_registry_says_why(local_mlflow, "ser-ravdess", full, FULLER, "0")
-    assert local_mlflow.get_model_version("ser-ravdess", full).tags["ser.promotion.paired_gain"] == "+0.060000"
+    assert (
+        local_mlflow.get_model_version("ser-ravdess", full).tags["ser.promotion.paired_gain"] == "+0.060000"
+    )
 
 
 def test_a_champion_registered_before_fold_scores_is_read_from_its_parent_run(local_mlflow, experiment_id):
@@ -237,8 +281,15 @@ def test_a_champion_registered_before_fold_scores_is_read_from_its_parent_run(lo
     local_mlflow.log_metric(parent, "fold_0.UA", 0.30)
     local_mlflow.log_metric(parent, "UA_mean", 0.30)
     local_mlflow.create_registered_model("ser-ravdess")
-    tags = {UA_TAG: "0.300000", PROTOCOL_TAG: "ravdess: ... evaluated folds 0 ...", FINGERPRINT_TAG: DATA_A, PARENT_RUN_TAG: parent}
-    old = local_mlflow.create_model_version("ser-ravdess", source="s3://ser-mlflow/promote-tests/no-model", tags=tags).version
+    tags = {
+        UA_TAG: "0.300000",
+        PROTOCOL_TAG: "ravdess: ... evaluated folds 0 ...",
+        FINGERPRINT_TAG: DATA_A,
+        PARENT_RUN_TAG: parent,
+    }
+    old = local_mlflow.create_model_version(
+        "ser-ravdess", source="s3://ser-mlflow/promote-tests/no-model", tags=tags
+    ).version
     local_mlflow.set_registered_model_alias("ser-ravdess", CHAMPION, old)
     assert version_score(local_mlflow, "ser-ravdess", old).folds == {0: FoldScore(0.30, None)}
     full = add_version(local_mlflow, "ser-ravdess", {k: 0.31 for k in range(5)})
@@ -248,7 +299,9 @@ def test_a_champion_registered_before_fold_scores_is_read_from_its_parent_run(lo
 
 def test_a_version_without_scores_is_refused_with_the_missing_tag(local_mlflow):
     local_mlflow.create_registered_model("ser-savee")
-    version = local_mlflow.create_model_version("ser-savee", source="s3://ser-mlflow/promote-tests/no-model").version
+    version = local_mlflow.create_model_version(
+        "ser-savee", source="s3://ser-mlflow/promote-tests/no-model"
+    ).version
     with pytest.raises(ValueError, match="ser.fold_scores"):
         promote_version(local_mlflow, "savee", version)
 
@@ -266,7 +319,10 @@ def test_the_demo_champion_is_replaced_on_the_live_stack_and_the_registry_says_w
         monkeypatch.setenv(key, value)
     client = MlflowClient(stack.tracking_uri)
     name = "ser-msp-improv"
-    if client.search_registered_models(filter_string=f"name = '{name}'") and CHAMPION in client.get_registered_model(name).aliases:
+    if (
+        client.search_registered_models(filter_string=f"name = '{name}'")
+        and CHAMPION in client.get_registered_model(name).aliases
+    ):
         client.delete_registered_model_alias(name, CHAMPION)
     data, new_data = uuid.uuid4().hex * 2, uuid.uuid4().hex * 2
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
@@ -301,11 +357,17 @@ def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, mon
     name = f"ser-{corpus}"
     suffix = uuid.uuid4().hex[:8]
     data = suffix * 8
-    if client.search_registered_models(filter_string=f"name = '{name}'") and CHAMPION in client.get_registered_model(name).aliases:
+    if (
+        client.search_registered_models(filter_string=f"name = '{name}'")
+        and CHAMPION in client.get_registered_model(name).aliases
+    ):
         client.delete_registered_model_alias(name, CHAMPION)
     base = add_version(client, name, {0: 0.30}, data=data)
     promote_version(client, corpus, base)
-    better, worse = add_version(client, name, {0: 0.60}, data=data), add_version(client, name, {0: 0.50}, data=data)
+    better, worse = (
+        add_version(client, name, {0: 0.60}, data=data),
+        add_version(client, name, {0: 0.50}, data=data),
+    )
     results: dict[str, dict] = {}
     errors: list[BaseException] = []
 
@@ -317,7 +379,9 @@ def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, mon
 
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
         # threads do not inherit context variables (where Prefect keeps its settings): copy them
-        threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, v)) for v in (worse, better)]
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(run, v)) for v in (worse, better)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -24,12 +24,16 @@ LABELS = ("neutral", "happy", "sad")
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
-    model = ModelConfig(backbone="fbank", n_mels=40, fbank_dim=32, fbank_layers=1, fbank_heads=2, embed_dim=16)
+    model = ModelConfig(
+        backbone="fbank", n_mels=40, fbank_dim=32, fbank_layers=1, fbank_heads=2, embed_dim=16
+    )
     config = SERConfig(labels=LABELS, model=model, loss=LossConfig(supcon_proj_dim=16), corpus="ravdess")
     return SERModel(config).eval().save_pretrained(tmp_path / "best")
 
 
-def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(local_mlflow, experiment_id, checkpoint, tmp_path):
+def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(
+    local_mlflow, experiment_id, checkpoint, tmp_path
+):
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(16000 + 4000 * i)).astype(np.float32) for i in range(2)]
     stereo_48k = (0.1 * rng.standard_normal((48000, 2))).astype(np.float32)
@@ -53,11 +57,17 @@ def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(loca
     assert list(from_paths.columns) == ["label"] + [probability_column(c) for c in LABELS]
     assert list(from_paths["label"]) == [r["label"] for r in reference]
     probs = from_paths[[probability_column(c) for c in LABELS]].to_numpy()
-    np.testing.assert_allclose(probs, [[r["probabilities"][c] for c in LABELS] for r in reference], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        probs, [[r["probabilities"][c] for c in LABELS] for r in reference], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
-    from_arrays = model.predict(pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000, 16000]}))
-    np.testing.assert_allclose(from_arrays[[probability_column(c) for c in LABELS]].to_numpy(), probs[:2], rtol=1e-4, atol=1e-5)
+    from_arrays = model.predict(
+        pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000, 16000]})
+    )
+    np.testing.assert_allclose(
+        from_arrays[[probability_column(c) for c in LABELS]].to_numpy(), probs[:2], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_waveforms_without_a_sample_rate_are_refused_with_the_fix(local_mlflow, experiment_id, checkpoint):
@@ -68,7 +78,9 @@ def test_waveforms_without_a_sample_rate_are_refused_with_the_fix(local_mlflow, 
         model.predict(pd.DataFrame({"audio": [np.zeros(8000).tolist()]}))
 
 
-def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(local_mlflow, experiment_id, checkpoint, tmp_path, capsys):
+def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(
+    local_mlflow, experiment_id, checkpoint, tmp_path, capsys
+):
     from flows.cli import main
 
     wav = tmp_path / "utt.wav"
@@ -86,11 +98,18 @@ def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(loca
     assert "models:/ser-ravdess@no-such-alias" in capsys.readouterr().err
 
 
-def test_one_loaded_model_serves_concurrent_requests_like_serial_ones(local_mlflow, experiment_id, checkpoint):
+def test_one_loaded_model_serves_concurrent_requests_like_serial_ones(
+    local_mlflow, experiment_id, checkpoint
+):
     """Issue 6 "concurrent prediction load": 8 threads × 4 requests on one loaded pyfunc give
     exactly the serial answers."""
     rng = np.random.default_rng(2)
-    frames = [pd.DataFrame({"audio": [(0.1 * rng.standard_normal(8000 + 3000 * i)).tolist()], "sample_rate": [16000]}) for i in range(8)]
+    frames = [
+        pd.DataFrame(
+            {"audio": [(0.1 * rng.standard_normal(8000 + 3000 * i)).tolist()], "sample_rate": [16000]}
+        )
+        for i in range(8)
+    ]
     with mlflow.start_run(experiment_id=experiment_id):
         model = mlflow.pyfunc.load_model(log_pyfunc(checkpoint).model_uri)
     torch.set_num_threads(2)

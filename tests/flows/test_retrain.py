@@ -15,7 +15,6 @@ import flows.retrain
 from flows.retrain import RetrainError, decisions_markdown, retrain, source_unchanged
 from flows.storage import read_latest, read_source_state
 from tests.fixtures.corpora import make_ravdess
-from tests.flows.live_stack import live_bucket, prefect_api  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,9 +37,19 @@ def train_calls(monkeypatch) -> list[dict]:
     calls: list[dict] = []
 
     @flow(name="train")
-    def recording_train(corpus, manifest_version="latest", preset="cpu-fbank", backbone=None, overrides=None, folds=None):
-        calls.append({"corpus": corpus, "manifest_version": manifest_version, "preset": preset, "backbone": backbone,
-                      "overrides": overrides, "folds": folds})
+    def recording_train(
+        corpus, manifest_version="latest", preset="cpu-fbank", backbone=None, overrides=None, folds=None
+    ):
+        calls.append(
+            {
+                "corpus": corpus,
+                "manifest_version": manifest_version,
+                "preset": preset,
+                "backbone": backbone,
+                "overrides": overrides,
+                "folds": folds,
+            }
+        )
         return {"version": str(len(calls))}
 
     monkeypatch.setattr(flows.retrain, "train", recording_train)
@@ -52,14 +61,24 @@ def test_retrain_acts_only_on_changes(live_bucket, prefect_api, train_calls, tmp
     monkeypatch.delenv("SER_ROOT_SAVEE", raising=False)
     root = tmp_path / "ravdess"
     make_ravdess(root, actors=range(1, 9), per_actor=2)
-    run = dict(corpora=["ravdess", "savee"], roots={"ravdess": str(root)}, overrides={"train.epochs": 1}, folds=[0])
+    run = dict(
+        corpora=["ravdess", "savee"], roots={"ravdess": str(root)}, overrides={"train.epochs": 1}, folds=[0]
+    )
 
     first = retrain(**run)
     assert first["ravdess"].startswith("retrained on manifest")
     assert first["savee"].startswith("skipped: no root configured") and "SER_ROOT_SAVEE" in first["savee"]
     latest = read_latest("ravdess", live_bucket)["fingerprint"]
-    assert train_calls == [{"corpus": "ravdess", "manifest_version": latest, "preset": "cpu-fbank", "backbone": None,
-                            "overrides": {"train.epochs": 1}, "folds": [0]}]
+    assert train_calls == [
+        {
+            "corpus": "ravdess",
+            "manifest_version": latest,
+            "preset": "cpu-fbank",
+            "backbone": None,
+            "overrides": {"train.epochs": 1},
+            "folds": [0],
+        }
+    ]
     assert read_source_state("ravdess", live_bucket)["manifest_fingerprint"] == latest
 
     assert retrain(**run)["ravdess"].startswith("unchanged: source fingerprint")
@@ -76,7 +95,9 @@ def test_retrain_acts_only_on_changes(live_bucket, prefect_api, train_calls, tmp
     assert train_calls[1]["manifest_version"] == read_latest("ravdess", live_bucket)["fingerprint"] != latest
 
     (tmp_path / "savee").mkdir()
-    state = retrain(**{**run, "roots": {"ravdess": str(root), "savee": str(tmp_path / "savee")}}, return_state=True)
+    state = retrain(
+        **{**run, "roots": {"ravdess": str(root), "savee": str(tmp_path / "savee")}}, return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(RetrainError, match="savee: .*Error"):
         state.result()

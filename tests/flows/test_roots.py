@@ -22,12 +22,22 @@ def test_names():
 def test_parameter_then_variable_then_worker_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SER_ROOT_IEMOCAP", str(tmp_path / "from-env"))
     read = variables(ser_root_iemocap=str(tmp_path / "from-variable"))
-    assert resolve_root("iemocap", "s3://corpora/iemocap", read) == ("s3://corpora/iemocap", "the flow parameter root")
-    assert resolve_root("iemocap", None, read) == (str(tmp_path / "from-variable"), "the Prefect variable ser-root-iemocap")
-    assert resolve_root("iemocap", None, variables()) == (
-        str(tmp_path / "from-env"), "the worker's environment variable SER_ROOT_IEMOCAP"
+    assert resolve_root("iemocap", "s3://corpora/iemocap", read) == (
+        "s3://corpora/iemocap",
+        "the flow parameter root",
     )
-    assert configured_root("iemocap", variables()) == (str(tmp_path / "from-env"), "the worker's environment variable SER_ROOT_IEMOCAP")
+    assert resolve_root("iemocap", None, read) == (
+        str(tmp_path / "from-variable"),
+        "the Prefect variable ser-root-iemocap",
+    )
+    assert resolve_root("iemocap", None, variables()) == (
+        str(tmp_path / "from-env"),
+        "the worker's environment variable SER_ROOT_IEMOCAP",
+    )
+    assert configured_root("iemocap", variables()) == (
+        str(tmp_path / "from-env"),
+        "the worker's environment variable SER_ROOT_IEMOCAP",
+    )
 
 
 def test_a_relative_folder_becomes_absolute(monkeypatch, tmp_path):

@@ -42,7 +42,9 @@ def test_cli_pyfunc_and_onnx_give_the_same_segments(local_mlflow, experiment_id,
     checkpoint = random_ravdess_checkpoint(tmp_path / "best")
     from_cli = cli_segments(recording, checkpoint, capsys)
     assert len(from_cli) >= 2
-    assert from_cli["end_s"].iloc[0] - from_cli["start_s"].iloc[0] > 4.0 or len(from_cli) >= 3  # the joined pair spans windows
+    assert (
+        from_cli["end_s"].iloc[0] - from_cli["start_s"].iloc[0] > 4.0 or len(from_cli) >= 3
+    )  # the joined pair spans windows
 
     with mlflow.start_run(experiment_id=experiment_id):
         model = mlflow.pyfunc.load_model(log_pyfunc(checkpoint).model_uri)
@@ -55,15 +57,32 @@ def test_cli_pyfunc_and_onnx_give_the_same_segments(local_mlflow, experiment_id,
     onnx_path = export_onnx(checkpoint, tmp_path / "ser.onnx")
     from_onnx = cli_segments(recording, onnx_path, capsys)
 
-    for name, other, rtol in (("pyfunc base64", from_pyfunc, 1e-6), ("pyfunc path", from_path, 1e-6), ("onnx", from_onnx, 1e-3)):
-        pd.testing.assert_frame_equal(other[COLUMNS[:3]].reset_index(drop=True), from_cli[COLUMNS[:3]], obj=name)
-        np.testing.assert_allclose(other[COLUMNS[3:]].to_numpy(float), from_cli[COLUMNS[3:]].to_numpy(float), rtol=rtol, atol=1e-5, err_msg=name)
+    for name, other, rtol in (
+        ("pyfunc base64", from_pyfunc, 1e-6),
+        ("pyfunc path", from_path, 1e-6),
+        ("onnx", from_onnx, 1e-3),
+    ):
+        pd.testing.assert_frame_equal(
+            other[COLUMNS[:3]].reset_index(drop=True), from_cli[COLUMNS[:3]], obj=name
+        )
+        np.testing.assert_allclose(
+            other[COLUMNS[3:]].to_numpy(float),
+            from_cli[COLUMNS[3:]].to_numpy(float),
+            rtol=rtol,
+            atol=1e-5,
+            err_msg=name,
+        )
 
     whole = model.predict(pd.DataFrame({"audio_base64": [encoded]}))
-    assert list(whole.columns) == ["label"] + [probability_column(c) for c in LABELS["ravdess"]] and len(whole) == 1
+    assert (
+        list(whole.columns) == ["label"] + [probability_column(c) for c in LABELS["ravdess"]]
+        and len(whole) == 1
+    )
 
 
-def test_served_requests_with_segments_are_bounded_by_the_audio_of_all_rows(local_mlflow, experiment_id, tmp_path, monkeypatch):
+def test_served_requests_with_segments_are_bounded_by_the_audio_of_all_rows(
+    local_mlflow, experiment_id, tmp_path, monkeypatch
+):
     checkpoint = random_ravdess_checkpoint(tmp_path / "best")
     with mlflow.start_run(experiment_id=experiment_id):
         uri = log_pyfunc(checkpoint).model_uri
@@ -72,22 +91,36 @@ def test_served_requests_with_segments_are_bounded_by_the_audio_of_all_rows(loca
     monkeypatch.setenv("SER_SERVE_MAX_SEGMENTS_SECONDS", "12")
     model = mlflow.pyfunc.load_model(uri)
     tone = 0.1 * np.sin(np.arange(8 * 16000) / 16000 * 2 * np.pi * 220)
-    tone[: 16000] = tone[-16000:] = 0.0  # speech-like: 6 s of tone between 1 s silences
+    tone[:16000] = tone[-16000:] = 0.0  # speech-like: 6 s of tone between 1 s silences
     eight_s = tone.astype(np.float32).tolist()
-    one_row = model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}), params={"segments": True})
+    one_row = model.predict(
+        pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}), params={"segments": True}
+    )
     assert len(one_row) >= 1 and (one_row["row"] == 0).all()
-    assert one_row["start_s"].iloc[0] == pytest.approx(0.9, abs=0.03) and one_row["end_s"].iloc[-1] == pytest.approx(7.1, abs=0.03)
-    with pytest.raises(ModelInputError, match=r"row 1, field 'audio': 8.0 s of audio, more than the limit of 4 s left of the 12 s "
-                       r"of audio a request with segments may hold \(SER_SERVE_MAX_SEGMENTS_SECONDS\)") as refused:
-        model.predict(pd.DataFrame({"audio": [eight_s, eight_s], "sample_rate": [16000, 16000]}), params={"segments": True})
+    assert one_row["start_s"].iloc[0] == pytest.approx(0.9, abs=0.03) and one_row["end_s"].iloc[
+        -1
+    ] == pytest.approx(7.1, abs=0.03)
+    with pytest.raises(
+        ModelInputError,
+        match=r"row 1, field 'audio': 8.0 s of audio, more than the limit of 4 s left of the 12 s "
+        r"of audio a request with segments may hold \(SER_SERVE_MAX_SEGMENTS_SECONDS\)",
+    ) as refused:
+        model.predict(
+            pd.DataFrame({"audio": [eight_s, eight_s], "sample_rate": [16000, 16000]}),
+            params={"segments": True},
+        )
     assert refused.value.status == 413
-    with pytest.raises(ModelInputError, match=r"row 0, field 'audio': 8.0 s of audio, more than the limit of 5 s per row"):
+    with pytest.raises(
+        ModelInputError, match=r"row 0, field 'audio': 8.0 s of audio, more than the limit of 5 s per row"
+    ):
         model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}))
     with pytest.raises(Exception, match="segments"):
         model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}), params={"segments": "yes"})
 
 
-def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlflow(local_mlflow, shared_ravdess, tmp_path, capsys):
+def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlflow(
+    local_mlflow, shared_ravdess, tmp_path, capsys
+):
     """Issue 21 item 5: one held-out actor's 60 utterances, joined 8 to a recording with 1.5 s of
     silence, scored in segments and one by one; the evaluation is an MLflow run with its figures."""
     import shutil
@@ -97,10 +130,36 @@ def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlfl
     root = tmp_path / "held-out"
     shutil.copytree(shared_ravdess / "Actor_01", root / "Actor_01")
     checkpoint = random_ravdess_checkpoint(tmp_path / "best")
-    assert ser(["ingest", "ravdess", str(root), "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]) == 0
+    assert (
+        ser(
+            [
+                "ingest",
+                "ravdess",
+                str(root),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    argv = ["evaluate", "--model", str(checkpoint), "--manifest", str(tmp_path / "out"), "--split", "all", "--segments",
-            "--json", str(tmp_path / "eval.json"), "--mlflow-experiment", "ser-segments-eval"]
+    argv = [
+        "evaluate",
+        "--model",
+        str(checkpoint),
+        "--manifest",
+        str(tmp_path / "out"),
+        "--split",
+        "all",
+        "--segments",
+        "--json",
+        str(tmp_path / "eval.json"),
+        "--mlflow-experiment",
+        "ser-segments-eval",
+    ]
     assert ser(argv) == 0
     out = capsys.readouterr().out
     assert "8 recordings of 8 utterances, 1.5 s gaps of silence" in out and "logged to " in out
@@ -109,7 +168,9 @@ def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlfl
     assert result["boundary_error_s"]["median"] <= 0.3
     assert result["middles_in_one_segment"] == 1.0
     assert 0.0 <= result["segment"]["UA"] <= 1.0 and result["segment_config"]["window_s"] == 4.0
-    (run,) = local_mlflow.search_runs([local_mlflow.get_experiment_by_name("ser-segments-eval").experiment_id])
+    (run,) = local_mlflow.search_runs(
+        [local_mlflow.get_experiment_by_name("ser-segments-eval").experiment_id]
+    )
     assert run.data.metrics["segment.UA"] == pytest.approx(result["segment"]["UA"])
     assert run.data.metrics["boundary_error_s.median"] == pytest.approx(result["boundary_error_s"]["median"])
     assert run.data.params["segments.gap"] == "silence" and run.data.params["split"] == "all"

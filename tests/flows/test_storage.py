@@ -18,22 +18,21 @@ from data_contracts.errors import ManifestError
 from data_contracts.fingerprint import manifest_fingerprint
 from data_contracts.folds import make_folds
 from data_contracts.labels import CORPORA, LABELS
-from ser_stack.settings import StackSettings
 from flows.storage import (
     DataBucket,
     InvalidKeyPartError,
     ManifestVersionNotFoundError,
     StorageUnavailableError,
+    get_parquet,
     list_manifest_versions,
     load_manifest_version,
-    get_parquet,
     manifest_exists,
     object_key,
     publish_manifest,
     read_latest,
     write_latest,
 )
-from tests.flows.live_stack import live_bucket  # noqa: F401 (fixture)
+from ser_stack.settings import StackSettings
 
 FP = "ab" * 32
 
@@ -68,7 +67,15 @@ def tiny_version(n_actors: int = 8, label_shift: int = 0) -> dict:
     fold_of = folds[folds["role"] == "test"].set_index("speaker")["fold"]
     manifest["fold"] = manifest["speaker"].map(fold_of).astype(int)
     quarantine = pd.DataFrame(
-        [{"corpus": "ravdess", "path": "Actor_01/broken.wav", "utt_id": None, "reason_code": "unreadable", "reason": "not audio"}]
+        [
+            {
+                "corpus": "ravdess",
+                "path": "Actor_01/broken.wav",
+                "utt_id": None,
+                "reason_code": "unreadable",
+                "reason": "not audio",
+            }
+        ]
     )
     fingerprint = manifest_fingerprint(manifest)
     return {
@@ -85,7 +92,9 @@ def tiny_version(n_actors: int = 8, label_shift: int = 0) -> dict:
 def count_calls(bucket: DataBucket, operation: str) -> list[str]:
     """Record the keys of every ``operation`` (e.g. PutObject) the client sends from now on."""
     seen: list[str] = []
-    bucket.client.meta.events.register(f"before-call.s3.{operation}", lambda params, **_: seen.append(params["url_path"]))
+    bucket.client.meta.events.register(
+        f"before-call.s3.{operation}", lambda params, **_: seen.append(params["url_path"])
+    )
     return seen
 
 
@@ -140,8 +149,14 @@ def test_any_key_built_stays_inside_its_prefix(kind, corpus, fingerprint):
 
 def publish(bucket: DataBucket, version: dict):
     return publish_manifest(
-        version["corpus"], version["fingerprint"], version["manifest"], version["quarantine"],
-        version["folds"], version["report"], version["root"], bucket,
+        version["corpus"],
+        version["fingerprint"],
+        version["manifest"],
+        version["quarantine"],
+        version["folds"],
+        version["report"],
+        version["root"],
+        bucket,
     )
 
 
@@ -155,10 +170,14 @@ def test_publish_then_load_round_trips_every_table(bucket):
     assert pointer["report_key"] == object_key("report", "ravdess", version["fingerprint"])
     manifest, folds, report = load_manifest_version("ravdess", "latest", bucket)
     pd.testing.assert_frame_equal(manifest.reset_index(drop=True), version["manifest"], check_dtype=False)
-    pd.testing.assert_frame_equal(folds.reset_index(drop=True), version["folds"].reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        folds.reset_index(drop=True), version["folds"].reset_index(drop=True), check_dtype=False
+    )
     assert report == version["report"]
     assert manifest_fingerprint(manifest) == version["fingerprint"]
-    assert get_parquet(bucket, object_key("quarantine", "ravdess", version["fingerprint"]))["reason_code"].tolist() == ["unreadable"]
+    assert get_parquet(bucket, object_key("quarantine", "ravdess", version["fingerprint"]))[
+        "reason_code"
+    ].tolist() == ["unreadable"]
 
 
 def test_publishing_the_current_version_again_writes_nothing(bucket):
@@ -195,7 +214,9 @@ def test_s3_failure_mid_publication_leaves_latest_and_a_rerun_completes(bucket):
             raise EndpointConnectionError(endpoint_url="http://s3.test")
 
     bucket.client.meta.events.register("before-call.s3.PutObject", fail_third_put)
-    with pytest.raises(StorageUnavailableError, match="unreachable during put_object of s3://ser-data/manifests/ravdess/"):
+    with pytest.raises(
+        StorageUnavailableError, match="unreachable during put_object of s3://ser-data/manifests/ravdess/"
+    ):
         publish(bucket, new)
     assert read_latest("ravdess", bucket)["fingerprint"] == old["fingerprint"]
     assert not manifest_exists("ravdess", new["fingerprint"], bucket)
@@ -226,7 +247,8 @@ def test_a_corrupted_manifest_is_rejected_on_load(bucket):
     bad = version["manifest"].copy()
     bad.loc[3, "label"] = "bored"
     bucket.client.put_object(
-        Bucket="ser-data", Key=object_key("manifest", "ravdess", version["fingerprint"]),
+        Bucket="ser-data",
+        Key=object_key("manifest", "ravdess", version["fingerprint"]),
         Body=bad.to_parquet(index=False),
     )
     with pytest.raises(ManifestError, match="bored"):

@@ -13,8 +13,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from flows import tracking
-from flows.tracking import fold_scores, log_fold_run, protocol_name
 from flows.fold_runs import selected_folds
+from flows.tracking import fold_scores, log_fold_run, protocol_name
 from ser_model.launch import (
     BadDataError,
     FoldJob,
@@ -65,21 +65,52 @@ def result_fixture() -> dict:
 
 
 def records_fixture(epochs: int = 3) -> list[dict]:
-    return [{"epoch": e, "lr": 1e-4 * 0.875**e, "train": {"loss": 2.0 / e, "kl": 1.0 / e}, "valid": {"UA": 0.2 * e, "WA": 0.25 * e}, "seconds": 1.5} for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "lr": 1e-4 * 0.875**e,
+            "train": {"loss": 2.0 / e, "kl": 1.0 / e},
+            "valid": {"UA": 0.2 * e, "WA": 0.25 * e},
+            "seconds": 1.5,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def make_job(tmp_path: Path, fold: int = 0) -> FoldJob:
     for name in ("config.json", "manifest.parquet", "folds.parquet"):
         (tmp_path / name).write_text("{}")
-    return FoldJob("ravdess", fold, tmp_path / "config.json", tmp_path / "manifest.parquet", tmp_path / "folds.parquet", str(tmp_path), tmp_path / f"fold-{fold}", epochs=2)
+    return FoldJob(
+        "ravdess",
+        fold,
+        tmp_path / "config.json",
+        tmp_path / "manifest.parquet",
+        tmp_path / "folds.parquet",
+        str(tmp_path),
+        tmp_path / f"fold-{fold}",
+        epochs=2,
+    )
 
 
 # --- MLflow helpers -------------------------------------------------------------------------
 
 
 def test_flatten_params_names_every_leaf_by_its_dotted_path():
-    flat = tracking.flatten_params({"model": {"backbone": "fbank", "strides": [2, 2]}, "train": {"lr": 1e-4}, "labels": ("a", "b"), "corpus": None})
-    assert flat == {"model.backbone": "fbank", "model.strides": "[2, 2]", "train.lr": "0.0001", "labels": '["a", "b"]', "corpus": "None"}
+    flat = tracking.flatten_params(
+        {
+            "model": {"backbone": "fbank", "strides": [2, 2]},
+            "train": {"lr": 1e-4},
+            "labels": ("a", "b"),
+            "corpus": None,
+        }
+    )
+    assert flat == {
+        "model.backbone": "fbank",
+        "model.strides": "[2, 2]",
+        "train.lr": "0.0001",
+        "labels": '["a", "b"]',
+        "corpus": "None",
+    }
     long = tracking.flatten_params({"x": "y" * 10000})["x"]
     assert len(long) == tracking.MLFLOW_PARAM_VALUE_LIMIT and long.endswith("…")
 
@@ -153,7 +184,9 @@ def test_fold_scores_names_what_is_missing():
 # --- fold logging ---------------------------------------------------------------------------
 
 
-def test_fold_logging_survives_an_outage_and_is_not_repeated(local_mlflow, experiment_id, tmp_path, monkeypatch):
+def test_fold_logging_survives_an_outage_and_is_not_repeated(
+    local_mlflow, experiment_id, tmp_path, monkeypatch
+):
     """The tracking server fails the first metric upload; the retry sends everything, and a
     second call (a Prefect retry of the task) logs nothing twice."""
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
@@ -181,8 +214,15 @@ def test_fold_logging_survives_an_outage_and_is_not_repeated(local_mlflow, exper
     history = local_mlflow.get_metric_history(child, "train.loss")
     assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["train"]["loss"]) for r in records]
     assert run.data.metrics["test.UA"] == 0.4 and run.data.metrics["selected.valid.UA"] == 0.55
-    artifacts = {a.path for a in local_mlflow.list_artifacts(child)} | {a.path for a in local_mlflow.list_artifacts(child, "figures")}
-    assert {"result.json", "metrics.jsonl", "figures/confusion.png", "figures/training_curves.png"} <= artifacts
+    artifacts = {a.path for a in local_mlflow.list_artifacts(child)} | {
+        a.path for a in local_mlflow.list_artifacts(child, "figures")
+    }
+    assert {
+        "result.json",
+        "metrics.jsonl",
+        "figures/confusion.png",
+        "figures/training_curves.png",
+    } <= artifacts
 
 
 # --- the worker under torchrun -------------------------------------------------------------
@@ -198,7 +238,9 @@ def fake_worker(tmp_path, monkeypatch):
     return "fake_ser_worker"
 
 
-@pytest.mark.parametrize(("mode", "error"), [("ok", None), ("bad-data", BadDataError), ("killed", WorkerInfraError)])
+@pytest.mark.parametrize(
+    ("mode", "error"), [("ok", None), ("bad-data", BadDataError), ("killed", WorkerInfraError)]
+)
 def test_worker_exit_is_classified_through_torchrun(fake_worker, tmp_path, monkeypatch, mode, error):
     monkeypatch.setenv("FAKE_WORKER_MODE", mode)
     job = make_job(tmp_path)
@@ -225,7 +267,16 @@ def test_worker_exit_code_reads_the_root_cause_torchrun_reports():
 
 
 def test_worker_environment_has_no_credentials():
-    env = worker_env({"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "k", "PREFECT_API_AUTH_STRING": "a", "MY_TOKEN": "t", "PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"})
+    env = worker_env(
+        {
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_ACCESS_KEY_ID": "k",
+            "PREFECT_API_AUTH_STRING": "a",
+            "MY_TOKEN": "t",
+            "PATH": "/bin",
+            "CUDA_VISIBLE_DEVICES": "0",
+        }
+    )
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "PYTHONUNBUFFERED": "1"}
 
 
@@ -248,7 +299,16 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
 
     manifest, folds = write_synthetic_corpus(tmp_path / "audio", n_speakers=4, per_class=2)
     job = make_job(tmp_path)
-    job = FoldJob(job.corpus, 0, job.config_path, job.manifest_path, job.folds_path, str(tmp_path / "audio"), job.out_dir, epochs=3)
+    job = FoldJob(
+        job.corpus,
+        0,
+        job.config_path,
+        job.manifest_path,
+        job.folds_path,
+        str(tmp_path / "audio"),
+        job.out_dir,
+        epochs=3,
+    )
     tiny_config(epochs=3).to_json(job.config_path)
     manifest.to_parquet(job.manifest_path)
     folds.to_parquet(job.folds_path)
@@ -256,7 +316,9 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
     def kill_worker_after_first_epoch(done: int) -> None:
         if done >= 1:
             for process in psutil.Process().children(recursive=True):
-                if "ser_model.worker" in " ".join(process.cmdline()) and "torch.distributed.run" not in " ".join(process.cmdline()):
+                if "ser_model.worker" in " ".join(
+                    process.cmdline()
+                ) and "torch.distributed.run" not in " ".join(process.cmdline()):
                     process.kill()
 
     with pytest.raises(WorkerInfraError, match="exit code -9"):
@@ -270,7 +332,9 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
     assert json.loads(result.read_text())["selected_epoch"] in (1, 2, 3)
     assert [r["epoch"] for r in tracking.read_metrics_jsonl(job.out_dir / "metrics.jsonl")] == [1, 2, 3]
     trained = [int(m) for m in re.findall(r"epoch (\d)/3 loss", "\n".join(rerun_lines))]
-    assert trained and min(trained) > max(epochs_before), f"rerun trained epochs {trained} again after {epochs_before}"
+    assert trained and min(trained) > max(epochs_before), (
+        f"rerun trained epochs {trained} again after {epochs_before}"
+    )
 
 
 def test_a_rerun_finds_its_unfinished_parent_run_but_never_a_finished_one(local_mlflow, experiment_id):
@@ -323,7 +387,9 @@ def test_a_fold_run_spans_the_training_not_the_upload(local_mlflow, experiment_i
     start_ms, end_ms = 1_700_000_000_000, 1_700_000_180_000
     write_fold_times(job.out_dir, start_ms, end_ms)
     parent = local_mlflow.create_run(experiment_id).info.run_id
-    child = local_mlflow.get_run(log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS))
+    child = local_mlflow.get_run(
+        log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
+    )
     assert (child.info.start_time, child.info.end_time) == (start_ms, end_ms)
 
 
@@ -338,7 +404,10 @@ def test_experiments_open_as_training_experiments_with_scores_as_columns(local_m
         view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.SCORES_VIEW}"])
         assert {"metrics.`UA_mean`", "metrics.`WA_mean`", "metrics.`test.UA`"} <= set(view["selectedColumns"])
     url = tracking.experiment_url("http://127.0.0.1:5000/", older_id)
-    assert url == f"http://127.0.0.1:5000/#/experiments/{older_id}/runs?workflowType=machine_learning&viewStateShareKey=ser-scores"
+    assert (
+        url
+        == f"http://127.0.0.1:5000/#/experiments/{older_id}/runs?workflowType=machine_learning&viewStateShareKey=ser-scores"
+    )
 
 
 def test_protocol_name_tells_apart_what_promotion_must_not_compare():
@@ -346,8 +415,13 @@ def test_protocol_name_tells_apart_what_promotion_must_not_compare():
     gives a different name, and the name states the corpus and each evaluated fold."""
     base = protocol_name("ravdess", 5, [0, 1])
     assert protocol_name("ravdess", 5, [0, 1]) == base
-    variants = [protocol_name("savee", 5, [0, 1]), protocol_name("ravdess", 4, [0, 1]), protocol_name("ravdess", 5, [0]),
-                protocol_name("ravdess", 5, [0, 1, 2]), protocol_name("ravdess", 5, [1, 2])]
+    variants = [
+        protocol_name("savee", 5, [0, 1]),
+        protocol_name("ravdess", 4, [0, 1]),
+        protocol_name("ravdess", 5, [0]),
+        protocol_name("ravdess", 5, [0, 1, 2]),
+        protocol_name("ravdess", 5, [1, 2]),
+    ]
     assert len({base, *variants}) == 1 + len(variants)
     assert "ravdess" in base and "5 folds" in base and "0,1" in base
     assert "speaker-independent" in base

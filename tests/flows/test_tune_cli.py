@@ -23,8 +23,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "model.n_mels=40", "model.fbank_channels=[4,8,8,8]", "model.fbank_dim=32", "model.embed_dim=16", "model.spec_freq_width=5",
-    "loss.supcon_proj_dim=16", "train.batch_size=8", "train.eval_batch_size=16", "train.max_seconds=1.0",
+    "model.n_mels=40",
+    "model.fbank_channels=[4,8,8,8]",
+    "model.fbank_dim=32",
+    "model.embed_dim=16",
+    "model.spec_freq_width=5",
+    "loss.supcon_proj_dim=16",
+    "train.batch_size=8",
+    "train.eval_batch_size=16",
+    "train.max_seconds=1.0",
 ]
 
 
@@ -38,36 +45,68 @@ def ravdess_root(tmp_path_factory) -> Path:
 
 def tune_argv(root: Path, out: Path, trials: int, epochs: int, *extra: str) -> list[str]:
     sets = [arg for item in TINY for arg in ("--set", item)]
-    return ["tune", "--corpus", "ravdess", "--root", str(root), "--trials", str(trials), "--epochs", str(epochs),
-            "--folds", "0,1", "--out", str(out), *sets, *extra]
+    return [
+        "tune",
+        "--corpus",
+        "ravdess",
+        "--root",
+        str(root),
+        "--trials",
+        str(trials),
+        "--epochs",
+        str(epochs),
+        "--folds",
+        "0,1",
+        "--out",
+        str(out),
+        *sets,
+        *extra,
+    ]
 
 
-def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(ravdess_root, tmp_path, monkeypatch, capsys):
+def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
+    ravdess_root, tmp_path, monkeypatch, capsys
+):
     """Issue 25's done-when, on a small corpus: 4 trials, one tune parent run with 4 child runs,
     a preset file, and `ser train --preset FILE` trains with the tuned values."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert main(tune_argv(ravdess_root, tmp_path / "tune", 4, 1, "--preset-out", str(tmp_path / "best.json"))) == 0
+    assert (
+        main(tune_argv(ravdess_root, tmp_path / "tune", 4, 1, "--preset-out", str(tmp_path / "best.json")))
+        == 0
+    )
     out = capsys.readouterr().out
     assert "wrote" in out and "best.json" in out
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ser-ravdess")
-    (parent,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_KIND_TAG}` = 'tune'")
-    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    study = optuna.load_study(study_name="ser-ravdess-tune", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{RUN_KIND_TAG}` = 'tune'"
+    )
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    study = optuna.load_study(
+        study_name="ser-ravdess-tune", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
+    )
     assert len(children) == len(study.trials) == 4
-    assert parent.info.status == "FINISHED" and parent.data.metrics["best_valid_UA"] == pytest.approx(study.best_value)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_valid_UA"] == pytest.approx(
+        study.best_value
+    )
     by_trial = {int(run.data.tags["ser.trial"]): run for run in children}
     for trial in study.trials:
         run = by_trial[trial.number]
-        assert run.data.tags[TRIAL_STATE_TAG] == trial.state.name and run.data.tags[RUN_KIND_TAG] == "tune-trial"
+        assert (
+            run.data.tags[TRIAL_STATE_TAG] == trial.state.name and run.data.tags[RUN_KIND_TAG] == "tune-trial"
+        )
         assert {k: json.loads(v) for k, v in run.data.params.items()} == trial.params
         history = client.get_metric_history(run.info.run_id, "fold0.valid.UA")
         assert [m.step for m in history] == [1]
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert run.data.metrics["objective"] == pytest.approx(trial.value)
-    assert study.trials[0].user_attrs.get("enqueued") == "base recipe", "the hand-set recipe is the first trial"
+    assert study.trials[0].user_attrs.get("enqueued") == "base recipe", (
+        "the hand-set recipe is the first trial"
+    )
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/summary.json", "study/optimization_history.png"} <= artifacts
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "preset")] == ["preset/best.json"]
@@ -75,14 +114,31 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(ravd
     preset = json.loads((tmp_path / "best.json").read_text())
     assert preset["extends"] == "cpu-fbank" and preset["source"]["trial"] == study.best_trial.number
     assert {k: preset["settings"][k] for k in study.best_params} == study.best_params
-    train = ["train", "--corpus", "ravdess", "--root", str(ravdess_root), "--fold", "0", "--preset", str(tmp_path / "best.json"),
-             "--out", str(tmp_path / "fold0")]
+    train = [
+        "train",
+        "--corpus",
+        "ravdess",
+        "--root",
+        str(ravdess_root),
+        "--fold",
+        "0",
+        "--preset",
+        str(tmp_path / "best.json"),
+        "--out",
+        str(tmp_path / "fold0"),
+    ]
     assert main(train) == 0
     trained = json.loads((tmp_path / "fold0" / "best" / "config.json").read_text())
     for key, value in study.best_params.items():
         section, name = key.split(".")
-        assert trained[section][name] == pytest.approx(value) if isinstance(value, float) else trained[section][name] == value, key
-    assert trained["train"]["epochs"] == 1 and trained["model"]["fbank_dim"] == 32, "the study's fixed settings come along"
+        assert (
+            trained[section][name] == pytest.approx(value)
+            if isinstance(value, float)
+            else trained[section][name] == value
+        ), key
+    assert trained["train"]["epochs"] == 1 and trained["model"]["fbank_dim"] == 32, (
+        "the study's fixed settings come along"
+    )
 
 
 def test_a_study_killed_mid_trial_resumes_that_trial_from_its_checkpoint(ravdess_root, tmp_path):
@@ -90,7 +146,12 @@ def test_a_study_killed_mid_trial_resumes_that_trial_from_its_checkpoint(ravdess
     retries trial 0 with the same parameters in the same folder (resuming its checkpoint) and
     finishes the study with the number of trials asked for."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "2"}
-    argv = [sys.executable, "-m", "flows.cli", *tune_argv(ravdess_root, tmp_path / "tune", 2, 3, "--heartbeat-grace", "3")]
+    argv = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        *tune_argv(ravdess_root, tmp_path / "tune", 2, 3, "--heartbeat-grace", "3"),
+    ]
     storage = f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
     first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -122,6 +183,10 @@ def test_a_study_killed_mid_trial_resumes_that_trial_from_its_checkpoint(ravdess
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL", states
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
-    assert len(retries) == 1 and retries[0].params == killed_params and retries[0].state.name in ("COMPLETE", "PRUNED")
+    assert (
+        len(retries) == 1
+        and retries[0].params == killed_params
+        and retries[0].state.name in ("COMPLETE", "PRUNED")
+    )
     assert "resumed from" in second.stderr and "trial-0/fold-0/checkpoints/last" in second.stderr
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2

@@ -43,10 +43,15 @@ def test_servers_answer_their_health_checks(infra_stack, stack):
 
 
 def local_pids(infra_stack, stack) -> dict[str, int]:
-    pids = {name: infra_stack.recorded_pid(stack.state_dir, name) for name in ("s3", "mlflow", "prefect", "worker")}
+    pids = {
+        name: infra_stack.recorded_pid(stack.state_dir, name)
+        for name in ("s3", "mlflow", "prefect", "worker")
+    }
     missing = [name for name, pid in pids.items() if pid is None]
     if missing:
-        pytest.skip(f"stack at {stack.state_dir} was not started by infra/up here (no live pid for {missing})")
+        pytest.skip(
+            f"stack at {stack.state_dir} was not started by infra/up here (no live pid for {missing})"
+        )
     return pids
 
 
@@ -71,8 +76,11 @@ def test_up_again_starts_nothing(infra_stack, stack, repo_root):
     before = local_pids(infra_stack, stack)
     records = {p.name: json.loads(p.read_text()) for p in (stack.state_dir / "pids").glob("*.json")}
     again = subprocess.run(
-        [str(repo_root / "infra" / "up")], env={**os.environ, **stack.client_env()},
-        capture_output=True, text=True, timeout=120,
+        [str(repo_root / "infra" / "up")],
+        env={**os.environ, **stack.client_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "started: nothing" in again.stdout
@@ -82,12 +90,20 @@ def test_up_again_starts_nothing(infra_stack, stack, repo_root):
 
 def test_health_command_agrees(stack, repo_root):
     shown = subprocess.run(
-        [str(repo_root / "infra" / "health")], env={**os.environ, **stack.client_env()},
-        capture_output=True, text=True, timeout=60,
+        [str(repo_root / "infra" / "health")],
+        env={**os.environ, **stack.client_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert [line.split()[:2] for line in shown.stdout.splitlines()] == [
-        ["s3", "ok"], ["mlflow", "ok"], ["prefect", "ok"], ["worker", "ok"], ["scheduler", "ok"], ["trainings", "ok"]
+        ["s3", "ok"],
+        ["mlflow", "ok"],
+        ["prefect", "ok"],
+        ["worker", "ok"],
+        ["scheduler", "ok"],
+        ["trainings", "ok"],
     ]
 
 
@@ -99,12 +115,21 @@ def test_health_reports_a_training_slot_held_by_no_training(infra_stack, stack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     name = f"train-health{uuid.uuid4().hex[:8]}"
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}), get_client(sync_client=True) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}),
+        get_client(sync_client=True) as client,
+    ):
         assert infra_stack.check_trainings(stack) is None
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active_slots=1))
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=1, active_slots=1)
+        )
         try:
             reason = infra_stack.check_trainings(stack)
-            assert reason is not None and f"{name} (1/1)" in reason and "prefect gcl update NAME --active-slots 0" in reason
+            assert (
+                reason is not None
+                and f"{name} (1/1)" in reason
+                and "prefect gcl update NAME --active-slots 0" in reason
+            )
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
             assert infra_stack.check_trainings(stack) is None
         finally:

@@ -10,23 +10,34 @@ sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement
 
 
 def test_each_traceback_is_named_by_its_exception_line(infra_stack):
-    text = "INFO started\n" + TRACEBACK + "INFO later\n" + TRACEBACK.replace("InvalidRequestError", "OperationalError")
+    text = (
+        "INFO started\n"
+        + TRACEBACK
+        + "INFO later\n"
+        + TRACEBACK.replace("InvalidRequestError", "OperationalError")
+    )
     assert infra_stack.tracebacks(text) == [
         "sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement",
         "sqlalchemy.exc.OperationalError: Can't evaluate bulk DML statement",
     ]
     assert infra_stack.tracebacks("INFO all fine\nWARNING a word: Traceback-free\n") == []
-    assert infra_stack.tracebacks("x\nTraceback (most recent call last):\n  File 'a'") == ["(traceback cut short)"]
+    assert infra_stack.tracebacks("x\nTraceback (most recent call last):\n  File 'a'") == [
+        "(traceback cut short)"
+    ]
 
 
 def test_only_what_was_logged_since_the_latest_start_counts(infra_stack, tmp_path):
     state = tmp_path / "state"
-    infra_stack.start_process(state, "talker", ["python3", "-c", "print('first life')"], {"PATH": "/usr/bin:/bin"}, tmp_path)
+    infra_stack.start_process(
+        state, "talker", ["python3", "-c", "print('first life')"], {"PATH": "/usr/bin:/bin"}, tmp_path
+    )
     log = infra_stack.log_path(state, "talker")
     _wait_for(log, "first life")
     log.write_text(log.read_text() + TRACEBACK)
     assert infra_stack.tracebacks(infra_stack.log_since_start(log))
-    infra_stack.start_process(state, "talker", ["python3", "-c", "print('second life')"], {"PATH": "/usr/bin:/bin"}, tmp_path)
+    infra_stack.start_process(
+        state, "talker", ["python3", "-c", "print('second life')"], {"PATH": "/usr/bin:/bin"}, tmp_path
+    )
     _wait_for(log, "second life")
     since = infra_stack.log_since_start(log)
     assert "second life" in since and "first life" not in since
@@ -46,8 +57,14 @@ def _wait_for(path, text, timeout_s=30.0):
 
 
 def test_a_failing_flow_run_in_the_worker_log_is_not_a_fault_of_the_stack(infra_stack):
-    run_failure = "18:30:30.892 | ERROR   | Flow run 'easygoing-narwhal' - Encountered exception during execution\n" + TRACEBACK
-    task_failure = "18:30:30.053 | ERROR   | Task run 'parse-and-check-8ca' - Task run failed with exception\n" + TRACEBACK
+    run_failure = (
+        "18:30:30.892 | ERROR   | Flow run 'easygoing-narwhal' - Encountered exception during execution\n"
+        + TRACEBACK
+    )
+    task_failure = (
+        "18:30:30.053 | ERROR   | Task run 'parse-and-check-8ca' - Task run failed with exception\n"
+        + TRACEBACK
+    )
     worker_fault = "18:31:00.000 | ERROR   | prefect.worker.process - lost the API\n" + TRACEBACK
     assert infra_stack.stack_tracebacks("worker", run_failure + task_failure) == []
     assert len(infra_stack.stack_tracebacks("worker", run_failure + worker_fault)) == 1
@@ -61,4 +78,6 @@ def test_the_prefect_servers_sqlite_lock_errors_are_not_counted_but_other_errors
     other = "ERROR | prefect.server - boom\nTraceback (most recent call last):\n  File y\nKeyError: 'z'\n"
     assert infra_stack.stack_tracebacks("prefect", locked) == []
     assert infra_stack.stack_tracebacks("prefect", locked + other) == ["KeyError: 'z'"]
-    assert infra_stack.stack_tracebacks("mlflow", locked) != [], "only the Prefect server's lock waits are expected"
+    assert infra_stack.stack_tracebacks("mlflow", locked) != [], (
+        "only the Prefect server's lock waits are expected"
+    )

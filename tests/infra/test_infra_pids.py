@@ -11,7 +11,11 @@ import pytest
 
 from ser_stack.settings import StackSettings
 
-SLEEPER = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"]
+SLEEPER = [
+    sys.executable,
+    "-c",
+    "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)",
+]
 
 
 def group_members(leader_pid: int) -> list[psutil.Process]:
@@ -38,7 +42,9 @@ def bystander():
 
 def test_down_stops_recorded_groups_and_spares_others(infra_stack, tmp_path, bystander):
     settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
-    leaders = [infra_stack.start_process(tmp_path, name, SLEEPER, {}, tmp_path) for name in ("mlflow", "prefect")]
+    leaders = [
+        infra_stack.start_process(tmp_path, name, SLEEPER, {}, tmp_path) for name in ("mlflow", "prefect")
+    ]
     members = [member for leader in leaders for member in wait_for_child(leader)]
     assert {infra_stack.recorded_pid(tmp_path, n) for n in ("mlflow", "prefect")} == set(leaders)
 
@@ -54,7 +60,11 @@ def test_down_stops_recorded_groups_and_spares_others(infra_stack, tmp_path, bys
 def test_a_reused_pid_is_not_ours(infra_stack, tmp_path, bystander):
     """A pid file whose pid now belongs to another process (other start time) is treated as stale."""
     (tmp_path / "pids").mkdir()
-    record = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time() - 100, "argv": []}
+    record = {
+        "pid": bystander.pid,
+        "create_time": psutil.Process(bystander.pid).create_time() - 100,
+        "argv": [],
+    }
     (tmp_path / "pids" / "s3.json").write_text(json.dumps(record))
     assert infra_stack.recorded_pid(tmp_path, "s3") is None
 
@@ -74,5 +84,9 @@ def test_down_purge_deletes_the_state_folder(infra_stack, tmp_path):
 def test_health_reports_every_component_down_without_a_stack(infra_stack, tmp_path):
     table = infra_stack.health(StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)}))
     assert set(table) == {"s3", "mlflow", "prefect", "worker", "scheduler", "trainings"}
-    assert all(reason and "infra/up" in reason for name, reason in table.items() if name not in ("scheduler", "trainings"))
+    assert all(
+        reason and "infra/up" in reason
+        for name, reason in table.items()
+        if name not in ("scheduler", "trainings")
+    )
     assert table["scheduler"] == table["trainings"] == "Prefect server down"

@@ -18,13 +18,22 @@ def test_defaults_point_at_the_local_stack(tmp_path):
     assert settings.tracking_uri == "http://127.0.0.1:5000"
     assert settings.prefect_api_url == "http://127.0.0.1:4200/api"
     assert settings.s3_endpoint == "http://127.0.0.1:8333"
-    assert (settings.data_bucket, settings.mlflow_bucket, settings.work_pool) == ("ser-data", "ser-mlflow", "ser-process")
+    assert (settings.data_bucket, settings.mlflow_bucket, settings.work_pool) == (
+        "ser-data",
+        "ser-mlflow",
+        "ser-process",
+    )
     assert settings.prefect_home == tmp_path / "prefect"
 
 
 def test_client_env_round_trips(tmp_path):
-    env = {"SER_STATE_DIR": str(tmp_path), "SER_MLFLOW_PORT": "5999", "SER_DATA_BUCKET": "other-data",
-           "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+    env = {
+        "SER_STATE_DIR": str(tmp_path),
+        "SER_MLFLOW_PORT": "5999",
+        "SER_DATA_BUCKET": "other-data",
+        "AWS_ACCESS_KEY_ID": "AKID",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+    }
     settings = StackSettings.from_env(env)
     assert StackSettings.from_env(settings.client_env()) == settings
     assert settings.tracking_uri == "http://127.0.0.1:5999"
@@ -39,7 +48,9 @@ def test_secrets_stay_out_of_repr(tmp_path):
 
 
 def test_credentials_come_from_the_state_folder_when_not_in_the_environment(tmp_path):
-    (tmp_path / "s3-credentials.json").write_text(json.dumps({"access_key_id": "K", "secret_access_key": "S"}))
+    (tmp_path / "s3-credentials.json").write_text(
+        json.dumps({"access_key_id": "K", "secret_access_key": "S"})
+    )
     settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
     assert (settings.access_key_id, settings.secret_access_key) == ("K", "S")
 
@@ -47,7 +58,10 @@ def test_credentials_come_from_the_state_folder_when_not_in_the_environment(tmp_
 @pytest.mark.parametrize("text", ["{not json", "[]", '{"access_key_id": "K"}'])
 def test_an_unreadable_credentials_file_is_named_with_what_it_must_hold(tmp_path, text):
     (tmp_path / "s3-credentials.json").write_text(text)
-    with pytest.raises(ValueError, match=r"s3-credentials\.json: .*expected a JSON object with access_key_id and secret_access_key"):
+    with pytest.raises(
+        ValueError,
+        match=r"s3-credentials\.json: .*expected a JSON object with access_key_id and secret_access_key",
+    ):
         StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
 
 
@@ -66,13 +80,27 @@ def test_invalid_settings_are_refused_with_the_variable_named(tmp_path, env, mes
 
 
 def test_env_sh_exports_what_settings_derive(repo_root, tmp_path):
-    env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "SER_PREFECT_PORT": "4999",
-           "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "it's $ecret"}
+    env = {
+        **os.environ,
+        "SER_STATE_DIR": str(tmp_path),
+        "SER_PREFECT_PORT": "4999",
+        "AWS_ACCESS_KEY_ID": "AKID",
+        "AWS_SECRET_ACCESS_KEY": "it's $ecret",
+    }
     for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         env.pop(name, None)
     shown = subprocess.run(
-        ["bash", "-c", 'eval "$(infra/env.sh)" && echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"'],
-        cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
+        [
+            "bash",
+            "-c",
+            'eval "$(infra/env.sh)" && echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"',
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert shown.stdout.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"
 
@@ -82,8 +110,17 @@ def test_env_sh_puts_the_venv_first_on_path_once(repo_root, tmp_path):
     whose PATH lacks .venv/bin, both resolve to the project's venv; a second eval adds nothing."""
     env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     shown = subprocess.run(
-        ["bash", "-c", 'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && command -v mlflow uvicorn && echo "$PATH"'],
-        cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
+        [
+            "bash",
+            "-c",
+            'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && command -v mlflow uvicorn && echo "$PATH"',
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     mlflow, uvicorn, path = shown.stdout.split()
     venv_bin = repo_root / ".venv" / "bin"
@@ -96,9 +133,18 @@ def test_env_sh_puts_the_venv_first_on_path_once_and_turns_on_the_plugin(repo_ro
     env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": f"/usr/bin:{venv_bin}:/bin"}
     env.pop("PREFECT_PLUGINS_ENABLED", None)
     shown = subprocess.run(
-        ["bash", "-c", 'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && '
-         'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser'],
-        cwd=repo_root, env=env, capture_output=True, text=True, check=True, timeout=60,
+        [
+            "bash",
+            "-c",
+            'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && '
+            'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser',
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     first, prefect, ser = shown.stdout.splitlines()
     path, enabled, allow = first.split("|")
@@ -116,7 +162,7 @@ def test_plugin_env_follows_the_project_prefect_toml(infra_stack, tmp_path):
         "PREFECT_PLUGINS_ALLOW": ",".join(settings["allow"]),
     }
     other = tmp_path / "prefect.toml"
-    other.write_text('[plugins]\nenabled = false\n')
+    other.write_text("[plugins]\nenabled = false\n")
     assert infra_stack.plugin_env(other) == {"PREFECT_PLUGINS_ENABLED": "false"}
 
 
@@ -129,7 +175,16 @@ def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(i
     env = infra_stack.stack_env(StackSettings.from_env())
     assert env["PREFECT_PLUGINS_ENABLED"] == "false"
     done = subprocess.run(
-        [sys.executable, "-c", "import prefect.settings as s; print(s.get_current_settings().plugins.enabled)"],
-        cwd=infra_stack.REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import prefect.settings as s; print(s.get_current_settings().plugins.enabled)",
+        ],
+        cwd=infra_stack.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert done.stdout.strip() == "False", "the environment beats the project's prefect.toml"

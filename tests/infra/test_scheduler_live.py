@@ -15,7 +15,6 @@ from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from flows.deploy import DEFAULT_RETRAIN_CRON, RETRAIN_DEPLOYMENT
-from tests.flows.live_stack import prefect_api  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -24,7 +23,9 @@ SCHEDULER_WAIT_S = 75
 
 
 def scheduled_runs(client, deployment_id) -> list:
-    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    )
     return [r for r in runs if r.state is not None and r.state.type.value == "SCHEDULED"]
 
 
@@ -39,8 +40,12 @@ def wait_for_scheduled_runs(client, deployment_id, timeout_s: float = SCHEDULER_
 
 def server_tracebacks(infra_stack, stack) -> list[str]:
     if infra_stack.recorded_pid(stack.state_dir, "prefect") is None:
-        pytest.skip(f"the Prefect server was not started by infra/up in {stack.state_dir}: its log is not here")
-    return infra_stack.stack_tracebacks("prefect", infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect")))
+        pytest.skip(
+            f"the Prefect server was not started by infra/up in {stack.state_dir}: its log is not here"
+        )
+    return infra_stack.stack_tracebacks(
+        "prefect", infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect"))
+    )
 
 
 def test_the_server_schedules_retrain_nightly_after_deploy(infra_stack, stack, prefect_api, repo_root):
@@ -53,14 +58,25 @@ def test_the_server_schedules_retrain_nightly_after_deploy(infra_stack, stack, p
         if old is not None:
             for run in scheduled_runs(client, old.id):
                 client.delete_flow_run(run.id)
-        done = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=repo_root, env=env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.deploy"],
+            cwd=repo_root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         deployment = client.read_deployment_by_name(f"retrain/{RETRAIN_DEPLOYMENT}")
         runs = wait_for_scheduled_runs(client, deployment.id)
-    assert runs, f"the server made no scheduled run of {RETRAIN_DEPLOYMENT} within {SCHEDULER_WAIT_S} s of flows.deploy"
+    assert runs, (
+        f"the server made no scheduled run of {RETRAIN_DEPLOYMENT} within {SCHEDULER_WAIT_S} s of flows.deploy"
+    )
     assert all(r.auto_scheduled for r in runs), "runs of a cron schedule are made by the server's scheduler"
     minute, hour = (int(f) for f in DEFAULT_RETRAIN_CRON.split()[:2])
-    assert all((r.expected_start_time.hour, r.expected_start_time.minute) == (hour, minute) for r in runs), runs
+    assert all((r.expected_start_time.hour, r.expected_start_time.minute) == (hour, minute) for r in runs), (
+        runs
+    )
     assert server_tracebacks(infra_stack, stack) == []
 
 
@@ -73,14 +89,18 @@ def test_health_reports_a_schedule_left_without_runs(infra_stack, stack, prefect
 
     tag = uuid.uuid4().hex[:10]
     pool, name = f"ser-test-idle-{tag}", f"schedule-probe-{tag}"
-    probe = Flow.from_source(source=str(repo_root), entrypoint="flows/retrain.py:retrain").to_deployment(name=name, cron="0 * * * *")
+    probe = Flow.from_source(source=str(repo_root), entrypoint="flows/retrain.py:retrain").to_deployment(
+        name=name, cron="0 * * * *"
+    )
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         deployment_id = None
         try:
             deployment_id = probe.apply(work_pool_name=pool)
             created = time.monotonic()
-            assert wait_for_scheduled_runs(client, deployment_id), "the server did not schedule the probe deployment"
+            assert wait_for_scheduled_runs(client, deployment_id), (
+                "the server did not schedule the probe deployment"
+            )
             later = time.time() + infra_stack.SCHEDULER_GRACE_S + 1
             assert name not in infra_stack.scheduled_deployments_without_runs(stack, now=later)
             time.sleep(max(0.0, 15.0 - (time.monotonic() - created)))
@@ -89,7 +109,9 @@ def test_health_reports_a_schedule_left_without_runs(infra_stack, stack, prefect
             assert name in infra_stack.scheduled_deployments_without_runs(stack, now=later)
         finally:
             if deployment_id is not None:
-                for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))):
+                for run in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+                ):
                     client.delete_flow_run(run.id)
                 client.delete_deployment(deployment_id)
             client.delete_work_pool(pool)

@@ -29,7 +29,9 @@ def test_fbank_training_step_throughput_and_overfit():
     waves = torch.randn(16, int(lengths.max()), generator=g) * 0.1
     labels = torch.arange(16) % 8
     targets = torch.nn.functional.one_hot(labels, 8).float()
-    optimizer = torch.optim.Adam([{"params": model.main_parameters(), "lr": 1e-3}, {"params": model.center_parameters(), "lr": 5e-3}])
+    optimizer = torch.optim.Adam(
+        [{"params": model.main_parameters(), "lr": 1e-3}, {"params": model.center_parameters(), "lr": 5e-3}]
+    )
     eam_gen, loss_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
 
     def step() -> tuple[float, float, float]:
@@ -37,7 +39,9 @@ def test_fbank_training_step_throughput_and_overfit():
         mixed = energy_adaptive_mixup(waves, lengths, targets, generator=eam_gen, config=config.eam)
         t_eam = time.perf_counter() - t0
         out = model(mixed.waves, lengths)
-        total, _ = multi_loss(out, mixed.targets, labels, model.centers, model.supcon_proj, config.loss, loss_gen)
+        total, _ = multi_loss(
+            out, mixed.targets, labels, model.centers, model.supcon_proj, config.loss, loss_gen
+        )
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
@@ -50,8 +54,10 @@ def test_fbank_training_step_throughput_and_overfit():
     seconds = sum(t for _, _, t in timings)
     eam_ms = 1000 * sum(t for _, t, _ in timings) / len(timings)
     throughput = 16 * len(timings) / seconds
-    print(f"\nfbank train step, B=16 x 3-4 s, 2 threads: {throughput:.1f} utt/s wall, "
-          f"{16 * len(timings) / cpu_seconds:.1f} utt per CPU-second, EAM {eam_ms:.1f} ms/batch, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    print(
+        f"\nfbank train step, B=16 x 3-4 s, 2 threads: {throughput:.1f} utt/s wall, "
+        f"{16 * len(timings) / cpu_seconds:.1f} utt per CPU-second, EAM {eam_ms:.1f} ms/batch, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+    )
     last_losses = [loss for loss, _, _ in timings[-3:]]
     assert max(last_losses) < first

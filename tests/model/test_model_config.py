@@ -17,7 +17,13 @@ def _full_config() -> SERConfig:
     return SERConfig(
         labels=LABELS,
         corpus="ravdess",
-        model=ModelConfig(backbone="hf:/tmp/some model", backbone_mode="weighted_sum", flam_heads=8, fbank_channels=(8, 16, 16), fbank_time_pools=(1, 2, 2)),
+        model=ModelConfig(
+            backbone="hf:/tmp/some model",
+            backbone_mode="weighted_sum",
+            flam_heads=8,
+            fbank_channels=(8, 16, 16),
+            fbank_time_pools=(1, 2, 2),
+        ),
         eam=EAMConfig(mix_prob=0.5, snr_db_low=0.0),
         loss=LossConfig(w_center=0.0, supcon=False),
         train=TrainConfig(epochs=3, lr=3e-4, max_seconds=None, precision="bf16"),
@@ -35,8 +41,19 @@ def test_json_round_trip_is_exact(config, tmp_path):
 
 def test_defaults_follow_the_paper():
     c = SERConfig(labels=LABELS)
-    assert (c.train.batch_size, c.train.lr, c.train.center_lr, c.train.lr_decay, c.train.epochs) == (16, 1e-4, 5e-3, 7 / 8, 20)
-    assert (c.loss.focal_gamma, c.loss.supcon_tau, c.eam.snr_db_low, c.eam.snr_db_high) == (2.0, 0.07, -5.0, 10.0)
+    assert (c.train.batch_size, c.train.lr, c.train.center_lr, c.train.lr_decay, c.train.epochs) == (
+        16,
+        1e-4,
+        5e-3,
+        7 / 8,
+        20,
+    )
+    assert (c.loss.focal_gamma, c.loss.supcon_tau, c.eam.snr_db_low, c.eam.snr_db_high) == (
+        2.0,
+        0.07,
+        -5.0,
+        10.0,
+    )
     assert ModelConfig(backbone="hf:microsoft/wavlm-large").n_flam_heads == 16
 
 
@@ -44,13 +61,22 @@ def test_resolved_defaults_depend_on_the_backbone():
     assert ModelConfig().layer_weights is False and ModelConfig().n_flam_heads == 4
     assert ModelConfig(backbone="hf:x").layer_weights is True
     assert ModelConfig(backbone="hf:x", backbone_mode="frozen").layer_weights is False
-    assert ModelConfig(backbone="hf:x", backbone_mode="finetune", use_layer_weights=False).layer_weights is False
+    assert (
+        ModelConfig(backbone="hf:x", backbone_mode="finetune", use_layer_weights=False).layer_weights is False
+    )
 
 
 def test_overrides_return_a_new_validated_config():
     base = SERConfig(labels=LABELS)
-    new = base.with_overrides({"train.epochs": 3, "loss.w_center": 0, "corpus": "ravdess", "model.fbank_time_pools": [2, 2, 1, 1]})
-    assert (new.train.epochs, new.loss.w_center, new.corpus, new.model.fbank_time_pools) == (3, 0.0, "ravdess", (2, 2, 1, 1))
+    new = base.with_overrides(
+        {"train.epochs": 3, "loss.w_center": 0, "corpus": "ravdess", "model.fbank_time_pools": [2, 2, 1, 1]}
+    )
+    assert (new.train.epochs, new.loss.w_center, new.corpus, new.model.fbank_time_pools) == (
+        3,
+        0.0,
+        "ravdess",
+        (2, 2, 1, 1),
+    )
     assert isinstance(new.loss.w_center, float)
     assert base.train.epochs == 20
     switched = base.with_overrides({"model.backbone": "hf:/tmp/x", "model.backbone_mode": "frozen"})
@@ -65,7 +91,9 @@ def test_unknown_override_names_the_key_and_the_valid_ones():
 def test_unknown_json_key_is_rejected():
     data = SERConfig(labels=LABELS).to_dict()
     data["loss"]["w_triplet"] = 1.0
-    with pytest.raises(ConfigError, match=r"SERConfig\.loss: unknown key\(s\) \['w_triplet'\]; valid keys: \['w_kl'"):
+    with pytest.raises(
+        ConfigError, match=r"SERConfig\.loss: unknown key\(s\) \['w_triplet'\]; valid keys: \['w_kl'"
+    ):
         SERConfig.from_dict(data)
     with pytest.raises(ConfigError, match="not valid JSON"):
         SERConfig.from_json("{not json")
@@ -88,19 +116,31 @@ def test_unknown_json_key_is_rejected():
         ({"model.backbone": "wavlm"}, r"ModelConfig\.backbone: got 'wavlm', expected 'fbank' or 'hf:"),
         ({"model.backbone_mode": "frozen"}, "fbank backbone, which is trained from scratch"),
         ({"model.use_layer_weights": True}, "fbank backbone exposes no hidden layers"),
-        ({"model.backbone": "hf:x", "model.backbone_mode": "frozen", "model.use_layer_weights": True}, "use backbone_mode='weighted_sum'"),
+        (
+            {"model.backbone": "hf:x", "model.backbone_mode": "frozen", "model.use_layer_weights": True},
+            "use backbone_mode='weighted_sum'",
+        ),
         ({"model.backbone": "hf:x", "model.sample_rate": 8000}, "SSL speech models expect 16000"),
         ({"model.flam_dropout": 1.0}, r"ModelConfig\.flam_dropout"),
         ({"model.flam_heads": 3}, "fbank_dim=128 is not divisible by flam_heads=3"),
         ({"model.fbank_channels": [], "model.fbank_time_pools": []}, r"ModelConfig\.fbank_channels"),
-        ({"model.fbank_time_pools": [2, 2]}, r"ModelConfig\.fbank_time_pools: .*one time pooling factor >= 1 per conv block \(4\)"),
+        (
+            {"model.fbank_time_pools": [2, 2]},
+            r"ModelConfig\.fbank_time_pools: .*one time pooling factor >= 1 per conv block \(4\)",
+        ),
         ({"model.n_mels": 8}, r"ModelConfig\.n_mels: got 8 mel bins for 4 conv blocks .* expected >= 16"),
         ({"model.embed_norm": "group"}, r"ModelConfig\.embed_norm"),
         ({"model.trim_db": 0.0}, r"ModelConfig\.trim_db"),
         ({"train.schedule": "linear"}, r"TrainConfig\.schedule"),
-        ({"train.select_metric": "f1"}, r"TrainConfig\.select_metric: got 'f1', expected one of \('WA', 'UA', 'macro_f1'\)"),
+        (
+            {"train.select_metric": "f1"},
+            r"TrainConfig\.select_metric: got 'f1', expected one of \('WA', 'UA', 'macro_f1'\)",
+        ),
         ({"train.select_metric": "Ua"}, r"TrainConfig\.select_metric: got 'Ua'"),
-        ({"train.warmup_epochs": 20.5}, r"TrainConfig\.warmup_epochs: got 20\.5, expected 0 <= warmup_epochs <= epochs=20"),
+        (
+            {"train.warmup_epochs": 20.5},
+            r"TrainConfig\.warmup_epochs: got 20\.5, expected 0 <= warmup_epochs <= epochs=20",
+        ),
         ({"eam.degenerate_db": 3.0}, r"EAMConfig\.degenerate_db"),
         ({"labels": ["a"]}, "expected at least two class names"),
         ({"labels": ["a", "a"]}, "duplicates"),
@@ -119,7 +159,10 @@ def test_configs_are_frozen():
 def test_select_metric_is_spelled_as_the_metric_keys():
     assert TrainConfig().select_metric == "UA"
     for metric in HEADLINE_METRICS:
-        assert SERConfig(labels=LABELS).with_overrides({"train.select_metric": metric}).train.select_metric == metric
+        assert (
+            SERConfig(labels=LABELS).with_overrides({"train.select_metric": metric}).train.select_metric
+            == metric
+        )
     with pytest.raises(ConfigError, match=r"TrainConfig\.select_metric: got 'ua'"):
         TrainConfig(select_metric="ua")  # only saved configs are read with the old spelling
 

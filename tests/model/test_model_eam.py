@@ -24,7 +24,9 @@ def _batch(seed: int, b: int = 8, max_len: int = 4000, n_classes: int = 4):
 
 
 def _mix(waves, lengths, targets, seed=0, **cfg):
-    return energy_adaptive_mixup(waves, lengths, targets, generator=torch.Generator().manual_seed(seed), config=EAMConfig(**cfg))
+    return energy_adaptive_mixup(
+        waves, lengths, targets, generator=torch.Generator().manual_seed(seed), config=EAMConfig(**cfg)
+    )
 
 
 def naive_eam(waves, lengths, targets, partner, s_i, l_mix, s_j, snr_db, degenerate_db=-30.0):
@@ -58,9 +60,20 @@ def naive_eam(waves, lengths, targets, partner, s_i, l_mix, s_j, snr_db, degener
 @pytest.mark.parametrize("seed", range(6))
 def test_matches_naive_reference(seed):
     waves, lengths, targets = _batch(seed)
-    targets = torch.softmax(torch.randn(targets.shape, generator=torch.Generator().manual_seed(seed)), 1)  # soft labels too
+    targets = torch.softmax(
+        torch.randn(targets.shape, generator=torch.Generator().manual_seed(seed)), 1
+    )  # soft labels too
     r = _mix(waves, lengths, targets, seed)
-    out, soft, lam = naive_eam(waves, lengths, targets, r.partner, r.segment[:, 0], r.segment[:, 1], r.partner_start, r.snr_db.double())
+    out, soft, lam = naive_eam(
+        waves,
+        lengths,
+        targets,
+        r.partner,
+        r.segment[:, 0],
+        r.segment[:, 1],
+        r.partner_start,
+        r.snr_db.double(),
+    )
     np.testing.assert_allclose(r.waves.numpy(), out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.targets.numpy(), soft, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.lam.numpy(), lam, rtol=1e-5, atol=1e-7)
@@ -151,8 +164,8 @@ def test_a_near_silent_segment_relative_to_its_utterance_is_degenerate(level_db,
         targets = torch.eye(2)
         for seed in range(500):  # a seed whose primary and partner segments both lie in the quiet half
             draw = _mix(waves, lengths, targets, seed, degenerate_db=-100.0)
-            s, l = draw.segment[0].tolist()
-            if draw.mixed[0] and s + l <= n // 2 and int(draw.partner_start[0]) + l <= n // 2:
+            s, span = draw.segment[0].tolist()
+            if draw.mixed[0] and s + span <= n // 2 and int(draw.partner_start[0]) + span <= n // 2:
                 break
         else:
             pytest.fail("no seed drew both segments inside the quiet half")
@@ -174,7 +187,10 @@ def test_no_mixing_is_bit_identical(cfg):
 
 def test_mix_prob_mixes_about_that_fraction():
     _, _, targets = _batch(4, b=200, max_len=400)
-    waves, lengths = torch.randn(200, 400, generator=torch.Generator().manual_seed(4)), torch.full((200,), 400)
+    waves, lengths = (
+        torch.randn(200, 400, generator=torch.Generator().manual_seed(4)),
+        torch.full((200,), 400),
+    )
     r = _mix(waves, lengths, targets, 0, mix_prob=0.5)
     assert 60 < int(r.mixed.sum()) < 140
 

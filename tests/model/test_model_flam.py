@@ -47,7 +47,9 @@ def test_frame_attention_equals_reference_on_unpadded_sequence(seed):
         for b in range(h.shape[0]):
             n = int(mask[b].sum())
             torch.testing.assert_close(out[b, :n], reference_mha(h[b, :n], module), rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(out[b, :n], module(h[b : b + 1, :n], mask[b : b + 1, :n])[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                out[b, :n], module(h[b : b + 1, :n], mask[b : b + 1, :n])[0], rtol=1e-5, atol=1e-5
+            )
             assert torch.all(out[b, n:] == 0)
 
 

@@ -29,7 +29,9 @@ def _batch(device):
 def test_eam_on_cuda_with_a_cuda_generator():
     waves, lengths, labels = _batch("cuda")
     targets = torch.nn.functional.one_hot(labels, 4).float()
-    r = energy_adaptive_mixup(waves, lengths, targets, generator=torch.Generator(device="cuda").manual_seed(0))
+    r = energy_adaptive_mixup(
+        waves, lengths, targets, generator=torch.Generator(device="cuda").manual_seed(0)
+    )
     assert r.waves.device.type == "cuda" and r.mixed.any()
     assert torch.all((r.lam >= 0) & (r.lam < 0.5))
     torch.testing.assert_close(r.targets.sum(1), torch.ones(4, device="cuda"))
@@ -67,8 +69,15 @@ def test_model_trains_under_bf16_autocast_and_matches_cpu_in_fp32(backbone, tmp_
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = gpu_model(waves.cuda(), lengths.cuda())
         targets = torch.nn.functional.one_hot(labels.cuda(), 4).float()
-        total, terms = multi_loss(out, targets, labels.cuda(), gpu_model.centers, gpu_model.supcon_proj, config.loss,
-                                  torch.Generator(device="cuda").manual_seed(0))
+        total, terms = multi_loss(
+            out,
+            targets,
+            labels.cuda(),
+            gpu_model.centers,
+            gpu_model.supcon_proj,
+            config.loss,
+            torch.Generator(device="cuda").manual_seed(0),
+        )
     total.backward()
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu_model.main_parameters())

@@ -52,7 +52,14 @@ def test_perfect_prediction_minimises_kl():
 @pytest.mark.parametrize("seed", range(3))
 def test_focal_with_gamma_zero_is_soft_cross_entropy(seed):
     logits, y = _logits_targets(seed)
-    ce = -sum(yc * math.log(pc) for b in range(B) for yc, pc in zip(y[b].tolist(), _softmax_row(logits[b].tolist()))) / B
+    ce = (
+        -sum(
+            yc * math.log(pc)
+            for b in range(B)
+            for yc, pc in zip(y[b].tolist(), _softmax_row(logits[b].tolist()))
+        )
+        / B
+    )
     assert float(focal_loss(logits, y, gamma=0.0)) == pytest.approx(ce, rel=1e-5)
 
 
@@ -85,7 +92,9 @@ def naive_supcon(z: torch.Tensor, labels: list[int], tau: float) -> float:
         if not positives:
             continue
         denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in range(n) if a != i)
-        losses.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in positives) / len(positives))
+        losses.append(
+            -sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in positives) / len(positives)
+        )
     return sum(losses) / len(losses)
 
 
@@ -95,7 +104,9 @@ def test_supcon_matches_naive_double_loop(seed):
     z = torch.nn.functional.normalize(torch.randn(10, 5, generator=g), dim=1).double()
     labels = [0, 0, 1, 1, 1, 2, 3, 3, 0, 4]  # classes 2 and 4 have no positive: excluded anchors
     tau = [0.07, 0.1, 0.5, 1.0][seed]
-    assert float(supcon_loss(z, torch.tensor(labels), tau)) == pytest.approx(naive_supcon(z.float(), labels, tau), rel=1e-4)
+    assert float(supcon_loss(z, torch.tensor(labels), tau)) == pytest.approx(
+        naive_supcon(z.float(), labels, tau), rel=1e-4
+    )
 
 
 def test_supcon_without_positives_is_zero_with_a_gradient():
@@ -140,7 +151,14 @@ def _output(seed: int):
 
 @pytest.mark.parametrize(
     "switches",
-    [dict(), dict(kl=False), dict(focal=False), dict(center=False), dict(supcon=False), dict(center=False, supcon=False, focal=False)],
+    [
+        dict(),
+        dict(kl=False),
+        dict(focal=False),
+        dict(center=False),
+        dict(supcon=False),
+        dict(center=False, supcon=False, focal=False),
+    ],
 )
 def test_multi_loss_is_the_weighted_sum_of_switched_on_terms(switches):
     cfg = LossConfig(w_kl=0.7, w_focal=1.3, w_center=0.2, w_supcon=0.4, supcon_views=3, **switches)
@@ -166,7 +184,9 @@ def test_multi_loss_is_the_weighted_sum_of_switched_on_terms(switches):
             expected += 0.4 * float(supcon_loss(z, labels.repeat_interleave(3), 0.07))
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     total.backward()
-    assert (out.embedding.grad is not None) == cfg.center  # the embedding reaches the loss only via the center term
+    assert (
+        out.embedding.grad is not None
+    ) == cfg.center  # the embedding reaches the loss only via the center term
     assert (out.frames.grad is not None) == cfg.supcon
 
 

@@ -30,7 +30,9 @@ def test_metrics_match_loop_reference(seed):
     rng = np.random.default_rng(seed)
     n_classes = int(rng.integers(2, 9))
     n = int(rng.integers(1, 60))
-    y_true = rng.integers(0, n_classes - (seed % 2), size=n)  # odd seeds leave the last class absent from y_true
+    y_true = rng.integers(
+        0, n_classes - (seed % 2), size=n
+    )  # odd seeds leave the last class absent from y_true
     y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, n_classes, size=n))
     labels = [f"c{c}" for c in range(n_classes)]
     m = classification_metrics(y_true, y_pred, n_classes, labels)
@@ -49,12 +51,18 @@ def test_perfect_and_imbalanced_predictions():
     y = [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
     assert classification_metrics(y, y, 3)["UA"] == 1.0
     majority = classification_metrics(y, [0] * 10, 3)
-    assert majority["WA"] == 0.8 and majority["UA"] == pytest.approx(1 / 3)  # UA is not fooled by the majority class
+    assert majority["WA"] == 0.8 and majority["UA"] == pytest.approx(
+        1 / 3
+    )  # UA is not fooled by the majority class
 
 
 @pytest.mark.parametrize(
     "y_true, y_pred, n_classes, match",
-    [([0, 1], [0], 2, "y_true has 2 items but y_pred has 1"), ([0, 3], [0, 1], 3, r"y_true has values in \[0, 3\]"), ([], [], 2, "no predictions")],
+    [
+        ([0, 1], [0], 2, "y_true has 2 items but y_pred has 1"),
+        ([0, 3], [0, 1], 3, r"y_true has values in \[0, 3\]"),
+        ([], [], 2, "no predictions"),
+    ],
 )
 def test_bad_input_is_rejected(y_true, y_pred, n_classes, match):
     with pytest.raises(ValueError, match=match):
@@ -64,9 +72,17 @@ def test_bad_input_is_rejected(y_true, y_pred, n_classes, match):
 @pytest.mark.parametrize("metric", HEADLINE_METRICS)
 def test_selection_rule_names_the_metric_and_who_selects(metric):
     fold = selection_rule(metric, {"train": ["S03"], "valid": ["S02"], "test": ["S01"]})
-    assert fold == f"best validation {metric} on validation speakers ['S02']; test speakers ['S01'] never used for selection"
+    assert (
+        fold
+        == f"best validation {metric} on validation speakers ['S02']; test speakers ['S01'] never used for selection"
+    )
     release = selection_rule(metric, {"train": ["S01", "S03"], "valid": ["S02"], "test": []})
-    assert release.startswith(f"best validation {metric} on validation speakers ['S02']") and "release model, no test speakers" in release
+    assert (
+        release.startswith(f"best validation {metric} on validation speakers ['S02']")
+        and "release model, no test speakers" in release
+    )
     protocol = selection_rule(metric)
-    assert protocol.startswith(f"best validation {metric} on validation speakers drawn from each fold's training speakers")
+    assert protocol.startswith(
+        f"best validation {metric} on validation speakers drawn from each fold's training speakers"
+    )
     assert protocol.endswith("test speakers never used for selection")

@@ -42,7 +42,15 @@ def _train_step(model, waves, lengths, labels):
     model.train()
     out = model(waves, lengths)
     targets = torch.nn.functional.one_hot(labels, len(LABELS)).float()
-    total, _ = multi_loss(out, targets, labels, model.centers, model.supcon_proj, model.config.loss, torch.Generator().manual_seed(0))
+    total, _ = multi_loss(
+        out,
+        targets,
+        labels,
+        model.centers,
+        model.supcon_proj,
+        model.config.loss,
+        torch.Generator().manual_seed(0),
+    )
     total.backward()
     return out
 
@@ -79,7 +87,12 @@ def test_tiny_wavlm_finetune_end_to_end_and_offline_reload(tiny_wavlm_folder, tm
     with torch.no_grad():
         logits = model(waves, lengths).logits
     model.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["backbone_config.json", "config.json", "labels.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "backbone_config.json",
+        "config.json",
+        "labels.json",
+        "model.safetensors",
+    ]
     assert json.loads((tmp_path / "ckpt" / "labels.json").read_text()) == list(LABELS)
     shutil.rmtree(backbone_copy)  # the checkpoint alone must be enough
     loaded = SERModel.from_pretrained(tmp_path / "ckpt")
@@ -134,7 +147,9 @@ def test_fbank_end_to_end_save_and_load(tmp_path):
 
 def test_fbank_is_padding_invariant():
     torch.manual_seed(1)
-    model = SERModel(SERConfig(labels=LABELS, model=ModelConfig(fbank_time_pools=(1, 2, 2, 3), embed_norm="batch")))
+    model = SERModel(
+        SERConfig(labels=LABELS, model=ModelConfig(fbank_time_pools=(1, 2, 2, 3), embed_norm="batch"))
+    )
     _randomise_batch_norm_statistics(model)
     waves, lengths, _ = _batch(lengths=(SR, 401, 399, 7000, 100))
     _assert_padding_invariant(model, waves, lengths)
@@ -151,7 +166,11 @@ def _randomise_batch_norm_statistics(model):
 
 @pytest.mark.parametrize("pools", [(2, 2, 2, 2), (1, 2, 2, 3), (3, 1, 1, 1)])
 def test_fbank_frame_mask_is_exact(pools):
-    backbone = FbankBackbone(ModelConfig(fbank_channels=(4, 8, 8, 8), fbank_time_pools=pools, fbank_dim=32, fbank_heads=2, fbank_layers=1))
+    backbone = FbankBackbone(
+        ModelConfig(
+            fbank_channels=(4, 8, 8, 8), fbank_time_pools=pools, fbank_dim=32, fbank_heads=2, fbank_layers=1
+        )
+    )
     lengths = torch.tensor([16000, 400, 399, 1, 12345, 560])
     waves = torch.randn(len(lengths), int(lengths.max()))
     frames, mask = backbone.eval()(waves, lengths)
@@ -176,7 +195,9 @@ def test_fbank_log_mel_normalisation_matches_a_reference(norm):
     waves = torch.randn(len(lengths), int(lengths.max())) * torch.tensor([[0.1], [3.0], [1.0]])
     feats, mask = backbone.log_mel(waves, lengths)
     for b, n in enumerate(lengths.tolist()):
-        raw = torch.log(backbone.melspec(waves[b, :n]) + 1e-6).T.double()  # (T_b, n_mels), this utterance alone
+        raw = torch.log(
+            backbone.melspec(waves[b, :n]) + 1e-6
+        ).T.double()  # (T_b, n_mels), this utterance alone
         axis = None if norm == "utterance" else 0
         mean = raw.mean(dim=axis, keepdim=True) if axis == 0 else raw.mean()
         var = ((raw - mean) ** 2).mean(dim=axis, keepdim=True) if axis == 0 else ((raw - mean) ** 2).mean()
@@ -188,7 +209,9 @@ def test_fbank_log_mel_normalisation_matches_a_reference(norm):
     if norm == "utterance":  # the mean spectrum survives: bins differ in their utterance means
         assert float(feats[0, : int(mask[0].sum())].mean(0).std()) > 0.01
     else:
-        torch.testing.assert_close(feats[0, : int(mask[0].sum())].mean(0), torch.zeros(backbone.cfg.n_mels), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            feats[0, : int(mask[0].sum())].mean(0), torch.zeros(backbone.cfg.n_mels), atol=1e-4, rtol=0
+        )
 
 
 def test_fbank_utterance_norm_is_padding_invariant():
@@ -204,7 +227,16 @@ def test_fbank_norm_is_validated():
 
 
 def test_fbank_spec_augment_only_in_training():
-    backbone = FbankBackbone(ModelConfig(fbank_dim=32, fbank_heads=2, fbank_layers=1, fbank_dropout=0.0, spec_time_masks=4, spec_time_width=30))
+    backbone = FbankBackbone(
+        ModelConfig(
+            fbank_dim=32,
+            fbank_heads=2,
+            fbank_layers=1,
+            fbank_dropout=0.0,
+            spec_time_masks=4,
+            spec_time_width=30,
+        )
+    )
     waves, lengths, _ = _batch()
     backbone.eval()
     with torch.no_grad():
@@ -254,7 +286,7 @@ def test_loading_an_incomplete_folder_names_what_is_missing(tmp_path):
         SERModel.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("text", ["[\"neutral\", ", "{\"a\": 1}"])
+@pytest.mark.parametrize("text", ['["neutral", ', '{"a": 1}'])
 def test_a_corrupt_labels_file_is_named(tmp_path, text):
     SERModel(SERConfig(labels=LABELS)).save_pretrained(tmp_path)
     (tmp_path / "labels.json").write_text(text)
@@ -265,7 +297,9 @@ def test_a_corrupt_labels_file_is_named(tmp_path, text):
 def test_bad_lengths_are_rejected():
     model = SERModel(SERConfig(labels=LABELS))
     waves, lengths, _ = _batch()
-    with pytest.raises(ValueError, match=r"lengths: got values in \[6000, 16001\], expected 1 <= length <= L=16000"):
+    with pytest.raises(
+        ValueError, match=r"lengths: got values in \[6000, 16001\], expected 1 <= length <= L=16000"
+    ):
         model(waves, lengths.clone().index_fill_(0, torch.tensor([0]), SR + 1))
 
 

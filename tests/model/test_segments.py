@@ -16,7 +16,14 @@ from ser_model.errors import AudioDecodeError
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
 from ser_model.segments import (
-    ArraySource, FileSource, SegmentConfig, merge_windows, read_at_rate, segment_file, segment_recording, segment_records,
+    ArraySource,
+    FileSource,
+    SegmentConfig,
+    merge_windows,
+    read_at_rate,
+    segment_file,
+    segment_recording,
+    segment_records,
 )
 from ser_model.vad import FrameLevels, hysteresis_runs, speech_regions
 from tests.train.synthetic import tiny_config
@@ -30,7 +37,13 @@ def predictor() -> Predictor:
     return Predictor(SERModel(tiny_config()).eval())
 
 
-def bursts(spans: list[tuple[float, float]], total_s: float, sr: int = SR, gap_noise_dbfs: float | None = None, seed: int = 0) -> np.ndarray:
+def bursts(
+    spans: list[tuple[float, float]],
+    total_s: float,
+    sr: int = SR,
+    gap_noise_dbfs: float | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """Harmonic bursts (speech-like level, -20 dBFS) at the given [start, end) seconds; the rest
     digital silence, or white noise at `gap_noise_dbfs` (mean square, dB re full scale)."""
     rng = np.random.default_rng(seed)
@@ -48,12 +61,19 @@ def bursts(spans: list[tuple[float, float]], total_s: float, sr: int = SR, gap_n
 
 def reference_levels(wave: np.ndarray, frame: int, hop: int) -> np.ndarray:
     """L_k computed frame by frame from its definition."""
-    return np.array([10 * np.log10(np.mean(wave[k : k + frame].astype(np.float64) ** 2) + 1e-12) for k in range(0, len(wave) - frame + 1, hop)])
+    return np.array(
+        [
+            10 * np.log10(np.mean(wave[k : k + frame].astype(np.float64) ** 2) + 1e-12)
+            for k in range(0, len(wave) - frame + 1, hop)
+        ]
+    )
 
 
 @pytest.mark.parametrize("block", [1, 7, 399, 400, 401, 4096, 100000])
 def test_frame_levels_fed_in_blocks_equal_the_levels_of_the_whole_signal(block):
-    wave = np.random.default_rng(1).standard_normal(12345).astype(np.float32) * np.linspace(0, 1, 12345, dtype=np.float32)
+    wave = np.random.default_rng(1).standard_normal(12345).astype(np.float32) * np.linspace(
+        0, 1, 12345, dtype=np.float32
+    )
     levels = FrameLevels(400, 160)
     for start in range(0, len(wave), block):
         levels.push(wave[start : start + block])
@@ -146,7 +166,12 @@ def test_a_clear_change_of_emotion_inside_a_region_splits_it_where_the_windows_c
     segments = merge_windows(spans, probabilities, labels, min_segment_s=1.0)
     assert [(s.start_s, s.end_s, s.label) for s in segments] == [(0.0, 6.0, "calm"), (6.0, 12.0, "angry")]
     (single,) = merge_windows(np.array([(3.0, 5.5)]), np.array([[0.3, 0.7]]), labels, 1.0)
-    assert (single.start_s, single.end_s, single.label, single.probabilities) == (3.0, 5.5, "angry", (0.3, 0.7))
+    assert (single.start_s, single.end_s, single.label, single.probabilities) == (
+        3.0,
+        5.5,
+        "angry",
+        (0.3, 0.7),
+    )
 
 
 def test_resampled_pieces_match_the_whole_recording_resampled_at_once():
@@ -177,7 +202,10 @@ def test_a_recording_is_read_in_bounded_pieces_and_block_size_does_not_change_th
         config = SegmentConfig(block_s=block_s)
         source = CountingSource(wave, SR)
         results.append(segment_records(segment_recording(source, predictor, config), predictor.labels))
-        assert source.longest <= max(round(block_s * SR), round(config.window_s * SR)), (block_s, source.longest)
+        assert source.longest <= max(round(block_s * SR), round(config.window_s * SR)), (
+            block_s,
+            source.longest,
+        )
     assert results[0] == results[1] == results[2]
     assert len(results[0]) >= len(truth)
 
@@ -200,13 +228,21 @@ def test_bad_settings_and_bad_audio_are_refused_with_what_was_wrong(tmp_path):
         SegmentConfig().with_overrides({"window": 3})
     with pytest.raises(ConfigError, match=r"SegmentConfig.batch_size: got 1.5"):
         SegmentConfig(batch_size=1.5)
-    with pytest.raises(ConfigError, match=r"noise_percentile: got 96.0, expected below level_percentile 95.0"):
+    with pytest.raises(
+        ConfigError, match=r"noise_percentile: got 96.0, expected below level_percentile 95.0"
+    ):
         SegmentConfig(noise_percentile=96.0)
     wave = bursts([(0.5, 1.5)], 2.0)
     wave[SR + 160] = np.nan
     path = tmp_path / "nan.wav"
     soundfile.write(path, wave, SR, subtype="FLOAT")
-    with FileSource(path) as source, pytest.raises(AudioDecodeError, match=r"nan.wav: the audio holds NaN or infinite samples \(the first at 1.010 s\)"):
+    with (
+        FileSource(path) as source,
+        pytest.raises(
+            AudioDecodeError,
+            match=r"nan.wav: the audio holds NaN or infinite samples \(the first at 1.010 s\)",
+        ),
+    ):
         source.read(0, source.frames)
     (tmp_path / "not-audio.wav").write_bytes(b"RIFF nonsense")
     with pytest.raises(AudioDecodeError, match="not-audio.wav: cannot decode audio"):

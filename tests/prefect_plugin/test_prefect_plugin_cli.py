@@ -37,7 +37,9 @@ async def delete_deployments(api_url: str, ids: list[uuid.UUID]) -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     async with PrefectClient(api=api_url) as client:
-        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)))
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids))
+        )
         for run in runs:
             await client.delete_flow_run(run.id)
         for deployment_id in ids:
@@ -49,7 +51,9 @@ async def flow_run_states(api_url: str, deployment_id: uuid.UUID) -> list[str]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     async with PrefectClient(api=api_url) as client:
-        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
         return [run.state.type.value for run in runs if run.state is not None]
 
 
@@ -58,7 +62,11 @@ def prefect_cli(repo_root: Path, stack, *args: str) -> subprocess.CompletedProce
     env.pop("PREFECT_PLUGINS_ENABLED", None)  # must come from the project's prefect.toml
     return subprocess.run(
         [str(repo_root / ".venv" / "bin" / "prefect"), *args],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=120,
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -74,10 +82,14 @@ def test_short_name_runs_the_deployment_and_ambiguity_is_refused(repo_root, stac
         deadline = time.monotonic() + RUN_TIMEOUT_S
         states = asyncio.run(flow_run_states(api, created[0]))
         while states != ["COMPLETED"] and time.monotonic() < deadline:
-            assert not {"FAILED", "CRASHED"} & set(states), f"probe flow run ended {states}; see the worker log"
+            assert not {"FAILED", "CRASHED"} & set(states), (
+                f"probe flow run ended {states}; see the worker log"
+            )
             time.sleep(1.0)
             states = asyncio.run(flow_run_states(api, created[0]))
-        assert states == ["COMPLETED"], f"the worker did not complete the probe run within {RUN_TIMEOUT_S} s: {states}"
+        assert states == ["COMPLETED"], (
+            f"the worker did not complete the probe run within {RUN_TIMEOUT_S} s: {states}"
+        )
 
         created.append(asyncio.run(create_deployment(api, "ser-plugin-probe-twin", short, stack.work_pool)))
         ambiguous = prefect_cli(repo_root, stack, "deployment", "run", short)
@@ -85,7 +97,9 @@ def test_short_name_runs_the_deployment_and_ambiguity_is_refused(repo_root, stac
         assert ambiguous.returncode != 0
         assert f"ser-plugin-probe/{short}" in output and f"ser-plugin-probe-twin/{short}" in output
 
-        canonical = prefect_cli(repo_root, stack, "deployment", "run", f"ser-plugin-probe-twin/{short}", "--start-in", "1 day")
+        canonical = prefect_cli(
+            repo_root, stack, "deployment", "run", f"ser-plugin-probe-twin/{short}", "--start-in", "1 day"
+        )
         assert canonical.returncode == 0, canonical.stdout + canonical.stderr
     finally:
         asyncio.run(delete_deployments(api, created))
@@ -95,13 +109,25 @@ def test_short_name_works_from_any_folder_after_env_sh(repo_root, stack, tmp_pat
     """A shell outside the project, with only `eval "$(infra/env.sh)"` done: `prefect` is on PATH
     and resolves a short name (the plugin is switched on by env.sh, not by a prefect.toml in cwd)."""
     short = f"plugin-probe-{uuid.uuid4().hex[:8]}"
-    created = [asyncio.run(create_deployment(stack.prefect_api_url, "ser-plugin-probe", short, stack.work_pool))]
-    keep = ("HOME", "PYTHONPATH", "SER_STATE_DIR", *(f"SER_{p}_PORT" for p in ("S3", "WEED_MASTER", "WEED_VOLUME", "WEED_FILER", "WEED_ADMIN", "MLFLOW", "PREFECT")))
+    created = [
+        asyncio.run(create_deployment(stack.prefect_api_url, "ser-plugin-probe", short, stack.work_pool))
+    ]
+    keep = (
+        "HOME",
+        "PYTHONPATH",
+        "SER_STATE_DIR",
+        *(
+            f"SER_{p}_PORT"
+            for p in ("S3", "WEED_MASTER", "WEED_VOLUME", "WEED_FILER", "WEED_ADMIN", "MLFLOW", "PREFECT")
+        ),
+    )
     env = {k: os.environ[k] for k in keep if k in os.environ} | {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
     env |= {k: v for k, v in stack.client_env().items() if k.startswith("SER_")}
     script = f'eval "$({repo_root}/infra/env.sh)" && prefect deployment run {short} --start-in "1 day"'
     try:
-        ran = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        ran = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
     finally:
         asyncio.run(delete_deployments(stack.prefect_api_url, created))
     assert not (tmp_path / "prefect.toml").exists()

@@ -132,8 +132,7 @@ def test_plugin_is_registered_and_enabled_from_the_project_folder(repo_root):
     entry_points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="prefect.plugins")}
     assert entry_points.get("ser-short-deployment-names") == "flows.prefect_plugin"
     probe = (
-        "import prefect.cli.deployment as m; "
-        "print(getattr(m._get_deployment, 'resolves_short_names', False))"
+        "import prefect.cli.deployment as m; print(getattr(m._get_deployment, 'resolves_short_names', False))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True, timeout=120, check=True

@@ -19,11 +19,11 @@ from types import ModuleType
 
 import pytest
 
-from ser_stack.settings import StackSettings
 from flows.storage import DataBucket
+from ser_stack.settings import StackSettings
 from tests.fixtures.network import free_port
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
-from tests.flows.live_stack import empty_bucket, live_bucket, prefect_api  # noqa: F401 - fixtures used by the tests here
+from tests.flows.live_stack import empty_bucket
 
 START_TIMEOUT_S = 180.0
 
@@ -77,8 +77,18 @@ def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
     bucket emptied and deleted afterwards."""
     state_dir = tmp_path_factory.mktemp("mlflow-state")
     bucket = f"ser-rel-{uuid.uuid4().hex[:12]}"
-    env = {key: value for key, value in stack.client_env().items() if key not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME")}
-    env.update({"SER_STATE_DIR": str(state_dir), "SER_MLFLOW_PORT": str(free_port(stack.host)), "SER_MLFLOW_BUCKET": bucket})
+    env = {
+        key: value
+        for key, value in stack.client_env().items()
+        if key not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME")
+    }
+    env.update(
+        {
+            "SER_STATE_DIR": str(state_dir),
+            "SER_MLFLOW_PORT": str(free_port(stack.host)),
+            "SER_MLFLOW_BUCKET": bucket,
+        }
+    )
     settings = StackSettings.from_env(env)
     client = DataBucket.from_settings(stack).client
     client.create_bucket(Bucket=bucket)
@@ -95,7 +105,11 @@ def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
 def private_prefect(stack, infra_stack, tmp_path_factory) -> PrivateServer:
     """A running Prefect server of this test's own (its own PREFECT_HOME and port); stopped afterwards."""
     state_dir = tmp_path_factory.mktemp("prefect-state")
-    env = {key: value for key, value in stack.client_env().items() if key not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    env = {
+        key: value
+        for key, value in stack.client_env().items()
+        if key not in ("PREFECT_API_URL", "PREFECT_HOME")
+    }
     env.update({"SER_STATE_DIR": str(state_dir), "SER_PREFECT_PORT": str(free_port(stack.host))})
     server = PrivateServer(infra_stack, StackSettings.from_env(env), "prefect")
     try:

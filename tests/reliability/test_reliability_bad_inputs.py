@@ -24,7 +24,11 @@ from ser_model.model import SERModel
 from tests.contracts.test_contracts_properties import wav_header
 from tests.train.synthetic import tiny_config
 
-SETTINGS = settings(max_examples=60, deadline=5000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 MAX_OUTPUT_BYTES = 64 * 1024**2
 """No input below exceeds a few kB, so no decoded waveform may exceed this."""
 
@@ -32,7 +36,9 @@ MAX_OUTPUT_BYTES = 64 * 1024**2
 def sound(seconds: float = 0.3, rate: int = 16000, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
     t = np.arange(int(seconds * rate)) / rate
     buffer = io.BytesIO()
-    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format=fmt, subtype=subtype)
+    sf.write(
+        buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format=fmt, subtype=subtype
+    )
     return buffer.getvalue()
 
 
@@ -71,7 +77,10 @@ def test_truncated_files(tmp_path, kind, fraction):
 
 @SETTINGS
 @given(
-    rate=st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 999, 1000, 8000, 16000, 48001, 768000, 768001, 2**31 - 1])),
+    rate=st.one_of(
+        st.integers(0, 2**32 - 1),
+        st.sampled_from([0, 1, 999, 1000, 8000, 16000, 48001, 768000, 768001, 2**31 - 1]),
+    ),
     channels=st.integers(0, 65535),
     bits=st.sampled_from([0, 7, 8, 16, 24, 32, 64]),
     declared=st.one_of(st.integers(0, 2**32 - 1), st.just(2**32 - 1)),
@@ -88,10 +97,14 @@ def test_absurd_sample_rates_are_refused_with_the_rate_named(tmp_path, rate):
     gigabytes. Now: a message naming the rate, decided before any allocation."""
     body = np.zeros(16000, dtype=np.int16).tobytes()
     outcome = load_or_refuse(tmp_path, wav_header(rate, 1, 16, len(body)) + body)
-    assert isinstance(outcome, AudioDecodeError) and (str(rate) in str(outcome) or "cannot decode" in str(outcome))
+    assert isinstance(outcome, AudioDecodeError) and (
+        str(rate) in str(outcome) or "cannot decode" in str(outcome)
+    )
 
 
-@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000])
+@pytest.mark.parametrize(
+    "rate", [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000]
+)
 def test_every_common_rate_is_accepted(tmp_path, rate):
     assert resampling_kernel_size(rate, 16000) < 10**6
     wave = load_or_refuse(tmp_path, sound(0.2, rate), f"r{rate}.wav")
@@ -126,14 +139,22 @@ def predictor(tmp_path_factory) -> Predictor:
 
 
 arrays = st.one_of(
-    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=3000).map(lambda xs: np.asarray(xs, dtype=np.float32)),
-    st.tuples(st.integers(0, 2000), st.integers(0, 9)).map(lambda shape: np.full(shape, 0.1, dtype=np.float32)),
-    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)).map(lambda shape: np.zeros(shape, dtype=np.float32)),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=3000).map(
+        lambda xs: np.asarray(xs, dtype=np.float32)
+    ),
+    st.tuples(st.integers(0, 2000), st.integers(0, 9)).map(
+        lambda shape: np.full(shape, 0.1, dtype=np.float32)
+    ),
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)).map(
+        lambda shape: np.zeros(shape, dtype=np.float32)
+    ),
 )
 
 
 @SETTINGS
-@given(wave=arrays, rate=st.one_of(st.integers(-(2**40), 2**40), st.sampled_from([16000, 44100, 48001, 0, -1])))
+@given(
+    wave=arrays, rate=st.one_of(st.integers(-(2**40), 2**40), st.sampled_from([16000, 44100, 48001, 0, -1]))
+)
 def test_predict_arrays_answers_or_refuses_with_a_message(predictor, wave, rate):
     try:
         (answer,) = predictor.predict_arrays([(wave, rate)])

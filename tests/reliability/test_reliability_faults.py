@@ -64,7 +64,16 @@ def publish_subset(root: Path, bucket) -> str:
 
     result = run_ingest("ravdess", root, workers=1, progress=False)
     assert result.quarantine.empty, result.quarantine
-    publish_manifest("ravdess", result.fingerprint, result.manifest, result.quarantine, result.folds, result.report, str(root), bucket)
+    publish_manifest(
+        "ravdess",
+        result.fingerprint,
+        result.manifest,
+        result.quarantine,
+        result.folds,
+        result.report,
+        str(root),
+        bucket,
+    )
     return result.fingerprint
 
 
@@ -83,14 +92,22 @@ def prefect_traces(flow_run_ids: list) -> str:
     texts = []
     with get_client(sync_client=True) as client:
         runs = [client.read_flow_run(run_id) for run_id in flow_run_ids]
-        runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[r.id for r in runs])))
+        runs += client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[r.id for r in runs])
+            )
+        )
         ids = [r.id for r in runs]
         texts += [json.dumps(r.parameters, default=str) + (r.state.message or "") for r in runs]
         offset = 0
-        while logs := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset):
+        while logs := client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset
+        ):
             texts += [log.message for log in logs]
             offset += len(logs)
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+        )
         texts += [json.dumps(a.data, default=str) + (a.description or "") for a in artifacts]
     assert len(texts) > len(runs), "the flow runs left no logs: the search below would prove nothing"
     return "\n".join(texts)
@@ -102,10 +119,17 @@ def mlflow_traces(client: MlflowClient, download_dir: Path) -> str:
     texts = []
     for model in client.search_registered_models():
         texts.append(json.dumps(model.tags) + (model.description or ""))
-        texts += [json.dumps(v.tags) + (v.description or "") + v.source for v in client.search_model_versions(f"name = '{model.name}'")]
+        texts += [
+            json.dumps(v.tags) + (v.description or "") + v.source
+            for v in client.search_model_versions(f"name = '{model.name}'")
+        ]
     for experiment in client.search_experiments():
         for run in client.search_runs([experiment.experiment_id], max_results=1000):
-            texts += [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(sorted(run.data.metrics))]
+            texts += [
+                json.dumps(run.data.params),
+                json.dumps(run.data.tags),
+                json.dumps(sorted(run.data.metrics)),
+            ]
             local = Path(client.download_artifacts(run.info.run_id, "", str(download_dir / run.info.run_id)))
             texts += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file()]
     return "\n".join(texts)
@@ -113,7 +137,12 @@ def mlflow_traces(client: MlflowClient, download_dir: Path) -> str:
 
 def files_text(folders: list[Path]) -> str:
     """The bytes of every file under `folders` (logs, SQLite databases, run folders), as text."""
-    return "\n".join(p.read_bytes().decode("utf-8", "replace") for folder in folders for p in folder.rglob("*") if p.is_file())
+    return "\n".join(
+        p.read_bytes().decode("utf-8", "replace")
+        for folder in folders
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
 
 
 @pytest.mark.integration
@@ -132,11 +161,15 @@ def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
     monkeypatch.setenv("SER_STATE_DIR", str(private_mlflow.state_dir))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    monkeypatch.setenv("SER_FOLD_RUNS", "inline")  # folds as subflows here, so the patched worker below is the one that runs
+    monkeypatch.setenv(
+        "SER_FOLD_RUNS", "inline"
+    )  # folds as subflows here, so the patched worker below is the one that runs
     # shorten the outage back-offs (2, 4, 8, 16 s; Prefect task retries after 10 and 60 s) to
     # keep the test short; the number of tries is unchanged
     monkeypatch.setattr(tracking.call_with_retry, "__kwdefaults__", {"attempts": 5, "delay_s": 0.1})
-    monkeypatch.setattr(train_module, "train_worker", train_module.train_worker.with_options(retry_delay_seconds=[1, 1]))
+    monkeypatch.setattr(
+        train_module, "train_worker", train_module.train_worker.with_options(retry_delay_seconds=[1, 1])
+    )
     root = ravdess_subset(shared_ravdess, tmp_path / "ravdess")
     fingerprint = publish_subset(root, live_bucket)
 
@@ -162,36 +195,66 @@ def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
     with pytest.raises(Exception) as failure:
         first.result()
     port = str(private_mlflow.settings.mlflow_port)
-    assert port in str(failure.value), f"the error should name the tracking server {private_mlflow.tracking_uri}: {failure.value}"
+    assert port in str(failure.value), (
+        f"the error should name the tracking server {private_mlflow.tracking_uri}: {failure.value}"
+    )
     (work,) = (private_mlflow.state_dir / "runs" / "ravdess").iterdir()
     fold = work / "fold-0"
     records = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3], "training went on while MLflow was down"
-    assert (fold / "result.json").is_file() and (fold / "checkpoints" / "last" / "model.safetensors").is_file()
-    kept = {p: p.stat().st_mtime_ns for p in (fold / "metrics.jsonl", fold / "result.json", fold / "checkpoints" / "last" / "model.safetensors")}
+    assert (fold / "result.json").is_file() and (
+        fold / "checkpoints" / "last" / "model.safetensors"
+    ).is_file()
+    kept = {
+        p: p.stat().st_mtime_ns
+        for p in (
+            fold / "metrics.jsonl",
+            fold / "result.json",
+            fold / "checkpoints" / "last" / "model.safetensors",
+        )
+    }
 
     private_mlflow.start()
     client = MlflowClient(private_mlflow.tracking_uri)
-    assert client.search_model_versions("name = 'ser-ravdess'") == [], "a model was registered by the failed run"
+    assert client.search_model_versions("name = 'ser-ravdess'") == [], (
+        "a model was registered by the failed run"
+    )
 
     monkeypatch.setattr(train_module, "run_worker", real_run_worker)
     second = train_module.train(**params, return_state=True)
     outcome = second.result()
 
-    assert outcome["parent_run_id"] == work.name, "the rerun resumes the unfinished parent run and its fold folders"
+    assert outcome["parent_run_id"] == work.name, (
+        "the rerun resumes the unfinished parent run and its fold folders"
+    )
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the finished fold was not trained again"
-    (child,) = client.search_runs([client.get_run(work.name).info.experiment_id], f"tags.`ser.fold` = '0' and tags.mlflow.parentRunId = '{work.name}'")
+    (child,) = client.search_runs(
+        [client.get_run(work.name).info.experiment_id],
+        f"tags.`ser.fold` = '0' and tags.mlflow.parentRunId = '{work.name}'",
+    )
     history = client.get_metric_history(child.info.run_id, "train.loss")
-    assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["train"]["loss"]) for r in records], "buffered metrics were sent"
+    assert sorted((m.step, m.value) for m in history) == [
+        (r["epoch"], r["train"]["loss"]) for r in records
+    ], "buffered metrics were sent"
     versions = client.search_model_versions("name = 'ser-ravdess'")
-    assert [v.version for v in versions] == [outcome["version"]] and versions[0].tags["ser.parent_run_id"] == work.name
+    assert [v.version for v in versions] == [outcome["version"]] and versions[0].tags[
+        "ser.parent_run_id"
+    ] == work.name
     assert client.get_model_version_by_alias("ser-ravdess", "champion").version == outcome["version"]
     assert client.get_run(work.name).info.status == "FINISHED"
 
     flow_runs = [first.state_details.flow_run_id, second.state_details.flow_run_id]
     prefect_text = prefect_traces(flow_runs)
-    assert "result.json of an earlier attempt found; not training again" in prefect_text, "task retries and the rerun reuse the fold"
-    held = "\n".join([mlflow_traces(client, tmp_path / "downloads"), prefect_text, files_text([private_mlflow.state_dir, stack.state_dir / "logs"])])
+    assert "result.json of an earlier attempt found; not training again" in prefect_text, (
+        "task retries and the rerun reuse the fold"
+    )
+    held = "\n".join(
+        [
+            mlflow_traces(client, tmp_path / "downloads"),
+            prefect_text,
+            files_text([private_mlflow.state_dir, stack.state_dir / "logs"]),
+        ]
+    )
     assert work.name in held and "train.loss" in held, "the search covers what the runs wrote"
     for value in (secret, stack.secret_access_key):
         assert value and value not in held
@@ -207,9 +270,25 @@ EPOCHS = 8
 def worker_command(inputs: dict[str, Path], root: Path, out: Path) -> list[str]:
     """torchrun with one process running the fold-0 worker, as the train flow launches it."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "ser_model.worker",
-        "--config", str(inputs["config"]), "--manifest", str(inputs["manifest"]), "--folds", str(inputs["folds"]),
-        "--fold", "0", "--audio-root", str(root), "--out", str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "ser_model.worker",
+        "--config",
+        str(inputs["config"]),
+        "--manifest",
+        str(inputs["manifest"]),
+        "--folds",
+        str(inputs["folds"]),
+        "--fold",
+        "0",
+        "--audio-root",
+        str(root),
+        "--out",
+        str(out),
     ]
 
 
@@ -227,7 +306,11 @@ def epochs_on_disk(out: Path) -> int:
 def test_sigkilled_worker_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     root = tmp_path / "audio"
     manifest, folds = write_synthetic_corpus(root, n_speakers=4, per_class=3)
-    inputs = {"config": tmp_path / "config.json", "manifest": tmp_path / "manifest.parquet", "folds": tmp_path / "folds.parquet"}
+    inputs = {
+        "config": tmp_path / "config.json",
+        "manifest": tmp_path / "manifest.parquet",
+        "folds": tmp_path / "folds.parquet",
+    }
     tiny_config(epochs=EPOCHS, grad_accum=2).to_json(inputs["config"])
     manifest.to_parquet(inputs["manifest"])
     folds.to_parquet(inputs["folds"])
@@ -237,7 +320,12 @@ def test_sigkilled_worker_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pat
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        worker_command(inputs, root, killed), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        worker_command(inputs, root, killed),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 240
     while epochs_on_disk(killed) < 1 and process.poll() is None and time.monotonic() < deadline:
@@ -254,9 +342,13 @@ def test_sigkilled_worker_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pat
         straight = load_file(str(tmp_path / "straight" / folder / "model.safetensors"))
         resumed = load_file(str(killed / folder / "model.safetensors"))
         assert straight.keys() == resumed.keys()
-        assert all(torch.equal(straight[k], resumed[k]) for k in straight), f"{folder} differs from the uninterrupted run"
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight), (
+            f"{folder} differs from the uninterrupted run"
+        )
     straight_result = json.loads((tmp_path / "straight" / "result.json").read_text())
     resumed_result = json.loads((killed / "result.json").read_text())
     assert resumed_result["selected_epoch"] == straight_result["selected_epoch"]
     assert resumed_result["test"] == straight_result["test"]
-    assert [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()] == list(range(1, EPOCHS + 1))
+    assert [
+        json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+    ] == list(range(1, EPOCHS + 1))

@@ -48,7 +48,11 @@ def test_slot_of_a_killed_training_is_freed_after_a_server_restart(private_prefe
 
     env = {**os.environ, "PREFECT_API_URL": api_url}
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, name, str(LEASE_S)], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", HOLDER, name, str(LEASE_S)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert holder.stdout is not None

@@ -18,7 +18,6 @@ from ser_model.inference import Predictor
 from ser_model.model import SERModel
 from tests.train.synthetic import tiny_config
 
-
 REQUESTS = 32
 ROUNDS = 3
 THREADS = 8
@@ -36,7 +35,14 @@ def make_requests(folder, seed: int = 0) -> list[dict]:
         for _ in range(int(rng.integers(1, 4))):
             rate = int(rng.choice(RATES))
             channels = int(rng.integers(1, 3))
-            items.append(((0.1 * rng.standard_normal((int(rate * rng.uniform(0.2, 4.0)), channels))).astype(np.float32), rate))
+            items.append(
+                (
+                    (0.1 * rng.standard_normal((int(rate * rng.uniform(0.2, 4.0)), channels))).astype(
+                        np.float32
+                    ),
+                    rate,
+                )
+            )
         if index % 4 == 0:
             paths = []
             for k, (wave, rate) in enumerate(items[:2]):
@@ -74,11 +80,19 @@ def test_concurrent_requests_are_all_answered_like_sequential_ones_with_bounded_
             for got, want in zip(answers, expected):
                 assert [a["label"] for a in got] == [w["label"] for w in want]
                 for a, w in zip(got, want):
-                    np.testing.assert_allclose(list(a["probabilities"].values()), list(w["probabilities"].values()), atol=1e-5)
+                    np.testing.assert_allclose(
+                        list(a["probabilities"].values()), list(w["probabilities"].values()), atol=1e-5
+                    )
             per_round.append(process.memory_info().rss)
 
     growth = max(per_round) - before
     figures = ", ".join(f"{(rss - before) / 2**20:+.0f} MiB" for rss in per_round)
-    print(f"\n{ROUNDS * REQUESTS} concurrent requests on {THREADS} threads, all answered; RSS {before / 2**20:.0f} MiB before, after each round {figures}")
-    assert growth < MAX_RSS_GROWTH, f"RSS grew by {growth / 2**20:.0f} MiB under load (bound {MAX_RSS_GROWTH / 2**20:.0f} MiB)"
-    assert per_round[-1] - per_round[0] < MAX_RSS_GROWTH / 3, f"RSS keeps growing round after round: {figures}"
+    print(
+        f"\n{ROUNDS * REQUESTS} concurrent requests on {THREADS} threads, all answered; RSS {before / 2**20:.0f} MiB before, after each round {figures}"
+    )
+    assert growth < MAX_RSS_GROWTH, (
+        f"RSS grew by {growth / 2**20:.0f} MiB under load (bound {MAX_RSS_GROWTH / 2**20:.0f} MiB)"
+    )
+    assert per_round[-1] - per_round[0] < MAX_RSS_GROWTH / 3, (
+        f"RSS keeps growing round after round: {figures}"
+    )

@@ -24,14 +24,23 @@ from data_contracts.errors import SourceError
 from ser_model.checkpoint import STATE_FILE, load_training_state
 from ser_model.data import UtteranceDataset
 from ser_model.model import SERModel
-from ser_model.worker import BAD_DATA_EXIT, main as worker_main
+from ser_model.worker import BAD_DATA_EXIT
+from ser_model.worker import main as worker_main
 from tests.train.synthetic import LABELS, tiny_config, write_synthetic_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_CODE = ("data_contracts", "ser_model", "flows", "infra", "benchmarks")
 
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
-UNSAFE_CALLS = {"pd.read_pickle", "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load", "torch.jit.load", "eval", "exec"}
+UNSAFE_CALLS = {
+    "pd.read_pickle",
+    "pandas.read_pickle",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "torch.jit.load",
+    "eval",
+    "exec",
+}
 
 
 # ----------------------------------------------------------------------------- source scan
@@ -65,7 +74,11 @@ def unsafe_loads(source: str, filename: str = "<source>") -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source, filename)):
         if isinstance(node, ast.Import):
-            found += [f"{filename}:{node.lineno} import {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+            found += [
+                f"{filename}:{node.lineno} import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in UNSAFE_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
             found.append(f"{filename}:{node.lineno} from {node.module} import")
         elif isinstance(node, ast.Call):
@@ -73,7 +86,9 @@ def unsafe_loads(source: str, filename: str = "<source>") -> list[str]:
             where = f"{filename}:{node.lineno} {name}"
             if name == "torch.load" and not keyword_is(node, "weights_only", ("True",)):
                 found.append(f"{where} without weights_only=True")
-            elif name == "yaml.load" and not keyword_is(node, "Loader", ("yaml.SafeLoader", "yaml.CSafeLoader")):
+            elif name == "yaml.load" and not keyword_is(
+                node, "Loader", ("yaml.SafeLoader", "yaml.CSafeLoader")
+            ):
                 found.append(f"{where} without a safe Loader")
             elif name in ("np.load", "numpy.load") and keyword_is(node, "allow_pickle", ("True",)):
                 found.append(f"{where} with allow_pickle=True")
@@ -90,16 +105,18 @@ def product_files() -> list[Path]:
 
 def test_the_scanner_flags_each_unsafe_form():
     """The scan below can fail: every unsafe form is caught, the safe forms are not."""
-    unsafe = "\n".join([
-        "import pickle",
-        "from cloudpickle import loads",
-        "torch.load(path)",
-        "torch.load(path, weights_only=False)",
-        "yaml.load(text)",
-        "np.load(path, allow_pickle=True)",
-        "pd.read_pickle(path)",
-        "AutoModel.from_pretrained(x, trust_remote_code=True)",
-    ])
+    unsafe = "\n".join(
+        [
+            "import pickle",
+            "from cloudpickle import loads",
+            "torch.load(path)",
+            "torch.load(path, weights_only=False)",
+            "yaml.load(text)",
+            "np.load(path, allow_pickle=True)",
+            "pd.read_pickle(path)",
+            "AutoModel.from_pretrained(x, trust_remote_code=True)",
+        ]
+    )
     assert len(unsafe_loads(unsafe)) == 8, unsafe_loads(unsafe)
     safe = "torch.load(p, map_location='cpu', weights_only=True)\nyaml.load(t, Loader=yaml.SafeLoader)\nnp.load(p)\nsafetensors.torch.load_file(p)"
     assert unsafe_loads(safe) == []
@@ -108,7 +125,11 @@ def test_the_scanner_flags_each_unsafe_form():
 def test_product_code_never_unpickles_or_executes_data():
     files = product_files()
     assert len(files) > 30, "the scan found the code base"
-    found = [hit for path in files for hit in unsafe_loads(path.read_text(encoding="utf-8"), str(path.relative_to(REPO_ROOT)))]
+    found = [
+        hit
+        for path in files
+        for hit in unsafe_loads(path.read_text(encoding="utf-8"), str(path.relative_to(REPO_ROOT)))
+    ]
     assert not found, "unsafe loading in product code:\n" + "\n".join(found)
 
 
@@ -171,14 +192,22 @@ def corpus(tmp_path_factory):
 
 
 def dataset(manifest, root):
-    return UtteranceDataset(manifest, root, LABELS, sample_rate=16000, crop_seconds=None, random_crop=False, preload=False)
+    return UtteranceDataset(
+        manifest, root, LABELS, sample_rate=16000, crop_seconds=None, random_crop=False, preload=False
+    )
 
 
 @pytest.mark.parametrize(
     "path, code",
-    [("../outside.wav", "path_escape"), ("S00/../../outside.wav", "path_escape"), ("{root}/S00/low_0.wav", "path_escape"),
-     ("S00\\..\\..\\outside.wav", "path_escape"), ("S00//low_0.wav", "path_escape"), ("link-out.wav", "symlink_escape"),
-     ("S00-link/low_0.wav", "symlink_escape")],
+    [
+        ("../outside.wav", "path_escape"),
+        ("S00/../../outside.wav", "path_escape"),
+        ("{root}/S00/low_0.wav", "path_escape"),
+        ("S00\\..\\..\\outside.wav", "path_escape"),
+        ("S00//low_0.wav", "path_escape"),
+        ("link-out.wav", "symlink_escape"),
+        ("S00-link/low_0.wav", "symlink_escape"),
+    ],
 )
 def test_a_manifest_path_leaving_the_audio_root_is_refused_naming_the_row(corpus, path, code):
     root, manifest, _ = corpus
@@ -210,7 +239,14 @@ def test_the_worker_exits_as_bad_data_on_an_escaping_path(corpus, tmp_path):
     tiny_config(epochs=1).to_json(tmp_path / "config.json")
     hostile.to_parquet(tmp_path / "manifest.parquet")
     folds.to_parquet(tmp_path / "folds.parquet")
-    args = ["--config", str(tmp_path / "config.json"), "--manifest", str(tmp_path / "manifest.parquet"), "--folds", str(tmp_path / "folds.parquet")]
+    args = [
+        "--config",
+        str(tmp_path / "config.json"),
+        "--manifest",
+        str(tmp_path / "manifest.parquet"),
+        "--folds",
+        str(tmp_path / "folds.parquet"),
+    ]
     code = worker_main([*args, "--fold", "-1", "--audio-root", str(root), "--out", str(tmp_path / "out")])
     assert code == BAD_DATA_EXIT
     assert not (tmp_path / "out" / "checkpoints").exists(), "nothing was trained"
@@ -219,8 +255,30 @@ def test_the_worker_exits_as_bad_data_on_an_escaping_path(corpus, tmp_path):
 # ----------------------------------------------------------------------------- S3 keys
 
 FP = "ab" * 32
-HOSTILE_CORPORA = ["../ravdess", "ravdess/../iemocap", "RAVDESS", "ravdess\x00", "", "ravdess/", " ravdess", "ravdess%2F..", "rávdess"]
-HOSTILE_VERSIONS = ["../latest", "latest/..", FP + "/../x", FP + "\n", FP.upper(), "latest.json", "*", "%2e%2e", FP[:63] + "/", "", "\u0430" * 64]
+HOSTILE_CORPORA = [
+    "../ravdess",
+    "ravdess/../iemocap",
+    "RAVDESS",
+    "ravdess\x00",
+    "",
+    "ravdess/",
+    " ravdess",
+    "ravdess%2F..",
+    "rávdess",
+]
+HOSTILE_VERSIONS = [
+    "../latest",
+    "latest/..",
+    FP + "/../x",
+    FP + "\n",
+    FP.upper(),
+    "latest.json",
+    "*",
+    "%2e%2e",
+    FP[:63] + "/",
+    "",
+    "\u0430" * 64,
+]
 
 
 class NoS3:
@@ -263,7 +321,13 @@ def test_hostile_corpus_names_are_refused_before_any_s3_call(corpus_name):
 
 @pytest.mark.parametrize("version", HOSTILE_VERSIONS)
 def test_hostile_versions_and_fingerprints_are_refused_before_any_s3_call(version):
-    from flows.storage import DataBucket, InvalidKeyPartError, load_manifest_version, publish_manifest, resolve_version
+    from flows.storage import (
+        DataBucket,
+        InvalidKeyPartError,
+        load_manifest_version,
+        publish_manifest,
+        resolve_version,
+    )
 
     client = NoS3()
     bucket = DataBucket(client=client, name="ser-data")

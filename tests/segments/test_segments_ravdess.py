@@ -17,7 +17,9 @@ from tests.fixtures.recordings import fold0_test_files, write_joined
 pytestmark = pytest.mark.slow
 
 
-def test_eight_joined_utterances_give_six_to_twelve_segments_each_middle_in_one(shared_ravdess, ravdess_checkpoint, tmp_path, capsys):
+def test_eight_joined_utterances_give_six_to_twelve_segments_each_middle_in_one(
+    shared_ravdess, ravdess_checkpoint, tmp_path, capsys
+):
     files = fold0_test_files(shared_ravdess, 8)
     assert len({f.parent.name for f in files}) == 4
     recording = tmp_path / "joined.flac"
@@ -39,13 +41,31 @@ def test_eight_joined_utterances_give_six_to_twelve_segments_each_middle_in_one(
         assert sum(r["start_s"] <= middle < r["end_s"] for r in records) == 1, (middle, records)
 
     picture = tmp_path / "timeline.png"
-    assert main(["predict", str(recording), "--segments", "--csv", "--plot", str(picture), "--model", str(ravdess_checkpoint)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(recording),
+                "--segments",
+                "--csv",
+                "--plot",
+                str(picture),
+                "--model",
+                str(ravdess_checkpoint),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [(float(r["start_s"]), float(r["end_s"]), r["label"]) for r in rows] == [(r["start_s"], r["end_s"], r["label"]) for r in records]
+    assert [(float(r["start_s"]), float(r["end_s"]), r["label"]) for r in rows] == [
+        (r["start_s"], r["end_s"], r["label"]) for r in records
+    ]
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_segment_options_without_segments_and_bad_settings_exit_2_saying_why(shared_ravdess, ravdess_checkpoint, capsys):
+def test_segment_options_without_segments_and_bad_settings_exit_2_saying_why(
+    shared_ravdess, ravdess_checkpoint, capsys
+):
     (file,) = fold0_test_files(shared_ravdess, 1)
     model = ["--model", str(ravdess_checkpoint)]
     assert main(["predict", str(file), "--csv", *model]) == 2

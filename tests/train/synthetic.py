@@ -33,14 +33,28 @@ def write_synthetic_corpus(
             for r in range(per_class):
                 duration = float(rng.uniform(*seconds))
                 t = np.arange(int(duration * sample_rate)) / sample_rate
-                wave = 0.3 * np.sin(2 * np.pi * FREQS[label] * (1 + 0.05 * s) * t) + 0.02 * rng.standard_normal(len(t))
+                wave = 0.3 * np.sin(
+                    2 * np.pi * FREQS[label] * (1 + 0.05 * s) * t
+                ) + 0.02 * rng.standard_normal(len(t))
                 rel = f"{speaker}/{label}_{r}.wav"
                 (root / speaker).mkdir(parents=True, exist_ok=True)
                 soundfile.write(root / rel, wave.astype(np.float32), sample_rate)
                 rows.append(
-                    dict(utt_id=f"{speaker}_{label}_{r}", corpus="ravdess", path=rel, speaker=speaker, session=speaker,
-                         gender="F" if s % 2 else "M", label=label, label_raw=label, duration_s=len(t) / sample_rate,
-                         sample_rate=sample_rate, channels=1, sha256=f"{s}{label}{r}", fold=s)
+                    dict(
+                        utt_id=f"{speaker}_{label}_{r}",
+                        corpus="ravdess",
+                        path=rel,
+                        speaker=speaker,
+                        session=speaker,
+                        gender="F" if s % 2 else "M",
+                        label=label,
+                        label_raw=label,
+                        duration_s=len(t) / sample_rate,
+                        sample_rate=sample_rate,
+                        channels=1,
+                        sha256=f"{s}{label}{r}",
+                        fold=s,
+                    )
                 )
     manifest = pd.DataFrame(rows)
     folds = []
@@ -54,11 +68,23 @@ def write_synthetic_corpus(
 def tiny_config(**train: object) -> SERConfig:
     """A small fbank model that trains in seconds on two CPU cores."""
     model = ModelConfig(
-        backbone="fbank", n_mels=40, fbank_channels=(4, 8, 8, 8), fbank_dim=32, fbank_layers=1, fbank_heads=2, fbank_ff_mult=2,
-        embed_dim=16, spec_time_width=5, spec_freq_width=5,
+        backbone="fbank",
+        n_mels=40,
+        fbank_channels=(4, 8, 8, 8),
+        fbank_dim=32,
+        fbank_layers=1,
+        fbank_heads=2,
+        fbank_ff_mult=2,
+        embed_dim=16,
+        spec_time_width=5,
+        spec_freq_width=5,
     )
     settings = dict(epochs=2, batch_size=4, eval_batch_size=8, lr=3e-3, max_seconds=1.0, seed=0)
     settings.update(train)
     return SERConfig(
-        labels=LABELS, model=model, loss=LossConfig(supcon_proj_dim=16), train=TrainConfig(**settings), corpus="ravdess"
+        labels=LABELS,
+        model=model,
+        loss=LossConfig(supcon_proj_dim=16),
+        train=TrainConfig(**settings),
+        corpus="ravdess",
     )

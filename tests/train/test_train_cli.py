@@ -20,15 +20,24 @@ from ser_model.model import SERModel
 from tests.fixtures.corpora import make_ravdess
 from tests.train.synthetic import tiny_config
 
-METRICS_LINE = re.compile(r"^test: WA (\d+\.\d\d)% UA (\d+\.\d\d)% macro-F1 (\d+\.\d\d)% \(n=(\d+)\)$", re.MULTILINE)
+METRICS_LINE = re.compile(
+    r"^test: WA (\d+\.\d\d)% UA (\d+\.\d\d)% macro-F1 (\d+\.\d\d)% \(n=(\d+)\)$", re.MULTILINE
+)
 
 
 def test_overrides_are_read_as_json_values_and_validated():
-    assert parse_overrides(["train.lr=3e-4", "model.fbank_time_pools=[2,2,1,1]", "model.backbone=fbank", "train.grad_clip=null"]) == {
-        "train.lr": 3e-4, "model.fbank_time_pools": [2, 2, 1, 1], "model.backbone": "fbank", "train.grad_clip": None,
+    assert parse_overrides(
+        ["train.lr=3e-4", "model.fbank_time_pools=[2,2,1,1]", "model.backbone=fbank", "train.grad_clip=null"]
+    ) == {
+        "train.lr": 3e-4,
+        "model.fbank_time_pools": [2, 2, 1, 1],
+        "model.backbone": "fbank",
+        "train.grad_clip": None,
     }
     config = train_config("savee", "fbank", None, 3, ["train.lr=3e-4", "model.fbank_time_pools=[2,2,1,1]"])
-    assert config.train.epochs == 3 and config.train.lr == 3e-4 and config.model.fbank_time_pools == (2, 2, 1, 1)
+    assert (
+        config.train.epochs == 3 and config.train.lr == 3e-4 and config.model.fbank_time_pools == (2, 2, 1, 1)
+    )
     assert config.labels[0] == "angry" and config.corpus == "savee"
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.lr"])
@@ -45,7 +54,9 @@ def test_predict_and_export_from_a_checkpoint_folder(tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.strip())
     assert line["file"].endswith("a.wav") and line["label"] in ("low", "mid", "high")
     assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert main(["export", "--onnx", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (
+        main(["export", "--onnx", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx")]) == 0
+    )
     assert (tmp_path / "m.onnx").is_file()
     assert main(["predict", str(tmp_path / "missing.wav"), "--model", str(tmp_path / "model")]) == 2
     assert "missing.wav" in capsys.readouterr().err
@@ -53,10 +64,30 @@ def test_predict_and_export_from_a_checkpoint_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_one_ravdess_fold_then_evaluate(shared_ravdess, tmp_path, capsys):
-    small = ["model.fbank_dim=64", "model.fbank_layers=1", "model.n_mels=64", "train.max_seconds=2.5", "train.batch_size=32",
-             "train.eval_batch_size=32", "train.lr=1e-3"]
-    argv = ["train", "--corpus", "ravdess", "--root", str(shared_ravdess), "--backbone", "fbank", "--fold", "0",
-            "--epochs", "2", "--out", str(tmp_path / "fold0")]
+    small = [
+        "model.fbank_dim=64",
+        "model.fbank_layers=1",
+        "model.n_mels=64",
+        "train.max_seconds=2.5",
+        "train.batch_size=32",
+        "train.eval_batch_size=32",
+        "train.lr=1e-3",
+    ]
+    argv = [
+        "train",
+        "--corpus",
+        "ravdess",
+        "--root",
+        str(shared_ravdess),
+        "--backbone",
+        "fbank",
+        "--fold",
+        "0",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "fold0"),
+    ]
     assert main(argv + [arg for item in small for arg in ("--set", item)]) == 0
     out = capsys.readouterr().out
     match = METRICS_LINE.search(out)
@@ -68,13 +99,33 @@ def test_train_one_ravdess_fold_then_evaluate(shared_ravdess, tmp_path, capsys):
     assert float(f1) == pytest.approx(100 * result["test"]["macro_f1"], abs=0.006)
     test_speakers = set(result["speakers"]["test"])
     assert int(n) == result["test"]["n"] and len(test_speakers) == 4
-    assert not test_speakers & set(result["speakers"]["valid"]) and not test_speakers & set(result["speakers"]["train"])
+    assert not test_speakers & set(result["speakers"]["valid"]) and not test_speakers & set(
+        result["speakers"]["train"]
+    )
     assert "never used for selection" in result["selection_rule"]
 
-    assert main(["evaluate", "--model", str(tmp_path / "fold0" / "best"), "--corpus", "ravdess", "--root", str(shared_ravdess),
-                 "--fold", "0", "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "fold0" / "best"),
+                "--corpus",
+                "ravdess",
+                "--root",
+                str(shared_ravdess),
+                "--fold",
+                "0",
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluated["confusion"] == result["test"]["confusion"], "evaluate reproduces the fold's test metrics"
+    assert evaluated["confusion"] == result["test"]["confusion"], (
+        "evaluate reproduces the fold's test metrics"
+    )
 
 
 def test_help_says_model_takes_a_folder_or_a_registry_uri(capsys):
@@ -104,7 +155,21 @@ def test_a_held_out_set_without_folds_is_ingested_and_scored_whole(shared_ravdes
     root = tmp_path / "held-out"
     for actor in ("Actor_17", "Actor_18", "Actor_19", "Actor_20"):
         shutil.copytree(shared_ravdess / actor, root / actor)
-    assert main(["ingest", "ravdess", str(root), "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "ravdess",
+                str(root),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "no fold protocol fits" in capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["utterances"] == 240 and report["folds"] == {}
@@ -112,12 +177,25 @@ def test_a_held_out_set_without_folds_is_ingested_and_scored_whole(shared_ravdes
 
     torch.manual_seed(0)
     SERModel(replace(tiny_config(), labels=LABELS["ravdess"])).save_pretrained(tmp_path / "model")
-    argv = ["evaluate", "--model", str(tmp_path / "model"), "--corpus", "ravdess", "--root", str(root), "--split", "all",
-            "--json", str(tmp_path / "eval.json")]
+    argv = [
+        "evaluate",
+        "--model",
+        str(tmp_path / "model"),
+        "--corpus",
+        "ravdess",
+        "--root",
+        str(root),
+        "--split",
+        "all",
+        "--json",
+        str(tmp_path / "eval.json"),
+    ]
     assert main(argv) == 0
     assert "(n=240)" in capsys.readouterr().out
     confusion = np.asarray(json.loads((tmp_path / "eval.json").read_text())["confusion"])
-    assert confusion.sum(axis=1).tolist() == list(report["classes"].values()), "every utterance scored once, under its true class"
+    assert confusion.sum(axis=1).tolist() == list(report["classes"].values()), (
+        "every utterance scored once, under its true class"
+    )
 
 
 def test_a_model_uri_goes_through_the_resolver_registered_for_its_prefix(tmp_path, capsys):
@@ -137,11 +215,16 @@ def test_a_model_uri_goes_through_the_resolver_registered_for_its_prefix(tmp_pat
 
     assert main(["predict", str(wav), "--json", "--model", str(tmp_path / "model")]) == 0
     from_folder = json.loads(capsys.readouterr().out)
-    for argv in (["predict", str(wav), "--json", "--model", "models:/m@champion"], ["-v", "predict", str(wav), "--json", "--model=models:/m@champion"]):
+    for argv in (
+        ["predict", str(wav), "--json", "--model", "models:/m@champion"],
+        ["-v", "predict", str(wav), "--json", "--model=models:/m@champion"],
+    ):
         assert main(argv, resolvers={"models:/": copy_checkpoint}) == 0
         assert json.loads(capsys.readouterr().out) == from_folder
     assert fetched == ["models:/m@champion"] * 2
-    assert scratch and not any(folder.exists() for folder in scratch), "the scratch folder outlives the command"
+    assert scratch and not any(folder.exists() for folder in scratch), (
+        "the scratch folder outlives the command"
+    )
 
 
 def test_a_model_uri_without_a_resolver_or_that_cannot_be_fetched_exits_2(tmp_path, capsys):
@@ -152,7 +235,13 @@ def test_a_model_uri_without_a_resolver_or_that_cannot_be_fetched_exits_2(tmp_pa
     def unreachable(uri, folder):
         raise ModelSourceError(f"cannot fetch {uri}: registry unreachable")
 
-    assert main(["export", "--onnx", "--model=models:/m/3", "--out", str(tmp_path / "m.onnx")], resolvers={"models:/": unreachable}) == 2
+    assert (
+        main(
+            ["export", "--onnx", "--model=models:/m/3", "--out", str(tmp_path / "m.onnx")],
+            resolvers={"models:/": unreachable},
+        )
+        == 2
+    )
     assert "ser export: error: cannot fetch models:/m/3: registry unreachable" in capsys.readouterr().err
 
 
@@ -168,7 +257,17 @@ def test_train_from_what_ser_ingest_wrote_uses_that_manifest_not_a_new_ingest(tm
     replace(tiny_config(epochs=1), labels=LABELS["ravdess"]).to_json(tmp_path / "tiny.json")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    argv = ["train", "--manifest", str(tmp_path / "ingested"), "--fold", "0", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "fold0")]
+    argv = [
+        "train",
+        "--manifest",
+        str(tmp_path / "ingested"),
+        "--fold",
+        "0",
+        "--config",
+        str(tmp_path / "tiny.json"),
+        "--out",
+        str(tmp_path / "fold0"),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "fold0" / "result.json").read_text())
     manifest = pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")
@@ -182,16 +281,34 @@ def test_train_from_what_ser_ingest_wrote_uses_that_manifest_not_a_new_ingest(tm
 def test_train_and_evaluate_refuse_a_manifest_folder_they_cannot_trust(tmp_path, capsys):
     make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
     out = tmp_path / "ingested"
-    assert main(["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "ravdess",
+                str(tmp_path / "corpus"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     train = ["train", "--fold", "0", "--out", str(tmp_path / "fold0")]
 
     assert main(train + ["--manifest", str(tmp_path / "corpus")]) == 2
-    assert "manifest.parquet, quarantine.parquet, folds.parquet, report.json missing" in capsys.readouterr().err
+    assert (
+        "manifest.parquet, quarantine.parquet, folds.parquet, report.json missing" in capsys.readouterr().err
+    )
     assert main(train + ["--manifest", str(out), "--corpus", "savee"]) == 2
     assert f"{out} holds a ravdess manifest" in capsys.readouterr().err
     assert main(train) == 2
-    assert "give --manifest DIR (written by ser ingest) or both --corpus and --root" in capsys.readouterr().err
+    assert (
+        "give --manifest DIR (written by ser ingest) or both --corpus and --root" in capsys.readouterr().err
+    )
 
     report = json.loads((out / "report.json").read_text())
     (out / "report.json").write_text(json.dumps({**report, "fingerprint": "0" * 64}))

@@ -21,7 +21,6 @@ from ser_model.launch import FoldJob
 from ser_model.model import SERModel
 from ser_model.train import fit
 from ser_model.worker import main as worker_main
-
 from tests.train.synthetic import LABELS, tiny_config
 
 
@@ -36,7 +35,14 @@ def hf_config(folder, mode: str = "frozen", **train) -> SERConfig:
     """tiny_config with a random WavLM in `mode`, EAM off."""
     base = tiny_config(**train)
     model = ModelConfig(backbone=f"hf:{folder}", backbone_mode=mode, flam_heads=2, embed_dim=16)
-    return SERConfig(labels=base.labels, model=model, eam=EAMConfig(enabled=False), loss=base.loss, train=base.train, corpus=base.corpus)
+    return SERConfig(
+        labels=base.labels,
+        model=model,
+        eam=EAMConfig(enabled=False),
+        loss=base.loss,
+        train=base.train,
+        corpus=base.corpus,
+    )
 
 
 def new_cache(root, model: SERModel) -> FeatureCache:
@@ -45,12 +51,16 @@ def new_cache(root, model: SERModel) -> FeatureCache:
 
 def live_whole_utterances(model: SERModel, rows, audio_root):
     """The waveforms the cache is computed from (the evaluation view), as one padded batch."""
-    view = UtteranceDataset(rows, audio_root, LABELS, sample_rate=16000, crop_seconds=EVAL_MAX_SECONDS, random_crop=False)
+    view = UtteranceDataset(
+        rows, audio_root, LABELS, sample_rate=16000, crop_seconds=EVAL_MAX_SECONDS, random_crop=False
+    )
     return collate_padded([view[i] for i in range(len(view))])
 
 
 @pytest.mark.parametrize("mode", ["frozen", "weighted_sum"])
-def test_cached_states_give_the_live_logits_on_whole_utterances(synthetic_corpus, wavlm_folders, tmp_path, mode):
+def test_cached_states_give_the_live_logits_on_whole_utterances(
+    synthetic_corpus, wavlm_folders, tmp_path, mode
+):
     root, manifest, _ = synthetic_corpus
     torch.manual_seed(0)
     model = SERModel(hf_config(wavlm_folders[0], mode)).eval()
@@ -66,7 +76,9 @@ def test_cached_states_give_the_live_logits_on_whole_utterances(synthetic_corpus
     torch.testing.assert_close(cached_logits, live_logits, rtol=1e-4, atol=1e-5)
 
 
-def test_training_windows_are_windows_of_the_live_whole_utterance_states(synthetic_corpus, wavlm_folders, tmp_path):
+def test_training_windows_are_windows_of_the_live_whole_utterance_states(
+    synthetic_corpus, wavlm_folders, tmp_path
+):
     """The crop policy: a training crop is a window of the whole utterance's frames, the same
     window the live backbone's frames of the whole utterance give, so the logits are the same."""
     root, manifest, _ = synthetic_corpus
@@ -79,14 +91,19 @@ def test_training_windows_are_windows_of_the_live_whole_utterance_states(synthet
     cropped = 0
     with torch.no_grad():
         for i in range(len(windows)):
-            states, _ = model.backbone.hidden_states(live.waves[i : i + 1, : live.lengths[i]], live.lengths[i : i + 1])
+            states, _ = model.backbone.hidden_states(
+                live.waves[i : i + 1, : live.lengths[i]], live.lengths[i : i + 1]
+            )
             start = frame_crop_start(states.shape[2], crop_frames, seed, epoch, i)
             expected = states[:, :, start : start + crop_frames]  # (1, K', T', D)
             window, _, _ = windows[i]
             cropped += start > 0
             mask = torch.ones(1, expected.shape[2], dtype=torch.bool)
             torch.testing.assert_close(
-                model.forward_cached(window[None], mask).logits, model.forward_cached(expected, mask).logits, rtol=1e-4, atol=1e-5
+                model.forward_cached(window[None], mask).logits,
+                model.forward_cached(expected, mask).logits,
+                rtol=1e-4,
+                atol=1e-5,
             )
             assert window.shape[1] == min(crop_frames, windows.cache.n_frames(manifest["sha256"].iloc[i]))
     assert cropped > 0, "no utterance was long enough to be cropped: the test would not test the window"
@@ -110,7 +127,9 @@ def test_other_weights_or_layer_set_use_another_cache(synthetic_corpus, wavlm_fo
     assert new_cache(tmp_path, first).folder == caches[0].folder
 
 
-def test_a_changed_file_gets_a_new_entry_and_the_others_are_reused(synthetic_corpus, wavlm_folders, tmp_path, caplog):
+def test_a_changed_file_gets_a_new_entry_and_the_others_are_reused(
+    synthetic_corpus, wavlm_folders, tmp_path, caplog
+):
     root, manifest, _ = synthetic_corpus
     model = SERModel(hf_config(wavlm_folders[0])).eval()
     new_cache(tmp_path / "cache", model).dataset(manifest, root, LABELS)
@@ -134,7 +153,9 @@ def test_a_changed_file_gets_a_new_entry_and_the_others_are_reused(synthetic_cor
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete", "garbage header"])
-def test_a_corrupted_entry_is_detected_and_rebuilt_with_a_warning(synthetic_corpus, wavlm_folders, tmp_path, caplog, damage):
+def test_a_corrupted_entry_is_detected_and_rebuilt_with_a_warning(
+    synthetic_corpus, wavlm_folders, tmp_path, caplog, damage
+):
     root, manifest, _ = synthetic_corpus
     rows = manifest.iloc[:3]
     model = SERModel(hf_config(wavlm_folders[0])).eval()
@@ -155,7 +176,11 @@ def test_a_corrupted_entry_is_detected_and_rebuilt_with_a_warning(synthetic_corp
     with caplog.at_level(logging.INFO, logger="ser_model.feature_cache"):
         states = new_cache(tmp_path, model).dataset(rows, root, LABELS)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and rows["utt_id"].iloc[1] in warnings[0].getMessage() and "recomputing" in warnings[0].getMessage()
+    assert (
+        len(warnings) == 1
+        and rows["utt_id"].iloc[1] in warnings[0].getMessage()
+        and "recomputing" in warnings[0].getMessage()
+    )
     assert "3 utterances, 2 read from the cache, 1 computed" in caplog.text
     torch.testing.assert_close(states[1][0], original)
     index = json.loads((first.folder / "index.json").read_text())
@@ -171,23 +196,35 @@ def test_fit_trains_from_the_cache_as_it_trains_live(synthetic_corpus, wavlm_fol
     with caplog.at_level(logging.INFO):
         cached = fit(config, manifest, folds, 0, root, tmp_path / "runs" / "fold-0", resume=False)
     epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
-    assert len(epoch_lines) == 2 and all("training and evaluation read the feature cache" in line for line in epoch_lines)
+    assert len(epoch_lines) == 2 and all(
+        "training and evaluation read the feature cache" in line for line in epoch_lines
+    )
     live_config = config.with_overrides({"train.feature_cache": False})
     live = fit(live_config, manifest, folds, 0, root, tmp_path / "live" / "fold-0", resume=False)
     assert not (tmp_path / "live" / "feature-cache").exists()
-    for c, l in zip(cached.history, live.history):
-        assert c["train"]["loss"] == pytest.approx(l["train"]["loss"], rel=1e-4)
-        assert c["valid"] == pytest.approx(l["valid"], abs=1e-9)
+    for c, v in zip(cached.history, live.history, strict=True):
+        assert c["train"]["loss"] == pytest.approx(v["train"]["loss"], rel=1e-4)
+        assert c["valid"] == pytest.approx(v["valid"], abs=1e-9)
     assert cached.test["confusion"] == live.test["confusion"]
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ser_model.feature_cache"):
-        fit(config.with_overrides({"train.epochs": 1}), manifest, folds, 1, root, tmp_path / "runs" / "fold-1", resume=False)
+        fit(
+            config.with_overrides({"train.epochs": 1}),
+            manifest,
+            folds,
+            1,
+            root,
+            tmp_path / "runs" / "fold-1",
+            resume=False,
+        )
     fills = [r.getMessage() for r in caplog.records if "computed" in r.getMessage()]
     assert fills and all(" 0 computed" in line for line in fills)
 
 
-def test_a_fold_worker_given_a_feature_cache_folder_fills_it_with_a_key_the_flows_find(synthetic_corpus, wavlm_folders, tmp_path):
+def test_a_fold_worker_given_a_feature_cache_folder_fills_it_with_a_key_the_flows_find(
+    synthetic_corpus, wavlm_folders, tmp_path
+):
     """The launch contract's ``--feature-cache``: the worker caches there, not beside its fold
     folder, and the key.json it writes is one that ``key_may_fit`` (the flows' pull and push)
     selects for its config and for no config of another source or layer set."""
@@ -199,8 +236,15 @@ def test_a_fold_worker_given_a_feature_cache_folder_fills_it_with_a_key_the_flow
     manifest.to_parquet(inputs / "manifest.parquet")
     folds.to_parquet(inputs / "folds.parquet")
     job = FoldJob(
-        "ravdess", 0, inputs / "config.json", inputs / "manifest.parquet", inputs / "folds.parquet", str(root),
-        tmp_path / "runs" / "fold-0", epochs=1, feature_cache_dir=tmp_path / "machine-cache",
+        "ravdess",
+        0,
+        inputs / "config.json",
+        inputs / "manifest.parquet",
+        inputs / "folds.parquet",
+        str(root),
+        tmp_path / "runs" / "fold-0",
+        epochs=1,
+        feature_cache_dir=tmp_path / "machine-cache",
     )
     assert worker_main(job.worker_args()) == 0
     assert not (tmp_path / "runs" / FEATURE_CACHE_DIR).exists()

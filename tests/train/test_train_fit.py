@@ -13,7 +13,6 @@ from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkp
 from ser_model.data import DataSplitError
 from ser_model.model import SERModel
 from ser_model.train import RELEASE_FOLD, fit, fold_splits
-
 from tests.train.synthetic import tiny_config
 
 
@@ -49,7 +48,9 @@ def _weights(folder):
 def test_fit_writes_metrics_result_and_selects_on_validation_speakers(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
     recorder = Recorder()
-    result = fit(tiny_config(epochs=3), manifest, folds, 1, root, tmp_path, callbacks=[recorder], resume=False)
+    result = fit(
+        tiny_config(epochs=3), manifest, folds, 1, root, tmp_path, callbacks=[recorder], resume=False
+    )
 
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]

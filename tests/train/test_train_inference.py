@@ -32,7 +32,9 @@ def checkpoint(tmp_path_factory):
 def wavlm_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     backbone = save_random_hf_backbone(tmp_path_factory.mktemp("tiny_wavlm"))
-    config = dataclasses.replace(tiny_config(), model=ModelConfig(backbone=f"hf:{backbone}", flam_heads=2, embed_dim=16))
+    config = dataclasses.replace(
+        tiny_config(), model=ModelConfig(backbone=f"hf:{backbone}", flam_heads=2, embed_dim=16)
+    )
     folder = tmp_path_factory.mktemp("wavlm_checkpoint")
     SERModel(config).save_pretrained(folder)
     return folder
@@ -53,7 +55,9 @@ def _softmax_reference(model: SERModel, wave: np.ndarray) -> np.ndarray:
         return torch.softmax(model(x, torch.tensor([len(wave)])).logits, dim=1)[0].numpy()
 
 
-@pytest.mark.parametrize("n, window, hop", [(10, 10, 5), (11, 4, 2), (100, 30, 30), (3, 8, 4), (1000, 160, 80)])
+@pytest.mark.parametrize(
+    "n, window, hop", [(10, 10, 5), (11, 4, 2), (100, 30, 30), (3, 8, 4), (1000, 160, 80)]
+)
 def test_sliding_windows_cover_every_sample_with_full_windows(n, window, hop):
     spans = sliding_windows(n, window, hop)
     covered = np.zeros(n, dtype=bool)
@@ -87,7 +91,15 @@ def test_long_input_averages_the_softmax_of_overlapping_windows(checkpoint):
     predictor = Predictor.from_pretrained(checkpoint, window_seconds=2.0, overlap=0.5, batch_size=3)
     wave = _noise(7.3, 16000, seed=1)
     [prediction] = predictor.predict_arrays([(wave, 16000)])
-    starts = [0, 16000, 32000, 48000, 64000, 80000, len(wave) - 32000]  # hop 1 s, the last window ends at the end
+    starts = [
+        0,
+        16000,
+        32000,
+        48000,
+        64000,
+        80000,
+        len(wave) - 32000,
+    ]  # hop 1 s, the last window ends at the end
     reference = np.mean([_softmax_reference(predictor.model, wave[s : s + 32000]) for s in starts], axis=0)
     got = np.array([prediction["probabilities"][label] for label in predictor.labels])
     np.testing.assert_allclose(got, reference, atol=1e-5)
@@ -98,7 +110,11 @@ def test_long_input_averages_the_softmax_of_overlapping_windows(checkpoint):
 
 def test_batch_of_mixed_inputs_equals_one_by_one(checkpoint):
     predictor = Predictor.from_pretrained(checkpoint, batch_size=2)
-    items = [(_noise(0.7, 22050, seed=2), 22050), (_noise(3.1, 16000, 2, seed=3), 16000), (_noise(1.2, 44100, seed=4), 44100)]
+    items = [
+        (_noise(0.7, 22050, seed=2), 22050),
+        (_noise(3.1, 16000, 2, seed=3), 16000),
+        (_noise(1.2, 44100, seed=4), 44100),
+    ]
     together = predictor.predict_arrays(items)
     alone = [predictor.predict_arrays([item])[0] for item in items]
     for a, b in zip(together, alone):
@@ -119,7 +135,10 @@ def test_onnx_matches_pytorch_at_two_lengths_and_batched(backbone, request, tmp_
     for wave in waves:
         with torch.no_grad():
             expected = model(torch.from_numpy(wave)[None], torch.tensor([len(wave)])).logits.numpy()
-        got, probs = session.run(["logits", "probabilities"], {"waves": wave[None], "lengths": np.array([len(wave)], dtype=np.int64)})
+        got, probs = session.run(
+            ["logits", "probabilities"],
+            {"waves": wave[None], "lengths": np.array([len(wave)], dtype=np.int64)},
+        )
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
         logits.append(got)
@@ -127,5 +146,7 @@ def test_onnx_matches_pytorch_at_two_lengths_and_batched(backbone, request, tmp_
     padded = np.zeros((2, len(waves[1])), dtype=np.float32)
     padded[0, : len(waves[0])] = waves[0]
     padded[1] = waves[1]
-    batched = session.run(["logits"], {"waves": padded, "lengths": np.array([len(w) for w in waves], dtype=np.int64)})[0]
+    batched = session.run(
+        ["logits"], {"waves": padded, "lengths": np.array([len(w) for w in waves], dtype=np.int64)}
+    )[0]
     np.testing.assert_allclose(batched, np.concatenate(logits), atol=1e-4, rtol=1e-4)

@@ -27,23 +27,51 @@ def _ravdess_rows(root: Path, actor: int, statements: tuple[int, ...]) -> list[d
             if not (root / rel).is_file():
                 continue
             info = soundfile.info(root / rel)
-            rows.append(dict(utt_id=name, corpus="ravdess", path=rel, speaker=f"Actor_{actor:02d}", session=f"Actor_{actor:02d}",
-                             gender="M" if actor % 2 else "F", label=LABELS["ravdess"][emotion - 1], label_raw=f"{emotion:02d}",
-                             duration_s=info.frames / info.samplerate, sample_rate=info.samplerate, channels=info.channels,
-                             sha256=name, fold=0))
+            rows.append(
+                dict(
+                    utt_id=name,
+                    corpus="ravdess",
+                    path=rel,
+                    speaker=f"Actor_{actor:02d}",
+                    session=f"Actor_{actor:02d}",
+                    gender="M" if actor % 2 else "F",
+                    label=LABELS["ravdess"][emotion - 1],
+                    label_raw=f"{emotion:02d}",
+                    duration_s=info.frames / info.samplerate,
+                    sample_rate=info.samplerate,
+                    channels=info.channels,
+                    sha256=name,
+                    fold=0,
+                )
+            )
     return rows
 
 
 @pytest.mark.slow
 def test_sixteen_real_utterances_are_learnt_to_full_train_accuracy(shared_ravdess, tmp_path):
     train = _ravdess_rows(shared_ravdess, 1, (1, 2))
-    manifest = pd.DataFrame(train + _ravdess_rows(shared_ravdess, 2, (1,)) + _ravdess_rows(shared_ravdess, 3, (1,)))
+    manifest = pd.DataFrame(
+        train + _ravdess_rows(shared_ravdess, 2, (1,)) + _ravdess_rows(shared_ravdess, 3, (1,))
+    )
     assert len(train) == 16, "expected 8 emotions x 2 statements of Actor_01 in the shared copy"
-    folds = pd.DataFrame({"fold": 0, "speaker": ["Actor_01", "Actor_02", "Actor_03"], "role": ["train", "valid", "test"]})
+    folds = pd.DataFrame(
+        {"fold": 0, "speaker": ["Actor_01", "Actor_02", "Actor_03"], "role": ["train", "valid", "test"]}
+    )
     config = SERConfig(
-        labels=LABELS["ravdess"], corpus="ravdess",
-        model=ModelConfig(n_mels=64, fbank_dim=64, fbank_layers=1, fbank_heads=4, embed_dim=32, flam_dropout=0.0,
-                          head_dropout=0.0, fbank_dropout=0.0, spec_time_masks=0, spec_freq_masks=0),
+        labels=LABELS["ravdess"],
+        corpus="ravdess",
+        model=ModelConfig(
+            n_mels=64,
+            fbank_dim=64,
+            fbank_layers=1,
+            fbank_heads=4,
+            embed_dim=32,
+            flam_dropout=0.0,
+            head_dropout=0.0,
+            fbank_dropout=0.0,
+            spec_time_masks=0,
+            spec_freq_masks=0,
+        ),
         eam=EAMConfig(enabled=False),
         loss=LossConfig(supcon=False, center=False),
         train=TrainConfig(epochs=45, batch_size=8, lr=1e-3, lr_decay=1.0, max_seconds=4.0, valid_every=45),
@@ -60,7 +88,8 @@ def test_tiny_random_wavlm_trains_end_to_end(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
     backbone = save_random_hf_backbone(tmp_path / "tiny_wavlm")
     config = SERConfig(
-        labels=SYNTHETIC_LABELS, corpus="ravdess",
+        labels=SYNTHETIC_LABELS,
+        corpus="ravdess",
         model=ModelConfig(backbone=f"hf:{backbone}", flam_heads=2, embed_dim=16),
         loss=LossConfig(supcon_proj_dim=16),
         train=TrainConfig(epochs=2, batch_size=4, eval_batch_size=8, max_seconds=1.0),
@@ -72,5 +101,9 @@ def test_tiny_random_wavlm_trains_end_to_end(synthetic_corpus, tmp_path):
     assert (tmp_path / "out" / "best" / "backbone_config.json").is_file()
     before = SERModel(config).state_dict()
     after = reloaded.state_dict()
-    changed = [name for name in after if name.startswith("backbone.model.encoder") and not after[name].equal(before[name])]
+    changed = [
+        name
+        for name in after
+        if name.startswith("backbone.model.encoder") and not after[name].equal(before[name])
+    ]
     assert changed, "fine-tuning must update the WavLM transformer"

@@ -6,13 +6,12 @@ The command lines are the fold-launch contract's (ser_model/launch.py :func:`tor
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 
 import pytest
 
-from ser_model.launch import FoldJob, RESULT_FILE, read_result, torchrun_command, worker_env
+from ser_model.launch import FoldJob, read_result, torchrun_command, worker_env
 from tests.train.synthetic import tiny_config, write_synthetic_corpus
 
 pytestmark = pytest.mark.slow
@@ -29,12 +28,24 @@ def job(tmp_path, out: str) -> FoldJob:
     tiny_config(epochs=2).to_json(tmp_path / "config.json")
     manifest.to_parquet(tmp_path / "manifest.parquet")
     folds.to_parquet(tmp_path / "folds.parquet")
-    return FoldJob("ravdess", 0, tmp_path / "config.json", tmp_path / "manifest.parquet", tmp_path / "folds.parquet", str(tmp_path / "audio"), tmp_path / out, epochs=2)
+    return FoldJob(
+        "ravdess",
+        0,
+        tmp_path / "config.json",
+        tmp_path / "manifest.parquet",
+        tmp_path / "folds.parquet",
+        str(tmp_path / "audio"),
+        tmp_path / out,
+        epochs=2,
+    )
 
 
 def launch(commands: list[list[str]]) -> list[str]:
     env = {**worker_env(), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+    processes = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in commands
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]
@@ -47,12 +58,15 @@ def test_two_loopback_nodes_train_a_fold_like_one_node_with_two_processes(tmp_pa
     multi = job(tmp_path, "multi")
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [torchrun_command(1, multi.worker_args(), rendezvous=(2, rank, endpoint)) for rank in (0, 1)]
-    outputs = launch([[*c[:3], "--local-addr=127.0.0.1", *c[3:]] for c in nodes])
+    launch([[*c[:3], "--local-addr=127.0.0.1", *c[3:]] for c in nodes])
     a, b = read_result(single.out_dir), read_result(multi.out_dir)
     assert a["selected_epoch"] == b["selected_epoch"]
     for split in ("valid", "test"):
         for metric in ("WA", "UA", "macro_f1"):
             assert b[split][metric] == pytest.approx(a[split][metric], abs=1e-6), (split, metric)
         assert b[split]["confusion"] == a[split]["confusion"]
-    curves = [[r["train"]["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] for d in (single.out_dir, multi.out_dir)]
+    curves = [
+        [r["train"]["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+        for d in (single.out_dir, multi.out_dir)
+    ]
     assert curves[1] == pytest.approx(curves[0], rel=1e-5), "same data order and seed give the same losses"

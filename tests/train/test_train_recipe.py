@@ -26,7 +26,9 @@ SR = 16000
 
 def _trim_reference(wave: np.ndarray, trim_db: float, win: int = 400, hop: int = 160) -> np.ndarray:
     """Frame by frame in float64: keep from the first to the last frame within trim_db of the loudest."""
-    energies = [float(np.sum(wave[s : s + win].astype(np.float64) ** 2)) for s in range(0, len(wave) - win + 1, hop)]
+    energies = [
+        float(np.sum(wave[s : s + win].astype(np.float64) ** 2)) for s in range(0, len(wave) - win + 1, hop)
+    ]
     peak = max(energies)
     loud = [k for k, e in enumerate(energies) if e > peak * 10 ** (-trim_db / 10)]
     return wave[loud[0] * hop : loud[-1] * hop + win]
@@ -36,7 +38,9 @@ def _trim_reference(wave: np.ndarray, trim_db: float, win: int = 400, hop: int =
 def test_trim_silence_matches_a_frame_by_frame_reference(seed):
     rng = np.random.default_rng(seed)
     lead, speech, tail = rng.integers(0, 8000, 3)
-    wave = np.concatenate([1e-4 * rng.standard_normal(lead), rng.standard_normal(speech + 400), np.zeros(tail)]).astype(np.float32)
+    wave = np.concatenate(
+        [1e-4 * rng.standard_normal(lead), rng.standard_normal(speech + 400), np.zeros(tail)]
+    ).astype(np.float32)
     got = trim_silence(wave, SR, 40.0)
     np.testing.assert_array_equal(got, _trim_reference(wave, 40.0))
     start = (got.ctypes.data - wave.ctypes.data) // wave.itemsize  # a view into the input
@@ -54,7 +58,9 @@ def test_trim_silence_leaves_what_it_cannot_trim():
     assert len(trim_silence(wave, SR, 40.0)) >= 16000 - 160  # steady noise: nothing is silence
 
 
-@pytest.mark.parametrize("schedule, warmup", [("exponential", 0.0), ("exponential", 1.5), ("cosine", 1.0), ("cosine", 0.0)])
+@pytest.mark.parametrize(
+    "schedule, warmup", [("exponential", 0.0), ("exponential", 1.5), ("cosine", 1.0), ("cosine", 0.0)]
+)
 def test_lr_factor_matches_its_formula(schedule, warmup):
     tc = TrainConfig(epochs=6, schedule=schedule, warmup_epochs=warmup, lr_decay=0.5)
     per_epoch = 10
@@ -79,7 +85,9 @@ def test_fit_applies_the_schedule_per_update(synthetic_corpus, tmp_path):
     from tests.train.synthetic import tiny_config
 
     root, manifest, folds = synthetic_corpus
-    config = tiny_config().with_overrides({"train.epochs": 3, "train.schedule": "cosine", "train.warmup_epochs": 1.0, "train.lr": 1e-3})
+    config = tiny_config().with_overrides(
+        {"train.epochs": 3, "train.schedule": "cosine", "train.warmup_epochs": 1.0, "train.lr": 1e-3}
+    )
     result = fit(config, manifest, folds, 0, root, tmp_path / "run")
     lrs = [record["lr"] for record in result.history]  # the rate after each epoch's last update
     assert lrs[0] == pytest.approx(1e-3)  # end of the warm-up
@@ -116,12 +124,19 @@ def test_the_obvious_command_gets_the_cpu_recipe():
     cpu = experiment_config("ravdess", "cpu-fbank")
     assert train_config("ravdess", "fbank", None, None, []) == cpu
     assert train_config("ravdess", None, None, None, []) == cpu
-    assert train_config("ravdess", "hf:/models/wavlm", None, None, []).train.lr == PRESETS["paper-wavlm"]["train.lr"]
-    assert train_config("ravdess", None, None, 3, ["train.lr=5e-4"], preset="cpu-fbank") == cpu.with_overrides({"train.epochs": 3, "train.lr": 5e-4})
+    assert (
+        train_config("ravdess", "hf:/models/wavlm", None, None, []).train.lr
+        == PRESETS["paper-wavlm"]["train.lr"]
+    )
+    assert train_config(
+        "ravdess", None, None, 3, ["train.lr=5e-4"], preset="cpu-fbank"
+    ) == cpu.with_overrides({"train.epochs": 3, "train.lr": 5e-4})
 
 
 def test_preset_errors_name_what_is_wrong(tmp_path):
-    with pytest.raises(ConfigError, match=r"preset: got 'gpu-magic', expected one of \['cpu-fbank', 'paper-wavlm'\]"):
+    with pytest.raises(
+        ConfigError, match=r"preset: got 'gpu-magic', expected one of \['cpu-fbank', 'paper-wavlm'\]"
+    ):
         experiment_config("ravdess", "gpu-magic")
     with pytest.raises(ConfigError, match="corpus: got 'crema'"):
         experiment_config("crema", "cpu-fbank")
@@ -142,9 +157,22 @@ def test_every_inference_path_gives_the_same_probabilities(shared_ravdess, tmp_p
     SERModel(experiment_config("ravdess", "cpu-fbank")).save_pretrained(folder)
     model = SERModel.from_pretrained(folder)
     files = sorted((shared_ravdess / "Actor_01").glob("*.flac"))[:3]
-    rows = pd.DataFrame({"path": [f"Actor_01/{f.name}" for f in files], "utt_id": [f.stem for f in files], "label": ["neutral"] * 3, "duration_s": [10.0] * 3})
+    rows = pd.DataFrame(
+        {
+            "path": [f"Actor_01/{f.name}" for f in files],
+            "utt_id": [f.stem for f in files],
+            "label": ["neutral"] * 3,
+            "duration_s": [10.0] * 3,
+        }
+    )
     dataset = UtteranceDataset(
-        rows, shared_ravdess, model.labels, sample_rate=SR, crop_seconds=EVAL_MAX_SECONDS, random_crop=False, trim_db=model.config.model.trim_db
+        rows,
+        shared_ravdess,
+        model.labels,
+        sample_rate=SR,
+        crop_seconds=EVAL_MAX_SECONDS,
+        random_crop=False,
+        trim_db=model.config.model.trim_db,
     )
     predictor = Predictor.from_pretrained(folder)
     by_file = predictor.predict_files(files)
@@ -161,7 +189,11 @@ def test_every_inference_path_gives_the_same_probabilities(shared_ravdess, tmp_p
         predicted = np.array([by_file[i]["probabilities"][label] for label in model.labels])
         from_array = predictor.predict_arrays([(raw, SR)])[0]
         prepared = prepare_waveform(raw, model.config.model)
-        onnx = session.run(["probabilities"], {"waves": prepared[None], "lengths": np.array([len(prepared)], dtype=np.int64)})[0][0]
+        onnx = session.run(
+            ["probabilities"], {"waves": prepared[None], "lengths": np.array([len(prepared)], dtype=np.int64)}
+        )[0][0]
         np.testing.assert_allclose(predicted, evaluated, atol=1e-5)
-        np.testing.assert_allclose([from_array["probabilities"][label] for label in model.labels], evaluated, atol=1e-5)
+        np.testing.assert_allclose(
+            [from_array["probabilities"][label] for label in model.labels], evaluated, atol=1e-5
+        )
         np.testing.assert_allclose(onnx, evaluated, atol=1e-4)

@@ -13,7 +13,9 @@ def _lengths(n: int, seed: int = 0) -> np.ndarray:
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 300), batch_size=st.integers(1, 20), seed=st.integers(0, 1000), epoch=st.integers(0, 5))
+@given(
+    n=st.integers(1, 300), batch_size=st.integers(1, 20), seed=st.integers(0, 1000), epoch=st.integers(0, 5)
+)
 def test_every_index_exactly_once_per_epoch(n, batch_size, seed, epoch):
     sampler = LengthBucketSampler(_lengths(n, seed), batch_size, seed=seed, pool_batches=3)
     sampler.set_epoch(epoch)
@@ -28,7 +30,10 @@ def test_every_index_exactly_once_per_epoch(n, batch_size, seed, epoch):
 @given(n=st.integers(1, 200), batch_size=st.integers(1, 8), world=st.integers(2, 4), seed=st.integers(0, 100))
 def test_ddp_shards_cover_everything_and_are_disjoint_up_to_padding(n, batch_size, world, seed):
     lengths = _lengths(n, seed)
-    shards = [list(LengthBucketSampler(lengths, batch_size, seed=seed, rank=r, world_size=world)) for r in range(world)]
+    shards = [
+        list(LengthBucketSampler(lengths, batch_size, seed=seed, rank=r, world_size=world))
+        for r in range(world)
+    ]
     assert len({len(s) for s in shards}) == 1, "every rank must run the same number of steps"
     for step in zip(*shards):
         assert len({len(b) for b in step}) == 1, "ranks must hold equal batch sizes at each step"

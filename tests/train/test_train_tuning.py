@@ -50,7 +50,10 @@ def test_every_shipped_space_fits_its_preset_at_every_corner(name):
         ({"train.lr": {"type": "uniform", "low": 0.0, "high": 1.0}}, "expected one of"),
         ({"train.lr": {"type": "float", "low": 0.0, "high": 1.0, "choices": [1]}}, "unknown field"),
         ({"eam.enabled": {"type": "categorical", "choices": []}}, "non-empty list"),
-        ({"eam.mix_prob": {"type": "float", "low": 0.0, "high": 2.0}}, r"eam.mix_prob=2.0 makes an invalid config"),
+        (
+            {"eam.mix_prob": {"type": "float", "low": 0.0, "high": 2.0}},
+            r"eam.mix_prob=2.0 makes an invalid config",
+        ),
         ({}, "non-empty JSON object"),
     ],
 )
@@ -73,13 +76,17 @@ def test_pruning_steps_are_percent_of_the_schedule_and_increase_across_folds():
         steps = [pruning_step(f, e, epochs) for f in range(3) for e in range(1, epochs + 1)]
         assert steps == sorted(steps) and len(set(steps)) == len(steps)
         assert [pruning_step(f, epochs, epochs) for f in range(3)] == [100, 200, 300]
-    assert pruning_step(0, 6, 12) == pruning_step(0, 10, 20) == 50, "half way through any schedule is the same step"
+    assert pruning_step(0, 6, 12) == pruning_step(0, 10, 20) == 50, (
+        "half way through any schedule is the same step"
+    )
 
 
 # ------------------------------------------------------------------------------ the objective
 
 
-def test_a_trial_never_reads_a_test_speaker_and_scores_the_mean_best_validation_ua(synthetic_corpus, tmp_path, monkeypatch):
+def test_a_trial_never_reads_a_test_speaker_and_scores_the_mean_best_validation_ua(
+    synthetic_corpus, tmp_path, monkeypatch
+):
     root, manifest, folds = synthetic_corpus
     loaded: list[set[str]] = []
     original = train_module.UtteranceDataset
@@ -91,16 +98,31 @@ def test_a_trial_never_reads_a_test_speaker_and_scores_the_mean_best_validation_
 
     monkeypatch.setattr(train_module, "UtteranceDataset", Recording)
     base = tiny_config(epochs=2)
-    space = parse_search_space({"train.lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True},
-                                "train.ema_decay": {"type": "categorical", "choices": [None, 0.9]}}, base)
+    space = parse_search_space(
+        {
+            "train.lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True},
+            "train.ema_decay": {"type": "categorical", "choices": [None, 0.9]},
+        },
+        base,
+    )
     epochs_seen: list[tuple[int, int]] = []
-    objective = TuningObjective(base, space, manifest, folds, [0, 1], root, tmp_path / "trials",
-                                on_epoch=lambda trial, fold, epoch, record: epochs_seen.append((fold, epoch)))
+    objective = TuningObjective(
+        base,
+        space,
+        manifest,
+        folds,
+        [0, 1],
+        root,
+        tmp_path / "trials",
+        on_epoch=lambda trial, fold, epoch, record: epochs_seen.append((fold, epoch)),
+    )
     study = open_study("unit", f"sqlite:///{tmp_path / 'study.db'}")
     study.optimize(objective, n_trials=2)
 
     test_of = {k: set(folds.loc[(folds["fold"] == k) & (folds["role"] == "test"), "speaker"]) for k in (0, 1)}
-    assert len(loaded) == 2 * 2 * 2, "per trial and fold: its training and its validation speakers, nothing else"
+    assert len(loaded) == 2 * 2 * 2, (
+        "per trial and fold: its training and its validation speakers, nothing else"
+    )
     for i, speakers in enumerate(loaded):
         fold = (i // 2) % 2
         assert speakers and not speakers & test_of[fold], (fold, speakers, test_of[fold])
@@ -109,31 +131,50 @@ def test_a_trial_never_reads_a_test_speaker_and_scores_the_mean_best_validation_
         assert trial.state == optuna.trial.TrialState.COMPLETE
         per_fold = []
         for fold in (0, 1):
-            result = json.loads((tmp_path / "trials" / f"trial-{trial.number}" / f"fold-{fold}" / "result.json").read_text())
-            assert result["test"] == {} and result["speakers"]["test"], "the test split is named but never scored"
-            config = json.loads((tmp_path / "trials" / f"trial-{trial.number}" / f"fold-{fold}" / "best" / "config.json").read_text())
+            result = json.loads(
+                (tmp_path / "trials" / f"trial-{trial.number}" / f"fold-{fold}" / "result.json").read_text()
+            )
+            assert result["test"] == {} and result["speakers"]["test"], (
+                "the test split is named but never scored"
+            )
+            config = json.loads(
+                (
+                    tmp_path / "trials" / f"trial-{trial.number}" / f"fold-{fold}" / "best" / "config.json"
+                ).read_text()
+            )
             assert config["train"]["lr"] == pytest.approx(trial.params["train.lr"])
             assert config["train"]["ema_decay"] == trial.params["train.ema_decay"]
             per_fold.append(result["valid"]["UA"])
         assert trial.value == pytest.approx(sum(per_fold) / 2)
         assert sorted(trial.intermediate_values) == [50, 100, 150, 200]
-        assert trial.intermediate_values[100] == pytest.approx(per_fold[0]), "fold 0's best so far at its last epoch"
+        assert trial.intermediate_values[100] == pytest.approx(per_fold[0]), (
+            "fold 0's best so far at its last epoch"
+        )
 
 
 def test_an_invalid_combination_prunes_the_trial_instead_of_failing_the_study(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
     base = tiny_config()
-    space = parse_search_space({"loss.kl": {"type": "categorical", "choices": [False]},
-                                "loss.focal": {"type": "categorical", "choices": [False]}})
+    space = parse_search_space(
+        {
+            "loss.kl": {"type": "categorical", "choices": [False]},
+            "loss.focal": {"type": "categorical", "choices": [False]},
+        }
+    )
     study = open_study("invalid", f"sqlite:///{tmp_path / 'study.db'}")
     study.optimize(TuningObjective(base, space, manifest, folds, [0], root, tmp_path / "t"), n_trials=1)
     (trial,) = study.trials
-    assert trial.state == optuna.trial.TrialState.PRUNED and "nothing trains the classifier" in trial.user_attrs["invalid_config"]
+    assert (
+        trial.state == optuna.trial.TrialState.PRUNED
+        and "nothing trains the classifier" in trial.user_attrs["invalid_config"]
+    )
 
 
 def test_unknown_tuning_folds_are_refused_naming_the_available_ones(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
-    with pytest.raises(TuningError, match=r"\[7\] are not in the fold table; available folds: \[0, 1, 2, 3\]"):
+    with pytest.raises(
+        TuningError, match=r"\[7\] are not in the fold table; available folds: \[0, 1, 2, 3\]"
+    ):
         TuningObjective(tiny_config(), {}, manifest, folds, [0, 7], root, tmp_path)
 
 
@@ -144,12 +185,22 @@ def test_the_best_trial_becomes_a_preset_file_that_experiment_config_reads(tmp_p
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"train.lr": 2e-3, "eam.mix_prob": 0.25})
     study.enqueue_trial({"train.lr": 5e-4, "eam.mix_prob": 0.75})
-    study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2) * 1000 + t.suggest_float("eam.mix_prob", 0, 1), n_trials=2)
+    study.optimize(
+        lambda t: t.suggest_float("train.lr", 1e-4, 1e-2) * 1000 + t.suggest_float("eam.mix_prob", 0, 1),
+        n_trials=2,
+    )
     preset = best_preset(study, "cpu-fbank", {"train.epochs": 12}, corpus="ravdess")
     path = write_preset_file(tmp_path / "best.json", preset)
-    assert read_preset_file(path) == ("cpu-fbank", {"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25})
+    assert read_preset_file(path) == (
+        "cpu-fbank",
+        {"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25},
+    )
     config = experiment_config("ravdess", str(path), overrides={"train.seed": 3})
-    reference = experiment_config("ravdess", "cpu-fbank", overrides={"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25, "train.seed": 3})
+    reference = experiment_config(
+        "ravdess",
+        "cpu-fbank",
+        overrides={"train.epochs": 12, "train.lr": 2e-3, "eam.mix_prob": 0.25, "train.seed": 3},
+    )
     assert config == reference
     assert preset["source"]["trial"] == 0 and preset["source"]["value"] == pytest.approx(2.25)
 
@@ -159,9 +210,20 @@ def test_the_best_trial_becomes_a_preset_file_that_experiment_config_reads(tmp_p
     [
         ("not json", "cannot read it as JSON"),
         (json.dumps({"extends": "cpu-fbank", "settings": {}}), '"format": "ser-preset"'),
-        (json.dumps({"format": "ser-preset", "version": 9, "extends": "cpu-fbank", "settings": {}}), "version 9"),
-        (json.dumps({"format": "ser-preset", "version": 1, "extends": "gpu-magic", "settings": {}}), "'gpu-magic'"),
-        (json.dumps({"format": "ser-preset", "version": 1, "extends": "cpu-fbank", "settings": {"train.nope": 1}}), "train.nope"),
+        (
+            json.dumps({"format": "ser-preset", "version": 9, "extends": "cpu-fbank", "settings": {}}),
+            "version 9",
+        ),
+        (
+            json.dumps({"format": "ser-preset", "version": 1, "extends": "gpu-magic", "settings": {}}),
+            "'gpu-magic'",
+        ),
+        (
+            json.dumps(
+                {"format": "ser-preset", "version": 1, "extends": "cpu-fbank", "settings": {"train.nope": 1}}
+            ),
+            "train.nope",
+        ),
     ],
 )
 def test_a_bad_preset_file_is_refused_naming_the_file(tmp_path, content, message):
@@ -180,7 +242,9 @@ def test_the_weight_average_follows_the_formula_and_swaps_back_exactly():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     average = WeightAverage(model, decay=0.9)
-    reference = {k: v.detach().clone().double() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+    reference = {
+        k: v.detach().clone().double() for k, v in model.state_dict().items() if v.dtype.is_floating_point
+    }
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
     for t in range(12):
         model.train()

@@ -18,8 +18,14 @@ def _write_inputs(tmp_path, manifest, folds, config):
     config.to_json(tmp_path / "config.json")
     manifest.to_parquet(tmp_path / "manifest.parquet")
     folds.to_parquet(tmp_path / "folds.parquet")
-    return ["--config", str(tmp_path / "config.json"), "--manifest", str(tmp_path / "manifest.parquet"),
-            "--folds", str(tmp_path / "folds.parquet")]
+    return [
+        "--config",
+        str(tmp_path / "config.json"),
+        "--manifest",
+        str(tmp_path / "manifest.parquet"),
+        "--folds",
+        str(tmp_path / "folds.parquet"),
+    ]
 
 
 def test_two_gloo_processes_under_torchrun_train_a_fold(synthetic_corpus, tmp_path):
@@ -27,8 +33,23 @@ def test_two_gloo_processes_under_torchrun_train_a_fold(synthetic_corpus, tmp_pa
     args = _write_inputs(tmp_path, manifest, folds, tiny_config(epochs=2))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "ser_model.worker", *args, "--fold", "2", "--audio-root", str(root), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ser_model.worker",
+        *args,
+        "--fold",
+        "2",
+        "--audio-root",
+        str(root),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
@@ -44,7 +65,10 @@ def test_bad_data_exits_with_code_3(synthetic_corpus, tmp_path):
     args = _write_inputs(tmp_path, broken, folds, tiny_config(epochs=1))
     code = main([*args, "--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")])
     assert code == BAD_DATA_EXIT
-    assert main([*args, "--fold", "7", "--audio-root", str(root), "--out", str(tmp_path / "out")]) == BAD_DATA_EXIT
+    assert (
+        main([*args, "--fold", "7", "--audio-root", str(root), "--out", str(tmp_path / "out")])
+        == BAD_DATA_EXIT
+    )
 
 
 def test_resuming_under_another_configuration_exits_as_bad_config(synthetic_corpus, tmp_path):
@@ -54,4 +78,7 @@ def test_resuming_under_another_configuration_exits_as_bad_config(synthetic_corp
     (tmp_path / "b").mkdir()
     where = ["--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")]
     assert main([*_write_inputs(tmp_path / "a", manifest, folds, tiny_config(epochs=1)), *where]) == 0
-    assert main([*_write_inputs(tmp_path / "b", manifest, folds, tiny_config(epochs=1, lr=1e-2)), *where]) == BAD_CONFIG_EXIT
+    assert (
+        main([*_write_inputs(tmp_path / "b", manifest, folds, tiny_config(epochs=1, lr=1e-2)), *where])
+        == BAD_CONFIG_EXIT
+    )
