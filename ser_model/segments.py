@@ -34,7 +34,8 @@ import numpy as np
 import soundfile
 
 from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UNKNOWN_FRAMES, resample, to_mono, trim_silence
-from ser_model.config import _check_types, _require
+from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
+from ser_model.config import config_dataclass, require
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import sliding_windows
 from ser_model.vad import FrameLevels, speech_regions
@@ -61,7 +62,7 @@ def probability_column(label: str) -> str:
     return f"p_{label}"
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SegmentConfig:
     """How a long recording is cut and scored (module docstring; the VAD's fields are explained
     in `ser_model.vad`). Times in seconds, levels in dB.
@@ -78,8 +79,8 @@ class SegmentConfig:
     window_s: float = 4.0
     hop_s: float = 2.0
     min_segment_s: float = 1.0
-    frame_s: float = 0.025
-    frame_hop_s: float = 0.010
+    frame_s: float = WIN_SECONDS
+    frame_hop_s: float = HOP_SECONDS
     min_speech_s: float = 0.25
     min_silence_s: float = 0.5
     pad_s: float = 0.1
@@ -94,11 +95,10 @@ class SegmentConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        _check_types(self)
         w = "SegmentConfig"
         for name in ("window_s", "hop_s", "frame_s", "frame_hop_s", "context_s", "block_s"):
             value = getattr(self, name)
-            _require(
+            require(
                 math.isfinite(value) and value > 0,
                 f"{w}.{name}",
                 f"got {value}, expected a positive number of seconds",
@@ -113,40 +113,40 @@ class SegmentConfig:
             "hysteresis_db",
         ):
             value = getattr(self, name)
-            _require(
+            require(
                 math.isfinite(value) and value >= 0,
                 f"{w}.{name}",
                 f"got {value}, expected a finite number >= 0",
             )
-        _require(
+        require(
             self.hop_s <= self.window_s,
             f"{w}.hop_s",
             f"got {self.hop_s} > window_s {self.window_s}; windows would leave gaps",
         )
-        _require(
+        require(
             self.frame_hop_s <= self.frame_s,
             f"{w}.frame_hop_s",
             f"got {self.frame_hop_s} > frame_s {self.frame_s}",
         )
-        _require(
+        require(
             self.block_s >= self.frame_s,
             f"{w}.block_s",
             f"got {self.block_s}, expected at least frame_s {self.frame_s}",
         )
-        _require(
+        require(
             math.isfinite(self.floor_dbfs) and self.floor_dbfs <= 0,
             f"{w}.floor_dbfs",
             f"got {self.floor_dbfs}, expected <= 0 dB",
         )
         for name in ("noise_percentile", "level_percentile"):
             value = getattr(self, name)
-            _require(0 <= value <= 100, f"{w}.{name}", f"got {value}, expected a percentile in [0, 100]")
-        _require(
+            require(0 <= value <= 100, f"{w}.{name}", f"got {value}, expected a percentile in [0, 100]")
+        require(
             self.noise_percentile < self.level_percentile,
             f"{w}.noise_percentile",
             f"got {self.noise_percentile}, expected below level_percentile {self.level_percentile}",
         )
-        _require(self.batch_size >= 1, f"{w}.batch_size", f"got {self.batch_size}, expected at least 1")
+        require(self.batch_size >= 1, f"{w}.batch_size", f"got {self.batch_size}, expected at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,9 +155,7 @@ class SegmentConfig:
         """New validated settings with fields replaced by name: ``{"window_s": 6, "min_silence_s": 0.3}``."""
         names = [f.name for f in dataclasses.fields(self)]
         for key in overrides:
-            _require(
-                key in names, "SegmentConfig.with_overrides", f"unknown key {key!r}; valid keys: {names}"
-            )
+            require(key in names, "SegmentConfig.with_overrides", f"unknown key {key!r}; valid keys: {names}")
         return dataclasses.replace(self, **overrides)
 
 
