@@ -80,9 +80,9 @@ from ser_model.feature_cache_folder import (
     merge_index,
     read_index,
     sha256_json,
-    write_bytes_atomically,
 )
 from ser_model.model import SERModel, SEROutput
+from ser_stack.files import write_atomically
 
 __all__ = [
     "FEATURE_CACHE_DIR",
@@ -231,7 +231,7 @@ class FeatureCache:
             source = getattr(
                 backbone.model.config, "_name_or_path", ""
             )  # for the reader (and the flows' pull), not part of the key
-            write_bytes_atomically(
+            write_atomically(
                 key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode()
             )
         self._memory: dict[str, torch.Tensor] = {}
@@ -358,7 +358,7 @@ class FeatureCache:
             states = states[0].float().cpu().contiguous()  # (K', T, D)
             data = save_safetensors({STATES_TENSOR: states})
             entry = IndexEntry(tuple(states.shape), hashlib.sha256(data).hexdigest())
-            write_bytes_atomically(entry_path(self.folder, sha), data)
+            write_atomically(entry_path(self.folder, sha), data)
             records[sha] = entry
             self._keep(sha, entry, states)
         self.backbone.train(was_training)

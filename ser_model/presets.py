@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ser_model.config import ConfigError, SERConfig
+from ser_stack.files import write_atomically
 
 __all__ = [
     "PRESETS",
@@ -104,11 +105,9 @@ def read_preset_file(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
 
 def write_preset_file(path: str | os.PathLike, preset: Mapping[str, Any]) -> Path:
     """Write a preset file (JSON, keys sorted) atomically and return its path."""
-    from ser_model.checkpoint import write_text_atomically
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(dict(preset), indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(dict(preset), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -153,13 +152,13 @@ def experiment_config(
     then ``overrides``.
 
     ``base``: start from this config (e.g. a ``--config`` file) instead of the preset. Raises
-    ``ConfigError`` for an unknown corpus or preset, a bad override, or a base whose labels are not
-    the corpus's.
+    ``UnknownCorpusError`` for an unknown corpus, ``ConfigError`` for an unknown preset, a bad
+    override, or a base whose labels are not the corpus's.
     """
+    from data_contracts.corpora import check_corpus
     from data_contracts.labels import LABELS
 
-    if corpus not in LABELS:
-        raise ConfigError(f"corpus: got {corpus!r}, expected one of {sorted(LABELS)}")
+    check_corpus(corpus)
     if base is None:
         settings = preset_settings(preset or preset_for_backbone(backbone))
         config = SERConfig(labels=LABELS[corpus], corpus=corpus).with_overrides(settings)

@@ -60,7 +60,6 @@ from ser_model.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     write_folder_atomically,
-    write_text_atomically,
 )
 from ser_model.config import ConfigError, SERConfig, TrainConfig
 from ser_model.data import (
@@ -85,6 +84,7 @@ from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FIL
 from ser_model.losses import multi_loss
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
+from ser_stack.files import write_atomically
 
 __all__ = [
     "RELEASE_FOLD",
@@ -586,7 +586,7 @@ def fit(
             if average is not None:
                 state["ema"] = average.state_dict()
             save_checkpoint(checkpoints, model, state)
-            write_text_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+            write_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())
             log.info(
                 "epoch %d/%d loss %.4f lr %.3g %s (%.1f s; %s)",
@@ -625,7 +625,7 @@ def fit(
             "test": test,
             "epochs": tc.epochs,
         }
-        write_text_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
+        write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
         _call(callbacks, "on_fit_end", result)
     _barrier(runtime)
     return result

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
+"""Where RAVDESS lies beside the repository (16 kHz FLAC): the tests', the benchmarks'
+and the flows' default RAVDESS root."""
 CREDENTIALS_FILE = "s3-credentials.json"
 DEFAULT_REGION = "us-east-1"
 

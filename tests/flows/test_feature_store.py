@@ -26,8 +26,8 @@ from ser_model.feature_cache_folder import (
     key_digest,
     merge_index,
     read_index,
-    write_bytes_atomically,
 )
+from ser_stack.files import write_atomically
 from ser_stack.settings import StackSettings
 
 LABELS = ("angry", "happy", "neutral", "sad")
@@ -78,11 +78,11 @@ def write_key_folder(root: Path, record: dict, names: list[str]) -> Path:
     """A key folder as ``FeatureCache`` leaves it: key.json, one entry per name, their index records."""
     folder = root / key_digest(record["key"])
     (folder / "entries").mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(folder / KEY_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    write_atomically(folder / KEY_FILE, (json.dumps(record, indent=2) + "\n").encode())
     records = {}
     for name in names:
         data = entry_bytes(name)
-        write_bytes_atomically(entry_path(folder, sha(name)), data)
+        write_atomically(entry_path(folder, sha(name)), data)
         records[sha(name)] = IndexEntry((1, len(data) // 4, 1), hashlib.sha256(data).hexdigest())
     merge_index(folder, record["key"], records)
     return folder

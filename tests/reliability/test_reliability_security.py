@@ -304,7 +304,8 @@ class NoS3:
 
 @pytest.mark.parametrize("corpus_name", HOSTILE_CORPORA)
 def test_hostile_corpus_names_are_refused_before_any_s3_call(corpus_name):
-    from flows.storage import DataBucket, InvalidKeyPartError, publish_manifest, read_latest, resolve_version
+    from data_contracts.errors import UnknownCorpusError
+    from flows.storage import DataBucket, publish_manifest, read_latest, resolve_version
 
     client = NoS3()
     bucket = DataBucket(client=client, name="ser-data")
@@ -314,7 +315,7 @@ def test_hostile_corpus_names_are_refused_before_any_s3_call(corpus_name):
         lambda: publish_manifest(corpus_name, FP, None, None, None, {}, "/root", bucket),
     ]
     for attempt in attempts:
-        with pytest.raises(InvalidKeyPartError, match="unknown corpus"):
+        with pytest.raises(UnknownCorpusError, match="unknown corpus"):
             attempt()
     assert client.calls == []
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from data_contracts.errors import UnknownCorpusError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.audio import load_audio, trim_silence
 from ser_model.cli import train_config
@@ -170,7 +171,7 @@ def test_preset_errors_name_what_is_wrong(tmp_path):
         ConfigError, match=r"preset: got 'gpu-magic', expected one of \['cpu-fbank', 'paper-wavlm'\]"
     ):
         experiment_config("ravdess", "gpu-magic")
-    with pytest.raises(ConfigError, match="corpus: got 'crema'"):
+    with pytest.raises(UnknownCorpusError, match="unknown corpus 'crema'; expected one of iemocap"):
         experiment_config("crema", "cpu-fbank")
     path = tmp_path / "config.json"
     SERConfig(labels=LABELS["savee"], corpus="savee").to_json(path)
