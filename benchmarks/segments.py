@@ -66,10 +66,10 @@ def timed_command(command: list[str], threads: int) -> dict[str, float]:
 def test_items(root: str, fold: int, labels: tuple[str, ...]) -> list[tuple[str, int, str]]:
     """(path, class index, utt_id) of the fold's test utterances."""
     from data_contracts.ingest import run_ingest
-    from ser_model.train import fold_splits
+    from ser_model.train import training_splits
 
     ingested = run_ingest("ravdess", root, progress=False)
-    rows = fold_splits(ingested.manifest, ingested.folds, fold)["test"]
+    rows = training_splits(ingested.manifest, ingested.folds, fold)["test"]
     return [(str(Path(root) / r.path), labels.index(r.label), r.utt_id) for r in rows.itertuples()]
 
 

@@ -312,7 +312,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)"
         )
     from ser_model.model import SERModel
-    from ser_model.train import evaluate_rows, fold_splits
+    from ser_model.train import evaluate_rows, training_splits
 
     model = SERModel.from_pretrained(args.model)
     corpus, root, ingested = corpus_data(args)
@@ -324,7 +324,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         rows, what = ingested.manifest, f"{corpus} all utterances of {root}"
     else:
         rows, what = (
-            fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split],
+            training_splits(ingested.manifest, ingested.folds, args.fold)[args.split],
             f"{corpus} fold {args.fold} {args.split}",
         )
     if rows.empty:

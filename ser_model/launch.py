@@ -59,6 +59,37 @@ SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|AU
 TORCHRUN_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
 
+@dataclass(frozen=True)
+class WorkerFlag:
+    """One flag of the worker's command line: ``flag`` carries the :class:`FoldJob` attribute ``field``."""
+
+    flag: str
+    field: str
+    help: str
+    type: type = str
+    required: bool = True
+    metavar: str | None = None
+
+
+WORKER_FLAGS: tuple[WorkerFlag, ...] = (
+    WorkerFlag("--config", "config_path", "SERConfig JSON file"),
+    WorkerFlag("--manifest", "manifest_path", "manifest Parquet file (docs/ARCHITECTURE.md)"),
+    WorkerFlag("--folds", "folds_path", "fold table Parquet file"),
+    WorkerFlag("--fold", "fold", f"fold to train; {RELEASE_FOLD} trains the release model", type=int),
+    WorkerFlag("--audio-root", "audio_root", "corpus root the manifest paths are relative to"),
+    WorkerFlag("--out", "out_dir", f"output folder (checkpoints, {METRICS_FILE}, {RESULT_FILE})"),
+    WorkerFlag(
+        "--feature-cache",
+        "feature_cache_dir",
+        "folder of the frozen-backbone feature cache (default: <out>/../feature-cache; ser_model.feature_cache)",
+        required=False,
+        metavar="DIR",
+    ),
+)
+"""The worker's flags, read by :meth:`FoldJob.worker_args` (the launcher's side) and
+``ser_model.worker.build_parser`` (the worker's side): the one list of them."""
+
+
 def fold_folder_name(fold: int) -> str:
     """``fold-<k>``, or ``release`` for :data:`RELEASE_FOLD`: the fold folder and the MLflow run name."""
     return "release" if fold == RELEASE_FOLD else f"fold-{fold}"
@@ -112,21 +143,13 @@ class FoldJob:
         return fold_folder_name(self.fold)
 
     def worker_args(self) -> list[str]:
-        return [
-            "--config",
-            str(self.config_path),
-            "--manifest",
-            str(self.manifest_path),
-            "--folds",
-            str(self.folds_path),
-            "--fold",
-            str(self.fold),
-            "--audio-root",
-            self.audio_root,
-            "--out",
-            str(self.out_dir),
-            *(["--feature-cache", str(self.feature_cache_dir)] if self.feature_cache_dir is not None else []),
-        ]
+        """The worker's arguments (:data:`WORKER_FLAGS`; an optional one left out when None)."""
+        args: list[str] = []
+        for flag in WORKER_FLAGS:
+            value = getattr(self, flag.field)
+            if value is not None or flag.required:
+                args += [flag.flag, str(value)]
+        return args
 
 
 def nproc_per_node(env: dict[str, str] | None = None) -> int:

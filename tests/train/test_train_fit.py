@@ -12,7 +12,7 @@ from ser_model import checkpoint as checkpoint_module
 from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkpoint
 from ser_model.data import DataSplitError
 from ser_model.model import SERModel
-from ser_model.train import RELEASE_FOLD, fit, fold_splits
+from ser_model.train import RELEASE_FOLD, fit, training_splits
 from tests.train.synthetic import tiny_config
 
 
@@ -145,7 +145,7 @@ def test_resume_refuses_a_different_configuration(synthetic_corpus, tmp_path):
 
 def test_release_fold_trains_on_all_but_fold0_validation_speakers(synthetic_corpus):
     _, manifest, folds = synthetic_corpus
-    splits = fold_splits(manifest, folds, RELEASE_FOLD)
+    splits = training_splits(manifest, folds, RELEASE_FOLD)
     assert sorted(splits["valid"]["speaker"].unique()) == ["S01"]
     assert sorted(splits["train"]["speaker"].unique()) == ["S00", "S02", "S03"]
     assert splits["test"].empty

@@ -82,3 +82,35 @@ def test_resuming_under_another_configuration_exits_as_bad_config(synthetic_corp
         main([*_write_inputs(tmp_path / "b", manifest, folds, tiny_config(epochs=1, lr=1e-2)), *where])
         == BAD_CONFIG_EXIT
     )
+
+
+def test_the_worker_reads_back_every_argument_the_launcher_writes(tmp_path):
+    """One list of flags (ser_model.launch.WORKER_FLAGS) on both sides of the fold-launch contract."""
+    from ser_model.launch import WORKER_FLAGS, FoldJob
+    from ser_model.worker import build_parser
+
+    for cache in (tmp_path / "cache", None):
+        job = FoldJob(
+            corpus="ravdess",
+            fold=-1,
+            config_path=tmp_path / "c.json",
+            manifest_path=tmp_path / "m.parquet",
+            folds_path=tmp_path / "f.parquet",
+            audio_root="s3://bucket/ravdess",
+            out_dir=tmp_path / "release",
+            epochs=2,
+            feature_cache_dir=cache,
+        )
+        args = build_parser().parse_args(job.worker_args())
+        assert (args.config, args.manifest, args.folds, args.fold, args.audio_root, args.out) == (
+            str(job.config_path),
+            str(job.manifest_path),
+            str(job.folds_path),
+            -1,
+            "s3://bucket/ravdess",
+            str(job.out_dir),
+        )
+        assert args.feature_cache == (None if cache is None else str(cache))
+        assert not args.no_resume
+    dests = {action.dest for action in build_parser()._actions}
+    assert {flag.flag.removeprefix("--").replace("-", "_") for flag in WORKER_FLAGS} <= dests
