@@ -58,6 +58,7 @@ from ser_model.feature_cache_folder import (
     key_may_fit,
     merge_index,
     read_index,
+    write_key_file,
 )
 from ser_stack.files import write_atomically
 from ser_stack.settings import StackSettings
@@ -160,7 +161,7 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
         folder = root / digest
         (folder / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
         if not (folder / KEY_FILE).is_file():
-            write_atomically(folder / KEY_FILE, (json.dumps(record, indent=2) + "\n").encode())
+            write_key_file(folder, record["key"], record["source"])
         local = read_index(folder)
         todo = {
             sha: entry

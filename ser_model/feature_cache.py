@@ -50,13 +50,12 @@ reads again when it opens the cache.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -80,11 +79,13 @@ from ser_model.feature_cache_folder import (
     merge_index,
     read_index,
     sha256_json,
+    write_key_file,
 )
 from ser_model.model import SERModel, SEROutput
 from ser_stack.files import write_atomically
 
 __all__ = [
+    "cache_key",
     "FEATURE_CACHE_DIR",
     "FeatureCache",
     "CachedStates",
@@ -110,6 +111,33 @@ def weights_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def cache_key(
+    backbone: dict[str, Any],
+    layers: Sequence[int],
+    *,
+    trim_db: float | None,
+    wave_norm: bool,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The key of a key folder (module docstring): ``backbone`` (its model type and the sha256 of its
+    config and weights), the hidden ``layers`` kept, the view of the audio (16 kHz, ``trim_db``,
+    whole utterances up to ``EVAL_MAX_SECONDS``, ``wave_norm``) and the precision (``amp_dtype``;
+    None: float32)."""
+    return {
+        "format": FORMAT_VERSION,
+        "backbone": dict(backbone),
+        "layers": list(layers),
+        "view": {
+            "sample_rate": HF_SAMPLE_RATE,
+            "trim_db": trim_db,
+            "max_seconds": EVAL_MAX_SECONDS,
+            "wave_norm": wave_norm,
+            "computed": "one utterance at a time",
+        },
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
+    }
 
 
 class StatesBatch(NamedTuple):
@@ -207,33 +235,22 @@ class FeatureCache:
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
         config = backbone.model.config.to_dict()
-        self.key = {
-            "format": FORMAT_VERSION,
-            "backbone": {
+        self.key = cache_key(
+            {
                 "model_type": config.get("model_type"),
                 "config_sha256": sha256_json(config),
                 "weights_sha256": weights_sha256(backbone.model),
             },
-            "layers": list(backbone.layer_set),
-            "view": {
-                "sample_rate": HF_SAMPLE_RATE,
-                "trim_db": trim_db,
-                "max_seconds": EVAL_MAX_SECONDS,
-                "wave_norm": backbone.wave_norm,
-                "computed": "one utterance at a time",
-            },
-            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
-        }
+            backbone.layer_set,
+            trim_db=trim_db,
+            wave_norm=backbone.wave_norm,
+            amp_dtype=amp_dtype,
+        )
         self.folder = Path(root) / key_digest(self.key)
         (self.folder / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
         key_path = self.folder / KEY_FILE
         if not key_path.is_file():
-            source = getattr(
-                backbone.model.config, "_name_or_path", ""
-            )  # for the reader (and the flows' pull), not part of the key
-            write_atomically(
-                key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode()
-            )
+            write_key_file(self.folder, self.key, getattr(backbone.model.config, "_name_or_path", ""))
         self._memory: dict[str, torch.Tensor] = {}
         self._entries: dict[str, IndexEntry] = {}
         self._memory_bytes = 0

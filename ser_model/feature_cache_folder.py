@@ -40,6 +40,7 @@ __all__ = [
     "merge_index",
     "read_index",
     "sha256_json",
+    "write_key_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ def sha256_json(value: Any) -> str:
 def key_digest(key: Mapping[str, Any]) -> str:
     """The folder name of a key: the first 16 hex digits of :func:`sha256_json` of it."""
     return sha256_json(key)[:16]
+
+
+def write_key_file(folder: Path, key: Mapping[str, Any], source: str) -> None:
+    """``folder``'s key.json: ``{"key": key, "source": source}``, where ``source`` (the hub id or
+    local folder the backbone came from) is for readers and the flows' pull, not part of the key."""
+    write_atomically(folder / KEY_FILE, json.dumps({"key": dict(key), "source": source}, indent=2) + "\n")
 
 
 def entry_path(folder: Path, sha256: str) -> Path:

@@ -157,10 +157,10 @@ def nproc_per_node(env: dict[str, str] | None = None) -> int:
     device, else one CPU process."""
     env = os.environ if env is None else env
     if env.get("SER_NPROC_PER_NODE"):
-        count = int(env["SER_NPROC_PER_NODE"])
-        if count < 1:
-            raise ValueError(f"SER_NPROC_PER_NODE={count}: expected a positive number of processes")
-        return count
+        raw = env["SER_NPROC_PER_NODE"]
+        if not (raw.strip().isdigit() and int(raw) >= 1):
+            raise ValueError(f"SER_NPROC_PER_NODE={raw}: expected a positive number of processes")
+        return int(raw)
     import torch  # only here: counting devices is the one thing that needs it
 
     return max(1, torch.cuda.device_count())

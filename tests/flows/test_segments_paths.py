@@ -167,7 +167,12 @@ def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlfl
     assert result["utterances"] == 60 and result["recordings"] == 8
     assert result["boundary_error_s"]["median"] <= 0.3
     assert result["middles_in_one_segment"] == 1.0
-    assert 0.0 <= result["segment"]["UA"] <= 1.0 and result["segment_config"]["window_s"] == 4.0
+    assert result["segment_config"]["window_s"] == 4.0
+    segment = result["segment"]  # reference UA: each class's recall over its seconds of true speech
+    support = [sum(row) + missed for row, missed in zip(segment["confusion_s"], segment["missed_s"])]
+    assert sum(support) == pytest.approx(segment["speech_s"])
+    recalls = [row[c] / s for c, (row, s) in enumerate(zip(segment["confusion_s"], support)) if s > 0]
+    assert len(recalls) >= 2 and segment["UA"] == pytest.approx(sum(recalls) / len(recalls))
     (run,) = local_mlflow.search_runs(
         [local_mlflow.get_experiment_by_name("ser-segments-eval").experiment_id]
     )

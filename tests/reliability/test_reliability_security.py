@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from data_contracts.errors import SourceError
 from ser_model.checkpoint import STATE_FILE, load_training_state
@@ -167,10 +168,9 @@ def test_a_pickle_posing_as_weights_or_training_state_never_runs(tmp_path):
     marker.unlink()
 
     (folder / "model.safetensors").write_bytes(payload)
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(SafetensorError, match="Error while deserializing header"):
         SERModel.from_pretrained(folder)
     assert not marker.exists()
-    assert "safetensors" in type(refused.value).__module__ or "header" in str(refused.value).lower()
 
     buffer = io.BytesIO()
     torch.save({"epoch": 1, "trap": PlantsAMarker(marker)}, buffer)

@@ -88,3 +88,10 @@ def tiny_config(**train: object) -> SERConfig:
         train=TrainConfig(**settings),
         corpus="ravdess",
     )
+
+
+def expected_selected_epoch(history: list[dict], metric: str = "UA") -> int:
+    """Reference for checkpoint selection: the first validated epoch with the highest validation
+    ``metric`` in a run's metrics.jsonl records (a later epoch must beat it, not tie it)."""
+    validated = [(record["valid"][metric], -record["epoch"]) for record in history if "valid" in record]
+    return -max(validated)[1]

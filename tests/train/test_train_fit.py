@@ -13,7 +13,7 @@ from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkp
 from ser_model.data import DataSplitError
 from ser_model.model import SERModel
 from ser_model.train import RELEASE_FOLD, fit, training_splits
-from tests.train.synthetic import tiny_config
+from tests.train.synthetic import expected_selected_epoch, tiny_config
 
 
 class StopAfter:
@@ -125,7 +125,10 @@ def test_checkpoint_write_failing_half_way_keeps_the_previous_one(synthetic_corp
     assert load_training_state(last)["epoch"] == 1
     assert not any(p.name.endswith(".tmp") for p in last.parent.iterdir())
     result = fit(config, manifest, folds, 0, root, tmp_path, resume=True)
-    assert load_training_state(last)["epoch"] == 2 and result.selected_epoch in (1, 2)
+    assert load_training_state(last)["epoch"] == 2
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2], "the resumed run kept epoch 1's record"
+    assert result.selected_epoch == expected_selected_epoch(history), "epoch 1's score survived the resume"
 
 
 def test_crash_between_the_renames_falls_back_to_the_old_checkpoint(tmp_path):
