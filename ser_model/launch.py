@@ -22,7 +22,7 @@ The fold folder (``--out``, named :func:`fold_folder_name`), the one channel fro
     result.json          written last, only on success: selected epoch, valid/test metrics
     times.json           written by the launcher: when training started and ended (ms)
     checkpoints/last     exact-resume state (a rerun with the same folder continues)
-    best/                the selected epoch's model (``save_pretrained`` folder)
+    best/                the selected epoch's model (``save_pretrained`` folder: :data:`CHECKPOINT_FILES`)
 
 Exit codes: 0 done; :data:`BAD_DATA_EXIT` bad data and :data:`BAD_CONFIG_EXIT` bad arguments or
 configuration, both never retried (:class:`NotRetriedError`); anything else is an
@@ -53,6 +53,16 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 TIMES_FILE = "times.json"
 BEST_FOLDER = "best"
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LABELS_FILE = "labels.json"
+BACKBONE_CONFIG_FILE = "backbone_config.json"
+CHECKPOINT_FILES = (
+    f"{CONFIG_FILE}, {WEIGHTS_FILE}, {LABELS_FILE} and, for an hf backbone, {BACKBONE_CONFIG_FILE}"
+)
+"""What a checkpoint folder (``SERModel.save_pretrained``; ``best/``, ``release/best``) holds: the
+SERConfig, the weights, the class names and the transformers config of an hf backbone."""
 
 WORKER_MODULE = "ser_model.worker"
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|AUTH|API_KEY", re.IGNORECASE)

@@ -25,11 +25,7 @@ from torch import nn
 from ser_model.backbones import Backbone, HFBackbone, build_backbone
 from ser_model.config import SERConfig
 from ser_model.flam import AttentivePooling, FrameAttention, mean_pool
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-LABELS_FILE = "labels.json"
-BACKBONE_CONFIG_FILE = "backbone_config.json"
+from ser_model.launch import BACKBONE_CONFIG_FILE, CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
 
 
 @dataclass

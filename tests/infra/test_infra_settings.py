@@ -188,3 +188,40 @@ def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(i
         timeout=120,
     )
     assert done.stdout.strip() == "False", "the environment beats the project's prefect.toml"
+
+
+def test_every_ser_variable_the_code_reads_is_listed_in_the_settings_module(repo_root):
+    """ser_stack/settings.py lists every SER_* variable: the ones in the settings object and, with the
+    function that reads each, the other processes' knobs. A new variable must be added there."""
+    import re
+
+    import ser_stack.settings
+
+    name = re.compile(r"\bSER_[A-Z0-9_]*[A-Z0-9]\b")
+    listed = set(name.findall(ser_stack.settings.__doc__))
+    prefixes = ("SER_ROOT_", "SER_SERVE_")  # SER_ROOT_<CORPUS>, SER_SERVE_*
+    tracked = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "ser_model",
+            "data_contracts",
+            "ser_stack",
+            "flows",
+            "benchmarks",
+            "infra",
+            ".ci",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    used: dict[str, str] = {}
+    for path in tracked:
+        if path.endswith((".py", ".sh", ".yaml", ".yml")) or "." not in Path(path).name:
+            for found in name.findall((repo_root / path).read_text(encoding="utf-8", errors="replace")):
+                used.setdefault(found, path)
+    assert len(used) >= 20, f"the scan found too few variables to be reading the tree: {used}"
+    missing = {v: p for v, p in used.items() if v not in listed and not v.startswith(prefixes)}
+    assert not missing, f"SER_* variables read but not listed in ser_stack/settings.py: {missing}"
