@@ -53,7 +53,39 @@ def _as_tuple(value: Any) -> Any:
 Ints = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
 
-_STRICT = ConfigDict(strict=True, extra="forbid")
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What a bounded field takes, in the words its error message uses (:func:`bounded`)."""
+
+    words: str
+
+
+def bounded(base: type, words: str, **limits: float) -> Any:
+    """``base`` within pydantic's bounds ``limits`` (``gt``, ``ge``, ``lt``, ``le``); a value outside
+    them is refused as ``"<Class>.<field>: got <value>, expected <words>"``."""
+    return Annotated[base, Field(**limits), Expect(words)]
+
+
+PositiveInt = bounded(int, "a positive integer", ge=1)
+CountInt = bounded(int, "an integer >= 0", ge=0)
+NonNegative = bounded(float, "a value >= 0", ge=0.0)
+Dropout = bounded(float, "a dropout probability in [0, 1)", ge=0.0, lt=1.0)
+LearningRate = bounded(float, "a learning rate > 0", gt=0.0)
+
+
+def _expect_words(annotation: Any) -> str | None:
+    """The :class:`Expect` words of a bounded annotation (or of a union arm of one), None without."""
+    if typing.get_origin(annotation) is Annotated:
+        return next((m.words for m in annotation.__metadata__ if isinstance(m, Expect)), None)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        words = [_expect_words(arg) for arg in typing.get_args(annotation)]
+        found = next((w for w in words if w), None)
+        optional = type(None) in typing.get_args(annotation)
+        return None if found is None else f"None or {found}" if optional else found
+    return None
 
 
 def _expected(annotation: Any) -> str:
@@ -94,8 +126,16 @@ def _config_error(cls: type, where: str, err: ValidationError) -> ConfigError:
     if len(loc) > 1:  # an item of a tuple field
         annotation = typing.get_args(typing.get_args(annotation)[0])[0]
     expected = _expected(annotation)
-    got = f"{value!r}" if problem["type"] == "literal_error" else f"{value!r} ({type(value).__name__})"
+    if problem["type"] in _BOUND_ERRORS and len(loc) == 1:
+        expected = _expect_words(hints[loc[0]]) or problem["msg"].removeprefix("Input should be ")
+    if problem["type"] == "finite_number":
+        expected = "a finite number"
+    plain = problem["type"] in ("literal_error", "finite_number", *_BOUND_ERRORS)
+    got = f"{value!r}" if plain else f"{value!r} ({type(value).__name__})"
     return ConfigError(f"{name}: got {got}, expected {expected}")
+
+
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
 def config_dataclass(cls: type | None = None, **options: Any) -> Any:
@@ -150,26 +190,16 @@ class EAMConfig:
     """
 
     enabled: bool = True
-    mix_prob: float = 1.0
+    mix_prob: bounded(float, "a probability in [0, 1]", ge=0.0, le=1.0) = 1.0
     snr_db_low: float = -5.0
     snr_db_high: float = 10.0
-    degenerate_db: float = -30.0
+    degenerate_db: bounded(float, "a level <= 0 dB (relative to the utterance)", le=0.0) = -30.0
 
     def __post_init__(self) -> None:
-        require(
-            0.0 <= self.mix_prob <= 1.0,
-            "EAMConfig.mix_prob",
-            f"got {self.mix_prob}, expected a probability in [0, 1]",
-        )
         require(
             self.snr_db_low <= self.snr_db_high,
             "EAMConfig.snr_db_low",
             f"got snr_db_low={self.snr_db_low} > snr_db_high={self.snr_db_high}, expected low <= high",
-        )
-        require(
-            self.degenerate_db <= 0.0,
-            "EAMConfig.degenerate_db",
-            f"got {self.degenerate_db}, expected a level <= 0 dB (relative to the utterance)",
         )
 
 
@@ -216,26 +246,26 @@ class ModelConfig:
     use_layer_weights: bool | None = None
     wave_norm: bool = True
     flam: bool = True
-    flam_heads: int | None = None
-    flam_dropout: float = 0.1
-    embed_dim: int = 64
-    head_dropout: float = 0.1
+    flam_heads: PositiveInt | None = None
+    flam_dropout: Dropout = 0.1
+    embed_dim: PositiveInt = 64
+    head_dropout: Dropout = 0.1
     embed_norm: Literal["none", "batch", "layer"] = "none"
-    trim_db: float | None = None
-    sample_rate: int = 16000
-    n_mels: int = 80
+    trim_db: bounded(float, "a positive number of dB", gt=0.0) | None = None
+    sample_rate: PositiveInt = 16000
+    n_mels: PositiveInt = 80
     fbank_channels: Ints = (32, 64, 128, 128)
     fbank_time_pools: Ints = (2, 2, 2, 2)
-    fbank_dim: int = 128
-    fbank_layers: int = 0
-    fbank_heads: int = 4
-    fbank_ff_mult: int = 2
-    fbank_dropout: float = 0.1
+    fbank_dim: PositiveInt = 128
+    fbank_layers: CountInt = 0
+    fbank_heads: PositiveInt = 4
+    fbank_ff_mult: PositiveInt = 2
+    fbank_dropout: Dropout = 0.1
     fbank_norm: Literal["bin", "bin_mean", "utterance"] = "bin"
-    spec_time_masks: int = 2
-    spec_time_width: int = 20
-    spec_freq_masks: int = 2
-    spec_freq_width: int = 10
+    spec_time_masks: CountInt = 2
+    spec_time_width: CountInt = 20
+    spec_freq_masks: CountInt = 2
+    spec_freq_width: CountInt = 10
 
     def __post_init__(self) -> None:
         w = "ModelConfig"
@@ -265,28 +295,6 @@ class ModelConfig:
         problem = layer_weights_problem(self.backbone_mode, self.use_layer_weights)
         require(problem is None, f"{w}.use_layer_weights", str(problem))
         require(
-            self.flam_heads is None or self.flam_heads >= 1,
-            f"{w}.flam_heads",
-            f"got {self.flam_heads}, expected None or a positive integer",
-        )
-        for name in ("embed_dim", "sample_rate", "n_mels", "fbank_dim", "fbank_heads", "fbank_ff_mult"):
-            value = getattr(self, name)
-            require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
-        for name in ("flam_dropout", "head_dropout", "fbank_dropout"):
-            value = getattr(self, name)
-            require(
-                0.0 <= value < 1.0, f"{w}.{name}", f"got {value}, expected a dropout probability in [0, 1)"
-            )
-        for name in (
-            "fbank_layers",
-            "spec_time_masks",
-            "spec_time_width",
-            "spec_freq_masks",
-            "spec_freq_width",
-        ):
-            value = getattr(self, name)
-            require(value >= 0, f"{w}.{name}", f"got {value}, expected an integer >= 0")
-        require(
             len(self.fbank_channels) >= 1 and all(c >= 1 for c in self.fbank_channels),
             f"{w}.fbank_channels",
             f"got {self.fbank_channels}, expected at least one conv block, each with >= 1 channel",
@@ -301,11 +309,6 @@ class ModelConfig:
             self.n_mels >= 2 ** len(self.fbank_channels),
             f"{w}.n_mels",
             f"got {self.n_mels} mel bins for {len(self.fbank_channels)} conv blocks that each halve them; expected >= {2 ** len(self.fbank_channels)}",
-        )
-        require(
-            self.trim_db is None or self.trim_db > 0.0,
-            f"{w}.trim_db",
-            f"got {self.trim_db}, expected None or a positive number of dB",
         )
         require(
             self.fbank_dim % self.fbank_heads == 0,
@@ -357,14 +360,14 @@ class LossConfig:
     per utterance; ``supcon_proj_dim``: output size of the SupCon projection head.
     """
 
-    w_kl: float = 1.0
-    w_focal: float = 1.0
-    w_center: float = 0.01
-    w_supcon: float = 0.1
-    focal_gamma: float = 2.0
-    supcon_tau: float = 0.07
-    supcon_views: int = 4
-    supcon_proj_dim: int = 128
+    w_kl: NonNegative = 1.0
+    w_focal: NonNegative = 1.0
+    w_center: NonNegative = 0.01
+    w_supcon: NonNegative = 0.1
+    focal_gamma: NonNegative = 2.0
+    supcon_tau: bounded(float, "a temperature > 0", gt=0.0) = 0.07
+    supcon_views: PositiveInt = 4
+    supcon_proj_dim: PositiveInt = 128
     kl: bool = True
     focal: bool = True
     center: bool = True
@@ -372,16 +375,6 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         w = "LossConfig"
-        for name in ("w_kl", "w_focal", "w_center", "w_supcon", "focal_gamma"):
-            value = getattr(self, name)
-            require(value >= 0.0, f"{w}.{name}", f"got {value}, expected a value >= 0")
-        require(
-            self.supcon_tau > 0.0, f"{w}.supcon_tau", f"got {self.supcon_tau}, expected a temperature > 0"
-        )
-        require(self.supcon_views >= 1, f"{w}.supcon_views", f"got {self.supcon_views}, expected >= 1")
-        require(
-            self.supcon_proj_dim >= 1, f"{w}.supcon_proj_dim", f"got {self.supcon_proj_dim}, expected >= 1"
-        )
         require(
             self.kl or self.focal or self.center or self.supcon,
             w,
@@ -417,60 +410,34 @@ class TrainConfig:
     weights with this decay (``ser_model.ema``) instead of the last weights.
     """
 
-    epochs: int = 20
-    batch_size: int = 16
-    eval_batch_size: int = 16
-    lr: float = 1e-4
-    center_lr: float = 5e-3
-    lr_decay: float = 7 / 8
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 16
+    eval_batch_size: PositiveInt = 16
+    lr: LearningRate = 1e-4
+    center_lr: LearningRate = 5e-3
+    lr_decay: bounded(float, "a factor in (0, 1]", gt=0.0, le=1.0) = 7 / 8
     schedule: Literal["exponential", "cosine"] = "exponential"
     warmup_epochs: float = 0.0
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    grad_clip: float | None = 5.0
+    weight_decay: NonNegative = 0.0
+    grad_accum: PositiveInt = 1
+    grad_clip: bounded(float, "> 0", gt=0.0) | None = 5.0
     seed: int = 0
-    max_seconds: float | None = 10.0
+    max_seconds: bounded(float, "> 0", gt=0.0) | None = 10.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    num_workers: int = 0
-    valid_every: int = 1
+    num_workers: CountInt = 0
+    valid_every: PositiveInt = 1
     select_metric: HeadlineMetric = "UA"
     device: str = "auto"
     feature_cache: bool = True
-    ema_decay: float | None = None
+    ema_decay: bounded(float, "a decay in (0, 1), e.g. 0.998", gt=0.0, lt=1.0) | None = None
 
     def __post_init__(self) -> None:
         w = "TrainConfig"
-        require(
-            self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
-            f"{w}.ema_decay",
-            f"got {self.ema_decay}, expected None (no weight averaging) or a decay in (0, 1), e.g. 0.998",
-        )
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "valid_every"):
-            value = getattr(self, name)
-            require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
-        for name in ("lr", "center_lr"):
-            value = getattr(self, name)
-            require(value > 0.0, f"{w}.{name}", f"got {value}, expected a learning rate > 0")
-        require(
-            0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]"
-        )
         require(
             0.0 <= self.warmup_epochs <= self.epochs,
             f"{w}.warmup_epochs",
             f"got {self.warmup_epochs}, expected 0 <= warmup_epochs <= epochs={self.epochs}",
         )
-        require(self.weight_decay >= 0.0, f"{w}.weight_decay", f"got {self.weight_decay}, expected >= 0")
-        require(
-            self.grad_clip is None or self.grad_clip > 0.0,
-            f"{w}.grad_clip",
-            f"got {self.grad_clip}, expected None or > 0",
-        )
-        require(
-            self.max_seconds is None or self.max_seconds > 0.0,
-            f"{w}.max_seconds",
-            f"got {self.max_seconds}, expected None or > 0",
-        )
-        require(self.num_workers >= 0, f"{w}.num_workers", f"got {self.num_workers}, expected >= 0")
         require(
             self.device in ("auto", "cpu", "cuda")
             or (self.device.startswith("cuda:") and self.device[5:].isdigit()),

@@ -146,6 +146,15 @@ def test_unknown_json_key_is_rejected():
             {"model.fbank_channels": [32, "x", 128, 128]},
             r"^ModelConfig\.fbank_channels\[1\]: got 'x' \(str\), expected int$",
         ),
+        (
+            {"train.max_seconds": float("inf")},
+            r"^TrainConfig\.max_seconds: got inf, expected a finite number$",
+        ),
+        ({"model.flam_heads": 0}, r"^ModelConfig\.flam_heads: got 0, expected None or a positive integer$"),
+        (
+            {"train.ema_decay": 1.0},
+            r"^TrainConfig\.ema_decay: got 1\.0, expected None or a decay in \(0, 1\)",
+        ),
         ({"train.feature_cache": 1}, r"^TrainConfig\.feature_cache: got 1 \(int\), expected bool$"),
         ({"train.epochs": True}, r"^TrainConfig\.epochs: got True \(bool\), expected int$"),
         ({"train.lr": "1e-3"}, r"^TrainConfig\.lr: got '1e-3' \(str\), expected float$"),
