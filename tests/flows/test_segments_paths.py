@@ -17,6 +17,7 @@ from flows.pyfunc import log_pyfunc, probability_column
 from flows.serving import ModelInputError
 from ser_model.cli import main
 from ser_model.export import export_onnx
+from tests.fixtures.corpora import ser_ingest
 from tests.fixtures.recordings import fold0_test_files, random_ravdess_checkpoint, write_joined
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 
@@ -133,21 +134,7 @@ def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlfl
     root = tmp_path / "held-out"
     shutil.copytree(shared_ravdess / "Actor_01", root / "Actor_01")
     checkpoint = random_ravdess_checkpoint(tmp_path / "best")
-    assert (
-        ser(
-            [
-                "ingest",
-                "ravdess",
-                str(root),
-                "--out",
-                str(tmp_path / "out"),
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert ser_ingest(root, tmp_path / "out") == 0
     capsys.readouterr()
     argv = [
         "evaluate",

@@ -27,7 +27,7 @@ from ser_model.data import UtteranceDataset
 from ser_model.model import SERModel
 from ser_model.worker import BAD_DATA_EXIT
 from ser_model.worker import main as worker_main
-from tests.train.synthetic import LABELS, tiny_config, write_synthetic_corpus
+from tests.train.synthetic import LABELS, tiny_config, write_fold_job, write_synthetic_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_CODE = ("data_contracts", "ser_model", "flows", "infra", "benchmarks")
@@ -236,19 +236,8 @@ def test_the_worker_exits_as_bad_data_on_an_escaping_path(corpus, tmp_path):
     """Retrying cannot fix a hostile manifest: the worker exits 3, which the flow never retries."""
     root, manifest, folds = corpus
     hostile = manifest.assign(path=manifest["path"].where(manifest.index != 0, "../outside.wav"))
-    tiny_config(epochs=1).to_json(tmp_path / "config.json")
-    hostile.to_parquet(tmp_path / "manifest.parquet")
-    folds.to_parquet(tmp_path / "folds.parquet")
-    args = [
-        "--config",
-        str(tmp_path / "config.json"),
-        "--manifest",
-        str(tmp_path / "manifest.parquet"),
-        "--folds",
-        str(tmp_path / "folds.parquet"),
-    ]
-    code = worker_main([*args, "--fold", "-1", "--audio-root", str(root), "--out", str(tmp_path / "out")])
-    assert code == BAD_DATA_EXIT
+    job = write_fold_job(tmp_path, hostile, folds, tiny_config(epochs=1), -1, root, tmp_path / "out")
+    assert worker_main(job.worker_args()) == BAD_DATA_EXIT
     assert not (tmp_path / "out" / "checkpoints").exists(), "nothing was trained"
 
 
