@@ -13,6 +13,21 @@ import pytest
 from ser_stack.settings import StackSettings
 
 
+def after_env_sh(repo_root: Path, env: dict[str, str], script: str, times: int = 2) -> str:
+    """stdout of ``script`` in bash after ``eval "$(infra/env.sh)"`` ran ``times`` times in ``env``."""
+    setup = 'eval "$(infra/env.sh)" && ' * times
+    done = subprocess.run(
+        ["bash", "-c", setup + script],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
 def test_defaults_point_at_the_local_stack(tmp_path):
     settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
     assert settings.tracking_uri == "http://127.0.0.1:5000"
@@ -89,40 +104,17 @@ def test_env_sh_exports_what_settings_derive(repo_root, tmp_path):
     }
     for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         env.pop(name, None)
-    shown = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'eval "$(infra/env.sh)" && echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"',
-        ],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+    shown = after_env_sh(
+        repo_root, env, 'echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"', times=1
     )
-    assert shown.stdout.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"
+    assert shown.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"
 
 
 def test_env_sh_puts_the_venv_first_on_path_once(repo_root, tmp_path):
     """`mlflow models serve` launches `uvicorn` by name: after eval "$(infra/env.sh)" in a shell
     whose PATH lacks .venv/bin, both resolve to the project's venv; a second eval adds nothing."""
     env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    shown = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && command -v mlflow uvicorn && echo "$PATH"',
-        ],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    mlflow, uvicorn, path = shown.stdout.split()
+    mlflow, uvicorn, path = after_env_sh(repo_root, env, 'command -v mlflow uvicorn && echo "$PATH"').split()
     venv_bin = repo_root / ".venv" / "bin"
     assert Path(mlflow) == venv_bin / "mlflow" and Path(uvicorn) == venv_bin / "uvicorn"
     assert path == f"{venv_bin}:/usr/bin:/bin"
@@ -132,21 +124,12 @@ def test_env_sh_puts_the_venv_first_on_path_once_and_turns_on_the_plugin(repo_ro
     venv_bin = str(repo_root / ".venv" / "bin")
     env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": f"/usr/bin:{venv_bin}:/bin"}
     env.pop("PREFECT_PLUGINS_ENABLED", None)
-    shown = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && '
-            'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser',
-        ],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+    shown = after_env_sh(
+        repo_root,
+        env,
+        'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser',
     )
-    first, prefect, ser = shown.stdout.splitlines()
+    first, prefect, ser = shown.splitlines()
     path, enabled, allow = first.split("|")
     assert path.split(":") == [venv_bin, "/usr/bin", "/bin"]
     assert (prefect, ser) == (f"{venv_bin}/prefect", f"{venv_bin}/ser")
