@@ -28,6 +28,7 @@ import torchaudio
 from torch import nn
 
 from ser_model.backbone_facts import (
+    FROZEN_MODES,
     HF_SAMPLE_RATE,
     HOP_SECONDS,
     WIN_SECONDS,
@@ -322,11 +323,11 @@ class HFBackbone(Backbone):
         self.out_dim = config.hidden_size
         self.frame_rate = HF_SAMPLE_RATE / math.prod(config.conv_stride)
         self.pass_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
-        if mode == "finetune":
-            model.freeze_feature_encoder()
-        else:
+        if mode in FROZEN_MODES:
             model.requires_grad_(False)
             model.eval()
+        else:
+            model.freeze_feature_encoder()
 
     @classmethod
     def from_pretrained(
@@ -369,7 +370,7 @@ class HFBackbone(Backbone):
     def train(self, mode: bool = True) -> HFBackbone:
         """Frozen modes keep the wrapped model in eval mode (no dropout, no SpecAugment) while the rest trains."""
         super().train(mode)
-        if self.mode != "finetune":
+        if self.mode in FROZEN_MODES:
             self.model.eval()
         return self
 
@@ -400,7 +401,7 @@ class HFBackbone(Backbone):
         waves = normalize_waveform(waves, lengths) if self.wave_norm else waves * samples.to(waves.dtype)
         attention_mask = samples.long() if self.pass_attention_mask else None
         want_layers = self.layer_weights is not None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "finetune"):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode not in FROZEN_MODES):
             out = self.model(waves, attention_mask=attention_mask, output_hidden_states=want_layers)
         if want_layers:
             # the last entry is the final output (after the final LayerNorm of pre-LN models like WavLM-Large)
