@@ -49,6 +49,7 @@ from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS
 from ser_model.presets import experiment_config, preset_settings
 from ser_model.train import fit
+from ser_stack.settings import SHARED_RAVDESS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, usable_cores  # noqa: E402
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--root",
-        default=str(REPO.parent / "shared" / "data" / "ravdess"),
+        default=str(SHARED_RAVDESS),
         help="RAVDESS root (official layout)",
     )
     parser.add_argument(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Side, interleaved_medians, ratio_entry
+from ser_stack.settings import SHARED_RAVDESS
 
 REPO = Path(__file__).resolve().parents[1]
 INGEST_OVER_BARE_TARGET = 2.0
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine_info, machine_markdown, ratios_markdown, usable_cores
 
     parser = argparse.ArgumentParser(description="`ser ingest` and `ser --help` as a user times them")
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "ravdess")
+    parser.add_argument("--root", type=Path, default=SHARED_RAVDESS)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cli")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)

@@ -45,10 +45,11 @@ from ser_model.feature_cache import FeatureCache  # noqa: E402
 from ser_model.model import SERModel  # noqa: E402
 from ser_model.presets import experiment_config  # noqa: E402
 from ser_model.train import fit  # noqa: E402
+from ser_stack.settings import SHARED_RAVDESS  # noqa: E402
 
 log = logging.getLogger("benchmarks.feature_cache")
 
-DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
+DEFAULT_ROOT = SHARED_RAVDESS
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "feature_cache"
 TARGET = 10.0
 FOLD = 0

@@ -18,8 +18,9 @@ from pathlib import Path
 import soundfile as sf
 
 from data_contracts.ingest import run_ingest
+from ser_stack.settings import SHARED_RAVDESS
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess"
+DEFAULT_ROOT = SHARED_RAVDESS
 
 
 def subset(root: Path, actors: int | None, scratch: Path) -> Path:

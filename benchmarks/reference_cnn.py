@@ -2,7 +2,7 @@
 
 A log-mel CNN with one self-attention layer and attentive pooling, trained with cross-entropy: the
 "simple reference model beside the method" every accuracy grid must hold. It shares with the method
-only the protocol: the same folds and splits (`ser_model.train.fold_splits`), the same decoding and
+only the protocol: the same folds and splits (`ser_model.train.training_splits`), the same decoding and
 random 3 s training crops (`ser_model.data.UtteranceDataset`), the same length-bucketed batches, the
 same learning-rate schedule (below), the checkpoint selected on the fold's validation speakers by
 UA, and the test speakers scored once.
@@ -49,7 +49,7 @@ from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDatas
 from ser_model.launch import METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.presets import experiment_config
-from ser_model.train import fold_splits, lr_factor
+from ser_model.train import lr_factor, training_splits
 
 RECIPE: dict[str, Any] = {
     "epochs": 25,
@@ -140,7 +140,7 @@ def train_reference(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    splits = fold_splits(manifest, folds, fold)
+    splits = training_splits(manifest, folds, fold)
     speakers = {name: sorted(rows["speaker"].astype(str).unique()) for name, rows in splits.items()}
     train_set = UtteranceDataset(
         splits["train"],

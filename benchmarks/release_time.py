@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 
 from ser_model.launch import RESULT_FILE  # noqa: E402
+from ser_stack.settings import SHARED_RAVDESS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ravdess"))
+    parser.add_argument("--root", default=str(SHARED_RAVDESS))
     parser.add_argument("--preset", default="cpu-fbank")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "release"))

@@ -67,10 +67,11 @@ from data_contracts.corpora.base import Candidate, QuarantineRow  # noqa: E402
 from data_contracts.labels import LABELS  # noqa: E402
 from data_contracts.probing import probe_all  # noqa: E402
 from data_contracts.source import open_source  # noqa: E402
+from ser_stack.settings import SHARED_RAVDESS  # noqa: E402
 
 log = logging.getLogger("benchmarks.run")
 
-DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
+DEFAULT_ROOT = SHARED_RAVDESS
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "perf"
 CORPUS = "ravdess"
 INGEST_TARGET = 0.8

@@ -37,6 +37,8 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 
+from ser_stack.settings import SHARED_RAVDESS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"ua_gap_points": 3.0, "median_boundary_error_s": 0.3, "rtf": 0.05, "memory_above_model_mb": 500.0}
 
@@ -64,10 +66,10 @@ def timed_command(command: list[str], threads: int) -> dict[str, float]:
 def test_items(root: str, fold: int, labels: tuple[str, ...]) -> list[tuple[str, int, str]]:
     """(path, class index, utt_id) of the fold's test utterances."""
     from data_contracts.ingest import run_ingest
-    from ser_model.train import fold_splits
+    from ser_model.train import training_splits
 
     ingested = run_ingest("ravdess", root, progress=False)
-    rows = fold_splits(ingested.manifest, ingested.folds, fold)["test"]
+    rows = training_splits(ingested.manifest, ingested.folds, fold)["test"]
     return [(str(Path(root) / r.path), labels.index(r.label), r.utt_id) for r in rows.itertuples()]
 
 
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", required=True, help="checkpoint folder of a model trained without the fold's test actors"
     )
-    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ravdess"))
+    parser.add_argument("--root", default=str(SHARED_RAVDESS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--per-recording", type=int, default=8)
     parser.add_argument("--gap-s", type=float, default=1.5)

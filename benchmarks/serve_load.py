@@ -44,8 +44,9 @@ import psutil  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from benchmarks.common import load_average, machine_info, machine_markdown  # noqa: E402
+from ser_stack.settings import SHARED_RAVDESS  # noqa: E402
 
-DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
+DEFAULT_ROOT = SHARED_RAVDESS
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "serve"
 ENCODINGS = ("base64", "waveform")
 

@@ -3,5 +3,5 @@
 Imports no torch, torchaudio, transformers, prefect or mlflow. Entry points:
 `data_contracts.corpora.SPECS` (one `CorpusSpec` per corpus), `data_contracts.ingest.run_ingest`,
 `data_contracts.schemas.validate_manifest`,
-`data_contracts.folds.make_folds` / `fold_split`, `data_contracts.fingerprint`.
+`data_contracts.folds.make_folds` / `fold_rows_by_role`, `data_contracts.fingerprint`.
 """

@@ -10,6 +10,10 @@ class DataContractError(Exception):
     """Base class of every documented data-contract error."""
 
 
+class UnknownCorpusError(DataContractError, ValueError):
+    """A corpus name that is not in the registry (`data_contracts.corpora.SPECS`)."""
+
+
 class CorpusLayoutError(DataContractError):
     """The corpus root does not match the corpus's official layout (or holds no utterance)."""
 

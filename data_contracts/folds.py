@@ -126,8 +126,9 @@ def fold_of_speaker(folds: pd.DataFrame) -> dict[str, int]:
     return {speaker: int(fold) for speaker, fold in zip(test["speaker"], test["fold"])}
 
 
-def fold_split(manifest: pd.DataFrame, folds: pd.DataFrame, k: int) -> dict[str, pd.DataFrame]:
-    """{"train", "valid", "test"} -> the manifest rows whose speaker has that role in fold `k`."""
+def fold_rows_by_role(manifest: pd.DataFrame, folds: pd.DataFrame, k: int) -> dict[str, pd.DataFrame]:
+    """{"train", "valid", "test"} -> the manifest rows whose speaker has that role in fold `k` of the
+    fold table (`k` >= 0; the release model's split is `ser_model.train.training_splits`)."""
     table = folds[folds["fold"] == k]
     if table.empty:
         raise FoldError(

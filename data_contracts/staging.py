@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_contracts.source import CorpusSource, check_relative_path, open_source
+from ser_stack.files import write_atomically
 
 
 class StagingError(RuntimeError):
@@ -88,9 +89,7 @@ def stage_audio(
                 raise StagingError(
                     f"{root}/{path}: sha256 {actual} differs from the manifest's {sha}; the file changed since ingest (ingest again)"
                 )
-            partial = blobs / f".{sha}.{os.getpid()}.part"  # two fold runs may stage at once
-            partial.write_bytes(data)
-            os.replace(partial, blobs / sha)
+            write_atomically(blobs / sha, data, durable=False)  # two fold runs may stage at once
     for path, sha in wanted.items():
         target = tree / path
         if not target.exists():

@@ -58,8 +58,9 @@ from ser_model.feature_cache_folder import (
     key_may_fit,
     merge_index,
     read_index,
-    write_bytes_atomically,
+    write_key_file,
 )
+from ser_stack.files import write_atomically
 from ser_stack.settings import StackSettings
 
 __all__ = ["PREFIX", "Pulled", "local_feature_cache_dir", "pull", "push", "shared_feature_cache"]
@@ -160,7 +161,7 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
         folder = root / digest
         (folder / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
         if not (folder / KEY_FILE).is_file():
-            write_bytes_atomically(folder / KEY_FILE, (json.dumps(record, indent=2) + "\n").encode())
+            write_key_file(folder, record["key"], record["source"])
         local = read_index(folder)
         todo = {
             sha: entry
@@ -182,7 +183,7 @@ def pull(config: SERConfig, root: Path, bucket: DataBucket, wanted: Collection[s
                     sha,
                     f"sha256 {checksum[:12]}… of {len(data)} bytes, the index says {entry.checksum[:12]}…",
                 )
-            write_bytes_atomically(entry_path(folder, sha), data)
+            write_atomically(entry_path(folder, sha), data)
             return sha, None
 
         with ThreadPoolExecutor(TRANSFERS) as pool:

@@ -47,6 +47,7 @@ from flows.serving import (
     in_scoring_server,
     serving_process,
 )
+from ser_model.launch import LABELS_FILE
 from ser_model.segments import probability_column
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -69,7 +70,7 @@ PIP_PACKAGES = (
 
 def checkpoint_labels(folder: str | Path) -> list[str]:
     """Class names of a checkpoint folder, from its labels.json (a JSON list)."""
-    path = Path(folder) / "labels.json"
+    path = Path(folder) / LABELS_FILE
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.storage import check_corpus, read_latest
-from ser_stack.settings import REPO_ROOT
-
-SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
+from ser_stack.settings import SHARED_RAVDESS
 
 
 class CorpusRootNotFound(LookupError):

@@ -41,7 +41,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from data_contracts.labels import CORPORA
+from data_contracts.corpora import check_corpus
 from data_contracts.schemas import validate_folds, validate_manifest
 from ser_stack.settings import StackSettings
 
@@ -80,12 +80,6 @@ class ManifestVersionNotFoundError(LookupError):
 
 class InvalidKeyPartError(ValueError):
     """A corpus, fingerprint, run id, fold or file name that would leave the bucket layout."""
-
-
-def check_corpus(corpus: str) -> str:
-    if corpus not in CORPORA:
-        raise InvalidKeyPartError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
-    return corpus
 
 
 def check_fingerprint(fingerprint: str) -> str:

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from data_contracts.labels import CORPORA
+from data_contracts.corpora import check_corpus
 from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
 from flows.fold_runs import fold_job_variables, fold_runs_mode, wait_until_final
@@ -403,8 +403,7 @@ def tune(
     training ``folds`` (default 0, 1) for ``epochs`` (default the preset's) and judged on their
     validation speakers. Writes the best trial as a preset file; returns its path and the summary."""
     logger = get_run_logger()
-    if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
+    check_corpus(corpus)
     if trials < 1:
         raise ValueError(f"trials={trials}: expected at least 1")
     settings = StackSettings.from_env()

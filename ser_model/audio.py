@@ -17,6 +17,7 @@ import soundfile
 import torch
 import torchaudio
 
+from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
 from ser_model.errors import AudioDecodeError
 
 __all__ = [
@@ -137,8 +138,8 @@ def trim_silence(
     wave: np.ndarray,
     sample_rate: int,
     trim_db: float | None,
-    frame_seconds: float = 0.025,
-    hop_seconds: float = 0.010,
+    frame_seconds: float = WIN_SECONDS,
+    hop_seconds: float = HOP_SECONDS,
 ) -> np.ndarray:
     """Cut leading and trailing silence: keep from the first to the last frame whose energy is within
     ``trim_db`` dB of the loudest frame's.

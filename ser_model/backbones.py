@@ -27,12 +27,19 @@ import torch
 import torchaudio
 from torch import nn
 
+from ser_model.backbone_facts import (
+    FROZEN_MODES,
+    HF_SAMPLE_RATE,
+    HOP_SECONDS,
+    WIN_SECONDS,
+    check_backbone_mode,
+    layer_weights_problem,
+    resolve_layer_weights,
+)
 from ser_model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-WIN_SECONDS = 0.025
-HOP_SECONDS = 0.010
 LOG_MEL_FLOOR = 1e-6
 
 
@@ -298,10 +305,7 @@ class HFBackbone(Backbone):
         wave_norm: bool = True,
     ) -> None:
         super().__init__()
-        if mode not in ("finetune", "frozen", "weighted_sum"):
-            raise ValueError(
-                f"HFBackbone mode: got {mode!r}, expected 'finetune', 'frozen' or 'weighted_sum'"
-            )
+        check_backbone_mode(mode, "HFBackbone mode")
         if not hasattr(model, "_get_feat_extract_output_lengths"):
             raise ValueError(
                 f"HFBackbone: {type(model).__name__} has no _get_feat_extract_output_lengths; expected a "
@@ -311,20 +315,19 @@ class HFBackbone(Backbone):
         self.mode = mode
         self.wave_norm = wave_norm
         config = model.config
-        use_layer_weights = mode != "frozen" if use_layer_weights is None else use_layer_weights
-        if mode == "frozen" and use_layer_weights:
-            raise ValueError(
-                "HFBackbone: mode 'frozen' uses the last layer only; use mode 'weighted_sum' for layer weights"
-            )
+        problem = layer_weights_problem(mode, use_layer_weights)
+        if problem is not None:
+            raise ValueError(f"HFBackbone use_layer_weights: {problem}")
+        use_layer_weights = resolve_layer_weights(mode, use_layer_weights)
         self.layer_weights = LayerWeightedSum(config.num_hidden_layers + 1) if use_layer_weights else None
         self.out_dim = config.hidden_size
-        self.frame_rate = 16000 / math.prod(config.conv_stride)
+        self.frame_rate = HF_SAMPLE_RATE / math.prod(config.conv_stride)
         self.pass_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
-        if mode == "finetune":
-            model.freeze_feature_encoder()
-        else:
+        if mode in FROZEN_MODES:
             model.requires_grad_(False)
             model.eval()
+        else:
+            model.freeze_feature_encoder()
 
     @classmethod
     def from_pretrained(
@@ -367,7 +370,7 @@ class HFBackbone(Backbone):
     def train(self, mode: bool = True) -> HFBackbone:
         """Frozen modes keep the wrapped model in eval mode (no dropout, no SpecAugment) while the rest trains."""
         super().train(mode)
-        if self.mode != "finetune":
+        if self.mode in FROZEN_MODES:
             self.model.eval()
         return self
 
@@ -398,7 +401,7 @@ class HFBackbone(Backbone):
         waves = normalize_waveform(waves, lengths) if self.wave_norm else waves * samples.to(waves.dtype)
         attention_mask = samples.long() if self.pass_attention_mask else None
         want_layers = self.layer_weights is not None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "finetune"):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode not in FROZEN_MODES):
             out = self.model(waves, attention_mask=attention_mask, output_hidden_states=want_layers)
         if want_layers:
             # the last entry is the final output (after the final LayerNorm of pre-LN models like WavLM-Large)

@@ -27,7 +27,6 @@ import torch
 __all__ = [
     "STATE_FILE",
     "write_folder_atomically",
-    "write_text_atomically",
     "save_checkpoint",
     "resolve_checkpoint",
     "load_training_state",
@@ -77,19 +76,6 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], N
     _fsync(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a fsync'ed temporary file and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def save_checkpoint(folder: str | os.PathLike, model: Any, state: Mapping[str, Any]) -> Path:

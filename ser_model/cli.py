@@ -48,7 +48,7 @@ from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
-from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, METRICS_FILE, RESULT_FILE
+from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, CHECKPOINT_FILES, METRICS_FILE, RESULT_FILE
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
 __all__ = [
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 MODEL_HELP = (
-    "checkpoint folder (config.json, model.safetensors, labels.json), or a registered model "
+    f"checkpoint folder ({CHECKPOINT_FILES}), or a registered model "
     "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (MLflow server from MLFLOW_TRACKING_URI)"
 )
 ALL_SPLIT = "all"
@@ -312,7 +312,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)"
         )
     from ser_model.model import SERModel
-    from ser_model.train import evaluate_rows, fold_splits
+    from ser_model.train import evaluate_rows, training_splits
 
     model = SERModel.from_pretrained(args.model)
     corpus, root, ingested = corpus_data(args)
@@ -324,7 +324,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         rows, what = ingested.manifest, f"{corpus} all utterances of {root}"
     else:
         rows, what = (
-            fold_splits(ingested.manifest, ingested.folds, args.fold)[args.split],
+            training_splits(ingested.manifest, ingested.folds, args.fold)[args.split],
             f"{corpus} fold {args.fold} {args.split}",
         )
     if rows.empty:

@@ -2,89 +2,181 @@
 
 ``SERConfig`` bundles ``ModelConfig`` (backbone, FLAM, head), ``EAMConfig`` (energy-adaptive
 mixup), ``LossConfig`` (the multi-loss) and ``TrainConfig`` (optimiser and loop), plus the class
-labels. Every dataclass validates itself at construction and raises ``ConfigError`` naming the
-field, the value and what is expected. ``SERConfig.to_json`` / ``from_json`` round-trip exactly;
-``with_overrides({"train.epochs": 3})`` returns a new, validated config.
+labels. Each is a pydantic dataclass (:func:`config_dataclass`: strict types, frozen, unknown
+fields refused) whose own rules then run in ``__post_init__``; every error is a ``ConfigError``
+naming the field, the value and what is expected. ``SERConfig.to_json`` / ``from_json``
+round-trip exactly; ``with_overrides({"train.epochs": 3})`` returns a new, validated config.
 
-Defaults follow docs/METHOD.md; the choices the paper leaves open ("ours") are fields here, named in
-their docstrings.
+The dataclass defaults are the paper's recipe (docs/METHOD.md, the ``paper-wavlm`` preset but for
+its backbone); the choices the paper leaves open ("ours") are fields here, named in their
+docstrings. ``ser_model.presets`` holds each named recipe as its differences from these defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ser_model.metrics import HEADLINE_METRICS
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
-BACKBONE_MODES = ("finetune", "frozen", "weighted_sum")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FBANK_NORMS = ("bin", "bin_mean", "utterance")
-EMBED_NORMS = ("none", "batch", "layer")
-LR_SCHEDULES = ("exponential", "cosine")
+from ser_model.backbone_facts import (
+    FROZEN_MODES,
+    HF_SAMPLE_RATE,
+    BackboneMode,
+    layer_weights_problem,
+    resolve_layer_weights,
+)
+from ser_model.metrics import HeadlineMetric
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and what is expected."""
 
 
-def _require(condition: bool, where: str, message: str) -> None:
+def require(condition: bool, where: str, message: str) -> None:
+    """ConfigError ``"<where>: <message>"`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{where}: {message}")
 
 
-def _type_ok(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` fits a simple annotation (int, float, bool, str, None, unions, tuple[X, ...])."""
+def _as_tuple(value: Any) -> Any:
+    """A JSON list read back as the tuple the field holds (configs round-trip through JSON)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+Ints = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What a bounded field takes, in the words its error message uses (:func:`bounded`)."""
+
+    words: str
+
+
+def bounded(base: type, words: str, **limits: float) -> Any:
+    """``base`` within pydantic's bounds ``limits`` (``gt``, ``ge``, ``lt``, ``le``); a value outside
+    them is refused as ``"<Class>.<field>: got <value>, expected <words>"``."""
+    return Annotated[base, Field(**limits), Expect(words)]
+
+
+PositiveInt = bounded(int, "a positive integer", ge=1)
+CountInt = bounded(int, "an integer >= 0", ge=0)
+NonNegative = bounded(float, "a value >= 0", ge=0.0)
+Dropout = bounded(float, "a dropout probability in [0, 1)", ge=0.0, lt=1.0)
+LearningRate = bounded(float, "a learning rate > 0", gt=0.0)
+
+
+def _expect_words(annotation: Any) -> str | None:
+    """The :class:`Expect` words of a bounded annotation (or of a union arm of one), None without."""
+    if typing.get_origin(annotation) is Annotated:
+        return next((m.words for m in annotation.__metadata__ if isinstance(m, Expect)), None)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        words = [_expect_words(arg) for arg in typing.get_args(annotation)]
+        found = next((w for w in words if w), None)
+        optional = type(None) in typing.get_args(annotation)
+        return None if found is None else f"None or {found}" if optional else found
+    return None
+
+
+def _expected(annotation: Any) -> str:
+    """How an error message names what a field takes: ``int``, ``float | None``, ``one of ('a', 'b')``."""
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if origin is Annotated:
+        return _expected(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return f"one of {typing.get_args(annotation)}"
     if origin is tuple:
-        item = typing.get_args(annotation)[0]
-        return isinstance(value, tuple) and all(_type_ok(v, item) for v in value)
+        return f"a list of {_expected(typing.get_args(annotation)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_expected(arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, annotation)
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
 
 
-def _check_types(obj: Any) -> None:
-    """Reject values whose type does not match the dataclass annotation; ints become floats where a float is expected."""
-    hints = typing.get_type_hints(type(obj))
-    name = type(obj).__name__
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        annotation = hints[f.name]
-        if isinstance(value, list) and typing.get_origin(annotation) in (
-            tuple,
-            typing.Union,
-            types.UnionType,
-        ):
-            value = tuple(value)
-            object.__setattr__(obj, f.name, value)
-        _require(
-            _type_ok(value, annotation),
-            f"{name}.{f.name}",
-            f"got {value!r} ({type(value).__name__}), expected {_type_name(annotation)}",
-        )
-        if annotation is float and isinstance(value, int):
-            object.__setattr__(obj, f.name, float(value))
+def _config_error(cls: type, where: str, err: ValidationError) -> ConfigError:
+    """The first problem pydantic found, as a ConfigError in this module's words."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(e["loc"][0]) for e in err.errors() if e["type"] == "unexpected_keyword_argument")
+    if unknown:
+        return ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+    problem = err.errors()[0]
+    cause = problem.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):  # one of the class's own rules (__post_init__)
+        return cause
+    loc = problem["loc"]
+    if problem["type"].startswith("missing"):
+        return ConfigError(f"{cls.__name__}.{loc[0]}: missing; expected {_expected(hints[loc[0]])}")
+    if not loc:
+        return ConfigError(f"{where}: {problem['msg']}")
+    name = f"{cls.__name__}.{loc[0]}" + "".join(f"[{i}]" for i in loc[1:])
+    value = problem["input"]
+    annotation = hints[loc[0]]
+    if len(loc) > 1:  # an item of a tuple field
+        annotation = typing.get_args(typing.get_args(annotation)[0])[0]
+    expected = _expected(annotation)
+    if problem["type"] in _BOUND_ERRORS and len(loc) == 1:
+        expected = _expect_words(hints[loc[0]]) or problem["msg"].removeprefix("Input should be ")
+    if problem["type"] == "finite_number":
+        expected = "a finite number"
+    plain = problem["type"] in ("literal_error", "finite_number", *_BOUND_ERRORS)
+    got = f"{value!r}" if plain else f"{value!r} ({type(value).__name__})"
+    return ConfigError(f"{name}: got {got}, expected {expected}")
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
-@dataclass(frozen=True)
+def config_dataclass(cls: type | None = None, **options: Any) -> Any:
+    """``cls`` as a frozen pydantic dataclass with strict types and no unknown fields, whose errors
+    are ``ConfigError`` (``"<Class>.<field>: got <value> (<type>), expected <type>"``; the class's
+    ``__post_init__`` rules raise their own). ``options`` go to pydantic (e.g. ``kw_only=True``)."""
+    if cls is None:
+        return functools.partial(config_dataclass, **options)
+    validated = dataclass(frozen=True, config=_STRICT, **options)(cls)
+    pydantic_init = _PYDANTIC_INIT[validated] = validated.__init__
+
+    @functools.wraps(pydantic_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            pydantic_init(self, *args, **kwargs)
+        except ValidationError as err:
+            raise _config_error(validated, type(self).__name__, err) from None
+
+    validated.__init__ = __init__
+    return validated
+
+
+_PYDANTIC_INIT: dict[type, Any] = {}
+
+
+def config_from_dict(cls: type, data: Any, where: str) -> Any:
+    """``cls(**data)`` for a dict read from JSON, its errors located at ``where`` (``SERConfig.loss``)."""
+    require(
+        isinstance(data, dict),
+        where,
+        f"got {type(data).__name__}, expected an object of {cls.__name__} fields",
+    )
+    config = cls.__new__(cls)
+    try:
+        _PYDANTIC_INIT[cls](config, **data)
+    except ValidationError as err:
+        raise _config_error(cls, where, err) from None
+    return config
+
+
+@config_dataclass
 class EAMConfig:
     """Energy-adaptive mixup (docs/METHOD.md "EAM").
 
@@ -98,31 +190,20 @@ class EAMConfig:
     """
 
     enabled: bool = True
-    mix_prob: float = 1.0
+    mix_prob: bounded(float, "a probability in [0, 1]", ge=0.0, le=1.0) = 1.0
     snr_db_low: float = -5.0
     snr_db_high: float = 10.0
-    degenerate_db: float = -30.0
+    degenerate_db: bounded(float, "a level <= 0 dB (relative to the utterance)", le=0.0) = -30.0
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _require(
-            0.0 <= self.mix_prob <= 1.0,
-            "EAMConfig.mix_prob",
-            f"got {self.mix_prob}, expected a probability in [0, 1]",
-        )
-        _require(
+        require(
             self.snr_db_low <= self.snr_db_high,
             "EAMConfig.snr_db_low",
             f"got snr_db_low={self.snr_db_low} > snr_db_high={self.snr_db_high}, expected low <= high",
         )
-        _require(
-            self.degenerate_db <= 0.0,
-            "EAMConfig.degenerate_db",
-            f"got {self.degenerate_db}, expected a level <= 0 dB (relative to the utterance)",
-        )
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class ModelConfig:
     """Backbone → (layer weights) → FLAM (or mean pooling) → head.
 
@@ -161,139 +242,86 @@ class ModelConfig:
     """
 
     backbone: str = "fbank"
-    backbone_mode: str = "finetune"
+    backbone_mode: BackboneMode = "finetune"
     use_layer_weights: bool | None = None
     wave_norm: bool = True
     flam: bool = True
-    flam_heads: int | None = None
-    flam_dropout: float = 0.1
-    embed_dim: int = 64
-    head_dropout: float = 0.1
-    embed_norm: str = "none"
-    trim_db: float | None = None
-    sample_rate: int = 16000
-    n_mels: int = 80
-    fbank_channels: tuple[int, ...] = (32, 64, 128, 128)
-    fbank_time_pools: tuple[int, ...] = (2, 2, 2, 2)
-    fbank_dim: int = 128
-    fbank_layers: int = 0
-    fbank_heads: int = 4
-    fbank_ff_mult: int = 2
-    fbank_dropout: float = 0.1
-    fbank_norm: str = "bin"
-    spec_time_masks: int = 2
-    spec_time_width: int = 20
-    spec_freq_masks: int = 2
-    spec_freq_width: int = 10
+    flam_heads: PositiveInt | None = None
+    flam_dropout: Dropout = 0.1
+    embed_dim: PositiveInt = 64
+    head_dropout: Dropout = 0.1
+    embed_norm: Literal["none", "batch", "layer"] = "none"
+    trim_db: bounded(float, "a positive number of dB", gt=0.0) | None = None
+    sample_rate: PositiveInt = 16000
+    n_mels: PositiveInt = 80
+    fbank_channels: Ints = (32, 64, 128, 128)
+    fbank_time_pools: Ints = (2, 2, 2, 2)
+    fbank_dim: PositiveInt = 128
+    fbank_layers: CountInt = 0
+    fbank_heads: PositiveInt = 4
+    fbank_ff_mult: PositiveInt = 2
+    fbank_dropout: Dropout = 0.1
+    fbank_norm: Literal["bin", "bin_mean", "utterance"] = "bin"
+    spec_time_masks: CountInt = 2
+    spec_time_width: CountInt = 20
+    spec_freq_masks: CountInt = 2
+    spec_freq_width: CountInt = 10
 
     def __post_init__(self) -> None:
-        _check_types(self)
         w = "ModelConfig"
-        is_hf = self.backbone.startswith("hf:")
-        _require(
+        is_hf = self.is_hf
+        require(
             self.backbone == "fbank" or (is_hf and len(self.backbone) > 3),
             f"{w}.backbone",
             f"got {self.backbone!r}, expected 'fbank' or 'hf:<hub id or local folder>'",
         )
-        _require(
-            self.backbone_mode in BACKBONE_MODES,
-            f"{w}.backbone_mode",
-            f"got {self.backbone_mode!r}, expected one of {BACKBONE_MODES}",
-        )
         if not is_hf:
-            _require(
+            require(
                 self.backbone_mode == "finetune",
                 f"{w}.backbone_mode",
                 f"got {self.backbone_mode!r} with the fbank backbone, which is trained from scratch; expected 'finetune'",
             )
-            _require(
+            require(
                 not self.use_layer_weights,
                 f"{w}.use_layer_weights",
                 "the fbank backbone exposes no hidden layers to weight; expected None or False",
             )
         else:
-            _require(
-                self.sample_rate == 16000,
+            require(
+                self.sample_rate == HF_SAMPLE_RATE,
                 f"{w}.sample_rate",
-                f"got {self.sample_rate} with an hf backbone; SSL speech models expect 16000",
+                f"got {self.sample_rate} with an hf backbone; SSL speech models expect {HF_SAMPLE_RATE}",
             )
-        if self.backbone_mode == "frozen":
-            _require(
-                not self.use_layer_weights,
-                f"{w}.use_layer_weights",
-                "got True with backbone_mode='frozen' (last layer only); use backbone_mode='weighted_sum' for a weighted sum over a frozen backbone",
-            )
-        if self.backbone_mode == "weighted_sum":
-            _require(
-                self.use_layer_weights is not False,
-                f"{w}.use_layer_weights",
-                "got False with backbone_mode='weighted_sum', which is the weighted layer sum; expected None or True",
-            )
-        _require(
-            self.flam_heads is None or self.flam_heads >= 1,
-            f"{w}.flam_heads",
-            f"got {self.flam_heads}, expected None or a positive integer",
-        )
-        for name in ("embed_dim", "sample_rate", "n_mels", "fbank_dim", "fbank_heads", "fbank_ff_mult"):
-            value = getattr(self, name)
-            _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
-        for name in ("flam_dropout", "head_dropout", "fbank_dropout"):
-            value = getattr(self, name)
-            _require(
-                0.0 <= value < 1.0, f"{w}.{name}", f"got {value}, expected a dropout probability in [0, 1)"
-            )
-        for name in (
-            "fbank_layers",
-            "spec_time_masks",
-            "spec_time_width",
-            "spec_freq_masks",
-            "spec_freq_width",
-        ):
-            value = getattr(self, name)
-            _require(value >= 0, f"{w}.{name}", f"got {value}, expected an integer >= 0")
-        _require(
+        problem = layer_weights_problem(self.backbone_mode, self.use_layer_weights)
+        require(problem is None, f"{w}.use_layer_weights", str(problem))
+        require(
             len(self.fbank_channels) >= 1 and all(c >= 1 for c in self.fbank_channels),
             f"{w}.fbank_channels",
             f"got {self.fbank_channels}, expected at least one conv block, each with >= 1 channel",
         )
-        _require(
+        require(
             len(self.fbank_time_pools) == len(self.fbank_channels)
             and all(p >= 1 for p in self.fbank_time_pools),
             f"{w}.fbank_time_pools",
             f"got {self.fbank_time_pools}, expected one time pooling factor >= 1 per conv block ({len(self.fbank_channels)})",
         )
-        _require(
+        require(
             self.n_mels >= 2 ** len(self.fbank_channels),
             f"{w}.n_mels",
             f"got {self.n_mels} mel bins for {len(self.fbank_channels)} conv blocks that each halve them; expected >= {2 ** len(self.fbank_channels)}",
         )
-        _require(
-            self.fbank_norm in FBANK_NORMS,
-            f"{w}.fbank_norm",
-            f"got {self.fbank_norm!r}, expected one of {FBANK_NORMS}",
-        )
-        _require(
-            self.embed_norm in EMBED_NORMS,
-            f"{w}.embed_norm",
-            f"got {self.embed_norm!r}, expected one of {EMBED_NORMS}",
-        )
-        _require(
-            self.trim_db is None or self.trim_db > 0.0,
-            f"{w}.trim_db",
-            f"got {self.trim_db}, expected None or a positive number of dB",
-        )
-        _require(
+        require(
             self.fbank_dim % self.fbank_heads == 0,
             f"{w}.fbank_heads",
             f"fbank_dim={self.fbank_dim} is not divisible by fbank_heads={self.fbank_heads}",
         )
         if not is_hf and self.flam:
-            _require(
+            require(
                 self.fbank_dim % self.n_flam_heads == 0,
                 f"{w}.flam_heads",
                 f"fbank_dim={self.fbank_dim} is not divisible by flam_heads={self.n_flam_heads}",
             )
-        _require(
+        require(
             self.spec_freq_width <= self.n_mels,
             f"{w}.spec_freq_width",
             f"got {self.spec_freq_width}, expected at most n_mels={self.n_mels}",
@@ -307,9 +335,7 @@ class ModelConfig:
     @property
     def layer_weights(self) -> bool:
         """``use_layer_weights`` resolved: None means True for hf "finetune"/"weighted_sum", False otherwise."""
-        if self.use_layer_weights is None:
-            return self.is_hf and self.backbone_mode != "frozen"
-        return self.use_layer_weights
+        return self.is_hf and resolve_layer_weights(self.backbone_mode, self.use_layer_weights)
 
     @property
     def n_flam_heads(self) -> int:
@@ -321,11 +347,11 @@ class ModelConfig:
     @property
     def hf_source(self) -> str:
         """The hub id or local folder after ``hf:``."""
-        _require(self.is_hf, "ModelConfig.backbone", f"{self.backbone!r} is not an hf backbone")
+        require(self.is_hf, "ModelConfig.backbone", f"{self.backbone!r} is not an hf backbone")
         return self.backbone[3:]
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class LossConfig:
     """The multi-loss L = w_kl·KL + w_focal·Focal + w_center·Center + w_supcon·SupCon (docs/METHOD.md "MLL").
 
@@ -334,45 +360,34 @@ class LossConfig:
     per utterance; ``supcon_proj_dim``: output size of the SupCon projection head.
     """
 
-    w_kl: float = 1.0
-    w_focal: float = 1.0
-    w_center: float = 0.01
-    w_supcon: float = 0.1
-    focal_gamma: float = 2.0
-    supcon_tau: float = 0.07
-    supcon_views: int = 4
-    supcon_proj_dim: int = 128
+    w_kl: NonNegative = 1.0
+    w_focal: NonNegative = 1.0
+    w_center: NonNegative = 0.01
+    w_supcon: NonNegative = 0.1
+    focal_gamma: NonNegative = 2.0
+    supcon_tau: bounded(float, "a temperature > 0", gt=0.0) = 0.07
+    supcon_views: PositiveInt = 4
+    supcon_proj_dim: PositiveInt = 128
     kl: bool = True
     focal: bool = True
     center: bool = True
     supcon: bool = True
 
     def __post_init__(self) -> None:
-        _check_types(self)
         w = "LossConfig"
-        for name in ("w_kl", "w_focal", "w_center", "w_supcon", "focal_gamma"):
-            value = getattr(self, name)
-            _require(value >= 0.0, f"{w}.{name}", f"got {value}, expected a value >= 0")
-        _require(
-            self.supcon_tau > 0.0, f"{w}.supcon_tau", f"got {self.supcon_tau}, expected a temperature > 0"
-        )
-        _require(self.supcon_views >= 1, f"{w}.supcon_views", f"got {self.supcon_views}, expected >= 1")
-        _require(
-            self.supcon_proj_dim >= 1, f"{w}.supcon_proj_dim", f"got {self.supcon_proj_dim}, expected >= 1"
-        )
-        _require(
+        require(
             self.kl or self.focal or self.center or self.supcon,
             w,
             "every loss term is switched off (kl, focal, center, supcon); expected at least one on",
         )
-        _require(
+        require(
             self.kl or self.focal,
             w,
             "kl and focal are both off, so nothing trains the classifier; expected at least one of them on",
         )
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TrainConfig:
     """Optimisation and the training loop (docs/METHOD.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
 
@@ -395,77 +410,35 @@ class TrainConfig:
     weights with this decay (``ser_model.ema``) instead of the last weights.
     """
 
-    epochs: int = 20
-    batch_size: int = 16
-    eval_batch_size: int = 16
-    lr: float = 1e-4
-    center_lr: float = 5e-3
-    lr_decay: float = 7 / 8
-    schedule: str = "exponential"
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 16
+    eval_batch_size: PositiveInt = 16
+    lr: LearningRate = 1e-4
+    center_lr: LearningRate = 5e-3
+    lr_decay: bounded(float, "a factor in (0, 1]", gt=0.0, le=1.0) = 7 / 8
+    schedule: Literal["exponential", "cosine"] = "exponential"
     warmup_epochs: float = 0.0
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    grad_clip: float | None = 5.0
+    weight_decay: NonNegative = 0.0
+    grad_accum: PositiveInt = 1
+    grad_clip: bounded(float, "> 0", gt=0.0) | None = 5.0
     seed: int = 0
-    max_seconds: float | None = 10.0
-    precision: str = "auto"
-    num_workers: int = 0
-    valid_every: int = 1
-    select_metric: str = "UA"
+    max_seconds: bounded(float, "> 0", gt=0.0) | None = 10.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: CountInt = 0
+    valid_every: PositiveInt = 1
+    select_metric: HeadlineMetric = "UA"
     device: str = "auto"
     feature_cache: bool = True
-    ema_decay: float | None = None
+    ema_decay: bounded(float, "a decay in (0, 1), e.g. 0.998", gt=0.0, lt=1.0) | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self)
         w = "TrainConfig"
-        _require(
-            self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
-            f"{w}.ema_decay",
-            f"got {self.ema_decay}, expected None (no weight averaging) or a decay in (0, 1), e.g. 0.998",
-        )
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "valid_every"):
-            value = getattr(self, name)
-            _require(value >= 1, f"{w}.{name}", f"got {value}, expected a positive integer")
-        for name in ("lr", "center_lr"):
-            value = getattr(self, name)
-            _require(value > 0.0, f"{w}.{name}", f"got {value}, expected a learning rate > 0")
-        _require(
-            0.0 < self.lr_decay <= 1.0, f"{w}.lr_decay", f"got {self.lr_decay}, expected a factor in (0, 1]"
-        )
-        _require(
-            self.schedule in LR_SCHEDULES,
-            f"{w}.schedule",
-            f"got {self.schedule!r}, expected one of {LR_SCHEDULES}",
-        )
-        _require(
+        require(
             0.0 <= self.warmup_epochs <= self.epochs,
             f"{w}.warmup_epochs",
             f"got {self.warmup_epochs}, expected 0 <= warmup_epochs <= epochs={self.epochs}",
         )
-        _require(self.weight_decay >= 0.0, f"{w}.weight_decay", f"got {self.weight_decay}, expected >= 0")
-        _require(
-            self.grad_clip is None or self.grad_clip > 0.0,
-            f"{w}.grad_clip",
-            f"got {self.grad_clip}, expected None or > 0",
-        )
-        _require(
-            self.max_seconds is None or self.max_seconds > 0.0,
-            f"{w}.max_seconds",
-            f"got {self.max_seconds}, expected None or > 0",
-        )
-        _require(
-            self.precision in PRECISIONS,
-            f"{w}.precision",
-            f"got {self.precision!r}, expected one of {PRECISIONS}",
-        )
-        _require(self.num_workers >= 0, f"{w}.num_workers", f"got {self.num_workers}, expected >= 0")
-        _require(
-            self.select_metric in HEADLINE_METRICS,
-            f"{w}.select_metric",
-            f"got {self.select_metric!r}, expected one of {HEADLINE_METRICS}",
-        )
-        _require(
+        require(
             self.device in ("auto", "cpu", "cuda")
             or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
             f"{w}.device",
@@ -481,43 +454,30 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _section_from_dict(cls: type, data: Any, where: str) -> Any:
-    _require(
-        isinstance(data, dict),
-        where,
-        f"got {type(data).__name__}, expected an object of {cls.__name__} fields",
-    )
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    _require(not unknown, where, f"unknown key(s) {unknown}; valid keys: {valid}")
-    return cls(**data)
-
-
-@dataclass(frozen=True, kw_only=True)
+@config_dataclass(kw_only=True)
 class SERConfig:
     """Everything a run needs: model, EAM, loss, training, and the class labels (order = logit index).
 
     ``corpus``: the corpus the labels come from (``ravdess``, ``iemocap`` …), or None.
     """
 
-    labels: tuple[str, ...]
-    model: ModelConfig = field(default_factory=ModelConfig)
-    eam: EAMConfig = field(default_factory=EAMConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    labels: Names
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    eam: EAMConfig = Field(default_factory=EAMConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     corpus: str | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _require(
+        require(
             len(self.labels) >= 2, "SERConfig.labels", f"got {self.labels}, expected at least two class names"
         )
-        _require(
+        require(
             len(set(self.labels)) == len(self.labels),
             "SERConfig.labels",
             f"got duplicates in {self.labels}, expected distinct class names",
         )
-        _require(all(self.labels), "SERConfig.labels", f"got an empty class name in {self.labels}")
+        require(all(self.labels), "SERConfig.labels", f"got an empty class name in {self.labels}")
 
     @property
     def n_classes(self) -> int:
@@ -533,22 +493,16 @@ class SERConfig:
 
         ``train.select_metric`` "ua" / "wa" (configs saved before the metric keys became "UA" / "WA")
         are read as "UA" / "WA", so older checkpoints still load and resume."""
-        _require(isinstance(data, dict), "SERConfig", f"got {type(data).__name__}, expected an object")
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        _require(not unknown, "SERConfig", f"unknown key(s) {unknown}; valid keys: {valid}")
-        _require("labels" in data, "SERConfig.labels", "missing; expected a list of class names")
-        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
+        require(isinstance(data, dict), "SERConfig", f"got {type(data).__name__}, expected an object")
         train = data.get("train")
-        if isinstance(train, dict) and train.get("select_metric") in (
-            "ua",
-            "wa",
-        ):  # saved before metric keys were "UA" / "WA"
+        if isinstance(train, dict) and train.get("select_metric") in ("ua", "wa"):  # saved before "UA" / "WA"
             data = {**data, "train": {**train, "select_metric": train["select_metric"].upper()}}
-        for name, section in _SECTIONS.items():
-            if name in data:
-                kwargs[name] = _section_from_dict(section, data[name], f"SERConfig.{name}")
-        return cls(**kwargs)
+        sections = {
+            name: config_from_dict(section, data[name], f"SERConfig.{name}")
+            for name, section in _SECTIONS.items()
+            if name in data
+        }
+        return config_from_dict(cls, {**data, **sections}, "SERConfig")
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Serialise to JSON text; also write it to ``path`` when given."""
@@ -575,7 +529,7 @@ class SERConfig:
         data = self.to_dict()
         valid = self.override_keys()
         for key, value in overrides.items():
-            _require(key in valid, "SERConfig.with_overrides", f"unknown key {key!r}; valid keys: {valid}")
+            require(key in valid, "SERConfig.with_overrides", f"unknown key {key!r}; valid keys: {valid}")
             if "." in key:
                 section, name = key.split(".", 1)
                 data[section][name] = list(value) if isinstance(value, tuple) else value
@@ -597,4 +551,4 @@ def uses_feature_cache(config: SERConfig) -> bool:
     an hf backbone in mode "frozen" or "weighted_sum", with ``TrainConfig.feature_cache`` on.
     Torch-free, so the flows can ask before they launch a fold."""
     mc = config.model
-    return config.train.feature_cache and mc.is_hf and mc.backbone_mode in ("frozen", "weighted_sum")
+    return config.train.feature_cache and mc.is_hf and mc.backbone_mode in FROZEN_MODES

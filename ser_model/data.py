@@ -26,6 +26,7 @@ from ser_model.audio import load_audio, trim_silence
 from ser_model.errors import DataSplitError
 
 __all__ = [
+    "random_crop_start",
     "DataSplitError",
     "Batch",
     "audio_files",
@@ -44,6 +45,15 @@ PRELOAD_LIMIT_BYTES = 6 * 1024**3
 #: the model sees the whole (silence-trimmed) utterance up to this long; longer ones are centre-cropped
 #: by evaluation and cut into windows of this length by `ser_model.inference.Predictor`
 EVAL_MAX_SECONDS = 60.0
+
+
+def random_crop_start(length: int, crop: int | None, seed: int, epoch: int, index: int) -> int:
+    """Start of the training crop of an utterance ``length`` long (samples or cached frames): 0 when
+    it fits in ``crop`` (or no crop), else uniform in [0, length − crop], drawn from (seed, epoch,
+    index) alone, so a resumed run crops as the uninterrupted one did."""
+    if crop is None or length <= crop:
+        return 0
+    return int(np.random.default_rng([seed, epoch, index]).integers(0, length - crop + 1))
 
 
 class Batch(NamedTuple):
@@ -153,8 +163,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
             return 0
         if not self.random_crop:
             return (length - self.crop_samples) // 2
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        return int(rng.integers(0, length - self.crop_samples + 1))
+        return random_crop_start(length, self.crop_samples, self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         wave = self._cache[index] if self._cache is not None else self._decode(index)

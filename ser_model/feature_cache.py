@@ -30,7 +30,7 @@ recomputed. The index is updated under a file lock, entries are written atomical
 training at once share one cache (the files and these rules: ``ser_model.feature_cache_folder``).
 
 Crop policy. A training crop of ``TrainConfig.max_seconds`` is a window of the cached
-whole-utterance frames (``frame_crop_start``), not the frames of a cropped waveform: those differ
+whole-utterance frames (``random_crop_start``), not the frames of a cropped waveform: those differ
 near the crop's edges (the CNN's receptive field and the transformer's global attention see
 outside the window). Cropping frames keeps the cache exact: the cached path gives the logits
 that the live backbone gives on the whole utterance, cropped the same way (tested). Evaluation
@@ -50,13 +50,12 @@ reads again when it opens the cache.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -67,9 +66,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from ser_model.backbone_facts import FROZEN_MODES, HF_SAMPLE_RATE
 from ser_model.backbones import HFBackbone
 from ser_model.config import uses_feature_cache
-from ser_model.data import EVAL_MAX_SECONDS, PRELOAD_LIMIT_BYTES, Batch, UtteranceDataset
+from ser_model.data import EVAL_MAX_SECONDS, PRELOAD_LIMIT_BYTES, Batch, UtteranceDataset, random_crop_start
 from ser_model.feature_cache_folder import (
     ENTRIES_DIR,
     KEY_FILE,
@@ -79,17 +79,18 @@ from ser_model.feature_cache_folder import (
     merge_index,
     read_index,
     sha256_json,
-    write_bytes_atomically,
+    write_key_file,
 )
 from ser_model.model import SERModel, SEROutput
+from ser_stack.files import write_atomically
 
 __all__ = [
+    "cache_key",
     "FEATURE_CACHE_DIR",
     "FeatureCache",
     "CachedStates",
     "StatesBatch",
     "collate_states",
-    "frame_crop_start",
     "uses_feature_cache",
     "forward_batch",
 ]
@@ -100,8 +101,6 @@ FORMAT_VERSION = 1
 #: the default cache folder, beside the training output folders (``fit``: ``out_dir.parent / FEATURE_CACHE_DIR``)
 FEATURE_CACHE_DIR = "feature-cache"
 STATES_TENSOR = "states"
-#: hf backbones take 16 kHz audio (``ModelConfig`` refuses another sample rate with them)
-HF_SAMPLE_RATE = 16000
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -114,13 +113,31 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def frame_crop_start(n_frames: int, crop_frames: int | None, seed: int, epoch: int, index: int) -> int:
-    """First frame of the training window of an utterance of ``n_frames`` cached frames: 0 when it
-    fits in ``crop_frames`` (or no crop), else uniform in [0, n_frames − crop_frames], drawn from
-    (seed, epoch, index) alone, so a resumed run crops as the uninterrupted one did."""
-    if crop_frames is None or n_frames <= crop_frames:
-        return 0
-    return int(np.random.default_rng([seed, epoch, index]).integers(0, n_frames - crop_frames + 1))
+def cache_key(
+    backbone: dict[str, Any],
+    layers: Sequence[int],
+    *,
+    trim_db: float | None,
+    wave_norm: bool,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The key of a key folder (module docstring): ``backbone`` (its model type and the sha256 of its
+    config and weights), the hidden ``layers`` kept, the view of the audio (16 kHz, ``trim_db``,
+    whole utterances up to ``EVAL_MAX_SECONDS``, ``wave_norm``) and the precision (``amp_dtype``;
+    None: float32)."""
+    return {
+        "format": FORMAT_VERSION,
+        "backbone": dict(backbone),
+        "layers": list(layers),
+        "view": {
+            "sample_rate": HF_SAMPLE_RATE,
+            "trim_db": trim_db,
+            "max_seconds": EVAL_MAX_SECONDS,
+            "wave_norm": wave_norm,
+            "computed": "one utterance at a time",
+        },
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
+    }
 
 
 class StatesBatch(NamedTuple):
@@ -156,7 +173,7 @@ class CachedStates(torch.utils.data.Dataset):
     """Manifest rows → (cached states (K', T, D), label, row index); a drop-in for ``UtteranceDataset``
     in ``fit`` (``lengths``, ``labels``, ``set_epoch``), batched by ``collate_states``.
 
-    ``crop_frames``: training windows of that many frames at ``frame_crop_start`` (None: whole
+    ``crop_frames``: training windows of that many frames at ``random_crop_start`` (None: whole
     utterances, as evaluation sees them). ``lengths`` are the frames served, for bucketing and sharding.
     """
 
@@ -185,7 +202,7 @@ class CachedStates(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         states = self.cache.states(self.sha256s[index])  # (K', T, D)
-        start = frame_crop_start(states.shape[1], self.crop_frames, self.seed, self.epoch, index)
+        start = random_crop_start(states.shape[1], self.crop_frames, self.seed, self.epoch, index)
         if self.crop_frames is not None:
             states = states[:, start : start + self.crop_frames]
         return states, int(self.labels[index]), index
@@ -208,42 +225,32 @@ class FeatureCache:
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        if backbone.mode == "finetune":
+        if backbone.mode not in FROZEN_MODES:
             raise ValueError(
-                "FeatureCache: the backbone is in mode 'finetune', so its states change in training; expected 'frozen' or 'weighted_sum'"
+                f"FeatureCache: the backbone is in mode {backbone.mode!r}, so its states change in training; "
+                f"expected one of {FROZEN_MODES}"
             )
         self.backbone = backbone
         self.trim_db = trim_db
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
         config = backbone.model.config.to_dict()
-        self.key = {
-            "format": FORMAT_VERSION,
-            "backbone": {
+        self.key = cache_key(
+            {
                 "model_type": config.get("model_type"),
                 "config_sha256": sha256_json(config),
                 "weights_sha256": weights_sha256(backbone.model),
             },
-            "layers": list(backbone.layer_set),
-            "view": {
-                "sample_rate": HF_SAMPLE_RATE,
-                "trim_db": trim_db,
-                "max_seconds": EVAL_MAX_SECONDS,
-                "wave_norm": backbone.wave_norm,
-                "computed": "one utterance at a time",
-            },
-            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
-        }
+            backbone.layer_set,
+            trim_db=trim_db,
+            wave_norm=backbone.wave_norm,
+            amp_dtype=amp_dtype,
+        )
         self.folder = Path(root) / key_digest(self.key)
         (self.folder / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
         key_path = self.folder / KEY_FILE
         if not key_path.is_file():
-            source = getattr(
-                backbone.model.config, "_name_or_path", ""
-            )  # for the reader (and the flows' pull), not part of the key
-            write_bytes_atomically(
-                key_path, (json.dumps({"key": self.key, "source": source}, indent=2) + "\n").encode()
-            )
+            write_key_file(self.folder, self.key, getattr(backbone.model.config, "_name_or_path", ""))
         self._memory: dict[str, torch.Tensor] = {}
         self._entries: dict[str, IndexEntry] = {}
         self._memory_bytes = 0
@@ -290,7 +297,7 @@ class FeatureCache:
     ) -> CachedStates:
         """The rows' ``CachedStates`` after computing every entry that is missing or fails its check.
 
-        ``crop_seconds``: training windows of that length, in frames (``frame_crop_start``); None:
+        ``crop_seconds``: training windows of that length, in frames (``random_crop_start``); None:
         whole utterances (evaluation). Under torch.distributed every rank computes its share of the
         missing entries and reads the others' after a barrier.
         """
@@ -368,7 +375,7 @@ class FeatureCache:
             states = states[0].float().cpu().contiguous()  # (K', T, D)
             data = save_safetensors({STATES_TENSOR: states})
             entry = IndexEntry(tuple(states.shape), hashlib.sha256(data).hexdigest())
-            write_bytes_atomically(entry_path(self.folder, sha), data)
+            write_atomically(entry_path(self.folder, sha), data)
             records[sha] = entry
             self._keep(sha, entry, states)
         self.backbone.train(was_training)

@@ -8,7 +8,7 @@ folder, ``flows.feature_store`` copies key folders to and from S3; both read and
 
 ``digest`` is :func:`key_digest` of the key (what the key holds: ``ser_model.feature_cache``).
 The source in key.json is for the reader (and for :func:`key_may_fit`), not part of the key.
-Files are written through a temporary file and ``os.replace`` (:func:`write_bytes_atomically`),
+Files are written through a temporary file and ``os.replace`` (``ser_stack.files.write_atomically``),
 so a reader sees a whole file or none, and index updates merge under the lock
 (:func:`merge_index`), so processes filling one folder at once keep each other's records.
 """
@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ser_model.config import SERConfig
+from ser_stack.files import write_atomically
 
 __all__ = [
     "ENTRIES_DIR",
@@ -40,7 +40,7 @@ __all__ = [
     "merge_index",
     "read_index",
     "sha256_json",
-    "write_bytes_atomically",
+    "write_key_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,12 @@ def sha256_json(value: Any) -> str:
 def key_digest(key: Mapping[str, Any]) -> str:
     """The folder name of a key: the first 16 hex digits of :func:`sha256_json` of it."""
     return sha256_json(key)[:16]
+
+
+def write_key_file(folder: Path, key: Mapping[str, Any], source: str) -> None:
+    """``folder``'s key.json: ``{"key": key, "source": source}``, where ``source`` (the hub id or
+    local folder the backbone came from) is for readers and the flows' pull, not part of the key."""
+    write_atomically(folder / KEY_FILE, json.dumps({"key": dict(key), "source": source}, indent=2) + "\n")
 
 
 def entry_path(folder: Path, sha256: str) -> Path:
@@ -116,17 +122,7 @@ def merge_index(folder: Path, key: Mapping[str, Any], new: Mapping[str, IndexEnt
     if not new:
         return
     with locked(folder):
-        write_bytes_atomically(folder / INDEX_FILE, index_json(key, {**read_index(folder), **new}))
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file named by this process and ``os.replace``: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        write_atomically(folder / INDEX_FILE, index_json(key, {**read_index(folder), **new}))
 
 
 def key_may_fit(record: Mapping[str, Any], config: SERConfig) -> bool:

@@ -22,7 +22,7 @@ The fold folder (``--out``, named :func:`fold_folder_name`), the one channel fro
     result.json          written last, only on success: selected epoch, valid/test metrics
     times.json           written by the launcher: when training started and ended (ms)
     checkpoints/last     exact-resume state (a rerun with the same folder continues)
-    best/                the selected epoch's model (``save_pretrained`` folder)
+    best/                the selected epoch's model (``save_pretrained`` folder: :data:`CHECKPOINT_FILES`)
 
 Exit codes: 0 done; :data:`BAD_DATA_EXIT` bad data and :data:`BAD_CONFIG_EXIT` bad arguments or
 configuration, both never retried (:class:`NotRetriedError`); anything else is an
@@ -54,9 +54,50 @@ METRICS_FILE = "metrics.jsonl"
 TIMES_FILE = "times.json"
 BEST_FOLDER = "best"
 
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LABELS_FILE = "labels.json"
+BACKBONE_CONFIG_FILE = "backbone_config.json"
+CHECKPOINT_FILES = (
+    f"{CONFIG_FILE}, {WEIGHTS_FILE}, {LABELS_FILE} and, for an hf backbone, {BACKBONE_CONFIG_FILE}"
+)
+"""What a checkpoint folder (``SERModel.save_pretrained``; ``best/``, ``release/best``) holds: the
+SERConfig, the weights, the class names and the transformers config of an hf backbone."""
+
 WORKER_MODULE = "ser_model.worker"
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|AUTH|API_KEY", re.IGNORECASE)
 TORCHRUN_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class WorkerFlag:
+    """One flag of the worker's command line: ``flag`` carries the :class:`FoldJob` attribute ``field``."""
+
+    flag: str
+    field: str
+    help: str
+    type: type = str
+    required: bool = True
+    metavar: str | None = None
+
+
+WORKER_FLAGS: tuple[WorkerFlag, ...] = (
+    WorkerFlag("--config", "config_path", "SERConfig JSON file"),
+    WorkerFlag("--manifest", "manifest_path", "manifest Parquet file (docs/ARCHITECTURE.md)"),
+    WorkerFlag("--folds", "folds_path", "fold table Parquet file"),
+    WorkerFlag("--fold", "fold", f"fold to train; {RELEASE_FOLD} trains the release model", type=int),
+    WorkerFlag("--audio-root", "audio_root", "corpus root the manifest paths are relative to"),
+    WorkerFlag("--out", "out_dir", f"output folder (checkpoints, {METRICS_FILE}, {RESULT_FILE})"),
+    WorkerFlag(
+        "--feature-cache",
+        "feature_cache_dir",
+        "folder of the frozen-backbone feature cache (default: <out>/../feature-cache; ser_model.feature_cache)",
+        required=False,
+        metavar="DIR",
+    ),
+)
+"""The worker's flags, read by :meth:`FoldJob.worker_args` (the launcher's side) and
+``ser_model.worker.build_parser`` (the worker's side): the one list of them."""
 
 
 def fold_folder_name(fold: int) -> str:
@@ -112,21 +153,13 @@ class FoldJob:
         return fold_folder_name(self.fold)
 
     def worker_args(self) -> list[str]:
-        return [
-            "--config",
-            str(self.config_path),
-            "--manifest",
-            str(self.manifest_path),
-            "--folds",
-            str(self.folds_path),
-            "--fold",
-            str(self.fold),
-            "--audio-root",
-            self.audio_root,
-            "--out",
-            str(self.out_dir),
-            *(["--feature-cache", str(self.feature_cache_dir)] if self.feature_cache_dir is not None else []),
-        ]
+        """The worker's arguments (:data:`WORKER_FLAGS`; an optional one left out when None)."""
+        args: list[str] = []
+        for flag in WORKER_FLAGS:
+            value = getattr(self, flag.field)
+            if value is not None or flag.required:
+                args += [flag.flag, str(value)]
+        return args
 
 
 def nproc_per_node(env: dict[str, str] | None = None) -> int:
@@ -134,10 +167,10 @@ def nproc_per_node(env: dict[str, str] | None = None) -> int:
     device, else one CPU process."""
     env = os.environ if env is None else env
     if env.get("SER_NPROC_PER_NODE"):
-        count = int(env["SER_NPROC_PER_NODE"])
-        if count < 1:
-            raise ValueError(f"SER_NPROC_PER_NODE={count}: expected a positive number of processes")
-        return count
+        raw = env["SER_NPROC_PER_NODE"]
+        if not (raw.strip().isdigit() and int(raw) >= 1):
+            raise ValueError(f"SER_NPROC_PER_NODE={raw}: expected a positive number of processes")
+        return int(raw)
     import torch  # only here: counting devices is the one thing that needs it
 
     return max(1, torch.cuda.device_count())

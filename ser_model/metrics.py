@@ -17,12 +17,13 @@ numpy is imported inside the functions: ``ser_model.config`` imports this module
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     import numpy as np
 
-HEADLINE_METRICS = ("WA", "UA", "macro_f1")
+HeadlineMetric = Literal["WA", "UA", "macro_f1"]
+HEADLINE_METRICS: tuple[str, ...] = get_args(HeadlineMetric)
 """The headline metrics of every evaluation (accuracy, mean per-class recall, macro F1), in table order."""
 
 

@@ -22,14 +22,11 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ser_model.backbone_facts import FROZEN_MODES
 from ser_model.backbones import Backbone, HFBackbone, build_backbone
 from ser_model.config import SERConfig
 from ser_model.flam import AttentivePooling, FrameAttention, mean_pool
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-LABELS_FILE = "labels.json"
-BACKBONE_CONFIG_FILE = "backbone_config.json"
+from ser_model.launch import BACKBONE_CONFIG_FILE, CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
 
 
 @dataclass
@@ -131,10 +128,10 @@ class SERModel(nn.Module):
         """Precomputed hidden states of a frozen hf backbone (``HFBackbone.hidden_states``, as
         ``ser_model.feature_cache`` stores them): states (B, K', T, D) zero-padded, mask (B, T) → SEROutput.
         The layer weights (weighted_sum) still train: they act on the cached states."""
-        if not isinstance(self.backbone, HFBackbone) or self.backbone.mode == "finetune":
+        if not isinstance(self.backbone, HFBackbone) or self.backbone.mode not in FROZEN_MODES:
             raise ValueError(
                 f"SERModel.forward_cached: backbone {self.config.model.backbone!r} in mode {self.config.model.backbone_mode!r} "
-                "changes in training; expected an hf backbone in mode 'frozen' or 'weighted_sum'"
+                f"changes in training; expected an hf backbone in one of the modes {FROZEN_MODES}"
             )
         return self.forward_frames(self.backbone.mix_layers(states), mask)
 

@@ -1,8 +1,9 @@
-"""Named training recipes ("presets"): every number of a recipe, as data, in one place.
+"""Named training recipes ("presets"): each recipe, as data, in one place.
 
     experiment_config("ravdess", preset="cpu-fbank", overrides={"train.epochs": 5}) → SERConfig
 
-A preset is a dict of `SERConfig.with_overrides` keys applied on top of the dataclass defaults; the
+A preset is a dict of `SERConfig.with_overrides` keys applied on top of the dataclass defaults (the
+paper's recipe, ser_model/config.py), holding only what differs from them; the
 corpus supplies the labels, and user overrides (`ser train --set`, the flows' `overrides`) go on top of
 the preset. The CLI (`ser train --preset`), the train flows (`preset` parameter), `infra/demo` and
 benchmarks/accuracy.py all select recipes through `experiment_config`.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ser_model.config import ConfigError, SERConfig
+from ser_stack.files import write_atomically
 
 __all__ = [
     "PRESETS",
@@ -52,72 +54,24 @@ __all__ = [
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-fbank": {
-        "model.backbone": "fbank",
-        "model.n_mels": 80,
-        "model.fbank_channels": [32, 64, 128, 128],
-        "model.fbank_time_pools": [2, 2, 2, 2],
-        "model.fbank_dim": 128,
-        "model.fbank_layers": 0,
-        "model.fbank_norm": "bin",
-        "model.fbank_dropout": 0.1,
-        "model.spec_time_masks": 2,
-        "model.spec_time_width": 20,
-        "model.spec_freq_masks": 2,
-        "model.spec_freq_width": 10,
         "model.trim_db": 40.0,
-        "model.flam": True,
-        "model.flam_heads": 4,
-        "model.flam_dropout": 0.1,
-        "model.embed_dim": 64,
         "model.embed_norm": "batch",
-        "model.head_dropout": 0.1,
-        "eam.enabled": True,
         "eam.mix_prob": 0.5,
         "eam.snr_db_low": 0.0,
-        "eam.snr_db_high": 10.0,
-        "loss.w_kl": 1.0,
-        "loss.w_focal": 1.0,
-        "loss.w_center": 0.01,
-        "loss.w_supcon": 0.1,
         "train.epochs": 25,
-        "train.batch_size": 16,
         "train.lr": 1e-3,
-        "train.center_lr": 5e-3,
         "train.schedule": "cosine",
         "train.warmup_epochs": 1.0,
-        "train.weight_decay": 0.0,
         "train.max_seconds": 3.0,
-        "train.grad_clip": 5.0,
     },
     "paper-wavlm": {
         "model.backbone": "hf:microsoft/wavlm-large",
-        "model.backbone_mode": "finetune",
-        "model.use_layer_weights": None,
-        "model.flam": True,
-        "model.flam_heads": None,
-        "model.flam_dropout": 0.1,
-        "model.embed_dim": 64,
-        "model.embed_norm": "none",
-        "model.head_dropout": 0.1,
-        "model.trim_db": None,
-        "eam.enabled": True,
-        "eam.mix_prob": 1.0,
-        "eam.snr_db_low": -5.0,
-        "eam.snr_db_high": 10.0,
-        "loss.w_kl": 1.0,
-        "loss.w_focal": 1.0,
-        "loss.w_center": 0.01,
-        "loss.w_supcon": 0.1,
-        "train.epochs": 20,
-        "train.batch_size": 16,
-        "train.lr": 1e-4,
-        "train.center_lr": 5e-3,
-        "train.schedule": "exponential",
-        "train.lr_decay": 7 / 8,
-        "train.warmup_epochs": 0.0,
-        "train.max_seconds": 10.0,
     },
 }
+"""Each recipe as its differences from the ``SERConfig`` defaults (which are the paper's recipe with
+the fbank backbone), so that every number lives in one place: ``paper-wavlm`` is the defaults on
+WavLM-Large; ``cpu-fbank`` keeps the defaults' fbank CNN, FLAM (4 heads), loss weights, batch size,
+centre learning rate and gradient clipping, and changes what is listed."""
 
 #: the recipe when none is named and the backbone is fbank (or not named)
 DEFAULT_PRESET = "cpu-fbank"
@@ -151,11 +105,9 @@ def read_preset_file(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
 
 def write_preset_file(path: str | os.PathLike, preset: Mapping[str, Any]) -> Path:
     """Write a preset file (JSON, keys sorted) atomically and return its path."""
-    from ser_model.checkpoint import write_text_atomically
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(dict(preset), indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(dict(preset), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -200,13 +152,13 @@ def experiment_config(
     then ``overrides``.
 
     ``base``: start from this config (e.g. a ``--config`` file) instead of the preset. Raises
-    ``ConfigError`` for an unknown corpus or preset, a bad override, or a base whose labels are not
-    the corpus's.
+    ``UnknownCorpusError`` for an unknown corpus, ``ConfigError`` for an unknown preset, a bad
+    override, or a base whose labels are not the corpus's.
     """
+    from data_contracts.corpora import check_corpus
     from data_contracts.labels import LABELS
 
-    if corpus not in LABELS:
-        raise ConfigError(f"corpus: got {corpus!r}, expected one of {sorted(LABELS)}")
+    check_corpus(corpus)
     if base is None:
         settings = preset_settings(preset or preset_for_backbone(backbone))
         config = SERConfig(labels=LABELS[corpus], corpus=corpus).with_overrides(settings)

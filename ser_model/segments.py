@@ -34,7 +34,8 @@ import numpy as np
 import soundfile
 
 from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UNKNOWN_FRAMES, resample, to_mono, trim_silence
-from ser_model.config import _check_types, _require
+from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
+from ser_model.config import NonNegative, PositiveInt, bounded, config_dataclass, require
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import sliding_windows
 from ser_model.vad import FrameLevels, speech_regions
@@ -56,12 +57,16 @@ __all__ = [
 ]
 
 
+Seconds = bounded(float, "a positive number of seconds", gt=0.0)
+Percentile = bounded(float, "a percentile in [0, 100]", ge=0.0, le=100.0)
+
+
 def probability_column(label: str) -> str:
     """Name of the field or column holding P(label) in every output: ``p_<label>``."""
     return f"p_{label}"
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SegmentConfig:
     """How a long recording is cut and scored (module docstring; the VAD's fields are explained
     in `ser_model.vad`). Times in seconds, levels in dB.
@@ -75,78 +80,46 @@ class SegmentConfig:
     pass. batch_size: windows per model call.
     """
 
-    window_s: float = 4.0
-    hop_s: float = 2.0
-    min_segment_s: float = 1.0
-    frame_s: float = 0.025
-    frame_hop_s: float = 0.010
-    min_speech_s: float = 0.25
-    min_silence_s: float = 0.5
-    pad_s: float = 0.1
-    noise_margin_db: float = 12.0
-    dynamic_range_db: float = 35.0
-    floor_dbfs: float = -80.0
-    hysteresis_db: float = 6.0
-    noise_percentile: float = 10.0
-    level_percentile: float = 95.0
-    context_s: float = 30.0
-    block_s: float = 30.0
-    batch_size: int = 16
+    window_s: Seconds = 4.0
+    hop_s: Seconds = 2.0
+    min_segment_s: NonNegative = 1.0
+    frame_s: Seconds = WIN_SECONDS
+    frame_hop_s: Seconds = HOP_SECONDS
+    min_speech_s: NonNegative = 0.25
+    min_silence_s: NonNegative = 0.5
+    pad_s: NonNegative = 0.1
+    noise_margin_db: NonNegative = 12.0
+    dynamic_range_db: NonNegative = 35.0
+    floor_dbfs: bounded(float, "<= 0 dB", le=0.0) = -80.0
+    hysteresis_db: NonNegative = 6.0
+    noise_percentile: Percentile = 10.0
+    level_percentile: Percentile = 95.0
+    context_s: Seconds = 30.0
+    block_s: Seconds = 30.0
+    batch_size: PositiveInt = 16
 
     def __post_init__(self) -> None:
-        _check_types(self)
         w = "SegmentConfig"
-        for name in ("window_s", "hop_s", "frame_s", "frame_hop_s", "context_s", "block_s"):
-            value = getattr(self, name)
-            _require(
-                math.isfinite(value) and value > 0,
-                f"{w}.{name}",
-                f"got {value}, expected a positive number of seconds",
-            )
-        for name in (
-            "min_segment_s",
-            "min_speech_s",
-            "min_silence_s",
-            "pad_s",
-            "noise_margin_db",
-            "dynamic_range_db",
-            "hysteresis_db",
-        ):
-            value = getattr(self, name)
-            _require(
-                math.isfinite(value) and value >= 0,
-                f"{w}.{name}",
-                f"got {value}, expected a finite number >= 0",
-            )
-        _require(
+        require(
             self.hop_s <= self.window_s,
             f"{w}.hop_s",
             f"got {self.hop_s} > window_s {self.window_s}; windows would leave gaps",
         )
-        _require(
+        require(
             self.frame_hop_s <= self.frame_s,
             f"{w}.frame_hop_s",
             f"got {self.frame_hop_s} > frame_s {self.frame_s}",
         )
-        _require(
+        require(
             self.block_s >= self.frame_s,
             f"{w}.block_s",
             f"got {self.block_s}, expected at least frame_s {self.frame_s}",
         )
-        _require(
-            math.isfinite(self.floor_dbfs) and self.floor_dbfs <= 0,
-            f"{w}.floor_dbfs",
-            f"got {self.floor_dbfs}, expected <= 0 dB",
-        )
-        for name in ("noise_percentile", "level_percentile"):
-            value = getattr(self, name)
-            _require(0 <= value <= 100, f"{w}.{name}", f"got {value}, expected a percentile in [0, 100]")
-        _require(
+        require(
             self.noise_percentile < self.level_percentile,
             f"{w}.noise_percentile",
             f"got {self.noise_percentile}, expected below level_percentile {self.level_percentile}",
         )
-        _require(self.batch_size >= 1, f"{w}.batch_size", f"got {self.batch_size}, expected at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,9 +128,7 @@ class SegmentConfig:
         """New validated settings with fields replaced by name: ``{"window_s": 6, "min_silence_s": 0.3}``."""
         names = [f.name for f in dataclasses.fields(self)]
         for key in overrides:
-            _require(
-                key in names, "SegmentConfig.with_overrides", f"unknown key {key!r}; valid keys: {names}"
-            )
+            require(key in names, "SegmentConfig.with_overrides", f"unknown key {key!r}; valid keys: {names}")
         return dataclasses.replace(self, **overrides)
 
 

@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from data_contracts.folds import fold_split
+from data_contracts.folds import fold_rows_by_role
 from ser_model.checkpoint import (
     capture_rng_state,
     load_training_state,
@@ -60,7 +60,6 @@ from ser_model.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     write_folder_atomically,
-    write_text_atomically,
 )
 from ser_model.config import ConfigError, SERConfig, TrainConfig
 from ser_model.data import (
@@ -85,13 +84,14 @@ from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FIL
 from ser_model.losses import multi_loss
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
+from ser_stack.files import write_atomically
 
 __all__ = [
     "RELEASE_FOLD",
     "EVAL_MAX_SECONDS",
     "FitResult",
     "fit",
-    "fold_splits",
+    "training_splits",
     "evaluate_split",
     "evaluate_rows",
     "seed_everything",
@@ -203,11 +203,12 @@ def lr_factor(step: int, updates_per_epoch: int, tc: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def fold_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
-    """{"train", "valid", "test"} manifest rows of `fold`; for RELEASE_FOLD every speaker but
-    fold 0's validation speakers trains, those validate, and the test split is empty."""
+def training_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
+    """{"train", "valid", "test"}: the manifest rows a training run of `fold` uses. A fold >= 0 is
+    the fold table's roles (`data_contracts.folds.fold_rows_by_role`); for RELEASE_FOLD every
+    speaker but fold 0's validation speakers trains, those validate, and the test split is empty."""
     if fold == RELEASE_FOLD:
-        base = fold_split(manifest, folds, 0)
+        base = fold_rows_by_role(manifest, folds, 0)
         return {
             "train": pd.concat([base["train"], base["test"]]),
             "valid": base["valid"],
@@ -215,7 +216,7 @@ def fold_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[
         }
     if fold < 0:
         raise DataSplitError(f"fold must be >= 0 or RELEASE_FOLD ({RELEASE_FOLD}), got {fold}")
-    return fold_split(manifest, folds, fold)
+    return fold_rows_by_role(manifest, folds, fold)
 
 
 def _speakers(rows: pd.DataFrame) -> list[str]:
@@ -368,7 +369,7 @@ def fit(
     runtime = init_runtime(config)
 
     # data -------------------------------------------------------------------
-    splits = fold_splits(manifest, folds, fold)
+    splits = training_splits(manifest, folds, fold)
     speakers = {name: _speakers(rows) for name, rows in splits.items()}
     for name in ("train", "valid") if fold == RELEASE_FOLD else ("train", "valid", "test"):
         if splits[name].empty:
@@ -586,7 +587,7 @@ def fit(
             if average is not None:
                 state["ema"] = average.state_dict()
             save_checkpoint(checkpoints, model, state)
-            write_text_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+            write_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             valid_text = " ".join(f"{k} {v:.4f}" for k, v in record.get("valid", {}).items())
             log.info(
                 "epoch %d/%d loss %.4f lr %.3g %s (%.1f s; %s)",
@@ -625,7 +626,7 @@ def fit(
             "test": test,
             "epochs": tc.epochs,
         }
-        write_text_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
+        write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
         _call(callbacks, "on_fit_end", result)
     _barrier(runtime)
     return result

@@ -21,7 +21,7 @@ from data_contracts.errors import DataContractError
 from ser_model.audio import AudioDecodeError
 from ser_model.config import ConfigError, SERConfig
 from ser_model.data import DataSplitError
-from ser_model.launch import BAD_CONFIG_EXIT, BAD_DATA_EXIT, RELEASE_FOLD
+from ser_model.launch import BAD_CONFIG_EXIT, BAD_DATA_EXIT, WORKER_FLAGS
 from ser_model.train import fit
 
 __all__ = ["BAD_DATA_EXIT", "BAD_CONFIG_EXIT", "main", "build_parser"]
@@ -35,22 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ser_model.worker", description="Train one fold (torchrun entry point)."
     )
-    parser.add_argument("--config", required=True, help="SERConfig JSON file")
-    parser.add_argument("--manifest", required=True, help="manifest Parquet file (docs/ARCHITECTURE.md)")
-    parser.add_argument("--folds", required=True, help="fold table Parquet file")
-    parser.add_argument(
-        "--fold", required=True, type=int, help=f"fold to train; {RELEASE_FOLD} trains the release model"
-    )
-    parser.add_argument("--audio-root", required=True, help="corpus root the manifest paths are relative to")
-    parser.add_argument(
-        "--out", required=True, help="output folder (checkpoints, metrics.jsonl, result.json)"
-    )
-    parser.add_argument(
-        "--feature-cache",
-        metavar="DIR",
-        default=None,
-        help="folder of the frozen-backbone feature cache (default: <out>/../feature-cache; ser_model.feature_cache)",
-    )
+    for flag in WORKER_FLAGS:
+        parser.add_argument(
+            flag.flag, required=flag.required, type=flag.type, metavar=flag.metavar, help=flag.help
+        )
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     return parser
 

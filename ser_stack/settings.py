@@ -1,6 +1,26 @@
 """Where the stack is: one frozen settings object read from the environment, and the one S3
 client factory (:func:`s3_client`) of the project.
 
+The settings object holds what every process must agree on to reach the stack (the table
+below). The other ``SER_*`` variables are knobs of one process each, read by the one function
+that uses them, beside its use (tests/infra/test_infra_settings.py checks that this list is
+complete):
+
+| variable | read by | meaning |
+|---|---|---|
+| SER_ROOT_<CORPUS> | flows/roots.py `configured_roots` | a corpus root, in the worker's environment |
+| SER_AUDIO_CACHE_DIR / SER_AUDIO_CACHE_BYTES | data_contracts/staging.py `cache_from_env` | where a worker stages audio read from S3, and the cache's limit |
+| SER_FEATURE_CACHE_DIR | flows/feature_store.py `local_feature_cache_dir` | the machine's frozen-backbone feature cache |
+| SER_NPROC_PER_NODE | ser_model/launch.py `nproc_per_node` | worker processes per fold |
+| SER_FOLD_RUNS / SER_FOLD_JOB_VARIABLES | flows/fold_runs.py | how the train flow starts fold runs, and their job variables |
+| SER_FOLD_CONCURRENCY / SER_RETRAIN_CRON | flows/deploy.py | folds at once on the ``folds`` queue; the retrain schedule |
+| SER_SERVING / SER_SERVE_* | flows/serving.py | a served model's request limits and allowed file root |
+| SER_UP_TIMEOUT | infra/stack.py | how long ``infra/up`` waits for the services |
+| SER_DEMO_PRESET | infra/demo | the demo's training recipe |
+| SER_REQUIRE_DATA / SER_REQUIRE_STACK / SER_SKIP_BROWSER / SER_PYTHON | infra/test, tests/conftest.py | what a test session demands, and its interpreter |
+
+Read into the settings object:
+
 The same environment variables drive `infra/` (which starts the local stack) and every client
 (flows, the CLI, tests), so both sides always agree on hosts, ports, buckets and the state folder.
 
@@ -8,12 +28,13 @@ The same environment variables drive `infra/` (which starts the local stack) and
 |---|---|---|
 | SER_HOST | 127.0.0.1 | interface every local server binds and clients connect to |
 | SER_S3_PORT | 8333 | SeaweedFS S3 API |
-| SER_WEED_MASTER_PORT / _VOLUME_PORT / _FILER_PORT / _ADMIN_PORT | 9333 / 8080 / 8888 / 23646 | SeaweedFS internals (gRPC on each + 10000) |
+| SER_WEED_MASTER_PORT / SER_WEED_VOLUME_PORT / SER_WEED_FILER_PORT / SER_WEED_ADMIN_PORT | 9333 / 8080 / 8888 / 23646 | SeaweedFS internals (gRPC on each + 10000) |
 | SER_MLFLOW_PORT | 5000 | MLflow tracking server |
 | SER_PREFECT_PORT | 4200 | Prefect server |
 | SER_STATE_DIR | <repo>/.ser-state | logs, pid files, SQLite databases, S3 data, generated credentials |
 | SER_DATA_BUCKET / SER_MLFLOW_BUCKET | ser-data / ser-mlflow | S3 buckets |
 | SER_WORK_POOL | ser-process | Prefect work pool the worker polls |
+| SER_TUNE_STORAGE | sqlite:///<state>/optuna.db | where tuning studies live (an Optuna RDB URL) |
 | MLFLOW_TRACKING_URI, PREFECT_API_URL, AWS_ENDPOINT_URL_S3 | derived | set them to point at remote services instead |
 | AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY | generated once into <state>/s3-credentials.json | S3 credentials |
 
@@ -30,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
+"""Where RAVDESS lies beside the repository (16 kHz FLAC): the tests', the benchmarks'
+and the flows' default RAVDESS root."""
 CREDENTIALS_FILE = "s3-credentials.json"
 DEFAULT_REGION = "us-east-1"
 

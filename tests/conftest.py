@@ -18,6 +18,7 @@ from types import ModuleType
 
 import pytest
 
+from ser_stack.settings import SHARED_RAVDESS
 from tests.fixtures.scripts import load_script
 
 # The live-stack fixtures (live_bucket, prefect_api) for every test module that names them.
@@ -51,9 +52,9 @@ def shared_ravdess(repo_root: Path) -> Path:
     Missing, the tests that need it skip, except under infra/test (SER_REQUIRE_DATA=1) and in
     CI (CI=true), which have shared/ beside the clone: there they fail, so that the real-audio
     tests cannot silently stop running."""
-    path = (repo_root.parent / "shared" / "data" / "ravdess").resolve()
+    path = SHARED_RAVDESS.resolve()
     if not path.is_dir():
-        message = f"RAVDESS not found at {path} (expected ../shared/data/ravdess relative to the repository)"
+        message = f"RAVDESS not found at {path} (ser_stack.settings.SHARED_RAVDESS)"
         if data_required():
             pytest.fail(message + "; SER_REQUIRE_DATA=1 or CI=true requires it", pytrace=False)
         pytest.skip(message)

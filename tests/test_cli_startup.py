@@ -46,17 +46,14 @@ def test_help_loads_no_heavy_library(repo_root, argv):
     assert child == {"code": 0, "loaded": []}, f"ser {' '.join(argv)} imported {child['loaded']}"
 
 
-def test_ingest_loads_no_torch_mlflow_or_prefect(repo_root, tmp_path):
+def ingest_argv(tmp_path) -> list[str]:
+    """``ser ingest`` of eight synthetic RAVDESS actors under tmp_path/corpus into tmp_path/out."""
     make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
-    child = ser_in_fresh_interpreter(
-        repo_root,
-        "ingest",
-        "ravdess",
-        str(tmp_path / "corpus"),
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
-    )
+    return ["ingest", "ravdess", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--no-progress"]
+
+
+def test_ingest_loads_no_torch_mlflow_or_prefect(repo_root, tmp_path):
+    child = ser_in_fresh_interpreter(repo_root, *ingest_argv(tmp_path))
     assert child["code"] == 0 and (tmp_path / "out" / "manifest.parquet").is_file()
     assert set(child["loaded"]) <= {"pandas", "pandera"}, f"ser ingest imported {child['loaded']}"
 
@@ -76,17 +73,8 @@ def test_console_script_ends_with_the_commands_code_and_complete_outputs(repo_ro
     from data_contracts.ingest import read_ingest_outputs
 
     console = [sys.executable, "-c", "from flows.cli import console; console()"]
-    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
     done = subprocess.run(
-        [
-            *console,
-            "ingest",
-            "ravdess",
-            str(tmp_path / "corpus"),
-            "--out",
-            str(tmp_path / "out"),
-            "--no-progress",
-        ],
+        [*console, *ingest_argv(tmp_path)],
         cwd=repo_root,
         capture_output=True,
         text=True,

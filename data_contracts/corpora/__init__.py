@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from data_contracts.corpora import iemocap, msp_improv, ravdess, savee
 from data_contracts.corpora.base import Candidate, CorpusSpec, ParseResult, QuarantineRow
-from data_contracts.errors import CorpusLayoutError
+from data_contracts.errors import CorpusLayoutError, UnknownCorpusError
 
 if TYPE_CHECKING:
     from data_contracts.source import CorpusSource, Listing
@@ -30,10 +30,17 @@ SPECS: dict[str, CorpusSpec] = {
 
 
 def spec(corpus: str) -> CorpusSpec:
-    """The registered spec of `corpus`; CorpusLayoutError naming the known corpora otherwise."""
-    if corpus not in SPECS:
-        raise CorpusLayoutError(f"unknown corpus {corpus!r}; expected one of {', '.join(SPECS)}")
-    return SPECS[corpus]
+    """The registered spec of `corpus`; UnknownCorpusError naming the known corpora otherwise."""
+    return SPECS[check_corpus(corpus)]
+
+
+def check_corpus(corpus: str) -> str:
+    """`corpus` if it is a registered corpus name: the project's one corpus check (the CLI, the
+    presets, the bucket layout and every flow call it); UnknownCorpusError naming the known
+    corpora otherwise."""
+    if not isinstance(corpus, str) or corpus not in SPECS:
+        raise UnknownCorpusError(f"unknown corpus {corpus!r}; expected one of {', '.join(SPECS)}")
+    return corpus
 
 
 T = TypeVar("T")

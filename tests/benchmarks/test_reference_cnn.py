@@ -26,7 +26,7 @@ def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speak
     from data_contracts.ingest import run_ingest
     from data_contracts.labels import LABELS
     from ser_model.presets import experiment_config
-    from ser_model.train import fold_splits, lr_factor
+    from ser_model.train import lr_factor, training_splits
 
     root = tmp_path / "ravdess"
     make_ravdess(root, actors=range(1, 21), per_actor=4)
@@ -42,7 +42,7 @@ def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speak
         "ravdess", reference.PROTOCOL_PRESET, overrides={"train.epochs": EPOCHS}
     ).train
     assert schedule.schedule == "cosine" and schedule.warmup_epochs > 0
-    n_train = len(fold_splits(ingest.manifest, ingest.folds, 1)["train"])
+    n_train = len(training_splits(ingest.manifest, ingest.folds, 1)["train"])
     per_epoch = -(-n_train // reference.RECIPE["batch_size"])  # length-bucketed batches of at most batch_size
     for h in history:
         expected = reference.RECIPE["lr"] * lr_factor(h["epoch"] * per_epoch, per_epoch, schedule)

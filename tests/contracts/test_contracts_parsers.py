@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from data_contracts.corpora import parse_corpus
-from data_contracts.errors import CorpusLayoutError
+from data_contracts.errors import CorpusLayoutError, UnknownCorpusError
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
 from data_contracts.source import LocalSource
@@ -125,5 +125,5 @@ def test_empty_corpus_root_is_a_layout_error(tmp_path):
 
 def test_unknown_corpus_name_is_a_clear_error(tmp_path):
     make_ravdess(tmp_path, actors=[1], per_actor=1)
-    with pytest.raises(CorpusLayoutError, match="unknown corpus 'crema-d'"):
+    with pytest.raises(UnknownCorpusError, match="unknown corpus 'crema-d'"):
         parse_corpus("crema-d", LocalSource(tmp_path))

@@ -15,8 +15,7 @@ from moto import mock_aws
 from data_contracts.errors import SourceError
 from data_contracts.ingest import OUTPUT_FILES, report_markdown, run_ingest, write_ingest_outputs
 from data_contracts.source import LocalSource, S3Source, check_relative_path, open_source
-from ser_model.cli import main as ser
-from tests.fixtures.corpora import assert_manifest_rows, make_ravdess, make_savee
+from tests.fixtures.corpora import assert_manifest_rows, make_ravdess, make_savee, ser_ingest
 
 
 @pytest.mark.parametrize(
@@ -114,21 +113,7 @@ def test_s3_source_pickles_without_its_client(s3_bucket):
 
 def test_cli_ingest_writes_outputs_and_summary(tmp_path, capsys):
     rows = make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=2)
-    assert (
-        ser(
-            [
-                "ingest",
-                "ravdess",
-                str(tmp_path / "corpus"),
-                "--out",
-                str(tmp_path / "out"),
-                "--workers",
-                "1",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert ser_ingest(tmp_path / "corpus", tmp_path / "out") == 0
     out = capsys.readouterr().out
     assert f"ravdess: {len(rows)} utterances, 0 quarantined, 2 folds" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
@@ -180,21 +165,7 @@ def test_cli_ingest_of_a_held_out_set_too_small_for_any_fold_protocol_writes_eve
     missing, the report says why, and the command warns and exits 0."""
     rows = make_ravdess(tmp_path / "corpus", actors=range(17, 21), per_actor=2)
     (tmp_path / "corpus" / "Actor_17" / "03-01-09-01-01-01-17.wav").write_bytes(b"")
-    assert (
-        ser(
-            [
-                "ingest",
-                "ravdess",
-                str(tmp_path / "corpus"),
-                "--out",
-                str(tmp_path / "out"),
-                "--workers",
-                "1",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert ser_ingest(tmp_path / "corpus", tmp_path / "out") == 0
     captured = capsys.readouterr()
     assert f"ravdess: {len(rows)} utterances, 1 quarantined, 0 folds" in captured.out
     assert "warning: no fold protocol fits" in captured.err and "--split all" in captured.err

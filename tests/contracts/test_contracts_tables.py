@@ -7,7 +7,7 @@ import pytest
 
 from data_contracts.errors import FoldError, ManifestError
 from data_contracts.fingerprint import PARSER_VERSION, manifest_fingerprint, source_fingerprint
-from data_contracts.folds import fold_of_speaker, fold_split, make_folds
+from data_contracts.folds import fold_of_speaker, fold_rows_by_role, make_folds
 from data_contracts.ingest import run_ingest
 from data_contracts.schemas import validate_manifest
 from data_contracts.source import LocalSource
@@ -153,12 +153,12 @@ def test_too_few_sessions_is_a_clear_fold_error():
 def test_fold_split_partitions_the_manifest_by_role(manifest):
     folds = make_folds(manifest)
     for k in sorted(folds["fold"].unique()):
-        split = fold_split(manifest, folds, k)
+        split = fold_rows_by_role(manifest, folds, k)
         ids = [set(part["utt_id"]) for part in split.values()]
         assert sum(map(len, ids)) == len(manifest) and set.union(*ids) == set(manifest["utt_id"])
         assert (split["test"]["fold"] == k).all()
     with pytest.raises(FoldError, match="fold 99 is not in the fold table"):
-        fold_split(manifest, folds, 99)
+        fold_rows_by_role(manifest, folds, 99)
 
 
 def test_manifest_fingerprint_is_order_independent_and_matches_a_reference(manifest):

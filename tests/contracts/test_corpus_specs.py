@@ -22,7 +22,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from data_contracts.audio import AUDIO_CHECKS
-from data_contracts.corpora import SPECS, parse_corpus, spec
+from data_contracts.corpora import SPECS, check_corpus, parse_corpus, spec
 from data_contracts.corpora.base import (
     GROUPINGS,
     VALIDATIONS,
@@ -34,7 +34,7 @@ from data_contracts.corpora.base import (
     audio_paths,
     no_audio_found,
 )
-from data_contracts.errors import CorpusLayoutError
+from data_contracts.errors import UnknownCorpusError
 from data_contracts.folds import make_folds
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import CORPORA, LABELS
@@ -91,14 +91,18 @@ def test_spec_classes_are_exactly_those_its_parser_gives(any_corpus):
 
 
 def test_unknown_corpus_names_the_known_ones(tmp_path):
-    with pytest.raises(
-        CorpusLayoutError,
-        match=r"unknown corpus 'crema-d'; expected one of iemocap, msp-improv, ravdess, savee",
-    ):
-        spec("crema-d")
+    for check in (spec, check_corpus):
+        with pytest.raises(
+            UnknownCorpusError,
+            match=r"^unknown corpus 'crema-d'; expected one of iemocap, msp-improv, ravdess, savee$",
+        ):
+            check("crema-d")
     (tmp_path / "a.wav").write_bytes(b"")
-    with pytest.raises(CorpusLayoutError, match="unknown corpus 'crema-d'"):
+    with pytest.raises(UnknownCorpusError, match="unknown corpus 'crema-d'"):
         parse_corpus("crema-d", LocalSource(tmp_path))
+    with pytest.raises(UnknownCorpusError, match="unknown corpus None"):
+        check_corpus(None)
+    assert [check_corpus(name) for name in CORPORA] == list(SPECS)
 
 
 def _parse_nothing(listing, source):

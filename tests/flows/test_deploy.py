@@ -30,8 +30,13 @@ def deployments():
 
 
 def test_fifteen_deployments_with_their_parameters_schedule_and_trigger(deployments, repo_root):
-    assert sorted(deployments) == sorted(deployment_names())
-    assert len(deployments) == 4 + 4 + 1 + 1 + 4 + 1
+    corpora = ("iemocap", "msp-improv", "ravdess", "savee")
+    expected = {f"{flow}/{flow}-{corpus}" for flow in ("ingest", "train", "tune") for corpus in corpora}
+    expected |= {"retrain/retrain-nightly", "train-fold/train-fold", "tune-trial/tune-trial"}
+    assert len(expected) == 15 and len(build_deployments(work_pool="ser-process")) == 15, "no duplicate"
+    assert set(deployments) == expected
+    names = deployment_names()  # what the integration test and `infra/up` look up
+    assert len(names) == len(set(names)) and set(names) == expected
     for corpus in CORPORA:
         ingest, train = deployments[f"ingest/ingest-{corpus}"], deployments[f"train/train-{corpus}"]
         assert ingest.parameters["corpus"] == corpus and ingest.entrypoint == "flows/ingest.py:ingest"

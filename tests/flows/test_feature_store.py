@@ -26,8 +26,9 @@ from ser_model.feature_cache_folder import (
     key_digest,
     merge_index,
     read_index,
-    write_bytes_atomically,
+    write_key_file,
 )
+from ser_stack.files import write_atomically
 from ser_stack.settings import StackSettings
 
 LABELS = ("angry", "happy", "neutral", "sad")
@@ -47,21 +48,12 @@ def hf_config(
 
 def key_record(config: SERConfig, weights: str = "w0") -> dict:
     """key.json as ``FeatureCache`` writes it for ``config`` (the hashes stand in for the backbone's)."""
+    from ser_model.feature_cache import cache_key
+
     mc = config.model
     layers = list(range(N_LAYERS)) if mc.layer_weights else [N_LAYERS - 1]
-    key = {
-        "format": 1,
-        "backbone": {"model_type": "wavlm", "config_sha256": "c" * 64, "weights_sha256": weights},
-        "layers": layers,
-        "view": {
-            "sample_rate": 16000,
-            "trim_db": mc.trim_db,
-            "max_seconds": 60.0,
-            "wave_norm": mc.wave_norm,
-            "computed": "one utterance at a time",
-        },
-        "precision": "float32",
-    }
+    backbone = {"model_type": "wavlm", "config_sha256": "c" * 64, "weights_sha256": weights}
+    key = cache_key(backbone, layers, trim_db=mc.trim_db, wave_norm=mc.wave_norm)
     return {"key": key, "source": mc.hf_source}
 
 
@@ -78,11 +70,11 @@ def write_key_folder(root: Path, record: dict, names: list[str]) -> Path:
     """A key folder as ``FeatureCache`` leaves it: key.json, one entry per name, their index records."""
     folder = root / key_digest(record["key"])
     (folder / "entries").mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(folder / KEY_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    write_key_file(folder, record["key"], record["source"])
     records = {}
     for name in names:
         data = entry_bytes(name)
-        write_bytes_atomically(entry_path(folder, sha(name)), data)
+        write_atomically(entry_path(folder, sha(name)), data)
         records[sha(name)] = IndexEntry((1, len(data) // 4, 1), hashlib.sha256(data).hexdigest())
     merge_index(folder, record["key"], records)
     return folder

@@ -14,6 +14,7 @@ import torch
 
 from flows.cli import download_checkpoint
 from flows.pyfunc import log_pyfunc, probability_column
+from flows.serving import ModelInputError
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
@@ -74,7 +75,9 @@ def test_waveforms_without_a_sample_rate_are_refused_with_the_fix(local_mlflow, 
     with mlflow.start_run(experiment_id=experiment_id):
         info = log_pyfunc(checkpoint)
     model = mlflow.pyfunc.load_model(info.model_uri)
-    with pytest.raises(Exception, match="sample_rate"):
+    with pytest.raises(
+        ModelInputError, match=r"row 0: a waveform in 'audio' needs its rate in 'sample_rate' \(Hz, integer\)"
+    ):
         model.predict(pd.DataFrame({"audio": [np.zeros(8000).tolist()]}))
 
 

@@ -17,6 +17,7 @@ from flows.pyfunc import log_pyfunc, probability_column
 from flows.serving import ModelInputError
 from ser_model.cli import main
 from ser_model.export import export_onnx
+from tests.fixtures.corpora import ser_ingest
 from tests.fixtures.recordings import fold0_test_files, random_ravdess_checkpoint, write_joined
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 
@@ -114,7 +115,10 @@ def test_served_requests_with_segments_are_bounded_by_the_audio_of_all_rows(
         ModelInputError, match=r"row 0, field 'audio': 8.0 s of audio, more than the limit of 5 s per row"
     ):
         model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}))
-    with pytest.raises(Exception, match="segments"):
+    with pytest.raises(  # the signature's parameter schema refuses it before the model runs
+        mlflow.exceptions.MlflowException,
+        match=r"Invalid parameters found: .*'segments'.*boolean.*for value `yes`",
+    ):
         model.predict(pd.DataFrame({"audio": [eight_s], "sample_rate": [16000]}), params={"segments": "yes"})
 
 
@@ -130,21 +134,7 @@ def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlfl
     root = tmp_path / "held-out"
     shutil.copytree(shared_ravdess / "Actor_01", root / "Actor_01")
     checkpoint = random_ravdess_checkpoint(tmp_path / "best")
-    assert (
-        ser(
-            [
-                "ingest",
-                "ravdess",
-                str(root),
-                "--out",
-                str(tmp_path / "out"),
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert ser_ingest(root, tmp_path / "out") == 0
     capsys.readouterr()
     argv = [
         "evaluate",
@@ -167,7 +157,12 @@ def test_ser_evaluate_segments_scores_joined_recordings_and_logs_the_run_to_mlfl
     assert result["utterances"] == 60 and result["recordings"] == 8
     assert result["boundary_error_s"]["median"] <= 0.3
     assert result["middles_in_one_segment"] == 1.0
-    assert 0.0 <= result["segment"]["UA"] <= 1.0 and result["segment_config"]["window_s"] == 4.0
+    assert result["segment_config"]["window_s"] == 4.0
+    segment = result["segment"]  # reference UA: each class's recall over its seconds of true speech
+    support = [sum(row) + missed for row, missed in zip(segment["confusion_s"], segment["missed_s"])]
+    assert sum(support) == pytest.approx(segment["speech_s"])
+    recalls = [row[c] / s for c, (row, s) in enumerate(zip(segment["confusion_s"], support)) if s > 0]
+    assert len(recalls) >= 2 and segment["UA"] == pytest.approx(sum(recalls) / len(recalls))
     (run,) = local_mlflow.search_runs(
         [local_mlflow.get_experiment_by_name("ser-segments-eval").experiment_id]
     )

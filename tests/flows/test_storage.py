@@ -14,7 +14,7 @@ from botocore.exceptions import EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_contracts.errors import ManifestError
+from data_contracts.errors import ManifestError, UnknownCorpusError
 from data_contracts.fingerprint import manifest_fingerprint
 from data_contracts.folds import make_folds
 from data_contracts.labels import CORPORA, LABELS
@@ -110,10 +110,27 @@ def test_object_key_layout():
     assert object_key("source", "ravdess") == "manifests/ravdess/source.json"
 
 
+def test_every_corpus_name_is_checked_by_the_registry():
+    """One corpus check (data_contracts.corpora.check_corpus), one error type, wherever a name enters."""
+    from flows.ingest import manifest_resource_id
+    from flows.limits import training_limit
+    from flows.roots import root_env_var, root_variable
+
+    for build in (
+        lambda name: object_key("manifest", name, FP),
+        root_env_var,
+        root_variable,
+        training_limit,
+        manifest_resource_id,
+    ):
+        with pytest.raises(UnknownCorpusError, match=r"^unknown corpus 'crema-d'; expected one of iemocap"):
+            build("crema-d")
+        assert "ravdess" in build("ravdess").lower()
+
+
 @pytest.mark.parametrize(
     "args, kwargs, fragment",
     [
-        (("manifest", "crema-d", FP), {}, "unknown corpus 'crema-d'"),
         (("manifest", "ravdess", FP[:-1]), {}, "64 lowercase hex"),
         (("manifest", "ravdess", FP.upper()), {}, "64 lowercase hex"),
         (("manifest", "ravdess"), {}, "needs a fingerprint"),
@@ -136,7 +153,7 @@ def test_any_key_built_stays_inside_its_prefix(kind, corpus, fingerprint):
     with no '.', '..' or empty path component."""
     try:
         key = object_key(kind, corpus, fingerprint)
-    except InvalidKeyPartError:
+    except (InvalidKeyPartError, UnknownCorpusError):
         return
     assert key.startswith(f"manifests/{corpus}/")
     parts = key.rstrip("/").split("/")

@@ -13,6 +13,21 @@ import pytest
 from ser_stack.settings import StackSettings
 
 
+def after_env_sh(repo_root: Path, env: dict[str, str], script: str, times: int = 2) -> str:
+    """stdout of ``script`` in bash after ``eval "$(infra/env.sh)"`` ran ``times`` times in ``env``."""
+    setup = 'eval "$(infra/env.sh)" && ' * times
+    done = subprocess.run(
+        ["bash", "-c", setup + script],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
 def test_defaults_point_at_the_local_stack(tmp_path):
     settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
     assert settings.tracking_uri == "http://127.0.0.1:5000"
@@ -89,40 +104,17 @@ def test_env_sh_exports_what_settings_derive(repo_root, tmp_path):
     }
     for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         env.pop(name, None)
-    shown = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'eval "$(infra/env.sh)" && echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"',
-        ],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+    shown = after_env_sh(
+        repo_root, env, 'echo "$PREFECT_API_URL|$AWS_SECRET_ACCESS_KEY|$PREFECT_HOME"', times=1
     )
-    assert shown.stdout.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"
+    assert shown.strip() == f"http://127.0.0.1:4999/api|it's $ecret|{tmp_path / 'prefect'}"
 
 
 def test_env_sh_puts_the_venv_first_on_path_once(repo_root, tmp_path):
     """`mlflow models serve` launches `uvicorn` by name: after eval "$(infra/env.sh)" in a shell
     whose PATH lacks .venv/bin, both resolve to the project's venv; a second eval adds nothing."""
     env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    shown = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && command -v mlflow uvicorn && echo "$PATH"',
-        ],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    mlflow, uvicorn, path = shown.stdout.split()
+    mlflow, uvicorn, path = after_env_sh(repo_root, env, 'command -v mlflow uvicorn && echo "$PATH"').split()
     venv_bin = repo_root / ".venv" / "bin"
     assert Path(mlflow) == venv_bin / "mlflow" and Path(uvicorn) == venv_bin / "uvicorn"
     assert path == f"{venv_bin}:/usr/bin:/bin"
@@ -132,21 +124,12 @@ def test_env_sh_puts_the_venv_first_on_path_once_and_turns_on_the_plugin(repo_ro
     venv_bin = str(repo_root / ".venv" / "bin")
     env = {**os.environ, "SER_STATE_DIR": str(tmp_path), "PATH": f"/usr/bin:{venv_bin}:/bin"}
     env.pop("PREFECT_PLUGINS_ENABLED", None)
-    shown = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'eval "$(infra/env.sh)" && eval "$(infra/env.sh)" && '
-            'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser',
-        ],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+    shown = after_env_sh(
+        repo_root,
+        env,
+        'echo "$PATH|$PREFECT_PLUGINS_ENABLED|$PREFECT_PLUGINS_ALLOW" && command -v prefect ser',
     )
-    first, prefect, ser = shown.stdout.splitlines()
+    first, prefect, ser = shown.splitlines()
     path, enabled, allow = first.split("|")
     assert path.split(":") == [venv_bin, "/usr/bin", "/bin"]
     assert (prefect, ser) == (f"{venv_bin}/prefect", f"{venv_bin}/ser")
@@ -188,3 +171,40 @@ def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(i
         timeout=120,
     )
     assert done.stdout.strip() == "False", "the environment beats the project's prefect.toml"
+
+
+def test_every_ser_variable_the_code_reads_is_listed_in_the_settings_module(repo_root):
+    """ser_stack/settings.py lists every SER_* variable: the ones in the settings object and, with the
+    function that reads each, the other processes' knobs. A new variable must be added there."""
+    import re
+
+    import ser_stack.settings
+
+    name = re.compile(r"\bSER_[A-Z0-9_]*[A-Z0-9]\b")
+    listed = set(name.findall(ser_stack.settings.__doc__))
+    prefixes = ("SER_ROOT_", "SER_SERVE_")  # SER_ROOT_<CORPUS>, SER_SERVE_*
+    tracked = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "ser_model",
+            "data_contracts",
+            "ser_stack",
+            "flows",
+            "benchmarks",
+            "infra",
+            ".ci",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    used: dict[str, str] = {}
+    for path in tracked:
+        if path.endswith((".py", ".sh", ".yaml", ".yml")) or "." not in Path(path).name:
+            for found in name.findall((repo_root / path).read_text(encoding="utf-8", errors="replace")):
+                used.setdefault(found, path)
+    assert len(used) >= 20, f"the scan found too few variables to be reading the tree: {used}"
+    missing = {v: p for v, p in used.items() if v not in listed and not v.startswith(prefixes)}
+    assert not missing, f"SER_* variables read but not listed in ser_stack/settings.py: {missing}"

@@ -142,6 +142,31 @@ def test_unknown_json_key_is_rejected():
             r"TrainConfig\.warmup_epochs: got 20\.5, expected 0 <= warmup_epochs <= epochs=20",
         ),
         ({"eam.degenerate_db": 3.0}, r"EAMConfig\.degenerate_db"),
+        (
+            {"model.fbank_channels": [32, "x", 128, 128]},
+            r"^ModelConfig\.fbank_channels\[1\]: got 'x' \(str\), expected int$",
+        ),
+        (
+            {"train.max_seconds": float("inf")},
+            r"^TrainConfig\.max_seconds: got inf, expected a finite number$",
+        ),
+        ({"model.flam_heads": 0}, r"^ModelConfig\.flam_heads: got 0, expected None or a positive integer$"),
+        (
+            {"train.ema_decay": 1.0},
+            r"^TrainConfig\.ema_decay: got 1\.0, expected None or a decay in \(0, 1\)",
+        ),
+        ({"train.feature_cache": 1}, r"^TrainConfig\.feature_cache: got 1 \(int\), expected bool$"),
+        ({"train.epochs": True}, r"^TrainConfig\.epochs: got True \(bool\), expected int$"),
+        ({"train.lr": "1e-3"}, r"^TrainConfig\.lr: got '1e-3' \(str\), expected float$"),
+        (
+            {"model.use_layer_weights": "yes"},
+            r"^ModelConfig\.use_layer_weights: got 'yes' \(str\), expected bool \| None$",
+        ),
+        ({"corpus": 3}, r"^SERConfig\.corpus: got 3 \(int\), expected str \| None$"),
+        (
+            {"model.backbone_mode": "partial"},
+            r"^ModelConfig\.backbone_mode: got 'partial', expected one of \('finetune', 'frozen', 'weighted_sum'\)$",
+        ),
         ({"labels": ["a"]}, "expected at least two class names"),
         ({"labels": ["a", "a"]}, "duplicates"),
     ],
@@ -149,6 +174,26 @@ def test_unknown_json_key_is_rejected():
 def test_invalid_values_are_rejected_with_clear_messages(overrides, match):
     with pytest.raises(ConfigError, match=match):
         SERConfig(labels=LABELS).with_overrides(overrides)
+
+
+def test_constructing_with_an_unknown_or_missing_field_names_it():
+    with pytest.raises(
+        ConfigError, match=r"^ModelConfig: unknown key\(s\) \['backbon'\]; valid keys: \['backbone', "
+    ):
+        ModelConfig(backbon="fbank")
+    with pytest.raises(ConfigError, match=r"^SERConfig\.labels: missing; expected a list of str$"):
+        SERConfig.from_dict({"train": {"epochs": 3}})
+    with pytest.raises(
+        ConfigError, match=r"^SERConfig\.model: got list, expected an object of ModelConfig fields$"
+    ):
+        SERConfig.from_dict({"labels": ["a", "b"], "model": []})
+    config = SERConfig.from_dict(
+        {"labels": ["a", "b"], "model": {"fbank_channels": [8, 8], "fbank_time_pools": [2, 1]}}
+    )
+    assert config.labels == ("a", "b") and config.model.fbank_channels == (8, 8), (
+        "JSON lists read back as tuples"
+    )
+    assert isinstance(TrainConfig(lr=1).lr, float), "an integer is a float where a float is expected"
 
 
 def test_configs_are_frozen():

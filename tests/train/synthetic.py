@@ -9,6 +9,7 @@ import pandas as pd
 import soundfile
 
 from ser_model.config import LossConfig, ModelConfig, SERConfig, TrainConfig
+from ser_model.launch import FoldJob
 
 LABELS = ("low", "mid", "high")
 FREQS = {"low": 220.0, "mid": 660.0, "high": 1760.0}
@@ -87,4 +88,38 @@ def tiny_config(**train: object) -> SERConfig:
         loss=LossConfig(supcon_proj_dim=16),
         train=TrainConfig(**settings),
         corpus="ravdess",
+    )
+
+
+def expected_selected_epoch(history: list[dict], metric: str = "UA") -> int:
+    """Reference for checkpoint selection: the first validated epoch with the highest validation
+    ``metric`` in a run's metrics.jsonl records (a later epoch must beat it, not tie it)."""
+    validated = [(record["valid"][metric], -record["epoch"]) for record in history if "valid" in record]
+    return -max(validated)[1]
+
+
+def write_fold_job(
+    folder: Path,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    config: SERConfig,
+    fold: int,
+    audio_root: Path | str,
+    out: Path,
+) -> FoldJob:
+    """Write a worker's input files (config, manifest, fold table) into ``folder``; the job that
+    names them (its ``worker_args()`` are the worker's command line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config.to_json(folder / "config.json")
+    manifest.to_parquet(folder / "manifest.parquet")
+    folds.to_parquet(folder / "folds.parquet")
+    return FoldJob(
+        corpus=config.corpus or "ravdess",
+        fold=fold,
+        config_path=folder / "config.json",
+        manifest_path=folder / "manifest.parquet",
+        folds_path=folder / "folds.parquet",
+        audio_root=str(audio_root),
+        out_dir=out,
+        epochs=config.train.epochs,
     )

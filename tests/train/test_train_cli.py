@@ -17,7 +17,7 @@ from data_contracts.labels import LABELS
 from ser_model.cli import ModelSourceError, main, parse_overrides, train_config
 from ser_model.config import ConfigError
 from ser_model.model import SERModel
-from tests.fixtures.corpora import make_ravdess
+from tests.fixtures.corpora import make_ravdess, ser_ingest
 from tests.train.synthetic import tiny_config
 
 METRICS_LINE = re.compile(
@@ -155,21 +155,7 @@ def test_a_held_out_set_without_folds_is_ingested_and_scored_whole(shared_ravdes
     root = tmp_path / "held-out"
     for actor in ("Actor_17", "Actor_18", "Actor_19", "Actor_20"):
         shutil.copytree(shared_ravdess / actor, root / actor)
-    assert (
-        main(
-            [
-                "ingest",
-                "ravdess",
-                str(root),
-                "--out",
-                str(tmp_path / "out"),
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert ser_ingest(root, tmp_path / "out") == 0
     assert "no fold protocol fits" in capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["utterances"] == 240 and report["folds"] == {}
@@ -281,21 +267,7 @@ def test_train_from_what_ser_ingest_wrote_uses_that_manifest_not_a_new_ingest(tm
 def test_train_and_evaluate_refuse_a_manifest_folder_they_cannot_trust(tmp_path, capsys):
     make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=1)
     out = tmp_path / "ingested"
-    assert (
-        main(
-            [
-                "ingest",
-                "ravdess",
-                str(tmp_path / "corpus"),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert ser_ingest(tmp_path / "corpus", out) == 0
     capsys.readouterr()
     train = ["train", "--fold", "0", "--out", str(tmp_path / "fold0")]
 

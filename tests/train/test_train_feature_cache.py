@@ -14,8 +14,8 @@ import torch
 
 from ser_model.backbones import save_random_hf_backbone
 from ser_model.config import EAMConfig, ModelConfig, SERConfig
-from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded
-from ser_model.feature_cache import FEATURE_CACHE_DIR, FeatureCache, collate_states, frame_crop_start
+from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded, random_crop_start
+from ser_model.feature_cache import FEATURE_CACHE_DIR, FeatureCache, collate_states
 from ser_model.feature_cache_folder import KEY_FILE, key_digest, key_may_fit, read_index
 from ser_model.launch import FoldJob
 from ser_model.model import SERModel
@@ -94,7 +94,7 @@ def test_training_windows_are_windows_of_the_live_whole_utterance_states(
             states, _ = model.backbone.hidden_states(
                 live.waves[i : i + 1, : live.lengths[i]], live.lengths[i : i + 1]
             )
-            start = frame_crop_start(states.shape[2], crop_frames, seed, epoch, i)
+            start = random_crop_start(states.shape[2], crop_frames, seed, epoch, i)
             expected = states[:, :, start : start + crop_frames]  # (1, K', T', D)
             window, _, _ = windows[i]
             cropped += start > 0

@@ -12,8 +12,8 @@ from ser_model import checkpoint as checkpoint_module
 from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkpoint
 from ser_model.data import DataSplitError
 from ser_model.model import SERModel
-from ser_model.train import RELEASE_FOLD, fit, fold_splits
-from tests.train.synthetic import tiny_config
+from ser_model.train import RELEASE_FOLD, fit, training_splits
+from tests.train.synthetic import expected_selected_epoch, tiny_config
 
 
 class StopAfter:
@@ -125,7 +125,10 @@ def test_checkpoint_write_failing_half_way_keeps_the_previous_one(synthetic_corp
     assert load_training_state(last)["epoch"] == 1
     assert not any(p.name.endswith(".tmp") for p in last.parent.iterdir())
     result = fit(config, manifest, folds, 0, root, tmp_path, resume=True)
-    assert load_training_state(last)["epoch"] == 2 and result.selected_epoch in (1, 2)
+    assert load_training_state(last)["epoch"] == 2
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2], "the resumed run kept epoch 1's record"
+    assert result.selected_epoch == expected_selected_epoch(history), "epoch 1's score survived the resume"
 
 
 def test_crash_between_the_renames_falls_back_to_the_old_checkpoint(tmp_path):
@@ -145,7 +148,7 @@ def test_resume_refuses_a_different_configuration(synthetic_corpus, tmp_path):
 
 def test_release_fold_trains_on_all_but_fold0_validation_speakers(synthetic_corpus):
     _, manifest, folds = synthetic_corpus
-    splits = fold_splits(manifest, folds, RELEASE_FOLD)
+    splits = training_splits(manifest, folds, RELEASE_FOLD)
     assert sorted(splits["valid"]["speaker"].unique()) == ["S01"]
     assert sorted(splits["train"]["speaker"].unique()) == ["S00", "S02", "S03"]
     assert splits["test"].empty

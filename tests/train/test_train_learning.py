@@ -95,9 +95,15 @@ def test_tiny_random_wavlm_trains_end_to_end(synthetic_corpus, tmp_path):
         train=TrainConfig(epochs=2, batch_size=4, eval_batch_size=8, max_seconds=1.0),
     )
     result = fit(config, manifest, folds, 0, root, tmp_path / "out", resume=False)
-    assert result.test["n"] == 6 and 0.0 <= result.test["UA"] <= 1.0
+    assert result.test["n"] == 6
+    confusion = result.test["confusion"]  # reference UA: the mean recall over the classes tested
+    recalls = [row[c] / sum(row) for c, row in enumerate(confusion) if sum(row)]
+    assert result.test["UA"] == pytest.approx(sum(recalls) / len(recalls))
     reloaded = SERModel.from_pretrained(tmp_path / "out" / "best")
     assert reloaded.config.model.backbone == f"hf:{backbone}"
+    test_rows = manifest[manifest["speaker"].isin(result.speakers["test"])]
+    again = evaluate_rows(reloaded, test_rows, root, device="cpu")  # the saved model is the one tested
+    assert again["confusion"] == confusion and again["UA"] == pytest.approx(result.test["UA"])
     assert (tmp_path / "out" / "best" / "backbone_config.json").is_file()
     before = SERModel(config).state_dict()
     after = reloaded.state_dict()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from data_contracts.errors import UnknownCorpusError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.audio import load_audio, trim_silence
 from ser_model.cli import train_config
@@ -120,13 +121,45 @@ def test_every_preset_builds_for_every_corpus():
     assert experiment_config("ravdess", "paper-wavlm").train.lr == 1e-4
 
 
+def test_a_preset_holds_only_what_differs_from_the_defaults():
+    """Every number lives in one place: a preset repeating a default would be a second copy of it."""
+    defaults = SERConfig(labels=LABELS["ravdess"], corpus="ravdess")
+    for name, settings in PRESETS.items():
+        for key, value in settings.items():
+            assert defaults.with_overrides({key: value}) != defaults, (
+                f"{name}: {key}={value!r} is the default"
+            )
+
+
+def test_the_paper_recipe_is_the_defaults_on_wavlm_large():
+    """docs/METHOD.md's numbers: Adam lr 1e-4 (centres 5e-3) x 7/8 per epoch, batch 16, 20 epochs,
+    EAM on every sample at SNR U[-5, 10] dB, FLAM with 16 heads, 10 s crops."""
+    paper = experiment_config("ravdess", "paper-wavlm")
+    assert paper == SERConfig(labels=LABELS["ravdess"], corpus="ravdess").with_overrides(
+        {"model.backbone": "hf:microsoft/wavlm-large"}
+    )
+    t, e = paper.train, paper.eam
+    assert (t.lr, t.center_lr, t.lr_decay, t.schedule, t.batch_size, t.epochs) == (
+        1e-4,
+        5e-3,
+        7 / 8,
+        "exponential",
+        16,
+        20,
+    )
+    assert (e.enabled, e.mix_prob, e.snr_db_low, e.snr_db_high) == (True, 1.0, -5.0, 10.0)
+    assert paper.model.n_flam_heads == 16 and paper.model.layer_weights and t.max_seconds == 10.0
+    cpu = experiment_config("ravdess", "cpu-fbank")
+    assert cpu.model.n_flam_heads == 4 and cpu.loss == paper.loss
+
+
 def test_the_obvious_command_gets_the_cpu_recipe():
     cpu = experiment_config("ravdess", "cpu-fbank")
     assert train_config("ravdess", "fbank", None, None, []) == cpu
     assert train_config("ravdess", None, None, None, []) == cpu
     assert (
         train_config("ravdess", "hf:/models/wavlm", None, None, []).train.lr
-        == PRESETS["paper-wavlm"]["train.lr"]
+        == experiment_config("ravdess", "paper-wavlm").train.lr
     )
     assert train_config(
         "ravdess", None, None, 3, ["train.lr=5e-4"], preset="cpu-fbank"
@@ -138,7 +171,7 @@ def test_preset_errors_name_what_is_wrong(tmp_path):
         ConfigError, match=r"preset: got 'gpu-magic', expected one of \['cpu-fbank', 'paper-wavlm'\]"
     ):
         experiment_config("ravdess", "gpu-magic")
-    with pytest.raises(ConfigError, match="corpus: got 'crema'"):
+    with pytest.raises(UnknownCorpusError, match="unknown corpus 'crema'; expected one of iemocap"):
         experiment_config("crema", "cpu-fbank")
     path = tmp_path / "config.json"
     SERConfig(labels=LABELS["savee"], corpus="savee").to_json(path)

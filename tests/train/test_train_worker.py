@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,29 +10,15 @@ import sys
 from pathlib import Path
 
 from ser_model.worker import BAD_CONFIG_EXIT, BAD_DATA_EXIT, main
-from tests.train.synthetic import tiny_config
+from tests.train.synthetic import tiny_config, write_fold_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _write_inputs(tmp_path, manifest, folds, config):
-    config.to_json(tmp_path / "config.json")
-    manifest.to_parquet(tmp_path / "manifest.parquet")
-    folds.to_parquet(tmp_path / "folds.parquet")
-    return [
-        "--config",
-        str(tmp_path / "config.json"),
-        "--manifest",
-        str(tmp_path / "manifest.parquet"),
-        "--folds",
-        str(tmp_path / "folds.parquet"),
-    ]
-
-
 def test_two_gloo_processes_under_torchrun_train_a_fold(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
-    args = _write_inputs(tmp_path, manifest, folds, tiny_config(epochs=2))
     out = tmp_path / "out"
+    job = write_fold_job(tmp_path, manifest, folds, tiny_config(epochs=2), 2, root, out)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -42,13 +29,7 @@ def test_two_gloo_processes_under_torchrun_train_a_fold(synthetic_corpus, tmp_pa
         "2",
         "-m",
         "ser_model.worker",
-        *args,
-        "--fold",
-        "2",
-        "--audio-root",
-        str(root),
-        "--out",
-        str(out),
+        *job.worker_args(),
     ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -62,23 +43,48 @@ def test_two_gloo_processes_under_torchrun_train_a_fold(synthetic_corpus, tmp_pa
 def test_bad_data_exits_with_code_3(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
     broken = manifest.assign(path=manifest["path"].str.replace(".wav", ".missing.wav"))
-    args = _write_inputs(tmp_path, broken, folds, tiny_config(epochs=1))
-    code = main([*args, "--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")])
-    assert code == BAD_DATA_EXIT
-    assert (
-        main([*args, "--fold", "7", "--audio-root", str(root), "--out", str(tmp_path / "out")])
-        == BAD_DATA_EXIT
-    )
+    job = write_fold_job(tmp_path, broken, folds, tiny_config(epochs=1), 0, root, tmp_path / "out")
+    assert main(job.worker_args()) == BAD_DATA_EXIT
+    assert main(dataclasses.replace(job, fold=7).worker_args()) == BAD_DATA_EXIT
 
 
 def test_resuming_under_another_configuration_exits_as_bad_config(synthetic_corpus, tmp_path):
     """Retrying cannot help when the checkpoint in --out was trained with another config: exit 2, not a crash."""
     root, manifest, folds = synthetic_corpus
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    where = ["--fold", "0", "--audio-root", str(root), "--out", str(tmp_path / "out")]
-    assert main([*_write_inputs(tmp_path / "a", manifest, folds, tiny_config(epochs=1)), *where]) == 0
-    assert (
-        main([*_write_inputs(tmp_path / "b", manifest, folds, tiny_config(epochs=1, lr=1e-2)), *where])
-        == BAD_CONFIG_EXIT
-    )
+    out = tmp_path / "out"
+    first = write_fold_job(tmp_path / "a", manifest, folds, tiny_config(epochs=1), 0, root, out)
+    other = write_fold_job(tmp_path / "b", manifest, folds, tiny_config(epochs=1, lr=1e-2), 0, root, out)
+    assert main(first.worker_args()) == 0
+    assert main(other.worker_args()) == BAD_CONFIG_EXIT
+
+
+def test_the_worker_reads_back_every_argument_the_launcher_writes(tmp_path):
+    """One list of flags (ser_model.launch.WORKER_FLAGS) on both sides of the fold-launch contract."""
+    from ser_model.launch import WORKER_FLAGS, FoldJob
+    from ser_model.worker import build_parser
+
+    for cache in (tmp_path / "cache", None):
+        job = FoldJob(
+            corpus="ravdess",
+            fold=-1,
+            config_path=tmp_path / "c.json",
+            manifest_path=tmp_path / "m.parquet",
+            folds_path=tmp_path / "f.parquet",
+            audio_root="s3://bucket/ravdess",
+            out_dir=tmp_path / "release",
+            epochs=2,
+            feature_cache_dir=cache,
+        )
+        args = build_parser().parse_args(job.worker_args())
+        assert (args.config, args.manifest, args.folds, args.fold, args.audio_root, args.out) == (
+            str(job.config_path),
+            str(job.manifest_path),
+            str(job.folds_path),
+            -1,
+            "s3://bucket/ravdess",
+            str(job.out_dir),
+        )
+        assert args.feature_cache == (None if cache is None else str(cache))
+        assert not args.no_resume
+    dests = {action.dest for action in build_parser()._actions}
+    assert {flag.flag.removeprefix("--").replace("-", "_") for flag in WORKER_FLAGS} <= dests
