@@ -38,6 +38,7 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.events import DeploymentEventTrigger  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from data_contracts.drift import NUMERIC_FEATURES, category_shares  # noqa: E402
@@ -60,6 +61,20 @@ DEGRADED_STATE = "Degraded"
 """Name of the (Completed) final state of a monitor run that flagged the champion."""
 DEGRADED_EVENT = f"prefect.flow-run.{DEGRADED_STATE}"
 """The event Prefect emits when a monitor run ends flagged: what an automation listens for."""
+
+
+def degraded_trigger(corpus: str, parameters: dict[str, Any] | None = None) -> DeploymentEventTrigger:
+    """A deployment trigger that acts on a flagged champion: it runs the deployment (with
+    ``parameters``) when a monitor flow run of ``corpus`` ends in :data:`DEGRADED_STATE`. The
+    example of docs/MONITOR.md: ``train-<corpus>`` on every fold, a full-protocol retraining."""
+    return DeploymentEventTrigger(
+        name=f"act-on-degraded-{corpus}-champion",
+        description=f"the champion of {corpus} scored more than the margin below its fold mean on new data",
+        expect={DEGRADED_EVENT},
+        match={"prefect.resource.name": f"monitor-{corpus}"},
+        match_related={"prefect.resource.role": "flow", "prefect.resource.name": "monitor"},
+        parameters=parameters or {},
+    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +196,12 @@ def monitor(
     settings = StackSettings.from_env()
     client = MlflowClient(settings.tracking_uri)
     name = registered_model_name(corpus)
-    champion = current_champion(client, name)
+    try:
+        champion = current_champion(client, name)
+    except ValueError as err:  # a champion whose tags do not say what it was trained on
+        reason = f"not watched: {err}"
+        logger.warning("%s", reason)
+        return {"champion_version": None, "quote": reason}
     if champion is None:
         logger.info("%s has no champion yet: nothing to watch", name)
         return {"champion_version": None, "quote": f"no champion of {corpus} to watch"}
