@@ -7,9 +7,7 @@ import shutil
 import time
 import uuid
 
-import mlflow
 import pytest
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -23,14 +21,11 @@ from prefect.client.schemas.filters import (
 from prefect.flows import Flow
 from prefect.states import StateType
 
-from data_contracts.labels import LABELS
 from flows.ingest import ingest
 from flows.monitor import DEGRADED_STATE, MONITOR_KIND, degraded_trigger, monitor
-from flows.promote import CHAMPION, FINGERPRINT_TAG, fold_score_tags
-from flows.pyfunc import log_pyfunc
+from flows.promote import CHAMPION
 from flows.tune import RUN_KIND_TAG
-from ser_model.config import LossConfig, ModelConfig, SERConfig
-from ser_model.model import SERModel
+from tests.fixtures.champions import register_champion
 from tests.fixtures.corpora import make_ravdess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -57,29 +52,6 @@ def champion_alias(stack):
         client.delete_model_version(NAME, version)
 
 
-def register_champion(client: MlflowClient, fingerprint: str, tmp_path, fold_mean_ua: float) -> str:
-    """A small random RAVDESS model registered as ser-ravdess's champion, trained (its tags say) on
-    manifest ``fingerprint`` with fold-0 test UA ``fold_mean_ua``."""
-    torch.manual_seed(0)
-    model = ModelConfig(backbone="fbank", fbank_dim=64, fbank_layers=1, fbank_heads=2, embed_dim=32)
-    config = SERConfig(
-        labels=LABELS["ravdess"], model=model, loss=LossConfig(supcon_proj_dim=32), corpus="ravdess"
-    )
-    checkpoint = SERModel(config).eval().save_pretrained(tmp_path / "best")
-    experiment = client.get_experiment_by_name("ser-monitor-test")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("ser-monitor-test")
-    with mlflow.start_run(experiment_id=experiment_id):
-        version = str(log_pyfunc(checkpoint, registered_model_name=NAME).registered_model_version)
-    tags = {
-        FINGERPRINT_TAG: fingerprint,
-        **fold_score_tags({0: fold_mean_ua}, {0: ["01", "02"]}, LABELS["ravdess"]),
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(NAME, version, key, value)
-    client.set_registered_model_alias(NAME, CHAMPION, version)
-    return version
-
-
 def test_a_champion_below_its_fold_mean_on_new_rows_is_flagged_and_the_automation_acts(
     stack, live_bucket, prefect_api, champion_alias, repo_root, tmp_path
 ):
@@ -90,7 +62,9 @@ def test_a_champion_below_its_fold_mean_on_new_rows_is_flagged_and_the_automatio
     trained_on = ingest(corpus="ravdess", root=str(before), workers=1, announce=False)["fingerprint"]
     now = ingest(corpus="ravdess", root=str(after), workers=1, announce=False)["fingerprint"]
     client = MlflowClient(stack.tracking_uri)
-    champion = register_champion(client, trained_on, tmp_path, fold_mean_ua=1.0)
+    experiment = client.get_experiment_by_name("ser-monitor-test")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("ser-monitor-test")
+    champion = register_champion(client, experiment_id, tmp_path / "best", trained_on, {0: 1.0})
     champion_alias.append(champion)
 
     tag = uuid.uuid4().hex[:10]

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-import torch
 from scipy import stats
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
 from ser_model.cli import main
-from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.model import SERModel
 from ser_model.monitor import MonitorResult, unseen_rows, watch_champion
+from tests.fixtures.champions import tiny_ravdess_checkpoint
 from tests.fixtures.corpora import make_ravdess, ravdess_name
 
 RENAMED = ("Actor_01/03-01-01-01-01-01-01.wav", f"Actor_01/{ravdess_name(1, 1, 1, 2, 2)}.wav")
@@ -53,14 +52,7 @@ def ingested(roots):
 
 @pytest.fixture(scope="module")
 def champion_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = ModelConfig(backbone="fbank", fbank_dim=64, fbank_layers=1, fbank_heads=2, embed_dim=32)
-    config = SERConfig(
-        labels=LABELS["ravdess"], model=model, loss=LossConfig(supcon_proj_dim=32), corpus="ravdess"
-    )
-    folder = tmp_path_factory.mktemp("champion") / "best"
-    SERModel(config).eval().save_pretrained(folder)
-    return folder
+    return tiny_ravdess_checkpoint(tmp_path_factory.mktemp("champion") / "best")
 
 
 def test_a_renamed_copy_of_a_seen_file_is_not_new(ingested):
