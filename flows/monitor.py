@@ -49,7 +49,7 @@ from flows.promote import current_champion, registered_model_name  # noqa: E402
 from flows.roots import manifest_root  # noqa: E402
 from flows.storage import ManifestVersionNotFoundError, load_manifest_version, resolve_version  # noqa: E402
 from flows.tune import RUN_KIND_TAG  # noqa: E402
-from ser_model.monitor import DEFAULT_UA_MARGIN, MonitorResult, watch_champion  # noqa: E402
+from ser_model.monitor import DEFAULT_UA_MARGIN, PREDICTED_FEATURE, MonitorResult, watch_champion  # noqa: E402
 from ser_stack.settings import StackSettings  # noqa: E402
 
 MONITOR_KIND = "monitor"
@@ -91,7 +91,7 @@ class MonitorRun:
         return f"champion version {self.champion_version} on the new data (MLflow run {self.run_id}): {self.result.verdict()}"
 
 
-def local_root(corpus: str, fingerprint: str, manifest, root: str, state_dir: Path) -> str:
+def local_root(fingerprint: str, manifest, root: str, state_dir: Path) -> str:
     """A local folder holding the manifest's audio: ``root`` itself, or its files staged from s3://
     (sha256 verified, the worker's audio cache, as the train folds do)."""
     if not root.startswith("s3://"):
@@ -104,10 +104,11 @@ def drift_figure(feature: str, reference: list, new: list, statistic: float) -> 
     """The two samples of one drift feature: overlaid density histograms for a numeric feature, the
     share of each category side by side otherwise; the title names the statistic and its value."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    seen = "champion on its validation rows" if feature == PREDICTED_FEATURE else "champion's training rows"
     if feature in NUMERIC_FEATURES:
         values = np.concatenate([np.asarray(reference, float), np.asarray(new, float)])
         bins = np.histogram_bin_edges(values, bins=30)
-        ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"champion's data (n={len(reference)})")
+        ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"{seen} (n={len(reference)})")
         ax.hist(new, bins=bins, density=True, alpha=0.5, label=f"new rows (n={len(new)})")
         ax.set_xlabel(feature)
         ax.set_ylabel("density")
@@ -116,7 +117,7 @@ def drift_figure(feature: str, reference: list, new: list, statistic: float) -> 
         p, q = category_shares(reference), category_shares(new)
         categories = sorted(set(p) | set(q), key=lambda c: (-p.get(c, 0.0), c))
         x = np.arange(len(categories))
-        ax.bar(x - 0.2, [p.get(c, 0.0) for c in categories], 0.4, label=f"reference (n={len(reference)})")
+        ax.bar(x - 0.2, [p.get(c, 0.0) for c in categories], 0.4, label=f"{seen} (n={len(reference)})")
         ax.bar(x + 0.2, [q.get(c, 0.0) for c in categories], 0.4, label=f"new rows (n={len(new)})")
         ax.set_xticks(x, categories, rotation=45 if len(categories) > 4 else 0, ha="right", fontsize=8)
         ax.set_ylabel("share")
@@ -208,7 +209,7 @@ def monitor(
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, _, report = load_manifest_version(corpus, fingerprint)
     root = local_root(
-        corpus, fingerprint, manifest, manifest_root(corpus, fingerprint, report, root), settings.state_dir
+        fingerprint, manifest, manifest_root(corpus, fingerprint, report, root), settings.state_dir
     )
     try:
         reference, reference_folds, reference_report = load_manifest_version(corpus, champion.fingerprint)
@@ -223,7 +224,7 @@ def monitor(
             f"# Champion of {corpus} not watched\n\n{reason}\n", key=f"monitor-{corpus}", description=name
         )
         return {"champion_version": champion.version, "quote": reason}
-    reference_root = local_root(corpus, champion.fingerprint, reference, reference_root, settings.state_dir)
+    reference_root = local_root(champion.fingerprint, reference, reference_root, settings.state_dir)
     from ser_model.model import SERModel
 
     with tempfile.TemporaryDirectory(prefix="ser-monitor-") as scratch:

@@ -113,12 +113,11 @@ class MonitorResult:
         score = f"UA {self.metrics['UA']:.4f} on {self.new_rows} new rows"
         if self.champion_ua_mean is None:
             return f"{score}; the champion's fold-mean UA is not known, so nothing is flagged"
-        relation = (
-            f"more than the margin {self.margin:.4f} below"
-            if self.degraded
-            else f"within the margin {self.margin:.4f} of"
+        relation = "more than" if self.degraded else "not more than"
+        return (
+            f"{score} vs fold-mean UA {self.champion_ua_mean:.4f} (gap {self.ua_gap:+.4f}): "
+            f"{relation} the margin {self.margin:.4f} below its fold mean"
         )
-        return f"{score} vs fold-mean UA {self.champion_ua_mean:.4f} (gap {self.ua_gap:+.4f}): {relation} its fold mean"
 
     def report_lines(self) -> list[str]:
         """The short report ``ser monitor`` prints and the flow publishes."""

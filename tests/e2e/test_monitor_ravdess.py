@@ -102,7 +102,10 @@ def test_champion_is_scored_on_new_speakers_and_the_decision_quotes_it(
     assert len(monitors) == 1, [m.data.tags for m in monitors]
     watched = monitors[0]
     metrics = watched.data.metrics
-    assert metrics["new_rows"] == 240 and metrics["seen_rows"] == 480
+    trained_rows = client.get_run(
+        client.get_model_version(NAME, champion).tags["ser.parent_run_id"]
+    ).data.params
+    assert metrics["new_rows"] == 240 and metrics["seen_rows"] == int(trained_rows["data.utterances"])
     assert 0.0 <= metrics["UA"] <= 1.0 and {"WA", "macro_f1", "champion_UA_mean", "UA_gap"} <= set(metrics)
     assert metrics["drift.speaker"] == 1.0  # all 240 new rows are from speakers the champion never heard
     assert metrics["drift.sample_rate"] == 0.0  # every file of the corpus is 16 kHz
