@@ -24,6 +24,7 @@ artifact ``monitor-<corpus>`` says so and the flow run ends in the state :data:`
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,14 +186,26 @@ def log_monitor_run(
     return run_id, t.run_url(client.tracking_uri, experiment_id, run_id)
 
 
+def not_watched(corpus: str, champion_version: str | None, reason: str, warn: bool = True) -> dict[str, Any]:
+    """A monitor with nothing it can watch: the reason in the log (a warning with ``warn``) and the
+    artifact, and as the sentence the promotion decision quotes."""
+    get_run_logger().log(logging.WARNING if warn else logging.INFO, "%s", reason)
+    create_markdown_artifact(
+        f"# Champion of {corpus} not watched\n\n{reason}\n",
+        key=f"monitor-{corpus}",
+        description=f"{registered_model_name(corpus)}@champion on new data",
+    )
+    return {"champion_version": champion_version, "quote": reason}
+
+
 @flow(name="monitor", flow_run_name="monitor-{corpus}")
 def monitor(
     corpus: str, manifest_version: str = "latest", root: str | None = None, margin: float = DEFAULT_UA_MARGIN
 ) -> Any:
     """Score ``ser-<corpus>@champion`` on the rows of ``manifest_version`` it never trained on and
     measure drift (module doc). Returns ``{"run_id", "url", "champion_version", "new_rows", "UA",
-    "degraded", "quote"}``, or ``{"champion_version": None, ...}`` when there is no champion yet;
-    flagged, the run ends in state :data:`DEGRADED_STATE` with the same result."""
+    "degraded", "quote"}``, or only ``champion_version`` and ``quote`` when nothing can be watched
+    (:func:`not_watched`); flagged, the run ends in state :data:`DEGRADED_STATE` with the same result."""
     logger = get_run_logger()
     settings = StackSettings.from_env()
     client = MlflowClient(settings.tracking_uri)
@@ -200,12 +213,9 @@ def monitor(
     try:
         champion = current_champion(client, name)
     except ValueError as err:  # a champion whose tags do not say what it was trained on
-        reason = f"not watched: {err}"
-        logger.warning("%s", reason)
-        return {"champion_version": None, "quote": reason}
+        return not_watched(corpus, None, f"not watched: {err}")
     if champion is None:
-        logger.info("%s has no champion yet: nothing to watch", name)
-        return {"champion_version": None, "quote": f"no champion of {corpus} to watch"}
+        return not_watched(corpus, None, f"not watched: {name} has no champion yet", warn=False)
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, _, report = load_manifest_version(corpus, fingerprint)
     root = local_root(
@@ -215,15 +225,12 @@ def monitor(
         reference, reference_folds, reference_report = load_manifest_version(corpus, champion.fingerprint)
         reference_root = manifest_root(corpus, champion.fingerprint, reference_report, None)
     except (ManifestVersionNotFoundError, ValueError) as err:
-        reason = (
+        return not_watched(
+            corpus,
+            champion.version,
             f"not watched: champion version {champion.version} was trained on manifest {champion.fingerprint}, "
-            f"whose rows or audio cannot be read now ({err})"
+            f"whose rows or audio cannot be read now ({err})",
         )
-        logger.warning("%s", reason)
-        create_markdown_artifact(
-            f"# Champion of {corpus} not watched\n\n{reason}\n", key=f"monitor-{corpus}", description=name
-        )
-        return {"champion_version": champion.version, "quote": reason}
     reference_root = local_root(champion.fingerprint, reference, reference_root, settings.state_dir)
     from ser_model.model import SERModel
 
