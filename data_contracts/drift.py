@@ -53,12 +53,18 @@ def ks_statistic(reference: Sequence[float], new: Sequence[float]) -> float:
     return float(np.abs(cdf_a - cdf_b).max())
 
 
-def category_shares(values: Iterable[object]) -> dict[str, float]:
-    """Share of each category (as text, so 16000 and "16000" are one) in a non-empty sample."""
+def category_counts(values: Iterable[object]) -> dict[str, int]:
+    """Count of each category (as text, so 16000 and "16000" are one) in a sample."""
     counts: dict[str, int] = {}
     for value in values:
         key = str(value)
         counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def category_shares(values: Iterable[object]) -> dict[str, float]:
+    """Share of each category (:func:`category_counts` over the sample size) in a non-empty sample."""
+    counts = category_counts(values)
     total = sum(counts.values())
     if total == 0:
         raise ValueError("category_shares: the sample is empty; expected at least one value")
@@ -67,10 +73,17 @@ def category_shares(values: Iterable[object]) -> dict[str, float]:
 
 def total_variation(reference: Iterable[object], new: Iterable[object]) -> float:
     """Total variation distance between the category shares of two samples:
-    ``TV = ½ Σ_c |p_ref(c) − p_new(c)|`` over the categories of either sample, in [0, 1]."""
-    p = category_shares(reference)
-    q = category_shares(new)
-    return 0.5 * sum(abs(p.get(c, 0.0) - q.get(c, 0.0)) for c in set(p) | set(q))
+    ``TV = ½ Σ_c |p_ref(c) − p_new(c)|`` over the categories of either sample, in [0, 1].
+
+    Computed on counts, ``Σ_c |n_ref(c)·N_new − n_new(c)·N_ref| / (2·N_ref·N_new)``, in integers
+    until the one division, so disjoint samples give exactly 1 and equal shares exactly 0."""
+    a, b = category_counts(reference), category_counts(new)
+    n_a, n_b = sum(a.values()), sum(b.values())
+    for name, n in (("reference", n_a), ("new", n_b)):
+        if n == 0:
+            raise ValueError(f"total_variation: the {name} sample is empty; expected at least one value")
+    difference = sum(abs(a.get(c, 0) * n_b - b.get(c, 0) * n_a) for c in set(a) | set(b))
+    return difference / (2 * n_a * n_b)
 
 
 def counts_sample(counts: Sequence[int], labels: Sequence[str]) -> list[str]:
