@@ -5,7 +5,8 @@
 (``MLFLOW_TRACKING_URI``) into a scratch folder and hands the checkpoint folder inside the
 pyfunc to the command; ``ser_model.cli`` parses the command line and calls this module's resolver
 for a ``--model`` value that starts with ``models:/``. ``ser tune`` logs its study to MLflow
-(flows/tune.py). MLflow is imported only by those, so every other command starts without it.
+(flows/tune.py); ``ser monitor`` reads a registered model's fold-mean UA from the registry.
+MLflow is imported only by those, so every other command starts without it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,27 @@ def download_checkpoint(uri: str, dst: Path) -> Path:
     return checkpoint_folder(model_dir)
 
 
+def registered_fold_mean_ua(uri: str) -> float | None:
+    """A ``ser_model.cli.FoldMeanUA``: the cross-validated fold-mean UA the registry records for
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (``flows.promote.version_score``),
+    None for a model outside the registry or one whose scores are not recorded."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    from flows.promote import version_score
+
+    if not uri.startswith(REGISTRY_SCHEME):
+        return None
+    client = MlflowClient()
+    try:
+        name, version = get_model_name_and_version(client, uri)
+        return version_score(client, name, version).ua_mean
+    except (MlflowException, ValueError) as err:
+        print(f"ser monitor: warning: no fold-mean UA recorded for {uri} ({err})", file=sys.stderr)
+        return None
+
+
 def mlflow_tune_tracker(**kwargs):
     """`ser tune`'s tracker: the study as an MLflow parent run with a child run per trial
     (flows/tune.py), on the server of ``MLFLOW_TRACKING_URI`` or MLflow's local default."""
@@ -74,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolvers={REGISTRY_SCHEME: download_checkpoint},
         tune_tracker=mlflow_tune_tracker,
         evaluation_logger=log_evaluation,
+        fold_mean_ua=registered_fold_mean_ua,
     )
 
 

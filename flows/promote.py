@@ -21,7 +21,8 @@ Promotions run one at a time: the whole read-compare-move sequence holds the Pre
 concurrency limit ``ser-promote`` (one slot, created if missing, acquired strictly so a missing
 limit is an error rather than no lock). Every decision, with its numbers, is written to the
 model version (tags ``ser.promotion.*`` and the description: a per-fold table and the reason)
-and to a Prefect markdown artifact.
+and to a Prefect markdown artifact. When the train flow watched the champion on the new data first
+(flows/monitor.py), the decision quotes that score (tag ``ser.promotion.champion_on_new_data``).
 
 The numbers a decision uses are tags the train flow writes on each version (`fold_score_tags`):
 ``ser.fold_scores`` (per evaluated fold, the test-speaker UA and those speakers), ``ser.labels``
@@ -61,6 +62,8 @@ FOLD_SCORES_TAG = "ser.fold_scores"
 LABELS_TAG = "ser.labels"
 FINGERPRINT_TAG = "ser.data_fingerprint"
 PARENT_RUN_TAG = "ser.parent_run_id"
+MONITOR_QUOTE_TAG = "ser.promotion.champion_on_new_data"
+"""On a decided version: the monitor's sentence on the champion's score on the new data (flows/monitor.py)."""
 LEGACY_FOLD_METRIC = re.compile(r"^fold_(\d+)\.UA$")
 
 FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
@@ -370,11 +373,12 @@ def decision_markdown(decision: PromotionDecision) -> str:
 
 
 def promote_version(
-    client: MlflowClient, corpus: str, version: str, margin: float = 0.0
+    client: MlflowClient, corpus: str, version: str, margin: float = 0.0, monitor_quote: str | None = None
 ) -> PromotionDecision:
     """The registry part of a promotion (call it holding the ``ser-promote`` limit): set
     ``challenger``, compare with ``champion``, move ``champion`` when the rule says so, and
-    record the decision on the version."""
+    record the decision on the version. ``monitor_quote`` (the monitor's sentence on how the
+    champion did on the new data, flows/monitor.py) is quoted beside the decision."""
     name = registered_model_name(corpus)
     candidate = version_score(client, name, version)
     call_with_retry(client.set_registered_model_alias, name, CHALLENGER, candidate.version)
@@ -395,26 +399,43 @@ def promote_version(
         "ser.promotion.champion_before_UA": "none" if champion is None else f"{champion.ua_mean:.6f}",
         "ser.promotion.margin": f"{margin:.6f}",
     }
+    if monitor_quote is not None:
+        record[MONITOR_QUOTE_TAG] = monitor_quote
     for key, value in record.items():
         call_with_retry(client.set_model_version_tag, name, candidate.version, key, value)
     call_with_retry(
-        client.update_model_version, name, candidate.version, description=decision_markdown(decision)
+        client.update_model_version,
+        name,
+        candidate.version,
+        description=decision_markdown(decision) + monitor_markdown(monitor_quote),
     )
     return decision
 
 
+def monitor_markdown(monitor_quote: str | None) -> str:
+    """The decision's paragraph on the champion's score on the new data (empty when not watched)."""
+    return "" if monitor_quote is None else f"\nChampion on the new data: {monitor_quote}\n"
+
+
 @flow(name="promote")
-def promote(corpus: str, version: str, margin: float = 0.0) -> dict:
-    """Promote ``ser-<corpus>`` version ``version`` (see module doc); returns the decision."""
+def promote(corpus: str, version: str, margin: float = 0.0, monitor_quote: str | None = None) -> dict:
+    """Promote ``ser-<corpus>`` version ``version`` (see module doc), quoting ``monitor_quote``
+    (the champion on the new data) beside the decision; returns the decision."""
     logger = get_run_logger()
     ensure_limit(PROMOTE_LIMIT, 1)
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
     with concurrency(PROMOTE_LIMIT, occupy=1, strict=True):
-        decision = promote_version(client, corpus, str(version), margin)
+        decision = promote_version(client, corpus, str(version), margin, monitor_quote)
     logger.info("ser-%s version %s: %s", corpus, version, decision.reason)
+    if monitor_quote is not None:
+        logger.info("champion on the new data: %s", monitor_quote)
     what = f"promotion decision for ser-{corpus} version {version}"
-    create_markdown_artifact(decision_markdown(decision), key=f"promote-{corpus}", description=what)
-    return {**asdict(decision), "champion_after": decision.champion_after}
+    create_markdown_artifact(
+        decision_markdown(decision) + monitor_markdown(monitor_quote),
+        key=f"promote-{corpus}",
+        description=what,
+    )
+    return {**asdict(decision), "champion_after": decision.champion_after, "monitor": monitor_quote}
 
 
 def register_release(

@@ -32,6 +32,7 @@ from flows import tracking as t
 from flows.feature_store import shared_feature_cache
 from flows.fold_runs import run_folds, selected_folds
 from flows.limits import one_training_per_corpus
+from flows.monitor import watch_before_training
 from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
 from flows.pyfunc import log_pyfunc
 from flows.roots import manifest_root
@@ -47,7 +48,7 @@ from ser_model.launch import (
     run_worker,
     write_fold_times,
 )
-from ser_model.metrics import selection_rule
+from ser_model.metrics import DEFAULT_UA_MARGIN, selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
 from ser_stack.settings import REPO_ROOT, StackSettings
 
@@ -138,11 +139,14 @@ def train(
     release: bool = True,
     root: str | None = None,
     promote_margin: float = 0.0,
+    monitor_margin: float = DEFAULT_UA_MARGIN,
 ) -> dict[str, Any]:
     """Train ``corpus`` on a manifest version: folds (default all) and the release model, each a
     ``train-fold`` flow run, then register ``ser-<corpus>`` and promote. ``preset`` names the recipe
     (ser_model/presets.py); ``backbone`` and ``overrides`` (``{"train.epochs": 2}``) go on top;
-    ``root`` (a folder or s3://) defaults to the root recorded at ingest."""
+    ``root`` (a folder or s3://) defaults to the root recorded at ingest. Before any fold, the
+    ``monitor`` flow scores the champion on the rows it never trained on (flagged when its UA there
+    is more than ``monitor_margin`` below its fold mean); the promotion decision quotes it."""
     logger = get_run_logger()
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
@@ -153,6 +157,7 @@ def train(
     config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
     available = sorted(int(k) for k in fold_table["fold"].unique())
     folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
+    monitor_quote = watch_before_training(corpus, fingerprint, root, monitor_margin) if release else None
     client = MlflowClient(settings.tracking_uri)
     experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
     tags = {
@@ -234,7 +239,7 @@ def train(
                     corpus,
                     version,
                 )
-            decision = promote(corpus, version, margin=promote_margin)
+            decision = promote(corpus, version, margin=promote_margin, monitor_quote=monitor_quote)
         markdown = t.summary_markdown(
             corpus, fingerprint, outcomes, summary, version, decision, tags["ser.selection_rule"]
         )

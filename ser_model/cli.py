@@ -9,11 +9,17 @@
     ser predict FILE... --model M [--json]
     ser predict FILE... --model M --segments [--json | --csv] [--plot PNG] [--segment-set key=value ...]
     ser export --onnx --model M --out FILE
+    ser monitor --model M --manifest DIR --reference DIR [--margin 0.1] [--fold-mean-ua X] [--json FILE]
 
 `train` and `evaluate` read what `ser ingest --out DIR` wrote (`--manifest DIR`: manifest, folds
 and the corpus root from its report, no audio decoded twice), or ingest a root in memory (the
 same parser, checks and folds as the ingest flow). `evaluate --split all` scores every utterance
 and needs no fold, so it also scores a held-out set too small for any fold protocol.
+
+`monitor` scores a model (the champion) on the rows of `--manifest DIR` that are not in
+`--reference DIR` (the `ser ingest` folder of the data it trained on), measures drift and prints a
+short report (ser_model/monitor.py); the champion's fold-mean UA comes from `--fold-mean-ua`, or
+from the registry for a ``models:/`` model (a ``FoldMeanUA`` given to `main`).
 
 ``--model`` takes a checkpoint folder, or a URI that a resolver given to `main` turns into one:
 the `ser` console script (`flows.cli`) registers the MLflow registry's ``models:/NAME@ALIAS`` and
@@ -49,6 +55,7 @@ from data_contracts.labels import CORPORA, LABELS
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
 from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, CHECKPOINT_FILES, METRICS_FILE, RESULT_FILE
+from ser_model.metrics import DEFAULT_UA_MARGIN
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
 __all__ = [
@@ -60,6 +67,7 @@ __all__ = [
     "ModelResolver",
     "ModelSourceError",
     "EvaluationLogger",
+    "FoldMeanUA",
 ]
 
 MODEL_HELP = (
@@ -83,6 +91,11 @@ console script logs it to MLflow; ser_model knows no tracking server)."""
 ModelResolver = Callable[[str, Path], Path]
 """``(uri, scratch folder) -> checkpoint folder``: fetches the model a ``--model`` URI names into
 the scratch folder (deleted when the command ends); raises ModelSourceError when it cannot."""
+
+
+FoldMeanUA = Callable[[str], float | None]
+"""``(models:/ URI) -> fold-mean UA``: the cross-validated score a registry records for a model
+(the console script reads the MLflow registry; ser_model knows none), or None when not recorded."""
 
 
 class ModelSourceError(Exception):
@@ -506,6 +519,64 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_monitor(args: argparse.Namespace) -> int:
+    """`ser monitor`: the champion on new data (ser_model.monitor.watch_champion), as a short report."""
+    from data_contracts.ingest import read_ingest_outputs
+    from ser_model.model import SERModel
+    from ser_model.monitor import watch_champion
+
+    new, reference = read_ingest_outputs(args.manifest), read_ingest_outputs(args.reference)
+    corpus = new.report["corpus"]
+    if reference.report["corpus"] != corpus:
+        raise ConfigError(
+            f"ser monitor: --manifest {args.manifest} holds {corpus} but --reference {args.reference} holds "
+            f"{reference.report['corpus']}; expected the same corpus"
+        )
+    model = SERModel.from_pretrained(args.model)
+    if tuple(model.labels) != LABELS[corpus]:
+        raise ConfigError(
+            f"{args.model_source}: the model's classes {list(model.labels)} are not {corpus}'s {list(LABELS[corpus])}"
+        )
+    ua_mean = args.fold_mean_ua
+    fold_mean_ua: FoldMeanUA | None = getattr(args, "fold_mean_ua_source", None)
+    if ua_mean is None and fold_mean_ua is not None and args.model_source != args.model:
+        ua_mean = fold_mean_ua(args.model_source)
+    result = watch_champion(
+        model,
+        new.manifest,
+        _local_root(args.root or new.report["root"]),
+        reference.manifest,
+        reference.folds,
+        _local_root(args.reference_root or reference.report["root"]),
+        champion_ua_mean=ua_mean,
+        margin=args.margin,
+        batch_size=args.batch_size,
+    )
+    print(f"{args.model_source} on {corpus} {args.manifest} against {args.reference}:")
+    for line in result.report_lines():
+        print(f"  {line}")
+    if args.json:
+        report = {
+            "verdict": result.verdict(),
+            "degraded": result.degraded,
+            **result.flat_metrics(),
+            "metrics": result.metrics,
+        }
+        try:
+            Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        except OSError as err:
+            print(f"ser monitor: error: cannot write {args.json}: {err}", file=sys.stderr)
+            return BAD_CONFIG_EXIT
+    return 0
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"--margin must be >= 0 (absolute UA), got {text}")
+    return value
+
+
 def _workers(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -716,6 +787,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=run_predict)
 
+    monitor = commands.add_parser(
+        "monitor",
+        help="score a model on the utterances it never trained on and measure drift against its training data",
+        description="New rows are those of --manifest whose audio sha256 is not in --reference (a renamed copy is not "
+        "new). Drift: KS statistic for duration and loudness, total variation for sample rate, channels, class, speaker "
+        "and the model's predicted classes (against its predictions on the release model's validation speakers).",
+    )
+    monitor.add_argument("--model", required=True, help=MODEL_HELP)
+    monitor.add_argument(
+        "--manifest",
+        required=True,
+        metavar="DIR",
+        help="ser ingest folder of the data now (the new rows among them)",
+    )
+    monitor.add_argument(
+        "--reference",
+        required=True,
+        metavar="DIR",
+        help="ser ingest folder of the data the model was trained on",
+    )
+    monitor.add_argument("--root", help="where --manifest's audio is now, if it moved")
+    monitor.add_argument("--reference-root", help="where --reference's audio is now, if it moved")
+    monitor.add_argument(
+        "--fold-mean-ua",
+        type=float,
+        help="the model's cross-validated fold-mean UA to compare with (default: the registry's, for models:/)",
+    )
+    monitor.add_argument(
+        "--margin",
+        type=_margin,
+        default=DEFAULT_UA_MARGIN,
+        help=f"flag the model when its UA on new rows is more than this below its fold mean (default {DEFAULT_UA_MARGIN})",
+    )
+    monitor.add_argument("--batch-size", type=int, default=16)
+    monitor.add_argument(
+        "--json", metavar="FILE", help="also write the report (metrics, drift, verdict) to this file"
+    )
+    monitor.set_defaults(handler=run_monitor)
+
     export = commands.add_parser("export", help="export a checkpoint folder")
     export.add_argument("--onnx", action="store_true", help="ONNX with dynamic batch and time axes")
     export.add_argument("--model", required=True, help=MODEL_HELP)
@@ -745,14 +855,17 @@ def main(
     resolvers: Mapping[str, ModelResolver] | None = None,
     tune_tracker: TunerTrackerFactory | None = None,
     evaluation_logger: EvaluationLogger | None = None,
+    fold_mean_ua: FoldMeanUA | None = None,
 ) -> int:
     """Run one `ser` command line; `resolvers` maps a ``--model`` URI prefix (``models:/``) to
     the function that fetches such a model (see ModelResolver); `tune_tracker` follows `ser tune`
     studies (see TunerTrackerFactory); `evaluation_logger` records ``ser evaluate
-    --mlflow-experiment`` runs. Returns the exit code."""
+    --mlflow-experiment`` runs; `fold_mean_ua` tells `ser monitor` a registered model's fold-mean UA.
+    Returns the exit code."""
     args = build_parser().parse_args(argv)
     args.tune_tracker = tune_tracker
     args.evaluation_logger = evaluation_logger
+    args.fold_mean_ua_source = fold_mean_ua
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -26,6 +26,10 @@ HeadlineMetric = Literal["WA", "UA", "macro_f1"]
 HEADLINE_METRICS: tuple[str, ...] = get_args(HeadlineMetric)
 """The headline metrics of every evaluation (accuracy, mean per-class recall, macro F1), in table order."""
 
+DEFAULT_UA_MARGIN = 0.10
+"""How far (absolute UA) a champion may fall below its cross-validated fold mean on new data before the
+monitor flags it (ser_model/monitor.py)."""
+
 
 def selection_rule(metric: str, speakers: dict[str, list[str]] | None = None) -> str:
     """How a checkpoint is chosen: the epoch with the best validation ``metric`` (one of

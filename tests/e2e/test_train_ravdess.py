@@ -102,10 +102,16 @@ def user_shell_env(stack) -> dict[str, str]:
 
 
 def run_deployment(
-    name: str, params: dict, repo: Path, cwd: Path, planted: dict[str, str], shell_env: dict[str, str]
+    name: str,
+    params: dict,
+    repo: Path,
+    cwd: Path,
+    planted: dict[str, str],
+    shell_env: dict[str, str],
+    watch_s: int = 600,
 ) -> str:
     """``prefect deployment run <name> --params ... --watch`` in ``cwd``, in a shell that ran
-    ``eval "$(infra/env.sh)"`` and nothing else; returns the flow run id."""
+    ``eval "$(infra/env.sh)"`` and nothing else, waiting at most ``watch_s``; returns the flow run id."""
     run = [
         "prefect",
         "deployment",
@@ -115,12 +121,12 @@ def run_deployment(
         json.dumps(params),
         "--watch",
         "--watch-timeout",
-        "600",
+        str(watch_s),
         "--job-variable",
         f"env={json.dumps(planted)}",
     ]
     script = f'eval "$({repo}/infra/env.sh)" && ' + " ".join(shlex.quote(part) for part in run)
-    done = run_cli(["bash", "-c", script], shell_env, cwd, timeout=660)
+    done = run_cli(["bash", "-c", script], shell_env, cwd, timeout=watch_s + 60)
     match = FLOW_RUN_ID.search(done.stdout)
     assert match, f"no flow run id in the output of {script}:\n{done.stdout}"
     return match.group(1)

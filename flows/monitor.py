@@ -1,0 +1,275 @@
+"""The ``monitor`` flow: before a training, how does the champion do on the new data?
+
+    monitor(corpus, manifest_version)  champion ``ser-<corpus>@champion`` and the manifest it trained
+                                       on (its version's ``ser.data_fingerprint``) → rows of the new
+                                       manifest it never trained on (by audio sha256) → score and
+                                       drift (ser_model/monitor.py) → MLflow run + Prefect artifact
+
+The train flow runs it first (so ``retrain-nightly`` and the automation after ingest both do), and
+passes the MLflow run to promotion, whose decision quotes it. It can also run alone
+(``from flows.monitor import monitor``).
+
+MLflow: a run in experiment ``ser-<corpus>`` named ``monitor-<corpus>``, tagged
+``ser.run_kind=monitor``, ``ser.champion_version``, ``ser.monitor.manifest`` (the new data) and
+``ser.monitor.champion_manifest``, with metrics ``new_rows``, ``UA``, ``WA``, ``macro_f1``,
+``recall.<class>``, ``champion_UA_mean`` (the champion's cross-validated fold mean), ``UA_gap``,
+``degraded`` and ``drift.<feature>`` (KS statistic or total variation, data_contracts/drift.py), and
+figures ``figures/confusion_new_rows.png`` and ``figures/drift_<feature>.png``.
+
+Flag: when the champion's UA on the new rows is more than ``margin`` below its fold mean, the
+artifact ``monitor-<corpus>`` says so and the flow run ends in the state :data:`DEGRADED_STATE`
+(a Completed state by that name, so the caller goes on), which emits the Prefect event
+``prefect.flow-run.Degraded`` an automation can act on (docs/MONITOR.md has an example).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.events import DeploymentEventTrigger  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+
+from data_contracts.drift import NUMERIC_FEATURES, category_shares  # noqa: E402
+from data_contracts.staging import cache_from_env, stage_audio  # noqa: E402
+from flows import tracking as t  # noqa: E402
+from flows.cli import download_checkpoint  # noqa: E402
+from flows.promote import current_champion, registered_model_name  # noqa: E402
+from flows.roots import manifest_root  # noqa: E402
+from flows.storage import ManifestVersionNotFoundError, load_manifest_version, resolve_version  # noqa: E402
+from flows.tune import RUN_KIND_TAG  # noqa: E402
+from ser_model.monitor import DEFAULT_UA_MARGIN, PREDICTED_FEATURE, MonitorResult, watch_champion  # noqa: E402
+from ser_stack.settings import StackSettings  # noqa: E402
+
+MONITOR_KIND = "monitor"
+"""Value of ``ser.run_kind`` on a monitor run."""
+MANIFEST_TAG = "ser.monitor.manifest"
+CHAMPION_MANIFEST_TAG = "ser.monitor.champion_manifest"
+CHAMPION_VERSION_TAG = "ser.champion_version"
+DEGRADED_STATE = "Degraded"
+"""Name of the (Completed) final state of a monitor run that flagged the champion."""
+DEGRADED_EVENT = f"prefect.flow-run.{DEGRADED_STATE}"
+"""The event Prefect emits when a monitor run ends flagged: what an automation listens for."""
+
+
+def degraded_trigger(corpus: str, parameters: dict[str, Any] | None = None) -> DeploymentEventTrigger:
+    """A deployment trigger that acts on a flagged champion: it runs the deployment (with
+    ``parameters``) when a monitor flow run of ``corpus`` ends in :data:`DEGRADED_STATE`. The
+    example of docs/MONITOR.md: ``train-<corpus>`` on every fold, a full-protocol retraining."""
+    return DeploymentEventTrigger(
+        name=f"act-on-degraded-{corpus}-champion",
+        description=f"the champion of {corpus} scored more than the margin below its fold mean on new data",
+        expect={DEGRADED_EVENT},
+        match={"prefect.resource.name": f"monitor-{corpus}"},
+        match_related={"prefect.resource.role": "flow", "prefect.resource.name": "monitor"},
+        parameters=parameters or {},
+    )
+
+
+@dataclass(frozen=True)
+class MonitorRun:
+    """A finished monitor: its MLflow run, the champion it watched and what it found."""
+
+    run_id: str
+    url: str
+    champion_version: str
+    result: MonitorResult
+
+    def quote(self) -> str:
+        """The sentence a promotion decision quotes."""
+        return f"champion version {self.champion_version} on the new data (MLflow run {self.run_id}): {self.result.verdict()}"
+
+
+def local_root(fingerprint: str, manifest, root: str, state_dir: Path) -> str:
+    """A local folder holding the manifest's audio: ``root`` itself, or its files staged from s3://
+    (sha256 verified, the worker's audio cache, as the train folds do)."""
+    if not root.startswith("s3://"):
+        return root
+    cache, limit = cache_from_env(state_dir / "audio-cache")
+    return str(stage_audio(manifest, root, cache, fingerprint, limit))
+
+
+def drift_figure(feature: str, reference: list, new: list, statistic: float) -> plt.Figure:
+    """The two samples of one drift feature: overlaid density histograms for a numeric feature, the
+    share of each category side by side otherwise; the title names the statistic and its value."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    seen = "champion on its validation rows" if feature == PREDICTED_FEATURE else "champion's training rows"
+    if feature in NUMERIC_FEATURES:
+        values = np.concatenate([np.asarray(reference, float), np.asarray(new, float)])
+        bins = np.histogram_bin_edges(values, bins=30)
+        ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"{seen} (n={len(reference)})")
+        ax.hist(new, bins=bins, density=True, alpha=0.5, label=f"new rows (n={len(new)})")
+        ax.set_xlabel(feature)
+        ax.set_ylabel("density")
+        name = "KS"
+    else:
+        p, q = category_shares(reference), category_shares(new)
+        categories = sorted(set(p) | set(q), key=lambda c: (-p.get(c, 0.0), c))
+        x = np.arange(len(categories))
+        ax.bar(x - 0.2, [p.get(c, 0.0) for c in categories], 0.4, label=f"{seen} (n={len(reference)})")
+        ax.bar(x + 0.2, [q.get(c, 0.0) for c in categories], 0.4, label=f"new rows (n={len(new)})")
+        ax.set_xticks(x, categories, rotation=45 if len(categories) > 4 else 0, ha="right", fontsize=8)
+        ax.set_ylabel("share")
+        name = "total variation"
+    ax.set_title(f"{feature}: {name} {statistic:.3f}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def monitor_markdown(corpus: str, run: MonitorRun) -> str:
+    """The Prefect artifact: the verdict first (DEGRADED when flagged), scores, drift, the run's URL."""
+    result = run.result
+    title = (
+        f"Champion of {corpus} degraded on new data"
+        if result.degraded
+        else f"Champion of {corpus} on new data"
+    )
+    lines = "\n".join(f"- {line}" for line in result.report_lines())
+    return f"# {title}\n\nChampion version {run.champion_version}. {result.verdict()}.\n\n{lines}\n\nMLflow run: {run.url}\n"
+
+
+def log_monitor_run(
+    client: MlflowClient,
+    corpus: str,
+    champion_version: str,
+    fingerprint: str,
+    champion_fingerprint: str,
+    result: MonitorResult,
+    margin: float,
+) -> tuple[str, str]:
+    """The monitor's MLflow run (see the module doc); returns (run id, URL)."""
+    experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
+    tags = {
+        RUN_KIND_TAG: MONITOR_KIND,
+        "ser.corpus": corpus,
+        CHAMPION_VERSION_TAG: champion_version,
+        MANIFEST_TAG: fingerprint,
+        CHAMPION_MANIFEST_TAG: champion_fingerprint,
+        "ser.monitor.verdict": result.verdict(),
+        "ser.monitor.degraded": str(result.degraded).lower(),
+    }
+    run_id = t.call_with_retry(
+        client.create_run, experiment_id, tags=tags, run_name=f"monitor-{corpus}"
+    ).info.run_id
+    metrics = [Metric(k, v, 0, 0) for k, v in result.flat_metrics().items()]
+    t.log_batch(client, run_id, metrics=metrics, params={"margin": f"{margin}"})
+    report = {
+        "verdict": result.verdict(),
+        "metrics": result.metrics,
+        "drift": result.drift,
+        "statistics": {
+            name: "ks" if name in NUMERIC_FEATURES else "total_variation" for name in result.drift
+        },
+    }
+    t.call_with_retry(client.log_dict, run_id, report, "monitor.json")
+    if result.metrics is not None:
+        title = f"{corpus}: champion v{champion_version} on {result.new_rows} new rows"
+        figure = t.confusion_figure(np.asarray(result.metrics["confusion"]), result.labels, title)
+        t.log_figure(client, run_id, figure, "figures/confusion_new_rows.png")
+    for feature, value in result.drift.items():
+        figure = drift_figure(feature, *result.samples[feature], value)
+        t.log_figure(client, run_id, figure, f"figures/drift_{feature}.png")
+    t.call_with_retry(client.set_terminated, run_id, "FINISHED")
+    return run_id, t.run_url(client.tracking_uri, experiment_id, run_id)
+
+
+def not_watched(corpus: str, champion_version: str | None, reason: str, warn: bool = True) -> dict[str, Any]:
+    """A monitor with nothing it can watch: the reason in the log (a warning with ``warn``) and the
+    artifact, and as the sentence the promotion decision quotes."""
+    get_run_logger().log(logging.WARNING if warn else logging.INFO, "%s", reason)
+    create_markdown_artifact(
+        f"# Champion of {corpus} not watched\n\n{reason}\n",
+        key=f"monitor-{corpus}",
+        description=f"{registered_model_name(corpus)}@champion on new data",
+    )
+    return {"champion_version": champion_version, "quote": reason}
+
+
+@flow(name="monitor", flow_run_name="monitor-{corpus}")
+def monitor(
+    corpus: str, manifest_version: str = "latest", root: str | None = None, margin: float = DEFAULT_UA_MARGIN
+) -> Any:
+    """Score ``ser-<corpus>@champion`` on the rows of ``manifest_version`` it never trained on and
+    measure drift (module doc). Returns ``{"run_id", "url", "champion_version", "new_rows", "UA",
+    "degraded", "quote"}``, or only ``champion_version`` and ``quote`` when nothing can be watched
+    (:func:`not_watched`); flagged, the run ends in state :data:`DEGRADED_STATE` with the same result."""
+    logger = get_run_logger()
+    settings = StackSettings.from_env()
+    client = MlflowClient(settings.tracking_uri)
+    name = registered_model_name(corpus)
+    try:
+        champion = current_champion(client, name)
+    except ValueError as err:  # a champion whose tags do not say what it was trained on
+        return not_watched(corpus, None, f"not watched: {err}")
+    if champion is None:
+        return not_watched(corpus, None, f"not watched: {name} has no champion yet", warn=False)
+    fingerprint = resolve_version(corpus, manifest_version)
+    manifest, _, report = load_manifest_version(corpus, fingerprint)
+    root = local_root(
+        fingerprint, manifest, manifest_root(corpus, fingerprint, report, root), settings.state_dir
+    )
+    try:
+        reference, reference_folds, reference_report = load_manifest_version(corpus, champion.fingerprint)
+        reference_root = manifest_root(corpus, champion.fingerprint, reference_report, None)
+    except (ManifestVersionNotFoundError, ValueError) as err:
+        return not_watched(
+            corpus,
+            champion.version,
+            f"not watched: champion version {champion.version} was trained on manifest {champion.fingerprint}, "
+            f"whose rows or audio cannot be read now ({err})",
+        )
+    reference_root = local_root(champion.fingerprint, reference, reference_root, settings.state_dir)
+    from ser_model.model import SERModel
+
+    with tempfile.TemporaryDirectory(prefix="ser-monitor-") as scratch:
+        model = SERModel.from_pretrained(
+            download_checkpoint(f"models:/{name}/{champion.version}", Path(scratch))
+        )
+        result = watch_champion(
+            model, manifest, root, reference, reference_folds, reference_root, champion.ua_mean, margin
+        )
+    run_id, url = log_monitor_run(
+        client, corpus, champion.version, fingerprint, champion.fingerprint, result, margin
+    )
+    run = MonitorRun(run_id, url, champion.version, result)
+    for line in result.report_lines():
+        logger.info("%s", line)
+    logger.info("MLflow run %s", url)
+    create_markdown_artifact(
+        monitor_markdown(corpus, run), key=f"monitor-{corpus}", description=f"{name}@champion on new data"
+    )
+    summary = {
+        "run_id": run_id,
+        "url": url,
+        "champion_version": champion.version,
+        "new_rows": result.new_rows,
+        "UA": None if result.metrics is None else result.metrics["UA"],
+        "degraded": result.degraded,
+        "quote": run.quote(),
+    }
+    if result.degraded:
+        return Completed(message=result.verdict(), name=DEGRADED_STATE, data=summary)
+    return summary
+
+
+def watch_before_training(corpus: str, manifest_version: str, root: str | None, margin: float) -> str:
+    """Run :func:`monitor` as a subflow of a training and return the sentence its promotion quotes.
+    A monitor that fails does not stop the training: the sentence says it failed and why."""
+    state = monitor(corpus, manifest_version, root=root, margin=margin, return_state=True)
+    if not state.is_completed():
+        get_run_logger().warning("monitor of %s ended %s: %s", corpus, state.name, state.message)
+        return f"monitor run ended {state.name}: {state.message}"
+    return state.result()["quote"]

@@ -1,0 +1,137 @@
+"""The champion watched on new data without servers: new rows by content, scores, drift, the flag,
+and `ser monitor` on two `ser ingest` folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from scipy import stats
+
+from data_contracts.ingest import run_ingest
+from data_contracts.labels import LABELS
+from ser_model.cli import main
+from ser_model.model import SERModel
+from ser_model.monitor import MonitorResult, unseen_rows, watch_champion
+from tests.fixtures.champions import tiny_ravdess_checkpoint
+from tests.fixtures.corpora import make_ravdess, ravdess_name
+
+RENAMED = ("Actor_01/03-01-01-01-01-01-01.wav", f"Actor_01/{ravdess_name(1, 1, 1, 2, 2)}.wav")
+"""A file of the first root, moved to a name no file had: same content, new path and utt_id."""
+
+
+def reference_total_variation(a, b) -> float:
+    ca, cb = Counter(map(str, a)), Counter(map(str, b))
+    return 0.5 * sum(abs(ca[c] / len(a) - cb[c] / len(b)) for c in set(ca) | set(cb))
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> tuple[Path, Path]:
+    """Actors 01–08 (what the champion trained on); then the same root with one file renamed and
+    a new actor 09 whose recordings are 20 dB quieter."""
+    base = tmp_path_factory.mktemp("monitor")
+    before, after = base / "before", base / "after"
+    make_ravdess(before, actors=range(1, 9), per_actor=4)
+    shutil.copytree(before, after)
+    (after / RENAMED[0]).rename(after / RENAMED[1])
+    make_ravdess(after, actors=[9], per_actor=4)
+    for path in (after / "Actor_09").iterdir():
+        audio, rate = sf.read(path, dtype="float32")
+        sf.write(path, audio * 0.1, rate, subtype="PCM_16")
+    return before, after
+
+
+@pytest.fixture(scope="module")
+def ingested(roots):
+    return tuple(run_ingest("ravdess", str(root), progress=False) for root in roots)
+
+
+@pytest.fixture(scope="module")
+def champion_folder(tmp_path_factory) -> Path:
+    return tiny_ravdess_checkpoint(tmp_path_factory.mktemp("champion") / "best")
+
+
+def test_a_renamed_copy_of_a_seen_file_is_not_new(ingested):
+    before, after = ingested
+    renamed = after.manifest.loc[after.manifest["path"] == RENAMED[1]]
+    assert len(renamed) == 1 and RENAMED[1] not in set(before.manifest["path"])
+    new = unseen_rows(after.manifest, before.manifest)
+    assert set(new["path"].str.split("/").str[0]) == {"Actor_09"}
+    assert len(new) == 4 and RENAMED[1] not in set(new["path"])
+    assert unseen_rows(before.manifest, before.manifest).empty
+
+
+def test_watch_champion_scores_the_new_rows_and_measures_drift(ingested, roots, champion_folder):
+    before, after = ingested
+    model = SERModel.from_pretrained(champion_folder)
+    result = watch_champion(
+        model,
+        after.manifest,
+        roots[1],
+        before.manifest,
+        before.folds,
+        roots[0],
+        champion_ua_mean=0.9,
+        margin=0.1,
+    )
+    new = unseen_rows(after.manifest, before.manifest)
+    assert (result.new_rows, result.seen_rows) == (4, len(after.manifest) - 4)
+    confusion = result.metrics["confusion"]
+    truth = Counter(new["label"])
+    assert [sum(row) for row in confusion] == [truth[label] for label in LABELS["ravdess"]]
+    assert result.drift["speaker"] == 1.0  # every new row is from a speaker the champion never heard
+    assert result.drift["sample_rate"] == 0.0 and result.drift["channels"] == 0.0
+    assert result.drift["loudness_dbfs"] == 1.0  # every new file is quieter than every seen one
+    assert result.drift["duration_s"] == pytest.approx(
+        stats.ks_2samp(before.manifest["duration_s"], new["duration_s"]).statistic
+    )
+    assert result.drift["label"] == pytest.approx(
+        reference_total_variation(before.manifest["label"], new["label"])
+    )
+    reference_predictions, new_predictions = result.samples["predicted_class"]
+    assert len(new_predictions) == 4 and 0.0 <= result.drift["predicted_class"] <= 1.0
+    assert len(reference_predictions) == len(
+        before.manifest[
+            before.manifest["speaker"].isin(before.folds.query("fold == 0 and role == 'valid'")["speaker"])
+        ]
+    )
+    assert result.degraded == (0.9 - result.metrics["UA"] > 0.1)
+    flat = result.flat_metrics()
+    assert flat["new_rows"] == 4 and flat["UA"] == result.metrics["UA"] and flat["champion_UA_mean"] == 0.9
+
+
+def test_the_flag_is_raised_only_beyond_the_margin():
+    def result(ua, fold_mean, margin=0.1):
+        metrics = {"UA": ua, "WA": ua, "macro_f1": ua, "per_class_recall": {"a": ua}, "confusion": [[1]]}
+        return MonitorResult(("a",), 10, 0, metrics, fold_mean, margin)
+
+    assert result(0.35, 0.5).degraded and "DEGRADED" in result(0.35, 0.5).report_lines()[0]
+    assert not result(0.45, 0.5).degraded
+    assert not result(0.1, None).degraded and "not known" in result(0.1, None).verdict()
+    assert result(0.45, 0.5, margin=0.0).degraded
+    nothing = MonitorResult(("a",), 0, 12, None, 0.5, 0.1)
+    assert not nothing.degraded and nothing.verdict().startswith("no new rows")
+    assert nothing.flat_metrics() == {"new_rows": 0.0, "seen_rows": 12.0, "champion_UA_mean": 0.5}
+
+
+def test_ser_monitor_prints_a_report_from_two_ingest_folders(roots, champion_folder, tmp_path, capsys):
+    outs = []
+    for root, name in zip(roots, ("before", "after")):
+        assert main(["ingest", "ravdess", str(root), "--out", str(tmp_path / name), "--no-progress"]) == 0
+        outs.append(str(tmp_path / name))
+    capsys.readouterr()
+    argv = ["monitor", "--model", str(champion_folder), "--manifest", outs[1], "--reference", outs[0]]
+    assert main([*argv, "--fold-mean-ua", "1.0", "--json", str(tmp_path / "report.json")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["new_rows"] == 4 and 0.0 <= report["UA"] <= 1.0 and report["drift.speaker"] == 1.0
+    assert report["degraded"] == (1.0 - report["UA"] > 0.1)
+    assert ("DEGRADED" in printed) == report["degraded"] and "drift loudness_dbfs: KS 1.0000" in printed
+    assert main([*argv[:-1], outs[1]]) == 0
+    assert "no new rows" in capsys.readouterr().out
+    assert main([*argv[:-1], str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
