@@ -12,7 +12,7 @@ to MLflow and Prefect, ``ser monitor`` prints it.
 * Drift (``data_contracts.drift``): new rows against the reference rows on duration, loudness,
   original sample rate, channels, class and speaker; and the champion's predicted classes on the
   new rows against its predictions on its own validation rows (the release model's validation
-  speakers, ``fold_splits(..., RELEASE_FOLD)["valid"]``). Loudness decodes the audio, so each side
+  speakers, ``training_splits(..., RELEASE_FOLD)["valid"]``). Loudness decodes the audio, so each side
   reads at most :data:`LOUDNESS_SAMPLE` files (a seeded random sample).
 * Flag: the champion is *degraded* when its UA on the new rows falls more than ``margin`` below its
   fold mean (:attr:`MonitorResult.degraded`).
@@ -163,7 +163,7 @@ def watch_champion(
     """Score ``model`` (a ``SERModel``, the champion) on the rows of ``manifest`` (audio under
     ``root``) that are not in ``reference`` (the manifest it trained on, audio under
     ``reference_root``, folds ``reference_folds``), and measure drift (see the module doc)."""
-    from ser_model.train import evaluate_rows, fold_splits
+    from ser_model.train import evaluate_rows, training_splits
 
     if margin < 0:
         raise ValueError(f"monitor margin {margin}: expected >= 0")
@@ -184,7 +184,9 @@ def watch_champion(
         "loudness_dbfs": (loudness_sample(reference, reference_root), loudness_sample(new, root)),
         **{name: (reference[name].tolist(), new[name].tolist()) for name in CATEGORICAL_FEATURES},
     }
-    valid = fold_splits(reference, reference_folds, RELEASE_FOLD)["valid"] if len(reference_folds) else None
+    valid = (
+        training_splits(reference, reference_folds, RELEASE_FOLD)["valid"] if len(reference_folds) else None
+    )
     if valid is not None and not valid.empty:
         on_valid = evaluate_rows(model, valid, reference_root, batch_size=batch_size)
         samples[PREDICTED_FEATURE] = (
