@@ -44,7 +44,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ser_stack.settings import CREDENTIALS_FILE, StackSettings  # noqa: E402
+from ser_stack.settings import (  # noqa: E402
+    CREDENTIALS_FILE,
+    PG_CREDENTIALS_FILE,
+    PG_USER,
+    StackSettings,
+)
 
 log = logging.getLogger("ser.infra")
 
@@ -107,6 +112,237 @@ def seaweed_s3_config(settings: StackSettings) -> str:
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }
     return json.dumps({"identities": [identity]}, indent=2)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL (SER_DB=postgres)
+
+PG_DATABASES = ("prefect", "mlflow", "optuna")
+"""The databases the stack creates on its PostgreSQL server: Prefect's, MLflow's tracking store, Optuna's studies."""
+PG_OS_USER = "postgres"
+"""The system user that runs the server when the stack is started as root (PostgreSQL refuses to run as root)."""
+PG_MAX_CONNECTIONS = 300
+"""Prefect's server (a pool of 5 + 10 per process), MLflow's workers, every flow run's Optuna storage."""
+
+
+def postgres_bin_dir() -> Path:
+    """Folder of the PostgreSQL server programs: ``SER_PG_BIN``, else the newest Debian version under
+    /usr/lib/postgresql, else the folder of an ``initdb`` on PATH."""
+    if os.environ.get("SER_PG_BIN"):
+        return Path(os.environ["SER_PG_BIN"])
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if debian:
+        return debian[-1].parent
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    raise StackError(
+        "SER_DB=postgres but no PostgreSQL server programs (initdb, postgres) were found in /usr/lib/postgresql/*/bin "
+        "or on PATH; run infra/setup as root (it installs Debian's postgresql), install PostgreSQL yourself and set "
+        "SER_PG_BIN to its bin folder, or use SER_DB=sqlite"
+    )
+
+
+def pg_data_dir(settings: StackSettings) -> Path:
+    return settings.state_dir / "postgres"
+
+
+def as_server_user(argv: list[str]) -> list[str]:
+    """`argv` run as :data:`PG_OS_USER` when we are root (``setpriv``, which execs: the pid stays the
+    server's), else as is."""
+    if os.geteuid() != 0:
+        return argv
+    return ["setpriv", f"--reuid={PG_OS_USER}", f"--regid={PG_OS_USER}", "--init-groups", "--", *argv]
+
+
+def server_user_ids() -> tuple[int, int] | None:
+    """(uid, gid) the server runs as when we are root, None otherwise; StackError when that user is missing."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(PG_OS_USER)
+    except KeyError:
+        raise StackError(
+            f"SER_DB=postgres as root needs the system user {PG_OS_USER!r} to run the server (PostgreSQL refuses "
+            "root); Debian's postgresql package creates it (infra/setup installs it)"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def ensure_pg_password(settings: StackSettings) -> StackSettings:
+    """Return settings with the PostgreSQL password: from SER_PG_PASSWORD, else generated once into the
+    state folder (0600)."""
+    if settings.pg_password:
+        return settings
+    path = settings.state_dir / PG_CREDENTIALS_FILE
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"user": PG_USER, "password": secrets.token_urlsafe(24)}, handle)
+    log.info("generated the PostgreSQL password in %s", path)
+    return StackSettings.from_env({**os.environ, **settings.client_env(), "SER_TUNE_STORAGE": ""})
+
+
+def init_postgres(settings: StackSettings) -> bool:
+    """Create the server's data folder with ``initdb`` unless it holds a cluster: superuser
+    :data:`PG_USER` with the stack's password (scram-sha-256 over TCP only). True when created now."""
+    data = pg_data_dir(settings)
+    if (data / "PG_VERSION").exists():
+        return False
+    ids = server_user_ids()
+    for folder in [settings.state_dir, *settings.state_dir.parents]:
+        if ids is not None and not os.stat(folder).st_mode & 0o001:
+            raise StackError(
+                f"SER_DB=postgres: the server runs as {PG_OS_USER!r}, which cannot enter {folder} (no search "
+                "permission for others); choose a SER_STATE_DIR it can reach"
+            )
+    if data.exists():
+        shutil.rmtree(data)  # an initdb that failed half way
+    data.mkdir(mode=0o700, parents=True)
+    pwfile = settings.state_dir / "postgres-initdb.pw"
+    write_private(pwfile, settings.pg_password or "")
+    if ids is not None:
+        os.chown(data, *ids)
+        os.chown(pwfile, *ids)
+    argv = [
+        str(postgres_bin_dir() / "initdb"),
+        f"--pgdata={data}",
+        f"--username={PG_USER}",
+        f"--pwfile={pwfile}",
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+        "--no-instructions",
+    ]
+    try:
+        done = subprocess.run(as_server_user(argv), capture_output=True, text=True, timeout=120, cwd="/")
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise StackError(f"initdb of {data} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    log.info("initialised PostgreSQL's data folder %s", data)
+    return True
+
+
+def postgres_argv(settings: StackSettings) -> list[str]:
+    """The server, listening on SER_HOST:SER_PG_PORT over TCP only (no Unix socket), logging to stderr."""
+    return as_server_user(
+        [
+            str(postgres_bin_dir() / "postgres"),
+            "-D",
+            str(pg_data_dir(settings)),
+            "-h",
+            settings.host,
+            "-p",
+            str(settings.pg_port),
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            f"max_connections={PG_MAX_CONNECTIONS}",
+            "-c",
+            "log_line_prefix=%m [%p] %q%u@%d ",
+        ]
+    )
+
+
+def pg_connect(settings: StackSettings, database: str = "postgres"):
+    import psycopg2
+
+    return psycopg2.connect(
+        host=settings.host,
+        port=settings.pg_port,
+        user=PG_USER,
+        password=settings.pg_password,
+        dbname=database,
+        connect_timeout=int(HTTP_TIMEOUT_S),
+    )
+
+
+def check_postgres(settings: StackSettings) -> str | None:
+    """None when the stack's PostgreSQL accepts the stack's user and answers a query, else the reason."""
+    try:
+        with pg_connect(settings) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        conn.close()
+    except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported with its reason
+        return f"PostgreSQL at {settings.host}:{settings.pg_port}: {str(exc).strip()}"
+    return None
+
+
+def create_databases(settings: StackSettings) -> None:
+    """Create each of :data:`PG_DATABASES` that the server does not have yet."""
+    conn = pg_connect(settings)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            for name in PG_DATABASES:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+                    log.info("created database %s", name)
+    finally:
+        conn.close()
+
+
+def stop_postgres(settings: StackSettings) -> None:
+    """Ask a running server for a fast shutdown (roll back open sessions, checkpoint) before `down`
+    signals its process group: SIGTERM alone is PostgreSQL's smart shutdown, which waits for every client."""
+    pid = recorded_pid(settings.state_dir, "postgres")
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def database_env(settings: StackSettings) -> dict[str, str]:
+    """Where Prefect's server and MLflow's keep their data with SER_DB=postgres (nothing for SQLite:
+    their SQLite defaults and the mlflow command's --backend-store-uri)."""
+    if settings.db != "postgres":
+        return {}
+    return {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": settings.database_url("prefect", "asyncpg"),
+        "MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow"),
+    }
+
+
+def database_locked_lines(settings: StackSettings) -> int:
+    """How many "database is locked" lines the servers logged since their latest start."""
+    return sum(
+        log_since_start(log_path(settings.state_dir, name)).count(SQLITE_BUSY)
+        for name in ("prefect", "mlflow", "worker")
+    )
+
+
+def check_database(settings: StackSettings) -> str | None:
+    """None when the stack's database serves: PostgreSQL answers (`check_postgres`) and no server logged
+    "database is locked"; SQLite has no server and is always "ok" (see `database_note`)."""
+    if settings.db != "postgres":
+        return None
+    reason = check_postgres(settings)
+    locked = database_locked_lines(settings)
+    if reason is None and locked:
+        reason = f'{locked} "database is locked" line(s) in the stack\'s logs since start, with PostgreSQL'
+    return reason
+
+
+def database_note(settings: StackSettings) -> str:
+    """What `infra/health` says about a healthy database: with SQLite, how contended it was (the lock
+    waits the servers logged since they started), since Prefect retries them and they are no fault."""
+    if settings.db == "postgres":
+        return f"PostgreSQL, data in {pg_data_dir(settings)}"
+    locked = database_locked_lines(settings)
+    if not locked:
+        return "SQLite, not contended since start"
+    return (
+        f'SQLite CONTENDED: {locked} "database is locked" line(s) in the logs since start (requests waited '
+        "and were retried); for concurrent folds use SER_DB=postgres"
+    )
 
 
 # ----------------------------------------------------------------------------- pid bookkeeping
@@ -328,15 +564,31 @@ RUN_FAILURE = re.compile(r"\| (?:Flow|Task) run '")
 SQLITE_BUSY = "database is locked"
 """What Prefect's server on SQLite logs when several runs write at once (fold flow runs at a
 ``folds`` queue concurrency above 1): the request is answered with an error and the client retries
-it (PrefectHQ/prefect#10188, #17473). A load limit of SQLite, not a fault; PostgreSQL has none."""
+it (PrefectHQ/prefect#10188, #17473). A load limit of SQLite, not a fault; PostgreSQL has none, so
+with SER_DB=postgres such a line is a fault like any other, and infra/health reports it."""
+
+PG_FAULT = re.compile(
+    r"^\S+ \S+ \S+ \[\d+\] (?:\S+ )?(?:PANIC|FATAL):  (?!terminating connection due to administrator command)",
+    re.M,
+)
+"""A PANIC or FATAL line of the PostgreSQL server's log (`postgres_argv`'s ``log_line_prefix``): a
+crash, a refused login, a full disk. Sessions ended by the server's own fast shutdown (`infra/down`) are not faults."""
 
 
-def stack_tracebacks(name: str, text: str) -> list[str]:
-    """Tracebacks in the log of component `name` that show a fault of the stack itself: every
-    one in a server's log but the Prefect server's SQLite lock waits (:data:`SQLITE_BUSY`); in
-    the worker's, those not printed for a failing flow or task run."""
+def stack_tracebacks(name: str, text: str, db: str) -> list[str]:
+    """Faults of the stack itself in the log of component `name`, of a stack on database `db`
+    (``sqlite`` or ``postgres``): every traceback in a server's log but, on SQLite only, the Prefect
+    server's lock waits (:data:`SQLITE_BUSY`); in the worker's, those not printed for a failing flow
+    or task run; in PostgreSQL's, its PANIC and FATAL lines (:data:`PG_FAULT`)."""
+    if name == "postgres":
+        return [
+            match.group(0).strip() + text[match.end() :].split("\n", 1)[0]
+            for match in PG_FAULT.finditer(text)
+        ]
     found = tracebacks(text, RUN_FAILURE if name == "worker" else None)
-    return [line for line in found if SQLITE_BUSY not in line] if name == "prefect" else found
+    if name == "prefect" and db == "sqlite":
+        return [line for line in found if SQLITE_BUSY not in line]
+    return found
 
 
 def next_run_due(schedule: dict, now: float, horizon_s: float) -> bool:
@@ -390,11 +642,11 @@ def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
 
     Fails when a scheduled deployment has no scheduled run (see
     `scheduled_deployments_without_runs`), and, for a local stack (`local`), when the server's
-    log holds a traceback of a fault since its latest start (`stack_tracebacks`: SQLite lock
-    waits, which clients retry, are not faults)."""
+    log holds a traceback of a fault since its latest start (`stack_tracebacks`: on SQLite, lock
+    waits, which clients retry, are not faults; `database_note` counts them)."""
     if local:
         logfile = log_path(settings.state_dir, "prefect")
-        found = stack_tracebacks("prefect", log_since_start(logfile))
+        found = stack_tracebacks("prefect", log_since_start(logfile), settings.db)
         if found:
             return f"{len(found)} traceback(s) in {logfile} since the server started, the last: {found[-1]}"
     try:
@@ -519,7 +771,24 @@ def components(settings: StackSettings) -> list[Component]:
         "--install-policy",
         "never",
     ]
+    if settings.db == "postgres":
+        mlflow.remove("--backend-store-uri")
+        mlflow.remove(f"sqlite:///{state / 'mlflow.db'}")  # MLFLOW_BACKEND_STORE_URI: no password in argv
+    database = (
+        [
+            Component(
+                "postgres",
+                settings.pg_port,
+                postgres_argv(settings),
+                check_postgres,
+                f"postgresql://{settings.host}:{settings.pg_port}",
+            )
+        ]
+        if settings.db == "postgres"
+        else []
+    )
     return [
+        *database,
         Component("s3", settings.s3_port, weed, check_s3, settings.s3_endpoint),
         Component("mlflow", settings.mlflow_port, mlflow, check_mlflow, settings.tracking_uri),
         Component(
@@ -546,6 +815,7 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         **os.environ,
         **settings.client_env(),
+        **database_env(settings),
         **TELEMETRY_OFF,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # The project's Prefect plugin (short deployment names) is for people's shells (infra/env.sh),
@@ -637,12 +907,21 @@ def up(settings: StackSettings, timeout_s: float) -> list[str]:
     write_private(settings.state_dir / "seaweedfs-s3.json", seaweed_s3_config(settings))
     (settings.state_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    if settings.db == "postgres":
+        settings = ensure_pg_password(settings)
+        init_postgres(settings)
     env = stack_env(settings)
-    s3, mlflow, prefect, worker = components(settings)
+    by_name = {component.name: component for component in components(settings)}
+    s3, mlflow, prefect, worker = (by_name[name] for name in ("s3", "mlflow", "prefect", "worker"))
     started = []
-    if launch(settings, s3, env):
-        started.append(s3.name)
-    wait_healthy(settings, s3, timeout_s)
+    first = [by_name["postgres"], s3] if "postgres" in by_name else [s3]
+    for component in first:
+        if launch(settings, component, env):
+            started.append(component.name)
+    for component in first:
+        wait_healthy(settings, component, timeout_s)
+    if "postgres" in by_name:
+        create_databases(settings)
     create_buckets(settings)
     for component in (mlflow, prefect):
         if launch(settings, component, env):
@@ -661,7 +940,11 @@ def down(settings: StackSettings, purge: bool) -> list[str]:
     order = ["worker", "prefect", "mlflow", "s3"]
     names = [n for n in order if n in recorded_names(settings.state_dir)]
     names += [n for n in recorded_names(settings.state_dir) if n not in order]
-    stopped = stop_recorded(settings.state_dir, names)
+    # the database last: its clients first (a fast shutdown, `stop_postgres`, then the process group)
+    stopped = stop_recorded(settings.state_dir, [n for n in names if n != "postgres"])
+    if "postgres" in names:
+        stop_postgres(settings)
+        stopped += stop_recorded(settings.state_dir, ["postgres"])
     if purge and settings.state_dir.exists():
         shutil.rmtree(settings.state_dir)
     return stopped
@@ -670,7 +953,8 @@ def down(settings: StackSettings, purge: bool) -> list[str]:
 def health(settings: StackSettings, local: bool = True, scheduler: bool = True) -> dict[str, str | None]:
     """Reason each component is unhealthy (None when healthy), by component name, then (with
     `scheduler`) the reason the Prefect scheduler fails under the name ``scheduler`` and the
-    reason trainings are blocked (`check_trainings`) under ``trainings``.
+    reason trainings are blocked (`check_trainings`) under ``trainings``, and (with `local`) the
+    database's under ``database`` (`check_database`).
 
     `local` also requires the process recorded by `up` in the state folder to be alive, and reads
     the server's log; without it only the services are asked (a stack started elsewhere, e.g.
@@ -689,6 +973,8 @@ def health(settings: StackSettings, local: bool = True, scheduler: bool = True) 
         result["trainings"] = (
             "Prefect server down" if result["prefect"] is not None else check_trainings(settings)
         )
+    if local:
+        result["database"] = check_database(settings)
     return result
 
 
@@ -751,8 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
         where = {c.name: c.url for c in components(settings)}
         where["scheduler"] = f"deployments of {where['prefect']}"
         where["trainings"] = f"train-<corpus> limits of {where['prefect']}"
+        where["database"] = "database of Prefect, MLflow, Optuna"
+        notes = {"database": database_note(settings)}
         for name, reason in table.items():
-            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:44} {reason or ''}")
+            said = reason if reason is not None else notes.get(name, "")
+            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:44} {said}")
         return 0 if all(reason is None for reason in table.values()) else 1
     try:
         started = up(settings, args.timeout)
