@@ -15,7 +15,7 @@ Every process is started in its own session (process group); its pid and start t
 those process groups, so it never touches a process this script did not start.
 
 Usage (through the bash wrappers in infra/):
-  python infra/stack.py up | down [--purge] | health | env
+  python infra/stack.py up | down [--purge] | health | env | backup DIR | restore DIR
 """
 
 from __future__ import annotations
@@ -978,6 +978,347 @@ def health(settings: StackSettings, local: bool = True, scheduler: bool = True) 
     return result
 
 
+# ----------------------------------------------------------------------------- backup and restore
+
+BACKUP_FORMAT = 1
+"""Version of the backup folder's layout (``backup.json``), checked by restore."""
+PREFECT_BACKUP = "prefect.json"
+PAGE = 200
+"""Rows per request when reading the Prefect API's filter endpoints."""
+
+
+def prefect_filter(client, path: str, body: dict | None = None) -> list[dict]:
+    """Every row of a Prefect ``.../filter`` endpoint, read page by page."""
+    rows: list[dict] = []
+    while True:
+        response = client.request("POST", path, json={**(body or {}), "limit": PAGE, "offset": len(rows)})
+        response.raise_for_status()
+        page = response.json()
+        rows += page
+        if len(page) < PAGE:
+            return rows
+
+
+def export_prefect(settings: StackSettings) -> dict:
+    """The Prefect server's configuration (not its run history): work pools with their queues,
+    deployments with their flows' names, automations, variables and global concurrency limits, as
+    the API returns them."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        with get_client(sync_client=True) as client:
+            pools = prefect_filter(client, "/work_pools/filter")
+            flows = {f["id"]: f["name"] for f in prefect_filter(client, "/flows/filter")}
+            deployments = prefect_filter(client, "/deployments/filter")
+            for deployment in deployments:
+                deployment["flow_name"] = flows[deployment["flow_id"]]
+            return {
+                "work_pools": pools,
+                "work_queues": {
+                    p["name"]: prefect_filter(client, f"/work_pools/{p['name']}/queues/filter") for p in pools
+                },
+                "deployments": deployments,
+                "automations": prefect_filter(client, "/automations/filter"),
+                "variables": prefect_filter(client, "/variables/filter"),
+                "concurrency_limits": prefect_filter(client, "/v2/concurrency_limits/filter"),
+            }
+
+
+def _fields(row: dict, model) -> dict:
+    """The keys of `row` that the create model (a Prefect client action schema) accepts."""
+    return {key: value for key, value in row.items() if key in model.model_fields}
+
+
+def import_prefect(settings: StackSettings, exported: dict) -> dict[str, int]:
+    """Recreate `exported` (`export_prefect`) on an empty Prefect server: missing work pools and
+    queues (queue limits set), concurrency limits with no slot held, variables, flows and
+    deployments (schedules included), then automations, their deployment ids mapped to the new
+    ones. Returns how many of each were created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        DeploymentCreate,
+        DeploymentScheduleCreate,
+        GlobalConcurrencyLimitCreate,
+        VariableCreate,
+        WorkPoolCreate,
+        WorkQueueCreate,
+    )
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def send(client, method: str, path: str, body: dict) -> dict:
+        response = client.request(method, path, json=body)
+        if response.status_code >= 400:
+            raise StackError(
+                f"restore: {method} {path} answered {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else {}
+
+    counts = dict.fromkeys(
+        ("work_pools", "work_queues", "concurrency_limits", "variables", "deployments", "automations"), 0
+    )
+    ids: dict[str, str] = {}
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        with get_client(sync_client=True) as client:
+            pools = {p["name"] for p in prefect_filter(client, "/work_pools/filter")}
+            for pool in exported["work_pools"]:
+                if pool["name"] not in pools:
+                    send(client, "POST", "/work_pools/", _fields(pool, WorkPoolCreate))
+                    counts["work_pools"] += 1
+            for pool_name, queues in exported["work_queues"].items():
+                present = {
+                    q["name"]: q for q in prefect_filter(client, f"/work_pools/{pool_name}/queues/filter")
+                }
+                for queue in queues:
+                    body = _fields(queue, WorkQueueCreate)
+                    body.pop("filter", None)
+                    if queue["name"] in present:
+                        send(
+                            client,
+                            "PATCH",
+                            f"/work_pools/{pool_name}/queues/{queue['name']}",
+                            {k: v for k, v in body.items() if k != "name"},
+                        )
+                    else:
+                        send(client, "POST", f"/work_pools/{pool_name}/queues", body)
+                        counts["work_queues"] += 1
+            for limit in exported["concurrency_limits"]:
+                send(
+                    client,
+                    "POST",
+                    "/v2/concurrency_limits/",
+                    {**_fields(limit, GlobalConcurrencyLimitCreate), "active_slots": 0},
+                )
+                counts["concurrency_limits"] += 1
+            for variable in exported["variables"]:
+                send(client, "POST", "/variables/", _fields(variable, VariableCreate))
+                counts["variables"] += 1
+            for deployment in exported["deployments"]:
+                flow = send(client, "POST", "/flows/", {"name": deployment["flow_name"]})
+                body = _fields(deployment, DeploymentCreate)
+                body["flow_id"] = flow["id"]
+                body["schedules"] = [
+                    _fields(s, DeploymentScheduleCreate) for s in deployment.get("schedules", [])
+                ]
+                created = send(client, "POST", "/deployments/", body)
+                ids[deployment["id"]] = created["id"]
+                ids[deployment["flow_id"]] = flow["id"]
+                counts["deployments"] += 1
+            for automation in exported["automations"]:
+                text = json.dumps(_fields(automation, AutomationCore))
+                for old, new in ids.items():
+                    text = text.replace(old, new)
+                send(client, "POST", "/automations/", json.loads(text))
+                counts["automations"] += 1
+    return counts
+
+
+def bucket_keys(client, bucket: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def copy_bucket(settings: StackSettings, bucket: str, folder: Path, upload: bool) -> int:
+    """Download every object of `bucket` into `folder` (keys as relative paths), or with `upload`
+    put every file of `folder` into `bucket`; 8 transfers at once. Returns the number of objects."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = settings.s3_client(max_attempts=3)
+    if upload:
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        jobs = [(str(p), p.relative_to(folder).as_posix()) for p in files]
+
+        def move(job):
+            client.upload_file(job[0], bucket, job[1])
+    else:
+        jobs = [(str(folder / key), key) for key in bucket_keys(client, bucket) if not key.endswith("/")]
+
+        def move(job):
+            Path(job[0]).parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, job[1], job[0])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(move, jobs))
+    return len(jobs)
+
+
+def pg_env(settings: StackSettings) -> dict[str, str]:
+    """Environment for pg_dump / pg_restore: the stack's server and password."""
+    return {
+        **os.environ,
+        "PGPASSWORD": settings.pg_password or "",
+        "PGHOST": settings.host,
+        "PGPORT": str(settings.pg_port),
+        "PGUSER": PG_USER,
+    }
+
+
+def sqlite_files(settings: StackSettings) -> dict[str, Path]:
+    """The SQLite databases a backup holds, by name (Prefect's is exported through its API instead)."""
+    return {"mlflow": settings.state_dir / "mlflow.db", "optuna": settings.state_dir / "optuna.db"}
+
+
+def dump_databases(settings: StackSettings, folder: Path) -> list[str]:
+    """MLflow's tracking store and Optuna's studies into `folder`, consistent while the servers
+    write: ``pg_dump -Fc`` of each database, or SQLite's online backup API. Returns the files written."""
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if settings.db == "postgres":
+        for name in ("mlflow", "optuna"):
+            target = folder / f"{name}.dump"
+            done = subprocess.run(
+                [str(postgres_bin_dir() / "pg_dump"), "-Fc", "--no-owner", "-f", str(target), name],
+                env=pg_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                raise StackError(f"pg_dump {name} failed (exit {done.returncode}): {done.stderr}")
+            written.append(target.name)
+        return written
+    for name, path in sqlite_files(settings).items():
+        if not path.exists():
+            continue
+        source, target = sqlite3.connect(path), sqlite3.connect(folder / f"{name}.db")
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        written.append(f"{name}.db")
+    return written
+
+
+def restore_databases(settings: StackSettings, folder: Path, files: list[str]) -> None:
+    """Put the dumped databases back while MLflow's server is stopped (the caller restarts it):
+    drop and recreate each PostgreSQL database and ``pg_restore`` it, or copy the SQLite files in."""
+    if settings.db == "postgres":
+        conn = pg_connect(settings)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                for file in files:
+                    name = file.removesuffix(".dump")
+                    cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        for file in files:
+            name = file.removesuffix(".dump")
+            done = subprocess.run(
+                [
+                    str(postgres_bin_dir() / "pg_restore"),
+                    "--no-owner",
+                    "--exit-on-error",
+                    "-d",
+                    name,
+                    str(folder / file),
+                ],
+                env=pg_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                raise StackError(f"pg_restore {file} failed (exit {done.returncode}): {done.stderr}")
+        return
+    for file in files:
+        target = sqlite_files(settings)[file.removesuffix(".db")]
+        shutil.copyfile(folder / file, target)
+
+
+def backup(settings: StackSettings, dest: Path) -> dict:
+    """Back up the running stack into the empty or new folder `dest`: MLflow's runs and registry
+    (`dump_databases`) and its artifact bucket, the data bucket (manifests, staged corpora), Optuna's
+    studies, and the Prefect server's configuration (`export_prefect`). Returns ``backup.json``'s content."""
+    if dest.exists() and any(dest.iterdir()):
+        raise StackError(f"backup: {dest} is not empty; give a new or empty folder")
+    if health(settings, scheduler=False).get("mlflow") is not None:
+        raise StackError("backup: the stack is not running (infra/health); start it with infra/up")
+    began = time.monotonic()
+    dest.mkdir(parents=True, exist_ok=True)
+    prefect = export_prefect(settings)
+    (dest / PREFECT_BACKUP).write_text(json.dumps(prefect, indent=1))
+    databases = dump_databases(settings, dest / "db")
+    objects = {
+        role: copy_bucket(settings, bucket, dest / "s3" / role, upload=False)
+        for role, bucket in (("mlflow", settings.mlflow_bucket), ("data", settings.data_bucket))
+    }
+    summary = {
+        "format": BACKUP_FORMAT,
+        "db": settings.db,
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "databases": databases,
+        "objects": objects,
+        "prefect": {key: len(rows) for key, rows in prefect.items()},
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    (dest / "backup.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def stack_is_empty(settings: StackSettings) -> list[str]:
+    """What keeps the running stack from being a restore target: objects in its buckets,
+    deployments, registered models or runs. Empty when it is as infra/up leaves a purged stack."""
+    import mlflow
+
+    found = []
+    client = settings.s3_client()
+    for bucket in (settings.mlflow_bucket, settings.data_bucket):
+        if bucket_keys(client, bucket):
+            found.append(f"objects in s3://{bucket}")
+    _, body = http_post_json(f"{settings.prefect_api_url}/deployments/filter", {"limit": 1})
+    if json.loads(body):
+        found.append("Prefect deployments")
+    tracking = mlflow.MlflowClient(settings.tracking_uri)
+    if tracking.search_registered_models(max_results=1):
+        found.append("registered models in MLflow")
+    if tracking.search_experiments(max_results=2, filter_string="name != 'Default'"):
+        found.append("MLflow experiments")
+    return found
+
+
+def restore(settings: StackSettings, src: Path, timeout_s: float) -> dict:
+    """Restore the backup in `src` (`backup`) onto the running, empty stack (`stack_is_empty`;
+    e.g. after ``infra/down --purge && infra/up``): databases with MLflow's server stopped and
+    started again, the buckets' objects, then the Prefect configuration. The stack's database kind
+    (SER_DB) must be the backup's."""
+    began = time.monotonic()
+    meta_path = src / "backup.json"
+    if not meta_path.exists():
+        raise StackError(f"restore: {meta_path} not found; expected a folder written by infra/backup")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != BACKUP_FORMAT:
+        raise StackError(
+            f"restore: {meta_path} has format {meta.get('format')!r}; this infra/restore reads {BACKUP_FORMAT}"
+        )
+    if meta["db"] != settings.db:
+        raise StackError(
+            f"restore: the backup was taken on SER_DB={meta['db']}, this stack runs SER_DB={settings.db}; set SER_DB={meta['db']}"
+        )
+    unhealthy = {k: v for k, v in health(settings, scheduler=False).items() if v is not None}
+    if unhealthy:
+        raise StackError(f"restore: the stack is not healthy ({unhealthy}); start it with infra/up")
+    occupied = stack_is_empty(settings)
+    if occupied:
+        raise StackError(
+            f"restore: the stack is not empty ({', '.join(occupied)}); restore onto a purged stack: infra/down --purge && infra/up"
+        )
+    stop_recorded(settings.state_dir, ["mlflow"])
+    restore_databases(settings, src / "db", meta["databases"])
+    up(settings, timeout_s)
+    objects = {
+        role: copy_bucket(settings, bucket, src / "s3" / role, upload=True)
+        for role, bucket in (("mlflow", settings.mlflow_bucket), ("data", settings.data_bucket))
+    }
+    counts = import_prefect(settings, json.loads((src / PREFECT_BACKUP).read_text()))
+    return {"objects": objects, "prefect": counts, "seconds": round(time.monotonic() - began, 1)}
+
+
 def plugin_env(prefect_toml: Path = PREFECT_TOML) -> dict[str, str]:
     """The ``[plugins]`` settings of the project's prefect.toml as Prefect environment variables,
     so a shell in any folder loads the project's Prefect plugin (short deployment names)."""
@@ -1018,6 +1359,11 @@ def main(argv: list[str] | None = None) -> int:
     down_parser.add_argument("--purge", action="store_true", help="also delete the state folder (all data)")
     sub.add_parser("health", help="print a table; exit 0 only when every component is healthy")
     sub.add_parser("env", help="print export lines for clients")
+    backup_parser = sub.add_parser("backup", help="back up the running stack into a new or empty folder")
+    backup_parser.add_argument("dir", type=Path)
+    restore_parser = sub.add_parser("restore", help="restore a backup onto the running, empty stack")
+    restore_parser.add_argument("dir", type=Path)
+    restore_parser.add_argument("--timeout", type=float, default=float(os.environ.get("SER_UP_TIMEOUT", 180)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = StackSettings.from_env()
@@ -1031,6 +1377,17 @@ def main(argv: list[str] | None = None) -> int:
             f"stopped: {', '.join(stopped) or 'nothing was running'}"
             + (f"; deleted {settings.state_dir}" if args.purge else "")
         )
+        return 0
+    if args.command in ("backup", "restore"):
+        try:
+            if args.command == "backup":
+                summary = backup(settings, args.dir.resolve())
+            else:
+                summary = restore(settings, args.dir.resolve(), args.timeout)
+        except StackError as exc:
+            print(f"infra/{args.command} failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"infra/{args.command} {args.dir}: {json.dumps(summary)}")
         return 0
     if args.command == "health":
         table = health(settings)
