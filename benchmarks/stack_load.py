@@ -51,16 +51,16 @@ from benchmarks.serve_load import percentile, post, request_bodies  # noqa: E402
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "stack_load"
 PORTS = {
-    "SER_S3_PORT": "8741",
-    "SER_WEED_MASTER_PORT": "9741",
-    "SER_WEED_VOLUME_PORT": "8751",
-    "SER_WEED_FILER_PORT": "8761",
-    "SER_WEED_ADMIN_PORT": "9761",
-    "SER_MLFLOW_PORT": "5441",
-    "SER_PREFECT_PORT": "4641",
-    "SER_PG_PORT": "5442",
+    "SER_S3_PORT": "8671",
+    "SER_WEED_MASTER_PORT": "9671",
+    "SER_WEED_VOLUME_PORT": "8681",
+    "SER_WEED_FILER_PORT": "8691",
+    "SER_WEED_ADMIN_PORT": "9681",
+    "SER_MLFLOW_PORT": "5371",
+    "SER_PREFECT_PORT": "4571",
+    "SER_PG_PORT": "5372",
 }
-SERVE_PORT = 5443
+SERVE_PORT = 5373
 CLIENT_VARIABLES = (
     "MLFLOW_TRACKING_URI",
     "PREFECT_API_URL",
@@ -87,6 +87,8 @@ FAST = {
 """The e2e tests' tiny training (tests/e2e/test_train_ravdess.py): the load is the stack's, not the model's."""
 RUN_TIMEOUT_S = 1500
 SAMPLE_S = 0.5
+PACE_S = 0.5
+"""Each client's pause before a request: 200 requests from 2 clients span a minute or more of training."""
 
 
 def build_corpus(shared: Path, root: Path, gain: float) -> int:
@@ -209,6 +211,44 @@ def wait_all_final(settings, since: float, deadline: float) -> list[dict]:
         time.sleep(5)
 
 
+def folder_mib(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20, 1)
+
+
+def backup_cycle(env: dict[str, str], backup_dir: Path) -> dict[str, Any]:
+    """infra/backup of the loaded stack, then infra/down --purge, infra/up and infra/restore of it:
+    wall times, the backup's size, and whether the champion came back the same."""
+    from mlflow import MlflowClient
+
+    from ser_stack.settings import StackSettings
+
+    def champion() -> tuple:
+        settings = StackSettings.from_env(env)
+        version = MlflowClient(settings.tracking_uri).get_model_version_by_alias("ser-ravdess", "champion")
+        return version.version, version.run_id, sorted(version.aliases), version.tags
+
+    if backup_dir.exists():
+        shutil.rmtree(backup_dir)
+    before = champion()
+    began = time.monotonic()
+    run([str(REPO / "infra" / "backup"), str(backup_dir)], env)
+    backup_s = time.monotonic() - began
+    run([str(REPO / "infra" / "down"), "--purge"], env)
+    run([str(REPO / "infra" / "up")], env)
+    began = time.monotonic()
+    run([str(REPO / "infra" / "restore"), str(backup_dir)], env)
+    restore_s = time.monotonic() - began
+    summary = json.loads((backup_dir / "backup.json").read_text())
+    return {
+        "backup_s": round(backup_s, 1),
+        "restore_s": round(restore_s, 1),
+        "backup_mib": folder_mib(backup_dir),
+        "objects": summary["objects"],
+        "prefect": summary["prefect"],
+        "same_champion": champion() == before,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], required=True)
@@ -288,11 +328,24 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 time.sleep(5)
                 queued = deployment_run("train-ravdess", {"overrides": FAST, "folds": [0]}, env, False)
-                # requests while the fold runs run
+                # requests while the fold runs run, spread over the training (a pause between a
+                # client's requests), from the moment a fold run runs
+                waited = time.monotonic()
+                while time.monotonic() - waited < 300 and not any(
+                    r["name"].startswith("ravdess-fold") and r["state"] == "RUNNING"
+                    for r in flow_runs_since(settings, load_start - 1)
+                ):
+                    time.sleep(2)
+                timings["until_a_fold_runs_s"] = time.monotonic() - began
                 chosen = [bodies[i % len(bodies)] for i in range(args.requests)]
+
+                def paced(item):
+                    time.sleep(PACE_S)
+                    return post(url, item[0])
+
                 sent = time.perf_counter()
                 with ThreadPoolExecutor(args.clients) as clients:
-                    replies = list(clients.map(lambda item: post(url, item[0]), chosen))
+                    replies = list(clients.map(paced, chosen))
                 served_s = time.perf_counter() - sent
                 training_done = training.done()
                 errors = []
@@ -310,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             by_state[r["state"]] = by_state.get(r["state"], 0) + 1
         logs = {p.stem: p.read_text(errors="replace") for p in (state / "logs").glob("*.log")}
+        state_mib_before_backup = folder_mib(state)
+        backup = backup_cycle(env, REPO / ".ser-state" / f"stack-load-{args.db}-backup")
         result.update(
             {
                 "corpus_files": files,
@@ -341,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                     "all_sent_while_training": not training_done,
                 },
                 "memory": memory,
+                "state_folder_mib": state_mib_before_backup,
+                "backup_cycle": backup,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "load_after": load_average(),
             }
@@ -350,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             rss.stop()
         if not args.keep:
             subprocess.run([str(REPO / "infra" / "down"), "--purge"], cwd=REPO, env=env, timeout=300)
+            shutil.rmtree(REPO / ".ser-state" / f"stack-load-{args.db}-backup", ignore_errors=True)
     (args.out / f"{args.db}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
     return 0
