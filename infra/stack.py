@@ -15,7 +15,7 @@ Every process is started in its own session (process group); its pid and start t
 those process groups, so it never touches a process this script did not start.
 
 Usage (through the bash wrappers in infra/):
-  python infra/stack.py up | down [--purge] | health | env
+  python infra/stack.py up | down [--purge] | health | env | backup DIR | restore DIR
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ser_stack.settings import CREDENTIALS_FILE, StackSettings  # noqa: E402
+from ser_stack.settings import (  # noqa: E402
+    CREDENTIALS_FILE,
+    PG_CREDENTIALS_FILE,
+    PG_USER,
+    StackSettings,
+)
 
 log = logging.getLogger("ser.infra")
 
@@ -107,6 +112,237 @@ def seaweed_s3_config(settings: StackSettings) -> str:
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }
     return json.dumps({"identities": [identity]}, indent=2)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL (SER_DB=postgres)
+
+PG_DATABASES = ("prefect", "mlflow", "optuna")
+"""The databases the stack creates on its PostgreSQL server: Prefect's, MLflow's tracking store, Optuna's studies."""
+PG_OS_USER = "postgres"
+"""The system user that runs the server when the stack is started as root (PostgreSQL refuses to run as root)."""
+PG_MAX_CONNECTIONS = 300
+"""Prefect's server (a pool of 5 + 10 per process), MLflow's workers, every flow run's Optuna storage."""
+
+
+def postgres_bin_dir() -> Path:
+    """Folder of the PostgreSQL server programs: ``SER_PG_BIN``, else the newest Debian version under
+    /usr/lib/postgresql, else the folder of an ``initdb`` on PATH."""
+    if os.environ.get("SER_PG_BIN"):
+        return Path(os.environ["SER_PG_BIN"])
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if debian:
+        return debian[-1].parent
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    raise StackError(
+        "SER_DB=postgres but no PostgreSQL server programs (initdb, postgres) were found in /usr/lib/postgresql/*/bin "
+        "or on PATH; run infra/setup as root (it installs Debian's postgresql), install PostgreSQL yourself and set "
+        "SER_PG_BIN to its bin folder, or use SER_DB=sqlite"
+    )
+
+
+def pg_data_dir(settings: StackSettings) -> Path:
+    return settings.state_dir / "postgres"
+
+
+def as_server_user(argv: list[str]) -> list[str]:
+    """`argv` run as :data:`PG_OS_USER` when we are root (``setpriv``, which execs: the pid stays the
+    server's), else as is."""
+    if os.geteuid() != 0:
+        return argv
+    return ["setpriv", f"--reuid={PG_OS_USER}", f"--regid={PG_OS_USER}", "--init-groups", "--", *argv]
+
+
+def server_user_ids() -> tuple[int, int] | None:
+    """(uid, gid) the server runs as when we are root, None otherwise; StackError when that user is missing."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(PG_OS_USER)
+    except KeyError:
+        raise StackError(
+            f"SER_DB=postgres as root needs the system user {PG_OS_USER!r} to run the server (PostgreSQL refuses "
+            "root); Debian's postgresql package creates it (infra/setup installs it)"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def ensure_pg_password(settings: StackSettings) -> StackSettings:
+    """Return settings with the PostgreSQL password: from SER_PG_PASSWORD, else generated once into the
+    state folder (0600)."""
+    if settings.pg_password:
+        return settings
+    path = settings.state_dir / PG_CREDENTIALS_FILE
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"user": PG_USER, "password": secrets.token_urlsafe(24)}, handle)
+    log.info("generated the PostgreSQL password in %s", path)
+    return StackSettings.from_env({**os.environ, **settings.client_env(), "SER_TUNE_STORAGE": ""})
+
+
+def init_postgres(settings: StackSettings) -> bool:
+    """Create the server's data folder with ``initdb`` unless it holds a cluster: superuser
+    :data:`PG_USER` with the stack's password (scram-sha-256 over TCP only). True when created now."""
+    data = pg_data_dir(settings)
+    if (data / "PG_VERSION").exists():
+        return False
+    ids = server_user_ids()
+    for folder in [settings.state_dir, *settings.state_dir.parents]:
+        if ids is not None and not os.stat(folder).st_mode & 0o001:
+            raise StackError(
+                f"SER_DB=postgres: the server runs as {PG_OS_USER!r}, which cannot enter {folder} (no search "
+                "permission for others); choose a SER_STATE_DIR it can reach"
+            )
+    if data.exists():
+        shutil.rmtree(data)  # an initdb that failed half way
+    data.mkdir(mode=0o700, parents=True)
+    pwfile = settings.state_dir / "postgres-initdb.pw"
+    write_private(pwfile, settings.pg_password or "")
+    if ids is not None:
+        os.chown(data, *ids)
+        os.chown(pwfile, *ids)
+    argv = [
+        str(postgres_bin_dir() / "initdb"),
+        f"--pgdata={data}",
+        f"--username={PG_USER}",
+        f"--pwfile={pwfile}",
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+        "--no-instructions",
+    ]
+    try:
+        done = subprocess.run(as_server_user(argv), capture_output=True, text=True, timeout=120, cwd="/")
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise StackError(f"initdb of {data} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    log.info("initialised PostgreSQL's data folder %s", data)
+    return True
+
+
+def postgres_argv(settings: StackSettings) -> list[str]:
+    """The server, listening on SER_HOST:SER_PG_PORT over TCP only (no Unix socket), logging to stderr."""
+    return as_server_user(
+        [
+            str(postgres_bin_dir() / "postgres"),
+            "-D",
+            str(pg_data_dir(settings)),
+            "-h",
+            settings.host,
+            "-p",
+            str(settings.pg_port),
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            f"max_connections={PG_MAX_CONNECTIONS}",
+            "-c",
+            "log_line_prefix=%m [%p] %q%u@%d ",
+        ]
+    )
+
+
+def pg_connect(settings: StackSettings, database: str = "postgres"):
+    import psycopg2
+
+    return psycopg2.connect(
+        host=settings.host,
+        port=settings.pg_port,
+        user=PG_USER,
+        password=settings.pg_password,
+        dbname=database,
+        connect_timeout=int(HTTP_TIMEOUT_S),
+    )
+
+
+def check_postgres(settings: StackSettings) -> str | None:
+    """None when the stack's PostgreSQL accepts the stack's user and answers a query, else the reason."""
+    try:
+        with pg_connect(settings) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        conn.close()
+    except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported with its reason
+        return f"PostgreSQL at {settings.host}:{settings.pg_port}: {str(exc).strip()}"
+    return None
+
+
+def create_databases(settings: StackSettings) -> None:
+    """Create each of :data:`PG_DATABASES` that the server does not have yet."""
+    conn = pg_connect(settings)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            for name in PG_DATABASES:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+                    log.info("created database %s", name)
+    finally:
+        conn.close()
+
+
+def stop_postgres(settings: StackSettings) -> None:
+    """Ask a running server for a fast shutdown (roll back open sessions, checkpoint) before `down`
+    signals its process group: SIGTERM alone is PostgreSQL's smart shutdown, which waits for every client."""
+    pid = recorded_pid(settings.state_dir, "postgres")
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def database_env(settings: StackSettings) -> dict[str, str]:
+    """Where Prefect's server and MLflow's keep their data with SER_DB=postgres (nothing for SQLite:
+    their SQLite defaults and the mlflow command's --backend-store-uri)."""
+    if settings.db != "postgres":
+        return {}
+    return {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": settings.database_url("prefect", "asyncpg"),
+        "MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow"),
+    }
+
+
+def database_locked_lines(settings: StackSettings) -> int:
+    """How many "database is locked" lines the servers logged since their latest start."""
+    return sum(
+        log_since_start(log_path(settings.state_dir, name)).count(SQLITE_BUSY)
+        for name in ("prefect", "mlflow", "worker")
+    )
+
+
+def check_database(settings: StackSettings) -> str | None:
+    """None when the stack's database serves: PostgreSQL answers (`check_postgres`) and no server logged
+    "database is locked"; SQLite has no server and is always "ok" (see `database_note`)."""
+    if settings.db != "postgres":
+        return None
+    reason = check_postgres(settings)
+    locked = database_locked_lines(settings)
+    if reason is None and locked:
+        reason = f'{locked} "database is locked" line(s) in the stack\'s logs since start, with PostgreSQL'
+    return reason
+
+
+def database_note(settings: StackSettings) -> str:
+    """What `infra/health` says about a healthy database: with SQLite, how contended it was (the lock
+    waits the servers logged since they started), since Prefect retries them and they are no fault."""
+    if settings.db == "postgres":
+        return f"PostgreSQL, data in {pg_data_dir(settings)}"
+    locked = database_locked_lines(settings)
+    if not locked:
+        return "SQLite, not contended since start"
+    return (
+        f'SQLite CONTENDED: {locked} "database is locked" line(s) in the logs since start (requests waited '
+        "and were retried); for concurrent folds use SER_DB=postgres"
+    )
 
 
 # ----------------------------------------------------------------------------- pid bookkeeping
@@ -328,15 +564,31 @@ RUN_FAILURE = re.compile(r"\| (?:Flow|Task) run '")
 SQLITE_BUSY = "database is locked"
 """What Prefect's server on SQLite logs when several runs write at once (fold flow runs at a
 ``folds`` queue concurrency above 1): the request is answered with an error and the client retries
-it (PrefectHQ/prefect#10188, #17473). A load limit of SQLite, not a fault; PostgreSQL has none."""
+it (PrefectHQ/prefect#10188, #17473). A load limit of SQLite, not a fault; PostgreSQL has none, so
+with SER_DB=postgres such a line is a fault like any other, and infra/health reports it."""
+
+PG_FAULT = re.compile(
+    r"^\S+ \S+ \S+ \[\d+\] (?:\S+ )?(?:PANIC|FATAL):  (?!terminating connection due to administrator command)",
+    re.M,
+)
+"""A PANIC or FATAL line of the PostgreSQL server's log (`postgres_argv`'s ``log_line_prefix``): a
+crash, a refused login, a full disk. Sessions ended by the server's own fast shutdown (`infra/down`) are not faults."""
 
 
-def stack_tracebacks(name: str, text: str) -> list[str]:
-    """Tracebacks in the log of component `name` that show a fault of the stack itself: every
-    one in a server's log but the Prefect server's SQLite lock waits (:data:`SQLITE_BUSY`); in
-    the worker's, those not printed for a failing flow or task run."""
+def stack_tracebacks(name: str, text: str, db: str) -> list[str]:
+    """Faults of the stack itself in the log of component `name`, of a stack on database `db`
+    (``sqlite`` or ``postgres``): every traceback in a server's log but, on SQLite only, the Prefect
+    server's lock waits (:data:`SQLITE_BUSY`); in the worker's, those not printed for a failing flow
+    or task run; in PostgreSQL's, its PANIC and FATAL lines (:data:`PG_FAULT`)."""
+    if name == "postgres":
+        return [
+            match.group(0).strip() + text[match.end() :].split("\n", 1)[0]
+            for match in PG_FAULT.finditer(text)
+        ]
     found = tracebacks(text, RUN_FAILURE if name == "worker" else None)
-    return [line for line in found if SQLITE_BUSY not in line] if name == "prefect" else found
+    if name == "prefect" and db == "sqlite":
+        return [line for line in found if SQLITE_BUSY not in line]
+    return found
 
 
 def next_run_due(schedule: dict, now: float, horizon_s: float) -> bool:
@@ -390,11 +642,11 @@ def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
 
     Fails when a scheduled deployment has no scheduled run (see
     `scheduled_deployments_without_runs`), and, for a local stack (`local`), when the server's
-    log holds a traceback of a fault since its latest start (`stack_tracebacks`: SQLite lock
-    waits, which clients retry, are not faults)."""
+    log holds a traceback of a fault since its latest start (`stack_tracebacks`: on SQLite, lock
+    waits, which clients retry, are not faults; `database_note` counts them)."""
     if local:
         logfile = log_path(settings.state_dir, "prefect")
-        found = stack_tracebacks("prefect", log_since_start(logfile))
+        found = stack_tracebacks("prefect", log_since_start(logfile), settings.db)
         if found:
             return f"{len(found)} traceback(s) in {logfile} since the server started, the last: {found[-1]}"
     try:
@@ -519,7 +771,24 @@ def components(settings: StackSettings) -> list[Component]:
         "--install-policy",
         "never",
     ]
+    if settings.db == "postgres":
+        mlflow.remove("--backend-store-uri")
+        mlflow.remove(f"sqlite:///{state / 'mlflow.db'}")  # MLFLOW_BACKEND_STORE_URI: no password in argv
+    database = (
+        [
+            Component(
+                "postgres",
+                settings.pg_port,
+                postgres_argv(settings),
+                check_postgres,
+                f"postgresql://{settings.host}:{settings.pg_port}",
+            )
+        ]
+        if settings.db == "postgres"
+        else []
+    )
     return [
+        *database,
         Component("s3", settings.s3_port, weed, check_s3, settings.s3_endpoint),
         Component("mlflow", settings.mlflow_port, mlflow, check_mlflow, settings.tracking_uri),
         Component(
@@ -546,6 +815,7 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         **os.environ,
         **settings.client_env(),
+        **database_env(settings),
         **TELEMETRY_OFF,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # The project's Prefect plugin (short deployment names) is for people's shells (infra/env.sh),
@@ -637,12 +907,21 @@ def up(settings: StackSettings, timeout_s: float) -> list[str]:
     write_private(settings.state_dir / "seaweedfs-s3.json", seaweed_s3_config(settings))
     (settings.state_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    if settings.db == "postgres":
+        settings = ensure_pg_password(settings)
+        init_postgres(settings)
     env = stack_env(settings)
-    s3, mlflow, prefect, worker = components(settings)
+    by_name = {component.name: component for component in components(settings)}
+    s3, mlflow, prefect, worker = (by_name[name] for name in ("s3", "mlflow", "prefect", "worker"))
     started = []
-    if launch(settings, s3, env):
-        started.append(s3.name)
-    wait_healthy(settings, s3, timeout_s)
+    first = [by_name["postgres"], s3] if "postgres" in by_name else [s3]
+    for component in first:
+        if launch(settings, component, env):
+            started.append(component.name)
+    for component in first:
+        wait_healthy(settings, component, timeout_s)
+    if "postgres" in by_name:
+        create_databases(settings)
     create_buckets(settings)
     for component in (mlflow, prefect):
         if launch(settings, component, env):
@@ -661,7 +940,11 @@ def down(settings: StackSettings, purge: bool) -> list[str]:
     order = ["worker", "prefect", "mlflow", "s3"]
     names = [n for n in order if n in recorded_names(settings.state_dir)]
     names += [n for n in recorded_names(settings.state_dir) if n not in order]
-    stopped = stop_recorded(settings.state_dir, names)
+    # the database last: its clients first (a fast shutdown, `stop_postgres`, then the process group)
+    stopped = stop_recorded(settings.state_dir, [n for n in names if n != "postgres"])
+    if "postgres" in names:
+        stop_postgres(settings)
+        stopped += stop_recorded(settings.state_dir, ["postgres"])
     if purge and settings.state_dir.exists():
         shutil.rmtree(settings.state_dir)
     return stopped
@@ -670,7 +953,8 @@ def down(settings: StackSettings, purge: bool) -> list[str]:
 def health(settings: StackSettings, local: bool = True, scheduler: bool = True) -> dict[str, str | None]:
     """Reason each component is unhealthy (None when healthy), by component name, then (with
     `scheduler`) the reason the Prefect scheduler fails under the name ``scheduler`` and the
-    reason trainings are blocked (`check_trainings`) under ``trainings``.
+    reason trainings are blocked (`check_trainings`) under ``trainings``, and (with `local`) the
+    database's under ``database`` (`check_database`).
 
     `local` also requires the process recorded by `up` in the state folder to be alive, and reads
     the server's log; without it only the services are asked (a stack started elsewhere, e.g.
@@ -689,7 +973,350 @@ def health(settings: StackSettings, local: bool = True, scheduler: bool = True) 
         result["trainings"] = (
             "Prefect server down" if result["prefect"] is not None else check_trainings(settings)
         )
+    if local:
+        result["database"] = check_database(settings)
     return result
+
+
+# ----------------------------------------------------------------------------- backup and restore
+
+BACKUP_FORMAT = 1
+"""Version of the backup folder's layout (``backup.json``), checked by restore."""
+PREFECT_BACKUP = "prefect.json"
+PAGE = 200
+"""Rows per request when reading the Prefect API's filter endpoints."""
+
+
+def prefect_filter(client, path: str, body: dict | None = None) -> list[dict]:
+    """Every row of a Prefect ``.../filter`` endpoint, read page by page."""
+    rows: list[dict] = []
+    while True:
+        response = client.request("POST", path, json={**(body or {}), "limit": PAGE, "offset": len(rows)})
+        response.raise_for_status()
+        page = response.json()
+        rows += page
+        if len(page) < PAGE:
+            return rows
+
+
+def export_prefect(settings: StackSettings) -> dict:
+    """The Prefect server's configuration (not its run history): work pools with their queues,
+    deployments with their flows' names, automations, variables and global concurrency limits, as
+    the API returns them."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        with get_client(sync_client=True) as client:
+            pools = prefect_filter(client, "/work_pools/filter")
+            flows = {f["id"]: f["name"] for f in prefect_filter(client, "/flows/filter")}
+            deployments = prefect_filter(client, "/deployments/filter")
+            for deployment in deployments:
+                deployment["flow_name"] = flows[deployment["flow_id"]]
+            return {
+                "work_pools": pools,
+                "work_queues": {
+                    p["name"]: prefect_filter(client, f"/work_pools/{p['name']}/queues/filter") for p in pools
+                },
+                "deployments": deployments,
+                "automations": prefect_filter(client, "/automations/filter"),
+                "variables": prefect_filter(client, "/variables/filter"),
+                "concurrency_limits": prefect_filter(client, "/v2/concurrency_limits/filter"),
+            }
+
+
+def _fields(row: dict, model) -> dict:
+    """The keys of `row` that the create model (a Prefect client action schema) accepts."""
+    return {key: value for key, value in row.items() if key in model.model_fields}
+
+
+def import_prefect(settings: StackSettings, exported: dict) -> dict[str, int]:
+    """Recreate `exported` (`export_prefect`) on an empty Prefect server: missing work pools and
+    queues (queue limits set), concurrency limits with no slot held, variables, flows and
+    deployments (schedules included), then automations, their deployment ids mapped to the new
+    ones. Returns how many of each were created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        DeploymentCreate,
+        DeploymentScheduleCreate,
+        GlobalConcurrencyLimitCreate,
+        VariableCreate,
+        WorkPoolCreate,
+        WorkQueueCreate,
+    )
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def send(client, method: str, path: str, body: dict) -> dict:
+        response = client.request(method, path, json=body)
+        if response.status_code >= 400:
+            raise StackError(
+                f"restore: {method} {path} answered {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else {}
+
+    counts = dict.fromkeys(
+        ("work_pools", "work_queues", "concurrency_limits", "variables", "deployments", "automations"), 0
+    )
+    ids: dict[str, str] = {}
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        with get_client(sync_client=True) as client:
+            pools = {p["name"] for p in prefect_filter(client, "/work_pools/filter")}
+            for pool in exported["work_pools"]:
+                if pool["name"] not in pools:
+                    send(client, "POST", "/work_pools/", _fields(pool, WorkPoolCreate))
+                    counts["work_pools"] += 1
+            for pool_name, queues in exported["work_queues"].items():
+                present = {
+                    q["name"]: q for q in prefect_filter(client, f"/work_pools/{pool_name}/queues/filter")
+                }
+                for queue in queues:
+                    body = _fields(queue, WorkQueueCreate)
+                    body.pop("filter", None)
+                    if queue["name"] in present:
+                        send(
+                            client,
+                            "PATCH",
+                            f"/work_pools/{pool_name}/queues/{queue['name']}",
+                            {k: v for k, v in body.items() if k != "name"},
+                        )
+                    else:
+                        send(client, "POST", f"/work_pools/{pool_name}/queues", body)
+                        counts["work_queues"] += 1
+            for limit in exported["concurrency_limits"]:
+                send(
+                    client,
+                    "POST",
+                    "/v2/concurrency_limits/",
+                    {**_fields(limit, GlobalConcurrencyLimitCreate), "active_slots": 0},
+                )
+                counts["concurrency_limits"] += 1
+            for variable in exported["variables"]:
+                send(client, "POST", "/variables/", _fields(variable, VariableCreate))
+                counts["variables"] += 1
+            for deployment in exported["deployments"]:
+                flow = send(client, "POST", "/flows/", {"name": deployment["flow_name"]})
+                body = _fields(deployment, DeploymentCreate)
+                body["flow_id"] = flow["id"]
+                body["schedules"] = [
+                    _fields(s, DeploymentScheduleCreate) for s in deployment.get("schedules", [])
+                ]
+                created = send(client, "POST", "/deployments/", body)
+                ids[deployment["id"]] = created["id"]
+                ids[deployment["flow_id"]] = flow["id"]
+                counts["deployments"] += 1
+            for automation in exported["automations"]:
+                text = json.dumps(_fields(automation, AutomationCore))
+                for old, new in ids.items():
+                    text = text.replace(old, new)
+                send(client, "POST", "/automations/", json.loads(text))
+                counts["automations"] += 1
+    return counts
+
+
+def bucket_keys(client, bucket: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def copy_bucket(settings: StackSettings, bucket: str, folder: Path, upload: bool) -> int:
+    """Download every object of `bucket` into `folder` (keys as relative paths), or with `upload`
+    put every file of `folder` into `bucket`; 8 transfers at once. Returns the number of objects."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = settings.s3_client(max_attempts=3)
+    if upload:
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        jobs = [(str(p), p.relative_to(folder).as_posix()) for p in files]
+
+        def move(job):
+            client.upload_file(job[0], bucket, job[1])
+    else:
+        jobs = [(str(folder / key), key) for key in bucket_keys(client, bucket) if not key.endswith("/")]
+
+        def move(job):
+            Path(job[0]).parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, job[1], job[0])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(move, jobs))
+    return len(jobs)
+
+
+def pg_env(settings: StackSettings) -> dict[str, str]:
+    """Environment for pg_dump / pg_restore: the stack's server and password."""
+    return {
+        **os.environ,
+        "PGPASSWORD": settings.pg_password or "",
+        "PGHOST": settings.host,
+        "PGPORT": str(settings.pg_port),
+        "PGUSER": PG_USER,
+    }
+
+
+def sqlite_files(settings: StackSettings) -> dict[str, Path]:
+    """The SQLite databases a backup holds, by name (Prefect's is exported through its API instead)."""
+    return {"mlflow": settings.state_dir / "mlflow.db", "optuna": settings.state_dir / "optuna.db"}
+
+
+def dump_databases(settings: StackSettings, folder: Path) -> list[str]:
+    """MLflow's tracking store and Optuna's studies into `folder`, consistent while the servers
+    write: ``pg_dump -Fc`` of each database, or SQLite's online backup API. Returns the files written."""
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if settings.db == "postgres":
+        for name in ("mlflow", "optuna"):
+            target = folder / f"{name}.dump"
+            done = subprocess.run(
+                [str(postgres_bin_dir() / "pg_dump"), "-Fc", "--no-owner", "-f", str(target), name],
+                env=pg_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                raise StackError(f"pg_dump {name} failed (exit {done.returncode}): {done.stderr}")
+            written.append(target.name)
+        return written
+    for name, path in sqlite_files(settings).items():
+        if not path.exists():
+            continue
+        source, target = sqlite3.connect(path), sqlite3.connect(folder / f"{name}.db")
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        written.append(f"{name}.db")
+    return written
+
+
+def restore_databases(settings: StackSettings, folder: Path, files: list[str]) -> None:
+    """Put the dumped databases back while MLflow's server is stopped (the caller restarts it):
+    drop and recreate each PostgreSQL database and ``pg_restore`` it, or copy the SQLite files in."""
+    if settings.db == "postgres":
+        conn = pg_connect(settings)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                for file in files:
+                    name = file.removesuffix(".dump")
+                    cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        for file in files:
+            name = file.removesuffix(".dump")
+            done = subprocess.run(
+                [
+                    str(postgres_bin_dir() / "pg_restore"),
+                    "--no-owner",
+                    "--exit-on-error",
+                    "-d",
+                    name,
+                    str(folder / file),
+                ],
+                env=pg_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                raise StackError(f"pg_restore {file} failed (exit {done.returncode}): {done.stderr}")
+        return
+    for file in files:
+        target = sqlite_files(settings)[file.removesuffix(".db")]
+        shutil.copyfile(folder / file, target)
+
+
+def backup(settings: StackSettings, dest: Path) -> dict:
+    """Back up the running stack into the empty or new folder `dest`: MLflow's runs and registry
+    (`dump_databases`) and its artifact bucket, the data bucket (manifests, staged corpora), Optuna's
+    studies, and the Prefect server's configuration (`export_prefect`). Returns ``backup.json``'s content."""
+    if dest.exists() and any(dest.iterdir()):
+        raise StackError(f"backup: {dest} is not empty; give a new or empty folder")
+    if health(settings, scheduler=False).get("mlflow") is not None:
+        raise StackError("backup: the stack is not running (infra/health); start it with infra/up")
+    began = time.monotonic()
+    dest.mkdir(parents=True, exist_ok=True)
+    prefect = export_prefect(settings)
+    (dest / PREFECT_BACKUP).write_text(json.dumps(prefect, indent=1))
+    databases = dump_databases(settings, dest / "db")
+    objects = {
+        role: copy_bucket(settings, bucket, dest / "s3" / role, upload=False)
+        for role, bucket in (("mlflow", settings.mlflow_bucket), ("data", settings.data_bucket))
+    }
+    summary = {
+        "format": BACKUP_FORMAT,
+        "db": settings.db,
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "databases": databases,
+        "objects": objects,
+        "prefect": {key: len(rows) for key, rows in prefect.items()},
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    (dest / "backup.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def stack_is_empty(settings: StackSettings) -> list[str]:
+    """What keeps the running stack from being a restore target: objects in its buckets,
+    deployments, registered models or runs. Empty when it is as infra/up leaves a purged stack."""
+    import mlflow
+
+    found = []
+    client = settings.s3_client()
+    for bucket in (settings.mlflow_bucket, settings.data_bucket):
+        if bucket_keys(client, bucket):
+            found.append(f"objects in s3://{bucket}")
+    _, body = http_post_json(f"{settings.prefect_api_url}/deployments/filter", {"limit": 1})
+    if json.loads(body):
+        found.append("Prefect deployments")
+    tracking = mlflow.MlflowClient(settings.tracking_uri)
+    if tracking.search_registered_models(max_results=1):
+        found.append("registered models in MLflow")
+    if tracking.search_experiments(max_results=2, filter_string="name != 'Default'"):
+        found.append("MLflow experiments")
+    return found
+
+
+def restore(settings: StackSettings, src: Path, timeout_s: float) -> dict:
+    """Restore the backup in `src` (`backup`) onto the running, empty stack (`stack_is_empty`;
+    e.g. after ``infra/down --purge && infra/up``): databases with MLflow's server stopped and
+    started again, the buckets' objects, then the Prefect configuration. The stack's database kind
+    (SER_DB) must be the backup's."""
+    began = time.monotonic()
+    meta_path = src / "backup.json"
+    if not meta_path.exists():
+        raise StackError(f"restore: {meta_path} not found; expected a folder written by infra/backup")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != BACKUP_FORMAT:
+        raise StackError(
+            f"restore: {meta_path} has format {meta.get('format')!r}; this infra/restore reads {BACKUP_FORMAT}"
+        )
+    if meta["db"] != settings.db:
+        raise StackError(
+            f"restore: the backup was taken on SER_DB={meta['db']}, this stack runs SER_DB={settings.db}; set SER_DB={meta['db']}"
+        )
+    unhealthy = {k: v for k, v in health(settings, scheduler=False).items() if v is not None}
+    if unhealthy:
+        raise StackError(f"restore: the stack is not healthy ({unhealthy}); start it with infra/up")
+    occupied = stack_is_empty(settings)
+    if occupied:
+        raise StackError(
+            f"restore: the stack is not empty ({', '.join(occupied)}); restore onto a purged stack: infra/down --purge && infra/up"
+        )
+    stop_recorded(settings.state_dir, ["mlflow"])
+    restore_databases(settings, src / "db", meta["databases"])
+    up(settings, timeout_s)
+    objects = {
+        role: copy_bucket(settings, bucket, src / "s3" / role, upload=True)
+        for role, bucket in (("mlflow", settings.mlflow_bucket), ("data", settings.data_bucket))
+    }
+    counts = import_prefect(settings, json.loads((src / PREFECT_BACKUP).read_text()))
+    return {"objects": objects, "prefect": counts, "seconds": round(time.monotonic() - began, 1)}
 
 
 def plugin_env(prefect_toml: Path = PREFECT_TOML) -> dict[str, str]:
@@ -732,6 +1359,11 @@ def main(argv: list[str] | None = None) -> int:
     down_parser.add_argument("--purge", action="store_true", help="also delete the state folder (all data)")
     sub.add_parser("health", help="print a table; exit 0 only when every component is healthy")
     sub.add_parser("env", help="print export lines for clients")
+    backup_parser = sub.add_parser("backup", help="back up the running stack into a new or empty folder")
+    backup_parser.add_argument("dir", type=Path)
+    restore_parser = sub.add_parser("restore", help="restore a backup onto the running, empty stack")
+    restore_parser.add_argument("dir", type=Path)
+    restore_parser.add_argument("--timeout", type=float, default=float(os.environ.get("SER_UP_TIMEOUT", 180)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = StackSettings.from_env()
@@ -746,13 +1378,27 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; deleted {settings.state_dir}" if args.purge else "")
         )
         return 0
+    if args.command in ("backup", "restore"):
+        try:
+            if args.command == "backup":
+                summary = backup(settings, args.dir.resolve())
+            else:
+                summary = restore(settings, args.dir.resolve(), args.timeout)
+        except StackError as exc:
+            print(f"infra/{args.command} failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"infra/{args.command} {args.dir}: {json.dumps(summary)}")
+        return 0
     if args.command == "health":
         table = health(settings)
         where = {c.name: c.url for c in components(settings)}
         where["scheduler"] = f"deployments of {where['prefect']}"
         where["trainings"] = f"train-<corpus> limits of {where['prefect']}"
+        where["database"] = "database of Prefect, MLflow, Optuna"
+        notes = {"database": database_note(settings)}
         for name, reason in table.items():
-            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:44} {reason or ''}")
+            said = reason if reason is not None else notes.get(name, "")
+            print(f"{name:9} {'ok' if reason is None else 'DOWN':5} {where[name]:44} {said}")
         return 0 if all(reason is None for reason in table.values()) else 1
     try:
         started = up(settings, args.timeout)

@@ -31,7 +31,10 @@ The same environment variables drive `infra/` (which starts the local stack) and
 | SER_WEED_MASTER_PORT / SER_WEED_VOLUME_PORT / SER_WEED_FILER_PORT / SER_WEED_ADMIN_PORT | 9333 / 8080 / 8888 / 23646 | SeaweedFS internals (gRPC on each + 10000) |
 | SER_MLFLOW_PORT | 5000 | MLflow tracking server |
 | SER_PREFECT_PORT | 4200 | Prefect server |
-| SER_STATE_DIR | <repo>/.ser-state | logs, pid files, SQLite databases, S3 data, generated credentials |
+| SER_DB | sqlite | the database of Prefect, MLflow and Optuna: ``sqlite`` (files in the state folder) or ``postgres`` (one local PostgreSQL server) |
+| SER_PG_PORT | 5433 | that PostgreSQL server (with SER_DB=postgres) |
+| SER_PG_PASSWORD | generated once into <state>/postgres-credentials.json | password of its user ``ser`` |
+| SER_STATE_DIR | <repo>/.ser-state | logs, pid files, SQLite databases or PostgreSQL's data folder, S3 data, generated credentials |
 | SER_DATA_BUCKET / SER_MLFLOW_BUCKET | ser-data / ser-mlflow | S3 buckets |
 | SER_WORK_POOL | ser-process | Prefect work pool the worker polls |
 | SER_TUNE_STORAGE | sqlite:///<state>/optuna.db | where tuning studies live (an Optuna RDB URL) |
@@ -55,6 +58,12 @@ SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
 """Where RAVDESS lies beside the repository (16 kHz FLAC): the tests', the benchmarks'
 and the flows' default RAVDESS root."""
 CREDENTIALS_FILE = "s3-credentials.json"
+PG_CREDENTIALS_FILE = "postgres-credentials.json"
+DATABASES = ("sqlite", "postgres")
+"""Values of SER_DB."""
+DEFAULT_DB = "sqlite"
+PG_USER = "ser"
+"""The PostgreSQL role the stack's servers and clients connect as (the server's superuser)."""
 DEFAULT_REGION = "us-east-1"
 
 
@@ -86,6 +95,17 @@ def read_credentials_file(state_dir: Path) -> tuple[str, str] | None:
     raise ValueError(f"{path}: {problem}; expected a JSON object with access_key_id and secret_access_key")
 
 
+def read_pg_password(state_dir: Path) -> str | None:
+    """The PostgreSQL password stored by `infra/up` in the state folder, or None if absent."""
+    path = state_dir / PG_CREDENTIALS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["password"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: {err!r}; expected a JSON object with a password") from None
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Addresses and names of the SER stack (S3, MLflow, Prefect) as a client sees them."""
@@ -108,8 +128,13 @@ class StackSettings:
     region: str = DEFAULT_REGION
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
-    tune_storage: str = ""
-    """Where tuning studies live, an Optuna RDB URL (``SER_TUNE_STORAGE``; default a SQLite file in the state folder)."""
+    tune_storage: str = field(default="", repr=False)
+    """Where tuning studies live, an Optuna RDB URL (``SER_TUNE_STORAGE``; default a SQLite file in the
+    state folder, or the database ``optuna`` of the stack's PostgreSQL with SER_DB=postgres)."""
+    db: str = DEFAULT_DB
+    """The stack's database (``SER_DB``): ``sqlite`` or ``postgres``."""
+    pg_port: int = 5433
+    pg_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         ports = {
@@ -121,6 +146,10 @@ class StackSettings:
             "SER_MLFLOW_PORT": self.mlflow_port,
             "SER_PREFECT_PORT": self.prefect_port,
         }
+        if self.db == "postgres":
+            ports["SER_PG_PORT"] = self.pg_port
+        if self.db not in DATABASES:
+            raise ValueError(f"SER_DB={self.db!r}: expected one of {', '.join(DATABASES)}")
         by_port: dict[int, list[str]] = {}
         for name, port in ports.items():
             by_port.setdefault(port, []).append(name)
@@ -151,6 +180,15 @@ class StackSettings:
         secret_access_key = env.get("AWS_SECRET_ACCESS_KEY")
         if not (access_key_id and secret_access_key):
             access_key_id, secret_access_key = read_credentials_file(state_dir) or (None, None)
+        db = env.get("SER_DB", DEFAULT_DB).strip().lower()
+        pg_port = _port(env, "SER_PG_PORT", 5433)
+        pg_password = env.get("SER_PG_PASSWORD") or (
+            read_pg_password(state_dir) if db == "postgres" else None
+        )
+        if db == "postgres":
+            default_tune = postgres_url(host, pg_port, pg_password, "optuna")
+        else:
+            default_tune = f"sqlite:///{state_dir / 'optuna.db'}"
         return cls(
             host=host,
             s3_port=s3_port,
@@ -172,12 +210,20 @@ class StackSettings:
             region=env.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
             access_key_id=access_key_id,
             secret_access_key=secret_access_key,
-            tune_storage=env.get("SER_TUNE_STORAGE") or f"sqlite:///{state_dir / 'optuna.db'}",
+            tune_storage=env.get("SER_TUNE_STORAGE") or default_tune,
+            db=db,
+            pg_port=pg_port,
+            pg_password=pg_password,
         )
 
     @property
     def prefect_home(self) -> Path:
         return self.state_dir / "prefect"
+
+    def database_url(self, name: str, driver: str = "") -> str:
+        """SQLAlchemy URL of database `name` on the stack's PostgreSQL (`driver`: e.g. ``asyncpg``;
+        default psycopg2), with the password."""
+        return postgres_url(self.host, self.pg_port, self.pg_password, name, driver)
 
     def s3_client(self, **timeouts: float):
         """An S3 client for this stack's endpoint and credentials (:func:`s3_client`)."""
@@ -210,10 +256,24 @@ class StackSettings:
         }
         if self.tune_storage:
             env["SER_TUNE_STORAGE"] = self.tune_storage
+        env["SER_DB"] = self.db
+        if self.db == "postgres":
+            env["SER_PG_PORT"] = str(self.pg_port)
+            if self.pg_password:
+                env["SER_PG_PASSWORD"] = self.pg_password
         if self.access_key_id and self.secret_access_key:
             env["AWS_ACCESS_KEY_ID"] = self.access_key_id
             env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
         return env
+
+
+def postgres_url(host: str, port: int, password: str | None, name: str, driver: str = "") -> str:
+    """SQLAlchemy URL of database `name` on a PostgreSQL server, as user :data:`PG_USER`."""
+    from urllib.parse import quote
+
+    secret = f":{quote(password, safe='')}" if password else ""
+    scheme = f"postgresql+{driver}" if driver else "postgresql"
+    return f"{scheme}://{PG_USER}{secret}@{host}:{port}/{name}"
 
 
 def s3_client(

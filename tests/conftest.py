@@ -104,13 +104,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def stack_log_faults() -> list[str]:
     """``<log>: <exception line>`` for each traceback of the stack's own that the logs gained
     since the session started."""
+    from ser_stack.settings import StackSettings
+
     infra_stack = load_infra_stack()
+    db = StackSettings.from_env().db
     faults = []
     for path in sorted(stack_log_dir().glob("*.log")):
         with open(path, "rb") as handle:
             handle.seek(_log_offsets.get(path, 0))
             added = handle.read().decode(errors="replace")
-        faults += [f"{path}: {line}" for line in infra_stack.stack_tracebacks(path.stem, added)]
+        faults += [f"{path}: {line}" for line in infra_stack.stack_tracebacks(path.stem, added, db)]
     return faults
 
 

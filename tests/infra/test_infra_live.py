@@ -45,7 +45,7 @@ def test_servers_answer_their_health_checks(infra_stack, stack):
 def local_pids(infra_stack, stack) -> dict[str, int]:
     pids = {
         name: infra_stack.recorded_pid(stack.state_dir, name)
-        for name in ("s3", "mlflow", "prefect", "worker")
+        for name in ("s3", "mlflow", "prefect", "worker", *(["postgres"] if stack.db == "postgres" else []))
     }
     missing = [name for name, pid in pids.items() if pid is None]
     if missing:
@@ -70,6 +70,10 @@ def test_every_server_listens_on_loopback_only(infra_stack, stack):
     assert ("127.0.0.1", stack.s3_port) in listening["s3"]
     assert ("127.0.0.1", stack.mlflow_port) in listening["mlflow"]
     assert ("127.0.0.1", stack.prefect_port) in listening["prefect"]
+    if stack.db == "postgres":
+        assert listening["postgres"] == {("127.0.0.1", stack.pg_port)}, (
+            "TCP on the stack's host only, no socket"
+        )
 
 
 def test_up_again_starts_nothing(infra_stack, stack, repo_root):
@@ -98,13 +102,17 @@ def test_health_command_agrees(stack, repo_root):
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert [line.split()[:2] for line in shown.stdout.splitlines()] == [
+        *([["postgres", "ok"]] if stack.db == "postgres" else []),
         ["s3", "ok"],
         ["mlflow", "ok"],
         ["prefect", "ok"],
         ["worker", "ok"],
         ["scheduler", "ok"],
         ["trainings", "ok"],
+        ["database", "ok"],
     ]
+    database = shown.stdout.splitlines()[-1]
+    assert ("PostgreSQL" if stack.db == "postgres" else "SQLite") in database, database
 
 
 def test_health_reports_a_training_slot_held_by_no_training(infra_stack, stack):

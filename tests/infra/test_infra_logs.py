@@ -66,18 +66,68 @@ def test_a_failing_flow_run_in_the_worker_log_is_not_a_fault_of_the_stack(infra_
         + TRACEBACK
     )
     worker_fault = "18:31:00.000 | ERROR   | prefect.worker.process - lost the API\n" + TRACEBACK
-    assert infra_stack.stack_tracebacks("worker", run_failure + task_failure) == []
-    assert len(infra_stack.stack_tracebacks("worker", run_failure + worker_fault)) == 1
-    assert len(infra_stack.stack_tracebacks("prefect", run_failure)) == 1
+    for db in ("sqlite", "postgres"):
+        assert infra_stack.stack_tracebacks("worker", run_failure + task_failure, db) == []
+        assert len(infra_stack.stack_tracebacks("worker", run_failure + worker_fault, db)) == 1
+        assert len(infra_stack.stack_tracebacks("prefect", run_failure, db)) == 1
 
 
 def test_the_prefect_servers_sqlite_lock_errors_are_not_counted_but_other_errors_are(infra_stack):
     """Concurrent fold runs make Prefect's SQLite server answer some writes with "database is
-    locked" (the clients retry); those do not count, any other server traceback still does."""
+    locked" (the clients retry); on SQLite those do not count, any other server traceback still
+    does; on PostgreSQL nothing excuses them."""
     locked = "ERROR | prefect.server - Encountered error during state validation\nTraceback (most recent call last):\n  File x\nsqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked\n"
     other = "ERROR | prefect.server - boom\nTraceback (most recent call last):\n  File y\nKeyError: 'z'\n"
-    assert infra_stack.stack_tracebacks("prefect", locked) == []
-    assert infra_stack.stack_tracebacks("prefect", locked + other) == ["KeyError: 'z'"]
-    assert infra_stack.stack_tracebacks("mlflow", locked) != [], (
+    assert infra_stack.stack_tracebacks("prefect", locked, "sqlite") == []
+    assert infra_stack.stack_tracebacks("prefect", locked + other, "sqlite") == ["KeyError: 'z'"]
+    assert infra_stack.stack_tracebacks("mlflow", locked, "sqlite") != [], (
         "only the Prefect server's lock waits are expected"
     )
+    assert infra_stack.stack_tracebacks("prefect", locked + other, "postgres") == [
+        "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked",
+        "KeyError: 'z'",
+    ]
+
+
+def test_postgres_log_faults_are_its_panic_and_fatal_lines_but_not_its_own_shutdown(infra_stack):
+    """PostgreSQL prints no tracebacks: its faults are PANIC and FATAL lines (a refused login, a
+    crash); the sessions its fast shutdown ends (infra/down) are not faults, nor are LOG lines."""
+    ok = (
+        "2026-12-01 08:44:49.882 UTC [1492] LOG:  starting PostgreSQL 15.18\n"
+        "2026-12-01 09:44:49.882 UTC [1600] ser@mlflow FATAL:  terminating connection due to administrator command\n"
+        "2026-12-01 09:44:49.882 UTC [1601] ser@prefect ERROR:  canceling statement due to user request\n"
+    )
+    refused = '2026-12-01 08:50:01.000 UTC [1700] ser@prefect FATAL:  password authentication failed for user "ser"\n'
+    crash = '2026-12-01 08:51:01.000 UTC [1492] PANIC:  could not write to file "pg_wal/xlogtemp.1"\n'
+    assert infra_stack.stack_tracebacks("postgres", ok, "postgres") == []
+    found = infra_stack.stack_tracebacks("postgres", ok + refused + crash, "postgres")
+    assert len(found) == 2
+    assert "password authentication failed" in found[0] and "could not write" in found[1]
+
+
+def test_health_counts_database_is_locked_lines_as_contention_on_sqlite_and_as_a_fault_on_postgres(
+    infra_stack, tmp_path
+):
+    """With SQLite, infra/health says how contended the database was instead of hiding the lock
+    waits; with PostgreSQL, a "database is locked" line fails the database row."""
+    from ser_stack.settings import StackSettings
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "prefect.log").write_text(
+        "old start\nsqlite3.OperationalError: database is locked\n"
+        + infra_stack.START_HEADER
+        + "now\nsqlite3.OperationalError: database is locked\nx database is locked\n"
+    )
+    sqlite = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path), "SER_DB": "sqlite"})
+    assert infra_stack.database_locked_lines(sqlite) == 2, "only the lines since the latest start count"
+    assert infra_stack.check_database(sqlite) is None
+    assert "CONTENDED: 2" in infra_stack.database_note(sqlite)
+    (logs / "prefect.log").write_text(infra_stack.START_HEADER + "now\n")
+    assert "not contended" in infra_stack.database_note(sqlite)
+    (logs / "prefect.log").write_text(infra_stack.START_HEADER + "database is locked\n")
+    postgres = StackSettings.from_env(
+        {"SER_STATE_DIR": str(tmp_path), "SER_DB": "postgres", "SER_PG_PORT": "1", "SER_PG_PASSWORD": "x"}
+    )
+    reason = infra_stack.check_database(postgres)
+    assert reason is not None and "PostgreSQL at 127.0.0.1:1" in reason

@@ -81,12 +81,15 @@ def test_down_purge_deletes_the_state_folder(infra_stack, tmp_path):
     assert not state.exists()
 
 
-def test_health_reports_every_component_down_without_a_stack(infra_stack, tmp_path):
-    table = infra_stack.health(StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)}))
-    assert set(table) == {"s3", "mlflow", "prefect", "worker", "scheduler", "trainings"}
-    assert all(
-        reason and "infra/up" in reason
-        for name, reason in table.items()
-        if name not in ("scheduler", "trainings")
-    )
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_health_reports_every_component_down_without_a_stack(infra_stack, tmp_path, db):
+    env = {"SER_STATE_DIR": str(tmp_path), "SER_DB": db, "SER_PG_PORT": "1", "SER_PG_PASSWORD": "x"}
+    table = infra_stack.health(StackSettings.from_env(env))
+    servers = {"s3", "mlflow", "prefect", "worker", *({"postgres"} if db == "postgres" else set())}
+    assert set(table) == servers | {"scheduler", "trainings", "database"}
+    assert all(table[name] and "infra/up" in table[name] for name in servers)
     assert table["scheduler"] == table["trainings"] == "Prefect server down"
+    if db == "postgres":
+        assert "PostgreSQL at 127.0.0.1:1" in table["database"]
+    else:
+        assert table["database"] is None, "SQLite has no server to be down"

@@ -54,6 +54,26 @@ def test_client_env_round_trips(tmp_path):
     assert settings.tracking_uri == "http://127.0.0.1:5999"
 
 
+def test_postgres_settings_round_trip_and_put_tuning_studies_in_the_stacks_database(tmp_path):
+    """With SER_DB=postgres the password comes from the state folder (written by infra/up), the
+    Optuna storage defaults to the database ``optuna`` of the same server, and the client
+    environment carries all of it (and reads back to equal settings)."""
+    (tmp_path / "postgres-credentials.json").write_text(json.dumps({"user": "ser", "password": "p@ss/w"}))
+    settings = StackSettings.from_env(
+        {"SER_STATE_DIR": str(tmp_path), "SER_DB": "postgres", "SER_PG_PORT": "5999"}
+    )
+    assert settings.pg_password == "p@ss/w"
+    assert settings.tune_storage == "postgresql://ser:p%40ss%2Fw@127.0.0.1:5999/optuna"
+    assert (
+        settings.database_url("prefect", "asyncpg")
+        == "postgresql+asyncpg://ser:p%40ss%2Fw@127.0.0.1:5999/prefect"
+    )
+    assert StackSettings.from_env(settings.client_env()) == settings
+    assert "p@ss/w" not in repr(settings) and "p%40ss" not in repr(settings)
+    sqlite = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
+    assert (sqlite.db, sqlite.tune_storage) == ("sqlite", f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
 def test_secrets_stay_out_of_repr(tmp_path):
     settings = StackSettings.from_env(
         {"SER_STATE_DIR": str(tmp_path), "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
@@ -87,6 +107,8 @@ def test_an_unreadable_credentials_file_is_named_with_what_it_must_hold(tmp_path
         ({"SER_MLFLOW_PORT": "70000"}, "SER_MLFLOW_PORT=70000: expected a TCP port"),
         ({"SER_MLFLOW_PORT": "4200"}, "ports must differ"),
         ({"SER_DATA_BUCKET": "Ser_Data"}, "SER_DATA_BUCKET='Ser_Data': expected an S3 bucket name"),
+        ({"SER_DB": "mysql"}, "SER_DB='mysql': expected one of sqlite, postgres"),
+        ({"SER_DB": "postgres", "SER_PG_PORT": "4200"}, "ports must differ"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_variable_named(tmp_path, env, message):

@@ -44,7 +44,7 @@ def server_tracebacks(infra_stack, stack) -> list[str]:
             f"the Prefect server was not started by infra/up in {stack.state_dir}: its log is not here"
         )
     return infra_stack.stack_tracebacks(
-        "prefect", infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect"))
+        "prefect", infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect")), stack.db
     )
 
 
