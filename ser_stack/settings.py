@@ -18,6 +18,7 @@ complete):
 | SER_UP_TIMEOUT | infra/stack.py | how long ``infra/up`` waits for the services |
 | SER_DEMO_PRESET | infra/demo | the demo's training recipe |
 | SER_REQUIRE_DATA / SER_REQUIRE_STACK / SER_SKIP_BROWSER / SER_PYTHON | infra/test, tests/conftest.py | what a test session demands, and its interpreter |
+| SER_SKIP_POSTGRES / SER_PG_BIN | infra/setup, infra/stack.py | skip installing Debian's PostgreSQL; the folder of its server binaries |
 
 Read into the settings object:
 
