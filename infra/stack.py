@@ -544,6 +544,11 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         # its lease expires, instead of staying taken for ever (Prefect's default storage forgets the
         # lease on restart but keeps the slot counted: PrefectHQ/prefect#17415, #20090)
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+        # how every MLflow request of the flows rides out an outage of the tracking server (no retry
+        # loop of our own on top): 7 retries, waits of 0, 4, 8, … 120 s (urllib3's backoff), about
+        # 4 minutes in all; then the task fails and Prefect's task retries or a rerun resume
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
         **os.environ,
         **settings.client_env(),
         **TELEMETRY_OFF,
