@@ -27,7 +27,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_contracts.labels import CORPORA
-from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
 from flows.feature_store import shared_feature_cache
 from flows.fold_runs import run_folds, selected_folds
@@ -45,7 +44,7 @@ from flows.promote import (
 from flows.provenance import code_version, package_versions
 from flows.pyfunc import log_pyfunc
 from flows.report import summary_markdown
-from flows.roots import manifest_root
+from flows.roots import local_audio_root, manifest_root
 from flows.storage import MANIFEST_FILES, load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import (
@@ -100,10 +99,9 @@ def train_fold(
     out_dir = settings.state_dir / "runs" / corpus / parent_run_id / fold_folder_name(fold)
     if not (out_dir / RESULT_FILE).exists():
         manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
-        if root.startswith("s3://"):
-            cache, limit = cache_from_env(settings.state_dir / "audio-cache")
-            root = str(stage_audio(manifest, root, cache, fingerprint, limit))
-            logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, root)
+        audio_root = local_audio_root(manifest, root, fingerprint, settings.state_dir)
+        if audio_root != root:
+            logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, audio_root)
         (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
         cfg.to_json(inputs / "config.json")
         manifest.to_parquet(inputs / MANIFEST_FILES["manifest"], index=False)
@@ -118,7 +116,7 @@ def train_fold(
                     inputs / "config.json",
                     inputs / MANIFEST_FILES["manifest"],
                     inputs / MANIFEST_FILES["folds"],
-                    root,
+                    audio_root,
                     out_dir,
                     cfg.train.epochs,
                     feature_cache,

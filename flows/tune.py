@@ -37,12 +37,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from data_contracts.labels import CORPORA
-from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
 from flows.fold_runs import fold_job_variables, fold_runs_mode, wait_until_final
 from flows.mlflow_ui import run_url
 from flows.provenance import code_version, package_versions
-from flows.roots import manifest_root
+from flows.roots import local_audio_root, manifest_root
 from flows.storage import load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import fold_folder_name
@@ -327,9 +326,7 @@ def tune_trial(
     base = SERConfig.from_dict(config)
     parsed = load_search_space(space, base)
     manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
-    if root.startswith("s3://"):
-        cache, limit = cache_from_env(settings.state_dir / "audio-cache")
-        root = str(stage_audio(manifest, root, cache, fingerprint, limit))
+    root = local_audio_root(manifest, root, fingerprint, settings.state_dir)
     study = open_study(
         study_name, settings.tune_storage, seed=worker_seed(seed), grace_period_s=heartbeat_grace_s
     )
