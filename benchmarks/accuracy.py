@@ -165,7 +165,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",
-        f"Checkpoint selection in every fold, as fold 0's result.json records it: {meta['selection_rule']}. The validation actors "
+        f"Checkpoint selection in every fold, as fold 0's {RESULT_FILE} records it: {meta['selection_rule']}. The validation actors "
         "are drawn from the fold's training actors; the test actors are evaluated once and never used for tuning either.",
         "",
         f"Method variants: preset `{meta['preset']}` with overrides: {overrides}. reference_cnn: benchmarks/reference_cnn.py.",
@@ -183,7 +183,7 @@ def write_summary(
     results = collect(out)
     if not results:
         raise FileNotFoundError(
-            f"{out}: no finished run (<variant>/seed-<s>/fold-<k>/result.json); train some first"
+            f"{out}: no finished run (<variant>/seed-<s>/fold-<k>/{RESULT_FILE}); train some first"
         )
     manifest = run_ingest("ravdess", root, progress=False).manifest
     first = next(iter(next(iter(results.values())).values()))
