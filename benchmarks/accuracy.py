@@ -22,7 +22,7 @@ claimer is gone is taken over (it resumes from its last checkpoint), a finished 
 number of processes can be started and stopped. Order: seed-major, then fold, then variant, so a
 stopped grid leaves every variant with about the same (seed, fold) pairs.
 
-Summary (`accuracy.json`, `accuracy.md`): per variant, mean ± std of test WA/UA/macro-F1 over its
+Summary (`accuracy.json`, `accuracy.md`): per variant, mean ± sample std of test WA/UA/macro-F1 over its
 (seed, fold) runs; for every other variant, the paired difference full − variant of test UA over the
 (seed, fold) pairs both finished, with its standard error sd(d)/sqrt(n).
 """
@@ -46,7 +46,7 @@ from data_contracts.labels import LABELS
 from ser_model.cli import parse_overrides
 from ser_model.config import ConfigError
 from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
-from ser_model.metrics import HEADLINE_METRICS
+from ser_model.metrics import HEADLINE_METRICS, mean_and_std
 from ser_model.presets import experiment_config, preset_settings
 from ser_model.train import fit
 from ser_stack.settings import SHARED_RAVDESS
@@ -100,12 +100,13 @@ def paired_difference(a: dict[tuple[int, int], float], b: dict[tuple[int, int], 
     d = [a[k] - b[k] for k in keys]
     if not d:
         return {"n": 0, "mean": None, "se": None}
-    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
-    return {"n": len(d), "mean": statistics.fmean(d), "se": se, "pairs": [list(k) for k in keys]}
+    mean, sd = mean_and_std(d)
+    se = sd / math.sqrt(len(d)) if len(d) > 1 else None
+    return {"n": len(d), "mean": mean, "se": se, "pairs": [list(k) for k in keys]}
 
 
 def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per variant: mean ± population std over its runs of each test metric (percent), the per-run
+    """Per variant: mean ± sample std (ser_model.metrics.mean_and_std) over its runs of each test metric (percent), the per-run
     values, validation UA of the selected epochs, training seconds, and (for variants other than
     full) the paired difference full − variant of test UA."""
     summary: dict[str, dict[str, Any]] = {}
@@ -115,11 +116,8 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
         row: dict[str, Any] = {"runs": [list(k) for k in keys]}
         for metric in HEADLINE_METRICS:
             values = [100.0 * runs[k]["test"][metric] for k in keys]
-            row[metric] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-                "per_run": values,
-            }
+            mean, std = mean_and_std(values)
+            row[metric] = {"mean": mean, "std": std, "per_run": values}
         row["valid_UA_per_run"] = [100.0 * runs[k]["valid"]["UA"] for k in keys]
         row["selected_epoch_per_run"] = [runs[k]["selected_epoch"] for k in keys]
         row["epochs"] = sorted({runs[k]["epochs"] for k in keys})
@@ -168,7 +166,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",
-        f"Checkpoint selection in every fold, as fold 0's result.json records it: {meta['selection_rule']}. The validation actors "
+        f"Checkpoint selection in every fold, as fold 0's {RESULT_FILE} records it: {meta['selection_rule']}. The validation actors "
         "are drawn from the fold's training actors; the test actors are evaluated once and never used for tuning either.",
         "",
         f"Method variants: preset `{meta['preset']}` with overrides: {overrides}. reference_cnn: benchmarks/reference_cnn.py.",
@@ -186,7 +184,7 @@ def write_summary(
     results = collect(out)
     if not results:
         raise FileNotFoundError(
-            f"{out}: no finished run (<variant>/seed-<s>/fold-<k>/result.json); train some first"
+            f"{out}: no finished run (<variant>/seed-<s>/fold-<k>/{RESULT_FILE}); train some first"
         )
     manifest = run_ingest("ravdess", root, progress=False).manifest
     first = next(iter(next(iter(results.values())).values()))

@@ -210,26 +210,30 @@ def cpu_time_ratio(timings: dict[str, dict[str, Any]], numerator: str, denominat
 
 
 class PeakRSS:
-    """Context manager: peak resident set size of this process and its children, sampled every
-    `interval_s` in a background thread → `baseline_mb`, `peak_mb`, `delta_mb` (peak − baseline).
+    """Peak resident set size of a process tree, sampled every `interval_s` in a background
+    thread between `start()` and `stop()` (or as a context manager) → `baseline_mb`, `peak_mb`,
+    `delta_mb` (peak − baseline); `current_mb()` reads it now. The tree is `pid` (default this
+    process) and its descendants, or only the descendants with `include_root=False` (a server's
+    workers without the command that started them).
 
     Sampling can miss a spike shorter than the interval; the process-lifetime maximum
     (`resource.getrusage`) is reported beside it by the callers.
     """
 
-    def __init__(self, interval_s: float = 0.005):
+    def __init__(self, interval_s: float = 0.005, pid: int | None = None, include_root: bool = True):
         import psutil
 
-        self._process = psutil.Process()
+        self.root = psutil.Process(pid)
         self._psutil = psutil
+        self.include_root = include_root
         self.interval_s = interval_s
         self.baseline_mb = self.peak_mb = 0.0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _rss_mb(self) -> float:
-        total = self._process.memory_info().rss
-        for child in self._process.children(recursive=True):
+    def current_mb(self) -> float:
+        total = self.root.memory_info().rss if self.include_root else 0
+        for child in self.root.children(recursive=True):
             try:
                 total += child.memory_info().rss
             except self._psutil.Error:  # a worker that exited between listing and reading
@@ -238,18 +242,23 @@ class PeakRSS:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, self._rss_mb())
+            self.peak_mb = max(self.peak_mb, self.current_mb())
 
-    def __enter__(self) -> PeakRSS:
-        self.baseline_mb = self.peak_mb = self._rss_mb()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+    def start(self) -> PeakRSS:
+        self.baseline_mb = self.peak_mb = self.current_mb()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._rss_mb())
+        self.peak_mb = max(self.peak_mb, self.current_mb())
+
+    def __enter__(self) -> PeakRSS:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
     @property
     def delta_mb(self) -> float:

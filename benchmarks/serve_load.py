@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,10 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from benchmarks.common import load_average, machine_info, machine_markdown  # noqa: E402
+from benchmarks.common import PeakRSS, load_average, machine_info, machine_markdown  # noqa: E402
 from ser_stack.settings import SHARED_RAVDESS  # noqa: E402
 
 DEFAULT_ROOT = SHARED_RAVDESS
@@ -103,40 +101,6 @@ def post(url: str, body: bytes) -> tuple[bool, float, str]:
         return False, time.perf_counter() - start, repr(err)
 
 
-class WorkerRSS:
-    """RSS in MiB of the server's worker processes (the descendants of the MLflow CLI process:
-    the uvicorn worker that holds the model), now (`current_mb`) and the peak sampled in a
-    background thread between `start()` and `stop()`."""
-
-    def __init__(self, cli_pid: int, interval_s: float = 0.05):
-        self.cli = psutil.Process(cli_pid)
-        self.interval_s = interval_s
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def current_mb(self) -> float:
-        total = 0
-        for proc in self.cli.children(recursive=True):
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                pass
-        return total / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, self.current_mb())
-
-    def start(self) -> None:
-        self.peak_mb = self.current_mb()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100), linear interpolation between order statistics."""
     ordered = sorted(values)
@@ -190,9 +154,9 @@ def run(
         }
         bodies = {encoding: request_bodies(files, encoding) for encoding in ENCODINGS}
         with running_model_server(uri, port, env, Path(scratch) / "serve.log") as (url, process):
-            rss = WorkerRSS(process.pid)
+            rss = PeakRSS(interval_s=0.05, pid=process.pid, include_root=False)  # the workers only
             memory = {
-                "mlflow_cli_process_mb": round(rss.cli.memory_info().rss / 2**20, 1),
+                "mlflow_cli_process_mb": round(rss.root.memory_info().rss / 2**20, 1),
                 "idle_after_start_mb": round(rss.current_mb(), 1),
             }
             warm_ok, warm_s, warm_error = post(url, bodies["base64"][0][0])

@@ -82,10 +82,23 @@ def mlflow_tune_tracker(**kwargs):
 
 
 def log_evaluation(experiment: str, run_name: str, params: dict, metrics: dict) -> str:
-    """A ``ser_model.cli.EvaluationLogger``: the run in MLflow (``flows.tracking.log_evaluation``)."""
-    from flows.tracking import log_evaluation as log
+    """A ``ser_model.cli.EvaluationLogger`` (``ser evaluate ... --mlflow-experiment NAME``): one
+    finished run of the experiment with the evaluation's params, every finite numeric leaf of its
+    metrics (``segment.UA``, ``boundary_error_s.median``, ...) and the whole metrics dict as
+    ``evaluation.json``. Returns the run's URL."""
+    from mlflow import MlflowClient
 
-    return log(experiment, run_name, params, metrics)
+    from flows import tracking
+    from flows.mlflow_ui import run_url
+
+    client = MlflowClient()
+    experiment_id = tracking.get_or_create_experiment(client, experiment)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={"ser.kind": "evaluation"}).info.run_id
+    given = {k: v for k, v in params.items() if v is not None}
+    tracking.log_batch(client, run_id, tracking.epoch_metrics([metrics]), tracking.flatten_params(given))
+    client.log_dict(run_id, dict(metrics), "evaluation.json")
+    client.set_terminated(run_id)
+    return run_url(client.tracking_uri, experiment_id, run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,28 +30,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import DeploymentEventTrigger
+from prefect.states import Completed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.events import DeploymentEventTrigger  # noqa: E402
-from prefect.states import Completed  # noqa: E402
-
-from data_contracts.drift import NUMERIC_FEATURES, category_shares  # noqa: E402
-from data_contracts.staging import cache_from_env, stage_audio  # noqa: E402
-from flows import tracking as t  # noqa: E402
-from flows.cli import download_checkpoint  # noqa: E402
-from flows.promote import current_champion, registered_model_name  # noqa: E402
-from flows.roots import manifest_root  # noqa: E402
-from flows.storage import ManifestVersionNotFoundError, load_manifest_version, resolve_version  # noqa: E402
-from flows.tune import RUN_KIND_TAG  # noqa: E402
-from ser_model.monitor import DEFAULT_UA_MARGIN, PREDICTED_FEATURE, MonitorResult, watch_champion  # noqa: E402
-from ser_stack.settings import StackSettings  # noqa: E402
+from data_contracts.drift import NUMERIC_FEATURES
+from data_contracts.staging import cache_from_env, stage_audio
+from flows import tracking as t
+from flows.cli import download_checkpoint
+from flows.figures import confusion_figure, drift_figure
+from flows.mlflow_ui import run_url
+from flows.promote import current_champion, registered_model_name
+from flows.roots import manifest_root
+from flows.storage import ManifestVersionNotFoundError, load_manifest_version, resolve_version
+from flows.tune import RUN_KIND_TAG
+from ser_model.monitor import DEFAULT_UA_MARGIN, MonitorResult, watch_champion
+from ser_stack.settings import StackSettings
 
 MONITOR_KIND = "monitor"
 """Value of ``ser.run_kind`` on a monitor run."""
@@ -101,34 +99,6 @@ def local_root(fingerprint: str, manifest, root: str, state_dir: Path) -> str:
     return str(stage_audio(manifest, root, cache, fingerprint, limit))
 
 
-def drift_figure(feature: str, reference: list, new: list, statistic: float) -> plt.Figure:
-    """The two samples of one drift feature: overlaid density histograms for a numeric feature, the
-    share of each category side by side otherwise; the title names the statistic and its value."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    seen = "champion on its validation rows" if feature == PREDICTED_FEATURE else "champion's training rows"
-    if feature in NUMERIC_FEATURES:
-        values = np.concatenate([np.asarray(reference, float), np.asarray(new, float)])
-        bins = np.histogram_bin_edges(values, bins=30)
-        ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"{seen} (n={len(reference)})")
-        ax.hist(new, bins=bins, density=True, alpha=0.5, label=f"new rows (n={len(new)})")
-        ax.set_xlabel(feature)
-        ax.set_ylabel("density")
-        name = "KS"
-    else:
-        p, q = category_shares(reference), category_shares(new)
-        categories = sorted(set(p) | set(q), key=lambda c: (-p.get(c, 0.0), c))
-        x = np.arange(len(categories))
-        ax.bar(x - 0.2, [p.get(c, 0.0) for c in categories], 0.4, label=f"{seen} (n={len(reference)})")
-        ax.bar(x + 0.2, [q.get(c, 0.0) for c in categories], 0.4, label=f"new rows (n={len(new)})")
-        ax.set_xticks(x, categories, rotation=45 if len(categories) > 4 else 0, ha="right", fontsize=8)
-        ax.set_ylabel("share")
-        name = "total variation"
-    ax.set_title(f"{feature}: {name} {statistic:.3f}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def monitor_markdown(corpus: str, run: MonitorRun) -> str:
     """The Prefect artifact: the verdict first (DEGRADED when flagged), scores, drift, the run's URL."""
     result = run.result
@@ -161,9 +131,7 @@ def log_monitor_run(
         "ser.monitor.verdict": result.verdict(),
         "ser.monitor.degraded": str(result.degraded).lower(),
     }
-    run_id = t.call_with_retry(
-        client.create_run, experiment_id, tags=tags, run_name=f"monitor-{corpus}"
-    ).info.run_id
+    run_id = client.create_run(experiment_id, tags=tags, run_name=f"monitor-{corpus}").info.run_id
     metrics = [Metric(k, v, 0, 0) for k, v in result.flat_metrics().items()]
     t.log_batch(client, run_id, metrics=metrics, params={"margin": f"{margin}"})
     report = {
@@ -174,16 +142,16 @@ def log_monitor_run(
             name: "ks" if name in NUMERIC_FEATURES else "total_variation" for name in result.drift
         },
     }
-    t.call_with_retry(client.log_dict, run_id, report, "monitor.json")
+    client.log_dict(run_id, report, "monitor.json")
     if result.metrics is not None:
         title = f"{corpus}: champion v{champion_version} on {result.new_rows} new rows"
-        figure = t.confusion_figure(np.asarray(result.metrics["confusion"]), result.labels, title)
-        t.log_figure(client, run_id, figure, "figures/confusion_new_rows.png")
+        figure = confusion_figure(np.asarray(result.metrics["confusion"]), result.labels, title)
+        client.log_figure(run_id, figure, "figures/confusion_new_rows.png")
     for feature, value in result.drift.items():
         figure = drift_figure(feature, *result.samples[feature], value)
-        t.log_figure(client, run_id, figure, f"figures/drift_{feature}.png")
-    t.call_with_retry(client.set_terminated, run_id, "FINISHED")
-    return run_id, t.run_url(client.tracking_uri, experiment_id, run_id)
+        client.log_figure(run_id, figure, f"figures/drift_{feature}.png")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id, run_url(client.tracking_uri, experiment_id, run_id)
 
 
 def not_watched(corpus: str, champion_version: str | None, reason: str, warn: bool = True) -> dict[str, Any]:

@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
@@ -49,22 +48,29 @@ from prefect.concurrency.sync import concurrency
 
 from data_contracts.labels import CORPORA, LABELS
 from flows.limits import ensure_limit
-from flows.tracking import call_with_retry
+from ser_model.metrics import fold_of_metric_name, summary_name
+from ser_stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
 PROMOTE_LIMIT = "ser-promote"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-UA_TAG = "ser.UA_mean"
+CORPUS_TAG = "ser.corpus"
+FINGERPRINT_TAG = "ser.data_fingerprint"
 PROTOCOL_TAG = "ser.protocol"
+SELECTION_TAG = "ser.selection_rule"
+GIT_COMMIT_TAG = "ser.git_commit"
+"""Tags of a training's parent run that its registered version carries too (:data:`RUN_TAGS_ON_VERSION`)."""
+RUN_TAGS_ON_VERSION = (CORPUS_TAG, FINGERPRINT_TAG, PROTOCOL_TAG, SELECTION_TAG, GIT_COMMIT_TAG)
+REGISTERED_VERSION_TAG = "ser.registered_version"
+"""On the parent run: the version its release model was registered as (a rerun does not register again)."""
+UA_TAG = f"ser.{summary_name('UA', 'mean')}"
 FOLD_SCORES_TAG = "ser.fold_scores"
 LABELS_TAG = "ser.labels"
-FINGERPRINT_TAG = "ser.data_fingerprint"
 PARENT_RUN_TAG = "ser.parent_run_id"
 MONITOR_QUOTE_TAG = "ser.promotion.champion_on_new_data"
 """On a decided version: the monitor's sentence on the champion's score on the new data (flows/monitor.py)."""
-LEGACY_FOLD_METRIC = re.compile(r"^fold_(\d+)\.UA$")
 
 FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
     "first_champion",
@@ -275,11 +281,11 @@ def legacy_fold_scores(client: MlflowClient, tags: dict[str, str]) -> dict[int, 
     ``fold_<k>.UA`` metrics (test speakers not recorded); None when there is no parent run tag."""
     if PARENT_RUN_TAG not in tags:
         return None
-    metrics = call_with_retry(client.get_run, tags[PARENT_RUN_TAG]).data.metrics
+    metrics = client.get_run(tags[PARENT_RUN_TAG]).data.metrics
     folds = {
-        int(m.group(1)): FoldScore(float(value), None)
+        fold: FoldScore(float(value), None)
         for key, value in metrics.items()
-        if (m := LEGACY_FOLD_METRIC.match(key))
+        if (fold := fold_of_metric_name(key, "UA")) is not None
     }
     return folds or None
 
@@ -287,7 +293,7 @@ def legacy_fold_scores(client: MlflowClient, tags: dict[str, str]) -> dict[int, 
 def version_score(client: MlflowClient, name: str, version: str) -> VersionScore:
     """The per-fold scores, data fingerprint and labels of a registered version, with a clear
     error when its tags cannot tell them."""
-    model_version = call_with_retry(client.get_model_version, name, str(version))
+    model_version = client.get_model_version(name, str(version))
     tags = model_version.tags
     where = f"model {name} version {version}"
     if FOLD_SCORES_TAG in tags:
@@ -381,11 +387,11 @@ def promote_version(
     champion did on the new data, flows/monitor.py) is quoted beside the decision."""
     name = registered_model_name(corpus)
     candidate = version_score(client, name, version)
-    call_with_retry(client.set_registered_model_alias, name, CHALLENGER, candidate.version)
+    client.set_registered_model_alias(name, CHALLENGER, candidate.version)
     champion = current_champion(client, name)
     decision = decide_promotion(corpus, candidate, champion, margin)
     if decision.promoted:
-        call_with_retry(client.set_registered_model_alias, name, CHAMPION, candidate.version)
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)
     record = {
         "ser.promotion.decision": "promoted" if decision.promoted else "kept",
         "ser.promotion.rule": decision.rule,
@@ -402,12 +408,9 @@ def promote_version(
     if monitor_quote is not None:
         record[MONITOR_QUOTE_TAG] = monitor_quote
     for key, value in record.items():
-        call_with_retry(client.set_model_version_tag, name, candidate.version, key, value)
-    call_with_retry(
-        client.update_model_version,
-        name,
-        candidate.version,
-        description=decision_markdown(decision) + monitor_markdown(monitor_quote),
+        client.set_model_version_tag(name, candidate.version, key, value)
+    client.update_model_version(
+        name, candidate.version, description=decision_markdown(decision) + monitor_markdown(monitor_quote)
     )
     return decision
 
@@ -423,7 +426,7 @@ def promote(corpus: str, version: str, margin: float = 0.0, monitor_quote: str |
     (the champion on the new data) beside the decision; returns the decision."""
     logger = get_run_logger()
     ensure_limit(PROMOTE_LIMIT, 1)
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
+    client = MlflowClient(StackSettings.from_env().tracking_uri)
     with concurrency(PROMOTE_LIMIT, occupy=1, strict=True):
         decision = promote_version(client, corpus, str(version), margin, monitor_quote)
     logger.info("ser-%s version %s: %s", corpus, version, decision.reason)
@@ -438,15 +441,48 @@ def promote(corpus: str, version: str, margin: float = 0.0, monitor_quote: str |
     return {**asdict(decision), "champion_after": decision.champion_after, "monitor": monitor_quote}
 
 
+def protocol_name(corpus: str, n_folds: int, folds: list[int]) -> str:
+    """What a mean UA was measured on, for people reading the registry; promotion compares the
+    per-fold scores instead (:func:`decide_promotion`)."""
+    return f"{corpus}: speaker-independent, {n_folds} folds, evaluated folds {','.join(map(str, folds))}, selection on validation speakers"
+
+
+def fold_test_speakers(fold_table: pd.DataFrame, folds: Iterable[int]) -> dict[int, list[str]]:
+    """The test speakers of each of ``folds`` in a fold table (``fold``, ``role``, ``speaker``)."""
+    test = fold_table[fold_table["role"] == "test"]
+    return {k: test.loc[test["fold"] == k, "speaker"].tolist() for k in folds}
+
+
 def register_release(
-    tracking_uri: str, corpus: str, release: dict[str, Any], summary: dict[str, float], tags: dict[str, str]
-) -> str:
-    """Register the release child run's model as ``ser-<corpus>`` and tag the version with its scores."""
-    client = MlflowClient(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    name = registered_model_name(corpus)
-    version = str(call_with_retry(mlflow.register_model, release["model_uri"], name).version)
-    scores = {f"ser.{m}": f"{summary[m]:.6f}" for m in ("UA_std", "WA_mean", "macro_f1_mean")}
-    for key, value in {**tags, **scores, UA_TAG: f"{summary['UA_mean']:.6f}"}.items():
-        call_with_retry(client.set_model_version_tag, name, version, key, value)
-    return version
+    client: MlflowClient,
+    parent_id: str,
+    model_uri: str,
+    ua_by_fold: dict[int, float],
+    fold_table: pd.DataFrame,
+    summary: dict[str, float],
+    labels: tuple[str, ...],
+) -> tuple[str, bool]:
+    """(version, newly registered): the release model of a training's parent run registered as
+    ``ser-<corpus>``, once: a rerun finds the version in the parent's
+    :data:`REGISTERED_VERSION_TAG`. The version carries the parent's :data:`RUN_TAGS_ON_VERSION`,
+    the parent run id, the tags promotion reads (:func:`fold_score_tags`: per evaluated fold its
+    test-speaker UA and those speakers, the labels) and the fold summary's scores."""
+    run_tags = client.get_run(parent_id).data.tags
+    if REGISTERED_VERSION_TAG in run_tags:
+        return run_tags[REGISTERED_VERSION_TAG], False
+    name = registered_model_name(run_tags[CORPUS_TAG])
+    scores = {
+        f"ser.{key}": f"{summary[key]:.6f}"
+        for key in (summary_name("UA", "std"), summary_name("WA", "mean"), summary_name("macro_f1", "mean"))
+    }
+    tags = {
+        **{key: run_tags[key] for key in RUN_TAGS_ON_VERSION},
+        **fold_score_tags(ua_by_fold, fold_test_speakers(fold_table, ua_by_fold), labels),
+        **scores,
+        UA_TAG: f"{summary[summary_name('UA', 'mean')]:.6f}",
+        PARENT_RUN_TAG: parent_id,
+    }
+    mlflow.set_tracking_uri(client.tracking_uri)
+    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    client.set_tag(parent_id, REGISTERED_VERSION_TAG, version)
+    return version, True

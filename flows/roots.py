@@ -20,10 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from data_contracts.staging import cache_from_env, stage_audio
 from flows.storage import check_corpus, read_latest
 from ser_stack.settings import SHARED_RAVDESS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class CorpusRootNotFound(LookupError):
@@ -114,3 +118,13 @@ def manifest_root(corpus: str, fingerprint: str, report: dict[str, Any], root: s
             f"audio root {root!r} of {corpus} is neither a folder nor s3://; pass root=DIR or set the Prefect variable {root_variable(corpus)}"
         )
     return str(root)
+
+
+def local_audio_root(manifest: pd.DataFrame, root: str, fingerprint: str, state_dir: Path) -> str:
+    """The folder a worker reads the manifest's audio from: ``root`` itself when it is a folder;
+    for an ``s3://`` root, the manifest's files staged into the audio cache under ``state_dir``
+    (sha256-verified, kept between runs; ``data_contracts.staging``)."""
+    if not root.startswith("s3://"):
+        return root
+    cache, limit = cache_from_env(state_dir / "audio-cache")
+    return str(stage_audio(manifest, root, cache, fingerprint, limit))

@@ -35,12 +35,8 @@ import functools
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +45,8 @@ from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
+
+from ser_stack.processes import NotReadyError, http_check, start_process_group, stop_process_group, wait_ready
 
 _logger = logging.getLogger(__name__)
 
@@ -251,36 +249,18 @@ def running_model_server(
     on PATH, as `eval "$(infra/env.sh)"` does, because MLflow starts `uvicorn` by name."""
     env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
     url = f"http://{host}:{port}"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            serve_command(model_uri, host, port),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process_group(serve_command(model_uri, host, port), env, log_path)
+
+    def exited() -> str | None:
+        code = process.poll()
+        return None if code is None else f"mlflow models serve exited with {code} before answering"
+
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow models serve exited with {process.returncode} before answering; see {log_path}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5):
-                    break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"mlflow models serve did not answer {url}/ping within {start_timeout_s:g} s; see {log_path}"
-                    ) from None
-                time.sleep(1.0)
+        try:
+            wait_ready(lambda: http_check(f"{url}/ping", timeout_s=5), exited, start_timeout_s, poll_s=1.0)
+        except NotReadyError as err:
+            raise RuntimeError(f"mlflow models serve at {url}: {err}; see {log_path}") from None
         yield url, process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process.pid, grace_s=30)
+        process.wait()

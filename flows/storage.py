@@ -30,6 +30,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -42,17 +43,14 @@ from botocore.exceptions import (
 )
 
 from data_contracts.corpora import check_corpus
+from data_contracts.ingest import OUTPUT_FILES
 from data_contracts.schemas import validate_folds, validate_manifest
 from ser_stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILES = {
-    "manifest": "manifest.parquet",
-    "quarantine": "quarantine.parquet",
-    "folds": "folds.parquet",
-    "report": "report.json",
-}
+MANIFEST_FILES = {PurePosixPath(name).stem: name for name in OUTPUT_FILES}
+"""Kind → file name of an ingest's outputs (``"manifest"`` → ``manifest.parquet``), as ingest writes them."""
 CORPUS_FILES = {"latest": "latest.json", "source": "source.json"}
 KINDS = (*MANIFEST_FILES, *CORPUS_FILES)
 

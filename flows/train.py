@@ -27,16 +27,26 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_contracts.labels import CORPORA
-from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
 from flows.feature_store import shared_feature_cache
 from flows.fold_runs import run_folds, selected_folds
 from flows.limits import one_training_per_corpus
+from flows.mlflow_ui import run_url
 from flows.monitor import watch_before_training
-from flows.promote import PROTOCOL_TAG, fold_score_tags, promote, register_release
+from flows.promote import (
+    CORPUS_TAG,
+    FINGERPRINT_TAG,
+    PROTOCOL_TAG,
+    SELECTION_TAG,
+    promote,
+    protocol_name,
+    register_release,
+)
+from flows.provenance import code_version, package_versions
 from flows.pyfunc import log_pyfunc
-from flows.roots import manifest_root
-from flows.storage import load_manifest_version, resolve_version
+from flows.report import summary_markdown
+from flows.roots import local_audio_root, manifest_root
+from flows.storage import MANIFEST_FILES, load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import (
     BEST_FOLDER,
@@ -48,7 +58,7 @@ from ser_model.launch import (
     run_worker,
     write_fold_times,
 )
-from ser_model.metrics import DEFAULT_UA_MARGIN, selection_rule
+from ser_model.metrics import DEFAULT_UA_MARGIN, headline_scores, selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
 from ser_stack.settings import REPO_ROOT, StackSettings
 
@@ -90,14 +100,13 @@ def train_fold(
     out_dir = settings.state_dir / "runs" / corpus / parent_run_id / fold_folder_name(fold)
     if not (out_dir / RESULT_FILE).exists():
         manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
-        if root.startswith("s3://"):
-            cache, limit = cache_from_env(settings.state_dir / "audio-cache")
-            root = str(stage_audio(manifest, root, cache, fingerprint, limit))
-            logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, root)
+        audio_root = local_audio_root(manifest, root, fingerprint, settings.state_dir)
+        if audio_root != root:
+            logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, audio_root)
         (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
         cfg.to_json(inputs / "config.json")
-        manifest.to_parquet(inputs / "manifest.parquet", index=False)
-        fold_table.to_parquet(inputs / "folds.parquet", index=False)
+        manifest.to_parquet(inputs / MANIFEST_FILES["manifest"], index=False)
+        fold_table.to_parquet(inputs / MANIFEST_FILES["folds"], index=False)
         with shared_feature_cache(
             cfg, settings, manifest["sha256"]
         ) as feature_cache:  # flows/feature_store.py
@@ -106,9 +115,9 @@ def train_fold(
                     corpus,
                     fold,
                     inputs / "config.json",
-                    inputs / "manifest.parquet",
-                    inputs / "folds.parquet",
-                    root,
+                    inputs / MANIFEST_FILES["manifest"],
+                    inputs / MANIFEST_FILES["folds"],
+                    audio_root,
                     out_dir,
                     cfg.train.epochs,
                     feature_cache,
@@ -122,8 +131,8 @@ def train_fold(
     if fold == RELEASE_FOLD:
         mlflow.set_tracking_uri(settings.tracking_uri)
         with mlflow.start_run(run_id=run_id):
-            info = t.call_with_retry(log_pyfunc, out_dir / BEST_FOLDER)
-        t.call_with_retry(client.set_tag, run_id, t.MODEL_URI_TAG, info.model_uri)
+            info = log_pyfunc(out_dir / BEST_FOLDER)
+        client.set_tag(run_id, t.MODEL_URI_TAG, info.model_uri)
     return run_id
 
 
@@ -161,15 +170,15 @@ def train(
     client = MlflowClient(settings.tracking_uri)
     experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
     tags = {
-        "ser.corpus": corpus,
-        "ser.data_fingerprint": fingerprint,
+        CORPUS_TAG: corpus,
+        FINGERPRINT_TAG: fingerprint,
         "ser.preset": preset,
         "ser.backbone": config.model.backbone,
-        "ser.train_key": t.train_key(corpus, fingerprint, config, folds, release, root),
-        PROTOCOL_TAG: t.protocol_name(corpus, len(available), folds),
-        "ser.selection_rule": selection_rule(config.train.select_metric),
-        **t.code_version(REPO_ROOT),
-        **t.package_versions(),
+        t.TRAIN_KEY_TAG: t.train_key(corpus, fingerprint, config, folds, release, root),
+        PROTOCOL_TAG: protocol_name(corpus, len(available), folds),
+        SELECTION_TAG: selection_rule(config.train.select_metric),
+        **code_version(REPO_ROOT),
+        **package_versions(),
     }
     params = {
         **t.flatten_params(config.to_dict()),
@@ -183,7 +192,7 @@ def train(
         "%s MLflow parent run %s: %s",
         "resuming" if resumed else "started",
         parent_id,
-        t.run_url(settings.tracking_uri, experiment_id, parent_id),
+        run_url(settings.tracking_uri, experiment_id, parent_id),
     )
     try:
         fold_params = {
@@ -199,52 +208,23 @@ def train(
         summary = t.log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
         version = decision = None
         if release:
-            version = t.call_with_retry(client.get_run, parent_id).data.tags.get("ser.registered_version")
-            if version is None:
-                version_tags = {
-                    k: tags[k]
-                    for k in (
-                        "ser.corpus",
-                        "ser.data_fingerprint",
-                        PROTOCOL_TAG,
-                        "ser.selection_rule",
-                        "ser.git_commit",
-                    )
-                }
-                test_speakers = {
-                    k: fold_table.loc[
-                        (fold_table["fold"] == k) & (fold_table["role"] == "test"), "speaker"
-                    ].tolist()
-                    for k in folds
-                }
-                version_tags.update(
-                    fold_score_tags(
-                        {o["fold"]: t.fold_scores(o["result"])["UA"] for o in outcomes},
-                        test_speakers,
-                        config.labels,
-                    )
-                )
-                released = next(o for o in finished if o["fold"] == RELEASE_FOLD)
-                version = register_release(
-                    settings.tracking_uri,
-                    corpus,
-                    released,
-                    summary,
-                    {**version_tags, "ser.parent_run_id": parent_id},
-                )
-                t.call_with_retry(client.set_tag, parent_id, "ser.registered_version", version)
-            else:
-                logger.info(
-                    "release model already registered as ser-%s version %s by an earlier attempt",
-                    corpus,
-                    version,
-                )
+            released = next(o for o in finished if o["fold"] == RELEASE_FOLD)
+            ua_by_fold = {o["fold"]: headline_scores(o["result"])["UA"] for o in outcomes}
+            version, new = register_release(
+                client, parent_id, released["model_uri"], ua_by_fold, fold_table, summary, config.labels
+            )
+            logger.info(
+                "release model %s ser-%s version %s",
+                "registered as" if new else "already registered by an earlier attempt as",
+                corpus,
+                version,
+            )
             decision = promote(corpus, version, margin=promote_margin, monitor_quote=monitor_quote)
-        markdown = t.summary_markdown(
-            corpus, fingerprint, outcomes, summary, version, decision, tags["ser.selection_rule"]
+        markdown = summary_markdown(
+            corpus, fingerprint, outcomes, summary, version, decision, tags[SELECTION_TAG]
         )
         create_markdown_artifact(markdown, key=f"train-{corpus}", description=f"cross-validation of {corpus}")
-        t.call_with_retry(client.set_terminated, parent_id, "FINISHED")
+        client.set_terminated(parent_id, "FINISHED")
     except BaseException:
         try:
             client.set_terminated(parent_id, "FAILED")

@@ -37,10 +37,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from data_contracts.corpora import check_corpus
-from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
 from flows.fold_runs import fold_job_variables, fold_runs_mode, wait_until_final
-from flows.roots import manifest_root
+from flows.mlflow_ui import run_url
+from flows.provenance import code_version, package_versions
+from flows.roots import local_audio_root, manifest_root
 from flows.storage import load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import fold_folder_name
@@ -117,7 +118,7 @@ class MlflowStudyTracker:
         key = tune_key(corpus, fingerprint, study.study_name)
         parent = t.find_run(client, experiment_id, {TUNE_KEY_TAG: key})
         if parent is not None:
-            t.call_with_retry(client.update_run, parent, status="RUNNING")
+            client.update_run(parent, status="RUNNING")
         else:
             tags = {
                 RUN_KIND_TAG: "tune",
@@ -126,12 +127,10 @@ class MlflowStudyTracker:
                 "ser.data_fingerprint": fingerprint,
                 "ser.study": study.study_name,
                 "ser.preset": preset,
-                **t.code_version(REPO_ROOT),
-                **t.package_versions(),
+                **code_version(REPO_ROOT),
+                **package_versions(),
             }
-            parent = t.call_with_retry(
-                client.create_run, experiment_id, tags=tags, run_name=f"tune-{corpus}"
-            ).info.run_id
+            parent = client.create_run(experiment_id, tags=tags, run_name=f"tune-{corpus}").info.run_id
             params = {
                 **{f"base.{k}": v for k, v in t.flatten_params(base_config.to_dict()).items()},
                 "space": json.dumps(space_dict(space), sort_keys=True)[: t.MLFLOW_PARAM_VALUE_LIMIT],
@@ -161,8 +160,8 @@ class MlflowStudyTracker:
                 }
                 if original != number:
                     tags["ser.retried_from"] = str(original)
-                run_id = t.call_with_retry(
-                    self.client.create_run, self.experiment_id, tags=tags, run_name=f"trial-{number}"
+                run_id = self.client.create_run(
+                    self.experiment_id, tags=tags, run_name=f"trial-{number}"
                 ).info.run_id
             self._children[number] = run_id
         return self._children[number]
@@ -200,7 +199,7 @@ class MlflowStudyTracker:
             metrics.append(optuna_metric("objective", trial.value, int(time.time() * 1000), 0))
         t.log_batch(self.client, run_id, metrics=metrics, tags=tags)
         status = "FAILED" if trial.state == optuna.trial.TrialState.FAIL else "FINISHED"
-        t.call_with_retry(self.client.set_terminated, run_id, status)
+        self.client.set_terminated(run_id, status)
 
     def close_failed(self, study: optuna.Study) -> None:
         """End the child runs of trials that failed without reporting it (a killed process: Optuna
@@ -208,7 +207,7 @@ class MlflowStudyTracker:
         for trial in study.trials:
             if trial.state != optuna.trial.TrialState.FAIL:
                 continue
-            run = t.call_with_retry(self.client.get_run, self.child(trial))
+            run = self.client.get_run(self.child(trial))
             if run.info.status == "RUNNING":
                 self.trial_finished(study, trial)
 
@@ -225,17 +224,21 @@ class MlflowStudyTracker:
             metrics.append(optuna_metric("best_valid_UA", summary["best_value"], int(time.time() * 1000), 0))
         tags = {"ser.best_trial": str(summary.get("best_trial", "none"))}
         t.log_batch(self.client, self.parent_run_id, metrics=metrics, tags=tags)
-        t.call_with_retry(
-            self.client.log_text,
+        self.client.log_text(
             self.parent_run_id,
             json.dumps(summary, indent=2, default=str),
             "study/summary.json",
         )
         if preset_path is not None:
-            t.call_with_retry(self.client.log_artifact, self.parent_run_id, str(preset_path), PRESET_ARTIFACT)
+            self.client.log_artifact(self.parent_run_id, str(preset_path), PRESET_ARTIFACT)
+        import matplotlib.pyplot as plt  # after study_figures chose the Agg backend
+
         for name, figure in study_figures(study).items():
-            t.log_figure(self.client, self.parent_run_id, figure, f"study/{name}.png")
-        t.call_with_retry(self.client.set_terminated, self.parent_run_id, "FINISHED")
+            try:
+                self.client.log_figure(self.parent_run_id, figure, f"study/{name}.png")
+            finally:
+                plt.close(figure)  # optuna draws with pyplot, which keeps every figure until closed
+        self.client.set_terminated(self.parent_run_id, "FINISHED")
         return summary
 
 
@@ -247,6 +250,9 @@ def study_figures(study: optuna.Study) -> dict[str, Any]:
     """Optuna's optimisation history, and the parameter importances once two trials have finished."""
     import warnings
 
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures become PNG files, never windows, also where a display is set
     from optuna.visualization import matplotlib as ovm
 
     figures = {}
@@ -320,9 +326,7 @@ def tune_trial(
     base = SERConfig.from_dict(config)
     parsed = load_search_space(space, base)
     manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
-    if root.startswith("s3://"):
-        cache, limit = cache_from_env(settings.state_dir / "audio-cache")
-        root = str(stage_audio(manifest, root, cache, fingerprint, limit))
+    root = local_audio_root(manifest, root, fingerprint, settings.state_dir)
     study = open_study(
         study_name, settings.tune_storage, seed=worker_seed(seed), grace_period_s=heartbeat_grace_s
     )
@@ -437,7 +441,7 @@ def tune(
         name,
         settings.tune_storage,
         tracker.parent_run_id,
-        t.run_url(settings.tracking_uri, tracker.experiment_id, tracker.parent_run_id),
+        run_url(settings.tracking_uri, tracker.experiment_id, tracker.parent_run_id),
     )
     parameters = {
         "corpus": corpus,

@@ -21,6 +21,7 @@ Usage (through the bash wrappers in infra/):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,22 +35,34 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from ser_stack.processes import (  # noqa: E402
+    STOP_GRACE_S,
+    NotReadyError,
+    http_check,
+    start_process_group,
+    stop_process_group,
+    wait_ready,
+)
 from ser_stack.settings import (  # noqa: E402
     CREDENTIALS_FILE,
     PG_CREDENTIALS_FILE,
     PG_USER,
     StackSettings,
 )
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter
+    from prefect.client.schemas.objects import Worker
 
 log = logging.getLogger("ser.infra")
 
@@ -61,7 +74,8 @@ TELEMETRY_OFF = {
 }
 WORKER_NAME = "ser-worker"
 HTTP_TIMEOUT_S = 3.0
-STOP_GRACE_S = 15.0
+API_PAGE = 200
+"""Objects one Prefect API read returns at most (the server's default page limit)."""
 SCHEDULER_GRACE_S = 90.0
 """A deployment whose schedule changed less than this long ago may not have its runs yet (the
 server's scheduler visits recently changed deployments every few seconds, all others every minute)."""
@@ -368,21 +382,9 @@ def process_start_time(pid: int) -> float | None:
 
 def start_process(state_dir: Path, name: str, argv: list[str], env: Mapping[str, str], cwd: Path) -> int:
     """Start `argv` as the leader of a new process group, output to its log; record pid + start time."""
-    logfile = log_path(state_dir, name)
-    logfile.parent.mkdir(parents=True, exist_ok=True)
     pid_dir(state_dir).mkdir(parents=True, exist_ok=True)
-    with open(logfile, "ab") as out:
-        out.write(f"{START_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    header = f"{START_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n"
+    proc = start_process_group(argv, env, log_path(state_dir, name), cwd, header)
     record = {"pid": proc.pid, "create_time": process_start_time(proc.pid), "argv": argv}
     (pid_dir(state_dir) / f"{name}.json").write_text(json.dumps(record))
     return proc.pid
@@ -409,40 +411,6 @@ def recorded_names(state_dir: Path) -> list[str]:
     return sorted(path.stem for path in pid_dir(state_dir).glob("*.json"))
 
 
-def stop_process_group(pid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process group led by `pid`, wait up to `grace_s`, then SIGKILL what is left of it."""
-    import psutil
-
-    try:
-        leader = psutil.Process(pid)
-        members = [leader, *leader.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    members += [p for p in psutil.process_iter() if _pgid(p.pid) == pid and p not in members]
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    _, alive = psutil.wait_procs(members, timeout=grace_s)
-    if alive:
-        log.warning(
-            "pid %d: %d process(es) ignored SIGTERM for %.0f s, sending SIGKILL", pid, len(alive), grace_s
-        )
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
 def stop_recorded(state_dir: Path, names: list[str], grace_s: float = STOP_GRACE_S) -> list[str]:
     """Stop the recorded process groups of `names` (in the given order), remove their pid files.
 
@@ -453,7 +421,7 @@ def stop_recorded(state_dir: Path, names: list[str], grace_s: float = STOP_GRACE
         pid = recorded_pid(state_dir, name)
         if pid is not None:
             began = time.monotonic()
-            stop_process_group(pid, grace_s)
+            stop_process_group(pid, grace_s, log.warning)
             log.info("stopped %s (pid %d) in %.1f s", name, pid, time.monotonic() - began)
             stopped.append(name)
         (pid_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
@@ -463,18 +431,16 @@ def stop_recorded(state_dir: Path, names: list[str], grace_s: float = STOP_GRACE
 # ----------------------------------------------------------------------------- health checks
 
 
-def http_get(url: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-        return response.status, response.read()
+@contextlib.contextmanager
+def prefect_api(settings: StackSettings) -> Iterator[SyncPrefectClient]:
+    """The stack's Prefect server through the Prefect client, as the flows talk to it, with short
+    timeouts and none of the client's retries: a health check must answer fast."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-
-def http_post_json(url: str, body: dict) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-        return response.status, response.read()
+    client = SyncPrefectClient(settings.prefect_api_url, httpx_settings={"timeout": HTTP_TIMEOUT_S})
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), client:
+        yield client
 
 
 def s3_client(settings: StackSettings):
@@ -491,38 +457,29 @@ def check_s3(settings: StackSettings) -> str | None:
     return None
 
 
-def check_http(url: str) -> str | None:
-    """None when GET `url` answers 200, else the reason."""
-    try:
-        status, _ = http_get(url)
-    except (urllib.error.URLError, OSError) as exc:
-        return f"GET {url}: {exc}"
-    return None if status == 200 else f"GET {url}: HTTP {status}"
-
-
 def check_mlflow(settings: StackSettings) -> str | None:
-    return check_http(f"{settings.tracking_uri}/health")
+    return http_check(f"{settings.tracking_uri}/health", HTTP_TIMEOUT_S)
 
 
 def check_prefect(settings: StackSettings) -> str | None:
-    return check_http(f"{settings.prefect_api_url}/health")
+    return http_check(f"{settings.prefect_api_url}/health", HTTP_TIMEOUT_S)
 
 
-def pool_workers(settings: StackSettings) -> list[dict]:
+def pool_workers(settings: StackSettings) -> list[Worker]:
     """Workers registered in the work pool, as the Prefect API reports them."""
-    _, body = http_post_json(f"{settings.prefect_api_url}/work_pools/{settings.work_pool}/workers/filter", {})
-    return json.loads(body)
+    with prefect_api(settings) as client:
+        return client.read_workers_for_work_pool(settings.work_pool)
 
 
 def check_worker(settings: StackSettings) -> str | None:
     """None when the stack's worker is registered ONLINE in the work pool, else the reason."""
     try:
         workers = pool_workers(settings)
-    except (urllib.error.URLError, OSError) as exc:
+    except Exception as exc:  # any failure is "unhealthy", reported with its reason
         return f"work pool {settings.work_pool!r}: {exc}"
-    online = [w for w in workers if w["name"] == WORKER_NAME and w.get("status", "ONLINE") == "ONLINE"]
+    online = [w for w in workers if w.name == WORKER_NAME and w.status == "ONLINE"]
     if not online:
-        return f"no ONLINE worker named {WORKER_NAME!r} in work pool {settings.work_pool!r} (found {[w['name'] for w in workers]})"
+        return f"no ONLINE worker named {WORKER_NAME!r} in work pool {settings.work_pool!r} (found {[w.name for w in workers]})"
     return None
 
 
@@ -610,31 +567,36 @@ def scheduled_deployments_without_runs(settings: StackSettings, now: float | Non
     not paused, an active schedule unchanged for SCHEDULER_GRACE_S that fires within the
     scheduler's horizon (Prefect's ``server.services.scheduler.max_scheduled_time``), and no
     flow run in state SCHEDULED."""
-    from datetime import datetime
-
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import get_current_settings
 
     now = time.time() if now is None else now
     horizon_s = get_current_settings().server.services.scheduler.max_scheduled_time.total_seconds()
-    _, body = http_post_json(f"{settings.prefect_api_url}/deployments/filter", {})
     missing = []
-    for deployment in json.loads(body):
-        active = [s for s in deployment.get("schedules", []) if s.get("active")]
-        if not active or deployment.get("paused"):
-            continue
-        changed = max(datetime.fromisoformat(x["updated"]).timestamp() for x in [deployment, *active])
-        if now - changed < SCHEDULER_GRACE_S or not any(
-            next_run_due(s["schedule"], now, horizon_s) for s in active
-        ):
-            continue
-        query = {
-            "deployments": {"id": {"any_": [deployment["id"]]}},
-            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-        }
-        _, count = http_post_json(f"{settings.prefect_api_url}/flow_runs/count", query)
-        if int(count) == 0:
-            missing.append(deployment["name"])
+    with prefect_api(settings) as client:
+        for deployment in client.read_deployments():
+            active = [s for s in deployment.schedules if s.active]
+            if not active or deployment.paused:
+                continue
+            changed = max(x.updated.timestamp() for x in [deployment, *active])
+            if now - changed < SCHEDULER_GRACE_S or not any(
+                next_run_due(s.schedule.model_dump(mode="json"), now, horizon_s) for s in active
+            ):
+                continue
+            of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            if (
+                client.count_flow_runs(deployment_filter=of_deployment, flow_run_filter=runs_in("SCHEDULED"))
+                == 0
+            ):
+                missing.append(deployment.name)
     return missing
+
+
+def runs_in(state_type: str) -> FlowRunFilter:
+    """The flow-run filter of one state type (``SCHEDULED``, ``RUNNING``, …)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state_type])))
 
 
 def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
@@ -651,7 +613,7 @@ def check_scheduler(settings: StackSettings, local: bool = True) -> str | None:
             return f"{len(found)} traceback(s) in {logfile} since the server started, the last: {found[-1]}"
     try:
         missing = scheduled_deployments_without_runs(settings)
-    except (urllib.error.URLError, OSError) as exc:
+    except Exception as exc:  # any failure is "unhealthy", reported with its reason
         return f"deployments of {settings.prefect_api_url}: {exc}"
     if missing:
         return (
@@ -665,21 +627,19 @@ def orphaned_training_slots(settings: StackSettings) -> list[str]:
     """``name (held/limit)`` of the ``train-<corpus>`` limits (flows/limits.py) whose slots held
     outnumber the ``train`` flow runs running: a training that died holding its slot. Its lease
     frees it within flows.limits.LEASE_S; one held longer blocks every later training of the corpus."""
-    _, body = http_post_json(f"{settings.prefect_api_url}/v2/concurrency_limits/filter", {})
-    held = [
-        limit
-        for limit in json.loads(body)
-        if limit["name"].startswith("train-") and limit["active_slots"] > 0
-    ]
-    if not held:
-        return []
-    query = {"flows": {"name": {"any_": ["train"]}}, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}
-    _, running = http_post_json(f"{settings.prefect_api_url}/flow_runs/count", query)
-    if sum(limit["active_slots"] for limit in held) <= int(running):
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with prefect_api(settings) as client:
+        limits = client.read_global_concurrency_limits(limit=API_PAGE)
+        held = [limit for limit in limits if limit.name.startswith("train-") and limit.active_slots > 0]
+        if not held:
+            return []
+        train = FlowFilter(name=FlowFilterName(any_=["train"]))
+        running = client.count_flow_runs(flow_filter=train, flow_run_filter=runs_in("RUNNING"))
+    if sum(limit.active_slots for limit in held) <= running:
         return []
     return [
-        f"{limit['name']} ({limit['active_slots']}/{limit['limit']})"
-        for limit in sorted(held, key=lambda x: x["name"])
+        f"{limit.name} ({limit.active_slots}/{limit.limit})" for limit in sorted(held, key=lambda x: x.name)
     ]
 
 
@@ -687,7 +647,7 @@ def check_trainings(settings: StackSettings) -> str | None:
     """None unless a training slot is held with no training running (`orphaned_training_slots`)."""
     try:
         orphans = orphaned_training_slots(settings)
-    except (urllib.error.URLError, OSError) as exc:
+    except Exception as exc:  # any failure is "unhealthy", reported with its reason
         return f"concurrency limits of {settings.prefect_api_url}: {exc}"
     if orphans:
         return (
@@ -813,6 +773,11 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         # its lease expires, instead of staying taken for ever (Prefect's default storage forgets the
         # lease on restart but keeps the slot counted: PrefectHQ/prefect#17415, #20090)
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+        # how every MLflow request of the flows rides out an outage of the tracking server (no retry
+        # loop of our own on top): 7 retries, waits of 0, 4, 8, … 120 s (urllib3's backoff), about
+        # 4 minutes in all; then the task fails and Prefect's task retries or a rerun resume
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
         **os.environ,
         **settings.client_env(),
         **database_env(settings),
@@ -842,23 +807,16 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def wait_healthy(settings: StackSettings, component: Component, timeout_s: float) -> None:
     """Poll the component's health check until it passes; raise StackError with the log tail otherwise."""
-    deadline = time.monotonic() + timeout_s
-    reason = "not checked"
-    while time.monotonic() < deadline:
-        if recorded_pid(settings.state_dir, component.name) is None:
-            raise StackError(
-                f"{component.name} exited during start-up; last lines of {log_path(settings.state_dir, component.name)}:\n"
-                + tail(log_path(settings.state_dir, component.name))
-            )
-        reason = component.check(settings)
-        if reason is None:
-            return
-        time.sleep(0.5)
-    raise StackError(
-        f"{component.name} not healthy after {timeout_s:.0f} s ({reason}); last lines of "
-        f"{log_path(settings.state_dir, component.name)}:\n"
-        + tail(log_path(settings.state_dir, component.name))
-    )
+    logfile = log_path(settings.state_dir, component.name)
+
+    def exited() -> str | None:
+        alive = recorded_pid(settings.state_dir, component.name) is not None
+        return None if alive else "exited during start-up"
+
+    try:
+        wait_ready(lambda: component.check(settings), exited, timeout_s)
+    except NotReadyError as err:
+        raise StackError(f"{component.name} {err}; last lines of {logfile}:\n{tail(logfile)}") from None
 
 
 def create_buckets(settings: StackSettings) -> None:
@@ -871,12 +829,16 @@ def create_buckets(settings: StackSettings) -> None:
 
 
 def ensure_work_pool(settings: StackSettings, env: Mapping[str, str]) -> None:
-    try:
-        http_get(f"{settings.prefect_api_url}/work_pools/{settings.work_pool}")
-        return
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:
-            raise
+    """Create the stack's process work pool unless it exists (``prefect work-pool create``, which
+    fills in the process worker's default job template)."""
+    from prefect.exceptions import ObjectNotFound
+
+    with prefect_api(settings) as client:
+        try:
+            client.read_work_pool(settings.work_pool)
+            return
+        except ObjectNotFound:
+            pass
     subprocess.run(
         [str(BIN / "prefect"), "work-pool", "create", "--type", "process", settings.work_pool],
         cwd=REPO_ROOT,
@@ -1271,9 +1233,9 @@ def stack_is_empty(settings: StackSettings) -> list[str]:
     for bucket in (settings.mlflow_bucket, settings.data_bucket):
         if bucket_keys(client, bucket):
             found.append(f"objects in s3://{bucket}")
-    _, body = http_post_json(f"{settings.prefect_api_url}/deployments/filter", {"limit": 1})
-    if json.loads(body):
-        found.append("Prefect deployments")
+    with prefect_api(settings) as prefect:
+        if prefect.read_deployments(limit=1):
+            found.append("Prefect deployments")
     tracking = mlflow.MlflowClient(settings.tracking_uri)
     if tracking.search_registered_models(max_results=1):
         found.append("registered models in MLflow")

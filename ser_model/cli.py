@@ -54,7 +54,14 @@ from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
-from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, CHECKPOINT_FILES, METRICS_FILE, RESULT_FILE
+from ser_model.launch import (
+    BAD_CONFIG_EXIT,
+    BEST_FOLDER,
+    CHECKPOINT_FILES,
+    METRICS_FILE,
+    RESULT_FILE,
+    fold_folder_name,
+)
 from ser_model.metrics import DEFAULT_UA_MARGIN
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
 
@@ -214,11 +221,11 @@ def run_ingest_command(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ser_model.train import RELEASE_FOLD, fit
+    from ser_model.train import fit
 
     corpus, root, ingested = corpus_data(args)
     config = train_config(corpus, args.backbone, args.config, args.epochs, args.set, args.preset)
-    out = Path(args.out or f"runs/{corpus}/{'release' if args.fold == RELEASE_FOLD else f'fold-{args.fold}'}")
+    out = Path(args.out or f"runs/{corpus}/{fold_folder_name(args.fold)}")
     result = fit(config, ingested.manifest, ingested.folds, args.fold, root, out, resume=not args.no_resume)
     print(f"{corpus} fold {args.fold}, selected epoch {result.selected_epoch}: {result.selection_rule}")
     print(metrics_line("valid", result.valid))

@@ -16,7 +16,9 @@ numpy is imported inside the functions: ``ser_model.config`` imports this module
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
@@ -29,6 +31,90 @@ HEADLINE_METRICS: tuple[str, ...] = get_args(HeadlineMetric)
 DEFAULT_UA_MARGIN = 0.10
 """How far (absolute UA) a champion may fall below its cross-validated fold mean on new data before the
 monitor flags it (ser_model/monitor.py)."""
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of scores over folds (or runs), the one std of the project.
+
+    ``mean = (1/K) Σ_k x_k``, ``std = sqrt(Σ_k (x_k − mean)² / (K − 1))``: the sample std (Bessel's
+    K − 1), the spread a cross-validation table reports; 0 for a single value.
+    """
+    if not values:
+        raise ValueError("mean_and_std: no values; expected at least one score")
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values, mean) if len(values) > 1 else 0.0)
+
+
+def summary_name(metric: str, statistic: str) -> str:
+    """Name of a statistic over folds of a headline metric: ``summary_name("UA", "mean")`` → ``UA_mean``
+    (MLflow metric of a parent run, key of :func:`fold_summary`)."""
+    return f"{metric}_{statistic}"
+
+
+def headline_scores(result: Mapping[str, Any], split: str = "test") -> dict[str, float]:
+    """The :data:`HEADLINE_METRICS` (``{"WA": …, "UA": …, "macro_f1": …}``) of one split
+    (``valid``, ``test``) of a fold's result, with an error naming what is missing."""
+    metrics = result.get(split) or {}
+    missing = [m for m in HEADLINE_METRICS if m not in metrics]
+    if missing:
+        raise ValueError(f"the fold result has no {split} metric(s) {missing}; got keys {sorted(metrics)}")
+    return {m: float(metrics[m]) for m in HEADLINE_METRICS}
+
+
+def fold_summary(fold_metrics: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
+    """Mean and sample std (:func:`mean_and_std`) over folds of each headline metric.
+
+    ``fold_metrics``: fold → ``{"WA": …, "UA": …, "macro_f1": …}``. Returns ``{"n_folds": K,
+    "WA_mean": …, "WA_std": …, "UA_mean": …, …}`` (names from :func:`summary_name`).
+    """
+    if not fold_metrics:
+        raise ValueError("fold_summary: no fold results; expected at least one fold's test metrics")
+    summary: dict[str, float] = {"n_folds": float(len(fold_metrics))}
+    for name in HEADLINE_METRICS:
+        mean, std = mean_and_std([float(m[name]) for m in fold_metrics.values()])
+        summary[summary_name(name, "mean")] = mean
+        summary[summary_name(name, "std")] = std
+    return summary
+
+
+def summed_confusion(confusions: Iterable[Any]) -> np.ndarray:
+    """Element-wise sum of per-fold confusion matrices (rows = true class, columns = predicted),
+    all C×C for the same C: the confusion of the whole cross-validation."""
+    import numpy as np
+
+    stacked = [np.asarray(c, dtype=np.int64) for c in confusions]
+    if not stacked:
+        raise ValueError("summed_confusion: no confusion matrices given")
+    shapes = {c.shape for c in stacked}
+    if len(shapes) != 1 or stacked[0].ndim != 2 or stacked[0].shape[0] != stacked[0].shape[1]:
+        raise ValueError(f"summed_confusion: expected square matrices of one shape, got {sorted(shapes)}")
+    return np.sum(stacked, axis=0)
+
+
+def fold_metric_name(fold: int, metric: str) -> str:
+    """Name of one fold's score on the parent run of a cross-validation: ``fold_3.UA``
+    (:func:`fold_of_metric_name` reads it back)."""
+    return f"fold_{fold}.{metric}"
+
+
+def fold_of_metric_name(name: str, metric: str) -> int | None:
+    """The fold of a :func:`fold_metric_name` of ``metric`` (``"fold_3.UA"``, ``"UA"`` → 3), else None."""
+    fold, dot, rest = name.removeprefix("fold_").partition(".")
+    if not name.startswith("fold_") or not dot or rest != metric or not fold.isdigit():
+        return None
+    return int(fold)
+
+
+def metric_leaves(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Every finite numeric leaf of a nested metrics record (an epoch of ``metrics.jsonl``, an
+    evaluation), nested keys joined by ``.``: ``{"train": {"loss": 1.2}}`` → ``("train.loss", 1.2)``.
+    Booleans, text, NaN and infinities are not metrics."""
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from metric_leaves(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            yield name, float(value)
 
 
 def selection_rule(metric: str, speakers: dict[str, list[str]] | None = None) -> str:

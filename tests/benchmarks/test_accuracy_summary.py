@@ -1,6 +1,6 @@
 """benchmarks/accuracy.py's summary: finished runs of every variant and seed under one folder are
 merged (whichever process trained them), in VARIANTS order and (seed, fold) order, with mean,
-population std and the paired difference against `full` equal to references computed here;
+sample std (ser_model.metrics.mean_and_std) and the paired difference against `full` equal to references computed here;
 unfinished runs are left out; a run is claimed by one live process at a time. No training."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, a
     for variant, runs in ua.items():
         pct = [100 * runs[k] for k in sorted(runs)]
         mean = sum(pct) / len(pct)
-        std = math.sqrt(sum((v - mean) ** 2 for v in pct) / len(pct))
+        std = math.sqrt(sum((v - mean) ** 2 for v in pct) / (len(pct) - 1))
         row = summary[variant]
         assert row["UA"]["per_run"] == pytest.approx(pct)
         assert row["UA"]["mean"] == pytest.approx(mean) and row["UA"]["std"] == pytest.approx(std)

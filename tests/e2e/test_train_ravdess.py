@@ -30,7 +30,7 @@ import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
-from flows.tracking import model_url, run_url
+from flows.mlflow_ui import model_url, run_url
 from tests.conftest import stack_required
 from tests.e2e.browser import Browser, chromium_path
 

@@ -395,3 +395,66 @@ def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, mon
     worse_saw = results[worse]["champion_before"]["version"]
     assert worse_saw in (base, better)
     assert results[worse]["promoted"] is (worse_saw == base)
+
+
+def test_register_release_writes_what_promotion_reads_and_registers_once(
+    local_mlflow, experiment_id, monkeypatch
+):
+    """The release version carries the parent run's tags that describe the data and the code,
+    each evaluated fold's UA with the fold table's test speakers, and the fold summary; promotion
+    reads it back; a second call (a rerun of the flow) registers nothing new."""
+    import mlflow.tracking._tracking_service.utils as tracking_uri_state
+    import pandas as pd
+
+    # register_release sets MLflow's process-wide tracking URI (mlflow.register_model reads it):
+    # restored after the test, so later tests that rely on MLFLOW_TRACKING_URI are not redirected
+    monkeypatch.setattr(tracking_uri_state, "_tracking_uri", tracking_uri_state._tracking_uri)
+
+    from flows.promote import (
+        CORPUS_TAG,
+        FOLD_SCORES_TAG,
+        RUN_TAGS_ON_VERSION,
+        register_release,
+    )
+    from ser_model.metrics import fold_summary
+
+    run_tags = {CORPUS_TAG: "ravdess", FINGERPRINT_TAG: DATA_A, PROTOCOL_TAG: PROTOCOL}
+    run_tags |= {"ser.selection_rule": "best validation UA", "ser.git_commit": "abc123", "ser.preset": "x"}
+    parent = local_mlflow.create_run(experiment_id, tags=run_tags).info.run_id
+    rows = [
+        {"fold": k, "role": "test" if k == fold_of(s) else "train", "speaker": s}
+        for k in (0, 1, 2)
+        for s in sorted({s for ss in SPEAKERS.values() for s in ss})[:12]
+    ]
+    fold_table = pd.DataFrame(rows).sample(frac=1.0, random_state=0)
+    uas = {0: 0.52, 1: 0.61}
+    scores = {k: {"WA": ua + 0.01, "UA": ua, "macro_f1": ua - 0.01} for k, ua in uas.items()}
+    summary = fold_summary(scores)
+    labels = LABELS["ravdess"]
+
+    version, new = register_release(
+        local_mlflow, parent, "s3://ser-mlflow/promote-tests/no-model", uas, fold_table, summary, labels
+    )
+    assert new
+    tags = local_mlflow.get_model_version("ser-ravdess", version).tags
+    assert {k: tags[k] for k in RUN_TAGS_ON_VERSION} == {k: run_tags[k] for k in RUN_TAGS_ON_VERSION}
+    assert "ser.preset" not in tags and tags[PARENT_RUN_TAG] == parent
+    assert json.loads(tags[FOLD_SCORES_TAG]) == {
+        str(k): {"UA": uas[k], "test_speakers": sorted(SPEAKERS[k])} for k in uas
+    }, "fold 2 was not evaluated, and each fold names its own test speakers"
+    assert float(tags[UA_TAG]) == pytest.approx((0.52 + 0.61) / 2)
+    assert float(tags["ser.UA_std"]) == pytest.approx(abs(0.61 - 0.52) / 2**0.5, abs=1e-6)
+    read = version_score(local_mlflow, "ser-ravdess", version)
+    assert read.folds == {k: FoldScore(uas[k], tuple(sorted(SPEAKERS[k]))) for k in uas}
+    assert read.fingerprint == DATA_A and read.labels == tuple(labels)
+
+    assert register_release(local_mlflow, parent, "s3://elsewhere", uas, fold_table, summary, labels) == (
+        version,
+        False,
+    )
+    assert [str(v.version) for v in local_mlflow.search_model_versions("name = 'ser-ravdess'")] == [version]
+
+
+def fold_of(speaker: str) -> int:
+    """The fold whose test actors include ``speaker`` (SPEAKERS: consecutive groups of four)."""
+    return next(k for k, speakers in SPEAKERS.items() if speaker in speakers)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from flows import tracking
+from flows import mlflow_ui, tracking
 from flows.fold_runs import selected_folds
-from flows.tracking import fold_scores, log_fold_run, protocol_name
+from flows.promote import protocol_name
+from flows.tracking import log_fold_run
 from ser_model.launch import (
     BadDataError,
     FoldJob,
@@ -25,7 +26,7 @@ from ser_model.launch import (
     worker_exit_code,
     write_fold_times,
 )
-from ser_model.metrics import HEADLINE_METRICS
+from ser_model.metrics import HEADLINE_METRICS, fold_summary, headline_scores, summed_confusion
 
 LABELS = ("neutral", "calm", "happy")
 
@@ -131,21 +132,24 @@ def test_epoch_metrics_keep_every_finite_number_at_its_epoch():
 def test_fold_summary_is_mean_and_sample_std():
     rng = np.random.default_rng(0)
     folds = {k: {m: float(rng.uniform()) for m in HEADLINE_METRICS} for k in range(5)}
-    summary = tracking.fold_summary(folds)
+    summary = fold_summary(folds)
     for m in HEADLINE_METRICS:
         values = [folds[k][m] for k in range(5)]
         assert summary[f"{m}_mean"] == pytest.approx(statistics.fmean(values))
-        assert summary[f"{m}_std"] == pytest.approx(statistics.stdev(values))
-    assert tracking.fold_summary({0: folds[0]})["UA_std"] == 0.0
+        mean = sum(values) / len(values)
+        assert summary[f"{m}_std"] == pytest.approx(
+            (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        )
+    assert fold_summary({0: folds[0]})["UA_std"] == 0.0
     with pytest.raises(ValueError, match="no fold results"):
-        tracking.fold_summary({})
+        fold_summary({})
 
 
 def test_summed_confusion_adds_cells_and_rejects_mixed_shapes():
     a, b = np.arange(9).reshape(3, 3), np.ones((3, 3), dtype=int)
-    assert (tracking.summed_confusion([a.tolist(), b.tolist()]) == a + b).all()
+    assert (summed_confusion([a.tolist(), b.tolist()]) == a + b).all()
     with pytest.raises(ValueError, match="one shape"):
-        tracking.summed_confusion([a, np.ones((2, 2))])
+        summed_confusion([a, np.ones((2, 2))])
 
 
 def test_metrics_file_with_a_truncated_last_line_keeps_the_complete_epochs(tmp_path):
@@ -158,27 +162,10 @@ def test_metrics_file_with_a_truncated_last_line_keeps_the_complete_epochs(tmp_p
         tracking.read_metrics_jsonl(path)
 
 
-def test_call_with_retry_rides_out_an_outage_but_not_a_bug(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 3:
-            raise MlflowException("connection refused")
-        return "ok"
-
-    assert tracking.call_with_retry(flaky, attempts=5) == "ok" and len(calls) == 3
-    with pytest.raises(MlflowException):
-        tracking.call_with_retry(lambda: (_ for _ in ()).throw(MlflowException("down")), attempts=2)
-    with pytest.raises(KeyError):
-        tracking.call_with_retry(lambda: {}["missing"], attempts=5)
-
-
-def test_fold_scores_names_what_is_missing():
-    assert fold_scores(result_fixture()) == {"WA": 0.5, "UA": 0.4, "macro_f1": 0.3}
+def test_headline_scores_name_what_is_missing():
+    assert headline_scores(result_fixture()) == {"WA": 0.5, "UA": 0.4, "macro_f1": 0.3}
     with pytest.raises(ValueError, match="macro_f1"):
-        fold_scores({"test": {"WA": 1, "UA": 1}})
+        headline_scores({"test": {"WA": 1, "UA": 1}})
 
 
 # --- fold logging ---------------------------------------------------------------------------
@@ -187,9 +174,9 @@ def test_fold_scores_names_what_is_missing():
 def test_fold_logging_survives_an_outage_and_is_not_repeated(
     local_mlflow, experiment_id, tmp_path, monkeypatch
 ):
-    """The tracking server fails the first metric upload; the retry sends everything, and a
-    second call (a Prefect retry of the task) logs nothing twice."""
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    """The tracking server fails the metric upload (MLflow's own HTTP retries exhausted): the
+    call fails; the retry (a Prefect retry of the task) sends everything once, and a third call
+    logs nothing twice."""
     job = make_job(tmp_path)
     job.out_dir.mkdir()
     (job.out_dir / "result.json").write_text(json.dumps(result_fixture()))
@@ -197,7 +184,7 @@ def test_fold_logging_survives_an_outage_and_is_not_repeated(
     (job.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     parent = local_mlflow.create_run(experiment_id).info.run_id
     real_log_batch = local_mlflow.log_batch
-    failures = {"left": 2}
+    failures = {"left": 1}
 
     def log_batch_with_outage(*args, **kwargs):
         if kwargs.get("metrics") and failures["left"]:
@@ -206,6 +193,8 @@ def test_fold_logging_survives_an_outage_and_is_not_repeated(
         return real_log_batch(*args, **kwargs)
 
     monkeypatch.setattr(local_mlflow, "log_batch", log_batch_with_outage)
+    with pytest.raises(MlflowException, match="503"):
+        log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
     child = log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
     again = log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
     assert again == child and failures["left"] == 0
@@ -406,9 +395,9 @@ def test_experiments_open_as_training_experiments_with_scores_as_columns(local_m
     assert tracking.get_or_create_experiment(local_mlflow, "ser-iemocap") == older_id
     for experiment in (fresh, local_mlflow.get_experiment(older_id)):
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-        view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.SCORES_VIEW}"])
+        view = json.loads(experiment.tags[f"mlflow.sharedViewState.{mlflow_ui.SCORES_VIEW}"])
         assert {"metrics.`UA_mean`", "metrics.`WA_mean`", "metrics.`test.UA`"} <= set(view["selectedColumns"])
-    url = tracking.experiment_url("http://127.0.0.1:5000/", older_id)
+    url = mlflow_ui.experiment_url("http://127.0.0.1:5000/", older_id)
     assert (
         url
         == f"http://127.0.0.1:5000/#/experiments/{older_id}/runs?workflowType=machine_learning&viewStateShareKey=ser-scores"

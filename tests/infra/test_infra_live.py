@@ -39,7 +39,7 @@ def test_servers_answer_their_health_checks(infra_stack, stack):
     assert infra_stack.check_mlflow(stack) is None
     assert infra_stack.check_prefect(stack) is None
     workers = infra_stack.pool_workers(stack)
-    assert any(w["name"] == infra_stack.WORKER_NAME and w["status"] == "ONLINE" for w in workers), workers
+    assert any(w.name == infra_stack.WORKER_NAME and w.status == "ONLINE" for w in workers), workers
 
 
 def local_pids(infra_stack, stack) -> dict[str, int]:

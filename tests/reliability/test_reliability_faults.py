@@ -151,7 +151,6 @@ def files_text(folders: list[Path]) -> str:
 def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
     private_mlflow, live_bucket, prefect_api, stack, shared_ravdess, tmp_path, monkeypatch
 ):
-    from flows import tracking
     from flows import train as train_module
 
     secret = f"planted-{uuid.uuid4().hex}"
@@ -164,9 +163,8 @@ def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
     monkeypatch.setenv(
         "SER_FOLD_RUNS", "inline"
     )  # folds as subflows here, so the patched worker below is the one that runs
-    # shorten the outage back-offs (2, 4, 8, 16 s; Prefect task retries after 10 and 60 s) to
-    # keep the test short; the number of tries is unchanged
-    monkeypatch.setattr(tracking.call_with_retry, "__kwdefaults__", {"attempts": 5, "delay_s": 0.1})
+    # no MLflow HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 above) and short Prefect task
+    # retries (10 and 60 s) keep the test short
     monkeypatch.setattr(
         train_module, "train_worker", train_module.train_worker.with_options(retry_delay_seconds=[1, 1])
     )
