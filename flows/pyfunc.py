@@ -47,7 +47,7 @@ from flows.serving import (
     in_scoring_server,
     serving_process,
 )
-from ser_model.segments import probability_column
+from ser_model.metrics import probability_column
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""

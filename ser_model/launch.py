@@ -138,9 +138,24 @@ def nproc_per_node(env: dict[str, str] | None = None) -> int:
         if count < 1:
             raise ValueError(f"SER_NPROC_PER_NODE={count}: expected a positive number of processes")
         return count
-    import torch  # only here: counting devices is the one thing that needs it
+    return max(1, cuda_device_count())
 
-    return max(1, torch.cuda.device_count())
+
+def cuda_device_count() -> int:
+    """CUDA devices the worker will see (its environment: :func:`worker_env`), counted by torch in
+    a short child process, so that the flow process that launches a fold and follows it never loads
+    torch (about 0.5 GB resident while it only waits). Raises WorkerInfraError with the child's
+    output when torch cannot count them."""
+    code = "import torch; print(torch.cuda.device_count())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=worker_env(), capture_output=True, text=True, timeout=300
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not lines[-1].isdigit():
+        raise WorkerInfraError(
+            f"counting CUDA devices with torch failed (exit {done.returncode}):\n{(done.stderr or done.stdout)[-2000:]}"
+        )
+    return int(lines[-1])
 
 
 def worker_env(env: dict[str, str] | None = None) -> dict[str, str]:

@@ -26,6 +26,12 @@ HEADLINE_METRICS = ("WA", "UA", "macro_f1")
 """The headline metrics of every evaluation (accuracy, mean per-class recall, macro F1), in table order."""
 
 
+def probability_column(label: str) -> str:
+    """Name of the field or column holding P(label) in every output: ``p_<label>`` (``ser predict``,
+    the segments' records, the MLflow pyfunc; here, torch-free, so the flows name it without torch)."""
+    return f"p_{label}"
+
+
 def selection_rule(metric: str, speakers: dict[str, list[str]] | None = None) -> str:
     """How a checkpoint is chosen: the epoch with the best validation ``metric`` (one of
     :data:`HEADLINE_METRICS`) on the validation speakers, never on the test speakers.

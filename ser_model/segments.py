@@ -37,6 +37,7 @@ from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UNKNOWN_FRAMES, re
 from ser_model.config import _check_types, _require
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import sliding_windows
+from ser_model.metrics import probability_column
 from ser_model.vad import FrameLevels, speech_regions
 
 __all__ = [
@@ -54,11 +55,6 @@ __all__ = [
     "segment_file",
     "segment_records",
 ]
-
-
-def probability_column(label: str) -> str:
-    """Name of the field or column holding P(label) in every output: ``p_<label>``."""
-    return f"p_{label}"
 
 
 @dataclass(frozen=True)
