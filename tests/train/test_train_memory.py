@@ -15,6 +15,7 @@ import soundfile
 
 from ser_model.config import ConfigError
 from ser_model.data import DEFAULT_MEMORY_CACHE_BYTES, MEMORY_CACHE_ENV, UtteranceDataset, memory_cache_bytes
+from ser_model.launch import torchrun_command, worker_command
 
 SR = 16000
 LABELS = ("neutral", "happy")
@@ -120,3 +121,14 @@ def test_freed_blocks_go_back_to_the_system(repo_root):
     bounded, retained = retained_mib("dynamic", repo_root)
     assert not bounded
     assert retained > 30, f"glibc's dynamic threshold retained only {retained:.1f} MiB"
+
+
+def test_one_process_runs_without_a_launcher():
+    """A fold of one process is the worker itself (a torchrun launcher would hold its own torch,
+    about 0.5 GB); several processes, or a rendezvous across machines, go through torchrun."""
+    args = ["--fold", "0", "--out", "x"]
+    assert worker_command(1, args) == [sys.executable, "-m", "ser_model.worker", *args]
+    assert worker_command(2, args) == torchrun_command(2, args)
+    assert worker_command(1, args, rendezvous=(2, 0, "h:1")) == torchrun_command(
+        1, args, rendezvous=(2, 0, "h:1")
+    )
