@@ -8,7 +8,9 @@ length-bucketed batches differ in length), so after the first steps they all lan
 whose holes cannot be returned: a CPU fold worker on RAVDESS grew from 1.0 to 2.2 GB resident in
 40 steps of the cpu-fbank recipe with identical results (benchmarks/fold_memory.py,
 docs/RESULTS.md "Memory of one fold"). Fixing the threshold (``mallopt(M_MMAP_THRESHOLD, …)``,
-which also turns the dynamic raise off) keeps the worker at its working set.
+which also turns the dynamic raise off) keeps the worker at its working set, at a price: each
+large activation is a fresh mapping whose pages the kernel zeroes at first touch, about 35 % more
+CPU seconds per fbank training step on CPU (docs/RESULTS.md §9, "Speed").
 """
 
 from __future__ import annotations
