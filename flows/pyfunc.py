@@ -48,7 +48,7 @@ from flows.serving import (
     serving_process,
 )
 from ser_model.launch import LABELS_FILE
-from ser_model.segments import probability_column
+from ser_model.metrics import probability_column
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""

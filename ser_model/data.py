@@ -1,9 +1,12 @@
 """Utterances from a manifest as padded batches: dataset, collate, length-bucketed sampler.
 
 The dataset reads the manifest contract (docs/ARCHITECTURE.md): `path` relative to the audio
-root (and resolving inside it: `..`, absolute paths and symlinks leading out are refused), `label` among the configured class names, `duration_s` for bucketing. Small corpora are
-decoded once into memory (RAVDESS, 1200 files at 16 kHz float32: about 270 MB) so that data
-loading does not dominate a training step.
+root (and resolving inside it: `..`, absolute paths and symlinks leading out are refused), `label` among the configured class names, `duration_s` for bucketing. A split whose
+audio fits the in-memory cache budget (:func:`memory_cache_bytes`, ``SER_MEMORY_CACHE_BYTES``,
+default 1 GiB: about 4.6 hours at 16 kHz float32) is decoded once into memory, silence-trimmed
+(RAVDESS fold 0: 840 training files, 156 MB), so that data loading does not dominate a training
+step; a longer split is decoded item by item every epoch, so that memory does not grow with the
+corpus's length.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,11 +26,14 @@ from tqdm.auto import tqdm
 from data_contracts.errors import SourceError
 from data_contracts.source import resolve_inside
 from ser_model.audio import load_audio, trim_silence
+from ser_model.config import ConfigError
 from ser_model.errors import DataSplitError
 
 __all__ = [
     "random_crop_start",
     "DataSplitError",
+    "MEMORY_CACHE_ENV",
+    "memory_cache_bytes",
     "Batch",
     "audio_files",
     "UtteranceDataset",
@@ -39,8 +45,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: decoded audio is kept in memory when the split's float32 samples fit in this many bytes
-PRELOAD_LIMIT_BYTES = 6 * 1024**3
+#: the environment variable of the in-memory cache budget, in bytes (:func:`memory_cache_bytes`)
+MEMORY_CACHE_ENV = "SER_MEMORY_CACHE_BYTES"
+#: its default: 1 GiB, about 4.6 hours of 16 kHz float32 audio
+DEFAULT_MEMORY_CACHE_BYTES = 1 << 30
 #: the inference policy, one for validation, evaluation, `ser predict`, the MLflow pyfunc and ONNX:
 #: the model sees the whole (silence-trimmed) utterance up to this long; longer ones are centre-cropped
 #: by evaluation and cut into windows of this length by `ser_model.inference.Predictor`
@@ -54,6 +62,20 @@ def random_crop_start(length: int, crop: int | None, seed: int, epoch: int, inde
     if crop is None or length <= crop:
         return 0
     return int(np.random.default_rng([seed, epoch, index]).integers(0, length - crop + 1))
+
+
+def memory_cache_bytes(env: Mapping[str, str] | None = None) -> int:
+    """Bytes of decoded audio a split may keep in memory (and of backbone states a
+    `ser_model.feature_cache.FeatureCache`): ``SER_MEMORY_CACHE_BYTES`` (a non-negative integer;
+    0 never caches), default :data:`DEFAULT_MEMORY_CACHE_BYTES`. ConfigError for another value."""
+    text = (os.environ if env is None else env).get(MEMORY_CACHE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_CACHE_BYTES
+    if not text.isdigit():
+        raise ConfigError(
+            f"{MEMORY_CACHE_ENV}={text!r}: expected a non-negative number of bytes, e.g. {DEFAULT_MEMORY_CACHE_BYTES}"
+        )
+    return int(text)
 
 
 class Batch(NamedTuple):
@@ -134,11 +156,11 @@ class UtteranceDataset(torch.utils.data.Dataset):
         full = np.ceil(manifest["duration_s"].to_numpy(dtype=np.float64) * sample_rate).astype(np.int64)
         self.lengths = full if self.crop_samples is None else np.minimum(full, self.crop_samples)
         if preload is None:
-            preload = int(full.sum()) * 4 <= PRELOAD_LIMIT_BYTES
+            preload = int(full.sum()) * 4 <= memory_cache_bytes()
         self._cache: list[np.ndarray] | None = None
         if preload:
-            self._cache = [
-                self._decode(i)
+            self._cache = [  # copies of the trimmed spans: a view would keep the whole decoded file
+                self._decode(i).copy()
                 for i in tqdm(
                     range(len(self.paths)), desc="decoding audio", unit="file", leave=False, disable=None
                 )
@@ -147,6 +169,11 @@ class UtteranceDataset(torch.utils.data.Dataset):
                 [len(wave) for wave in self._cache], dtype=np.int64
             )  # trimmed: shorter than duration_s
             self.lengths = decoded if self.crop_samples is None else np.minimum(decoded, self.crop_samples)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the split's decoded audio is held in memory (else decoded item by item)."""
+        return self._cache is not None
 
     def _decode(self, i: int) -> np.ndarray:
         return trim_silence(load_audio(self.files[i], self.sample_rate), self.sample_rate, self.trim_db)

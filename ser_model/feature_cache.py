@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 from ser_model.backbone_facts import FROZEN_MODES, HF_SAMPLE_RATE
 from ser_model.backbones import HFBackbone
 from ser_model.config import uses_feature_cache
-from ser_model.data import EVAL_MAX_SECONDS, PRELOAD_LIMIT_BYTES, Batch, UtteranceDataset, random_crop_start
+from ser_model.data import EVAL_MAX_SECONDS, Batch, UtteranceDataset, memory_cache_bytes, random_crop_start
 from ser_model.feature_cache_folder import (
     ENTRIES_DIR,
     KEY_FILE,
@@ -213,7 +213,7 @@ class FeatureCache:
 
     ``device`` and ``amp_dtype``: where and under which autocast dtype missing entries are computed
     (the dtype is part of the key). ``dataset(rows, ...)`` computes what is missing and returns
-    the rows' ``CachedStates``; entries are kept in memory while they fit in ``PRELOAD_LIMIT_BYTES``.
+    the rows' ``CachedStates``; entries are kept in memory while they fit in ``memory_cache_bytes()``.
     """
 
     def __init__(
@@ -254,6 +254,7 @@ class FeatureCache:
         self._memory: dict[str, torch.Tensor] = {}
         self._entries: dict[str, IndexEntry] = {}
         self._memory_bytes = 0
+        self._memory_limit = memory_cache_bytes()
 
     # ------------------------------------------------------------------ reading
 
@@ -280,7 +281,7 @@ class FeatureCache:
     def _keep(self, sha256: str, entry: IndexEntry, states: torch.Tensor) -> None:
         self._entries[sha256] = entry
         size = states.numel() * states.element_size()
-        if self._memory_bytes + size <= PRELOAD_LIMIT_BYTES:
+        if self._memory_bytes + size <= self._memory_limit:
             self._memory[sha256] = states
             self._memory_bytes += size
 

@@ -4,14 +4,16 @@ its exit is read. Torch-free (the flows import it without loading torch); the wo
 drift from the other.
 
 The job. A :class:`FoldJob` names the worker's inputs as local files (config JSON, manifest and
-fold Parquet, the audio root) and its fold folder. :func:`torchrun_command` is the command line:
+fold Parquet, the audio root) and its fold folder. :func:`worker_command` is the command line,
+for N > 1 processes :func:`torchrun_command`'s:
 
     python -m torch.distributed.run --standalone --nproc_per_node=N -m ser_model.worker \\
         --config cfg.json --manifest m.parquet --folds f.parquet --fold K --audio-root DIR --out DIR \\
         [--feature-cache DIR]
 
 (``--nnodes``/``--rdzv-endpoint`` instead of ``--standalone`` for several machines:
-:func:`torchrun_command`'s ``rendezvous``). ``--feature-cache``: the folder of the frozen-backbone
+:func:`torchrun_command`'s ``rendezvous``); for one process, ``python -m ser_model.worker ...``
+with the same arguments, without a launcher. ``--feature-cache``: the folder of the frozen-backbone
 feature cache (``ser_model.feature_cache``; without it, ``<out>/../feature-cache``); the train flow
 passes a folder shared by every run on the machine and copies its key folders to and from S3
 (flows/feature_store.py).
@@ -171,9 +173,24 @@ def nproc_per_node(env: dict[str, str] | None = None) -> int:
         if not (raw.strip().isdigit() and int(raw) >= 1):
             raise ValueError(f"SER_NPROC_PER_NODE={raw}: expected a positive number of processes")
         return int(raw)
-    import torch  # only here: counting devices is the one thing that needs it
+    return max(1, cuda_device_count())
 
-    return max(1, torch.cuda.device_count())
+
+def cuda_device_count() -> int:
+    """CUDA devices the worker will see (its environment: :func:`worker_env`), counted by torch in
+    a short child process, so that the flow process that launches a fold and follows it never loads
+    torch (about 0.5 GB resident while it only waits). Raises WorkerInfraError with the child's
+    output when torch cannot count them."""
+    code = "import torch; print(torch.cuda.device_count())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=worker_env(), capture_output=True, text=True, timeout=300
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not lines[-1].isdigit():
+        raise WorkerInfraError(
+            f"counting CUDA devices with torch failed (exit {done.returncode}):\n{(done.stderr or done.stdout)[-2000:]}"
+        )
+    return int(lines[-1])
 
 
 def worker_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -215,6 +232,20 @@ def torchrun_command(
     ]
 
 
+def worker_command(
+    nproc: int,
+    worker_args: list[str],
+    module: str = WORKER_MODULE,
+    rendezvous: tuple[int, int, str] | None = None,
+) -> list[str]:
+    """The command that runs one fold's worker: for one process on one machine, the worker itself
+    (``python -m ser_model.worker ...``: it trains alone, so a torchrun launcher would only add
+    its own interpreter with torch loaded, about 0.5 GB resident); else :func:`torchrun_command`."""
+    if nproc == 1 and rendezvous is None:
+        return [sys.executable, "-m", module, *worker_args]
+    return torchrun_command(nproc, worker_args, module, rendezvous)
+
+
 def worker_exit_code(returncode: int, output_tail: str) -> int:
     """The worker's own exit code. torchrun exits 1 whatever its worker returned and prints
     the root cause as ``exitcode  : <n>``: take that when present."""
@@ -240,14 +271,14 @@ def run_worker(
     nproc: int | None = None,
     cwd: Path | None = None,
 ) -> Path:
-    """Run one fold's worker under torchrun, passing each output line to ``emit`` and the
+    """Run one fold's worker (:func:`worker_command`), passing each output line to ``emit`` and the
     number of finished epochs to ``on_epoch`` as metrics.jsonl grows. Returns result.json.
 
     Raises BadDataError, BadConfigError (not retried) or WorkerInfraError (retry), each with
     the log tail.
     """
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    command = torchrun_command(nproc or nproc_per_node(), job.worker_args(), module)
+    command = worker_command(nproc or nproc_per_node(), job.worker_args(), module)
     tail: deque[str] = deque(maxlen=60)
     epochs_seen = -1
     with subprocess.Popen(

@@ -117,6 +117,12 @@ def metric_leaves(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple
             yield name, float(value)
 
 
+def probability_column(label: str) -> str:
+    """Name of the field or column holding P(label) in every output: ``p_<label>`` (``ser predict``,
+    the segments' records, the MLflow pyfunc; here, torch-free, so the flows name it without torch)."""
+    return f"p_{label}"
+
+
 def selection_rule(metric: str, speakers: dict[str, list[str]] | None = None) -> str:
     """How a checkpoint is chosen: the epoch with the best validation ``metric`` (one of
     :data:`HEADLINE_METRICS`) on the validation speakers, never on the test speakers.

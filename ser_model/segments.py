@@ -38,6 +38,7 @@ from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
 from ser_model.config import NonNegative, PositiveInt, bounded, config_dataclass, require
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import sliding_windows
+from ser_model.metrics import probability_column
 from ser_model.vad import FrameLevels, speech_regions
 
 __all__ = [
@@ -59,11 +60,6 @@ __all__ = [
 
 Seconds = bounded(float, "a positive number of seconds", gt=0.0)
 Percentile = bounded(float, "a percentile in [0, 100]", ge=0.0, le=100.0)
-
-
-def probability_column(label: str) -> str:
-    """Name of the field or column holding P(label) in every output: ``p_<label>``."""
-    return f"p_{label}"
 
 
 @config_dataclass

@@ -53,6 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from data_contracts.folds import fold_rows_by_role
+from ser_model.allocator import bound_heap
 from ser_model.checkpoint import (
     capture_rng_state,
     load_training_state,
@@ -366,6 +367,7 @@ def fit(
     """
     tc = config.train
     out_dir = Path(out_dir)
+    bound_heap()  # freed activations go back to the system (ser_model/allocator.py)
     runtime = init_runtime(config)
 
     # data -------------------------------------------------------------------

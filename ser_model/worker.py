@@ -1,5 +1,6 @@
-"""The torchrun entry point of one fold, launched by the flows in a subprocess with the command
-line, fold folder and exit codes of the fold-launch contract (ser_model/launch.py).
+"""The entry point of one fold (under torchrun, or alone for one process), launched by the flows
+in a subprocess with the command line, fold folder and exit codes of the fold-launch contract
+(ser_model/launch.py).
 
 It calls `ser_model.train.fit` (which resumes from `<out>/checkpoints/last`) and leaves the fold
 folder's files in `--out`; `--feature-cache DIR` is where a frozen hf backbone's hidden states are

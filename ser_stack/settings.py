@@ -12,6 +12,7 @@ complete):
 | SER_AUDIO_CACHE_DIR / SER_AUDIO_CACHE_BYTES | data_contracts/staging.py `cache_from_env` | where a worker stages audio read from S3, and the cache's limit |
 | SER_FEATURE_CACHE_DIR | flows/feature_store.py `local_feature_cache_dir` | the machine's frozen-backbone feature cache |
 | SER_NPROC_PER_NODE | ser_model/launch.py `nproc_per_node` | worker processes per fold |
+| SER_MEMORY_CACHE_BYTES | ser_model/data.py `memory_cache_bytes` | how much decoded audio (or cached backbone states) a fold worker keeps in memory |
 | SER_FOLD_RUNS / SER_FOLD_JOB_VARIABLES | flows/fold_runs.py | how the train flow starts fold runs, and their job variables |
 | SER_FOLD_CONCURRENCY / SER_RETRAIN_CRON | flows/deploy.py | folds at once on the ``folds`` queue; the retrain schedule |
 | SER_SERVING / SER_SERVE_* | flows/serving.py | a served model's request limits and allowed file root |

@@ -124,3 +124,53 @@ def test_infra_never_imports_flows(repo_root):
 def test_the_infra_check_can_fail():
     assert imported_packages("python - <<'EOF'\nfrom flows.promote import UA_TAG\nEOF\n") == {"flows"}
     assert imported_packages("  import flows.settings as s\n.venv/bin/python -m flows.deploy\n") == {"flows"}
+
+
+WAITING = r"""
+import importlib, importlib.abc, json, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] in ("torch", "torchaudio", "transformers"):
+            raise ImportError(f"{fullname} is off limits to the flow processes that only wait")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+report = {}
+for name in sys.argv[1].split(","):
+    try:
+        importlib.import_module(name)
+        report[name] = None
+    except ImportError as exc:
+        report[name] = str(exc)
+from ser_model.launch import nproc_per_node
+report["nproc_per_node"] = nproc_per_node({})
+report["loaded"] = sorted(m for m in ("torch", "torchaudio", "transformers") if m in sys.modules)
+print(json.dumps(report))
+"""
+
+
+def waiting_imports(repo_root, modules: list[str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", WAITING, ",".join(modules)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_flow_processes_that_only_wait_do_not_load_torch(repo_root):
+    """The ``train`` flow (waits for its folds) and the ``train-fold`` flow (launches torchrun and
+    follows it) import flows/train.py and count the fold's processes without loading torch, which
+    holds about 0.5 GB resident; only the fold's worker loads it. The module ser_model.data, which
+    needs torch, is refused in the same interpreter: the check can fail."""
+    report = waiting_imports(repo_root, ["flows.train", "flows.fold_runs", "flows.retrain", "ser_model.data"])
+    assert report["flows.train"] is None, report["flows.train"]
+    assert report["flows.fold_runs"] is None, report["flows.fold_runs"]
+    assert report["flows.retrain"] is None, report["flows.retrain"]
+    assert "off limits" in report["ser_model.data"]
+    assert report["nproc_per_node"] >= 1
+    assert report["loaded"] == []
