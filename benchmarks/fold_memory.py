@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         args.mode
     ](args)
     machine["load_average_end"] = load_average()
-    env = {k: v for k, v in os.environ.items() if k.startswith(("SER_AUDIO", "MALLOC_", "OMP_", "SER_NPROC"))}
+    passed = ("SER_AUDIO_CACHE_DIR", "SER_AUDIO_CACHE_BYTES", "SER_NPROC_PER_NODE", "SER_MEMORY_CACHE_BYTES")
+    env = {k: v for k, v in os.environ.items() if k in passed or k.startswith(("MALLOC_", "OMP_"))}
     payload = {
         "mode": args.mode,
         "args": {k: str(v) for k, v in vars(args).items()},

@@ -19,11 +19,14 @@ TRACEBACK = (
 
 @pytest.fixture
 def scratch_repo(repo_root, tmp_path) -> Path:
-    """<tmp>/repo with the project's tests/conftest.py and infra/, and no ../shared beside it."""
+    """<tmp>/repo with the project's tests/conftest.py, ser_stack and infra/, and no ../shared beside it."""
     repo = tmp_path / "repo"
     (repo / "tests").mkdir(parents=True)
     shutil.copy(repo_root / "tests" / "conftest.py", repo / "tests" / "conftest.py")
     (repo / "infra").symlink_to(repo_root / "infra")
+    # its own ser_stack, so that SHARED_RAVDESS (beside the repository) points beside the scratch copy
+    # (`python -m pytest` puts the scratch folder first on sys.path)
+    shutil.copytree(repo_root / "ser_stack", repo / "ser_stack", ignore=shutil.ignore_patterns("__pycache__"))
     return repo
 
 

@@ -270,10 +270,10 @@ def test_worker_environment_has_no_credentials():
 
 
 def test_process_count_follows_the_environment_then_the_gpus(monkeypatch):
-    import torch
+    import ser_model.launch
 
     for gpus, expected in ((0, 1), (1, 1), (4, 4)):
-        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        monkeypatch.setattr(ser_model.launch, "cuda_device_count", lambda gpus=gpus: gpus)
         assert nproc_per_node({}) == expected, f"{gpus} visible GPUs"
         assert nproc_per_node({"SER_NPROC_PER_NODE": "3"}) == 3, "the variable wins over the GPU count"
         assert nproc_per_node({"SER_NPROC_PER_NODE": ""}) == expected, "an empty variable is unset"
