@@ -48,7 +48,8 @@ def test_concurrent_writers_never_leave_a_mixed_file(tmp_path):
     """Two processes writing the same file: a reader sees one writer's content or the other's."""
     path = tmp_path / "key.json"
     write_atomically(path, "a" * 10_000)
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of the suite's process copies whatever locks its threads hold
+    context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_write_many, args=(str(path), m)) for m in "ab"]
     for writer in writers:
         writer.start()

@@ -87,6 +87,8 @@ def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
             "SER_STATE_DIR": str(state_dir),
             "SER_MLFLOW_PORT": str(free_port(stack.host)),
             "SER_MLFLOW_BUCKET": bucket,
+            # its own database too: with SER_DB=postgres it would share the suite's PostgreSQL database
+            "SER_DB": "sqlite",
         }
     )
     settings = StackSettings.from_env(env)
@@ -110,7 +112,10 @@ def private_prefect(stack, infra_stack, tmp_path_factory) -> PrivateServer:
         for key, value in stack.client_env().items()
         if key not in ("PREFECT_API_URL", "PREFECT_HOME")
     }
-    env.update({"SER_STATE_DIR": str(state_dir), "SER_PREFECT_PORT": str(free_port(stack.host))})
+    # SER_DB=sqlite: its own database in its state folder, not the suite's PostgreSQL one
+    env.update(
+        {"SER_STATE_DIR": str(state_dir), "SER_PREFECT_PORT": str(free_port(stack.host)), "SER_DB": "sqlite"}
+    )
     server = PrivateServer(infra_stack, StackSettings.from_env(env), "prefect")
     try:
         server.start()
