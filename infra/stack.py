@@ -1328,6 +1328,8 @@ def main(argv: list[str] | None = None) -> int:
     restore_parser.add_argument("--timeout", type=float, default=float(os.environ.get("SER_UP_TIMEOUT", 180)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # the Prefect client logs every HTTP request at INFO through httpx: not for a person's terminal
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = StackSettings.from_env()
 
     if args.command == "env":
