@@ -46,7 +46,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 
-from data_contracts.labels import CORPORA, LABELS
+from data_contracts.corpora import check_corpus
+from data_contracts.labels import LABELS
 from flows.limits import ensure_limit
 from ser_model.metrics import fold_of_metric_name, summary_name
 from ser_stack.settings import StackSettings
@@ -84,8 +85,7 @@ FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
 
 def registered_model_name(corpus: str) -> str:
     """Registry name of a corpus's models: ``ser-<corpus>``."""
-    if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
+    check_corpus(corpus)
     return f"ser-{corpus}"
 
 

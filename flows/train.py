@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_contracts.labels import CORPORA
+from data_contracts.corpora import check_corpus
 from flows import tracking as t
 from flows.feature_store import shared_feature_cache
 from flows.fold_runs import run_folds, selected_folds
@@ -157,8 +157,7 @@ def train(
     ``monitor`` flow scores the champion on the rows it never trained on (flagged when its UA there
     is more than ``monitor_margin`` below its fold mean); the promotion decision quotes it."""
     logger = get_run_logger()
-    if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
+    check_corpus(corpus)
     settings = StackSettings.from_env()
     fingerprint = resolve_version(corpus, manifest_version)
     manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
