@@ -47,6 +47,7 @@ import soundfile as sf  # noqa: E402
 
 from benchmarks.common import load_average, machine_info  # noqa: E402
 from benchmarks.serve_load import percentile, post, request_bodies  # noqa: E402
+from ser_stack.settings import DERIVED_CLIENT_VARIABLES  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "stack_load"
@@ -63,18 +64,6 @@ PORTS = {
 SERVE_PORT = 5373
 SERVED = "ser-stack-load-served"
 """The served model's name."""
-CLIENT_VARIABLES = (
-    "MLFLOW_TRACKING_URI",
-    "PREFECT_API_URL",
-    "PREFECT_HOME",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "SER_TUNE_STORAGE",
-    "SER_PG_PASSWORD",
-)
 FAST = {
     "train.epochs": 2,
     "train.max_seconds": 2.0,
@@ -308,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     state = REPO / ".ser-state" / f"stack-load-{args.db}"
     if state.exists():
         shutil.rmtree(state)
-    base = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
+    base = {k: v for k, v in os.environ.items() if k not in DERIVED_CLIENT_VARIABLES}
     env = {
         **base,
         **{name: str(int(port) + args.port_offset) for name, port in PORTS.items()},

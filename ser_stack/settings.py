@@ -67,6 +67,20 @@ DEFAULT_DB = "sqlite"
 PG_USER = "ser"
 """The PostgreSQL role the stack's servers and clients connect as (the server's superuser)."""
 DEFAULT_REGION = "us-east-1"
+DERIVED_CLIENT_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "SER_TUNE_STORAGE",
+    "SER_PG_PASSWORD",
+)
+"""What :meth:`StackSettings.client_env` derives from one stack (addresses, credentials, storage):
+a second stack started from a shell of the first (a test's, a benchmark's) drops them and derives its own."""
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ser_stack.settings import DERIVED_CLIENT_VARIABLES
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SECOND_STACK_PORTS = {
@@ -28,19 +30,6 @@ SECOND_STACK_PORTS = {
     "SER_PG_PORT": "5342",
 }
 """Apart from infra/up's and infra/test's defaults (and SeaweedFS's gRPC ports, each + 10000)."""
-CLIENT_VARIABLES = (
-    "MLFLOW_TRACKING_URI",
-    "PREFECT_API_URL",
-    "PREFECT_HOME",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "SER_TUNE_STORAGE",
-    "SER_PG_PASSWORD",
-)
-"""What infra/env.sh exports for the suite's stack: the second stack derives its own."""
 MODEL = "ser-backup-test"
 
 
@@ -168,7 +157,7 @@ def test_a_backup_restores_onto_a_purged_stack_with_the_same_champion_runs_and_d
     from ser_stack.settings import StackSettings
 
     state = stack.state_dir / f"second-stack-{uuid.uuid4().hex[:8]}"
-    base = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
+    base = {k: v for k, v in os.environ.items() if k not in DERIVED_CLIENT_VARIABLES}
     env = {**base, **SECOND_STACK_PORTS, "SER_STATE_DIR": str(state), "SER_DB": stack.db}
     backup_dir = stack.state_dir / f"backup-{uuid.uuid4().hex[:8]}"
     try:
