@@ -6,7 +6,7 @@
 Starts a stack of its own (``infra/up`` with ``SER_DB``, a state folder under ``--out`` and
 ports apart from infra/up's and infra/test's), deploys the project's flows with the ``folds``
 queue at concurrency ``--folds``, ingests RAVDESS (actors 1-20, one file per emotion and actor)
-and trains fold 0 with tiny settings (the e2e tests' FAST overrides) to have a champion. Then,
+and trains fold 0 with tiny settings (`ser_model.presets.PIPELINE_CHECK`, as in the e2e tests) to have a champion. Then,
 all at once:
 
 - a training of folds 0..``--folds``-1 (plus its release model), so ``--folds`` fold runs at once;
@@ -47,6 +47,7 @@ import soundfile as sf  # noqa: E402
 
 from benchmarks.common import load_average, machine_info  # noqa: E402
 from benchmarks.serve_load import percentile, post, request_bodies  # noqa: E402
+from ser_model.presets import PIPELINE_CHECK  # noqa: E402
 from ser_stack.settings import DERIVED_CLIENT_VARIABLES  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
@@ -64,17 +65,7 @@ PORTS = {
 SERVE_PORT = 5373
 SERVED = "ser-stack-load-served"
 """The served model's name."""
-FAST = {
-    "train.epochs": 2,
-    "train.max_seconds": 2.0,
-    "train.batch_size": 8,
-    "train.lr": 1e-3,
-    "model.fbank_channels": [8, 16, 32, 32],
-    "model.fbank_dim": 64,
-    "model.fbank_layers": 1,
-    "model.fbank_heads": 2,
-    "loss.supcon_proj_dim": 32,
-}
+FAST = PIPELINE_CHECK
 """The e2e tests' tiny training (tests/e2e/test_train_ravdess.py): the load is the stack's, not the model's."""
 RUN_TIMEOUT_S = 1500
 SAMPLE_S = 0.5

@@ -73,6 +73,20 @@ the fbank backbone), so that every number lives in one place: ``paper-wavlm`` is
 WavLM-Large; ``cpu-fbank`` keeps the defaults' fbank CNN, FLAM (4 heads), loss weights, batch size,
 centre learning rate and gradient clipping, and changes what is listed."""
 
+PIPELINE_CHECK: dict[str, Any] = {
+    "train.epochs": 2,
+    "train.max_seconds": 2.0,
+    "train.batch_size": 8,
+    "train.lr": 1e-3,
+    "model.fbank_channels": [8, 16, 32, 32],
+    "model.fbank_dim": 64,
+    "model.fbank_layers": 1,
+    "model.fbank_heads": 2,
+    "loss.supcon_proj_dim": 32,
+}
+"""Overrides on top of ``cpu-fbank`` for checks of the pipeline rather than of accuracy (the e2e
+tests, the stack's load benchmark): a small model and a 2-epoch schedule, a few seconds a fold."""
+
 #: the recipe when none is named and the backbone is fbank (or not named)
 DEFAULT_PRESET = "cpu-fbank"
 PRESET_FILE_FORMAT = "ser-preset"

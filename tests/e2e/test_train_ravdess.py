@@ -31,6 +31,7 @@ import soundfile as sf
 from mlflow.tracking import MlflowClient
 
 from flows.mlflow_ui import model_url, run_url
+from ser_model.presets import PIPELINE_CHECK
 from tests.conftest import stack_required
 from tests.e2e.browser import Browser, chromium_path
 
@@ -41,17 +42,7 @@ ACTORS = range(1, 9)
 """8 actors make the protocol's 2 folds of 4 test actors (2 train, 2 validation actors each); one
 evaluated fold keeps the test inside its time budget."""
 
-FAST = {
-    "train.epochs": 2,
-    "train.max_seconds": 2.0,
-    "train.batch_size": 8,
-    "train.lr": 1e-3,
-    "model.fbank_channels": [8, 16, 32, 32],
-    "model.fbank_dim": 64,
-    "model.fbank_layers": 1,
-    "model.fbank_heads": 2,
-    "loss.supcon_proj_dim": 32,
-}
+FAST = PIPELINE_CHECK
 """A small model and a short schedule on top of the cpu-fbank preset: the point is the pipeline, not the accuracy."""
 
 FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
