@@ -138,6 +138,21 @@ PG_MAX_CONNECTIONS = 300
 """Prefect's server (a pool of 5 + 10 per process), MLflow's workers, every flow run's Optuna storage."""
 
 
+MLFLOW_WORKERS = 1
+"""MLflow's server processes by default: each holds about 250 MiB, and one answered the load benchmark's
+4 concurrent folds (docs/RESULTS.md §9); ``SER_MLFLOW_WORKERS`` sets more."""
+
+
+def mlflow_workers() -> int:
+    """Worker processes of the MLflow server: ``SER_MLFLOW_WORKERS`` (a whole number ≥ 1), else MLFLOW_WORKERS."""
+    raw = os.environ.get("SER_MLFLOW_WORKERS", "").strip()
+    if not raw:
+        return MLFLOW_WORKERS
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"SER_MLFLOW_WORKERS={raw!r}: expected a whole number of worker processes, 1 or more")
+    return int(raw)
+
+
 def postgres_bin_dir() -> Path:
     """Folder of the PostgreSQL server programs: ``SER_PG_BIN``, else the newest Debian version under
     /usr/lib/postgresql, else the folder of an ``initdb`` on PATH."""
@@ -705,7 +720,7 @@ def components(settings: StackSettings) -> list[Component]:
         f"s3://{settings.mlflow_bucket}/artifacts",
         "--serve-artifacts",
         "--workers",
-        "2",
+        str(mlflow_workers()),
     ]
     prefect = [
         str(BIN / "prefect"),

@@ -52,6 +52,7 @@ from typing import Any
 
 from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
+from ser_model.allocator import restart_with_heap_env
 from ser_model.config import ConfigError, SERConfig
 from ser_model.errors import AudioDecodeError, DataSplitError
 from ser_model.launch import (
@@ -82,6 +83,9 @@ MODEL_HELP = (
     "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (MLflow server from MLFLOW_TRACKING_URI)"
 )
 ALL_SPLIT = "all"
+HEAP_BOUND_COMMANDS = ("train", "tune")
+"""Commands that train in this process: started from a shell, they restart with the heap policy's
+settings (ser_model/allocator.py `restart_with_heap_env`)."""
 DEFAULT_TUNE_PRESET = DEFAULT_PRESET
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
@@ -877,6 +881,8 @@ def main(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if argv is None and args.command in HEAP_BOUND_COMMANDS:
+            restart_with_heap_env()
         with contextlib.ExitStack() as scratch:
             if getattr(args, "model", None):
                 args.model_source = args.model

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ser_model.allocator import heap_env
+
 RELEASE_FOLD = -1
 """The fold number of the release model: trained on every speaker, validated on held-out ones."""
 BAD_CONFIG_EXIT = 2
@@ -194,11 +196,12 @@ def cuda_device_count() -> int:
 
 
 def worker_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment: ours without credentials (it reads only local files)."""
+    """The worker's environment: ours without credentials (it reads only local files), with the
+    heap policy's start-up settings (ser_model/allocator.py `heap_env`)."""
     env = dict(os.environ if env is None else env)
     clean = {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
     clean["PYTHONUNBUFFERED"] = "1"
-    return clean
+    return heap_env(clean)
 
 
 def torchrun_command(

@@ -12,11 +12,12 @@ complete):
 | SER_AUDIO_CACHE_DIR / SER_AUDIO_CACHE_BYTES | data_contracts/staging.py `cache_from_env` | where a worker stages audio read from S3, and the cache's limit |
 | SER_FEATURE_CACHE_DIR | flows/feature_store.py `local_feature_cache_dir` | the machine's frozen-backbone feature cache |
 | SER_NPROC_PER_NODE | ser_model/launch.py `nproc_per_node` | worker processes per fold |
+| SER_HEAP | ser_model/allocator.py `heap_policy` | a training process's C heap: ``bounded`` (default; bounded RSS, more system CPU) or ``glibc`` |
 | SER_MEMORY_CACHE_BYTES | ser_model/data.py `memory_cache_bytes` | how much decoded audio (or cached backbone states) a fold worker keeps in memory |
 | SER_FOLD_RUNS / SER_FOLD_JOB_VARIABLES | flows/fold_runs.py | how the train flow starts fold runs, and their job variables |
 | SER_FOLD_CONCURRENCY / SER_RETRAIN_CRON | flows/deploy.py | folds at once on the ``folds`` queue; the retrain schedule |
 | SER_SERVING / SER_SERVE_* | flows/serving.py | a served model's request limits and allowed file root |
-| SER_UP_TIMEOUT | infra/stack.py | how long ``infra/up`` waits for the services |
+| SER_UP_TIMEOUT / SER_MLFLOW_WORKERS | infra/stack.py | how long ``infra/up`` waits for the services; the MLflow server's worker processes (default 1) |
 | SER_DEMO_PRESET | infra/demo | the demo's training recipe |
 | SER_REQUIRE_DATA / SER_REQUIRE_STACK / SER_SKIP_BROWSER / SER_PYTHON | infra/test, tests/conftest.py | what a test session demands, and its interpreter |
 | SER_SKIP_POSTGRES / SER_PG_BIN | infra/setup, infra/stack.py | skip installing Debian's PostgreSQL; the folder of its server binaries |

@@ -4,6 +4,7 @@ in-memory budget is streamed, and freed blocks of a training step go back to the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ import pandas as pd
 import pytest
 import soundfile
 
+from ser_model.allocator import HEAP_ENV, HUGE_PAGES_TUNABLE, heap_env, heap_policy
 from ser_model.config import ConfigError
 from ser_model.data import DEFAULT_MEMORY_CACHE_BYTES, MEMORY_CACHE_ENV, UtteranceDataset, memory_cache_bytes
-from ser_model.launch import torchrun_command, worker_command
+from ser_model.launch import torchrun_command, worker_command, worker_env
 
 SR = 16000
 LABELS = ("neutral", "happy")
@@ -132,3 +134,59 @@ def test_one_process_runs_without_a_launcher():
     assert worker_command(1, args, rendezvous=(2, 0, "h:1")) == torchrun_command(
         1, args, rendezvous=(2, 0, "h:1")
     )
+
+
+def test_heap_policy_is_read_and_checked():
+    assert heap_policy({}) == "bounded"
+    assert heap_policy({HEAP_ENV: " glibc "}) == "glibc"
+    with pytest.raises(ConfigError, match=rf"{HEAP_ENV}='jemalloc': expected one of bounded, glibc"):
+        heap_policy({HEAP_ENV: "jemalloc"})
+
+
+def test_training_processes_start_with_huge_pages_only_under_the_bounded_policy():
+    """The worker's environment gains glibc's huge-page tunable beside tunables already given,
+    never a second hugetlb setting, and none under SER_HEAP=glibc."""
+    assert worker_env({})["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE
+    given = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert heap_env(given)["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"
+    own = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    assert heap_env(own) == own
+    assert "GLIBC_TUNABLES" not in worker_env({HEAP_ENV: "glibc"})
+
+
+def ser_train_stderr(tmp_path: Path, heap: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", HEAP_ENV)}
+    env[HEAP_ENV] = heap
+    missing = tmp_path / "no-such-root"
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ser_model.cli",
+            "-v",
+            "train",
+            "--corpus",
+            "ravdess",
+            "--root",
+            str(missing),
+            "--fold",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_ser_train_from_a_shell_restarts_once_with_the_heap_settings(tmp_path):
+    """`ser train` run from a shell restarts itself with the tunable (once: the restarted process
+    has it) and then reports its bad root as usual; under SER_HEAP=glibc it does not restart; a bad
+    SER_HEAP is a bad-input exit with the message."""
+    bounded = ser_train_stderr(tmp_path, "bounded")
+    assert bounded.stderr.count("restarting with GLIBC_TUNABLES") == 1, bounded.stderr[-2000:]
+    assert bounded.returncode == 2 and "no-such-root" in bounded.stderr
+    plain = ser_train_stderr(tmp_path, "glibc")
+    assert "restarting" not in plain.stderr and plain.returncode == 2
+    bad = ser_train_stderr(tmp_path, "tcmalloc")
+    assert bad.returncode == 2 and f"{HEAP_ENV}='tcmalloc'" in bad.stderr
