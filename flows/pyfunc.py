@@ -53,7 +53,8 @@ from flows.serving import (
     in_scoring_server,
     serving_process,
 )
-from ser_model.launch import LABELS_FILE
+from ser_model.config import SERConfig
+from ser_model.launch import CONFIG_FILE, LABELS_FILE
 from ser_model.metrics import probability_column
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -414,9 +415,12 @@ def log_pyfunc(
     checkpoint: str | Path, registered_model_name: str | None = None, name: str = "model"
 ) -> ModelInfo:
     """Log the checkpoint folder as a pyfunc model in the active MLflow run, optionally
-    registering it; the input example is one second of silence at 16 kHz."""
+    registering it; the input example is one second of silence at 16 kHz (with a ``speaker`` for a
+    speaker-normalised model, which needs one)."""
     labels = checkpoint_labels(checkpoint)
     example = pd.DataFrame({"audio": [np.zeros(16000, dtype=np.float32).tolist()], "sample_rate": [16000]})
+    if SERConfig.from_json(Path(checkpoint) / CONFIG_FILE).model.uses_speaker_statistics:
+        example[SPEAKER_COLUMN] = ["speaker-1"]
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=SERPyfunc(),

@@ -145,6 +145,8 @@ def test_a_speaker_normalised_model_scores_rows_by_their_speaker_column_and_refu
     speakers = ["A", "B", "A"]
     with mlflow.start_run(experiment_id=experiment_id):
         info = log_pyfunc(checkpoint)
+    logged = mlflow.models.Model.load(info.model_uri)
+    assert "speaker" in logged.load_input_example().columns  # the logged example is one the model accepts
     model = mlflow.pyfunc.load_model(info.model_uri)
     frame = pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000] * 3})
 
