@@ -9,6 +9,12 @@ Input: a DataFrame, one row per utterance, each row giving its audio in one of t
 - ``audio``: a file path (str), for local batch use. A served model refuses paths unless the
   operator allows a folder (flows/serving.py).
 
+Speakers: an optional ``speaker`` column names the speaker of each row. A model trained with
+speaker-level normalisation (``model.fbank_norm = "speaker"``, `ser_model.speaker_norm`) needs it:
+the rows of one speaker give that speaker's log-mel statistics together; without it such a model
+refuses the request with a message (it never falls back to per-utterance statistics), and it
+scores no segments. Other models ignore the column.
+
 Output: a DataFrame with ``label`` and one ``p_<class>`` probability column per class, in the
 checkpoint's label order. With the parameter ``segments`` true (``params={"segments": True}``;
 over HTTP ``"params": {"segments": true}`` beside the rows), each row is a long recording scored
@@ -47,7 +53,8 @@ from flows.serving import (
     in_scoring_server,
     serving_process,
 )
-from ser_model.launch import LABELS_FILE
+from ser_model.config import SERConfig
+from ser_model.launch import CONFIG_FILE, LABELS_FILE
 from ser_model.metrics import probability_column
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -55,6 +62,8 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 SEGMENTS_PARAM = "segments"
 """The request parameter that asks for an emotion per segment of each row's recording."""
 SEGMENT_COLUMNS = ["row", "start_s", "end_s", "label"]
+SPEAKER_COLUMN = "speaker"
+"""The optional input column naming each row's speaker (needed by a speaker-normalised model)."""
 
 PIP_PACKAGES = (
     "torch",
@@ -85,7 +94,7 @@ def checkpoint_labels(folder: str | Path) -> list[str]:
 def model_signature(labels: list[str]) -> ModelSignature:
     """Input: ``audio`` (waveform or path) with ``sample_rate``, or ``audio_base64``; output:
     ``label`` + probabilities (with the boolean parameter ``segments``, also ``row``, ``start_s``,
-    ``end_s``: MLflow does not enforce output schemas). ``sample_rate`` is typed Any, not long: a request mixing
+    ``end_s``: MLflow does not enforce output schemas); ``speaker`` optional (module docstring). ``sample_rate`` is typed Any, not long: a request mixing
     waveform rows and base64 rows leaves it empty (NaN) in the latter, which a long column
     refuses, and the pyfunc's own check names a rate that is not a whole number of Hz."""
     inputs = Schema(
@@ -93,6 +102,7 @@ def model_signature(labels: list[str]) -> ModelSignature:
             ColSpec(AnyType(), "audio", required=False),
             ColSpec(AnyType(), "sample_rate", required=False),
             ColSpec(DataType.string, "audio_base64", required=False),
+            ColSpec(DataType.string, SPEAKER_COLUMN, required=False),
         ]
     )
     outputs = Schema(
@@ -304,11 +314,19 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
                 for c in ("audio", "audio_base64", "sample_rate")
             )
         )
+        uses_speakers = self.predictor.uses_speakers
         if wants_segments(params):
+            if uses_speakers:
+                raise ModelInputError(
+                    f"params, field '{SEGMENTS_PARAM}': this model normalises by each speaker's log-mel statistics "
+                    "(model.fbank_norm='speaker'), and segments are not scored that way; score whole rows with a "
+                    f"'{SPEAKER_COLUMN}' column"
+                )
             return self._segments(list(rows), policy)
+        speakers = row_speakers(model_input) if uses_speakers else None
         arrays = [row_audio(i, *row, self.predictor.sample_rate, policy) for i, row in enumerate(rows)]
         try:
-            return predictions_frame(self.predictor.predict_arrays(arrays), self.labels)
+            return predictions_frame(self.predictor.predict_arrays(arrays, speakers), self.labels)
         except AudioDecodeError as err:
             raise ModelInputError(f"SER model input: {err}") from None
 
@@ -341,6 +359,24 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
             except AudioDecodeError as err:
                 raise ModelInputError(f"row {i}: {err}") from None
         return segments_frame(per_row, self.labels)
+
+
+def row_speakers(model_input: pd.DataFrame) -> list[str]:
+    """The ``speaker`` of every row, for a speaker-normalised model: ModelInputError when the column
+    or a row's name is missing."""
+    if SPEAKER_COLUMN not in model_input.columns:
+        raise ModelInputError(
+            f"SER model input: this model normalises the log-mel by each speaker's statistics (model.fbank_norm='speaker'), "
+            f"so it needs a '{SPEAKER_COLUMN}' column naming the speaker of every row (the rows of one speaker are "
+            f"normalised together); got columns {list(model_input.columns)}"
+        )
+    speakers = list(model_input[SPEAKER_COLUMN])
+    for i, name in enumerate(speakers):
+        if not isinstance(name, str) or not name.strip():
+            raise ModelInputError(
+                f"row {i}, field '{SPEAKER_COLUMN}': got {name!r}, expected the speaker's name (a non-empty string)"
+            )
+    return speakers
 
 
 def wants_segments(params: dict[str, Any] | None) -> bool:
@@ -379,9 +415,12 @@ def log_pyfunc(
     checkpoint: str | Path, registered_model_name: str | None = None, name: str = "model"
 ) -> ModelInfo:
     """Log the checkpoint folder as a pyfunc model in the active MLflow run, optionally
-    registering it; the input example is one second of silence at 16 kHz."""
+    registering it; the input example is one second of silence at 16 kHz (with a ``speaker`` for a
+    speaker-normalised model, which needs one)."""
     labels = checkpoint_labels(checkpoint)
     example = pd.DataFrame({"audio": [np.zeros(16000, dtype=np.float32).tolist()], "sample_rate": [16000]})
+    if SERConfig.from_json(Path(checkpoint) / CONFIG_FILE).model.uses_speaker_statistics:
+        example[SPEAKER_COLUMN] = ["speaker-1"]
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=SERPyfunc(),

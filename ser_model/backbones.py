@@ -1,7 +1,8 @@
 """Backbones: waveforms (B, L) + lengths (B,) → frames (B, T, D) + frame mask (B, T) (True = valid).
 
 * ``FbankBackbone``: 80-d log-mel (25 ms window, 10 ms hop, no centre padding, so every frame lies
-  inside the signal), per-utterance normalisation over valid frames, SpecAugment-style time/frequency
+  inside the signal), per-utterance normalisation over valid frames (or by the speaker's statistics,
+  ``fbank_norm="speaker"``: ``ser_model.speaker_norm``), SpecAugment-style time/frequency
   masks in training mode, a 2-D CNN over the (mel × time) image (Conv2d 3×3, BatchNorm, ReLU,
   MaxPool per block; 4 blocks pooling time by 2 → 6.25 frames/s), a projection of every frame to
   ``fbank_dim`` and optional transformer layers, all trained from scratch. Padded frames are zeroed
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torchaudio
@@ -41,6 +43,25 @@ from ser_model.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 LOG_MEL_FLOOR = 1e-6
+#: the variance floor of every normalisation statistic: std = sqrt(var + NORM_EPS) (``masked_mean_std``,
+#: ``ser_model.speaker_norm.speaker_statistics``)
+NORM_EPS = 1e-5
+
+
+class LogMelStatistics(NamedTuple):
+    """Per-mel-bin statistics of log-mel frames: mean and std, each (..., n_mels) (one row per
+    speaker, or per utterance of a batch)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def rows(self, index: torch.Tensor | Sequence[int]) -> LogMelStatistics:
+        """The statistics of the given rows: index (B,) → mean, std (B, n_mels)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.mean.device)
+        return LogMelStatistics(self.mean[index], self.std[index])
+
+    def to(self, device: torch.device | str) -> LogMelStatistics:
+        return LogMelStatistics(self.mean.to(device), self.std.to(device))
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -76,7 +97,7 @@ def _check_batch(waves: torch.Tensor, lengths: torch.Tensor) -> None:
 
 
 def masked_mean_std(
-    x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-5
+    x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = NORM_EPS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of x over the valid positions along ``dim``.
 
@@ -212,12 +233,11 @@ class FbankBackbone(Backbone):
             n = block.out_lengths(n)
         return n
 
-    def log_mel(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised log-mel (B, T, n_mels) with its valid-frame mask (B, T).
+    def raw_log_mel(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel before normalisation: x = log(mel + 1e-6), (B, T, n_mels), with its valid-frame mask (B, T).
 
-        x = log(mel + 1e-6), then per utterance over its valid frames (``fbank_norm``): "bin"
-        (x − mean) / std with mean, std of shape (B, 1, n_mels); "bin_mean" x − mean, mean (B, 1, n_mels);
-        "utterance" (x − mean) / std over all bins, shape (B, 1, 1). Padded frames are zero.
+        Padded samples are zeroed first, so the valid frames of an utterance do not depend on the batch;
+        padded frames hold arbitrary values (``log_mel`` zeroes them).
         """
         samples = lengths_to_mask(lengths, waves.shape[1])
         waves = waves * samples.to(waves.dtype)
@@ -226,9 +246,42 @@ class FbankBackbone(Backbone):
         with torch.autocast(device_type=waves.device.type, enabled=False):
             mel = self.melspec(waves.float())  # (B, n_mels, T)
         feats = torch.log(mel + LOG_MEL_FLOOR).transpose(1, 2)  # (B, T, n_mels)
-        n_frames = self.mel_lengths(lengths)
-        mask = lengths_to_mask(n_frames, feats.shape[1])
-        if self.cfg.fbank_norm == "utterance":
+        return feats, lengths_to_mask(self.mel_lengths(lengths), feats.shape[1])
+
+    def log_mel(
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor,
+        speaker_stats: LogMelStatistics | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised log-mel (B, T, n_mels) with its valid-frame mask (B, T).
+
+        x = ``raw_log_mel``, then per utterance over its valid frames (``fbank_norm``): "bin"
+        (x − mean) / std with mean, std of shape (B, 1, n_mels); "bin_mean" x − mean, mean (B, 1, n_mels);
+        "utterance" (x − mean) / std over all bins, shape (B, 1, 1); "speaker" (x − μ_s) / σ_s with the
+        per-bin statistics of each utterance's speaker given in ``speaker_stats`` (mean, std (B, n_mels),
+        ``ser_model.speaker_norm.speaker_statistics``). Padded frames are zero. ValueError when
+        ``speaker_stats`` is missing in mode "speaker" or given in another mode.
+        """
+        feats, mask = self.raw_log_mel(waves, lengths)  # (B, T, n_mels), (B, T)
+        mode = self.cfg.fbank_norm
+        if (mode == "speaker") != (speaker_stats is not None):
+            raise ValueError(
+                "FbankBackbone: ModelConfig.fbank_norm='speaker' normalises each utterance by its speaker's log-mel "
+                "statistics; give them as speaker_stats (ser_model.speaker_norm.speaker_statistics)"
+                if speaker_stats is None
+                else f"FbankBackbone: speaker_stats given but ModelConfig.fbank_norm={mode!r}; "
+                "only fbank_norm='speaker' uses speaker statistics"
+            )
+        if speaker_stats is not None:
+            b, _, f = feats.shape
+            if speaker_stats.mean.shape != (b, f) or speaker_stats.std.shape != (b, f):
+                raise ValueError(
+                    f"FbankBackbone: speaker_stats of shapes {tuple(speaker_stats.mean.shape)} and "
+                    f"{tuple(speaker_stats.std.shape)}; expected ({b}, {f}): one mean and one std per utterance and mel bin"
+                )
+            mean, std = speaker_stats.mean[:, None, :], speaker_stats.std[:, None, :]  # (B, 1, n_mels)
+        elif mode == "utterance":
             b, t, f = feats.shape
             mean, std = masked_mean_std(
                 feats.reshape(b, t * f), mask.repeat_interleave(f, dim=1), dim=1
@@ -236,14 +289,17 @@ class FbankBackbone(Backbone):
             mean, std = mean[:, :, None], std[:, :, None]  # (B, 1, 1)
         else:
             mean, std = masked_mean_std(feats, mask, dim=1)  # (B, 1, n_mels)
-            if self.cfg.fbank_norm == "bin_mean":
+            if mode == "bin_mean":
                 std = torch.ones_like(std)
-        feats = (feats - mean) / std * mask[:, :, None].to(feats.dtype)
+        feats = (feats - mean.to(feats.dtype)) / std.to(feats.dtype) * mask[:, :, None].to(feats.dtype)
         return feats, mask
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor, speaker_stats: LogMelStatistics | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``speaker_stats``: the per-utterance speaker statistics that ``fbank_norm="speaker"`` needs (``log_mel``)."""
         _check_batch(waves, lengths)
-        feats, mask = self.log_mel(waves, lengths)  # (B, T, n_mels), (B, T)
+        feats, mask = self.log_mel(waves, lengths, speaker_stats)  # (B, T, n_mels), (B, T)
         if self.training:
             cfg = self.cfg
             keep = spec_augment_masks(

@@ -6,7 +6,7 @@
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K --segments [--gap silence|noise] [--per-recording 8]
-    ser predict FILE... --model M [--json]
+    ser predict FILE... --model M [--json] [--speaker NAME]
     ser predict FILE... --model M --segments [--json | --csv] [--plot PNG] [--segment-set key=value ...]
     ser export --onnx --model M --out FILE
     ser monitor --model M --manifest DIR --reference DIR [--margin 0.1] [--fold-mean-ua X] [--json FILE]
@@ -54,7 +54,7 @@ from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.allocator import restart_with_heap_env
 from ser_model.config import ConfigError, SERConfig
-from ser_model.errors import AudioDecodeError, DataSplitError
+from ser_model.errors import AudioDecodeError, DataSplitError, MissingSpeakersError
 from ser_model.launch import (
     BAD_CONFIG_EXIT,
     BEST_FOLDER,
@@ -119,6 +119,7 @@ BAD_INPUT_ERRORS = (
     DataSplitError,
     AudioDecodeError,
     ModelSourceError,
+    MissingSpeakersError,
     FileNotFoundError,
 )
 
@@ -420,7 +421,13 @@ def segment_scorer(model: str):
             raise ModelSourceError(str(err)) from err
     from ser_model.inference import Predictor
 
-    return Predictor.from_pretrained(model)
+    predictor = Predictor.from_pretrained(model)
+    if predictor.uses_speakers:
+        raise ConfigError(
+            f"--model {model}: trained with speaker-level normalisation (model.fbank_norm='speaker'), which needs "
+            "each speaker's statistics; segments are not scored that way. Score whole files with `ser predict --speaker NAME`"
+        )
+    return predictor
 
 
 def segment_config(sets: Sequence[str]):
@@ -454,6 +461,10 @@ def run_predict_segments(args: argparse.Namespace) -> int:
     from ser_model.segments import FileSource, probability_column, segment_recording, segment_records
     from ser_model.timeline import Track, save_timeline
 
+    if args.speaker is not None:
+        raise ConfigError(
+            "ser predict --speaker: segments are scored window by window without speaker statistics; drop --segments or --speaker"
+        )
     config = segment_config(args.segment_set)
     scorer = segment_scorer(args.model)
     labels = list(scorer.labels)
@@ -508,7 +519,8 @@ def run_predict(args: argparse.Namespace) -> int:
             f"ser predict --model {args.model}: an ONNX graph scores windows of segments; add --segments, or give a checkpoint folder"
         )
     predictor = Predictor.from_pretrained(args.model, window_seconds=args.window_seconds)
-    predictions = predictor.predict_files(args.files)
+    speakers = None if args.speaker is None else [args.speaker] * len(args.files)
+    predictions = predictor.predict_files(args.files, speakers)
     for path, prediction in zip(args.files, predictions):
         if args.json:
             print(json.dumps({"file": path, **prediction}))
@@ -766,6 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="emotion of audio files (any rate, channels, length)")
     predict.add_argument("files", nargs="+")
     predict.add_argument("--model", required=True, help=MODEL_HELP)
+    predict.add_argument(
+        "--speaker",
+        metavar="NAME",
+        help="all FILEs are of this one speaker: a model trained with model.fbank_norm=speaker normalises them by "
+        "their log-mel statistics together (it needs this; other models ignore it)",
+    )
     predict.add_argument(
         "--window-seconds",
         type=float,

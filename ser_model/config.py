@@ -238,7 +238,12 @@ class ModelConfig:
     ``fbank_norm``: how the log-mel is normalised per utterance over its valid frames: ``"bin"``
     (each mel bin to zero mean, unit variance), ``"bin_mean"`` (each mel bin's mean subtracted:
     cepstral mean normalisation, keeps each bin's dynamics) or ``"utterance"`` (one mean and one
-    standard deviation over all bins and frames: removes the recording gain, keeps the spectral shape).
+    standard deviation over all bins and frames: removes the recording gain, keeps the spectral shape)
+    or ``"speaker"`` (ours, after the speaker-level normalisation of the SER literature: each mel bin
+    to zero mean, unit variance over all frames of all utterances of the utterance's speaker, so an
+    utterance keeps its own mean spectrum relative to its speaker's; the model then needs the
+    speaker's statistics, computed from that speaker's unlabelled utterances: ``ser_model.speaker_norm``,
+    docs/METHOD.md "Speaker-level normalisation"; fbank backbone only).
     """
 
     backbone: str = "fbank"
@@ -261,7 +266,7 @@ class ModelConfig:
     fbank_heads: PositiveInt = 4
     fbank_ff_mult: PositiveInt = 2
     fbank_dropout: Dropout = 0.1
-    fbank_norm: Literal["bin", "bin_mean", "utterance"] = "bin"
+    fbank_norm: Literal["bin", "bin_mean", "utterance", "speaker"] = "bin"
     spec_time_masks: CountInt = 2
     spec_time_width: CountInt = 20
     spec_freq_masks: CountInt = 2
@@ -287,6 +292,12 @@ class ModelConfig:
                 "the fbank backbone exposes no hidden layers to weight; expected None or False",
             )
         else:
+            require(
+                self.fbank_norm != "speaker",
+                f"{w}.fbank_norm",
+                f"'speaker' normalises the fbank backbone's log-mel, and the backbone is {self.backbone!r}; "
+                "expected backbone='fbank' with fbank_norm='speaker', or another fbank_norm with an hf backbone",
+            )
             require(
                 self.sample_rate == HF_SAMPLE_RATE,
                 f"{w}.sample_rate",
@@ -326,6 +337,12 @@ class ModelConfig:
             f"{w}.spec_freq_width",
             f"got {self.spec_freq_width}, expected at most n_mels={self.n_mels}",
         )
+
+    @property
+    def uses_speaker_statistics(self) -> bool:
+        """Whether the model normalises by its speakers' log-mel statistics (``fbank_norm="speaker"``),
+        so that scoring needs the speaker of every input (``ser_model.speaker_norm``)."""
+        return self.fbank_norm == "speaker"
 
     @property
     def is_hf(self) -> bool:

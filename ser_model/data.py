@@ -178,6 +178,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
     def _decode(self, i: int) -> np.ndarray:
         return trim_silence(load_audio(self.files[i], self.sample_rate), self.sample_rate, self.trim_db)
 
+    def full_wave(self, index: int) -> np.ndarray:
+        """Utterance `index` whole, as decoded and silence-trimmed, before any crop (from memory when cached)."""
+        return self._cache[index] if self._cache is not None else self._decode(index)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -193,7 +197,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         return random_crop_start(length, self.crop_samples, self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        wave = self._cache[index] if self._cache is not None else self._decode(index)
+        wave = self.full_wave(index)
         start = self.crop_start(index, len(wave))
         if self.crop_samples is not None:
             wave = wave[start : start + self.crop_samples]

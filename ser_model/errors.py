@@ -12,3 +12,7 @@ class AudioDecodeError(ValueError):
 
 class DataSplitError(ValueError):
     """A split of the manifest cannot be trained or evaluated on (empty, unknown labels, ...)."""
+
+
+class MissingSpeakersError(ValueError):
+    """A model trained with speaker-level normalisation was asked to score inputs whose speakers were not given."""

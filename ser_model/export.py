@@ -32,6 +32,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from ser_model.config import ConfigError
 from ser_model.model import SERModel
 
 __all__ = ["OnnxExportError", "export_onnx", "onnx_parity", "OnnxScorer", "METADATA"]
@@ -218,6 +219,11 @@ def export_onnx(
     """Export the `save_pretrained` folder's model to `out_path` (ONNX) and check it against
     PyTorch at two lengths; writes `<out_path>.labels.json` beside it (class order of the outputs)."""
     model = SERModel.from_pretrained(folder).eval()
+    if model.config.model.uses_speaker_statistics:
+        raise ConfigError(
+            f"{folder}: trained with speaker-level normalisation (model.fbank_norm='speaker'), which needs each "
+            "speaker's log-mel statistics beside the audio; the ONNX graph takes audio alone, so it is not exported"
+        )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     waves, lengths = _example(model, PARITY_SECONDS)

@@ -67,7 +67,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from ser_model.backbone_facts import FROZEN_MODES, HF_SAMPLE_RATE
-from ser_model.backbones import HFBackbone
+from ser_model.backbones import HFBackbone, LogMelStatistics
 from ser_model.config import uses_feature_cache
 from ser_model.data import EVAL_MAX_SECONDS, Batch, UtteranceDataset, memory_cache_bytes, random_crop_start
 from ser_model.feature_cache_folder import (
@@ -162,11 +162,19 @@ def collate_states(items: Sequence[tuple[torch.Tensor, int, int]]) -> StatesBatc
     return StatesBatch(states, mask, labels, indices)
 
 
-def forward_batch(model: SERModel, batch: Batch | StatesBatch, device: torch.device) -> SEROutput:
-    """The model on a waveform ``Batch`` (live backbone) or a ``StatesBatch`` (cached states)."""
+def forward_batch(
+    model: SERModel,
+    batch: Batch | StatesBatch,
+    device: torch.device,
+    row_stats: LogMelStatistics | None = None,
+) -> SEROutput:
+    """The model on a waveform ``Batch`` (live backbone) or a ``StatesBatch`` (cached states).
+    ``row_stats``: a speaker-normalised model's statistics of every row of the split (N, n_mels),
+    of which the batch's rows are given to the model (``ser_model.speaker_norm``)."""
     if isinstance(batch, StatesBatch):
         return model.forward_cached(batch.states.to(device), batch.mask.to(device))
-    return model(batch.waves.to(device), batch.lengths.to(device))
+    stats = None if row_stats is None else row_stats.rows(batch.indices).to(device)
+    return model(batch.waves.to(device), batch.lengths.to(device), stats)
 
 
 class CachedStates(torch.utils.data.Dataset):

@@ -11,6 +11,12 @@ every sample is covered); their class probabilities are the mean of the windows'
 
 Whole utterances rather than training-crop windows: the model is selected on whole validation
 utterances, and averaging 3 s windows scored the same RAVDESS model differently from `ser evaluate`.
+
+Speakers. A model trained with speaker-level normalisation (``model.fbank_norm = "speaker"``,
+`ser_model.speaker_norm`) needs the speaker of every input: each speaker's log-mel statistics come
+from all of that speaker's inputs of the call (whole, prepared), and each window is normalised by
+its input's speaker's. Without speakers such a model refuses to score (`MissingSpeakersError`), it
+never falls back to per-utterance statistics; other models accept speakers and ignore them.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import numpy as np
 import torch
 
 from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono, trim_silence
+from ser_model.backbones import LogMelStatistics
 from ser_model.data import EVAL_MAX_SECONDS
 from ser_model.model import SERModel
+from ser_model.speaker_norm import require_speakers, row_statistics, speaker_statistics
 
 __all__ = ["Predictor", "sliding_windows", "prepare_waveform"]
 
@@ -95,10 +103,20 @@ class Predictor:
         """Silence trimming of every input (ModelConfig.trim_db), for `ser_model.segments`."""
         return self.model.config.model.trim_db
 
+    @property
+    def uses_speakers(self) -> bool:
+        """Whether the model needs the speaker of every input (speaker-level normalisation)."""
+        return self.model.config.model.uses_speaker_statistics
+
     @torch.no_grad()
-    def window_probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+    def window_probabilities(
+        self, waves: Sequence[np.ndarray], speaker_stats: LogMelStatistics | None = None
+    ) -> np.ndarray:
         """Prepared mono waveforms at the model rate, each scored whole → (len(waves), C) softmax
-        probabilities; `batch_size` at a time, in the given order, zero-padded to the batch's longest."""
+        probabilities; `batch_size` at a time, in the given order, zero-padded to the batch's longest.
+        ``speaker_stats``: for a speaker-normalised model, each waveform's speaker statistics (len(waves), n_mels)."""
+        if speaker_stats is None:
+            require_speakers(self.model.config.model, None, len(waves), "Predictor")
         out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
         for start in range(0, len(waves), self.batch_size):
             chosen = waves[start : start + self.batch_size]
@@ -106,21 +124,30 @@ class Predictor:
             batch = torch.zeros(len(chosen), int(lengths.max()), dtype=torch.float32)
             for row, w in enumerate(chosen):
                 batch[row, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-            logits = self.model(batch.to(self.device), lengths.to(self.device)).logits  # (B, C)
+            stats = None
+            if speaker_stats is not None and self.uses_speakers:
+                stats = speaker_stats.rows(range(start, start + len(chosen))).to(self.device)
+            logits = self.model(batch.to(self.device), lengths.to(self.device), stats).logits  # (B, C)
             out[start : start + len(chosen)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return out
 
-    def probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+    def probabilities(self, waves: Sequence[np.ndarray], speakers: Sequence[str] | None = None) -> np.ndarray:
         """Mono waveforms at the model rate [(N_i,)] → class probabilities (len(waves), C); each is
-        passed through `prepare_waveform` first."""
-        pieces = []  # (input index, window)
+        passed through `prepare_waveform` first. ``speakers``: the speaker of each input (module docstring)."""
+        require_speakers(self.model.config.model, speakers, len(waves), "Predictor")
+        prepared, pieces = [], []  # pieces: (input index, window)
         for item, wave in enumerate(waves):
             if len(wave) == 0:
                 raise AudioDecodeError(f"input {item} holds no samples; expected at least one")
             wave = prepare_waveform(wave, self.model.config.model)
+            prepared.append(wave)
             pieces += [(item, wave[s:e]) for s, e in sliding_windows(len(wave), self.window, self.hop)]
         order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))  # longest first: least padding
-        probs = self.window_probabilities([pieces[i][1] for i in order])
+        stats = None
+        if self.uses_speakers:
+            by_speaker = speaker_statistics(self.model.backbone, prepared, speakers, device=self.device)
+            stats = row_statistics(by_speaker, [speakers[pieces[i][0]] for i in order])
+        probs = self.window_probabilities([pieces[i][1] for i in order], stats)
         sums = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
         counts = np.zeros(len(waves), dtype=np.int64)
         for i, p in zip(order, probs):
@@ -137,8 +164,12 @@ class Predictor:
             for p in probs
         ]
 
-    def predict_arrays(self, items: Sequence[tuple[np.ndarray, int]]) -> list[dict[str, Any]]:
-        """[(samples (N,) or (N, channels), sample rate)] → [{"label", "probabilities": {label: p}}]."""
+    def predict_arrays(
+        self, items: Sequence[tuple[np.ndarray, int]], speakers: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """[(samples (N,) or (N, channels), sample rate)] → [{"label", "probabilities": {label: p}}].
+        ``speakers``: the speaker of each item (needed by a speaker-normalised model, module docstring)."""
+        require_speakers(self.model.config.model, speakers, len(items), "Predictor")
         waves = []
         for index, (array, sr) in enumerate(items):
             array = np.asarray(array, dtype=np.float32)
@@ -152,8 +183,14 @@ class Predictor:
                 waves.append(resample(to_mono(array), int(sr), self.sample_rate))
             except AudioDecodeError as err:
                 raise AudioDecodeError(f"input {index}: {err}") from err
-        return self._decisions(self.probabilities(waves))
+        return self._decisions(self.probabilities(waves, speakers))
 
-    def predict_files(self, paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-        """Audio files (any format soundfile reads) → [{"label", "probabilities": {label: p}}]."""
-        return self._decisions(self.probabilities([load_audio(Path(p), self.sample_rate) for p in paths]))
+    def predict_files(
+        self, paths: Sequence[str | os.PathLike], speakers: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Audio files (any format soundfile reads) → [{"label", "probabilities": {label: p}}].
+        ``speakers``: the speaker of each file (needed by a speaker-normalised model, module docstring)."""
+        require_speakers(self.model.config.model, speakers, len(paths), "Predictor")
+        return self._decisions(
+            self.probabilities([load_audio(Path(p), self.sample_rate) for p in paths], speakers)
+        )

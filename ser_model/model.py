@@ -23,7 +23,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ser_model.backbone_facts import FROZEN_MODES
-from ser_model.backbones import Backbone, HFBackbone, build_backbone
+from ser_model.backbones import Backbone, HFBackbone, LogMelStatistics, build_backbone
 from ser_model.config import SERConfig
 from ser_model.flam import AttentivePooling, FrameAttention, mean_pool
 from ser_model.launch import BACKBONE_CONFIG_FILE, CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
@@ -119,9 +119,29 @@ class SERModel(nn.Module):
     def labels(self) -> tuple[str, ...]:
         return self.config.labels
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> SEROutput:
-        """waves (B, L) float, lengths (B,) long → SEROutput."""
-        frames, mask = self.backbone(waves, lengths)  # (B, T, D), (B, T)
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor, speaker_stats: LogMelStatistics | None = None
+    ) -> SEROutput:
+        """waves (B, L) float, lengths (B,) long → SEROutput.
+
+        ``speaker_stats``: with ``model.fbank_norm = "speaker"``, the log-mel statistics of each
+        utterance's speaker, mean and std (B, n_mels) (``ser_model.speaker_norm``); required then, refused otherwise.
+        """
+        if self.config.model.uses_speaker_statistics:
+            if speaker_stats is None:
+                raise ValueError(
+                    "SERModel: this model normalises the log-mel by each speaker's statistics (model.fbank_norm='speaker'); "
+                    "give speaker_stats, the mean and std (B, n_mels) of each utterance's speaker "
+                    "(ser_model.speaker_norm.speaker_statistics; Predictor: speakers=[...])"
+                )
+            frames, mask = self.backbone(waves, lengths, speaker_stats)  # (B, T, D), (B, T)
+        elif speaker_stats is not None:
+            raise ValueError(
+                f"SERModel: speaker_stats given, but model.fbank_norm={self.config.model.fbank_norm!r} "
+                "does not use speaker statistics; leave them out"
+            )
+        else:
+            frames, mask = self.backbone(waves, lengths)  # (B, T, D), (B, T)
         return self.forward_frames(frames, mask)
 
     def forward_cached(self, states: torch.Tensor, mask: torch.Tensor) -> SEROutput:

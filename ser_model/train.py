@@ -19,6 +19,12 @@ cached (`ser_model.feature_cache`, default folder `out_dir/../feature-cache`): e
 reads them; training batches read them when EAM is off, cropped as windows of the whole
 utterance's frames. EAM mixes waveforms, so with EAM on the training batches run live.
 
+Speaker-level normalisation. With `model.fbank_norm = "speaker"` every split's speakers get their
+log-mel statistics from that split's own utterances, computed once before training
+(`ser_model.speaker_norm`; labels are never used): training speakers from the training rows,
+validation and test speakers from theirs. A training crop and an EAM mixture use the statistics of
+their (primary) utterance's speaker; `result.json` then says `uses_test_speaker_statistics: true`.
+
 Outputs in `out_dir`: `checkpoints/last` (every epoch, atomic, for exact resume), `best`
 (a `save_pretrained` folder of the selected epoch), `metrics.jsonl` (one line per epoch) and
 `result.json` (selected epoch, validation and test metrics, the selection rule).
@@ -54,6 +60,7 @@ from tqdm.auto import tqdm
 
 from data_contracts.folds import fold_rows_by_role
 from ser_model.allocator import bound_heap
+from ser_model.backbones import LogMelStatistics
 from ser_model.checkpoint import (
     capture_rng_state,
     load_training_state,
@@ -85,6 +92,7 @@ from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FIL
 from ser_model.losses import multi_loss
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
+from ser_model.speaker_norm import split_statistics
 from ser_stack.files import write_atomically
 
 __all__ = [
@@ -104,7 +112,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FitResult:
     """What `fit` produced: the selected epoch (1-based), its validation and test metrics
-    (`{}` for the release fold), per-epoch history and the folders written."""
+    (`{}` for the release fold), per-epoch history and the folders written.
+    ``uses_test_speaker_statistics``: the test speakers were normalised with the log-mel statistics
+    of their own (unlabelled) test utterances (``model.fbank_norm = "speaker"``, ``ser_model.speaker_norm``)."""
 
     out_dir: Path
     best_dir: Path
@@ -114,6 +124,7 @@ class FitResult:
     selection_rule: str
     speakers: dict[str, list[str]]
     history: list[dict[str, Any]] = field(repr=False)
+    uses_test_speaker_statistics: bool = False
 
 
 # ---------------------------------------------------------------------------- setup
@@ -224,6 +235,10 @@ def _speakers(rows: pd.DataFrame) -> list[str]:
     return sorted(rows["speaker"].astype(str).unique())
 
 
+def _row_speakers(rows: pd.DataFrame) -> list[str]:
+    return rows["speaker"].astype(str).tolist()
+
+
 # ---------------------------------------------------------------------------- objective
 
 
@@ -243,9 +258,13 @@ class TrainingObjective(nn.Module):
         soft_targets: torch.Tensor,
         labels: torch.Tensor,
         cached: bool = False,
+        speaker_stats: LogMelStatistics | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T)."""
-        out: SEROutput = self.model.forward_cached(x, extent) if cached else self.model(x, extent)
+        """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T).
+        ``speaker_stats``: each row's speaker statistics (B, n_mels) for a speaker-normalised model."""
+        out: SEROutput = (
+            self.model.forward_cached(x, extent) if cached else self.model(x, extent, speaker_stats)
+        )
         return multi_loss(
             out,
             soft_targets,
@@ -259,9 +278,14 @@ class TrainingObjective(nn.Module):
 
 @torch.no_grad()
 def evaluate_split(
-    model: SERModel, dataset: UtteranceDataset | CachedStates, batch_size: int, runtime: Runtime
+    model: SERModel,
+    dataset: UtteranceDataset | CachedStates,
+    batch_size: int,
+    runtime: Runtime,
+    row_stats: LogMelStatistics | None = None,
 ) -> dict[str, Any]:
-    """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → `classification_metrics`."""
+    """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → `classification_metrics`.
+    ``row_stats``: a speaker-normalised model's speaker statistics of every row (N, n_mels)."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
     collate = collate_states if isinstance(dataset, CachedStates) else collate_padded
@@ -270,7 +294,7 @@ def evaluate_split(
     autocast = _autocast(runtime)
     for batch in loader:
         with autocast:
-            logits = forward_batch(model, batch, runtime.device).logits  # (B, C)
+            logits = forward_batch(model, batch, runtime.device, row_stats).logits  # (B, C)
         indices.append(batch.indices)
         predictions.append(logits.argmax(dim=1).cpu())
     local = (
@@ -295,7 +319,8 @@ def evaluate_rows(
     batch_size: int = 16,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of a trained model on manifest rows, in this process (`ser evaluate`)."""
+    """Metrics of a trained model on manifest rows, in this process (`ser evaluate`). A speaker-normalised
+    model gets each speaker's statistics from that speaker's rows here (the manifest's `speaker` column)."""
     dev = resolve_device(device)
     model = model.to(dev)
     mc = model.config.model
@@ -308,7 +333,14 @@ def evaluate_rows(
         random_crop=False,
         trim_db=mc.trim_db,
     )
-    return evaluate_split(model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)))
+    row_stats = (
+        split_statistics(model.backbone, dataset.full_wave, _row_speakers(rows), "evaluation", device=dev)
+        if mc.uses_speaker_statistics
+        else None
+    )
+    return evaluate_split(
+        model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)), row_stats
+    )
 
 
 def _autocast(runtime: Runtime):
@@ -418,6 +450,17 @@ def fit(
     loss_generator = torch.Generator().manual_seed(derived_seed(tc.seed, runtime.rank, 1))
     generators = {"eam": eam_generator, "loss": loss_generator}
     seed_everything(derived_seed(tc.seed, runtime.rank, 2))  # dropout and masks differ per rank
+
+    # speaker statistics: each split's speakers from that split's own utterances (ser_model.speaker_norm)
+    row_stats: dict[str, LogMelStatistics] = {}
+    if config.model.uses_speaker_statistics:
+        row_stats = {
+            name: split_statistics(
+                model.backbone, dataset.full_wave, _row_speakers(splits[name]), name, device=runtime.device
+            )
+            for name, dataset in {"train": train_set, **eval_sets}.items()
+        }
+    train_stats = row_stats.get("train")
 
     # feature cache: a frozen hf backbone's hidden states, computed once (ser_model.feature_cache)
     cached_training = False
@@ -530,14 +573,22 @@ def fit(
                     generator=eam_generator,
                     config=config.eam,
                 )
-                inputs, targets = (mixed.waves, lengths), mixed.targets
+                inputs, targets = (mixed.waves, lengths), mixed.targets  # a mixture keeps its primary's row
             group_start = step - step % tc.grad_accum
             group_size = min(tc.grad_accum, n_batches - group_start)
             update = step == group_start + group_size - 1
             sync = nullcontext() if update or not runtime.distributed else objective.no_sync()
             with sync:
                 with _autocast(runtime):
-                    total, terms = objective(*inputs, targets, labels, cached=cached_training)
+                    total, terms = objective(
+                        *inputs,
+                        targets,
+                        labels,
+                        cached=cached_training,
+                        speaker_stats=None
+                        if train_stats is None
+                        else train_stats.rows(batch.indices).to(runtime.device),
+                    )
                 scaler.scale(total / group_size).backward()
             if update:
                 scaler.unscale_(optimizer)
@@ -558,7 +609,9 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch + 1, "train": train_terms, "lr": lr}
         if (epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs:
             with averaged():
-                valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
+                valid = evaluate_split(
+                    model, eval_sets["valid"], tc.eval_batch_size, runtime, row_stats.get("valid")
+                )
                 record["valid"] = {key: valid[key] for key in HEADLINE_METRICS}
                 score = valid[tc.select_metric]
                 if score > best_score:
@@ -612,11 +665,16 @@ def fit(
         )
     _barrier(runtime)
     _load_weights(model, best_dir)
-    valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime)
+    valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime, row_stats.get("valid"))
     test = (
-        evaluate_split(model, eval_sets["test"], tc.eval_batch_size, runtime) if "test" in eval_sets else {}
+        evaluate_split(model, eval_sets["test"], tc.eval_batch_size, runtime, row_stats.get("test"))
+        if "test" in eval_sets
+        else {}
     )
-    result = FitResult(out_dir, best_dir, best_epoch, valid, test, rule, speakers, history)
+    test_speaker_stats = "test" in row_stats
+    result = FitResult(
+        out_dir, best_dir, best_epoch, valid, test, rule, speakers, history, test_speaker_stats
+    )
     if runtime.is_main:
         payload = {
             "fold": fold,
@@ -627,6 +685,7 @@ def fit(
             "valid": valid,
             "test": test,
             "epochs": tc.epochs,
+            "uses_test_speaker_statistics": test_speaker_stats,
         }
         write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
         _call(callbacks, "on_fit_end", result)

@@ -48,7 +48,7 @@ def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(
     with mlflow.start_run(experiment_id=experiment_id):
         info = log_pyfunc(checkpoint, registered_model_name="ser-ravdess")
     assert str(info.registered_model_version) == "1"
-    assert info.signature.inputs.input_names() == ["audio", "sample_rate", "audio_base64"]
+    assert info.signature.inputs.input_names() == ["audio", "sample_rate", "audio_base64", "speaker"]
     model = mlflow.pyfunc.load_model("models:/ser-ravdess/1")
     downloaded = download_checkpoint("models:/ser-ravdess/1", tmp_path / "download")
     assert sorted(p.name for p in downloaded.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
@@ -121,3 +121,46 @@ def test_one_loaded_model_serves_concurrent_requests_like_serial_ones(
         concurrent = list(pool.map(lambda i: model.predict(frames[i % 8]), range(32)))
     for i, got in enumerate(concurrent):
         pd.testing.assert_frame_equal(got, serial[i % 8], check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_a_speaker_normalised_model_scores_rows_by_their_speaker_column_and_refuses_without_it(
+    local_mlflow, experiment_id, tmp_path
+):
+    torch.manual_seed(0)
+    model_config = ModelConfig(
+        backbone="fbank",
+        n_mels=40,
+        fbank_dim=32,
+        fbank_layers=1,
+        fbank_heads=2,
+        embed_dim=16,
+        fbank_norm="speaker",
+    )
+    config = SERConfig(
+        labels=LABELS, model=model_config, loss=LossConfig(supcon_proj_dim=16), corpus="ravdess"
+    )
+    checkpoint = SERModel(config).eval().save_pretrained(tmp_path / "speaker-model")
+    rng = np.random.default_rng(1)
+    waves = [(gain * rng.standard_normal(12000)).astype(np.float32) for gain in (0.05, 0.3, 0.1)]
+    speakers = ["A", "B", "A"]
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = log_pyfunc(checkpoint)
+    logged = mlflow.models.Model.load(info.model_uri)
+    assert "speaker" in logged.load_input_example().columns  # the logged example is one the model accepts
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    frame = pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000] * 3})
+
+    got = model.predict(frame.assign(speaker=speakers))
+    reference = Predictor.from_pretrained(checkpoint).predict_arrays([(w, 16000) for w in waves], speakers)
+    np.testing.assert_allclose(
+        got[[probability_column(c) for c in LABELS]].to_numpy(),
+        [[r["probabilities"][c] for c in LABELS] for r in reference],
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    with pytest.raises(ModelInputError, match="needs a 'speaker' column naming the speaker of every row"):
+        model.predict(frame)
+    with pytest.raises(ModelInputError, match="row 1, field 'speaker'"):
+        model.predict(frame.assign(speaker=["A", "", "A"]))
+    with pytest.raises(ModelInputError, match="segments are not scored that way"):
+        model.predict(frame.assign(speaker=speakers), params={"segments": True})
