@@ -46,7 +46,7 @@ def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, a
     for variant, runs in ua.items():
         for (seed, fold), value in runs.items():
             write_run(tmp_path, variant, seed, fold, value, [1.5, 2.5])
-    (tmp_path / "no_eam" / "seed-0" / "fold-0").mkdir(parents=True)  # still training: no result.json
+    (tmp_path / "with_eam" / "seed-0" / "fold-0").mkdir(parents=True)  # still training: no result.json
     results = accuracy.collect(tmp_path)
     assert list(results) == ["full", "reference_cnn"]  # VARIANTS order
     assert list(results["full"]) == [(0, 0), (0, 1), (0, 10), (1, 0)]
