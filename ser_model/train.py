@@ -113,6 +113,9 @@ log = logging.getLogger(__name__)
 class FitResult:
     """What `fit` produced: the selected epoch (1-based), its validation and test metrics
     (`{}` for the release fold), per-epoch history and the folders written.
+    ``test_last_epoch`` (in ``result.json``): the test metrics of the last epoch's weights, beside
+    the selected epoch's; a record for choosing how the release model ends (on all speakers for a
+    fixed number of epochs, or selected on held-out ones), never used to select.
     ``uses_test_speaker_statistics``: the test speakers were normalised with the log-mel statistics
     of their own (unlabelled) test utterances (``model.fbank_norm = "speaker"``, ``ser_model.speaker_norm``)."""
 
@@ -664,6 +667,12 @@ def fit(
             f"{out_dir}: no epoch was validated (epochs={tc.epochs}, valid_every={tc.valid_every})"
         )
     _barrier(runtime)
+    test_last_epoch = {}
+    if "test" in eval_sets:  # reported beside the selected epoch's, never used to select
+        with averaged():
+            test_last_epoch = evaluate_split(
+                model, eval_sets["test"], tc.eval_batch_size, runtime, row_stats.get("test")
+            )
     _load_weights(model, best_dir)
     valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime, row_stats.get("valid"))
     test = (
@@ -684,6 +693,7 @@ def fit(
             "speakers": speakers,
             "valid": valid,
             "test": test,
+            "test_last_epoch": test_last_epoch,
             "epochs": tc.epochs,
             "uses_test_speaker_statistics": test_speaker_stats,
         }

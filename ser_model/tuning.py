@@ -79,9 +79,11 @@ DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     # The method's knobs and the optimiser's, around the cpu-fbank recipe: EAM (how often, how loud
     # the partner, when a segment counts as silent), the multi-loss weights, regularisation, the
-    # learning rate. eam.mix_prob 0 and loss weights near 0 are the ablations, inside the space.
+    # learning rate. EAM off (the preset's base) and loss weights near 0 are the ablations, inside
+    # the space; EAM's other knobs act only in trials that turn it on.
     "cpu-fbank": {
         "train.lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
+        "eam.enabled": {"type": "categorical", "choices": [False, True]},
         "eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0},
         "eam.snr_db_low": {"type": "float", "low": -5.0, "high": 5.0},
         "eam.degenerate_db": {"type": "float", "low": -40.0, "high": -10.0},

@@ -12,7 +12,7 @@ from ser_model import checkpoint as checkpoint_module
 from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkpoint
 from ser_model.data import DataSplitError
 from ser_model.model import SERModel
-from ser_model.train import RELEASE_FOLD, fit, training_splits
+from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, training_splits
 from tests.train.synthetic import expected_selected_epoch, tiny_config
 
 
@@ -77,6 +77,13 @@ def test_fit_writes_metrics_result_and_selects_on_validation_speakers(synthetic_
     assert len(recorder.checkpoints) == 3 and recorder.results == [result]
     best = SERModel.from_pretrained(tmp_path / "best")
     assert best.labels == ("low", "mid", "high")
+
+    # the last epoch's weights on the same test speakers, recorded beside the selected epoch's
+    last = SERModel.from_pretrained(tmp_path / "best")
+    last.load_state_dict(_weights(tmp_path / "checkpoints" / "last"))
+    reference = evaluate_rows(last, training_splits(manifest, folds, 1)["test"], root, device="cpu")
+    assert saved["test_last_epoch"]["confusion"] == reference["confusion"]
+    assert saved["test_last_epoch"]["UA"] == pytest.approx(reference["UA"])
 
 
 def test_killed_run_resumes_to_bit_identical_weights(synthetic_corpus, tmp_path):
