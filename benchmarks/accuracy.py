@@ -132,8 +132,26 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
         row["train_seconds_per_run"] = [round(runs[k]["train_seconds"], 1) for k in keys]
         if variant != "full" and "full" in test_ua:
             row["full_minus_this_UA"] = paired_difference(test_ua["full"], test_ua[variant])
+        last = {k: 100.0 * r["test_last_epoch"]["UA"] for k, r in runs.items() if r.get("test_last_epoch")}
+        if last:
+            row["last_epoch"] = {
+                "UA_per_run": [last.get(k) for k in keys],
+                "selected_minus_last_UA": paired_difference(test_ua[variant], last),
+                "seed_spread_selected": seed_spread({k: test_ua[variant][k] for k in last}),
+                "seed_spread_last": seed_spread(last),
+            }
         summary[variant] = row
     return summary
+
+
+def seed_spread(ua: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """How far apart the seeds of one fold land: the mean over folds run with 2 or more seeds of
+    max − min test UA across those seeds, and that number of folds (mean None without one)."""
+    by_fold: dict[int, list[float]] = {}
+    for (_, fold), value in ua.items():
+        by_fold.setdefault(fold, []).append(value)
+    spreads = [max(v) - min(v) for v in by_fold.values() if len(v) > 1]
+    return {"mean": statistics.fmean(spreads) if spreads else None, "folds": len(spreads)}
 
 
 def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -172,6 +190,25 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {variant} | " + " | ".join(f"{by_run[k]:.1f}" if k in by_run else "" for k in runs) + " |"
         )
+    ends = {v: row["last_epoch"] for v, row in summary.items() if "last_epoch" in row}
+    if ends:
+        lines += [
+            "",
+            "How a run ends: the epoch selected on validation speakers against the last epoch's weights, test UA % "
+            "(runs that recorded both; the last epoch's score is a record, never used to select); seed spread: mean "
+            "over folds of the gap between the seeds' test UA.",
+            "",
+            "| variant | runs | selected − last (paired, ± s.e.) | seed spread, selected | seed spread, last |",
+            "|---|---|---|---|---|",
+        ]
+        for variant, end in ends.items():
+            d = end["selected_minus_last_UA"]
+            se = f" ± {d['se']:.1f}" if d["se"] is not None else ""
+            spreads = [
+                "—" if x["mean"] is None else f"{x['mean']:.1f} ({x['folds']} folds)"
+                for x in (end["seed_spread_selected"], end["seed_spread_last"])
+            ]
+            lines.append(f"| {variant} | {d['n']} | {d['mean']:+.1f}{se} | {spreads[0]} | {spreads[1]} |")
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",

@@ -20,7 +20,15 @@ def accuracy():
     return load_script("benchmarks/accuracy.py", "bench_accuracy")
 
 
-def write_run(out: Path, variant: str, seed: int, fold: int, ua: float, seconds: list[float]) -> None:
+def write_run(
+    out: Path,
+    variant: str,
+    seed: int,
+    fold: int,
+    ua: float,
+    seconds: list[float],
+    last_ua: float | None = None,
+) -> None:
     run = out / variant / f"seed-{seed}" / f"fold-{fold}"
     run.mkdir(parents=True)
     test = {"WA": ua + 0.01, "UA": ua, "macro_f1": ua - 0.01}
@@ -32,6 +40,8 @@ def write_run(out: Path, variant: str, seed: int, fold: int, ua: float, seconds:
         "test": test,
         "epochs": len(seconds),
     }
+    if last_ua is not None:
+        result["test_last_epoch"] = {"UA": last_ua}
     (run / "result.json").write_text(json.dumps(result))
     (run / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": i + 1, "seconds": s}) + "\n" for i, s in enumerate(seconds))
@@ -109,3 +119,36 @@ def test_a_run_is_claimed_once_and_taken_over_from_a_dead_claimer(tmp_path, accu
     assert accuracy.claim(run) is True
     (run / "result.json").write_text("{}")
     assert accuracy.claim(run) is False  # finished
+
+
+def test_last_epoch_against_selected_epoch_and_seed_spread(tmp_path, accuracy):
+    """Runs that recorded the last epoch's test UA: the paired difference selected − last and the
+    seeds' spread per fold under each ending, against references computed here; runs without the
+    record (trained before it existed) are left out of that table only."""
+    selected = {(0, 0): 0.60, (1, 0): 0.50, (0, 1): 0.70, (1, 1): 0.66, (0, 2): 0.40}
+    last = {(0, 0): 0.58, (1, 0): 0.55, (0, 1): 0.69, (1, 1): 0.67}  # (0, 2) has no record
+    for (seed, fold), value in selected.items():
+        write_run(tmp_path, "full", seed, fold, value, [1.0], last.get((seed, fold)))
+    row = accuracy.summarise(accuracy.collect(tmp_path))["full"]
+    assert len(row["runs"]) == 5
+    end = row["last_epoch"]
+    d = [100 * (selected[k] - last[k]) for k in sorted(last)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+    got = end["selected_minus_last_UA"]
+    assert got["n"] == 4 and got["mean"] == pytest.approx(mean) and got["se"] == pytest.approx(se)
+    # folds 0 and 1 have both seeds: |60 − 50| and |70 − 66| selected; |58 − 55| and |69 − 67| last
+    assert end["seed_spread_selected"] == {"mean": pytest.approx(7.0), "folds": 2}
+    assert end["seed_spread_last"] == {"mean": pytest.approx(2.5), "folds": 2}
+    table = accuracy.markdown(
+        {"full": row},
+        {
+            "n_utterances": 1,
+            "n_actors": 1,
+            "selection_rule": "r",
+            "preset": "p",
+            "overrides": {},
+            "machine": "m",
+        },
+    )
+    assert f"| full | 4 | {mean:+.1f} ± {se:.1f} | 7.0 (2 folds) | 2.5 (2 folds) |" in table
