@@ -149,7 +149,9 @@ def mlflow_workers() -> int:
     if not raw:
         return MLFLOW_WORKERS
     if not raw.isdigit() or int(raw) < 1:
-        raise SystemExit(f"SER_MLFLOW_WORKERS={raw!r}: expected a whole number of worker processes, 1 or more")
+        raise SystemExit(
+            f"SER_MLFLOW_WORKERS={raw!r}: expected a whole number of worker processes, 1 or more"
+        )
     return int(raw)
 
 
