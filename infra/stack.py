@@ -293,8 +293,23 @@ def pg_connect(settings: StackSettings, database: str = "postgres"):
     )
 
 
+def postgres_status(settings: StackSettings) -> str | None:
+    """The server's own status line in its data folder's ``postmaster.pid`` (``starting``, ``ready``,
+    ``stopping``, ``standby``), as ``pg_ctl -w`` reads it; None without the file. Reading it connects
+    to nothing, so waiting on it leaves no "the database system is starting up" FATAL in the log."""
+    try:
+        lines = (pg_data_dir(settings) / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    return lines[7].strip() if len(lines) > 7 else "starting"
+
+
 def check_postgres(settings: StackSettings) -> str | None:
-    """None when the stack's PostgreSQL accepts the stack's user and answers a query, else the reason."""
+    """None when the stack's PostgreSQL says it is ready (:func:`postgres_status`; no connection is
+    tried before) and accepts the stack's user and answers a query, else the reason."""
+    status = postgres_status(settings)
+    if status != "ready":
+        return f"PostgreSQL at {settings.host}:{settings.pg_port} is not ready (postmaster.pid status: {status or 'no file'})"
     try:
         with pg_connect(settings) as conn, conn.cursor() as cursor:
             cursor.execute("SELECT 1")

@@ -16,6 +16,7 @@ from flows import mlflow_ui, tracking
 from flows.fold_runs import selected_folds
 from flows.promote import protocol_name
 from flows.tracking import log_fold_run
+from ser_model.allocator import HUGE_PAGES_TUNABLE
 from ser_model.launch import (
     BadDataError,
     FoldJob,
@@ -266,7 +267,13 @@ def test_worker_environment_has_no_credentials():
             "CUDA_VISIBLE_DEVICES": "0",
         }
     )
-    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "PYTHONUNBUFFERED": "1"}
+    # the heap policy's start-up setting is added (ser_model/allocator.py), nothing else
+    assert env == {
+        "PATH": "/bin",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "PYTHONUNBUFFERED": "1",
+        "GLIBC_TUNABLES": HUGE_PAGES_TUNABLE,
+    }
 
 
 def test_process_count_follows_the_environment_then_the_gpus(monkeypatch):
