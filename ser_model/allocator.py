@@ -38,6 +38,7 @@ from ser_model.config import ConfigError
 __all__ = [
     "HEAP_ENV",
     "HEAP_POLICIES",
+    "HUGE_PAGES_TUNABLE",
     "MMAP_THRESHOLD_BYTES",
     "bound_heap",
     "heap_env",
