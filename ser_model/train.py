@@ -668,7 +668,10 @@ def fit(
         )
     _barrier(runtime)
     test_last_epoch = {}
-    if "test" in eval_sets:  # reported beside the selected epoch's, never used to select
+    last_selected = best_epoch == tc.epochs  # then the selected epoch's test metrics are the last's
+    if (
+        "test" in eval_sets and not last_selected
+    ):  # reported beside the selected epoch's, never used to select
         with averaged():
             test_last_epoch = evaluate_split(
                 model, eval_sets["test"], tc.eval_batch_size, runtime, row_stats.get("test")
@@ -680,6 +683,8 @@ def fit(
         if "test" in eval_sets
         else {}
     )
+    if last_selected:
+        test_last_epoch = test
     test_speaker_stats = "test" in row_stats
     result = FitResult(
         out_dir, best_dir, best_epoch, valid, test, rule, speakers, history, test_speaker_stats
