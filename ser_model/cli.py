@@ -60,6 +60,7 @@ from ser_model.launch import (
     BEST_FOLDER,
     CHECKPOINT_FILES,
     METRICS_FILE,
+    RELEASE_FOLD,
     RESULT_FILE,
     fold_folder_name,
 )
@@ -233,7 +234,8 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{corpus}/{fold_folder_name(args.fold)}")
     result = fit(config, ingested.manifest, ingested.folds, args.fold, root, out, resume=not args.no_resume)
     print(f"{corpus} fold {args.fold}, selected epoch {result.selected_epoch}: {result.selection_rule}")
-    print(metrics_line("valid", result.valid))
+    if result.valid:
+        print(metrics_line("valid", result.valid))
     if result.test:
         print(metrics_line("test", result.test))
     print(f"wrote {out / BEST_FOLDER}, {out / RESULT_FILE}, {out / METRICS_FILE}")
@@ -349,11 +351,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         rows, what = ingested.manifest, f"{corpus} all utterances of {root}"
     else:
         rows, what = (
-            training_splits(ingested.manifest, ingested.folds, args.fold)[args.split],
+            training_splits(
+                ingested.manifest, ingested.folds, args.fold, holdout=model.config.train.release_holdout
+            )[args.split],
             f"{corpus} fold {args.fold} {args.split}",
         )
     if rows.empty:
-        raise DataSplitError(f"{what}: no utterances to score")
+        trained_on_all = args.fold == RELEASE_FOLD and not model.config.train.release_holdout
+        raise DataSplitError(
+            f"{what}: no utterances to score"
+            + ("; this release model trained on every speaker, none was held out" if trained_on_all else "")
+        )
     speakers = ", ".join(sorted(rows["speaker"].unique()))
     params = {
         "model": args.model_source,

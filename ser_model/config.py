@@ -425,6 +425,12 @@ class TrainConfig:
     the backbone on every batch.
     ``ema_decay`` (ours): None, or validate, select and save an exponential moving average of the
     weights with this decay (``ser_model.ema``) instead of the last weights.
+    ``release_holdout`` (ours): how the release model (``RELEASE_FOLD``) ends. True: fold 0's
+    validation speakers are held out and choose its epoch, as in every fold. False: it trains on every
+    speaker for the fixed ``epochs`` and ships the last epoch's weights (averaged ones with
+    ``ema_decay``); no epoch is selected, so none needs to be held out. The folds always select on their
+    validation speakers and record the last epoch's test score beside it (``test_last_epoch``), which
+    is what estimates a release trained this way.
     """
 
     epochs: PositiveInt = 20
@@ -447,6 +453,7 @@ class TrainConfig:
     device: str = "auto"
     feature_cache: bool = True
     ema_decay: bounded(float, "a decay in (0, 1), e.g. 0.998", gt=0.0, lt=1.0) | None = None
+    release_holdout: bool = True
 
     def __post_init__(self) -> None:
         w = "TrainConfig"

@@ -139,6 +139,12 @@ def selection_rule(metric: str, speakers: dict[str, list[str]] | None = None) ->
     return f"{text}; release model, no test speakers"
 
 
+def last_epoch_rule(epochs: int) -> str:
+    """How the release model of ``TrainConfig.release_holdout`` False is chosen: no selection, the
+    last epoch of its fixed schedule, every speaker trained on (result.json ``selection_rule``)."""
+    return f"last epoch of a fixed {epochs}-epoch schedule, no epoch selected; release model trained on every speaker, none held out"
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted class."""
     import numpy as np

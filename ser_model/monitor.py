@@ -12,7 +12,8 @@ to MLflow and Prefect, ``ser monitor`` prints it.
 * Drift (``data_contracts.drift``): new rows against the reference rows on duration, loudness,
   original sample rate, channels, class and speaker; and the champion's predicted classes on the
   new rows against its predictions on its own validation rows (the release model's validation
-  speakers, ``training_splits(..., RELEASE_FOLD)["valid"]``). Loudness decodes the audio, so each side
+  speakers, ``training_splits(..., RELEASE_FOLD)["valid"]``; a champion trained on every speaker,
+  ``TrainConfig.release_holdout`` False, has none, and this comparison is left out). Loudness decodes the audio, so each side
   reads at most :data:`LOUDNESS_SAMPLE` files (a seeded random sample).
 * Flag: the champion is *degraded* when its UA on the new rows falls more than ``margin`` below its
   fold mean (:attr:`MonitorResult.degraded`).
@@ -184,8 +185,11 @@ def watch_champion(
         "loudness_dbfs": (loudness_sample(reference, reference_root), loudness_sample(new, root)),
         **{name: (reference[name].tolist(), new[name].tolist()) for name in CATEGORICAL_FEATURES},
     }
+    holdout = model.config.train.release_holdout  # False: it trained on every speaker, none held out
     valid = (
-        training_splits(reference, reference_folds, RELEASE_FOLD)["valid"] if len(reference_folds) else None
+        training_splits(reference, reference_folds, RELEASE_FOLD, holdout=holdout)["valid"]
+        if len(reference_folds)
+        else None
     )
     if valid is not None and not valid.empty:
         on_valid = evaluate_rows(model, valid, reference_root, batch_size=batch_size)

@@ -7,6 +7,8 @@ validation score (`TrainConfig.select_metric`, UA by default) on the fold's vali
 and evaluates that checkpoint once on the fold's test speakers, which are never used for
 selection. `fold = RELEASE_FOLD` (-1) trains the release model: every speaker except the
 validation speakers of fold 0 (which stay held out for checkpoint selection); it has no test split.
+With `TrainConfig.release_holdout` False the release model trains on every speaker for the fixed
+`epochs` and ships its last epoch: nothing is selected, so nothing is held out.
 
 Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
 the soft labels through `multi_loss`; Adam with the main parameters at `lr` and the class centers
@@ -90,7 +92,7 @@ from ser_model.feature_cache import (
 )
 from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
-from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
+from ser_model.metrics import HEADLINE_METRICS, classification_metrics, last_epoch_rule, selection_rule
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
 from ser_model.speaker_norm import split_statistics
 from ser_stack.files import write_atomically
@@ -218,16 +220,22 @@ def lr_factor(step: int, updates_per_epoch: int, tc: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def training_splits(manifest: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
+def training_splits(
+    manifest: pd.DataFrame, folds: pd.DataFrame, fold: int, holdout: bool = True
+) -> dict[str, pd.DataFrame]:
     """{"train", "valid", "test"}: the manifest rows a training run of `fold` uses. A fold >= 0 is
     the fold table's roles (`data_contracts.folds.fold_rows_by_role`); for RELEASE_FOLD every
-    speaker but fold 0's validation speakers trains, those validate, and the test split is empty."""
+    speaker but fold 0's validation speakers trains, those validate, and the test split is empty.
+    ``holdout`` False (the release model of ``TrainConfig.release_holdout`` False): the release
+    model's validation speakers train too and its validation split is empty; folds >= 0 ignore it."""
     if fold == RELEASE_FOLD:
         base = fold_rows_by_role(manifest, folds, 0)
+        empty = base["test"].iloc[:0]
+        train = [base["train"], base["test"]] + ([] if holdout else [base["valid"]])
         return {
-            "train": pd.concat([base["train"], base["test"]]),
-            "valid": base["valid"],
-            "test": base["test"].iloc[:0],
+            "train": pd.concat(train),
+            "valid": base["valid"] if holdout else empty,
+            "test": empty,
         }
     if fold < 0:
         raise DataSplitError(f"fold must be >= 0 or RELEASE_FOLD ({RELEASE_FOLD}), got {fold}")
@@ -406,14 +414,18 @@ def fit(
     runtime = init_runtime(config)
 
     # data -------------------------------------------------------------------
-    splits = training_splits(manifest, folds, fold)
+    holdout = fold != RELEASE_FOLD or tc.release_holdout  # False: a release on every speaker, last epoch
+    splits = training_splits(manifest, folds, fold, holdout=holdout)
     speakers = {name: _speakers(rows) for name, rows in splits.items()}
-    for name in ("train", "valid") if fold == RELEASE_FOLD else ("train", "valid", "test"):
+    required = (
+        ("train", "valid", "test") if fold != RELEASE_FOLD else ("train", "valid") if holdout else ("train",)
+    )
+    for name in required:
         if splits[name].empty:
             raise DataSplitError(
                 f"fold {fold}: the {name} split holds no utterance; speakers per role: {speakers}"
             )
-    rule = selection_rule(tc.select_metric, speakers)
+    rule = selection_rule(tc.select_metric, speakers) if holdout else last_epoch_rule(tc.epochs)
     log.info("fold %s: %s", fold, {name: len(rows) for name, rows in splits.items()})
     sr, trim_db = config.model.sample_rate, config.model.trim_db
     train_set = UtteranceDataset(
@@ -610,7 +622,12 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
 
         record: dict[str, Any] = {"epoch": epoch + 1, "train": train_terms, "lr": lr}
-        if (epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs:
+        if not holdout and epoch + 1 == tc.epochs:  # the release on every speaker ships its last epoch
+            best_epoch = epoch + 1
+            if runtime.is_main:
+                with averaged():
+                    write_folder_atomically(best_dir, model.save_pretrained)
+        elif holdout and ((epoch + 1) % tc.valid_every == 0 or epoch + 1 == tc.epochs):
             with averaged():
                 valid = evaluate_split(
                     model, eval_sets["valid"], tc.eval_batch_size, runtime, row_stats.get("valid")
@@ -677,7 +694,11 @@ def fit(
                 model, eval_sets["test"], tc.eval_batch_size, runtime, row_stats.get("test")
             )
     _load_weights(model, best_dir)
-    valid = evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime, row_stats.get("valid"))
+    valid = (
+        evaluate_split(model, eval_sets["valid"], tc.eval_batch_size, runtime, row_stats.get("valid"))
+        if "valid" in eval_sets
+        else {}
+    )
     test = (
         evaluate_split(model, eval_sets["test"], tc.eval_batch_size, runtime, row_stats.get("test"))
         if "test" in eval_sets

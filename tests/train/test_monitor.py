@@ -104,6 +104,18 @@ def test_watch_champion_scores_the_new_rows_and_measures_drift(ingested, roots, 
     assert flat["new_rows"] == 4 and flat["UA"] == result.metrics["UA"] and flat["champion_UA_mean"] == 0.9
 
 
+def test_a_champion_trained_on_every_speaker_has_no_validation_rows_to_compare(
+    ingested, roots, champion_folder
+):
+    before, after = ingested
+    model = SERModel.from_pretrained(champion_folder)
+    model.config = model.config.with_overrides({"train.release_holdout": False})
+    result = watch_champion(model, after.manifest, roots[1], before.manifest, before.folds, roots[0])
+    assert result.new_rows == 4 and result.metrics["n"] == 4
+    assert "predicted_class" not in result.samples and "predicted_class" not in result.drift
+    assert result.drift["speaker"] == 1.0, "the other drift features are still measured"
+
+
 def test_the_flag_is_raised_only_beyond_the_margin():
     def result(ua, fold_mean, margin=0.1):
         metrics = {"UA": ua, "WA": ua, "macro_f1": ua, "per_class_recall": {"a": ua}, "confusion": [[1]]}

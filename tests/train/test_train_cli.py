@@ -288,3 +288,24 @@ def test_train_and_evaluate_refuse_a_manifest_folder_they_cannot_trust(tmp_path,
     assert "different ingests or were edited" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--manifest", str(out), "--split", "all"]) == 2
     assert not (tmp_path / "fold0").exists(), "nothing trained on a refused folder"
+
+
+def test_a_release_on_every_speaker_prints_its_rule_and_has_no_validation_split(tmp_path, capsys):
+    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=2)
+    assert ser_ingest(tmp_path / "corpus", tmp_path / "ingested") == 0
+    replace(tiny_config(epochs=1), labels=LABELS["ravdess"]).to_json(tmp_path / "tiny.json")
+    capsys.readouterr()
+    data = ["--manifest", str(tmp_path / "ingested")]
+    argv = ["train", *data, "--fold", "-1", "--config", str(tmp_path / "tiny.json")]
+    argv += ["--set", "train.release_holdout=false", "--out", str(tmp_path / "release")]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "every speaker, none held out" in out and "valid:" not in out
+    result = json.loads((tmp_path / "release" / "result.json").read_text())
+    assert len(result["speakers"]["train"]) == 8 and result["valid"] == {}
+
+    model = ["--model", str(tmp_path / "release" / "best")]
+    assert main(["evaluate", *model, *data, "--fold", "-1", "--split", "valid"]) == 2
+    assert "trained on every speaker, none was held out" in capsys.readouterr().err
+    assert main(["evaluate", *model, *data, "--fold", "-1", "--split", "train"]) == 0
+    assert "Actor_01, Actor_02" in capsys.readouterr().out

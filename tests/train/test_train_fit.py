@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from ser_model import checkpoint as checkpoint_module
 from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkpoint
 from ser_model.data import DataSplitError
+from ser_model.metrics import last_epoch_rule
 from ser_model.model import SERModel
 from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, training_splits
 from tests.train.synthetic import expected_selected_epoch, tiny_config
@@ -159,6 +160,45 @@ def test_release_fold_trains_on_all_but_fold0_validation_speakers(synthetic_corp
     assert sorted(splits["valid"]["speaker"].unique()) == ["S01"]
     assert sorted(splits["train"]["speaker"].unique()) == ["S00", "S02", "S03"]
     assert splits["test"].empty
+
+
+def test_release_without_holdout_trains_on_every_speaker(synthetic_corpus):
+    _, manifest, folds = synthetic_corpus
+    splits = training_splits(manifest, folds, RELEASE_FOLD, holdout=False)
+    assert sorted(splits["train"]["utt_id"]) == sorted(manifest["utt_id"])
+    assert splits["valid"].empty and splits["test"].empty
+    fold = training_splits(manifest, folds, 0, holdout=False)
+    assert fold["valid"].equals(training_splits(manifest, folds, 0)["valid"]), "folds always validate"
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_release_without_holdout_ships_the_last_epoch_without_validating(
+    synthetic_corpus, tmp_path, ema_decay
+):
+    root, manifest, folds = synthetic_corpus
+    config = tiny_config(epochs=2, release_holdout=False, ema_decay=ema_decay)
+    result = fit(config, manifest, folds, RELEASE_FOLD, root, tmp_path, resume=False)
+
+    assert result.speakers["train"] == sorted(manifest["speaker"].unique())
+    assert result.speakers["valid"] == [] and result.speakers["test"] == []
+    assert (result.selected_epoch, result.valid, result.test) == (2, {}, {})
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["selection_rule"] == last_epoch_rule(2) and saved["selected_epoch"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and not any("valid" in r for r in lines)
+
+    last = resolve_checkpoint(tmp_path / "checkpoints" / "last")
+    shipped = _weights(tmp_path / "best")
+    if ema_decay is None:
+        expected = _weights(last)
+    else:  # the averaged weights ship, not the last raw ones
+        expected = load_training_state(last)["ema"]["shadow"]
+        raw = _weights(last)
+        assert any(not torch.equal(shipped[k], raw[k]) for k in shipped if k in raw)
+    floating = [k for k, v in shipped.items() if v.dtype.is_floating_point and k in expected]
+    assert floating, "the shipped weights and the reference share their names"
+    for key in floating:
+        torch.testing.assert_close(shipped[key], expected[key].to(shipped[key].dtype), rtol=0, atol=0)
 
 
 def test_empty_split_and_unknown_labels_are_bad_data(synthetic_corpus, tmp_path):
