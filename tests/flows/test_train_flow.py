@@ -18,6 +18,7 @@ from flows.promote import protocol_name
 from flows.tracking import log_fold_run
 from ser_model.allocator import HUGE_PAGES_TUNABLE
 from ser_model.launch import (
+    RELEASE_FOLD,
     BadDataError,
     FoldJob,
     WorkerInfraError,
@@ -27,7 +28,13 @@ from ser_model.launch import (
     worker_exit_code,
     write_fold_times,
 )
-from ser_model.metrics import HEADLINE_METRICS, fold_summary, headline_scores, summed_confusion
+from ser_model.metrics import (
+    HEADLINE_METRICS,
+    fold_summary,
+    headline_scores,
+    last_epoch_rule,
+    summed_confusion,
+)
 
 LABELS = ("neutral", "calm", "happy")
 
@@ -392,6 +399,29 @@ def test_a_fold_run_spans_the_training_not_the_upload(local_mlflow, experiment_i
         log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
     )
     assert (child.info.start_time, child.info.end_time) == (start_ms, end_ms)
+
+
+def test_a_release_trained_on_every_speaker_logs_its_curves_without_validation(
+    local_mlflow, experiment_id, tmp_path
+):
+    """``train.release_holdout`` false: result.json has no validation or test metrics and the epochs
+    no validation record; the child run still gets its curves and its result, and no score it lacks."""
+    job = make_job(tmp_path, fold=RELEASE_FOLD)
+    job.out_dir.mkdir()
+    result = {"selected_epoch": 3, "valid": {}, "test": {}, "selection_rule": last_epoch_rule(3)}
+    (job.out_dir / "result.json").write_text(json.dumps(result))
+    records = [{k: v for k, v in r.items() if k != "valid"} for r in records_fixture(3)]
+    (job.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    parent = local_mlflow.create_run(experiment_id).info.run_id
+    child = local_mlflow.get_run(
+        log_fold_run(local_mlflow, experiment_id, parent, job.corpus, job.fold, job.out_dir, LABELS)
+    )
+    assert child.info.run_name == "release" and child.info.status == "FINISHED"
+    assert not [m for m in child.data.metrics if m.startswith(("selected.valid.", "test.", "valid."))]
+    history = local_mlflow.get_metric_history(child.info.run_id, "train.loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
+    artifacts = {a.path for a in local_mlflow.list_artifacts(child.info.run_id)}
+    assert {"result.json", "metrics.jsonl"} <= artifacts
 
 
 def test_experiments_open_as_training_experiments_with_scores_as_columns(local_mlflow):
