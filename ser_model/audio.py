@@ -27,6 +27,7 @@ __all__ = [
     "decode_audio_bytes",
     "to_mono",
     "resample",
+    "speed_perturb",
     "resampling_kernel_size",
     "trim_silence",
     "MIN_SAMPLE_RATE",
@@ -111,6 +112,16 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
             torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         )
     return out.numpy()
+
+
+def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """The waveform played ``factor`` times as fast, tempo and pitch together (a tape at another
+    speed; Ko et al. 2015, "Audio augmentation for speech recognition"): read as if sampled at
+    round(sample_rate · factor) Hz and resampled to ``sample_rate``, (N,) → (≈ N / factor,).
+    ``factor`` 1 returns the wave itself."""
+    if factor == 1.0:
+        return wave
+    return resample(wave, round(sample_rate * factor), sample_rate)
 
 
 def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:

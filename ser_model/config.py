@@ -52,6 +52,7 @@ def _as_tuple(value: Any) -> Any:
 
 Ints = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+Floats = Annotated[tuple[float, ...], BeforeValidator(_as_tuple)]
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
@@ -431,6 +432,12 @@ class TrainConfig:
     ``ema_decay``); no epoch is selected, so none needs to be held out. The folds always select on their
     validation speakers and record the last epoch's test score beside it (``test_last_epoch``), which
     is what estimates a release trained this way.
+    ``speed_factors`` (ours; Ko et al. 2015, Kaldi's speed perturbation): empty, or the factors a
+    training utterance is played at, one drawn uniformly per (seed, epoch, utterance), e.g.
+    ``(0.9, 1.0, 1.1)``; a factor f resamples the waveform as a tape played f times as fast (tempo
+    and pitch together, ``ser_model.audio.speed_perturb``) before the crop. Factors lie in [0.5, 2]
+    and are multiples of 0.01 (a short resampling kernel). Validation and test audio never change.
+    With a frozen hf backbone the training batches then run live, as with EAM.
     """
 
     epochs: PositiveInt = 20
@@ -454,6 +461,7 @@ class TrainConfig:
     feature_cache: bool = True
     ema_decay: bounded(float, "a decay in (0, 1), e.g. 0.998", gt=0.0, lt=1.0) | None = None
     release_holdout: bool = True
+    speed_factors: Floats = ()
 
     def __post_init__(self) -> None:
         w = "TrainConfig"
@@ -467,6 +475,11 @@ class TrainConfig:
             or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
             f"{w}.device",
             f"got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+        require(
+            all(0.5 <= f <= 2.0 and abs(f * 100 - round(f * 100)) < 1e-9 for f in self.speed_factors),
+            f"{w}.speed_factors",
+            f"got {self.speed_factors}, expected factors in [0.5, 2] that are multiples of 0.01, e.g. [0.9, 1.0, 1.1]",
         )
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from data_contracts.errors import SourceError
 from data_contracts.source import resolve_inside
-from ser_model.audio import load_audio, trim_silence
+from ser_model.audio import load_audio, speed_perturb, trim_silence
 from ser_model.config import ConfigError
 from ser_model.errors import DataSplitError
 
@@ -62,6 +62,21 @@ def random_crop_start(length: int, crop: int | None, seed: int, epoch: int, inde
     if crop is None or length <= crop:
         return 0
     return int(np.random.default_rng([seed, epoch, index]).integers(0, length - crop + 1))
+
+
+SPEED_STREAM = 1
+"""The last word of the seed of a speed factor's draw, so that it never shares a stream with the crop's."""
+
+
+def speed_factor(factors: Sequence[float], seed: int, epoch: int, index: int) -> float:
+    """The speed factor of training utterance ``index`` in ``epoch`` (``TrainConfig.speed_factors``):
+    uniform over ``factors``, drawn from (seed, epoch, index) alone, so a resumed run perturbs as the
+    uninterrupted one did; 1.0 when there are none."""
+    if not factors:
+        return 1.0
+    return float(
+        factors[int(np.random.default_rng([seed, epoch, index, SPEED_STREAM]).integers(len(factors)))]
+    )
 
 
 def memory_cache_bytes(env: Mapping[str, str] | None = None) -> int:
@@ -122,7 +137,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
     window whose start depends only on (seed, epoch, index), so a resumed run sees the same crops.
     Evaluation (`random_crop=False`): the full utterance, centre-cropped to `crop_seconds` if longer.
     `trim_db` (ModelConfig.trim_db): leading and trailing silence is cut on decoding (`trim_silence`),
-    before any crop. Call `set_epoch` before each epoch.
+    before any crop. `speed_factors` (training only, TrainConfig.speed_factors): each item is first
+    played at the factor `speed_factor` draws for it (`speed_perturb`), then cropped. Call
+    `set_epoch` before each epoch.
     """
 
     def __init__(
@@ -137,11 +154,17 @@ class UtteranceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         preload: bool | None = None,
         trim_db: float | None = None,
+        speed_factors: Sequence[float] = (),
     ):
         if len(manifest) == 0:
             raise DataSplitError("the split holds no utterances; expected at least one manifest row")
         if crop_seconds is not None and crop_seconds <= 0:
             raise ValueError(f"crop_seconds must be positive or None, got {crop_seconds}")
+        if speed_factors and not random_crop:
+            raise ValueError(
+                "speed_factors perturb training items only; evaluation audio (random_crop=False) never changes"
+            )
+        self.speed_factors = tuple(float(f) for f in speed_factors)
         self.audio_root = Path(audio_root)
         self.paths = manifest["path"].astype(str).tolist()
         self.utt_ids = manifest["utt_id"].astype(str).tolist()
@@ -198,6 +221,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         wave = self.full_wave(index)
+        if self.speed_factors:
+            factor = speed_factor(self.speed_factors, self.seed, self.epoch, index)
+            wave = speed_perturb(wave, factor, self.sample_rate)
         start = self.crop_start(index, len(wave))
         if self.crop_samples is not None:
             wave = wave[start : start + self.crop_samples]

@@ -18,8 +18,9 @@ cosine); gradient accumulation over `grad_accum` batches; gradient clipping; bf1
 Frozen hf backbones. With `model.backbone_mode` "frozen" or "weighted_sum" (and
 `train.feature_cache` on), the backbone's hidden states are computed once per utterance and
 cached (`ser_model.feature_cache`, default folder `out_dir/../feature-cache`): evaluation always
-reads them; training batches read them when EAM is off, cropped as windows of the whole
-utterance's frames. EAM mixes waveforms, so with EAM on the training batches run live.
+reads them; training batches read them when EAM and speed perturbation are off, cropped as windows
+of the whole utterance's frames. EAM mixes waveforms and speed perturbation resamples them, so with
+either on the training batches run live.
 
 Speaker-level normalisation. With `model.fbank_norm = "speaker"` every split's speakers get their
 log-mel statistics from that split's own utterances, computed once before training
@@ -437,6 +438,7 @@ def fit(
         random_crop=True,
         seed=tc.seed,
         trim_db=trim_db,
+        speed_factors=tc.speed_factors,
     )
     eval_sets = {
         name: UtteranceDataset(
@@ -487,7 +489,8 @@ def fit(
             cache_root, model.backbone, trim_db=trim_db, device=runtime.device, amp_dtype=runtime.amp_dtype
         )
         eval_sets = {name: cache.dataset(splits[name], audio_root, config.labels) for name in eval_sets}
-        cached_training = not config.eam.enabled  # EAM mixes waveforms: with it on, training batches run live
+        # EAM mixes waveforms and speed perturbation resamples them: with either on, training batches run live
+        cached_training = not config.eam.enabled and not tc.speed_factors
         if cached_training:  # same sampler, same batches: only what a batch holds changes
             train_set = cache.dataset(
                 splits["train"], audio_root, config.labels, crop_seconds=tc.max_seconds, seed=tc.seed
@@ -498,7 +501,7 @@ def fit(
     features = "backbone states: " + (
         "training and evaluation read the feature cache"
         if cached_training
-        else "evaluation reads the feature cache, training runs live (EAM)"
+        else "evaluation reads the feature cache, training runs live (EAM or speed perturbation)"
         if uses_feature_cache(config)
         else "live"
     )
