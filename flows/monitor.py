@@ -200,12 +200,10 @@ def monitor(
             f"whose rows or audio cannot be read now ({err})",
         )
     reference_root = local_root(champion.fingerprint, reference, reference_root, settings.state_dir)
-    from ser_model.model import SERModel
+    from ser_model.ensemble import load_model
 
     with tempfile.TemporaryDirectory(prefix="ser-monitor-") as scratch:
-        model = SERModel.from_pretrained(
-            download_checkpoint(f"models:/{name}/{champion.version}", Path(scratch))
-        )
+        model = load_model(download_checkpoint(f"models:/{name}/{champion.version}", Path(scratch)))
         result = watch_champion(
             model, manifest, root, reference, reference_folds, reference_root, champion.ua_mean, margin
         )

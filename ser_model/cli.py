@@ -338,10 +338,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise DataSplitError(
             f"ser evaluate --split {args.split}: needs --fold K (or --split all to score every utterance)"
         )
-    from ser_model.model import SERModel
+    from ser_model.ensemble import load_model
     from ser_model.train import evaluate_rows, training_splits
 
-    model = SERModel.from_pretrained(args.model)
+    model = load_model(args.model)
     corpus, root, ingested = corpus_data(args)
     if tuple(model.labels) != LABELS[corpus]:
         raise ConfigError(
@@ -553,7 +553,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_monitor(args: argparse.Namespace) -> int:
     """`ser monitor`: the champion on new data (ser_model.monitor.watch_champion), as a short report."""
     from data_contracts.ingest import read_ingest_outputs
-    from ser_model.model import SERModel
+    from ser_model.ensemble import load_model
     from ser_model.monitor import watch_champion
 
     new, reference = read_ingest_outputs(args.manifest), read_ingest_outputs(args.reference)
@@ -563,7 +563,7 @@ def run_monitor(args: argparse.Namespace) -> int:
             f"ser monitor: --manifest {args.manifest} holds {corpus} but --reference {args.reference} holds "
             f"{reference.report['corpus']}; expected the same corpus"
         )
-    model = SERModel.from_pretrained(args.model)
+    model = load_model(args.model)
     if tuple(model.labels) != LABELS[corpus]:
         raise ConfigError(
             f"{args.model_source}: the model's classes {list(model.labels)} are not {corpus}'s {list(LABELS[corpus])}"

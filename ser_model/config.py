@@ -432,6 +432,10 @@ class TrainConfig:
     ``ema_decay``); no epoch is selected, so none needs to be held out. The folds always select on their
     validation speakers and record the last epoch's test score beside it (``test_last_epoch``), which
     is what estimates a release trained this way.
+    ``release_seeds`` (ours): the release model trains this many models, with seeds ``seed``,
+    ``seed + 1``, …, one after another, and ships their ensemble (``ser_model.ensemble``: the mean
+    of their class probabilities; inference costs one forward pass per model). Above 1 it needs
+    ``release_holdout`` False: no member is selected on validation speakers. Folds train one model.
     ``speed_factors`` (ours; Ko et al. 2015, Kaldi's speed perturbation): empty, or the factors a
     training utterance is played at, one drawn uniformly per (seed, epoch, utterance), e.g.
     ``(0.9, 1.0, 1.1)``; a factor f resamples the waveform as a tape played f times as fast (tempo
@@ -462,6 +466,7 @@ class TrainConfig:
     ema_decay: bounded(float, "a decay in (0, 1), e.g. 0.998", gt=0.0, lt=1.0) | None = None
     release_holdout: bool = True
     speed_factors: Floats = ()
+    release_seeds: PositiveInt = 1
 
     def __post_init__(self) -> None:
         w = "TrainConfig"
@@ -475,6 +480,12 @@ class TrainConfig:
             or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
             f"{w}.device",
             f"got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+        require(
+            self.release_seeds == 1 or not self.release_holdout,
+            f"{w}.release_seeds",
+            f"got {self.release_seeds} with release_holdout true; an ensemble release trains every member on "
+            "every speaker for the fixed schedule: set train.release_holdout=false",
         )
         require(
             all(0.5 <= f <= 2.0 and abs(f * 100 - round(f * 100)) < 1e-9 for f in self.speed_factors),

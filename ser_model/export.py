@@ -33,6 +33,7 @@ import torchaudio
 from torch import nn
 
 from ser_model.config import ConfigError
+from ser_model.ensemble import load_model
 from ser_model.model import SERModel
 
 __all__ = ["OnnxExportError", "export_onnx", "onnx_parity", "OnnxScorer", "METADATA"]
@@ -218,7 +219,7 @@ def export_onnx(
 ) -> Path:
     """Export the `save_pretrained` folder's model to `out_path` (ONNX) and check it against
     PyTorch at two lengths; writes `<out_path>.labels.json` beside it (class order of the outputs)."""
-    model = SERModel.from_pretrained(folder).eval()
+    model = load_model(folder).eval()
     if model.config.model.uses_speaker_statistics:
         raise ConfigError(
             f"{folder}: trained with speaker-level normalisation (model.fbank_norm='speaker'), which needs each "

@@ -32,6 +32,7 @@ import torch
 from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono, trim_silence
 from ser_model.backbones import LogMelStatistics
 from ser_model.data import EVAL_MAX_SECONDS
+from ser_model.ensemble import SEREnsemble, load_model
 from ser_model.model import SERModel
 from ser_model.speaker_norm import require_speakers, row_statistics, speaker_statistics
 
@@ -66,7 +67,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: SERModel,
+        model: SERModel | SEREnsemble,
         *,
         window_seconds: float | None = None,
         overlap: float = 0.5,
@@ -91,8 +92,9 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:
-        """Load `config.json` + `model.safetensors` + `labels.json` from a checkpoint folder."""
-        return cls(SERModel.from_pretrained(folder), **kwargs)
+        """Load a checkpoint folder: one model (`config.json` + `model.safetensors` + `labels.json`)
+        or a seed ensemble (`ser_model.ensemble`, scored by its mean class probability)."""
+        return cls(load_model(folder), **kwargs)
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -145,6 +145,14 @@ def last_epoch_rule(epochs: int) -> str:
     return f"last epoch of a fixed {epochs}-epoch schedule, no epoch selected; release model trained on every speaker, none held out"
 
 
+def ensemble_rule(members: int, seed: int, epochs: int) -> str:
+    """How the release model of ``TrainConfig.release_seeds`` > 1 is made (result.json ``selection_rule``)."""
+    return (
+        f"ensemble of {members} models (seeds {seed}–{seed + members - 1}), mean class probability; each the "
+        f"{last_epoch_rule(epochs)}"
+    )
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted class."""
     import numpy as np

@@ -8,7 +8,9 @@ and evaluates that checkpoint once on the fold's test speakers, which are never 
 selection. `fold = RELEASE_FOLD` (-1) trains the release model: every speaker except the
 validation speakers of fold 0 (which stay held out for checkpoint selection); it has no test split.
 With `TrainConfig.release_holdout` False the release model trains on every speaker for the fixed
-`epochs` and ships its last epoch: nothing is selected, so nothing is held out.
+`epochs` and ships its last epoch: nothing is selected, so nothing is held out. With
+`TrainConfig.release_seeds` M > 1 it trains M such models (seeds seed … seed + M − 1, each in
+`out_dir/member-<m>`, each resumable) and ships their ensemble (`ser_model.ensemble`).
 
 Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
 the soft labels through `multi_loss`; Adam with the main parameters at `lr` and the class centers
@@ -93,7 +95,13 @@ from ser_model.feature_cache import (
 )
 from ser_model.launch import BEST_FOLDER, METRICS_FILE, RELEASE_FOLD, RESULT_FILE
 from ser_model.losses import multi_loss
-from ser_model.metrics import HEADLINE_METRICS, classification_metrics, last_epoch_rule, selection_rule
+from ser_model.metrics import (
+    HEADLINE_METRICS,
+    classification_metrics,
+    ensemble_rule,
+    last_epoch_rule,
+    selection_rule,
+)
 from ser_model.model import WEIGHTS_FILE, SERModel, SEROutput
 from ser_model.speaker_norm import split_statistics
 from ser_stack.files import write_atomically
@@ -411,6 +419,10 @@ def fit(
     """
     tc = config.train
     out_dir = Path(out_dir)
+    if fold == RELEASE_FOLD and tc.release_seeds > 1:
+        return _fit_release_ensemble(
+            config, manifest, folds, audio_root, out_dir, callbacks, resume, feature_cache_dir
+        )
     bound_heap()  # freed activations go back to the system (ser_model/allocator.py)
     runtime = init_runtime(config)
 
@@ -725,6 +737,93 @@ def fit(
             "test_last_epoch": test_last_epoch,
             "epochs": tc.epochs,
             "uses_test_speaker_statistics": test_speaker_stats,
+        }
+        write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
+        _call(callbacks, "on_fit_end", result)
+    _barrier(runtime)
+    return result
+
+
+class _MemberCallbacks:
+    """The callbacks of an ensemble release, seen from member ``member`` of models of ``epochs``
+    epochs each: its epochs numbered after the earlier members' (member m's epoch e is m·epochs + e,
+    the record saying ``member``); its checkpoints passed on; its own end not (the ensemble's is)."""
+
+    def __init__(self, callbacks: Sequence[Any], member: int, epochs: int):
+        self.callbacks, self.member, self.epochs = callbacks, member, epochs
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        shifted = {**record, "epoch": self.member * self.epochs + epoch, "member": self.member}
+        _call(self.callbacks, "on_epoch_end", shifted["epoch"], shifted)
+
+    def on_checkpoint(self, path: Path) -> None:
+        _call(self.callbacks, "on_checkpoint", path)
+
+
+def _fit_release_ensemble(
+    config: SERConfig,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    audio_root: str | os.PathLike,
+    out_dir: Path,
+    callbacks: Sequence[Any],
+    resume: bool,
+    feature_cache_dir: str | os.PathLike | None,
+) -> FitResult:
+    """The release model of ``TrainConfig.release_seeds`` M > 1 (``release_holdout`` False): member m
+    is a release on every speaker with seed ``seed + m``, trained by :func:`fit` in
+    ``out_dir/member-<m>`` (a finished one is not trained again, a stopped one resumes); then
+    ``out_dir/best`` is their ensemble, ``metrics.jsonl`` their epochs one member after the other
+    (``member`` in each record) and ``result.json`` the ensemble's record with each member's."""
+    from ser_model.ensemble import SEREnsemble
+
+    tc = config.train
+    runtime = init_runtime(config)
+    results = []
+    for m in range(tc.release_seeds):
+        member_config = config.with_overrides({"train.seed": tc.seed + m, "train.release_seeds": 1})
+        results.append(
+            fit(
+                member_config,
+                manifest,
+                folds,
+                RELEASE_FOLD,
+                audio_root,
+                out_dir / f"member-{m}",
+                callbacks=[_MemberCallbacks(callbacks, m, tc.epochs)],
+                resume=resume,
+                feature_cache_dir=out_dir / FEATURE_CACHE_DIR
+                if feature_cache_dir is None
+                else feature_cache_dir,
+            )
+        )
+    history = [
+        {**record, "epoch": m * tc.epochs + record["epoch"], "member": m}
+        for m, result in enumerate(results)
+        for record in result.history
+    ]
+    rule = ensemble_rule(tc.release_seeds, tc.seed, tc.epochs)
+    best_dir = out_dir / BEST_FOLDER
+    result = FitResult(out_dir, best_dir, tc.epochs, {}, {}, rule, results[0].speakers, history)
+    if runtime.is_main:
+        members = [SERModel.from_pretrained(r.best_dir) for r in results]
+        write_folder_atomically(best_dir, SEREnsemble(members, config).save_pretrained)
+        write_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        payload = {
+            "fold": RELEASE_FOLD,
+            "selected_epoch": tc.epochs,
+            "select_metric": tc.select_metric,
+            "selection_rule": rule,
+            "speakers": result.speakers,
+            "valid": {},
+            "test": {},
+            "test_last_epoch": {},
+            "epochs": tc.epochs,
+            "uses_test_speaker_statistics": False,
+            "members": [
+                {"seed": tc.seed + m, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
+                for m, r in enumerate(results)
+            ],
         }
         write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
         _call(callbacks, "on_fit_end", result)

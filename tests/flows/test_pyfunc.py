@@ -164,3 +164,30 @@ def test_a_speaker_normalised_model_scores_rows_by_their_speaker_column_and_refu
         model.predict(frame.assign(speaker=["A", "", "A"]))
     with pytest.raises(ModelInputError, match="segments are not scored that way"):
         model.predict(frame.assign(speaker=speakers), params={"segments": True})
+
+
+def test_an_ensemble_release_is_logged_served_and_downloaded_whole(
+    local_mlflow, experiment_id, checkpoint, tmp_path
+):
+    from ser_model.ensemble import SEREnsemble
+
+    torch.manual_seed(1)
+    first = SERModel.from_pretrained(checkpoint)
+    second = SERModel(first.config).eval()
+    folder = SEREnsemble([first, second]).save_pretrained(tmp_path / "ensemble")
+    rng = np.random.default_rng(1)
+    waves = [(0.1 * rng.standard_normal(16000 + 8000 * i)).astype(np.float32) for i in range(2)]
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = log_pyfunc(folder, registered_model_name="ser-ravdess")
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    got = model.predict(pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000, 16000]}))
+    reference = np.mean([Predictor(m).probabilities(waves) for m in (first, second)], axis=0)
+    np.testing.assert_allclose(
+        got[[probability_column(c) for c in LABELS]].to_numpy(), reference, rtol=1e-4, atol=1e-5
+    )
+    downloaded = download_checkpoint(
+        f"models:/ser-ravdess/{info.registered_model_version}", tmp_path / "download"
+    )
+    assert sorted(
+        p.relative_to(downloaded).as_posix() for p in downloaded.rglob("*") if p.is_file()
+    ) == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
