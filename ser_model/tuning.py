@@ -26,8 +26,10 @@ A search space is a JSON object ``{config key: spec}`` with spec one of
     {"type": "float", "low": 3e-4, "high": 3e-3, "log": true}
     {"type": "int", "low": 10, "high": 40, "step": 5}
     {"type": "categorical", "choices": [true, false]}
+    {"type": "categorical", "choices": [[], [0.9, 1.0, 1.1]]}
 
-and every key must be a ``SERConfig.with_overrides`` key. Spaces that ship with the project are in
+(a list choice is a list value, e.g. ``train.speed_factors``; Optuna records it as its JSON text,
+:func:`encode_choice`, and the preset file gets the list back), and every key must be a ``SERConfig.with_overrides`` key. Spaces that ship with the project are in
 :data:`SEARCH_SPACES`, one per preset (beside ser_model/presets.py).
 """
 
@@ -72,9 +74,9 @@ GRACE_PERIOD_S = 120
 MAX_RETRIES = 2
 """How many times a stale trial is queued again with the same parameters."""
 STEPS_PER_FOLD = 100
+"""Pruning steps per tuning fold: a fold's epochs report at their percent of its schedule."""
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 """Trials that count towards a study's number of trials (a failed or killed one does not)."""
-"""Pruning steps per tuning fold: a fold's epochs report at their percent of its schedule."""
 
 SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     # The method's knobs and the optimiser's, around the cpu-fbank recipe: EAM (how often, how loud
@@ -92,6 +94,7 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "loss.w_supcon": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
         "model.fbank_dropout": {"type": "float", "low": 0.0, "high": 0.3},
         "train.ema_decay": {"type": "categorical", "choices": [None, 0.98, 0.995]},
+        "train.speed_factors": {"type": "categorical", "choices": [[], [0.9, 1.0, 1.1]]},
     },
     # The paper's recipe on a GPU: the learning rates, EAM and the loss weights.
     "paper-wavlm": {
@@ -129,7 +132,7 @@ class ParamSpec:
             return trial.suggest_int(
                 self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
             )
-        return trial.suggest_categorical(self.key, list(self.choices))
+        return decode_choice(trial.suggest_categorical(self.key, [encode_choice(c) for c in self.choices]))
 
     def to_dict(self) -> dict[str, Any]:
         if self.type == "categorical":
@@ -140,6 +143,17 @@ class ParamSpec:
         if self.step is not None:
             spec["step"] = self.step
         return spec
+
+
+def encode_choice(value: Any) -> Any:
+    """A categorical choice as Optuna stores it: a list (or tuple) as its JSON text, others as they are
+    (Optuna's choices are None, bool, int, float or str)."""
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
+
+
+def decode_choice(value: Any) -> Any:
+    """The inverse of :func:`encode_choice`: the JSON text of a list back to the list."""
+    return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
 
 
 def _param(key: str, spec: Any, where: str) -> ParamSpec:
@@ -319,7 +333,13 @@ def enqueue_base(
                 "base value %s=%r lies outside the space; the study starts from the sampler alone", key, value
             )
             return None
-    study.enqueue_trial(params, user_attrs={"enqueued": "base recipe"})
+    study.enqueue_trial(
+        {
+            key: encode_choice(value) if space[key].type == "categorical" else value
+            for key, value in params.items()
+        },
+        user_attrs={"enqueued": "base recipe"},
+    )
     return params
 
 
@@ -494,7 +514,7 @@ def best_preset(
         "format": PRESET_FILE_FORMAT,
         "version": PRESET_FILE_VERSION,
         "extends": base_preset,
-        "settings": {**dict(base_overrides or {}), **best.params},
+        "settings": {**dict(base_overrides or {}), **{k: decode_choice(v) for k, v in best.params.items()}},
         "source": {
             "study": study.study_name,
             "trial": best.number,

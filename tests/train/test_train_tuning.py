@@ -20,10 +20,12 @@ from ser_model.tuning import (
     TuningError,
     TuningObjective,
     best_preset,
+    enqueue_base,
     load_search_space,
     open_study,
     parse_search_space,
     pruning_step,
+    suggest_overrides,
 )
 from tests.train.synthetic import tiny_config
 
@@ -203,6 +205,29 @@ def test_the_best_trial_becomes_a_preset_file_that_experiment_config_reads(tmp_p
     )
     assert config == reference
     assert preset["source"]["trial"] == 0 and preset["source"]["value"] == pytest.approx(2.25)
+
+
+def test_a_list_choice_is_stored_as_json_text_and_comes_back_as_the_list(tmp_path):
+    base = experiment_config("ravdess", "cpu-fbank")
+    space = parse_search_space(
+        {"train.speed_factors": {"type": "categorical", "choices": [[], [0.9, 1.0, 1.1]]}}, base
+    )
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    assert enqueue_base(study, space, base) == {"train.speed_factors": []}
+    seen = []
+
+    def objective(trial):
+        overrides = suggest_overrides(trial, space)
+        seen.append(overrides["train.speed_factors"])
+        return len(base.with_overrides(overrides).train.speed_factors)
+
+    study.optimize(objective, n_trials=8)
+    assert seen[0] == [] and [0.9, 1.0, 1.1] in seen and all(v in ([], [0.9, 1.0, 1.1]) for v in seen)
+    assert {t.params["train.speed_factors"] for t in study.trials} == {"[]", "[0.9, 1.0, 1.1]"}
+    preset = best_preset(study, "cpu-fbank", corpus="ravdess")
+    assert preset["settings"] == {"train.speed_factors": [0.9, 1.0, 1.1]}
+    path = write_preset_file(tmp_path / "best.json", preset)
+    assert experiment_config("ravdess", str(path)).train.speed_factors == (0.9, 1.0, 1.1)
 
 
 @pytest.mark.parametrize(
