@@ -52,6 +52,7 @@ from ser_model.tuning import (
     ParamSpec,
     TuningObjective,
     best_preset,
+    decode_choice,
     enqueue_base,
     fail_stale_trials,
     load_search_space,
@@ -171,7 +172,7 @@ class MlflowStudyTracker:
         t.log_batch(
             self.client,
             run_id,
-            params={k: json.dumps(v) for k, v in trial.params.items()},
+            params={k: json.dumps(decode_choice(v)) for k, v in trial.params.items()},
             tags={TRIAL_STATE_TAG: "RUNNING"},
         )
 

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.tune import PRESET_ARTIFACT, RUN_KIND_TAG
+from ser_model.tuning import decode_choice
 from tests.e2e.test_train_ravdess import (
     FAST,
     build_subset,
@@ -120,4 +121,6 @@ def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(
     local = stack.state_dir / "presets" / f"{study_name}-best.json"
     preset = json.loads(local.read_text())
     assert artifact.path.endswith(local.name) and preset["source"]["trial"] == study.best_trial.number
-    assert {k: preset["settings"][k] for k in study.best_params} == study.best_params
+    assert {k: preset["settings"][k] for k in study.best_params} == {
+        k: decode_choice(v) for k, v in study.best_params.items()
+    }

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main
 from flows.tune import RUN_KIND_TAG, TRIAL_STATE_TAG
+from ser_model.tuning import decode_choice
 from tests.fixtures.corpora import make_ravdess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -99,7 +100,9 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
         assert (
             run.data.tags[TRIAL_STATE_TAG] == trial.state.name and run.data.tags[RUN_KIND_TAG] == "tune-trial"
         )
-        assert {k: json.loads(v) for k, v in run.data.params.items()} == trial.params
+        assert {k: json.loads(v) for k, v in run.data.params.items()} == {
+            k: decode_choice(v) for k, v in trial.params.items()
+        }, "list choices are logged as lists"
         history = client.get_metric_history(run.info.run_id, "fold0.valid.UA")
         assert [m.step for m in history] == [1]
         if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -113,7 +116,9 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
 
     preset = json.loads((tmp_path / "best.json").read_text())
     assert preset["extends"] == "cpu-fbank" and preset["source"]["trial"] == study.best_trial.number
-    assert {k: preset["settings"][k] for k in study.best_params} == study.best_params
+    assert {k: preset["settings"][k] for k in study.best_params} == {
+        k: decode_choice(v) for k, v in study.best_params.items()
+    }
     train = [
         "train",
         "--corpus",
@@ -131,6 +136,7 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
     trained = json.loads((tmp_path / "fold0" / "best" / "config.json").read_text())
     for key, value in study.best_params.items():
         section, name = key.split(".")
+        value = decode_choice(value)
         assert (
             trained[section][name] == pytest.approx(value)
             if isinstance(value, float)
