@@ -792,9 +792,7 @@ def _fit_release_ensemble(
                 out_dir / f"member-{m}",
                 callbacks=[_MemberCallbacks(callbacks, m, tc.epochs)],
                 resume=resume,
-                feature_cache_dir=out_dir / FEATURE_CACHE_DIR
-                if feature_cache_dir is None
-                else feature_cache_dir,
+                feature_cache_dir=feature_cache_dir,  # None: fit's default, out_dir/feature-cache for every member
             )
         )
     history = [
