@@ -432,9 +432,10 @@ class TrainConfig:
     ``ema_decay``); no epoch is selected, so none needs to be held out. The folds always select on their
     validation speakers and record the last epoch's test score beside it (``test_last_epoch``), which
     is what estimates a release trained this way.
-    ``release_seeds`` (ours): the release model trains this many models, with seeds ``seed``,
-    ``seed + 1``, …, one after another, and ships their ensemble (``ser_model.ensemble``: the mean
-    of their class probabilities; inference costs one forward pass per model). Above 1 it needs
+    ``release_seeds`` (ours): the release model trains this many models M, with seeds ``seed · M``
+    … ``seed · M + M − 1`` (two base seeds never share a member, and member 0 of seed 0 is the
+    single model of seed 0), one after another, and ships their ensemble (``ser_model.ensemble``:
+    the mean of their class probabilities; inference costs one forward pass per model). Above 1 it needs
     ``release_holdout`` False: no member is selected on validation speakers. Folds train one model.
     ``speed_factors`` (ours; Ko et al. 2015, Kaldi's speed perturbation): empty, or the factors a
     training utterance is played at, one drawn uniformly per (seed, epoch, utterance), e.g.

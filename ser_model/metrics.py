@@ -145,10 +145,10 @@ def last_epoch_rule(epochs: int) -> str:
     return f"last epoch of a fixed {epochs}-epoch schedule, no epoch selected; release model trained on every speaker, none held out"
 
 
-def ensemble_rule(members: int, seed: int, epochs: int) -> str:
+def ensemble_rule(seeds: Sequence[int], epochs: int) -> str:
     """How the release model of ``TrainConfig.release_seeds`` > 1 is made (result.json ``selection_rule``)."""
     return (
-        f"ensemble of {members} models (seeds {seed}–{seed + members - 1}), mean class probability; each the "
+        f"ensemble of {len(seeds)} models (seeds {', '.join(map(str, seeds))}), mean class probability; each the "
         f"{last_epoch_rule(epochs)}"
     )
 

@@ -9,7 +9,7 @@ selection. `fold = RELEASE_FOLD` (-1) trains the release model: every speaker ex
 validation speakers of fold 0 (which stay held out for checkpoint selection); it has no test split.
 With `TrainConfig.release_holdout` False the release model trains on every speaker for the fixed
 `epochs` and ships its last epoch: nothing is selected, so nothing is held out. With
-`TrainConfig.release_seeds` M > 1 it trains M such models (seeds seed … seed + M − 1, each in
+`TrainConfig.release_seeds` M > 1 it trains M such models (seeds seed·M … seed·M + M − 1, each in
 `out_dir/member-<m>`, each resumable) and ships their ensemble (`ser_model.ensemble`).
 
 Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
@@ -548,7 +548,7 @@ def fit(
     found = resolve_checkpoint(checkpoints) if resume else None
     if found is not None:
         state = load_training_state(found)
-        _check_resumable(state, config, found, runtime)
+        _check_resumable(state, config, found, runtime, () if fold == RELEASE_FOLD else RELEASE_ONLY_KEYS)
         _load_weights(model, found)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -744,6 +744,12 @@ def fit(
     return result
 
 
+def member_seeds(seed: int, members: int) -> list[int]:
+    """The seeds of an ensemble release's members: seed·M … seed·M + M − 1 for M = ``members``, so
+    that the releases of two base seeds share no member (``TrainConfig.release_seeds``)."""
+    return [seed * members + m for m in range(members)]
+
+
 class _MemberCallbacks:
     """The callbacks of an ensemble release, seen from member ``member`` of models of ``epochs``
     epochs each: its epochs numbered after the earlier members' (member m's epoch e is m·epochs + e,
@@ -779,9 +785,10 @@ def _fit_release_ensemble(
 
     tc = config.train
     runtime = init_runtime(config)
+    seeds = member_seeds(tc.seed, tc.release_seeds)
     results = []
-    for m in range(tc.release_seeds):
-        member_config = config.with_overrides({"train.seed": tc.seed + m, "train.release_seeds": 1})
+    for m, seed in enumerate(seeds):
+        member_config = config.with_overrides({"train.seed": seed, "train.release_seeds": 1})
         results.append(
             fit(
                 member_config,
@@ -800,7 +807,7 @@ def _fit_release_ensemble(
         for m, result in enumerate(results)
         for record in result.history
     ]
-    rule = ensemble_rule(tc.release_seeds, tc.seed, tc.epochs)
+    rule = ensemble_rule(seeds, tc.epochs)
     best_dir = out_dir / BEST_FOLDER
     result = FitResult(out_dir, best_dir, tc.epochs, {}, {}, rule, results[0].speakers, history)
     if runtime.is_main:
@@ -819,8 +826,8 @@ def _fit_release_ensemble(
             "epochs": tc.epochs,
             "uses_test_speaker_statistics": False,
             "members": [
-                {"seed": tc.seed + m, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
-                for m, r in enumerate(results)
+                {"seed": seed, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
+                for m, (seed, r) in enumerate(zip(seeds, results))
             ],
         }
         write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
@@ -834,9 +841,20 @@ def _load_weights(model: SERModel, folder: Path) -> None:
     load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(next(model.parameters()).device))
 
 
-def _check_resumable(state: dict[str, Any], config: SERConfig, folder: Path, runtime: Runtime) -> None:
-    """Refuse to resume under a different configuration (epochs may grow) or world size: ConfigError."""
-    saved = SERConfig.from_json(state["config"]).with_overrides({"train.epochs": config.train.epochs})
+RELEASE_ONLY_KEYS = ("train.release_holdout", "train.release_seeds")
+"""Settings that change the release model alone: a fold (>= 0) resumes when only these differ."""
+
+
+def _check_resumable(
+    state: dict[str, Any], config: SERConfig, folder: Path, runtime: Runtime, ignored: Sequence[str] = ()
+) -> None:
+    """Refuse to resume under a different configuration (epochs may grow, ``ignored`` keys may
+    differ) or world size: ConfigError."""
+    kept = {"train.epochs": config.train.epochs}
+    for key in ignored:
+        section, name = key.split(".")
+        kept[key] = getattr(getattr(config, section), name)
+    saved = SERConfig.from_json(state["config"]).with_overrides(kept)
     if saved != config:
         theirs, ours = saved.to_dict(), config.to_dict()
         diff = [

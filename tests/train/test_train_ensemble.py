@@ -19,7 +19,7 @@ from ser_model.export import export_onnx
 from ser_model.inference import Predictor
 from ser_model.metrics import ensemble_rule
 from ser_model.model import SERModel
-from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, training_splits
+from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, member_seeds, training_splits
 from tests.train.synthetic import tiny_config
 
 
@@ -116,6 +116,16 @@ def test_an_ensemble_release_needs_the_release_on_every_speaker():
     assert tiny_config(release_seeds=2, release_holdout=False).train.release_seeds == 2
 
 
+def test_two_base_seeds_share_no_member_and_seed_0_keeps_its_single_model():
+    assert member_seeds(0, 3) == [0, 1, 2] and member_seeds(1, 3) == [3, 4, 5]
+    assert all(
+        not set(member_seeds(a, m)) & set(member_seeds(b, m))
+        for m in (2, 3, 5)
+        for a in range(6)
+        for b in range(a)
+    )
+
+
 def test_fit_ships_the_ensemble_of_its_seeds_and_resumes_member_by_member(synthetic_corpus, tmp_path):
     root, manifest, folds = synthetic_corpus
     config = tiny_config(epochs=2, release_seeds=2, release_holdout=False, seed=7)
@@ -129,10 +139,10 @@ def test_fit_ships_the_ensemble_of_its_seeds_and_resumes_member_by_member(synthe
             seen.append(("end", result.selection_rule))
 
     result = fit(config, manifest, folds, RELEASE_FOLD, root, tmp_path, callbacks=[Record()], resume=False)
-    assert seen == [(1, 0), (2, 0), (3, 1), (4, 1), ("end", ensemble_rule(2, 7, 2))]
+    assert seen == [(1, 0), (2, 0), (3, 1), (4, 1), ("end", ensemble_rule([14, 15], 2))]
     saved = json.loads((tmp_path / "result.json").read_text())
-    assert [m["seed"] for m in saved["members"]] == [7, 8] and saved["selected_epoch"] == 2
-    for m, seed in enumerate((7, 8)):
+    assert [m["seed"] for m in saved["members"]] == [14, 15] and saved["selected_epoch"] == 2
+    for m, seed in enumerate((14, 15)):
         member = json.loads((tmp_path / f"member-{m}" / "result.json").read_text())
         assert member["speakers"]["train"] == sorted(manifest["speaker"].unique())
         assert (

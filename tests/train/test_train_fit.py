@@ -154,6 +154,49 @@ def test_resume_refuses_a_different_configuration(synthetic_corpus, tmp_path):
         fit(tiny_config(epochs=2, lr=1e-2), manifest, folds, 0, root, tmp_path, resume=True)
 
 
+def test_a_fold_resumes_when_only_release_settings_changed_and_the_release_does_not(
+    synthetic_corpus, tmp_path
+):
+    root, manifest, folds = synthetic_corpus
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            tiny_config(epochs=2),
+            manifest,
+            folds,
+            0,
+            root,
+            tmp_path / "fold",
+            callbacks=[StopAfter(1)],
+            resume=False,
+        )
+    first = json.loads((tmp_path / "fold" / "metrics.jsonl").read_text().splitlines()[0])
+    release_settings = tiny_config(epochs=2, release_holdout=False, release_seeds=2)
+    resumed = fit(release_settings, manifest, folds, 0, root, tmp_path / "fold", resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2] and resumed.history[0] == first
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            tiny_config(epochs=2),
+            manifest,
+            folds,
+            RELEASE_FOLD,
+            root,
+            tmp_path / "rel",
+            callbacks=[StopAfter(1)],
+            resume=False,
+        )
+    with pytest.raises(ValueError, match=r"different configuration.*train\.release_holdout"):
+        fit(
+            tiny_config(epochs=2, release_holdout=False),
+            manifest,
+            folds,
+            RELEASE_FOLD,
+            root,
+            tmp_path / "rel",
+            resume=True,
+        )
+
+
 def test_release_fold_trains_on_all_but_fold0_validation_speakers(synthetic_corpus):
     _, manifest, folds = synthetic_corpus
     splits = training_splits(manifest, folds, RELEASE_FOLD)
