@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_minutes": round((usage.ru_utime + usage.ru_stime) / 60, 2),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "machine": machine,
+        "heap": os.environ.get("SER_HEAP", "bounded"),
         "selected_epoch": result["selected_epoch"],
         "valid_UA": result["valid"].get("UA"),  # none when the release trains on every speaker
         "selection_rule": result["selection_rule"],
@@ -84,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "release_time.json").write_text(json.dumps(record, indent=2) + "\n")
     text = (
         f"`ser {record['command'].split(' ', 2)[-1]}` with {args.threads} torch threads: "
-        f"{record['wall_minutes']} min wall, {record['cpu_minutes']} CPU min; selected epoch {record['selected_epoch']}, "
-        + (f"validation UA {100 * record['valid_UA']:.1f} % " if record["valid_UA"] is not None else "")
-        + f"({record['selection_rule']}). "
+        f"{record['wall_minutes']} min wall, {record['cpu_minutes']} CPU min (SER_HEAP={record['heap']}); "
+        f"selected epoch {record['selected_epoch']}"
+        + (f", validation UA {100 * record['valid_UA']:.1f} %" if record["valid_UA"] is not None else "")
+        + f" ({record['selection_rule']}). "
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} cores, load {machine['load_average_start']} at the start, "
         f"{record['load_average_end']} at the end.\n"
     )
