@@ -586,6 +586,11 @@ class SERConfig:
                 data[key] = list(value) if isinstance(value, tuple) else value
         return SERConfig.from_dict(data)
 
+    def value(self, key: str) -> Any:
+        """The value of override key ``key`` ("train.lr", or "corpus") in this config."""
+        section, _, name = key.partition(".")
+        return getattr(getattr(self, section), name) if name else getattr(self, section)
+
     @staticmethod
     def override_keys() -> list[str]:
         """All keys ``with_overrides`` accepts."""

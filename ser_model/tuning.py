@@ -293,22 +293,23 @@ def open_study(
         )
         # constant liar: a running trial counts as a poor one, so parallel workers spread out
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
-    return optuna.create_study(
-        study_name=name,
-        storage=storage,
-        direction="maximize",
-        sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=startup_trials, n_warmup_steps=STEPS_PER_FOLD // 2
-        ),
-        load_if_exists=True,
-    )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=STEPS_PER_FOLD // 2)
+    try:  # a study that exists is loaded: creating it again fails an INSERT the database logs as an ERROR
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:  # not there yet; another process may create it meanwhile, which load_if_exists takes
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
 
 
 def config_value(config: SERConfig, key: str) -> Any:
     """The value of override key ``key`` ("train.lr") in ``config``."""
-    section, _, name = key.partition(".")
-    value = getattr(getattr(config, section), name) if name else getattr(config, section)
+    value = config.value(key)
     return list(value) if isinstance(value, tuple) else value
 
 
