@@ -82,9 +82,9 @@ def fold_runs(grid: Path, variant: str) -> dict[int, dict[int, Path]]:
     return found
 
 
-def score_fold(runs: dict[int, Path], rows, root: Path, waves: list[np.ndarray]) -> dict[str, Any]:
+def score_fold(runs: dict[int, Path], rows, waves: list[np.ndarray]) -> dict[str, Any]:
     """The fold's seeds scored one by one on ``waves`` (its test rows), then as an ensemble."""
-    probabilities, seconds, reproduced = [], [], []
+    probabilities, seconds, recorded = [], [], []
     speakers = rows["speaker"].astype(str).tolist()
     y_true = None
     for _, run in sorted(runs.items()):
@@ -95,10 +95,9 @@ def score_fold(runs: dict[int, Path], rows, root: Path, waves: list[np.ndarray])
         started = time.perf_counter()
         probabilities.append(predictor.probabilities(waves, speakers if predictor.uses_speakers else None))
         seconds.append(time.perf_counter() - started)
-        recorded = json.loads((run / RESULT_FILE).read_text())["test"]["confusion"]
-        mine = classification_metrics(y_true, probabilities[-1].argmax(axis=1), len(predictor.labels))
-        reproduced.append(mine["confusion"] == recorded)
+        recorded.append(json.loads((run / RESULT_FILE).read_text())["test"]["confusion"])
     scores = ensemble_metrics(probabilities, y_true, predictor.labels)
+    reproduced = [m["confusion"] == r for m, r in zip(scores["singles"], recorded)]
     singles = [100.0 * m["UA"] for m in scores["singles"]]
     return {
         "seeds": sorted(runs),
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     root, rows["path"].astype(str).tolist(), rows["utt_id"].astype(str).tolist()
                 )
                 waves_of[fold] = [load_audio(f, 16000) for f in files]
-            folds[fold] = score_fold(runs, rows, root, waves_of[fold])
+            folds[fold] = score_fold(runs, rows, waves_of[fold])
             print(
                 f"{variant} fold {fold}: {folds[fold]['single_UA']} → ensemble {folds[fold]['ensemble_UA']:.1f}"
             )

@@ -726,28 +726,43 @@ def fit(
         out_dir, best_dir, best_epoch, valid, test, rule, speakers, history, test_speaker_stats
     )
     if runtime.is_main:
-        payload = {
-            "fold": fold,
-            "selected_epoch": best_epoch,
-            "select_metric": tc.select_metric,
-            "selection_rule": rule,
-            "speakers": speakers,
-            "valid": valid,
-            "test": test,
-            "test_last_epoch": test_last_epoch,
-            "epochs": tc.epochs,
-            "uses_test_speaker_statistics": test_speaker_stats,
-        }
-        write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
+        _write_result(result, fold, tc, test_last_epoch)
         _call(callbacks, "on_fit_end", result)
     _barrier(runtime)
     return result
+
+
+def _write_result(
+    result: FitResult, fold: int, tc: TrainConfig, test_last_epoch: dict[str, Any], **extra: Any
+) -> None:
+    """``result.json`` of a fit (module docstring): the selected epoch, the rule, the speakers, the
+    validation and test metrics and the last epoch's test metrics, and ``extra`` fields."""
+    payload = {
+        "fold": fold,
+        "selected_epoch": result.selected_epoch,
+        "select_metric": tc.select_metric,
+        "selection_rule": result.selection_rule,
+        "speakers": result.speakers,
+        "valid": result.valid,
+        "test": result.test,
+        "test_last_epoch": test_last_epoch,
+        "epochs": tc.epochs,
+        "uses_test_speaker_statistics": result.uses_test_speaker_statistics,
+        **extra,
+    }
+    write_atomically(result.out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
 
 
 def member_seeds(seed: int, members: int) -> list[int]:
     """The seeds of an ensemble release's members: seed·M … seed·M + M − 1 for M = ``members``, so
     that the releases of two base seeds share no member (``TrainConfig.release_seeds``)."""
     return [seed * members + m for m in range(members)]
+
+
+def _member_record(record: dict[str, Any], member: int, epochs: int) -> dict[str, Any]:
+    """An epoch record of ensemble member ``member`` (of ``epochs`` epochs each) as the ensemble's:
+    epoch e is member·epochs + e, and the record says which member it is."""
+    return {**record, "epoch": member * epochs + record["epoch"], "member": member}
 
 
 class _MemberCallbacks:
@@ -759,7 +774,7 @@ class _MemberCallbacks:
         self.callbacks, self.member, self.epochs = callbacks, member, epochs
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        shifted = {**record, "epoch": self.member * self.epochs + epoch, "member": self.member}
+        shifted = _member_record(record, self.member, self.epochs)
         _call(self.callbacks, "on_epoch_end", shifted["epoch"], shifted)
 
     def on_checkpoint(self, path: Path) -> None:
@@ -777,7 +792,7 @@ def _fit_release_ensemble(
     feature_cache_dir: str | os.PathLike | None,
 ) -> FitResult:
     """The release model of ``TrainConfig.release_seeds`` M > 1 (``release_holdout`` False): member m
-    is a release on every speaker with seed ``seed + m``, trained by :func:`fit` in
+    is a release on every speaker with seed ``member_seeds(seed, M)[m]``, trained by :func:`fit` in
     ``out_dir/member-<m>`` (a finished one is not trained again, a stopped one resumes); then
     ``out_dir/best`` is their ensemble, ``metrics.jsonl`` their epochs one member after the other
     (``member`` in each record) and ``result.json`` the ensemble's record with each member's."""
@@ -802,11 +817,7 @@ def _fit_release_ensemble(
                 feature_cache_dir=feature_cache_dir,  # None: fit's default, out_dir/feature-cache for every member
             )
         )
-    history = [
-        {**record, "epoch": m * tc.epochs + record["epoch"], "member": m}
-        for m, result in enumerate(results)
-        for record in result.history
-    ]
+    history = [_member_record(record, m, tc.epochs) for m, r in enumerate(results) for record in r.history]
     rule = ensemble_rule(seeds, tc.epochs)
     best_dir = out_dir / BEST_FOLDER
     result = FitResult(out_dir, best_dir, tc.epochs, {}, {}, rule, results[0].speakers, history)
@@ -814,23 +825,11 @@ def _fit_release_ensemble(
         members = [SERModel.from_pretrained(r.best_dir) for r in results]
         write_folder_atomically(best_dir, SEREnsemble(members, config).save_pretrained)
         write_atomically(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
-        payload = {
-            "fold": RELEASE_FOLD,
-            "selected_epoch": tc.epochs,
-            "select_metric": tc.select_metric,
-            "selection_rule": rule,
-            "speakers": result.speakers,
-            "valid": {},
-            "test": {},
-            "test_last_epoch": {},
-            "epochs": tc.epochs,
-            "uses_test_speaker_statistics": False,
-            "members": [
-                {"seed": seed, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
-                for m, (seed, r) in enumerate(zip(seeds, results))
-            ],
-        }
-        write_atomically(out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")
+        members_record = [
+            {"seed": seed, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
+            for m, (seed, r) in enumerate(zip(seeds, results))
+        ]
+        _write_result(result, RELEASE_FOLD, tc, {}, members=members_record)
         _call(callbacks, "on_fit_end", result)
     _barrier(runtime)
     return result
@@ -850,10 +849,7 @@ def _check_resumable(
 ) -> None:
     """Refuse to resume under a different configuration (epochs may grow, ``ignored`` keys may
     differ) or world size: ConfigError."""
-    kept = {"train.epochs": config.train.epochs}
-    for key in ignored:
-        section, name = key.split(".")
-        kept[key] = getattr(getattr(config, section), name)
+    kept = {"train.epochs": config.train.epochs, **{key: config.value(key) for key in ignored}}
     saved = SERConfig.from_json(state["config"]).with_overrides(kept)
     if saved != config:
         theirs, ours = saved.to_dict(), config.to_dict()
