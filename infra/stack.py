@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -480,12 +481,34 @@ def s3_client(settings: StackSettings):
     return settings.s3_client(connect_timeout_s=HTTP_TIMEOUT_S, read_timeout_s=10, max_attempts=1)
 
 
+def seaweed_volume_servers(settings: StackSettings) -> list[str]:
+    """The volume servers the SeaweedFS master has in its topology (``GET /dir/status``)."""
+    url = f"http://{settings.host}:{settings.weed_master_port}/dir/status"
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        topology = json.load(response).get("Topology") or {}
+    return [
+        node.get("Url", "?")
+        for center in topology.get("DataCenters") or []
+        for rack in center.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    ]
+
+
 def check_s3(settings: StackSettings) -> str | None:
-    """None when the S3 API lists buckets with the stack's credentials, else the reason."""
+    """None when the S3 API lists buckets with the stack's credentials and the master has a volume
+    server, else the reason. The gateway answers ``list_buckets`` from the filer's metadata before
+    the volume server has sent its first heartbeat; until it has, every object read or write fails
+    with ``InternalError`` (seen under load right after a restart)."""
     try:
         s3_client(settings).list_buckets()
     except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported with its reason
         return f"S3 list_buckets at {settings.s3_endpoint}: {exc}"
+    try:
+        servers = seaweed_volume_servers(settings)
+    except (OSError, ValueError) as exc:
+        return f"SeaweedFS master at {settings.host}:{settings.weed_master_port}: {exc}"
+    if not servers:
+        return f"SeaweedFS master at {settings.host}:{settings.weed_master_port} has no volume server registered yet"
     return None
 
 

@@ -36,6 +36,9 @@ def test_s3_refuses_anonymous_requests(stack):
 
 
 def test_servers_answer_their_health_checks(infra_stack, stack):
+    assert infra_stack.check_s3(stack) is None
+    # the S3 check waits for this: reads fail with InternalError until the volume server is registered
+    assert infra_stack.seaweed_volume_servers(stack) == [f"{stack.host}:{stack.weed_volume_port}"]
     assert infra_stack.check_mlflow(stack) is None
     assert infra_stack.check_prefect(stack) is None
     workers = infra_stack.pool_workers(stack)
