@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
 from scipy import stats
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
 from ser_model.cli import main
+from ser_model.ensemble import SEREnsemble, load_model
 from ser_model.model import SERModel
 from ser_model.monitor import MonitorResult, unseen_rows, watch_champion
+from ser_model.train import evaluate_rows
 from tests.fixtures.champions import tiny_ravdess_checkpoint
 from tests.fixtures.corpora import make_ravdess, ravdess_name
 
@@ -147,3 +150,37 @@ def test_ser_monitor_prints_a_report_from_two_ingest_folders(roots, champion_fol
     assert "no new rows" in capsys.readouterr().out
     assert main([*argv[:-1], str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_ser_monitor_scores_an_ensemble_champion_by_its_mean_probability(roots, ingested, tmp_path):
+    """A champion released as a seed ensemble (``train.release_seeds``) is watched as the ensemble,
+    through ``ser monitor --model FOLDER``: member 1 is made confident (its classifier scaled by
+    100, near one-hot probabilities), so the mean probability follows member 1 where member 0, had
+    it been read alone, predicts another class."""
+    before, after = ingested
+    members = [
+        SERModel.from_pretrained(tiny_ravdess_checkpoint(tmp_path / f"m{seed}", seed=seed)) for seed in (0, 1)
+    ]
+    with torch.no_grad():
+        members[1].classifier.weight.mul_(100.0)
+        members[1].classifier.bias.mul_(100.0)
+    ensemble = SEREnsemble(members, members[0].config.with_overrides({"train.release_holdout": False}))
+    folder = ensemble.save_pretrained(tmp_path / "ensemble")
+    new = unseen_rows(after.manifest, before.manifest)
+    confusion = [evaluate_rows(m.eval(), new, roots[1])["confusion"] for m in members]
+    assert confusion[0] != confusion[1], "the two members must disagree for this test to tell them apart"
+    outs = []
+    for root, name in zip(roots, ("before", "after")):
+        assert main(["ingest", "ravdess", str(root), "--out", str(tmp_path / name), "--no-progress"]) == 0
+        outs.append(str(tmp_path / name))
+    argv = ["monitor", "--model", str(folder), "--manifest", outs[1], "--reference", outs[0]]
+    assert main([*argv, "--json", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["new_rows"] == 4 and "drift.predicted_class" not in report, (
+        "an ensemble trained on every speaker has no validation rows to compare predictions with"
+    )
+    result = watch_champion(
+        load_model(folder), after.manifest, roots[1], before.manifest, before.folds, roots[0]
+    )
+    assert result.metrics["confusion"] == confusion[1]
+    assert report["UA"] == pytest.approx(result.metrics["UA"])
