@@ -39,26 +39,33 @@ def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str],
 
 
 def training_curves_figure(records_by_fold: Mapping[int, list[Mapping[str, Any]]], title: str) -> Figure:
-    """One panel per numeric epoch quantity (losses, lr, validation WA/UA/F1), one line per fold."""
+    """One panel per numeric epoch quantity (losses, lr, validation WA/UA/F1), one line per fold (per
+    fold and member for an ensemble release, whose records carry ``member``: numbered one member after
+    the other, their lines are not joined)."""
     leaves = (
         name
         for records in records_by_fold.values()
         for record in records
         for name, _ in metric_leaves(record)
     )
-    names = sorted({name for name in leaves if name != "epoch"}) or ["(no epoch metrics)"]
+    names = sorted({name for name in leaves if name not in ("epoch", "member")}) or ["(no epoch metrics)"]
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     fig = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="tight")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, name in zip(axes.flat, names):
         for fold, records in sorted(records_by_fold.items()):
-            points = [
-                (int(r.get("epoch", i)), dict(metric_leaves(r)).get(name)) for i, r in enumerate(records)
-            ]
-            points = [(e, v) for e, v in points if v is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=f"fold {fold}")
+            members = sorted({r.get("member") for r in records}, key=lambda m: -1 if m is None else m)
+            for member in members:
+                points = [
+                    (int(r.get("epoch", i)), dict(metric_leaves(r)).get(name))
+                    for i, r in enumerate(records)
+                    if r.get("member") == member
+                ]
+                points = [(e, v) for e, v in points if v is not None]
+                label = f"fold {fold}" if member is None else f"fold {fold} member {member}"
+                if points:
+                    ax.plot(*zip(*points), marker="o", markersize=3, label=label)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
     for ax in list(axes.flat)[len(names) :]:
