@@ -495,14 +495,18 @@ def seaweed_volume_servers(settings: StackSettings) -> list[str]:
 
 
 def check_s3(settings: StackSettings) -> str | None:
-    """None when the S3 API lists buckets with the stack's credentials and the master has a volume
-    server, else the reason. The gateway answers ``list_buckets`` from the filer's metadata before
-    the volume server has sent its first heartbeat; until it has, every object read or write fails
-    with ``InternalError`` (seen under load right after a restart)."""
+    """None when the S3 API lists buckets with the stack's credentials and, for the stack's own
+    SeaweedFS, its master has a volume server, else the reason. The gateway answers
+    ``list_buckets`` from the filer's metadata before the volume server has sent its first
+    heartbeat; until it has, every object read or write fails with ``InternalError`` (seen under
+    load right after a restart). An S3 endpoint elsewhere (``AWS_ENDPOINT_URL_S3``) is judged by
+    ``list_buckets`` alone."""
     try:
         s3_client(settings).list_buckets()
     except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported with its reason
         return f"S3 list_buckets at {settings.s3_endpoint}: {exc}"
+    if settings.s3_endpoint.rstrip("/") != f"http://{settings.host}:{settings.s3_port}":
+        return None  # not the stack's SeaweedFS: no master of ours to ask
     try:
         servers = seaweed_volume_servers(settings)
     except (OSError, ValueError) as exc:
