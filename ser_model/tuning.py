@@ -27,10 +27,16 @@ A search space is a JSON object ``{config key: spec}`` with spec one of
     {"type": "int", "low": 10, "high": 40, "step": 5}
     {"type": "categorical", "choices": [true, false]}
     {"type": "categorical", "choices": [[], [0.9, 1.0, 1.1]]}
+    {"type": "float", "low": 0.0, "high": 1.0, "when": {"eam.enabled": true}}
 
 (a list choice is a list value, e.g. ``train.speed_factors``; Optuna records it as its JSON text,
-:func:`encode_choice`, and the preset file gets the list back), and every key must be a ``SERConfig.with_overrides`` key. Spaces that ship with the project are in
-:data:`SEARCH_SPACES`, one per preset (beside ser_model/presets.py).
+:func:`encode_choice`, and the preset file gets the list back), and every key must be a
+``SERConfig.with_overrides`` key. ``when`` makes a dimension conditional: it is sampled only in
+trials whose values of the named categorical dimensions are the given ones, and is absent
+from the other trials' parameters (their config keeps the base value), so a knob that acts only
+when a component is on is neither searched nor credited in the importances where it is off.
+Spaces that ship with the project are in :data:`SEARCH_SPACES`, one per preset (beside
+ser_model/presets.py).
 """
 
 from __future__ import annotations
@@ -82,13 +88,13 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     # The method's knobs and the optimiser's, around the cpu-fbank recipe: EAM (how often, how loud
     # the partner, when a segment counts as silent), the multi-loss weights, regularisation, the
     # learning rate. EAM off (the preset's base) and loss weights near 0 are the ablations, inside
-    # the space; EAM's other knobs act only in trials that turn it on.
+    # the space; EAM's other knobs are sampled only in trials that turn it on ("when").
     "cpu-fbank": {
         "train.lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
         "eam.enabled": {"type": "categorical", "choices": [False, True]},
-        "eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0},
-        "eam.snr_db_low": {"type": "float", "low": -5.0, "high": 5.0},
-        "eam.degenerate_db": {"type": "float", "low": -40.0, "high": -10.0},
+        "eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0, "when": {"eam.enabled": True}},
+        "eam.snr_db_low": {"type": "float", "low": -5.0, "high": 5.0, "when": {"eam.enabled": True}},
+        "eam.degenerate_db": {"type": "float", "low": -40.0, "high": -10.0, "when": {"eam.enabled": True}},
         "loss.w_focal": {"type": "float", "low": 0.0, "high": 2.0},
         "loss.w_center": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
         "loss.w_supcon": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
@@ -123,6 +129,12 @@ class ParamSpec:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, Any], ...] = ()
+    """(key, value) pairs of categorical dimensions of the space: sampled only where all of them hold."""
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether this dimension is sampled given the values of the dimensions before it."""
+        return all(key in values and values[key] == value for key, value in self.when)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """The trial's value of this dimension (recorded by Optuna under the config key)."""
@@ -136,12 +148,15 @@ class ParamSpec:
 
     def to_dict(self) -> dict[str, Any]:
         if self.type == "categorical":
-            return {"type": self.type, "choices": list(self.choices)}
-        spec: dict[str, Any] = {"type": self.type, "low": self.low, "high": self.high}
-        if self.log:
-            spec["log"] = True
-        if self.step is not None:
-            spec["step"] = self.step
+            spec: dict[str, Any] = {"type": self.type, "choices": list(self.choices)}
+        else:
+            spec = {"type": self.type, "low": self.low, "high": self.high}
+            if self.log:
+                spec["log"] = True
+            if self.step is not None:
+                spec["step"] = self.step
+        if self.when:
+            spec["when"] = dict(self.when)
         return spec
 
 
@@ -164,9 +179,9 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         )
     kind = spec.get("type")
     allowed = {
-        "float": {"type", "low", "high", "log", "step"},
-        "int": {"type", "low", "high", "log", "step"},
-        "categorical": {"type", "choices"},
+        "float": {"type", "low", "high", "log", "step", "when"},
+        "int": {"type", "low", "high", "log", "step", "when"},
+        "categorical": {"type", "choices", "when"},
     }
     if kind not in allowed:
         raise TuningError(f"{at}: type {kind!r}, expected one of {sorted(allowed)}")
@@ -175,11 +190,17 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         raise TuningError(
             f"{at}: unknown field(s) {unknown} for type {kind!r}; expected {sorted(allowed[kind])}"
         )
+    condition = spec.get("when", {"": None})  # absent: unconditional
+    if not isinstance(condition, Mapping) or not condition:
+        raise TuningError(
+            f'{at}: "when" must be a non-empty object {{categorical key: value}}, got {condition!r}'
+        )
+    when = tuple(condition.items()) if "when" in spec else ()
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise TuningError(f"{at}: 'choices' must be a non-empty list, got {choices!r}")
-        return ParamSpec(key, kind, choices=tuple(choices))
+        return ParamSpec(key, kind, choices=tuple(choices), when=when)
     low, high = spec.get("low"), spec.get("high")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
     if not numbers or not low < high:
@@ -194,7 +215,7 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         raise TuningError(
             f"{at}: step must be a positive number and cannot be combined with log, got {step!r}"
         )
-    return ParamSpec(key, kind, float(low), float(high), log_scale, step)
+    return ParamSpec(key, kind, float(low), float(high), log_scale, step, when=when)
 
 
 def parse_search_space(
@@ -208,6 +229,7 @@ def parse_search_space(
             f"{where}: expected a non-empty JSON object {{config key: spec}}, got {type(data).__name__}"
         )
     space = {key: _param(key, spec, where) for key, spec in data.items()}
+    space = _order_by_conditions(space, where)
     if base is not None:
         valid = set(base.override_keys())
         unknown = sorted(set(space) - valid)
@@ -218,10 +240,38 @@ def parse_search_space(
         for p in space.values():
             for value in p.choices if p.type == "categorical" else (p.low, p.high):
                 try:
-                    base.with_overrides({p.key: int(value) if p.type == "int" else value})
+                    base.with_overrides({**dict(p.when), p.key: int(value) if p.type == "int" else value})
                 except ConfigError as err:
                     raise TuningError(f"{where}: {p.key}={value!r} makes an invalid config: {err}") from err
     return space
+
+
+def _order_by_conditions(space: Mapping[str, ParamSpec], where: str) -> dict[str, ParamSpec]:
+    """The space with every conditional dimension after the dimensions its ``when`` names (otherwise
+    in the given order), so that a condition is known when its dimension is reached. Each ``when``
+    must name a categorical dimension of the space with one of its choices; cycles are refused."""
+    for key, p in space.items():
+        for on, value in p.when:
+            other = space.get(on)
+            if other is None or other.type != "categorical" or on == key:
+                raise TuningError(
+                    f"{where}: {key!r} is conditional on {on!r}, which must be another categorical "
+                    f"dimension of the space; its categorical dimensions: "
+                    f"{sorted(k for k, q in space.items() if q.type == 'categorical' and k != key)}"
+                )
+            if value not in other.choices:
+                raise TuningError(
+                    f"{where}: {key!r} is conditional on {on}={value!r}, not one of its choices {list(other.choices)}"
+                )
+    ordered: dict[str, ParamSpec] = {}
+    while len(ordered) < len(space):
+        ready = [k for k, p in space.items() if k not in ordered and all(on in ordered for on, _ in p.when)]
+        if not ready:
+            raise TuningError(
+                f"{where}: the conditions of {sorted(set(space) - set(ordered))} depend on each other in a cycle"
+            )
+        ordered[ready[0]] = space[ready[0]]  # one at a time: the given order wherever the conditions allow
+    return ordered
 
 
 def search_space(name: str) -> dict[str, ParamSpec]:
@@ -255,8 +305,13 @@ def load_search_space(
 
 
 def suggest_overrides(trial: optuna.Trial, space: Mapping[str, ParamSpec]) -> dict[str, Any]:
-    """{config key: value} of this trial, one suggestion per dimension."""
-    return {key: p.suggest(trial) for key, p in space.items()}
+    """{config key: value} of this trial, one suggestion per active dimension, in the space's order
+    (a conditional dimension whose ``when`` does not hold is left out: the config keeps its base value)."""
+    values: dict[str, Any] = {}
+    for key, p in space.items():
+        if p.active(values):
+            values[key] = p.suggest(trial)
+    return values
 
 
 def worker_seed(seed: int) -> int:
@@ -321,9 +376,12 @@ def enqueue_base(
     on the same objective. Returns the queued parameters, or None."""
     if study.trials:
         return None
-    params = {key: config_value(base, key) for key in space}
-    for key, p in space.items():
-        value = params[key]
+    params: dict[str, Any] = {}
+    for key, p in space.items():  # the dimensions the base's own values make active, in order
+        if p.active(params):
+            params[key] = config_value(base, key)
+    for key, value in params.items():
+        p = space[key]
         inside = (
             value in p.choices
             if p.type == "categorical"

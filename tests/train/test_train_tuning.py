@@ -25,6 +25,7 @@ from ser_model.tuning import (
     open_study,
     parse_search_space,
     pruning_step,
+    search_space,
     suggest_overrides,
 )
 from tests.train.synthetic import tiny_config
@@ -57,11 +58,86 @@ def test_every_shipped_space_fits_its_preset_at_every_corner(name):
             r"eam.mix_prob=2.0 makes an invalid config",
         ),
         ({}, "non-empty JSON object"),
+        (
+            {"eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0, "when": {"eam.enabled": True}}},
+            "'eam.mix_prob' is conditional on 'eam.enabled', which must be another categorical",
+        ),
+        (
+            {
+                "eam.enabled": {"type": "categorical", "choices": [False]},
+                "eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0, "when": {"eam.enabled": True}},
+            },
+            r"conditional on eam.enabled=True, not one of its choices \[False\]",
+        ),
+        (
+            {
+                "eam.enabled": {
+                    "type": "categorical",
+                    "choices": [False, True],
+                    "when": {"model.flam": True},
+                },
+                "model.flam": {
+                    "type": "categorical",
+                    "choices": [False, True],
+                    "when": {"eam.enabled": True},
+                },
+            },
+            "in a cycle",
+        ),
+        (
+            {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "when": []}},
+            '"when" must be a non-empty',
+        ),
     ],
 )
 def test_a_bad_space_is_refused_naming_the_key_and_what_is_expected(spec, message):
     with pytest.raises(TuningError, match=message):
         parse_search_space(spec, experiment_config("ravdess", "cpu-fbank"))
+
+
+def test_a_conditional_dimension_is_sampled_only_where_its_condition_holds(tmp_path):
+    """EAM's knobs in cpu-fbank's space: absent from the trials that leave EAM off (and from the base
+    recipe's queued trial, whose EAM is off), present in every trial that turns it on; listed before
+    the dimension it depends on, it is still suggested after it. The preset of a trial without
+    them keeps the base's values."""
+    base = experiment_config("ravdess", "cpu-fbank")
+    spec = {
+        "eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0, "when": {"eam.enabled": True}},
+        "train.lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
+        "eam.enabled": {"type": "categorical", "choices": [False, True]},
+    }
+    space = parse_search_space(spec, base)
+    assert list(space) == ["train.lr", "eam.enabled", "eam.mix_prob"]
+    assert space["eam.mix_prob"].to_dict()["when"] == {"eam.enabled": True}
+    assert parse_search_space({k: p.to_dict() for k, p in space.items()}, base) == space
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    assert enqueue_base(study, space, base) == {"train.lr": base.train.lr, "eam.enabled": False}
+    seen = []
+
+    def objective(trial):
+        overrides = suggest_overrides(trial, space)
+        seen.append(overrides)
+        config = base.with_overrides(overrides)
+        return config.eam.mix_prob if config.eam.enabled else 2.0
+
+    study.optimize(objective, n_trials=12)
+    assert seen[0] == {"train.lr": base.train.lr, "eam.enabled": False}
+    on = [v for v in seen if v["eam.enabled"]]
+    off = [v for v in seen if not v["eam.enabled"]]
+    assert on and off, "the random sampler should try EAM both on and off in 12 trials"
+    assert all("eam.mix_prob" in v for v in on) and not any("eam.mix_prob" in v for v in off)
+    assert [set(t.params) for t in study.trials] == [set(v) for v in seen]
+    preset = best_preset(study, "cpu-fbank")
+    assert "eam.mix_prob" not in preset["settings"] and preset["settings"]["eam.enabled"] is False
+    config = experiment_config("ravdess", str(write_preset_file(tmp_path / "best.json", preset)))
+    assert config.eam.mix_prob == base.eam.mix_prob
+
+
+def test_cpu_fbank_searches_eams_knobs_only_with_eam_on():
+    space = search_space("cpu-fbank")
+    conditional = {k for k, p in space.items() if p.when}
+    assert conditional == {"eam.mix_prob", "eam.snr_db_low", "eam.degenerate_db"}
+    assert all(space[k].when == (("eam.enabled", True),) for k in conditional)
 
 
 def test_a_space_file_is_read_and_a_missing_one_named(tmp_path):
