@@ -505,7 +505,7 @@ def check_s3(settings: StackSettings) -> str | None:
         s3_client(settings).list_buckets()
     except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported with its reason
         return f"S3 list_buckets at {settings.s3_endpoint}: {exc}"
-    if settings.s3_endpoint.rstrip("/") != f"http://{settings.host}:{settings.s3_port}":
+    if not settings.own_s3:
         return None  # not the stack's SeaweedFS: no master of ours to ask
     try:
         servers = seaweed_volume_servers(settings)

@@ -190,12 +190,14 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         raise TuningError(
             f"{at}: unknown field(s) {unknown} for type {kind!r}; expected {sorted(allowed[kind])}"
         )
-    condition = spec.get("when", {"": None})  # absent: unconditional
-    if not isinstance(condition, Mapping) or not condition:
-        raise TuningError(
-            f'{at}: "when" must be a non-empty object {{categorical key: value}}, got {condition!r}'
-        )
-    when = tuple(condition.items()) if "when" in spec else ()
+    when: tuple[tuple[str, Any], ...] = ()  # absent: unconditional
+    if "when" in spec:
+        condition = spec["when"]
+        if not isinstance(condition, Mapping) or not condition:
+            raise TuningError(
+                f'{at}: "when" must be a non-empty object {{categorical key: value}}, got {condition!r}'
+            )
+        when = tuple(condition.items())
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:

@@ -123,6 +123,11 @@ def read_pg_password(state_dir: Path) -> str | None:
         raise ValueError(f"{path}: {err!r}; expected a JSON object with a password") from None
 
 
+def gateway_url(host: str, s3_port: int) -> str:
+    """The S3 endpoint of the stack's own SeaweedFS gateway."""
+    return f"http://{host}:{s3_port}"
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Addresses and names of the SER stack (S3, MLflow, Prefect) as a client sees them."""
@@ -222,7 +227,7 @@ class StackSettings:
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
             prefect_api_url=env.get("PREFECT_API_URL", f"http://{host}:{prefect_port}/api"),
             s3_endpoint=env.get(
-                "AWS_ENDPOINT_URL_S3", env.get("AWS_ENDPOINT_URL", f"http://{host}:{s3_port}")
+                "AWS_ENDPOINT_URL_S3", env.get("AWS_ENDPOINT_URL", gateway_url(host, s3_port))
             ),
             region=env.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
             access_key_id=access_key_id,
@@ -232,6 +237,12 @@ class StackSettings:
             pg_port=pg_port,
             pg_password=pg_password,
         )
+
+    @property
+    def own_s3(self) -> bool:
+        """Whether ``s3_endpoint`` is the stack's own SeaweedFS gateway (the default), not an S3
+        elsewhere (``AWS_ENDPOINT_URL_S3``)."""
+        return self.s3_endpoint.rstrip("/") == gateway_url(self.host, self.s3_port)
 
     @property
     def prefect_home(self) -> Path:
