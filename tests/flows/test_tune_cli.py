@@ -159,28 +159,26 @@ def test_a_study_killed_mid_trial_resumes_that_trial_from_its_checkpoint(ravdess
         *tune_argv(ravdess_root, tmp_path / "tune", 2, 3, "--heartbeat-grace", "3"),
     ]
     storage = f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
-    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "tune" / "ser-ravdess-tune" / "trial-0" / "fold-0" / "checkpoints" / "last"
+    first_log = tmp_path / "first.log"
+    # The test reads no database while the first process runs: it waits for trial 0's first
+    # checkpoint on disk, so the study's storage is this command's alone until the kill.
+    with open(first_log, "w") as log_file:
+        first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:
-            if (tmp_path / "tune" / "study.db").exists():
-                try:
-                    trials = optuna.load_study(study_name="ser-ravdess-tune", storage=storage).trials
-                except (KeyError, ValueError):  # the study is being created
-                    trials = []
-                if trials and trials[0].intermediate_values:
-                    break
-            assert first.poll() is None, "ser tune ended before its first epoch"
+        while not checkpoint.exists():
+            assert first.poll() is None, (
+                "ser tune ended before its first epoch:\n" + first_log.read_text()[-3000:]
+            )
+            assert time.monotonic() < deadline, "trial 0 wrote no checkpoint within 300 s"
             time.sleep(0.5)
-        else:
-            pytest.fail("trial 0 reported no epoch within 300 s")
-        killed_params = trials[0].params
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
         if first.poll() is None:
             first.kill()
-    assert (tmp_path / "tune" / "ser-ravdess-tune" / "trial-0" / "fold-0" / "checkpoints" / "last").exists()
+    killed_params = optuna.load_study(study_name="ser-ravdess-tune", storage=storage).trials[0].params
     time.sleep(4)  # past the heartbeat grace: trial 0 is now stale
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)

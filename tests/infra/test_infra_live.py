@@ -145,3 +145,22 @@ def test_health_reports_a_training_slot_held_by_no_training(infra_stack, stack):
             assert infra_stack.check_trainings(stack) is None
         finally:
             client.delete_global_concurrency_limit_by_name(name)
+
+
+def test_processes_opening_one_new_study_at_once_share_it(stack, tmp_path):
+    """Four processes open one new study in the stack's tuning storage at the same instant: all get
+    the same study, and on PostgreSQL the database logs no failed INSERT of a second study of that
+    name (Optuna absorbs the duplicate, but the server writes an ERROR line for it)."""
+    from tests.fixtures.studies import open_at_once
+
+    name = f"together-{uuid.uuid4().hex[:8]}"
+    pg_log = stack.state_dir / "logs" / "postgres.log"
+    offset = pg_log.stat().st_size if pg_log.exists() else 0
+    results = open_at_once(stack.tune_storage, name, tmp_path / "go")
+    assert all("study_id" in result for result in results), results
+    assert len({result["study_id"] for result in results}) == 1, results
+    if stack.db == "postgres":
+        with open(pg_log, "rb") as handle:
+            handle.seek(offset)
+            added = handle.read().decode(errors="replace")
+        assert not [line for line in added.splitlines() if " ERROR: " in line], added[-2000:]

@@ -28,6 +28,7 @@ from ser_model.tuning import (
     search_space,
     suggest_overrides,
 )
+from tests.fixtures.studies import open_at_once
 from tests.train.synthetic import tiny_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -147,6 +148,19 @@ def test_a_space_file_is_read_and_a_missing_one_named(tmp_path):
     assert (param.key, param.low, param.high, param.log) == ("train.lr", 1e-4, 1e-2, True)
     with pytest.raises(TuningError, match="neither a shipped space"):
         load_search_space(str(tmp_path / "none.json"))
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_processes_opening_one_new_study_at_once_all_get_it(tmp_path, round_):
+    """Four processes open a study in a new SQLite file at the same instant (two `ser tune`
+    processes started together): every one gets the same study. Without the creation lock one or
+    two of the four failed in each round ("table studies already exists")."""
+    results = open_at_once(f"sqlite:///{tmp_path / 'study.db'}", "together", tmp_path / "go")
+    assert all("study_id" in result for result in results), results
+    assert len({result["study_id"] for result in results}) == 1, results
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")] == [
+        "together"
+    ]
 
 
 def test_pruning_steps_are_percent_of_the_schedule_and_increase_across_folds():
