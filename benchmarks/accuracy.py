@@ -10,11 +10,11 @@ training actors, and the test actors are evaluated once, never used for selectio
 variant runs on the same folds and seeds; the method's variants use the `cpu-fbank` preset
 (ser_model/presets.py) with one switch each:
 
-    full           the preset as shipped: FLAM + MLL (KL + focal + center + SupCon), EAM off
+    full           the preset as shipped: FLAM, the KL term alone; EAM and MLL's other terms off
     reference_cnn  the plain log-mel CNN + self-attention of benchmarks/reference_cnn.py (no ser_model model code)
     with_eam       with energy-adaptive mixup (half the samples, SNR U[0, 10] dB): EAM's ablation, reversed
     no_flam        mean pooling instead of the frame-level attention module
-    ce_only        KL against the label alone instead of MLL (cross-entropy minus a constant)
+    with_mll       the full multi-loss (KL + focal + center + SupCon): MLL's ablation, reversed
     speaker_norm   log-mel normalised by the speaker's statistics, the test speaker's at test time
                    (unlabelled; labelled in the tables, never a default)
 
@@ -66,10 +66,11 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "reference_cnn": None,
     "with_eam": {"eam.enabled": True},
     "no_flam": {"model.flam": False},
-    "ce_only": {"loss.focal": False, "loss.center": False, "loss.supcon": False},
+    "with_mll": {"loss.focal": True, "loss.center": True, "loss.supcon": True},
     "speaker_norm": {"model.fbank_norm": "speaker"},
 }
-"""``cpu-fbank`` trains without EAM (ser_model/presets.py), so EAM's ablation adds it (``with_eam``).
+"""``cpu-fbank`` trains without EAM and without MLL's focal, center and SupCon terms
+(ser_model/presets.py), so their ablations add them (``with_eam``, ``with_mll``).
 ``speaker_norm`` normalises each utterance by its speaker's statistics, at test time the test
 speaker's (unlabelled): reported apart, not a method variant a user gets by default."""
 TEST_SPEAKER_STATISTICS = ("speaker_norm",)

@@ -1,7 +1,7 @@
 """Seed ensembles of the accuracy grid's fold models: what averaging the class probabilities of one
 fold's models trained with different seeds gives on that fold's test actors, and what it costs.
 
-    python benchmarks/ensemble.py [--grid benchmarks/results/accuracy] [--variants full,ce_only] [--threads 2]
+    python benchmarks/ensemble.py [--grid benchmarks/results/accuracy] [--variants full,with_mll] [--threads 2]
 
 For every variant and fold of the grid (benchmarks/accuracy.py) whose runs of two or more seeds kept
 their `best/` folder (git-ignored: only on the machine that trained them), each seed's model scores

@@ -59,6 +59,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eam.enabled": False,
         "eam.mix_prob": 0.5,
         "eam.snr_db_low": 0.0,
+        "loss.focal": False,
+        "loss.center": False,
+        "loss.supcon": False,
         "train.epochs": 25,
         "train.lr": 1e-3,
         "train.schedule": "cosine",
@@ -71,12 +74,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Each recipe as its differences from the ``SERConfig`` defaults (which are the paper's recipe with
 the fbank backbone), so that every number lives in one place: ``paper-wavlm`` is the defaults on
-WavLM-Large; ``cpu-fbank`` keeps the defaults' fbank CNN, FLAM (4 heads), loss weights, batch size,
-centre learning rate and gradient clipping, and changes what is listed. EAM is off in ``cpu-fbank``
-(its probability and SNR range stay set, so ``--set eam.enabled=true`` trains the earlier recipe): on
-RAVDESS trained from scratch it cost accuracy in the 5-fold × 2-seed grid and in the tuning study,
-and the study's best light setting did not beat the recipe without it on unseen actors
-(docs/RESULTS.md §3, §3b)."""
+WavLM-Large; ``cpu-fbank`` keeps the defaults' fbank CNN, FLAM (4 heads), KL term, batch size and
+gradient clipping, and changes what is listed. Two of the method's three parts are off in
+``cpu-fbank``, each because on RAVDESS trained from scratch it did not beat its ablation on unseen
+actors (docs/RESULTS.md §3, §3b, §3c): EAM (its probability and SNR range stay set, so ``--set
+eam.enabled=true`` turns it back on) and MLL's focal, center and SupCon terms (their weights stay
+the defaults', so ``--set loss.focal=true --set loss.center=true --set loss.supcon=true`` trains the
+full multi-loss). Both stay dimensions of the preset's search space (ser_model/tuning.py), so a
+study on another corpus can turn them on."""
 
 PIPELINE_CHECK: dict[str, Any] = {
     "train.epochs": 2,

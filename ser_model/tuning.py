@@ -87,18 +87,34 @@ DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     # The method's knobs and the optimiser's, around the cpu-fbank recipe: EAM (how often, how loud
-    # the partner, when a segment counts as silent), the multi-loss weights, regularisation, the
-    # learning rate. EAM off (the preset's base) and loss weights near 0 are the ablations, inside
-    # the space; EAM's other knobs are sampled only in trials that turn it on ("when").
+    # the partner, when a segment counts as silent), each of MLL's extra terms and its weight,
+    # regularisation, the learning rate. The preset's base (EAM and the three terms off) is inside
+    # the space, and so is the paper's method; a component's knobs are sampled only in trials that
+    # turn it on ("when").
     "cpu-fbank": {
         "train.lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
         "eam.enabled": {"type": "categorical", "choices": [False, True]},
         "eam.mix_prob": {"type": "float", "low": 0.0, "high": 1.0, "when": {"eam.enabled": True}},
         "eam.snr_db_low": {"type": "float", "low": -5.0, "high": 5.0, "when": {"eam.enabled": True}},
         "eam.degenerate_db": {"type": "float", "low": -40.0, "high": -10.0, "when": {"eam.enabled": True}},
-        "loss.w_focal": {"type": "float", "low": 0.0, "high": 2.0},
-        "loss.w_center": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
-        "loss.w_supcon": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "loss.focal": {"type": "categorical", "choices": [False, True]},
+        "loss.w_focal": {"type": "float", "low": 0.1, "high": 2.0, "when": {"loss.focal": True}},
+        "loss.center": {"type": "categorical", "choices": [False, True]},
+        "loss.w_center": {
+            "type": "float",
+            "low": 1e-3,
+            "high": 0.1,
+            "log": True,
+            "when": {"loss.center": True},
+        },
+        "loss.supcon": {"type": "categorical", "choices": [False, True]},
+        "loss.w_supcon": {
+            "type": "float",
+            "low": 0.01,
+            "high": 1.0,
+            "log": True,
+            "when": {"loss.supcon": True},
+        },
         "model.fbank_dropout": {"type": "float", "low": 0.0, "high": 0.3},
         "train.ema_decay": {"type": "categorical", "choices": [None, 0.98, 0.995]},
         "train.speed_factors": {"type": "categorical", "choices": [[], [0.9, 1.0, 1.1]]},

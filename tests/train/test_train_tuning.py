@@ -134,11 +134,23 @@ def test_a_conditional_dimension_is_sampled_only_where_its_condition_holds(tmp_p
     assert config.eam.mix_prob == base.eam.mix_prob
 
 
-def test_cpu_fbank_searches_eams_knobs_only_with_eam_on():
+def test_cpu_fbank_searches_a_components_knobs_only_with_it_on():
+    """EAM's knobs only where EAM is on, each MLL weight only where its term is on; the switches
+    themselves are dimensions whose off value is the preset's base."""
     space = search_space("cpu-fbank")
-    conditional = {k for k, p in space.items() if p.when}
-    assert conditional == {"eam.mix_prob", "eam.snr_db_low", "eam.degenerate_db"}
-    assert all(space[k].when == (("eam.enabled", True),) for k in conditional)
+    conditions = {k: p.when for k, p in space.items() if p.when}
+    assert conditions == {
+        "eam.mix_prob": (("eam.enabled", True),),
+        "eam.snr_db_low": (("eam.enabled", True),),
+        "eam.degenerate_db": (("eam.enabled", True),),
+        "loss.w_focal": (("loss.focal", True),),
+        "loss.w_center": (("loss.center", True),),
+        "loss.w_supcon": (("loss.supcon", True),),
+    }
+    base = experiment_config("ravdess", "cpu-fbank")
+    for switch in ("eam.enabled", "loss.focal", "loss.center", "loss.supcon"):
+        assert list(space[switch].choices) == [False, True], switch
+        assert base.value(switch) is False, switch
 
 
 def test_a_space_file_is_read_and_a_missing_one_named(tmp_path):
