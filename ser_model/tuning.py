@@ -355,21 +355,21 @@ def open_study(
     TPE sampler seeded by ``seed`` (pass :func:`worker_seed` when several processes share the
     study), median pruner (neither acts before ``startup_trials`` trials have finished)."""
     heartbeat = max(1, min(HEARTBEAT_INTERVAL_S, int(grace_period_s // 3)))
-    with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna since 2.8
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # constant liar: a running trial counts as a poor one, so parallel workers spread out
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=STEPS_PER_FOLD // 2)
     # Several processes that open one new storage at once race to create its tables (seen: 18 of
     # 40 processes failed, 4 at a time on a fresh SQLite file); the lock lets one create them.
     with storage_init_lock(storage_url), warnings.catch_warnings():
+        # heartbeats, retries and the constant liar are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant liar: a running trial counts as a poor one, so parallel workers spread out
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
         storage = optuna.storages.RDBStorage(
             storage_url,
             heartbeat_interval=heartbeat,
             grace_period=max(int(grace_period_s), heartbeat + 1),
-            heartbeat_stale_trial_callback=callback,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRIES
+            ),
         )
         try:  # a study that exists is loaded: creating it again fails an INSERT the database logs as an ERROR
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
