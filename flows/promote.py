@@ -38,7 +38,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -49,6 +48,7 @@ from prefect.concurrency.sync import concurrency
 from data_contracts.corpora import check_corpus
 from data_contracts.labels import LABELS
 from flows.limits import ensure_limit
+from flows.registry import create_model_version
 from ser_model.metrics import fold_of_metric_name, summary_name
 from ser_stack.settings import StackSettings
 
@@ -482,7 +482,6 @@ def register_release(
         UA_TAG: f"{summary[summary_name('UA', 'mean')]:.6f}",
         PARENT_RUN_TAG: parent_id,
     }
-    mlflow.set_tracking_uri(client.tracking_uri)
-    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    version = create_model_version(client, name, model_uri, tags)
     client.set_tag(parent_id, REGISTERED_VERSION_TAG, version)
     return version, True

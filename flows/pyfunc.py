@@ -43,6 +43,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from flows.registry import create_model_version
 from flows.serving import (
     MAX_ROWS,
     MAX_SECONDS,
@@ -421,12 +422,17 @@ def log_pyfunc(
     example = pd.DataFrame({"audio": [np.zeros(16000, dtype=np.float32).tolist()], "sample_rate": [16000]})
     if SERConfig.from_json(Path(checkpoint) / CONFIG_FILE).model.uses_speaker_statistics:
         example[SPEAKER_COLUMN] = ["speaker-1"]
-    return mlflow.pyfunc.log_model(
+    info = mlflow.pyfunc.log_model(
         name=name,
         python_model=SERPyfunc(),
         artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
         signature=model_signature(labels),
         input_example=example,
         pip_requirements=pip_requirements(),
-        registered_model_name=registered_model_name,
     )
+    if registered_model_name is not None:  # not log_model's own: flows/registry.py says why
+        client = mlflow.MlflowClient()
+        info.registered_model_version = int(
+            create_model_version(client, registered_model_name, info.model_uri)
+        )
+    return info

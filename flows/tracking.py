@@ -234,10 +234,17 @@ def log_fold_run(
         ).info.run_id
     result = read_result(out_dir)
     records = read_metrics_jsonl(out_dir / METRICS_FILE) if (out_dir / METRICS_FILE).exists() else []
+    # the selected epoch's scores at its step, not at step 0: MLflow's log_model (the release's
+    # pyfunc, flows/train.py) re-logs each metric at its own step, 0, tagged with the model's id
+    # (log_model_metrics_for_step in mlflow/models/model.py), and as the metrics table's key leaves
+    # that id out, PostgreSQL refuses each as a duplicate, an ERROR line in its log; epochs start at 1
+    step = int(result.get("selected_epoch") or 0)
     summary = []
     for split, prefix in (("valid", "selected.valid"), ("test", "test")):
         if result.get(split):
-            summary += [Metric(f"{prefix}.{m}", v, 0, 0) for m, v in headline_scores(result, split).items()]
+            summary += [
+                Metric(f"{prefix}.{m}", v, 0, step) for m, v in headline_scores(result, split).items()
+            ]
     params = {"fold": str(fold), "selected_epoch": str(result.get("selected_epoch"))}
     # one timestamp that a retry repeats exactly, so MLflow keeps each epoch's metrics once
     stamp = end_ms or int((out_dir / RESULT_FILE).stat().st_mtime * 1000)

@@ -584,23 +584,27 @@ it (PrefectHQ/prefect#10188, #17473). A load limit of SQLite, not a fault; Postg
 with SER_DB=postgres such a line is a fault like any other, and infra/health reports it."""
 
 PG_FAULT = re.compile(
-    r"^\S+ \S+ \S+ \[\d+\] (?:\S+ )?(?:PANIC|FATAL):  (?!terminating connection due to administrator command)",
+    r"^\S+ \S+ \S+ \[\d+\] (?:(?:\S+ )?(?:PANIC|FATAL)|\S+@(?:mlflow|optuna) ERROR):  "
+    r"(?!terminating connection due to administrator command)",
     re.M,
 )
-"""A PANIC or FATAL line of the PostgreSQL server's log (`postgres_argv`'s ``log_line_prefix``): a
-crash, a refused login, a full disk. Sessions ended by the server's own fast shutdown (`infra/down`) are not faults."""
+"""A fault in the PostgreSQL server's log (`postgres_argv`'s ``log_line_prefix``): a PANIC or FATAL
+line (a crash, a refused login, a full disk), or an ERROR line of the MLflow or Optuna database,
+whose statements come from MLflow's server and our own Optuna storage: a statement refused there
+(a duplicate key of two writers racing, a version registered the way MLflow's client does it,
+flows/registry.py) is a fault of our code. Sessions ended by the server's own fast shutdown
+(`infra/down`) are not faults, nor ERROR lines of Prefect's database, whose writes are Prefect's own
+(its server absorbs a task run that arrives twice, ``pk_task_run``)."""
 
 
 def stack_tracebacks(name: str, text: str, db: str) -> list[str]:
     """Faults of the stack itself in the log of component `name`, of a stack on database `db`
     (``sqlite`` or ``postgres``): every traceback in a server's log but, on SQLite only, the Prefect
     server's lock waits (:data:`SQLITE_BUSY`); in the worker's, those not printed for a failing flow
-    or task run; in PostgreSQL's, its PANIC and FATAL lines (:data:`PG_FAULT`)."""
+    or task run; in PostgreSQL's, its PANIC and FATAL lines and the MLflow and Optuna databases'
+    ERROR lines (:data:`PG_FAULT`)."""
     if name == "postgres":
-        return [
-            match.group(0).strip() + text[match.end() :].split("\n", 1)[0]
-            for match in PG_FAULT.finditer(text)
-        ]
+        return [text[match.start() :].split("\n", 1)[0] for match in PG_FAULT.finditer(text)]
     found = tracebacks(text, RUN_FAILURE if name == "worker" else None)
     if name == "prefect" and db == "sqlite":
         return [line for line in found if SQLITE_BUSY not in line]

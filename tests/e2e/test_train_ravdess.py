@@ -240,12 +240,17 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert sorted(c.data.tags["ser.fold"] for c in children) == ["-1", "0"]
-    for child in children:
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "valid.UA")] == [1, 2]
-        assert "figures/confusion.png" in {
-            a.path for a in client.list_artifacts(child.info.run_id, "figures")
-        }
+    by_fold = {c.data.tags["ser.fold"]: c for c in children}
+    assert sorted(by_fold) == ["-1", "0"]
+    fold_0, release = by_fold["0"].info.run_id, by_fold["-1"].info.run_id
+    assert [m.step for m in client.get_metric_history(fold_0, "valid.UA")] == [1, 2]
+    assert "figures/confusion.png" in {a.path for a in client.list_artifacts(fold_0, "figures")}
+    # the preset's release: two models trained on every speaker (2 epochs each, numbered on), no
+    # speaker held out, so no validation curve and no selection; the registered model is their ensemble
+    assert [m.step for m in client.get_metric_history(release, "train.loss")] == [1, 2, 3, 4]
+    assert not [key for key in by_fold["-1"].data.metrics if "valid" in key or key.startswith("test.")]
+    released = json.loads(Path(client.download_artifacts(release, "result.json", str(tmp_path))).read_text())
+    assert released["selection_rule"].startswith("ensemble of 2 models") and len(released["members"]) == 2
     first = parent.data.tags["ser.registered_version"]
     assert first not in before
     champion = client.get_model_version_by_alias(name, "champion")

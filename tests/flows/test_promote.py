@@ -397,18 +397,11 @@ def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, mon
     assert results[worse]["promoted"] is (worse_saw == base)
 
 
-def test_register_release_writes_what_promotion_reads_and_registers_once(
-    local_mlflow, experiment_id, monkeypatch
-):
+def test_register_release_writes_what_promotion_reads_and_registers_once(local_mlflow, experiment_id):
     """The release version carries the parent run's tags that describe the data and the code,
     each evaluated fold's UA with the fold table's test speakers, and the fold summary; promotion
     reads it back; a second call (a rerun of the flow) registers nothing new."""
-    import mlflow.tracking._tracking_service.utils as tracking_uri_state
     import pandas as pd
-
-    # register_release sets MLflow's process-wide tracking URI (mlflow.register_model reads it):
-    # restored after the test, so later tests that rely on MLFLOW_TRACKING_URI are not redirected
-    monkeypatch.setattr(tracking_uri_state, "_tracking_uri", tracking_uri_state._tracking_uri)
 
     from flows.promote import (
         CORPUS_TAG,

@@ -89,20 +89,33 @@ def test_the_prefect_servers_sqlite_lock_errors_are_not_counted_but_other_errors
     ]
 
 
-def test_postgres_log_faults_are_its_panic_and_fatal_lines_but_not_its_own_shutdown(infra_stack):
+def test_postgres_log_faults_are_its_panic_and_fatal_lines_and_our_databases_errors(infra_stack):
     """PostgreSQL prints no tracebacks: its faults are PANIC and FATAL lines (a refused login, a
-    crash); the sessions its fast shutdown ends (infra/down) are not faults, nor are LOG lines."""
+    crash) and the ERROR lines of the MLflow and Optuna databases (a statement refused there comes
+    from our use of them); the sessions its fast shutdown ends (infra/down) are not faults, nor LOG
+    lines, nor ERROR lines of Prefect's database, whose writes are Prefect's own."""
     ok = (
         "2026-12-01 08:44:49.882 UTC [1492] LOG:  starting PostgreSQL 15.18\n"
         "2026-12-01 09:44:49.882 UTC [1600] ser@mlflow FATAL:  terminating connection due to administrator command\n"
         "2026-12-01 09:44:49.882 UTC [1601] ser@prefect ERROR:  canceling statement due to user request\n"
+        '2026-12-01 13:00:43.307 UTC [2995] ser@prefect ERROR:  duplicate key value violates unique constraint "pk_task_run"\n'
+        "2026-12-01 13:00:43.307 UTC [2995] ser@prefect DETAIL:  Key (id)=(01a231b1) already exists.\n"
     )
     refused = '2026-12-01 08:50:01.000 UTC [1700] ser@prefect FATAL:  password authentication failed for user "ser"\n'
     crash = '2026-12-01 08:51:01.000 UTC [1492] PANIC:  could not write to file "pg_wal/xlogtemp.1"\n'
+    registered = (
+        '2026-12-01 16:40:46.056 UTC [26079] ser@mlflow ERROR:  duplicate key value violates unique constraint "registered_model_pk"\n'
+        "2026-12-01 16:40:46.056 UTC [26079] ser@mlflow DETAIL:  Key (workspace, name)=(default, ser-ravdess) already exists.\n"
+    )
+    study = '2026-12-01 21:55:05.651 UTC [22832] ser@optuna ERROR:  duplicate key value violates unique constraint "ix_studies_study_name"\n'
     assert infra_stack.stack_tracebacks("postgres", ok, "postgres") == []
-    found = infra_stack.stack_tracebacks("postgres", ok + refused + crash, "postgres")
-    assert len(found) == 2
-    assert "password authentication failed" in found[0] and "could not write" in found[1]
+    found = infra_stack.stack_tracebacks("postgres", ok + refused + crash + registered + study, "postgres")
+    assert [line.split("  ", 1)[1] for line in found] == [
+        'password authentication failed for user "ser"',
+        'could not write to file "pg_wal/xlogtemp.1"',
+        'duplicate key value violates unique constraint "registered_model_pk"',
+        'duplicate key value violates unique constraint "ix_studies_study_name"',
+    ]
 
 
 def test_health_counts_database_is_locked_lines_as_contention_on_sqlite_and_as_a_fault_on_postgres(
