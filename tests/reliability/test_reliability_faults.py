@@ -190,7 +190,9 @@ def test_mlflow_crashing_mid_training_loses_nothing_and_registers_no_half_model(
 
     assert crashes, "the worker never reported an epoch, MLflow was not crashed"
     assert first.is_failed(), f"the flow should fail while MLflow is down, got {first.type}"
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(
+        RuntimeError, match=r"fold run\(s\) did not complete: fold-0 \(MlflowException"
+    ) as failure:
         first.result()
     port = str(private_mlflow.settings.mlflow_port)
     assert port in str(failure.value), (
