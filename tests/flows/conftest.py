@@ -9,6 +9,26 @@ from moto import mock_aws
 
 from flows.storage import DataBucket
 
+CHECKPOINT_LABELS = ("neutral", "happy", "sad")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A tiny randomly initialised fbank model's folder (labels :data:`CHECKPOINT_LABELS`), seeded."""
+    import torch
+
+    from ser_model.config import LossConfig, ModelConfig, SERConfig
+    from ser_model.model import SERModel
+
+    torch.manual_seed(0)
+    model = ModelConfig(
+        backbone="fbank", n_mels=40, fbank_dim=32, fbank_layers=1, fbank_heads=2, embed_dim=16
+    )
+    config = SERConfig(
+        labels=CHECKPOINT_LABELS, model=model, loss=LossConfig(supcon_proj_dim=16), corpus="ravdess"
+    )
+    return SERModel(config).eval().save_pretrained(tmp_path / "best")
+
 
 @pytest.fixture
 def local_mlflow(tmp_path, monkeypatch):

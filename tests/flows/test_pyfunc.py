@@ -18,18 +18,9 @@ from flows.serving import ModelInputError
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
+from tests.flows.conftest import CHECKPOINT_LABELS
 
-LABELS = ("neutral", "happy", "sad")
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = ModelConfig(
-        backbone="fbank", n_mels=40, fbank_dim=32, fbank_layers=1, fbank_heads=2, embed_dim=16
-    )
-    config = SERConfig(labels=LABELS, model=model, loss=LossConfig(supcon_proj_dim=16), corpus="ravdess")
-    return SERModel(config).eval().save_pretrained(tmp_path / "best")
+LABELS = CHECKPOINT_LABELS  # the shared `checkpoint` fixture's (tests/flows/conftest.py)
 
 
 def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(

@@ -9,27 +9,15 @@ import json
 import mlflow
 import pytest
 import sqlalchemy
-import torch
 from mlflow.tracking import MlflowClient
 
 from flows.pyfunc import log_pyfunc
 from flows.registry import create_model_version, logged_model_id
 from flows.tracking import log_fold_run
-from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.launch import RELEASE_FOLD, fold_folder_name
-from ser_model.model import SERModel
+from tests.flows.conftest import CHECKPOINT_LABELS
 
-LABELS = ("neutral", "happy", "sad")
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = ModelConfig(
-        backbone="fbank", n_mels=40, fbank_dim=32, fbank_layers=1, fbank_heads=2, embed_dim=16
-    )
-    config = SERConfig(labels=LABELS, model=model, loss=LossConfig(supcon_proj_dim=16), corpus="ravdess")
-    return SERModel(config).eval().save_pretrained(tmp_path / "best")
+LABELS = CHECKPOINT_LABELS  # the shared `checkpoint` fixture's (tests/flows/conftest.py)
 
 
 @pytest.fixture
