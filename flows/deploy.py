@@ -94,6 +94,12 @@ def manifest_trigger(
     )
 
 
+def configured_retrain_cron() -> str:
+    """The cron of :data:`RETRAIN_DEPLOYMENT`: ``SER_RETRAIN_CRON``, else :data:`DEFAULT_RETRAIN_CRON`
+    (infra/test sets it 12 hours away from its session)."""
+    return os.environ.get("SER_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON
+
+
 def build_deployments(
     source: Path = REPO_ROOT,
     work_pool: str | None = None,
@@ -105,7 +111,7 @@ def build_deployments(
     automation after ingest trains ``auto_train_preset`` on ``auto_train_folds`` (None: all)."""
     settings = StackSettings.from_env()
     work_pool = work_pool or settings.work_pool
-    retrain_cron = retrain_cron or os.environ.get("SER_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
+    retrain_cron = retrain_cron or configured_retrain_cron()
     flows = {
         name: Flow.from_source(source=str(source), entrypoint=entrypoint)
         for name, entrypoint in ENTRYPOINTS.items()

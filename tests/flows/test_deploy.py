@@ -13,6 +13,7 @@ from flows.deploy import (
     DEFAULT_RETRAIN_CRON,
     apply_deployments,
     build_deployments,
+    configured_retrain_cron,
     deployment_names,
     main,
     parse_folds,
@@ -52,7 +53,7 @@ def test_fifteen_deployments_with_their_parameters_schedule_and_trigger(deployme
         }
         assert not ingest.schedules and not train.schedules
     retrain = deployments["retrain/retrain-nightly"]
-    assert [s.schedule.cron for s in retrain.schedules] == [DEFAULT_RETRAIN_CRON]
+    assert [s.schedule.cron for s in retrain.schedules] == [configured_retrain_cron()]
     assert all(str(d.storage.destination) == str(repo_root) for d in deployments.values())
     assert all(d.work_pool_name == "ser-process" for d in deployments.values())
     fold = deployments["train-fold/train-fold"]
@@ -68,6 +69,15 @@ def test_fifteen_deployments_with_their_parameters_schedule_and_trigger(deployme
     assert trial.entrypoint == "flows/tune.py:tune_trial" and trial.work_queue_name == "folds", (
         "trials queue beside the folds"
     )
+
+
+def test_the_nightly_retrain_runs_at_three_unless_configured(monkeypatch):
+    monkeypatch.delenv("SER_RETRAIN_CRON", raising=False)
+    assert configured_retrain_cron() == DEFAULT_RETRAIN_CRON == "0 3 * * *"
+    built = {d.name: d for d in build_deployments(work_pool="ser-process")}
+    assert [s.schedule.cron for s in built["retrain-nightly"].schedules] == ["0 3 * * *"]
+    monkeypatch.setenv("SER_RETRAIN_CRON", "15 9 * * *")
+    assert configured_retrain_cron() == "15 9 * * *"
 
 
 def test_roots_are_not_baked_in_at_deploy_time(monkeypatch, tmp_path):
@@ -112,7 +122,7 @@ def test_apply_is_idempotent_and_the_api_lists_all_of_them(deployments, stack, p
             assert deployment.work_pool_name == stack.work_pool
             assert deployment.parameters == deployments[full_name].parameters
             cron = [s.schedule.cron for s in deployment.schedules]
-            assert cron == ([DEFAULT_RETRAIN_CRON] if full_name == "retrain/retrain-nightly" else [])
+            assert cron == ([configured_retrain_cron()] if full_name == "retrain/retrain-nightly" else [])
         for corpus in CORPORA:
             deployment = client.read_deployment_by_name(f"train/train-{corpus}")
             owned = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
