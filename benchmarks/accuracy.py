@@ -26,7 +26,8 @@ stopped grid leaves every variant with about the same (seed, fold) pairs.
 
 Summary (`accuracy.json`, `accuracy.md`): per variant, mean ± sample std of test WA/UA/macro-F1 over its
 (seed, fold) runs; for every other variant, the paired difference full − variant of test UA over the
-(seed, fold) pairs both finished, with its standard error sd(d)/sqrt(n).
+(seed, fold) pairs both finished, with its standard error sd(d)/sqrt(n) and in how many pairs full is
+ahead and behind; the same at the last epoch for runs that recorded it (`test_last_epoch`).
 """
 
 from __future__ import annotations
@@ -104,22 +105,43 @@ def collect(out: Path) -> dict[str, dict[tuple[int, int], dict[str, Any]]]:
 
 
 def paired_difference(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) -> dict[str, Any]:
-    """d = a − b over the keys both hold: mean, standard error sd(d)/sqrt(n) (sample sd; None for n < 2), n."""
+    """d = a − b over the keys both hold: mean, standard error sd(d)/sqrt(n) (sample sd; None for n < 2), n,
+    and in how many pairs a is ahead (d > 0) and behind (d < 0); the rest are level."""
     keys = sorted(set(a) & set(b))
     d = [a[k] - b[k] for k in keys]
     if not d:
-        return {"n": 0, "mean": None, "se": None}
+        return {"n": 0, "mean": None, "se": None, "ahead": 0, "behind": 0}
     mean, sd = mean_and_std(d)
     se = sd / math.sqrt(len(d)) if len(d) > 1 else None
-    return {"n": len(d), "mean": mean, "se": se, "pairs": [list(k) for k in keys]}
+    return {
+        "n": len(d),
+        "mean": mean,
+        "se": se,
+        "ahead": sum(x > 0 for x in d),
+        "behind": sum(x < 0 for x in d),
+        "pairs": [list(k) for k in keys],
+    }
+
+
+def paired_text(diff: dict[str, Any]) -> str:
+    """A paired difference as the tables print it: ``+3.3 ± 0.9 (n=10, 9 ahead, 1 behind)``."""
+    if diff["n"] == 0:
+        return "no common run"
+    se = f" ± {diff['se']:.1f}" if diff["se"] is not None else ""
+    return f"{diff['mean']:+.1f}{se} (n={diff['n']}, {diff['ahead']} ahead, {diff['behind']} behind)"
 
 
 def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per variant: mean ± sample std (ser_model.metrics.mean_and_std) over its runs of each test metric (percent), the per-run
     values, validation UA of the selected epochs, training seconds, and (for variants other than
-    full) the paired difference full − variant of test UA."""
+    full) the paired difference full − variant of test UA; for runs that recorded their last
+    epoch's test UA, selected − last, the seeds' spread, and full − variant at the last epoch."""
     summary: dict[str, dict[str, Any]] = {}
     test_ua = {v: {k: 100.0 * r["test"]["UA"] for k, r in runs.items()} for v, runs in results.items()}
+    last_ua = {
+        v: {k: 100.0 * r["test_last_epoch"]["UA"] for k, r in runs.items() if r.get("test_last_epoch")}
+        for v, runs in results.items()
+    }
     for variant, runs in results.items():
         keys = list(runs)
         row: dict[str, Any] = {"runs": [list(k) for k in keys]}
@@ -133,7 +155,7 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
         row["train_seconds_per_run"] = [round(runs[k]["train_seconds"], 1) for k in keys]
         if variant != "full" and "full" in test_ua:
             row["full_minus_this_UA"] = paired_difference(test_ua["full"], test_ua[variant])
-        last = {k: 100.0 * r["test_last_epoch"]["UA"] for k, r in runs.items() if r.get("test_last_epoch")}
+        last = last_ua[variant]
         if last:
             row["last_epoch"] = {
                 "UA_per_run": [last.get(k) for k in keys],
@@ -141,6 +163,8 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
                 "seed_spread_selected": seed_spread({k: test_ua[variant][k] for k in last}),
                 "seed_spread_last": seed_spread(last),
             }
+            if variant != "full" and last_ua.get("full"):
+                row["last_epoch"]["full_minus_this_UA"] = paired_difference(last_ua["full"], last)
         summary[variant] = row
     return summary
 
@@ -168,13 +192,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     for variant, row in summary.items():
         cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in HEADLINE_METRICS]
         diff = row.get("full_minus_this_UA")
-        if diff is None:
-            paired = "—"
-        elif diff["n"] == 0:
-            paired = "no common run"
-        else:
-            se = f" ± {diff['se']:.1f}" if diff["se"] is not None else ""
-            paired = f"{diff['mean']:+.1f}{se} (n={diff['n']})"
+        paired = "—" if diff is None else paired_text(diff)
         minutes = statistics.fmean(row["train_seconds_per_run"]) / 60.0
         name = f"{variant} (test speakers' statistics)" if variant in TEST_SPEAKER_STATISTICS else variant
         lines.append(f"| {name} | {len(row['runs'])} | {' | '.join(cells)} | {paired} | {minutes:.1f} |")
@@ -197,10 +215,12 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             "",
             "How a run ends: the epoch selected on validation speakers against the last epoch's weights, test UA % "
             "(runs that recorded both; the last epoch's score is a record, never used to select); seed spread: mean "
-            "over folds of the gap between the seeds' test UA.",
+            "over folds of the gap between the seeds' test UA; full − variant as in the first table, at the last "
+            "epoch (what a release trained on every speaker ships).",
             "",
-            "| variant | runs | selected − last (paired, ± s.e.) | seed spread, selected | seed spread, last |",
-            "|---|---|---|---|---|",
+            "| variant | runs | selected − last (paired, ± s.e.) | seed spread, selected | seed spread, last "
+            "| full − variant, last epoch |",
+            "|---|---|---|---|---|---|",
         ]
         for variant, end in ends.items():
             d = end["selected_minus_last_UA"]
@@ -209,7 +229,10 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 "—" if x["mean"] is None else f"{x['mean']:.1f} ({x['folds']} folds)"
                 for x in (end["seed_spread_selected"], end["seed_spread_last"])
             ]
-            lines.append(f"| {variant} | {d['n']} | {d['mean']:+.1f}{se} | {spreads[0]} | {spreads[1]} |")
+            against = "—" if "full_minus_this_UA" not in end else paired_text(end["full_minus_this_UA"])
+            lines.append(
+                f"| {variant} | {d['n']} | {d['mean']:+.1f}{se} | {spreads[0]} | {spreads[1]} | {against} |"
+            )
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",

@@ -97,7 +97,12 @@ def test_summary_merges_variants_and_seeds_with_reference_statistics(tmp_path, a
         if line.startswith("| full |") or line.startswith("| reference_cnn |")
     ]
     assert rows[0].startswith("| full | 4 | ") and "| — |" in rows[0]
-    assert rows[1].startswith("| reference_cnn | 3 | ") and "+10.0 ± 0.0 (n=3)" in rows[1]
+    # full ahead in all three pairs (d = 10, 10, 10)
+    assert paired["ahead"] == 3 and paired["behind"] == 0
+    assert (
+        rows[1].startswith("| reference_cnn | 3 | ")
+        and f"{sum(d) / 3:+.1f} ± {sd / math.sqrt(3):.1f} (n=3, 3 ahead, 0 behind)" in rows[1]
+    )
 
 
 def test_paired_difference_uses_only_common_runs(accuracy):
@@ -105,6 +110,9 @@ def test_paired_difference_uses_only_common_runs(accuracy):
     b = {(0, 0): 55.0, (0, 1): 52.0, (2, 2): 10.0}
     got = accuracy.paired_difference(a, b)
     assert got["n"] == 2 and got["mean"] == pytest.approx(1.5)
+    assert got["ahead"] == 1 and got["behind"] == 1  # +5 and −2
+    level = accuracy.paired_difference({(0, 0): 1.0, (0, 1): 2.0}, {(0, 0): 1.0, (0, 1): 3.0})
+    assert (level["ahead"], level["behind"]) == (0, 1)  # a tie counts neither way
     assert got["se"] == pytest.approx(math.sqrt(((5 - 1.5) ** 2 + (-2 - 1.5) ** 2) / 1) / math.sqrt(2))
     assert accuracy.paired_difference(a, {})["n"] == 0
     assert accuracy.paired_difference({(0, 0): 1.0}, {(0, 0): 0.5})["se"] is None
@@ -151,4 +159,38 @@ def test_last_epoch_against_selected_epoch_and_seed_spread(tmp_path, accuracy):
             "machine": "m",
         },
     )
-    assert f"| full | 4 | {mean:+.1f} ± {se:.1f} | 7.0 (2 folds) | 2.5 (2 folds) |" in table
+    assert f"| full | 4 | {mean:+.1f} ± {se:.1f} | 7.0 (2 folds) | 2.5 (2 folds) | — |" in table
+
+
+def test_full_against_a_variant_at_the_last_epoch(tmp_path, accuracy):
+    """full − variant of the last epoch's test UA, over the runs of both that recorded it, against
+    a reference computed here; a variant without last-epoch records has no such row."""
+    full_last = {(0, 0): 0.60, (0, 1): 0.52, (1, 0): 0.58}
+    eam_last = {(0, 0): 0.62, (0, 1): 0.50, (1, 0): 0.61}
+    for (seed, fold), value in full_last.items():
+        write_run(tmp_path, "full", seed, fold, 0.5, [1.0], value)
+    for (seed, fold), value in eam_last.items():
+        write_run(tmp_path, "with_eam", seed, fold, 0.5, [1.0], value)
+    write_run(tmp_path, "no_flam", 0, 0, 0.4, [1.0])  # trained before the record existed
+    summary = accuracy.summarise(accuracy.collect(tmp_path))
+    d = [100 * (full_last[k] - eam_last[k]) for k in sorted(full_last)]  # −2, +2, −3
+    mean = sum(d) / 3
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / 2) / math.sqrt(3)
+    got = summary["with_eam"]["last_epoch"]["full_minus_this_UA"]
+    assert got["n"] == 3 and got["mean"] == pytest.approx(mean) and got["se"] == pytest.approx(se)
+    assert (got["ahead"], got["behind"]) == (1, 2)
+    assert (
+        "last_epoch" not in summary["no_flam"] and "full_minus_this_UA" not in summary["full"]["last_epoch"]
+    )
+    meta = {
+        "n_utterances": 1,
+        "n_actors": 1,
+        "selection_rule": "r",
+        "preset": "p",
+        "overrides": {},
+        "machine": "m",
+    }
+    table = accuracy.markdown(summary, meta)
+    expected = f"| {mean:+.1f} ± {se:.1f} (n=3, 1 ahead, 2 behind) |"
+    rows = [line for line in table.splitlines() if line.startswith("| with_eam | 3 | ")]
+    assert len(rows) == 2 and rows[1].endswith(expected)  # the first table's row, then how-a-run-ends
