@@ -14,6 +14,16 @@ import pytest
 
 from tests.fixtures.scripts import load_script
 
+#: what markdown() needs besides the summary, for tests that only read the tables' rows
+TABLE_META = {
+    "n_utterances": 1,
+    "n_actors": 1,
+    "selection_rule": "r",
+    "preset": "p",
+    "overrides": {},
+    "machine": "m",
+}
+
 
 @pytest.fixture(scope="module")
 def accuracy():
@@ -148,17 +158,7 @@ def test_last_epoch_against_selected_epoch_and_seed_spread(tmp_path, accuracy):
     # folds 0 and 1 have both seeds: |60 − 50| and |70 − 66| selected; |58 − 55| and |69 − 67| last
     assert end["seed_spread_selected"] == {"mean": pytest.approx(7.0), "folds": 2}
     assert end["seed_spread_last"] == {"mean": pytest.approx(2.5), "folds": 2}
-    table = accuracy.markdown(
-        {"full": row},
-        {
-            "n_utterances": 1,
-            "n_actors": 1,
-            "selection_rule": "r",
-            "preset": "p",
-            "overrides": {},
-            "machine": "m",
-        },
-    )
+    table = accuracy.markdown({"full": row}, TABLE_META)
     assert f"| full | 4 | {mean:+.1f} ± {se:.1f} | 7.0 (2 folds) | 2.5 (2 folds) | — |" in table
 
 
@@ -182,15 +182,7 @@ def test_full_against_a_variant_at_the_last_epoch(tmp_path, accuracy):
     assert (
         "last_epoch" not in summary["no_flam"] and "full_minus_this_UA" not in summary["full"]["last_epoch"]
     )
-    meta = {
-        "n_utterances": 1,
-        "n_actors": 1,
-        "selection_rule": "r",
-        "preset": "p",
-        "overrides": {},
-        "machine": "m",
-    }
-    table = accuracy.markdown(summary, meta)
+    table = accuracy.markdown(summary, TABLE_META)
     expected = f"| {mean:+.1f} ± {se:.1f} (n=3, 1 ahead, 2 behind) |"
     rows = [line for line in table.splitlines() if line.startswith("| with_eam | 3 | ")]
     assert len(rows) == 2 and rows[1].endswith(expected)  # the first table's row, then how-a-run-ends
