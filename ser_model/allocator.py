@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 
 __all__ = [
     "HEAP_ENV",

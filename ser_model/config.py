@@ -2,9 +2,9 @@
 
 ``SERConfig`` bundles ``ModelConfig`` (backbone, FLAM, head), ``EAMConfig`` (energy-adaptive
 mixup), ``LossConfig`` (the multi-loss) and ``TrainConfig`` (optimiser and loop), plus the class
-labels. Each is a pydantic dataclass (:func:`config_dataclass`: strict types, frozen, unknown
-fields refused) whose own rules then run in ``__post_init__``; every error is a ``ConfigError``
-naming the field, the value and what is expected. ``SERConfig.to_json`` / ``from_json``
+labels. Each is a pydantic dataclass (``ser_model.config_validation.config_dataclass``: strict
+types, frozen, unknown fields refused) whose own rules then run in ``__post_init__``; every error
+is a ``ConfigError`` naming the field, the value and what is expected. ``SERConfig.to_json`` / ``from_json``
 round-trip exactly; ``with_overrides({"train.epochs": 3})`` returns a new, validated config.
 
 The dataclass defaults are the paper's recipe (docs/METHOD.md, the ``paper-wavlm`` preset but for
@@ -15,15 +15,11 @@ docstrings. ``ser_model.presets`` holds each named recipe as its differences fro
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic.dataclasses import dataclass
+from pydantic import Field
 
 from ser_model.backbone_facts import (
     FROZEN_MODES,
@@ -32,149 +28,22 @@ from ser_model.backbone_facts import (
     layer_weights_problem,
     resolve_layer_weights,
 )
+from ser_model.config_validation import (
+    ConfigError,
+    CountInt,
+    Dropout,
+    Floats,
+    Ints,
+    LearningRate,
+    Names,
+    NonNegative,
+    PositiveInt,
+    bounded,
+    config_dataclass,
+    config_from_dict,
+    require,
+)
 from ser_model.metrics import HeadlineMetric
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what is expected."""
-
-
-def require(condition: bool, where: str, message: str) -> None:
-    """ConfigError ``"<where>: <message>"`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(f"{where}: {message}")
-
-
-def _as_tuple(value: Any) -> Any:
-    """A JSON list read back as the tuple the field holds (configs round-trip through JSON)."""
-    return tuple(value) if isinstance(value, list) else value
-
-
-Ints = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
-Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
-Floats = Annotated[tuple[float, ...], BeforeValidator(_as_tuple)]
-
-_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class Expect:
-    """What a bounded field takes, in the words its error message uses (:func:`bounded`)."""
-
-    words: str
-
-
-def bounded(base: type, words: str, **limits: float) -> Any:
-    """``base`` within pydantic's bounds ``limits`` (``gt``, ``ge``, ``lt``, ``le``); a value outside
-    them is refused as ``"<Class>.<field>: got <value>, expected <words>"``."""
-    return Annotated[base, Field(**limits), Expect(words)]
-
-
-PositiveInt = bounded(int, "a positive integer", ge=1)
-CountInt = bounded(int, "an integer >= 0", ge=0)
-NonNegative = bounded(float, "a value >= 0", ge=0.0)
-Dropout = bounded(float, "a dropout probability in [0, 1)", ge=0.0, lt=1.0)
-LearningRate = bounded(float, "a learning rate > 0", gt=0.0)
-
-
-def _expect_words(annotation: Any) -> str | None:
-    """The :class:`Expect` words of a bounded annotation (or of a union arm of one), None without."""
-    if typing.get_origin(annotation) is Annotated:
-        return next((m.words for m in annotation.__metadata__ if isinstance(m, Expect)), None)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        words = [_expect_words(arg) for arg in typing.get_args(annotation)]
-        found = next((w for w in words if w), None)
-        optional = type(None) in typing.get_args(annotation)
-        return None if found is None else f"None or {found}" if optional else found
-    return None
-
-
-def _expected(annotation: Any) -> str:
-    """How an error message names what a field takes: ``int``, ``float | None``, ``one of ('a', 'b')``."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _expected(typing.get_args(annotation)[0])
-    if origin is Literal:
-        return f"one of {typing.get_args(annotation)}"
-    if origin is tuple:
-        return f"a list of {_expected(typing.get_args(annotation)[0])}"
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_expected(arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return "None"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _config_error(cls: type, where: str, err: ValidationError) -> ConfigError:
-    """The first problem pydantic found, as a ConfigError in this module's words."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(str(e["loc"][0]) for e in err.errors() if e["type"] == "unexpected_keyword_argument")
-    if unknown:
-        return ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
-    problem = err.errors()[0]
-    cause = problem.get("ctx", {}).get("error")
-    if isinstance(cause, ConfigError):  # one of the class's own rules (__post_init__)
-        return cause
-    loc = problem["loc"]
-    if problem["type"].startswith("missing"):
-        return ConfigError(f"{cls.__name__}.{loc[0]}: missing; expected {_expected(hints[loc[0]])}")
-    if not loc:
-        return ConfigError(f"{where}: {problem['msg']}")
-    name = f"{cls.__name__}.{loc[0]}" + "".join(f"[{i}]" for i in loc[1:])
-    value = problem["input"]
-    annotation = hints[loc[0]]
-    if len(loc) > 1:  # an item of a tuple field
-        annotation = typing.get_args(typing.get_args(annotation)[0])[0]
-    expected = _expected(annotation)
-    if problem["type"] in _BOUND_ERRORS and len(loc) == 1:
-        expected = _expect_words(hints[loc[0]]) or problem["msg"].removeprefix("Input should be ")
-    if problem["type"] == "finite_number":
-        expected = "a finite number"
-    plain = problem["type"] in ("literal_error", "finite_number", *_BOUND_ERRORS)
-    got = f"{value!r}" if plain else f"{value!r} ({type(value).__name__})"
-    return ConfigError(f"{name}: got {got}, expected {expected}")
-
-
-_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-
-
-def config_dataclass(cls: type | None = None, **options: Any) -> Any:
-    """``cls`` as a frozen pydantic dataclass with strict types and no unknown fields, whose errors
-    are ``ConfigError`` (``"<Class>.<field>: got <value> (<type>), expected <type>"``; the class's
-    ``__post_init__`` rules raise their own). ``options`` go to pydantic (e.g. ``kw_only=True``)."""
-    if cls is None:
-        return functools.partial(config_dataclass, **options)
-    validated = dataclass(frozen=True, config=_STRICT, **options)(cls)
-    pydantic_init = _PYDANTIC_INIT[validated] = validated.__init__
-
-    @functools.wraps(pydantic_init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            pydantic_init(self, *args, **kwargs)
-        except ValidationError as err:
-            raise _config_error(validated, type(self).__name__, err) from None
-
-    validated.__init__ = __init__
-    return validated
-
-
-_PYDANTIC_INIT: dict[type, Any] = {}
-
-
-def config_from_dict(cls: type, data: Any, where: str) -> Any:
-    """``cls(**data)`` for a dict read from JSON, its errors located at ``where`` (``SERConfig.loss``)."""
-    require(
-        isinstance(data, dict),
-        where,
-        f"got {type(data).__name__}, expected an object of {cls.__name__} fields",
-    )
-    config = cls.__new__(cls)
-    try:
-        _PYDANTIC_INIT[cls](config, **data)
-    except ValidationError as err:
-        raise _config_error(cls, where, err) from None
-    return config
 
 
 @config_dataclass
@@ -208,34 +77,44 @@ class EAMConfig:
 class ModelConfig:
     """Backbone → (layer weights) → FLAM (or mean pooling) → head.
 
-    ``backbone``: ``"fbank"`` (80-d log-mel + a small encoder trained from scratch) or
-    ``"hf:<hub id or local folder>"`` (any Hugging Face audio SSL model, e.g.
-    ``hf:microsoft/wavlm-large``).
-    ``backbone_mode`` (hf only; the paper does not say): ``"finetune"`` (CNN feature encoder
-    frozen, transformer trained), ``"frozen"`` (last layer, no gradient) or ``"weighted_sum"``
-    (softmax-weighted sum of all hidden layers of a frozen backbone, SUPERB-style).
-    ``use_layer_weights`` (ours, SUPERB-style): feed FLAM a learnable softmax-weighted sum of all
-    hidden layers. ``None`` means True for "weighted_sum" and "finetune", False for "frozen"
-    and for the fbank backbone (resolved by the ``layer_weights`` property).
-    ``wave_norm``: normalise each waveform to zero mean, unit variance over its valid samples
-    before an hf backbone (what the WavLM-Large feature extractor does).
-    ``flam``: False replaces FLAM by mean pooling over valid frames (ablation).
-    ``flam_heads``: heads of the FLAM self-attention; ``None`` means 16 for hf backbones
-    (docs/METHOD.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
-    ``flam_dropout`` (ours): dropout on the attention output before the residual.
-    ``embed_dim``: size of the embedding e (center loss acts on it); ``head_dropout`` (ours) after it.
-    ``embed_norm`` (ours, not in docs/METHOD.md): normalisation between the embedding layer and its ReLU:
-    ``"none"`` (the paper's head: Linear → ReLU), ``"batch"`` (BatchNorm1d: every unit is centred over
-    the batch, so no unit can sit below zero for every utterance and die) or ``"layer"``.
-    ``trim_db`` (ours): leading and trailing frames whose energy lies more than this many dB below the
-    utterance's loudest frame are cut before the model sees the audio, in training, evaluation and
-    inference alike (``ser_model.audio.trim_silence``); None keeps the audio whole.
-    ``n_mels`` … ``spec_*``: the fbank backbone (``ser_model.backbones.FbankBackbone``): 25 ms window,
-    10 ms hop, log-mel normalised per utterance (``fbank_norm``), SpecAugment-style masks in training,
-    then a 2-D CNN over the (mel × time) image: one block per entry of ``fbank_channels``, each
-    Conv2d 3×3 → BatchNorm2d → ReLU → MaxPool (2 over mel, ``fbank_time_pools[i]`` over time); the
-    channels × remaining mel bins of every frame are projected to ``fbank_dim``, then
-    ``fbank_layers`` transformer layers (0: none).
+    Five sections of fields, each under a comment naming the backbones it applies to. Flat on
+    purpose: saved ``config.json`` files, presets, search spaces and the override keys users type
+    (``model.fbank_norm=speaker``) name every field as ``model.<field>``.
+
+    **Which backbone** (every backbone). ``backbone``: ``"fbank"`` (80-d log-mel + a small encoder
+    trained from scratch) or ``"hf:<hub id or local folder>"`` (any Hugging Face audio SSL model,
+    e.g. ``hf:microsoft/wavlm-large``).
+
+    **hf backbones only** (with fbank, ``backbone_mode`` must stay "finetune" and
+    ``use_layer_weights`` None or False). ``backbone_mode`` (the paper does not say):
+    ``"finetune"`` (CNN feature encoder frozen, transformer trained), ``"frozen"`` (last layer, no
+    gradient) or ``"weighted_sum"`` (softmax-weighted sum of all hidden layers of a frozen
+    backbone, SUPERB-style). ``use_layer_weights`` (ours, SUPERB-style): feed FLAM a learnable
+    softmax-weighted sum of all hidden layers; ``None`` means True for "weighted_sum" and
+    "finetune", False for "frozen" and for the fbank backbone (resolved by the ``layer_weights``
+    property). ``wave_norm``: normalise each waveform to zero mean, unit variance over its valid
+    samples before the backbone (what the WavLM-Large feature extractor does).
+
+    **FLAM and the head** (every backbone). ``flam``: False replaces FLAM by mean pooling over
+    valid frames (ablation). ``flam_heads``: heads of the FLAM self-attention; ``None`` means 16
+    for hf backbones (docs/METHOD.md) and 4 for fbank (resolved by the ``n_flam_heads`` property).
+    ``flam_dropout`` (ours): dropout on the attention output before the residual. ``embed_dim``:
+    size of the embedding e (center loss acts on it); ``head_dropout`` (ours) after it.
+    ``embed_norm`` (ours, not in docs/METHOD.md): normalisation between the embedding layer and
+    its ReLU: ``"none"`` (the paper's head: Linear → ReLU), ``"batch"`` (BatchNorm1d: every unit is
+    centred over the batch, so no unit can sit below zero for every utterance and die) or ``"layer"``.
+
+    **The audio** (every backbone). ``trim_db`` (ours): leading and trailing frames whose energy
+    lies more than this many dB below the utterance's loudest frame are cut before the model sees
+    the audio, in training, evaluation and inference alike (``ser_model.audio.trim_silence``); None
+    keeps the audio whole. ``sample_rate``: the rate the backbone takes (16 kHz for hf backbones).
+
+    **The fbank backbone only** (``n_mels`` … ``spec_*``; ``ser_model.fbank_backbone.FbankBackbone``):
+    25 ms window, 10 ms hop, log-mel normalised per utterance (``fbank_norm``), SpecAugment-style
+    masks in training, then a 2-D CNN over the (mel × time) image: one block per entry of
+    ``fbank_channels``, each Conv2d 3×3 → BatchNorm2d → ReLU → MaxPool (2 over mel,
+    ``fbank_time_pools[i]`` over time); the channels × remaining mel bins of every frame are
+    projected to ``fbank_dim``, then ``fbank_layers`` transformer layers (0: none).
     ``fbank_norm``: how the log-mel is normalised per utterance over its valid frames: ``"bin"``
     (each mel bin to zero mean, unit variance), ``"bin_mean"`` (each mel bin's mean subtracted:
     cepstral mean normalisation, keeps each bin's dynamics) or ``"utterance"`` (one mean and one
@@ -244,21 +123,26 @@ class ModelConfig:
     to zero mean, unit variance over all frames of all utterances of the utterance's speaker, so an
     utterance keeps its own mean spectrum relative to its speaker's; the model then needs the
     speaker's statistics, computed from that speaker's unlabelled utterances: ``ser_model.speaker_norm``,
-    docs/METHOD.md "Speaker-level normalisation"; fbank backbone only).
+    docs/METHOD.md "Speaker-level normalisation"; refused with an hf backbone).
     """
 
+    # -- which backbone (every backbone)
     backbone: str = "fbank"
+    # -- hf backbones only
     backbone_mode: BackboneMode = "finetune"
     use_layer_weights: bool | None = None
     wave_norm: bool = True
+    # -- FLAM and the head (every backbone)
     flam: bool = True
     flam_heads: PositiveInt | None = None
     flam_dropout: Dropout = 0.1
     embed_dim: PositiveInt = 64
     head_dropout: Dropout = 0.1
     embed_norm: Literal["none", "batch", "layer"] = "none"
+    # -- the audio (every backbone)
     trim_db: bounded(float, "a positive number of dB", gt=0.0) | None = None
     sample_rate: PositiveInt = 16000
+    # -- the fbank backbone only
     n_mels: PositiveInt = 80
     fbank_channels: Ints = (32, 64, 128, 128)
     fbank_time_pools: Ints = (2, 2, 2, 2)

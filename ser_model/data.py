@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from data_contracts.errors import SourceError
 from data_contracts.source import resolve_inside
 from ser_model.audio import load_audio, speed_perturb, trim_silence
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.errors import DataSplitError
 
 __all__ = [

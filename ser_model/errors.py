@@ -2,7 +2,7 @@
 
 `ser_model.audio` and `ser_model.data` raise them; the `ser` command line catches them without
 importing torch first, so that `ser --help` and `ser ingest` start at once. `ConfigError` lives
-beside the configuration it validates (`ser_model.config`, also torch-free).
+beside the validation of config classes (`ser_model.config_validation`, also torch-free).
 """
 
 

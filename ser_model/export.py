@@ -32,7 +32,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.ensemble import load_model
 from ser_model.model import SERModel
 

@@ -38,7 +38,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ser_model.config import ConfigError, SERConfig
+from ser_model.config import SERConfig
+from ser_model.config_validation import ConfigError
 from ser_stack.files import write_atomically
 
 __all__ = [

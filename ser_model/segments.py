@@ -35,7 +35,7 @@ import soundfile
 
 from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UNKNOWN_FRAMES, resample, to_mono, trim_silence
 from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
-from ser_model.config import NonNegative, PositiveInt, bounded, config_dataclass, require
+from ser_model.config_validation import NonNegative, PositiveInt, bounded, config_dataclass, require
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import sliding_windows
 from ser_model.metrics import probability_column

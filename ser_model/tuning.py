@@ -55,7 +55,8 @@ from typing import Any
 
 import optuna
 
-from ser_model.config import ConfigError, SERConfig
+from ser_model.config import SERConfig
+from ser_model.config_validation import ConfigError
 from ser_model.presets import PRESET_FILE_FORMAT, PRESET_FILE_VERSION
 
 __all__ = [

@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from data_contracts.errors import DataContractError
 from ser_model.audio import AudioDecodeError
-from ser_model.config import ConfigError, SERConfig
+from ser_model.config import SERConfig
+from ser_model.config_validation import ConfigError
 from ser_model.data import DataSplitError
 from ser_model.launch import BAD_CONFIG_EXIT, BAD_DATA_EXIT, WORKER_FLAGS
 from ser_model.train import fit

@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 
-from ser_model.config import ConfigError, EAMConfig, LossConfig, ModelConfig, SERConfig, TrainConfig
+from ser_model.config import EAMConfig, LossConfig, ModelConfig, SERConfig, TrainConfig
+from ser_model.config_validation import ConfigError
 from ser_model.metrics import HEADLINE_METRICS
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ser_model.backbones import FbankBackbone, LogMelStatistics
-from ser_model.config import ConfigError, LossConfig, ModelConfig, SERConfig
+from ser_model.config import LossConfig, ModelConfig, SERConfig
+from ser_model.config_validation import ConfigError
 from ser_model.export import export_onnx
 from ser_model.model import SERModel
 from ser_model.speaker_norm import row_statistics, speaker_statistics

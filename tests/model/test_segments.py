@@ -11,7 +11,7 @@ import soundfile
 import torch
 
 from ser_model.audio import resample
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import Predictor
 from ser_model.model import SERModel

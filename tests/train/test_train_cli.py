@@ -15,7 +15,7 @@ import torch
 
 from data_contracts.labels import LABELS
 from ser_model.cli import ModelSourceError, main, parse_overrides, train_config
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.model import SERModel
 from tests.fixtures.corpora import make_ravdess, ser_ingest
 from tests.train.synthetic import tiny_config

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.ensemble import ENSEMBLE_FILE, SEREnsemble, is_ensemble, load_model
 from ser_model.export import export_onnx
 from ser_model.inference import Predictor

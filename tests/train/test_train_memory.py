@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from ser_model.allocator import HEAP_ENV, HUGE_PAGES_TUNABLE, heap_env, heap_policy
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.data import DEFAULT_MEMORY_CACHE_BYTES, MEMORY_CACHE_ENV, UtteranceDataset, memory_cache_bytes
 from ser_model.launch import torchrun_command, worker_command, worker_env
 

@@ -15,7 +15,8 @@ from data_contracts.errors import UnknownCorpusError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.audio import load_audio, trim_silence
 from ser_model.cli import train_config
-from ser_model.config import ConfigError, SERConfig, TrainConfig
+from ser_model.config import SERConfig, TrainConfig
+from ser_model.config_validation import ConfigError
 from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset
 from ser_model.export import export_onnx
 from ser_model.inference import Predictor, prepare_waveform

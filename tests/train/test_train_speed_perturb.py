@@ -11,7 +11,8 @@ import torch
 import torchaudio
 
 from ser_model.audio import speed_perturb
-from ser_model.config import ConfigError, SERConfig
+from ser_model.config import SERConfig
+from ser_model.config_validation import ConfigError
 from ser_model.data import UtteranceDataset, random_crop_start, speed_factor
 from ser_model.train import fit, training_splits
 from tests.train.synthetic import LABELS, tiny_config

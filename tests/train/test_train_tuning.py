@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ser_model import train as train_module
-from ser_model.config import ConfigError
+from ser_model.config_validation import ConfigError
 from ser_model.ema import WeightAverage, ema_decay_at
 from ser_model.presets import PRESETS, experiment_config, read_preset_file, write_preset_file
 from ser_model.tuning import (
