@@ -178,17 +178,24 @@ def run_fold(
     """One fold launched as the train-fold flow launches it, from the code in ``tree`` (this
     checkout, or a baseline's: then with torchrun, as every fold was launched before
     ``ser_model.launch.worker_command``), sampled; its epochs' seconds."""
-    from ser_model.launch import METRICS_FILE, FoldJob, torchrun_command, worker_command, worker_env
+    from ser_model.launch import (
+        CONFIG_FILE,
+        METRICS_FILE,
+        FoldJob,
+        torchrun_command,
+        worker_command,
+        worker_env,
+    )
 
     inputs = work / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    config.to_json(inputs / "config.json")
+    config.to_json(inputs / CONFIG_FILE)
     manifest.to_parquet(inputs / "manifest.parquet", index=False)
     folds.to_parquet(inputs / "folds.parquet", index=False)
     job = FoldJob(
         "ravdess",
         fold,
-        inputs / "config.json",
+        inputs / CONFIG_FILE,
         inputs / "manifest.parquet",
         inputs / "folds.parquet",
         root,

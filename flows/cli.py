@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ser_model import cli
+from ser_stack.names import RUN_KIND_EVALUATION, RUN_KIND_TAG
 
 REGISTRY_SCHEME = "models:/"
 
@@ -93,7 +94,9 @@ def log_evaluation(experiment: str, run_name: str, params: dict, metrics: dict) 
 
     client = MlflowClient()
     experiment_id = tracking.get_or_create_experiment(client, experiment)
-    run_id = client.create_run(experiment_id, run_name=run_name, tags={"ser.kind": "evaluation"}).info.run_id
+    run_id = client.create_run(
+        experiment_id, run_name=run_name, tags={RUN_KIND_TAG: RUN_KIND_EVALUATION}
+    ).info.run_id
     given = {k: v for k, v in params.items() if v is not None}
     tracking.log_batch(client, run_id, tracking.epoch_metrics([metrics]), tracking.flatten_params(given))
     client.log_dict(run_id, dict(metrics), "evaluation.json")

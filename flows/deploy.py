@@ -37,10 +37,16 @@ from prefect.flows import Flow
 
 from data_contracts.labels import CORPORA
 from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
-from flows.ingest import MANIFEST_UPDATED_EVENT, manifest_resource_id
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from flows.tune import TRIAL_DEPLOYMENT
 from ser_model.presets import DEFAULT_PRESET
+from ser_stack.names import (
+    EVENT_BUCKET,
+    EVENT_FINGERPRINT,
+    MANIFEST_UPDATED_EVENT,
+    manifest_resource_id,
+    train_deployment,
+)
 from ser_stack.settings import REPO_ROOT, StackSettings
 
 log = logging.getLogger(__name__)
@@ -84,10 +90,10 @@ def manifest_trigger(
         name=f"train-{corpus}-on-new-manifest",
         description=f"train {corpus} when the ingest flow publishes a new manifest fingerprint",
         expect={MANIFEST_UPDATED_EVENT},
-        match={"prefect.resource.id": manifest_resource_id(corpus), "ser.bucket": data_bucket},
+        match={"prefect.resource.id": manifest_resource_id(corpus), EVENT_BUCKET: data_bucket},
         parameters={
             "corpus": corpus,
-            "manifest_version": "{{ event.resource['ser.fingerprint'] }}",
+            "manifest_version": f"{{{{ event.resource['{EVENT_FINGERPRINT}'] }}}}",
             "preset": preset,
             "folds": folds,
         },
@@ -130,7 +136,7 @@ def build_deployments(
     for corpus in CORPORA:
         deployments.append(
             flows["train"].to_deployment(
-                name=f"train-{corpus}",
+                name=train_deployment(corpus),
                 parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
                 triggers=[
                     manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)

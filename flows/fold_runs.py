@@ -29,6 +29,7 @@ from prefect.deployments import run_deployment
 
 from flows import tracking as t
 from ser_model.launch import fold_folder_name
+from ser_stack.names import fold_flow_run_name
 
 FOLD_DEPLOYMENT = "train-fold/train-fold"
 FOLD_QUEUE = "folds"
@@ -53,7 +54,7 @@ def fold_job_variables(corpus: str, fold: int, env: Mapping[str, str] | None = N
         raise ValueError(
             f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables"
         )
-    return {"name": f"ser-{corpus}-{fold_folder_name(fold)}", **extra}
+    return {"name": fold_flow_run_name(corpus, fold_folder_name(fold)), **extra}
 
 
 def selected_folds(requested: list[int] | None, available: list[int], where: str) -> list[int]:

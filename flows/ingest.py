@@ -29,18 +29,19 @@ from prefect.logging.handlers import APILogHandler
 
 from data_contracts.ingest import IngestResult, report_markdown, run_ingest
 from flows.roots import resolve_root
-from flows.storage import DataBucket, Publication, StorageUnavailableError, check_corpus, publish_manifest
+from flows.storage import DataBucket, Publication, StorageUnavailableError, publish_manifest
+from ser_stack.names import (
+    EVENT_BUCKET,
+    EVENT_CORPUS,
+    EVENT_FINGERPRINT,
+    MANIFEST_UPDATED_EVENT,
+    manifest_resource_id,
+)
 from ser_stack.settings import StackSettings
 
-MANIFEST_UPDATED_EVENT = "ser.manifest.updated"
 LIBRARY_LOGGERS = ("data_contracts", "flows.storage")
 PUBLISH_RETRY_DELAYS_S = (2, 8)
 PROGRESS_LOG_INTERVAL_S = 5.0
-
-
-def manifest_resource_id(corpus: str) -> str:
-    """Prefect resource id of a corpus's manifest: ``ser.manifest.<corpus>``."""
-    return f"ser.manifest.{check_corpus(corpus)}"
 
 
 @contextmanager
@@ -191,9 +192,9 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
                 event=MANIFEST_UPDATED_EVENT,
                 resource={
                     "prefect.resource.id": manifest_resource_id(corpus),
-                    "ser.corpus": corpus,
-                    "ser.fingerprint": publication.fingerprint,
-                    "ser.bucket": StackSettings.from_env().data_bucket,
+                    EVENT_CORPUS: corpus,
+                    EVENT_FINGERPRINT: publication.fingerprint,
+                    EVENT_BUCKET: StackSettings.from_env().data_bucket,
                 },
                 payload={k: v for k, v in outcome.items() if k != "status"},
             )

@@ -25,6 +25,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.storage import check_corpus
+from ser_stack.names import train_deployment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,7 +37,7 @@ LEASE_S = 300.0
 
 def training_limit(corpus: str) -> str:
     """Name of the corpus's training limit: ``train-<corpus>``."""
-    return f"train-{check_corpus(corpus)}"
+    return train_deployment(check_corpus(corpus))
 
 
 def ensure_limit(name: str, slots: int) -> bool:

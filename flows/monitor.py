@@ -44,18 +44,13 @@ from flows import tracking as t
 from flows.cli import download_checkpoint
 from flows.figures import confusion_figure, drift_figure
 from flows.mlflow_ui import run_url
-from flows.promote import current_champion, registered_model_name
+from flows.promote import current_champion
 from flows.roots import manifest_root
 from flows.storage import ManifestVersionNotFoundError, load_manifest_version, resolve_version
-from flows.tune import RUN_KIND_TAG
 from ser_model.monitor import DEFAULT_UA_MARGIN, MonitorResult, watch_champion
+from ser_stack import names as n
 from ser_stack.settings import StackSettings
 
-MONITOR_KIND = "monitor"
-"""Value of ``ser.run_kind`` on a monitor run."""
-MANIFEST_TAG = "ser.monitor.manifest"
-CHAMPION_MANIFEST_TAG = "ser.monitor.champion_manifest"
-CHAMPION_VERSION_TAG = "ser.champion_version"
 DEGRADED_STATE = "Degraded"
 """Name of the (Completed) final state of a monitor run that flagged the champion."""
 DEGRADED_EVENT = f"prefect.flow-run.{DEGRADED_STATE}"
@@ -121,15 +116,15 @@ def log_monitor_run(
     margin: float,
 ) -> tuple[str, str]:
     """The monitor's MLflow run (see the module doc); returns (run id, URL)."""
-    experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
+    experiment_id = t.get_or_create_experiment(client, n.experiment_name(corpus))
     tags = {
-        RUN_KIND_TAG: MONITOR_KIND,
-        "ser.corpus": corpus,
-        CHAMPION_VERSION_TAG: champion_version,
-        MANIFEST_TAG: fingerprint,
-        CHAMPION_MANIFEST_TAG: champion_fingerprint,
-        "ser.monitor.verdict": result.verdict(),
-        "ser.monitor.degraded": str(result.degraded).lower(),
+        n.RUN_KIND_TAG: n.RUN_KIND_MONITOR,
+        n.CORPUS_TAG: corpus,
+        n.CHAMPION_VERSION_TAG: champion_version,
+        n.MONITOR_MANIFEST_TAG: fingerprint,
+        n.MONITOR_CHAMPION_MANIFEST_TAG: champion_fingerprint,
+        n.MONITOR_VERDICT_TAG: result.verdict(),
+        n.MONITOR_DEGRADED_TAG: str(result.degraded).lower(),
     }
     run_id = client.create_run(experiment_id, tags=tags, run_name=f"monitor-{corpus}").info.run_id
     metrics = [Metric(k, v, 0, 0) for k, v in result.flat_metrics().items()]
@@ -161,7 +156,7 @@ def not_watched(corpus: str, champion_version: str | None, reason: str, warn: bo
     create_markdown_artifact(
         f"# Champion of {corpus} not watched\n\n{reason}\n",
         key=f"monitor-{corpus}",
-        description=f"{registered_model_name(corpus)}@champion on new data",
+        description=f"{n.registered_model_name(corpus)}@champion on new data",
     )
     return {"champion_version": champion_version, "quote": reason}
 
@@ -177,7 +172,7 @@ def monitor(
     logger = get_run_logger()
     settings = StackSettings.from_env()
     client = MlflowClient(settings.tracking_uri)
-    name = registered_model_name(corpus)
+    name = n.registered_model_name(corpus)
     try:
         champion = current_champion(client, name)
     except ValueError as err:  # a champion whose tags do not say what it was trained on

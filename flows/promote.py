@@ -50,28 +50,32 @@ from data_contracts.labels import LABELS
 from flows.limits import ensure_limit
 from flows.registry import create_model_version
 from ser_model.metrics import fold_of_metric_name, summary_name
+from ser_stack.names import (
+    CHALLENGER,
+    CHAMPION,
+    CORPUS_TAG,
+    FINGERPRINT_TAG,
+    FOLD_SCORES_TAG,
+    GIT_COMMIT_TAG,
+    LABELS_TAG,
+    MONITOR_QUOTE_TAG,
+    PARENT_RUN_TAG,
+    PROMOTE_LIMIT,
+    PROTOCOL_TAG,
+    REGISTERED_VERSION_TAG,
+    SELECTION_TAG,
+    promotion_tag,
+    registered_model_name,
+    summary_tag,
+)
 from ser_stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
-PROMOTE_LIMIT = "ser-promote"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-CORPUS_TAG = "ser.corpus"
-FINGERPRINT_TAG = "ser.data_fingerprint"
-PROTOCOL_TAG = "ser.protocol"
-SELECTION_TAG = "ser.selection_rule"
-GIT_COMMIT_TAG = "ser.git_commit"
-"""Tags of a training's parent run that its registered version carries too (:data:`RUN_TAGS_ON_VERSION`)."""
 RUN_TAGS_ON_VERSION = (CORPUS_TAG, FINGERPRINT_TAG, PROTOCOL_TAG, SELECTION_TAG, GIT_COMMIT_TAG)
-REGISTERED_VERSION_TAG = "ser.registered_version"
-"""On the parent run: the version its release model was registered as (a rerun does not register again)."""
-UA_TAG = f"ser.{summary_name('UA', 'mean')}"
-FOLD_SCORES_TAG = "ser.fold_scores"
-LABELS_TAG = "ser.labels"
-PARENT_RUN_TAG = "ser.parent_run_id"
-MONITOR_QUOTE_TAG = "ser.promotion.champion_on_new_data"
-"""On a decided version: the monitor's sentence on the champion's score on the new data (flows/monitor.py)."""
+"""Tags of a training's parent run that its registered version carries too."""
+UA_TAG = summary_tag(summary_name("UA", "mean"))
+"""The fold-mean test UA a registered version carries, read by promotion."""
 
 FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
     "first_champion",
@@ -81,12 +85,6 @@ FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
     "paired_gain",
 )
 """The rule that decided (tag ``ser.promotion.rule``), one per case of the module doc."""
-
-
-def registered_model_name(corpus: str) -> str:
-    """Registry name of a corpus's models: ``ser-<corpus>``."""
-    check_corpus(corpus)
-    return f"ser-{corpus}"
 
 
 @dataclass(frozen=True)
@@ -385,7 +383,7 @@ def promote_version(
     ``challenger``, compare with ``champion``, move ``champion`` when the rule says so, and
     record the decision on the version. ``monitor_quote`` (the monitor's sentence on how the
     champion did on the new data, flows/monitor.py) is quoted beside the decision."""
-    name = registered_model_name(corpus)
+    name = registered_model_name(check_corpus(corpus))
     candidate = version_score(client, name, version)
     client.set_registered_model_alias(name, CHALLENGER, candidate.version)
     champion = current_champion(client, name)
@@ -393,17 +391,17 @@ def promote_version(
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)
     record = {
-        "ser.promotion.decision": "promoted" if decision.promoted else "kept",
-        "ser.promotion.rule": decision.rule,
-        "ser.promotion.reason": decision.reason,
-        "ser.promotion.compared_folds": _fold_list(decision.compared_folds) or "none",
-        "ser.promotion.paired_gain": "none" if decision.gain is None else f"{decision.gain:+.6f}",
-        "ser.promotion.data": "none"
+        promotion_tag("decision"): "promoted" if decision.promoted else "kept",
+        promotion_tag("rule"): decision.rule,
+        promotion_tag("reason"): decision.reason,
+        promotion_tag("compared_folds"): _fold_list(decision.compared_folds) or "none",
+        promotion_tag("paired_gain"): "none" if decision.gain is None else f"{decision.gain:+.6f}",
+        promotion_tag("data"): "none"
         if decision.same_data is None
         else ("same" if decision.same_data else "different"),
-        "ser.promotion.champion_before": "none" if champion is None else champion.version,
-        "ser.promotion.champion_before_UA": "none" if champion is None else f"{champion.ua_mean:.6f}",
-        "ser.promotion.margin": f"{margin:.6f}",
+        promotion_tag("champion_before"): "none" if champion is None else champion.version,
+        promotion_tag("champion_before_UA"): "none" if champion is None else f"{champion.ua_mean:.6f}",
+        promotion_tag("margin"): f"{margin:.6f}",
     }
     if monitor_quote is not None:
         record[MONITOR_QUOTE_TAG] = monitor_quote
@@ -470,9 +468,9 @@ def register_release(
     run_tags = client.get_run(parent_id).data.tags
     if REGISTERED_VERSION_TAG in run_tags:
         return run_tags[REGISTERED_VERSION_TAG], False
-    name = registered_model_name(run_tags[CORPUS_TAG])
+    name = registered_model_name(check_corpus(run_tags[CORPUS_TAG]))
     scores = {
-        f"ser.{key}": f"{summary[key]:.6f}"
+        summary_tag(key): f"{summary[key]:.6f}"
         for key in (summary_name("UA", "std"), summary_name("WA", "mean"), summary_name("macro_f1", "mean"))
     }
     tags = {

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
-from flows.promote import GIT_COMMIT_TAG
+from ser_stack.names import GIT_COMMIT_TAG, GIT_DIRTY_TAG, VERSION_TAG_PREFIX
 
 PACKAGES = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "numpy")
 
@@ -30,7 +30,7 @@ def code_version(repo_dir: str | Path) -> dict[str, str]:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
         GIT_COMMIT_TAG: commit or "unknown",
-        "ser.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        GIT_DIRTY_TAG: "unknown" if status is None else str(bool(status)).lower(),
     }
 
 
@@ -39,7 +39,7 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
     versions = {}
     for name in packages:
         try:
-            versions[f"ser.version.{name}"] = metadata.version(name)
+            versions[VERSION_TAG_PREFIX + name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[f"ser.version.{name}"] = "not installed"
+            versions[VERSION_TAG_PREFIX + name] = "not installed"
     return versions

@@ -15,8 +15,9 @@ from mlflow import MlflowClient
 
 from data_contracts.labels import LABELS
 from flows.mlflow_ui import experiment_url, model_url
-from flows.promote import CHAMPION, UA_TAG, registered_model_name
+from flows.promote import UA_TAG
 from ser_model.metrics import HEADLINE_METRICS, headline_scores, summary_name
+from ser_stack.names import CHAMPION, experiment_name, registered_model_name
 from ser_stack.settings import StackSettings
 
 
@@ -25,7 +26,7 @@ def report(corpus: str, tracking_uri: str) -> str:
     client = MlflowClient(tracking_uri)
     name = registered_model_name(corpus)
     champion = client.get_model_version_by_alias(name, CHAMPION)
-    experiment = client.get_experiment_by_name(f"ser-{corpus}")
+    experiment = client.get_experiment_by_name(experiment_name(corpus))
     ua = champion.tags.get(UA_TAG)
     ua_text = f"{100 * float(ua):.1f} %" if ua else "n/a"
     chance = 100 / len(LABELS[corpus])

@@ -32,7 +32,6 @@ from mlflow.tracking import MlflowClient
 
 from flows.figures import confusion_figure, training_curves_figure
 from flows.mlflow_ui import EXPERIMENT_TAGS
-from flows.promote import CORPUS_TAG
 from ser_model.config import SERConfig
 from ser_model.launch import METRICS_FILE, RESULT_FILE, fold_folder_name, fold_times, read_result
 from ser_model.metrics import (
@@ -42,6 +41,7 @@ from ser_model.metrics import (
     metric_leaves,
     summed_confusion,
 )
+from ser_stack.names import CORPUS_TAG, FOLD_TAG, LOGGED_TAG, MODEL_URI_TAG, TRAIN_KEY_TAG
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,8 @@ MLFLOW_PARAM_VALUE_LIMIT = 6000
 BATCH_LIMIT = 1000
 """MLflow's log_batch accepts at most 1000 metrics per call."""
 
-TRAIN_KEY_TAG = "ser.train_key"
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 """MLflow's own tag that nests a child run under its parent in the UI."""
-FOLD_TAG = "ser.fold"
-LOGGED_TAG = "ser.logged"
-"""On a fold's child run: ``true`` once everything of the fold is logged."""
-MODEL_URI_TAG = "ser.model_uri"
-"""On the release child run: the logged pyfunc model the parent registers."""
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 """Statuses of a parent run that a rerun with the same inputs resumes."""
 CONFUSION_PNG, CURVES_PNG = "figures/confusion.png", "figures/training_curves.png"

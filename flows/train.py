@@ -33,15 +33,7 @@ from flows.fold_runs import run_folds, selected_folds
 from flows.limits import one_training_per_corpus
 from flows.mlflow_ui import run_url
 from flows.monitor import watch_before_training
-from flows.promote import (
-    CORPUS_TAG,
-    FINGERPRINT_TAG,
-    PROTOCOL_TAG,
-    SELECTION_TAG,
-    promote,
-    protocol_name,
-    register_release,
-)
+from flows.promote import promote, protocol_name, register_release
 from flows.provenance import code_version, package_versions
 from flows.pyfunc import log_pyfunc
 from flows.report import summary_markdown
@@ -50,6 +42,7 @@ from flows.storage import MANIFEST_FILES, load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import (
     BEST_FOLDER,
+    CONFIG_FILE,
     RELEASE_FOLD,
     RESULT_FILE,
     FoldJob,
@@ -60,6 +53,17 @@ from ser_model.launch import (
 )
 from ser_model.metrics import DEFAULT_UA_MARGIN, headline_scores, selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
+from ser_stack.names import (
+    BACKBONE_TAG,
+    CORPUS_TAG,
+    FINGERPRINT_TAG,
+    MODEL_URI_TAG,
+    PRESET_TAG,
+    PROTOCOL_TAG,
+    SELECTION_TAG,
+    TRAIN_KEY_TAG,
+    experiment_name,
+)
 from ser_stack.settings import REPO_ROOT, StackSettings
 
 
@@ -104,7 +108,7 @@ def train_fold(
         if audio_root != root:
             logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, audio_root)
         (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
-        cfg.to_json(inputs / "config.json")
+        cfg.to_json(inputs / CONFIG_FILE)
         manifest.to_parquet(inputs / MANIFEST_FILES["manifest"], index=False)
         fold_table.to_parquet(inputs / MANIFEST_FILES["folds"], index=False)
         with shared_feature_cache(
@@ -114,7 +118,7 @@ def train_fold(
                 FoldJob(
                     corpus,
                     fold,
-                    inputs / "config.json",
+                    inputs / CONFIG_FILE,
                     inputs / MANIFEST_FILES["manifest"],
                     inputs / MANIFEST_FILES["folds"],
                     audio_root,
@@ -132,7 +136,7 @@ def train_fold(
         mlflow.set_tracking_uri(settings.tracking_uri)
         with mlflow.start_run(run_id=run_id):
             info = log_pyfunc(out_dir / BEST_FOLDER)
-        client.set_tag(run_id, t.MODEL_URI_TAG, info.model_uri)
+        client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return run_id
 
 
@@ -167,13 +171,13 @@ def train(
     folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
     monitor_quote = watch_before_training(corpus, fingerprint, root, monitor_margin) if release else None
     client = MlflowClient(settings.tracking_uri)
-    experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
+    experiment_id = t.get_or_create_experiment(client, experiment_name(corpus))
     tags = {
         CORPUS_TAG: corpus,
         FINGERPRINT_TAG: fingerprint,
-        "ser.preset": preset,
-        "ser.backbone": config.model.backbone,
-        t.TRAIN_KEY_TAG: t.train_key(corpus, fingerprint, config, folds, release, root),
+        PRESET_TAG: preset,
+        BACKBONE_TAG: config.model.backbone,
+        TRAIN_KEY_TAG: t.train_key(corpus, fingerprint, config, folds, release, root),
         PROTOCOL_TAG: protocol_name(corpus, len(available), folds),
         SELECTION_TAG: selection_rule(config.train.select_metric),
         **code_version(REPO_ROOT),

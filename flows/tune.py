@@ -61,13 +61,10 @@ from ser_model.tuning import (
     study_summary,
     worker_seed,
 )
+from ser_stack import names as n
 from ser_stack.settings import REPO_ROOT, StackSettings
 
 TRIAL_DEPLOYMENT = "tune-trial/tune-trial"
-RUN_KIND_TAG = "ser.run_kind"
-TUNE_KEY_TAG = "ser.tune_key"
-TRIAL_TAG = "ser.trial"
-TRIAL_STATE_TAG = "ser.trial_state"
 PRESET_ARTIFACT = "preset"
 DEFAULT_TUNE_FOLDS = [0, 1]
 
@@ -115,19 +112,19 @@ class MlflowStudyTracker:
         tracking_uri: str = "",
     ) -> MlflowStudyTracker:
         """Open the parent run of ``study`` (the existing one with the same key, or a new one)."""
-        experiment_id = t.get_or_create_experiment(client, f"ser-{corpus}")
+        experiment_id = t.get_or_create_experiment(client, n.experiment_name(corpus))
         key = tune_key(corpus, fingerprint, study.study_name)
-        parent = t.find_run(client, experiment_id, {TUNE_KEY_TAG: key})
+        parent = t.find_run(client, experiment_id, {n.TUNE_KEY_TAG: key})
         if parent is not None:
             client.update_run(parent, status="RUNNING")
         else:
             tags = {
-                RUN_KIND_TAG: "tune",
-                TUNE_KEY_TAG: key,
-                "ser.corpus": corpus,
-                "ser.data_fingerprint": fingerprint,
-                "ser.study": study.study_name,
-                "ser.preset": preset,
+                n.RUN_KIND_TAG: n.RUN_KIND_TUNE,
+                n.TUNE_KEY_TAG: key,
+                n.CORPUS_TAG: corpus,
+                n.FINGERPRINT_TAG: fingerprint,
+                n.STUDY_TAG: study.study_name,
+                n.PRESET_TAG: preset,
                 **code_version(REPO_ROOT),
                 **package_versions(),
             }
@@ -150,17 +147,17 @@ class MlflowStudyTracker:
             run_id = t.find_run(
                 self.client,
                 self.experiment_id,
-                {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: str(number)},
+                {t.PARENT_RUN_ID_TAG: self.parent_run_id, n.TRIAL_TAG: str(number)},
             )
             if run_id is None:
                 original = original_trial_number(trial)
                 tags = {
-                    "mlflow.parentRunId": self.parent_run_id,
-                    RUN_KIND_TAG: "tune-trial",
-                    TRIAL_TAG: str(number),
+                    t.PARENT_RUN_ID_TAG: self.parent_run_id,
+                    n.RUN_KIND_TAG: n.RUN_KIND_TRIAL,
+                    n.TRIAL_TAG: str(number),
                 }
                 if original != number:
-                    tags["ser.retried_from"] = str(original)
+                    tags[n.RETRIED_FROM_TAG] = str(original)
                 run_id = self.client.create_run(
                     self.experiment_id, tags=tags, run_name=f"trial-{number}"
                 ).info.run_id
@@ -173,7 +170,7 @@ class MlflowStudyTracker:
             self.client,
             run_id,
             params={k: json.dumps(decode_choice(v)) for k, v in trial.params.items()},
-            tags={TRIAL_STATE_TAG: "RUNNING"},
+            tags={n.TRIAL_STATE_TAG: "RUNNING"},
         )
 
     def epoch(self, trial: optuna.Trial, fold: int, epoch: int, record: Mapping[str, Any]) -> None:
@@ -192,8 +189,8 @@ class MlflowStudyTracker:
         """Optuna callback: the child run's state, value and end."""
         run_id = self.child(trial)
         tags = {
-            TRIAL_STATE_TAG: trial.state.name,
-            **{f"ser.trial_{k}": str(v) for k, v in trial.user_attrs.items()},
+            n.TRIAL_STATE_TAG: trial.state.name,
+            **{n.TRIAL_ATTR_TAG_PREFIX + k: str(v) for k, v in trial.user_attrs.items()},
         }
         metrics = [optuna_metric("last_step", float(trial.last_step or 0), int(time.time() * 1000), 0)]
         if trial.value is not None:
@@ -223,7 +220,7 @@ class MlflowStudyTracker:
         ]
         if "best_value" in summary:
             metrics.append(optuna_metric("best_valid_UA", summary["best_value"], int(time.time() * 1000), 0))
-        tags = {"ser.best_trial": str(summary.get("best_trial", "none"))}
+        tags = {n.BEST_TRIAL_TAG: str(summary.get("best_trial", "none"))}
         t.log_batch(self.client, self.parent_run_id, metrics=metrics, tags=tags)
         self.client.log_text(
             self.parent_run_id,
@@ -374,7 +371,7 @@ def _run_trials(n: int, parameters: dict[str, Any]) -> list[str]:
                 failed.append(f"{type(err).__name__}: {err}")
         return failed
     variables = fold_job_variables(parameters["corpus"], 0)
-    variables["name"] = f"ser-{parameters['corpus']}-tune-trial"
+    variables["name"] = n.trial_flow_run_name(parameters["corpus"])
     runs = [
         run_deployment(TRIAL_DEPLOYMENT, parameters=parameters, timeout=0, job_variables=variables)
         for _ in range(n)
@@ -420,7 +417,7 @@ def tune(
     extends, own = split_preset(preset)
     parsed = load_search_space(space or extends, base)
     tune_folds = sorted(set(folds or DEFAULT_TUNE_FOLDS))
-    name = study or f"ser-{corpus}-tune"
+    name = study or n.study_name(corpus)
     optuna_study = open_study(name, settings.tune_storage, seed=seed, grace_period_s=heartbeat_grace_s)
     enqueue_base(optuna_study, parsed, base)
     client = MlflowClient(settings.tracking_uri)

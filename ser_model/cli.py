@@ -53,7 +53,8 @@ from typing import Any
 from data_contracts.errors import DataContractError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.allocator import restart_with_heap_env
-from ser_model.config import ConfigError, SERConfig
+from ser_model.config import SERConfig
+from ser_model.config_validation import ConfigError
 from ser_model.errors import AudioDecodeError, DataSplitError, MissingSpeakersError
 from ser_model.launch import (
     BAD_CONFIG_EXIT,
@@ -66,6 +67,7 @@ from ser_model.launch import (
 )
 from ser_model.metrics import DEFAULT_UA_MARGIN
 from ser_model.presets import DEFAULT_PRESET, PRESETS, experiment_config
+from ser_stack.names import study_name
 
 __all__ = [
     "main",
@@ -281,7 +283,7 @@ def run_tune(args: argparse.Namespace) -> int:
     extends, own = split_preset(preset)
     space = load_search_space(args.space or extends, base)
     out = Path(args.out or f"runs/{corpus}/tune")
-    name = args.study or f"ser-{corpus}-tune"
+    name = args.study or study_name(corpus)
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = open_study(name, storage, seed=worker_seed(args.seed), grace_period_s=args.heartbeat_grace)

@@ -20,10 +20,14 @@ import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
-from flows.monitor import CHAMPION_VERSION_TAG, MANIFEST_TAG, MONITOR_KIND
-from flows.promote import MONITOR_QUOTE_TAG
-from flows.tune import RUN_KIND_TAG
 from ser_model.monitor import FEATURES, PREDICTED_FEATURE
+from ser_stack.names import (
+    CHAMPION_VERSION_TAG,
+    MONITOR_MANIFEST_TAG,
+    MONITOR_QUOTE_TAG,
+    RUN_KIND_MONITOR,
+    RUN_KIND_TAG,
+)
 from tests.e2e.test_train_ravdess import (
     FAST,
     flow_run_state_and_logs,
@@ -102,8 +106,8 @@ def test_champion_is_scored_on_new_speakers_and_the_decision_quotes_it(
     experiment = client.get_experiment_by_name(NAME)
     monitors = client.search_runs(
         [experiment.experiment_id],
-        f"tags.`{RUN_KIND_TAG}` = '{MONITOR_KIND}' and tags.`{CHAMPION_VERSION_TAG}` = '{champion}' "
-        f"and tags.`{MANIFEST_TAG}` = '{new_data}'",
+        f"tags.`{RUN_KIND_TAG}` = '{RUN_KIND_MONITOR}' and tags.`{CHAMPION_VERSION_TAG}` = '{champion}' "
+        f"and tags.`{MONITOR_MANIFEST_TAG}` = '{new_data}'",
     )
     assert len(monitors) == 1, [m.data.tags for m in monitors]
     watched = monitors[0]

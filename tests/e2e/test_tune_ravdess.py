@@ -17,8 +17,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.tune import PRESET_ARTIFACT, RUN_KIND_TAG
+from flows.tune import PRESET_ARTIFACT
 from ser_model.tuning import decode_choice
+from ser_stack.names import RUN_KIND_TAG, RUN_KIND_TUNE, STUDY_TAG
 from tests.e2e.test_train_ravdess import (
     FAST,
     build_subset,
@@ -107,7 +108,8 @@ def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(
     client = MlflowClient(stack.tracking_uri)
     experiment = client.get_experiment_by_name("ser-ravdess")
     (parent,) = client.search_runs(
-        [experiment.experiment_id], f"tags.`ser.study` = '{study_name}' and tags.`{RUN_KIND_TAG}` = 'tune'"
+        [experiment.experiment_id],
+        f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{RUN_KIND_TAG}` = '{RUN_KIND_TUNE}'",
     )
     children = client.search_runs(
         [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"

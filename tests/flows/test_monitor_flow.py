@@ -22,9 +22,8 @@ from prefect.flows import Flow
 from prefect.states import StateType
 
 from flows.ingest import ingest
-from flows.monitor import DEGRADED_STATE, MONITOR_KIND, degraded_trigger, monitor
-from flows.promote import CHAMPION
-from flows.tune import RUN_KIND_TAG
+from flows.monitor import DEGRADED_STATE, degraded_trigger, monitor
+from ser_stack.names import CHAMPION, RUN_KIND_MONITOR, RUN_KIND_TAG
 from tests.fixtures.champions import register_champion
 from tests.fixtures.corpora import make_ravdess
 
@@ -90,7 +89,7 @@ def test_a_champion_below_its_fold_mean_on_new_rows_is_flagged_and_the_automatio
             assert found["champion_version"] == champion and found["new_rows"] == 4 and found["degraded"]
             run = client.get_run(found["run_id"])
             assert (
-                run.data.tags[RUN_KIND_TAG] == MONITOR_KIND
+                run.data.tags[RUN_KIND_TAG] == RUN_KIND_MONITOR
                 and run.data.tags["ser.monitor.degraded"] == "true"
             )
             assert run.data.metrics["degraded"] == 1.0 and run.data.metrics["champion_UA_mean"] == 1.0

@@ -18,15 +18,10 @@ from mlflow.tracking import MlflowClient
 from data_contracts.labels import LABELS
 from flows.promote import (
     ALREADY,
-    CHALLENGER,
-    CHAMPION,
-    FINGERPRINT_TAG,
     FIRST,
     FULLER,
     NOT_COMPARABLE,
     PAIRED,
-    PARENT_RUN_TAG,
-    PROTOCOL_TAG,
     UA_TAG,
     FoldScore,
     VersionScore,
@@ -35,6 +30,19 @@ from flows.promote import (
     fold_score_tags,
     promote_version,
     version_score,
+)
+from ser_stack.names import (
+    CHALLENGER,
+    CHAMPION,
+    CORPUS_TAG,
+    FINGERPRINT_TAG,
+    FOLD_SCORES_TAG,
+    GIT_COMMIT_TAG,
+    PARENT_RUN_TAG,
+    PRESET_TAG,
+    PROMOTE_LIMIT,
+    PROTOCOL_TAG,
+    SELECTION_TAG,
 )
 
 PROTOCOL = "ravdess: speaker-independent, 5 folds, evaluated folds 0,1, selection on validation speakers"
@@ -348,7 +356,7 @@ def test_two_promotions_at_once_leave_exactly_one_consistent_champion(stack, mon
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.promote import PROMOTE_LIMIT, promote
+    from flows.promote import promote
 
     for key, value in stack.client_env().items():
         monkeypatch.setenv(key, value)
@@ -403,16 +411,11 @@ def test_register_release_writes_what_promotion_reads_and_registers_once(local_m
     reads it back; a second call (a rerun of the flow) registers nothing new."""
     import pandas as pd
 
-    from flows.promote import (
-        CORPUS_TAG,
-        FOLD_SCORES_TAG,
-        RUN_TAGS_ON_VERSION,
-        register_release,
-    )
+    from flows.promote import RUN_TAGS_ON_VERSION, register_release
     from ser_model.metrics import fold_summary
 
     run_tags = {CORPUS_TAG: "ravdess", FINGERPRINT_TAG: DATA_A, PROTOCOL_TAG: PROTOCOL}
-    run_tags |= {"ser.selection_rule": "best validation UA", "ser.git_commit": "abc123", "ser.preset": "x"}
+    run_tags |= {SELECTION_TAG: "best validation UA", GIT_COMMIT_TAG: "abc123", PRESET_TAG: "x"}
     parent = local_mlflow.create_run(experiment_id, tags=run_tags).info.run_id
     rows = [
         {"fold": k, "role": "test" if k == fold_of(s) else "train", "speaker": s}

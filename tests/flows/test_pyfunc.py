@@ -18,6 +18,7 @@ from flows.serving import ModelInputError
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
+from ser_stack.names import registered_model_name
 from tests.flows.conftest import CHECKPOINT_LABELS
 
 LABELS = CHECKPOINT_LABELS  # the shared `checkpoint` fixture's (tests/flows/conftest.py)
@@ -37,7 +38,7 @@ def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(
     sf.write(paths[-1], stereo_48k, 48000)
 
     with mlflow.start_run(experiment_id=experiment_id):
-        info = log_pyfunc(checkpoint, registered_model_name="ser-ravdess")
+        info = log_pyfunc(checkpoint, registered_model_name=registered_model_name("ravdess"))
     assert str(info.registered_model_version) == "1"
     assert info.signature.inputs.input_names() == ["audio", "sample_rate", "audio_base64", "speaker"]
     model = mlflow.pyfunc.load_model("models:/ser-ravdess/1")
@@ -80,7 +81,9 @@ def test_ser_predict_with_a_registry_uri_prints_what_the_local_folder_gives(
     wav = tmp_path / "utt.wav"
     sf.write(wav, (0.1 * np.random.default_rng(1).standard_normal(20000)).astype(np.float32), 16000)
     with mlflow.start_run(experiment_id=experiment_id):
-        version = log_pyfunc(checkpoint, registered_model_name="ser-ravdess").registered_model_version
+        version = log_pyfunc(
+            checkpoint, registered_model_name=registered_model_name("ravdess")
+        ).registered_model_version
     local_mlflow.set_registered_model_alias("ser-ravdess", "champion", str(version))
     assert main(["predict", str(wav), "--json", "--model", str(checkpoint)]) in (0, None)
     from_folder = json.loads(capsys.readouterr().out)
@@ -169,7 +172,7 @@ def test_an_ensemble_release_is_logged_served_and_downloaded_whole(
     rng = np.random.default_rng(1)
     waves = [(0.1 * rng.standard_normal(16000 + 8000 * i)).astype(np.float32) for i in range(2)]
     with mlflow.start_run(experiment_id=experiment_id):
-        info = log_pyfunc(folder, registered_model_name="ser-ravdess")
+        info = log_pyfunc(folder, registered_model_name=registered_model_name("ravdess"))
     model = mlflow.pyfunc.load_model(info.model_uri)
     got = model.predict(pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000, 16000]}))
     reference = np.mean([Predictor(m).probabilities(waves) for m in (first, second)], axis=0)

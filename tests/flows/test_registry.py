@@ -15,6 +15,7 @@ from flows.pyfunc import log_pyfunc
 from flows.registry import create_model_version, logged_model_id
 from flows.tracking import log_fold_run
 from ser_model.launch import RELEASE_FOLD, fold_folder_name
+from ser_stack.names import registered_model_name
 from tests.flows.conftest import CHECKPOINT_LABELS
 
 LABELS = CHECKPOINT_LABELS  # the shared `checkpoint` fixture's (tests/flows/conftest.py)
@@ -55,8 +56,8 @@ def test_versions_after_the_first_create_no_registered_model_and_link_the_logged
 
     monkeypatch.setattr(MlflowClient, "create_registered_model", counted)
     with mlflow.start_run(experiment_id=experiment_id):
-        first = log_pyfunc(checkpoint, registered_model_name="ser-ravdess")
-        second = log_pyfunc(checkpoint, registered_model_name="ser-ravdess")
+        first = log_pyfunc(checkpoint, registered_model_name=registered_model_name("ravdess"))
+        second = log_pyfunc(checkpoint, registered_model_name=registered_model_name("ravdess"))
         info = log_pyfunc(checkpoint)
     third = create_model_version(local_mlflow, "ser-ravdess", info.model_uri, {"ser.note": "third"})
     assert [first.registered_model_version, second.registered_model_version, third] == [1, 2, "3"]

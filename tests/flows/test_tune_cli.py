@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
-from flows.tune import RUN_KIND_TAG, TRIAL_STATE_TAG
 from ser_model.tuning import decode_choice
+from ser_stack.names import RUN_KIND_TAG, RUN_KIND_TRIAL, RUN_KIND_TUNE, TRIAL_STATE_TAG
 from tests.fixtures.corpora import make_ravdess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -82,7 +82,7 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ser-ravdess")
     (parent,) = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{RUN_KIND_TAG}` = 'tune'"
+        [experiment.experiment_id], filter_string=f"tags.`{RUN_KIND_TAG}` = '{RUN_KIND_TUNE}'"
     )
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
@@ -98,7 +98,8 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
     for trial in study.trials:
         run = by_trial[trial.number]
         assert (
-            run.data.tags[TRIAL_STATE_TAG] == trial.state.name and run.data.tags[RUN_KIND_TAG] == "tune-trial"
+            run.data.tags[TRIAL_STATE_TAG] == trial.state.name
+            and run.data.tags[RUN_KIND_TAG] == RUN_KIND_TRIAL
         )
         assert {k: json.loads(v) for k, v in run.data.params.items()} == {
             k: decode_choice(v) for k, v in trial.params.items()

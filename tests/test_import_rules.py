@@ -1,9 +1,7 @@
-"""Imports go one way: flows -> ser_model -> data_contracts -> ser_stack (docs/ARCHITECTURE.md);
-infra/ starts the stack and runs flows as commands but never imports them; nothing imports infra/
-or benchmarks/.
-
-Each layer is imported, every submodule of it, in a fresh interpreter where the modules it must not
-use raise ImportError on import; the child reports each submodule that reached a blocked module.
+"""Import rules. The layers (flows -> ser_model -> data_contracts -> ser_stack, docs/ARCHITECTURE.md)
+and what each may not import are import-linter contracts in pyproject.toml; here: they hold, and
+they can fail. What import-linter cannot see is checked by hand: infra/ (bash scripts and a script
+folder) never imports the flows, and the flow processes that only wait never load torch.
 """
 
 from __future__ import annotations
@@ -12,58 +10,9 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
-import pytest
-
-CHILD = r"""
-import importlib, importlib.abc, json, pkgutil, sys, traceback
-
-package, blocked = sys.argv[1], set(sys.argv[2].split(","))
-
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] in blocked:
-            raise ImportError(f"{fullname} is off limits to {package}")
-        return None
-
-sys.meta_path.insert(0, Blocker())
-failures = {}
-root = importlib.import_module(package)
-names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, package + ".", onerror=lambda n: None)]
-for name in names:
-    try:
-        importlib.import_module(name)
-    except Exception as exc:
-        failures[name] = "".join(traceback.format_exception_only(exc)).strip()
-print(json.dumps({"modules": names, "failures": failures}))
-"""
-
-LAYERS = {
-    "ser_stack": [
-        "torch",
-        "prefect",
-        "mlflow",
-        "boto3",
-        "botocore",
-        "pandas",
-        "flows",
-        "ser_model",
-        "data_contracts",
-        "benchmarks",
-    ],
-    "data_contracts": [
-        "torch",
-        "torchaudio",
-        "transformers",
-        "prefect",
-        "mlflow",
-        "flows",
-        "ser_model",
-        "benchmarks",
-    ],
-    "ser_model": ["prefect", "mlflow", "boto3", "botocore", "flows", "benchmarks"],
-    "flows": ["benchmarks"],
-}
 IMPORT_OF = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 
 
@@ -73,39 +22,59 @@ def imported_packages(text: str) -> set[str]:
     return {name.split(".")[0] for name in IMPORT_OF.findall(text)}
 
 
-@pytest.mark.parametrize("package", sorted(LAYERS))
-def test_layer_imports_nothing_above_it(package, repo_root):
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, package, ",".join(LAYERS[package])],
-        cwd=repo_root,
+def lint_imports(root: Path, config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--config", str(config), "--no-cache"],
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["modules"][0] == package
-    assert not report["failures"], (
-        f"{package} imports what it must not ({', '.join(LAYERS[package])}): "
-        + json.dumps(report["failures"], indent=2)
-    )
 
 
-def test_the_blocker_catches_a_forbidden_import(repo_root, tmp_path):
-    """The check can fail: a package importing a blocked module is reported with the module's name."""
-    (tmp_path / "leaky").mkdir()
-    (tmp_path / "leaky" / "__init__.py").write_text("")
-    (tmp_path / "leaky" / "uses_mlflow.py").write_text("import mlflow\n")
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, "leaky", "mlflow"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert list(report["failures"]) == ["leaky.uses_mlflow"]
-    assert "mlflow is off limits to leaky" in report["failures"]["leaky.uses_mlflow"]
+def test_the_repository_keeps_its_import_contracts(repo_root):
+    """The import-linter contracts of pyproject.toml (also run by infra/test before the suite)."""
+    done = lint_imports(repo_root, repo_root / "pyproject.toml")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "0 broken" in done.stdout
+
+
+def test_the_contracts_catch_an_upward_and_a_forbidden_import(repo_root, tmp_path):
+    """The contracts can fail: a copy of them over four toy layers, where ser_model imports flows
+    (a climb) and mlflow (forbidden) and data_contracts imports torch, reports exactly those."""
+    config = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for package in config["root_packages"]:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "ser_model" / "leaky.py").write_text("import mlflow\n\nimport flows\n")
+    (tmp_path / "data_contracts" / "heavy.py").write_text("def load():\n    import torch\n")
+    (tmp_path / "ser_stack" / "light.py").write_text("import os\n")
+    (tmp_path / "contracts.toml").write_text(toml_of(config))
+    done = lint_imports(tmp_path, tmp_path / "contracts.toml")
+    assert done.returncode != 0, done.stdout
+    report = done.stdout
+    assert "ser_model.leaky -> flows" in report
+    assert "ser_model is not allowed to import mlflow" in report
+    assert "data_contracts is not allowed to import torch" in report
+    assert "Contracts: 2 kept, 3 broken." in report, report
+
+
+def toml_of(config: dict) -> str:
+    """The [tool.importlinter] table as TOML (strings and lists of strings, booleans)."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return "[" + ", ".join(json.dumps(x) for x in v) + "]"
+        return json.dumps(v)
+
+    lines = ["[tool.importlinter]"]
+    lines += [f"{k} = {value(v)}" for k, v in config.items() if k != "contracts"]
+    for contract in config["contracts"]:
+        lines += ["", "[[tool.importlinter.contracts]]"]
+        lines += [f"{k} = {value(v)}" for k, v in contract.items()]
+    return "\n".join(lines) + "\n"
 
 
 def test_infra_never_imports_flows(repo_root):
