@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from benchmarks.common import load_average, machine_info, machine_markdown  # noqa: E402
 from benchmarks.model_perf import HF_SHAPES  # noqa: E402
 from data_contracts.ingest import run_ingest  # noqa: E402
-from ser_model.backbones import save_random_hf_backbone  # noqa: E402
 from ser_model.feature_cache import FeatureCache  # noqa: E402
+from ser_model.hf_backbone import save_random_hf_backbone  # noqa: E402
 from ser_model.model import SERModel  # noqa: E402
 from ser_model.presets import experiment_config  # noqa: E402
 from ser_model.train import fit  # noqa: E402

@@ -6,7 +6,7 @@
 The backbone is a randomly initialised `WavLMConfig` with WavLM-Large shapes (hidden 1024,
 24 layers, 16 heads, feed-forward 4096, the default 7-layer conv stack at 512 channels, pre-LN,
 layer-normalised conv encoder), built locally: no download. Ours: layerdrop 0 so every step does
-the same work. `--tiny` uses `ser_model.backbones.tiny_wavlm_config()` and a small batch instead.
+the same work. `--tiny` uses `ser_model.hf_backbone.tiny_wavlm_config()` and a small batch instead.
 
 Measured on one batch of B utterances of S seconds (default 16 × 4 s), each the median of
 alternating repeats after warm-up, the device synchronised before each clock read:
@@ -26,7 +26,7 @@ alternating repeats after warm-up, the device synchronised before each clock rea
 
 Writes gpu_wavlm.json to --out (default: $OUT when set, else benchmarks/results/gpu). Imports
 nothing that needs soundfile; when torchaudio is absent (only the fbank backbone uses it), a
-placeholder module stands in for it so that `ser_model.backbones` imports.
+placeholder module stands in for it so that `ser_model.model` imports.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def torchaudio_stand_in():
 
 
 with torchaudio_stand_in():
-    from ser_model.backbones import tiny_wavlm_config
     from ser_model.config import ModelConfig, SERConfig, TrainConfig
     from ser_model.eam import energy_adaptive_mixup
+    from ser_model.hf_backbone import tiny_wavlm_config
     from ser_model.losses import multi_loss
     from ser_model.model import SERModel
 

@@ -30,10 +30,10 @@ from benchmarks.common import (
 )
 from data_contracts.corpora.base import Candidate
 from ser_model.audio import load_audio
-from ser_model.backbones import tiny_wavlm_config
 from ser_model.config import ModelConfig, SERConfig, TrainConfig
 from ser_model.data import UtteranceDataset, collate_padded
 from ser_model.eam import energy_adaptive_mixup
+from ser_model.hf_backbone import tiny_wavlm_config
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
 from ser_model.train import TrainingObjective

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ser_model.backbones import save_random_hf_backbone
 from ser_model.config import ModelConfig, SERConfig, TrainConfig
 from ser_model.eam import energy_adaptive_mixup
+from ser_model.hf_backbone import save_random_hf_backbone
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
 from ser_model.train import TrainingObjective

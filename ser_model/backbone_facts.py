@@ -3,8 +3,9 @@ freeze the backbone, the layer-weight rule, the sample rate hf backbones take, a
 the log-mel and of silence trimming.
 
 Torch-free on purpose: ``ser_model.config`` validates configs with these facts in processes that
-never load torch (the flows), and ``ser_model.backbones`` (the modules), ``ser_model.feature_cache``
-and ``ser_model.audio`` read the same names, so no copy of a fact can drift from another.
+never load torch (the flows), and the backbone modules (``ser_model.fbank_backbone``,
+``ser_model.hf_backbone``), ``ser_model.feature_cache`` and ``ser_model.audio`` read the same
+names, so no copy of a fact can drift from another.
 """
 
 from __future__ import annotations

@@ -67,9 +67,9 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from ser_model.backbone_facts import FROZEN_MODES, HF_SAMPLE_RATE
-from ser_model.backbones import HFBackbone, LogMelStatistics
 from ser_model.config import uses_feature_cache
 from ser_model.data import EVAL_MAX_SECONDS, Batch, UtteranceDataset, memory_cache_bytes, random_crop_start
+from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache_folder import (
     ENTRIES_DIR,
     KEY_FILE,
@@ -81,6 +81,7 @@ from ser_model.feature_cache_folder import (
     sha256_json,
     write_key_file,
 )
+from ser_model.hf_backbone import HFBackbone
 from ser_model.model import SERModel, SEROutput
 from ser_stack.files import write_atomically
 

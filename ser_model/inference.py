@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono, trim_silence
-from ser_model.backbones import LogMelStatistics
 from ser_model.data import EVAL_MAX_SECONDS
 from ser_model.ensemble import SEREnsemble, load_model
+from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.model import SERModel
 from ser_model.speaker_norm import require_speakers, row_statistics, speaker_statistics
 

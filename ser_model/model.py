@@ -23,9 +23,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ser_model.backbone_facts import FROZEN_MODES
-from ser_model.backbones import Backbone, HFBackbone, LogMelStatistics, build_backbone
-from ser_model.config import SERConfig
+from ser_model.backbones import Backbone
+from ser_model.config import ModelConfig, SERConfig
+from ser_model.fbank_backbone import FbankBackbone, LogMelStatistics
 from ser_model.flam import AttentivePooling, FrameAttention, mean_pool
+from ser_model.hf_backbone import HFBackbone
 from ser_model.launch import BACKBONE_CONFIG_FILE, CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
 
 
@@ -68,6 +70,13 @@ def embedding_norm(kind: str, dim: int) -> nn.Module:
     if kind == "layer":
         return nn.LayerNorm(dim)
     return nn.Identity()
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """The backbone named by ``cfg.backbone`` ("fbank" or "hf:<hub id or local folder>")."""
+    if cfg.is_hf:
+        return HFBackbone.from_pretrained(cfg.hf_source, cfg.backbone_mode, cfg.layer_weights, cfg.wave_norm)
+    return FbankBackbone(cfg)
 
 
 class SERModel(nn.Module):

@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ser_model.backbones import NORM_EPS, FbankBackbone, LogMelStatistics
+from ser_model.backbones import NORM_EPS
 from ser_model.config import ModelConfig
 from ser_model.errors import MissingSpeakersError
+from ser_model.fbank_backbone import FbankBackbone, LogMelStatistics
 
 __all__ = [
     "speaker_statistics",

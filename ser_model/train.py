@@ -65,7 +65,6 @@ from tqdm.auto import tqdm
 
 from data_contracts.folds import fold_rows_by_role
 from ser_model.allocator import bound_heap
-from ser_model.backbones import LogMelStatistics
 from ser_model.checkpoint import (
     capture_rng_state,
     load_training_state,
@@ -74,7 +73,8 @@ from ser_model.checkpoint import (
     save_checkpoint,
     write_folder_atomically,
 )
-from ser_model.config import ConfigError, SERConfig, TrainConfig
+from ser_model.config import SERConfig, TrainConfig
+from ser_model.config_validation import ConfigError
 from ser_model.data import (
     EVAL_MAX_SECONDS,
     DataSplitError,
@@ -85,6 +85,7 @@ from ser_model.data import (
 )
 from ser_model.eam import energy_adaptive_mixup
 from ser_model.ema import WeightAverage
+from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import (
     FEATURE_CACHE_DIR,
     CachedStates,

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ser_model.backbones import tiny_wavlm_config
 from ser_model.config import ModelConfig, SERConfig
 from ser_model.eam import energy_adaptive_mixup
+from ser_model.hf_backbone import tiny_wavlm_config
 from ser_model.losses import multi_loss
 from ser_model.model import SERModel
 

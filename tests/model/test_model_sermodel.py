@@ -6,10 +6,11 @@ import shutil
 import pytest
 import torch
 
-from ser_model.backbones import FbankBackbone, HFBackbone, save_random_hf_backbone, tiny_wavlm_config
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.config_validation import ConfigError
+from ser_model.fbank_backbone import FbankBackbone
 from ser_model.flam import mean_pool
+from ser_model.hf_backbone import HFBackbone, save_random_hf_backbone, tiny_wavlm_config
 from ser_model.losses import multi_loss
 from ser_model.model import SERModel
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ser_model.backbones import FbankBackbone, LogMelStatistics
 from ser_model.config import LossConfig, ModelConfig, SERConfig
 from ser_model.config_validation import ConfigError
 from ser_model.export import export_onnx
+from ser_model.fbank_backbone import FbankBackbone, LogMelStatistics
 from ser_model.model import SERModel
 from ser_model.speaker_norm import row_statistics, speaker_statistics
 

@@ -12,9 +12,9 @@ import soundfile
 import torch
 import torchaudio
 
-from ser_model.backbones import save_random_hf_backbone
 from ser_model.config import ModelConfig
 from ser_model.export import export_onnx
+from ser_model.hf_backbone import save_random_hf_backbone
 from ser_model.inference import Predictor, sliding_windows
 from ser_model.model import SERModel
 from tests.train.synthetic import tiny_config
