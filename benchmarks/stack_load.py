@@ -41,9 +41,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "infra"))  # infra/ser_infra: the stack's Python (infra/README.md)
 
 import psutil  # noqa: E402
 import soundfile as sf  # noqa: E402
+from ser_infra.logfaults import SQLITE_BUSY, stack_tracebacks  # noqa: E402
+from ser_infra.state import recorded_names, recorded_pid  # noqa: E402
 
 from benchmarks.common import load_average, machine_info  # noqa: E402
 from benchmarks.serve_load import percentile, post, request_bodies  # noqa: E402
@@ -119,17 +122,15 @@ class StackRSS:
     """Peak of the summed RSS of every process of the stack (recorded process groups with their
     descendants, and the extra roots given: the model server), and each component's peak."""
 
-    def __init__(self, infra_stack, state_dir: Path):
-        self.infra, self.state_dir = infra_stack, state_dir
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
         self.extra: dict[str, int] = {}
         self.peak_mb, self.peaks = 0.0, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def sample(self) -> dict[str, float]:
-        roots = {
-            n: self.infra.recorded_pid(self.state_dir, n) for n in self.infra.recorded_names(self.state_dir)
-        }
+        roots = {n: recorded_pid(self.state_dir, n) for n in recorded_names(self.state_dir)}
         roots.update(self.extra)
         sizes = {}
         for name, pid in roots.items():
@@ -276,12 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the stack running and its state folder")
     args = parser.parse_args(argv)
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ser_infra_stack", REPO / "infra" / "stack.py")
-    infra_stack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = infra_stack  # dataclasses look their module up there
-    spec.loader.exec_module(infra_stack)
     from ser_stack.settings import StackSettings
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     timings: dict[str, float] = {}
     result: dict[str, Any] = {"db": args.db, "machine": machine_info(), "load_before": load_average()}
-    rss = StackRSS(infra_stack, state)
+    rss = StackRSS(state)
     try:
         began = time.monotonic()
         try:
@@ -406,11 +401,11 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "failed_runs": [r for r in runs if r["state"] != "COMPLETED"],
                 "client_errors": errors,
-                "database_is_locked_lines": {k: v.count(infra_stack.SQLITE_BUSY) for k, v in logs.items()},
+                "database_is_locked_lines": {k: v.count(SQLITE_BUSY) for k, v in logs.items()},
                 "stack_faults": {
-                    k: infra_stack.stack_tracebacks(k, v, args.db)
+                    k: stack_tracebacks(k, v, args.db)
                     for k, v in logs.items()
-                    if k != "serve" and infra_stack.stack_tracebacks(k, v, args.db)
+                    if k != "serve" and stack_tracebacks(k, v, args.db)
                 },
                 "serving": {
                     "requests": args.requests,

@@ -4,7 +4,10 @@
 with "run infra/up", unless SER_REQUIRE_STACK=1 (set by infra/test and CI), where they fail;
 and a run with SER_REQUIRE_STACK=1 in which every integration test was skipped fails too.
 With SER_REQUIRE_STACK=1 the session also fails when the stack's logs gained a traceback of
-the stack's own while it ran (infra/stack.py `stack_tracebacks`).
+the stack's own while it ran (infra/ser_infra/logfaults.py `stack_tracebacks`).
+
+The stack's Python, infra/ser_infra, lives in a folder of scripts, not an installed package:
+this file puts infra/ on sys.path, so tests import it as `ser_infra`.
 
 `shared_ravdess` skips its tests when the data is absent, unless SER_REQUIRE_DATA=1 (set by
 infra/test) or CI=true, where they fail.
@@ -13,18 +16,18 @@ infra/test) or CI=true, where they fail.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from ser_stack.settings import SHARED_RAVDESS
-from tests.fixtures.scripts import load_script
 
 # The live-stack fixtures (live_bucket, prefect_api) for every test module that names them.
 pytest_plugins = ["tests.flows.live_stack"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO_ROOT / "infra"))
 
 
 def stack_required() -> bool:
@@ -33,11 +36,6 @@ def stack_required() -> bool:
 
 def data_required() -> bool:
     return os.environ.get("SER_REQUIRE_DATA") == "1" or os.environ.get("CI") == "true"
-
-
-def load_infra_stack() -> ModuleType:
-    """Import infra/stack.py (a script folder, not a package) as module `ser_infra_stack`."""
-    return load_script("infra/stack.py", "ser_infra_stack")
 
 
 @pytest.fixture(scope="session")
@@ -62,20 +60,15 @@ def shared_ravdess(repo_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def infra_stack() -> ModuleType:
-    return load_infra_stack()
-
-
-@pytest.fixture(scope="session")
-def stack(infra_stack: ModuleType):
+def stack():
     """`ser_stack.settings.StackSettings` of a healthy stack (S3, MLflow, Prefect, worker), from the environment."""
+    from ser_infra.health import health
+
     from ser_stack.settings import StackSettings
 
     settings = StackSettings.from_env()
     unhealthy = {
-        name: reason
-        for name, reason in infra_stack.health(settings, local=False, scheduler=False).items()
-        if reason
+        name: reason for name, reason in health(settings, local=False, scheduler=False).items() if reason
     }
     if unhealthy:
         message = "stack not healthy: " + "; ".join(f"{name}: {reason}" for name, reason in unhealthy.items())
@@ -104,16 +97,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def stack_log_faults() -> list[str]:
     """``<log>: <exception line>`` for each traceback of the stack's own that the logs gained
     since the session started."""
+    from ser_infra.logfaults import stack_tracebacks
+
     from ser_stack.settings import StackSettings
 
-    infra_stack = load_infra_stack()
     db = StackSettings.from_env().db
     faults = []
     for path in sorted(stack_log_dir().glob("*.log")):
         with open(path, "rb") as handle:
             handle.seek(_log_offsets.get(path, 0))
             added = handle.read().decode(errors="replace")
-        faults += [f"{path}: {line}" for line in infra_stack.stack_tracebacks(path.stem, added, db)]
+        faults += [f"{path}: {line}" for line in stack_tracebacks(path.stem, added, db)]
     return faults
 
 

@@ -16,6 +16,11 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.states import Failed
+from ser_infra.component import wait_healthy
+from ser_infra.environment import stack_env
+from ser_infra.lifecycle import components
+from ser_infra.seaweedfs import create_buckets, seaweed_s3_config
+from ser_infra.state import start_process, stop_recorded, write_private
 
 import flows.ingest
 from data_contracts.errors import CorpusLayoutError
@@ -28,7 +33,7 @@ from flows.ingest import (
 )
 from flows.roots import CorpusRootNotFound, root_variable
 from flows.storage import DataBucket, StorageUnavailableError, manifest_exists, object_key, read_latest
-from ser_stack.settings import StackSettings
+from ser_stack.settings import REPO_ROOT, StackSettings
 from tests.fixtures.corpora import make_ravdess, make_savee, write_bad_audio
 from tests.flows.live_stack import free_weed_ports
 
@@ -167,7 +172,7 @@ def test_a_corpus_in_the_wrong_layout_fails_with_its_message_and_writes_nothing(
 
 
 @pytest.fixture
-def second_s3(infra_stack, tmp_path, stack):
+def second_s3(tmp_path, stack):
     """A SeaweedFS of our own (temp state folder, free ports) that the test may stop and restart."""
     master, volume, filer, s3, admin = free_weed_ports(5)
     env = {
@@ -183,23 +188,19 @@ def second_s3(infra_stack, tmp_path, stack):
         "AWS_SECRET_ACCESS_KEY": "ser-test-secret-0123456789",
     }
     settings = StackSettings.from_env(env)
-    infra_stack.write_private(
-        settings.state_dir / "seaweedfs-s3.json", infra_stack.seaweed_s3_config(settings)
-    )
+    write_private(settings.state_dir / "seaweedfs-s3.json", seaweed_s3_config(settings))
     (settings.state_dir / "seaweedfs").mkdir(parents=True)
-    (component,) = [c for c in infra_stack.components(settings) if c.name == "s3"]
+    (component,) = [c for c in components(settings) if c.name == "s3"]
 
     def start() -> None:
-        infra_stack.start_process(
-            settings.state_dir, "s3", component.argv, infra_stack.stack_env(settings), infra_stack.REPO_ROOT
-        )
-        infra_stack.wait_healthy(settings, component, 60)
+        start_process(settings.state_dir, "s3", component.argv, stack_env(settings), REPO_ROOT)
+        wait_healthy(settings, component, 60)
 
     def stop() -> None:
-        infra_stack.stop_recorded(settings.state_dir, ["s3"])
+        stop_recorded(settings.state_dir, ["s3"])
 
     start()
-    infra_stack.create_buckets(settings)
+    create_buckets(settings)
     yield settings, start, stop
     stop()
 

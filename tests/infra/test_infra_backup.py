@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ser_infra.backup import stack_is_empty
+from ser_infra.logfaults import stack_tracebacks
 
 from ser_stack.settings import DERIVED_CLIENT_VARIABLES
 
@@ -151,9 +153,7 @@ def contents(settings) -> dict:
     }
 
 
-def test_a_backup_restores_onto_a_purged_stack_with_the_same_champion_runs_and_deployments(
-    infra_stack, stack, repo_root
-):
+def test_a_backup_restores_onto_a_purged_stack_with_the_same_champion_runs_and_deployments(stack, repo_root):
     from ser_stack.settings import StackSettings
 
     state = stack.state_dir / f"second-stack-{uuid.uuid4().hex[:8]}"
@@ -178,7 +178,7 @@ def test_a_backup_restores_onto_a_purged_stack_with_the_same_champion_runs_and_d
         assert not state.exists()
         script(repo_root, "up", env)
         settings = StackSettings.from_env(env)
-        assert infra_stack.stack_is_empty(settings) == [], "a purged stack starts empty"
+        assert stack_is_empty(settings) == [], "a purged stack starts empty"
         began = time.monotonic()
         said += script(repo_root, "restore", env, str(backup_dir))
         restore_s = time.monotonic() - began
@@ -199,7 +199,7 @@ def test_a_backup_restores_onto_a_purged_stack_with_the_same_champion_runs_and_d
         faults = [
             f"{path.name}: {line}"
             for path in sorted((state / "logs").glob("*.log"))
-            for line in infra_stack.stack_tracebacks(path.stem, path.read_text(errors="replace"), stack.db)
+            for line in stack_tracebacks(path.stem, path.read_text(errors="replace"), stack.db)
         ]
         assert faults == []
     finally:

@@ -9,12 +9,17 @@ import uuid
 
 import psutil
 import pytest
+from ser_infra.health import check_trainings
+from ser_infra.mlflow_server import check_mlflow
+from ser_infra.prefect_server import WORKER_NAME, check_prefect, pool_workers
+from ser_infra.seaweedfs import check_s3, s3_client, seaweed_volume_servers
+from ser_infra.state import recorded_pid
 
 pytestmark = pytest.mark.integration
 
 
-def test_s3_round_trip(infra_stack, stack):
-    client = infra_stack.s3_client(stack)
+def test_s3_round_trip(stack):
+    client = s3_client(stack)
     key = f"tests/infra/{uuid.uuid4().hex}.bin"
     payload = os.urandom(4096)
     client.put_object(Bucket=stack.data_bucket, Key=key, Body=payload)
@@ -35,19 +40,19 @@ def test_s3_refuses_anonymous_requests(stack):
     assert error.value.code == 403
 
 
-def test_servers_answer_their_health_checks(infra_stack, stack):
-    assert infra_stack.check_s3(stack) is None
+def test_servers_answer_their_health_checks(stack):
+    assert check_s3(stack) is None
     # the S3 check waits for this: reads fail with InternalError until the volume server is registered
-    assert infra_stack.seaweed_volume_servers(stack) == [f"{stack.host}:{stack.weed_volume_port}"]
-    assert infra_stack.check_mlflow(stack) is None
-    assert infra_stack.check_prefect(stack) is None
-    workers = infra_stack.pool_workers(stack)
-    assert any(w.name == infra_stack.WORKER_NAME and w.status == "ONLINE" for w in workers), workers
+    assert seaweed_volume_servers(stack) == [f"{stack.host}:{stack.weed_volume_port}"]
+    assert check_mlflow(stack) is None
+    assert check_prefect(stack) is None
+    workers = pool_workers(stack)
+    assert any(w.name == WORKER_NAME and w.status == "ONLINE" for w in workers), workers
 
 
-def local_pids(infra_stack, stack) -> dict[str, int]:
+def local_pids(stack) -> dict[str, int]:
     pids = {
-        name: infra_stack.recorded_pid(stack.state_dir, name)
+        name: recorded_pid(stack.state_dir, name)
         for name in ("s3", "mlflow", "prefect", "worker", *(["postgres"] if stack.db == "postgres" else []))
     }
     missing = [name for name, pid in pids.items() if pid is None]
@@ -58,9 +63,9 @@ def local_pids(infra_stack, stack) -> dict[str, int]:
     return pids
 
 
-def test_every_server_listens_on_loopback_only(infra_stack, stack):
+def test_every_server_listens_on_loopback_only(stack):
     listening: dict[str, set[tuple[str, int]]] = {}
-    for name, pid in local_pids(infra_stack, stack).items():
+    for name, pid in local_pids(stack).items():
         leader = psutil.Process(pid)
         listening[name] = {
             (conn.laddr.ip, conn.laddr.port)
@@ -79,8 +84,8 @@ def test_every_server_listens_on_loopback_only(infra_stack, stack):
         )
 
 
-def test_up_again_starts_nothing(infra_stack, stack, repo_root):
-    before = local_pids(infra_stack, stack)
+def test_up_again_starts_nothing(stack, repo_root):
+    before = local_pids(stack)
     records = {p.name: json.loads(p.read_text()) for p in (stack.state_dir / "pids").glob("*.json")}
     again = subprocess.run(
         [str(repo_root / "infra" / "up")],
@@ -91,7 +96,7 @@ def test_up_again_starts_nothing(infra_stack, stack, repo_root):
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "started: nothing" in again.stdout
-    assert local_pids(infra_stack, stack) == before
+    assert local_pids(stack) == before
     assert {p.name: json.loads(p.read_text()) for p in (stack.state_dir / "pids").glob("*.json")} == records
 
 
@@ -118,7 +123,7 @@ def test_health_command_agrees(stack, repo_root):
     assert ("PostgreSQL" if stack.db == "postgres" else "SQLite") in database, database
 
 
-def test_health_reports_a_training_slot_held_by_no_training(infra_stack, stack):
+def test_health_reports_a_training_slot_held_by_no_training(stack):
     """A train-<corpus> slot held while no train flow run runs (a training that died holding it)
     fails the `trainings` line, naming the limit; freeing it makes the line healthy again."""
     from prefect.client.orchestration import get_client
@@ -130,19 +135,19 @@ def test_health_reports_a_training_slot_held_by_no_training(infra_stack, stack):
         temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}),
         get_client(sync_client=True) as client,
     ):
-        assert infra_stack.check_trainings(stack) is None
+        assert check_trainings(stack) is None
         client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=1, active_slots=1)
         )
         try:
-            reason = infra_stack.check_trainings(stack)
+            reason = check_trainings(stack)
             assert (
                 reason is not None
                 and f"{name} (1/1)" in reason
                 and "prefect gcl update NAME --active-slots 0" in reason
             )
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-            assert infra_stack.check_trainings(stack) is None
+            assert check_trainings(stack) is None
         finally:
             client.delete_global_concurrency_limit_by_name(name)
 

@@ -8,6 +8,9 @@ import sys
 
 import psutil
 import pytest
+from ser_infra.health import health
+from ser_infra.lifecycle import down
+from ser_infra.state import recorded_names, recorded_pid, start_process
 
 from ser_stack.settings import StackSettings
 
@@ -40,24 +43,22 @@ def bystander():
     proc.wait()
 
 
-def test_down_stops_recorded_groups_and_spares_others(infra_stack, tmp_path, bystander):
+def test_down_stops_recorded_groups_and_spares_others(tmp_path, bystander):
     settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)})
-    leaders = [
-        infra_stack.start_process(tmp_path, name, SLEEPER, {}, tmp_path) for name in ("mlflow", "prefect")
-    ]
+    leaders = [start_process(tmp_path, name, SLEEPER, {}, tmp_path) for name in ("mlflow", "prefect")]
     members = [member for leader in leaders for member in wait_for_child(leader)]
-    assert {infra_stack.recorded_pid(tmp_path, n) for n in ("mlflow", "prefect")} == set(leaders)
+    assert {recorded_pid(tmp_path, n) for n in ("mlflow", "prefect")} == set(leaders)
 
-    stopped = infra_stack.down(settings, purge=False)
+    stopped = down(settings, purge=False)
 
     assert sorted(stopped) == ["mlflow", "prefect"]
     assert not [m.pid for m in members if m.is_running() and m.status() != psutil.STATUS_ZOMBIE]
     assert bystander.poll() is None, "a process down did not start was stopped"
-    assert infra_stack.recorded_names(tmp_path) == []
+    assert recorded_names(tmp_path) == []
     assert tmp_path.exists()
 
 
-def test_a_reused_pid_is_not_ours(infra_stack, tmp_path, bystander):
+def test_a_reused_pid_is_not_ours(tmp_path, bystander):
     """A pid file whose pid now belongs to another process (other start time) is treated as stale."""
     (tmp_path / "pids").mkdir()
     record = {
@@ -66,25 +67,25 @@ def test_a_reused_pid_is_not_ours(infra_stack, tmp_path, bystander):
         "argv": [],
     }
     (tmp_path / "pids" / "s3.json").write_text(json.dumps(record))
-    assert infra_stack.recorded_pid(tmp_path, "s3") is None
+    assert recorded_pid(tmp_path, "s3") is None
 
-    stopped = infra_stack.down(StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)}), purge=False)
+    stopped = down(StackSettings.from_env({"SER_STATE_DIR": str(tmp_path)}), purge=False)
 
     assert stopped == [] and bystander.poll() is None
     assert not (tmp_path / "pids" / "s3.json").exists()
 
 
-def test_down_purge_deletes_the_state_folder(infra_stack, tmp_path):
+def test_down_purge_deletes_the_state_folder(tmp_path):
     state = tmp_path / "state"
-    infra_stack.start_process(state, "s3", SLEEPER, {}, tmp_path)
-    infra_stack.down(StackSettings.from_env({"SER_STATE_DIR": str(state)}), purge=True)
+    start_process(state, "s3", SLEEPER, {}, tmp_path)
+    down(StackSettings.from_env({"SER_STATE_DIR": str(state)}), purge=True)
     assert not state.exists()
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])
-def test_health_reports_every_component_down_without_a_stack(infra_stack, tmp_path, db):
+def test_health_reports_every_component_down_without_a_stack(tmp_path, db):
     env = {"SER_STATE_DIR": str(tmp_path), "SER_DB": db, "SER_PG_PORT": "1", "SER_PG_PASSWORD": "x"}
-    table = infra_stack.health(StackSettings.from_env(env))
+    table = health(StackSettings.from_env(env))
     servers = {"s3", "mlflow", "prefect", "worker", *({"postgres"} if db == "postgres" else set())}
     assert set(table) == servers | {"scheduler", "trainings", "database"}
     assert all(table[name] and "infra/up" in table[name] for name in servers)

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from moto.server import ThreadedMotoServer
+from ser_infra.seaweedfs import check_s3, seaweed_volume_servers
 
 from ser_stack.settings import StackSettings
 from tests.flows.live_stack import free_weed_ports
@@ -56,10 +57,10 @@ def s3_and_master(tmp_path):
     moto.stop()
 
 
-def test_the_stacks_s3_is_unhealthy_until_its_master_lists_a_volume_server(infra_stack, s3_and_master):
+def test_the_stacks_s3_is_unhealthy_until_its_master_lists_a_volume_server(s3_and_master):
     env, master = s3_and_master
     settings = StackSettings.from_env(env)
-    reason = infra_stack.check_s3(settings)
+    reason = check_s3(settings)
     assert (
         reason is not None
         and "no volume server registered" in reason
@@ -67,20 +68,20 @@ def test_the_stacks_s3_is_unhealthy_until_its_master_lists_a_volume_server(infra
     )
     node = {"Url": "127.0.0.1:8080", "PublicUrl": "127.0.0.1:8080", "Volumes": 2}
     master.topology = {"DataCenters": [{"Id": "dc", "Racks": [{"Id": "rack", "DataNodes": [node]}]}]}
-    assert infra_stack.seaweed_volume_servers(settings) == ["127.0.0.1:8080"]
-    assert infra_stack.check_s3(settings) is None
+    assert seaweed_volume_servers(settings) == ["127.0.0.1:8080"]
+    assert check_s3(settings) is None
     master.server.shutdown()
     master.server.server_close()
-    reason = infra_stack.check_s3(settings)
+    reason = check_s3(settings)
     assert reason is not None and f"SeaweedFS master at 127.0.0.1:{env['SER_WEED_MASTER_PORT']}" in reason
 
 
-def test_an_s3_endpoint_elsewhere_is_judged_by_listing_buckets(infra_stack, s3_and_master):
+def test_an_s3_endpoint_elsewhere_is_judged_by_listing_buckets(s3_and_master):
     env, master = s3_and_master
     master.server.shutdown()  # no master at all: not ours to ask
     master.server.server_close()
     elsewhere = {**env, "AWS_ENDPOINT_URL_S3": f"http://localhost:{env['SER_S3_PORT']}/", "SER_S3_PORT": "1"}
-    assert infra_stack.check_s3(StackSettings.from_env(elsewhere)) is None
+    assert check_s3(StackSettings.from_env(elsewhere)) is None
     gone = {**elsewhere, "AWS_ENDPOINT_URL_S3": f"http://localhost:{env['SER_WEED_MASTER_PORT']}"}
-    reason = infra_stack.check_s3(StackSettings.from_env(gone))
+    reason = check_s3(StackSettings.from_env(gone))
     assert reason is not None and reason.startswith("S3 list_buckets at")

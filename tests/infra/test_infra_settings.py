@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ser_infra.environment import plugin_env, stack_env
 
-from ser_stack.settings import StackSettings
+from ser_stack.settings import REPO_ROOT, StackSettings
 
 
 def after_env_sh(repo_root: Path, env: dict[str, str], script: str, times: int = 2) -> str:
@@ -158,26 +159,26 @@ def test_env_sh_puts_the_venv_first_on_path_once_and_turns_on_the_plugin(repo_ro
     assert (enabled, allow) == ("true", "ser-short-deployment-names")
 
 
-def test_plugin_env_follows_the_project_prefect_toml(infra_stack, tmp_path):
+def test_plugin_env_follows_the_project_prefect_toml(tmp_path):
     import tomllib
 
-    settings = tomllib.loads((infra_stack.REPO_ROOT / "prefect.toml").read_text())["plugins"]
-    assert infra_stack.plugin_env() == {
+    settings = tomllib.loads((REPO_ROOT / "prefect.toml").read_text())["plugins"]
+    assert plugin_env() == {
         "PREFECT_PLUGINS_ENABLED": str(settings["enabled"]).lower(),
         "PREFECT_PLUGINS_ALLOW": ",".join(settings["allow"]),
     }
     other = tmp_path / "prefect.toml"
     other.write_text("[plugins]\nenabled = false\n")
-    assert infra_stack.plugin_env(other) == {"PREFECT_PLUGINS_ENABLED": "false"}
+    assert plugin_env(other) == {"PREFECT_PLUGINS_ENABLED": "false"}
 
 
-def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(infra_stack, monkeypatch):
+def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(monkeypatch):
     """The stack's processes (servers, worker, flow runs) run with Prefect's plugin system off, also
     when `infra/up` is started from a shell where `infra/env.sh` turned it on: Prefect's subprocess
     for a crashed run's hooks imports prefect inside its event loop, where plugin start-up fails
     (a traceback in the worker log for every crashed flow run, seen with a killed tuning trial)."""
     monkeypatch.setenv("PREFECT_PLUGINS_ENABLED", "true")
-    env = infra_stack.stack_env(StackSettings.from_env())
+    env = stack_env(StackSettings.from_env())
     assert env["PREFECT_PLUGINS_ENABLED"] == "false"
     done = subprocess.run(
         [
@@ -185,7 +186,7 @@ def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(i
             "-c",
             "import prefect.settings as s; print(s.get_current_settings().plugins.enabled)",
         ],
-        cwd=infra_stack.REPO_ROOT,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -13,6 +13,9 @@ import uuid
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from ser_infra.health import SCHEDULER_GRACE_S, scheduled_deployments_without_runs
+from ser_infra.logfaults import stack_tracebacks
+from ser_infra.state import log_path, log_since_start, recorded_pid
 
 from flows.deploy import RETRAIN_DEPLOYMENT, configured_retrain_cron
 
@@ -38,17 +41,15 @@ def wait_for_scheduled_runs(client, deployment_id, timeout_s: float = SCHEDULER_
     return runs
 
 
-def server_tracebacks(infra_stack, stack) -> list[str]:
-    if infra_stack.recorded_pid(stack.state_dir, "prefect") is None:
+def server_tracebacks(stack) -> list[str]:
+    if recorded_pid(stack.state_dir, "prefect") is None:
         pytest.skip(
             f"the Prefect server was not started by infra/up in {stack.state_dir}: its log is not here"
         )
-    return infra_stack.stack_tracebacks(
-        "prefect", infra_stack.log_since_start(infra_stack.log_path(stack.state_dir, "prefect")), stack.db
-    )
+    return stack_tracebacks("prefect", log_since_start(log_path(stack.state_dir, "prefect")), stack.db)
 
 
-def test_the_server_schedules_retrain_nightly_after_deploy(infra_stack, stack, prefect_api, repo_root):
+def test_the_server_schedules_retrain_nightly_after_deploy(stack, prefect_api, repo_root):
     env = {**os.environ, **stack.client_env()}
     with get_client(sync_client=True) as client:
         try:
@@ -77,10 +78,10 @@ def test_the_server_schedules_retrain_nightly_after_deploy(infra_stack, stack, p
     assert all((r.expected_start_time.hour, r.expected_start_time.minute) == (hour, minute) for r in runs), (
         runs
     )
-    assert server_tracebacks(infra_stack, stack) == []
+    assert server_tracebacks(stack) == []
 
 
-def test_health_reports_a_schedule_left_without_runs(infra_stack, stack, prefect_api, repo_root):
+def test_health_reports_a_schedule_left_without_runs(stack, prefect_api, repo_root):
     """A throwaway hourly deployment on a pool with no worker: the server schedules it, the check
     is satisfied; with its runs deleted (after the server's quick loop for new deployments has
     passed), the check names it."""
@@ -101,12 +102,12 @@ def test_health_reports_a_schedule_left_without_runs(infra_stack, stack, prefect
             assert wait_for_scheduled_runs(client, deployment_id), (
                 "the server did not schedule the probe deployment"
             )
-            later = time.time() + infra_stack.SCHEDULER_GRACE_S + 1
-            assert name not in infra_stack.scheduled_deployments_without_runs(stack, now=later)
+            later = time.time() + SCHEDULER_GRACE_S + 1
+            assert name not in scheduled_deployments_without_runs(stack, now=later)
             time.sleep(max(0.0, 15.0 - (time.monotonic() - created)))
             for run in scheduled_runs(client, deployment_id):
                 client.delete_flow_run(run.id)
-            assert name in infra_stack.scheduled_deployments_without_runs(stack, now=later)
+            assert name in scheduled_deployments_without_runs(stack, now=later)
         finally:
             if deployment_id is not None:
                 for run in client.read_flow_runs(

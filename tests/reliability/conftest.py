@@ -2,7 +2,7 @@
 it may kill, two torch threads, and the live-stack fixtures of tests/flows (a private data bucket,
 the Prefect API).
 
-A private server is the stack's own component (infra/stack.py builds its command line and
+A private server is the stack's own component (infra/ser_infra builds its command line and
 environment, starts it in its own process group and records its pid in a temporary state folder)
 on a free port: MLflow with its artifacts in a bucket of its own on the live S3, Prefect with its
 own PREFECT_HOME (database, concurrency leases). The shared stack's servers are never touched.
@@ -15,9 +15,12 @@ import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from ser_infra.component import launch, wait_healthy
+from ser_infra.environment import stack_env
+from ser_infra.lifecycle import components
+from ser_infra.state import recorded_pid, stop_recorded
 
 from flows.storage import DataBucket
 from ser_stack.settings import StackSettings
@@ -30,11 +33,10 @@ START_TIMEOUT_S = 180.0
 
 @dataclass
 class PrivateServer:
-    """A stack server (component ``name`` of infra/stack.py) this test owns: `crash()` SIGKILLs its
-    process group (found through the pid file in its state folder), `start()` launches it again
-    as `infra/up` does."""
+    """A stack server (component ``name`` of ser_infra.lifecycle.components) this test owns:
+    `crash()` SIGKILLs its process group (found through the pid file in its state folder),
+    `start()` launches it again as `infra/up` does."""
 
-    infra: ModuleType
     settings: StackSettings
     name: str = "mlflow"
 
@@ -47,32 +49,32 @@ class PrivateServer:
         return self.settings.state_dir
 
     def component(self):
-        (component,) = [c for c in self.infra.components(self.settings) if c.name == self.name]
+        (component,) = [c for c in components(self.settings) if c.name == self.name]
         return component
 
     def start(self) -> None:
         component = self.component()
-        self.infra.launch(self.settings, component, self.infra.stack_env(self.settings))
-        self.infra.wait_healthy(self.settings, component, START_TIMEOUT_S)
+        launch(self.settings, component, stack_env(self.settings))
+        wait_healthy(self.settings, component, START_TIMEOUT_S)
 
     def crash(self) -> int:
         """SIGKILL the server's whole process group (no clean shutdown); returns the leader's pid."""
         import psutil
 
-        pid = self.infra.recorded_pid(self.state_dir, self.name)
+        pid = recorded_pid(self.state_dir, self.name)
         assert pid is not None, f"no live {self.name} process recorded in {self.state_dir / 'pids'}"
         members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         os.killpg(pid, signal.SIGKILL)
         psutil.wait_procs(members, timeout=30)
-        assert self.infra.recorded_pid(self.state_dir, self.name) is None
+        assert recorded_pid(self.state_dir, self.name) is None
         return pid
 
     def stop(self) -> None:
-        self.infra.stop_recorded(self.state_dir, [self.name])
+        stop_recorded(self.state_dir, [self.name])
 
 
 @pytest.fixture
-def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
+def private_mlflow(stack, tmp_path_factory) -> PrivateServer:
     """A running MLflow server of this test's own (see the module docstring); stopped and its
     bucket emptied and deleted afterwards."""
     state_dir = tmp_path_factory.mktemp("mlflow-state")
@@ -94,7 +96,7 @@ def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
     settings = StackSettings.from_env(env)
     client = DataBucket.from_settings(stack).client
     client.create_bucket(Bucket=bucket)
-    server = PrivateServer(infra_stack, settings, "mlflow")
+    server = PrivateServer(settings, "mlflow")
     try:
         server.start()
         yield server
@@ -104,7 +106,7 @@ def private_mlflow(stack, infra_stack, tmp_path_factory) -> PrivateServer:
 
 
 @pytest.fixture
-def private_prefect(stack, infra_stack, tmp_path_factory) -> PrivateServer:
+def private_prefect(stack, tmp_path_factory) -> PrivateServer:
     """A running Prefect server of this test's own (its own PREFECT_HOME and port); stopped afterwards."""
     state_dir = tmp_path_factory.mktemp("prefect-state")
     env = {
@@ -116,7 +118,7 @@ def private_prefect(stack, infra_stack, tmp_path_factory) -> PrivateServer:
     env.update(
         {"SER_STATE_DIR": str(state_dir), "SER_PREFECT_PORT": str(free_port(stack.host)), "SER_DB": "sqlite"}
     )
-    server = PrivateServer(infra_stack, StackSettings.from_env(env), "prefect")
+    server = PrivateServer(StackSettings.from_env(env), "prefect")
     try:
         server.start()
         yield server
