@@ -234,7 +234,7 @@ class S3Source(CorpusSource):
     def client(self):
         with _S3_CLIENT_LOCK:
             if self._client is None:
-                from ser_stack.settings import s3_client
+                from ser_stack.s3 import s3_client
 
                 self._client = s3_client()
         return self._client

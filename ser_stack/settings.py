@@ -1,60 +1,41 @@
-"""Where the stack is: one frozen settings object read from the environment, and the one S3
-client factory (:func:`s3_client`) of the project.
+"""Every environment variable of the project, in two pydantic-settings models that are also their
+documentation: :class:`StackSettings` (here), where the stack is: what every process must agree
+on to reach S3, MLflow, Prefect and the database (infra/ starts the local stack from the same
+values); and `ser_stack.process_settings.ProcessSettings`, the knobs of one process each.
 
-The settings object holds what every process must agree on to reach the stack (the table
-below). The other ``SER_*`` variables are knobs of one process each, read by the one function
-that uses them, beside its use (tests/infra/test_infra_settings.py checks that this list is
-complete):
+A field is one variable: its name (the field's alias), type, default and meaning (its
+description; ser_stack/environment.py). An empty variable is unset. A bad value is a
+`SettingsError` whose one line names the variable, the value and what is expected
+(``SER_S3_PORT='x': expected a TCP port number (1-65535)``); commands check every variable before
+they start (:func:`exit_if_bad_environment`). Secrets stay out of ``repr``, logs and those messages.
 
-| variable | read by | meaning |
-|---|---|---|
-| SER_ROOT_<CORPUS> | flows/roots.py `configured_roots` | a corpus root, in the worker's environment |
-| SER_AUDIO_CACHE_DIR / SER_AUDIO_CACHE_BYTES | data_contracts/staging.py `cache_from_env` | where a worker stages audio read from S3, and the cache's limit |
-| SER_FEATURE_CACHE_DIR | flows/feature_store.py `local_feature_cache_dir` | the machine's frozen-backbone feature cache |
-| SER_NPROC_PER_NODE | ser_model/launch.py `nproc_per_node` | worker processes per fold |
-| SER_HEAP | ser_model/allocator.py `heap_policy` | a training process's C heap: ``bounded`` (default; bounded RSS, more system CPU) or ``glibc`` |
-| SER_MEMORY_CACHE_BYTES | ser_model/data.py `memory_cache_bytes` | how much decoded audio (or cached backbone states) a fold worker keeps in memory |
-| SER_FOLD_RUNS / SER_FOLD_JOB_VARIABLES | flows/fold_runs.py | how the train flow starts fold runs, and their job variables |
-| SER_FOLD_CONCURRENCY / SER_RETRAIN_CRON | flows/deploy.py | folds at once on the ``folds`` queue; the retrain schedule |
-| SER_SERVING / SER_SERVE_* | flows/serving.py | a served model's request limits and allowed file root |
-| SER_UP_TIMEOUT / SER_MLFLOW_WORKERS | infra/stack.py | how long ``infra/up`` waits for the services; the MLflow server's worker processes (default 1) |
-| SER_DEMO_PRESET | infra/demo | the demo's training recipe |
-| SER_REQUIRE_DATA / SER_REQUIRE_STACK / SER_SKIP_BROWSER / SER_PYTHON | infra/test, tests/conftest.py | what a test session demands, and its interpreter |
-| SER_SKIP_POSTGRES / SER_PG_BIN | infra/setup, infra/stack.py | skip installing Debian's PostgreSQL; the folder of its server binaries |
-
-Read into the settings object:
-
-The same environment variables drive `infra/` (which starts the local stack) and every client
-(flows, the CLI, tests), so both sides always agree on hosts, ports, buckets and the state folder.
-
-| variable | default | meaning |
-|---|---|---|
-| SER_HOST | 127.0.0.1 | interface every local server binds and clients connect to |
-| SER_S3_PORT | 8333 | SeaweedFS S3 API |
-| SER_WEED_MASTER_PORT / SER_WEED_VOLUME_PORT / SER_WEED_FILER_PORT / SER_WEED_ADMIN_PORT | 9333 / 8080 / 8888 / 23646 | SeaweedFS internals (gRPC on each + 10000) |
-| SER_MLFLOW_PORT | 5000 | MLflow tracking server |
-| SER_PREFECT_PORT | 4200 | Prefect server |
-| SER_DB | sqlite | the database of Prefect, MLflow and Optuna: ``sqlite`` (files in the state folder) or ``postgres`` (one local PostgreSQL server) |
-| SER_PG_PORT | 5433 | that PostgreSQL server (with SER_DB=postgres) |
-| SER_PG_PASSWORD | generated once into <state>/postgres-credentials.json | password of its user ``ser`` |
-| SER_STATE_DIR | <repo>/.ser-state | logs, pid files, SQLite databases or PostgreSQL's data folder, S3 data, generated credentials |
-| SER_DATA_BUCKET / SER_MLFLOW_BUCKET | ser-data / ser-mlflow | S3 buckets |
-| SER_WORK_POOL | ser-process | Prefect work pool the worker polls |
-| SER_TUNE_STORAGE | sqlite:///<state>/optuna.db | where tuning studies live (an Optuna RDB URL) |
-| MLFLOW_TRACKING_URI, PREFECT_API_URL, AWS_ENDPOINT_URL_S3 | derived | set them to point at remote services instead |
-| AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY | generated once into <state>/s3-credentials.json | S3 credentials |
-
-Secrets never appear in `repr`, logs or `client_env` previews: they are held in fields with
-`repr=False`.
+docs/ENVIRONMENT.md is the table of every variable, generated from the models by
+``python -m ser_stack.settings --markdown > docs/ENVIRONMENT.md`` (a test keeps it in step);
+``python -m ser_stack.settings`` checks the variables of the shell it runs in.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Annotated, Any, Self
+from urllib.parse import quote
+
+from pydantic import AliasChoices, ValidationInfo, field_validator, model_validator
+
+from ser_stack.environment import (
+    EnvironmentSettings,
+    SettingsError,
+    env_field,
+    markdown_table,
+    one_of,
+    parsed,
+)
+from ser_stack.process_settings import ProcessSettings
+from ser_stack.s3 import s3_client
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_RAVDESS = REPO_ROOT.parent / "shared" / "data" / "ravdess"
@@ -64,7 +45,6 @@ CREDENTIALS_FILE = "s3-credentials.json"
 PG_CREDENTIALS_FILE = "postgres-credentials.json"
 DATABASES = ("sqlite", "postgres")
 """Values of SER_DB."""
-DEFAULT_DB = "sqlite"
 PG_USER = "ser"
 """The PostgreSQL role the stack's servers and clients connect as (the server's superuser)."""
 DEFAULT_REGION = "us-east-1"
@@ -82,17 +62,6 @@ DERIVED_CLIENT_VARIABLES = (
 )
 """What :meth:`StackSettings.client_env` derives from one stack (addresses, credentials, storage):
 a second stack started from a shell of the first (a test's, a benchmark's) drops them and derives its own."""
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, str(default))
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a TCP port number (1-65535)") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{name}={port}: expected a TCP port number (1-65535)")
-    return port
 
 
 def read_credentials_file(state_dir: Path) -> tuple[str, str] | None:
@@ -128,115 +97,157 @@ def gateway_url(host: str, s3_port: int) -> str:
     return f"http://{host}:{s3_port}"
 
 
-@dataclass(frozen=True)
-class StackSettings:
-    """Addresses and names of the SER stack (S3, MLflow, Prefect) as a client sees them."""
+def postgres_url(host: str, port: int, password: str | None, name: str, driver: str = "") -> str:
+    """SQLAlchemy URL of database `name` on a PostgreSQL server, as user :data:`PG_USER`."""
+    secret = f":{quote(password, safe='')}" if password else ""
+    scheme = f"postgresql+{driver}" if driver else "postgresql"
+    return f"{scheme}://{PG_USER}{secret}@{host}:{port}/{name}"
 
-    host: str
-    s3_port: int
-    weed_master_port: int
-    weed_volume_port: int
-    weed_filer_port: int
-    weed_admin_port: int
-    mlflow_port: int
-    prefect_port: int
-    state_dir: Path
-    data_bucket: str
-    mlflow_bucket: str
-    work_pool: str
-    tracking_uri: str
-    prefect_api_url: str
-    s3_endpoint: str
-    region: str = DEFAULT_REGION
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    tune_storage: str = field(default="", repr=False)
-    """Where tuning studies live, an Optuna RDB URL (``SER_TUNE_STORAGE``; default a SQLite file in the
-    state folder, or the database ``optuna`` of the stack's PostgreSQL with SER_DB=postgres)."""
-    db: str = DEFAULT_DB
-    """The stack's database (``SER_DB``): ``sqlite`` or ``postgres``."""
-    pg_port: int = 5433
-    pg_password: str | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        ports = {
-            "SER_S3_PORT": self.s3_port,
-            "SER_WEED_MASTER_PORT": self.weed_master_port,
-            "SER_WEED_VOLUME_PORT": self.weed_volume_port,
-            "SER_WEED_FILER_PORT": self.weed_filer_port,
-            "SER_WEED_ADMIN_PORT": self.weed_admin_port,
-            "SER_MLFLOW_PORT": self.mlflow_port,
-            "SER_PREFECT_PORT": self.prefect_port,
-        }
-        if self.db == "postgres":
-            ports["SER_PG_PORT"] = self.pg_port
-        if self.db not in DATABASES:
-            raise ValueError(f"SER_DB={self.db!r}: expected one of {', '.join(DATABASES)}")
+def _stored_credential(which: int) -> Callable[[dict[str, Any]], str | None]:
+    return lambda stack: (read_credentials_file(stack["state_dir"]) or (None, None))[which]
+
+
+def _default_tune_storage(stack: dict[str, Any]) -> str:
+    if stack["db"] == "postgres":
+        return postgres_url(stack["host"], stack["pg_port"], stack["pg_password"], "optuna")
+    return f"sqlite:///{stack['state_dir'] / 'optuna.db'}"
+
+
+PORTS = (
+    "s3_port",
+    "weed_master_port",
+    "weed_volume_port",
+    "weed_filer_port",
+    "weed_admin_port",
+    "mlflow_port",
+    "prefect_port",
+    "pg_port",
+)
+"""The fields that are TCP ports of the stack's servers (pg_port only with SER_DB=postgres)."""
+
+
+def _bucket(name: str) -> str:
+    if not (3 <= len(name) <= 63) or name != name.lower() or "_" in name:
+        raise ValueError("expected an S3 bucket name (3-63 lowercase letters, digits, '-', '.')")
+    return name
+
+
+Bucket = Annotated[str, parsed(_bucket)]
+
+
+class StackSettings(EnvironmentSettings):
+    """Where the SER stack is (S3, MLflow, Prefect, the database), as every process sees it: the
+    same variables drive `infra/` (which starts the local stack) and every client (flows, the CLI,
+    tests), so both sides agree on hosts, ports, buckets and the state folder.
+    MLFLOW_TRACKING_URI, PREFECT_API_URL and AWS_ENDPOINT_URL_S3 point at services elsewhere."""
+
+    host: str = env_field(
+        "SER_HOST", "127.0.0.1", "interface every local server binds and clients connect to"
+    )
+    s3_port: int = env_field("SER_S3_PORT", 8333, "SeaweedFS S3 API")
+    weed_master_port: int = env_field("SER_WEED_MASTER_PORT", 9333, "SeaweedFS master (gRPC on this + 10000)")
+    weed_volume_port: int = env_field("SER_WEED_VOLUME_PORT", 8080, "SeaweedFS volume server (gRPC + 10000)")
+    weed_filer_port: int = env_field("SER_WEED_FILER_PORT", 8888, "SeaweedFS filer (gRPC + 10000)")
+    weed_admin_port: int = env_field("SER_WEED_ADMIN_PORT", 23646, "SeaweedFS admin UI")
+    mlflow_port: int = env_field("SER_MLFLOW_PORT", 5000, "MLflow tracking server")
+    prefect_port: int = env_field("SER_PREFECT_PORT", 4200, "Prefect server")
+    state_dir: Annotated[Path, parsed(lambda text: Path(text).expanduser().resolve())] = env_field(
+        "SER_STATE_DIR",
+        meaning="logs, pid files, SQLite databases or PostgreSQL's data folder, S3 data, generated credentials",
+        default_factory=lambda: REPO_ROOT / ".ser-state",
+        shown="<repo>/.ser-state",
+    )
+    data_bucket: Bucket = env_field(
+        "SER_DATA_BUCKET", "ser-data", "S3 bucket of manifests, tables and features"
+    )
+    mlflow_bucket: Bucket = env_field("SER_MLFLOW_BUCKET", "ser-mlflow", "S3 bucket of MLflow's artifacts")
+    work_pool: str = env_field("SER_WORK_POOL", "ser-process", "Prefect work pool the worker polls")
+    db: Annotated[str, parsed(one_of(*DATABASES, lower=True))] = env_field(
+        "SER_DB",
+        DATABASES[0],
+        "the database of Prefect, MLflow and Optuna: `sqlite` (files in the state folder) or "
+        "`postgres` (one local PostgreSQL server)",
+    )
+    pg_port: int = env_field("SER_PG_PORT", 5433, "that PostgreSQL server (with SER_DB=postgres)")
+    tracking_uri: str = env_field(
+        "MLFLOW_TRACKING_URI",
+        meaning="the MLflow tracking server",
+        default_factory=lambda stack: f"http://{stack['host']}:{stack['mlflow_port']}",
+        shown="http://<SER_HOST>:<SER_MLFLOW_PORT>",
+    )
+    prefect_api_url: str = env_field(
+        "PREFECT_API_URL",
+        meaning="the Prefect API",
+        default_factory=lambda stack: f"http://{stack['host']}:{stack['prefect_port']}/api",
+        shown="http://<SER_HOST>:<SER_PREFECT_PORT>/api",
+    )
+    s3_endpoint: str = env_field(
+        AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        meaning="the S3 endpoint",
+        default_factory=lambda stack: gateway_url(stack["host"], stack["s3_port"]),
+        shown="http://<SER_HOST>:<SER_S3_PORT> (the stack's SeaweedFS)",
+    )
+    region: str = env_field("AWS_DEFAULT_REGION", DEFAULT_REGION, "the S3 region")
+    access_key_id: str | None = env_field(
+        "AWS_ACCESS_KEY_ID",
+        meaning="S3 access key (with AWS_SECRET_ACCESS_KEY; either unset: both from the file)",
+        default_factory=_stored_credential(0),
+        shown=f"generated once into <state>/{CREDENTIALS_FILE}",
+        secret=True,
+    )
+    secret_access_key: str | None = env_field(
+        "AWS_SECRET_ACCESS_KEY",
+        meaning="S3 secret key",
+        default_factory=_stored_credential(1),
+        shown=f"generated once into <state>/{CREDENTIALS_FILE}",
+        secret=True,
+    )
+    pg_password: str | None = env_field(
+        "SER_PG_PASSWORD",
+        meaning=f"password of the PostgreSQL user `{PG_USER}`",
+        default_factory=lambda s: read_pg_password(s["state_dir"]) if s["db"] == "postgres" else None,
+        shown=f"generated once into <state>/{PG_CREDENTIALS_FILE}",
+        secret=True,
+    )
+    tune_storage: str = env_field(
+        "SER_TUNE_STORAGE",
+        meaning="where tuning studies live, an Optuna RDB URL",
+        default_factory=_default_tune_storage,
+        shown="sqlite:///<state>/optuna.db; the database optuna of the stack's PostgreSQL with SER_DB=postgres",
+        secret=True,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_as_a_pair(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """Keys from the environment only when both are there; else both from the state folder."""
+        pair = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        if all(given.get(name) for name in pair):
+            return given
+        return {name: value for name, value in given.items() if name not in pair}
+
+    @field_validator(*PORTS, mode="before")
+    @classmethod
+    def _port(cls, raw: Any, info: ValidationInfo) -> int:
+        variable = cls.variable(info.field_name)
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ValueError(f"{variable}={raw!r}: expected a TCP port number (1-65535)") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{variable}={port}: expected a TCP port number (1-65535)")
+        return port
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Self:
         by_port: dict[int, list[str]] = {}
-        for name, port in ports.items():
-            by_port.setdefault(port, []).append(name)
+        for name in PORTS if self.db == "postgres" else PORTS[:-1]:
+            by_port.setdefault(getattr(self, name), []).append(self.variable(name))
         clashes = [names for names in by_port.values() if len(names) > 1]
         if clashes:
             raise ValueError(f"ports must differ, but these share one: {clashes}")
-        for name, bucket in (
-            ("SER_DATA_BUCKET", self.data_bucket),
-            ("SER_MLFLOW_BUCKET", self.mlflow_bucket),
-        ):
-            if not (3 <= len(bucket) <= 63) or bucket != bucket.lower() or "_" in bucket:
-                raise ValueError(
-                    f"{name}={bucket!r}: expected an S3 bucket name (3-63 lowercase letters, digits, '-', '.')"
-                )
-        if not self.state_dir.is_absolute():
-            raise ValueError(f"state_dir={self.state_dir}: expected an absolute path")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
-        """Build the settings from `env` (default: `os.environ`), falling back to the local defaults."""
-        env = os.environ if env is None else env
-        host = env.get("SER_HOST", "127.0.0.1")
-        state_dir = Path(env.get("SER_STATE_DIR", REPO_ROOT / ".ser-state")).expanduser().resolve()
-        s3_port = _port(env, "SER_S3_PORT", 8333)
-        mlflow_port = _port(env, "SER_MLFLOW_PORT", 5000)
-        prefect_port = _port(env, "SER_PREFECT_PORT", 4200)
-        access_key_id = env.get("AWS_ACCESS_KEY_ID")
-        secret_access_key = env.get("AWS_SECRET_ACCESS_KEY")
-        if not (access_key_id and secret_access_key):
-            access_key_id, secret_access_key = read_credentials_file(state_dir) or (None, None)
-        db = env.get("SER_DB", DEFAULT_DB).strip().lower()
-        pg_port = _port(env, "SER_PG_PORT", 5433)
-        pg_password = env.get("SER_PG_PASSWORD") or (
-            read_pg_password(state_dir) if db == "postgres" else None
-        )
-        if db == "postgres":
-            default_tune = postgres_url(host, pg_port, pg_password, "optuna")
-        else:
-            default_tune = f"sqlite:///{state_dir / 'optuna.db'}"
-        return cls(
-            host=host,
-            s3_port=s3_port,
-            weed_master_port=_port(env, "SER_WEED_MASTER_PORT", 9333),
-            weed_volume_port=_port(env, "SER_WEED_VOLUME_PORT", 8080),
-            weed_filer_port=_port(env, "SER_WEED_FILER_PORT", 8888),
-            weed_admin_port=_port(env, "SER_WEED_ADMIN_PORT", 23646),
-            mlflow_port=mlflow_port,
-            prefect_port=prefect_port,
-            state_dir=state_dir,
-            data_bucket=env.get("SER_DATA_BUCKET", "ser-data"),
-            mlflow_bucket=env.get("SER_MLFLOW_BUCKET", "ser-mlflow"),
-            work_pool=env.get("SER_WORK_POOL", "ser-process"),
-            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"http://{host}:{mlflow_port}"),
-            prefect_api_url=env.get("PREFECT_API_URL", f"http://{host}:{prefect_port}/api"),
-            s3_endpoint=env.get(
-                "AWS_ENDPOINT_URL_S3", env.get("AWS_ENDPOINT_URL", gateway_url(host, s3_port))
-            ),
-            region=env.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
-            access_key_id=access_key_id,
-            secret_access_key=secret_access_key,
-            tune_storage=env.get("SER_TUNE_STORAGE") or default_tune,
-            db=db,
-            pg_port=pg_port,
-            pg_password=pg_password,
-        )
+        return self
 
     @property
     def own_s3(self) -> bool:
@@ -254,37 +265,21 @@ class StackSettings:
         return postgres_url(self.host, self.pg_port, self.pg_password, name, driver)
 
     def s3_client(self, **timeouts: float):
-        """An S3 client for this stack's endpoint and credentials (:func:`s3_client`)."""
+        """An S3 client for this stack's endpoint and credentials (`ser_stack.s3.s3_client`)."""
         return s3_client(
             self.s3_endpoint, self.region, self.access_key_id, self.secret_access_key, **timeouts
         )
 
     def client_env(self) -> dict[str, str]:
-        """Environment variables a client process needs to reach this stack (includes the secrets)."""
-        env = {
-            "SER_HOST": self.host,
-            "SER_S3_PORT": str(self.s3_port),
-            "SER_WEED_MASTER_PORT": str(self.weed_master_port),
-            "SER_WEED_VOLUME_PORT": str(self.weed_volume_port),
-            "SER_WEED_FILER_PORT": str(self.weed_filer_port),
-            "SER_WEED_ADMIN_PORT": str(self.weed_admin_port),
-            "SER_MLFLOW_PORT": str(self.mlflow_port),
-            "SER_PREFECT_PORT": str(self.prefect_port),
-            "SER_STATE_DIR": str(self.state_dir),
-            "SER_DATA_BUCKET": self.data_bucket,
-            "SER_MLFLOW_BUCKET": self.mlflow_bucket,
-            "SER_WORK_POOL": self.work_pool,
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "PREFECT_API_URL": self.prefect_api_url,
+        """Environment variables a client process needs to reach this stack (includes the secrets):
+        every field's, the PostgreSQL ones only with SER_DB=postgres, the S3 keys when both are set."""
+        when_used = ("pg_port", "pg_password", "access_key_id", "secret_access_key")
+        env = {self.variable(name): str(value) for name, value in self if name not in when_used}
+        env |= {
             "PREFECT_HOME": str(self.prefect_home),
-            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
-            "AWS_DEFAULT_REGION": self.region,
         }
-        if self.tune_storage:
-            env["SER_TUNE_STORAGE"] = self.tune_storage
-        env["SER_DB"] = self.db
         if self.db == "postgres":
             env["SER_PG_PORT"] = str(self.pg_port)
             if self.pg_password:
@@ -295,42 +290,60 @@ class StackSettings:
         return env
 
 
-def postgres_url(host: str, port: int, password: str | None, name: str, driver: str = "") -> str:
-    """SQLAlchemy URL of database `name` on a PostgreSQL server, as user :data:`PG_USER`."""
-    from urllib.parse import quote
-
-    secret = f":{quote(password, safe='')}" if password else ""
-    scheme = f"postgresql+{driver}" if driver else "postgresql"
-    return f"{scheme}://{PG_USER}{secret}@{host}:{port}/{name}"
+MODELS = (StackSettings, ProcessSettings)
 
 
-def s3_client(
-    endpoint: str | None = None,
-    region: str | None = None,
-    access_key_id: str | None = None,
-    secret_access_key: str | None = None,
-    connect_timeout_s: float = 5.0,
-    read_timeout_s: float = 60.0,
-    max_attempts: int = 2,
-):
-    """A boto3 S3 client with path-style addressing (SeaweedFS, MinIO and AWS all accept it).
-    Arguments left None fall to boto3's own chain (``AWS_*`` variables, profiles, instance roles):
-    corpus sources use it that way, the stack's data bucket and infra/ with :class:`StackSettings`'
-    values (:meth:`StackSettings.s3_client`)."""
-    import boto3  # here: only S3 users pay for it
-    from botocore.config import Config
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Every variable of both models checked at once: SettingsError naming each bad one (and an
+    unreadable credentials file in the state folder)."""
+    problems = []
+    for model in MODELS:
+        try:
+            model.from_env(env)
+        except ValueError as err:  # a SettingsError, or an unreadable credentials file
+            problems.append(str(err))
+    if problems:
+        raise SettingsError("; ".join(problems))
 
-    config = Config(
-        connect_timeout=connect_timeout_s,
-        read_timeout=read_timeout_s,
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        s3={"addressing_style": "path"},
+
+def exit_if_bad_environment(program: str) -> None:
+    """At a command's start: a bad variable ends the process with status 2 and one line on stderr
+    (``<program>: SER_HEAP='x': expected one of bounded, glibc``)."""
+    try:
+        check_environment()
+    except SettingsError as err:
+        print(f"{program}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def markdown() -> str:
+    """docs/ENVIRONMENT.md: a table of every variable of each model."""
+    lines = [
+        "# Environment variables",
+        "",
+        "Generated from the settings models (`ser_stack/settings.py`, `ser_stack/process_settings.py`) by",
+        "`python -m ser_stack.settings --markdown > docs/ENVIRONMENT.md`: edit the models, not this file.",
+        "An empty variable is unset; `python -m ser_stack.settings` checks the variables of a shell.",
+    ]
+    for model in MODELS:
+        lines += markdown_table(model)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ser_stack.settings",
+        description="check this shell's environment variables, or print the table of all of them",
     )
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key,
-        config=config,
-    )
+    parser.add_argument("--markdown", action="store_true", help="print docs/ENVIRONMENT.md")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
+    exit_if_bad_environment(parser.prog)
+    print(f"{parser.prog}: every variable of {', '.join(m.__name__ for m in MODELS)} is valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
