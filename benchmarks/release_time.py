@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 
+from ser_model.allocator import heap_policy  # noqa: E402
 from ser_model.launch import RESULT_FILE  # noqa: E402
 from ser_stack.settings import SHARED_RAVDESS
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_minutes": round((usage.ru_utime + usage.ru_stime) / 60, 2),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "machine": machine,
-        "heap": os.environ.get("SER_HEAP", "bounded"),
+        "heap": heap_policy(),
         "selected_epoch": result["selected_epoch"],
         "valid_UA": result["valid"].get("UA"),  # none when the release trains on every speaker
         "selection_rule": result["selection_rule"],

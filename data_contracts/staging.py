@@ -23,7 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from data_contracts.source import CorpusSource, check_relative_path, open_source
+from ser_stack.environment import SettingsError
 from ser_stack.files import write_atomically
+from ser_stack.process_settings import ProcessSettings
 
 
 class StagingError(RuntimeError):
@@ -32,14 +34,14 @@ class StagingError(RuntimeError):
 
 def cache_from_env(default_dir: Path, env: dict[str, str] | None = None) -> tuple[Path, int | None]:
     """Where a worker stages audio and how much the cache may hold: ``SER_AUDIO_CACHE_DIR``
-    (default ``default_dir``) and ``SER_AUDIO_CACHE_BYTES`` (a positive integer; unset: no limit)."""
-    env = dict(os.environ) if env is None else env
-    limit = env.get("SER_AUDIO_CACHE_BYTES")
-    if limit and not (limit.isdigit() and int(limit) > 0):
-        raise StagingError(
-            f"SER_AUDIO_CACHE_BYTES={limit!r}: expected a positive number of bytes, e.g. 50000000000"
-        )
-    return Path(env.get("SER_AUDIO_CACHE_DIR") or default_dir).expanduser(), int(limit) if limit else None
+    (default ``default_dir``) and ``SER_AUDIO_CACHE_BYTES`` (a positive integer; unset: no limit)
+    of ``env`` (default: this process's; `ser_stack.process_settings.ProcessSettings`).
+    StagingError naming a bad value."""
+    try:
+        knobs = ProcessSettings.from_env(env)
+    except SettingsError as err:
+        raise StagingError(str(err)) from None
+    return (knobs.audio_cache_dir or default_dir).expanduser(), knobs.audio_cache_bytes
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from uuid import UUID
@@ -47,7 +46,8 @@ from ser_stack.names import (
     manifest_resource_id,
     train_deployment,
 )
-from ser_stack.settings import REPO_ROOT, StackSettings
+from ser_stack.process_settings import DEFAULT_RETRAIN_CRON, ProcessSettings
+from ser_stack.settings import REPO_ROOT, StackSettings, exit_if_bad_environment
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ ENTRYPOINTS = {
     "tune": "flows/tune.py:tune",
     "tune-trial": "flows/tune.py:tune_trial",
 }
-DEFAULT_RETRAIN_CRON = "0 3 * * *"
 RETRAIN_DEPLOYMENT = "retrain-nightly"
 DEFAULT_AUTO_TRAIN_FOLDS: list[int] | None = None
 """Folds the automation trains after a new manifest: None = every fold of the protocol."""
@@ -101,9 +100,9 @@ def manifest_trigger(
 
 
 def configured_retrain_cron() -> str:
-    """The cron of :data:`RETRAIN_DEPLOYMENT`: ``SER_RETRAIN_CRON``, else :data:`DEFAULT_RETRAIN_CRON`
-    (infra/test sets it 12 hours away from its session)."""
-    return os.environ.get("SER_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON
+    """The cron of :data:`RETRAIN_DEPLOYMENT`: ``SER_RETRAIN_CRON``, else ``DEFAULT_RETRAIN_CRON``
+    (`ser_stack.process_settings`; infra/test sets it 12 hours away from its session)."""
+    return ProcessSettings.from_env().retrain_cron
 
 
 def build_deployments(
@@ -187,11 +186,9 @@ def build_deployments(
 
 
 def fold_concurrency(env: dict[str, str] | None = None) -> int:
-    """How many folds train at once: ``SER_FOLD_CONCURRENCY``, default 1 (a 2-core machine)."""
-    raw = (os.environ if env is None else env).get("SER_FOLD_CONCURRENCY", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"SER_FOLD_CONCURRENCY={raw!r}: expected a positive whole number of folds at once")
-    return int(raw)
+    """How many folds train at once: ``SER_FOLD_CONCURRENCY`` of ``env`` (default: this process's),
+    unset 1 (a 2-core machine)."""
+    return ProcessSettings.from_env(env).fold_concurrency
 
 
 def ensure_fold_queue(work_pool: str, slots: int) -> None:
@@ -255,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         help="folds the automation trains after ingest: all (default) or numbers like 0 or 0,1",
     )
     args = parser.parse_args(argv)
+    exit_if_bad_environment(parser.prog)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     deployments = build_deployments(
         work_pool=args.work_pool,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +60,7 @@ from ser_model.feature_cache_folder import (
     write_key_file,
 )
 from ser_stack.files import write_atomically
+from ser_stack.process_settings import ProcessSettings
 from ser_stack.settings import StackSettings
 
 __all__ = ["PREFIX", "Pulled", "local_feature_cache_dir", "pull", "push", "shared_feature_cache"]
@@ -75,9 +75,9 @@ _ENTRY_NAME = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]{0,127}")
 
 
 def local_feature_cache_dir(settings: StackSettings, env: Mapping[str, str] | None = None) -> Path:
-    """The machine's feature-cache folder: ``SER_FEATURE_CACHE_DIR``, default ``<state>/feature-cache``."""
-    env = os.environ if env is None else env
-    return Path(env.get("SER_FEATURE_CACHE_DIR") or settings.state_dir / "feature-cache").expanduser()
+    """The machine's feature-cache folder: ``SER_FEATURE_CACHE_DIR`` of ``env`` (default: this
+    process's), unset ``<state>/feature-cache``."""
+    return ProcessSettings.from_env(env).feature_cache_dir or settings.state_dir / "feature-cache"
 
 
 @dataclass(frozen=True)

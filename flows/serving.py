@@ -46,17 +46,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
 
+from ser_stack.process_settings import ProcessSettings
 from ser_stack.processes import NotReadyError, http_check, start_process_group, stop_process_group, wait_ready
 
 _logger = logging.getLogger(__name__)
 
-SERVING_FLAG = "SER_SERVING"
+SERVING_FLAG = ProcessSettings.variable("serving")
 """Set to 1 by a server other than MLflow's that wraps the pyfunc: turns on the serving policy."""
-ALLOWED_ROOT = "SER_SERVE_ALLOWED_ROOT"
-MAX_SECONDS = "SER_SERVE_MAX_SECONDS"
-MAX_ROWS = "SER_SERVE_MAX_ROWS"
-MAX_REQUEST_BYTES = "SER_SERVE_MAX_REQUEST_BYTES"
-MAX_SEGMENTS_SECONDS = "SER_SERVE_MAX_SEGMENTS_SECONDS"
+MAX_SECONDS = ProcessSettings.variable("serve_max_seconds")
+MAX_ROWS = ProcessSettings.variable("serve_max_rows")
+MAX_REQUEST_BYTES = ProcessSettings.variable("serve_max_request_bytes")
+MAX_SEGMENTS_SECONDS = ProcessSettings.variable("serve_max_segments_seconds")
+_DEFAULTS = ProcessSettings.model_fields
+"""The fields whose defaults are a policy's limits when their variables are unset (docs/ENVIRONMENT.md)."""
 
 
 class ModelInputError(MlflowException):
@@ -79,11 +81,11 @@ class ServingPolicy:
     (which replaces max_seconds there: 10 minutes of 16 kHz FLAC is about 17 MB in base64, under
     the default body limit, and about 6 s of work for the fbank model on 2 cores)."""
 
-    max_seconds: float = 60.0
-    max_rows: int = 32
-    max_request_bytes: int = 32 * 2**20
+    max_seconds: float = _DEFAULTS["serve_max_seconds"].default
+    max_rows: int = _DEFAULTS["serve_max_rows"].default
+    max_request_bytes: int = _DEFAULTS["serve_max_request_bytes"].default
     allowed_root: Path | None = None
-    max_segments_seconds: float = 600.0
+    max_segments_seconds: float = _DEFAULTS["serve_max_segments_seconds"].default
 
     def __post_init__(self) -> None:
         limits = (
@@ -98,35 +100,17 @@ class ServingPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingPolicy:
-        """The policy from SER_SERVE_* variables (unset: the defaults); a bad value raises
-        ValueError naming the variable, so the server refuses to start rather than run unbounded."""
-        env = os.environ if env is None else env
-        values: dict = {}
-        variables = (
-            (MAX_SECONDS, "max_seconds", float),
-            (MAX_ROWS, "max_rows", int),
-            (MAX_REQUEST_BYTES, "max_request_bytes", int),
-            (MAX_SEGMENTS_SECONDS, "max_segments_seconds", float),
+        """The policy from the SER_SERVE_* variables of ``env`` (default: this process's; unset: the
+        defaults); a bad value raises ValueError naming the variable, so the server refuses to
+        start rather than run unbounded."""
+        knobs = ProcessSettings.from_env(env)
+        return cls(
+            max_seconds=knobs.serve_max_seconds,
+            max_rows=knobs.serve_max_rows,
+            max_request_bytes=knobs.serve_max_request_bytes,
+            allowed_root=knobs.serve_allowed_root,
+            max_segments_seconds=knobs.serve_max_segments_seconds,
         )
-        for variable, field, kind in variables:
-            raw = env.get(variable, "").strip()
-            if not raw:
-                continue
-            try:
-                values[field] = kind(raw)
-            except ValueError:
-                raise ValueError(f"{variable}={raw!r}: expected a positive {kind.__name__}") from None
-            if not values[field] > 0:
-                raise ValueError(f"{variable}={raw!r}: expected a positive {kind.__name__}")
-        root = env.get(ALLOWED_ROOT, "").strip()
-        if root:
-            resolved = Path(root).resolve()
-            if not resolved.is_dir():
-                raise ValueError(
-                    f"{ALLOWED_ROOT}={root!r}: not a folder; expected the folder whose files clients may name"
-                )
-            values["allowed_root"] = resolved
-        return cls(**values)
 
     def allowed_file(self, path: str, where: str) -> Path:
         """The resolved file a client named, if this policy lets it be read; else ModelInputError
@@ -164,7 +148,7 @@ def serving_process() -> bool:
     return (
         in_scoring_server()
         or bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
-        or os.environ.get(SERVING_FLAG) == "1"
+        or ProcessSettings.from_env().serving
     )
 
 

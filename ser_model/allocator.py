@@ -34,10 +34,10 @@ import sys
 from collections.abc import Mapping
 
 from ser_model.config_validation import ConfigError
+from ser_stack.environment import SettingsError
+from ser_stack.process_settings import ProcessSettings
 
 __all__ = [
-    "HEAP_ENV",
-    "HEAP_POLICIES",
     "HUGE_PAGES_TUNABLE",
     "MMAP_THRESHOLD_BYTES",
     "bound_heap",
@@ -53,22 +53,17 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
-HEAP_ENV = "SER_HEAP"
-HEAP_POLICIES = ("bounded", "glibc")
-"""The values of ``SER_HEAP``; the first is the default (module docstring)."""
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 """glibc ≥ 2.35: mmapped chunks are madvise'd for transparent huge pages (read at process start)."""
 
 
 def heap_policy(env: Mapping[str, str] | None = None) -> str:
-    """``SER_HEAP`` checked: one of HEAP_POLICIES, the first when unset or empty; ConfigError otherwise."""
-    env = os.environ if env is None else env
-    raw = env.get(HEAP_ENV, "").strip()
-    if not raw:
-        return HEAP_POLICIES[0]
-    if raw not in HEAP_POLICIES:
-        raise ConfigError(f"{HEAP_ENV}={raw!r}: expected one of {', '.join(HEAP_POLICIES)}")
-    return raw
+    """``SER_HEAP`` of ``env`` (default: this process's; `ser_stack.process_settings.ProcessSettings`,
+    unset: ``bounded``); ConfigError naming a bad value."""
+    try:
+        return ProcessSettings.from_env(env).heap
+    except SettingsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def heap_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -28,11 +28,12 @@ from data_contracts.source import resolve_inside
 from ser_model.audio import load_audio, speed_perturb, trim_silence
 from ser_model.config_validation import ConfigError
 from ser_model.errors import DataSplitError
+from ser_stack.environment import SettingsError
+from ser_stack.process_settings import ProcessSettings
 
 __all__ = [
     "random_crop_start",
     "DataSplitError",
-    "MEMORY_CACHE_ENV",
     "memory_cache_bytes",
     "Batch",
     "audio_files",
@@ -45,10 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the environment variable of the in-memory cache budget, in bytes (:func:`memory_cache_bytes`)
-MEMORY_CACHE_ENV = "SER_MEMORY_CACHE_BYTES"
-#: its default: 1 GiB, about 4.6 hours of 16 kHz float32 audio
-DEFAULT_MEMORY_CACHE_BYTES = 1 << 30
 #: the inference policy, one for validation, evaluation, `ser predict`, the MLflow pyfunc and ONNX:
 #: the model sees the whole (silence-trimmed) utterance up to this long; longer ones are centre-cropped
 #: by evaluation and cut into windows of this length by `ser_model.inference.Predictor`
@@ -81,16 +78,12 @@ def speed_factor(factors: Sequence[float], seed: int, epoch: int, index: int) ->
 
 def memory_cache_bytes(env: Mapping[str, str] | None = None) -> int:
     """Bytes of decoded audio a split may keep in memory (and of backbone states a
-    `ser_model.feature_cache.FeatureCache`): ``SER_MEMORY_CACHE_BYTES`` (a non-negative integer;
-    0 never caches), default :data:`DEFAULT_MEMORY_CACHE_BYTES`. ConfigError for another value."""
-    text = (os.environ if env is None else env).get(MEMORY_CACHE_ENV, "").strip()
-    if not text:
-        return DEFAULT_MEMORY_CACHE_BYTES
-    if not text.isdigit():
-        raise ConfigError(
-            f"{MEMORY_CACHE_ENV}={text!r}: expected a non-negative number of bytes, e.g. {DEFAULT_MEMORY_CACHE_BYTES}"
-        )
-    return int(text)
+    `ser_model.feature_cache.FeatureCache`): ``SER_MEMORY_CACHE_BYTES`` of ``env`` (default: this
+    process's; 0 never caches; `ser_stack.process_settings.ProcessSettings`). ConfigError for a bad value."""
+    try:
+        return ProcessSettings.from_env(env).memory_cache_bytes
+    except SettingsError as err:
+        raise ConfigError(str(err)) from None
 
 
 class Batch(NamedTuple):

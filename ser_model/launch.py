@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ser_model.allocator import heap_env
+from ser_stack.process_settings import ProcessSettings
 
 RELEASE_FOLD = -1
 """The fold number of the release model: trained on every speaker, validated on held-out ones."""
@@ -167,15 +168,9 @@ class FoldJob:
 
 
 def nproc_per_node(env: dict[str, str] | None = None) -> int:
-    """Worker processes per fold: ``SER_NPROC_PER_NODE`` if set, else one per visible CUDA
-    device, else one CPU process."""
-    env = os.environ if env is None else env
-    if env.get("SER_NPROC_PER_NODE"):
-        raw = env["SER_NPROC_PER_NODE"]
-        if not (raw.strip().isdigit() and int(raw) >= 1):
-            raise ValueError(f"SER_NPROC_PER_NODE={raw}: expected a positive number of processes")
-        return int(raw)
-    return max(1, cuda_device_count())
+    """Worker processes per fold: ``SER_NPROC_PER_NODE`` of ``env`` (default: this process's) if
+    set, else one per visible CUDA device, else one CPU process. ValueError naming a bad value."""
+    return ProcessSettings.from_env(env).nproc_per_node or max(1, cuda_device_count())
 
 
 def cuda_device_count() -> int:

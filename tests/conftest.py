@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ser_stack.process_settings import ProcessSettings
 from ser_stack.settings import SHARED_RAVDESS
 
 # The live-stack fixtures (live_bucket, prefect_api) for every test module that names them.
@@ -31,11 +32,11 @@ sys.path.append(str(REPO_ROOT / "infra"))
 
 
 def stack_required() -> bool:
-    return os.environ.get("SER_REQUIRE_STACK") == "1"
+    return ProcessSettings.from_env().require_stack
 
 
 def data_required() -> bool:
-    return os.environ.get("SER_REQUIRE_DATA") == "1" or os.environ.get("CI") == "true"
+    return ProcessSettings.from_env().require_data or os.environ.get("CI") == "true"
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from prefect import get_client
 
 from data_contracts.labels import CORPORA
 from flows.deploy import (
-    DEFAULT_RETRAIN_CRON,
     apply_deployments,
     build_deployments,
     configured_retrain_cron,
@@ -19,6 +18,7 @@ from flows.deploy import (
     parse_folds,
 )
 from ser_model.presets import DEFAULT_PRESET
+from ser_stack.process_settings import DEFAULT_RETRAIN_CRON
 
 pytestmark = pytest.mark.timeout(240)
 

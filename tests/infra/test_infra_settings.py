@@ -1,9 +1,11 @@
-"""StackSettings: derived addresses, validation messages, secrets kept out of repr."""
+"""The settings models: StackSettings' derived addresses, validation messages, secrets kept out of
+repr; every SER_* variable a field, every field read; the generated table of docs/ENVIRONMENT.md."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,10 @@ from pathlib import Path
 import pytest
 from ser_infra.environment import plugin_env, stack_env
 
-from ser_stack.settings import REPO_ROOT, StackSettings
+from data_contracts.labels import CORPORA
+from ser_stack.environment import variables
+from ser_stack.process_settings import corpus_root_variable
+from ser_stack.settings import MODELS, REPO_ROOT, StackSettings, markdown
 
 
 def after_env_sh(repo_root: Path, env: dict[str, str], script: str, times: int = 2) -> str:
@@ -196,38 +201,113 @@ def test_the_stack_runs_without_the_shell_plugin_even_from_a_shell_that_has_it(m
     assert done.stdout.strip() == "False", "the environment beats the project's prefect.toml"
 
 
-def test_every_ser_variable_the_code_reads_is_listed_in_the_settings_module(repo_root):
-    """ser_stack/settings.py lists every SER_* variable: the ones in the settings object and, with the
-    function that reads each, the other processes' knobs. A new variable must be added there."""
-    import re
+def test_every_bad_variable_is_named_on_one_line_before_a_command_starts(repo_root, tmp_path):
+    """`python -m ser_stack.settings` (what a command runs first: exit_if_bad_environment) names every
+    bad variable of both models, with its value and what is expected, on one line; status 2."""
+    bad = {"SER_S3_PORT": "x", "SER_HEAP": "jemalloc", "SER_FOLD_CONCURRENCY": "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ser_stack.settings"],
+        cwd=repo_root,
+        env={**env, "SER_STATE_DIR": str(tmp_path), **bad},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    for message in (
+        "SER_S3_PORT='x': expected a TCP port number (1-65535)",
+        "SER_HEAP='jemalloc': expected one of bounded, glibc",
+        "SER_FOLD_CONCURRENCY='0': expected a positive whole number of folds at once",
+    ):
+        assert message in done.stderr
 
-    import ser_stack.settings
 
-    name = re.compile(r"\bSER_[A-Z0-9_]*[A-Z0-9]\b")
-    listed = set(name.findall(ser_stack.settings.__doc__))
-    prefixes = ("SER_ROOT_", "SER_SERVE_")  # SER_ROOT_<CORPUS>, SER_SERVE_*
-    tracked = subprocess.run(
-        [
-            "git",
-            "ls-files",
-            "ser_model",
-            "data_contracts",
-            "ser_stack",
-            "flows",
-            "benchmarks",
-            "infra",
-            ".ci",
-        ],
+def test_the_environment_table_is_the_one_the_models_generate(repo_root):
+    """docs/ENVIRONMENT.md is `python -m ser_stack.settings --markdown`: regenerate it after a change."""
+    assert (repo_root / "docs" / "ENVIRONMENT.md").read_text() == markdown(), (
+        "run: python -m ser_stack.settings --markdown > docs/ENVIRONMENT.md"
+    )
+
+
+SER_NAME = re.compile(r"\bSER_[A-Z0-9_]*[A-Z0-9](?:_<[A-Z]+>|_\*|_(?![A-Za-z0-9]))?")
+"""A SER_* variable as source writes it: SER_HEAP, the family SER_ROOT_<CORPUS>, a group (SER_SERVE_*)
+or a prefix (SER_ROOT_)."""
+
+
+def source_files(repo_root: Path) -> dict[str, str]:
+    """Path -> text of the Python, shell and configuration sources that may read a variable: every
+    file of the packages, benchmarks/, infra/ and .ci/ (committed or not), and tests/conftest.py."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *SOURCE_FOLDERS],
         cwd=repo_root,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    used: dict[str, str] = {}
-    for path in tracked:
-        if path.endswith((".py", ".sh", ".yaml", ".yml")) or "." not in Path(path).name:
-            for found in name.findall((repo_root / path).read_text(encoding="utf-8", errors="replace")):
-                used.setdefault(found, path)
-    assert len(used) >= 20, f"the scan found too few variables to be reading the tree: {used}"
-    missing = {v: p for v, p in used.items() if v not in listed and not v.startswith(prefixes)}
-    assert not missing, f"SER_* variables read but not listed in ser_stack/settings.py: {missing}"
+    sources = {}
+    for path in [*listed, "tests/conftest.py"]:
+        name = Path(path).name
+        if path.startswith("benchmarks/results/"):  # measurements, not source
+            continue
+        if (name.endswith((".py", ".sh", ".yaml", ".yml", ".json")) or "." not in name) and (
+            repo_root / path
+        ).is_file():
+            sources[path] = (repo_root / path).read_text(encoding="utf-8", errors="replace")
+    return sources
+
+
+SOURCE_FOLDERS = ("ser_model", "data_contracts", "ser_stack", "flows", "benchmarks", "infra", ".ci")
+MODEL_MODULES = ("ser_stack/settings.py", "ser_stack/process_settings.py")
+
+
+def ser_fields() -> list[tuple[type, str, str]]:
+    """(model, field name, variable) of every SER_* variable of the models."""
+    return [
+        (model, name, variable)
+        for model in MODELS
+        for name, field in model.model_fields.items()
+        for variable in variables(field)
+        if variable.startswith("SER_")
+    ]
+
+
+def reads(text: str, path: str, field: str, variable: str) -> bool:
+    """Whether a source reads (or sets) the variable: a Python file through the model's attribute or
+    the name in quotes (infra/, until it reads the model); a script by name."""
+    if path.endswith(".py"):
+        return bool(re.search(rf"\.{field}\b|[\"']{re.escape(variable)}[\"']", text))
+    return variable.removesuffix("<CORPUS>") in text
+
+
+def test_every_ser_variable_in_the_source_is_a_field_and_every_field_is_read(repo_root):
+    """Both directions: a SER_* name written in the source (code, scripts, docstrings) is a variable
+    of the models (a SER_ROOT_ one names a corpus); and every SER_* field is read where its "used by"
+    says (ProcessSettings), or somewhere outside the models (StackSettings)."""
+    sources = source_files(repo_root)
+    assert len(sources) > 100 and "infra/test" in sources, sorted(sources)
+    known = {variable for _, _, variable in ser_fields()}
+    known |= {corpus_root_variable(corpus) for corpus in CORPORA}
+    unknown = {
+        found: path
+        for path, text in sources.items()
+        for found in SER_NAME.findall(text)
+        if not (
+            found in known
+            or found.endswith(("_", "_*"))
+            and any(v.startswith(found.rstrip("*")) for v in known)
+        )
+    }
+    assert not unknown, f"SER_* names in the source that no settings field declares: {unknown}"
+    unread = []
+    for model, field, variable in ser_fields():
+        used_by = [entry.split()[0] for entry in model.model_fields[field].json_schema_extra["used_by"]]
+        for place in used_by or ["anywhere but the models"]:
+            readers = [
+                path
+                for path in sources
+                if path == place or path.startswith(place) and place.endswith("/") or not used_by
+            ]
+            if not any(reads(sources[p], p, field, variable) for p in readers if p not in MODEL_MODULES):
+                unread.append(f"{variable} ({model.__name__}.{field}) in {place}")
+    assert not unread, f"fields nobody reads where the model says: {unread}"

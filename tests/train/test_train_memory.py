@@ -14,13 +14,16 @@ import pandas as pd
 import pytest
 import soundfile
 
-from ser_model.allocator import HEAP_ENV, HUGE_PAGES_TUNABLE, heap_env, heap_policy
+from ser_model.allocator import HUGE_PAGES_TUNABLE, heap_env, heap_policy
 from ser_model.config_validation import ConfigError
-from ser_model.data import DEFAULT_MEMORY_CACHE_BYTES, MEMORY_CACHE_ENV, UtteranceDataset, memory_cache_bytes
+from ser_model.data import UtteranceDataset, memory_cache_bytes
 from ser_model.launch import torchrun_command, worker_command, worker_env
+from ser_stack.process_settings import DEFAULT_MEMORY_CACHE_BYTES, ProcessSettings
 
 SR = 16000
 LABELS = ("neutral", "happy")
+HEAP_ENV = ProcessSettings.variable("heap")
+MEMORY_CACHE_ENV = ProcessSettings.variable("memory_cache_bytes")
 
 
 def padded_tones(root: Path, count: int = 3) -> pd.DataFrame:
