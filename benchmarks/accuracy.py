@@ -50,7 +50,7 @@ from ser_model.cli import parse_overrides
 from ser_model.config_validation import ConfigError
 from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, mean_and_std
-from ser_model.presets import experiment_config, preset_settings
+from ser_model.presets import DEFAULT_PRESET, experiment_config, preset_settings
 from ser_model.train import fit
 from ser_stack.settings import SHARED_RAVDESS
 
@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, usable_cores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET = "cpu-fbank"
+PRESET = DEFAULT_PRESET
 log = logging.getLogger("accuracy")
 
 #: variant → config overrides on top of the preset; None: the reference model (benchmarks/reference_cnn.py)

@@ -167,9 +167,9 @@ def ingested(root: Path, work: Path):
 
 
 def fold_config(epochs: int, extra: dict[str, Any] | None = None):
-    from ser_model.presets import experiment_config
+    from ser_model.presets import DEFAULT_PRESET, experiment_config
 
-    return experiment_config("ravdess", "cpu-fbank", overrides={"train.epochs": epochs, **(extra or {})})
+    return experiment_config("ravdess", DEFAULT_PRESET, overrides={"train.epochs": epochs, **(extra or {})})
 
 
 def run_fold(

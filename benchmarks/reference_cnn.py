@@ -48,7 +48,7 @@ from torch import nn
 from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDataset, collate_padded
 from ser_model.launch import METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
-from ser_model.presets import experiment_config
+from ser_model.presets import DEFAULT_PRESET, experiment_config
 from ser_model.train import lr_factor, training_splits
 
 RECIPE: dict[str, Any] = {
@@ -61,7 +61,7 @@ RECIPE: dict[str, Any] = {
     "heads": 4,
     "schedule": "the cpu-fbank preset's (warm-up, then cosine)",
 }
-PROTOCOL_PRESET = "cpu-fbank"
+PROTOCOL_PRESET = DEFAULT_PRESET
 """The preset whose learning-rate schedule (``train.warmup_epochs``, ``train.schedule``) the reference shares."""
 SELECT_METRIC = "UA"
 """The validation metric that selects the reference's checkpoint, as the method's default (`TrainConfig.select_metric`)."""

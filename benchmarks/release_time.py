@@ -1,6 +1,6 @@
 """Time to a release model: the wall and CPU minutes of the command a user runs for RAVDESS.
 
-    python benchmarks/release_time.py [--root ../shared/data/ravdess] [--preset cpu-fbank] [--threads 2] [--set K=V ...]
+    python benchmarks/release_time.py [--root ../shared/data/ravdess] [--preset NAME|FILE] [--threads 2] [--set K=V ...]
 
 Runs `ser train --corpus ravdess --root ROOT --fold -1 --preset PRESET [--set K=V ...]` (the release
 model: every actor but fold 0's validation actors trains, those select the checkpoint; with
@@ -27,6 +27,7 @@ from common import machine_info  # noqa: E402
 
 from ser_model.allocator import heap_policy  # noqa: E402
 from ser_model.launch import RESULT_FILE  # noqa: E402
+from ser_model.presets import DEFAULT_PRESET  # noqa: E402
 from ser_stack.settings import SHARED_RAVDESS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=str(SHARED_RAVDESS))
-    parser.add_argument("--preset", default="cpu-fbank")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"the recipe (default {DEFAULT_PRESET})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "release"))

@@ -6,7 +6,7 @@
 Starts a stack of its own (``infra/up`` with ``SER_DB``, a state folder under ``--out`` and
 ports apart from infra/up's and infra/test's), deploys the project's flows with the ``folds``
 queue at concurrency ``--folds``, ingests RAVDESS (actors 1-20, one file per emotion and actor)
-and trains fold 0 with tiny settings (`ser_model.presets.PIPELINE_CHECK`, as in the e2e tests) to have a champion. Then,
+and trains fold 0 with tiny settings (the `pipeline-check` preset, as in the e2e tests) to have a champion. Then,
 all at once:
 
 - a training of folds 0..``--folds``-1 (plus its release model), so ``--folds`` fold runs at once;
@@ -50,7 +50,6 @@ from ser_infra.state import recorded_names, recorded_pid  # noqa: E402
 
 from benchmarks.common import load_average, machine_info  # noqa: E402
 from benchmarks.serve_load import percentile, post, request_bodies  # noqa: E402
-from ser_model.presets import PIPELINE_CHECK  # noqa: E402
 from ser_stack.settings import DERIVED_CLIENT_VARIABLES  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"
@@ -68,8 +67,8 @@ PORTS = {
 SERVE_PORT = 5373
 SERVED = "ser-stack-load-served"
 """The served model's name."""
-FAST = PIPELINE_CHECK
-"""The e2e tests' tiny training (tests/e2e/test_train_ravdess.py): the load is the stack's, not the model's."""
+PRESET = "pipeline-check"
+"""The e2e tests' tiny training (ser_model/presets.py): the load is the stack's, not the model's."""
 RUN_TIMEOUT_S = 1500
 SAMPLE_S = 0.5
 PACE_S = 0.5
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             with ThreadPoolExecutor(3) as pool:
                 folds = list(range(args.folds))
                 training = pool.submit(
-                    deployment_run, "train/train-ravdess", {"overrides": FAST, "folds": folds}, env, True
+                    deployment_run, "train/train-ravdess", {"preset": PRESET, "folds": folds}, env, True
                 )
                 time.sleep(5)
                 ingest = pool.submit(
@@ -347,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     True,
                 )
                 time.sleep(5)
-                queued = deployment_run("train/train-ravdess", {"overrides": FAST, "folds": [0]}, env, False)
+                queued = deployment_run("train/train-ravdess", {"preset": PRESET, "folds": [0]}, env, False)
                 # requests while the fold runs run, spread over the training (a pause between a
                 # client's requests), from the moment a fold run runs
                 waited = time.monotonic()

@@ -5,20 +5,25 @@
 A preset is a dict of `SERConfig.with_overrides` keys applied on top of the dataclass defaults (the
 paper's recipe, ser_model/config.py), holding only what differs from them; the
 corpus supplies the labels, and user overrides (`ser train --set`, the flows' `overrides`) go on top of
-the preset. The CLI (`ser train --preset`), the train flows (`preset` parameter), `infra/demo` and
-benchmarks/accuracy.py all select recipes through `experiment_config`.
+the preset. The CLI (`ser train --preset`), the train flows (`preset` parameter), `infra/demo`, the
+e2e tests and the benchmarks all select recipes by name through `experiment_config`; the default
+is :data:`DEFAULT_PRESET`.
 
-* ``cpu-fbank`` (ours): the zero-download recipe for a CPU: the fbank backbone's 2-D CNN (4 blocks,
-  32-64-128-128 channels) over the per-bin normalised log-mel → 128-d frames → FLAM → BatchNorm'd
-  embedding; silence trimmed at 40 dB; cross-entropy and the KL term (EAM and MLL's other terms off);
-  Adam lr 1e-3 with one epoch of warm-up then a cosine; 25 epochs of 3 s crops; the release model an
-  ensemble of two such models trained on every speaker. Its numbers were chosen on RAVDESS's
-  validation actors; which parts are on, and the release, follow the paired ablation grid over the 5
-  folds × 2 seeds (docs/RESULTS.md §3), where a part that does not beat its ablation is turned off.
+* ``cpu-fbank`` (ours; the default): the zero-download recipe for a CPU: the fbank backbone's 2-D
+  CNN (4 blocks, 32-64-128-128 channels) over the per-bin normalised log-mel → 128-d frames → FLAM
+  → BatchNorm'd embedding; silence trimmed at 40 dB; cross-entropy and the KL term (EAM and MLL's
+  other terms off); Adam lr 1e-3 with one epoch of warm-up then a cosine; 25 epochs of 3 s crops;
+  the release model an ensemble of two such models trained on every speaker. Its numbers were
+  chosen on RAVDESS's validation actors; which parts are on, and the release, follow the paired
+  ablation grid over the 5 folds × 2 seeds (docs/RESULTS.md §3c), where a part that does not beat
+  its ablation is turned off.
 * ``paper-wavlm``: the paper's recipe: WavLM-Large fine-tuned (CNN feature encoder frozen) with a
   weighted layer sum, FLAM with 16 heads, the published head, EAM on every sample at SNR U[−5, 10] dB,
   Adam lr 1e-4 (centers 5e-3) × 7/8 per epoch, batch 16, 20 epochs. Needs the WavLM weights: a hub
   id, or a local folder with `--backbone hf:/path` (no download happens in tests).
+* ``demo``: ``infra/demo``'s default: ``cpu-fbank`` with 12 epochs and a release of one model.
+* ``pipeline-check``: ``cpu-fbank`` with a small model and 2 epochs, for checks of the pipeline
+  (the e2e tests, benchmarks/stack_load.py), not of accuracy.
 
 A preset can also be a *preset file* (``ser tune`` writes one for its best trial): a JSON object
 
@@ -26,8 +31,8 @@ A preset can also be a *preset file* (``ser tune`` writes one for its best trial
      "source": {"study": ..., "trial": ..., "value": ...}}
 
 whose settings go on top of the preset it extends. Wherever a preset name is accepted (``ser train
---preset``, the train flows' ``preset`` parameter, ``infra/demo``'s ``SER_DEMO_PRESET``), a path to
-such a file is accepted too.
+--preset``, the train flows' ``preset`` parameter, ``infra/demo --preset``), a path to such a file
+is accepted too.
 """
 
 from __future__ import annotations
@@ -55,26 +60,52 @@ __all__ = [
     "experiment_config",
 ]
 
+_CPU_FBANK: dict[str, Any] = {
+    "model.trim_db": 40.0,
+    "model.embed_norm": "batch",
+    "eam.enabled": False,
+    "eam.mix_prob": 0.5,
+    "eam.snr_db_low": 0.0,
+    "loss.focal": False,
+    "loss.center": False,
+    "loss.supcon": False,
+    "train.epochs": 25,
+    "train.lr": 1e-3,
+    "train.schedule": "cosine",
+    "train.warmup_epochs": 1.0,
+    "train.max_seconds": 3.0,
+    "train.release_holdout": False,
+    "train.release_seeds": 2,
+}
+"""The ``cpu-fbank`` recipe, which ``demo`` and ``pipeline-check`` build on (:data:`PRESETS`)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-fbank": {
-        "model.trim_db": 40.0,
-        "model.embed_norm": "batch",
-        "eam.enabled": False,
-        "eam.mix_prob": 0.5,
-        "eam.snr_db_low": 0.0,
-        "loss.focal": False,
-        "loss.center": False,
-        "loss.supcon": False,
-        "train.epochs": 25,
-        "train.lr": 1e-3,
-        "train.schedule": "cosine",
-        "train.warmup_epochs": 1.0,
-        "train.max_seconds": 3.0,
-        "train.release_holdout": False,
-        "train.release_seeds": 2,
-    },
+    # The zero-download recipe for a CPU (ours), and the default (DEFAULT_PRESET): what a user
+    # trains and what the accuracy benchmarks measure.
+    "cpu-fbank": _CPU_FBANK,
+    # The paper's recipe: the defaults on WavLM-Large (needs its weights).
     "paper-wavlm": {
         "model.backbone": "hf:microsoft/wavlm-large",
+    },
+    # What infra/demo trains unless told otherwise: cpu-fbank on a schedule short enough for a
+    # first run on 2 cores, 12 epochs, and a release of one model (release_seeds back to its
+    # default, 1) instead of the ensemble of two, which would double the release's time.
+    "demo": {
+        **{key: value for key, value in _CPU_FBANK.items() if key != "train.release_seeds"},
+        "train.epochs": 12,
+    },
+    # A check of the pipeline rather than of accuracy (the e2e tests, the stack's load benchmark):
+    # cpu-fbank with a small model and a 2-epoch schedule, a few seconds a fold.
+    "pipeline-check": {
+        **_CPU_FBANK,
+        "train.epochs": 2,
+        "train.max_seconds": 2.0,
+        "train.batch_size": 8,
+        "model.fbank_channels": [8, 16, 32, 32],
+        "model.fbank_dim": 64,
+        "model.fbank_layers": 1,
+        "model.fbank_heads": 2,
+        "loss.supcon_proj_dim": 32,
     },
 }
 """Each recipe as its differences from the ``SERConfig`` defaults (which are the paper's recipe with
@@ -82,29 +113,14 @@ the fbank backbone), so that every number lives in one place: ``paper-wavlm`` is
 WavLM-Large; ``cpu-fbank`` keeps the defaults' fbank CNN, FLAM (4 heads), KL term, batch size and
 gradient clipping, and changes what is listed. Two of the method's three parts are off in
 ``cpu-fbank``, each because on RAVDESS trained from scratch it did not beat its ablation on unseen
-actors (docs/RESULTS.md §3, §3b, §3c): EAM (its probability and SNR range stay set, so ``--set
-eam.enabled=true`` turns it back on) and MLL's focal, center and SupCon terms (their weights stay
-the defaults', so ``--set loss.focal=true --set loss.center=true --set loss.supcon=true`` trains the
-full multi-loss). Both stay dimensions of the preset's search space (ser_model/tuning.py), so a
-study on another corpus can turn them on. Its release model (``--fold -1``) is an ensemble of two
-models trained on every speaker for the fixed schedule: on the 5 folds a two-seed ensemble scored
-+2.7 ± 0.8 UA over its members and picking the epoch on held-out validation actors bought −0.2 ± 0.3
-over the last epoch (docs/RESULTS.md §3c); ``--set train.release_seeds=1`` trains one model, and
-``--set train.release_holdout=true`` the single model selected on 2 held-out actors."""
-
-PIPELINE_CHECK: dict[str, Any] = {
-    "train.epochs": 2,
-    "train.max_seconds": 2.0,
-    "train.batch_size": 8,
-    "train.lr": 1e-3,
-    "model.fbank_channels": [8, 16, 32, 32],
-    "model.fbank_dim": 64,
-    "model.fbank_layers": 1,
-    "model.fbank_heads": 2,
-    "loss.supcon_proj_dim": 32,
-}
-"""Overrides on top of ``cpu-fbank`` for checks of the pipeline rather than of accuracy (the e2e
-tests, the stack's load benchmark): a small model and a 2-epoch schedule, a few seconds a fold."""
+actors: EAM (its probability and SNR range stay set, so ``--set eam.enabled=true`` turns it back
+on) and MLL's focal, center and SupCon terms (their weights stay the defaults', so ``--set
+loss.focal=true --set loss.center=true --set loss.supcon=true`` trains the full multi-loss). Both
+stay dimensions of the preset's search space (``ser_model.tuning``), so a study on another corpus
+can turn them on. Its release model (``--fold -1``) is an ensemble of two models trained on every
+speaker for the fixed schedule, chosen on the paired grid; ``--set train.release_seeds=1`` trains
+one model, and ``--set train.release_holdout=true`` the single model selected on 2 held-out actors.
+The figures behind each choice are in docs/RESULTS.md (its scoreboard, §3c)."""
 
 #: the recipe when none is named and the backbone is fbank (or not named)
 DEFAULT_PRESET = "cpu-fbank"

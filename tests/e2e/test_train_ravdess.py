@@ -31,7 +31,7 @@ import soundfile as sf
 from mlflow.tracking import MlflowClient
 
 from flows.mlflow_ui import model_url, run_url
-from ser_model.presets import PIPELINE_CHECK
+from ser_model.presets import preset_settings
 from tests.conftest import stack_required
 from tests.e2e.browser import Browser, chromium_path
 
@@ -42,8 +42,12 @@ ACTORS = range(1, 9)
 """8 actors make the protocol's 2 folds of 4 test actors (2 train, 2 validation actors each); one
 evaluated fold keeps the test inside its time budget."""
 
-FAST = PIPELINE_CHECK
-"""A small model and a short schedule on top of the cpu-fbank preset: the point is the pipeline, not the accuracy."""
+PRESET = "pipeline-check"
+"""The recipe of every training here: cpu-fbank with a small model and a short schedule
+(ser_model/presets.py): the point is the pipeline, not the accuracy."""
+FAST = preset_settings(PRESET)
+"""Every setting of ``PRESET``, for the e2e tests that hand a flow overrides on top of the default
+preset rather than a preset's name (the same config)."""
 
 FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
 
@@ -209,7 +213,7 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     ingest_run = run_deployment(
         "ingest-ravdess", {"root": str(root), "announce": False}, repo_root, elsewhere, planted, shell
     )
-    train_params = {"overrides": FAST, "folds": FOLDS}
+    train_params = {"preset": PRESET, "folds": FOLDS}
     train_run = run_deployment("train-ravdess", train_params, repo_root, elsewhere, planted, shell)
 
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
@@ -271,7 +275,7 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     # promotion reads), and the registry must match it: promoted exactly when fold 0's UA is higher.
     worse_run = run_deployment(
         "train/train-ravdess",
-        {**train_params, "overrides": {**FAST, "train.lr": 1e-9}},
+        {**train_params, "overrides": {"train.lr": 1e-9}},
         repo_root,
         repo_root,
         planted,
@@ -299,7 +303,7 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     retrain_params = {
         "corpora": ["ravdess"],
         "roots": {"ravdess": str(root)},
-        "overrides": FAST,
+        "preset": PRESET,
         "folds": FOLDS,
     }
     build_subset(shared_ravdess, root, files_per_emotion=2, gain=0.5 + 0.4 * random.random())

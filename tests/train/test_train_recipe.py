@@ -175,7 +175,8 @@ def test_the_obvious_command_gets_the_cpu_recipe():
 
 def test_preset_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(
-        ConfigError, match=r"preset: got 'gpu-magic', expected one of \['cpu-fbank', 'paper-wavlm'\]"
+        ConfigError,
+        match=r"preset: got 'gpu-magic', expected one of \['cpu-fbank', 'demo', 'paper-wavlm', 'pipeline-check'\]",
     ):
         experiment_config("ravdess", "gpu-magic")
     with pytest.raises(UnknownCorpusError, match="unknown corpus 'crema'; expected one of iemocap"):
