@@ -166,7 +166,7 @@ class ProcessSettings(EnvironmentSettings):
         "SER_UP_TIMEOUT",
         180.0,
         "seconds `infra/up` (and `infra/restore`) wait for the services",
-        used_by=("infra/ (`main`)",),
+        used_by=("infra/stack.py `up_timeout_s`",),
     )
     mlflow_workers: Annotated[
         int, parsed(whole_number(1, "a whole number of worker processes, 1 or more"))
@@ -174,13 +174,13 @@ class ProcessSettings(EnvironmentSettings):
         "SER_MLFLOW_WORKERS",
         1,
         "worker processes of the MLflow server (each holds about 250 MiB)",
-        used_by=("infra/ (`mlflow_workers`)",),
+        used_by=("infra/ser_infra/mlflow_server.py `mlflow_workers`",),
     )
     pg_bin: Path | None = env_field(
         "SER_PG_BIN",
         None,
         "the folder of PostgreSQL's server programs (unset: the newest under /usr/lib/postgresql, else on PATH)",
-        used_by=("infra/ (`postgres_bin_dir`)", "infra/setup"),
+        used_by=("infra/ser_infra/postgres.py `postgres_bin_dir`", "infra/setup"),
     )
     skip_browser: Annotated[bool, parsed(flag)] = env_field(
         "SER_SKIP_BROWSER", False, "1: do not install chromium", used_by=("infra/setup",)
