@@ -34,10 +34,11 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.flows import Flow
 
+from data_contracts.corpora import check_corpus
 from data_contracts.labels import CORPORA
 from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
-from flows.tune import TRIAL_DEPLOYMENT
+from flows.trial_runs import TRIAL_DEPLOYMENT
 from ser_model.presets import DEFAULT_PRESET
 from ser_stack.names import (
     EVENT_BUCKET,
@@ -85,6 +86,7 @@ def manifest_trigger(
     """Run train-<corpus> on the manifest version named by a ``ser.manifest.updated`` event
     about a manifest in ``data_bucket`` (the bucket the worker's train flow reads), with the
     recipe ``preset`` on ``folds`` (None: all), both stated in the automation."""
+    check_corpus(corpus)
     return DeploymentEventTrigger(
         name=f"train-{corpus}-on-new-manifest",
         description=f"train {corpus} when the ingest flow publishes a new manifest fingerprint",

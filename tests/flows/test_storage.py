@@ -112,16 +112,16 @@ def test_object_key_layout():
 
 def test_every_corpus_name_is_checked_by_the_registry():
     """One corpus check (data_contracts.corpora.check_corpus), one error type, wherever a name enters."""
+    from flows.deploy import manifest_trigger
     from flows.limits import training_limit
     from flows.roots import root_env_var, root_variable
-    from ser_stack.names import manifest_resource_id
 
     for build in (
         lambda name: object_key("manifest", name, FP),
         root_env_var,
         root_variable,
         training_limit,
-        manifest_resource_id,
+        lambda name: str(manifest_trigger(name, "ser-data").match),
     ):
         with pytest.raises(UnknownCorpusError, match=r"^unknown corpus 'crema-d'; expected one of iemocap"):
             build("crema-d")
