@@ -12,39 +12,60 @@ a test that injects faults into the fold's worker) behaves as on the pool otherw
 Either way a fold's outcome is read back from its MLflow child run, so the train run aggregates
 what every worker shares, and the folds that failed are named together at the end (a rerun with
 the same inputs trains only those).
+
+On the machine that trains it, a fold's worker gets its job from :func:`prepared_fold`: the
+manifest version's audio local, the fold's inputs written beside its folder, the feature cache
+shared through S3 (flows/feature_store.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from flows import tracking as t
-from ser_model.launch import fold_folder_name
+from flows.feature_store import shared_feature_cache
+from flows.training_runs import fold_outcome, fold_run
+from ser_model.config import SERConfig
+from ser_model.launch import CONFIG_FILE, FoldJob, fold_folder_name
 from ser_stack.names import fold_flow_run_name
-from ser_stack.process_settings import ProcessSettings
+from ser_stack.settings import StackSettings
+
+if TYPE_CHECKING:
+    from flows.manifest_version import ManifestVersion
 
 FOLD_DEPLOYMENT = "train-fold/train-fold"
 FOLD_QUEUE = "folds"
+MODES_ENV = "SER_FOLD_RUNS"
+MODES = ("pool", "inline")
 
 
 def fold_runs_mode(env: Mapping[str, str] | None = None) -> str:
-    """``SER_FOLD_RUNS`` of ``env`` (default: this process's): ``pool`` (unset) or ``inline``;
-    another value is a ValueError naming both choices."""
-    return ProcessSettings.from_env(env).fold_runs
+    """``SER_FOLD_RUNS`` (default ``pool``); another value is a ValueError naming both choices."""
+    mode = (os.environ if env is None else env).get(MODES_ENV) or "pool"
+    if mode not in MODES:
+        raise ValueError(f"{MODES_ENV}={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
 
 
 def fold_job_variables(corpus: str, fold: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Job variables of one fold's flow run: its name, plus the JSON object in
     ``SER_FOLD_JOB_VARIABLES`` (e.g. ``{"gpus": 4, "image": "registry/ser:0.1"}`` for the
     Kubernetes template in infra/k8s/, where each fold is a Job with its own GPUs)."""
-    extra = ProcessSettings.from_env(env).fold_job_variables
+    extra = json.loads((os.environ if env is None else env).get("SER_FOLD_JOB_VARIABLES") or "{}")
+    if not isinstance(extra, dict):
+        raise ValueError(
+            f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables"
+        )
     return {"name": fold_flow_run_name(corpus, fold_folder_name(fold)), **extra}
 
 
@@ -60,6 +81,27 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
             f"no folds to train; expected a non-empty subset of {available} (promotion compares their UA)"
         )
     return folds
+
+
+@contextmanager
+def prepared_fold(
+    data: ManifestVersion, fold: int, config: SERConfig, out_dir: Path, settings: StackSettings
+) -> Iterator[FoldJob]:
+    """The job of ``fold``'s worker on this machine: the audio of ``data`` in a local folder
+    (staged from an ``s3://`` root), the config and the manifest and fold tables written beside
+    ``out_dir``, the shared feature cache pulled before the block and pushed after it succeeds."""
+    audio_root = data.local_audio_root(settings.state_dir)
+    if audio_root != data.root:
+        get_run_logger().info(
+            "staged %d files of %s into %s (sha256 verified)", len(data.manifest), data.corpus, audio_root
+        )
+    (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
+    config.to_json(inputs / CONFIG_FILE)
+    tables = data.write_tables(inputs)
+    with shared_feature_cache(config, settings, data.manifest["sha256"]) as cache:
+        yield FoldJob(
+            data.corpus, fold, inputs / CONFIG_FILE, *tables, audio_root, out_dir, config.train.epochs, cache
+        )
 
 
 def wait_until_final(api: Any, flow_run_id: Any, poll_s: float = 5.0) -> Any:
@@ -82,8 +124,8 @@ def run_folds(
     logger = get_run_logger()
 
     def outcome(k: int) -> dict[str, Any]:
-        run = t.fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0]
-        return t.fold_outcome(client, run)
+        run = fold_run(client, parameters["experiment_id"], parameters["parent_run_id"], k)[0]
+        return fold_outcome(client, run)
 
     outcomes, failed = [], []
     if fold_runs_mode() == "inline":

@@ -39,14 +39,13 @@ from prefect.events import DeploymentEventTrigger
 from prefect.states import Completed
 
 from data_contracts.drift import NUMERIC_FEATURES
-from data_contracts.staging import cache_from_env, stage_audio
 from flows import tracking as t
 from flows.cli import download_checkpoint
 from flows.figures import confusion_figure, drift_figure
+from flows.manifest_version import ManifestVersion, open_manifest_version
 from flows.mlflow_ui import run_url
 from flows.promote import current_champion
-from flows.roots import manifest_root
-from flows.storage import ManifestVersionNotFoundError, load_manifest_version, resolve_version
+from flows.storage import ManifestVersionNotFoundError
 from ser_model.monitor import DEFAULT_UA_MARGIN, MonitorResult, watch_champion
 from ser_stack import names as n
 from ser_stack.settings import StackSettings
@@ -85,15 +84,6 @@ class MonitorRun:
         return f"champion version {self.champion_version} on the new data (MLflow run {self.run_id}): {self.result.verdict()}"
 
 
-def local_root(fingerprint: str, manifest, root: str, state_dir: Path) -> str:
-    """A local folder holding the manifest's audio: ``root`` itself, or its files staged from s3://
-    (sha256 verified, the worker's audio cache, as the train folds do)."""
-    if not root.startswith("s3://"):
-        return root
-    cache, limit = cache_from_env(state_dir / "audio-cache")
-    return str(stage_audio(manifest, root, cache, fingerprint, limit))
-
-
 def monitor_markdown(corpus: str, run: MonitorRun) -> str:
     """The Prefect artifact: the verdict first (DEGRADED when flagged), scores, drift, the run's URL."""
     result = run.result
@@ -108,20 +98,20 @@ def monitor_markdown(corpus: str, run: MonitorRun) -> str:
 
 def log_monitor_run(
     client: MlflowClient,
-    corpus: str,
+    data: ManifestVersion,
     champion_version: str,
-    fingerprint: str,
     champion_fingerprint: str,
     result: MonitorResult,
     margin: float,
 ) -> tuple[str, str]:
-    """The monitor's MLflow run (see the module doc); returns (run id, URL)."""
+    """The monitor's MLflow run of the new data ``data`` (see the module doc); returns (run id, URL)."""
+    corpus = data.corpus
     experiment_id = t.get_or_create_experiment(client, n.experiment_name(corpus))
     tags = {
         n.RUN_KIND_TAG: n.RUN_KIND_MONITOR,
         n.CORPUS_TAG: corpus,
         n.CHAMPION_VERSION_TAG: champion_version,
-        n.MONITOR_MANIFEST_TAG: fingerprint,
+        n.MONITOR_MANIFEST_TAG: data.fingerprint,
         n.MONITOR_CHAMPION_MANIFEST_TAG: champion_fingerprint,
         n.MONITOR_VERDICT_TAG: result.verdict(),
         n.MONITOR_DEGRADED_TAG: str(result.degraded).lower(),
@@ -179,14 +169,10 @@ def monitor(
         return not_watched(corpus, None, f"not watched: {err}")
     if champion is None:
         return not_watched(corpus, None, f"not watched: {name} has no champion yet", warn=False)
-    fingerprint = resolve_version(corpus, manifest_version)
-    manifest, _, report = load_manifest_version(corpus, fingerprint)
-    root = local_root(
-        fingerprint, manifest, manifest_root(corpus, fingerprint, report, root), settings.state_dir
-    )
+    data = open_manifest_version(corpus, manifest_version, root)
+    audio_root = data.local_audio_root(settings.state_dir)
     try:
-        reference, reference_folds, reference_report = load_manifest_version(corpus, champion.fingerprint)
-        reference_root = manifest_root(corpus, champion.fingerprint, reference_report, None)
+        trained_on = open_manifest_version(corpus, champion.fingerprint)
     except (ManifestVersionNotFoundError, ValueError) as err:
         return not_watched(
             corpus,
@@ -194,17 +180,22 @@ def monitor(
             f"not watched: champion version {champion.version} was trained on manifest {champion.fingerprint}, "
             f"whose rows or audio cannot be read now ({err})",
         )
-    reference_root = local_root(champion.fingerprint, reference, reference_root, settings.state_dir)
+    trained_on_root = trained_on.local_audio_root(settings.state_dir)
     from ser_model.ensemble import load_model
 
     with tempfile.TemporaryDirectory(prefix="ser-monitor-") as scratch:
         model = load_model(download_checkpoint(f"models:/{name}/{champion.version}", Path(scratch)))
         result = watch_champion(
-            model, manifest, root, reference, reference_folds, reference_root, champion.ua_mean, margin
+            model,
+            data.manifest,
+            audio_root,
+            trained_on.manifest,
+            trained_on.folds,
+            trained_on_root,
+            champion.ua_mean,
+            margin,
         )
-    run_id, url = log_monitor_run(
-        client, corpus, champion.version, fingerprint, champion.fingerprint, result, margin
-    )
+    run_id, url = log_monitor_run(client, data, champion.version, champion.fingerprint, result, margin)
     run = MonitorRun(run_id, url, champion.version, result)
     for line in result.report_lines():
         logger.info("%s", line)
@@ -226,11 +217,12 @@ def monitor(
     return summary
 
 
-def watch_before_training(corpus: str, manifest_version: str, root: str | None, margin: float) -> str:
-    """Run :func:`monitor` as a subflow of a training and return the sentence its promotion quotes.
-    A monitor that fails does not stop the training: the sentence says it failed and why."""
-    state = monitor(corpus, manifest_version, root=root, margin=margin, return_state=True)
+def watch_before_training(data: ManifestVersion, margin: float) -> str:
+    """Run :func:`monitor` as a subflow of a training, on the manifest version the training opened
+    (the subflow opens it again from its fingerprint and root), and return the sentence its
+    promotion quotes. A monitor that fails does not stop the training: the sentence says why."""
+    state = monitor(data.corpus, data.fingerprint, root=data.root, margin=margin, return_state=True)
     if not state.is_completed():
-        get_run_logger().warning("monitor of %s ended %s: %s", corpus, state.name, state.message)
+        get_run_logger().warning("monitor of %s ended %s: %s", data.corpus, state.name, state.message)
         return f"monitor run ended {state.name}: {state.message}"
     return state.result()["quote"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 
@@ -19,6 +19,9 @@ from flows.promote import UA_TAG
 from ser_model.metrics import HEADLINE_METRICS, headline_scores, summary_name
 from ser_stack.names import CHAMPION, experiment_name, registered_model_name
 from ser_stack.settings import StackSettings
+
+if TYPE_CHECKING:
+    from flows.manifest_version import ManifestVersion
 
 
 def report(corpus: str, tracking_uri: str) -> str:
@@ -38,15 +41,15 @@ def report(corpus: str, tracking_uri: str) -> str:
 
 
 def summary_markdown(
-    corpus: str,
-    fingerprint: str,
+    data: ManifestVersion,
     outcomes: list[dict[str, Any]],
     summary: dict[str, float],
     version: str | None,
     decision: dict | None,
     rule: str,
 ) -> str:
-    """The train flow's Prefect artifact: per-fold and mean ± std scores, selection rule, registration."""
+    """The train flow's Prefect artifact for a training on ``data``: per-fold and mean ± std scores,
+    selection rule, the registered ``version`` and the promotion ``decision``."""
     rows = "\n".join(
         f"| {o['fold']} | "
         + " | ".join(f"{headline_scores(o['result'])[m]:.4f}" for m in HEADLINE_METRICS)
@@ -58,9 +61,9 @@ def summary_markdown(
         for m in HEADLINE_METRICS
     )
     header = "| fold | " + " | ".join(HEADLINE_METRICS) + " |\n|---|" + "---|" * len(HEADLINE_METRICS)
-    text = f"# Training {corpus}\n\ndata fingerprint `{fingerprint}`\n\n{header}\n{rows}\n| mean ± std | {mean} |\n\nCheckpoint selection: {rule}.\n"
+    text = f"# Training {data.corpus}\n\ndata fingerprint `{data.fingerprint}`\n\n{header}\n{rows}\n| mean ± std | {mean} |\n\nCheckpoint selection: {rule}.\n"
     if version is not None:
-        text += f"\nRegistered `{registered_model_name(corpus)}` version {version}."
+        text += f"\nRegistered `{registered_model_name(data.corpus)}` version {version}."
     if decision is not None:
         text += f" Promotion: {decision['reason']}."
     return text

@@ -13,17 +13,22 @@ A flow run looks, in this order, at:
 Nothing is read at deploy time, so a root set or changed later applies to the next run. A root
 is a local folder or ``s3://bucket/prefix``; when none is found the error names every place
 looked at and how to set each.
+
+A published manifest version's root is the one recorded at ingest unless a flow is given another
+(:func:`manifest_root`); a worker reads an ``s3://`` root through a local copy of the manifest's
+files (:func:`local_audio_root`). Both serve flows/manifest_version.py.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_contracts.corpora import check_corpus
 from data_contracts.staging import cache_from_env, stage_audio
-from flows.storage import check_corpus, read_latest
-from ser_stack.process_settings import ProcessSettings, corpus_root_variable
+from flows.storage import DataBucket, read_latest
 from ser_stack.settings import SHARED_RAVDESS
 
 if TYPE_CHECKING:
@@ -36,7 +41,7 @@ class CorpusRootNotFound(LookupError):
 
 def root_env_var(corpus: str) -> str:
     """``SER_ROOT_<CORPUS>``, e.g. ``SER_ROOT_MSP_IMPROV``."""
-    return corpus_root_variable(check_corpus(corpus))
+    return "SER_ROOT_" + check_corpus(corpus).upper().replace("-", "_")
 
 
 def root_variable(corpus: str) -> str:
@@ -60,7 +65,7 @@ def configured_roots(
         (f"the Prefect variable {root_variable(corpus)}", read_variable(root_variable(corpus))),
         (
             f"the worker's environment variable {root_env_var(corpus)}",
-            ProcessSettings.from_env().corpus_roots.get(root_env_var(corpus)),
+            os.environ.get(root_env_var(corpus)) or None,
         ),
     ]
     if corpus == "ravdess":
@@ -107,12 +112,17 @@ def resolve_root(
     )
 
 
-def manifest_root(corpus: str, fingerprint: str, report: dict[str, Any], root: str | None) -> str:
-    """The root the manifest paths are relative to (a folder or s3://): ``root`` if given, else the
-    root recorded at ingest, else the configured one (flows/roots.py)."""
-    pointer = read_latest(corpus) or {}
-    recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
-    root = root or recorded or report.get("root") or (configured_root(corpus) or (None,))[0]
+def manifest_root(
+    corpus: str, fingerprint: str, report: dict[str, Any], root: str | None, bucket: DataBucket | None = None
+) -> str:
+    """The root a manifest version's paths are relative to (a folder or s3://): ``root`` if given,
+    else the root recorded at ingest (in ``latest`` while it names this version, since a
+    re-publication from another root moves it; else in the version's report), else the configured
+    one. Raises ValueError naming how to set one when none is a folder or s3://."""
+    if not root:
+        pointer = read_latest(corpus, bucket) or {}
+        recorded = pointer.get("root") if pointer.get("fingerprint") == fingerprint else None
+        root = recorded or report.get("root") or (configured_root(corpus) or (None,))[0]
     if not root or not (str(root).startswith("s3://") or Path(root).is_dir()):
         raise ValueError(
             f"audio root {root!r} of {corpus} is neither a folder nor s3://; pass root=DIR or set the Prefect variable {root_variable(corpus)}"

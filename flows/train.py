@@ -1,48 +1,36 @@
-"""The train flow: cross-validated training of one corpus, each fold its own flow run on the
-work pool, tracked in MLflow, then the release model registered as ``ser-<corpus>`` and promoted.
+"""The train flow: cross-validated training of one corpus, each fold its own flow run, tracked in
+MLflow, then the release model registered as ``ser-<corpus>`` and promoted.
 
-    train (parent)  manifest version → MLflow parent run → one ``train-fold`` run per fold and
-                    the release (flows/fold_runs.py) → wait → per-fold and mean scores, summed
-                    confusion → register the release model → promote
-    train-fold      manifest from S3, audio staged when the root is s3://, feature cache pulled from
-                    S3 → torchrun worker (ser_model/launch.py) → cache pushed → MLflow child run
+    train       manifest version (flows/manifest_version.py) → monitor → MLflow parent run
+                (flows/training_runs.py) → a ``train-fold`` run per fold and the release
+                (flows/fold_runs.py: on the pool's ``folds`` queue, or inline) → fold summary →
+                the release registered and promoted (flows/release.py)
+    train-fold  the manifest version opened again from its parameters, its audio local, the
+                feature cache pulled (flows/feature_store.py) → torchrun worker
+                (ser_model/launch.py) → cache pushed → MLflow child run
 
-Fold runs wait in the pool's ``folds`` queue, whose concurrency (``SER_FOLD_CONCURRENCY``, default
-1) is how many folds train at once (on Kubernetes, each a Job with its GPUs: infra/README.md), or
-run inline as subflows with ``SER_FOLD_RUNS=inline`` (no worker needed). A
-failed fold is retried alone (infrastructure failures only, never bad data or config); the parent
-reads outcomes back from the MLflow child runs, which all workers share. A rerun with the same
-inputs resumes the unfinished parent run (train key) and skips folds already logged."""
+A failed fold is retried alone (infrastructure failures only, never bad data or config). A rerun
+with the same inputs resumes the unfinished parent run (train key) and skips folds already logged."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_contracts.corpora import check_corpus
-from flows import tracking as t
-from flows.feature_store import shared_feature_cache
-from flows.fold_runs import run_folds, selected_folds
+from flows import training_runs as runs
+from flows.fold_runs import prepared_fold, run_folds, selected_folds
 from flows.limits import one_training_per_corpus
-from flows.mlflow_ui import run_url
+from flows.manifest_version import open_manifest_version
 from flows.monitor import watch_before_training
-from flows.promote import promote, protocol_name, register_release
-from flows.provenance import code_version, package_versions
-from flows.pyfunc import log_pyfunc
+from flows.release import log_release_model, register_and_promote
 from flows.report import summary_markdown
-from flows.roots import local_audio_root, manifest_root
-from flows.storage import MANIFEST_FILES, load_manifest_version, resolve_version
 from ser_model.config import SERConfig
 from ser_model.launch import (
-    BEST_FOLDER,
-    CONFIG_FILE,
     RELEASE_FOLD,
     RESULT_FILE,
     FoldJob,
@@ -51,19 +39,8 @@ from ser_model.launch import (
     run_worker,
     write_fold_times,
 )
-from ser_model.metrics import DEFAULT_UA_MARGIN, headline_scores, selection_rule
+from ser_model.metrics import DEFAULT_UA_MARGIN, selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
-from ser_stack.names import (
-    BACKBONE_TAG,
-    CORPUS_TAG,
-    FINGERPRINT_TAG,
-    MODEL_URI_TAG,
-    PRESET_TAG,
-    PROTOCOL_TAG,
-    SELECTION_TAG,
-    TRAIN_KEY_TAG,
-    experiment_name,
-)
 from ser_stack.settings import REPO_ROOT, StackSettings
 
 
@@ -92,51 +69,27 @@ def train_fold(
     experiment_id: str,
     parent_run_id: str,
 ) -> str:
-    """One fold (or the release model, fold -1) of a train run: returns its MLflow child run id."""
+    """One fold (or the release model, fold -1) of a train run, perhaps on another machine: the
+    manifest version is opened again from its parameters. Returns the fold's MLflow child run id."""
     logger = get_run_logger()
     settings = StackSettings.from_env()
     client = MlflowClient(settings.tracking_uri)
-    run_id, logged = t.fold_run(client, experiment_id, parent_run_id, fold)
+    run_id, logged = runs.fold_run(client, experiment_id, parent_run_id, fold)
     if logged:
         logger.info("%s already logged in run %s by an earlier attempt", fold_folder_name(fold), run_id)
         return run_id
     cfg = SERConfig.from_dict(config)
     out_dir = settings.state_dir / "runs" / corpus / parent_run_id / fold_folder_name(fold)
-    if not (out_dir / RESULT_FILE).exists():
-        manifest, fold_table, _ = load_manifest_version(corpus, fingerprint)
-        audio_root = local_audio_root(manifest, root, fingerprint, settings.state_dir)
-        if audio_root != root:
-            logger.info("staged %d files of %s into %s (sha256 verified)", len(manifest), corpus, audio_root)
-        (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
-        cfg.to_json(inputs / CONFIG_FILE)
-        manifest.to_parquet(inputs / MANIFEST_FILES["manifest"], index=False)
-        fold_table.to_parquet(inputs / MANIFEST_FILES["folds"], index=False)
-        with shared_feature_cache(
-            cfg, settings, manifest["sha256"]
-        ) as feature_cache:  # flows/feature_store.py
-            train_worker(
-                FoldJob(
-                    corpus,
-                    fold,
-                    inputs / CONFIG_FILE,
-                    inputs / MANIFEST_FILES["manifest"],
-                    inputs / MANIFEST_FILES["folds"],
-                    audio_root,
-                    out_dir,
-                    cfg.train.epochs,
-                    feature_cache,
-                )
-            )
+    if (out_dir / RESULT_FILE).exists():
+        logger.info("%s: %s of an earlier attempt found; not training again", out_dir.name, RESULT_FILE)
     else:
-        logger.info(
-            "%s: %s of an earlier attempt found; not training again", fold_folder_name(fold), RESULT_FILE
-        )
-    run_id = t.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
+        with prepared_fold(
+            open_manifest_version(corpus, fingerprint, root), fold, cfg, out_dir, settings
+        ) as job:
+            train_worker(job)
+    run_id = runs.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
     if fold == RELEASE_FOLD:
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            info = log_pyfunc(out_dir / BEST_FOLDER)
-        client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+        log_release_model(client, run_id, out_dir)
     return run_id
 
 
@@ -161,82 +114,31 @@ def train(
     ``monitor`` flow scores the champion on the rows it never trained on (flagged when its UA there
     is more than ``monitor_margin`` below its fold mean); the promotion decision quotes it."""
     logger = get_run_logger()
-    check_corpus(corpus)
-    settings = StackSettings.from_env()
-    fingerprint = resolve_version(corpus, manifest_version)
-    manifest, fold_table, report = load_manifest_version(corpus, fingerprint)
-    root = manifest_root(corpus, fingerprint, report, root)
+    data = open_manifest_version(corpus, manifest_version, root)
     config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
-    available = sorted(int(k) for k in fold_table["fold"].unique())
-    folds = selected_folds(folds, available, f"the {corpus} protocol of manifest {fingerprint}")
-    monitor_quote = watch_before_training(corpus, fingerprint, root, monitor_margin) if release else None
-    client = MlflowClient(settings.tracking_uri)
-    experiment_id = t.get_or_create_experiment(client, experiment_name(corpus))
-    tags = {
-        CORPUS_TAG: corpus,
-        FINGERPRINT_TAG: fingerprint,
-        PRESET_TAG: preset,
-        BACKBONE_TAG: config.model.backbone,
-        TRAIN_KEY_TAG: t.train_key(corpus, fingerprint, config, folds, release, root),
-        PROTOCOL_TAG: protocol_name(corpus, len(available), folds),
-        SELECTION_TAG: selection_rule(config.train.select_metric),
-        **code_version(REPO_ROOT),
-        **package_versions(),
-    }
-    params = {
-        **t.flatten_params(config.to_dict()),
-        "data.fingerprint": fingerprint,
-        "data.utterances": str(len(manifest)),
-        "folds": json.dumps(folds),
-        "release": str(release),
-    }
-    parent_id, resumed = t.start_parent_run(client, experiment_id, tags, params)
+    folds = selected_folds(folds, data.fold_numbers, data.protocol)
+    monitor_quote = watch_before_training(data, monitor_margin) if release else None
+    client = MlflowClient(StackSettings.from_env().tracking_uri)
+    parent = runs.start_parent_run(client, data, preset, config, folds, release)
     logger.info(
-        "%s MLflow parent run %s: %s",
-        "resuming" if resumed else "started",
-        parent_id,
-        run_url(settings.tracking_uri, experiment_id, parent_id),
+        "%s MLflow parent run %s: %s", "resuming" if parent.resumed else "started", parent.run_id, parent.url
     )
-    try:
-        fold_params = {
-            "corpus": corpus,
-            "fingerprint": fingerprint,
-            "config": config.to_dict(),
-            "root": root,
-            "experiment_id": experiment_id,
-            "parent_run_id": parent_id,
-        }
-        finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_params, train_fold)
+    version = decision = None
+    with runs.parent_run_ends(client, parent.run_id, logger):
+        fold_parameters = {**data.parameters(), "config": config.to_dict(), **parent.parameters()}
+        finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_parameters, train_fold)
         outcomes = [o for o in finished if o["fold"] != RELEASE_FOLD]
-        summary = t.log_parent_summary(client, parent_id, corpus, outcomes, config.labels)
-        version = decision = None
+        summary = runs.log_parent_summary(client, parent.run_id, corpus, outcomes, config.labels)
         if release:
-            released = next(o for o in finished if o["fold"] == RELEASE_FOLD)
-            ua_by_fold = {o["fold"]: headline_scores(o["result"])["UA"] for o in outcomes}
-            version, new = register_release(
-                client, parent_id, released["model_uri"], ua_by_fold, fold_table, summary, config.labels
+            version, decision = register_and_promote(
+                client, parent.run_id, finished, data, summary, config.labels, promote_margin, monitor_quote
             )
-            logger.info(
-                "release model %s ser-%s version %s",
-                "registered as" if new else "already registered by an earlier attempt as",
-                corpus,
-                version,
-            )
-            decision = promote(corpus, version, margin=promote_margin, monitor_quote=monitor_quote)
-        markdown = summary_markdown(
-            corpus, fingerprint, outcomes, summary, version, decision, tags[SELECTION_TAG]
-        )
+        rule = selection_rule(config.train.select_metric)
+        markdown = summary_markdown(data, outcomes, summary, version, decision, rule)
         create_markdown_artifact(markdown, key=f"train-{corpus}", description=f"cross-validation of {corpus}")
-        client.set_terminated(parent_id, "FINISHED")
-    except BaseException:
-        try:
-            client.set_terminated(parent_id, "FAILED")
-        except Exception as err:  # the tracking server may be the reason we failed
-            logger.warning("could not mark MLflow run %s FAILED: %s", parent_id, err)
-        raise
     return {
-        "parent_run_id": parent_id,
-        "fingerprint": fingerprint,
+        "parent_run_id": parent.run_id,
+        "fingerprint": data.fingerprint,
         "summary": summary,
         "version": version,
         "promotion": decision,

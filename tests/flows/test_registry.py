@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.pyfunc import log_pyfunc
 from flows.registry import create_model_version, logged_model_id
-from flows.tracking import log_fold_run
+from flows.training_runs import log_fold_run
 from ser_model.launch import RELEASE_FOLD, fold_folder_name
 from ser_stack.names import registered_model_name
 from tests.flows.conftest import CHECKPOINT_LABELS

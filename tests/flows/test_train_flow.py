@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import statistics
 import textwrap
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from flows import mlflow_ui, tracking
+from flows import mlflow_ui, tracking, training_runs
 from flows.fold_runs import selected_folds
 from flows.promote import protocol_name
-from flows.tracking import log_fold_run
+from flows.training_runs import log_fold_run
 from ser_model.allocator import HUGE_PAGES_TUNABLE
 from ser_model.launch import (
     RELEASE_FOLD,
@@ -164,10 +165,10 @@ def test_metrics_file_with_a_truncated_last_line_keeps_the_complete_epochs(tmp_p
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps(r) for r in records_fixture(2)]
     path.write_text("\n".join(lines) + '\n{"epoch": 3, "tra')
-    assert tracking.read_metrics_jsonl(path) == records_fixture(2)
+    assert training_runs.read_metrics_jsonl(path) == records_fixture(2)
     path.write_text('{"epoch": 1\n' + lines[1] + "\n")
     with pytest.raises(ValueError, match="metrics.jsonl:1"):
-        tracking.read_metrics_jsonl(path)
+        training_runs.read_metrics_jsonl(path)
 
 
 def test_headline_scores_name_what_is_missing():
@@ -331,12 +332,12 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
     with pytest.raises(WorkerInfraError, match="exit code -9"):
         run_worker(job, emit=lambda line: None, on_epoch=kill_worker_after_first_epoch, nproc=1)
     assert not (job.out_dir / "result.json").exists()
-    epochs_before = [r["epoch"] for r in tracking.read_metrics_jsonl(job.out_dir / "metrics.jsonl")]
+    epochs_before = [r["epoch"] for r in training_runs.read_metrics_jsonl(job.out_dir / "metrics.jsonl")]
     assert epochs_before and epochs_before[0] == 1
 
     rerun_lines: list[str] = []
     result = run_worker(job, emit=rerun_lines.append, nproc=1)
-    history = tracking.read_metrics_jsonl(job.out_dir / "metrics.jsonl")
+    history = training_runs.read_metrics_jsonl(job.out_dir / "metrics.jsonl")
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert json.loads(result.read_text())["selected_epoch"] == expected_selected_epoch(history)
     trained = [int(m) for m in re.findall(r"epoch (\d)/3 loss", "\n".join(rerun_lines))]
@@ -346,7 +347,7 @@ def test_a_killed_worker_is_retryable_and_the_rerun_resumes_from_its_checkpoint(
 
 
 def test_a_rerun_finds_its_unfinished_parent_run_but_never_a_finished_one(local_mlflow, experiment_id):
-    from flows.tracking import UNFINISHED
+    from flows.training_runs import UNFINISHED
 
     key = {"ser.train_key": "a" * 64}
     run = local_mlflow.create_run(experiment_id, tags=key).info.run_id
@@ -359,6 +360,45 @@ def test_a_rerun_finds_its_unfinished_parent_run_but_never_a_finished_one(local_
     assert tracking.find_run(local_mlflow, experiment_id, key) == run
 
 
+def test_a_parent_run_records_its_data_and_a_rerun_resumes_it_until_it_finished(local_mlflow, tmp_path):
+    """The parent run carries the manifest version it trained on; a failed run is resumed by a rerun
+    with the same inputs, a finished one is not; its end is FINISHED or FAILED (and the error raised)."""
+    from flows.manifest_version import ManifestVersion
+    from flows.training_runs import parent_run_ends, start_parent_run, train_key
+    from ser_stack.names import CORPUS_TAG, FINGERPRINT_TAG, TRAIN_KEY_TAG
+    from tests.flows.test_storage import tiny_version
+    from tests.train.synthetic import tiny_config
+
+    v = tiny_version()
+    data = ManifestVersion("ravdess", v["fingerprint"], v["manifest"], v["folds"], v["report"], str(tmp_path))
+    config, logger = tiny_config(), logging.getLogger("test")
+    first = start_parent_run(local_mlflow, data, "cpu-fbank", config, [0, 1], True)
+    assert not first.resumed and first.run_id in first.url
+    assert first.parameters() == {"experiment_id": first.experiment_id, "parent_run_id": first.run_id}
+    run = local_mlflow.get_run(first.run_id)
+    assert (run.data.tags[CORPUS_TAG], run.data.tags[FINGERPRINT_TAG]) == ("ravdess", data.fingerprint)
+    key = train_key("ravdess", data.fingerprint, config, [0, 1], True, str(tmp_path))
+    assert run.data.tags[TRAIN_KEY_TAG] == key
+    assert (
+        run.data.params["data.utterances"] == str(len(v["manifest"])) and run.data.params["folds"] == "[0, 1]"
+    )
+    with (
+        pytest.raises(RuntimeError, match="fold-1 failed"),
+        parent_run_ends(local_mlflow, first.run_id, logger),
+    ):
+        raise RuntimeError("fold-1 failed")
+    assert local_mlflow.get_run(first.run_id).info.status == "FAILED"
+
+    again = start_parent_run(local_mlflow, data, "cpu-fbank", config, [0, 1], True)
+    assert again.resumed and again.run_id == first.run_id
+    assert local_mlflow.get_run(first.run_id).info.status == "RUNNING"
+    with parent_run_ends(local_mlflow, again.run_id, logger):
+        pass
+    assert local_mlflow.get_run(first.run_id).info.status == "FINISHED"
+    third = start_parent_run(local_mlflow, data, "cpu-fbank", config, [0, 1], True)
+    assert not third.resumed and third.run_id != first.run_id
+
+
 def test_selected_folds_are_sorted_once_each_and_checked():
     assert selected_folds(None, [0, 1, 2], "p") == [0, 1, 2]
     assert selected_folds([2, 0, 2], [0, 1, 2], "p") == [0, 2]
@@ -369,7 +409,7 @@ def test_selected_folds_are_sorted_once_each_and_checked():
 
 
 def test_train_key_changes_with_any_input():
-    from flows.tracking import train_key
+    from flows.training_runs import train_key
     from tests.train.synthetic import tiny_config
 
     base = ("ravdess", "f" * 64, tiny_config(), [0, 1], True, "/data/ravdess")

@@ -1,0 +1,59 @@
+"""The release model of a training: logged as a pyfunc model on its child run, registered once as
+``ser-<corpus>`` from the parent run with the scores of the evaluated folds, then promoted
+(flows/promote.py decides between it and the champion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger
+
+from flows.promote import promote, register_release
+from flows.pyfunc import log_pyfunc
+from ser_model.launch import BEST_FOLDER, RELEASE_FOLD
+from ser_model.metrics import headline_scores
+from ser_stack.names import MODEL_URI_TAG, registered_model_name
+
+if TYPE_CHECKING:
+    from flows.manifest_version import ManifestVersion
+
+
+def log_release_model(client: MlflowClient, run_id: str, out_dir: Path) -> None:
+    """The checkpoint the release fold's folder ``out_dir`` selected, as a pyfunc model of its
+    child run (flows/pyfunc.py), its URI tagged :data:`MODEL_URI_TAG` for the parent to register."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = log_pyfunc(out_dir / BEST_FOLDER)
+    client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+
+
+def register_and_promote(
+    client: MlflowClient,
+    parent_run_id: str,
+    finished: list[dict[str, Any]],
+    data: ManifestVersion,
+    summary: dict[str, float],
+    labels: tuple[str, ...],
+    margin: float,
+    monitor_quote: str | None,
+) -> tuple[str, dict]:
+    """(version, decision): the release among the ``finished`` fold outcomes registered (once: a
+    rerun finds its version) with the UA of every other fold on the test speakers of ``data``'s
+    fold table, then the ``promote`` flow's decision, quoting the monitor."""
+    released = next(o for o in finished if o["fold"] == RELEASE_FOLD)
+    ua_by_fold = {
+        o["fold"]: headline_scores(o["result"])["UA"] for o in finished if o["fold"] != RELEASE_FOLD
+    }
+    version, new = register_release(
+        client, parent_run_id, released["model_uri"], ua_by_fold, data.folds, summary, labels
+    )
+    get_run_logger().info(
+        "release model %s %s version %s",
+        "registered as" if new else "already registered by an earlier attempt as",
+        registered_model_name(data.corpus),
+        version,
+    )
+    return version, promote(data.corpus, version, margin=margin, monitor_quote=monitor_quote)
