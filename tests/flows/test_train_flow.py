@@ -399,6 +399,32 @@ def test_a_parent_run_records_its_data_and_a_rerun_resumes_it_until_it_finished(
     assert not third.resumed and third.run_id != first.run_id
 
 
+def test_a_fold_on_this_machine_reads_a_folder_root_in_place_and_the_inputs_it_was_given(tmp_path):
+    """prepared_fold: the worker's job names the version's folder root (nothing staged), a config and
+    tables beside the fold folder equal to what the train run passed, and no feature cache for fbank."""
+    import pandas as pd
+
+    from flows.fold_runs import prepared_fold
+    from flows.manifest_version import ManifestVersion
+    from ser_model.config import SERConfig
+    from ser_stack.settings import StackSettings
+    from tests.flows.test_storage import tiny_version
+    from tests.train.synthetic import tiny_config
+
+    v = tiny_version()
+    data = ManifestVersion("ravdess", v["fingerprint"], v["manifest"], v["folds"], v["report"], str(tmp_path))
+    settings = StackSettings.from_env({"SER_STATE_DIR": str(tmp_path / "state")})
+    out_dir = tmp_path / "runs" / "fold-0"
+    with prepared_fold(data, 0, tiny_config(epochs=2), out_dir, settings) as job:
+        assert (job.corpus, job.fold, job.audio_root, job.out_dir) == ("ravdess", 0, str(tmp_path), out_dir)
+        assert job.epochs == 2 and job.feature_cache_dir is None
+        assert SERConfig.from_json(job.config_path).to_dict() == tiny_config(epochs=2).to_dict()
+        pd.testing.assert_frame_equal(pd.read_parquet(job.manifest_path), v["manifest"], check_dtype=False)
+        assert len(pd.read_parquet(job.folds_path)) == len(v["folds"])
+        assert job.config_path.parent == job.manifest_path.parent == tmp_path / "runs" / "fold-0-inputs"
+    assert not (tmp_path / "state" / "audio-cache").exists()
+
+
 def test_selected_folds_are_sorted_once_each_and_checked():
     assert selected_folds(None, [0, 1, 2], "p") == [0, 1, 2]
     assert selected_folds([2, 0, 2], [0, 1, 2], "p") == [0, 2]
