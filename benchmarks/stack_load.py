@@ -45,11 +45,11 @@ sys.path.append(str(REPO / "infra"))  # infra/ser_infra: the stack's Python (inf
 
 import psutil  # noqa: E402
 import soundfile as sf  # noqa: E402
-from ser_infra.logfaults import SQLITE_BUSY, stack_tracebacks  # noqa: E402
-from ser_infra.state import recorded_names, recorded_pid  # noqa: E402
 
 from benchmarks.common import load_average, machine_info  # noqa: E402
 from benchmarks.serve_load import percentile, post, request_bodies  # noqa: E402
+from ser_infra.logfaults import SQLITE_BUSY, stack_tracebacks  # noqa: E402
+from ser_infra.state import recorded_names, recorded_pid  # noqa: E402
 from ser_stack.settings import DERIVED_CLIENT_VARIABLES  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ravdess"

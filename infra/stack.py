@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,19 +36,14 @@ from ser_infra.component import StackError  # noqa: E402
 from ser_infra.environment import env_lines  # noqa: E402
 from ser_infra.health import database_note, health  # noqa: E402
 from ser_infra.lifecycle import components, down, up  # noqa: E402
-
-from ser_stack.settings import StackSettings  # noqa: E402
-
-
-def up_timeout_s() -> float:
-    """How long `up` (and `restore`, which starts MLflow's server again) waits for the services: SER_UP_TIMEOUT."""
-    return float(os.environ.get("SER_UP_TIMEOUT", 180))
+from ser_stack.process_settings import ProcessSettings  # noqa: E402
+from ser_stack.settings import StackSettings, exit_if_bad_environment  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    timeout = up_timeout_s()
+    timeout = ProcessSettings.from_env().up_timeout_s
     up_parser = sub.add_parser("up", help="start what is not running, wait until all is healthy")
     up_parser.add_argument("--timeout", type=float, default=timeout)
     down_parser = sub.add_parser("down", help="stop exactly what up started")
@@ -133,6 +127,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_if_bad_environment("infra/stack.py")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # the Prefect client logs every HTTP request at INFO through httpx: not for a person's terminal

@@ -166,7 +166,7 @@ class ProcessSettings(EnvironmentSettings):
         "SER_UP_TIMEOUT",
         180.0,
         "seconds `infra/up` (and `infra/restore`) wait for the services",
-        used_by=("infra/stack.py `up_timeout_s`",),
+        used_by=("infra/stack.py `build_parser`",),
     )
     mlflow_workers: Annotated[
         int, parsed(whole_number(1, "a whole number of worker processes, 1 or more"))

@@ -64,7 +64,6 @@ def shared_ravdess(repo_root: Path) -> Path:
 def stack():
     """`ser_stack.settings.StackSettings` of a healthy stack (S3, MLflow, Prefect, worker), from the environment."""
     from ser_infra.health import health
-
     from ser_stack.settings import StackSettings
 
     settings = StackSettings.from_env()
@@ -99,7 +98,6 @@ def stack_log_faults() -> list[str]:
     """``<log>: <exception line>`` for each traceback of the stack's own that the logs gained
     since the session started."""
     from ser_infra.logfaults import stack_tracebacks
-
     from ser_stack.settings import StackSettings
 
     db = StackSettings.from_env().db

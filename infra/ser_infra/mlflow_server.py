@@ -7,28 +7,18 @@ Start: the process (`mlflow_component`). Check: `check_mlflow`. Stop: its proces
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ser_infra.component import BIN, HTTP_TIMEOUT_S, Component
+from ser_stack.process_settings import ProcessSettings
 from ser_stack.processes import http_check
 from ser_stack.settings import StackSettings
 
-MLFLOW_WORKERS = 1
-"""MLflow's server processes by default: each holds about 250 MiB, and one answered the load benchmark's
-4 concurrent folds (docs/RESULTS.md §9); ``SER_MLFLOW_WORKERS`` sets more."""
-
 
 def mlflow_workers() -> int:
-    """Worker processes of the MLflow server: ``SER_MLFLOW_WORKERS`` (a whole number ≥ 1), else MLFLOW_WORKERS."""
-    raw = os.environ.get("SER_MLFLOW_WORKERS", "").strip()
-    if not raw:
-        return MLFLOW_WORKERS
-    if not raw.isdigit() or int(raw) < 1:
-        raise SystemExit(
-            f"SER_MLFLOW_WORKERS={raw!r}: expected a whole number of worker processes, 1 or more"
-        )
-    return int(raw)
+    """Worker processes of the MLflow server: ``SER_MLFLOW_WORKERS`` (default 1: each holds about 250 MiB,
+    and one answered the load benchmark's 4 concurrent folds, docs/RESULTS.md §9)."""
+    return ProcessSettings.from_env().mlflow_workers
 
 
 def sqlite_store(settings: StackSettings) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ser_infra.component import HTTP_TIMEOUT_S, Component, StackError
 from ser_infra.state import create_private_json, recorded_pid, write_private
+from ser_stack.process_settings import ProcessSettings
 from ser_stack.settings import PG_CREDENTIALS_FILE, PG_USER, StackSettings
 
 log = logging.getLogger("ser.infra")
@@ -35,7 +36,7 @@ LOG_LINE_PREFIX = "%m [%p] %q%u@%d "
 def postgres_bin_dir() -> Path:
     """Folder of the PostgreSQL server programs: ``SER_PG_BIN``, else the newest Debian version under
     /usr/lib/postgresql, else the folder of an ``initdb`` on PATH."""
-    configured = os.environ.get("SER_PG_BIN")
+    configured = ProcessSettings.from_env().pg_bin
     if configured:
         return Path(configured)
     debian = sorted(

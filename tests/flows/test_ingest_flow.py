@@ -16,11 +16,6 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.states import Failed
-from ser_infra.component import wait_healthy
-from ser_infra.environment import stack_env
-from ser_infra.lifecycle import components
-from ser_infra.seaweedfs import create_buckets, seaweed_s3_config
-from ser_infra.state import start_process, stop_recorded, write_private
 
 import flows.ingest
 from data_contracts.errors import CorpusLayoutError
@@ -33,6 +28,11 @@ from flows.ingest import (
 )
 from flows.roots import CorpusRootNotFound, root_variable
 from flows.storage import DataBucket, StorageUnavailableError, manifest_exists, object_key, read_latest
+from ser_infra.component import wait_healthy
+from ser_infra.environment import stack_env
+from ser_infra.lifecycle import components
+from ser_infra.seaweedfs import create_buckets, seaweed_s3_config
+from ser_infra.state import start_process, stop_recorded, write_private
 from ser_stack.settings import REPO_ROOT, StackSettings
 from tests.fixtures.corpora import make_ravdess, make_savee, write_bad_audio
 from tests.flows.live_stack import free_weed_ports

@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from ser_infra.backup import stack_is_empty
 from ser_infra.logfaults import stack_tracebacks
-
 from ser_stack.settings import DERIVED_CLIENT_VARIABLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,6 +9,7 @@ import uuid
 
 import psutil
 import pytest
+
 from ser_infra.health import check_trainings
 from ser_infra.mlflow_server import check_mlflow
 from ser_infra.prefect_server import WORKER_NAME, check_prefect, pool_workers

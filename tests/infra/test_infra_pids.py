@@ -8,10 +8,10 @@ import sys
 
 import psutil
 import pytest
+
 from ser_infra.health import health
 from ser_infra.lifecycle import down
 from ser_infra.state import recorded_names, recorded_pid, start_process
-
 from ser_stack.settings import StackSettings
 
 SLEEPER = [

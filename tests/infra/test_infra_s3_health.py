@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from moto.server import ThreadedMotoServer
-from ser_infra.seaweedfs import check_s3, seaweed_volume_servers
 
+from ser_infra.seaweedfs import check_s3, seaweed_volume_servers
 from ser_stack.settings import StackSettings
 from tests.flows.live_stack import free_weed_ports
 

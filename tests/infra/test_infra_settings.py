@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ser_infra.environment import plugin_env, stack_env
 
 from data_contracts.labels import CORPORA
+from ser_infra.environment import plugin_env, stack_env
 from ser_stack.environment import variables
 from ser_stack.process_settings import corpus_root_variable
 from ser_stack.settings import MODELS, REPO_ROOT, StackSettings, markdown

@@ -13,11 +13,11 @@ import uuid
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+from flows.deploy import RETRAIN_DEPLOYMENT, configured_retrain_cron
 from ser_infra.health import SCHEDULER_GRACE_S, scheduled_deployments_without_runs
 from ser_infra.logfaults import stack_tracebacks
 from ser_infra.state import log_path, log_since_start, recorded_pid
-
-from flows.deploy import RETRAIN_DEPLOYMENT, configured_retrain_cron
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from flows.storage import DataBucket
 from ser_infra.component import launch, wait_healthy
 from ser_infra.environment import stack_env
 from ser_infra.lifecycle import components
 from ser_infra.state import recorded_pid, stop_recorded
-
-from flows.storage import DataBucket
 from ser_stack.settings import StackSettings
 from tests.fixtures.network import free_port
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
