@@ -43,9 +43,12 @@ from ser_model.presets import DEFAULT_PRESET
 from ser_stack.names import (
     EVENT_BUCKET,
     EVENT_FINGERPRINT,
+    INGEST,
     MANIFEST_UPDATED_EVENT,
+    TRAIN,
+    TUNE,
+    job_name,
     manifest_resource_id,
-    train_deployment,
 )
 from ser_stack.process_settings import DEFAULT_RETRAIN_CRON, ProcessSettings
 from ser_stack.settings import REPO_ROOT, StackSettings, exit_if_bad_environment
@@ -127,7 +130,7 @@ def build_deployments(
     for corpus in CORPORA:
         deployments.append(
             flows["ingest"].to_deployment(
-                name=f"ingest-{corpus}",
+                name=job_name(INGEST, corpus),
                 parameters={"corpus": corpus},
                 work_pool_name=work_pool,
                 description=f"ingest {corpus} into a checked manifest version in S3",
@@ -137,7 +140,7 @@ def build_deployments(
     for corpus in CORPORA:
         deployments.append(
             flows["train"].to_deployment(
-                name=train_deployment(corpus),
+                name=job_name(TRAIN, corpus),
                 parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
                 triggers=[
                     manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)
@@ -168,7 +171,7 @@ def build_deployments(
     for corpus in CORPORA:
         deployments.append(
             flows["tune"].to_deployment(
-                name=f"tune-{corpus}",
+                name=job_name(TUNE, corpus),
                 parameters={"corpus": corpus, "preset": DEFAULT_PRESET},
                 work_pool_name=work_pool,
                 description=f"Optuna study of a {corpus} recipe on validation speakers; writes the best as a preset file",

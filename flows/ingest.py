@@ -34,7 +34,9 @@ from ser_stack.names import (
     EVENT_BUCKET,
     EVENT_CORPUS,
     EVENT_FINGERPRINT,
+    INGEST,
     MANIFEST_UPDATED_EVENT,
+    job_name,
     manifest_resource_id,
 )
 from ser_stack.settings import StackSettings
@@ -167,7 +169,7 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
     result = parse_and_check(corpus, root, workers)
     publication = publish(corpus, root, result)
     create_markdown_artifact(
-        key=f"ingest-{corpus}",
+        key=job_name(INGEST, corpus),
         markdown=artifact_markdown(publication, result.report),
         description=f"ingest of {corpus}: {publication.status} {publication.fingerprint}",
     )

@@ -24,8 +24,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from flows.storage import check_corpus
-from ser_stack.names import train_deployment
+from data_contracts.corpora import check_corpus
+from ser_stack.names import TRAIN, job_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +37,7 @@ LEASE_S = 300.0
 
 def training_limit(corpus: str) -> str:
     """Name of the corpus's training limit: ``train-<corpus>``."""
-    return train_deployment(check_corpus(corpus))
+    return job_name(TRAIN, check_corpus(corpus))
 
 
 def ensure_limit(name: str, slots: int) -> bool:

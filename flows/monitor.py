@@ -64,7 +64,7 @@ def degraded_trigger(corpus: str, parameters: dict[str, Any] | None = None) -> D
         name=f"act-on-degraded-{corpus}-champion",
         description=f"the champion of {corpus} scored more than the margin below its fold mean on new data",
         expect={DEGRADED_EVENT},
-        match={"prefect.resource.name": f"monitor-{corpus}"},
+        match={"prefect.resource.name": n.job_name(n.MONITOR, corpus)},
         match_related={"prefect.resource.role": "flow", "prefect.resource.name": "monitor"},
         parameters=parameters or {},
     )
@@ -116,7 +116,7 @@ def log_monitor_run(
         n.MONITOR_VERDICT_TAG: result.verdict(),
         n.MONITOR_DEGRADED_TAG: str(result.degraded).lower(),
     }
-    run_id = client.create_run(experiment_id, tags=tags, run_name=f"monitor-{corpus}").info.run_id
+    run_id = client.create_run(experiment_id, tags=tags, run_name=n.job_name(n.MONITOR, corpus)).info.run_id
     metrics = [Metric(k, v, 0, 0) for k, v in result.flat_metrics().items()]
     t.log_batch(client, run_id, metrics=metrics, params={"margin": f"{margin}"})
     report = {
@@ -145,7 +145,7 @@ def not_watched(corpus: str, champion_version: str | None, reason: str, warn: bo
     get_run_logger().log(logging.WARNING if warn else logging.INFO, "%s", reason)
     create_markdown_artifact(
         f"# Champion of {corpus} not watched\n\n{reason}\n",
-        key=f"monitor-{corpus}",
+        key=n.job_name(n.MONITOR, corpus),
         description=f"{n.registered_model_name(corpus)}@champion on new data",
     )
     return {"champion_version": champion_version, "quote": reason}
@@ -201,7 +201,9 @@ def monitor(
         logger.info("%s", line)
     logger.info("MLflow run %s", url)
     create_markdown_artifact(
-        monitor_markdown(corpus, run), key=f"monitor-{corpus}", description=f"{name}@champion on new data"
+        monitor_markdown(corpus, run),
+        key=n.job_name(n.MONITOR, corpus),
+        description=f"{name}@champion on new data",
     )
     summary = {
         "run_id": run_id,

@@ -26,12 +26,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from data_contracts.corpora import check_corpus
 from data_contracts.fingerprint import source_fingerprint
 from data_contracts.labels import CORPORA
 from data_contracts.source import open_source
 from flows.ingest import ingest
 from flows.roots import CorpusRootNotFound, resolve_root, root_env_var, root_variable
-from flows.storage import DataBucket, check_corpus, read_source_state, write_source_state
+from flows.storage import DataBucket, read_source_state, write_source_state
 from flows.train import train
 from ser_model.presets import DEFAULT_PRESET
 

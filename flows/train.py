@@ -41,6 +41,7 @@ from ser_model.launch import (
 )
 from ser_model.metrics import DEFAULT_UA_MARGIN, selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
+from ser_stack.names import TRAIN, job_name
 from ser_stack.settings import REPO_ROOT, StackSettings
 
 
@@ -135,7 +136,9 @@ def train(
             )
         rule = selection_rule(config.train.select_metric)
         markdown = summary_markdown(data, outcomes, summary, version, decision, rule)
-        create_markdown_artifact(markdown, key=f"train-{corpus}", description=f"cross-validation of {corpus}")
+        create_markdown_artifact(
+            markdown, key=job_name(TRAIN, corpus), description=f"cross-validation of {corpus}"
+        )
     return {
         "parent_run_id": parent.run_id,
         "fingerprint": data.fingerprint,

@@ -57,8 +57,10 @@ from ser_stack.names import (
     PRESET_TAG,
     PROTOCOL_TAG,
     SELECTION_TAG,
+    TRAIN,
     TRAIN_KEY_TAG,
     experiment_name,
+    job_name,
 )
 from ser_stack.settings import REPO_ROOT
 
@@ -144,7 +146,9 @@ def start_parent_run(
         client.update_run(run_id, status="RUNNING")
     else:
         tags = parent_run_tags(data, preset, config, folds, key)
-        run_id = client.create_run(experiment_id, tags=tags, run_name=f"train-{data.corpus}").info.run_id
+        run_id = client.create_run(
+            experiment_id, tags=tags, run_name=job_name(TRAIN, data.corpus)
+        ).info.run_id
         log_batch(client, run_id, params=parent_run_params(data, config, folds, release))
     return ParentRun(experiment_id, run_id, resumed, run_url(client.tracking_uri, experiment_id, run_id))
 

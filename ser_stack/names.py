@@ -40,10 +40,19 @@ def study_name(corpus: str) -> str:
     return f"ser-{corpus}-tune"
 
 
+# --- a corpus's jobs --------------------------------------------------------------------------------
+INGEST, TRAIN, TUNE, MONITOR = "ingest", "train", "tune", "monitor"
+"""The jobs run on a corpus."""
+
+
+def job_name(job: str, corpus: str) -> str:
+    """``<job>-<corpus>`` (``train-ravdess``): a corpus's deployment of that job (and the train job's
+    concurrency limit), the MLflow parent run of one run of it, and the Prefect artifact that
+    summarises it. The monitor's flow runs carry it too (its ``flow_run_name`` template)."""
+    return f"{job}-{corpus}"
+
+
 # --- Prefect --------------------------------------------------------------------------------------
-def train_deployment(corpus: str) -> str:
-    """The deployment (and its concurrency limit) that trains a corpus: ``train-<corpus>``."""
-    return f"train-{corpus}"
 
 
 def trial_flow_run_name(corpus: str) -> str:
