@@ -46,7 +46,7 @@ import torch
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
-from ser_model.cli import parse_overrides
+from ser_model.cli.arguments import parse_overrides
 from ser_model.config_validation import ConfigError
 from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, mean_and_std

@@ -5,7 +5,7 @@
 (``MLFLOW_TRACKING_URI``) into a scratch folder and hands the checkpoint folder inside the
 pyfunc to the command; ``ser_model.cli`` parses the command line and calls this module's resolver
 for a ``--model`` value that starts with ``models:/``. ``ser tune`` logs its study to MLflow
-(flows/tune.py); ``ser monitor`` reads a registered model's fold-mean UA from the registry.
+(flows/tune_tracking.py); ``ser monitor`` reads a registered model's fold-mean UA from the registry.
 MLflow is imported only by those, so every other command starts without it.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ser_model import cli
+from ser_model.cli.hooks import ModelSourceError
 from ser_stack.names import RUN_KIND_EVALUATION, RUN_KIND_TAG
 
 REGISTRY_SCHEME = "models:/"
@@ -34,7 +35,7 @@ def checkpoint_folder(model_dir: Path) -> Path:
         flavor = Model.load(str(model_dir)).flavors["python_function"]
         relative = flavor["artifacts"][CHECKPOINT_ARTIFACT]["path"]
     except (KeyError, OSError, MlflowException) as err:
-        raise cli.ModelSourceError(
+        raise ModelSourceError(
             f"{model_dir}: not an SER pyfunc model (no '{CHECKPOINT_ARTIFACT}' artifact in its MLmodel): {err}"
         ) from err
     return model_dir / relative
@@ -42,19 +43,19 @@ def checkpoint_folder(model_dir: Path) -> Path:
 
 def download_checkpoint(uri: str, dst: Path) -> Path:
     """Download a registry model (``models:/<name>@<alias>`` or ``models:/<name>/<version>``)
-    into `dst` and return its checkpoint folder (a ``ser_model.cli.ModelResolver``)."""
+    into `dst` and return its checkpoint folder (a ``ser_model.cli.hooks.ModelResolver``)."""
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
     try:
         model_dir = Path(download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except (MlflowException, OSError) as err:
-        raise cli.ModelSourceError(f"cannot fetch {uri} from the MLflow registry: {err}") from err
+        raise ModelSourceError(f"cannot fetch {uri} from the MLflow registry: {err}") from err
     return checkpoint_folder(model_dir)
 
 
 def registered_fold_mean_ua(uri: str) -> float | None:
-    """A ``ser_model.cli.FoldMeanUA``: the cross-validated fold-mean UA the registry records for
+    """A ``ser_model.cli.hooks.FoldMeanUA``: the cross-validated fold-mean UA the registry records for
     ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (``flows.promote.version_score``),
     None for a model outside the registry or one whose scores are not recorded."""
     from mlflow.exceptions import MlflowException
@@ -74,16 +75,25 @@ def registered_fold_mean_ua(uri: str) -> float | None:
         return None
 
 
-def mlflow_tune_tracker(**kwargs):
-    """`ser tune`'s tracker: the study as an MLflow parent run with a child run per trial
-    (flows/tune.py), on the server of ``MLFLOW_TRACKING_URI`` or MLflow's local default."""
-    from flows.tune import mlflow_tracker_factory
+def mlflow_tune_tracker(driver, *, root: str, fingerprint: str):
+    """`ser tune`'s tracker (a ``ser_model.cli.hooks.TunerTrackerFactory``): the driver's study as
+    an MLflow parent run with a child run per trial (flows/tune_tracking.py), on the server of
+    ``MLFLOW_TRACKING_URI`` or MLflow's local default."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    return mlflow_tracker_factory()(**kwargs)
+    from flows.tune_tracking import MlflowStudyTracker
+
+    uri = mlflow.get_tracking_uri()
+    tracker = MlflowStudyTracker.start(
+        MlflowClient(uri), driver, root=root, fingerprint=fingerprint, tracking_uri=uri
+    )
+    print(f"MLflow tune run {tracker.parent_run_id} at {uri}")
+    return tracker
 
 
 def log_evaluation(experiment: str, run_name: str, params: dict, metrics: dict) -> str:
-    """A ``ser_model.cli.EvaluationLogger`` (``ser evaluate ... --mlflow-experiment NAME``): one
+    """A ``ser_model.cli.hooks.EvaluationLogger`` (``ser evaluate ... --mlflow-experiment NAME``): one
     finished run of the experiment with the evaluation's params, every finite numeric leaf of its
     metrics (``segment.UA``, ``boundary_error_s.median``, ...) and the whole metrics dict as
     ``evaluation.json``. Returns the run's URL."""

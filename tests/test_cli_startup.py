@@ -1,6 +1,8 @@
 """Issue 13 items 1-2: `ser` loads only what the command needs. `ser --help` and `ser ingest
---help` import no torch, MLflow, Prefect or pandas, and `ser ingest` itself no torch, MLflow or
-Prefect, each checked in a fresh interpreter running the console script's entry point."""
+--help` import no torch, MLflow, Prefect, Optuna or pandas (`ser tune --help` reads the study's
+defaults from ``ser_model.tuning.settings``, which imports no Optuna), and `ser ingest` itself no
+torch, MLflow, Prefect or Optuna, each checked in a fresh interpreter running the console script's
+entry point."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from tests.fixtures.corpora import make_ravdess
 
-HEAVY = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "boto3")
+HEAVY = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "boto3", "optuna")
 
 # runs flows.cli.main (the `ser` console script) on argv, then prints which HEAVY modules it loaded
 CHILD = r"""
@@ -39,7 +41,7 @@ def ser_in_fresh_interpreter(repo_root, *argv: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["ingest", "--help"], ["train", "--help"], ["predict", "--help"]]
+    "argv", [["--help"], ["ingest", "--help"], ["train", "--help"], ["tune", "--help"], ["predict", "--help"]]
 )
 def test_help_loads_no_heavy_library(repo_root, argv):
     child = ser_in_fresh_interpreter(repo_root, *argv)

@@ -17,8 +17,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.tune import PRESET_ARTIFACT
-from ser_model.tuning import decode_choice
+from flows.tune_tracking import PRESET_ARTIFACT
+from ser_model.tuning.space import decode_choice
 from ser_stack.names import RUN_KIND_TAG, RUN_KIND_TUNE, STUDY_TAG
 from tests.e2e.test_train_ravdess import (
     FAST,

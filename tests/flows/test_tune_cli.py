@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
-from ser_model.tuning import decode_choice
+from ser_model.tuning.space import decode_choice
 from ser_stack.names import RUN_KIND_TAG, RUN_KIND_TRIAL, RUN_KIND_TUNE, TRIAL_STATE_TAG
 from tests.fixtures.corpora import make_ravdess
 

@@ -14,7 +14,10 @@ import soundfile
 import torch
 
 from data_contracts.labels import LABELS
-from ser_model.cli import ModelSourceError, main, parse_overrides, train_config
+from ser_model.cli import main
+from ser_model.cli.arguments import parse_overrides
+from ser_model.cli.hooks import ModelSourceError
+from ser_model.cli.train import train_config
 from ser_model.config_validation import ConfigError
 from ser_model.model import SERModel
 from tests.fixtures.corpora import make_ravdess, ser_ingest

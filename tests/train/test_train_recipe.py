@@ -14,7 +14,7 @@ import torch
 from data_contracts.errors import UnknownCorpusError
 from data_contracts.labels import CORPORA, LABELS
 from ser_model.audio import load_audio, trim_silence
-from ser_model.cli import train_config
+from ser_model.cli.train import train_config
 from ser_model.config import SERConfig, TrainConfig
 from ser_model.config_validation import ConfigError
 from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset

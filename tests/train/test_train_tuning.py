@@ -11,23 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from ser_model import train as train_module
+from ser_model import training_data
 from ser_model.config_validation import ConfigError
 from ser_model.ema import WeightAverage, ema_decay_at
 from ser_model.presets import PRESETS, experiment_config, read_preset_file, write_preset_file
-from ser_model.tuning import (
+from ser_model.tuning.driver import StudyDriver, best_preset, enqueue_base
+from ser_model.tuning.objective import TuningObjective
+from ser_model.tuning.settings import StudySettings
+from ser_model.tuning.space import (
     SEARCH_SPACES,
     TuningError,
-    TuningObjective,
-    best_preset,
-    enqueue_base,
     load_search_space,
-    open_study,
     parse_search_space,
-    pruning_step,
     search_space,
     suggest_overrides,
 )
+from ser_model.tuning.study import open_study, pruning_step, retried_from
 from tests.fixtures.studies import open_at_once
 from tests.train.synthetic import tiny_config
 
@@ -193,14 +192,14 @@ def test_a_trial_never_reads_a_test_speaker_and_scores_the_mean_best_validation_
 ):
     root, manifest, folds = synthetic_corpus
     loaded: list[set[str]] = []
-    original = train_module.UtteranceDataset
+    original = training_data.UtteranceDataset
 
     class Recording(original):  # the datasets fit builds: which speakers' audio they hold
         def __init__(self, rows, *args, **kwargs):
             loaded.append(set(rows["speaker"]))
             super().__init__(rows, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "UtteranceDataset", Recording)
+    monkeypatch.setattr(training_data, "UtteranceDataset", Recording)
     base = tiny_config(epochs=2)
     space = parse_search_space(
         {
@@ -280,6 +279,51 @@ def test_unknown_tuning_folds_are_refused_naming_the_available_ones(synthetic_co
         TuningError, match=r"\[7\] are not in the fold table; available folds: \[0, 1, 2, 3\]"
     ):
         TuningObjective(tiny_config(), {}, manifest, folds, [0, 7], root, tmp_path)
+
+
+# ------------------------------------------------------------------------------ the study driver
+
+LR_SPACE = {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_the_driver_retries_a_killed_trial_run_with_its_parameters_before_the_next_round(tmp_path):
+    """Trials run elsewhere (the tune flow): a trial left running by a killed run is failed once
+    its heartbeat is older than the grace period and queued again with its parameters, which the
+    round's runs take first; rounds go on until the budget has finished, and the best trial
+    becomes the preset file."""
+    settings = StudySettings(
+        "ravdess", f"sqlite:///{tmp_path / 'study.db'}", space=LR_SPACE, trials=2, grace_period_s=3
+    )
+    driver = StudyDriver(settings)
+    killed = driver.study.ask()  # the queued base recipe, taken by a run that is then killed
+    killed_params = suggest_overrides(killed, driver.recipe.space)
+    driver.study._storage.record_heartbeat(killed._trial_id)
+    rounds = []
+
+    def runs_elsewhere(missing: int) -> list[str]:  # each run one trial, as a tune-trial flow run does
+        rounds.append(missing)
+        for _ in range(missing):
+            driver.study.optimize(lambda t: suggest_overrides(t, driver.recipe.space)["train.lr"], n_trials=1)
+        return []
+
+    driver.run(runs_elsewhere, trials_elsewhere=True)
+    states = [t.state.name for t in driver.study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"] and rounds == [2]
+    retry = driver.study.trials[1]
+    assert retry.params == {"train.lr": killed_params["train.lr"]} and retried_from(retry) == killed.number
+    preset = json.loads(driver.write_best_preset(driver.best_preset_file(tmp_path)).read_text())
+    assert (tmp_path / "ser-ravdess-tune-best.json").is_file() and preset["source"]["trial"] == (
+        driver.study.best_trial.number
+    )
+
+
+def test_a_round_in_which_no_trial_finished_and_runs_failed_stops_the_study(tmp_path):
+    driver = StudyDriver(StudySettings("ravdess", f"sqlite:///{tmp_path / 'study.db'}", space=LR_SPACE))
+    with pytest.raises(
+        RuntimeError, match="no trial of study ser-ravdess-tune finished in this round: run-1: Crashed"
+    ):
+        driver.run(lambda missing: ["run-1: Crashed"], trials_elsewhere=True)
 
 
 # ------------------------------------------------------------------------------ preset files
