@@ -304,3 +304,4 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
         }
         for t in study.trials
     ]
+    return summary
