@@ -164,7 +164,8 @@ def watch_champion(
     """Score ``model`` (a ``SERModel``, the champion) on the rows of ``manifest`` (audio under
     ``root``) that are not in ``reference`` (the manifest it trained on, audio under
     ``reference_root``, folds ``reference_folds``), and measure drift (see the module doc)."""
-    from ser_model.train import evaluate_rows, training_splits
+    from ser_model.evaluation import evaluate_rows
+    from ser_model.train import training_splits
 
     if margin < 0:
         raise ValueError(f"monitor margin {margin}: expected >= 0")

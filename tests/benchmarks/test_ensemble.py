@@ -10,8 +10,9 @@ import pytest
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
+from ser_model.evaluation import evaluate_rows
 from ser_model.model import SERModel
-from ser_model.train import evaluate_rows, training_splits
+from ser_model.train import training_splits
 from tests.fixtures.champions import tiny_ravdess_checkpoint
 from tests.fixtures.corpora import make_ravdess
 from tests.fixtures.scripts import load_script

@@ -17,9 +17,9 @@ from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
 from ser_model.cli import main
 from ser_model.ensemble import SEREnsemble, load_model
+from ser_model.evaluation import evaluate_rows
 from ser_model.model import SERModel
 from ser_model.monitor import MonitorResult, unseen_rows, watch_champion
-from ser_model.train import evaluate_rows
 from tests.fixtures.champions import tiny_ravdess_checkpoint
 from tests.fixtures.corpora import make_ravdess, ravdess_name
 

@@ -15,11 +15,14 @@ from safetensors.torch import load_file
 
 from ser_model.config_validation import ConfigError
 from ser_model.ensemble import ENSEMBLE_FILE, SEREnsemble, is_ensemble, load_model
+from ser_model.evaluation import evaluate_rows
 from ser_model.export import export_onnx
 from ser_model.inference import Predictor
+from ser_model.launch import RELEASE_FOLD
 from ser_model.metrics import ensemble_rule
 from ser_model.model import SERModel
-from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, member_seeds, training_splits
+from ser_model.release import member_seeds
+from ser_model.train import fit, training_splits
 from tests.train.synthetic import tiny_config
 
 

@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 from ser_model import checkpoint as checkpoint_module
 from ser_model.checkpoint import STATE_FILE, load_training_state, resolve_checkpoint
 from ser_model.data import DataSplitError
+from ser_model.evaluation import evaluate_rows
+from ser_model.launch import RELEASE_FOLD
 from ser_model.metrics import last_epoch_rule
 from ser_model.model import SERModel
-from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, training_splits
+from ser_model.train import fit, training_splits
 from tests.train.synthetic import expected_selected_epoch, tiny_config
 
 

@@ -11,9 +11,10 @@ import soundfile
 
 from data_contracts.labels import LABELS
 from ser_model.config import EAMConfig, LossConfig, ModelConfig, SERConfig, TrainConfig
+from ser_model.evaluation import evaluate_rows
 from ser_model.hf_backbone import save_random_hf_backbone
 from ser_model.model import SERModel
-from ser_model.train import evaluate_rows, fit
+from ser_model.train import fit
 from tests.train.synthetic import LABELS as SYNTHETIC_LABELS
 
 

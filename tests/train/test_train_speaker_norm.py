@@ -11,14 +11,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser_model import train as train_module
+from ser_model import training_data
 from ser_model.cli import main
 from ser_model.errors import MissingSpeakersError
+from ser_model.evaluation import evaluate_rows
 from ser_model.inference import Predictor
-from ser_model.launch import BAD_CONFIG_EXIT
+from ser_model.launch import BAD_CONFIG_EXIT, RELEASE_FOLD
 from ser_model.model import SERModel
 from ser_model.speaker_norm import row_statistics, speaker_statistics
-from ser_model.train import RELEASE_FOLD, evaluate_rows, fit, training_splits
+from ser_model.train import fit, training_splits
 from tests.train.synthetic import tiny_config
 
 SR = 16000
@@ -30,17 +31,17 @@ def _speaker_config(**train):
 
 
 class StatisticsLog:
-    """Wraps ser_model.train.split_statistics: records which utterances gave each split's statistics."""
+    """Wraps ser_model.training_data.split_statistics: records which utterances gave each split's statistics."""
 
     def __init__(self, monkeypatch):
         self.calls: dict[str, list[str]] = {}
-        real = train_module.split_statistics
+        real = training_data.split_statistics
 
         def recording(backbone, read, speakers, name, **kwargs):
             self.calls[name] = list(speakers)
             return real(backbone, read, speakers, name, **kwargs)
 
-        monkeypatch.setattr(train_module, "split_statistics", recording)
+        monkeypatch.setattr(training_data, "split_statistics", recording)
 
 
 def test_fit_normalises_each_split_by_its_own_speakers_and_labels_the_result(

@@ -1,0 +1,95 @@
+"""Scoring a model on a split: predict every utterance once, whole (up to `EVAL_MAX_SECONDS`), and
+compute the classification metrics (`ser_model.metrics.classification_metrics`).
+
+`evaluate_split` is what a fit validates and tests with: the utterances (waveforms or a frozen
+backbone's cached states) are sharded across the torchrun ranks and the predictions gathered.
+`evaluate_rows` scores a trained model on manifest rows in this process (`ser evaluate`, the monitor).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded, shard_for_eval
+from ser_model.fbank_backbone import LogMelStatistics
+from ser_model.feature_cache import CachedStates, collate_states, forward_batch
+from ser_model.metrics import classification_metrics
+from ser_model.model import SERModel
+from ser_model.runtime import Runtime, autocast, autocast_dtype, gather_from_ranks, resolve_device
+from ser_model.speaker_norm import split_statistics
+
+__all__ = ["evaluate_split", "evaluate_rows"]
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: SERModel,
+    dataset: UtteranceDataset | CachedStates,
+    batch_size: int,
+    runtime: Runtime,
+    row_stats: LogMelStatistics | None = None,
+) -> dict[str, Any]:
+    """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → `classification_metrics`.
+    ``row_stats``: a speaker-normalised model's speaker statistics of every row (N, n_mels)."""
+    model.eval()
+    batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
+    collate = collate_states if isinstance(dataset, CachedStates) else collate_padded
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
+    indices, predictions = [], []
+    precision = autocast(runtime)
+    for batch in loader:
+        with precision:
+            logits = forward_batch(model, batch, runtime.device, row_stats).logits  # (B, C)
+        indices.append(batch.indices)
+        predictions.append(logits.argmax(dim=1).cpu())
+    local = (
+        torch.cat(indices).tolist() if indices else [],
+        torch.cat(predictions).tolist() if predictions else [],
+    )
+    shards = gather_from_ranks(local, runtime)
+    order = np.concatenate([np.asarray(s[0], dtype=np.int64) for s in shards])
+    y_pred = np.empty(len(dataset), dtype=np.int64)
+    y_pred[order] = np.concatenate([np.asarray(s[1], dtype=np.int64) for s in shards])
+    return classification_metrics(dataset.labels, y_pred, len(model.labels), model.labels)
+
+
+def evaluate_rows(
+    model: SERModel,
+    rows: pd.DataFrame,
+    audio_root: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of a trained model on manifest rows, in this process (`ser evaluate`). A speaker-normalised
+    model gets each speaker's statistics from that speaker's rows here (the manifest's `speaker` column)."""
+    dev = resolve_device(device)
+    model = model.to(dev)
+    mc = model.config.model
+    dataset = UtteranceDataset(
+        rows,
+        audio_root,
+        model.labels,
+        sample_rate=mc.sample_rate,
+        crop_seconds=EVAL_MAX_SECONDS,
+        random_crop=False,
+        trim_db=mc.trim_db,
+    )
+    row_stats = (
+        split_statistics(model.backbone, dataset.full_wave, row_speakers(rows), "evaluation", device=dev)
+        if mc.uses_speaker_statistics
+        else None
+    )
+    return evaluate_split(
+        model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)), row_stats
+    )
+
+
+def row_speakers(rows: pd.DataFrame) -> list[str]:
+    """The speaker of every manifest row, in row order (the keys of its speaker statistics)."""
+    return rows["speaker"].astype(str).tolist()

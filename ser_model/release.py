@@ -1,0 +1,107 @@
+"""The release model as an ensemble of seeds (`TrainConfig.release_seeds` M > 1).
+
+Each member m is a release on every speaker (``release_holdout`` False) with seed
+``member_seeds(seed, M)[m]``, trained by `ser_model.train.fit` in ``out_dir/member-<m>`` (a
+finished member is not trained again, a stopped one resumes). Then ``out_dir/best`` is their
+ensemble (`ser_model.ensemble.SEREnsemble`, the mean class probability), ``metrics.jsonl`` their
+epochs one member after the other (``member`` in each record) and ``result.json`` the ensemble's
+record with each member's seed, folder and epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ser_model.checkpoint import write_folder_atomically
+from ser_model.config import SERConfig
+from ser_model.ensemble import SEREnsemble
+from ser_model.fit_result import FitResult, call_hook, write_history, write_result
+from ser_model.launch import BEST_FOLDER, RELEASE_FOLD
+from ser_model.metrics import ensemble_rule
+from ser_model.model import SERModel
+from ser_model.runtime import barrier, init_runtime
+
+__all__ = ["member_seeds", "fit_release_ensemble"]
+
+
+def member_seeds(seed: int, members: int) -> list[int]:
+    """The seeds of an ensemble release's members: seed·M … seed·M + M − 1 for M = ``members``, so
+    that the releases of two base seeds share no member (``TrainConfig.release_seeds``)."""
+    return [seed * members + m for m in range(members)]
+
+
+def member_record(record: dict[str, Any], member: int, epochs: int) -> dict[str, Any]:
+    """An epoch record of ensemble member ``member`` (of ``epochs`` epochs each) as the ensemble's:
+    epoch e is member·epochs + e, and the record says which member it is."""
+    return {**record, "epoch": member * epochs + record["epoch"], "member": member}
+
+
+class MemberCallbacks:
+    """The callbacks of an ensemble release, seen from member ``member`` of models of ``epochs``
+    epochs each: its epochs numbered after the earlier members' (member m's epoch e is m·epochs + e,
+    the record saying ``member``); its checkpoints passed on; its own end not (the ensemble's is)."""
+
+    def __init__(self, callbacks: Sequence[Any], member: int, epochs: int):
+        self.callbacks, self.member, self.epochs = callbacks, member, epochs
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        shifted = member_record(record, self.member, self.epochs)
+        call_hook(self.callbacks, "on_epoch_end", shifted["epoch"], shifted)
+
+    def on_checkpoint(self, path: Path) -> None:
+        call_hook(self.callbacks, "on_checkpoint", path)
+
+
+def fit_release_ensemble(
+    fit: Callable[..., FitResult],
+    config: SERConfig,
+    manifest: pd.DataFrame,
+    folds: pd.DataFrame,
+    audio_root: str | os.PathLike,
+    out_dir: Path,
+    callbacks: Sequence[Any],
+    resume: bool,
+    feature_cache_dir: str | os.PathLike | None,
+) -> FitResult:
+    """Train the members with ``fit`` (`ser_model.train.fit`, one seed each) and write their
+    ensemble (module docstring)."""
+    tc = config.train
+    runtime = init_runtime(config)
+    seeds = member_seeds(tc.seed, tc.release_seeds)
+    results = []
+    for m, seed in enumerate(seeds):
+        member_config = config.with_overrides({"train.seed": seed, "train.release_seeds": 1})
+        results.append(
+            fit(
+                member_config,
+                manifest,
+                folds,
+                RELEASE_FOLD,
+                audio_root,
+                out_dir / f"member-{m}",
+                callbacks=[MemberCallbacks(callbacks, m, tc.epochs)],
+                resume=resume,
+                feature_cache_dir=feature_cache_dir,  # None: fit's default, out_dir/feature-cache for every member
+            )
+        )
+    history = [member_record(record, m, tc.epochs) for m, r in enumerate(results) for record in r.history]
+    rule = ensemble_rule(seeds, tc.epochs)
+    best_dir = out_dir / BEST_FOLDER
+    result = FitResult(out_dir, best_dir, tc.epochs, {}, {}, rule, results[0].speakers, history)
+    if runtime.is_main:
+        members = [SERModel.from_pretrained(r.best_dir) for r in results]
+        write_folder_atomically(best_dir, SEREnsemble(members, config).save_pretrained)
+        write_history(out_dir, history)
+        members_record = [
+            {"seed": seed, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
+            for m, (seed, r) in enumerate(zip(seeds, results))
+        ]
+        write_result(result, RELEASE_FOLD, tc, {}, members=members_record)
+        call_hook(callbacks, "on_fit_end", result)
+    barrier(runtime)
+    return result
