@@ -315,9 +315,9 @@ def long_manifest(manifest, folds, hours: float):
     audio; the validation and test rows as they are."""
     import pandas as pd
 
-    from ser_model.train import fold_splits
+    from ser_model.train import training_splits
 
-    splits = fold_splits(manifest, folds, 0)
+    splits = training_splits(manifest, folds, 0)
     train = splits["train"]
     copies = max(1, int(round(hours * 3600 / train["duration_s"].sum())))
     repeated = pd.concat(
