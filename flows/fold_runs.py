@@ -20,8 +20,6 @@ shared through S3 (flows/feature_store.py).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +36,7 @@ from flows.training_runs import fold_outcome, fold_run
 from ser_model.config import SERConfig
 from ser_model.launch import CONFIG_FILE, FoldJob, fold_folder_name
 from ser_stack.names import fold_flow_run_name
+from ser_stack.process_settings import ProcessSettings
 from ser_stack.settings import StackSettings
 
 if TYPE_CHECKING:
@@ -45,27 +44,19 @@ if TYPE_CHECKING:
 
 FOLD_DEPLOYMENT = "train-fold/train-fold"
 FOLD_QUEUE = "folds"
-MODES_ENV = "SER_FOLD_RUNS"
-MODES = ("pool", "inline")
 
 
 def fold_runs_mode(env: Mapping[str, str] | None = None) -> str:
-    """``SER_FOLD_RUNS`` (default ``pool``); another value is a ValueError naming both choices."""
-    mode = (os.environ if env is None else env).get(MODES_ENV) or "pool"
-    if mode not in MODES:
-        raise ValueError(f"{MODES_ENV}={mode!r}: expected one of {', '.join(MODES)}")
-    return mode
+    """``SER_FOLD_RUNS`` of ``env`` (default: this process's): ``pool`` (unset) or ``inline``;
+    another value is a ValueError naming both choices."""
+    return ProcessSettings.from_env(env).fold_runs
 
 
 def fold_job_variables(corpus: str, fold: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Job variables of one fold's flow run: its name, plus the JSON object in
     ``SER_FOLD_JOB_VARIABLES`` (e.g. ``{"gpus": 4, "image": "registry/ser:0.1"}`` for the
     Kubernetes template in infra/k8s/, where each fold is a Job with its own GPUs)."""
-    extra = json.loads((os.environ if env is None else env).get("SER_FOLD_JOB_VARIABLES") or "{}")
-    if not isinstance(extra, dict):
-        raise ValueError(
-            f"SER_FOLD_JOB_VARIABLES={extra!r}: expected a JSON object of work-pool job variables"
-        )
+    extra = ProcessSettings.from_env(env).fold_job_variables
     return {"name": fold_flow_run_name(corpus, fold_folder_name(fold)), **extra}
 
 

@@ -21,7 +21,6 @@ files (:func:`local_audio_root`). Both serve flows/manifest_version.py.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from data_contracts.corpora import check_corpus
 from data_contracts.staging import cache_from_env, stage_audio
 from flows.storage import DataBucket, read_latest
+from ser_stack.process_settings import ProcessSettings, corpus_root_variable
 from ser_stack.settings import SHARED_RAVDESS
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class CorpusRootNotFound(LookupError):
 
 def root_env_var(corpus: str) -> str:
     """``SER_ROOT_<CORPUS>``, e.g. ``SER_ROOT_MSP_IMPROV``."""
-    return "SER_ROOT_" + check_corpus(corpus).upper().replace("-", "_")
+    return corpus_root_variable(check_corpus(corpus))
 
 
 def root_variable(corpus: str) -> str:
@@ -65,7 +65,7 @@ def configured_roots(
         (f"the Prefect variable {root_variable(corpus)}", read_variable(root_variable(corpus))),
         (
             f"the worker's environment variable {root_env_var(corpus)}",
-            os.environ.get(root_env_var(corpus)) or None,
+            ProcessSettings.from_env().corpus_roots.get(root_env_var(corpus)),
         ),
     ]
     if corpus == "ravdess":
