@@ -262,7 +262,7 @@ def backup_cycle(env: dict[str, str], backup_dir: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], required=True)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -274,14 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         "--port-offset", type=int, default=0, help="added to every port (two runs at once: 0 and 5)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the stack running and its state folder")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from ser_stack.settings import StackSettings
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = REPO / ".ser-state" / f"stack-load-{args.db}"
-    if state.exists():
-        shutil.rmtree(state)
+def stack_environment(args: argparse.Namespace, state: Path) -> dict[str, str]:
+    """The environment of a stack of its own: this shell's, less the derived client variables, with
+    the ports shifted, its state folder and database, and ``--folds`` folds at once."""
     base = {k: v for k, v in os.environ.items() if k not in DERIVED_CLIENT_VARIABLES}
     env = {
         **base,
@@ -291,139 +289,183 @@ def main(argv: list[str] | None = None) -> int:
         "SER_FOLD_CONCURRENCY": str(args.folds),
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def start_stack(env: dict[str, str], timings: dict[str, float]):
+    """infra/up (again if a health request timed out on a loaded machine), then the deployments;
+    returns the settings and the clients' environment."""
+    from ser_stack.settings import StackSettings
+
+    began = time.monotonic()
+    try:
+        run([str(REPO / "infra" / "up")], env)
+    except SystemExit as exc:  # a health request timed out on a loaded machine: up again continues
+        print(f"infra/up failed once, starting what is missing: {str(exc)[-300:]}", file=sys.stderr)
+        run([str(REPO / "infra" / "up")], env)
+    timings["up_s"] = time.monotonic() - began
+    settings = StackSettings.from_env(env)
+    env = {**env, **settings.client_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    run([sys.executable, "-m", "flows.deploy"], env)
+    return settings, env
+
+
+def serve_while_training(args, settings, env, corpus: Path, url: str, bodies, timings, load_start) -> dict:
+    """A training of ``--folds`` folds, an ingest of the new data and a queued second training,
+    with ``--requests`` requests to the served champion spread over the fold runs."""
+    began = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:
+        folds = list(range(args.folds))
+        training = pool.submit(
+            deployment_run, "train/train-ravdess", {"preset": PRESET, "folds": folds}, env, True
+        )
+        time.sleep(5)
+        ingest = pool.submit(
+            deployment_run,
+            "ingest/ingest-ravdess",
+            {"root": str(corpus / "v2"), "announce": False},
+            env,
+            True,
+        )
+        time.sleep(5)
+        queued = deployment_run("train/train-ravdess", {"preset": PRESET, "folds": [0]}, env, False)
+        # requests while the fold runs run, spread over the training (a pause between a
+        # client's requests), from the moment a fold run runs
+        waited = time.monotonic()
+        while time.monotonic() - waited < 300 and not any(
+            r["name"].startswith("ravdess-fold") and r["state"] == "RUNNING"
+            for r in flow_runs_since(settings, load_start - 1)
+        ):
+            time.sleep(2)
+        timings["until_a_fold_runs_s"] = time.monotonic() - began
+        chosen = [bodies[i % len(bodies)] for i in range(args.requests)]
+
+        def paced(item):
+            time.sleep(PACE_S)
+            return post(url, item[0])
+
+        sent = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as clients:
+            replies = list(clients.map(paced, chosen))
+        served_s = time.perf_counter() - sent
+        training_done = training.done()
+        errors = []
+        for name, future in (("training", training), ("ingest", ingest)):
+            try:
+                future.result()
+            except SystemExit as exc:
+                errors.append(f"{name}: {str(exc)[:500]}")
+    return {
+        "replies": replies,
+        "served_s": served_s,
+        "training_done": training_done,
+        "errors": errors,
+        "queued": queued,
+        "began": began,
+    }
+
+
+def serving_figures(args, load: dict) -> dict[str, Any]:
+    replies = load["replies"]
+    latencies = [seconds for _, seconds, _ in replies]
+    return {
+        "requests": args.requests,
+        "clients": args.clients,
+        "errors": sum(1 for ok, _, _ in replies if not ok),
+        "first_errors": [e for ok, _, e in replies if not ok][:3],
+        "latency_p50_ms": round(1000 * percentile(latencies, 50)),
+        "latency_p95_ms": round(1000 * percentile(latencies, 95)),
+        "latency_max_ms": round(1000 * max(latencies)),
+        "wall_s": round(load["served_s"], 1),
+        "all_sent_while_training": not load["training_done"],
+    }
+
+
+def run_figures(runs: list[dict]) -> dict[str, Any]:
+    by_state: dict[str, int] = {}
+    for r in runs:
+        by_state[r["state"]] = by_state.get(r["state"], 0) + 1
+    return {
+        "flow_runs": len(runs),
+        "flow_runs_by_state": by_state,
+        "runs_failed": sum(by_state.get(s, 0) for s in ("FAILED", "CRASHED")),
+        "runs_lost": sum(n for s, n in by_state.items() if s not in ("COMPLETED", "FAILED", "CRASHED")),
+        "failed_runs": [r for r in runs if r["state"] != "COMPLETED"],
+    }
+
+
+def log_figures(state: Path, db: str) -> dict[str, Any]:
+    logs = {p.stem: p.read_text(errors="replace") for p in (state / "logs").glob("*.log")}
+    return {
+        "database_is_locked_lines": {k: v.count(SQLITE_BUSY) for k, v in logs.items()},
+        "stack_faults": {
+            k: stack_tracebacks(k, v, db)
+            for k, v in logs.items()
+            if k != "serve" and stack_tracebacks(k, v, db)
+        },
+    }
+
+
+def measure(args: argparse.Namespace, state: Path, env: dict[str, str], rss: StackRSS) -> dict[str, Any]:
+    """Start the stack, ingest, register a champion, serve it under the training load; the figures."""
+    from flows.serving import running_model_server
+
     timings: dict[str, float] = {}
+    settings, env = start_stack(env, timings)
+    corpus = state / "corpus"
+    files = build_corpus(args.root, corpus / "v1", 1.0)
+    began = time.monotonic()
+    deployment_run("ingest/ingest-ravdess", {"root": str(corpus / "v1"), "announce": False}, env, watch=True)
+    timings["first_ingest_s"] = time.monotonic() - began
+    register_champion(settings, state)
+    build_corpus(args.root, corpus / "v2", 0.9)
+    serve_files = sorted(corpus.joinpath("v1").glob("Actor_*/*.flac"))
+    bodies = request_bodies(serve_files[:: max(1, len(serve_files) // 40)], "base64")
+    rss.start()
+    load_start = time.time()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with running_model_server(
+        f"models:/{SERVED}@champion", SERVE_PORT + args.port_offset, env, state / "logs" / "serve.log"
+    ) as (url, process):
+        rss.extra["serve"] = process.pid
+        post(url, bodies[0][0])  # warm-up
+        load = serve_while_training(args, settings, env, corpus, url, bodies, timings, load_start)
+        timings["load_training_watch_s"] = time.monotonic() - load["began"]
+    runs = wait_all_final(settings, load_start - 1, deadline)
+    timings["load_total_s"] = time.monotonic() - load["began"]
+    memory = rss.stop()
+    state_mib_before_backup = folder_mib(state)
+    try:
+        backup = backup_cycle(env, REPO / ".ser-state" / f"stack-load-{args.db}-backup")
+    except SystemExit as exc:  # the load figures stand without it
+        backup = {"error": str(exc)[-1000:]}
+    return {
+        "corpus_files": files,
+        "fold_concurrency": args.folds,
+        "queued_training": load["queued"],
+        **run_figures(runs),
+        "client_errors": load["errors"],
+        **log_figures(state, args.db),
+        "serving": serving_figures(args, load),
+        "memory": memory,
+        "state_folder_mib": state_mib_before_backup,
+        "backup_cycle": backup,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "load_after": load_average(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = REPO / ".ser-state" / f"stack-load-{args.db}"
+    if state.exists():
+        shutil.rmtree(state)
+    env = stack_environment(args, state)
     result: dict[str, Any] = {"db": args.db, "machine": machine_info(), "load_before": load_average()}
     rss = StackRSS(state)
     try:
-        began = time.monotonic()
-        try:
-            run([str(REPO / "infra" / "up")], env)
-        except SystemExit as exc:  # a health request timed out on a loaded machine: up again continues
-            print(f"infra/up failed once, starting what is missing: {str(exc)[-300:]}", file=sys.stderr)
-            run([str(REPO / "infra" / "up")], env)
-        timings["up_s"] = time.monotonic() - began
-        settings = StackSettings.from_env(env)
-        env = {
-            **env,
-            **settings.client_env(),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        }
-        run([sys.executable, "-m", "flows.deploy"], env)
-        corpus = state / "corpus"
-        files = build_corpus(args.root, corpus / "v1", 1.0)
-        began = time.monotonic()
-        deployment_run(
-            "ingest/ingest-ravdess", {"root": str(corpus / "v1"), "announce": False}, env, watch=True
-        )
-        timings["first_ingest_s"] = time.monotonic() - began
-        register_champion(settings, state)
-        build_corpus(args.root, corpus / "v2", 0.9)
-
-        from flows.serving import running_model_server
-
-        serve_files = sorted(corpus.joinpath("v1").glob("Actor_*/*.flac"))
-        bodies = request_bodies(serve_files[:: max(1, len(serve_files) // 40)], "base64")
-        rss.start()
-        load_start = time.time()
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        with running_model_server(
-            f"models:/{SERVED}@champion", SERVE_PORT + args.port_offset, env, state / "logs" / "serve.log"
-        ) as (url, process):
-            rss.extra["serve"] = process.pid
-            post(url, bodies[0][0])  # warm-up
-            began = time.monotonic()
-            with ThreadPoolExecutor(3) as pool:
-                folds = list(range(args.folds))
-                training = pool.submit(
-                    deployment_run, "train/train-ravdess", {"preset": PRESET, "folds": folds}, env, True
-                )
-                time.sleep(5)
-                ingest = pool.submit(
-                    deployment_run,
-                    "ingest/ingest-ravdess",
-                    {"root": str(corpus / "v2"), "announce": False},
-                    env,
-                    True,
-                )
-                time.sleep(5)
-                queued = deployment_run("train/train-ravdess", {"preset": PRESET, "folds": [0]}, env, False)
-                # requests while the fold runs run, spread over the training (a pause between a
-                # client's requests), from the moment a fold run runs
-                waited = time.monotonic()
-                while time.monotonic() - waited < 300 and not any(
-                    r["name"].startswith("ravdess-fold") and r["state"] == "RUNNING"
-                    for r in flow_runs_since(settings, load_start - 1)
-                ):
-                    time.sleep(2)
-                timings["until_a_fold_runs_s"] = time.monotonic() - began
-                chosen = [bodies[i % len(bodies)] for i in range(args.requests)]
-
-                def paced(item):
-                    time.sleep(PACE_S)
-                    return post(url, item[0])
-
-                sent = time.perf_counter()
-                with ThreadPoolExecutor(args.clients) as clients:
-                    replies = list(clients.map(paced, chosen))
-                served_s = time.perf_counter() - sent
-                training_done = training.done()
-                errors = []
-                for name, future in (("training", training), ("ingest", ingest)):
-                    try:
-                        future.result()
-                    except SystemExit as exc:
-                        errors.append(f"{name}: {str(exc)[:500]}")
-            timings["load_training_watch_s"] = time.monotonic() - began
-        runs = wait_all_final(settings, load_start - 1, deadline)
-        timings["load_total_s"] = time.monotonic() - began
-        memory = rss.stop()
-        latencies = [seconds for _, seconds, _ in replies]
-        by_state: dict[str, int] = {}
-        for r in runs:
-            by_state[r["state"]] = by_state.get(r["state"], 0) + 1
-        logs = {p.stem: p.read_text(errors="replace") for p in (state / "logs").glob("*.log")}
-        state_mib_before_backup = folder_mib(state)
-        try:
-            backup = backup_cycle(env, REPO / ".ser-state" / f"stack-load-{args.db}-backup")
-        except SystemExit as exc:  # the load figures stand without it
-            backup = {"error": str(exc)[-1000:]}
-        result.update(
-            {
-                "corpus_files": files,
-                "fold_concurrency": args.folds,
-                "queued_training": queued,
-                "flow_runs": len(runs),
-                "flow_runs_by_state": by_state,
-                "runs_failed": sum(by_state.get(s, 0) for s in ("FAILED", "CRASHED")),
-                "runs_lost": sum(
-                    n for s, n in by_state.items() if s not in ("COMPLETED", "FAILED", "CRASHED")
-                ),
-                "failed_runs": [r for r in runs if r["state"] != "COMPLETED"],
-                "client_errors": errors,
-                "database_is_locked_lines": {k: v.count(SQLITE_BUSY) for k, v in logs.items()},
-                "stack_faults": {
-                    k: stack_tracebacks(k, v, args.db)
-                    for k, v in logs.items()
-                    if k != "serve" and stack_tracebacks(k, v, args.db)
-                },
-                "serving": {
-                    "requests": args.requests,
-                    "clients": args.clients,
-                    "errors": sum(1 for ok, _, _ in replies if not ok),
-                    "first_errors": [e for ok, _, e in replies if not ok][:3],
-                    "latency_p50_ms": round(1000 * percentile(latencies, 50)),
-                    "latency_p95_ms": round(1000 * percentile(latencies, 95)),
-                    "latency_max_ms": round(1000 * max(latencies)),
-                    "wall_s": round(served_s, 1),
-                    "all_sent_while_training": not training_done,
-                },
-                "memory": memory,
-                "state_folder_mib": state_mib_before_backup,
-                "backup_cycle": backup,
-                "timings_s": {k: round(v, 1) for k, v in timings.items()},
-                "load_after": load_average(),
-            }
-        )
+        result.update(measure(args, state, env, rss))
     finally:
         if rss._thread.is_alive():
             rss.stop()
