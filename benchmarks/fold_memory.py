@@ -266,7 +266,7 @@ def launch_mode(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def stack_pids(state_dir: Path) -> list[int]:
-    """The pids recorded by infra/stack.py (each the leader of one server's process group)."""
+    """The pids recorded by infra/up (infra/ser_infra/state.py) (each the leader of one server's process group)."""
     pids = []
     for path in (state_dir / "pids").glob("*.json"):
         try:

@@ -32,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 TRAINING_SLOTS = 1
 LEASE_S = 300.0
 """How long a training's slot outlives the training's process if it dies without releasing it
-(renewed every 3/4 of it while the run lives); the stack keeps leases on disk (infra/stack.py)."""
+(renewed every 3/4 of it while the run lives); the stack keeps leases on disk (infra/ser_infra/environment.py)."""
 
 
 def training_limit(corpus: str) -> str:

@@ -1,5 +1,5 @@
 """Background processes of the project, started, awaited and stopped one way: the stack's servers
-and worker (infra/stack.py) and a model server (flows/serving.py).
+and worker (infra/ser_infra/) and a model server (flows/serving.py).
 
 Each process leads a process group of its own (a new session), its output appended to a log
 file; it is ready when its check passes (:func:`wait_ready`, e.g. :func:`http_check` of its health

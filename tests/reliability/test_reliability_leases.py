@@ -3,7 +3,7 @@
 The fault: a training holds its corpus's slot (flows/limits.py) when its process is SIGKILLed and
 the Prefect server is restarted (infra/down and up, a crash). Prefect's default lease storage is
 the server's memory: after the restart the lease is forgotten but the slot stays counted, and every
-later training of the corpus waits for ever. The stack keeps leases on disk (infra/stack.py), so
+later training of the corpus waits for ever. The stack keeps leases on disk (infra/ser_infra/environment.py), so
 the server's repossessor frees the slot once the dead holder's lease expires. This test runs that
 on a Prefect server of its own, with the shortest lease the server accepts.
 """
@@ -71,5 +71,5 @@ def test_slot_of_a_killed_training_is_freed_after_a_server_restart(private_prefe
         time.sleep(5)
     assert held == 0, (
         f"{name} still has {held} slot held {REPOSSESS_WAIT_S:.0f} s after its holder died and the server restarted: "
-        "the lease was lost with the restart (is PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE on disk? infra/stack.py)"
+        "the lease was lost with the restart (is PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE on disk? infra/ser_infra/environment.py)"
     )
