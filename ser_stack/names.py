@@ -28,13 +28,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 """Registry aliases: the version served, and the latest candidate compared with it."""
 
-# --- Optuna / tuning ------------------------------------------------------------------------------
-DEFAULT_TUNE_TRIALS = 20
-DEFAULT_TUNE_FOLDS = (0, 1)
-"""A study's default budget: trials, and the folds each trial trains (their mean validation UA is
-the objective)."""
 
-
+# --- Optuna --------------------------------------------------------------------------------------
 def study_name(corpus: str) -> str:
     """The default Optuna study of a corpus (``ser tune`` and the ``tune-<corpus>`` deployment)."""
     return f"ser-{corpus}-tune"
@@ -113,7 +108,7 @@ LOGGED_TAG = "ser.logged"
 MODEL_URI_TAG = "ser.model_uri"
 """On the release child run: the logged pyfunc model the parent registers."""
 
-# tuning runs (flows/tune.py)
+# tuning runs (flows/tune_tracking.py)
 TUNE_KEY_TAG = "ser.tune_key"
 STUDY_TAG = "ser.study"
 TRIAL_TAG = "ser.trial"
