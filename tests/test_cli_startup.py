@@ -6,13 +6,13 @@ entry point."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
 from tests.fixtures.corpora import make_ravdess
+from tests.fixtures.scripts import fresh_interpreter_report
 
 HEAVY = ("torch", "torchaudio", "transformers", "mlflow", "prefect", "pandas", "pandera", "boto3", "optuna")
 
@@ -29,15 +29,7 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in sys.argv[1].split(",
 
 
 def ser_in_fresh_interpreter(repo_root, *argv: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, ",".join(HEAVY), *argv],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_interpreter_report(CHILD, ",".join(HEAVY), *argv)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from tests.fixtures.scripts import fresh_interpreter_report
+
 IMPORT_OF = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 
 
@@ -119,24 +121,14 @@ print(json.dumps(report))
 """
 
 
-def waiting_imports(repo_root, modules: list[str]) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", WAITING, ",".join(modules)],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_flow_processes_that_only_wait_do_not_load_torch(repo_root):
     """The ``train`` flow (waits for its folds) and the ``train-fold`` flow (launches torchrun and
     follows it) import flows/train.py and count the fold's processes without loading torch, which
     holds about 0.5 GB resident; only the fold's worker loads it. The module ser_model.data, which
     needs torch, is refused in the same interpreter: the check can fail."""
-    report = waiting_imports(repo_root, ["flows.train", "flows.fold_runs", "flows.retrain", "ser_model.data"])
+    report = fresh_interpreter_report(
+        WAITING, ",".join(["flows.train", "flows.fold_runs", "flows.retrain", "ser_model.data"])
+    )
     assert report["flows.train"] is None, report["flows.train"]
     assert report["flows.fold_runs"] is None, report["flows.fold_runs"]
     assert report["flows.retrain"] is None, report["flows.retrain"]
