@@ -155,6 +155,12 @@ class Predictor:
         for i, p in zip(order, probs):
             sums[pieces[i][0]] += p
             counts[pieces[i][0]] += 1
+        for item in np.flatnonzero(~np.isfinite(sums).all(axis=1)):
+            peak = float(np.max(np.abs(waves[item])))
+            raise AudioDecodeError(
+                f"input {item}: the model's features overflow on this audio (peak amplitude {peak:.3g}); "
+                "expected samples scaled to [-1, 1]"
+            )
         return sums / counts[:, None]
 
     def _decisions(self, probs: np.ndarray) -> list[dict[str, Any]]:

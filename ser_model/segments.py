@@ -365,7 +365,13 @@ def segment_recording(
             trim_silence(read_at_rate(source, a, b, scorer.sample_rate), scorer.sample_rate, scorer.trim_db)
             for _, a, b in chunk
         ]
-        probabilities[begin : begin + len(chunk)] = scorer.window_probabilities(waves)
+        scored = scorer.window_probabilities(waves)
+        for row in np.flatnonzero(~np.isfinite(scored).all(axis=1)):
+            raise AudioDecodeError(
+                f"the window at {chunk[row][1] / rate:.2f} s: the model's features overflow on this audio "
+                f"(peak amplitude {float(np.max(np.abs(waves[row]))):.3g}); expected samples scaled to [-1, 1]"
+            )
+        probabilities[begin : begin + len(chunk)] = scored
         if progress:
             progress(chunk[-1][2] / rate - scored_until)
             scored_until = chunk[-1][2] / rate

@@ -249,3 +249,12 @@ def test_bad_settings_and_bad_audio_are_refused_with_what_was_wrong(tmp_path):
         FileSource(tmp_path / "not-audio.wav")
     with pytest.raises(AudioDecodeError, match=r"row 3: got audio of shape \(0,\)"):
         ArraySource(np.zeros(0), SR, name="row 3")
+
+
+def test_audio_so_loud_that_the_features_overflow_is_refused_with_where(predictor):
+    """Finite samples far beyond [-1, 1] overflow the log-mel power: the window is named, never NaN
+    probabilities in the segments."""
+    wave = bursts([(0.5, 1.5)], 2.0) * np.float32(1e19)
+    assert np.isfinite(wave).all()
+    with pytest.raises(AudioDecodeError, match=r"the window at 0\.\d+ s: the model's features overflow"):
+        segment_recording(ArraySource(wave, SR), predictor)
