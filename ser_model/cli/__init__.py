@@ -59,6 +59,7 @@ from ser_model.cli.hooks import (
 from ser_model.config_validation import ConfigError
 from ser_model.errors import AudioDecodeError, DataSplitError, MissingSpeakersError
 from ser_model.launch import BAD_CONFIG_EXIT
+from ser_stack.settings import exit_if_bad_environment
 
 __all__ = ["main", "build_parser"]
 
@@ -120,6 +121,7 @@ def main(
     --mlflow-experiment`` runs; `fold_mean_ua` tells `ser monitor` a registered model's fold-mean UA.
     Returns the exit code."""
     args = build_parser().parse_args(argv)
+    exit_if_bad_environment(f"ser {args.command}")  # every SER_* variable, one line naming a bad one
     args.tune_tracker = tune_tracker
     args.evaluation_logger = evaluation_logger
     args.fold_mean_ua_source = fold_mean_ua

@@ -223,6 +223,31 @@ def test_every_bad_variable_is_named_on_one_line_before_a_command_starts(repo_ro
         assert message in done.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "ser_model.cli", "ingest", "ravdess", "/nowhere", "--out", "out"],
+        ["infra/stack.py", "env"],
+        ["-m", "flows.deploy"],
+    ],
+    ids=["ser", "infra", "deploy"],
+)
+def test_the_entry_points_refuse_a_bad_variable_before_they_start(repo_root, tmp_path, command):
+    """`ser`, infra/stack.py and the deployments check every variable first: a bad one ends them with
+    status 2 and one line naming it, before any work (the ser command would otherwise report /nowhere)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SER_")}
+    done = subprocess.run(
+        [sys.executable, *command],
+        cwd=repo_root,
+        env={**env, "SER_STATE_DIR": str(tmp_path), "SER_MEMORY_CACHE_BYTES": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "SER_MEMORY_CACHE_BYTES='lots'" in done.stderr and "/nowhere" not in done.stderr, done.stderr
+
+
 def test_the_environment_table_is_the_one_the_models_generate(repo_root):
     """docs/ENVIRONMENT.md is `python -m ser_stack.settings --markdown`: regenerate it after a change."""
     assert (repo_root / "docs" / "ENVIRONMENT.md").read_text() == markdown(), (
