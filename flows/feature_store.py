@@ -47,6 +47,7 @@ from flows.storage import DataBucket, StorageUnavailableError
 from ser_model.config import SERConfig, uses_feature_cache
 from ser_model.feature_cache_folder import (
     ENTRIES_DIR,
+    FEATURE_CACHE_DIR,
     INDEX_FILE,
     KEY_FILE,
     IndexEntry,
@@ -67,7 +68,7 @@ __all__ = ["PREFIX", "Pulled", "local_feature_cache_dir", "pull", "push", "share
 
 log = logging.getLogger(__name__)
 
-PREFIX = "feature-cache/"
+PREFIX = f"{FEATURE_CACHE_DIR}/"
 #: parallel transfers of entries (boto3 clients are thread-safe)
 TRANSFERS = 8
 _DIGEST = re.compile(r"[0-9a-f]{16}")
@@ -77,7 +78,7 @@ _ENTRY_NAME = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]{0,127}")
 def local_feature_cache_dir(settings: StackSettings, env: Mapping[str, str] | None = None) -> Path:
     """The machine's feature-cache folder: ``SER_FEATURE_CACHE_DIR`` of ``env`` (default: this
     process's), unset ``<state>/feature-cache``."""
-    return ProcessSettings.from_env(env).feature_cache_dir or settings.state_dir / "feature-cache"
+    return ProcessSettings.from_env(env).feature_cache_dir or settings.state_dir / FEATURE_CACHE_DIR
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,6 @@ from ser_stack.files import write_atomically
 
 __all__ = [
     "cache_key",
-    "FEATURE_CACHE_DIR",
     "FeatureCache",
     "CachedStates",
     "StatesBatch",
@@ -99,8 +98,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-#: the default cache folder, beside the training output folders (``fit``: ``out_dir.parent / FEATURE_CACHE_DIR``)
-FEATURE_CACHE_DIR = "feature-cache"
 STATES_TENSOR = "states"
 
 

@@ -28,7 +28,12 @@ from typing import Any
 from ser_model.config import SERConfig
 from ser_stack.files import write_atomically
 
+FEATURE_CACHE_DIR = "feature-cache"
+"""The cache folder's name: beside a run's fold folders (``fit``: ``out_dir.parent / FEATURE_CACHE_DIR``), in
+the stack's state folder (``flows.feature_store``), and the S3 prefix the folds share it under."""
+
 __all__ = [
+    "FEATURE_CACHE_DIR",
     "ENTRIES_DIR",
     "INDEX_FILE",
     "KEY_FILE",

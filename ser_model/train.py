@@ -53,7 +53,8 @@ from ser_model.eam import energy_adaptive_mixup
 from ser_model.ema import WeightAverage
 from ser_model.errors import DataSplitError
 from ser_model.fbank_backbone import LogMelStatistics
-from ser_model.feature_cache import FEATURE_CACHE_DIR, StatesBatch
+from ser_model.feature_cache import StatesBatch
+from ser_model.feature_cache_folder import FEATURE_CACHE_DIR
 from ser_model.fit_result import FitResult, call_hook, write_history, write_result
 from ser_model.launch import BEST_FOLDER, RELEASE_FOLD
 from ser_model.losses import multi_loss

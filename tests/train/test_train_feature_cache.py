@@ -14,8 +14,8 @@ import torch
 
 from ser_model.config import EAMConfig, ModelConfig, SERConfig
 from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded, random_crop_start
-from ser_model.feature_cache import FEATURE_CACHE_DIR, FeatureCache, collate_states
-from ser_model.feature_cache_folder import KEY_FILE, key_digest, key_may_fit, read_index
+from ser_model.feature_cache import FeatureCache, collate_states
+from ser_model.feature_cache_folder import FEATURE_CACHE_DIR, KEY_FILE, key_digest, key_may_fit, read_index
 from ser_model.hf_backbone import save_random_hf_backbone
 from ser_model.launch import FoldJob
 from ser_model.model import SERModel
