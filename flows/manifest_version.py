@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from flows.roots import local_audio_root, manifest_root
-from flows.storage import MANIFEST_FILES, DataBucket, load_manifest_version, resolve_version
+from flows.storage import MANIFEST_FILES, DataBucket, read_manifest_tables, resolve_version
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +74,6 @@ def open_manifest_version(
     when no audio root is a folder or ``s3://``."""
     bucket = bucket or DataBucket.from_env()
     fingerprint = resolve_version(corpus, version, bucket)
-    manifest, folds, report = load_manifest_version(corpus, fingerprint, bucket)
+    manifest, folds, report = read_manifest_tables(corpus, fingerprint, bucket)
     audio_root = manifest_root(corpus, fingerprint, report, root, bucket)
     return ManifestVersion(corpus, fingerprint, manifest, folds, report, audio_root)

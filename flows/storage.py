@@ -290,7 +290,14 @@ def load_manifest_version(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``(manifest, folds, report)`` of one version, validated through data_contracts.schemas."""
     bucket = bucket or DataBucket.from_env()
-    fingerprint = resolve_version(corpus, version, bucket)
+    return read_manifest_tables(corpus, resolve_version(corpus, version, bucket), bucket)
+
+
+def read_manifest_tables(
+    corpus: str, fingerprint: str, bucket: DataBucket
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``(manifest, folds, report)`` of a fingerprint :func:`resolve_version` returned (checked
+    complete), validated through data_contracts.schemas."""
     manifest = validate_manifest(get_parquet(bucket, object_key("manifest", corpus, fingerprint)))
     folds = validate_folds(get_parquet(bucket, object_key("folds", corpus, fingerprint)))
     report = get_json(bucket, object_key("report", corpus, fingerprint))

@@ -18,8 +18,7 @@ from prefect import get_run_logger
 
 from flows.feature_store import local_feature_cache_dir
 from flows.fold_runs import fold_job_variables, fold_runs_mode, wait_until_final
-from flows.roots import local_audio_root
-from flows.storage import load_manifest_version
+from flows.manifest_version import open_manifest_version
 from flows.tune_tracking import MlflowStudyTracker
 from ser_model.config import SERConfig
 from ser_model.tuning.driver import StudyDriver
@@ -117,15 +116,14 @@ def trial_objective(
     ``<state>/tune/<corpus>/<study>/trial-<n>``, with the machine's feature cache; followed by ``tracker``."""
     base = SERConfig.from_dict(config)
     parsed = load_search_space(space, base)
-    manifest, fold_table, _ = load_manifest_version(settings.corpus, fingerprint)
-    root = local_audio_root(manifest, root, fingerprint, stack.state_dir)
+    data = open_manifest_version(settings.corpus, fingerprint, root)
     return TuningObjective(
         base,
         parsed,
-        manifest,
-        fold_table,
+        data.manifest,
+        data.folds,
         settings.folds,
-        root,
+        data.local_audio_root(stack.state_dir),
         stack.state_dir / "tune" / settings.corpus / settings.name,
         on_trial_start=tracker.trial_started,
         on_epoch=tracker.epoch,

@@ -18,9 +18,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from data_contracts.corpora import check_corpus
+from flows.manifest_version import open_manifest_version
 from flows.mlflow_ui import run_url
-from flows.roots import manifest_root
-from flows.storage import load_manifest_version, resolve_version
 from flows.trial_runs import forward_logs, run_trials, trial_objective, trial_parameters
 from flows.tune_tracking import MlflowStudyTracker, study_markdown
 from ser_model.tuning.driver import StudyDriver, open_settings_study, run_trial, study_summary
@@ -88,9 +87,7 @@ def tune(
     if trials < 1:
         raise ValueError(f"trials={trials}: expected at least 1")
     stack = StackSettings.from_env()
-    fingerprint = resolve_version(corpus, manifest_version)
-    _, _, report = load_manifest_version(corpus, fingerprint)
-    root = manifest_root(corpus, fingerprint, report, root)
+    data = open_manifest_version(corpus, manifest_version, root)
     driver = StudyDriver(
         StudySettings(
             corpus=corpus,
@@ -108,13 +105,13 @@ def tune(
     )
     settings, client = driver.settings, MlflowClient(stack.tracking_uri)
     driver.tracker = tracker = MlflowStudyTracker.start(
-        client, driver, root=root, fingerprint=fingerprint, tracking_uri=stack.tracking_uri
+        client, driver, root=data.root, fingerprint=data.fingerprint, tracking_uri=stack.tracking_uri
     )
     url = run_url(stack.tracking_uri, tracker.experiment_id, tracker.parent_run_id)
     logger.info(
         "study %s in %s; MLflow tune run %s: %s", settings.name, settings.storage, tracker.parent_run_id, url
     )
-    parameters = trial_parameters(driver, tracker, fingerprint, root)
+    parameters = trial_parameters(driver, tracker, data.fingerprint, data.root)
     driver.run(
         lambda missing: run_trials(missing, parameters, tune_trial), trials_elsewhere=True, logger=logger
     )
