@@ -23,10 +23,9 @@ from ser_model.model import SERModel
 from ser_model.runtime import Runtime, autocast, autocast_dtype, gather_from_ranks, resolve_device
 from ser_model.speaker_norm import split_statistics
 
-__all__ = ["evaluate_split", "evaluate_rows"]
+__all__ = ["evaluate_split", "split_logits", "evaluate_rows"]
 
 
-@torch.no_grad()
 def evaluate_split(
     model: SERModel,
     dataset: UtteranceDataset | CachedStates,
@@ -36,6 +35,20 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Predict every utterance of `dataset` (waveforms or cached states; sharded across ranks, gathered) → `classification_metrics`.
     ``row_stats``: a speaker-normalised model's speaker statistics of every row (N, n_mels)."""
+    logits = split_logits(model, dataset, batch_size, runtime, row_stats)
+    return classification_metrics(dataset.labels, logits.argmax(axis=1), len(model.labels), model.labels)
+
+
+@torch.no_grad()
+def split_logits(
+    model: SERModel,
+    dataset: UtteranceDataset | CachedStates,
+    batch_size: int,
+    runtime: Runtime,
+    row_stats: LogMelStatistics | None = None,
+) -> np.ndarray:
+    """The logits (N, C) of every utterance of `dataset` in row order, float32: sharded across ranks,
+    gathered on every rank (`evaluate_split`, the calibration of a fold)."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
     collate = collate_states if isinstance(dataset, CachedStates) else collate_padded
@@ -46,16 +59,17 @@ def evaluate_split(
         with precision:
             logits = forward_batch(model, batch, runtime.device, row_stats).logits  # (B, C)
         indices.append(batch.indices)
-        predictions.append(logits.argmax(dim=1).cpu())
+        predictions.append(logits.float().cpu())
+    n_classes = len(model.labels)
     local = (
         torch.cat(indices).tolist() if indices else [],
-        torch.cat(predictions).tolist() if predictions else [],
+        torch.cat(predictions).numpy() if predictions else np.zeros((0, n_classes), dtype=np.float32),
     )
     shards = gather_from_ranks(local, runtime)
     order = np.concatenate([np.asarray(s[0], dtype=np.int64) for s in shards])
-    y_pred = np.empty(len(dataset), dtype=np.int64)
-    y_pred[order] = np.concatenate([np.asarray(s[1], dtype=np.int64) for s in shards])
-    return classification_metrics(dataset.labels, y_pred, len(model.labels), model.labels)
+    out = np.empty((len(dataset), n_classes), dtype=np.float32)
+    out[order] = np.concatenate([np.asarray(s[1], dtype=np.float32).reshape(-1, n_classes) for s in shards])
+    return out
 
 
 def evaluate_rows(

@@ -28,7 +28,9 @@ class FitResult:
     the selected epoch's; a record for choosing how the release model ends (on all speakers for a
     fixed number of epochs, or selected on held-out ones), never used to select.
     ``uses_test_speaker_statistics``: the test speakers were normalised with the log-mel statistics
-    of their own (unlabelled) test utterances (``model.fbank_norm = "speaker"``, ``ser_model.speaker_norm``)."""
+    of their own (unlabelled) test utterances (``model.fbank_norm = "speaker"``, ``ser_model.speaker_norm``).
+    ``calibration``: the temperature of the model folder and, for a fold, its figures on the test
+    speakers (`ser_model.calibration.calibration_record`); ``{}`` for a tuning trial."""
 
     out_dir: Path
     best_dir: Path
@@ -39,13 +41,14 @@ class FitResult:
     speakers: dict[str, list[str]]
     history: list[dict[str, Any]] = field(repr=False)
     uses_test_speaker_statistics: bool = False
+    calibration: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def write_result(
     result: FitResult, fold: int, tc: TrainConfig, test_last_epoch: dict[str, Any], **extra: Any
 ) -> None:
     """``result.json`` of a fit: the selected epoch, the rule, the speakers, the validation and
-    test metrics and the last epoch's test metrics, and ``extra`` fields."""
+    test metrics and the last epoch's test metrics, the calibration, and ``extra`` fields."""
     payload = {
         "fold": fold,
         "selected_epoch": result.selected_epoch,
@@ -57,6 +60,7 @@ def write_result(
         "test_last_epoch": test_last_epoch,
         "epochs": tc.epochs,
         "uses_test_speaker_statistics": result.uses_test_speaker_statistics,
+        **({"calibration": result.calibration} if result.calibration else {}),
         **extra,
     }
     write_atomically(result.out_dir / RESULT_FILE, json.dumps(payload, indent=2) + "\n")

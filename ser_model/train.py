@@ -24,7 +24,14 @@ batches, evaluation shards the utterances and gathers the predictions, only rank
 
 Outputs in `out_dir`: `checkpoints/last` (every epoch, atomic, for exact resume), `best`
 (a `save_pretrained` folder of the selected epoch), `metrics.jsonl` (one line per epoch) and
-`result.json` (selected epoch, validation and test metrics, the selection rule; `ser_model.fit_result`).
+`result.json` (selected epoch, validation and test metrics, the selection rule, the calibration;
+`ser_model.fit_result`).
+
+Calibration (`ser_model.calibration`). After its epoch is selected, a fold fits one temperature on
+its validation speakers' logits (NLL) and reports ECE, Brier and NLL before and after on its test
+speakers; the release model takes the median temperature of the fold results beside its folder
+(``<out_dir>/../fold-<k>/result.json``, those finished when it ends; T = 1, said so, when there are
+none). The temperature is written into ``best`` (`CALIBRATION_FILE`), which every inference path reads.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +55,19 @@ from tqdm.auto import tqdm
 
 from data_contracts.folds import fold_rows_by_role
 from ser_model.allocator import bound_heap
+from ser_model.calibration import (
+    calibration_record,
+    fold_results_beside,
+    model_folder_calibration,
+    release_temperature,
+    write_calibration,
+)
 from ser_model.config import SERConfig, TrainConfig
 from ser_model.data import Batch
 from ser_model.eam import energy_adaptive_mixup
 from ser_model.ema import WeightAverage
 from ser_model.errors import DataSplitError
+from ser_model.evaluation import split_logits
 from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import StatesBatch
 from ser_model.feature_cache_folder import FEATURE_CACHE_DIR
@@ -154,7 +170,11 @@ def fit(
     result, test_last_epoch = score_selected_checkpoint(
         state, data, config, runtime, out_dir, best_dir, holdout
     )
+
+    # calibration: a temperature on the validation speakers, judged on the test speakers
+    result = replace(result, calibration=calibrate_selected(state, data, config, runtime, fold, out_dir))
     if runtime.is_main:
+        write_calibration(best_dir, model_folder_calibration(result.calibration))
         write_result(result, fold, tc, test_last_epoch)
         call_hook(callbacks, "on_fit_end", result)
     barrier(runtime)
@@ -202,6 +222,26 @@ def checked_splits(
             )
     log.info("fold %s: %s", fold, {name: len(rows) for name, rows in splits.items()})
     return splits
+
+
+def calibrate_selected(
+    state: TrainingState, data: FoldData, config: SERConfig, runtime: Runtime, fold: int, out_dir: Path
+) -> dict[str, Any]:
+    """The selected checkpoint's calibration (module docstring): a fold's `calibration_record` from
+    its validation and test logits; the release's `release_temperature` of the fold results beside
+    ``out_dir``; ``{}`` for a fold whose test speakers are not scored (a tuning trial)."""
+    if fold == RELEASE_FOLD:
+        return release_temperature(fold_results_beside(out_dir))
+    if "test" not in data.eval_sets:
+        return {}
+    batch_size = config.train.eval_batch_size
+    logits = {
+        name: split_logits(state.model, data.eval_sets[name], batch_size, runtime, data.row_stats.get(name))
+        for name in ("valid", "test")
+    }
+    return calibration_record(
+        logits["valid"], data.eval_sets["valid"].labels, logits["test"], data.eval_sets["test"].labels
+    )
 
 
 # ---------------------------------------------------------------------------- model and optimiser
