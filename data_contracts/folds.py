@@ -8,6 +8,7 @@ interprets it:
 | grouping ``session`` | the speakers of one session | |
 | grouping ``speaker`` | one speaker | |
 | grouping ``speaker_blocks``, block_size b | consecutive blocks of b speakers | |
+| grouping ``label_stratified``, fold_count k | min(k, speakers) groups of speakers with alike label distributions (`stratified_speaker_groups`) | |
 | validation ``next_group`` | | the test group of fold (k + 1) mod n |
 | validation ``gender_balanced`` | | one male and one female training speaker, the (k mod m)-th of each gender's sorted training speakers |
 
@@ -56,6 +57,60 @@ def _speaker_block_groups(manifest: pd.DataFrame, protocol: FoldProtocol) -> lis
     return [speakers[i : i + size] for i in range(0, len(speakers), size)]
 
 
+def label_share_spread(counts: list[dict[str, int]], totals: dict[str, int]) -> float:
+    """How unlike the groups' label distributions are: sum over labels l of the variance across
+    groups g of the share p_{g,l} = n_{g,l} / n_l of label l's utterances held by group g
+    (0 when every group holds the same share of every label)."""
+    spread = 0.0
+    for label, total in totals.items():
+        shares = [group.get(label, 0) / total for group in counts]
+        mean = sum(shares) / len(shares)
+        spread += sum((share - mean) ** 2 for share in shares) / len(shares)
+    return spread
+
+
+def _joined(counts: list[dict[str, int]], g: int, adds: dict[str, int]) -> list[dict[str, int]]:
+    """`counts` with the label counts `adds` added to group `g`'s."""
+    joined = [dict(c) for c in counts]
+    for label, n in adds.items():
+        joined[g][label] = joined[g].get(label, 0) + n
+    return joined
+
+
+def stratified_speaker_groups(manifest: pd.DataFrame, fold_count: int) -> list[list[str]]:
+    """min(`fold_count`, speakers) test groups of whole speakers, stratified by label (greedy).
+
+    Speakers are taken in order of decreasing utterance count (natural order breaks ties); each
+    joins the group that leaves the smallest `label_share_spread`, ties going to the group with
+    fewer utterances, then the lower index. While as many groups are empty as speakers remain,
+    only the empty groups are candidates, so no group ends empty.
+    """
+    per_speaker = manifest.groupby("speaker")["label"].value_counts()
+    speakers = sorted(_speakers(manifest), key=lambda s: (-int(per_speaker[s].sum()), natural_key(s)))
+    totals = {str(label): int(n) for label, n in manifest["label"].value_counts().items()}
+    k = min(fold_count, len(speakers))
+    groups: list[list[str]] = [[] for _ in range(k)]
+    counts: list[dict[str, int]] = [{} for _ in range(k)]
+    for remaining, speaker in zip(range(len(speakers), 0, -1), speakers):
+        empty = [g for g in range(k) if not groups[g]]
+        adds = {str(label): int(n) for label, n in per_speaker[speaker].items()}
+        best = min(
+            empty if len(empty) >= remaining else range(k),
+            key=lambda g: (
+                label_share_spread(_joined(counts, g, adds), totals),
+                sum(counts[g].values()),
+                g,
+            ),
+        )
+        groups[best].append(speaker)
+        counts = _joined(counts, best, adds)
+    return [sorted(group, key=natural_key) for group in groups]
+
+
+def _label_stratified_groups(manifest: pd.DataFrame, protocol: FoldProtocol) -> list[list[str]]:
+    return stratified_speaker_groups(manifest, protocol.fold_count)
+
+
 def _next_group_valid(groups: list[list[str]], k: int, gender: dict[str, str]) -> list[str]:
     return groups[(k + 1) % len(groups)]
 
@@ -70,7 +125,12 @@ def _gender_balanced_valid(groups: list[list[str]], k: int, gender: dict[str, st
     return valid
 
 
-GROUPING = {"session": _session_groups, "speaker": _speaker_groups, "speaker_blocks": _speaker_block_groups}
+GROUPING = {
+    "session": _session_groups,
+    "speaker": _speaker_groups,
+    "speaker_blocks": _speaker_block_groups,
+    "label_stratified": _label_stratified_groups,
+}
 """FoldProtocol.grouping -> the function that returns the test groups of a manifest."""
 VALIDATION = {"next_group": _next_group_valid, "gender_balanced": _gender_balanced_valid}
 """FoldProtocol.validation -> the function that returns fold k's validation speakers."""
@@ -118,6 +178,16 @@ def make_folds(manifest: pd.DataFrame) -> pd.DataFrame:
         ["fold", "speaker"], key=lambda c: c.map(natural_key) if c.name == "speaker" else c
     )
     return validate_folds(table.reset_index(drop=True))
+
+
+def given_split_folds(split_of_speaker: dict[str, str]) -> pd.DataFrame:
+    """The fold table of a given protocol (a table's ``split`` column): one fold, 0, in which
+    each speaker has the role of its split (``train``, ``valid`` or ``test``)."""
+    rows = [(0, speaker, split_of_speaker[speaker]) for speaker in sorted(split_of_speaker, key=natural_key)]
+    table = pd.DataFrame(rows, columns=list(FOLD_COLUMNS)).astype(
+        {"fold": "int64", "speaker": "str", "role": "str"}
+    )
+    return validate_folds(table)
 
 
 def fold_of_speaker(folds: pd.DataFrame) -> dict[str, int]:

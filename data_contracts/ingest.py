@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_contracts.corpora import parse_corpus, spec
+from data_contracts.corpora import OFFICIAL_CORPORA, parse_corpus, spec
 from data_contracts.corpora.base import AudioChecks, QuarantineRow
 from data_contracts.errors import FoldError, IngestError, ManifestError
 from data_contracts.probing import probe_all
@@ -53,13 +53,16 @@ class IngestResult:
     fingerprint: str
 
 
-def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
-    """Manifest rows of the files that passed, quarantining duplicate content and duplicate utt_ids."""
+def accept(candidates, outcomes, origins=None) -> tuple[list[dict], list[QuarantineRow]]:
+    """Manifest rows of the files that passed, in input order, quarantining duplicate content and
+    duplicate utt_ids (the later ones). `origins[i]` (e.g. ``labels.csv row 7: ``) starts the
+    reason of candidate i's quarantine row."""
     rows, quarantined = [], []
     first_by_sha, first_by_utt = {}, {}
-    for candidate, outcome in zip(candidates, outcomes):
+    origins = origins or [""] * len(candidates)
+    for candidate, outcome, origin in zip(candidates, outcomes, origins):
         if isinstance(outcome, QuarantineRow):
-            quarantined.append(outcome)
+            quarantined.append(replace(outcome, reason=origin + outcome.reason))
             continue
         path, utt_id = candidate.path, candidate.utt_id
         if outcome.sha256 in first_by_sha:
@@ -69,7 +72,7 @@ def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
                     path,
                     utt_id,
                     "duplicate",
-                    f"duplicate_of {first_by_sha[outcome.sha256]}",
+                    f"{origin}duplicate_of {first_by_sha[outcome.sha256]}",
                 )
             )
             continue
@@ -80,7 +83,7 @@ def _accept(candidates, outcomes) -> tuple[list[dict], list[QuarantineRow]]:
                     path,
                     utt_id,
                     "duplicate_utt_id",
-                    f"{path}: utt_id {utt_id} already taken by {first_by_utt[utt_id]} (different audio)",
+                    f"{origin}{path}: utt_id {utt_id} already taken by {first_by_utt[utt_id]} (different audio)",
                 )
             )
             continue
@@ -168,6 +171,8 @@ def build_report(
     durations = manifest["duration_s"]
     return {
         "corpus": corpus,
+        "kind": "corpus" if corpus in OFFICIAL_CORPORA else "table",
+        "labels": list(spec(corpus).labels),
         "root": source.root,
         "parser_version": PARSER_VERSION,
         "fingerprint": fingerprint,
@@ -221,12 +226,23 @@ def run_ingest(
         "%s: %d files listed, %d candidate utterances", source.root, len(listing.files), len(candidates)
     )
     outcomes = probe_all(source, candidates, checks, workers, progress, desc=f"ingest {corpus}")
-    rows, rejected = _accept(candidates, outcomes)
+    rows, rejected = accept(candidates, outcomes)
     quarantine = quarantine_table(parsed.quarantine + rejected)
+    return assemble_ingest(corpus, source, listing, parsed, rows, quarantine, len(candidates))
+
+
+def assemble_ingest(
+    corpus, source, listing, parsed, rows, quarantine, candidates: int, fold_table=folds_or_none
+) -> IngestResult:
+    """The validated manifest, folds, report and fingerprint of the accepted `rows` (dicts of the
+    manifest's columns but ``fold``; a table dataset's also carry ``metadata``).
+
+    fold_table(manifest) -> (fold table, why no fold protocol fits or None). IngestError when no
+    row is usable, naming the quarantine reasons."""
     if not rows:
         reasons = ", ".join(f"{k}: {v}" for k, v in _count(quarantine["reason_code"]).items()) or "none"
         raise IngestError(
-            f"{source.root}: no usable {corpus} utterance ({len(candidates)} candidates; quarantined by reason: {reasons})"
+            f"{source.root}: no usable {corpus} utterance ({candidates} candidates; quarantined by reason: {reasons})"
         )
     import pandas as pd
 
@@ -235,7 +251,7 @@ def run_ingest(
     from data_contracts.schemas import MANIFEST_COLUMNS, validate_manifest
 
     manifest = pd.DataFrame(rows)
-    folds, no_fold_protocol = folds_or_none(manifest)
+    folds, no_fold_protocol = fold_table(manifest)
     if no_fold_protocol:
         logger.warning(
             "%s: no fold protocol fits (%s); the manifest can be scored whole, not cross-validated",
@@ -244,7 +260,8 @@ def run_ingest(
         )
     manifest["fold"] = manifest["speaker"].map(fold_of_speaker(folds)).astype("Int64")
     manifest = manifest.astype({"duration_s": "float64", "sample_rate": "int64", "channels": "int64"})
-    manifest = validate_manifest(manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True))
+    columns = list(MANIFEST_COLUMNS) + (["metadata"] if "metadata" in manifest.columns else [])
+    manifest = validate_manifest(manifest[columns].reset_index(drop=True))
     fingerprint = manifest_fingerprint(manifest)
     report = build_report(
         corpus, source, listing, parsed, manifest, quarantine, folds, fingerprint, no_fold_protocol
@@ -279,6 +296,7 @@ def read_ingest_outputs(out_dir: str | Path) -> IngestResult:
     from two ingests mixed in one folder, raise ManifestError naming the folder."""
     import pandas as pd
 
+    from data_contracts.datasets import register_from_report
     from data_contracts.fingerprint import manifest_fingerprint
     from data_contracts.schemas import validate_folds, validate_manifest, validate_quarantine
 
@@ -302,6 +320,7 @@ def read_ingest_outputs(out_dir: str | Path) -> IngestResult:
         raise ManifestError(
             f"{out / 'report.json'}: expected a JSON object with the strings corpus, root and fingerprint"
         )
+    register_from_report(report)
     manifest = validate_manifest(tables["manifest"])
     fingerprint = manifest_fingerprint(manifest)
     if fingerprint != report["fingerprint"]:

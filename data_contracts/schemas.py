@@ -49,7 +49,8 @@ class ManifestSchema(pa.DataFrameModel):
     path: Series[str] = pa.Field(str_length={"min_value": 1})
     speaker: Series[str] = pa.Field(str_length={"min_value": 1})
     session: Series[str] = pa.Field(str_length={"min_value": 1})
-    gender: Series[str] = pa.Field(isin=["F", "M"])
+    gender: Series[str] = pa.Field(isin=["F", "M", "U"])
+    """F or M; U (unknown) in table datasets without a gender column."""
     label: Series[str]
     label_raw: Series[str]
     duration_s: Series[float] = pa.Field(gt=0)
@@ -59,6 +60,8 @@ class ManifestSchema(pa.DataFrameModel):
     fold: Series[pd.Int64Dtype] = pa.Field(ge=0, nullable=True, coerce=True)
     """The test fold of the row's speaker; missing (<NA>) in every row of a manifest that no fold
     protocol fits (a held-out set with too few speakers), which can be scored but not cross-validated."""
+    metadata: Series[str] | None
+    """Table datasets only: the table's other columns of the row, as a JSON object."""
 
     @pa.check("corpus", name="registered_corpus")
     def registered_corpus(cls, corpus: Series[str]) -> Series[bool]:

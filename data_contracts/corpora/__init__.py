@@ -26,7 +26,23 @@ if TYPE_CHECKING:
 SPECS: dict[str, CorpusSpec] = {
     spec.name: spec for spec in (iemocap.SPEC, msp_improv.SPEC, ravdess.SPEC, savee.SPEC)
 }
-"""Corpus name -> its spec, in the order the CLI lists them."""
+"""Corpus name -> its spec, in the order the CLI lists them; the four corpora, then the table
+datasets registered in this process (`register`)."""
+OFFICIAL_CORPORA: tuple[str, ...] = tuple(SPECS)
+"""The corpora read in their official layouts; their names are reserved."""
+
+
+def register(dataset_spec: CorpusSpec) -> CorpusSpec:
+    """Add (or replace) the spec of a table dataset (`data_contracts.corpora.table`) in `SPECS`,
+    so that schemas, folds, presets and flows know its name and classes in this process. The four
+    official corpora cannot be replaced (ValueError naming them)."""
+    if dataset_spec.name in OFFICIAL_CORPORA:
+        raise ValueError(
+            f"{dataset_spec.name!r} is an official corpus name; a table dataset needs another "
+            f"(reserved: {', '.join(OFFICIAL_CORPORA)})"
+        )
+    SPECS[dataset_spec.name] = dataset_spec
+    return dataset_spec
 
 
 def spec(corpus: str) -> CorpusSpec:
@@ -103,6 +119,7 @@ def parse_corpus(corpus: str, source: CorpusSource, listing: Listing | None = No
 
 
 __all__ = [
+    "OFFICIAL_CORPORA",
     "SPECS",
     "Candidate",
     "CorpusNames",
@@ -111,5 +128,6 @@ __all__ = [
     "QuarantineRow",
     "SpecField",
     "parse_corpus",
+    "register",
     "spec",
 ]

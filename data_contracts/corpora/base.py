@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 AUDIO_SUFFIXES = (".wav", ".flac")
 _OS_METADATA = (".DS_Store", "Thumbs.db", "desktop.ini")
 
-GROUPINGS = ("session", "speaker", "speaker_blocks")
+GROUPINGS = ("session", "speaker", "speaker_blocks", "label_stratified")
 """How a fold protocol groups speakers into test groups (see `FoldProtocol`)."""
 VALIDATIONS = {"next_group": 3, "gender_balanced": 2}
 """Validation rule of a fold protocol -> the fewest speaker groups it can work with: `next_group`
@@ -78,7 +78,8 @@ class FoldProtocol:
     grouping: the test groups, one fold each, in natural order of their names (session2 before
     session10): ``session`` (the speakers of one session), ``speaker`` (one speaker) or
     ``speaker_blocks`` (consecutive blocks of `block_size` speakers, the last one possibly
-    shorter). validation: the validation speakers of fold k, always drawn from the speakers not
+    shorter) or ``label_stratified`` (`fold_count` groups of speakers whose label distributions are
+    alike, fewer when there are fewer speakers: the table corpora's k-fold). validation: the validation speakers of fold k, always drawn from the speakers not
     tested in it: ``next_group`` (the group of fold (k + 1) mod n) or ``gender_balanced`` (one
     male and one female training speaker, the (k mod m)-th of each gender's sorted training
     speakers). min_groups: the fewest groups the protocol accepts; fewer is a FoldError, and
@@ -89,6 +90,7 @@ class FoldProtocol:
     validation: str
     min_groups: int
     block_size: int | None = None
+    fold_count: int | None = None
 
     def __post_init__(self):
         if self.grouping not in GROUPINGS:
@@ -112,6 +114,17 @@ class FoldProtocol:
             raise ValueError(
                 f"FoldProtocol.block_size: got {self.block_size!r} with grouping {self.grouping!r}; "
                 "only speaker_blocks takes a block size"
+            )
+        if self.grouping == "label_stratified":
+            if not isinstance(self.fold_count, int) or self.fold_count < self.min_groups:
+                raise ValueError(
+                    f"FoldProtocol.fold_count: got {self.fold_count!r}, expected an int >= {self.min_groups} "
+                    "for label_stratified"
+                )
+        elif self.fold_count is not None:
+            raise ValueError(
+                f"FoldProtocol.fold_count: got {self.fold_count!r} with grouping {self.grouping!r}; "
+                "only label_stratified takes a fold count"
             )
 
 
