@@ -15,8 +15,11 @@ the rows of one speaker give that speaker's log-mel statistics together; without
 refuses the request with a message (it never falls back to per-utterance statistics), and it
 scores no segments. Other models ignore the column.
 
-Output: a DataFrame with ``label`` and one ``p_<class>`` probability column per class, in the
-checkpoint's label order. With the parameter ``segments`` true (``params={"segments": True}``;
+Output: a DataFrame with ``label``, ``confidence`` (the top probability) and one ``p_<class>``
+probability column per class, in the checkpoint's label order; the probabilities are calibrated
+(the checkpoint's temperature, `ser_model.calibration`). With the parameter ``min_confidence`` P
+(``params={"min_confidence": 0.8}``; default 0), a row or segment whose confidence is below P has
+``label`` "uncertain", its probabilities kept. With the parameter ``segments`` true (``params={"segments": True}``;
 over HTTP ``"params": {"segments": true}`` beside the rows), each row is a long recording scored
 by `ser_model.segments` (voice-activity detection, windows, the shared merging rule, the same as
 `ser predict --segments`): one output row per segment, with ``row`` (the input row), ``start_s``,
@@ -62,7 +65,9 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the pyfunc artifact holding the save_pretrained folder."""
 SEGMENTS_PARAM = "segments"
 """The request parameter that asks for an emotion per segment of each row's recording."""
-SEGMENT_COLUMNS = ["row", "start_s", "end_s", "label"]
+MIN_CONFIDENCE_PARAM = "min_confidence"
+"""The request parameter below whose calibrated top probability an answer is "uncertain"."""
+SEGMENT_COLUMNS = ["row", "start_s", "end_s", "label", "confidence"]
 SPEAKER_COLUMN = "speaker"
 """The optional input column naming each row's speaker (needed by a speaker-normalised model)."""
 
@@ -107,20 +112,29 @@ def model_signature(labels: list[str]) -> ModelSignature:
         ]
     )
     outputs = Schema(
-        [ColSpec(DataType.string, "label")]
+        [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "confidence")]
         + [ColSpec(DataType.double, probability_column(c)) for c in labels]
     )
-    params = ParamSchema([ParamSpec(SEGMENTS_PARAM, DataType.boolean, False)])
+    params = ParamSchema(
+        [
+            ParamSpec(SEGMENTS_PARAM, DataType.boolean, False),
+            ParamSpec(MIN_CONFIDENCE_PARAM, DataType.double, 0.0),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def predictions_frame(predictions: list[dict[str, Any]], labels: list[str]) -> pd.DataFrame:
-    """Predictor output (``[{"label": ..., "probabilities": {class: p}}]``) as the pyfunc output frame."""
+    """Predictor output (``[{"label", "confidence", "probabilities": {class: p}}]``) as the pyfunc output frame."""
     rows = [
-        {"label": p["label"], **{probability_column(c): float(p["probabilities"][c]) for c in labels}}
+        {
+            "label": p["label"],
+            "confidence": p["confidence"],
+            **{probability_column(c): float(p["probabilities"][c]) for c in labels},
+        }
         for p in predictions
     ]
-    return pd.DataFrame(rows, columns=["label"] + [probability_column(c) for c in labels])
+    return pd.DataFrame(rows, columns=["label", "confidence"] + [probability_column(c) for c in labels])
 
 
 def _present(value: Any) -> bool:
@@ -316,6 +330,7 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
             )
         )
         uses_speakers = self.predictor.uses_speakers
+        threshold = requested_min_confidence(params)
         if wants_segments(params):
             if uses_speakers:
                 raise ModelInputError(
@@ -323,15 +338,17 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
                     "(model.fbank_norm='speaker'), and segments are not scored that way; score whole rows with a "
                     f"'{SPEAKER_COLUMN}' column"
                 )
-            return self._segments(list(rows), policy)
+            return self._segments(list(rows), policy, threshold)
         speakers = row_speakers(model_input) if uses_speakers else None
         arrays = [row_audio(i, *row, self.predictor.sample_rate, policy) for i, row in enumerate(rows)]
         try:
-            return predictions_frame(self.predictor.predict_arrays(arrays, speakers), self.labels)
+            return predictions_frame(self.predictor.predict_arrays(arrays, speakers, threshold), self.labels)
         except AudioDecodeError as err:
             raise ModelInputError(f"SER model input: {err}") from None
 
-    def _segments(self, rows: list[tuple[Any, Any, Any]], policy: ServingPolicy | None) -> pd.DataFrame:
+    def _segments(
+        self, rows: list[tuple[Any, Any, Any]], policy: ServingPolicy | None, min_confidence: float
+    ) -> pd.DataFrame:
         """Each row a recording scored in segments; served, the rows' seconds together stay within
         ``max_segments_seconds``. A local path is read in blocks, as `ser predict --segments` reads it."""
         from ser_model.audio import AudioDecodeError
@@ -359,7 +376,7 @@ class SERPyfunc(mlflow.pyfunc.PythonModel):
                 )
             except AudioDecodeError as err:
                 raise ModelInputError(f"row {i}: {err}") from None
-        return segments_frame(per_row, self.labels)
+        return segments_frame(per_row, self.labels, min_confidence)
 
 
 def row_speakers(model_input: pd.DataFrame) -> list[str]:
@@ -388,14 +405,29 @@ def wants_segments(params: dict[str, Any] | None) -> bool:
     return bool(value)
 
 
-def segments_frame(per_row: list[list[Any]], labels: list[str]) -> pd.DataFrame:
-    """Segments of each input row as the output frame: ``row``, ``start_s``, ``end_s``, ``label``, ``p_<class>``."""
+def requested_min_confidence(params: dict[str, Any] | None) -> float:
+    """The ``min_confidence`` parameter of a request: absent, 0 (no answer is "uncertain"); else a number in [0, 1]."""
+    value = (params or {}).get(MIN_CONFIDENCE_PARAM, 0.0)
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.number))
+        or not 0.0 <= value <= 1.0
+    ):
+        raise ModelInputError(
+            f"params, field '{MIN_CONFIDENCE_PARAM}': got {value!r}, expected a probability in [0, 1]"
+        )
+    return float(value)
+
+
+def segments_frame(per_row: list[list[Any]], labels: list[str], min_confidence: float = 0.0) -> pd.DataFrame:
+    """Segments of each input row as the output frame: ``row``, ``start_s``, ``end_s``, ``label``
+    ("uncertain" below ``min_confidence``), ``confidence``, ``p_<class>``."""
     from ser_model.segments import segment_records
 
     records = [
         {"row": i, **record}
         for i, segments in enumerate(per_row)
-        for record in segment_records(segments, labels)
+        for record in segment_records(segments, labels, min_confidence)
     ]
     return pd.DataFrame(records, columns=SEGMENT_COLUMNS + [probability_column(c) for c in labels])
 

@@ -1,7 +1,8 @@
 """ONNX export of a whole trained model (backbone, FLAM, head) with dynamic batch and time axes.
 
 The graph takes `waves` (B, L) float32 at the model's sample rate and `lengths` (B,) int64 (valid
-samples per row) and returns `logits` (B, C) and `probabilities` (B, C) = softmax(logits).
+samples per row) and returns the calibrated `logits` (B, C) = z / T (the model's logits over the
+folder's temperature, `ser_model.calibration`) and `probabilities` (B, C) = softmax(logits).
 After export, ONNX Runtime is run against PyTorch at two input lengths; a mismatch beyond
 `atol` fails the export. The file carries what scoring needs besides the graph, as ONNX metadata
 (`METADATA`): the class order, the sample rate and the silence trimming of inputs; `OnnxScorer`
@@ -32,6 +33,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from ser_model.calibration import read_temperature
 from ser_model.config_validation import ConfigError
 from ser_model.ensemble import load_model
 from ser_model.model import SERModel
@@ -157,14 +159,16 @@ def exportable_copy(model: SERModel) -> SERModel:
 
 
 class _Probabilities(nn.Module):
-    """(waves, lengths) → (logits, softmax(logits)): the part of SEROutput inference needs."""
+    """(waves, lengths) → (z / T, softmax(z / T)): the calibrated logits and probabilities of the
+    model's logits z with the folder's temperature T (`ser_model.calibration`), what inference needs."""
 
-    def __init__(self, model: SERModel):
+    def __init__(self, model: SERModel, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(waves, lengths).logits  # (B, C)
+        logits = self.model(waves, lengths).logits / self.temperature  # (B, C)
         return logits, torch.softmax(logits, dim=-1)
 
 
@@ -179,14 +183,17 @@ def _example(model: SERModel, seconds: Sequence[float], seed: int = 0) -> tuple[
 
 
 def onnx_parity(
-    model: SERModel, onnx_path: str | os.PathLike, seconds: Sequence[float] = PARITY_SECONDS
+    model: SERModel,
+    onnx_path: str | os.PathLike,
+    seconds: Sequence[float] = PARITY_SECONDS,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
-    """Max |p_onnx − p_torch| of the class probabilities, per input length (each alone, batch of 1)
-    and for all lengths padded into one batch. Keys: "<s>s" and "batch"."""
+    """Max |p_onnx − p_torch| of the calibrated class probabilities (``temperature``), per input
+    length (each alone, batch of 1) and for all lengths padded into one batch. Keys: "<s>s" and "batch"."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    wrapped = _Probabilities(model).eval()
+    wrapped = _Probabilities(model, temperature).eval()
     cases = {f"{s}s": [s] for s in seconds} | {"batch": list(seconds)}
     errors = {}
     with torch.no_grad():
@@ -218,8 +225,10 @@ def export_onnx(
     folder: str | os.PathLike, out_path: str | os.PathLike, *, atol: float = 1e-4, opset: int = OPSET
 ) -> Path:
     """Export the `save_pretrained` folder's model to `out_path` (ONNX) and check it against
-    PyTorch at two lengths; writes `<out_path>.labels.json` beside it (class order of the outputs)."""
+    PyTorch at two lengths; writes `<out_path>.labels.json` beside it (class order of the outputs).
+    The graph divides the logits by the folder's temperature: its probabilities are the calibrated ones."""
     model = load_model(folder).eval()
+    temperature = read_temperature(folder)
     if model.config.model.uses_speaker_statistics:
         raise ConfigError(
             f"{folder}: trained with speaker-level normalisation (model.fbank_norm='speaker'), which needs each "
@@ -233,7 +242,7 @@ def export_onnx(
             "ignore", torch.jit.TracerWarning
         )  # the backbones' input checks are traced as constants
         torch.onnx.export(
-            _Probabilities(exportable_copy(model)),
+            _Probabilities(exportable_copy(model), temperature),
             (waves, lengths),
             str(out_path),
             input_names=["waves", "lengths"],
@@ -248,7 +257,7 @@ def export_onnx(
             dynamo=False,
         )
     _write_metadata(out_path, model)
-    errors = onnx_parity(model, out_path)
+    errors = onnx_parity(model, out_path, temperature=temperature)
     worst = max(errors.values())
     if worst > atol:
         raise OnnxExportError(

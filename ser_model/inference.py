@@ -9,6 +9,11 @@ every sample is covered); their class probabilities are the mean of the windows'
 
     p(c | x) = (1/W) Σ_w softmax(z_w)_c
 
+Calibration. The probabilities are the calibrated ones, softmax(z / T) with the model folder's
+temperature T (`ser_model.calibration`, 1 for a folder without one); an answer's ``confidence`` is the
+top probability, and with ``min_confidence`` P > 0 an answer below P is labelled ``"uncertain"``
+(its probabilities kept).
+
 Whole utterances rather than training-crop windows: the model is selected on whole validation
 utterances, and averaging 3 s windows scored the same RAVDESS model differently from `ser evaluate`.
 
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 
 from ser_model.audio import AudioDecodeError, load_audio, resample, to_mono, trim_silence
+from ser_model.calibration import decision, read_temperature
 from ser_model.data import EVAL_MAX_SECONDS
 from ser_model.ensemble import SEREnsemble, load_model
 from ser_model.fbank_backbone import LogMelStatistics
@@ -62,7 +68,8 @@ class Predictor:
     """Class probabilities for waveforms or files, from a trained `SERModel`.
 
     window_seconds: longest stretch the model sees at once (default EVAL_MAX_SECONDS: the whole
-    utterance, as in evaluation); overlap: fraction shared by consecutive windows, in [0, 1).
+    utterance, as in evaluation); overlap: fraction shared by consecutive windows, in [0, 1);
+    temperature: T > 0 of the calibrated probabilities softmax(z / T) (`from_pretrained` reads the folder's).
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class Predictor:
         overlap: float = 0.5,
         batch_size: int = 8,
         device: str | torch.device = "cpu",
+        temperature: float = 1.0,
     ):
         if window_seconds is not None and not window_seconds > 0:
             raise ValueError(
@@ -82,6 +90,9 @@ class Predictor:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = model.config.model.sample_rate
@@ -93,8 +104,9 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> Predictor:
         """Load a checkpoint folder: one model (`config.json` + `model.safetensors` + `labels.json`)
-        or a seed ensemble (`ser_model.ensemble`, scored by its mean class probability)."""
-        return cls(load_model(folder), **kwargs)
+        or a seed ensemble (`ser_model.ensemble`, scored by its mean class probability), with the
+        folder's temperature (`ser_model.calibration.CALIBRATION_FILE`)."""
+        return cls(load_model(folder), temperature=read_temperature(folder), **kwargs)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -115,7 +127,7 @@ class Predictor:
         self, waves: Sequence[np.ndarray], speaker_stats: LogMelStatistics | None = None
     ) -> np.ndarray:
         """Prepared mono waveforms at the model rate, each scored whole → (len(waves), C) softmax
-        probabilities; `batch_size` at a time, in the given order, zero-padded to the batch's longest.
+        calibrated probabilities softmax(z / T); `batch_size` at a time, in the given order, zero-padded to the batch's longest.
         ``speaker_stats``: for a speaker-normalised model, each waveform's speaker statistics (len(waves), n_mels)."""
         if speaker_stats is None:
             require_speakers(self.model.config.model, None, len(waves), "Predictor")
@@ -130,7 +142,8 @@ class Predictor:
             if speaker_stats is not None and self.uses_speakers:
                 stats = speaker_stats.rows(range(start, start + len(chosen))).to(self.device)
             logits = self.model(batch.to(self.device), lengths.to(self.device), stats).logits  # (B, C)
-            out[start : start + len(chosen)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            calibrated = torch.softmax(logits.float() / self.temperature, dim=1)
+            out[start : start + len(chosen)] = calibrated.cpu().numpy()
         return out
 
     def probabilities(self, waves: Sequence[np.ndarray], speakers: Sequence[str] | None = None) -> np.ndarray:
@@ -163,20 +176,18 @@ class Predictor:
             )
         return sums / counts[:, None]
 
-    def _decisions(self, probs: np.ndarray) -> list[dict[str, Any]]:
-        return [
-            {
-                "label": self.labels[int(np.argmax(p))],
-                "probabilities": {label: float(v) for label, v in zip(self.labels, p)},
-            }
-            for p in probs
-        ]
+    def _decisions(self, probs: np.ndarray, min_confidence: float) -> list[dict[str, Any]]:
+        return [decision(p, self.labels, min_confidence) for p in probs]
 
     def predict_arrays(
-        self, items: Sequence[tuple[np.ndarray, int]], speakers: Sequence[str] | None = None
+        self,
+        items: Sequence[tuple[np.ndarray, int]],
+        speakers: Sequence[str] | None = None,
+        min_confidence: float = 0.0,
     ) -> list[dict[str, Any]]:
-        """[(samples (N,) or (N, channels), sample rate)] → [{"label", "probabilities": {label: p}}].
-        ``speakers``: the speaker of each item (needed by a speaker-normalised model, module docstring)."""
+        """[(samples (N,) or (N, channels), sample rate)] → [{"label", "confidence", "probabilities": {label: p}}],
+        "uncertain" below ``min_confidence``. ``speakers``: the speaker of each item (needed by a
+        speaker-normalised model, module docstring)."""
         require_speakers(self.model.config.model, speakers, len(items), "Predictor")
         waves = []
         for index, (array, sr) in enumerate(items):
@@ -191,14 +202,19 @@ class Predictor:
                 waves.append(resample(to_mono(array), int(sr), self.sample_rate))
             except AudioDecodeError as err:
                 raise AudioDecodeError(f"input {index}: {err}") from err
-        return self._decisions(self.probabilities(waves, speakers))
+        return self._decisions(self.probabilities(waves, speakers), min_confidence)
 
     def predict_files(
-        self, paths: Sequence[str | os.PathLike], speakers: Sequence[str] | None = None
+        self,
+        paths: Sequence[str | os.PathLike],
+        speakers: Sequence[str] | None = None,
+        min_confidence: float = 0.0,
     ) -> list[dict[str, Any]]:
-        """Audio files (any format soundfile reads) → [{"label", "probabilities": {label: p}}].
-        ``speakers``: the speaker of each file (needed by a speaker-normalised model, module docstring)."""
+        """Audio files (any format soundfile reads) → [{"label", "confidence", "probabilities": {label: p}}],
+        "uncertain" below ``min_confidence``. ``speakers``: the speaker of each file (needed by a
+        speaker-normalised model, module docstring)."""
         require_speakers(self.model.config.model, speakers, len(paths), "Predictor")
         return self._decisions(
-            self.probabilities([load_audio(Path(p), self.sample_rate) for p in paths], speakers)
+            self.probabilities([load_audio(Path(p), self.sample_rate) for p in paths], speakers),
+            min_confidence,
         )

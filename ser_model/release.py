@@ -6,6 +6,10 @@ finished member is not trained again, a stopped one resumes). Then ``out_dir/bes
 ensemble (`ser_model.ensemble.SEREnsemble`, the mean class probability), ``metrics.jsonl`` their
 epochs one member after the other (``member`` in each record) and ``result.json`` the ensemble's
 record with each member's seed, folder and epoch.
+
+The ensemble is calibrated as the ensemble: the temperature (the median of the fold results beside
+``out_dir``, `ser_model.calibration.release_temperature`) divides the log of its mean probability;
+the members' own folders are not calibrated.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from typing import Any
 
 import pandas as pd
 
+from ser_model.calibration import (
+    fold_results_beside,
+    model_folder_calibration,
+    release_temperature,
+    write_calibration,
+)
 from ser_model.checkpoint import write_folder_atomically
 from ser_model.config import SERConfig
 from ser_model.ensemble import SEREnsemble
@@ -92,10 +102,14 @@ def fit_release_ensemble(
     history = [member_record(record, m, tc.epochs) for m, r in enumerate(results) for record in r.history]
     rule = ensemble_rule(seeds, tc.epochs)
     best_dir = out_dir / BEST_FOLDER
-    result = FitResult(out_dir, best_dir, tc.epochs, {}, {}, rule, results[0].speakers, history)
+    calibration = release_temperature(fold_results_beside(out_dir))
+    result = FitResult(
+        out_dir, best_dir, tc.epochs, {}, {}, rule, results[0].speakers, history, calibration=calibration
+    )
     if runtime.is_main:
         members = [SERModel.from_pretrained(r.best_dir) for r in results]
         write_folder_atomically(best_dir, SEREnsemble(members, config).save_pretrained)
+        write_calibration(best_dir, model_folder_calibration(calibration))
         write_history(out_dir, history)
         members_record = [
             {"seed": seed, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}

@@ -15,7 +15,9 @@ One pipeline for every path that scores a recording in segments (`ser predict --
 4. a `WindowScorer` (`Predictor` in PyTorch, `ser_model.export.OnnxScorer` on ONNX Runtime)
    gives each window its class probabilities, ``batch_size`` windows at a time;
 5. `merge_windows` turns each region's windows into segments: the one merging rule, whatever
-   scored the windows.
+   scored the windows;
+6. `segment_records` gives each segment its ``confidence`` (top probability of the calibrated
+   window probabilities, `ser_model.calibration`) and labels it ``"uncertain"`` below ``min_confidence``.
 
 Settings are a `SegmentConfig` (frozen, validated; defaults below, overridden by name with
 `SegmentConfig.with_overrides`, e.g. ``ser predict --segments --segment-set window_s=6``).
@@ -35,6 +37,7 @@ import soundfile
 
 from ser_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UNKNOWN_FRAMES, resample, to_mono, trim_silence
 from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
+from ser_model.calibration import decision
 from ser_model.config_validation import NonNegative, PositiveInt, bounded, config_dataclass, require
 from ser_model.errors import AudioDecodeError
 from ser_model.inference import sliding_windows
@@ -394,15 +397,22 @@ def segment_file(
         return segment_recording(source, scorer, config, **kwargs)
 
 
-def segment_records(segments: Sequence[Segment], labels: Sequence[str]) -> list[dict[str, Any]]:
-    """Segments as flat records: ``start_s``, ``end_s`` (rounded to the millisecond), ``label`` and
-    one ``p_<label>`` per class: what every path prints or answers."""
-    return [
-        {
-            "start_s": round(s.start_s, 3),
-            "end_s": round(s.end_s, 3),
-            "label": s.label,
-            **{probability_column(c): p for c, p in zip(labels, s.probabilities)},
-        }
-        for s in segments
-    ]
+def segment_records(
+    segments: Sequence[Segment], labels: Sequence[str], min_confidence: float = 0.0
+) -> list[dict[str, Any]]:
+    """Segments as flat records: ``start_s``, ``end_s`` (rounded to the millisecond), ``label``
+    ("uncertain" when the top probability is below ``min_confidence``), ``confidence`` and one
+    ``p_<label>`` per class: what every path prints or answers."""
+    records = []
+    for s in segments:
+        answer = decision(s.probabilities, labels, min_confidence)
+        records.append(
+            {
+                "start_s": round(s.start_s, 3),
+                "end_s": round(s.end_s, 3),
+                "label": answer["label"],
+                "confidence": answer["confidence"],
+                **{probability_column(c): p for c, p in zip(labels, s.probabilities)},
+            }
+        )
+    return records

@@ -1,4 +1,5 @@
-"""`ser predict FILE... --model M [--json] [--speaker NAME]`: the emotion of each file; with
+"""`ser predict FILE... --model M [--json] [--speaker NAME] [--min-confidence P]`: the emotion of each file
+(calibrated probabilities, its ``confidence``, "uncertain" below P); with
 ``--segments`` (``[--json | --csv] [--plot PNG] [--segment-set key=value ...]``) an emotion per
 segment of long recordings, from a checkpoint folder or an exported ONNX graph."""
 
@@ -32,6 +33,14 @@ def add_parser(commands) -> None:
         type=float,
         help="longer inputs are cut into windows of this length (default 60: the whole utterance, as in evaluation)",
     )
+    predict.add_argument(
+        "--min-confidence",
+        type=min_confidence,
+        default=0.0,
+        metavar="P",
+        help="label an answer 'uncertain' when its calibrated top probability is below P (in [0, 1]; default 0: never); "
+        "its probabilities stay in the record. The registered model's description gives P for target accuracies",
+    )
     formats = predict.add_mutually_exclusive_group()
     formats.add_argument(
         "--json", action="store_true", help="one JSON object per file (per segment with --segments)"
@@ -60,6 +69,17 @@ def add_parser(commands) -> None:
     predict.set_defaults(handler=run)
 
 
+def min_confidence(text: str) -> float:
+    """``--min-confidence``: a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a probability in [0, 1]")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """`ser predict`: a line (or a JSON object) per file; with --segments, one per segment."""
     from ser_model.inference import Predictor
@@ -79,13 +99,15 @@ def run(args: argparse.Namespace) -> int:
         )
     predictor = Predictor.from_pretrained(args.model, window_seconds=args.window_seconds)
     speakers = None if args.speaker is None else [args.speaker] * len(args.files)
-    predictions = predictor.predict_files(args.files, speakers)
+    predictions = predictor.predict_files(args.files, speakers, args.min_confidence)
     for path, prediction in zip(args.files, predictions):
         if args.json:
             print(json.dumps({"file": path, **prediction}))
         else:
             probabilities = " ".join(f"{label}={p:.3f}" for label, p in prediction["probabilities"].items())
-            print(f"{path}\t{prediction['label']}\t{probabilities}")
+            print(
+                f"{path}\t{prediction['label']}\tconfidence={prediction['confidence']:.3f}\t{probabilities}"
+            )
     return 0
 
 
@@ -106,7 +128,7 @@ def run_segments(args: argparse.Namespace) -> int:
     labels = list(scorer.labels)
     writer = None
     if args.csv:
-        fields = ["file", "start_s", "end_s", "label"] + [probability_column(c) for c in labels]
+        fields = ["file", "start_s", "end_s", "label", "confidence"] + [probability_column(c) for c in labels]
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
     tracks = []
@@ -117,7 +139,7 @@ def run_segments(args: argparse.Namespace) -> int:
                 source, scorer, config, progress=audio_progress_bar(2 * duration, Path(path).name)
             )
         tracks.append(Track(Path(path).name, segments, duration))
-        for record in segment_records(segments, labels):
+        for record in segment_records(segments, labels, args.min_confidence):
             if args.json:
                 print(json.dumps({"file": path, **record}))
             elif writer is not None:

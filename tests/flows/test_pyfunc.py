@@ -47,13 +47,18 @@ def test_logged_pyfunc_predicts_like_the_predictor_from_paths_and_waveforms(
 
     reference = Predictor.from_pretrained(checkpoint).predict_files(paths)
     from_paths = model.predict(pd.DataFrame({"audio": paths}))
-    assert list(from_paths.columns) == ["label"] + [probability_column(c) for c in LABELS]
+    assert list(from_paths.columns) == ["label", "confidence"] + [probability_column(c) for c in LABELS]
     assert list(from_paths["label"]) == [r["label"] for r in reference]
     probs = from_paths[[probability_column(c) for c in LABELS]].to_numpy()
     np.testing.assert_allclose(
         probs, [[r["probabilities"][c] for c in LABELS] for r in reference], rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(from_paths["confidence"], probs.max(axis=1), atol=1e-9)
+    strict = model.predict(pd.DataFrame({"audio": paths}), params={"min_confidence": 1.0})
+    assert (strict["label"] == "uncertain").all() and (strict["confidence"] == from_paths["confidence"]).all()
+    with pytest.raises(ModelInputError, match="min_confidence"):
+        model.predict(pd.DataFrame({"audio": paths}), params={"min_confidence": 1.5})
 
     from_arrays = model.predict(
         pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000, 16000]})

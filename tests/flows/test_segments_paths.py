@@ -15,6 +15,7 @@ import pytest
 from data_contracts.labels import LABELS
 from flows.pyfunc import log_pyfunc, probability_column
 from flows.serving import ModelInputError
+from ser_model.calibration import write_calibration
 from ser_model.cli import main
 from ser_model.export import export_onnx
 from tests.fixtures.corpora import ser_ingest
@@ -22,7 +23,7 @@ from tests.fixtures.recordings import fold0_test_files, random_ravdess_checkpoin
 from tests.fixtures.torch_threads import two_torch_threads  # noqa: F401 - autouse fixture
 
 pytestmark = pytest.mark.slow
-COLUMNS = ["start_s", "end_s", "label"] + [probability_column(c) for c in LABELS["ravdess"]]
+COLUMNS = ["start_s", "end_s", "label", "confidence"] + [probability_column(c) for c in LABELS["ravdess"]]
 
 
 @pytest.fixture
@@ -34,13 +35,14 @@ def recording(shared_ravdess, tmp_path):
     return path
 
 
-def cli_segments(recording, model, capsys) -> pd.DataFrame:
-    assert main(["predict", str(recording), "--segments", "--json", "--model", str(model)]) == 0
+def cli_segments(recording, model, capsys, *flags: str) -> pd.DataFrame:
+    assert main(["predict", str(recording), "--segments", "--json", "--model", str(model), *flags]) == 0
     return pd.DataFrame([json.loads(line) for line in capsys.readouterr().out.splitlines()])[COLUMNS]
 
 
 def test_cli_pyfunc_and_onnx_give_the_same_segments(local_mlflow, experiment_id, recording, tmp_path, capsys):
     checkpoint = random_ravdess_checkpoint(tmp_path / "best")
+    write_calibration(checkpoint, {"temperature": 0.5, "source": "test"})  # every path is calibrated
     from_cli = cli_segments(recording, checkpoint, capsys)
     assert len(from_cli) >= 2
     assert (
@@ -76,9 +78,24 @@ def test_cli_pyfunc_and_onnx_give_the_same_segments(local_mlflow, experiment_id,
 
     whole = model.predict(pd.DataFrame({"audio_base64": [encoded]}))
     assert (
-        list(whole.columns) == ["label"] + [probability_column(c) for c in LABELS["ravdess"]]
+        list(whole.columns) == ["label", "confidence"] + [probability_column(c) for c in LABELS["ravdess"]]
         and len(whole) == 1
     )
+
+    # "uncertain" below min_confidence on every path, never at 0; the probabilities stay
+    assert (from_cli["label"] != "uncertain").all()
+    above_all = str(min(1.0, from_cli["confidence"].max() + 1e-6))
+    strict_cli = cli_segments(recording, checkpoint, capsys, "--min-confidence", above_all)
+    strict_onnx = cli_segments(recording, onnx_path, capsys, "--min-confidence", above_all)
+    strict_pyfunc = model.predict(
+        pd.DataFrame({"audio_base64": [encoded]}),
+        params={"segments": True, "min_confidence": float(above_all)},
+    )
+    for strict in (strict_cli, strict_onnx, strict_pyfunc):
+        assert (strict["label"] == "uncertain").all()
+        np.testing.assert_allclose(
+            strict[COLUMNS[4:]].to_numpy(float), from_cli[COLUMNS[4:]].to_numpy(float), rtol=1e-3, atol=1e-5
+        )
 
 
 def test_served_requests_with_segments_are_bounded_by_the_audio_of_all_rows(

@@ -150,3 +150,47 @@ def test_onnx_matches_pytorch_at_two_lengths_and_batched(backbone, request, tmp_
         ["logits"], {"waves": padded, "lengths": np.array([len(w) for w in waves], dtype=np.int64)}
     )[0]
     np.testing.assert_allclose(batched, np.concatenate(logits), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def calibrated_checkpoint(checkpoint, tmp_path_factory):
+    """The tiny checkpoint with a temperature of 2.5 in its folder."""
+    import shutil
+
+    from ser_model.calibration import write_calibration
+
+    folder = tmp_path_factory.mktemp("calibrated") / "best"
+    shutil.copytree(checkpoint, folder)
+    write_calibration(folder, {"temperature": 2.5, "source": "test"})
+    return folder
+
+
+def test_onnx_and_predictor_return_the_calibrated_probabilities(calibrated_checkpoint, tmp_path):
+    out = export_onnx(calibrated_checkpoint, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model = SERModel.from_pretrained(calibrated_checkpoint)
+    predictor = Predictor.from_pretrained(calibrated_checkpoint)
+    wave = _noise(1.7, 16000, seed=7)
+    with torch.no_grad():
+        z = model(torch.from_numpy(wave)[None], torch.tensor([len(wave)])).logits.double()
+    expected = torch.softmax(z / 2.5, dim=1).numpy()  # the reference: softmax(z / T)
+    got = session.run(
+        ["probabilities"], {"waves": wave[None], "lengths": np.array([len(wave)], dtype=np.int64)}
+    )[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    from_predictor = predictor.predict_arrays([(wave, 16000)])[0]
+    np.testing.assert_allclose(list(from_predictor["probabilities"].values()), expected[0], atol=1e-4)
+    assert from_predictor["confidence"] == pytest.approx(expected.max(), abs=1e-4)
+    uncalibrated = torch.softmax(z, dim=1).numpy()
+    assert np.abs(uncalibrated - expected).max() > 1e-3, "T = 2.5 must move the probabilities"
+
+
+def test_min_confidence_marks_uncertain_answers_and_keeps_their_probabilities(calibrated_checkpoint):
+    predictor = Predictor.from_pretrained(calibrated_checkpoint)
+    items = [(_noise(1.0 + 0.3 * k, 16000, seed=k), 16000) for k in range(4)]
+    plain = predictor.predict_arrays(items)
+    top = max(p["confidence"] for p in plain)
+    strict = predictor.predict_arrays(items, min_confidence=min(1.0, top + 1e-6))
+    assert all(p["label"] != "uncertain" for p in plain)
+    assert all(p["label"] == "uncertain" for p in strict)
+    assert [p["probabilities"] for p in strict] == [p["probabilities"] for p in plain]
