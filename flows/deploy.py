@@ -3,8 +3,10 @@
 | deployment | flow | schedule / trigger | parameters |
 |---|---|---|---|
 | ingest-<corpus> (×4) | ingest (flows/ingest.py) | on demand | corpus |
+| ingest-table | ingest-table (flows/ingest.py) | on demand | name, source (a table; default the Prefect Variable ``ser-root-<name>``), labels, label_map, folds; applies the dataset's train-<name> |
 | train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
-| retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root |
+| train-<dataset> | train | as train-<corpus>; applied by the first ``ingest-table`` run of the dataset (:func:`apply_dataset_deployment`) | corpus=<dataset>, as train-<corpus> |
+| retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root and every registered table dataset |
 | train-fold | train-fold (flows/train.py) | started by each train run, once per fold and for the release model | corpus, fingerprint, fold, config, root, MLflow experiment and parent run |
 | tune-<corpus> (×4) | tune (flows/tune.py) | on demand | corpus, preset="cpu-fbank", trials=20, epochs, folds=[0, 1], space, study |
 | tune-trial | tune-trial (flows/tune.py) | started by each tune run, once per trial | corpus, fingerprint, study, base config, space, tuning folds, MLflow parent run |
@@ -34,8 +36,8 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.flows import Flow
 
-from data_contracts.corpora import check_corpus
-from data_contracts.labels import CORPORA
+from data_contracts.corpora import OFFICIAL_CORPORA
+from data_contracts.datasets import resolve_dataset
 from flows.fold_runs import FOLD_DEPLOYMENT, FOLD_QUEUE
 from flows.limits import TRAINING_SLOTS, ensure_limit, training_limit
 from flows.trial_runs import TRIAL_DEPLOYMENT
@@ -44,6 +46,7 @@ from ser_stack.names import (
     EVENT_BUCKET,
     EVENT_FINGERPRINT,
     INGEST,
+    INGEST_TABLE_DEPLOYMENT,
     MANIFEST_UPDATED_EVENT,
     TRAIN,
     TUNE,
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 
 ENTRYPOINTS = {
     "ingest": "flows/ingest.py:ingest",
+    "ingest-table": "flows/ingest.py:ingest_table",
     "train": "flows/train.py:train",
     "retrain": "flows/retrain.py:retrain",
     "train-fold": "flows/train.py:train_fold",
@@ -71,11 +75,12 @@ DEFAULT_AUTO_TRAIN_FOLDS: list[int] | None = None
 def deployment_names() -> list[str]:
     """Full names ``<flow>/<deployment>`` of everything :func:`build_deployments` creates."""
     return [
-        *(f"ingest/ingest-{corpus}" for corpus in CORPORA),
-        *(f"train/train-{corpus}" for corpus in CORPORA),
+        *(f"ingest/ingest-{corpus}" for corpus in OFFICIAL_CORPORA),
+        f"ingest-table/{INGEST_TABLE_DEPLOYMENT}",
+        *(f"train/train-{corpus}" for corpus in OFFICIAL_CORPORA),
         f"retrain/{RETRAIN_DEPLOYMENT}",
         FOLD_DEPLOYMENT,
-        *(f"tune/tune-{corpus}" for corpus in CORPORA),
+        *(f"tune/tune-{corpus}" for corpus in OFFICIAL_CORPORA),
         TRIAL_DEPLOYMENT,
     ]
 
@@ -89,7 +94,7 @@ def manifest_trigger(
     """Run train-<corpus> on the manifest version named by a ``ser.manifest.updated`` event
     about a manifest in ``data_bucket`` (the bucket the worker's train flow reads), with the
     recipe ``preset`` on ``folds`` (None: all), both stated in the automation."""
-    check_corpus(corpus)
+    resolve_dataset(corpus)
     return DeploymentEventTrigger(
         name=f"train-{corpus}-on-new-manifest",
         description=f"train {corpus} when the ingest flow publishes a new manifest fingerprint",
@@ -110,6 +115,55 @@ def configured_retrain_cron() -> str:
     return ProcessSettings.from_env().retrain_cron
 
 
+def train_deployment(
+    train_flow: Flow,
+    dataset: str,
+    work_pool: str,
+    data_bucket: str,
+    auto_train_preset: str = DEFAULT_PRESET,
+    auto_train_folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS,
+) -> RunnerDeployment:
+    """``train-<dataset>``: the train flow on the dataset's latest manifest, run again by the
+    automation on each new manifest fingerprint of the dataset."""
+    return train_flow.to_deployment(
+        name=job_name(TRAIN, dataset),
+        parameters={"corpus": dataset, "manifest_version": "latest", "preset": DEFAULT_PRESET},
+        triggers=[manifest_trigger(dataset, data_bucket, auto_train_preset, auto_train_folds)],
+        work_pool_name=work_pool,
+        description=f"cross-validated training on {dataset}, registration and promotion",
+        tags=["ser", dataset],
+    )
+
+
+def apply_dataset_deployment(
+    dataset: str,
+    auto_train_preset: str = DEFAULT_PRESET,
+    auto_train_folds: list[int] | None = DEFAULT_AUTO_TRAIN_FOLDS,
+    source: Path = REPO_ROOT,
+) -> str:
+    """Create or update a table dataset's ``train-<dataset>`` deployment and its automation (what
+    ``ingest-table`` does after checking the table); its full name ``train/train-<dataset>``."""
+    settings = StackSettings.from_env()
+    train_flow = Flow.from_source(source=str(source), entrypoint=ENTRYPOINTS["train"])
+    deployment = train_deployment(
+        train_flow,
+        resolve_dataset(dataset).name,
+        settings.work_pool,
+        settings.data_bucket,
+        auto_train_preset,
+        auto_train_folds,
+    )
+    deploy(
+        deployment,
+        work_pool_name=settings.work_pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+    return f"train/{job_name(TRAIN, dataset)}"
+
+
 def build_deployments(
     source: Path = REPO_ROOT,
     work_pool: str | None = None,
@@ -127,7 +181,7 @@ def build_deployments(
         for name, entrypoint in ENTRYPOINTS.items()
     }
     deployments = []
-    for corpus in CORPORA:
+    for corpus in OFFICIAL_CORPORA:
         deployments.append(
             flows["ingest"].to_deployment(
                 name=job_name(INGEST, corpus),
@@ -137,17 +191,19 @@ def build_deployments(
                 tags=["ser", corpus],
             )
         )
-    for corpus in CORPORA:
+    deployments.append(
+        flows["ingest-table"].to_deployment(
+            name=INGEST_TABLE_DEPLOYMENT,
+            parameters={"auto_train_preset": auto_train_preset, "auto_train_folds": auto_train_folds},
+            work_pool_name=work_pool,
+            description="ingest a table dataset (--param name=NAME --param source=TABLE) and apply its train-<name>",
+            tags=["ser"],
+        )
+    )
+    for corpus in OFFICIAL_CORPORA:
         deployments.append(
-            flows["train"].to_deployment(
-                name=job_name(TRAIN, corpus),
-                parameters={"corpus": corpus, "manifest_version": "latest", "preset": DEFAULT_PRESET},
-                triggers=[
-                    manifest_trigger(corpus, settings.data_bucket, auto_train_preset, auto_train_folds)
-                ],
-                work_pool_name=work_pool,
-                description=f"cross-validated training on {corpus}, registration and promotion",
-                tags=["ser", corpus],
+            train_deployment(
+                flows["train"], corpus, work_pool, settings.data_bucket, auto_train_preset, auto_train_folds
             )
         )
     deployments.append(
@@ -168,7 +224,7 @@ def build_deployments(
             tags=["ser"],
         )
     )
-    for corpus in CORPORA:
+    for corpus in OFFICIAL_CORPORA:
         deployments.append(
             flows["tune"].to_deployment(
                 name=job_name(TUNE, corpus),
@@ -214,7 +270,7 @@ def ensure_fold_queue(work_pool: str, slots: int) -> None:
 def apply_deployments(deployments: list[RunnerDeployment], work_pool: str | None = None) -> list[UUID]:
     """Create or update the deployments (and their automations) on the Prefect API, and the
     training concurrency limits when missing."""
-    for corpus in CORPORA:
+    for corpus in OFFICIAL_CORPORA:
         ensure_limit(training_limit(corpus), TRAINING_SLOTS)
     work_pool = work_pool or StackSettings.from_env().work_pool
     ensure_fold_queue(work_pool, fold_concurrency())

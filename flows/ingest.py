@@ -1,6 +1,7 @@
-"""The ``ingest`` flow: corpus root → checked manifest version in S3 → ``latest`` → artifact.
+"""The ``ingest`` flow: corpus root → checked manifest version in S3 → ``latest`` → artifact; and
+the ``ingest-table`` flow, the same for a table dataset (docs/YOUR_DATA.md).
 
-Deployments ``ingest-<corpus>`` run it (see flows/deploy.py). The work itself is
+Deployments ``ingest-<corpus>`` and ``ingest-table`` run them (see flows/deploy.py). The work itself is
 ``data_contracts.ingest.run_ingest`` (parse, validate, decode and check every file, folds,
 report) and ``flows.storage.publish_manifest`` (write under the fingerprint, read back, move
 ``latest``); this module adds retries on S3 connection errors, the Prefect markdown artifact
@@ -27,15 +28,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.logging.handlers import APILogHandler
 
+from data_contracts.corpora.table import DEFAULT_FOLDS
+from data_contracts.datasets import resolve_dataset
 from data_contracts.ingest import IngestResult, report_markdown, run_ingest
-from flows.roots import resolve_root
+from data_contracts.table_ingest import run_table_ingest
+from flows.roots import remember_source, resolve_root
 from flows.storage import DataBucket, Publication, StorageUnavailableError, publish_manifest
+from ser_model.presets import DEFAULT_PRESET
 from ser_stack.names import (
     EVENT_BUCKET,
     EVENT_CORPUS,
     EVENT_FINGERPRINT,
     INGEST,
     MANIFEST_UPDATED_EVENT,
+    TRAIN,
     job_name,
     manifest_resource_id,
 )
@@ -167,15 +173,23 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
     root, place = resolve_root(corpus, root)
     logger.info("ingesting %s from %s (%s)", corpus, root, place)
     result = parse_and_check(corpus, root, workers)
-    publication = publish(corpus, root, result)
+    return publish_and_announce(corpus, root, result, announce)
+
+
+def publish_and_announce(dataset: str, root: str, result: IngestResult, announce: bool) -> dict:
+    """Publish `result` (audio paths relative to `root`), write the ``ingest-<dataset>`` artifact
+    and, when a new version was published and `announce` holds, emit ``ser.manifest.updated``.
+    Returns the flow's outcome dict."""
+    logger = get_run_logger()
+    publication = publish(dataset, root, result)
     create_markdown_artifact(
-        key=job_name(INGEST, corpus),
+        key=job_name(INGEST, dataset),
         markdown=artifact_markdown(publication, result.report),
-        description=f"ingest of {corpus}: {publication.status} {publication.fingerprint}",
+        description=f"ingest of {dataset}: {publication.status} {publication.fingerprint}",
     )
     outcome = {
         "status": publication.status,
-        "corpus": corpus,
+        "corpus": dataset,
         "fingerprint": publication.fingerprint,
         "previous": publication.previous,
         "utterances": len(result.manifest),
@@ -183,21 +197,74 @@ def ingest(corpus: str, root: str | None = None, workers: int | None = None, ann
     }
     if publication.status == "unchanged":
         logger.info(
-            "unchanged: manifest %s of %s is already latest; nothing written", publication.fingerprint, corpus
+            "unchanged: manifest %s of %s is already latest; nothing written",
+            publication.fingerprint,
+            dataset,
         )
     else:
         logger.info(
-            "published manifest %s of %s (previous %s)", publication.fingerprint, corpus, publication.previous
+            "published manifest %s of %s (previous %s)",
+            publication.fingerprint,
+            dataset,
+            publication.previous,
         )
         if announce:
             emit_event(
                 event=MANIFEST_UPDATED_EVENT,
                 resource={
-                    "prefect.resource.id": manifest_resource_id(corpus),
-                    EVENT_CORPUS: corpus,
+                    "prefect.resource.id": manifest_resource_id(dataset),
+                    EVENT_CORPUS: dataset,
                     EVENT_FINGERPRINT: publication.fingerprint,
                     EVENT_BUCKET: StackSettings.from_env().data_bucket,
                 },
                 payload={k: v for k, v in outcome.items() if k != "status"},
             )
     return outcome
+
+
+@task(name="read-and-check-table", cache_policy=NO_CACHE)
+def read_and_check_table(
+    name: str,
+    source: str,
+    labels: list[str] | None,
+    label_map: dict[str, str] | None,
+    folds: int,
+    workers: int | None,
+) -> IngestResult:
+    """Read the table, check every row and its audio, fold by speaker (or its split column)."""
+    with library_logs_to_prefect(), progress_to_log(get_run_logger()):
+        return run_table_ingest(source, name, labels, label_map, folds, workers=workers, progress=True)
+
+
+@flow(name="ingest-table")
+def ingest_table(
+    name: str,
+    source: str | None = None,
+    labels: list[str] | None = None,
+    label_map: dict[str, str] | None = None,
+    folds: int = DEFAULT_FOLDS,
+    workers: int | None = None,
+    announce: bool = True,
+    auto_train_preset: str = DEFAULT_PRESET,
+    auto_train_folds: list[int] | None = None,
+) -> dict:
+    """Ingest the table dataset ``name`` from ``source`` (a .csv/.parquet path or s3:// URL; default:
+    the Prefect Variable ``ser-root-<name>``, which a given ``source`` sets) into a manifest version,
+    then apply its deployment ``train-<name>`` (its automation trains ``auto_train_preset`` on
+    ``auto_train_folds`` after a new manifest, like the corpora's) so that ``prefect deployment run
+    train-<name>`` works. ``labels``, ``label_map`` and ``folds`` are ``ser ingest table``'s options.
+    Returns the ``ingest`` flow's outcome, plus ``deployment``."""
+    from flows.deploy import apply_dataset_deployment
+
+    logger = get_run_logger()
+    dataset = resolve_dataset(name)
+    if not dataset.is_table:
+        raise ValueError(f"{name} is an official corpus: run its deployment ingest-{name}")
+    source, place = resolve_root(name, source)
+    logger.info("ingesting table dataset %s from %s (%s)", name, source, place)
+    result = read_and_check_table(name, source, labels, label_map, folds, workers)
+    deployment = apply_dataset_deployment(name, auto_train_preset, auto_train_folds)
+    logger.info("applied %s: `prefect deployment run %s` trains %s", deployment, job_name(TRAIN, name), name)
+    outcome = publish_and_announce(name, result.report["root"], result, announce)
+    remember_source(name, source)
+    return {**outcome, "deployment": deployment}

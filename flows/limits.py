@@ -1,4 +1,4 @@
-"""Trainings of one corpus run one at a time: the Prefect global concurrency limit ``train-<corpus>``.
+"""Trainings of one dataset (a corpus or a table dataset) run one at a time: the Prefect global concurrency limit ``train-<corpus>``.
 
 Every run of the ``train`` flow (a deployment run, the automation after ingest, the nightly
 retrain's subflow, a call from Python) holds one slot of ``train-<corpus>`` for its whole run,
@@ -24,7 +24,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from data_contracts.corpora import check_corpus
+from data_contracts.datasets import resolve_dataset
 from ser_stack.names import TRAIN, job_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,7 +37,7 @@ LEASE_S = 300.0
 
 def training_limit(corpus: str) -> str:
     """Name of the corpus's training limit: ``train-<corpus>``."""
-    return job_name(TRAIN, check_corpus(corpus))
+    return job_name(TRAIN, resolve_dataset(corpus).name)
 
 
 def ensure_limit(name: str, slots: int) -> bool:

@@ -45,7 +45,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 
-from data_contracts.corpora import check_corpus
+from data_contracts.datasets import resolve_dataset
 from data_contracts.labels import LABELS
 from flows.limits import ensure_limit
 from flows.registry import create_model_version
@@ -383,7 +383,7 @@ def promote_version(
     ``challenger``, compare with ``champion``, move ``champion`` when the rule says so, and
     record the decision on the version. ``monitor_quote`` (the monitor's sentence on how the
     champion did on the new data, flows/monitor.py) is quoted beside the decision."""
-    name = registered_model_name(check_corpus(corpus))
+    name = registered_model_name(resolve_dataset(corpus).name)
     candidate = version_score(client, name, version)
     client.set_registered_model_alias(name, CHALLENGER, candidate.version)
     champion = current_champion(client, name)
@@ -468,7 +468,7 @@ def register_release(
     run_tags = client.get_run(parent_id).data.tags
     if REGISTERED_VERSION_TAG in run_tags:
         return run_tags[REGISTERED_VERSION_TAG], False
-    name = registered_model_name(check_corpus(run_tags[CORPUS_TAG]))
+    name = registered_model_name(resolve_dataset(run_tags[CORPUS_TAG]).name)
     scores = {
         summary_tag(key): f"{summary[key]:.6f}"
         for key in (summary_name("UA", "std"), summary_name("WA", "mean"), summary_name("macro_f1", "mean"))

@@ -1,12 +1,14 @@
-"""The ``retrain`` flow: retrain a corpus only when its source changed.
+"""The ``retrain`` flow: retrain a dataset only when its source changed.
 
-For each corpus with a root (parameter ``roots``, else the places flows/roots.py looks at),
-the flow re-fingerprints the root cheaply (``data_contracts.fingerprint.source_fingerprint``: relative path, size, mtime or ETag; no
-decoding) and compares it with what it saw last time (``manifests/<corpus>/source.json`` in
+For each corpus with a root (parameter ``roots``, else the places flows/roots.py looks at) and
+each registered table dataset (a Prefect Variable ``ser-root-<name>`` naming its table), the flow
+re-fingerprints the source cheaply (``data_contracts.fingerprint.source_fingerprint`` for a
+root, ``data_contracts.corpora.table.table_source_fingerprint`` for a table: relative path,
+size, mtime or ETag; no decoding) and compares it with what it saw last time (``manifests/<corpus>/source.json`` in
 the data bucket). Then:
 
 * same root and source fingerprint → nothing runs; the decision says so;
-* changed → the ``ingest`` flow (a subflow, ``announce=False`` so the event automation does
+* changed → the ``ingest`` flow (``ingest-table`` for a table dataset; a subflow, ``announce=False`` so the event automation does
   not start a second training) → if the manifest fingerprint differs from the one trained
   last time, the ``train`` flow (a subflow; it registers the model and runs promotion) →
   ``source.json`` is updated only after both succeeded, so a failed run is retried by the
@@ -26,12 +28,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_contracts.corpora import check_corpus
+from data_contracts.corpora import OFFICIAL_CORPORA
+from data_contracts.corpora.table import table_source_fingerprint
+from data_contracts.datasets import resolve_dataset
 from data_contracts.fingerprint import source_fingerprint
-from data_contracts.labels import CORPORA
 from data_contracts.source import open_source
-from flows.ingest import ingest
-from flows.roots import CorpusRootNotFound, resolve_root, root_env_var, root_variable
+from flows.ingest import ingest, ingest_table
+from flows.roots import CorpusRootNotFound, registered_datasets, resolve_root, root_env_var, root_variable
 from flows.storage import DataBucket, read_source_state, write_source_state
 from flows.train import train
 from ser_model.presets import DEFAULT_PRESET
@@ -42,9 +45,19 @@ class RetrainError(RuntimeError):
 
 
 @task(name="fingerprint-source", cache_policy=NO_CACHE)
-def fingerprint_source(root: str) -> str:
-    """Cheap fingerprint of the files under ``root`` (listing only, no decoding)."""
+def fingerprint_source(dataset: str, root: str) -> str:
+    """Cheap fingerprint of the dataset's source (listing or stat only, no decoding): the files
+    under a corpus's ``root``; a table dataset's table and the files it lists."""
+    if resolve_dataset(dataset).is_table:
+        return table_source_fingerprint(root, dataset)
     return source_fingerprint(open_source(root))
+
+
+def ingest_dataset(dataset: str, root: str) -> dict:
+    """The ingest subflow of the dataset's kind, not announced (the retrain trains itself)."""
+    if resolve_dataset(dataset).is_table:
+        return ingest_table(name=dataset, source=root, announce=False)
+    return ingest(corpus=dataset, root=root, announce=False)
 
 
 def source_unchanged(previous: dict | None, root: str, fingerprint: str) -> bool:
@@ -68,7 +81,7 @@ def retrain_corpus(
 ) -> str:
     """Run one corpus through fingerprint → (ingest → train) and return the decision, in words."""
     logger = get_run_logger()
-    current = fingerprint_source(root)
+    current = fingerprint_source(corpus, root)
     previous = read_source_state(corpus, bucket)
     if not force and source_unchanged(previous, root, current):
         return f"unchanged: source fingerprint {current[:12]} of {root} as last seen {previous.get('checked_at')}"
@@ -78,7 +91,7 @@ def retrain_corpus(
         current[:12],
         (previous or {}).get("source_fingerprint"),
     )
-    outcome = ingest(corpus=corpus, root=root, announce=False)
+    outcome = ingest_dataset(corpus, root)
     manifest = outcome["fingerprint"]
     if not force and previous is not None and previous.get("manifest_fingerprint") == manifest:
         decision = f"manifest unchanged ({manifest[:12]}): files were touched but no utterance changed; not retrained"
@@ -121,7 +134,8 @@ def retrain(
     folds: list[int] | None = None,
     force: bool = False,
 ) -> dict[str, str]:
-    """Retrain each corpus of ``corpora`` (default: all) whose source changed since last time.
+    """Retrain each dataset of ``corpora`` (default: the four corpora and every registered table
+    dataset) whose source changed since last time.
 
     ``roots`` maps a corpus to its root (folder or ``s3://bucket/prefix``); missing entries
     come from the Prefect Variable ``ser-root-<corpus>``, else the worker's ``SER_ROOT_<CORPUS>``
@@ -132,8 +146,8 @@ def retrain(
     bucket = DataBucket.from_env()
     decisions: dict[str, str] = {}
     failures: dict[str, str] = {}
-    for corpus in corpora or list(CORPORA):
-        check_corpus(corpus)
+    for corpus in corpora or [*OFFICIAL_CORPORA, *registered_datasets()]:
+        resolve_dataset(corpus)
         try:
             root, _ = resolve_root(corpus, (roots or {}).get(corpus))
         except CorpusRootNotFound:

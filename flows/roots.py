@@ -1,4 +1,5 @@
-"""Where a corpus lives: the one place that finds a corpus root, when a flow runs.
+"""Where a dataset lives: the one place that finds a corpus root or a table dataset's table,
+when a flow runs.
 
 A flow run looks, in this order, at:
 
@@ -14,6 +15,12 @@ Nothing is read at deploy time, so a root set or changed later applies to the ne
 is a local folder or ``s3://bucket/prefix``; when none is found the error names every place
 looked at and how to set each.
 
+A table dataset (`data_contracts.corpora.table`) is found the same way, its "root" being its
+table (``/data/calls/labels.csv`` or ``s3://…/labels.csv``): the ``ingest-table`` flow sets the
+Prefect Variable ``ser-root-<name>`` to the source it ingested (:func:`remember_source`), and a
+table dataset is *registered* by having that variable (:func:`registered_datasets`), which is how
+the nightly retrain finds it.
+
 A published manifest version's root is the one recorded at ingest unless a flow is given another
 (:func:`manifest_root`); a worker reads an ``s3://`` root through a local copy of the manifest's
 files (:func:`local_audio_root`). Both serve flows/manifest_version.py.
@@ -25,9 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data_contracts.corpora import check_corpus
+from data_contracts.datasets import resolve_dataset
 from data_contracts.staging import cache_from_env, stage_audio
 from flows.storage import DataBucket, read_latest
+from ser_stack.names import ROOT_VARIABLE_PREFIX, root_variable_name
 from ser_stack.process_settings import ProcessSettings, corpus_root_variable
 from ser_stack.settings import SHARED_RAVDESS
 
@@ -41,12 +49,41 @@ class CorpusRootNotFound(LookupError):
 
 def root_env_var(corpus: str) -> str:
     """``SER_ROOT_<CORPUS>``, e.g. ``SER_ROOT_MSP_IMPROV``."""
-    return corpus_root_variable(check_corpus(corpus))
+    return corpus_root_variable(resolve_dataset(corpus).name)
 
 
 def root_variable(corpus: str) -> str:
-    """Name of the Prefect Variable holding the corpus root: ``ser-root-<corpus>``."""
-    return f"ser-root-{check_corpus(corpus)}"
+    """Name of the Prefect Variable holding the dataset's root or table: ``ser-root-<dataset>``."""
+    return root_variable_name(resolve_dataset(corpus).name)
+
+
+def remember_source(dataset: str, source: str) -> None:
+    """Set the Prefect Variable ``ser-root-<dataset>`` to `source` (overwriting it)."""
+    from prefect.variables import Variable
+
+    Variable.set(root_variable(dataset), source, overwrite=True)
+
+
+def read_root_variable_names() -> list[str]:
+    """The names of the Prefect Variables ``ser-root-*`` on the Prefect API in use."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return [v.name for v in client.read_variables() if v.name.startswith(ROOT_VARIABLE_PREFIX)]
+
+
+def registered_datasets(read_names: Callable[[], list[str]] = read_root_variable_names) -> list[str]:
+    """The table datasets registered on the Prefect API (a ``ser-root-<name>`` variable whose
+    name is no corpus's), sorted; variables whose name is no dataset name are ignored."""
+    names = []
+    for variable in read_names():
+        name = variable[len(ROOT_VARIABLE_PREFIX) :]
+        try:
+            if resolve_dataset(name).is_table:
+                names.append(name)
+        except ValueError:
+            continue
+    return sorted(names)
 
 
 def read_prefect_variable(name: str) -> str | None:

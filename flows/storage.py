@@ -42,7 +42,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from data_contracts.corpora import check_corpus
+from data_contracts.datasets import register_from_report, resolve_dataset
 from data_contracts.ingest import OUTPUT_FILES
 from data_contracts.schemas import validate_folds, validate_manifest
 from ser_stack.settings import StackSettings
@@ -98,7 +98,7 @@ def object_key(
     kind: one of ``manifest``, ``quarantine``, ``folds``, ``report`` (need ``fingerprint``),
     ``latest``, ``source`` (per corpus).
     """
-    check_corpus(corpus)
+    resolve_dataset(corpus)
     if kind in MANIFEST_FILES:
         if fingerprint is None:
             raise InvalidKeyPartError(f"object kind {kind!r} needs a fingerprint")
@@ -259,7 +259,7 @@ def manifest_exists(corpus: str, fingerprint: str, bucket: DataBucket | None = N
 def list_manifest_versions(corpus: str, bucket: DataBucket | None = None) -> list[str]:
     """Fingerprints of the complete versions of ``corpus``, sorted."""
     bucket = bucket or DataBucket.from_env()
-    prefixes = bucket.list_prefixes(f"manifests/{check_corpus(corpus)}/")
+    prefixes = bucket.list_prefixes(f"manifests/{resolve_dataset(corpus).name}/")
     names = [p.rstrip("/").rsplit("/", 1)[-1] for p in prefixes]
     return sorted(n for n in names if _FINGERPRINT.fullmatch(n) and manifest_exists(corpus, n, bucket))
 
@@ -270,9 +270,13 @@ def resolve_version(corpus: str, version: str = "latest", bucket: DataBucket | N
     if version == "latest":
         pointer = read_latest(corpus, bucket)
         if pointer is None:
+            first = (
+                f"the ingest-table deployment (--param name={corpus} --param source=TABLE)"
+                if resolve_dataset(corpus).is_table
+                else f"the ingest-{corpus} deployment"
+            )
             raise ManifestVersionNotFoundError(
-                f"no manifest of {corpus} in s3://{bucket.name}/manifests/{corpus}/: "
-                f"run the ingest-{corpus} deployment first"
+                f"no manifest of {corpus} in s3://{bucket.name}/manifests/{corpus}/: run {first} first"
             )
         version = pointer["fingerprint"]
     check_fingerprint(version)
@@ -298,9 +302,10 @@ def read_manifest_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``(manifest, folds, report)`` of a fingerprint :func:`resolve_version` returned (checked
     complete), validated through data_contracts.schemas."""
+    report = get_json(bucket, object_key("report", corpus, fingerprint))
+    register_from_report(report)  # a table dataset's classes come from its report
     manifest = validate_manifest(get_parquet(bucket, object_key("manifest", corpus, fingerprint)))
     folds = validate_folds(get_parquet(bucket, object_key("folds", corpus, fingerprint)))
-    report = get_json(bucket, object_key("report", corpus, fingerprint))
     log.info("loaded manifest %s of %s: %d utterances", fingerprint, corpus, len(manifest))
     return manifest, folds, report
 
@@ -335,7 +340,7 @@ def publish_manifest(
     rerun rewrites the version from the start.
     """
     bucket = bucket or DataBucket.from_env()
-    check_corpus(corpus)
+    resolve_dataset(corpus)
     check_fingerprint(fingerprint)
     pointer = read_latest(corpus, bucket)
     previous = pointer["fingerprint"] if pointer else None

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from data_contracts.corpora import check_corpus
+from data_contracts.datasets import resolve_dataset
 from flows.manifest_version import open_manifest_version
 from flows.mlflow_ui import run_url
 from flows.trial_runs import forward_logs, run_trials, trial_objective, trial_parameters
@@ -83,7 +83,7 @@ def tune(
     training ``folds`` (default 0, 1) for ``epochs`` (default the preset's) and judged on their
     validation speakers. Writes the best trial as a preset file; returns its path and the summary."""
     logger = get_run_logger()
-    check_corpus(corpus)
+    resolve_dataset(corpus)
     if trials < 1:
         raise ValueError(f"trials={trials}: expected at least 1")
     stack = StackSettings.from_env()

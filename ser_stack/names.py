@@ -6,8 +6,9 @@ File names inside a fold or model folder live with the code that writes them
 (``ser_model/launch.py``: ``RESULT_FILE``, ``METRICS_FILE``; ``ser_model/checkpoint.py``:
 ``CONFIG_FILE``), because the worker and the flows both import those modules.
 
-Corpus names are not checked here (this module imports nothing of the project): the flows check
-a corpus against ``data_contracts.corpora`` before they name anything after it.
+Dataset names are not checked here (this module imports nothing of the project): the flows
+resolve a dataset (one of the corpora or a table dataset, ``data_contracts.datasets``) before
+they name anything after it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def trial_flow_run_name(corpus: str) -> str:
 def fold_flow_run_name(corpus: str, fold_folder: str) -> str:
     """The flow-run name of one training fold (``fold_folder``: ``fold-0``, ``release``)."""
     return f"ser-{corpus}-{fold_folder}"
+
+
+INGEST_TABLE_DEPLOYMENT = "ingest-table"
+"""The deployment that ingests any table dataset (``--param name=calls --param source=…``)."""
+ROOT_VARIABLE_PREFIX = "ser-root-"
+"""Prefix of the Prefect Variables that remember where a dataset lives."""
+
+
+def root_variable_name(dataset: str) -> str:
+    """The Prefect Variable holding a dataset's root (a corpus) or table (a table dataset):
+    ``ser-root-<dataset>``. A table dataset is registered by having one."""
+    return f"{ROOT_VARIABLE_PREFIX}{dataset}"
 
 
 PROMOTE_LIMIT = "ser-promote"

@@ -56,7 +56,7 @@ REQUIRED_COLUMNS = ("path", "label", "speaker")
 OPTIONAL_COLUMNS = ("split", "session", "gender")
 SPLITS = ("train", "valid", "test")
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 DEFAULT_FOLDS = 5
 MIN_SPEAKERS = 3
 """Test, validation and training speakers: the fewest a speaker-independent fold can have."""
@@ -72,7 +72,7 @@ def check_dataset_name(name: str) -> str:
     IngestError saying which rule it breaks otherwise."""
     from data_contracts.corpora import OFFICIAL_CORPORA
 
-    if not isinstance(name, str) or not DATASET_NAME.match(name):
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
         raise IngestError(
             f"dataset name {name!r}: expected a slug of lower-case letters, digits and '-' "
             "that starts with a letter or digit (e.g. calls, clinic-2024)"
@@ -317,3 +317,12 @@ def table_rows(
         out.splits.append(split)
     out.listing = Listing(tuple(sorted(files.values(), key=lambda f: f.path)), ())
     return out
+
+
+def table_source_fingerprint(location: str, name: str) -> str:
+    """The cheap fingerprint of a table dataset's source: the table file's and every listed audio
+    file's (path, size, version), as `data_contracts.fingerprint.listing_fingerprint` hashes a
+    corpus root's listing; no audio is decoded."""
+    from data_contracts.fingerprint import listing_fingerprint
+
+    return listing_fingerprint(table_rows(read_table(location), name).listing)

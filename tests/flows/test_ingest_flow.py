@@ -248,3 +248,47 @@ def test_publication_is_retried_on_s3_connection_errors_only():
     assert is_s3_connection_failure(publish, None, Failed(data=StorageUnavailableError("S3 endpoint down")))
     assert not is_s3_connection_failure(publish, None, Failed(data=CorpusLayoutError("no Actor_NN folder")))
     assert not is_s3_connection_failure(publish, None, Failed(data=PermissionError("AccessDenied")))
+
+
+@pytest.mark.integration
+def test_ingest_table_publishes_remembers_its_source_and_applies_train_name(
+    live_bucket, prefect_api, shared_ravdess, tmp_path
+):
+    """Issue 34: `ingest-table --param name=N --param source=TABLE` publishes the dataset's manifest,
+    sets the Prefect Variable ser-root-N to the table and applies train-N (with its automation on
+    N's new manifests); a second run without a source finds the table in the variable."""
+    import uuid
+
+    from prefect.variables import Variable
+
+    from flows.ingest import ingest_table
+
+    name = f"table-{uuid.uuid4().hex[:8]}"
+    lines = ["path,label,speaker"]
+    for actor in range(1, 5):
+        for emotion, label in (("03", "joy"), ("04", "sadness")):
+            relative = f"audio/Actor_{actor:02d}/03-01-{emotion}-01-01-01-{actor:02d}.flac"
+            (tmp_path / "calls" / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shared_ravdess / relative.removeprefix("audio/"), tmp_path / "calls" / relative)
+            lines.append(f"{relative},{label},agent-{actor}")
+    lines.append("../escape.flac,joy,agent-1")
+    table = tmp_path / "calls" / "labels.csv"
+    table.write_text("\n".join(lines) + "\n")
+    try:
+        outcome = ingest_table(name=name, source=str(table), workers=1, announce=False)
+        assert outcome["status"] == "published" and outcome["utterances"] == 8 and outcome["quarantined"] == 1
+        assert outcome["deployment"] == f"train/train-{name}"
+        assert read_latest(name, live_bucket)["root"] == str(table.parent)
+        assert Variable.get(root_variable(name)) == str(table)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"train/train-{name}")
+        assert deployment.parameters["corpus"] == name and deployment.entrypoint == "flows/train.py:train"
+        again = ingest_table(name=name, workers=1, announce=False)
+        assert (again["status"], again["fingerprint"]) == ("unchanged", outcome["fingerprint"])
+    finally:
+        Variable.unset(root_variable(name))
+        with get_client(sync_client=True) as client:
+            try:
+                client.delete_deployment(client.read_deployment_by_name(f"train/train-{name}").id)
+            except Exception:  # noqa: BLE001 - nothing to clean when the run failed before applying it
+                pass

@@ -84,7 +84,11 @@ def test_an_audio_root_that_is_no_folder_is_refused_naming_how_to_set_one(bucket
 
 
 def test_unknown_corpora_and_missing_versions_are_refused(bucket, tmp_path):
-    with pytest.raises(UnknownCorpusError, match="unknown corpus 'crema-d'"):
+    with pytest.raises(UnknownCorpusError, match="unknown dataset 'Crema D'"):
+        open_manifest_version("Crema D", bucket=bucket)
+    with pytest.raises(
+        ManifestVersionNotFoundError, match=r"run the ingest-table deployment \(--param name=crema-d"
+    ):
         open_manifest_version("crema-d", bucket=bucket)
     with pytest.raises(ManifestVersionNotFoundError, match="run the ingest-savee deployment first"):
         open_manifest_version("savee", bucket=bucket)

@@ -14,6 +14,7 @@ from botocore.exceptions import EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from data_contracts.corpora.table import DATASET_NAME
 from data_contracts.errors import ManifestError, UnknownCorpusError
 from data_contracts.fingerprint import manifest_fingerprint
 from data_contracts.folds import make_folds
@@ -110,8 +111,9 @@ def test_object_key_layout():
     assert object_key("source", "ravdess") == "manifests/ravdess/source.json"
 
 
-def test_every_corpus_name_is_checked_by_the_registry():
-    """One corpus check (data_contracts.corpora.check_corpus), one error type, wherever a name enters."""
+def test_every_dataset_name_is_checked_by_one_resolver():
+    """One dataset check (data_contracts.datasets.resolve_dataset: a corpus, or a table dataset's
+    slug), one error type, wherever a name enters."""
     from flows.deploy import manifest_trigger
     from flows.limits import training_limit
     from flows.roots import root_env_var, root_variable
@@ -123,9 +125,11 @@ def test_every_corpus_name_is_checked_by_the_registry():
         training_limit,
         lambda name: str(manifest_trigger(name, "ser-data").match),
     ):
-        with pytest.raises(UnknownCorpusError, match=r"^unknown corpus 'crema-d'; expected one of iemocap"):
-            build("crema-d")
-        assert "ravdess" in build("ravdess").lower()
+        with pytest.raises(
+            UnknownCorpusError, match=r"^unknown dataset 'Crema D': expected one of the corpora iemocap"
+        ):
+            build("Crema D")
+        assert "ravdess" in build("ravdess").lower() and "crema" in build("crema-d").lower()
 
 
 @pytest.mark.parametrize(
@@ -158,7 +162,7 @@ def test_any_key_built_stays_inside_its_prefix(kind, corpus, fingerprint):
     assert key.startswith(f"manifests/{corpus}/")
     parts = key.rstrip("/").split("/")
     assert all(part not in ("", ".", "..") for part in parts)
-    assert corpus in CORPORA
+    assert corpus in CORPORA or DATASET_NAME.fullmatch(corpus)
 
 
 # ----------------------------------------------------------------------------- publication
