@@ -1,4 +1,5 @@
-"""The train flow's figures: a confusion matrix and training curves, built as
+"""The train flow's figures: a confusion matrix, training curves, the reliability diagram and the
+coverage curve of the calibration, and the monitor's drift figures, built as
 ``matplotlib.figure.Figure`` objects without pyplot, so no GUI backend is chosen, no global figure
 list grows, and nothing needs closing; ``MlflowClient.log_figure`` saves them as PNG."""
 
@@ -100,4 +101,56 @@ def drift_figure(feature: str, reference: list, new: list, statistic: float) -> 
         name = "total variation"
     ax.set_title(f"{feature}: {name} {statistic:.3f}")
     ax.legend(fontsize=8)
+    return fig
+
+
+def reliability_figure(before: Mapping[str, list], after: Mapping[str, list], title: str) -> Figure:
+    """Reliability diagram: per confidence bin (`ser_model.calibration.reliability_bins`) the
+    accuracy of its answers before and after calibration against the diagonal (perfect calibration),
+    and under it the number of answers in each bin."""
+    fig = Figure(figsize=(6.4, 5.6), layout="tight")
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    lower, upper = np.asarray(after["lower"]), np.asarray(after["upper"])
+    centre, width = (lower + upper) / 2, upper - lower
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, table, offset in (("before", before, -0.25), ("after", after, 0.25)):
+        count = np.asarray(table["count"])
+        seen = count > 0
+        top.bar(
+            (centre + offset * width / 2)[seen],
+            np.asarray(table["accuracy"])[seen],
+            width=width[seen] / 2,
+            alpha=0.7,
+            label=f"{name} (n={int(count.sum())})",
+        )
+        bottom.bar((centre + offset * width / 2)[seen], count[seen], width=width[seen] / 2, alpha=0.7)
+    top.set_ylabel("accuracy in the bin")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(title)
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("answers")
+    return fig
+
+
+def coverage_figure(coverage: Mapping[str, list], title: str) -> Figure:
+    """Coverage curve (`ser_model.calibration.pooled_coverage`): the accuracy of the answers kept
+    against the share kept as the confidence threshold rises, a few thresholds marked on the curve."""
+    fig = Figure(figsize=(6.4, 4.0), layout="tight")
+    ax = fig.subplots()
+    points = [
+        (t, s, a)
+        for t, s, a in zip(coverage["threshold"], coverage["share"], coverage["accuracy"])
+        if a is not None
+    ]
+    ax.plot([s for _, s, _ in points], [a for _, _, a in points], marker=".", markersize=3)
+    for t, s, a in points:
+        if round(t * 10, 6) % 1 == 0:  # every 0.1
+            ax.annotate(f"P={t:.1f}", (s, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("share of answers kept (confidence ≥ P)")
+    ax.set_ylabel("accuracy of the answers kept")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
     return fig

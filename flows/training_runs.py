@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from flows.figures import confusion_figure, training_curves_figure
+from flows.figures import confusion_figure, coverage_figure, reliability_figure, training_curves_figure
 from flows.mlflow_ui import run_url
 from flows.promote import protocol_name
 from flows.provenance import code_version, package_versions
@@ -38,6 +38,7 @@ from flows.tracking import (
     get_or_create_experiment,
     log_batch,
 )
+from ser_model.calibration import CALIBRATION_FIGURES, calibration_means, pooled_coverage, pooled_reliability
 from ser_model.config import SERConfig
 from ser_model.launch import METRICS_FILE, RESULT_FILE, fold_folder_name, fold_times, read_result
 from ser_model.metrics import (
@@ -45,6 +46,7 @@ from ser_model.metrics import (
     fold_summary,
     headline_scores,
     selection_rule,
+    summary_name,
     summed_confusion,
 )
 from ser_stack.names import (
@@ -72,6 +74,29 @@ log = logging.getLogger(__name__)
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 """Statuses of a parent run that a rerun with the same inputs resumes."""
 CONFUSION_PNG, CURVES_PNG = "figures/confusion.png", "figures/training_curves.png"
+RELIABILITY_PNG, COVERAGE_PNG = "figures/reliability.png", "figures/coverage.png"
+
+
+def calibration_metric(name: str) -> str:
+    """The MLflow metric of a calibration figure (`ser_model.calibration.CALIBRATION_FIGURES`)."""
+    return f"calibration.{name}"
+
+
+def tested_calibrations(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calibration blocks of fold outcomes that were judged on test speakers (have ``ECE_after``)."""
+    return [o["result"]["calibration"] for o in outcomes if "ECE_after" in o["result"].get("calibration", {})]
+
+
+def log_calibration_figures(
+    client: MlflowClient, run_id: str, calibrations: list[dict[str, Any]], title: str
+) -> None:
+    """The reliability diagram (before/after, with counts) and the coverage curve of the calibration
+    blocks pooled (one fold's, or every fold's on the parent)."""
+    before = pooled_reliability([c["reliability_before"] for c in calibrations])
+    after = pooled_reliability([c["reliability_after"] for c in calibrations])
+    client.log_figure(run_id, reliability_figure(before, after, f"{title}: reliability"), RELIABILITY_PNG)
+    coverage = pooled_coverage([c["coverage"] for c in calibrations])
+    client.log_figure(run_id, coverage_figure(coverage, f"{title}: coverage"), COVERAGE_PNG)
 
 
 def train_key(
@@ -242,6 +267,12 @@ def log_fold_run(
     params = {"fold": str(fold), "selected_epoch": str(result.get("selected_epoch"))}
     # one timestamp that a retry repeats exactly, so MLflow keeps each epoch's metrics once
     stamp = end_ms or int((out_dir / RESULT_FILE).stat().st_mtime * 1000)
+    calibration = result.get("calibration", {})
+    summary += [
+        Metric(calibration_metric(name), float(calibration[name]), 0, step)
+        for name in CALIBRATION_FIGURES
+        if name in calibration
+    ]
     log_batch(client, run_id, metrics=epoch_metrics(records, stamp) + summary, params=params)
     for file in (RESULT_FILE, METRICS_FILE):
         if (out_dir / file).exists():
@@ -252,6 +283,8 @@ def log_fold_run(
         client.log_figure(run_id, confusion_figure(result[split]["confusion"], labels, title), CONFUSION_PNG)
     curves = training_curves_figure({fold: records}, f"{corpus} {name}")
     client.log_figure(run_id, curves, CURVES_PNG)
+    if "ECE_after" in calibration:
+        log_calibration_figures(client, run_id, [calibration], f"{corpus} {name} (test speakers)")
     client.set_tag(run_id, LOGGED_TAG, "true")
     client.set_terminated(run_id, "FINISHED", end_time=end_ms)
     return run_id
@@ -283,14 +316,22 @@ def fold_outcome(client: MlflowClient, run_id: str) -> dict[str, Any]:
 def log_parent_summary(
     client: MlflowClient, run_id: str, corpus: str, outcomes: list[dict[str, Any]], labels: tuple[str, ...]
 ) -> dict[str, float]:
-    """Per-fold and mean ± std WA/UA/F1, summed test confusion and all folds' curves on the parent."""
+    """Per-fold and mean ± std WA/UA/F1, summed test confusion and all folds' curves on the parent;
+    the folds' mean calibration figures (``calibration.<name>_mean``, also in the returned summary)
+    and their pooled reliability diagram and coverage curve."""
     per_fold = {o["fold"]: headline_scores(o["result"]) for o in outcomes}
     summary = fold_summary(per_fold)
     metrics = [
         Metric(fold_metric_name(k, m), v, 0, 0) for k, scores in per_fold.items() for m, v in scores.items()
     ]
+    calibrations = tested_calibrations(outcomes)
+    summary |= {
+        summary_name(calibration_metric(k), "mean"): v for k, v in calibration_means(calibrations).items()
+    }
     metrics += [Metric(name, value, 0, 0) for name, value in summary.items()]
     log_batch(client, run_id, metrics=metrics)
+    if calibrations:
+        log_calibration_figures(client, run_id, calibrations, f"{corpus}: {len(calibrations)} folds")
     confusion = summed_confusion(o["result"]["test"]["confusion"] for o in outcomes)
     title = f"{corpus}: test confusion summed over {len(outcomes)} folds"
     client.log_figure(run_id, confusion_figure(confusion, labels, title), "figures/confusion_summed.png")

@@ -52,6 +52,10 @@ __all__ = [
     "coverage_counts",
     "calibration_record",
     "threshold_table",
+    "pooled_reliability",
+    "pooled_coverage",
+    "CALIBRATION_FIGURES",
+    "calibration_means",
     "release_temperature",
     "fold_results_beside",
     "model_folder_calibration",
@@ -204,6 +208,58 @@ def threshold_table(
                 break
         table.append(row)
     return table
+
+
+def pooled_reliability(tables: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """Reliability bins of several folds (`reliability_bins` tables of one bin count) as one set:
+    counts summed, confidence and accuracy the count-weighted means."""
+    count = np.sum([t["count"] for t in tables], axis=0)
+    safe = np.maximum(count, 1)
+    weighted = {
+        key: np.sum([np.asarray(t[key]) * np.asarray(t["count"]) for t in tables], axis=0) / safe
+        for key in ("confidence", "accuracy")
+    }
+    return {
+        "lower": list(tables[0]["lower"]),
+        "upper": list(tables[0]["upper"]),
+        "count": count.tolist(),
+        **{key: value.tolist() for key, value in weighted.items()},
+    }
+
+
+def pooled_coverage(coverages: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """Coverage counts of several folds (`coverage_counts`) as one set: per threshold the ``share``
+    kept (Σ kept / Σ total) and the ``accuracy`` of the kept answers (Σ correct / Σ kept; None when
+    none is kept)."""
+    kept = np.sum([c["kept"] for c in coverages], axis=0)
+    correct = np.sum([c["correct"] for c in coverages], axis=0)
+    total = sum(c["total"] for c in coverages)
+    return {
+        "threshold": list(coverages[0]["threshold"]),
+        "share": (kept / max(total, 1)).tolist(),
+        "accuracy": [float(c / k) if k else None for c, k in zip(correct, kept)],
+    }
+
+
+CALIBRATION_FIGURES = (
+    "temperature",
+    "ECE_before",
+    "ECE_after",
+    "brier_before",
+    "brier_after",
+    "NLL_before",
+    "NLL_after",
+)
+"""The scalar figures of a fold's calibration block (what MLflow logs as ``calibration.<name>``)."""
+
+
+def calibration_means(calibrations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The mean over folds of each of :data:`CALIBRATION_FIGURES` (those of folds that have it)."""
+    return {
+        name: float(np.mean([c[name] for c in calibrations]))
+        for name in CALIBRATION_FIGURES
+        if calibrations and all(name in c for c in calibrations)
+    }
 
 
 def release_temperature(fold_results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
