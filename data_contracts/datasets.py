@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 from data_contracts.corpora import OFFICIAL_CORPORA, SPECS, register
 from data_contracts.corpora.table import DEFAULT_FOLDS, check_dataset_name, table_spec
-from data_contracts.errors import ManifestError, UnknownCorpusError
-
-KINDS = ("corpus", "table")
+from data_contracts.errors import IngestError, ManifestError, UnknownCorpusError
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ def resolve_dataset(name: str) -> DatasetRef:
         return DatasetRef(name, "corpus")
     try:
         return DatasetRef(check_dataset_name(name), "table")
-    except Exception as err:
+    except IngestError as err:
         raise UnknownCorpusError(
             f"unknown dataset {name!r}: expected one of the corpora {', '.join(OFFICIAL_CORPORA)} or a "
             f"table dataset's name ({err})"

@@ -29,6 +29,7 @@ from data_contracts.corpora.table import (
     SPLITS,
     TABLE_CHECKS,
     Table,
+    TableRows,
     check_dataset_name,
     read_table,
     table_rows,
@@ -82,6 +83,30 @@ def _split_folds(table_name: str, split_of_utt: Mapping[str, str], manifest: pd.
     return given_split_folds({speaker: r[0] for speaker, r in roles.items()}), None
 
 
+def _checked_rows(table: Table, rows: TableRows, name: str, workers, progress) -> tuple[list[dict], list]:
+    """The manifest rows (with ``metadata``) of the candidates whose audio passes the checks, and
+    the quarantine rows of the others, each reason starting with its table row. IngestError when
+    no row is usable, counting the reasons."""
+    logger.info("%s: %d rows, %d candidate utterances", table.name, len(table.frame), len(rows.candidates))
+    outcomes = probe_all(
+        table.source, rows.candidates, TABLE_CHECKS, workers, progress, desc=f"ingest {name}"
+    )
+    origins = [f"{table.name} row {n}: " for n in rows.rows]
+    accepted, rejected = accept(rows.candidates, outcomes, origins)
+    if not accepted:
+        reasons = Counter(q.reason_code for q in rows.quarantine + rejected)
+        raise IngestError(
+            f"{table.name}: no usable row ({len(table.frame)} rows; quarantined by reason: "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(reasons.items())) or 'none'})"
+        )
+    metadata: dict[str, str] = {}  # of the first candidate of each utt_id: the one `accept` keeps
+    for candidate, value in zip(rows.candidates, rows.metadata):
+        metadata.setdefault(candidate.utt_id, value)
+    for row in accepted:
+        row["metadata"] = metadata[row["utt_id"]]
+    return accepted, rejected
+
+
 def run_table_ingest(
     table: str | Table,
     name: str,
@@ -109,23 +134,7 @@ def run_table_ingest(
             "with a named group speaker), or add a split column (train/valid/test)"
         )
     rows = table_rows(table, name, labels, label_map)
-    logger.info("%s: %d rows, %d candidate utterances", table.name, len(table.frame), len(rows.candidates))
-    outcomes = probe_all(
-        table.source, rows.candidates, TABLE_CHECKS, workers, progress, desc=f"ingest {name}"
-    )
-    origins = [f"{table.name} row {n}: " for n in rows.rows]
-    accepted, rejected = accept(rows.candidates, outcomes, origins)
-    metadata: dict[str, str] = {}  # of the first candidate of each utt_id: the one `accept` keeps
-    for candidate, value in zip(rows.candidates, rows.metadata):
-        metadata.setdefault(candidate.utt_id, value)
-    for row in accepted:
-        row["metadata"] = metadata[row["utt_id"]]
-    if not accepted:
-        reasons = Counter(q.reason_code for q in rows.quarantine + rejected)
-        raise IngestError(
-            f"{table.name}: no usable row ({len(table.frame)} rows; quarantined by reason: "
-            f"{', '.join(f'{k}: {v}' for k, v in sorted(reasons.items())) or 'none'})"
-        )
+    accepted, rejected = _checked_rows(table, rows, name, workers, progress)
     register(table_spec(name, {row["label"] for row in accepted}, fold_count))
     quarantine = quarantine_table(rows.quarantine + rejected)
     if table.has_split:
