@@ -6,6 +6,8 @@ maps each name to its spec; the names other modules use (`data_contracts.labels.
 `LABELS`, `data_contracts.audio.AUDIO_CHECKS`) are views of it, and `parse_corpus`, ingest and
 `data_contracts.folds.make_folds` look the corpus up in it when they run. Adding a corpus is
 writing its module and adding its `SPEC` to `SPECS` (docs/ARCHITECTURE.md, "Adding a corpus").
+Table datasets (`data_contracts.corpora.table`, your own recordings) are specs too, whose classes
+come from their data: `register` adds one to `SPECS` in the process that ingests or reads it.
 
 Importing this package loads no pandas, numpy or soundfile: the CLI builds its argument choices
 from it.
