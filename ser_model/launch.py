@@ -100,6 +100,20 @@ WORKER_FLAGS: tuple[WorkerFlag, ...] = (
         required=False,
         metavar="DIR",
     ),
+    WorkerFlag(
+        "--init",
+        "init_dir",
+        "model folder to start from (ser_model.warm_start; default: from scratch)",
+        required=False,
+        metavar="DIR",
+    ),
+    WorkerFlag(
+        "--init-source",
+        "init_source",
+        "what the user named as --init (a models:/ URI), recorded in result.json (default: the folder)",
+        required=False,
+        metavar="URI",
+    ),
 )
 """The worker's flags, read by :meth:`FoldJob.worker_args` (the launcher's side) and
 ``ser_model.worker.build_parser`` (the worker's side): the one list of them."""
@@ -141,7 +155,8 @@ def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
 @dataclass(frozen=True)
 class FoldJob:
     """Everything one fold's worker needs, as local paths. ``feature_cache_dir``: the worker's
-    ``--feature-cache`` (None: the worker's default, beside the fold folder)."""
+    ``--feature-cache`` (None: the worker's default, beside the fold folder). ``init_dir``: the
+    model folder to start from (None: from scratch), ``init_source`` what the user named it."""
 
     corpus: str
     fold: int
@@ -152,6 +167,8 @@ class FoldJob:
     out_dir: Path
     epochs: int
     feature_cache_dir: Path | None = None
+    init_dir: Path | None = None
+    init_source: str | None = None
 
     @property
     def name(self) -> str:

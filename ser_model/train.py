@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ from ser_model.training_data import (
     read_feature_cache,
     split_speakers,
 )
+from ser_model.warm_start import InitModel, warm_start
 
 __all__ = ["fit", "training_splits", "lr_factor", "TrainingObjective"]
 
@@ -117,6 +119,7 @@ def fit(
     resume: bool = True,
     feature_cache_dir: str | os.PathLike | None = None,
     score_test: bool = True,
+    init: InitModel | None = None,
 ) -> FitResult:
     """Train one fold (module docstring) and return the selected checkpoint's metrics.
 
@@ -127,6 +130,8 @@ def fit(
     (`ser_model.feature_cache`; default `out_dir/../feature-cache`, shared by the folds).
     score_test: False never loads or scores the fold's test speakers (a tuning study: only
     validation speakers may judge a trial); the result's ``test`` is then ``{}``.
+    init: start from that model's weights (`ser_model.warm_start`: backbone and FLAM, the head when
+    the classes match); result.json's ``init`` records what was copied (null: from scratch).
     Raises DataSplitError when a split is empty or holds labels outside config.labels, and
     ConfigError when resuming a checkpoint written under another configuration or world size.
     """
@@ -134,7 +139,15 @@ def fit(
     out_dir = Path(out_dir)
     if fold == RELEASE_FOLD and tc.release_seeds > 1:
         return fit_release_ensemble(
-            fit, config, manifest, folds, audio_root, out_dir, callbacks, resume, feature_cache_dir
+            partial(fit, init=init),
+            config,
+            manifest,
+            folds,
+            audio_root,
+            out_dir,
+            callbacks,
+            resume,
+            feature_cache_dir,
         )
     bound_heap()  # freed activations go back to the system (ser_model/allocator.py)
     runtime = init_runtime(config)
@@ -146,6 +159,7 @@ def fit(
 
     # model, and what its backbone computes once: speaker statistics, a frozen backbone's states
     model, generators = seeded_model(config, runtime)
+    init_record = warm_start(model, init) if init is not None else None
     add_speaker_statistics(data, model, runtime)
     cache_root = out_dir.parent / FEATURE_CACHE_DIR if feature_cache_dir is None else Path(feature_cache_dir)
     read_feature_cache(data, config, model, audio_root, cache_root, runtime)
@@ -175,7 +189,7 @@ def fit(
     result = replace(result, calibration=calibrate_selected(state, data, config, runtime, fold, out_dir))
     if runtime.is_main:
         write_calibration(best_dir, model_folder_calibration(result.calibration))
-        write_result(result, fold, tc, test_last_epoch)
+        write_result(result, fold, tc, test_last_epoch, init=init_record)
         call_hook(callbacks, "on_fit_end", result)
     barrier(runtime)
     return result

@@ -4,7 +4,8 @@ in a subprocess with the command line, fold folder and exit codes of the fold-la
 
 It calls `ser_model.train.fit` (which resumes from `<out>/checkpoints/last`) and leaves the fold
 folder's files in `--out`; `--feature-cache DIR` is where a frozen hf backbone's hidden states are
-cached (`fit`'s `feature_cache_dir`). Bad data (empty split, unreadable audio, unknown labels,
+cached (`fit`'s `feature_cache_dir`); `--init DIR` the model folder to start from (`fit`'s `init`,
+`--init-source` what the user named it). Bad data (empty split, unreadable audio, unknown labels,
 fold not in the table) exits BAD_DATA_EXIT, bad arguments or configuration BAD_CONFIG_EXIT.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch.distributed as dist
@@ -25,6 +27,7 @@ from ser_model.config_validation import ConfigError
 from ser_model.data import DataSplitError
 from ser_model.launch import BAD_CONFIG_EXIT, BAD_DATA_EXIT, WORKER_FLAGS
 from ser_model.train import fit
+from ser_model.warm_start import InitModel
 
 __all__ = ["BAD_DATA_EXIT", "BAD_CONFIG_EXIT", "main", "build_parser"]
 
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             resume=not args.no_resume,
             feature_cache_dir=args.feature_cache,
+            init=None if args.init is None else InitModel(Path(args.init), args.init_source or args.init),
         )
     except BAD_DATA_ERRORS as exc:
         log.error("bad data (not retried): %s", exc)

@@ -1,7 +1,7 @@
 """The `ser` command line: one argparse tree for every command.
 
     ser ingest CORPUS ROOT --out DIR [--workers N] [--no-progress]
-    ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P|FILE] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...]
+    ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P|FILE] [--backbone B] [--epochs N] [--out DIR] [--config F] [--set key=value ...] [--init MODEL]
     ser tune (--manifest DIR | --corpus C --root DIR) [--preset P|FILE] [--space NAME|FILE] [--trials N] [--epochs N] [--folds 0,1] [--set key=value ...]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --fold K [--split test|valid|train]
     ser evaluate --model M (--manifest DIR | --corpus C --root DIR) --split all
@@ -16,7 +16,7 @@ and the corpus root from its report, no audio decoded twice), or ingest a root i
 same parser, checks and folds as the ingest flow). `evaluate --split all` scores every utterance
 and needs no fold, so it also scores a held-out set too small for any fold protocol.
 
-``--model`` takes a checkpoint folder, or a URI that a resolver given to `main` turns into one:
+``--model`` (and `ser train`'s ``--init``) takes a checkpoint folder, or a URI that a resolver given to `main` turns into one:
 the `ser` console script (`flows.cli`) registers the MLflow registry's ``models:/NAME@ALIAS`` and
 ``models:/NAME/VERSION``; ser_model itself knows no registry.
 
@@ -92,8 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_model(value: str, resolvers: Mapping[str, ModelResolver], scratch: contextlib.ExitStack) -> str:
-    """The checkpoint folder a ``--model`` value names: the value itself when it is not a URI,
+MODEL_ARGUMENTS = ("model", "init")
+"""The arguments that name a model: a checkpoint folder, or a URI resolved by `resolve_model`."""
+
+
+def resolve_model(
+    value: str, resolvers: Mapping[str, ModelResolver], scratch: contextlib.ExitStack, flag: str = "--model"
+) -> str:
+    """The checkpoint folder a ``--model`` (``flag``) value names: the value itself when it is not a URI,
     else what the resolver registered for its prefix fetched into a scratch folder that lives as
     long as `scratch`. A URI no resolver handles raises ModelSourceError naming the known prefixes."""
     for prefix, resolver in resolvers.items():
@@ -103,7 +109,7 @@ def resolve_model(value: str, resolvers: Mapping[str, ModelResolver], scratch: c
     if URI.match(value):
         known = ", ".join(resolvers) or "none here; the `ser` console script resolves models:/"
         raise ModelSourceError(
-            f"--model {value}: no resolver for this URI (known: {known}); give a checkpoint folder"
+            f"{flag} {value}: no resolver for this URI (known: {known}); give a checkpoint folder"
         )
     return value
 
@@ -132,9 +138,11 @@ def main(
         if argv is None and args.command in HEAP_BOUND_COMMANDS:
             restart_with_heap_env()
         with contextlib.ExitStack() as scratch:
-            if getattr(args, "model", None):
-                args.model_source = args.model
-                args.model = resolve_model(args.model, resolvers or {}, scratch)
+            for name in MODEL_ARGUMENTS:
+                if getattr(args, name, None):
+                    value = getattr(args, name)
+                    setattr(args, f"{name}_source", value)
+                    setattr(args, name, resolve_model(value, resolvers or {}, scratch, f"--{name}"))
             return args.handler(args)
     except BAD_INPUT_ERRORS as err:
         print(f"ser {args.command}: error: {err}", file=sys.stderr)

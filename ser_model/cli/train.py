@@ -1,6 +1,7 @@
 """`ser train (--manifest DIR | --corpus C --root DIR) --fold K [--preset P|FILE] [--backbone B]
-[--epochs N] [--out DIR] [--config F] [--set key=value ...]`: train one fold, or the release model
-(``--fold -1``), with `ser_model.train.fit`."""
+[--epochs N] [--out DIR] [--config F] [--set key=value ...] [--init MODEL]`: train one fold, or the
+release model (``--fold -1``), with `ser_model.train.fit`; ``--init`` starts from another model's
+weights (`ser_model.warm_start`): a model folder, or ``models:/NAME@ALIAS`` resolved like ``--model``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ser_model.cli.arguments import add_corpus_data, corpus_data, metrics_line, parse_overrides
 from ser_model.config import SERConfig
-from ser_model.launch import BEST_FOLDER, METRICS_FILE, RESULT_FILE, fold_folder_name
+from ser_model.launch import BEST_FOLDER, METRICS_FILE, RESULT_FILE, fold_folder_name, read_result
 from ser_model.presets import PRESETS, experiment_config
 
 
@@ -35,6 +36,13 @@ def add_parser(commands) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="config override, e.g. train.lr=3e-4 (repeatable)",
+    )
+    train.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from this model's weights: the backbone and FLAM always, the head too when its classes are "
+        "this run's (same labels, same order), else a new head; a model folder, or "
+        "models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/ser-ravdess@champion (default: from scratch)",
     )
     train.add_argument(
         "--no-resume", action="store_true", help="start afresh even if the output folder holds a checkpoint"
@@ -62,15 +70,27 @@ def train_config(
 def run(args: argparse.Namespace) -> int:
     """`ser train`: fit one fold; print the selected epoch, the scores and what it wrote."""
     from ser_model.train import fit
+    from ser_model.warm_start import InitModel
 
     corpus, root, ingested = corpus_data(args)
     config = train_config(corpus, args.backbone, args.config, args.epochs, args.set, args.preset)
     out = Path(args.out or f"runs/{corpus}/{fold_folder_name(args.fold)}")
-    result = fit(config, ingested.manifest, ingested.folds, args.fold, root, out, resume=not args.no_resume)
+    init = InitModel(Path(args.init), args.init_source) if args.init else None
+    result = fit(
+        config, ingested.manifest, ingested.folds, args.fold, root, out, resume=not args.no_resume, init=init
+    )
     print(f"{corpus} fold {args.fold}, selected epoch {result.selected_epoch}: {result.selection_rule}")
+    if init is not None:
+        print(init_line(read_result(out)["init"]))
     if result.valid:
         print(metrics_line("valid", result.valid))
     if result.test:
         print(metrics_line("test", result.test))
     print(f"wrote {out / BEST_FOLDER}, {out / RESULT_FILE}, {out / METRICS_FILE}")
     return 0
+
+
+def init_line(record: dict) -> str:
+    """'started from models:/ser-ravdess/7: copied backbone, flam; new head (the classes differ: …)'."""
+    head = "head copied" if record["head"] == "copied" else f"new head ({record['head_reason']})"
+    return f"started from {record['source']}: copied {', '.join(record['copied'])}; {head}"
