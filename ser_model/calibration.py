@@ -20,6 +20,10 @@ Confidence is the calibrated top probability. Below a threshold P the answer is 
 (:func:`decision`), the probabilities kept; at P = 0 nothing is. The coverage of a threshold is the
 share of answers kept (confidence ≥ P) and their accuracy; :func:`threshold_table` picks, on pooled
 fold counts, the smallest P whose kept answers reach a target accuracy.
+
+The module loads torch only inside the two functions that compute with it
+(:func:`scaled_probabilities`, :func:`fit_temperature`): the flows pool the folds' figures from it in
+processes that must stay torch-free (tests/test_import_rules.py).
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ser_model.launch import RESULT_FILE
 from ser_stack.files import write_atomically
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -77,6 +83,8 @@ TARGET_ACCURACIES = (0.7, 0.8, 0.9)
 
 def scaled_probabilities(logits: np.ndarray | torch.Tensor, temperature: float) -> np.ndarray:
     """softmax(z / T) of logits (N, C), in float64: the calibrated class probabilities."""
+    import torch
+
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     return torch.softmax(z / temperature, dim=-1).numpy()
 
@@ -84,6 +92,8 @@ def scaled_probabilities(logits: np.ndarray | torch.Tensor, temperature: float) 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
     """T* = argmin_T −(1/N) Σ_i log softmax(z_i / T)_{y_i} over T > 0 (module docstring), by L-BFGS
     on log T from T = 1. logits (N, C), labels (N,) class indices."""
+    import torch
+
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.array(labels), dtype=torch.long)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:

@@ -240,6 +240,8 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} == {
         "figures/confusion_summed.png",
         "figures/training_curves.png",
+        "figures/reliability.png",
+        "figures/coverage.png",
     }
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"

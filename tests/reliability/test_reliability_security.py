@@ -304,7 +304,7 @@ def test_hostile_corpus_names_are_refused_before_any_s3_call(corpus_name):
         lambda: publish_manifest(corpus_name, FP, None, None, None, {}, "/root", bucket),
     ]
     for attempt in attempts:
-        with pytest.raises(UnknownCorpusError, match="unknown corpus"):
+        with pytest.raises(UnknownCorpusError, match="unknown dataset"):
             attempt()
     assert client.calls == []
 
