@@ -18,13 +18,14 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from flows import tracking as t
-from flows.provenance import code_version, package_versions
+from flows.provenance import package_versions
 from ser_model.config import SERConfig
 from ser_model.launch import fold_folder_name
 from ser_model.tuning.driver import OBJECTIVE, StudyDriver, study_summary
 from ser_model.tuning.space import decode_choice, space_dict
 from ser_model.tuning.study import original_trial_number
 from ser_stack import names as n
+from ser_stack.provenance import code_version
 from ser_stack.settings import REPO_ROOT
 
 PRESET_ARTIFACT = "preset"

@@ -9,7 +9,8 @@ record with each member's seed, folder and epoch.
 
 The ensemble is calibrated as the ensemble: the temperature (the median of the fold results beside
 ``out_dir``, `ser_model.calibration.release_temperature`) divides the log of its mean probability;
-the members' own folders are not calibrated.
+the members' own folders are not calibrated. Its result.json takes the members' ``data`` and
+``code_version`` (they trained on the same speakers by the same code) and its folder gets a model card.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from ser_model.checkpoint import write_folder_atomically
 from ser_model.config import SERConfig
 from ser_model.ensemble import SEREnsemble
 from ser_model.fit_result import FitResult, call_hook, write_history, write_result
-from ser_model.launch import BEST_FOLDER, RELEASE_FOLD
+from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, read_result
 from ser_model.metrics import ensemble_rule
 from ser_model.model import SERModel
+from ser_model.model_card import PROVENANCE_KEYS, write_fit_card
 from ser_model.runtime import barrier, init_runtime
 
 __all__ = ["member_seeds", "fit_release_ensemble"]
@@ -115,7 +117,9 @@ def fit_release_ensemble(
             {"seed": seed, "folder": f"member-{m}", "selected_epoch": r.selected_epoch}
             for m, (seed, r) in enumerate(zip(seeds, results))
         ]
-        write_result(result, RELEASE_FOLD, tc, {}, members=members_record)
+        provenance = {k: v for k, v in read_result(results[0].out_dir).items() if k in PROVENANCE_KEYS}
+        write_result(result, RELEASE_FOLD, tc, {}, members=members_record, **provenance)
+        write_fit_card(out_dir, config, RELEASE_FOLD)
         call_hook(callbacks, "on_fit_end", result)
     barrier(runtime)
     return result

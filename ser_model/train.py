@@ -76,6 +76,7 @@ from ser_model.fit_result import FitResult, call_hook, write_history, write_resu
 from ser_model.launch import BEST_FOLDER, RELEASE_FOLD
 from ser_model.losses import multi_loss
 from ser_model.model import SERModel, SEROutput
+from ser_model.model_card import fit_provenance, write_fit_card
 from ser_model.release import fit_release_ensemble
 from ser_model.resume import (
     LAST_CHECKPOINT,
@@ -189,7 +190,8 @@ def fit(
     result = replace(result, calibration=calibrate_selected(state, data, config, runtime, fold, out_dir))
     if runtime.is_main:
         write_calibration(best_dir, model_folder_calibration(result.calibration))
-        write_result(result, fold, tc, test_last_epoch, init=init_record)
+        write_result(result, fold, tc, test_last_epoch, init=init_record, **fit_provenance(manifest, splits))
+        write_fit_card(out_dir, config, fold)
         call_hook(callbacks, "on_fit_end", result)
     barrier(runtime)
     return result

@@ -285,6 +285,10 @@ Parser = Callable[["Listing", "CorpusSource"], ParseResult]
 """A corpus parser: `parse(listing, source)` (`source` reads label files and names the root in errors)."""
 
 
+USER_DATA_LICENCE = "unknown: supplied by the user"
+"""The licence a model card states for a dataset the user supplies (no corpus spec records its terms)."""
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     """Everything the pipeline knows about one corpus; each corpus module exports one as `SPEC`
@@ -293,7 +297,9 @@ class CorpusSpec:
     name: the corpus name of the manifest's ``corpus`` column and of the CLI; labels: the class
     names in class-index order (models trained on the corpus use it); folds: its FoldProtocol;
     audio_checks: the thresholds its files must pass; parse: its Parser; doc: its module's
-    docstring (layout, label map, fold protocol), for readers and ``help()``.
+    docstring (layout, label map, fold protocol), for readers and ``help()``; licence: the terms the
+    corpus is distributed under (from CORPORA.md), which a model trained on it inherits and its model
+    card states (:data:`USER_DATA_LICENCE` for a dataset the user supplies).
     """
 
     name: str
@@ -302,6 +308,7 @@ class CorpusSpec:
     audio_checks: AudioChecks
     parse: Parser
     doc: str
+    licence: str = USER_DATA_LICENCE
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip().lower():

@@ -193,4 +193,5 @@ SPEC = CorpusSpec(
     audio_checks=AudioChecks(sample_rates=frozenset({16000})),
     parse=parse,
     doc=__doc__,
+    licence="licence by request (USC SAIL): use under the licence agreement each user signs",
 )

@@ -170,4 +170,5 @@ SPEC = CorpusSpec(
     audio_checks=AudioChecks(sample_rates=frozenset({16000, 44100, 48000})),
     parse=parse,
     doc=__doc__,
+    licence="licence by request (UT Dallas): use under the licence agreement each user signs",
 )

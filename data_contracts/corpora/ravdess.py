@@ -135,4 +135,5 @@ SPEC = CorpusSpec(
     audio_checks=AudioChecks(sample_rates=frozenset({16000, 48000}), max_channels=2),
     parse=parse,
     doc=__doc__,
+    licence="CC BY-NC-SA 4.0 (Zenodo 1188976): non-commercial use only; a model trained on it inherits the non-commercial, share-alike terms",
 )

@@ -110,4 +110,5 @@ SPEC = CorpusSpec(
     audio_checks=AudioChecks(sample_rates=frozenset({16000, 44100})),
     parse=parse,
     doc=__doc__,
+    licence="free for research (University of Surrey): research use only",
 )
