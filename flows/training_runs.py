@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from flows.figures import confusion_figure, coverage_figure, reliability_figure, training_curves_figure
 from flows.mlflow_ui import run_url
 from flows.promote import protocol_name
-from flows.provenance import code_version, package_versions
+from flows.provenance import package_versions
 from flows.tracking import (
     PARENT_RUN_ID_TAG,
     epoch_metrics,
@@ -64,6 +64,7 @@ from ser_stack.names import (
     experiment_name,
     job_name,
 )
+from ser_stack.provenance import code_version
 from ser_stack.settings import REPO_ROOT
 
 if TYPE_CHECKING:
