@@ -21,6 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.e2e.test_train_ravdess import (
+    INLINE_FOLDS,
+    ONE_MODEL_RELEASE,
     PRESET,
     flow_run_state_and_logs,
     run_cli,
@@ -77,9 +79,9 @@ def test_a_table_dataset_is_ingested_trained_registered_promoted_and_monitored(
     elsewhere, shell = tmp_path / "elsewhere", user_shell_env(stack)
     elsewhere.mkdir()
     ingest_params = {"name": NAME, "source": str(table), "announce": False}
-    train_params = {"preset": PRESET, "folds": [0]}
+    train_params = {"preset": PRESET, "overrides": ONE_MODEL_RELEASE, "folds": [0]}
     first_ingest = run_deployment("ingest-table", ingest_params, repo_root, elsewhere, {}, shell)
-    first_train = run_deployment(f"train-{NAME}", train_params, repo_root, elsewhere, {}, shell)
+    first_train = run_deployment(f"train-{NAME}", train_params, repo_root, elsewhere, INLINE_FOLDS, shell)
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
         states = {run: flow_run_state_and_logs(run) for run in (first_ingest, first_train)}
     assert [state for state, _ in states.values()] == ["Completed", "Completed"], {
@@ -104,7 +106,7 @@ def test_a_table_dataset_is_ingested_trained_registered_promoted_and_monitored(
     second_ingest = run_deployment(
         "ingest-table", {"name": NAME, "announce": False}, repo_root, elsewhere, {}, shell
     )
-    second_train = run_deployment(f"train-{NAME}", train_params, repo_root, elsewhere, {}, shell)
+    second_train = run_deployment(f"train-{NAME}", train_params, repo_root, elsewhere, INLINE_FOLDS, shell)
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
         states = {run: flow_run_state_and_logs(run)[0] for run in (second_ingest, second_train)}
     assert list(states.values()) == ["Completed", "Completed"], states

@@ -49,6 +49,16 @@ FAST = preset_settings(PRESET)
 """Every setting of ``PRESET``, for the e2e tests that hand a flow overrides on top of the default
 preset rather than a preset's name (the same config)."""
 
+ONE_MODEL_RELEASE = {"train.release_seeds": 1}
+"""On top of ``PRESET`` for the trainings after the first: their release is one model instead of
+the preset's ensemble of two (the first training checks the ensemble; the later ones, promotion and
+retraining, do not depend on it)."""
+INLINE_FOLDS = {"SER_FOLD_RUNS": "inline"}
+"""Environment for a deployment run whose folds need not be flow runs on the pool: its train flow
+runs them as subflows in its own process (SER_FOLD_RUNS, flows/fold_runs.py), which spares two flow
+runs (fold 0 and the release), each about 20 s of start-up and polling, per training. The pool is
+checked by the first training here and by tests/e2e/test_train_scale_out.py."""
+
 FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
 
 
@@ -197,6 +207,7 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
         monkeypatch.setenv(key, value)
     secret = f"planted-{uuid.uuid4().hex}"
     planted = {"SER_E2E_API_TOKEN": secret}
+    later = {**planted, **INLINE_FOLDS}  # the deployment runs after the first training
     root = tmp_path / "ravdess"
     build_subset(shared_ravdess, root, files_per_emotion=1)
     client = MlflowClient(stack.tracking_uri)
@@ -277,10 +288,10 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
     # promotion reads), and the registry must match it: promoted exactly when fold 0's UA is higher.
     worse_run = run_deployment(
         "train/train-ravdess",
-        {**train_params, "overrides": {"train.lr": 1e-9}},
+        {**train_params, "overrides": {**ONE_MODEL_RELEASE, "train.lr": 1e-9}},
         repo_root,
         repo_root,
-        planted,
+        later,
         shell,
     )
     second = versions_of(client, name)[-1]
@@ -306,17 +317,16 @@ def test_train_ravdess_end_to_end(stack, shared_ravdess, chromium, repo_root, tm
         "corpora": ["ravdess"],
         "roots": {"ravdess": str(root)},
         "preset": PRESET,
+        "overrides": ONE_MODEL_RELEASE,
         "folds": FOLDS,
     }
     build_subset(shared_ravdess, root, files_per_emotion=2, gain=0.5 + 0.4 * random.random())
     count = len(versions_of(client, name))
     retrain_runs = [
-        run_deployment("retrain/retrain-nightly", retrain_params, repo_root, repo_root, planted, shell)
+        run_deployment("retrain/retrain-nightly", retrain_params, repo_root, repo_root, later, shell)
     ]
     assert len(versions_of(client, name)) == count + 1
-    retrain_runs.append(
-        run_deployment("retrain-nightly", retrain_params, repo_root, repo_root, planted, shell)
-    )
+    retrain_runs.append(run_deployment("retrain-nightly", retrain_params, repo_root, repo_root, later, shell))
     assert len(versions_of(client, name)) == count + 1
 
     # what a user browses, in a real browser: the training run's scores, the model's champion
