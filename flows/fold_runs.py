@@ -33,6 +33,7 @@ from prefect.deployments import run_deployment
 
 from flows.feature_store import shared_feature_cache
 from flows.training_runs import fold_outcome, fold_run
+from flows.warm_start import fetched_init
 from ser_model.config import SERConfig
 from ser_model.launch import CONFIG_FILE, FoldJob, fold_folder_name
 from ser_stack.names import fold_flow_run_name
@@ -76,11 +77,17 @@ def selected_folds(requested: list[int] | None, available: list[int], where: str
 
 @contextmanager
 def prepared_fold(
-    data: ManifestVersion, fold: int, config: SERConfig, out_dir: Path, settings: StackSettings
+    data: ManifestVersion,
+    fold: int,
+    config: SERConfig,
+    out_dir: Path,
+    settings: StackSettings,
+    init: str | None = None,
 ) -> Iterator[FoldJob]:
     """The job of ``fold``'s worker on this machine: the audio of ``data`` in a local folder
     (staged from an ``s3://`` root), the config and the manifest and fold tables written beside
-    ``out_dir``, the shared feature cache pulled before the block and pushed after it succeeds."""
+    ``out_dir``, the model to start from (``init``, flows/warm_start.py) fetched beside them, the
+    shared feature cache pulled before the block and pushed after it succeeds."""
     audio_root = data.local_audio_root(settings.state_dir)
     if audio_root != data.root:
         get_run_logger().info(
@@ -89,9 +96,19 @@ def prepared_fold(
     (inputs := out_dir.with_name(out_dir.name + "-inputs")).mkdir(parents=True, exist_ok=True)
     config.to_json(inputs / CONFIG_FILE)
     tables = data.write_tables(inputs)
+    init_dir = fetched_init(init, inputs / "init") if init else None
     with shared_feature_cache(config, settings, data.manifest["sha256"]) as cache:
         yield FoldJob(
-            data.corpus, fold, inputs / CONFIG_FILE, *tables, audio_root, out_dir, config.train.epochs, cache
+            data.corpus,
+            fold,
+            inputs / CONFIG_FILE,
+            *tables,
+            audio_root,
+            out_dir,
+            config.train.epochs,
+            cache,
+            init_dir,
+            init,
         )
 
 

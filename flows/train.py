@@ -29,6 +29,7 @@ from flows.manifest_version import open_manifest_version
 from flows.monitor import watch_before_training
 from flows.release import log_release_model, register_and_promote
 from flows.report import summary_markdown
+from flows.warm_start import pinned_init
 from ser_model.config import SERConfig
 from ser_model.launch import (
     RELEASE_FOLD,
@@ -69,9 +70,11 @@ def train_fold(
     root: str,
     experiment_id: str,
     parent_run_id: str,
+    init: str | None = None,
 ) -> str:
     """One fold (or the release model, fold -1) of a train run, perhaps on another machine: the
-    manifest version is opened again from its parameters. Returns the fold's MLflow child run id."""
+    manifest version is opened again from its parameters; ``init`` (pinned by the train run) is
+    fetched here. Returns the fold's MLflow child run id."""
     logger = get_run_logger()
     settings = StackSettings.from_env()
     client = MlflowClient(settings.tracking_uri)
@@ -85,7 +88,7 @@ def train_fold(
         logger.info("%s: %s of an earlier attempt found; not training again", out_dir.name, RESULT_FILE)
     else:
         with prepared_fold(
-            open_manifest_version(corpus, fingerprint, root), fold, cfg, out_dir, settings
+            open_manifest_version(corpus, fingerprint, root), fold, cfg, out_dir, settings, init
         ) as job:
             train_worker(job)
     run_id = runs.log_fold_run(client, experiment_id, parent_run_id, corpus, fold, out_dir, cfg.labels)
@@ -107,32 +110,49 @@ def train(
     root: str | None = None,
     promote_margin: float = 0.0,
     monitor_margin: float = DEFAULT_UA_MARGIN,
+    init: str | None = None,
 ) -> dict[str, Any]:
     """Train ``corpus`` on a manifest version: folds (default all) and the release model, each a
     ``train-fold`` flow run, then register ``ser-<corpus>`` and promote. ``preset`` names the recipe
     (ser_model/presets.py); ``backbone`` and ``overrides`` (``{"train.epochs": 2}``) go on top;
     ``root`` (a folder or s3://) defaults to the root recorded at ingest. Before any fold, the
     ``monitor`` flow scores the champion on the rows it never trained on (flagged when its UA there
-    is more than ``monitor_margin`` below its fold mean); the promotion decision quotes it."""
+    is more than ``monitor_margin`` below its fold mean); the promotion decision quotes it.
+    ``init`` (``models:/ser-ravdess@champion`` or a model folder) starts every fold from that model's
+    weights (ser_model/warm_start.py), its alias pinned to a version once (flows/warm_start.py)."""
     logger = get_run_logger()
     data = open_manifest_version(corpus, manifest_version, root)
     config = experiment_config(corpus, preset, backbone=backbone, overrides=overrides)
     folds = selected_folds(folds, data.fold_numbers, data.protocol)
-    monitor_quote = watch_before_training(data, monitor_margin) if release else None
     client = MlflowClient(StackSettings.from_env().tracking_uri)
-    parent = runs.start_parent_run(client, data, preset, config, folds, release)
+    init = pinned_init(client, init)
+    monitor_quote = watch_before_training(data, monitor_margin) if release else None
+    parent = runs.start_parent_run(client, data, preset, config, folds, release, init)
     logger.info(
         "%s MLflow parent run %s: %s", "resuming" if parent.resumed else "started", parent.run_id, parent.url
     )
     version = decision = None
     with runs.parent_run_ends(client, parent.run_id, logger):
-        fold_parameters = {**data.parameters(), "config": config.to_dict(), **parent.parameters()}
+        fold_parameters = {
+            **data.parameters(),
+            "config": config.to_dict(),
+            **parent.parameters(),
+            "init": init,
+        }
         finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_parameters, train_fold)
         outcomes = [o for o in finished if o["fold"] != RELEASE_FOLD]
         summary = runs.log_parent_summary(client, parent.run_id, corpus, outcomes, config.labels)
         if release:
             version, decision = register_and_promote(
-                client, parent.run_id, finished, data, summary, config.labels, promote_margin, monitor_quote
+                client,
+                parent.run_id,
+                finished,
+                data,
+                summary,
+                config,
+                promote_margin,
+                monitor_quote,
+                recipe={"preset": preset, "overrides": overrides or {}},
             )
         rule = selection_rule(config.train.select_metric)
         markdown = summary_markdown(data, outcomes, summary, version, decision, rule)

@@ -54,6 +54,7 @@ from ser_stack.names import (
     CORPUS_TAG,
     FINGERPRINT_TAG,
     FOLD_TAG,
+    INIT_TAG,
     LOGGED_TAG,
     MODEL_URI_TAG,
     PRESET_TAG,
@@ -101,10 +102,19 @@ def log_calibration_figures(
 
 
 def train_key(
-    corpus: str, fingerprint: str, config: SERConfig, folds: list[int], release: bool, audio_root: str
+    corpus: str,
+    fingerprint: str,
+    config: SERConfig,
+    folds: list[int],
+    release: bool,
+    audio_root: str,
+    init: str | None = None,
 ) -> str:
-    """sha256 naming a training job by its inputs: the same inputs find the same parent run."""
+    """sha256 naming a training job by its inputs (``init``: the model it starts from, pinned by
+    flows/warm_start.py; a training from scratch keys as before it existed): the same inputs find
+    the same parent run."""
     inputs = dict(corpus=corpus, fingerprint=fingerprint, config=config.to_dict(), folds=folds)
+    inputs |= {"init": init} if init else {}
     payload = json.dumps({**inputs, "release": release, "root": audio_root}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -161,17 +171,18 @@ def start_parent_run(
     config: SERConfig,
     folds: list[int],
     release: bool,
+    init: str | None = None,
 ) -> ParentRun:
     """The unfinished parent run with the same train key in experiment ``ser-<corpus>``, running
-    again, or a new one with its tags and params."""
+    again, or a new one with its tags and params (and ``ser.init`` when it starts from ``init``)."""
     experiment_id = get_or_create_experiment(client, experiment_name(data.corpus))
-    key = train_key(data.corpus, data.fingerprint, config, folds, release, data.root)
+    key = train_key(data.corpus, data.fingerprint, config, folds, release, data.root, init)
     run_id = find_run(client, experiment_id, {TRAIN_KEY_TAG: key}, statuses=UNFINISHED)
     resumed = run_id is not None
     if resumed:
         client.update_run(run_id, status="RUNNING")
     else:
-        tags = parent_run_tags(data, preset, config, folds, key)
+        tags = parent_run_tags(data, preset, config, folds, key) | ({INIT_TAG: init} if init else {})
         run_id = client.create_run(
             experiment_id, tags=tags, run_name=job_name(TRAIN, data.corpus)
         ).info.run_id

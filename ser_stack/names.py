@@ -112,6 +112,10 @@ PARENT_RUN_TAG = "ser.parent_run_id"
 FOLD_SCORES_TAG = "ser.fold_scores"
 REGISTERED_VERSION_TAG = "ser.registered_version"
 """On a training's parent run: the version its release model was registered as."""
+THRESHOLDS_TAG = "ser.confidence_thresholds"
+"""On a registered version: its threshold table as JSON, per target accuracy the smallest
+``min_confidence`` whose kept answers reached it on the folds' test speakers, that accuracy and the
+share kept (ser_model.calibration.threshold_table)."""
 
 # training runs (flows/tracking.py)
 TRAIN_KEY_TAG = "ser.train_key"
@@ -120,6 +124,9 @@ LOGGED_TAG = "ser.logged"
 """On a fold's child run: ``true`` once everything of the fold is logged."""
 MODEL_URI_TAG = "ser.model_uri"
 """On the release child run: the logged pyfunc model the parent registers."""
+INIT_TAG = "ser.init"
+"""On a training's parent run that started from another model: that model (a pinned
+``models:/NAME/VERSION`` or a folder; flows/warm_start.py)."""
 
 # tuning runs (flows/tune_tracking.py)
 TUNE_KEY_TAG = "ser.tune_key"
