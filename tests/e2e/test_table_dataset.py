@@ -6,7 +6,9 @@ leaving the folder, a duplicate) → ``prefect deployment run ingest-table --par
 --param source=TABLE`` → ``prefect deployment run train-calls`` (the literal short name) → the
 model is registered as ``ser-calls`` with the table's classes and promoted → the table gains a
 ninth speaker, is ingested again, and a second ``train-calls`` runs the monitor first, which
-scores the champion on the new speaker's rows (an MLflow run of kind monitor in ``ser-calls``).
+scores the champion on the new speaker's rows (an MLflow run of kind monitor in ``ser-calls``); that
+training starts from the champion (``init``): its parent run names the pinned version, its fold's
+result.json the head copied (same classes).
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def test_a_table_dataset_is_ingested_trained_registered_promoted_and_monitored(
     second_ingest = run_deployment(
         "ingest-table", {"name": NAME, "announce": False}, repo_root, elsewhere, {}, shell
     )
-    second_train = run_deployment(f"train-{NAME}", train_params, repo_root, elsewhere, INLINE_FOLDS, shell)
+    started_from = {**train_params, "init": f"models:/ser-{NAME}@champion"}  # issue 34 item 3: fine-tuning
+    second_train = run_deployment(f"train-{NAME}", started_from, repo_root, elsewhere, INLINE_FOLDS, shell)
     with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
         states = {run: flow_run_state_and_logs(run)[0] for run in (second_ingest, second_train)}
     assert list(states.values()) == ["Completed", "Completed"], states
@@ -121,4 +124,19 @@ def test_a_table_dataset_is_ingested_trained_registered_promoted_and_monitored(
     assert (
         monitors[0].data.tags["ser.monitor.champion_manifest"]
         != monitors[0].data.tags["ser.monitor.manifest"]
+    )
+    pinned = f"models:/ser-{NAME}/{champion.version}"
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ser.init` LIKE 'models:/%'")
+    assert parent.data.tags["ser.init"] == pinned
+    (fold0,) = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`ser.fold` = '0'",
+    )
+    init = json.loads(
+        Path(client.download_artifacts(fold0.info.run_id, "result.json", str(tmp_path))).read_text()
+    )["init"]
+    assert (init["source"], init["head"], init["source_labels"]) == (
+        pinned,
+        "copied",
+        sorted(RENAMED.values()),
     )
