@@ -20,7 +20,7 @@ is better on what the two were both evaluated on. The rule, in order:
 Promotions run one at a time: the whole read-compare-move sequence holds the Prefect global
 concurrency limit ``ser-promote`` (one slot, created if missing, acquired strictly so a missing
 limit is an error rather than no lock). Every decision, with its numbers, is written to the
-model version (tags ``ser.promotion.*`` and the description: a per-fold table and the reason)
+model version (tags ``ser.promotion.*`` and, after its model card, the description: a per-fold table and the reason)
 and to a Prefect markdown artifact. When the train flow watched the champion on the new data first
 (flows/monitor.py), the decision quotes that score (tag ``ser.promotion.champion_on_new_data``).
 
@@ -48,7 +48,7 @@ from prefect.concurrency.sync import concurrency
 from data_contracts.datasets import resolve_dataset
 from data_contracts.labels import LABELS
 from flows.limits import ensure_limit
-from flows.registry import create_model_version
+from flows.registry import create_model_version, version_description
 from ser_model.metrics import fold_of_metric_name, summary_name
 from ser_stack.names import (
     CHALLENGER,
@@ -85,6 +85,8 @@ FIRST, ALREADY, NOT_COMPARABLE, FULLER, PAIRED = (
     "paired_gain",
 )
 """The rule that decided (tag ``ser.promotion.rule``), one per case of the module doc."""
+PROMOTION_HEADING = "# Promotion of "
+"""How the decision starts in a version's description, after the model card (a new decision replaces it)."""
 
 
 @dataclass(frozen=True)
@@ -371,7 +373,7 @@ def decision_markdown(decision: PromotionDecision) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     per_fold = fold_table_markdown(decision.candidate, champion, decision.compared_folds)
     return (
-        f"# Promotion of ser-{decision.corpus} version {decision.candidate.version}\n\n| | |\n|---|---|\n{table}\n\n"
+        f"{PROMOTION_HEADING}ser-{decision.corpus} version {decision.candidate.version}\n\n| | |\n|---|---|\n{table}\n\n"
         f"{per_fold}\n\n{decision.reason}\n"
     )
 
@@ -407,8 +409,10 @@ def promote_version(
         record[MONITOR_QUOTE_TAG] = monitor_quote
     for key, value in record.items():
         client.set_model_version_tag(name, candidate.version, key, value)
+    card = client.get_model_version(name, candidate.version).description or ""
+    decided = decision_markdown(decision) + monitor_markdown(monitor_quote)
     client.update_model_version(
-        name, candidate.version, description=decision_markdown(decision) + monitor_markdown(monitor_quote)
+        name, candidate.version, description=version_description(card.split(PROMOTION_HEADING)[0], decided)
     )
     return decision
 
@@ -459,12 +463,15 @@ def register_release(
     fold_table: pd.DataFrame,
     summary: dict[str, float],
     labels: tuple[str, ...],
+    card: str = "",
+    release_tags: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
     """(version, newly registered): the release model of a training's parent run registered as
     ``ser-<corpus>``, once: a rerun finds the version in the parent's
     :data:`REGISTERED_VERSION_TAG`. The version carries the parent's :data:`RUN_TAGS_ON_VERSION`,
     the parent run id, the tags promotion reads (:func:`fold_score_tags`: per evaluated fold its
-    test-speaker UA and those speakers, the labels) and the fold summary's scores."""
+    test-speaker UA and those speakers, the labels), the fold summary's scores and ``release_tags``
+    (the threshold table, flows/release.py); its description is the model ``card``."""
     run_tags = client.get_run(parent_id).data.tags
     if REGISTERED_VERSION_TAG in run_tags:
         return run_tags[REGISTERED_VERSION_TAG], False
@@ -479,7 +486,8 @@ def register_release(
         **scores,
         UA_TAG: f"{summary[summary_name('UA', 'mean')]:.6f}",
         PARENT_RUN_TAG: parent_id,
+        **(release_tags or {}),
     }
-    version = create_model_version(client, name, model_uri, tags)
+    version = create_model_version(client, name, model_uri, tags, description=card)
     client.set_tag(parent_id, REGISTERED_VERSION_TAG, version)
     return version, True
