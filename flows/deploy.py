@@ -7,7 +7,7 @@
 | train-<corpus> (×4) | train (flows/train.py) | event ``ser.manifest.updated`` on ``ser.manifest.<corpus>`` in the data bucket | corpus, manifest_version="latest", preset="cpu-fbank"; the trigger passes the new fingerprint, the preset and the folds (``--auto-train-preset``, ``--auto-train-folds``) |
 | train-<dataset> | train | as train-<corpus>; applied by the first ``ingest-table`` run of the dataset (:func:`apply_dataset_deployment`) | corpus=<dataset>, as train-<corpus> |
 | retrain-nightly | retrain (flows/retrain.py) | cron ``0 3 * * *`` (SER_RETRAIN_CRON) | none: every corpus with a root and every registered table dataset |
-| train-fold | train-fold (flows/train.py) | started by each train run, once per fold and for the release model | corpus, fingerprint, fold, config, root, MLflow experiment and parent run |
+| train-fold | train-fold (flows/train.py) | started by each train run, once per fold and for the release model | corpus, fingerprint, fold, config, root, MLflow experiment and parent run, init (the pinned model to start from, or none) |
 | tune-<corpus> (×4) | tune (flows/tune.py) | on demand | corpus, preset="cpu-fbank", trials=20, epochs, folds=[0, 1], space, study |
 | tune-trial | tune-trial (flows/tune.py) | started by each tune run, once per trial | corpus, fingerprint, study, base config, space, tuning folds, MLflow parent run |
 
