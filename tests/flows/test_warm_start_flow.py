@@ -4,6 +4,8 @@ the fetched model (flows/fold_runs.py), from a real MLflow registry in a SQLite 
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 import torch
@@ -91,3 +93,43 @@ def test_the_parent_run_names_its_start_and_another_start_is_another_job(local_m
     assert started.run_id != scratch.run_id
     assert local_mlflow.get_run(started.run_id).data.tags[INIT_TAG] == "models:/ser-ravdess/1"
     assert INIT_TAG not in local_mlflow.get_run(scratch.run_id).data.tags
+
+
+def test_ser_train_init_from_the_registry_starts_from_the_registered_model(
+    local_mlflow, experiment_id, tmp_path, capsys
+):
+    """The `ser` console script resolves ``--init models:/…@champion`` like ``--model``: the fold
+    starts from the registered model (same classes: the head copied) and result.json names the URI."""
+    from dataclasses import replace
+
+    from data_contracts.labels import LABELS
+    from flows.cli import main
+    from tests.fixtures.corpora import make_ravdess, ser_ingest
+
+    make_ravdess(tmp_path / "corpus", actors=range(1, 9), per_actor=2)
+    assert ser_ingest(tmp_path / "corpus", tmp_path / "ingested") == 0
+    config = replace(tiny_config(epochs=1), labels=LABELS["ravdess"])
+    config.to_json(tmp_path / "tiny.json")
+    torch.manual_seed(0)
+    SERModel(config).save_pretrained(tmp_path / "champion")
+    (version,) = registered_versions(experiment_id, tmp_path / "champion", 1)
+    local_mlflow.set_registered_model_alias("ser-ravdess", "champion", str(version))
+    capsys.readouterr()
+    argv = [
+        "train",
+        "--manifest",
+        str(tmp_path / "ingested"),
+        "--fold",
+        "0",
+        "--config",
+        str(tmp_path / "tiny.json"),
+    ]
+    uri = "models:/ser-ravdess@champion"
+    assert main([*argv, "--init", uri, "--out", str(tmp_path / "fold0")]) in (0, None), (
+        capsys.readouterr().err
+    )
+    assert f"started from {uri}: copied backbone, flam, head" in capsys.readouterr().out
+    record = json.loads((tmp_path / "fold0" / "result.json").read_text())["init"]
+    assert (record["source"], record["head"], record["source_labels"]) == (uri, "copied", list(config.labels))
+    assert main([*argv, "--init", "models:/ser-ravdess@no-such-alias", "--out", str(tmp_path / "x")]) == 2
+    assert "models:/ser-ravdess@no-such-alias" in capsys.readouterr().err
