@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from data_contracts.drift import NUMERIC_FEATURES, category_shares
+from data_contracts.drift import category_shares
 from ser_model.metrics import metric_leaves
-from ser_model.monitor import PREDICTED_FEATURE
+from ser_model.monitor import CONFIDENCE_FEATURE, PREDICTED_FEATURE, is_numeric
 
 
 def confusion_figure(confusion: np.ndarray, labels: tuple[str, ...] | list[str], title: str) -> Figure:
@@ -81,8 +81,12 @@ def drift_figure(feature: str, reference: list, new: list, statistic: float) -> 
     share of each category side by side otherwise; the title names the statistic and its value."""
     fig = Figure(figsize=(6.4, 3.6), layout="tight")
     ax = fig.subplots()
-    seen = "champion on its validation rows" if feature == PREDICTED_FEATURE else "champion's training rows"
-    if feature in NUMERIC_FEATURES:
+    seen = (
+        "champion on its validation rows"
+        if feature in (PREDICTED_FEATURE, CONFIDENCE_FEATURE)
+        else "champion's training rows"
+    )
+    if is_numeric(feature):
         values = np.concatenate([np.asarray(reference, float), np.asarray(new, float)])
         bins = np.histogram_bin_edges(values, bins=30)
         ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"{seen} (n={len(reference)})")

@@ -13,8 +13,9 @@ MLflow: a run in experiment ``ser-<corpus>`` named ``monitor-<corpus>``, tagged
 ``ser.run_kind=monitor``, ``ser.champion_version``, ``ser.monitor.manifest`` (the new data) and
 ``ser.monitor.champion_manifest``, with metrics ``new_rows``, ``UA``, ``WA``, ``macro_f1``,
 ``recall.<class>``, ``champion_UA_mean`` (the champion's cross-validated fold mean), ``UA_gap``,
-``degraded`` and ``drift.<feature>`` (KS statistic or total variation, data_contracts/drift.py), and
-figures ``figures/confusion_new_rows.png`` and ``figures/drift_<feature>.png``.
+``degraded`` and ``drift.<feature>`` (KS statistic or total variation, data_contracts/drift.py; the
+champion's calibrated confidence on the new rows against its validation rows is the feature
+``calibrated_confidence``), and figures ``figures/confusion_new_rows.png`` and ``figures/drift_<feature>.png``.
 
 Flag: when the champion's UA on the new rows is more than ``margin`` below its fold mean, the
 artifact ``monitor-<corpus>`` says so and the flow run ends in the state :data:`DEGRADED_STATE`
@@ -38,7 +39,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import DeploymentEventTrigger
 from prefect.states import Completed
 
-from data_contracts.drift import NUMERIC_FEATURES
 from flows import tracking as t
 from flows.cli import download_checkpoint
 from flows.figures import confusion_figure, drift_figure
@@ -46,7 +46,8 @@ from flows.manifest_version import ManifestVersion, open_manifest_version
 from flows.mlflow_ui import run_url
 from flows.promote import current_champion
 from flows.storage import ManifestVersionNotFoundError
-from ser_model.monitor import DEFAULT_UA_MARGIN, MonitorResult, watch_champion
+from ser_model.calibration import read_calibration
+from ser_model.monitor import DEFAULT_UA_MARGIN, MonitorResult, is_numeric, watch_champion
 from ser_stack import names as n
 from ser_stack.settings import StackSettings
 
@@ -123,9 +124,7 @@ def log_monitor_run(
         "verdict": result.verdict(),
         "metrics": result.metrics,
         "drift": result.drift,
-        "statistics": {
-            name: "ks" if name in NUMERIC_FEATURES else "total_variation" for name in result.drift
-        },
+        "statistics": {name: "ks" if is_numeric(name) else "total_variation" for name in result.drift},
     }
     client.log_dict(run_id, report, "monitor.json")
     if result.metrics is not None:
@@ -184,7 +183,8 @@ def monitor(
     from ser_model.ensemble import load_model
 
     with tempfile.TemporaryDirectory(prefix="ser-monitor-") as scratch:
-        model = load_model(download_checkpoint(f"models:/{name}/{champion.version}", Path(scratch)))
+        folder = download_checkpoint(f"models:/{name}/{champion.version}", Path(scratch))
+        model = load_model(folder)
         result = watch_champion(
             model,
             data.manifest,
@@ -194,6 +194,7 @@ def monitor(
             trained_on_root,
             champion.ua_mean,
             margin,
+            calibration=read_calibration(folder),
         )
     run_id, url = log_monitor_run(client, data, champion.version, champion.fingerprint, result, margin)
     run = MonitorRun(run_id, url, champion.version, result)

@@ -3,7 +3,8 @@ compute the classification metrics (`ser_model.metrics.classification_metrics`).
 
 `evaluate_split` is what a fit validates and tests with: the utterances (waveforms or a frozen
 backbone's cached states) are sharded across the torchrun ranks and the predictions gathered.
-`evaluate_rows` scores a trained model on manifest rows in this process (`ser evaluate`, the monitor).
+`evaluate_rows` scores a trained model on manifest rows in this process (`ser evaluate`, the monitor),
+from `rows_logits` (the monitor also reads its calibrated confidence from them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ser_model.model import SERModel
 from ser_model.runtime import Runtime, autocast, autocast_dtype, gather_from_ranks, resolve_device
 from ser_model.speaker_norm import split_statistics
 
-__all__ = ["evaluate_split", "split_logits", "evaluate_rows"]
+__all__ = ["evaluate_split", "split_logits", "evaluate_rows", "rows_logits"]
 
 
 def evaluate_split(
@@ -80,8 +81,22 @@ def evaluate_rows(
     batch_size: int = 16,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of a trained model on manifest rows, in this process (`ser evaluate`). A speaker-normalised
-    model gets each speaker's statistics from that speaker's rows here (the manifest's `speaker` column)."""
+    """Metrics of a trained model on manifest rows, in this process (`ser evaluate`; `rows_logits`)."""
+    logits, labels = rows_logits(model, rows, audio_root, batch_size=batch_size, device=device)
+    return classification_metrics(labels, logits.argmax(axis=1), len(model.labels), model.labels)
+
+
+def rows_logits(
+    model: SERModel,
+    rows: pd.DataFrame,
+    audio_root: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N, C), class indices (N,)) of a trained model on manifest rows, in row order, in this
+    process. A speaker-normalised model gets each speaker's statistics from that speaker's rows here
+    (the manifest's `speaker` column)."""
     dev = resolve_device(device)
     model = model.to(dev)
     mc = model.config.model
@@ -99,9 +114,8 @@ def evaluate_rows(
         if mc.uses_speaker_statistics
         else None
     )
-    return evaluate_split(
-        model, dataset, batch_size, Runtime(0, 1, dev, autocast_dtype("auto", dev)), row_stats
-    )
+    runtime = Runtime(0, 1, dev, autocast_dtype("auto", dev))
+    return split_logits(model, dataset, batch_size, runtime, row_stats), np.asarray(dataset.labels)
 
 
 def row_speakers(rows: pd.DataFrame) -> list[str]:

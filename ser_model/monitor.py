@@ -15,6 +15,12 @@ to MLflow and Prefect, ``ser monitor`` prints it.
   speakers, ``training_splits(..., RELEASE_FOLD)["valid"]``; a champion trained on every speaker,
   ``TrainConfig.release_holdout`` False, has none, and this comparison is left out). Loudness decodes the audio, so each side
   reads at most :data:`LOUDNESS_SAMPLE` files (a seeded random sample).
+* Confidence (:data:`CONFIDENCE_FEATURE`): the champion's calibrated confidence, max softmax(z / T)
+  with the temperature of its model folder (``ser_model.calibration``), on the new rows against
+  the same on its validation rows; a champion without validation rows is compared with the
+  calibrated validation confidences its folder recorded (``reference_confidence``: the folds'), and
+  without those the comparison is left out. A falling confidence on new data is a warning before
+  labels arrive.
 * Flag: the champion is *degraded* when its UA on the new rows falls more than ``margin`` below its
   fold mean (:attr:`MonitorResult.degraded`).
 """
@@ -37,14 +43,21 @@ from data_contracts.drift import (
     total_variation,
 )
 from ser_model.launch import RELEASE_FOLD
-from ser_model.metrics import DEFAULT_UA_MARGIN, HEADLINE_METRICS
+from ser_model.metrics import DEFAULT_UA_MARGIN, HEADLINE_METRICS, classification_metrics
 
 LOUDNESS_SAMPLE = 1000
 """Files decoded per side to measure loudness (all of them when there are fewer)."""
 PREDICTED_FEATURE = "predicted_class"
 """The drift feature of the champion's own predictions (new rows against its validation rows)."""
-FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES, PREDICTED_FEATURE)
+CONFIDENCE_FEATURE = "calibrated_confidence"
+"""The drift feature of the champion's calibrated confidence (new rows against validation rows)."""
+FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES, PREDICTED_FEATURE, CONFIDENCE_FEATURE)
 """Every drift feature, in report order; the statistic of each is ``drift_statistic``'s."""
+
+
+def is_numeric(feature: str) -> bool:
+    """Whether a drift feature is a number per row (KS statistic) rather than a category (total variation)."""
+    return feature in NUMERIC_FEATURES or feature == CONFIDENCE_FEATURE
 
 
 def unseen_rows(manifest: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +68,7 @@ def unseen_rows(manifest: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
 
 def drift_statistic(feature: str, reference: Any, new: Any) -> float:
     """The feature's drift number: KS statistic for a numeric feature, total variation otherwise."""
-    if feature in NUMERIC_FEATURES:
+    if is_numeric(feature):
         return ks_statistic(reference, new)
     return total_variation(reference, new)
 
@@ -133,7 +146,7 @@ class MonitorResult:
                 )
             )
         for name, value in self.drift.items():
-            statistic = "KS" if name in NUMERIC_FEATURES else "TV"
+            statistic = "KS" if is_numeric(name) else "TV"
             lines.append(f"drift {name}: {statistic} {value:.4f}")
         return lines
 
@@ -150,6 +163,13 @@ def predicted_counts(metrics: dict[str, Any]) -> list[int]:
     return np.asarray(metrics["confusion"], dtype=np.int64).sum(axis=0).tolist()
 
 
+def calibrated_confidence(logits: np.ndarray, temperature: float) -> list[float]:
+    """The top calibrated probability max_c softmax(z / T)_c of each row of ``logits`` (N, C)."""
+    from ser_model.calibration import scaled_probabilities
+
+    return scaled_probabilities(logits, temperature).max(axis=1).tolist()
+
+
 def watch_champion(
     model: Any,
     manifest: pd.DataFrame,
@@ -160,16 +180,21 @@ def watch_champion(
     champion_ua_mean: float | None = None,
     margin: float = DEFAULT_UA_MARGIN,
     batch_size: int = 16,
+    calibration: dict[str, Any] | None = None,
 ) -> MonitorResult:
     """Score ``model`` (a ``SERModel``, the champion) on the rows of ``manifest`` (audio under
     ``root``) that are not in ``reference`` (the manifest it trained on, audio under
-    ``reference_root``, folds ``reference_folds``), and measure drift (see the module doc)."""
-    from ser_model.evaluation import evaluate_rows
+    ``reference_root``, folds ``reference_folds``), and measure drift (see the module doc).
+    ``calibration``: its model folder's (`ser_model.calibration.read_calibration`; None: T = 1 and
+    no recorded reference confidence)."""
+    from ser_model.evaluation import rows_logits
     from ser_model.train import training_splits
 
     if margin < 0:
         raise ValueError(f"monitor margin {margin}: expected >= 0")
     labels = tuple(model.labels)
+    calibration = calibration or {}
+    temperature = float(calibration.get("temperature", 1.0))
     new = unseen_rows(manifest, reference)
     base = dict(
         labels=labels,
@@ -180,7 +205,13 @@ def watch_champion(
     )
     if new.empty:
         return MonitorResult(metrics=None, **base)
-    metrics = evaluate_rows(model, new, root, batch_size=batch_size)
+
+    def scored(rows: pd.DataFrame, audio_root: str | os.PathLike) -> tuple[dict[str, Any], list[float]]:
+        logits, y = rows_logits(model, rows, audio_root, batch_size=batch_size)
+        metrics = classification_metrics(y, logits.argmax(axis=1), len(labels), labels)
+        return metrics, calibrated_confidence(logits, temperature)
+
+    metrics, confidence = scored(new, root)
     samples: dict[str, tuple[list, list]] = {
         "duration_s": (reference["duration_s"].tolist(), new["duration_s"].tolist()),
         "loudness_dbfs": (loudness_sample(reference, reference_root), loudness_sample(new, root)),
@@ -192,11 +223,14 @@ def watch_champion(
         if len(reference_folds)
         else None
     )
+    reference_confidence = list(calibration.get("reference_confidence", []))
     if valid is not None and not valid.empty:
-        on_valid = evaluate_rows(model, valid, reference_root, batch_size=batch_size)
+        on_valid, reference_confidence = scored(valid, reference_root)
         samples[PREDICTED_FEATURE] = (
             counts_sample(predicted_counts(on_valid), labels),
             counts_sample(predicted_counts(metrics), labels),
         )
+    if reference_confidence:
+        samples[CONFIDENCE_FEATURE] = (reference_confidence, confidence)
     drift = {name: drift_statistic(name, *samples[name]) for name in FEATURES if name in samples}
     return MonitorResult(metrics=metrics, drift=drift, samples=samples, **base)

@@ -71,6 +71,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     """`ser monitor`: the champion on new data (ser_model.monitor.watch_champion), as a short report."""
     from data_contracts.ingest import read_ingest_outputs
+    from ser_model.calibration import read_calibration
     from ser_model.ensemble import load_model
     from ser_model.monitor import watch_champion
 
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         champion_ua_mean=ua_mean,
         margin=args.margin,
         batch_size=args.batch_size,
+        calibration=read_calibration(args.model),
     )
     print(f"{args.model_source} on {corpus} {args.manifest} against {args.reference}:")
     for line in result.report_lines():

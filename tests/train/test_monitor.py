@@ -184,3 +184,53 @@ def test_ser_monitor_scores_an_ensemble_champion_by_its_mean_probability(roots, 
     )
     assert result.metrics["confusion"] == confusion[1]
     assert report["UA"] == pytest.approx(result.metrics["UA"])
+
+
+def softmax_top(logits, temperature: float) -> list[float]:
+    z = torch.as_tensor(logits, dtype=torch.float64) / temperature
+    e = torch.exp(z - z.max(dim=1, keepdim=True).values)
+    return (e / e.sum(dim=1, keepdim=True)).max(dim=1).values.tolist()
+
+
+def test_the_champion_calibrated_confidence_on_new_rows_is_compared_with_its_validation_rows(
+    ingested, roots, champion_folder
+):
+    from ser_model.evaluation import rows_logits
+
+    before, after = ingested
+    model = SERModel.from_pretrained(champion_folder)
+    result = watch_champion(
+        model,
+        after.manifest,
+        roots[1],
+        before.manifest,
+        before.folds,
+        roots[0],
+        calibration={"temperature": 2.5, "reference_confidence": [0.99]},
+    )
+    new = unseen_rows(after.manifest, before.manifest)
+    valid_speakers = before.folds.query("fold == 0 and role == 'valid'")["speaker"]
+    valid = before.manifest[before.manifest["speaker"].isin(valid_speakers)]
+    expected_new = softmax_top(rows_logits(model, new, roots[1])[0], 2.5)
+    expected_valid = softmax_top(rows_logits(model, valid, roots[0])[0], 2.5)
+    reference, on_new = result.samples["calibrated_confidence"]
+    assert on_new == pytest.approx(expected_new) and reference == pytest.approx(expected_valid)
+    assert result.drift["calibrated_confidence"] == pytest.approx(
+        stats.ks_2samp(expected_valid, expected_new).statistic
+    )
+    assert any("calibrated_confidence: KS" in line for line in result.report_lines())
+
+    model.config = model.config.with_overrides({"train.release_holdout": False})
+    recorded = [0.3, 0.5, 0.9]
+    without_valid = watch_champion(
+        model,
+        after.manifest,
+        roots[1],
+        before.manifest,
+        before.folds,
+        roots[0],
+        calibration={"temperature": 2.5, "reference_confidence": recorded},
+    )
+    assert without_valid.samples["calibrated_confidence"][0] == recorded, "the folder's record stands in"
+    bare = watch_champion(model, after.manifest, roots[1], before.manifest, before.folds, roots[0])
+    assert "calibrated_confidence" not in bare.drift, "nothing to compare with: left out"
