@@ -297,7 +297,7 @@ def test_mlflows_scoring_app_answers_errors_without_stack_traces_or_input_echoes
     ok = client.post(
         "/invocations", json={"dataframe_records": [{"audio": wave.tolist(), "sample_rate": 16000}]}
     )
-    assert ok.status_code == 200 and set(ok.json()["predictions"][0]) == {"label", *COLUMNS}
+    assert ok.status_code == 200 and set(ok.json()["predictions"][0]) == {"label", "confidence", *COLUMNS}
     replies = {
         "path": client.post("/invocations", json={"dataframe_records": [{"audio": "/etc/passwd"}]}),
         "bytes": client.post(
