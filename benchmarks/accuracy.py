@@ -24,10 +24,12 @@ claimer is gone is taken over (it resumes from its last checkpoint), a finished 
 number of processes can be started and stopped. Order: seed-major, then fold, then variant, so a
 stopped grid leaves every variant with about the same (seed, fold) pairs.
 
-Summary (`accuracy.json`, `accuracy.md`): per variant, mean ± sample std of test WA/UA/macro-F1 over its
+Summary (`accuracy.json`, `accuracy.md`, `reliability_<variant>.png`): per variant, mean ± sample std of test WA/UA/macro-F1 over its
 (seed, fold) runs; for every other variant, the paired difference full − variant of test UA over the
 (seed, fold) pairs both finished, with its standard error sd(d)/sqrt(n) and in how many pairs full is
-ahead and behind; the same at the last epoch for runs that recorded it (`test_last_epoch`).
+ahead and behind; the same at the last epoch for runs that recorded it (`test_last_epoch`); and the calibration figures of
+the runs that recorded them (benchmarks/calibration_grid.py: ECE, Brier and NLL before and after, the
+pooled reliability diagram and threshold table).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from ser_model.train import fit
 from ser_stack.settings import SHARED_RAVDESS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_grid import calibration_lines, calibration_summary, write_reliability_figures  # noqa: E402
 from common import cpu_model, usable_cores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +156,9 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
         row["selected_epoch_per_run"] = [runs[k]["selected_epoch"] for k in keys]
         row["epochs"] = sorted({runs[k]["epochs"] for k in keys})
         row["train_seconds_per_run"] = [round(runs[k]["train_seconds"], 1) for k in keys]
+        calibrated = [runs[k]["calibration"] for k in keys if "ECE_after" in runs[k].get("calibration", {})]
+        if calibrated:
+            row["calibration"] = calibration_summary(calibrated)
         if variant != "full" and "full" in test_ua:
             row["full_minus_this_UA"] = paired_difference(test_ua["full"], test_ua[variant])
         last = last_ua[variant]
@@ -233,6 +239,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {variant} | {d['n']} | {d['mean']:+.1f}{se} | {spreads[0]} | {spreads[1]} | {against} |"
             )
+    lines += calibration_lines(summary)
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
         "",
@@ -268,11 +275,11 @@ def write_summary(
         "overrides": overrides,
         "torch": torch.__version__,
     }
-    text = markdown(summarise(results), meta)
+    summary = summarise(results)
+    text = markdown(summary, meta)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(
-        json.dumps({"meta": meta, "summary": summarise(results)}, indent=2) + "\n"
-    )
+    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2) + "\n")
+    write_reliability_figures(out, summary)
     (out / "accuracy.md").write_text(text)
     return text
 
