@@ -145,6 +145,10 @@ def test_fit_ships_the_ensemble_of_its_seeds_and_resumes_member_by_member(synthe
     assert seen == [(1, 0), (2, 0), (3, 1), (4, 1), ("end", ensemble_rule([14, 15], 2))]
     saved = json.loads((tmp_path / "result.json").read_text())
     assert [m["seed"] for m in saved["members"]] == [14, 15] and saved["selected_epoch"] == 2
+    first = json.loads((tmp_path / "member-0" / "result.json").read_text())
+    assert (saved["data"], saved["code_version"]) == (first["data"], first["code_version"])
+    card = (tmp_path / "best" / "MODEL_CARD.md").read_text()
+    assert saved["data"]["fingerprint"] in card and saved["calibration"]["source"] in card
     for m, seed in enumerate((14, 15)):
         member = json.loads((tmp_path / f"member-{m}" / "result.json").read_text())
         assert member["speakers"]["train"] == sorted(manifest["speaker"].unique())
