@@ -24,8 +24,9 @@ batches, evaluation shards the utterances and gathers the predictions, only rank
 
 Outputs in `out_dir`: `checkpoints/last` (every epoch, atomic, for exact resume), `best`
 (a `save_pretrained` folder of the selected epoch), `metrics.jsonl` (one line per epoch) and
-`result.json` (selected epoch, validation and test metrics, the selection rule, the calibration;
-`ser_model.fit_result`).
+`result.json` (selected epoch, validation and test metrics, the selection rule, the calibration,
+the data and code version; `ser_model.fit_result`, `ser_model.model_card.fit_provenance`), and
+`best/MODEL_CARD.md` generated from that result (`ser_model.model_card`).
 
 Calibration (`ser_model.calibration`). After its epoch is selected, a fold fits one temperature on
 its validation speakers' logits (NLL) and reports ECE, Brier and NLL before and after on its test
