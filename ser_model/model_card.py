@@ -160,11 +160,20 @@ def _folds_section(folds: Mapping[int, Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def _temperature_source(calibration: Mapping[str, Any]) -> str:
+    """Where the temperature comes from: the release's ``source``, a fold's ``fitted_on``, or none."""
+    if calibration.get("source"):
+        return str(calibration["source"])
+    if calibration.get("fitted_on"):
+        return f"fitted on the {calibration['fitted_on']}"
+    return "uncalibrated (T = 1)"
+
+
 def _calibration_section(result: Mapping[str, Any], folds: Mapping[int, Mapping[str, Any]]) -> list[str]:
     calibration = result.get("calibration") or {}
     lines = [
         "## Calibration",
-        f"- temperature T = {calibration.get('temperature', 1.0):.4f}: {calibration.get('source') or calibration.get('fitted_on', 'uncalibrated')}",
+        f"- temperature T = {calibration.get('temperature', 1.0):.4f}: {_temperature_source(calibration)}",
     ]
     measured = [r["calibration"] for _, r in sorted(folds.items()) if "ECE_after" in r.get("calibration", {})]
     own = [calibration] if "ECE_after" in calibration else []

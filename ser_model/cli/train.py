@@ -67,8 +67,17 @@ def train_config(
     return experiment_config(corpus, preset, backbone=backbone, overrides=overrides, base=base)
 
 
+def calibration_line(calibration: dict) -> str:
+    """The temperature and where it comes from; for a fold, ECE on its test speakers before → after."""
+    line = f"calibration: T {calibration['temperature']:.3f}"
+    if "ECE_after" in calibration:
+        return f"{line} fitted on the validation speakers; test ECE {calibration['ECE_before']:.4f} -> {calibration['ECE_after']:.4f}"
+    return f"{line}, {calibration.get('source', '')}"
+
+
 def run(args: argparse.Namespace) -> int:
     """`ser train`: fit one fold; print the selected epoch, the scores and what it wrote."""
+    from ser_model.model_card import MODEL_CARD_FILE
     from ser_model.train import fit
     from ser_model.warm_start import InitModel
 
@@ -86,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         print(metrics_line("valid", result.valid))
     if result.test:
         print(metrics_line("test", result.test))
-    print(f"wrote {out / BEST_FOLDER}, {out / RESULT_FILE}, {out / METRICS_FILE}")
+    if result.calibration:
+        print(calibration_line(result.calibration))
+    print(f"wrote {out / BEST_FOLDER} (its {MODEL_CARD_FILE}), {out / RESULT_FILE}, {out / METRICS_FILE}")
     return 0
 
 

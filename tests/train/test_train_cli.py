@@ -96,6 +96,10 @@ def test_train_one_ravdess_fold_then_evaluate(shared_ravdess, tmp_path, capsys):
     match = METRICS_LINE.search(out)
     assert match, out
     result = json.loads((tmp_path / "fold0" / "result.json").read_text())
+    calibration = result["calibration"]
+    assert f"T {calibration['temperature']:.3f} fitted on the validation speakers" in out
+    assert f"test ECE {calibration['ECE_before']:.4f} -> {calibration['ECE_after']:.4f}" in out
+    assert (tmp_path / "fold0" / "best" / "MODEL_CARD.md").is_file()
     wa, ua, f1, n = match.groups()
     assert float(wa) == pytest.approx(100 * result["test"]["WA"], abs=0.006)
     assert float(ua) == pytest.approx(100 * result["test"]["UA"], abs=0.006)
