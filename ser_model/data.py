@@ -11,6 +11,7 @@ corpus's length.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -39,6 +40,8 @@ __all__ = [
     "audio_files",
     "UtteranceDataset",
     "collate_padded",
+    "collate_to_shapes",
+    "PAD_SECONDS",
     "encode_labels",
     "LengthBucketSampler",
     "shard_for_eval",
@@ -223,15 +226,33 @@ class UtteranceDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(wave)), int(self.labels[index]), index
 
 
-def collate_padded(items: Sequence[tuple[torch.Tensor, int, int]]) -> Batch:
-    """Zero-pad waves to the longest of the batch: [(L_i,)] → waves (B, max L_i), lengths (B,)."""
+def collate_padded(items: Sequence[tuple[torch.Tensor, int, int]], multiple: int = 1) -> Batch:
+    """Zero-pad waves to the longest of the batch rounded up to a multiple of ``multiple`` samples:
+    [(L_i,)] → waves (B, ⌈max L_i / multiple⌉ · multiple), lengths (B,)."""
     lengths = torch.tensor([len(wave) for wave, _, _ in items], dtype=torch.long)
-    waves = torch.zeros(len(items), int(lengths.max()), dtype=torch.float32)
+    width = -(-int(lengths.max()) // multiple) * multiple
+    waves = torch.zeros(len(items), width, dtype=torch.float32)
     for row, (wave, _, _) in enumerate(items):
         waves[row, : len(wave)] = wave
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.long)
     indices = torch.tensor([index for _, _, index in items], dtype=torch.long)
     return Batch(waves, lengths, labels, indices)
+
+
+PAD_SECONDS = 0.25
+"""Training and evaluation batches are padded to a multiple of this many seconds
+(`collate_to_shapes`), so that a split's batches take a few shapes only (3 s training crops: at
+most 12) instead of one per batch. The C heap then serves each step's activations from blocks the
+steps before freed; with a new length every step, glibc's heap (whose threshold for returning large
+blocks to the system rises with each freed one) fragmented until a RAVDESS fold held 2.1–2.5 GB
+(docs/RESULTS.md §10). The price is the padding: on average under half of this per batch. The
+model is padding-invariant in eval mode; in training BatchNorm's batch statistics count the
+padded frames too."""
+
+
+def collate_to_shapes(sample_rate: int) -> functools.partial[Batch]:
+    """`collate_padded` padding to multiples of `PAD_SECONDS` at ``sample_rate`` (a DataLoader's collate_fn)."""
+    return functools.partial(collate_padded, multiple=max(1, round(PAD_SECONDS * sample_rate)))
 
 
 class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):

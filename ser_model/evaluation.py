@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_padded, shard_for_eval
+from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_to_shapes, shard_for_eval
 from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import CachedStates, collate_states, forward_batch
 from ser_model.metrics import classification_metrics
@@ -52,7 +52,7 @@ def split_logits(
     gathered on every rank (`evaluate_split`, the calibration of a fold)."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
-    collate = collate_states if isinstance(dataset, CachedStates) else collate_padded
+    collate = collate_states if isinstance(dataset, CachedStates) else collate_to_shapes(dataset.sample_rate)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
     indices, predictions = [], []
     precision = autocast(runtime)
@@ -114,7 +114,8 @@ def rows_logits(
         if mc.uses_speaker_statistics
         else None
     )
-    runtime = Runtime(0, 1, dev, autocast_dtype("auto", dev))
+    # on a CPU in fp32, as Predictor and the ONNX graph score (bf16 is for training's own evaluations)
+    runtime = Runtime(0, 1, dev, autocast_dtype("auto", dev, native_cpu_bf16=False))
     return split_logits(model, dataset, batch_size, runtime, row_stats), np.asarray(dataset.labels)
 
 

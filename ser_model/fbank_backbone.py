@@ -81,12 +81,17 @@ def spec_augment_masks(
 class _ConvBlock2d(nn.Module):
     """Conv2d 3×3 (same padding) → BatchNorm2d → ReLU → zero at padded frames → MaxPool (2 over mel, ``time_pool`` over time).
 
-    x (B, C, F, T), mask (B, T) bool valid → (B, C', F // 2, ceil(T / time_pool)), mask (B, ceil(T / time_pool)).
-    Padded frames are zero before every convolution (so a valid frame next to the padding sees what
-    zero padding of the lone utterance gives it) and after the ReLU (valid values are >= 0, so a pooling
-    window that straddles the end keeps the max of its valid frames: ceil mode, as for the lone utterance).
-    In eval mode the block is therefore exactly padding-invariant; in training, BatchNorm's batch
-    statistics also count the padded positions (small with length-bucketed batches of cropped utterances).
+    x (B, C, F, T) zero at padded frames, mask (B, T) bool valid → (B, C', F // 2, ceil(T / time_pool))
+    zero at padded frames, mask (B, ceil(T / time_pool)). Padded frames are zero before every
+    convolution (so a valid frame next to the padding sees what zero padding of the lone utterance
+    gives it): the input holds that, and so does the output, for the next block: it is zeroed after
+    the ReLU (valid values are >= 0, so a pooling window that straddles the end keeps the max of its
+    valid frames: ceil mode, as for the lone utterance), and a pooling window wholly in the padding
+    holds only zeros. The mask and the ReLU work in place on BatchNorm's output (relu(x · m) =
+    relu(x) · m for m in {0, 1}): no new tensor of the block's largest size for either. In eval mode the block is therefore exactly padding-invariant; in training,
+    BatchNorm's batch statistics also count the padded positions (small with length-bucketed batches
+    of cropped utterances). Activations are channels-last (C the fastest dimension), the layout
+    oneDNN's convolutions run fastest in on a CPU.
     """
 
     def __init__(self, c_in: int, c_out: int, time_pool: int) -> None:
@@ -101,8 +106,10 @@ class _ConvBlock2d(nn.Module):
         return torch.div(lengths + self.time_pool - 1, self.time_pool, rounding_mode="floor")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = mask[:, None, None, :].to(x.dtype)  # (B, 1, 1, T)
-        x = torch.relu(self.norm(self.conv(x * keep))) * keep  # (B, C', F, T)
+        x = self.norm(self.conv(x.contiguous(memory_format=torch.channels_last)))  # (B, C', F, T)
+        x = x.mul_(
+            mask[:, None, None, :].to(x.dtype)
+        ).relu_()  # relu(x)·m in place: BatchNorm's backward needs its input, not x
         x = self.pool(x[:, :, : 2 * (x.shape[2] // 2)])  # (B, C', F // 2, ceil(T / p))
         return x, lengths_to_mask(self.out_lengths(mask.sum(1)), x.shape[3])
 
