@@ -1,4 +1,4 @@
-"""The C heap of a training process: large blocks go back to the system when freed.
+"""The C heap of a training process: glibc's own policy, or large blocks given back when freed.
 
 glibc's malloc serves a block of at least M_MMAP_THRESHOLD bytes with its own mmap and unmaps it
 on free; smaller ones come from the heap, which returns memory only from its top. The threshold
@@ -14,14 +14,15 @@ CPU seconds per fbank training step on CPU (docs/RESULTS.md §10, "Speed").
 
 The policy is a process knob, ``SER_HEAP`` (:func:`heap_policy`):
 
-- ``bounded`` (default): the threshold fixed at 1 MiB, and in a process started with
-  :func:`heap_env` glibc's ``hugetlb`` tunable on, so those mappings take transparent huge pages
-  where the kernel allows them (``madvise`` mode), which halves the page-fault time of the fixed
-  threshold. One RAVDESS fold, 2 epochs, 1 thread (docs/RESULTS.md §10): peak RSS 1.34 GB, system
-  CPU 37 s (73 s without huge pages).
-- ``glibc``: glibc's own dynamic policy, fastest (system CPU 14 s) at 2.5 GB peak RSS; for a
-  machine that trains one fold at a time with memory to spare, and the accuracy grids, whose runs
-  before this policy existed used it.
+- ``glibc`` (default): glibc's own dynamic policy. Since training and evaluation batches are padded
+  to multiples of ``ser_model.data.PAD_SECONDS`` (a split's batches take a few shapes, so each
+  step's activations fit the blocks the steps before freed), a RAVDESS fold of the cpu-fbank recipe
+  peaks at 1.45 GB with it, and its system CPU is a few seconds (docs/RESULTS.md §12).
+- ``bounded``: the threshold fixed at 1 MiB, and in a process started with :func:`heap_env`
+  glibc's ``hugetlb`` tunable on, so those mappings take transparent huge pages where the kernel
+  allows them (``madvise`` mode). Every large activation is then a fresh mapping zeroed at first
+  touch: more system CPU (about 20 % more wall time for a fold before the shapes were fixed, §10),
+  for a process whose RSS must stay at its working set whatever its batches' shapes.
 """
 
 from __future__ import annotations

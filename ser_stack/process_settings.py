@@ -23,7 +23,9 @@ from ser_stack.environment import (
 )
 
 HEAP_POLICIES = ("bounded", "glibc")
-"""Values of SER_HEAP; the first is the default (ser_model/allocator.py)."""
+"""Values of SER_HEAP (ser_model/allocator.py)."""
+DEFAULT_HEAP_POLICY = "glibc"
+"""SER_HEAP unset: glibc's own policy (a fold stays under 1.5 GB since its batches take a few shapes)."""
 FOLD_RUN_MODES = ("pool", "inline")
 """Values of SER_FOLD_RUNS; the first is the default (flows/fold_runs.py)."""
 DEFAULT_MEMORY_CACHE_BYTES = 1 << 30
@@ -56,8 +58,8 @@ class ProcessSettings(EnvironmentSettings):
 
     heap: Annotated[str, parsed(one_of(*HEAP_POLICIES))] = env_field(
         "SER_HEAP",
-        HEAP_POLICIES[0],
-        "a training process's C heap: `bounded` (bounded RSS, more system CPU) or `glibc`",
+        DEFAULT_HEAP_POLICY,
+        "a training process's C heap: `glibc` (its own policy) or `bounded` (large blocks unmapped when freed: more system CPU)",
         used_by=("ser_model/allocator.py `heap_policy`",),
     )
     memory_cache_bytes: Annotated[

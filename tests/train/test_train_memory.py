@@ -94,7 +94,7 @@ import numpy as np
 import psutil
 from ser_model.allocator import bound_heap
 
-bounded = sys.argv[1] == "bound" and bound_heap()
+bounded = sys.argv[1] == "bound" and bound_heap(env={"SER_HEAP": "bounded"})
 process = psutil.Process()
 big = np.ones(30 * 2**20 // 8)  # a freed 30 MiB block raises glibc's dynamic mmap threshold to 30 MiB
 del big
@@ -140,7 +140,8 @@ def test_one_process_runs_without_a_launcher():
 
 
 def test_heap_policy_is_read_and_checked():
-    assert heap_policy({}) == "bounded"
+    assert heap_policy({}) == "glibc"
+    assert heap_policy({HEAP_ENV: "bounded"}) == "bounded"
     assert heap_policy({HEAP_ENV: " glibc "}) == "glibc"
     with pytest.raises(ConfigError, match=rf"{HEAP_ENV}='jemalloc': expected one of bounded, glibc"):
         heap_policy({HEAP_ENV: "jemalloc"})
@@ -149,12 +150,14 @@ def test_heap_policy_is_read_and_checked():
 def test_training_processes_start_with_huge_pages_only_under_the_bounded_policy():
     """The worker's environment gains glibc's huge-page tunable beside tunables already given,
     never a second hugetlb setting, and none under SER_HEAP=glibc."""
-    assert worker_env({})["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE
-    given = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    bounded = {HEAP_ENV: "bounded"}
+    assert worker_env(bounded)["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE
+    given = {**bounded, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
     assert heap_env(given)["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"
-    own = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    own = {**bounded, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
     assert heap_env(own) == own
     assert "GLIBC_TUNABLES" not in worker_env({HEAP_ENV: "glibc"})
+    assert "GLIBC_TUNABLES" not in worker_env({})  # glibc's own policy is the default
 
 
 def ser_train_stderr(tmp_path: Path, heap: str) -> subprocess.CompletedProcess:
