@@ -294,11 +294,11 @@ class TrainConfig:
     """Optimisation and the training loop (docs/METHOD.md "Training": Adam, batch 16, lr 1e-4, centers 5e-3, ×7/8 per epoch, 20 epochs).
 
     ``max_seconds``: training utterances longer than this are randomly cropped to it (None: whole).
-    ``precision``: the autocast dtype of training and evaluation (weights and optimiser state stay
-    fp32). "auto" picks bf16 on a CUDA device that supports it and on a CPU that multiplies bf16 in
-    hardware (``avx512_bf16`` or AMX: about twice the fp32 rate there; ``ser_model.runtime.autocast_dtype``),
-    fp32 otherwise; "fp32" never casts. A fit's validation and test scores run in the training's
-    precision; ``ser evaluate`` and the predictors score in fp32 on a CPU.
+    ``precision``: the autocast dtype of training (weights and optimiser state stay fp32) and, on
+    CUDA, of evaluation; on a CPU a model is always scored in fp32. "auto" picks bf16 on a CUDA
+    device that supports it and on a CPU that multiplies bf16 in hardware (``avx512_bf16`` or AMX:
+    about twice the fp32 rate there; ``ser_model.runtime.autocast_dtype``), fp32 otherwise; "fp32"
+    never casts.
     ``select_metric``: validation metric that chooses the checkpoint (validation speakers only), one of
     ``ser_model.metrics.HEADLINE_METRICS`` and spelled as its key in the metric reports ("UA", "WA",
     "macro_f1"); ``SERConfig.from_dict`` reads the lower-case "ua" / "wa" of configs saved before as "UA" / "WA".

@@ -10,6 +10,7 @@ from `rows_logits` (the monitor also reads its calibrated confidence from them).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -49,13 +50,15 @@ def split_logits(
     row_stats: LogMelStatistics | None = None,
 ) -> np.ndarray:
     """The logits (N, C) of every utterance of `dataset` in row order, float32: sharded across ranks,
-    gathered on every rank (`evaluate_split`, the calibration of a fold)."""
+    gathered on every rank (`evaluate_split`, the calibration of a fold). On a CPU in fp32 whatever
+    the training's precision, so that a fit records the scores `ser evaluate`, the Predictor and the
+    ONNX graph give its model; on CUDA in the runtime's autocast."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
     collate = collate_states if isinstance(dataset, CachedStates) else collate_to_shapes(dataset.sample_rate)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
     indices, predictions = [], []
-    precision = autocast(runtime)
+    precision = autocast(runtime) if runtime.device.type == "cuda" else nullcontext()
     for batch in loader:
         with precision:
             logits = forward_batch(model, batch, runtime.device, row_stats).logits  # (B, C)
@@ -114,8 +117,7 @@ def rows_logits(
         if mc.uses_speaker_statistics
         else None
     )
-    # on a CPU in fp32, as Predictor and the ONNX graph score (bf16 is for training's own evaluations)
-    runtime = Runtime(0, 1, dev, autocast_dtype("auto", dev, native_cpu_bf16=False))
+    runtime = Runtime(0, 1, dev, autocast_dtype("auto", dev))
     return split_logits(model, dataset, batch_size, runtime, row_stats), np.asarray(dataset.labels)
 
 
