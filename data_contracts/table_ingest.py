@@ -14,6 +14,7 @@ two roles or leaves a role empty, no usable row at all.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -108,7 +109,7 @@ def _checked_rows(table: Table, rows: TableRows, name: str, workers, progress) -
 
 
 def run_table_ingest(
-    table: str | Table,
+    table: str | os.PathLike | Table,
     name: str,
     labels: Sequence[str] | None = None,
     label_map: Mapping[str, str] | None = None,
@@ -126,7 +127,7 @@ def run_table_ingest(
             f"--folds {fold_count!r}: expected an integer >= {MIN_SPEAKERS} (each fold needs a test, "
             "a validation and a training group of speakers)"
         )
-    table = read_table(table) if isinstance(table, str) else table
+    table = read_table(os.fspath(table)) if isinstance(table, (str, os.PathLike)) else table
     if not table.has_split and not any(str(s).strip() for s in table.frame["speaker"]):
         raise IngestError(
             f"{table.name}: no row names a speaker, and without speakers no speaker-independent "
