@@ -206,11 +206,23 @@ def _calibration_section(result: Mapping[str, Any], folds: Mapping[int, Mapping[
     return lines
 
 
+def _start_line(init: Mapping[str, Any] | None) -> str:
+    """Where the weights started: from scratch, or the model of result.json's ``init``
+    (ser_model/warm_start.py) with the parts copied and whether the head was new."""
+    if not init:
+        return "- started from scratch (random initialisation)"
+    head = "copied" if init.get("head") == "copied" else f"new ({init.get('head_reason')})"
+    return f"- started from `{init.get('source')}`: copied {', '.join(init.get('copied', []))}; head {head}"
+
+
 def _recipe_section(
-    config: Mapping[str, Any], recipe: Mapping[str, Any] | None, code: Mapping[str, str]
+    config: Mapping[str, Any],
+    recipe: Mapping[str, Any] | None,
+    code: Mapping[str, str],
+    init: Mapping[str, Any] | None = None,
 ) -> list[str]:
     model, train = config.get("model", {}), config.get("train", {})
-    lines = ["## Recipe"]
+    lines = ["## Recipe", _start_line(init)]
     if recipe:
         lines.append(
             f"- preset `{recipe.get('preset')}`, overrides `{json.dumps(recipe.get('overrides') or {})}`"
@@ -273,7 +285,7 @@ def model_card(
         _scores_section(result),
         _folds_section(folds),
         _calibration_section(result, folds),
-        _recipe_section(config, recipe, result.get("code_version") or {}),
+        _recipe_section(config, recipe, result.get("code_version") or {}, result.get("init")),
         _use_section(data),
     ):
         if section:

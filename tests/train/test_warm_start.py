@@ -14,6 +14,7 @@ from ser_model.cli import main
 from ser_model.config_validation import ConfigError
 from ser_model.ensemble import SEREnsemble
 from ser_model.model import SERModel
+from ser_model.model_card import MODEL_CARD_FILE
 from ser_model.warm_start import PARTS, InitModel, parameter_part, warm_start
 from tests.fixtures.corpora import make_ravdess, ser_ingest
 from tests.train.synthetic import tiny_config
@@ -154,9 +155,12 @@ def test_ser_train_init_from_a_local_folder_records_the_start_and_refuses_anothe
     record = json.loads((tmp_path / "fold0" / "result.json").read_text())["init"]
     assert record["source"] == str(tmp_path / "champion") and record["head"] == "new"
     assert record["source_labels"] == list(renamed.labels)
+    card = (tmp_path / "fold0" / "best" / MODEL_CARD_FILE).read_text()
+    assert f"- started from `{tmp_path / 'champion'}`: copied backbone, flam; head new (" in card
 
     assert main(argv + ["--out", str(tmp_path / "scratch")]) == 0
     assert json.loads((tmp_path / "scratch" / "result.json").read_text())["init"] is None
+    assert "- started from scratch" in (tmp_path / "scratch" / "best" / MODEL_CARD_FILE).read_text()
 
     wider = config.with_overrides({"model.fbank_dim": 16})
     built(wider, 0).save_pretrained(tmp_path / "wider")
