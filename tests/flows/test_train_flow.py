@@ -275,10 +275,13 @@ def test_worker_environment_has_no_credentials():
             "CUDA_VISIBLE_DEVICES": "0",
         }
     )
-    # the heap policy's start-up setting is added (ser_model/allocator.py), nothing else
-    assert env == {
+    # nothing is added but unbuffered output under glibc's own heap policy (the default)
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "PYTHONUNBUFFERED": "1"}
+    # the bounded policy's start-up setting is added (ser_model/allocator.py)
+    bounded = worker_env({"PATH": "/bin", "SER_HEAP": "bounded", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert bounded == {
         "PATH": "/bin",
-        "CUDA_VISIBLE_DEVICES": "0",
+        "SER_HEAP": "bounded",
         "PYTHONUNBUFFERED": "1",
         "GLIBC_TUNABLES": HUGE_PAGES_TUNABLE,
     }
