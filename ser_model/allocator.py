@@ -16,8 +16,9 @@ The policy is a process knob, ``SER_HEAP`` (:func:`heap_policy`):
 
 - ``glibc`` (default): glibc's own dynamic policy. Since training and evaluation batches are padded
   to multiples of ``ser_model.data.PAD_SECONDS`` (a split's batches take a few shapes, so each
-  step's activations fit the blocks the steps before freed), a RAVDESS fold of the cpu-fbank recipe
-  peaks at 1.45 GB with it, and its system CPU is a few seconds (docs/RESULTS.md §12).
+  step's activations fit the blocks the steps before freed) and cpu-fbank evaluates 4 utterances
+  at a time, a RAVDESS fold of the recipe peaks at 1.42 GB with it (3.7 GB before), its system CPU
+  a few seconds (docs/RESULTS.md §12).
 - ``bounded``: the threshold fixed at 1 MiB, and in a process started with :func:`heap_env`
   glibc's ``hugetlb`` tunable on, so those mappings take transparent huge pages where the kernel
   allows them (``madvise`` mode). Every large activation is then a fresh mapping zeroed at first

@@ -77,7 +77,7 @@ _CPU_FBANK: dict[str, Any] = {
     "train.release_holdout": False,
     "train.release_seeds": 2,
     # scores are the same at any evaluation batch size (eval mode is padding-invariant); 4 whole
-    # utterances at a time keep a fold's peak RSS at 1.33 GB where 16 took 1.50 GB (docs/RESULTS.md §12)
+    # utterances at a time keep a fold's peak RSS at 1.42 GB where 16 took 1.55-1.66 GB (docs/RESULTS.md §12)
     "train.eval_batch_size": 4,
 }
 """The ``cpu-fbank`` recipe, which ``demo`` and ``pipeline-check`` build on (:data:`PRESETS`)."""
