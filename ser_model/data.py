@@ -15,7 +15,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +41,7 @@ __all__ = [
     "UtteranceDataset",
     "collate_padded",
     "collate_to_shapes",
+    "collate_for",
     "PAD_SECONDS",
     "encode_labels",
     "LengthBucketSampler",
@@ -253,6 +254,16 @@ padded frames too."""
 def collate_to_shapes(sample_rate: int) -> functools.partial[Batch]:
     """`collate_padded` padding to multiples of `PAD_SECONDS` at ``sample_rate`` (a DataLoader's collate_fn)."""
     return functools.partial(collate_padded, multiple=max(1, round(PAD_SECONDS * sample_rate)))
+
+
+def collate_for(
+    hf_backbone: bool, sample_rate: int
+) -> Callable[[Sequence[tuple[torch.Tensor, int, int]]], Batch]:
+    """The collate_fn of a model's wave batches: `collate_to_shapes` for the log-mel front end (exactly
+    padding-invariant in eval mode), `collate_padded` to the batch's longest wave for a Hugging Face
+    backbone, whose convolutional feature encoder sees the padding (WavLM base's GroupNorm normalises
+    over all frames), so that its states stay those of the batches it was built and cached with."""
+    return collate_padded if hf_backbone else collate_to_shapes(sample_rate)
 
 
 class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_to_shapes, shard_for_eval
+from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset, collate_for, shard_for_eval
 from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import CachedStates, collate_states, forward_batch
 from ser_model.metrics import classification_metrics
@@ -55,7 +55,11 @@ def split_logits(
     ONNX graph give its model; on CUDA in the runtime's autocast."""
     model.eval()
     batches = shard_for_eval(dataset.lengths, batch_size, rank=runtime.rank, world_size=runtime.world_size)
-    collate = collate_states if isinstance(dataset, CachedStates) else collate_to_shapes(dataset.sample_rate)
+    collate = (
+        collate_states
+        if isinstance(dataset, CachedStates)
+        else collate_for(model.config.model.is_hf, dataset.sample_rate)
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
     indices, predictions = [], []
     precision = autocast(runtime) if runtime.device.type == "cuda" else nullcontext()

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from ser_model.config import SERConfig, uses_feature_cache
-from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDataset, collate_to_shapes
+from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDataset, collate_for
 from ser_model.evaluation import row_speakers
 from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import CachedStates, FeatureCache, collate_states
@@ -100,7 +100,10 @@ def fold_data(
         train_set.lengths, tc.batch_size, seed=tc.seed, rank=runtime.rank, world_size=runtime.world_size
     )
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, collate_fn=collate_to_shapes(sr), num_workers=tc.num_workers
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=collate_for(config.model.is_hf, sr),
+        num_workers=tc.num_workers,
     )
     return FoldData(splits, train_set, sampler, loader, eval_sets)
 

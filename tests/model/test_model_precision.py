@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ser_model.config import SERConfig
-from ser_model.data import PAD_SECONDS, collate_padded, collate_to_shapes
+from ser_model.data import PAD_SECONDS, collate_for, collate_padded, collate_to_shapes
 from ser_model.losses import multi_loss
 from ser_model.model import SERModel
 from ser_model.runtime import autocast_dtype, cpu_has_native_bf16
@@ -105,6 +105,9 @@ def test_collate_pads_to_the_multiple_and_keeps_every_sample():
     assert (
         collate_to_shapes(SR)(items[:1] + [(torch.ones(multiple + 1), 0, 3)]).waves.shape[1] == 2 * multiple
     )
+    # a Hugging Face backbone's feature encoder sees padding: its batches stay at their longest wave
+    assert collate_for(True, SR)(items).waves.shape == (3, 17)
+    assert collate_for(False, SR)(items).waves.shape == (3, multiple)
 
 
 def test_evaluation_padded_to_shapes_predicts_what_unpadded_batches_do():

@@ -190,9 +190,12 @@ def test_a_corrupted_entry_is_detected_and_rebuilt_with_a_warning(
 def test_fit_trains_from_the_cache_as_it_trains_live(synthetic_corpus, wavlm_folders, tmp_path, caplog):
     """EAM off, no crop: the cached and the live run see the same batches and the same backbone
     states, so they train alike; every epoch of the cached run reads the cache, and a second
-    fold reuses the first fold's entries."""
+    fold reuses the first fold's entries. In fp32: the cache holds fp32 states, which a live backbone
+    under bf16 autocast (precision "auto" on a CPU with bf16 in hardware) rounds otherwise."""
     root, manifest, folds = synthetic_corpus
-    config = hf_config(wavlm_folders[0], epochs=2, max_seconds=None, device="cpu")
+    config = hf_config(wavlm_folders[0], epochs=2, max_seconds=None, device="cpu").with_overrides(
+        {"train.precision": "fp32"}
+    )
     with caplog.at_level(logging.INFO):
         cached = fit(config, manifest, folds, 0, root, tmp_path / "runs" / "fold-0", resume=False)
     epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
