@@ -50,7 +50,10 @@ def test_tune_ravdess_runs_on_the_pool_and_survives_a_killed_trial(
     study_name = f"e2e-{uuid.uuid4().hex[:8]}"
     params = {
         "trials": 2,
-        "epochs": 3,
+        # enough epochs that trial 0 is still training when its first epoch is seen (every 0.5 s):
+        # fold 0 trains on 16 clips, an epoch takes about 0.1 s since the speed work, and at 3 epochs
+        # the trial had ended 0.3 s after its first epoch, before the kill could land
+        "epochs": 40,
         "folds": [0],  # the kill, retry and resume happen in fold 0; a second fold adds only time
         "overrides": {k: v for k, v in FAST.items() if k != "train.epochs"},
         "study": study_name,
