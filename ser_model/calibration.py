@@ -53,6 +53,8 @@ __all__ = [
     "fit_temperature",
     "reliability_bins",
     "expected_calibration_error",
+    "binned_calibration_error",
+    "calibration_error_floor",
     "brier_score",
     "negative_log_likelihood",
     "coverage_counts",
@@ -137,6 +139,45 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     count = np.asarray(table["count"], dtype=np.float64)
     gap = np.abs(np.asarray(table["accuracy"]) - np.asarray(table["confidence"]))
     return float((count * gap).sum() / count.sum())
+
+
+def binned_calibration_error(table: Mapping[str, Sequence[float]]) -> float:
+    """ECE of a reliability table (`reliability_bins`, or several pooled by `pooled_reliability`):
+    Σ_b (n_b / N) · |acc_b − conf_b|. On one table it equals `expected_calibration_error` of the
+    probabilities it came from; on a pooled table it is the ECE of every answer of the folds together."""
+    count = np.asarray(table["count"], dtype=np.float64)
+    gap = np.abs(np.asarray(table["accuracy"], dtype=np.float64) - np.asarray(table["confidence"]))
+    return float((count * gap).sum() / max(count.sum(), 1.0))
+
+
+def calibration_error_floor(table: Mapping[str, Sequence[float]]) -> float:
+    """The ECE a perfectly calibrated model is expected to show on a sample of this size: the bias
+    of the binned estimator, what :func:`binned_calibration_error` reads when nothing is wrong.
+
+        floor = Σ_b (n_b / N) · E |K_b / n_b − c_b|,   K_b ~ Binomial(n_b, c_b)
+
+    with n_b the answers in bin b and c_b their mean confidence: if every answer of confidence c is
+    right with probability c, bin b's correct count is K_b (its answers' confidences taken as c_b; the
+    spread within a bin only lowers the variance, so the floor is an upper estimate by a little). It
+    shrinks as 1/√n_b: about 0.075 for 240 test utterances in 15 bins at RAVDESS's confidences, 0.035
+    for 1,200. An observed ECE near its floor is what sampling alone gives (Bröcker & Smith 2007,
+    "consistency resampling", in closed form); a fold's ECE cannot be read below it."""
+    count = np.asarray(table["count"], dtype=np.int64)
+    confidence = np.clip(np.asarray(table["confidence"], dtype=np.float64), 0.0, 1.0)
+    total = count.sum()
+    if total == 0:
+        return 0.0
+    expected = 0.0
+    for n, c in zip(count.tolist(), confidence.tolist()):
+        if n == 0 or c in (0.0, 1.0):
+            continue  # an empty bin, or a certain one: K_b = n_b c_b exactly
+        k = np.arange(n + 1, dtype=np.float64)
+        log_choose = np.array(
+            [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(n + 1)]
+        )
+        pmf = np.exp(log_choose + k * math.log(c) + (n - k) * math.log1p(-c))
+        expected += n * float((pmf * np.abs(k / n - c)).sum())
+    return expected / float(total)
 
 
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import statistics
 import numpy as np
 import pytest
 
-from ser_model.calibration import calibration_record, scaled_probabilities
+from ser_model.calibration import calibration_record, expected_calibration_error, scaled_probabilities
 from tests.fixtures.scripts import load_script
 
 META = {
@@ -79,6 +79,11 @@ def test_the_grid_summarises_the_calibration_blocks_of_its_runs(tmp_path, accura
     for b in range(15):
         if (bins == b).any():
             assert c["reliability_after"]["accuracy"][b] == pytest.approx(correct[bins == b].mean())
+    assert c["pooled"]["utterances"] == len(y)
+    assert c["pooled"]["ECE_after"] == pytest.approx(expected_calibration_error(p, y))
+    assert c["pooled"]["ECE_floor_after"] < c["ECE_floor_after"], (
+        "the floor falls with the pooled sample size"
+    )
     row80 = next(r for r in c["thresholds"] if r["target_accuracy"] == 0.8)
     kept = confidence >= row80["min_confidence"]
     assert correct[kept].mean() >= 0.8 and row80["kept_share"] == pytest.approx(kept.mean())

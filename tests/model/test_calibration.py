@@ -17,15 +17,19 @@ from ser_model.calibration import (
     CALIBRATION_FILE,
     THRESHOLD_GRID,
     UNCERTAIN,
+    binned_calibration_error,
     brier_score,
+    calibration_error_floor,
     calibration_record,
     coverage_counts,
     decision,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    pooled_reliability,
     read_calibration,
     release_temperature,
+    reliability_bins,
     scaled_probabilities,
     threshold_table,
     write_calibration,
@@ -163,3 +167,55 @@ def test_model_folder_calibration_round_trips_and_refuses_a_bad_file(tmp_path):
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"temperature": -1}))
     with pytest.raises(ValueError, match=CALIBRATION_FILE):
         read_calibration(tmp_path)
+
+
+def test_binned_error_of_one_table_is_the_ece_and_of_pooled_tables_the_ece_of_all_answers():
+    """ECE from a reliability table equals `expected_calibration_error` of its probabilities; pooled
+    over folds it equals the ECE of the folds' answers concatenated."""
+    p1, y1 = sampled(300, 8, 1.7, seed=3)
+    p2, y2 = sampled(180, 8, 0.8, seed=4)
+    assert binned_calibration_error(reliability_bins(p1, y1)) == pytest.approx(
+        expected_calibration_error(p1, y1)
+    )
+    pooled = pooled_reliability([reliability_bins(p1, y1), reliability_bins(p2, y2)])
+    assert binned_calibration_error(pooled) == pytest.approx(
+        expected_calibration_error(np.concatenate([p1, p2]), np.concatenate([y1, y2]))
+    )
+
+
+def test_calibration_error_floor_is_the_mean_ece_of_a_perfectly_calibrated_model():
+    """The floor (a binomial expectation per bin, in closed form) against a Monte Carlo reference:
+    labels drawn from the model's own probabilities (perfect calibration, a second draw per
+    repetition) and the mean ECE over 400 repetitions. Confidences equal within each bin make the
+    binomial exact; it shrinks with the sample size roughly as 1/√n."""
+    from scipy.stats import binom
+
+    rng = np.random.default_rng(0)
+    for n in (240, 1200):
+        levels = np.array([0.3, 0.45, 0.62, 0.81, 0.95])
+        top = levels[rng.integers(0, len(levels), n)]
+        rest = (1.0 - top)[:, None] / 7.0
+        probabilities = np.concatenate([top[:, None], np.repeat(rest, 7, axis=1)], axis=1)
+        draws = []
+        for _ in range(400):
+            correct = rng.random(n) < top
+            labels = np.where(correct, 0, 1 + rng.integers(0, 7, n))
+            draws.append(expected_calibration_error(probabilities, labels))
+        table = reliability_bins(probabilities, np.zeros(n, dtype=int))
+        floor = calibration_error_floor(table)
+        assert floor == pytest.approx(np.mean(draws), rel=0.06)
+        reference = sum(
+            count / n * sum(binom.pmf(k, count, c) * abs(k / count - c) for k in range(count + 1))
+            for count, c in zip(table["count"], table["confidence"])
+            if count
+        )
+        assert floor == pytest.approx(reference, rel=1e-9)
+    assert calibration_error_floor(reliability_bins(probabilities[:240], np.zeros(240, dtype=int))) > floor
+
+
+def test_calibration_error_floor_of_certain_or_empty_bins_is_zero():
+    """Answers at confidence 1 (or an empty table) can show no sampling error."""
+    certain = np.eye(4)[[0, 1, 2, 3]]
+    assert calibration_error_floor(reliability_bins(certain, np.array([0, 1, 2, 3]))) == 0.0
+    empty = {"count": [0] * 15, "confidence": [0.0] * 15}
+    assert calibration_error_floor(empty) == 0.0
