@@ -123,7 +123,8 @@ class ModelConfig:
     to zero mean, unit variance over all frames of all utterances of the utterance's speaker, so an
     utterance keeps its own mean spectrum relative to its speaker's; the model then needs the
     speaker's statistics, computed from that speaker's unlabelled utterances: ``ser_model.speaker_norm``,
-    docs/METHOD.md "Speaker-level normalisation"; refused with an hf backbone).
+    docs/METHOD.md "Speaker-level normalisation"; refused with an hf backbone). ``pitch`` (ours): the voice's
+    F0 and periodicity per log-mel frame join every CNN frame before the projection (``ser_model.pitch_branch``).
     """
 
     # -- which backbone (every backbone)
@@ -156,6 +157,7 @@ class ModelConfig:
     spec_time_width: CountInt = 20
     spec_freq_masks: CountInt = 2
     spec_freq_width: CountInt = 10
+    pitch: bool = False
 
     def __post_init__(self) -> None:
         w = "ModelConfig"
@@ -177,6 +179,7 @@ class ModelConfig:
                 "the fbank backbone exposes no hidden layers to weight; expected None or False",
             )
         else:
+            require(not self.pitch, f"{w}.pitch", "joins the fbank CNN; expected false with an hf backbone")
             require(
                 self.fbank_norm != "speaker",
                 f"{w}.fbank_norm",

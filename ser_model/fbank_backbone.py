@@ -6,9 +6,11 @@ per-utterance normalisation over valid frames (or by the speaker's statistics,
 ``fbank_norm="speaker"``: ``ser_model.speaker_norm``), SpecAugment-style time/frequency masks in
 training mode, a 2-D CNN over the (mel × time) image (Conv2d 3×3, BatchNorm, ReLU, MaxPool per
 block; 4 blocks pooling time by 2 → 6.25 frames/s), a projection of every frame to ``fbank_dim``
-and optional transformer layers. Padded frames are zeroed before every convolution and masked in
-attention, so in eval mode padding never changes the valid frames. Its settings are the fbank
-section of ``ser_model.config.ModelConfig``.
+and optional transformer layers. With ``model.pitch`` the pitch features of every log-mel frame
+pass a small 1-D branch pooled to the CNN's frame rate and join each CNN frame before the
+projection (``ser_model.pitch_branch``). Padded frames are zeroed before every convolution and
+masked in attention, so in eval mode padding never changes the valid frames. Its settings are the
+fbank section of ``ser_model.config.ModelConfig``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from ser_model.backbone_facts import HOP_SECONDS, WIN_SECONDS
 from ser_model.backbones import Backbone, check_waveform_batch, lengths_to_mask, masked_mean_std
 from ser_model.config import ModelConfig
+from ser_model.pitch_branch import PitchBranch, frames_of_pitch
 
 LOG_MEL_FLOOR = 1e-6
 
@@ -145,7 +148,9 @@ class FbankBackbone(Backbone):
             for c_in, c_out, pool in zip(channels[:-1], channels[1:], cfg.fbank_time_pools)
         )
         mel_out = cfg.n_mels // 2 ** len(cfg.fbank_channels)
-        self.project = nn.Linear(cfg.fbank_channels[-1] * mel_out, cfg.fbank_dim)
+        self.pitch_branch = PitchBranch(math.prod(cfg.fbank_time_pools)) if cfg.pitch else None
+        pitch_dim = self.pitch_branch.out_dim if self.pitch_branch is not None else 0
+        self.project = nn.Linear(cfg.fbank_channels[-1] * mel_out + pitch_dim, cfg.fbank_dim)
         self.dropout = nn.Dropout(cfg.fbank_dropout)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
@@ -235,11 +240,21 @@ class FbankBackbone(Backbone):
         return feats, mask
 
     def forward(
-        self, waves: torch.Tensor, lengths: torch.Tensor, speaker_stats: LogMelStatistics | None = None
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor,
+        speaker_stats: LogMelStatistics | None = None,
+        pitch: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``speaker_stats``: the per-utterance speaker statistics that ``fbank_norm="speaker"`` needs (``log_mel``)."""
+        """``speaker_stats``: the per-utterance speaker statistics that ``fbank_norm="speaker"`` needs (``log_mel``).
+        ``pitch``: with ``model.pitch``, the pitch features (B, T_p, 4) of the batch's waveforms (the cached
+        tracks of training crops, ``ser_model.pitch_cache``), or None to compute them from ``waves``."""
         check_waveform_batch(waves, lengths)
+        if self.pitch_branch is None and pitch is not None:
+            raise ValueError("FbankBackbone: pitch features given, but model.pitch is false; leave them out")
         feats, mask = self.log_mel(waves, lengths, speaker_stats)  # (B, T, n_mels), (B, T)
+        if self.pitch_branch is not None:
+            pitch = frames_of_pitch(pitch, waves, lengths, self.cfg.sample_rate, feats.shape[1])  # (B, T, 4)
         if self.training:
             cfg = self.cfg
             keep = spec_augment_masks(
@@ -252,10 +267,16 @@ class FbankBackbone(Backbone):
                 freq_width=cfg.spec_freq_width,
             )
             feats = feats * keep.to(feats.dtype)
+            if pitch is not None:  # a time mask hides the frame's pitch too
+                pitch = pitch * keep.any(2, keepdim=True).to(pitch.dtype)
         x = feats.transpose(1, 2)[:, None]  # (B, 1, n_mels, T)
+        mel_mask = mask
         for block in self.blocks:
             x, mask = block(x, mask)  # (B, C, F', T'), (B, T')
-        h = self.project(x.flatten(1, 2).transpose(1, 2))  # (B, T', C·F') → (B, T', D)
+        h = x.flatten(1, 2).transpose(1, 2)  # (B, T', C·F')
+        if self.pitch_branch is not None:  # (B, T', C·F' + P)
+            h = torch.cat([h, self.pitch_branch(pitch, mel_mask).to(h.dtype)], dim=2)
+        h = self.project(h)  # (B, T', D)
         h = self.dropout(h) * mask[:, :, None].to(h.dtype)
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=~mask)

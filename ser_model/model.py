@@ -129,13 +129,22 @@ class SERModel(nn.Module):
         return self.config.labels
 
     def forward(
-        self, waves: torch.Tensor, lengths: torch.Tensor, speaker_stats: LogMelStatistics | None = None
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor,
+        speaker_stats: LogMelStatistics | None = None,
+        pitch: torch.Tensor | None = None,
     ) -> SEROutput:
         """waves (B, L) float, lengths (B,) long → SEROutput.
 
         ``speaker_stats``: with ``model.fbank_norm = "speaker"``, the log-mel statistics of each
         utterance's speaker, mean and std (B, n_mels) (``ser_model.speaker_norm``); required then, refused otherwise.
+        ``pitch``: with ``model.pitch``, the waveforms' pitch features (B, T, 4) when already computed
+        (training crops of cached tracks); None computes them from the waveforms (``FbankBackbone.forward``).
         """
+        if pitch is not None and not self.config.model.pitch:
+            raise ValueError("SERModel: pitch features given, but model.pitch is false; leave them out")
+        extra = {} if pitch is None else {"pitch": pitch}  # only the fbank backbone takes them
         if self.config.model.uses_speaker_statistics:
             if speaker_stats is None:
                 raise ValueError(
@@ -143,14 +152,14 @@ class SERModel(nn.Module):
                     "give speaker_stats, the mean and std (B, n_mels) of each utterance's speaker "
                     "(ser_model.speaker_norm.speaker_statistics; Predictor: speakers=[...])"
                 )
-            frames, mask = self.backbone(waves, lengths, speaker_stats)  # (B, T, D), (B, T)
+            frames, mask = self.backbone(waves, lengths, speaker_stats, **extra)  # (B, T, D), (B, T)
         elif speaker_stats is not None:
             raise ValueError(
                 f"SERModel: speaker_stats given, but model.fbank_norm={self.config.model.fbank_norm!r} "
                 "does not use speaker statistics; leave them out"
             )
         else:
-            frames, mask = self.backbone(waves, lengths)  # (B, T, D), (B, T)
+            frames, mask = self.backbone(waves, lengths, **extra)  # (B, T, D), (B, T)
         return self.forward_frames(frames, mask)
 
     def forward_cached(self, states: torch.Tensor, mask: torch.Tensor) -> SEROutput:

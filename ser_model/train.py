@@ -101,6 +101,7 @@ from ser_model.training_data import (
     add_speaker_statistics,
     fold_data,
     read_feature_cache,
+    read_pitch_tracks,
     split_speakers,
 )
 from ser_model.warm_start import InitModel, warm_start
@@ -165,6 +166,7 @@ def fit(
     add_speaker_statistics(data, model, runtime)
     cache_root = out_dir.parent / FEATURE_CACHE_DIR if feature_cache_dir is None else Path(feature_cache_dir)
     read_feature_cache(data, config, model, audio_root, cache_root, runtime)
+    read_pitch_tracks(data, config, cache_root)
 
     # optimiser, then the checkpoint of a stopped run
     state = training_state(model, generators, data, config, runtime)
@@ -281,11 +283,15 @@ class TrainingObjective(nn.Module):
         labels: torch.Tensor,
         cached: bool = False,
         speaker_stats: LogMelStatistics | None = None,
+        pitch: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T).
-        ``speaker_stats``: each row's speaker statistics (B, n_mels) for a speaker-normalised model."""
+        ``speaker_stats``: each row's speaker statistics (B, n_mels) for a speaker-normalised model;
+        ``pitch``: the crops' cached pitch features (B, T, 4) (``ser_model.pitch_cache``), or None."""
         out: SEROutput = (
-            self.model.forward_cached(x, extent) if cached else self.model(x, extent, speaker_stats)
+            self.model.forward_cached(x, extent)
+            if cached
+            else self.model(x, extent, speaker_stats, pitch=pitch)
         )
         return multi_loss(
             out,
@@ -399,6 +405,9 @@ def train_one_epoch(
                     speaker_stats=None
                     if train_stats is None
                     else train_stats.rows(batch.indices).to(runtime.device),
+                    pitch=None
+                    if data.pitch_tracks is None
+                    else data.pitch_tracks.batch(batch.indices, batch.waves.shape[1]).to(runtime.device),
                 )
             state.scaler.scale(total / group_size).backward()
         if update:

@@ -17,6 +17,10 @@ cached (`ser_model.feature_cache`): evaluation always reads them; training batch
 EAM and speed perturbation are off, cropped as windows of the whole utterance's frames, from the
 same sampler (same batches: only what a batch holds changes). EAM mixes waveforms and speed
 perturbation resamples them, so with either on the training batches run live.
+
+Pitch. With `model.pitch` (and EAM and speed perturbation off, for the same reason) the training
+crops' pitch features are windows of each file's whole-utterance track, computed once and cached
+beside the backbone states (`ser_model.pitch_cache`); evaluation computes them in the forward pass.
 """
 
 from __future__ import annotations
@@ -34,10 +38,18 @@ from ser_model.evaluation import row_speakers
 from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import CachedStates, FeatureCache, collate_states
 from ser_model.model import SERModel
+from ser_model.pitch_cache import PitchTracks
 from ser_model.runtime import Runtime
 from ser_model.speaker_norm import split_statistics
 
-__all__ = ["FoldData", "split_speakers", "fold_data", "add_speaker_statistics", "read_feature_cache"]
+__all__ = [
+    "FoldData",
+    "split_speakers",
+    "fold_data",
+    "add_speaker_statistics",
+    "read_feature_cache",
+    "read_pitch_tracks",
+]
 
 
 @dataclass
@@ -45,7 +57,8 @@ class FoldData:
     """What a fit trains and evaluates on. ``eval_sets``: "valid" and "test" where the split holds
     rows (and the test is scored); ``row_stats``: each split's per-row speaker statistics (N, n_mels)
     for a speaker-normalised model, else empty; ``cached_training``: training batches hold cached
-    backbone states; ``features``: where the backbone states come from, for the epoch's log line."""
+    backbone states; ``features``: where the backbone states come from, for the epoch's log line;
+    ``pitch_tracks``: the cached pitch tracks the training crops read (None: computed in the forward pass)."""
 
     splits: dict[str, pd.DataFrame]
     train_set: UtteranceDataset | CachedStates
@@ -55,6 +68,7 @@ class FoldData:
     row_stats: dict[str, LogMelStatistics] = field(default_factory=dict)
     cached_training: bool = False
     features: str = "backbone states: live"
+    pitch_tracks: PitchTracks | None = None
 
 
 def split_speakers(splits: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
@@ -154,3 +168,13 @@ def read_feature_cache(
         data.features = "backbone states: training and evaluation read the feature cache"
     else:
         data.features = "backbone states: evaluation reads the feature cache, training runs live (EAM or speed perturbation)"
+
+
+def read_pitch_tracks(data: FoldData, config: SERConfig, cache_root: Path) -> None:
+    """``model.pitch`` without EAM and speed perturbation: the training rows' pitch tracks, read from
+    ``cache_root`` or computed there first; the training crops then read them (module docstring)."""
+    if not config.model.pitch or config.eam.enabled or config.train.speed_factors:
+        return
+    sha256s = data.splits["train"]["sha256"].astype(str).tolist()
+    data.pitch_tracks = PitchTracks(cache_root, data.train_set, sha256s, config.model.trim_db)
+    data.features += "; pitch: training crops read the cached tracks"
