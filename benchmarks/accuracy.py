@@ -17,6 +17,7 @@ variant runs on the same folds and seeds; the method's variants use the `cpu-fba
     with_mll       the full multi-loss (KL + focal + center + SupCon): MLL's ablation, reversed
     speaker_norm   log-mel normalised by the speaker's statistics, the test speaker's at test time
                    (unlabelled; labelled in the tables, never a default)
+    with_pitch     the preset with the pitch branch (``model.pitch``: F0 and periodicity per frame, fused before FLAM)
 
 Layout: `<out>/<variant>/seed-<s>/fold-<k>/` holds `result.json` and `metrics.jsonl` (checkpoints are
 git-ignored). A process claims a run by creating `claim` in its folder (holding its pid); a run whose
@@ -27,7 +28,7 @@ stopped grid leaves every variant with about the same (seed, fold) pairs.
 Summary (`accuracy.json`, `accuracy.md`, `reliability_<variant>.png`): per variant, mean ± sample std of test WA/UA/macro-F1 over its
 (seed, fold) runs; for every other variant, the paired difference full − variant of test UA over the
 (seed, fold) pairs both finished, with its standard error sd(d)/sqrt(n) and in how many pairs full is
-ahead and behind; the same at the last epoch for runs that recorded it (`test_last_epoch`); and the calibration figures of
+ahead and behind; each class's test recall, mean over the variant's runs (benchmarks/class_recall.py); the same at the last epoch for runs that recorded it (`test_last_epoch`); and the calibration figures of
 the runs that recorded them (benchmarks/calibration_grid.py: ECE, Brier and NLL before and after, the
 pooled reliability diagram and threshold table).
 """
@@ -58,6 +59,7 @@ from ser_stack.settings import SHARED_RAVDESS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_grid import calibration_lines, calibration_summary, write_reliability_figures  # noqa: E402
+from class_recall import class_recall, class_recall_lines  # noqa: E402
 from common import cpu_model, usable_cores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +74,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "no_flam": {"model.flam": False},
     "with_mll": {"loss.focal": True, "loss.center": True, "loss.supcon": True},
     "speaker_norm": {"model.fbank_norm": "speaker"},
+    "with_pitch": {"model.pitch": True},
 }
 """``cpu-fbank`` trains without EAM and without MLL's focal, center and SupCon terms
 (ser_model/presets.py), so their ablations add them (``with_eam``, ``with_mll``).
@@ -156,6 +159,7 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
         row["selected_epoch_per_run"] = [runs[k]["selected_epoch"] for k in keys]
         row["epochs"] = sorted({runs[k]["epochs"] for k in keys})
         row["train_seconds_per_run"] = [round(runs[k]["train_seconds"], 1) for k in keys]
+        row["per_class_recall"] = class_recall(runs[k]["test"] for k in keys)
         calibrated = [runs[k]["calibration"] for k in keys if "ECE_after" in runs[k].get("calibration", {})]
         if calibrated:
             row["calibration"] = calibration_summary(calibrated)
@@ -239,6 +243,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {variant} | {d['n']} | {d['mean']:+.1f}{se} | {spreads[0]} | {spreads[1]} | {against} |"
             )
+    lines += class_recall_lines(summary)
     lines += calibration_lines(summary)
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
     lines += [
