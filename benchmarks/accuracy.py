@@ -18,6 +18,9 @@ variant runs on the same folds and seeds; the method's variants use the `cpu-fba
     speaker_norm   log-mel normalised by the speaker's statistics, the test speaker's at test time
                    (unlabelled; labelled in the tables, never a default)
     with_pitch     the preset with the pitch branch (``model.pitch``: F0 and periodicity per frame, fused before FLAM)
+    distilled      the preset as a student (ser_model.distil) of the fold's two-seed ensemble: the `full`
+                   runs of seeds 0 and 1 of that fold in the same --out (their best/), as teacher on the
+                   fold's training actors; skipped (not claimed) until both have finished
 
 Layout: `<out>/<variant>/seed-<s>/fold-<k>/` holds `result.json` and `metrics.jsonl` (checkpoints are
 git-ignored). A process claims a run by creating `claim` in its folder (holding its pid); a run whose
@@ -28,7 +31,8 @@ stopped grid leaves every variant with about the same (seed, fold) pairs.
 Summary (`accuracy.json`, `accuracy.md`, `reliability_<variant>.png`): per variant, mean ± sample std of test WA/UA/macro-F1 over its
 (seed, fold) runs; for every other variant, the paired difference full − variant of test UA over the
 (seed, fold) pairs both finished, with its standard error sd(d)/sqrt(n) and in how many pairs full is
-ahead and behind; each class's test recall, mean over the variant's runs (benchmarks/class_recall.py); the same at the last epoch for runs that recorded it (`test_last_epoch`); and the calibration figures of
+ahead and behind; each class's test recall, mean over the variant's runs (benchmarks/class_recall.py); the same at the last epoch for runs that recorded it (`test_last_epoch`); for `distilled`, its
+teachers' test UA as an ensemble beside the student's and full's (student − ensemble paired); and the calibration figures of
 the runs that recorded them (benchmarks/calibration_grid.py: ECE, Brier and NLL before and after, the
 pooled reliability diagram and threshold table).
 """
@@ -45,16 +49,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from data_contracts.ingest import run_ingest
 from data_contracts.labels import LABELS
 from ser_model.cli.arguments import parse_overrides
 from ser_model.config_validation import ConfigError
-from ser_model.launch import BAD_CONFIG_EXIT, METRICS_FILE, RESULT_FILE
+from ser_model.distil import Teacher
+from ser_model.ensemble import SEREnsemble
+from ser_model.evaluation import evaluate_rows
+from ser_model.launch import BAD_CONFIG_EXIT, BEST_FOLDER, METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, mean_and_std
+from ser_model.model import SERModel
 from ser_model.presets import DEFAULT_PRESET, experiment_config, preset_settings
-from ser_model.train import fit
+from ser_model.train import fit, training_splits
 from ser_stack.settings import SHARED_RAVDESS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,6 +84,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "with_mll": {"loss.focal": True, "loss.center": True, "loss.supcon": True},
     "speaker_norm": {"model.fbank_norm": "speaker"},
     "with_pitch": {"model.pitch": True},
+    "distilled": {},
 }
 """``cpu-fbank`` trains without EAM and without MLL's focal, center and SupCon terms
 (ser_model/presets.py), so their ablations add them (``with_eam``, ``with_mll``).
@@ -82,6 +92,50 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 speaker's (unlabelled): reported apart, not a method variant a user gets by default."""
 TEST_SPEAKER_STATISTICS = ("speaker_norm",)
 """Variants whose test scores use statistics of the test speakers (labelled so in the table)."""
+DISTILLED, TEACHER_VARIANT, TEACHER_SEEDS = "distilled", "full", (0, 1)
+"""The student variant, and the runs of the same fold whose ensemble teaches it (``fold_teacher``)."""
+
+
+def teacher_runs(out: Path, fold: int) -> list[Path] | None:
+    """The run folders of fold ``fold``'s teachers (TEACHER_VARIANT, TEACHER_SEEDS) under ``out``;
+    None while one of them has not finished (no result.json or no best/)."""
+    runs = [out / TEACHER_VARIANT / f"seed-{seed}" / f"fold-{fold}" for seed in TEACHER_SEEDS]
+    finished = all((run / RESULT_FILE).is_file() and (run / BEST_FOLDER).is_dir() for run in runs)
+    return runs if finished else None
+
+
+def fold_teacher(runs: list[Path], test_rows: pd.DataFrame, root: Path) -> Teacher:
+    """The ensemble of ``runs``' selected models, and what the student's result.json says of it: the
+    members' seeds and folders, and the ensemble's own test metrics on the fold's test actors (a record
+    beside the student's, scored once; nothing is chosen on them)."""
+    ensemble = SEREnsemble([SERModel.from_pretrained(run / BEST_FOLDER) for run in runs])
+    test = evaluate_rows(ensemble, test_rows, root, batch_size=4, device="cpu")
+    members = [{"seed": seed, "folder": str(run / BEST_FOLDER)} for seed, run in zip(TEACHER_SEEDS, runs)]
+    scores = {key: test[key] for key in (*HEADLINE_METRICS, "per_class_recall", "confusion") if key in test}
+    return Teacher(
+        ensemble, {"teacher": f"{TEACHER_VARIANT} ensemble", "members": members, "teacher_test": scores}
+    )
+
+
+def teacher_comparison(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict[str, Any] | None:
+    """Student against teacher against single model, test UA %: per distilled run its teachers' ensemble's,
+    the means over those runs, student − ensemble paired over them; None without a distilled run."""
+    runs = {
+        k: r for k, r in results.get(DISTILLED, {}).items() if "teacher_test" in r.get("distillation", {})
+    }
+    if not runs:
+        return None
+    student = {k: 100.0 * r["test"]["UA"] for k, r in runs.items()}
+    ensemble = {k: 100.0 * r["distillation"]["teacher_test"]["UA"] for k, r in runs.items()}
+    single = {k: 100.0 * r["test"]["UA"] for k, r in results.get(TEACHER_VARIANT, {}).items() if k in runs}
+    return {
+        "runs": [list(k) for k in runs],
+        "student_UA": statistics.fmean(student.values()),
+        "ensemble_UA": statistics.fmean(ensemble.values()),
+        "single_UA": statistics.fmean(single.values()) if single else None,
+        "student_minus_ensemble_UA": paired_difference(student, ensemble),
+        "student_minus_single_UA": paired_difference(student, single),
+    }
 
 
 def collect(out: Path) -> dict[str, dict[tuple[int, int], dict[str, Any]]]:
@@ -176,6 +230,9 @@ def summarise(results: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict
             if variant != "full" and last_ua.get("full"):
                 row["last_epoch"]["full_minus_this_UA"] = paired_difference(last_ua["full"], last)
         summary[variant] = row
+    comparison = teacher_comparison(results)
+    if comparison is not None:
+        summary[DISTILLED]["against_teacher"] = comparison
     return summary
 
 
@@ -243,6 +300,7 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {variant} | {d['n']} | {d['mean']:+.1f}{se} | {spreads[0]} | {spreads[1]} | {against} |"
             )
+    lines += teacher_lines(summary)
     lines += class_recall_lines(summary)
     lines += calibration_lines(summary)
     overrides = ", ".join(f"{k}={v}" for k, v in meta["overrides"].items()) or "none"
@@ -257,6 +315,25 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def teacher_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The distilled students beside their teachers (``teacher_comparison``): one table row, or nothing."""
+    against = summary.get(DISTILLED, {}).get("against_teacher")
+    if against is None:
+        return []
+    single = "—" if against["single_UA"] is None else f"{against['single_UA']:.1f}"
+    return [
+        "",
+        f"One model as good as two? The `{DISTILLED}` student, its teachers' two-seed ensemble (`{TEACHER_VARIANT}` "
+        f"seeds {', '.join(map(str, TEACHER_SEEDS))} of the same fold) and the single `{TEACHER_VARIANT}` model of "
+        "the same (seed, fold), test UA % over the student's runs:",
+        "",
+        "| runs | student | ensemble (teacher) | single model | student − ensemble (paired) | student − single (paired) |",
+        "|---|---|---|---|---|---|",
+        f"| {len(against['runs'])} | {against['student_UA']:.1f} | {against['ensemble_UA']:.1f} | {single} | "
+        f"{paired_text(against['student_minus_ensemble_UA'])} | {paired_text(against['student_minus_single_UA'])} |",
+    ]
 
 
 def write_summary(
@@ -379,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in fold_ids:
             for variant in variants:
                 run_dir = out / variant / f"seed-{seed}" / f"fold-{k}"
+                teachers = teacher_runs(out, int(k)) if variant == DISTILLED else None
+                if variant == DISTILLED and teachers is None:
+                    log.info("%s seed %d fold %s: skipped, its teachers have not finished", variant, seed, k)
+                    continue
                 if not claim(run_dir):
                     continue
                 if VARIANTS[variant] is None:
@@ -391,7 +472,12 @@ def main(argv: list[str] | None = None) -> int:
                         args.preset,
                         overrides={**overrides, **VARIANTS[variant], "train.seed": seed},
                     )
-                    fit(config, manifest, folds, int(k), root, run_dir)
+                    teacher = None
+                    if teachers is not None:
+                        teacher = fold_teacher(
+                            teachers, training_splits(manifest, folds, int(k))["test"], root
+                        )
+                    fit(config, manifest, folds, int(k), root, run_dir, teacher=teacher)
                 (run_dir / "claim").unlink(missing_ok=True)
                 log.info("%s seed %d fold %s done", variant, seed, k)
                 write_summary(out, root, overrides, threads, args.preset)

@@ -334,6 +334,8 @@ class TrainConfig:
     and pitch together, ``ser_model.audio.speed_perturb``) before the crop. Factors lie in [0.5, 2]
     and are multiples of 0.01 (a short resampling kernel). Validation and test audio never change.
     With a frozen hf backbone the training batches then run live, as with EAM.
+    ``release_distil`` (ours; needs ``release_seeds`` >= 2): the release then ships one student of its members
+    (``ser_model.release``; α ``distil_alpha``, τ ``distil_temperature``: docs/METHOD.md "Distillation").
     """
 
     epochs: PositiveInt = 20
@@ -359,6 +361,9 @@ class TrainConfig:
     release_holdout: bool = True
     speed_factors: Floats = ()
     release_seeds: PositiveInt = 1
+    release_distil: bool = False
+    distil_alpha: bounded(float, "a weight in [0, 1]", ge=0.0, le=1.0) = 0.5
+    distil_temperature: bounded(float, "a temperature > 0", gt=0.0) = 2.0
 
     def __post_init__(self) -> None:
         w = "TrainConfig"
@@ -380,18 +385,18 @@ class TrainConfig:
             "every speaker for the fixed schedule: set train.release_holdout=false",
         )
         require(
+            self.release_seeds >= 2 or not self.release_distil,
+            f"{w}.release_distil",
+            "a student learns from the release's ensemble of seeds; expected train.release_seeds >= 2, got 1",
+        )
+        require(
             all(0.5 <= f <= 2.0 and abs(f * 100 - round(f * 100)) < 1e-9 for f in self.speed_factors),
             f"{w}.speed_factors",
             f"got {self.speed_factors}, expected factors in [0.5, 2] that are multiples of 0.01, e.g. [0.9, 1.0, 1.1]",
         )
 
 
-_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "eam": EAMConfig,
-    "loss": LossConfig,
-    "train": TrainConfig,
-}
+_SECTIONS = {"model": ModelConfig, "eam": EAMConfig, "loss": LossConfig, "train": TrainConfig}
 
 
 @config_dataclass(kw_only=True)

@@ -66,6 +66,7 @@ from ser_model.calibration import (
 )
 from ser_model.config import SERConfig, TrainConfig
 from ser_model.data import Batch
+from ser_model.distil import Teacher, distillation_record, student_loss, student_targets
 from ser_model.eam import energy_adaptive_mixup
 from ser_model.ema import WeightAverage
 from ser_model.errors import DataSplitError
@@ -123,6 +124,7 @@ def fit(
     feature_cache_dir: str | os.PathLike | None = None,
     score_test: bool = True,
     init: InitModel | None = None,
+    teacher: Teacher | None = None,
 ) -> FitResult:
     """Train one fold (module docstring) and return the selected checkpoint's metrics.
 
@@ -135,6 +137,7 @@ def fit(
     validation speakers may judge a trial); the result's ``test`` is then ``{}``.
     init: start from that model's weights (`ser_model.warm_start`: backbone and FLAM, the head when
     the classes match); result.json's ``init`` records what was copied (null: from scratch).
+    teacher: train a student of it on the training speakers (`ser_model.distil`; result.json's ``distillation``).
     Raises DataSplitError when a split is empty or holds labels outside config.labels, and
     ConfigError when resuming a checkpoint written under another configuration or world size.
     """
@@ -167,6 +170,7 @@ def fit(
     cache_root = out_dir.parent / FEATURE_CACHE_DIR if feature_cache_dir is None else Path(feature_cache_dir)
     read_feature_cache(data, config, model, audio_root, cache_root, runtime)
     read_pitch_tracks(data, config, cache_root)
+    data.teacher = student_targets(teacher, config, data, audio_root, runtime)
 
     # optimiser, then the checkpoint of a stopped run
     state = training_state(model, generators, data, config, runtime)
@@ -193,7 +197,8 @@ def fit(
     result = replace(result, calibration=calibrate_selected(state, data, config, runtime, fold, out_dir))
     if runtime.is_main:
         write_calibration(best_dir, model_folder_calibration(result.calibration))
-        write_result(result, fold, tc, test_last_epoch, init=init_record, **fit_provenance(manifest, splits))
+        provenance = {**fit_provenance(manifest, splits), **distillation_record(teacher, tc)}
+        write_result(result, fold, tc, test_last_epoch, init=init_record, **provenance)
         write_fit_card(out_dir, config, fold)
         call_hook(callbacks, "on_fit_end", result)
     barrier(runtime)
@@ -284,15 +289,19 @@ class TrainingObjective(nn.Module):
         cached: bool = False,
         speaker_stats: LogMelStatistics | None = None,
         pitch: torch.Tensor | None = None,
+        teacher: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T).
         ``speaker_stats``: each row's speaker statistics (B, n_mels) for a speaker-normalised model;
-        ``pitch``: the crops' cached pitch features (B, T, 4) (``ser_model.pitch_cache``), or None."""
+        ``pitch``: the crops' cached pitch features (B, T, 4) (``ser_model.pitch_cache``), or None;
+        ``teacher``: a student's targets, the teacher's p̄ (B, C), whose loss replaces the multi-loss."""
         out: SEROutput = (
             self.model.forward_cached(x, extent)
             if cached
             else self.model(x, extent, speaker_stats, pitch=pitch)
         )
+        if teacher is not None:
+            return student_loss(out.logits, teacher, labels, self.model.config.train)
         return multi_loss(
             out,
             soft_targets,
@@ -408,6 +417,7 @@ def train_one_epoch(
                     pitch=None
                     if data.pitch_tracks is None
                     else data.pitch_tracks.batch(batch.indices, batch.waves.shape[1]).to(runtime.device),
+                    teacher=data.teacher_rows(batch.indices, runtime.device),
                 )
             state.scaler.scale(total / group_size).backward()
         if update:

@@ -58,7 +58,8 @@ class FoldData:
     rows (and the test is scored); ``row_stats``: each split's per-row speaker statistics (N, n_mels)
     for a speaker-normalised model, else empty; ``cached_training``: training batches hold cached
     backbone states; ``features``: where the backbone states come from, for the epoch's log line;
-    ``pitch_tracks``: the cached pitch tracks the training crops read (None: computed in the forward pass)."""
+    ``pitch_tracks``: the cached pitch tracks the training crops read (None: computed in the forward pass);
+    ``teacher``: a student's targets, its teacher's p̄ of every training row (N, C) (``ser_model.distil``)."""
 
     splits: dict[str, pd.DataFrame]
     train_set: UtteranceDataset | CachedStates
@@ -69,6 +70,11 @@ class FoldData:
     cached_training: bool = False
     features: str = "backbone states: live"
     pitch_tracks: PitchTracks | None = None
+    teacher: torch.Tensor | None = None
+
+    def teacher_rows(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """The teacher's p̄ of a batch's training rows (B, C) on ``device``; None without a teacher."""
+        return None if self.teacher is None else self.teacher[indices].to(device)
 
 
 def split_speakers(splits: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
