@@ -25,7 +25,12 @@ import pandas as pd
 from data_contracts.corpora import SPECS
 from data_contracts.corpora.base import USER_DATA_LICENCE
 from data_contracts.fingerprint import manifest_fingerprint
-from ser_model.calibration import calibration_means, fold_results_beside, threshold_table
+from ser_model.calibration import (
+    calibration_error_floor,
+    calibration_means,
+    fold_results_beside,
+    threshold_table,
+)
 from ser_model.launch import BEST_FOLDER, RELEASE_FOLD, fold_folder_name, read_result
 from ser_stack.files import write_atomically
 from ser_stack.names import GIT_COMMIT_TAG, GIT_DIRTY_TAG
@@ -189,6 +194,15 @@ def _calibration_section(result: Mapping[str, Any], folds: Mapping[int, Mapping[
                 ["figure", "before", "after"],
                 [[n, means[f"{k}_before"], means[f"{k}_after"]] for n, k in pairs],
             )
+            floors = [
+                calibration_error_floor(b["reliability_after"]) for b in blocks if "reliability_after" in b
+            ]
+            if floors:
+                lines += [
+                    "",
+                    f"ECE's floor at this sample size (what a perfectly calibrated model reads): "
+                    f"{sum(floors) / len(floors):.4f}",
+                ]
     coverages = [b["coverage"] for b in (measured or own)]
     if coverages:
         lines += [

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from ser_model.calibration import CALIBRATION_FILE, threshold_table
+from ser_model.calibration import CALIBRATION_FILE, calibration_error_floor, threshold_table
 from ser_model.inference import Predictor
 from ser_model.launch import RELEASE_FOLD
 from ser_model.model_card import MODEL_CARD_FILE, model_card
@@ -62,6 +62,8 @@ def test_a_fold_records_its_calibration_and_its_card_gives_the_recorded_figures(
         calibration["ECE_after"],
     ):
         assert f"{value:.4f}" in numbers
+    floor = calibration_error_floor(calibration["reliability_after"])
+    assert f"ECE's floor at this sample size (what a perfectly calibrated model reads): {floor:.4f}" in card
     for label, recall in test["per_class_recall"].items():
         assert f"| {label} | {recall:.4f} |" in card
     for label, row in zip(test["labels"], test["confusion"]):
