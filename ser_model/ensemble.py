@@ -27,6 +27,7 @@ from torch import nn
 from ser_model.config import SERConfig
 from ser_model.launch import CONFIG_FILE, LABELS_FILE
 from ser_model.model import SERModel, SEROutput
+from ser_model.pitch_branch import pitch_input
 
 __all__ = ["ENSEMBLE_FILE", "ENSEMBLE_FORMAT", "SEREnsemble", "is_ensemble", "load_model"]
 
@@ -64,9 +65,18 @@ class SEREnsemble(nn.Module):
         return self.members[0].backbone
 
     def forward(
-        self, waves: torch.Tensor, lengths: torch.Tensor, speaker_stats: torch.Tensor | None = None
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor,
+        speaker_stats: torch.Tensor | None = None,
+        pitch: torch.Tensor | None = None,
     ) -> SEROutput:
-        outputs = [member(waves, lengths, speaker_stats) for member in self.members]
+        """``pitch``: with ``model.pitch``, the batch's pitch features (``pitch_input``), computed here
+        once for every member when not given."""
+        mc = self.members[0].config.model  # the members share it
+        if mc.pitch and pitch is None:
+            pitch = pitch_input(waves, lengths, mc.sample_rate)  # (B, T, 4)
+        outputs = [member(waves, lengths, speaker_stats, pitch=pitch) for member in self.members]
         probabilities = torch.stack([torch.softmax(out.logits.float(), dim=-1) for out in outputs]).mean(
             dim=0
         )

@@ -1,7 +1,7 @@
 """ONNX export of a whole trained model (backbone, FLAM, head) with dynamic batch and time axes.
 
 The graph takes `waves` (B, L) float32 at the model's sample rate and `lengths` (B,) int64 (valid
-samples per row) and returns the calibrated `logits` (B, C) = z / T (the model's logits over the
+samples per row), and for a model with `model.pitch` a third input `pitch` (B, T, 4) float32, and returns the calibrated `logits` (B, C) = z / T (the model's logits over the
 folder's temperature, `ser_model.calibration`) and `probabilities` (B, C) = softmax(logits).
 After export, ONNX Runtime is run against PyTorch at two input lengths; a mismatch beyond
 `atol` fails the export. The file carries what scoring needs besides the graph, as ONNX metadata
@@ -15,6 +15,12 @@ torchaudio's power spectrogram as a strided convolution with the windowed DFT ba
 quantity in real arithmetic:
 
     |X_t(k)|² = (Σ_n w_n x_{t·hop+n} cos(2πkn/N))² + (Σ_n w_n x_{t·hop+n} sin(2πkn/N))²
+
+The pitch track is computed outside the graph. YIN (`ser_model.pitch`) takes FFTs, a per-utterance
+median over voiced frames and a data-dependent choice of dip, which the legacy exporter does not
+carry; so a `model.pitch` graph takes the batch's pitch features as its input `pitch` (B, T, 4), T the
+padded batch's log-mel frames, computed by `ser_model.pitch_branch.pitch_input` (PyTorch) from the
+same waves and lengths. `OnnxScorer` does that for every batch; the parity check feeds it too.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ser_model.calibration import read_temperature
 from ser_model.config_validation import ConfigError
 from ser_model.ensemble import load_model
 from ser_model.model import SERModel
+from ser_model.pitch_branch import pitch_input
 
 __all__ = ["OnnxExportError", "export_onnx", "onnx_parity", "OnnxScorer", "METADATA"]
 
@@ -159,16 +166,20 @@ def exportable_copy(model: SERModel) -> SERModel:
 
 
 class _Probabilities(nn.Module):
-    """(waves, lengths) → (z / T, softmax(z / T)): the calibrated logits and probabilities of the
-    model's logits z with the folder's temperature T (`ser_model.calibration`), what inference needs."""
+    """(waves, lengths[, pitch]) → (z / T, softmax(z / T)): the calibrated logits and probabilities of the
+    model's logits z with the folder's temperature T (`ser_model.calibration`), what inference needs;
+    ``pitch``: a ``model.pitch`` model's pitch features (module docstring)."""
 
     def __init__(self, model: SERModel, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(waves, lengths).logits / self.temperature  # (B, C)
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor, pitch: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {} if pitch is None else {"pitch": pitch}
+        logits = self.model(waves, lengths, **extra).logits / self.temperature  # (B, C)
         return logits, torch.softmax(logits, dim=-1)
 
 
@@ -180,6 +191,16 @@ def _example(model: SERModel, seconds: Sequence[float], seed: int = 0) -> tuple[
     waves = 0.1 * torch.randn(len(seconds), int(lengths.max()), generator=generator)
     waves = waves * (torch.arange(waves.shape[1])[None, :] < lengths[:, None])
     return waves, lengths
+
+
+def graph_inputs(model: SERModel, waves: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The exported graph's inputs for a padded batch: waves, lengths and, with ``model.pitch``, the
+    batch's pitch features computed outside the graph (module docstring)."""
+    inputs = {"waves": waves, "lengths": lengths}
+    mc = model.config.model
+    if mc.pitch:
+        inputs["pitch"] = pitch_input(waves, lengths, mc.sample_rate)  # (B, T, 4)
+    return inputs
 
 
 def onnx_parity(
@@ -198,9 +219,9 @@ def onnx_parity(
     errors = {}
     with torch.no_grad():
         for name, durations in cases.items():
-            waves, lengths = _example(model, durations, seed=len(errors) + 1)
-            expected = wrapped(waves, lengths)[1].numpy()
-            got = session.run(["probabilities"], {"waves": waves.numpy(), "lengths": lengths.numpy()})[0]
+            inputs = graph_inputs(model, *_example(model, durations, seed=len(errors) + 1))
+            expected = wrapped(*inputs.values())[1].numpy()
+            got = session.run(["probabilities"], {k: v.numpy() for k, v in inputs.items()})[0]
             errors[name] = float(np.abs(got - expected).max())
     return errors
 
@@ -236,22 +257,24 @@ def export_onnx(
         )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    waves, lengths = _example(model, PARITY_SECONDS)
+    inputs = graph_inputs(model, *_example(model, PARITY_SECONDS))
+    dynamic = {"pitch": {0: "batch", 1: "frames"}} if "pitch" in inputs else {}
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore", torch.jit.TracerWarning
         )  # the backbones' input checks are traced as constants
         torch.onnx.export(
             _Probabilities(exportable_copy(model), temperature),
-            (waves, lengths),
+            tuple(inputs.values()),
             str(out_path),
-            input_names=["waves", "lengths"],
+            input_names=list(inputs),
             output_names=["logits", "probabilities"],
             dynamic_axes={
                 "waves": {0: "batch", 1: "samples"},
                 "lengths": {0: "batch"},
                 "logits": {0: "batch"},
                 "probabilities": {0: "batch"},
+                **dynamic,
             },
             opset_version=opset,
             dynamo=False,
@@ -301,6 +324,7 @@ class OnnxScorer:
         self.sample_rate = int(json.loads(stored[METADATA["sample_rate"]]))
         self.trim_db = json.loads(stored[METADATA["trim_db"]])
         self.batch_size = batch_size
+        self.pitch = any(graph_input.name == "pitch" for graph_input in self.session.get_inputs())
 
     def window_probabilities(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Prepared mono waveforms at the model rate → (len(waves), C) probabilities, `batch_size`
@@ -312,7 +336,9 @@ class OnnxScorer:
             batch = np.zeros((len(chosen), int(lengths.max())), dtype=np.float32)
             for row, w in enumerate(chosen):
                 batch[row, : len(w)] = w
-            out[start : start + len(chosen)] = self.session.run(
-                ["probabilities"], {"waves": batch, "lengths": lengths}
-            )[0]
+            inputs = {"waves": batch, "lengths": lengths}
+            if self.pitch:  # a model.pitch graph: its pitch features, computed outside it
+                features = pitch_input(torch.from_numpy(batch), torch.from_numpy(lengths), self.sample_rate)
+                inputs["pitch"] = features.numpy()
+            out[start : start + len(chosen)] = self.session.run(["probabilities"], inputs)[0]
         return out

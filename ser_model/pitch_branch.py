@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ser_model.pitch import PITCH_CHANNELS, pitch_features, track_pitch
+from ser_model.pitch import PITCH_CHANNELS, pitch_features, pitch_frame_lengths, track_pitch
 
-__all__ = ["PITCH_BRANCH_CHANNELS", "PitchBranch", "frames_of_pitch"]
+__all__ = ["PITCH_BRANCH_CHANNELS", "PitchBranch", "frames_of_pitch", "pitch_input"]
 
 PITCH_BRANCH_CHANNELS = 32
 """The branch's width: what it adds to each CNN frame before the projection."""
@@ -47,6 +47,14 @@ def frames_of_pitch(
         )
     pitch = pitch[:, :n_frames]
     return nn.functional.pad(pitch, (0, 0, 0, n_frames - pitch.shape[1])).to(waves.dtype)
+
+
+def pitch_input(waves: torch.Tensor, lengths: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """The pitch features (B, T, 4) a ``model.pitch`` model takes with the padded batch ``waves`` (B, L),
+    ``lengths`` (B,): T = max(1, 1 + ⌊(L − win) / hop⌋), the batch's log-mel frames. What an ensemble
+    computes once for its members and what the ONNX graph takes as its ``pitch`` input."""
+    n_frames = int(pitch_frame_lengths(torch.tensor([waves.shape[1]]), sample_rate)[0])
+    return frames_of_pitch(None, waves, lengths, sample_rate, n_frames)
 
 
 class PitchBranch(nn.Module):

@@ -14,6 +14,8 @@ import torch
 from ser_model.config import ModelConfig, SERConfig
 from ser_model.config_validation import ConfigError
 from ser_model.data import UtteranceDataset, collate_to_shapes
+from ser_model.ensemble import SEREnsemble
+from ser_model.export import OnnxScorer, export_onnx
 from ser_model.feature_cache_folder import entry_path
 from ser_model.inference import Predictor
 from ser_model.losses import multi_loss
@@ -189,3 +191,28 @@ def test_the_pitch_switch_round_trips_and_is_refused_where_it_cannot_act(tmp_pat
     waves, lengths = voiced_batch()
     with pytest.raises(ValueError, match="model.pitch is false"):
         plain(waves, lengths, pitch=torch.zeros(2, 10, 4))
+
+
+def test_the_onnx_graph_of_a_pitch_model_takes_the_pitch_as_a_second_input_and_matches_pytorch(tmp_path):
+    import onnxruntime
+
+    torch.manual_seed(0)
+    model = SERModel(pitch_config()).eval()
+    model.save_pretrained(tmp_path / "m")
+    path = export_onnx(tmp_path / "m", tmp_path / "m.onnx")  # checks parity to 1e-4 itself
+    names = [i.name for i in onnxruntime.InferenceSession(str(path)).get_inputs()]
+    assert names == ["waves", "lengths", "pitch"]
+    waves = [tone(1.7, 180.0, 5), tone(0.9, 330.0, 6)]
+    expected = Predictor(model).probabilities(waves)
+    scorer = OnnxScorer(path, batch_size=2)
+    assert scorer.pitch
+    np.testing.assert_allclose(scorer.window_probabilities(waves), expected, atol=1e-4)
+
+
+def test_an_ensemble_computes_the_pitch_once_for_its_members():
+    torch.manual_seed(0)
+    members = [SERModel(pitch_config()).eval() for _ in range(2)]
+    waves, lengths = voiced_batch()
+    ensemble = SEREnsemble(members).eval()
+    reference = torch.stack([torch.softmax(m(waves, lengths).logits, -1) for m in members]).mean(0)
+    assert torch.allclose(torch.softmax(ensemble(waves, lengths).logits, -1), reference, atol=1e-6)
