@@ -6,7 +6,8 @@ ECE on the test speakers bootstrapped over the test utterances.
 
 Prints T, ECE/Brier/NLL before and after on the test speakers, accuracy and mean confidence on
 each side, the T that would minimise the test NLL (a diagnostic: never used to calibrate, the test
-speakers select nothing), and the bootstrap mean and 95 % interval of ECE_after − ECE_before with
+speakers select nothing) with the ECE it would give, the ECE a perfectly calibrated model would read
+on this many test utterances (``calibration_error_floor``), and the bootstrap mean and 95 % interval of ECE_after − ECE_before with
 the share of resamples in which it is ≤ 0. ``--json FILE`` writes the same figures.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from data_contracts.folds import fold_rows_by_role
 from data_contracts.ingest import read_ingest_outputs
 from ser_model.calibration import (
+    calibration_error_floor,
     calibration_record,
     expected_calibration_error,
     fit_temperature,
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     (zv, yv), (zt, yt) = (rows_logits(model, splits[s], root) for s in ("valid", "test"))
     record = calibration_record(zv, yv, zt, yt)
-    temperature = record["temperature"]
+    temperature, oracle = record["temperature"], fit_temperature(zt, yt)
     figures = {
         "temperature": temperature,
         **{f"{k}_{w}": record[f"{k}_{w}"] for k in ("ECE", "brier", "NLL") for w in ("before", "after")},
@@ -76,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         "test_accuracy": float(np.mean(zt.argmax(1) == yt)),
         "test_mean_confidence_before": float(scaled_probabilities(zt, 1.0).max(1).mean()),
         "test_mean_confidence_after": float(scaled_probabilities(zt, temperature).max(1).mean()),
-        "test_nll_temperature_diagnostic": fit_temperature(zt, yt),
+        "test_nll_temperature_diagnostic": oracle,
+        "ECE_at_test_nll_temperature_diagnostic": expected_calibration_error(
+            scaled_probabilities(zt, oracle), yt
+        ),
+        "ECE_floor_after": calibration_error_floor(record["reliability_after"]),
         "ece_change_bootstrap": bootstrap_ece_change(zt, yt, temperature, args.resamples),
         "n": {"valid": len(yv), "test": len(yt)},
     }
