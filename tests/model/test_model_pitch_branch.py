@@ -216,3 +216,17 @@ def test_an_ensemble_computes_the_pitch_once_for_its_members():
     ensemble = SEREnsemble(members).eval()
     reference = torch.stack([torch.softmax(m(waves, lengths).logits, -1) for m in members]).mean(0)
     assert torch.allclose(torch.softmax(ensemble(waves, lengths).logits, -1), reference, atol=1e-6)
+
+
+def test_a_training_batch_gets_one_cached_pitch_frame_per_log_mel_frame(split):
+    root, rows = split
+    dataset = training_set(root, rows)
+    tracks = PitchTracks(root / "cache", dataset, rows["sha256"].tolist(), trim_db=None)
+    backbone = SERModel(pitch_config()).backbone.eval()
+    for indices in ([0, 1, 2], [1], [2, 0]):
+        batch = collate_to_shapes(SR)([dataset[i] for i in indices])
+        pitch = tracks.batch(batch.indices, batch.waves.shape[1])
+        feats, mask = backbone.log_mel(batch.waves, batch.lengths)
+        assert pitch.shape == (len(indices), feats.shape[1], 4)
+        assert not pitch.abs().sum(2)[~mask].any()  # zero past each crop's frames
+        assert pitch.abs().sum(2)[mask].gt(0).float().mean() > 0.9  # the voiced tones' frames hold a track
