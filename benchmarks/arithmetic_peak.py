@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import count_flops, machine_info  # noqa: E402
 from data_contracts.ingest import read_ingest_outputs  # noqa: E402
+from ser_model.optimisation import seeded_model, training_state  # noqa: E402
 from ser_model.presets import experiment_config  # noqa: E402
 from ser_model.runtime import Runtime, cpu_has_native_bf16  # noqa: E402
-from ser_model.train import checked_splits, seeded_model, train_one_epoch, training_state  # noqa: E402
+from ser_model.train import checked_splits, train_one_epoch  # noqa: E402
 from ser_model.training_data import FoldData, fold_data  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

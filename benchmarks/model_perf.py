@@ -36,7 +36,7 @@ from ser_model.eam import energy_adaptive_mixup
 from ser_model.hf_backbone import tiny_wavlm_config
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
-from ser_model.train import TrainingObjective
+from ser_model.optimisation import TrainingObjective
 
 SAMPLE_RATE = 16000
 TARGETS = {"inference": 1.10, "training": 1.15}

@@ -14,7 +14,7 @@ cannot lift or sink the reference too.
     → frames (B, T/16, 128·5) → Linear → 128 → one multi-head self-attention layer (4 heads, residual)
     → attentive pooling (learned query) → Linear 64 → ReLU → Linear C
     cross-entropy, Adam lr 1e-3, batch 16, 25 epochs, random 3 s crops, no trimming, no augmentation;
-    the learning rate follows the method's schedule (`ser_model.train.lr_factor` with the `cpu-fbank`
+    the learning rate follows the method's schedule (`ser_model.optimisation.lr_factor` with the `cpu-fbank`
     preset's `warmup_epochs` and `schedule`: one epoch of linear warm-up, then a cosine to zero).
 
 Why the schedule is shared: it is part of the training protocol, not of the method. At a constant
@@ -48,8 +48,9 @@ from torch import nn
 from ser_model.data import EVAL_MAX_SECONDS, LengthBucketSampler, UtteranceDataset, collate_padded
 from ser_model.launch import METRICS_FILE, RESULT_FILE
 from ser_model.metrics import HEADLINE_METRICS, classification_metrics, selection_rule
+from ser_model.optimisation import lr_factor
 from ser_model.presets import DEFAULT_PRESET, experiment_config
-from ser_model.train import lr_factor, training_splits
+from ser_model.train import training_splits
 
 RECIPE: dict[str, Any] = {
     "epochs": 25,

@@ -27,7 +27,7 @@ from ser_model.eam import energy_adaptive_mixup
 from ser_model.hf_backbone import save_random_hf_backbone
 from ser_model.inference import Predictor
 from ser_model.model import SERModel
-from ser_model.train import TrainingObjective
+from ser_model.optimisation import TrainingObjective
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 

@@ -122,7 +122,7 @@ class TrainConfig:
     epoch) or ``"cosine"`` (ours: half a cosine from ``lr`` to 0 over the remaining steps; ``lr_decay`` unused).
     ``warmup_epochs`` (ours): the learning rate rises linearly from 0 over this many epochs (0: none;
     equal to ``epochs``: the whole run is warm-up, e.g. a one-epoch check of a preset with one warm-up epoch).
-    Both act per optimiser step (``ser_model.train.lr_factor``).
+    Both act per optimiser step (``ser_model.optimisation.lr_factor``).
     ``feature_cache``: with an hf backbone in mode "frozen" or "weighted_sum", compute its hidden states
     once and train and evaluate from them (``ser_model.feature_cache``; training crops become windows of
     the whole utterance's frames, and with EAM on the training batches still run live); False runs

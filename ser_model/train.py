@@ -14,7 +14,7 @@ With `TrainConfig.release_holdout` False the release model trains on every speak
 Step. Each training batch goes through energy-adaptive mixup (seeded generator, one per rank),
 the soft labels through `multi_loss`; Adam with the main parameters at `lr` and the class centers
 at `center_lr`, both scaled per update by `lr_factor` (warm-up, then × `lr_decay` per epoch or a
-cosine); gradient accumulation over `grad_accum` batches; gradient clipping; bf16/fp16 autocast on CUDA.
+cosine; `ser_model.optimisation`); gradient accumulation over `grad_accum` batches; gradient clipping; bf16/fp16 autocast on CUDA.
 
 The data a fold reads, speaker-level statistics and a frozen backbone's feature cache:
 `ser_model.training_data`. Ranks, devices and precision under torchrun (every rank draws its own
@@ -38,7 +38,6 @@ none). The temperature is written into ``best`` (`CALIBRATION_FILE`), which ever
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -51,8 +50,6 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from data_contracts.folds import fold_rows_by_role
@@ -66,19 +63,16 @@ from ser_model.calibration import (
 )
 from ser_model.config import SERConfig, TrainConfig
 from ser_model.data import Batch
-from ser_model.distil import Teacher, distillation_record, student_loss, student_targets
+from ser_model.distil import Teacher, distillation_record, student_targets
 from ser_model.eam import energy_adaptive_mixup
-from ser_model.ema import WeightAverage
 from ser_model.errors import DataSplitError
 from ser_model.evaluation import split_logits
-from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.feature_cache import StatesBatch
 from ser_model.feature_cache_folder import FEATURE_CACHE_DIR
 from ser_model.fit_result import FitResult, call_hook, write_history, write_result
 from ser_model.launch import BEST_FOLDER, RELEASE_FOLD
-from ser_model.losses import multi_loss
-from ser_model.model import SERModel, SEROutput
 from ser_model.model_card import fit_provenance, write_fit_card
+from ser_model.optimisation import seeded_model, training_state
 from ser_model.release import fit_release_ensemble
 from ser_model.resume import (
     LAST_CHECKPOINT,
@@ -91,10 +85,8 @@ from ser_model.runtime import (
     Runtime,
     autocast,
     barrier,
-    derived_seed,
     init_runtime,
     mean_across_ranks,
-    seed_everything,
 )
 from ser_model.selection import score_selected_checkpoint, validate_and_select
 from ser_model.training_data import (
@@ -107,7 +99,7 @@ from ser_model.training_data import (
 )
 from ser_model.warm_start import InitModel, warm_start
 
-__all__ = ["fit", "training_splits", "lr_factor", "TrainingObjective"]
+__all__ = ["fit", "training_splits", "checked_splits", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -266,111 +258,6 @@ def calibrate_selected(
     return calibration_record(
         logits["valid"], data.eval_sets["valid"].labels, logits["test"], data.eval_sets["test"].labels
     )
-
-
-# ---------------------------------------------------------------------------- model and optimiser
-
-
-class TrainingObjective(nn.Module):
-    """The model and its multi-loss in one forward, so that DistributedDataParallel sees every
-    parameter the loss touches (class centers and SupCon projection included)."""
-
-    def __init__(self, model: SERModel, generator: torch.Generator):
-        super().__init__()
-        self.model = model
-        self.generator = generator
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        extent: torch.Tensor,
-        soft_targets: torch.Tensor,
-        labels: torch.Tensor,
-        cached: bool = False,
-        speaker_stats: LogMelStatistics | None = None,
-        pitch: torch.Tensor | None = None,
-        teacher: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x, extent: waves (B, L) and lengths (B,); with ``cached``, cached backbone states (B, K', T, D) and their mask (B, T).
-        ``speaker_stats``: each row's speaker statistics (B, n_mels) for a speaker-normalised model;
-        ``pitch``: the crops' cached pitch features (B, T, 4) (``ser_model.pitch_cache``), or None;
-        ``teacher``: a student's targets, the teacher's p̄ (B, C), whose loss replaces the multi-loss."""
-        out: SEROutput = (
-            self.model.forward_cached(x, extent)
-            if cached
-            else self.model(x, extent, speaker_stats, pitch=pitch)
-        )
-        if teacher is not None:
-            return student_loss(out.logits, teacher, labels, self.model.config.train)
-        return multi_loss(
-            out,
-            soft_targets,
-            labels,
-            self.model.centers,
-            self.model.supcon_proj,
-            self.model.config.loss,
-            self.generator,
-        )
-
-
-def seeded_model(config: SERConfig, runtime: Runtime) -> tuple[SERModel, dict[str, torch.Generator]]:
-    """The model, with the same initial weights on every rank, and this rank's generators ("eam"
-    draws the mixup, "loss" the SupCon views); the global seeds then differ per rank."""
-    seed = config.train.seed
-    seed_everything(seed)  # identical initial weights on every rank
-    model = SERModel(config).to(runtime.device)
-    eam_generator = torch.Generator().manual_seed(derived_seed(seed, runtime.rank, 0))
-    loss_generator = torch.Generator().manual_seed(derived_seed(seed, runtime.rank, 1))
-    seed_everything(derived_seed(seed, runtime.rank, 2))  # dropout and masks differ per rank
-    return model, {"eam": eam_generator, "loss": loss_generator}
-
-
-def lr_factor(step: int, updates_per_epoch: int, tc: TrainConfig) -> float:
-    """Multiplier of the base learning rates (``lr``, ``center_lr``) at optimiser update ``step`` (0-based).
-
-    With W = warmup_epochs · updates_per_epoch warm-up updates and S = epochs · updates_per_epoch in all:
-    warm-up (step < W): (step + 1) / W; then "exponential": lr_decay^floor(step / updates_per_epoch)
-    (the paper's × 7/8 after every epoch), or "cosine": ½ (1 + cos(π (step − W) / (S − W))).
-    """
-    warmup = tc.warmup_epochs * updates_per_epoch
-    if step < warmup:
-        return (step + 1) / warmup
-    if tc.schedule == "exponential":
-        return tc.lr_decay ** (step // updates_per_epoch)
-    total = tc.epochs * updates_per_epoch
-    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def training_state(
-    model: SERModel,
-    generators: dict[str, torch.Generator],
-    data: FoldData,
-    config: SERConfig,
-    runtime: Runtime,
-) -> TrainingState:
-    """Epoch 0: the objective (DistributedDataParallel under torchrun), Adam (the main parameters at
-    ``lr``, the class centers at ``center_lr``) scheduled per update by `lr_factor`, the fp16
-    gradient scaler and the weight average of ``ema_decay``."""
-    tc = config.train
-    objective: nn.Module = TrainingObjective(model, generators["loss"])
-    if runtime.distributed:
-        objective = DistributedDataParallel(
-            objective,
-            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-    groups = [{"params": model.main_parameters(), "lr": tc.lr}]
-    if model.center_parameters():
-        groups.append({"params": model.center_parameters(), "lr": tc.center_lr})
-    optimizer = torch.optim.Adam(groups, weight_decay=tc.weight_decay)
-    updates_per_epoch = math.ceil(len(data.sampler) / tc.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, updates_per_epoch, tc)
-    )
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
-    return TrainingState(model, objective, generators, optimizer, scheduler, scaler, data.sampler, average)
 
 
 # ---------------------------------------------------------------------------- one epoch

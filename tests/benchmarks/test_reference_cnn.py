@@ -1,6 +1,6 @@
 """benchmarks/reference_cnn.py, the accuracy grid's plain reference, trained for a few epochs on a tiny
 synthetic RAVDESS tree: it follows the protocol it claims to share with the method (the learning-rate
-schedule of `ser_model.train.lr_factor` under the cpu-fbank preset, the fold's speaker splits, the
+schedule of `ser_model.optimisation.lr_factor` under the cpu-fbank preset, the fold's speaker splits, the
 checkpoint chosen by validation UA) and writes the files benchmarks/accuracy.py summarises."""
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def test_a_short_run_follows_the_shared_schedule_and_selects_on_validation_speak
 ):
     from data_contracts.ingest import run_ingest
     from data_contracts.labels import LABELS
+    from ser_model.optimisation import lr_factor
     from ser_model.presets import experiment_config
-    from ser_model.train import lr_factor, training_splits
+    from ser_model.train import training_splits
 
     root = tmp_path / "ravdess"
     make_ravdess(root, actors=range(1, 21), per_actor=4)

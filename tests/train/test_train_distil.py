@@ -18,9 +18,10 @@ from ser_model.ensemble import SEREnsemble, load_model
 from ser_model.inference import Predictor
 from ser_model.launch import RELEASE_FOLD
 from ser_model.model import SERModel
+from ser_model.optimisation import TrainingObjective
 from ser_model.release import STUDENT_FOLDER, member_seeds
 from ser_model.runtime import Runtime
-from ser_model.train import TrainingObjective, fit, training_splits
+from ser_model.train import fit, training_splits
 from ser_model.training_data import fold_data
 from tests.train.synthetic import tiny_config
 

@@ -21,8 +21,8 @@ from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset
 from ser_model.export import export_onnx
 from ser_model.inference import Predictor, prepare_waveform
 from ser_model.model import SERModel
+from ser_model.optimisation import lr_factor
 from ser_model.presets import PRESETS, experiment_config
-from ser_model.train import lr_factor
 
 SR = 16000
 
