@@ -32,9 +32,8 @@ import torch.nn.functional as F
 
 from ser_model.config import SERConfig, TrainConfig
 from ser_model.config_validation import ConfigError, require
-from ser_model.data import EVAL_MAX_SECONDS, UtteranceDataset
 from ser_model.ensemble import SEREnsemble
-from ser_model.evaluation import split_logits
+from ser_model.evaluation import split_logits, whole_utterances
 from ser_model.fbank_backbone import LogMelStatistics
 from ser_model.model import SERModel
 from ser_model.runtime import Runtime
@@ -131,17 +130,8 @@ def teacher_probabilities(
     utterance whole, silence-trimmed by the teacher's config, scored in eval mode (`split_logits`,
     sharded across ranks and gathered); an ensemble's logits are log p̄, so p̄ = softmax(logits).
     ``row_stats``: a speaker-normalised teacher's statistics of every row (N, n_mels)."""
-    mc = teacher.config.model
-    dataset = UtteranceDataset(
-        rows,
-        audio_root,
-        teacher.labels,
-        sample_rate=mc.sample_rate,
-        crop_seconds=EVAL_MAX_SECONDS,
-        random_crop=False,
-        trim_db=mc.trim_db,
-        preload=False,  # decoded once, item by item: the training split keeps its own copy
-    )
+    # decoded once, item by item: the training split keeps its own copy
+    dataset = whole_utterances(teacher, rows, audio_root, preload=False)
     logits = split_logits(teacher, dataset, batch_size, runtime, row_stats)
     return torch.softmax(torch.from_numpy(logits), dim=-1)
 

@@ -25,7 +25,7 @@ from ser_model.model import SERModel
 from ser_model.runtime import Runtime, autocast, autocast_dtype, gather_from_ranks, resolve_device
 from ser_model.speaker_norm import split_statistics
 
-__all__ = ["evaluate_split", "split_logits", "evaluate_rows", "rows_logits"]
+__all__ = ["evaluate_split", "split_logits", "evaluate_rows", "rows_logits", "whole_utterances"]
 
 
 def evaluate_split(
@@ -107,15 +107,7 @@ def rows_logits(
     dev = resolve_device(device)
     model = model.to(dev)
     mc = model.config.model
-    dataset = UtteranceDataset(
-        rows,
-        audio_root,
-        model.labels,
-        sample_rate=mc.sample_rate,
-        crop_seconds=EVAL_MAX_SECONDS,
-        random_crop=False,
-        trim_db=mc.trim_db,
-    )
+    dataset = whole_utterances(model, rows, audio_root)
     row_stats = (
         split_statistics(model.backbone, dataset.full_wave, row_speakers(rows), "evaluation", device=dev)
         if mc.uses_speaker_statistics
@@ -123,6 +115,25 @@ def rows_logits(
     )
     runtime = Runtime(0, 1, dev, autocast_dtype("auto", dev))
     return split_logits(model, dataset, batch_size, runtime, row_stats), np.asarray(dataset.labels)
+
+
+def whole_utterances(
+    model: SERModel, rows: pd.DataFrame, audio_root: str | os.PathLike, *, preload: bool | None = None
+) -> UtteranceDataset:
+    """The manifest ``rows`` as a model scores them: each utterance whole (up to ``EVAL_MAX_SECONDS``),
+    at the model's sample rate, silence-trimmed by its config. ``preload``: as ``UtteranceDataset``'s
+    (None: decoded up front when it fits the memory cache; False: item by item)."""
+    mc = model.config.model
+    return UtteranceDataset(
+        rows,
+        audio_root,
+        model.labels,
+        sample_rate=mc.sample_rate,
+        crop_seconds=EVAL_MAX_SECONDS,
+        random_crop=False,
+        trim_db=mc.trim_db,
+        preload=preload,
+    )
 
 
 def row_speakers(rows: pd.DataFrame) -> list[str]:
