@@ -134,11 +134,9 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = 
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE = Σ_b (|B_b| / N) · |acc(B_b) − conf(B_b)| over the equal-width bins of `reliability_bins`."""
-    table = reliability_bins(probabilities, labels, bins)
-    count = np.asarray(table["count"], dtype=np.float64)
-    gap = np.abs(np.asarray(table["accuracy"]) - np.asarray(table["confidence"]))
-    return float((count * gap).sum() / count.sum())
+    """ECE = Σ_b (|B_b| / N) · |acc(B_b) − conf(B_b)| over the equal-width bins of `reliability_bins`
+    (:func:`binned_calibration_error` of their table)."""
+    return binned_calibration_error(reliability_bins(probabilities, labels, bins))
 
 
 def binned_calibration_error(table: Mapping[str, Sequence[float]]) -> float:
@@ -161,7 +159,7 @@ def calibration_error_floor(table: Mapping[str, Sequence[float]]) -> float:
     spread within a bin only lowers the variance, so the floor is an upper estimate by a little). It
     shrinks as 1/√n_b: about 0.075 for 240 test utterances in 15 bins at RAVDESS's confidences, 0.035
     for 1,200. An observed ECE near its floor is what sampling alone gives (Bröcker & Smith 2007,
-    "consistency resampling", in closed form); a fold's ECE cannot be read below it."""
+    "consistency resampling", in closed form), and ECEs that differ by less than it say little."""
     count = np.asarray(table["count"], dtype=np.int64)
     confidence = np.clip(np.asarray(table["confidence"], dtype=np.float64), 0.0, 1.0)
     total = count.sum()
