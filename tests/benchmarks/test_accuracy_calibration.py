@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 
 from ser_model.calibration import calibration_record, expected_calibration_error, scaled_probabilities
+from tests.benchmarks.test_accuracy_summary import TABLE_META
 from tests.fixtures.scripts import load_script
-
-META = {
-    "n_utterances": 1,
-    "n_actors": 1,
-    "selection_rule": "r",
-    "preset": "p",
-    "overrides": {},
-    "machine": "m",
-}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,7 @@ def test_the_grid_summarises_the_calibration_blocks_of_its_runs(tmp_path, accura
     below = confidence >= round(row80["min_confidence"] - 0.01, 2)
     assert correct[below].mean() < 0.8, "the smallest such threshold"
 
-    table = accuracy.markdown(summary, META)
+    table = accuracy.markdown(summary, TABLE_META)
     line = next(x for x in table.splitlines() if x.startswith("| full | 3 | ") and "of 3" in x)
     assert f"{c['mean']['ECE_after']:.4f} ± {c['ECE_after_std']:.4f}" in line and "3 of 3" in line
     written = accuracy.write_reliability_figures(tmp_path, summary)

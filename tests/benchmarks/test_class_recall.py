@@ -8,6 +8,7 @@ import json
 import pytest
 
 from ser_model.presets import experiment_config
+from tests.benchmarks.test_accuracy_summary import TABLE_META
 from tests.fixtures.scripts import load_script
 
 CLASSES = ("neutral", "happy", "sad", "fearful")
@@ -74,15 +75,7 @@ def test_the_grid_summary_and_table_give_each_variants_class_recall(tmp_path, ac
         "runs": 1,
         "mean": pytest.approx({"neutral": 60.0, "happy": 60.0, "sad": 50.0, "fearful": 50.0}),
     }
-    meta = {
-        "n_utterances": 1,
-        "n_actors": 1,
-        "selection_rule": "r",
-        "preset": "p",
-        "overrides": {},
-        "machine": "m",
-    }
-    lines = accuracy.markdown(summary, meta).splitlines()
+    lines = accuracy.markdown(summary, TABLE_META).splitlines()
     header = lines.index("| variant | runs | neutral | happy | sad | fearful |")
     assert lines[header + 2] == "| full | 2 | 60.0 | 40.0 | 35.0 | 15.0 |"
     assert lines[header + 3] == "| with_pitch | 1 | 60.0 | 60.0 | 50.0 | 50.0 |"
