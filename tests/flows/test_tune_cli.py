@@ -151,13 +151,19 @@ def test_ser_tune_logs_a_parent_and_a_child_per_trial_and_its_preset_trains(
 def test_a_study_killed_mid_trial_resumes_that_trial_from_its_checkpoint(ravdess_root, tmp_path):
     """SIGKILL the `ser tune` process after the first epoch of trial 0; running the command again
     retries trial 0 with the same parameters in the same folder (resuming its checkpoint) and
-    finishes the study with the number of trials asked for."""
+    finishes the study with the number of trials asked for.
+
+    An epoch of this tiny model takes about 0.06 s, and with 3 epochs the rest of trial 0 took
+    0.45 s after its first checkpoint: a 0.5 s poll could miss it and the kill land after the
+    trial had completed (it did, once, in CI). With 15 epochs fold 0 alone lasts about a second
+    after its first checkpoint, and the test polls every 20 ms."""
+    epochs = 15
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "2"}
     argv = [
         sys.executable,
         "-m",
         "flows.cli",
-        *tune_argv(ravdess_root, tmp_path / "tune", 2, 3, "--heartbeat-grace", "3"),
+        *tune_argv(ravdess_root, tmp_path / "tune", 2, epochs, "--heartbeat-grace", "3"),
     ]
     storage = f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
     checkpoint = tmp_path / "tune" / "ser-ravdess-tune" / "trial-0" / "fold-0" / "checkpoints" / "last"
@@ -173,12 +179,13 @@ def test_a_study_killed_mid_trial_resumes_that_trial_from_its_checkpoint(ravdess
                 "ser tune ended before its first epoch:\n" + first_log.read_text()[-3000:]
             )
             assert time.monotonic() < deadline, "trial 0 wrote no checkpoint within 300 s"
-            time.sleep(0.5)
+            time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
         if first.poll() is None:
             first.kill()
+    assert not (checkpoint.parents[1] / "result.json").exists(), "the kill came after fold 0 had ended"
     killed_params = optuna.load_study(study_name="ser-ravdess-tune", storage=storage).trials[0].params
     time.sleep(4)  # past the heartbeat grace: trial 0 is now stale
 
