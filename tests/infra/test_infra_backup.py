@@ -19,7 +19,7 @@ from ser_infra.backup import stack_is_empty
 from ser_infra.logfaults import stack_tracebacks
 from ser_stack.settings import DERIVED_CLIENT_VARIABLES
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.own_servers, pytest.mark.slow]
 
 SECOND_STACK_PORTS = {
     "SER_S3_PORT": "8641",

@@ -21,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.own_servers, pytest.mark.slow]
 
 LEASE_S = 60.0  # the server's minimum
 REPOSSESS_WAIT_S = LEASE_S + 120.0  # the lease, the repossessor's 15 s loop, a loaded machine
