@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as current_flow_run
 
 from flows import training_runs as runs
 from flows.fold_runs import prepared_fold, run_folds, selected_folds
@@ -61,7 +62,16 @@ def train_worker(job: FoldJob) -> None:
     write_fold_times(job.out_dir, started_ms, int(time.time() * 1000))
 
 
-@flow(name="train-fold", flow_run_name="{corpus}-fold{fold}")
+def fold_flow_run_name() -> str:
+    """The name of a train-fold flow run in Prefect's UI and logs: ``ravdess-fold0``, or
+    ``ravdess-release`` for the release model (the template's ``{corpus}-fold{fold}`` named it
+    ``ravdess-fold-1``, which read like fold 1)."""
+    parameters = current_flow_run.parameters
+    corpus, fold = parameters["corpus"], parameters["fold"]
+    return f"{corpus}-release" if fold == RELEASE_FOLD else f"{corpus}-fold{fold}"
+
+
+@flow(name="train-fold", flow_run_name=fold_flow_run_name)
 def train_fold(
     corpus: str,
     fingerprint: str,

@@ -83,7 +83,7 @@ def test_folds_run_on_the_pool_from_an_s3_corpus(stack, shared_ravdess, repo_roo
         }
         runs = {run: {r.name: r for r in fold_flow_runs(run)} for run in (parallel, sequential)}
     for folds in runs.values():
-        assert set(folds) == {"ravdess-fold0", "ravdess-fold1", "ravdess-fold-1"}, folds
+        assert set(folds) == {"ravdess-fold0", "ravdess-fold1", "ravdess-release"}, folds
         assert all(r.state.is_completed() for r in folds.values())
     first, second = runs[parallel]["ravdess-fold0"], runs[parallel]["ravdess-fold1"]
     assert max(first.start_time, second.start_time) < min(first.end_time, second.end_time), (

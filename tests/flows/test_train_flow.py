@@ -534,3 +534,18 @@ def test_fold_runs_mode_is_pool_unless_inline_is_asked_for():
     assert fold_runs_mode({"SER_FOLD_RUNS": "inline"}) == "inline"
     with pytest.raises(ValueError, match=r"SER_FOLD_RUNS='local': expected one of pool, inline"):
         fold_runs_mode({"SER_FOLD_RUNS": "local"})
+
+
+@pytest.mark.parametrize(
+    ("fold", "name"), [(0, "ravdess-fold0"), (3, "ravdess-fold3"), (-1, "ravdess-release")]
+)
+def test_a_fold_flow_run_is_named_by_its_fold_and_the_release_as_release(monkeypatch, fold, name):
+    """What Prefect's UI and the demo's log show for a train-fold flow run (tests/e2e/
+    test_train_scale_out.py sees the same names on the pool)."""
+    import types
+
+    import flows.train
+
+    run = types.SimpleNamespace(parameters={"corpus": "ravdess", "fold": fold, "root": "/data"})
+    monkeypatch.setattr(flows.train, "current_flow_run", run)
+    assert flows.train.fold_flow_run_name() == name
