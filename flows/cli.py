@@ -16,10 +16,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ser_model import cli
 from ser_model.cli.hooks import ModelSourceError
 from ser_stack.names import RUN_KIND_EVALUATION, RUN_KIND_TAG
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 REGISTRY_SCHEME = "models:/"
 
@@ -52,6 +56,34 @@ def download_checkpoint(uri: str, dst: Path) -> Path:
     except (MlflowException, OSError) as err:
         raise ModelSourceError(f"cannot fetch {uri} from the MLflow registry: {err}") from err
     return checkpoint_folder(model_dir)
+
+
+def registry_version_uri(client: MlflowClient, uri: str) -> str:
+    """The registry model ``uri`` names now, as ``models:/NAME/VERSION`` (an alias, ``latest`` or a
+    version: ``models:/NAME@ALIAS``, ``models:/NAME/7``); MlflowException when ``client``'s registry
+    does not know it."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    name, version = get_model_name_and_version(client, uri)
+    return f"{REGISTRY_SCHEME}{name}/{version}"
+
+
+def pinned_model_uri(value: str) -> str:
+    """A ``ser_model.cli.hooks.ModelPinner``: ``models:/NAME@ALIAS`` → ``models:/NAME/VERSION``, the
+    version the alias names now on the tracking server of the environment; any other value
+    unchanged. ModelSourceError naming the URI when the registry does not know it."""
+    if not value.startswith(REGISTRY_SCHEME) or "@" not in value:
+        return value
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        return registry_version_uri(client, value)
+    except MlflowException as err:
+        raise ModelSourceError(
+            f"{value}: not in the MLflow registry at {client.tracking_uri}: {err}"
+        ) from err
 
 
 def registered_fold_mean_ua(uri: str) -> float | None:
@@ -123,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_tracker=mlflow_tune_tracker,
         evaluation_logger=log_evaluation,
         fold_mean_ua=registered_fold_mean_ua,
+        pin_model=pinned_model_uri,
     )
 
 

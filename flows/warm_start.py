@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.tracking import MlflowClient
 
-from flows.cli import REGISTRY_SCHEME, download_checkpoint
+from flows.cli import REGISTRY_SCHEME, download_checkpoint, registry_version_uri
 
 __all__ = ["pinned_init", "fetched_init"]
 
@@ -30,10 +29,9 @@ def pinned_init(client: MlflowClient, init: str | None) -> str | None:
     if not init.startswith(REGISTRY_SCHEME):
         return str(Path(init).absolute())
     try:
-        name, version = get_model_name_and_version(client, init)
+        return registry_version_uri(client, init)
     except MlflowException as err:
         raise ValueError(f"init {init}: not in the MLflow registry at {client.tracking_uri}: {err}") from err
-    return f"{REGISTRY_SCHEME}{name}/{version}"
 
 
 def fetched_init(init: str, folder: Path) -> Path:

@@ -52,6 +52,7 @@ from ser_model.cli import evaluate, export, ingest, monitor, predict, train, tun
 from ser_model.cli.hooks import (
     EvaluationLogger,
     FoldMeanUA,
+    ModelPinner,
     ModelResolver,
     ModelSourceError,
     TunerTrackerFactory,
@@ -120,11 +121,13 @@ def main(
     tune_tracker: TunerTrackerFactory | None = None,
     evaluation_logger: EvaluationLogger | None = None,
     fold_mean_ua: FoldMeanUA | None = None,
+    pin_model: ModelPinner | None = None,
 ) -> int:
     """Run one `ser` command line; `resolvers` maps a ``--model`` URI prefix (``models:/``) to
     the function that fetches such a model (see ModelResolver); `tune_tracker` follows `ser tune`
     studies (see TunerTrackerFactory); `evaluation_logger` records ``ser evaluate
-    --mlflow-experiment`` runs; `fold_mean_ua` tells `ser monitor` a registered model's fold-mean UA.
+    --mlflow-experiment`` runs; `fold_mean_ua` tells `ser monitor` a registered model's fold-mean UA;
+    `pin_model` pins a model argument before it is fetched and recorded (see ModelPinner).
     Returns the exit code."""
     args = build_parser().parse_args(argv)
     exit_if_bad_environment(f"ser {args.command}")  # every SER_* variable, one line naming a bad one
@@ -141,6 +144,8 @@ def main(
             for name in MODEL_ARGUMENTS:
                 if getattr(args, name, None):
                     value = getattr(args, name)
+                    if pin_model is not None:
+                        value = pin_model(value)
                     setattr(args, f"{name}_source", value)
                     setattr(args, name, resolve_model(value, resolvers or {}, scratch, f"--{name}"))
             return args.handler(args)

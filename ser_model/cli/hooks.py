@@ -11,6 +11,12 @@ ModelResolver = Callable[[str, Path], Path]
 """``(uri, scratch folder) -> checkpoint folder``: fetches the model a ``--model`` URI names into
 the scratch folder (deleted when the command ends); raises ModelSourceError when it cannot."""
 
+ModelPinner = Callable[[str], str]
+"""``(--model or --init value) -> the same model, pinned``: a registry alias replaced by the version
+it names now (``models:/NAME@ALIAS`` → ``models:/NAME/VERSION``), any other value unchanged; what
+a command then fetches and records (a fine-tuning's start, an evaluation's model) is that one
+version, even if the alias moves. Raises ModelSourceError when the registry does not know it."""
+
 FoldMeanUA = Callable[[str], float | None]
 """``(models:/ URI) -> fold-mean UA``: the cross-validated score a registry records for a model
 (the console script reads the MLflow registry; ser_model knows none), or None when not recorded."""

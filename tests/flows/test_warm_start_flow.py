@@ -99,7 +99,8 @@ def test_ser_train_init_from_the_registry_starts_from_the_registered_model(
     local_mlflow, experiment_id, tmp_path, capsys
 ):
     """The `ser` console script resolves ``--init models:/…@champion`` like ``--model``: the fold
-    starts from the registered model (same classes: the head copied) and result.json names the URI."""
+    starts from the registered model (same classes: the head copied), and result.json and the
+    terminal name the version the alias named (models:/ser-ravdess/<version>), not the alias."""
     from dataclasses import replace
 
     from data_contracts.labels import LABELS
@@ -128,8 +129,13 @@ def test_ser_train_init_from_the_registry_starts_from_the_registered_model(
     assert main([*argv, "--init", uri, "--out", str(tmp_path / "fold0")]) in (0, None), (
         capsys.readouterr().err
     )
-    assert f"started from {uri}: copied backbone, flam, head" in capsys.readouterr().out
+    pinned = f"models:/ser-ravdess/{version}"
+    assert f"started from {pinned}: copied backbone, flam, head" in capsys.readouterr().out
     record = json.loads((tmp_path / "fold0" / "result.json").read_text())["init"]
-    assert (record["source"], record["head"], record["source_labels"]) == (uri, "copied", list(config.labels))
+    assert (record["source"], record["head"], record["source_labels"]) == (
+        pinned,
+        "copied",
+        list(config.labels),
+    )
     assert main([*argv, "--init", "models:/ser-ravdess@no-such-alias", "--out", str(tmp_path / "x")]) == 2
     assert "models:/ser-ravdess@no-such-alias" in capsys.readouterr().err
