@@ -2,9 +2,10 @@
 MLflow, then the release model registered as ``ser-<corpus>`` and promoted.
 
     train       manifest version (flows/manifest_version.py) → monitor → MLflow parent run
-                (flows/training_runs.py) → a ``train-fold`` run per fold and the release
-                (flows/fold_runs.py: on the pool's ``folds`` queue, or inline) → fold summary →
-                the release registered and promoted (flows/release.py)
+                (flows/training_runs.py) → a ``train-fold`` run per fold (flows/fold_runs.py:
+                on the pool's ``folds`` queue, or inline), then the release's with the folds'
+                results (its temperature) → fold summary → the release registered and promoted
+                (flows/release.py)
     train-fold  the manifest version opened again from its parameters, its audio local, the
                 feature cache pulled (flows/feature_store.py) → torchrun worker
                 (ser_model/launch.py) → cache pushed → MLflow child run
@@ -14,6 +15,7 @@ with the same inputs resumes the unfinished parent run (train key) and skips fol
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -33,6 +35,7 @@ from flows.report import summary_markdown
 from flows.warm_start import pinned_init
 from ser_model.config import SERConfig
 from ser_model.launch import (
+    FOLD_RESULTS_FILE,
     RELEASE_FOLD,
     RESULT_FILE,
     FoldJob,
@@ -43,6 +46,7 @@ from ser_model.launch import (
 )
 from ser_model.metrics import DEFAULT_UA_MARGIN, selection_rule
 from ser_model.presets import DEFAULT_PRESET, experiment_config
+from ser_stack.files import write_atomically
 from ser_stack.names import TRAIN, job_name
 from ser_stack.settings import REPO_ROOT, StackSettings
 
@@ -81,10 +85,12 @@ def train_fold(
     experiment_id: str,
     parent_run_id: str,
     init: str | None = None,
+    fold_results: dict[str, Any] | None = None,
 ) -> str:
     """One fold (or the release model, fold -1) of a train run, perhaps on another machine: the
     manifest version is opened again from its parameters; ``init`` (pinned by the train run) is
-    fetched here. Returns the fold's MLflow child run id."""
+    fetched here; the release gets its folds' result.json as ``fold_results`` ({"<k>": …}), written
+    into its folder for its temperature and model card. Returns the fold's MLflow child run id."""
     logger = get_run_logger()
     settings = StackSettings.from_env()
     client = MlflowClient(settings.tracking_uri)
@@ -97,6 +103,9 @@ def train_fold(
     if (out_dir / RESULT_FILE).exists():
         logger.info("%s: %s of an earlier attempt found; not training again", out_dir.name, RESULT_FILE)
     else:
+        if fold_results:  # the release's folds, wherever they ran (ser_model.calibration.fold_results_beside)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(out_dir / FOLD_RESULTS_FILE, json.dumps(fold_results))
         with prepared_fold(
             open_manifest_version(corpus, fingerprint, root), fold, cfg, out_dir, settings, init
         ) as job:
@@ -122,8 +131,9 @@ def train(
     monitor_margin: float = DEFAULT_UA_MARGIN,
     init: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``corpus`` on a manifest version: folds (default all) and the release model, each a
-    ``train-fold`` flow run, then register ``ser-<corpus>`` and promote. ``preset`` names the recipe
+    """Train ``corpus`` on a manifest version: folds (default all), then the release model with
+    their results (its temperature is their median), each a ``train-fold`` flow run, then register
+    ``ser-<corpus>`` and promote. ``preset`` names the recipe
     (ser_model/presets.py); ``backbone`` and ``overrides`` (``{"train.epochs": 2}``) go on top;
     ``root`` (a folder or s3://) defaults to the root recorded at ingest. Before any fold, the
     ``monitor`` flow scores the champion on the rows it never trained on (flagged when its UA there
@@ -149,8 +159,14 @@ def train(
             **parent.parameters(),
             "init": init,
         }
-        finished = run_folds(client, folds + ([RELEASE_FOLD] if release else []), fold_parameters, train_fold)
-        outcomes = [o for o in finished if o["fold"] != RELEASE_FOLD]
+        # the release after its folds: it takes its temperature from theirs, wherever they ran
+        outcomes = run_folds(client, folds, fold_parameters, train_fold)
+        handed = {str(o["fold"]): o["result"] for o in outcomes}
+        finished = outcomes + (
+            run_folds(client, [RELEASE_FOLD], {**fold_parameters, "fold_results": handed}, train_fold)
+            if release
+            else []
+        )
         summary = runs.log_parent_summary(client, parent.run_id, corpus, outcomes, config.labels)
         if release:
             version, decision = register_and_promote(

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ser_model.launch import RESULT_FILE
+from ser_model.launch import FOLD_RESULTS_FILE, RESULT_FILE
 from ser_stack.files import write_atomically
 
 if TYPE_CHECKING:
@@ -331,9 +331,16 @@ def release_temperature(fold_results: Mapping[int, Mapping[str, Any]]) -> dict[s
 
 
 def fold_results_beside(out_dir: str | os.PathLike) -> dict[int, dict[str, Any]]:
-    """{k: result.json} of the finished fold folders ``fold-<k>`` beside ``out_dir`` (a release's
-    folder, `ser_model.launch.fold_folder_name`); those not finished (no result.json) are left out."""
-    found = {}
+    """{k: result.json} of the finished folds of the release whose folder is ``out_dir``: those
+    handed over in its :data:`~ser_model.launch.FOLD_RESULTS_FILE` (folds trained elsewhere), and
+    the finished fold folders ``fold-<k>`` beside it (`ser_model.launch.fold_folder_name`); those
+    not finished (no result.json) are left out."""
+    handed = Path(out_dir) / FOLD_RESULTS_FILE
+    found = (
+        {int(k): r for k, r in json.loads(handed.read_text(encoding="utf-8")).items()}
+        if handed.exists()
+        else {}
+    )
     for path in sorted(Path(out_dir).parent.glob(f"fold-*/{RESULT_FILE}")):
         suffix = path.parent.name.removeprefix("fold-")
         if suffix.isdigit():

@@ -55,6 +55,10 @@ BAD_DATA_EXIT = 3
 """The worker refused its data: empty split, unreadable audio, unknown labels, fold not in the table (not retried)."""
 
 RESULT_FILE = "result.json"
+FOLD_RESULTS_FILE = "fold-results.json"
+"""In a release's folder: the result.json of its folds, ``{"<k>": {...}}``, handed over by what
+launched the release once its folds had ended (the train flow: the folds may have run on other
+machines), read beside the fold folders ``fold-<k>`` (ser_model.calibration.fold_results_beside)."""
 METRICS_FILE = "metrics.jsonl"
 TIMES_FILE = "times.json"
 BEST_FOLDER = "best"

@@ -7,9 +7,12 @@ parent run metrics and the same registered scores."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import statistics
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -41,7 +44,7 @@ def fold_flow_runs(parent_id: str) -> list:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
         )
-        return [r for r in runs if r.name.startswith("ravdess-fold")]
+        return [r for r in runs if r.name.startswith(("ravdess-fold", "ravdess-release"))]
 
 
 def test_folds_run_on_the_pool_from_an_s3_corpus(stack, shared_ravdess, repo_root, tmp_path, monkeypatch):
@@ -118,6 +121,31 @@ def test_folds_run_on_the_pool_from_an_s3_corpus(stack, shared_ravdess, repo_roo
         {k: v for k, v in v.tags.items() if k.startswith(("ser.UA", "ser.WA", "ser.fold"))} for v in versions
     ]
     assert score_tags[0] and score_tags[0] == score_tags[1]
+    # the release starts once both folds ended (even when they ran at once) and takes its
+    # temperature from both: their median, as its result.json and the model folder say
+    for parent in (early, late):
+        (release,) = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`ser.fold` = '-1'",
+        )
+        released = json.loads(
+            Path(client.download_artifacts(release.info.run_id, "result.json", str(tmp_path))).read_text()
+        )
+        fold_ts = [
+            json.loads(
+                Path(client.download_artifacts(run.info.run_id, "result.json", str(tmp_path))).read_text()
+            )["calibration"]["temperature"]
+            for run in client.search_runs(
+                [experiment.experiment_id],
+                f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`ser.fold` != '-1'",
+            )
+        ]
+        assert released["calibration"]["folds"] == [0, 1], released["calibration"]
+        assert released["calibration"]["temperature"] == pytest.approx(statistics.median(fold_ts))
+    ordered = sorted(runs[parallel].values(), key=lambda r: r.start_time)
+    assert ordered[-1].name == "ravdess-release" and ordered[-1].start_time >= max(
+        r.end_time for r in ordered[:-1]
+    ), "the release starts after its folds"
     manifest, _, report = load_manifest_version("ravdess", early.data.tags["ser.data_fingerprint"])
     assert report["root"] == s3_root and len(manifest) == 64
     blobs = stack.state_dir / "audio-cache" / "blobs"

@@ -160,6 +160,35 @@ def test_release_takes_the_median_temperature_and_says_where_it_came_from():
     assert none["temperature"] == 1.0 and "uncalibrated" in none["source"]
 
 
+def test_a_release_finds_the_folds_beside_it_and_those_handed_to_it(tmp_path):
+    """Fold folders beside the release's (`ser train --fold -1` after the folds) and the results a
+    train flow hands over in its folder (folds that ran on other machines) count alike; an
+    unfinished fold folder (no result.json) and other folders do not."""
+    import json
+
+    from ser_model.calibration import fold_results_beside
+    from ser_model.launch import FOLD_RESULTS_FILE, RESULT_FILE
+
+    release = tmp_path / "release"
+    release.mkdir()
+    assert fold_results_beside(release) == {}
+    for name, temperature in (("fold-0", 1.5), ("fold-1", None), ("fold-x", 9.0)):
+        (tmp_path / name).mkdir()
+        if temperature is not None:
+            (tmp_path / name / RESULT_FILE).write_text(
+                json.dumps({"calibration": {"temperature": temperature}})
+            )
+    handed = {"2": {"calibration": {"temperature": 2.5}}, "3": {"calibration": {"temperature": 0.5}}}
+    (release / FOLD_RESULTS_FILE).write_text(json.dumps(handed))
+    found = fold_results_beside(release)
+    assert {k: r["calibration"]["temperature"] for k, r in found.items()} == {0: 1.5, 2: 2.5, 3: 0.5}
+    assert release_temperature(found)["temperature"] == 1.5 and release_temperature(found)["folds"] == [
+        0,
+        2,
+        3,
+    ]
+
+
 def test_model_folder_calibration_round_trips_and_refuses_a_bad_file(tmp_path):
     assert read_calibration(tmp_path)["temperature"] == 1.0
     write_calibration(tmp_path, {"temperature": 1.5, "source": "test"})
