@@ -126,8 +126,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not stack_required():
-        return
+    if not stack_required() or exitstatus == pytest.ExitCode.INTERRUPTED:
+        return  # an interrupted session (Ctrl-C) keeps its status: infra/test stops the other one on it
     messages = []
     if _integration_outcomes and all(o == "skipped" for o in _integration_outcomes.values()):
         messages.append(
