@@ -7,17 +7,16 @@ parent run metrics and the same registered scores."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import statistics
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.storage import load_manifest_version
+from flows.training_runs import fold_outcome
 from tests.e2e.test_train_ravdess import (
     FAST,
     build_subset,
@@ -124,22 +123,14 @@ def test_folds_run_on_the_pool_from_an_s3_corpus(stack, shared_ravdess, repo_roo
     # the release starts once both folds ended (even when they ran at once) and takes its
     # temperature from both: their median, as its result.json and the model folder say
     for parent in (early, late):
-        (release,) = client.search_runs(
-            [experiment.experiment_id],
-            f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`ser.fold` = '-1'",
+        children = client.search_runs(
+            [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
-        released = json.loads(
-            Path(client.download_artifacts(release.info.run_id, "result.json", str(tmp_path))).read_text()
-        )
-        fold_ts = [
-            json.loads(
-                Path(client.download_artifacts(run.info.run_id, "result.json", str(tmp_path))).read_text()
-            )["calibration"]["temperature"]
-            for run in client.search_runs(
-                [experiment.experiment_id],
-                f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`ser.fold` != '-1'",
-            )
-        ]
+        results = {
+            int(c.data.tags["ser.fold"]): fold_outcome(client, c.info.run_id)["result"] for c in children
+        }
+        released = results.pop(-1)
+        fold_ts = [r["calibration"]["temperature"] for r in results.values()]
         assert released["calibration"]["folds"] == [0, 1], released["calibration"]
         assert released["calibration"]["temperature"] == pytest.approx(statistics.median(fold_ts))
     ordered = sorted(runs[parallel].values(), key=lambda r: r.start_time)
